@@ -1,0 +1,77 @@
+/* Aligned allocation. Blocks are placed, not shifted: a small block comes
+ * from the first size class that is a multiple of the alignment (pages start
+ * on 64 KiB boundaries, so every block of such a class is aligned), a large one
+ * from a slice-aligned run, a huge one at an aligned offset of its mapping.
+ * So every pointer handed out is a block start and free needs no special case. */
+#include "internal.h"
+
+#include <errno.h>
+
+static bool is_pow2(size_t a) {
+  return a != 0 && (a & (a - 1)) == 0;
+}
+
+static void *aligned(size_t align, size_t n) {
+  if (align <= TA_ALIGN) return trimalloc_malloc(n);
+  if (align > TA_MAX_ALIGN || n > PTRDIFF_MAX) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t need = n < align ? align : n;
+  if (need <= TA_LARGE_MAX && align <= TA_SLICE_SIZE) {
+    ta_heap_t *h = ta_heap_get();
+    if (!h) {
+      errno = ENOMEM;
+      return NULL;
+    }
+    if (need <= TA_MEDIUM_MAX)
+      for (size_t c = ta_class_of(need); c < TA_CLASSES; c++)
+        if (ta_class_size(c) % align == 0) return ta_malloc_class(h, c);
+    return ta_malloc_large(h, need);
+  }
+  return ta_huge_alloc(n, align);
+}
+
+TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t align, size_t n) {
+  if (!is_pow2(align) || align % sizeof(void *) != 0) return EINVAL;
+  int saved = errno;
+  void *p = aligned(align, n);
+  if (!p) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+TRIMALLOC_API void *trimalloc_aligned_alloc(size_t align, size_t n) {
+  if (!is_pow2(align)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return aligned(align, n);
+}
+
+/* glibc rounds an alignment that is not a power of two up to one. */
+TRIMALLOC_API void *trimalloc_memalign(size_t align, size_t n) {
+  if (align > ((size_t)1 << (sizeof(size_t) * 8 - 1))) {
+    errno = EINVAL;
+    return NULL;
+  }
+  while (!is_pow2(align)) align = align ? (align | (align - 1)) + 1 : 1;
+  return aligned(align, n);
+}
+
+TRIMALLOC_API void *trimalloc_valloc(size_t n) {
+  return aligned(ta_prim_page_size(), n);
+}
+
+TRIMALLOC_API void *trimalloc_pvalloc(size_t n) {
+  size_t ps = ta_prim_page_size();
+  if (n > PTRDIFF_MAX - ps) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  n = n == 0 ? ps : (n + ps - 1) & ~(ps - 1);
+  return aligned(ps, n);
+}

@@ -1,0 +1,230 @@
+/* malloc and free: the fast paths, their slow paths, and the functions built
+ * directly on them (calloc, realloc, reallocarray, malloc_usable_size). */
+#include "internal.h"
+
+#include <errno.h>
+
+uintptr_t ta_cookie = 0x7a3c5e1f9b2d4c61u; /* replaced by a random value at init */
+
+static __attribute__((noinline)) void *malloc_slow(size_t n);
+static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_page_t *pg, void *p);
+
+/* Fast path budget: one TLS load, one table load, one list pop, two stores,
+ * and one unlikely branch (sizes over 1 KiB, or an empty free list). */
+TRIMALLOC_API void *trimalloc_malloc(size_t n) {
+  ta_heap_t *h = ta_tls_heap;
+  if (ta_likely(n <= TA_DIRECT_MAX)) {
+    ta_page_t *pg = h->direct[(n + TA_ALIGN - 1) / TA_ALIGN];
+    ta_block_t *b = pg->free;
+    if (ta_likely(b != NULL)) {
+      pg->free = b->next;
+      b->key = 0;
+      ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
+      return b;
+    }
+  }
+  return malloc_slow(n);
+}
+
+static void *malloc_slow(size_t n) {
+  ta_heap_t *h = ta_heap_get();
+  if (ta_unlikely(h == NULL)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  ta_heap_maintain(h);
+  if (n <= TA_MEDIUM_MAX) return ta_malloc_class(h, ta_class_of(n));
+  if (n <= TA_LARGE_MAX) return ta_malloc_large(h, n);
+  return ta_huge_alloc(n, 0);
+}
+
+void *ta_malloc_class(ta_heap_t *h, size_t cls) {
+  ta_page_t *pg = h->queues[cls].first;
+  if (!pg || !pg->free) pg = ta_heap_find_page(h, cls);
+  if (ta_unlikely(!pg)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  ta_block_t *b = pg->free;
+  pg->free = b->next;
+  b->key = 0;
+  ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
+  return b;
+}
+
+/* One block in a run of slices (slice-aligned, so up to 64 KiB alignment). */
+void *ta_malloc_large(ta_heap_t *h, size_t n) {
+  size_t slices = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
+  ta_lock(&h->lock);
+  ta_page_t *pg = ta_span_alloc(h, slices, TA_SPAN_LARGE);
+  if (pg) {
+    pg->bsize = (uint32_t)(slices * TA_SLICE_SIZE);
+    pg->div_magic = UINT64_MAX / pg->bsize + 1;
+    pg->reserved = pg->capacity = 1;
+    pg->free = pg->local_free = NULL;
+    atomic_store_explicit(&pg->xfree, TA_XFREE_FULL, memory_order_relaxed);
+    ta_relaxed_store(&pg->used, 1);
+    pg->in_full = pg->in_queue = 0;
+    pg->cls = 0xff;
+  }
+  ta_unlock(&h->lock);
+  if (ta_unlikely(!pg)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  ((ta_block_t *)pg->start)->key = 0;
+  return pg->start;
+}
+
+/* Pushes a block on its page's local list; the page is owned by h. */
+void ta_free_local(ta_heap_t *h, ta_page_t *pg, ta_block_t *b) {
+  b->next = pg->local_free;
+  b->key = ta_cookie;
+  pg->local_free = b;
+  uint32_t u = ta_relaxed_load(&pg->used) - 1;
+  ta_relaxed_store(&pg->used, u);
+  if (pg->in_full) ta_page_unfull(h, pg);
+  if (u == 0) ta_page_emptied(h, pg);
+}
+
+/* Fast path budget: segment-map bit test, descriptor load, owner compare,
+ * block-start test (one multiply), cookie test, push, and one unlikely
+ * branch (another thread's block, suspected double free, empty or full page). */
+TRIMALLOC_API void trimalloc_free(void *p) {
+  ta_segment_t *s = ta_segment_of(p);
+  if (ta_unlikely(!ta_segmap_contains(s))) {
+    if (p != NULL) ta_error("free: invalid pointer", p);
+    return;
+  }
+  ta_page_t *pg = ta_page_of(s, p);
+  ta_block_t *b = p;
+  if (ta_likely(pg->heap == ta_tls_heap && ta_is_block_start(pg, p) && b->key != ta_cookie)) {
+    b->next = pg->local_free;
+    b->key = ta_cookie;
+    pg->local_free = b;
+    uint32_t u = ta_relaxed_load(&pg->used) - 1;
+    ta_relaxed_store(&pg->used, u);
+    if (ta_likely(u != 0 && !pg->in_full)) return;
+    if (pg->in_full) ta_page_unfull(pg->heap, pg);
+    if (u == 0) ta_page_emptied(pg->heap, pg);
+    return;
+  }
+  free_slow(s, pg, p);
+}
+
+/* Is b on one of its page's free lists? Owner only (others only prepend to
+ * xfree and delayed, so walking a snapshot of them is safe). */
+static bool block_is_free(ta_heap_t *h, ta_page_t *pg, ta_block_t *b) {
+  for (ta_block_t *x = pg->free; x; x = x->next)
+    if (x == b) return true;
+  for (ta_block_t *x = pg->local_free; x; x = x->next)
+    if (x == b) return true;
+  uintptr_t xf = atomic_load_explicit(&pg->xfree, memory_order_acquire) & ~TA_XFREE_FULL;
+  for (ta_block_t *x = (ta_block_t *)xf; x; x = x->next)
+    if (x == b) return true;
+  for (ta_block_t *x = atomic_load_explicit(&h->delayed, memory_order_acquire); x; x = x->next)
+    if (x == b) return true;
+  return false;
+}
+
+/* A free from a thread that does not own the page. */
+static void free_remote(ta_page_t *pg, ta_block_t *b) {
+  ta_heap_t *h = pg->heap;
+  if (pg->kind == TA_SPAN_LARGE) {
+    ta_lock(&h->lock);
+    if (pg->kind != TA_SPAN_LARGE || pg->heap != h) {
+      ta_unlock(&h->lock);
+      ta_error("free: double free", b);
+    }
+    ta_span_free(h, pg);
+    ta_unlock(&h->lock);
+    ta_relaxed_add(&h->frees, 1);
+    return;
+  }
+  b->key = ta_cookie;
+  uintptr_t old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
+  for (;;) {
+    if (old & TA_XFREE_FULL) { /* the owner does not look at full pages: tell the heap */
+      ta_block_t *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
+      do b->next = head;
+      while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, b, memory_order_release,
+                                                    memory_order_relaxed));
+      return;
+    }
+    b->next = (ta_block_t *)old;
+    if (atomic_compare_exchange_weak_explicit(&pg->xfree, &old, (uintptr_t)b, memory_order_release,
+                                              memory_order_relaxed))
+      return;
+  }
+}
+
+static void free_slow(ta_segment_t *s, ta_page_t *pg, void *p) {
+  if (pg->kind == TA_SPAN_HUGE) {
+    if ((uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error("free: invalid pointer", p);
+    ta_huge_free(s);
+    return;
+  }
+  if (pg->kind != TA_SPAN_SMALL && pg->kind != TA_SPAN_LARGE) ta_error("free: invalid pointer (not allocated)", p);
+  if (!ta_is_block_start(pg, p)) ta_error("free: invalid pointer (not the start of a block)", p);
+  ta_heap_t *h = ta_tls_heap;
+  if (pg->heap == h) { /* ours, and the block carries the free cookie */
+    if (block_is_free(h, pg, p)) ta_error("free: double free", p);
+    ta_free_local(h, pg, p);
+    return;
+  }
+  free_remote(pg, p);
+}
+
+TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  void *p = trimalloc_malloc(total);
+  if (p && total <= TA_LARGE_MAX) memset(p, 0, total); /* huge blocks are fresh mappings */
+  return p;
+}
+
+/* Usable size of a block; reports and aborts for a pointer that is not one. */
+size_t ta_usable_size(const void *p, const char *what) {
+  ta_segment_t *s = ta_segment_of(p);
+  if (!ta_segmap_contains(s)) ta_error(what, p);
+  ta_page_t *pg = ta_page_of(s, p);
+  if (pg->kind == TA_SPAN_HUGE) {
+    if ((const uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error(what, p);
+    return s->huge_size;
+  }
+  if ((pg->kind != TA_SPAN_SMALL && pg->kind != TA_SPAN_LARGE) || !ta_is_block_start(pg, p)) ta_error(what, p);
+  return pg->bsize;
+}
+
+TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p) {
+  return p ? ta_usable_size(p, "malloc_usable_size: invalid pointer") : 0;
+}
+
+TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
+  if (!p) return trimalloc_malloc(n);
+  if (n == 0) { /* glibc's behaviour: free, return NULL */
+    trimalloc_free(p);
+    return NULL;
+  }
+  size_t have = ta_usable_size(p, "realloc: invalid pointer");
+  ta_segment_t *s = ta_segment_of(p);
+  if (s->huge && n > TA_LARGE_MAX) return ta_huge_realloc(s, n); /* mremap: no copy */
+  if (n <= have && n >= have / 2) return p;                        /* fits in place */
+  void *q = trimalloc_malloc(n);
+  if (!q) return NULL; /* p stays valid */
+  memcpy(q, p, n < have ? n : have);
+  trimalloc_free(p);
+  return q;
+}
+
+TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return trimalloc_realloc(p, total);
+}

@@ -1,0 +1,90 @@
+/* Options: one table. Each is read once from TRIMALLOC_<NAME> at start,
+ * without allocating; a bad value warns once and keeps the default. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+typedef struct {
+  const char *name, *env;
+  long long def, min, max;
+  const char *doc;
+} ta_option_desc_t;
+
+static const ta_option_desc_t descs[TA_OPT_COUNT] = {
+    [TA_OPT_PURGE_DELAY_MS] = {"purge_delay_ms", "TRIMALLOC_PURGE_DELAY_MS", 100, 0, 3600000,
+                               "free pages idle this long are returned to the OS"},
+    [TA_OPT_UNMAP_DELAY_MS] = {"unmap_delay_ms", "TRIMALLOC_UNMAP_DELAY_MS", 1000, 0, 3600000,
+                               "empty segments idle this long are unmapped"},
+    [TA_OPT_SHOW_STATS] = {"show_stats", "TRIMALLOC_SHOW_STATS", 0, 0, 1, "print the stats to stderr at exit"},
+    [TA_OPT_VERBOSE] = {"verbose", "TRIMALLOC_VERBOSE", 0, 0, 1, "say at start that trimalloc is active"},
+};
+
+_Atomic long long ta_options[TA_OPT_COUNT] = {
+    [TA_OPT_PURGE_DELAY_MS] = 100, [TA_OPT_UNMAP_DELAY_MS] = 1000, [TA_OPT_SHOW_STATS] = 0, [TA_OPT_VERBOSE] = 0};
+
+static bool parse(const char *s, long long *out) {
+  if (!s || !*s) return false;
+  if (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on")) return *out = 1, true;
+  if (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off")) return *out = 0, true;
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || end == s || *end) return false;
+  *out = v;
+  return true;
+}
+
+void ta_options_init(void) {
+  int saved = errno;
+  for (size_t i = 0; i < TA_OPT_COUNT; i++) {
+    const char *v = ta_prim_getenv(descs[i].env);
+    if (!v) continue;
+    long long x;
+    if (parse(v, &x) && x >= descs[i].min && x <= descs[i].max) ta_relaxed_store(&ta_options[i], x);
+    else ta_say("warning: ", descs[i].env, "=", v, " is not a valid value; keeping the default");
+  }
+  errno = saved;
+}
+
+static int find(const char *name) {
+  if (!name) return -1;
+  for (size_t i = 0; i < TA_OPT_COUNT; i++)
+    if (!strcmp(name, descs[i].name)) return (int)i;
+  return -1;
+}
+
+TRIMALLOC_API int trimalloc_option_get(const char *name, long long *value) {
+  int i = find(name);
+  if (i < 0 || !value) return EINVAL;
+  *value = ta_opt((ta_opt_t)i);
+  return 0;
+}
+
+TRIMALLOC_API int trimalloc_option_set(const char *name, long long value) {
+  int i = find(name);
+  if (i < 0) return EINVAL;
+  if (value < descs[i].min || value > descs[i].max) return ERANGE;
+  ta_relaxed_store(&ta_options[i], value);
+  return 0;
+}
+
+TRIMALLOC_API const char *trimalloc_option_name(size_t i) {
+  return i < TA_OPT_COUNT ? descs[i].name : NULL;
+}
+
+/* "name=value name=value" for the verbose start line. */
+size_t ta_options_format(char *buf, size_t size) {
+  size_t len = 0;
+  for (size_t i = 0; i < TA_OPT_COUNT; i++) {
+    char num[24];
+    size_t nl = ta_fmt_u64(num, (uint64_t)ta_opt((ta_opt_t)i));
+    const char *parts[] = {i ? " " : "", descs[i].name, "=", num};
+    size_t lens[] = {i ? 1u : 0u, strlen(descs[i].name), 1, nl};
+    for (size_t k = 0; k < 4; k++)
+      for (size_t j = 0; j < lens[k]; j++, len++)
+        if (len + 1 < size) buf[len] = parts[k][j];
+  }
+  if (size) buf[len < size ? len : size - 1] = 0;
+  return len;
+}

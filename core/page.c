@@ -1,0 +1,146 @@
+/* Small pages: carving blocks, collecting the three free lists, and moving a
+ * page between its class queue, the full list, and back to its segment.
+ * All of it runs on the owning thread (or on behalf of an abandoned heap). */
+#include "internal.h"
+
+/* The page every empty heap slot points at: no free block, so the malloc fast
+ * path falls into the slow path without an initialisation check. */
+ta_page_t ta_page_empty;
+
+void ta_page_init(ta_heap_t *h, ta_page_t *pg, size_t cls) {
+  size_t bs = ta_class_size(cls);
+  pg->cls = (uint8_t)cls;
+  pg->bsize = (uint32_t)bs;
+  pg->div_magic = UINT64_MAX / bs + 1;
+  pg->reserved = (uint32_t)((size_t)pg->slices * TA_SLICE_SIZE / bs);
+  pg->capacity = 0;
+  ta_relaxed_store(&pg->used, 0);
+  pg->free = pg->local_free = NULL;
+  atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
+  pg->heap = h;
+  pg->in_full = pg->in_queue = 0;
+  pg->next = pg->prev = NULL;
+}
+
+/* Carves fresh blocks: about 16 KiB at a time, so a new page does not fault
+ * in all of its memory at once. Pre: pg->free == NULL. */
+static void page_extend(ta_page_t *pg) {
+  size_t bs = pg->bsize, n = 16384 / bs;
+  if (n == 0) n = 1;
+  if (n > pg->reserved - pg->capacity) n = pg->reserved - pg->capacity;
+  uint8_t *first = pg->start + (size_t)pg->capacity * bs;
+  for (size_t i = 0; i + 1 < n; i++) ((ta_block_t *)(first + i * bs))->next = (ta_block_t *)(first + (i + 1) * bs);
+  ((ta_block_t *)(first + (n - 1) * bs))->next = NULL;
+  pg->free = (ta_block_t *)first;
+  pg->capacity += (uint32_t)n;
+}
+
+/* Moves blocks freed by other threads onto the free list. Returns how many.
+ * Pre: the page is not in the full list. */
+size_t ta_page_collect_xfree(ta_page_t *pg) {
+  if (atomic_load_explicit(&pg->xfree, memory_order_relaxed) == 0) return 0;
+  ta_block_t *b = (ta_block_t *)atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
+  if (!b) return 0;
+  size_t n = 1;
+  ta_block_t *tail = b;
+  while (tail->next) {
+    tail = tail->next;
+    n++;
+  }
+  tail->next = pg->free;
+  pg->free = b;
+  ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) - (uint32_t)n);
+  return n;
+}
+
+bool ta_page_refill(ta_heap_t *h, ta_page_t *pg) {
+  size_t freed = 0;
+  if (!pg->free && pg->local_free) {
+    pg->free = pg->local_free;
+    pg->local_free = NULL;
+    for (ta_block_t *b = pg->free; b; b = b->next) freed++;
+  }
+  if (!pg->in_full) freed += ta_page_collect_xfree(pg);
+  if (freed) ta_relaxed_add(&h->frees, freed);
+  if (!pg->free && pg->capacity < pg->reserved) page_extend(pg);
+  return pg->free != NULL;
+}
+
+void ta_pageq_push(ta_pageq_t *q, ta_page_t *pg) {
+  pg->prev = NULL;
+  pg->next = q->first;
+  if (q->first) q->first->prev = pg;
+  else q->last = pg;
+  q->first = pg;
+}
+
+void ta_pageq_remove(ta_pageq_t *q, ta_page_t *pg) {
+  if (pg->prev) pg->prev->next = pg->next;
+  else q->first = pg->next;
+  if (pg->next) pg->next->prev = pg->prev;
+  else q->last = pg->prev;
+  pg->next = pg->prev = NULL;
+}
+
+/* Points the direct slots of class cls at the class's current page. */
+void ta_heap_set_direct(ta_heap_t *h, size_t cls) {
+  if (ta_class_size(cls) > TA_DIRECT_MAX) return;
+  ta_page_t *pg = h->queues[cls].first ? h->queues[cls].first : &ta_page_empty;
+  for (size_t d = ta_direct_lo[cls]; d <= ta_direct_hi[cls]; d++) h->direct[d] = pg;
+}
+
+static void queue_remove(ta_heap_t *h, ta_page_t *pg) {
+  bool was_first = h->queues[pg->cls].first == pg;
+  ta_pageq_remove(&h->queues[pg->cls], pg);
+  pg->in_queue = 0;
+  if (was_first) ta_heap_set_direct(h, pg->cls);
+}
+
+/* A page with no free block leaves its queue for the full list; from then on
+ * other threads' frees go to heap->delayed. If a block arrives first, the
+ * flag cannot be set and the page stays (the caller collects it). */
+void ta_page_to_full(ta_heap_t *h, ta_page_t *pg) {
+  uintptr_t expect = 0;
+  if (!atomic_compare_exchange_strong_explicit(&pg->xfree, &expect, TA_XFREE_FULL, memory_order_acq_rel,
+                                               memory_order_relaxed))
+    return;
+  queue_remove(h, pg);
+  ta_pageq_push(&h->full, pg);
+  pg->in_full = 1;
+}
+
+/* Back from the full list to the front of its class queue. */
+void ta_page_unfull(ta_heap_t *h, ta_page_t *pg) {
+  ta_pageq_remove(&h->full, pg);
+  pg->in_full = 0;
+  atomic_store_explicit(&pg->xfree, 0, memory_order_release);
+  ta_pageq_push(&h->queues[pg->cls], pg);
+  pg->in_queue = 1;
+  ta_heap_set_direct(h, pg->cls);
+}
+
+/* Returns a page's span to its segment. */
+void ta_page_retire(ta_heap_t *h, ta_page_t *pg) {
+  if (pg->in_full) ta_page_unfull(h, pg);
+  if (pg->in_queue) queue_remove(h, pg);
+  ta_lock(&h->lock);
+  ta_span_free(h, pg);
+  ta_unlock(&h->lock);
+}
+
+/* used dropped to 0. A single-slice page that is its class's only page stays
+ * as a cache (a burst of free/malloc must not thrash); others go back to the
+ * segment, where the delayed purge returns them to the OS if they stay idle. */
+void ta_page_emptied(ta_heap_t *h, ta_page_t *pg) {
+  if (pg->kind == TA_SPAN_LARGE) {
+    ta_relaxed_add(&h->frees, 1);
+    ta_lock(&h->lock);
+    ta_span_free(h, pg);
+    ta_unlock(&h->lock);
+    return;
+  }
+  if (pg->in_full) ta_page_unfull(h, pg);
+  ta_pageq_t *q = &h->queues[pg->cls];
+  if (pg->slices == 1 && q->first == pg && pg->next == NULL) return;
+  ta_page_retire(h, pg);
+}

@@ -1,0 +1,40 @@
+/* Every OS call the core makes, behind one small interface (core/prim/).
+ * Functions that can fail return 0 or an errno value. None allocates. */
+#ifndef TA_PRIM_H
+#define TA_PRIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The OS page size, read at run time (4K, 16K and 64K kernels). */
+size_t ta_prim_page_size(void);
+
+/* Maps `size` bytes of zeroed read-write memory aligned to `align`.
+ * Pre: size and align are multiples of the page size; align is a power of two. */
+int ta_prim_map(size_t size, size_t align, void **out);
+
+/* Pre: p and size as returned by / passed to ta_prim_map (or a page-aligned part). */
+int ta_prim_unmap(void *p, size_t size);
+
+/* Returns the pages to the OS now (RSS drops); they read as zero afterwards.
+ * Pre: p and size page-aligned. */
+int ta_prim_purge(void *p, size_t size);
+
+/* Resizes a mapping made by ta_prim_map, keeping its alignment: in place when
+ * possible, else moved (without copying) to a new aligned address.
+ * Pre: sizes page multiples; align a power of two >= page size. */
+int ta_prim_remap(void *p, size_t old_size, size_t new_size, size_t align, void **out);
+
+uint64_t ta_prim_clock_ns(void); /* monotonic */
+uint64_t ta_prim_clock_ms(void); /* monotonic, coarse (cheap) */
+
+/* Writes to stderr, without allocating. */
+void ta_prim_write_err(const char *s, size_t n);
+
+/* getenv without allocating; NULL when unset. */
+const char *ta_prim_getenv(const char *name);
+
+/* 64 random bits from the kernel (AT_RANDOM), mixed with the clock. */
+uint64_t ta_prim_random(void);
+
+#endif

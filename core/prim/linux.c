@@ -1,0 +1,118 @@
+/* prim.h on Linux (glibc and musl). The only file with OS specifics. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "../prim.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static size_t page_size_cache;
+
+size_t ta_prim_page_size(void) {
+  if (page_size_cache == 0) {
+    long n = sysconf(_SC_PAGESIZE);
+    page_size_cache = n > 0 ? (size_t)n : 4096;
+  }
+  return page_size_cache;
+}
+
+static int map_raw(size_t size, void **out) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return errno ? errno : ENOMEM;
+  *out = p;
+  return 0;
+}
+
+int ta_prim_map(size_t size, size_t align, void **out) {
+  void *p;
+  int err = map_raw(size, &p);
+  if (err) return err;
+  if (((uintptr_t)p & (align - 1)) == 0) {
+    *out = p;
+    return 0;
+  }
+  /* Over-map by `align` and cut the ends off. */
+  munmap(p, size);
+  if (size + align < size) return ENOMEM;
+  err = map_raw(size + align, &p);
+  if (err) return err;
+  uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
+  size_t head = start - (uintptr_t)p, tail = align - head;
+  if (head) munmap(p, head);
+  if (tail) munmap((void *)(start + size), tail);
+  *out = (void *)start;
+  return 0;
+}
+
+int ta_prim_unmap(void *p, size_t size) {
+  return munmap(p, size) == 0 ? 0 : errno;
+}
+
+int ta_prim_purge(void *p, size_t size) {
+  int rc;
+  do rc = madvise(p, size, MADV_DONTNEED);
+  while (rc != 0 && errno == EAGAIN);
+  return rc == 0 ? 0 : errno;
+}
+
+int ta_prim_remap(void *p, size_t old_size, size_t new_size, size_t align, void **out) {
+  void *q = mremap(p, old_size, new_size, 0); /* in place */
+  if (q != MAP_FAILED) {
+    *out = q;
+    return 0;
+  }
+  /* Reserve an aligned destination, then move the pages there. */
+  void *dst;
+  int err = ta_prim_map(new_size, align, &dst);
+  if (err) return err;
+  q = mremap(p, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+  if (q == MAP_FAILED) {
+    err = errno;
+    munmap(dst, new_size);
+    return err;
+  }
+  *out = q;
+  return 0;
+}
+
+uint64_t ta_prim_clock_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t ta_prim_clock_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void ta_prim_write_err(const char *s, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(2, s, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return;
+    s += w;
+    n -= (size_t)w;
+  }
+}
+
+const char *ta_prim_getenv(const char *name) {
+  return getenv(name);
+}
+
+uint64_t ta_prim_random(void) {
+  uint64_t r = ta_prim_clock_ns() * 0x9E3779B97F4A7C15ull;
+  const unsigned char *a = (const unsigned char *)getauxval(AT_RANDOM);
+  if (a)
+    for (int i = 0; i < 8; i++) r ^= (uint64_t)a[i] << (8 * i);
+  r ^= r >> 31;
+  r *= 0xBF58476D1CE4E5B9ull;
+  r ^= r >> 29;
+  return r | 1;
+}

@@ -1,0 +1,103 @@
+/* trimalloc: a memory allocator that gives memory back.
+ *
+ * Public C API. The preload library (libtrimalloc.so) exports these names and
+ * the standard ones (malloc, free, ...) as aliases of them. Everything else in
+ * the library is hidden. */
+#ifndef TRIMALLOC_H
+#define TRIMALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TRIMALLOC_VERSION "0.1.0"
+#define TRIMALLOC_STATS_VERSION 1
+
+#if defined(__GNUC__)
+#define TRIMALLOC_API __attribute__((visibility("default")))
+#else
+#define TRIMALLOC_API
+#endif
+
+/* The stats field list, kept in this one place. The struct, the JSON, and the
+ * Ruby and Python bindings' hashes are all generated from it, so they cannot
+ * drift. X(type, name, unit, description); type is uint64_t or double. */
+#define TRIMALLOC_STATS_FIELDS(X)                                                        \
+  X(uint64_t, allocated, "bytes", "bytes in live blocks (usable sizes)")                 \
+  X(uint64_t, active, "bytes", "bytes of pages holding at least one live block")         \
+  X(uint64_t, resident, "bytes", "bytes the allocator holds committed (not purged)")     \
+  X(uint64_t, mapped, "bytes", "address space mapped from the OS")                       \
+  X(uint64_t, metadata, "bytes", "the allocator's own bookkeeping")                      \
+  X(uint64_t, purged, "bytes", "mapped but returned to the OS (retained address space)") \
+  X(double, fragmentation, "ratio", "1 - allocated / resident")                          \
+  X(uint64_t, peak_active, "bytes", "high-water mark of active (pages and huge blocks in use)") \
+  X(uint64_t, allocations, "count", "frees + live blocks (lags like frees)")             \
+  X(uint64_t, frees, "count", "frees counted when the allocator collects them")          \
+  X(uint64_t, huge_allocations, "count", "blocks that got their own mapping")           \
+  X(uint64_t, segments, "count", "segments mapped now")                                  \
+  X(uint64_t, heaps, "count", "thread heaps in use or abandoned")                        \
+  X(uint64_t, purges, "count", "ranges returned to the OS by the delayed purge")         \
+  X(uint64_t, purged_bytes, "bytes", "bytes returned to the OS by the delayed purge")    \
+  X(uint64_t, trims, "count", "calls to trimalloc_trim or malloc_trim")                  \
+  X(uint64_t, trimmed_bytes, "bytes", "bytes returned to the OS by trims")               \
+  X(uint64_t, trim_ns, "ns", "time spent trimming")
+
+typedef struct trimalloc_stats_s {
+  uint32_t version; /* TRIMALLOC_STATS_VERSION */
+  uint32_t size;    /* sizeof(trimalloc_stats_t) as filled */
+#define TRIMALLOC_X_FIELD(type, name, unit, doc) type name;
+  TRIMALLOC_STATS_FIELDS(TRIMALLOC_X_FIELD)
+#undef TRIMALLOC_X_FIELD
+} trimalloc_stats_t;
+
+/* The allocation functions under the library's own names; C and POSIX
+ * semantics (NULL and errno = ENOMEM on failure, EINVAL for bad alignments). */
+TRIMALLOC_API void *trimalloc_malloc(size_t size);
+TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size);
+TRIMALLOC_API void *trimalloc_realloc(void *p, size_t size);
+TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size);
+TRIMALLOC_API void trimalloc_free(void *p);
+TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t alignment, size_t size);
+TRIMALLOC_API void *trimalloc_aligned_alloc(size_t alignment, size_t size);
+TRIMALLOC_API void *trimalloc_memalign(size_t alignment, size_t size);
+TRIMALLOC_API void *trimalloc_valloc(size_t size);
+TRIMALLOC_API void *trimalloc_pvalloc(size_t size);
+TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p);
+
+/* Returns every free page of every heap to the OS now (MADV_DONTNEED) and
+ * unmaps empty segments. Returns the number of bytes released. Cheap when
+ * there is nothing to release. Thread-safe. */
+TRIMALLOC_API size_t trimalloc_trim(void);
+
+/* glibc-compatible: trims, returns 1 if memory was released, 0 otherwise. */
+TRIMALLOC_API int trimalloc_malloc_trim(size_t pad);
+
+/* Fills *out (at most `size` bytes of it: pass sizeof(trimalloc_stats_t)).
+ * Returns 0, or EINVAL when out is NULL or size is too small for the header.
+ * Takes no lock that malloc or free need. Thread-safe. */
+TRIMALLOC_API int trimalloc_stats(trimalloc_stats_t *out, size_t size);
+
+/* Writes the stats as one JSON object into buf (NUL-terminated, truncated to
+ * size). Returns the length the full text needs, excluding the NUL, like
+ * snprintf. Does not allocate. */
+TRIMALLOC_API size_t trimalloc_stats_json(char *buf, size_t size);
+
+/* Options: purge_delay_ms, unmap_delay_ms, show_stats, verbose. Each is read
+ * once from TRIMALLOC_<NAME upper-cased> at start; a bad value warns once and
+ * keeps the default. get/set return 0, or EINVAL for an unknown name (or a
+ * NULL pointer) and ERANGE for a value out of the option's range. */
+TRIMALLOC_API int trimalloc_option_get(const char *name, long long *value);
+TRIMALLOC_API int trimalloc_option_set(const char *name, long long value);
+
+/* The name of the i-th option (0-based), or NULL past the last one. */
+TRIMALLOC_API const char *trimalloc_option_name(size_t i);
+
+TRIMALLOC_API const char *trimalloc_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

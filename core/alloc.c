@@ -9,14 +9,23 @@ uintptr_t ta_cookie = 0x7a3c5e1f9b2d4c61u; /* replaced by a random value at init
 static __attribute__((noinline)) void *malloc_slow(size_t n);
 static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_page_t *pg, void *p);
 
+/* A block on a free list lost its cookie: it was handed out twice (a double
+ * free) or written after free. */
+static __attribute__((noinline, noreturn, cold)) void ta_corrupt(ta_block_t *b) {
+  ta_error("malloc: heap corruption (double free or write after free) of block", b);
+}
+
 /* Fast path budget: one TLS load, one table load, one list pop, two stores,
- * and one unlikely branch (sizes over 1 KiB, or an empty free list). */
+ * and two unlikely branches (a size over 1 KiB or an empty free list; a block
+ * whose free cookie is gone, i.e. freed twice or written after free; the
+ * cookie shares the cache line of the link just read, so the check is free). */
 TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   ta_heap_t *h = ta_tls_heap;
   if (ta_likely(n <= TA_DIRECT_MAX)) {
     ta_page_t *pg = h->direct[(n + TA_ALIGN - 1) / TA_ALIGN];
     ta_block_t *b = pg->free;
     if (ta_likely(b != NULL)) {
+      if (ta_unlikely(b->key != ta_cookie)) ta_corrupt(b);
       pg->free = b->next;
       b->key = 0;
       ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
@@ -46,6 +55,7 @@ void *ta_malloc_class(ta_heap_t *h, size_t cls) {
     return NULL;
   }
   ta_block_t *b = pg->free;
+  if (ta_unlikely(b->key != ta_cookie)) ta_corrupt(b);
   pg->free = b->next;
   b->key = 0;
   ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
@@ -72,24 +82,27 @@ void *ta_malloc_large(ta_heap_t *h, size_t n) {
     errno = ENOMEM;
     return NULL;
   }
-  ((ta_block_t *)pg->start)->key = 0;
+  ta_relaxed_add(&h->allocs, 1);
   return pg->start;
 }
 
 /* Pushes a block on its page's local list; the page is owned by h. */
 void ta_free_local(ta_heap_t *h, ta_page_t *pg, ta_block_t *b) {
+  uint32_t u = ta_relaxed_load(&pg->used);
+  if (ta_unlikely(u == 0)) ta_error("free: double free", b);
   b->next = pg->local_free;
   b->key = ta_cookie;
   pg->local_free = b;
-  uint32_t u = ta_relaxed_load(&pg->used) - 1;
-  ta_relaxed_store(&pg->used, u);
+  ta_relaxed_store(&pg->used, u - 1);
   if (pg->in_full) ta_page_unfull(h, pg);
-  if (u == 0) ta_page_emptied(h, pg);
+  if (u == 1) ta_page_emptied(h, pg);
 }
 
 /* Fast path budget: segment-map bit test, descriptor load, owner compare,
- * block-start test (one multiply), cookie test, push, and one unlikely
- * branch (another thread's block, suspected double free, empty or full page). */
+ * block-start test (one multiply), push (writes only: the block's memory is
+ * not read, so a cold block costs no cache miss), and one unlikely branch
+ * (another thread's block or not a block start; an emptied or full page; a
+ * page with no live block, i.e. a double free). */
 TRIMALLOC_API void trimalloc_free(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   if (ta_unlikely(!ta_segmap_contains(s))) {
@@ -97,34 +110,20 @@ TRIMALLOC_API void trimalloc_free(void *p) {
     return;
   }
   ta_page_t *pg = ta_page_of(s, p);
-  ta_block_t *b = p;
-  if (ta_likely(pg->heap == ta_tls_heap && ta_is_block_start(pg, p) && b->key != ta_cookie)) {
-    b->next = pg->local_free;
-    b->key = ta_cookie;
-    pg->local_free = b;
-    uint32_t u = ta_relaxed_load(&pg->used) - 1;
-    ta_relaxed_store(&pg->used, u);
-    if (ta_likely(u != 0 && !pg->in_full)) return;
-    if (pg->in_full) ta_page_unfull(pg->heap, pg);
-    if (u == 0) ta_page_emptied(pg->heap, pg);
+  if (ta_likely(pg->heap == ta_tls_heap && ta_is_block_start(pg, p))) {
+    uint32_t u = ta_relaxed_load(&pg->used);
+    if (ta_likely(u > 1 && !pg->in_full)) {
+      ta_block_t *b = p;
+      b->next = pg->local_free;
+      b->key = ta_cookie;
+      pg->local_free = b;
+      ta_relaxed_store(&pg->used, u - 1);
+      return;
+    }
+    ta_free_local(pg->heap, pg, p);
     return;
   }
   free_slow(s, pg, p);
-}
-
-/* Is b on one of its page's free lists? Owner only (others only prepend to
- * xfree and delayed, so walking a snapshot of them is safe). */
-static bool block_is_free(ta_heap_t *h, ta_page_t *pg, ta_block_t *b) {
-  for (ta_block_t *x = pg->free; x; x = x->next)
-    if (x == b) return true;
-  for (ta_block_t *x = pg->local_free; x; x = x->next)
-    if (x == b) return true;
-  uintptr_t xf = atomic_load_explicit(&pg->xfree, memory_order_acquire) & ~TA_XFREE_FULL;
-  for (ta_block_t *x = (ta_block_t *)xf; x; x = x->next)
-    if (x == b) return true;
-  for (ta_block_t *x = atomic_load_explicit(&h->delayed, memory_order_acquire); x; x = x->next)
-    if (x == b) return true;
-  return false;
 }
 
 /* A free from a thread that does not own the page. */
@@ -138,9 +137,9 @@ static void free_remote(ta_page_t *pg, ta_block_t *b) {
     }
     ta_span_free(h, pg);
     ta_unlock(&h->lock);
-    ta_relaxed_add(&h->frees, 1);
     return;
   }
+  if (b->key == ta_cookie) ta_error("free: double free", b); /* slow path: reading is fine */
   b->key = ta_cookie;
   uintptr_t old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
   for (;;) {
@@ -166,13 +165,7 @@ static void free_slow(ta_segment_t *s, ta_page_t *pg, void *p) {
   }
   if (pg->kind != TA_SPAN_SMALL && pg->kind != TA_SPAN_LARGE) ta_error("free: invalid pointer (not allocated)", p);
   if (!ta_is_block_start(pg, p)) ta_error("free: invalid pointer (not the start of a block)", p);
-  ta_heap_t *h = ta_tls_heap;
-  if (pg->heap == h) { /* ours, and the block carries the free cookie */
-    if (block_is_free(h, pg, p)) ta_error("free: double free", p);
-    ta_free_local(h, pg, p);
-    return;
-  }
-  free_remote(pg, p);
+  free_remote(pg, p); /* the fast path takes every block-start free of our own */
 }
 
 TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {

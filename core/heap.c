@@ -59,15 +59,12 @@ ta_heap_t *ta_heap_get(void) {
 static void heap_delayed_free(ta_heap_t *h) {
   if (!atomic_load_explicit(&h->delayed, memory_order_relaxed)) return;
   ta_block_t *b = atomic_exchange_explicit(&h->delayed, NULL, memory_order_acquire);
-  size_t n = 0;
   while (b) {
     ta_block_t *next = b->next;
     ta_page_t *pg = ta_page_of(ta_segment_of(b), b);
     ta_free_local(h, pg, b);
     b = next;
-    n++;
   }
-  ta_relaxed_add(&h->frees, n);
 }
 
 /* A page of class cls with a free block, or NULL (out of memory). */
@@ -115,7 +112,7 @@ void ta_heap_collect(ta_heap_t *h, bool flush) {
     while (pg) {
       ta_page_t *next = pg->next;
       if (!pg->free) ta_page_refill(h, pg);
-      else ta_relaxed_add(&h->frees, ta_page_collect_xfree(pg));
+      else ta_page_collect_xfree(pg);
       if (ta_relaxed_load(&pg->used) == 0) ta_page_retire(h, pg);
       pg = next;
     }
@@ -130,6 +127,7 @@ void ta_heap_maintain(ta_heap_t *h) {
     atomic_store_explicit(&h->flush, 0, memory_order_relaxed);
     ta_heap_collect(h, true);
   }
+  if ((++h->slow_count & 15) != 0) return; /* read the clock every 16th slow path */
   uint64_t now = ta_prim_clock_ms();
   uint64_t every = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS) / 4 + 1;
   if (now - h->last_purge_ms < every) return;

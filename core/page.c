@@ -14,6 +14,7 @@ void ta_page_init(ta_heap_t *h, ta_page_t *pg, size_t cls) {
   pg->div_magic = UINT64_MAX / bs + 1;
   pg->reserved = (uint32_t)((size_t)pg->slices * TA_SLICE_SIZE / bs);
   pg->capacity = 0;
+  pg->refill_used = pg->refill_count = 0;
   ta_relaxed_store(&pg->used, 0);
   pg->free = pg->local_free = NULL;
   atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
@@ -29,8 +30,11 @@ static void page_extend(ta_page_t *pg) {
   if (n == 0) n = 1;
   if (n > pg->reserved - pg->capacity) n = pg->reserved - pg->capacity;
   uint8_t *first = pg->start + (size_t)pg->capacity * bs;
-  for (size_t i = 0; i + 1 < n; i++) ((ta_block_t *)(first + i * bs))->next = (ta_block_t *)(first + (i + 1) * bs);
-  ((ta_block_t *)(first + (n - 1) * bs))->next = NULL;
+  for (size_t i = 0; i < n; i++) {
+    ta_block_t *b = (ta_block_t *)(first + i * bs);
+    b->next = i + 1 < n ? (ta_block_t *)(first + (i + 1) * bs) : NULL;
+    b->key = ta_cookie;
+  }
   pg->free = (ta_block_t *)first;
   pg->capacity += (uint32_t)n;
 }
@@ -50,20 +54,36 @@ size_t ta_page_collect_xfree(ta_page_t *pg) {
   tail->next = pg->free;
   pg->free = b;
   ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) - (uint32_t)n);
+  pg->refill_used -= (uint32_t)n; /* keeps the refill equation (types.h) */
+  pg->refill_count += (uint32_t)n;
   return n;
 }
 
+/* Refills an empty free list from local frees, other threads' frees, or
+ * fresh blocks. Counts the blocks the previous list handed out. */
 bool ta_page_refill(ta_heap_t *h, ta_page_t *pg) {
-  size_t freed = 0;
-  if (!pg->free && pg->local_free) {
-    pg->free = pg->local_free;
-    pg->local_free = NULL;
-    for (ta_block_t *b = pg->free; b; b = b->next) freed++;
+  ta_assert(pg->free == NULL);
+  uint32_t used = ta_relaxed_load(&pg->used);
+  ta_relaxed_add(&h->allocs, pg->refill_count);
+  pg->refill_count = pg->refill_used + pg->refill_count - used; /* |local_free| */
+  pg->refill_used = used;
+  pg->free = pg->local_free;
+  pg->local_free = NULL;
+  if (!pg->in_full) ta_page_collect_xfree(pg);
+  if (!pg->free && pg->capacity < pg->reserved) {
+    uint32_t before = pg->capacity;
+    page_extend(pg);
+    pg->refill_count += pg->capacity - before;
   }
-  if (!pg->in_full) freed += ta_page_collect_xfree(pg);
-  if (freed) ta_relaxed_add(&h->frees, freed);
-  if (!pg->free && pg->capacity < pg->reserved) page_extend(pg);
   return pg->free != NULL;
+}
+
+/* Counts what the current list handed out, when a page leaves for good. */
+static void page_count_final(ta_heap_t *h, ta_page_t *pg) {
+  uint32_t left = 0;
+  for (ta_block_t *b = pg->free; b; b = b->next) left++;
+  ta_relaxed_add(&h->allocs, pg->refill_count - left);
+  pg->refill_count = left;
 }
 
 void ta_pageq_push(ta_pageq_t *q, ta_page_t *pg) {
@@ -86,6 +106,7 @@ void ta_pageq_remove(ta_pageq_t *q, ta_page_t *pg) {
 void ta_heap_set_direct(ta_heap_t *h, size_t cls) {
   if (ta_class_size(cls) > TA_DIRECT_MAX) return;
   ta_page_t *pg = h->queues[cls].first ? h->queues[cls].first : &ta_page_empty;
+  if (h->direct[ta_direct_hi[cls]] == pg) return;
   for (size_t d = ta_direct_lo[cls]; d <= ta_direct_hi[cls]; d++) h->direct[d] = pg;
 }
 
@@ -109,18 +130,25 @@ void ta_page_to_full(ta_heap_t *h, ta_page_t *pg) {
   pg->in_full = 1;
 }
 
-/* Back from the full list to the front of its class queue. */
+/* Back from the full list to the tail of its class queue: the current page
+ * stays current, and this one gathers more free blocks before its turn. */
 void ta_page_unfull(ta_heap_t *h, ta_page_t *pg) {
   ta_pageq_remove(&h->full, pg);
   pg->in_full = 0;
   atomic_store_explicit(&pg->xfree, 0, memory_order_release);
-  ta_pageq_push(&h->queues[pg->cls], pg);
+  ta_pageq_t *q = &h->queues[pg->cls];
+  pg->next = NULL;
+  pg->prev = q->last;
+  if (q->last) q->last->next = pg;
+  else q->first = pg;
+  q->last = pg;
   pg->in_queue = 1;
   ta_heap_set_direct(h, pg->cls);
 }
 
 /* Returns a page's span to its segment. */
 void ta_page_retire(ta_heap_t *h, ta_page_t *pg) {
+  page_count_final(h, pg);
   if (pg->in_full) ta_page_unfull(h, pg);
   if (pg->in_queue) queue_remove(h, pg);
   ta_lock(&h->lock);
@@ -133,7 +161,6 @@ void ta_page_retire(ta_heap_t *h, ta_page_t *pg) {
  * segment, where the delayed purge returns them to the OS if they stay idle. */
 void ta_page_emptied(ta_heap_t *h, ta_page_t *pg) {
   if (pg->kind == TA_SPAN_LARGE) {
-    ta_relaxed_add(&h->frees, 1);
     ta_lock(&h->lock);
     ta_span_free(h, pg);
     ta_unlock(&h->lock);

@@ -19,13 +19,13 @@ void ta_active_add(int64_t delta) {
 
 static void stats_collect(trimalloc_stats_t *st) {
   ta_walk_t w = {0};
-  uint64_t frees = 0, purges = 0, purged_bytes = 0, heaps = 0;
+  uint64_t allocs = 0, purges = 0, purged_bytes = 0, heaps = 0;
   ta_lock(&ta_heaps_lock);
   for (ta_heap_t *h = ta_heaps; h; h = h->next_all) {
     ta_lock(&h->lock);
     ta_segments_account(h, &w);
     ta_unlock(&h->lock);
-    frees += ta_relaxed_load(&h->frees);
+    allocs += ta_relaxed_load(&h->allocs);
     purges += ta_relaxed_load(&h->purges);
     purged_bytes += ta_relaxed_load(&h->purged_bytes);
     heaps++;
@@ -42,8 +42,9 @@ static void stats_collect(trimalloc_stats_t *st) {
   st->purged = st->mapped - st->resident;
   st->fragmentation = st->resident ? 1.0 - (double)st->allocated / (double)st->resident : 0.0;
   st->peak_active = ta_relaxed_load(&active_peak);
-  st->frees = frees + (huge_total - huge_live);
-  st->allocations = st->frees + w.blocks + huge_live;
+  st->allocations = allocs + huge_total;
+  uint64_t live = w.blocks + huge_live;
+  st->frees = st->allocations > live ? st->allocations - live : 0;
   st->huge_allocations = huge_total;
   st->segments = ta_segments_live();
   st->heaps = heaps;

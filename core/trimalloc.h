@@ -34,8 +34,8 @@ extern "C" {
   X(uint64_t, purged, "bytes", "mapped but returned to the OS (retained address space)") \
   X(double, fragmentation, "ratio", "1 - allocated / resident")                          \
   X(uint64_t, peak_active, "bytes", "high-water mark of active (pages and huge blocks in use)") \
-  X(uint64_t, allocations, "count", "frees + live blocks (lags like frees)")             \
-  X(uint64_t, frees, "count", "frees counted when the allocator collects them")          \
+  X(uint64_t, allocations, "count", "blocks handed out (a page's are counted when it refills)") \
+  X(uint64_t, frees, "count", "allocations - live blocks (lags the same way)")            \
   X(uint64_t, huge_allocations, "count", "blocks that got their own mapping")           \
   X(uint64_t, segments, "count", "segments mapped now")                                  \
   X(uint64_t, heaps, "count", "thread heaps in use or abandoned")                        \

@@ -60,6 +60,9 @@ typedef enum {
  * Small page invariants (owner thread only, except xfree and the relaxed
  * reads of used by stats):
  *   used = capacity - |free| - |local_free| - |xfree| - |blocks of this page in heap->delayed|
+ *   when free is empty: |local_free| = refill_used + refill_count - used
+ *     (so a refill learns how many blocks were handed out and freed without
+ *     walking the lists)
  *   capacity <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
  *   xfree == TA_XFREE_FULL  <=>  in_full  (the page has no free block then)
  *   (addr - start) % bsize == 0 for every block, tested with div_magic
@@ -74,6 +77,8 @@ typedef struct ta_page_s {
   uint32_t capacity;       /* blocks carved from the span so far */
   uint32_t reserved;       /* blocks that fit in the span */
   uint32_t bsize;          /* block size (large: span bytes) */
+  uint32_t refill_used;    /* used right after the last refill */
+  uint32_t refill_count;   /* blocks put on `free` by the last refill */
   uint64_t div_magic;      /* UINT64_MAX / bsize + 1: divisibility test */
   uint8_t *start;          /* first byte of the span */
   ta_heap_t *heap;         /* owner (NULL for huge) */
@@ -136,7 +141,7 @@ struct ta_heap_s {
   int state;                    /* ta_heap_state_t, under the registry lock */
   ta_heap_t *next_all;          /* registry */
   ta_heap_t *next_abandoned;
-  _Atomic uint64_t frees;       /* collected frees */
+  _Atomic uint64_t allocs;      /* blocks handed out, counted at refills */
   _Atomic uint64_t purges, purged_bytes;
 };
 

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <link.h>
 #include <malloc.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -54,10 +55,37 @@ size_t ta_bind_nfields(void) {
 #undef COUNT
 }
 
+/* The malloc that calls in this process bind to. dlsym(RTLD_DEFAULT,
+ * "malloc") alone is not it in a non-PIE executable that takes malloc's
+ * address (Debian's /usr/bin/python3 is one): it returns the executable's
+ * canonical PLT entry. So when that answer is not trimalloc_malloc, walk the
+ * global scope in search order and take the first object after the executable
+ * whose own symbol table defines malloc. */
+static void *bound_malloc(void *tm) {
+  void *m = dlsym(RTLD_DEFAULT, "malloc");
+  if (!m || !tm || m == tm) return m;
+  void *main_handle = dlopen(NULL, RTLD_LAZY | RTLD_NOLOAD);
+  struct link_map *lm = NULL;
+  if (!main_handle) return m;
+  if (dlinfo(main_handle, RTLD_DI_LINKMAP, &lm) != 0 || !lm) lm = NULL;
+  void *found = NULL;
+  for (struct link_map *l = lm ? lm->l_next : NULL; l && !found; l = l->l_next) {
+    if (!l->l_name || !l->l_name[0]) continue;
+    void *h = dlopen(l->l_name, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h) continue;
+    void *s = dlsym(h, "malloc");
+    Dl_info di;
+    if (s && dladdr(s, &di) && di.dli_fname && strcmp(di.dli_fname, l->l_name) == 0) found = s;
+    dlclose(h);
+  }
+  dlclose(main_handle);
+  return found ? found : m;
+}
+
 void ta_bind_init(void) {
   if (atomic_load_explicit(&core.ready, memory_order_acquire)) return;
-  void *m = dlsym(RTLD_DEFAULT, "malloc");
   void *tm = dlsym(RTLD_DEFAULT, "trimalloc_malloc");
+  void *m = bound_malloc(tm);
   core.backend = TA_BACKEND_GLIBC;
   if (m && tm && m == tm) {
     core.trim = (trim_fn)dlsym(RTLD_DEFAULT, "trimalloc_trim");

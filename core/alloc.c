@@ -36,7 +36,19 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
 }
 
 static void *malloc_slow(size_t n) {
-  ta_heap_t *h = ta_heap_get();
+  ta_heap_t *h = ta_tls_heap;
+  if (n <= TA_MEDIUM_MAX) { /* 1..128 KiB: the class queue's current page */
+    ta_page_t *pg = h->queues[ta_class_of(n)].first; /* NULL on the empty heap */
+    ta_block_t *b = pg ? pg->free : NULL;
+    if (ta_likely(b != NULL)) {
+      if (ta_unlikely(b->key != ta_cookie)) ta_corrupt(b);
+      pg->free = b->next;
+      b->key = 0;
+      ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
+      return b;
+    }
+  }
+  h = ta_heap_get();
   if (ta_unlikely(h == NULL)) {
     errno = ENOMEM;
     return NULL;

@@ -29,7 +29,7 @@ static void *aligned(size_t align, size_t n) {
         if (ta_class_size(c) % align == 0) return ta_malloc_class(h, c);
     return ta_malloc_large(h, need);
   }
-  return ta_huge_alloc(n, align);
+  return ta_huge_alloc(n, align, false);
 }
 
 TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t align, size_t n) {

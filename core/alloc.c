@@ -56,7 +56,7 @@ static void *malloc_slow(size_t n) {
   ta_heap_maintain(h);
   if (n <= TA_MEDIUM_MAX) return ta_malloc_class(h, ta_class_of(n));
   if (n <= TA_LARGE_MAX) return ta_malloc_large(h, n);
-  return ta_huge_alloc(n, 0);
+  return ta_huge_alloc(n, 0, false);
 }
 
 void *ta_malloc_class(ta_heap_t *h, size_t cls) {
@@ -186,8 +186,9 @@ TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
     errno = ENOMEM;
     return NULL;
   }
+  if (total > TA_LARGE_MAX) return ta_huge_alloc(total, 0, true); /* fresh mappings are zero */
   void *p = trimalloc_malloc(total);
-  if (p && total <= TA_LARGE_MAX) memset(p, 0, total); /* huge blocks are fresh mappings */
+  if (p) memset(p, 0, total);
   return p;
 }
 

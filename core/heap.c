@@ -136,6 +136,7 @@ void ta_heap_maintain(ta_heap_t *h) {
   ta_lock(&h->lock);
   ta_heap_purge(h, now, false);
   ta_unlock(&h->lock);
+  ta_huge_cache_expire(now, false);
 }
 
 /* pthread key destructor: the thread exits; its heap waits for adoption. */
@@ -155,9 +156,11 @@ void ta_heap_thread_done(void *arg) {
 void ta_heap_fork_prepare(void) {
   ta_lock(&ta_heaps_lock);
   for (ta_heap_t *h = ta_heaps; h; h = h->next_all) ta_lock(&h->lock);
+  ta_huge_fork_prepare();
 }
 
 void ta_heap_fork_parent(void) {
+  ta_huge_fork_parent();
   for (ta_heap_t *h = ta_heaps; h; h = h->next_all) ta_unlock(&h->lock);
   ta_unlock(&ta_heaps_lock);
 }
@@ -165,6 +168,7 @@ void ta_heap_fork_parent(void) {
 /* In the child only the forking thread exists: every other active heap is
  * abandoned, so a new thread adopts it and its memory is reused. */
 void ta_heap_fork_child(void) {
+  ta_huge_fork_child();
   for (ta_heap_t *h = ta_heaps; h; h = h->next_all) {
     pthread_mutex_init(&h->lock, NULL);
     if (h->state == TA_HEAP_ACTIVE && h != ta_tls_heap) {

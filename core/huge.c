@@ -1,11 +1,23 @@
 /* Huge blocks (beyond half a segment): a segment-aligned mapping of their own,
- * whose header looks like a segment's so free finds it in O(1). Unmapped on
- * free; grown and shrunk with mremap, never copied. */
+ * whose header looks like a segment's so free finds it in O(1). Grown and
+ * shrunk with mremap, never copied. A freed mapping waits in a small cache for
+ * purge_delay_ms (so a program that builds and drops a big buffer in a loop
+ * does not fault it in afresh each time), then is unmapped. */
 #include "internal.h"
 
 #include <errno.h>
 
 _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, ta_huge_total;
+_Atomic uint64_t ta_huge_cached; /* bytes mapped in the cache */
+
+#define TA_HUGE_CACHE 8
+#define TA_HUGE_CACHE_MAX ((size_t)256 << 20) /* never keep more than this */
+static struct {
+  ta_segment_t *seg;
+  uint64_t freed_ms;
+} cache[TA_HUGE_CACHE];
+static ta_lock_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static ta_delay_t cache_delay; /* under cache_lock */
 
 static size_t round_up(size_t n, size_t to) {
   return (n + to - 1) & ~(to - 1);
@@ -19,7 +31,93 @@ static void huge_account(ta_segment_t *s, int sign) {
   ta_active_add(usable);
 }
 
-void *ta_huge_alloc(size_t size, size_t align) {
+/* Takes a cached mapping of at least `map` bytes (and not more than 1/4
+ * larger; the rest is cut off with mremap), or NULL. */
+static ta_segment_t *cache_take_fit(size_t map) {
+  if (!ta_relaxed_load(&ta_huge_cached)) return NULL;
+  ta_segment_t *best = NULL;
+  size_t bi = 0;
+  ta_lock(&cache_lock);
+  for (size_t i = 0; i < TA_HUGE_CACHE; i++) {
+    ta_segment_t *s = cache[i].seg;
+    if (s && s->map_size >= map && s->map_size - map <= map / 4 && (!best || s->map_size < best->map_size)) {
+      best = s;
+      bi = i;
+    }
+  }
+  if (best) {
+    cache[bi].seg = NULL;
+    atomic_fetch_sub_explicit(&ta_huge_cached, best->map_size, memory_order_relaxed);
+  }
+  ta_unlock(&cache_lock);
+  return best;
+}
+
+static ta_segment_t *cache_take(size_t map) {
+  ta_segment_t *best = cache_take_fit(map);
+  if (!best) { /* a miss soon after expiring mappings: keep them longer */
+    ta_lock(&cache_lock);
+    ta_delay_refault(&cache_delay, 0);
+    ta_unlock(&cache_lock);
+  }
+  if (best && best->map_size > map) {
+    void *q;
+    if (ta_prim_remap(best, best->map_size, map, TA_SEGMENT_SIZE, &q) == 0) best->map_size = map;
+  }
+  return best;
+}
+
+/* Keeps a freed mapping for reuse; false when the cache is full. */
+static bool cache_put(ta_segment_t *s) {
+  if (ta_opt(TA_OPT_PURGE_DELAY_MS) == 0 || s->map_size > TA_HUGE_CACHE_MAX / 4) return false;
+  bool done = false;
+  ta_lock(&cache_lock);
+  if (ta_relaxed_load(&ta_huge_cached) + s->map_size <= TA_HUGE_CACHE_MAX)
+    for (size_t i = 0; i < TA_HUGE_CACHE && !done; i++)
+      if (!cache[i].seg) {
+        cache[i].seg = s;
+        cache[i].freed_ms = ta_prim_clock_ms();
+        ta_relaxed_add(&ta_huge_cached, s->map_size);
+        done = true;
+      }
+  ta_unlock(&cache_lock);
+  return done;
+}
+
+/* Unmaps cached mappings idle since before `older_than` (all: UINT64_MAX).
+ * Returns the bytes released. */
+size_t ta_huge_cache_expire(uint64_t now, bool all) {
+  if (!ta_relaxed_load(&ta_huge_cached)) return 0;
+  ta_segment_t *drop[TA_HUGE_CACHE];
+  size_t n = 0, bytes = 0;
+  ta_lock(&cache_lock);
+  uint64_t delay = ta_delay_get(&cache_delay, now);
+  for (size_t i = 0; i < TA_HUGE_CACHE; i++)
+    if (cache[i].seg && (all || cache[i].freed_ms + delay <= now)) {
+      drop[n++] = cache[i].seg;
+      atomic_fetch_sub_explicit(&ta_huge_cached, cache[i].seg->map_size, memory_order_relaxed);
+      cache[i].seg = NULL;
+    }
+  if (n && !all) ta_delay_released(&cache_delay, now);
+  ta_unlock(&cache_lock);
+  for (size_t i = 0; i < n; i++) {
+    bytes += drop[i]->map_size;
+    ta_prim_unmap(drop[i], drop[i]->map_size);
+  }
+  return bytes;
+}
+
+void ta_huge_fork_prepare(void) {
+  ta_lock(&cache_lock);
+}
+void ta_huge_fork_parent(void) {
+  ta_unlock(&cache_lock);
+}
+void ta_huge_fork_child(void) {
+  pthread_mutex_init(&cache_lock, NULL);
+}
+
+void *ta_huge_alloc(size_t size, size_t align, bool zero) {
   size_t ps = ta_prim_page_size();
   size_t off = round_up(sizeof(ta_segment_t), align > 64 ? align : 64);
   if (size > PTRDIFF_MAX - off - ps - TA_SEGMENT_SIZE) {
@@ -27,12 +125,16 @@ void *ta_huge_alloc(size_t size, size_t align) {
     return NULL;
   }
   size_t map = round_up(off + size, ps);
-  void *p;
-  if (ta_prim_map(map, TA_SEGMENT_SIZE, &p) != 0) {
+  void *p = cache_take(map);
+  if (p) { /* dirty: clear the header (and the block for calloc) */
+    memset(p, 0, sizeof(ta_segment_t));
+    if (zero) memset((uint8_t *)p + off, 0, map - off);
+    ((ta_segment_t *)p)->map_size = map;
+  } else if (ta_prim_map(map, TA_SEGMENT_SIZE, &p) != 0) {
     errno = ENOMEM;
     return NULL;
   }
-  ta_segment_t *s = p; /* zeroed */
+  ta_segment_t *s = p; /* header zeroed */
   s->huge = 1;
   s->map_size = map;
   s->huge_off = off;
@@ -50,7 +152,8 @@ void *ta_huge_alloc(size_t size, size_t align) {
 void ta_huge_free(ta_segment_t *s) {
   huge_account(s, -1);
   ta_segmap_set(s, false);
-  ta_prim_unmap(s, s->map_size);
+  s->pages[0].kind = TA_SPAN_FREE; /* a stale pointer into the cache is not a block */
+  if (!cache_put(s)) ta_prim_unmap(s, s->map_size);
 }
 
 void *ta_huge_realloc(ta_segment_t *s, size_t size) {

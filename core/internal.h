@@ -72,11 +72,20 @@ TA_HIDDEN void ta_segments_account(ta_heap_t *h, ta_walk_t *w); /* lock held */
 TA_HIDDEN uint64_t ta_segments_live(void);
 TA_HIDDEN bool ta_segment_is_valid(const ta_segment_t *s);
 
+/* ---- delay.c: purge hysteresis (see types.h) ----------------------------- */
+TA_HIDDEN uint64_t ta_delay_get(ta_delay_t *d, uint64_t now_ms);
+TA_HIDDEN void ta_delay_released(ta_delay_t *d, uint64_t now_ms);
+TA_HIDDEN void ta_delay_refault(ta_delay_t *d, uint64_t now_ms); /* now 0: read the clock */
+
 /* ---- huge.c: blocks with their own mapping ------------------------------- */
-TA_HIDDEN void *ta_huge_alloc(size_t size, size_t align);
+TA_HIDDEN void *ta_huge_alloc(size_t size, size_t align, bool zero);
+TA_HIDDEN size_t ta_huge_cache_expire(uint64_t now_ms, bool all);
+TA_HIDDEN void ta_huge_fork_prepare(void);
+TA_HIDDEN void ta_huge_fork_parent(void);
+TA_HIDDEN void ta_huge_fork_child(void);
 TA_HIDDEN void ta_huge_free(ta_segment_t *s);
 TA_HIDDEN void *ta_huge_realloc(ta_segment_t *s, size_t size);
-TA_HIDDEN extern _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, ta_huge_total;
+TA_HIDDEN extern _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, ta_huge_total, ta_huge_cached;
 
 /* ---- page.c: small pages, their free lists and queues -------------------- */
 TA_HIDDEN extern ta_page_t ta_page_empty;

@@ -140,6 +140,7 @@ ta_page_t *ta_span_alloc(ta_heap_t *h, size_t n, ta_span_kind_t kind) {
   sp->kind = (uint8_t)kind; /* before the lock drops: span_free reads neighbours' kind */
   sp->heap = h;
   sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
+  if ((s->committed & slice_mask(idx, n)) != slice_mask(idx, n)) ta_delay_refault(&h->purge_delay, 0);
   s->committed |= slice_mask(idx, n);
   s->used_slices += (uint32_t)n;
   ta_active_add((int64_t)(n * TA_SLICE_SIZE));
@@ -204,7 +205,7 @@ static size_t span_purge(ta_heap_t *h, ta_page_t *sp) {
 }
 
 size_t ta_heap_purge(ta_heap_t *h, uint64_t now, bool all) {
-  uint64_t delay = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS);
+  uint64_t delay = ta_delay_get(&h->purge_delay, now);
   uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
   size_t bytes = 0;
   ta_page_t *sp;
@@ -216,6 +217,7 @@ size_t ta_heap_purge(ta_heap_t *h, uint64_t now, bool all) {
       segment_free(h, s);
     }
   }
+  if (bytes && !all) ta_delay_released(&h->purge_delay, now);
   return bytes;
 }
 

@@ -34,6 +34,7 @@ static void stats_collect(trimalloc_stats_t *st) {
   uint64_t huge_bytes = ta_relaxed_load(&ta_huge_bytes), huge_mapped = ta_relaxed_load(&ta_huge_mapped);
   uint64_t huge_total = ta_relaxed_load(&ta_huge_total), huge_live = ta_relaxed_load(&ta_huge_count);
   uint64_t meta = ta_relaxed_load(&ta_meta_bytes);
+  huge_mapped += ta_relaxed_load(&ta_huge_cached); /* freed, kept for reuse a moment */
   st->allocated = w.allocated + huge_bytes;
   st->active = w.active + huge_bytes;
   st->resident = w.resident + huge_mapped + meta;

@@ -18,6 +18,7 @@ TRIMALLOC_API size_t trimalloc_trim(void) {
     ta_unlock(&h->lock);
   }
   ta_unlock(&ta_heaps_lock);
+  bytes += ta_huge_cache_expire(now, true);
   ta_relaxed_add(&ta_trims, 1);
   ta_relaxed_add(&ta_trimmed_bytes, bytes);
   ta_relaxed_add(&ta_trim_ns, ta_prim_clock_ns() - t0);

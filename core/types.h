@@ -37,6 +37,15 @@
 #define TA_XFREE_FULL ((uintptr_t)1) /* page->xfree flag: page is in the full list */
 
 typedef struct ta_heap_s ta_heap_t;
+
+/* Purge hysteresis (delay.c): memory that stays idle `delay_ms` is returned;
+ * taking memory back soon after returning some doubles the delay (up to 10x
+ * the option, at most 1 s), a calm period halves it again. */
+typedef struct ta_delay_s {
+  uint64_t delay_ms;    /* current delay */
+  uint64_t released_ms; /* last release of memory */
+  uint64_t grown_ms;    /* last change of delay_ms */
+} ta_delay_t;
 typedef struct ta_segment_s ta_segment_t;
 
 /* A free block: the first word links, the second holds the free cookie (so a
@@ -138,6 +147,7 @@ struct ta_heap_s {
   uint64_t bin_mask;                  /* bit n set <=> bins[n] != NULL */
   ta_page_t *purge_first, *purge_last; /* free committed spans, oldest first */
   ta_segment_t *segments;
+  ta_delay_t purge_delay;       /* hysteresis of the delayed purge */
   int state;                    /* ta_heap_state_t, under the registry lock */
   ta_heap_t *next_all;          /* registry */
   ta_heap_t *next_abandoned;

@@ -86,7 +86,8 @@ void *ta_malloc_large(ta_heap_t *h, size_t n) {
     pg->free = pg->local_free = NULL;
     atomic_store_explicit(&pg->xfree, TA_XFREE_FULL, memory_order_relaxed);
     ta_relaxed_store(&pg->used, 1);
-    pg->in_full = pg->in_queue = 0;
+    ta_relaxed_store(&pg->in_full, 0);
+    pg->in_queue = 0;
     pg->cls = 0xff;
   }
   ta_unlock(&h->lock);
@@ -98,15 +99,21 @@ void *ta_malloc_large(ta_heap_t *h, size_t n) {
   return pg->start;
 }
 
-/* Pushes a block on its page's local list; the page is owned by h. */
+/* Pushes a block on its page's local list; the page is owned by h. A full
+ * page is under h->lock (trim may be counting it), and comes back to its queue. */
 void ta_free_local(ta_heap_t *h, ta_page_t *pg, ta_block_t *b) {
+  bool full = ta_relaxed_load(&pg->in_full);
+  if (full) ta_lock(&h->lock);
   uint32_t u = ta_relaxed_load(&pg->used);
   if (ta_unlikely(u == 0)) ta_error("free: double free", b);
   b->next = pg->local_free;
   b->key = ta_cookie;
   pg->local_free = b;
   ta_relaxed_store(&pg->used, u - 1);
-  if (pg->in_full) ta_page_unfull(h, pg);
+  if (full) {
+    ta_unlock(&h->lock);
+    ta_page_unfull(h, pg);
+  }
   if (u == 1) ta_page_emptied(h, pg);
 }
 
@@ -124,7 +131,7 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   ta_page_t *pg = ta_page_of(s, p);
   if (ta_likely(pg->heap == ta_tls_heap && ta_is_block_start(pg, p))) {
     uint32_t u = ta_relaxed_load(&pg->used);
-    if (ta_likely(u > 1 && !pg->in_full)) {
+    if (ta_likely(u > 1 && !ta_relaxed_load(&pg->in_full))) {
       ta_block_t *b = p;
       b->next = pg->local_free;
       b->key = ta_cookie;

@@ -83,7 +83,7 @@ ta_page_t *ta_heap_find_page(ta_heap_t *h, size_t cls) {
         return pg;
       }
       ta_page_to_full(h, pg);
-      if (!pg->in_full && ta_page_refill(h, pg)) continue; /* a block arrived: retry it */
+      if (!ta_relaxed_load(&pg->in_full) && ta_page_refill(h, pg)) continue; /* a block arrived: retry it */
       pg = next;
     }
     /* Before taking fresh memory, take back what other threads freed. */
@@ -186,7 +186,7 @@ bool ta_heap_is_valid(ta_heap_t *h) {
     ta_pageq_t *q = &h->queues[c];
     ta_page_t *prev = NULL;
     for (ta_page_t *pg = q->first; pg; prev = pg, pg = pg->next) {
-      if (pg->cls != c || !pg->in_queue || pg->in_full || pg->prev != prev || pg->heap != h) return false;
+      if (pg->cls != c || !pg->in_queue || ta_relaxed_load(&pg->in_full) || pg->prev != prev || pg->heap != h) return false;
       if (pg->kind != TA_SPAN_SMALL || pg->capacity > pg->reserved) return false;
       size_t n = 0;
       for (ta_block_t *b = pg->free; b; b = b->next) {
@@ -203,10 +203,10 @@ bool ta_heap_is_valid(ta_heap_t *h) {
         if (h->direct[d] != want) return false;
     }
   }
-  for (ta_page_t *pg = h->full.first; pg; pg = pg->next)
-    if (!pg->in_full || pg->in_queue || pg->free || pg->local_free) return false;
   bool ok = true;
   ta_lock(&h->lock);
+  for (ta_page_t *pg = h->full.first; pg && ok; pg = pg->next)
+    ok = ta_relaxed_load(&pg->in_full) && !pg->in_queue && !pg->free && !pg->local_free;
   for (ta_segment_t *s = h->segments; s && ok; s = s->next) ok = ta_segment_is_valid(s) && s->heap == h;
   ta_unlock(&h->lock);
   return ok;

@@ -99,6 +99,7 @@ TA_HIDDEN void ta_page_to_full(ta_heap_t *h, ta_page_t *pg);
 TA_HIDDEN void ta_page_unfull(ta_heap_t *h, ta_page_t *pg);
 TA_HIDDEN void ta_page_emptied(ta_heap_t *h, ta_page_t *pg);
 TA_HIDDEN void ta_page_retire(ta_heap_t *h, ta_page_t *pg); /* return the span */
+TA_HIDDEN void ta_heap_reclaim_full(ta_heap_t *h);          /* h->lock held */
 
 /* ---- heap.c: thread heaps, adoption, fork -------------------------------- */
 TA_HIDDEN extern ta_heap_t ta_heap_empty;

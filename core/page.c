@@ -19,7 +19,9 @@ void ta_page_init(ta_heap_t *h, ta_page_t *pg, size_t cls) {
   pg->free = pg->local_free = NULL;
   atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
   pg->heap = h;
-  pg->in_full = pg->in_queue = 0;
+  ta_relaxed_store(&pg->in_full, 0);
+  pg->in_queue = 0;
+  pg->scratch = 0;
   pg->next = pg->prev = NULL;
 }
 
@@ -69,7 +71,7 @@ bool ta_page_refill(ta_heap_t *h, ta_page_t *pg) {
   pg->refill_used = used;
   pg->free = pg->local_free;
   pg->local_free = NULL;
-  if (!pg->in_full) ta_page_collect_xfree(pg);
+  if (!ta_relaxed_load(&pg->in_full)) ta_page_collect_xfree(pg);
   if (!pg->free && pg->capacity < pg->reserved) {
     uint32_t before = pg->capacity;
     page_extend(pg);
@@ -126,16 +128,20 @@ void ta_page_to_full(ta_heap_t *h, ta_page_t *pg) {
                                                memory_order_relaxed))
     return;
   queue_remove(h, pg);
+  ta_lock(&h->lock);
   ta_pageq_push(&h->full, pg);
-  pg->in_full = 1;
+  ta_relaxed_store(&pg->in_full, 1);
+  ta_unlock(&h->lock);
 }
 
 /* Back from the full list to the tail of its class queue: the current page
  * stays current, and this one gathers more free blocks before its turn. */
 void ta_page_unfull(ta_heap_t *h, ta_page_t *pg) {
+  ta_lock(&h->lock);
   ta_pageq_remove(&h->full, pg);
-  pg->in_full = 0;
+  ta_relaxed_store(&pg->in_full, 0);
   atomic_store_explicit(&pg->xfree, 0, memory_order_release);
+  ta_unlock(&h->lock);
   ta_pageq_t *q = &h->queues[pg->cls];
   pg->next = NULL;
   pg->prev = q->last;
@@ -149,7 +155,7 @@ void ta_page_unfull(ta_heap_t *h, ta_page_t *pg) {
 /* Returns a page's span to its segment. */
 void ta_page_retire(ta_heap_t *h, ta_page_t *pg) {
   page_count_final(h, pg);
-  if (pg->in_full) ta_page_unfull(h, pg);
+  if (ta_relaxed_load(&pg->in_full)) ta_page_unfull(h, pg);
   if (pg->in_queue) queue_remove(h, pg);
   ta_lock(&h->lock);
   ta_span_free(h, pg);
@@ -166,8 +172,49 @@ void ta_page_emptied(ta_heap_t *h, ta_page_t *pg) {
     ta_unlock(&h->lock);
     return;
   }
-  if (pg->in_full) ta_page_unfull(h, pg);
   ta_pageq_t *q = &h->queues[pg->cls];
   if (pg->slices == 1 && q->first == pg && pg->next == NULL) return;
   ta_page_retire(h, pg);
+}
+
+/* Trim, from any thread, holding h->lock: returns the spans of h's full pages
+ * whose every live block is now in h->delayed (freed by other threads while
+ * the owner sleeps: Ruby's GC frees other threads' blocks all the time). The
+ * owner never touches a full page without h->lock, so this is safe. */
+void ta_heap_reclaim_full(ta_heap_t *h) {
+  ta_block_t *list = atomic_exchange_explicit(&h->delayed, NULL, memory_order_acquire);
+  if (!list) return;
+  for (ta_block_t *b = list; b; b = b->next) {
+    ta_page_t *pg = ta_page_of(ta_segment_of(b), b);
+    if (ta_relaxed_load(&pg->in_full)) pg->scratch++;
+  }
+  ta_block_t *keep = NULL, *keep_tail = NULL;
+  for (ta_block_t *b = list, *next; b; b = next) {
+    next = b->next;
+    ta_page_t *pg = ta_page_of(ta_segment_of(b), b);
+    if (ta_relaxed_load(&pg->in_full) && pg->scratch == ta_relaxed_load(&pg->used)) {
+      /* every block of the page is free: the page goes back to its segment */
+      ta_pageq_remove(&h->full, pg);
+      ta_relaxed_store(&pg->in_full, 0);
+      atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
+      ta_relaxed_add(&h->allocs, pg->refill_count);
+      pg->refill_count = 0;
+      ta_relaxed_store(&pg->used, 0);
+      pg->scratch = 0;
+      ta_span_free(h, pg);
+      continue;
+    }
+    if (pg->kind != TA_SPAN_FREE) { /* keep the block for the owner */
+      b->next = NULL;
+      if (keep_tail) keep_tail->next = b;
+      else keep = b;
+      keep_tail = b;
+    }
+  }
+  for (ta_block_t *b = keep; b; b = b->next) ta_page_of(ta_segment_of(b), b)->scratch = 0;
+  if (!keep) return;
+  ta_block_t *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
+  do keep_tail->next = head;
+  while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, keep, memory_order_release,
+                                                memory_order_relaxed));
 }

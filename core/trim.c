@@ -14,6 +14,7 @@ TRIMALLOC_API size_t trimalloc_trim(void) {
     if (h->state == TA_HEAP_ABANDONED) ta_heap_collect(h, true); /* no owner: we may */
     else if (h != me) atomic_store_explicit(&h->flush, 1, memory_order_relaxed);
     ta_lock(&h->lock);
+    if (h != me) ta_heap_reclaim_full(h); /* the owner may be asleep */
     bytes += ta_heap_purge(h, now, true);
     ta_unlock(&h->lock);
   }

@@ -88,6 +88,7 @@ typedef struct ta_page_s {
   uint32_t bsize;          /* block size (large: span bytes) */
   uint32_t refill_used;    /* used right after the last refill */
   uint32_t refill_count;   /* blocks put on `free` by the last refill */
+  uint32_t scratch;        /* trim's count of a full page's delayed blocks */
   uint64_t div_magic;      /* UINT64_MAX / bsize + 1: divisibility test */
   uint8_t *start;          /* first byte of the span */
   ta_heap_t *heap;         /* owner (NULL for huge) */
@@ -98,7 +99,7 @@ typedef struct ta_page_s {
   uint16_t head_off;       /* slices to the head (0 for a head) */
   uint8_t kind;            /* ta_span_kind_t */
   uint8_t cls;             /* size class (small pages) */
-  uint8_t in_full;         /* owner: in heap->full */
+  _Atomic uint8_t in_full; /* in heap->full (changed under heap->lock) */
   uint8_t in_queue;        /* owner: in heap->queues[cls] */
   uint8_t in_purge;        /* free span: in the heap's purge queue */
 } ta_page_t;
@@ -129,14 +130,16 @@ typedef pthread_mutex_t ta_lock_t;
 typedef enum { TA_HEAP_ACTIVE = 0, TA_HEAP_ABANDONED } ta_heap_state_t;
 
 /* A thread's heap. Fields above `lock` are the owner's alone (no lock);
- * span bookkeeping below it is under `lock` (taken in slow paths only, and by
- * trim and stats from other threads).
+ * span bookkeeping below it, and the full list with its pages, are under
+ * `lock` (taken in slow paths only, and by trim and stats from other threads:
+ * the owner's fast paths never touch a full page, so trim can retire the
+ * full pages whose blocks all came back through `delayed`).
  *   direct[(n + 15) / 16] == queues[class_of(n)].first, or &ta_page_empty
  *   every page in queues[c] has cls == c, in_queue; every page in full has in_full */
 struct ta_heap_s {
   ta_page_t *direct[TA_DIRECT_SLOTS];
   ta_pageq_t queues[TA_CLASSES];
-  ta_pageq_t full;
+  ta_pageq_t full;               /* under lock */
   _Atomic(ta_block_t *) delayed; /* cross-thread frees into full pages */
   _Atomic int flush;             /* trim asks the owner to flush its caches */
   uint32_t slow_count;

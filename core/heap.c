@@ -103,10 +103,12 @@ ta_page_t *ta_heap_find_page(ta_heap_t *h, size_t cls) {
 }
 
 /* Collects delayed frees; with flush, also returns every empty page (the
- * caches kept against thrashing) to the segments. */
-void ta_heap_collect(ta_heap_t *h, bool flush) {
+ * caches kept against thrashing) to the segments, and the free OS pages of
+ * sparse pages to the OS. Returns the bytes purged here. */
+size_t ta_heap_collect(ta_heap_t *h, bool flush) {
   heap_delayed_free(h);
-  if (!flush) return;
+  if (!flush) return 0;
+  size_t bytes = 0;
   for (size_t c = 0; c < TA_CLASSES; c++) {
     ta_page_t *pg = h->queues[c].first;
     while (pg) {
@@ -114,9 +116,11 @@ void ta_heap_collect(ta_heap_t *h, bool flush) {
       if (!pg->free) ta_page_refill(h, pg);
       else ta_page_collect_xfree(pg);
       if (ta_relaxed_load(&pg->used) == 0) ta_page_retire(h, pg);
+      else bytes += ta_page_purge_sparse(h, pg);
       pg = next;
     }
   }
+  return bytes;
 }
 
 /* Runs on slow paths: honours a flush request from trim, and purges spans
@@ -191,6 +195,8 @@ bool ta_heap_is_valid(ta_heap_t *h) {
       size_t n = 0;
       for (ta_block_t *b = pg->free; b; b = b->next) {
         if ((uint8_t *)b < pg->start || !ta_is_block_start(pg, b) || ++n > pg->capacity) return false;
+        size_t off = (size_t)((uint8_t *)b - pg->start), ps = ta_prim_page_size();
+        if (pg->purged_os && ((pg->purged_os >> (off / ps)) & 1)) return false;
       }
       for (ta_block_t *b = pg->local_free; b; b = b->next)
         if (!ta_is_block_start(pg, b) || ++n > pg->capacity) return false;

@@ -100,6 +100,7 @@ TA_HIDDEN void ta_page_unfull(ta_heap_t *h, ta_page_t *pg);
 TA_HIDDEN void ta_page_emptied(ta_heap_t *h, ta_page_t *pg);
 TA_HIDDEN void ta_page_retire(ta_heap_t *h, ta_page_t *pg); /* return the span */
 TA_HIDDEN void ta_heap_reclaim_full(ta_heap_t *h);          /* h->lock held */
+TA_HIDDEN size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg); /* owner; bytes */
 
 /* ---- heap.c: thread heaps, adoption, fork -------------------------------- */
 TA_HIDDEN extern ta_heap_t ta_heap_empty;
@@ -108,7 +109,7 @@ TA_HIDDEN extern ta_lock_t ta_heaps_lock;
 TA_HIDDEN extern ta_heap_t *ta_heaps;
 TA_HIDDEN ta_heap_t *ta_heap_get(void); /* the calling thread's heap, created on demand */
 TA_HIDDEN ta_page_t *ta_heap_find_page(ta_heap_t *h, size_t cls);
-TA_HIDDEN void ta_heap_collect(ta_heap_t *h, bool flush); /* owner (or no thread) */
+TA_HIDDEN size_t ta_heap_collect(ta_heap_t *h, bool flush); /* owner (or no thread); bytes purged */
 TA_HIDDEN void ta_heap_maintain(ta_heap_t *h);            /* periodic, slow path */
 TA_HIDDEN void ta_heap_thread_done(void *heap);
 TA_HIDDEN void ta_heap_fork_prepare(void);

@@ -22,7 +22,103 @@ void ta_page_init(ta_heap_t *h, ta_page_t *pg, size_t cls) {
   ta_relaxed_store(&pg->in_full, 0);
   pg->in_queue = 0;
   pg->scratch = 0;
+  pg->purged_os = pg->sparse_used = 0;
   pg->next = pg->prev = NULL;
+}
+
+/* ---- sparse pages: OS pages whose blocks are all free go back to the OS ----
+ * One live string in every 64 keeps every 64 KiB page of a Ruby heap; glibc's
+ * malloc_trim returns the OS pages between such survivors, and so do we: on a
+ * trim, for one-slice pages less than half full. The free blocks on those OS
+ * pages leave the free lists (their links would read as zero) and come back,
+ * an OS page at a time, when the page runs out of blocks. */
+static inline size_t os_pages_per_slice(void) {
+  return TA_SLICE_SIZE / ta_prim_page_size();
+}
+
+/* Lists again the blocks that overlap OS page i and no other purged one. */
+static size_t page_unpurge_one(ta_page_t *pg) {
+  size_t ps = ta_prim_page_size(), bs = pg->bsize, i = (size_t)__builtin_ctz(pg->purged_os);
+  pg->purged_os &= ~(1u << i);
+  size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs, n = 0;
+  if (end > pg->capacity) end = pg->capacity;
+  ta_block_t **link = &pg->free;
+  while (*link) link = &(*link)->next;
+  for (size_t j = first; j < end; j++) {
+    size_t lo = j * bs / ps, hi = ((j + 1) * bs - 1) / ps;
+    bool clear = true;
+    for (size_t k = lo; k <= hi && clear; k++) clear = !((pg->purged_os >> k) & 1);
+    if (!clear) continue;
+    ta_block_t *b = (ta_block_t *)(pg->start + j * bs);
+    b->key = ta_cookie;
+    *link = b;
+    link = &b->next;
+    n++;
+  }
+  *link = NULL;
+  return n;
+}
+
+size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
+  size_t ps = ta_prim_page_size(), nos = os_pages_per_slice(), bs = pg->bsize;
+  uint32_t used = ta_relaxed_load(&pg->used);
+  if (pg->slices != 1 || nos < 2 || nos > 32 || (size_t)used * bs * 2 >= (size_t)pg->capacity * bs) return 0;
+  if (pg->sparse_used == used + 1 && !pg->local_free &&
+      !atomic_load_explicit(&pg->xfree, memory_order_relaxed))
+    return 0; /* nothing freed since the last time */
+  ta_page_collect_xfree(pg);
+  uint64_t bits[TA_SLICE_SIZE / TA_ALIGN / 64] = {0};
+  size_t listed = 0;
+  for (ta_block_t *b = pg->free; b; b = b->next, listed++) {
+    size_t j = (size_t)((uint8_t *)b - pg->start) / bs;
+    bits[j / 64] |= (uint64_t)1 << (j % 64);
+  }
+  size_t was_free_list = listed;
+  for (ta_block_t *b = pg->local_free; b; b = b->next) {
+    size_t j = (size_t)((uint8_t *)b - pg->start) / bs;
+    bits[j / 64] |= (uint64_t)1 << (j % 64);
+  }
+  uint32_t newly = 0;
+  for (size_t i = 0; i < nos; i++) {
+    if ((pg->purged_os >> i) & 1) continue;
+    size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs;
+    if (first >= pg->capacity) break;
+    if (end > pg->capacity) end = pg->capacity;
+    bool all_free = true;
+    for (size_t j = first; j < end && all_free; j++) all_free = (bits[j / 64] >> (j % 64)) & 1;
+    if (all_free) newly |= 1u << i;
+  }
+  pg->sparse_used = used + 1;
+  if (!newly) return 0;
+  size_t bytes = 0;
+  for (size_t i = 0; i < nos; i++)
+    if (((newly >> i) & 1) && ta_prim_purge(pg->start + i * ps, ps) == 0) {
+      pg->purged_os |= 1u << i;
+      bytes += ps;
+    }
+  /* Rebuild the free list, in address order, without the purged blocks;
+   * count what the old list handed out first (the refill equation). */
+  ta_relaxed_add(&h->allocs, pg->refill_count - was_free_list);
+  ta_block_t **link = &pg->free;
+  size_t k = 0;
+  for (size_t j = 0; j < pg->capacity; j++) {
+    if (!((bits[j / 64] >> (j % 64)) & 1)) continue;
+    size_t lo = j * bs / ps, hi = ((j + 1) * bs - 1) / ps;
+    bool clear = true;
+    for (size_t q = lo; q <= hi && clear; q++) clear = !((pg->purged_os >> q) & 1);
+    if (!clear) continue;
+    ta_block_t *b = (ta_block_t *)(pg->start + j * bs);
+    *link = b;
+    link = &b->next;
+    k++;
+  }
+  *link = NULL;
+  pg->local_free = NULL;
+  pg->refill_count = (uint32_t)k;
+  pg->refill_used = used;
+  ta_relaxed_add(&h->purges, 1);
+  ta_relaxed_add(&h->purged_bytes, bytes);
+  return bytes;
 }
 
 /* Carves fresh blocks: about 16 KiB at a time, so a new page does not fault
@@ -72,6 +168,7 @@ bool ta_page_refill(ta_heap_t *h, ta_page_t *pg) {
   pg->free = pg->local_free;
   pg->local_free = NULL;
   if (!ta_relaxed_load(&pg->in_full)) ta_page_collect_xfree(pg);
+  while (!pg->free && pg->purged_os) pg->refill_count += (uint32_t)page_unpurge_one(pg);
   if (!pg->free && pg->capacity < pg->reserved) {
     uint32_t before = pg->capacity;
     page_extend(pg);

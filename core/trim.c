@@ -7,11 +7,11 @@ TRIMALLOC_API size_t trimalloc_trim(void) {
   uint64_t t0 = ta_prim_clock_ns(), now = ta_prim_clock_ms();
   ta_process_init();
   ta_heap_t *me = ta_tls_heap;
-  if (me != &ta_heap_empty) ta_heap_collect(me, true);
   size_t bytes = 0;
+  if (me != &ta_heap_empty) bytes += ta_heap_collect(me, true);
   ta_lock(&ta_heaps_lock);
   for (ta_heap_t *h = ta_heaps; h; h = h->next_all) {
-    if (h->state == TA_HEAP_ABANDONED) ta_heap_collect(h, true); /* no owner: we may */
+    if (h->state == TA_HEAP_ABANDONED) bytes += ta_heap_collect(h, true); /* no owner: we may */
     else if (h != me) atomic_store_explicit(&h->flush, 1, memory_order_relaxed);
     ta_lock(&h->lock);
     if (h != me) ta_heap_reclaim_full(h); /* the owner may be asleep */

@@ -74,6 +74,7 @@ typedef enum {
  *     walking the lists)
  *   capacity <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
  *   xfree == TA_XFREE_FULL  <=>  in_full  (the page has no free block then)
+ *   a block overlapping an OS page in purged_os is free and on no list
  *   (addr - start) % bsize == 0 for every block, tested with div_magic
  * Free span invariants (under heap->lock):
  *   kind == TA_SPAN_FREE, linked in heap->bins[slices] through next/prev,
@@ -89,6 +90,8 @@ typedef struct ta_page_s {
   uint32_t refill_used;    /* used right after the last refill */
   uint32_t refill_count;   /* blocks put on `free` by the last refill */
   uint32_t scratch;        /* trim's count of a full page's delayed blocks */
+  uint32_t purged_os;      /* OS pages of a one-slice page returned to the OS (bit i: page i) */
+  uint32_t sparse_used;    /* used + 1 when the page was last sparse-purged (0: never) */
   uint64_t div_magic;      /* UINT64_MAX / bsize + 1: divisibility test */
   uint8_t *start;          /* first byte of the span */
   ta_heap_t *heap;         /* owner (NULL for huge) */

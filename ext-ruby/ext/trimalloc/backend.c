@@ -1,0 +1,97 @@
+/* Trimalloc.active?, .backend, .trim, .trim_if_due, .free_bytes, .rss:
+ * which allocator answers, and trimming it. */
+#include "trimalloc_ext.h"
+
+#include <ruby/thread.h>
+
+static VALUE m_active_p(VALUE self) {
+  return ta_bind_backend() == TA_BACKEND_TRIMALLOC ? Qtrue : Qfalse;
+}
+
+static VALUE m_backend(VALUE self) {
+  return ID2SYM(rb_intern(ta_bind_backend_name()));
+}
+
+static VALUE cstr_or_nil(const char *s) {
+  return s ? rb_str_new_cstr(s) : Qnil;
+}
+
+/* The core's version when trimalloc is the allocator, else nil. */
+static VALUE m_core_version(VALUE self) {
+  return cstr_or_nil(ta_bind_core_version());
+}
+
+/* Path of the core this process runs on, else nil. */
+static VALUE m_loaded_path(VALUE self) {
+  return cstr_or_nil(ta_bind_loaded_path());
+}
+
+static VALUE m_rss(VALUE self) {
+  return ULL2NUM(ta_bind_rss());
+}
+
+static VALUE m_free_bytes(VALUE self) {
+  return ULL2NUM(ta_bind_free_bytes());
+}
+
+/* Trims run without the GVL: they touch no Ruby object, and glibc's
+ * malloc_trim can take milliseconds on a large heap. */
+static void *trim_nogvl(void *out) {
+  *(uint64_t *)out = ta_bind_trim();
+  return NULL;
+}
+
+static VALUE m_trim(VALUE self) {
+  uint64_t released = 0;
+  rb_thread_call_without_gvl(trim_nogvl, &released, NULL, NULL);
+  return ULL2NUM(released);
+}
+
+struct trim_if_due_args {
+  double min_interval;
+  uint64_t min_free;
+  int64_t released;
+};
+
+static void *trim_if_due_nogvl(void *p) {
+  struct trim_if_due_args *a = p;
+  a->released = ta_bind_trim_if_due(a->min_interval, a->min_free);
+  return NULL;
+}
+
+/* Trimalloc.trim_if_due(min_interval: 1.0, min_free: 0) -> Integer or nil
+ * (nil: skipped, too soon or too little free). */
+static VALUE m_trim_if_due(int argc, VALUE *argv, VALUE self) {
+  static ID kw[2];
+  VALUE opts = Qnil, vals[2] = {Qundef, Qundef};
+  if (!kw[0]) {
+    kw[0] = rb_intern("min_interval");
+    kw[1] = rb_intern("min_free");
+  }
+  rb_scan_args(argc, argv, ":", &opts);
+  if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 2, vals);
+  struct trim_if_due_args a = {1.0, 0, -1};
+  if (vals[0] != Qundef) a.min_interval = ta_rb_nonneg_double(vals[0], "min_interval");
+  if (vals[1] != Qundef) {
+    if (!RB_INTEGER_TYPE_P(vals[1]))
+      rb_raise(rb_eTypeError, "min_free must be an Integer (given %" PRIsVALUE ")",
+               rb_inspect(vals[1]));
+    if (RTEST(rb_funcall(vals[1], '<', 1, INT2FIX(0))))
+      rb_raise(rb_eArgError, "min_free must be >= 0 (given %" PRIsVALUE ")", rb_inspect(vals[1]));
+    a.min_free = NUM2ULL(vals[1]);
+  }
+  rb_thread_call_without_gvl(trim_if_due_nogvl, &a, NULL, NULL);
+  return a.released < 0 ? Qnil : LL2NUM(a.released);
+}
+
+void ta_rb_init_backend(void) {
+  VALUE m = ta_rb_mTrimalloc;
+  rb_define_singleton_method(m, "active?", m_active_p, 0);
+  rb_define_singleton_method(m, "backend", m_backend, 0);
+  rb_define_singleton_method(m, "core_version", m_core_version, 0);
+  rb_define_singleton_method(m, "loaded_path", m_loaded_path, 0);
+  rb_define_singleton_method(m, "rss", m_rss, 0);
+  rb_define_singleton_method(m, "free_bytes", m_free_bytes, 0);
+  rb_define_singleton_method(m, "trim", m_trim, 0);
+  rb_define_singleton_method(m, "trim_if_due", m_trim_if_due, -1);
+}

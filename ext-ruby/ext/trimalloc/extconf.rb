@@ -1,0 +1,51 @@
+# Builds trimalloc/trimalloc_ext (this directory's C files + core/bind/binding.c)
+# and the bundled preload library libtrimalloc.so, by running the core's own
+# Makefile (the one place that knows its flags). `make install` puts both next
+# to each other, in the gem's lib/trimalloc/, where Trimalloc.library_path
+# looks.
+require "mkmf"
+
+core_dir = File.expand_path("../../../core", __dir__)
+bind_dir = File.join(core_dir, "bind")
+abort "trimalloc: core sources not found in #{core_dir}" unless File.file?(File.join(bind_dir, "binding.c"))
+
+have_library("dl", "dlsym")
+$INCFLAGS << " -I#{bind_dir} -I#{core_dir}"
+$CFLAGS << " -std=gnu11 -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter"
+$VPATH << bind_dir
+$srcs = Dir.glob(File.join($srcdir || __dir__, "*.c")).map { |f| File.basename(f) }.sort + ["binding.c"]
+
+create_makefile("trimalloc/trimalloc_ext")
+
+core_build = File.join(Dir.pwd, "core-build")
+File.open("Makefile", "a") do |mk|
+  mk.puts <<~MAKE
+
+    # --- the bundled preload library, built by the core's Makefile ---------
+    TRIMALLOC_CORE = #{core_dir}
+    TRIMALLOC_CORE_BUILD = #{core_build}
+
+    all: libtrimalloc.so
+
+    # The core's make decides what is out of date. MAKEFLAGS is cleared so
+    # variables given to this make (target_prefix, sitearchdir, ...) do not
+    # leak into the core's build; WERROR= keeps a newer compiler's new warnings
+    # from failing `gem install`.
+    libtrimalloc.so: trimalloc-core-force
+    \tMAKEFLAGS= $(MAKE) -C "$(TRIMALLOC_CORE)" BUILD="$(TRIMALLOC_CORE_BUILD)" WERROR=
+    \t$(Q) cmp -s "$(TRIMALLOC_CORE_BUILD)/libtrimalloc.so" $@ || cp "$(TRIMALLOC_CORE_BUILD)/libtrimalloc.so" $@
+
+    .PHONY: trimalloc-core-force
+    trimalloc-core-force:
+
+    install-so: $(RUBYARCHDIR)/libtrimalloc.so
+    $(RUBYARCHDIR)/libtrimalloc.so: libtrimalloc.so
+    \t$(Q) $(MAKEDIRS) $(@D)
+    \t$(INSTALL_PROG) libtrimalloc.so $(@D)
+
+    clean: clean-trimalloc-core
+    clean-trimalloc-core:
+    \t-$(Q)$(RM) libtrimalloc.so
+    \t-$(Q)$(RM_RF) "$(TRIMALLOC_CORE_BUILD)"
+  MAKE
+end

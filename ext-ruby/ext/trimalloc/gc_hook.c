@@ -1,0 +1,120 @@
+/* Trimalloc::GC: trim after the garbage collector has swept.
+ *
+ * Objects are freed in the sweep, not at the end of marking, and Ruby sweeps
+ * lazily: RUBY_INTERNAL_EVENT_GC_END_SWEEP fires once the last page of a GC
+ * cycle has been swept (possibly long after GC_END_MARK, from inside an
+ * allocation). Nothing may allocate or call Ruby there, so the hook only
+ * schedules a postponed job; the job runs at the next safe point and calls
+ * the rate-limited trim. All state is touched with the GVL held. */
+#include "trimalloc_ext.h"
+
+#include <ruby/debug.h>
+
+static struct {
+  VALUE tracepoint;
+  int enabled;
+  int major_only;
+  double min_interval;
+  uint64_t sweeps;     /* GC cycles whose sweep ended while enabled */
+  uint64_t scheduled;  /* postponed jobs registered */
+  uint64_t trims;      /* trims done by the job */
+  uint64_t skipped;    /* jobs that found the trim not due */
+  uint64_t trimmed_bytes;
+} hook;
+
+static VALUE sym_major_by;
+
+static void trim_job(void *unused) {
+  (void)unused;
+  if (!hook.enabled) return;
+  int64_t released = ta_bind_trim_if_due(hook.min_interval, 0);
+  if (released < 0) {
+    hook.skipped++;
+  } else {
+    hook.trims++;
+    hook.trimmed_bytes += (uint64_t)released;
+  }
+}
+
+/* Inside the GC: no allocation, no Ruby calls. rb_gc_latest_gc_info with a
+ * symbol only reads the last cycle's flags (primed at init, see below); its
+ * :major_by is nil for a minor GC. */
+static void on_sweep_end(VALUE tpval, void *unused) {
+  (void)tpval;
+  (void)unused;
+  hook.sweeps++;
+  if (hook.major_only && NIL_P(rb_gc_latest_gc_info(sym_major_by))) return;
+  if (rb_postponed_job_register_one(0, trim_job, NULL)) hook.scheduled++;
+}
+
+/* Trimalloc::GC.enable(major_only: true, min_interval: 1.0) -> true */
+static VALUE hook_enable(int argc, VALUE *argv, VALUE self) {
+  static ID kw[2];
+  VALUE opts = Qnil, vals[2] = {Qundef, Qundef};
+  if (!kw[0]) {
+    kw[0] = rb_intern("major_only");
+    kw[1] = rb_intern("min_interval");
+  }
+  rb_scan_args(argc, argv, ":", &opts);
+  if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 2, vals);
+  int major_only = 1;
+  double min_interval = 1.0;
+  if (vals[0] != Qundef) {
+    if (vals[0] != Qtrue && vals[0] != Qfalse)
+      rb_raise(rb_eTypeError, "major_only must be true or false (given %" PRIsVALUE ")",
+               rb_inspect(vals[0]));
+    major_only = vals[0] == Qtrue;
+  }
+  if (vals[1] != Qundef) min_interval = ta_rb_nonneg_double(vals[1], "min_interval");
+  hook.major_only = major_only;
+  hook.min_interval = min_interval;
+  if (!hook.tracepoint) {
+    hook.tracepoint = rb_tracepoint_new(0, RUBY_INTERNAL_EVENT_GC_END_SWEEP, on_sweep_end, NULL);
+    rb_gc_register_mark_object(hook.tracepoint);
+  }
+  if (!hook.enabled) rb_tracepoint_enable(hook.tracepoint);
+  hook.enabled = 1;
+  return Qtrue;
+}
+
+/* Trimalloc::GC.disable -> whether it was enabled */
+static VALUE hook_disable(VALUE self) {
+  int was = hook.enabled;
+  if (was) rb_tracepoint_disable(hook.tracepoint);
+  hook.enabled = 0;
+  return was ? Qtrue : Qfalse;
+}
+
+static VALUE hook_enabled_p(VALUE self) {
+  return hook.enabled ? Qtrue : Qfalse;
+}
+
+#define SYM(s) ID2SYM(rb_intern(s))
+
+/* Trimalloc::GC.stats -> the hook's settings and counters */
+static VALUE hook_stats(VALUE self) {
+  VALUE h = rb_hash_new();
+  rb_hash_aset(h, SYM("enabled"), hook.enabled ? Qtrue : Qfalse);
+  rb_hash_aset(h, SYM("major_only"), hook.major_only ? Qtrue : Qfalse);
+  rb_hash_aset(h, SYM("min_interval"), DBL2NUM(hook.min_interval));
+  rb_hash_aset(h, SYM("sweeps"), ULL2NUM(hook.sweeps));
+  rb_hash_aset(h, SYM("scheduled"), ULL2NUM(hook.scheduled));
+  rb_hash_aset(h, SYM("trims"), ULL2NUM(hook.trims));
+  rb_hash_aset(h, SYM("skipped"), ULL2NUM(hook.skipped));
+  rb_hash_aset(h, SYM("trimmed_bytes"), ULL2NUM(hook.trimmed_bytes));
+  return h;
+}
+
+void ta_rb_init_gc_hook(void) {
+  VALUE m = rb_define_module_under(ta_rb_mTrimalloc, "GC");
+  hook.major_only = 1;
+  hook.min_interval = 1.0;
+  sym_major_by = SYM("major_by");
+  /* Prime the symbols rb_gc_latest_gc_info interns on its first call, so the
+   * call inside the GC hook never allocates. */
+  rb_gc_latest_gc_info(sym_major_by);
+  rb_define_singleton_method(m, "enable", hook_enable, -1);
+  rb_define_singleton_method(m, "disable", hook_disable, 0);
+  rb_define_singleton_method(m, "enabled?", hook_enabled_p, 0);
+  rb_define_singleton_method(m, "stats", hook_stats, 0);
+}

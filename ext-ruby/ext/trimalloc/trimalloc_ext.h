@@ -1,0 +1,25 @@
+/* The Ruby extension: conversions and error mapping over core/bind/binding.h.
+ * One init per file, called from Init_trimalloc_ext. */
+#ifndef TRIMALLOC_EXT_H
+#define TRIMALLOC_EXT_H
+
+#include <ruby.h>
+
+#include "binding.h"
+
+extern VALUE ta_rb_mTrimalloc; /* Trimalloc */
+extern VALUE ta_rb_eError;     /* Trimalloc::Error */
+
+/* Raises Trimalloc::Error "<what>: <strerror(err)>", with #errno set. */
+NORETURN(void ta_rb_raise_errno(int err, VALUE what));
+
+/* Converts a Numeric to a double >= 0, raising TypeError or ArgumentError
+ * naming `name` and the value. */
+double ta_rb_nonneg_double(VALUE v, const char *name);
+
+void ta_rb_init_backend(void);  /* backend.c:  active?, backend, trim, rss, ... */
+void ta_rb_init_stats(void);    /* stats.c:    Trimalloc.stats */
+void ta_rb_init_gc_hook(void);  /* gc_hook.c:  Trimalloc::GC */
+void ta_rb_init_launcher(void); /* launcher.c: exec with the preload, re-exec */
+
+#endif

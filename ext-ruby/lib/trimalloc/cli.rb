@@ -1,0 +1,80 @@
+# frozen_string_literal: true
+
+require "trimalloc"
+
+module Trimalloc
+  # The `trimalloc` executable. main returns the exit status (`run` does not
+  # return: it becomes the command, so the command's status is the status).
+  module CLI
+    USAGE = <<~TEXT
+      usage: trimalloc run [--] CMD [ARGS...]  run CMD with trimalloc as its allocator (LD_PRELOAD)
+             trimalloc path                    print the path of the bundled libtrimalloc.so
+             trimalloc info                    which allocator this process runs on, and the library
+             trimalloc --help | --version
+    TEXT
+
+    module_function
+
+    def main(argv, out: $stdout, err: $stderr)
+      cmd, *rest = argv
+      case cmd
+      when "run" then run(rest, err)
+      when "path" then path(out, err)
+      when "info" then info(out)
+      when "-h", "--help", "help"
+        out.print USAGE
+        0
+      when "-v", "--version"
+        out.puts VERSION
+        0
+      else
+        err.puts "trimalloc: unknown command #{cmd.inspect}" if cmd
+        err.print USAGE
+        2
+      end
+    end
+
+    def run(args, err)
+      args = args.drop(1) if args.first == "--"
+      if args.empty?
+        err.puts "trimalloc: run: no command given"
+        err.print USAGE
+        return 2
+      end
+      begin
+        Trimalloc.exec(*args)
+      rescue Error => e
+        case e.errno
+        when Errno::ENOENT::Errno
+          err.puts "trimalloc: run: #{args.first}: command not found"
+          127
+        when Errno::EACCES::Errno, Errno::ENOEXEC::Errno
+          err.puts "trimalloc: run: #{args.first}: cannot execute (#{e.message})"
+          126
+        else
+          err.puts "trimalloc: run: #{e.message}"
+          1
+        end
+      end
+    end
+
+    def path(out, err)
+      lib = Trimalloc.library_path
+      unless lib
+        err.puts "trimalloc: #{LIBRARY_NAME} not found"
+        return 1
+      end
+      out.puts lib
+      0
+    end
+
+    def info(out)
+      out.puts "trimalloc #{VERSION}"
+      out.puts "library:    #{Trimalloc.library_path || 'not found'}"
+      out.puts "allocator:  #{Trimalloc.backend} (this process)"
+      out.puts "core:       #{Trimalloc.core_version} at #{Trimalloc.loaded_path}" if Trimalloc.active?
+      out.puts "LD_PRELOAD: #{ENV.fetch('LD_PRELOAD', '')}"
+      0
+    end
+  end
+end

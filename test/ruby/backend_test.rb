@@ -1,0 +1,114 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# Which allocator answers, trimming it, and argument checking.
+class BackendTest < Minitest::Test
+  include TrimallocTest
+
+  PROBE = <<~RUBY
+    require "trimalloc"
+    puts JSON.generate(active: Trimalloc.active?, backend: Trimalloc.backend,
+                       core_version: Trimalloc.core_version, loaded_path: Trimalloc.loaded_path)
+  RUBY
+
+  def test_backend_is_glibc_without_preload
+    r = ruby_json(PROBE)
+    assert_equal({ active: false, backend: "glibc", core_version: nil, loaded_path: nil }, r)
+  end
+
+  def test_backend_is_trimalloc_under_preload
+    r = ruby_json(PROBE, preload: true)
+    assert_equal true, r[:active]
+    assert_equal "trimalloc", r[:backend]
+    assert_equal Trimalloc::VERSION, r[:core_version]
+    assert_equal File.realpath(library), r[:loaded_path]
+  end
+
+  def test_version_matches_core_header
+    header = File.read(File.join(ROOT, "core", "trimalloc.h"))
+    assert_equal header[/#define TRIMALLOC_VERSION "([^"]+)"/, 1], Trimalloc::VERSION
+    assert_equal Trimalloc::VERSION, Trimalloc.version
+  end
+
+  def test_library_path_points_to_bundled_library
+    lib = library
+    assert_equal "libtrimalloc.so", File.basename(lib)
+    assert File.file?(lib)
+    # The preload library exports the allocator and the trimalloc_ API.
+    syms = `nm -D --defined-only #{lib}`
+    %w[malloc free trimalloc_trim trimalloc_stats].each { |s| assert_match(/ T #{s}$/, syms) }
+  end
+
+  # A burst of 1 KB strings with every 1024th kept alive: after the GC, freed
+  # memory sits between live blocks, where neither allocator returns it
+  # unasked. The trim must report (and cause) a drop of most of it.
+  BURST = <<~RUBY
+    require "trimalloc"
+    GC.start
+    keep = []
+    junk = Array.new(80_000) { |i| s = "x" * 1000; keep << s if i % 1024 == 0; s }
+    junk = nil
+    GC.start
+    before = Trimalloc.rss
+    released = Trimalloc.trim
+    after = Trimalloc.rss
+    puts JSON.generate(released: released, drop: before - after, again: Trimalloc.trim,
+                       stats: Trimalloc.stats)
+  RUBY
+
+  # (The core's own delayed purge is held off, so the trim is what returns it.)
+  def check_trim_returns_bytes(preload)
+    r = ruby_json(BURST, preload: preload, env: { "TRIMALLOC_PURGE_DELAY_MS" => "600000" })
+    assert_kind_of Integer, r[:released]
+    assert_operator r[:released], :>=, 40 * MiB, r.inspect
+    assert_operator r[:drop], :>=, 40 * MiB, r.inspect
+    assert_operator r[:again], :<, 1 * MiB, "a second trim has little left: #{r.inspect}"
+    assert_operator r[:stats][:trims], :>=, 2
+    assert_operator r[:stats][:trimmed_bytes], :>=, r[:released]
+  end
+
+  def test_trim_returns_bytes
+    check_trim_returns_bytes(false)
+  end
+
+  def test_trim_returns_bytes_under_preload
+    check_trim_returns_bytes(true)
+  end
+
+  def test_trim_if_due_is_rate_limited
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      first = Trimalloc.trim_if_due(min_interval: 3600)
+      second = Trimalloc.trim_if_due(min_interval: 3600)
+      third = Trimalloc.trim_if_due(min_interval: 0)
+      huge = Trimalloc.trim_if_due(min_interval: 0, min_free: 1 << 60)
+      puts JSON.generate([first, second, third, huge])
+    RUBY
+    first, second, third, huge = r
+    assert_kind_of Integer, first
+    assert_nil second, "within min_interval of the last trim"
+    assert_kind_of Integer, third
+    assert_nil huge, "less free memory than min_free"
+  end
+
+  def test_wrong_arguments_raise_type_and_argument_errors
+    e = assert_raises(TypeError) { Trimalloc.trim_if_due(min_interval: "1") }
+    assert_match(/min_interval.*"1"/, e.message)
+    e = assert_raises(ArgumentError) { Trimalloc.trim_if_due(min_interval: -2) }
+    assert_match(/min_interval.*-2/, e.message)
+    assert_raises(ArgumentError) { Trimalloc.trim_if_due(min_interval: Float::NAN) }
+    e = assert_raises(TypeError) { Trimalloc.trim_if_due(min_free: 1.5) }
+    assert_match(/min_free.*1\.5/, e.message)
+    assert_raises(ArgumentError) { Trimalloc.trim_if_due(min_free: -1) }
+    e = assert_raises(ArgumentError) { Trimalloc.trim_if_due(bogus: 1) }
+    assert_match(/unknown keyword: :bogus/, e.message)
+    assert_raises(ArgumentError) { Trimalloc.trim(1) }
+  end
+
+  def test_rss_and_free_bytes_are_measured
+    assert_operator Trimalloc.rss, :>, 1 * MiB
+    assert_operator Trimalloc.rss, :<, 64 << 30
+    assert_kind_of Integer, Trimalloc.free_bytes
+  end
+end

@@ -1,0 +1,127 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# Trimalloc::GC: a trim after the GC's sweep, scheduled as a postponed job.
+class GcHookTest < Minitest::Test
+  include TrimallocTest
+
+  # ~100 MB of 1 KB strings, every 1024th kept (so the freed memory lies
+  # between live blocks), dropped, then a major GC whose sweep is lazy: the
+  # strings are freed while the program goes on allocating, and the hook must
+  # trim after the sweep's end (a trim at the end of marking frees nothing).
+  BURST = <<~RUBY
+    require "trimalloc"
+    Trimalloc::GC.enable(major_only: true, min_interval: 0) if ARGV[0] == "hook"
+    GC.start
+    base = Trimalloc.rss
+    keep = []
+    junk = Array.new(100_000) { |i| s = "x" * 1000; keep << s if i % 1024 == 0; s }
+    peak = Trimalloc.rss
+    junk = nil
+    GC.start(full_mark: true, immediate_sweep: false)
+    lazy = GC.latest_gc_info(:state) == :sweeping
+    Object.new until GC.latest_gc_info(:state) == :none
+    10.times { [] } # safe points: the postponed job runs
+    puts JSON.generate(base: base, peak: peak, after: Trimalloc.rss, lazy: lazy,
+                       hook: Trimalloc::GC.stats, kept: keep.size)
+  RUBY
+
+  # The core's own delayed purge is pushed out of the picture, so what
+  # returns the memory is the hook.
+  def burst(hook, preload: false)
+    env = { "TRIMALLOC_PURGE_DELAY_MS" => "600000" }
+    r = ruby_json(BURST, preload: preload, env: env, args: [hook ? "hook" : "none"])
+    grown = r[:peak] - r[:base]
+    assert_operator grown, :>=, 80 * MiB, "the burst must be visible in RSS: #{r.inspect}"
+    assert r[:lazy], "the major GC swept lazily"
+    [r, (r[:peak] - r[:after]).fdiv(grown)]
+  end
+
+  def check_burst(preload)
+    with, returned = burst(true, preload: preload)
+    without, returned_without = burst(false, preload: preload)
+    assert_operator returned, :>=, 0.75, "hook returns most of the burst: #{with.inspect}"
+    assert_operator returned_without, :<=, 0.25, "without the hook it is kept: #{without.inspect}"
+    assert_operator with[:hook][:trims], :>=, 1
+    assert_operator with[:hook][:trimmed_bytes], :>=, 50 * MiB
+    assert_equal 0, without[:hook][:trims]
+  end
+
+  def test_gc_hook_lowers_rss_after_burst
+    check_burst(false)
+  end
+
+  def test_gc_hook_lowers_rss_after_burst_under_preload
+    check_burst(true)
+  end
+
+  def test_gc_hook_runs_once_per_gc_and_major_only_skips_minor
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc::GC.enable(major_only: true, min_interval: 0)
+      GC.start
+      s0, c0, m0 = Trimalloc::GC.stats, GC.count, GC.stat(:major_gc_count)
+      300_000.times { Object.new } # minor GCs only
+      minors = GC.count - c0
+      GC.start
+      s1, c1, m1 = Trimalloc::GC.stats, GC.count, GC.stat(:major_gc_count)
+      puts JSON.generate(minors: minors, gcs: c1 - c0, majors: m1 - m0,
+                         sweeps: s1[:sweeps] - s0[:sweeps], scheduled: s1[:scheduled] - s0[:scheduled])
+    RUBY
+    assert_operator r[:minors], :>=, 3, r.inspect
+    assert_equal r[:gcs], r[:sweeps], "one hook call per GC cycle: #{r.inspect}"
+    assert_equal r[:majors], r[:scheduled], "trims scheduled for major GCs only: #{r.inspect}"
+    assert_operator r[:scheduled], :<, r[:sweeps]
+  end
+
+  def test_gc_hook_trims_after_minor_gcs_when_not_major_only
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc::GC.enable(major_only: false, min_interval: 0)
+      300_000.times { Object.new }
+      puts JSON.generate(Trimalloc::GC.stats)
+    RUBY
+    assert_operator r[:sweeps], :>=, 3
+    assert_operator r[:trims], :>=, r[:sweeps] - 1
+  end
+
+  def test_gc_hook_is_rate_limited_and_counted
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc::GC.enable(min_interval: 3600)
+      t0 = Trimalloc.stats[:trims]
+      3.times { GC.start; [] }
+      puts JSON.generate(hook: Trimalloc::GC.stats, core_trims: Trimalloc.stats[:trims] - t0)
+    RUBY
+    assert_equal 1, r[:hook][:trims], r.inspect
+    assert_equal 2, r[:hook][:skipped], r.inspect
+    assert_equal 1, r[:core_trims], "the hook's trim is counted in Trimalloc.stats"
+  end
+
+  def test_gc_hook_disable_stops_trims
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      out = [Trimalloc::GC.enabled?, Trimalloc::GC.enable(min_interval: 0), Trimalloc::GC.enabled?]
+      GC.start; []
+      out << Trimalloc::GC.stats[:trims]
+      out << Trimalloc::GC.disable << Trimalloc::GC.disable << Trimalloc::GC.enabled?
+      sweeps = Trimalloc::GC.stats[:sweeps]
+      GC.start; []
+      out << Trimalloc::GC.stats[:trims] << Trimalloc::GC.stats[:sweeps] - sweeps
+      puts JSON.generate(out)
+    RUBY
+    assert_equal [false, true, true, 1, true, false, false, 1, 0], r
+  end
+
+  def test_gc_hook_enable_rejects_wrong_arguments
+    e = assert_raises(TypeError) { Trimalloc::GC.enable(major_only: "yes") }
+    assert_match(/major_only.*"yes"/, e.message)
+    e = assert_raises(ArgumentError) { Trimalloc::GC.enable(min_interval: -1) }
+    assert_match(/min_interval.*-1/, e.message)
+    assert_raises(TypeError) { Trimalloc::GC.enable(min_interval: nil) }
+    assert_raises(ArgumentError) { Trimalloc::GC.enable(interval: 1) }
+    assert_raises(ArgumentError) { Trimalloc::GC.enable(true) }
+    refute Trimalloc::GC.enabled?, "a rejected call does not enable the hook"
+  end
+end

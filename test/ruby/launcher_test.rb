@@ -1,0 +1,96 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# The `trimalloc` executable.
+class LauncherTest < Minitest::Test
+  include TrimallocTest
+
+  def trimalloc(*args, env: {})
+    Open3.capture3(child_env(env: env), RUBY, EXE, *args)
+  end
+
+  def test_launcher_passes_exit_status
+    _, _, st = trimalloc("run", "--", RUBY, "-e", "exit 7")
+    assert_equal 7, st.exitstatus
+    _, _, st = trimalloc("run", "--", "sh", "-c", "kill -TERM $$")
+    assert_equal Signal.list["TERM"], st.termsig, "a signal passes through too: #{st.inspect}"
+  end
+
+  def test_launcher_runs_command_on_trimalloc
+    library
+    out, err, st = trimalloc("run", "--", RUBY, "-e", 'require "trimalloc"; p Trimalloc.backend')
+    assert st.success?, err
+    assert_equal ":trimalloc\n", out
+  end
+
+  def test_launcher_execs_in_place
+    Open3.popen3(child_env, RUBY, EXE, "run", "sh", "-c", "echo $$") do |_i, o, _e, t|
+      assert_equal t.pid.to_s, o.read.strip, "the command replaces the launcher (same pid)"
+      assert t.value.success?
+    end
+  end
+
+  def test_launcher_prepends_to_existing_ld_preload
+    other = Dir["/{usr/,}lib/x86_64-linux-gnu/libm.so.6"].first || skip("no libm.so.6 to preload")
+    out, = trimalloc("run", "--", "sh", "-c", 'printf %s "$LD_PRELOAD"', env: { "LD_PRELOAD" => other })
+    assert_equal "#{library}:#{other}", out
+    out, = trimalloc("run", "--", "sh", "-c", 'printf %s "$LD_PRELOAD"', env: { "LD_PRELOAD" => library })
+    assert_equal library, out, "not added twice"
+  end
+
+  def test_launcher_reports_missing_command
+    library
+    out, err, st = trimalloc("run", "--", "no-such-command-trimalloc")
+    assert_equal 127, st.exitstatus
+    assert_empty out
+    assert_equal "trimalloc: run: no-such-command-trimalloc: command not found\n", err
+  end
+
+  def test_launcher_unknown_command_prints_usage_exit_2
+    out, err, st = trimalloc("frobnicate")
+    assert_equal 2, st.exitstatus
+    assert_empty out
+    assert_match(/unknown command "frobnicate"/, err)
+    assert_match(/^usage: trimalloc run/, err)
+    _, err, st = trimalloc
+    assert_equal 2, st.exitstatus
+    assert_match(/^usage:/, err)
+    _, err, st = trimalloc("run", "--")
+    assert_equal 2, st.exitstatus
+    assert_match(/no command given/, err)
+  end
+
+  def test_launcher_help_and_version
+    out, _, st = trimalloc("--help")
+    assert st.success?
+    assert_match(/^usage: trimalloc run/, out)
+    assert_match(/trimalloc path/, out)
+    out, _, st = trimalloc("--version")
+    assert st.success?
+    assert_equal "#{Trimalloc::VERSION}\n", out
+  end
+
+  def test_launcher_path_prints_library
+    out, _, st = trimalloc("path")
+    assert st.success?
+    assert_equal "#{library}\n", out
+  end
+
+  def test_launcher_info_names_allocator
+    out, _, st = trimalloc("info")
+    assert st.success?
+    assert_match(/^allocator:\s+glibc/, out)
+    assert_match(/^library:\s+#{Regexp.escape(library)}$/, out)
+    out, _, st = trimalloc("run", "--", RUBY, EXE, "info")
+    assert st.success?
+    assert_match(/^allocator:\s+trimalloc/, out)
+    assert_match(/^core:\s+#{Regexp.escape(Trimalloc::VERSION)} at /, out)
+  end
+
+  def test_exec_rejects_wrong_arguments
+    assert_raises(ArgumentError) { Trimalloc.exec }
+    e = assert_raises(TypeError) { Trimalloc.exec("ls", 3) } if Trimalloc.library_path
+    assert_match(/Integer/, e.message) if e
+  end
+end

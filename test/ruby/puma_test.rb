@@ -1,0 +1,55 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+require "net/http"
+
+# The Puma plugin (plugin :trimalloc) against a real Puma 5 server.
+class PumaTest < Minitest::Test
+  include TrimallocTest
+
+  PUMA = Gem.bin_path("puma", "puma")
+
+  # Serves 10 requests that each allocate and drop 30 MB (two at a time, on
+  # Puma's two threads), then one that runs the GC; returns Puma's RSS and
+  # the trims counted in its Trimalloc.stats.
+  def puma_run(trim:, preload: false)
+    port = free_port
+    env = child_env(preload: preload, env: { "PORT" => port.to_s, "TRIM" => trim ? "1" : "0" })
+    pid = Process.spawn(env, RUBY, PUMA, "-C", File.join(SUPPORT, "puma_config.rb"),
+                        out: File::NULL, err: File::NULL)
+    wait_for_port(port, pid)
+    http = ->(path) { Net::HTTP.get_response(URI("http://127.0.0.1:#{port}#{path}")) }
+    5.times do
+      2.times.map { Thread.new { assert_equal "200", http.call("/alloc?30").code } }.each(&:join)
+    end
+    assert_equal "200", http.call("/gc").code
+    sleep 0.5 # out_of_band runs once the threads are idle, after the response
+    rss = rss_of(pid)
+    [rss, JSON.parse(http.call("/stats").body, symbolize_names: true)]
+  ensure
+    stop_process(pid)
+  end
+
+  def test_puma_plugin_trims_out_of_band
+    without, without_stats = puma_run(trim: false)
+    with, with_stats = puma_run(trim: true)
+    msg = "Puma RSS after the requests: #{with >> 20} MiB with the plugin, #{without >> 20} MiB without"
+    warn msg if ENV["TRIMALLOC_TEST_VERBOSE"]
+    assert_equal 0, without_stats[:trims]
+    assert_operator with_stats[:trims], :>=, 2, "trims happened when Puma was idle"
+    assert_operator with_stats[:trimmed_bytes], :>=, 40 * MiB
+    assert_operator without - with, :>=, 40 * MiB, msg
+    assert_operator with, :<=, without * 0.6, msg
+  end
+
+  def test_puma_plugin_trims_out_of_band_under_preload
+    without, = puma_run(trim: false, preload: true)
+    with, with_stats = puma_run(trim: true, preload: true)
+    msg = "Puma RSS under trimalloc: #{with >> 20} MiB with the plugin, #{without >> 20} MiB without"
+    warn msg if ENV["TRIMALLOC_TEST_VERBOSE"]
+    assert_equal "trimalloc", with_stats[:backend]
+    assert_operator with_stats[:trims], :>=, 2
+    assert_operator without - with, :>=, 20 * MiB, msg
+    assert_operator with, :<=, without * 0.8, msg
+  end
+end

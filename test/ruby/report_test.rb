@@ -1,0 +1,64 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# Trimalloc.report: Ruby's heap, the allocator and the kernel side by side.
+class ReportTest < Minitest::Test
+  include TrimallocTest
+
+  REPORT = <<~RUBY
+    require "trimalloc"
+    keep = Array.new(20_000) { "z" * 500 }
+    r = Trimalloc.report
+    puts r.to_s.inspect
+    puts JSON.generate(r)
+  RUBY
+
+  def report(preload)
+    out, err, st = run_ruby("require 'json'\n#{REPORT}", preload: preload)
+    assert st.success?, err
+    text, json = out.lines
+    [JSON.parse(json, symbolize_names: true), text.chomp.undump]
+  end
+
+  def check_levels(r, text)
+    assert_equal %i[backend ruby allocator kernel], r.keys
+    ruby = r[:ruby]
+    assert_operator ruby[:memsize_of_all], :>=, 20_000 * 500
+    assert_equal ruby[:free_slots] * ruby[:slot_size], ruby[:free_slot_bytes]
+    assert_operator ruby[:slot_size], :>=, 40
+    assert_operator r[:allocator][:allocated], :>=, 20_000 * 500
+    assert_operator r[:kernel][:rss], :>, r[:allocator][:allocated] / 2
+    assert_match(/^trimalloc report \(backend: #{r[:backend]}\)$/, text)
+    assert_match(/^  ruby heap   objects \d+\.\d MiB \(ObjectSpace.memsize_of_all\), free slots /, text)
+    assert_match(/^  kernel      rss \d+\.\d MiB$/, text)
+  end
+
+  def test_report_shows_three_levels
+    r, text = report(false)
+    check_levels(r, text)
+    assert_equal "glibc", r[:backend]
+    assert_nil r[:allocator][:resident], "glibc cannot say what is resident"
+    assert_match(/resident n\/a, fragmentation n\/a/, text)
+  end
+
+  def test_report_shows_three_levels_under_preload
+    r, text = report(true)
+    check_levels(r, text)
+    a = r[:allocator]
+    assert_equal "trimalloc", r[:backend]
+    assert_operator a[:resident], :>=, a[:allocated]
+    assert_in_delta 1.0 - a[:allocated].fdiv(a[:resident]), a[:fragmentation], 0.05
+    assert_in_delta a[:resident] - a[:allocated], a[:free], 256 << 10
+    assert_match(/fragmentation \d+\.\d%/, text)
+  end
+
+  def test_report_is_a_hash_with_readable_to_s
+    r = Trimalloc.report
+    assert_kind_of Hash, r
+    assert_operator r.to_s.lines.size, :==, 4
+    assert_equal "1.5 MiB", Trimalloc::Report.bytes(3 << 19)
+    assert_equal "512 B", Trimalloc::Report.bytes(512)
+    assert_equal "n/a", Trimalloc::Report.bytes(nil)
+  end
+end

@@ -1,0 +1,37 @@
+# frozen_string_literal: true
+
+# Puma 5 configuration for puma_test.rb. TRIM=1 loads the plugin; everything
+# else is the same in both runs.
+require "json"
+
+bind "tcp://127.0.0.1:#{ENV.fetch('PORT')}"
+threads 2, 2
+workers 0
+quiet
+
+if ENV["TRIM"] == "1"
+  plugin :trimalloc
+  Trimalloc::PUMA_OPTIONS[:min_interval] = 0
+end
+
+cache = []
+lock = Mutex.new
+
+app do |env|
+  case env["PATH_INFO"]
+  when "/alloc" # allocates and drops ~MB, keeps a few strings (a cache)
+    kept = []
+    junk = Array.new(Integer(env["QUERY_STRING"]) * 1024) { |i| s = "p" * 1000; kept << s if (i % 1024).zero?; s }
+    junk.clear
+    lock.synchronize { cache.concat(kept) }
+    [200, { "Content-Type" => "text/plain" }, ["ok\n"]]
+  when "/gc"
+    GC.start
+    [200, { "Content-Type" => "text/plain" }, ["ok\n"]]
+  when "/stats"
+    require "trimalloc"
+    [200, { "Content-Type" => "application/json" }, [JSON.generate(Trimalloc.stats)]]
+  else
+    [404, {}, []]
+  end
+end

@@ -1,0 +1,116 @@
+# frozen_string_literal: true
+
+# Shared by test/ruby/*_test.rb. Anything that depends on which allocator the
+# process runs on is run in a child ruby (with or without LD_PRELOAD), so the
+# test process itself stays on glibc.
+require "minitest/autorun"
+require "json"
+require "open3"
+require "rbconfig"
+require "socket"
+require "timeout"
+require "tmpdir"
+require "trimalloc"
+
+module TrimallocTest
+  ROOT = File.expand_path("../..", __dir__)
+  LIB_DIR = File.join(ROOT, "ext-ruby", "lib")
+  EXE = File.join(ROOT, "ext-ruby", "exe", "trimalloc")
+  SUPPORT = File.join(__dir__, "support")
+  RUBY = RbConfig.ruby
+  MiB = 1 << 20
+
+  # Variables that would change what a child runs on are cleared.
+  CLEAN_ENV = {
+    "LD_PRELOAD" => nil, "RUBYOPT" => nil, "TRIMALLOC_PRELOAD_GUARD" => nil,
+    "RUBYLIB" => LIB_DIR
+  }.freeze
+
+  # The core's stats field names, parsed from the X-macro in core/trimalloc.h
+  # (the reference the Ruby hash is compared with).
+  def self.core_field_names
+    header = File.read(File.join(ROOT, "core", "trimalloc.h"))
+    block = header[/#define TRIMALLOC_STATS_FIELDS\(X\)(.*?)\n\s*\n/m, 1] or raise "no field list in trimalloc.h"
+    block.scan(/X\(\s*\w+\s*,\s*(\w+)\s*,/).flatten.map(&:to_sym)
+  end
+
+  def library
+    lib = Trimalloc.library_path
+    flunk "libtrimalloc.so not built (run `make -C core` and `rake compile`)" unless lib
+    lib
+  end
+
+  def child_env(preload: false, env: {})
+    e = CLEAN_ENV.merge(env)
+    e["LD_PRELOAD"] = library if preload
+    e
+  end
+
+  # Runs `code` in a child ruby; returns [stdout, stderr, Process::Status].
+  def run_ruby(code, preload: false, env: {}, args: [])
+    Open3.capture3(child_env(preload: preload, env: env), RUBY, "-e", code, "--", *args)
+  end
+
+  # Runs `code` in a child ruby whose last stdout line is JSON; returns it
+  # parsed, with symbol keys. Fails with the child's stderr on error.
+  def ruby_json(code, preload: false, env: {}, args: [])
+    out, err, st = run_ruby("require 'json'\n#{code}", preload: preload, env: env, args: args)
+    assert st.success?, "child ruby failed (#{st.inspect}):\n#{err}\n#{out}"
+    JSON.parse(out.lines.last, symbolize_names: true)
+  end
+
+  def free_port
+    s = TCPServer.new("127.0.0.1", 0)
+    s.addr[1]
+  ensure
+    s&.close
+  end
+
+  def wait_for_port(port, pid, timeout: 30)
+    Timeout.timeout(timeout) do
+      loop do
+        flunk "server (pid #{pid}) exited before listening" if Process.waitpid(pid, Process::WNOHANG)
+        begin
+          TCPSocket.new("127.0.0.1", port).close
+          return
+        rescue Errno::ECONNREFUSED
+          sleep 0.05
+        end
+      end
+    end
+  end
+
+  # Stops a process started by a test: TERM, then KILL after `grace` seconds.
+  def stop_process(pid, grace: 10)
+    return unless pid
+
+    Process.kill("TERM", pid)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + grace
+    until Process.waitpid(pid, Process::WNOHANG)
+      if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        Process.kill("KILL", pid)
+        Process.waitpid(pid)
+        break
+      end
+      sleep 0.05
+    end
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  end
+
+  def rss_of(pid)
+    File.read("/proc/#{pid}/status")[/^VmRSS:\s+(\d+) kB/, 1].to_i * 1024
+  end
+
+  # Starts a redis-server on a free loopback port, yields its URL, stops it.
+  def with_redis
+    port = free_port
+    pid = Process.spawn("redis-server", "--bind", "127.0.0.1", "--port", port.to_s, "--save", "",
+                        "--appendonly", "no", "--protected-mode", "yes",
+                        out: File::NULL, err: File::NULL)
+    wait_for_port(port, pid)
+    yield "redis://127.0.0.1:#{port}/0"
+  ensure
+    stop_process(pid)
+  end
+end

@@ -1,0 +1,85 @@
+"""trimalloc: a memory allocator that gives memory back.
+
+    import trimalloc
+    trimalloc.backend()      # "trimalloc" when the process runs on it, else "glibc"
+    trimalloc.trim()         # bytes returned to the OS now
+    trimalloc.stats()        # the allocator's numbers (keys from the core's field list)
+    print(trimalloc.report())
+    trimalloc.gc.enable()    # trim after full garbage collections
+
+Everything works on either backend: when trimalloc is not the process allocator
+(no LD_PRELOAD), trims and stats drive glibc (malloc_trim, mallinfo2).
+Run a program on trimalloc with `trimalloc run -- CMD...`, or put
+`import trimalloc.preload` first in it.
+"""
+import os
+from typing import Dict, Union
+
+from . import _trimalloc
+from ._report import Report, report
+from ._trimming import trimming
+from . import gc  # noqa: E402  (trimalloc.gc, the gc.callbacks hook)
+
+__all__ = [
+    "Error",
+    "Report",
+    "DEFAULT_PYTHONMALLOC",
+    "active",
+    "backend",
+    "library_path",
+    "report",
+    "stats",
+    "trim",
+    "trimming",
+    "gc",
+]
+
+__version__ = _trimalloc.VERSION  # TRIMALLOC_VERSION, compiled in from core/trimalloc.h
+
+Error = _trimalloc.Error
+
+# Whether `trimalloc run` (and `import trimalloc.preload`) also set
+# PYTHONMALLOC=malloc, so that small objects live in trimalloc's pages instead
+# of pymalloc's arenas (which trimalloc can neither purge nor trim, and which
+# only go back to the OS when completely empty). The memory benchmark decides
+# this default (test/python/bench/pythonmalloc.py: RSS after building and
+# dropping many small objects, with and without PYTHONMALLOC=malloc; with trims
+# it was as good or better in every workload, see the README). `--pythonmalloc`
+# / `--no-pythonmalloc` override it per run.
+DEFAULT_PYTHONMALLOC = True
+
+_LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libtrimalloc.so")
+
+
+def active():
+    # type: () -> bool
+    """True when the process's malloc is trimalloc's (not merely loaded)."""
+    return _trimalloc.active()
+
+
+def backend():
+    # type: () -> str
+    """"trimalloc" when trimalloc is the process allocator, else "glibc"."""
+    return _trimalloc.backend()
+
+
+def library_path():
+    # type: () -> str
+    """The path of the libtrimalloc.so bundled with this package (for LD_PRELOAD)."""
+    return _LIBRARY
+
+
+def trim():
+    # type: () -> int
+    """Return every free page to the OS now; returns the bytes released.
+
+    On glibc: malloc_trim(0), the bytes being the drop in RSS across the call."""
+    return _trimalloc.trim()
+
+
+def stats():
+    # type: () -> Dict[str, Union[int, float, str]]
+    """The allocator's numbers, keyed by the core's field list, plus "backend".
+
+    Fields the backend cannot measure are left out (glibc has no "resident")."""
+    return _trimalloc.stats()

@@ -1,0 +1,75 @@
+"""What every trim hook shares: argument checks, the rate-limited trim, listeners.
+
+The rate limit and the free-bytes threshold are decided in C
+(ta_bind_trim_if_due, shared with the Ruby gem); this module only checks
+arguments and tells listeners (for example trimalloc.prometheus) what happened.
+"""
+import math
+import threading
+from typing import Callable, List, Optional
+
+from . import _trimalloc
+
+# Called as listener(source, released) after a hook ran: source names the hook
+# ("gc", "celery", "wsgi", "gunicorn", "trimming"), released is the bytes a
+# trim released, or None when the trim was skipped (not due).
+Listener = Callable[[str, Optional[int]], None]
+_listeners = []  # type: List[Listener]
+_lock = threading.Lock()
+
+
+def add_listener(fn):
+    # type: (Listener) -> None
+    if not callable(fn):
+        raise TypeError("listener must be callable, not %r" % (fn,))
+    with _lock:
+        if fn not in _listeners:
+            _listeners.append(fn)
+
+
+def remove_listener(fn):
+    # type: (Listener) -> None
+    with _lock:
+        if fn in _listeners:
+            _listeners.remove(fn)
+
+
+def check_interval(value, name="min_interval"):
+    # type: (object, str) -> float
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds, not %r" % (name, value))
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("%s must be finite and >= 0, not %r" % (name, value))
+    return float(value)
+
+
+def check_bytes(value, name):
+    # type: (object, str) -> int
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("%s must be an int (bytes), not %r" % (name, value))
+    if value < 0:
+        raise ValueError("%s must be >= 0, not %r" % (name, value))
+    return value
+
+
+def check_count(value, name):
+    # type: (object, str) -> int
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("%s must be an int, not %r" % (name, value))
+    if value < 1:
+        raise ValueError("%s must be >= 1, not %r" % (name, value))
+    return value
+
+
+def trim_if_due(source, min_interval, min_free=0):
+    # type: (str, float, int) -> Optional[int]
+    """The rate-limited trim every hook uses; returns bytes released or None."""
+    released = _trimalloc.trim_if_due(min_interval, min_free)
+    notify(source, released)
+    return released
+
+
+def notify(source, released):
+    # type: (str, Optional[int]) -> None
+    for fn in list(_listeners):
+        fn(source, released)

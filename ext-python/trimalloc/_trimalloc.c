@@ -1,0 +1,350 @@
+/* trimalloc._trimalloc: the CPython binding over core/bind/binding.h.
+ *
+ * Converts types and maps errors, nothing more: every decision (which backend
+ * answers, when a trim is due, how the launcher and the preload re-exec work)
+ * lives in core/bind/binding.c, shared with the Ruby extension.
+ *
+ * Multi-phase init (PEP 489); the exception type lives in the module state, so
+ * re-imports and subinterpreters each get their own. Written against the
+ * limited API of CPython 3.8. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "binding.h"
+
+/* Number of stats fields, from the core's one field list. */
+#define TA_COUNT_FIELD(type, name, unit, doc) +1
+enum { TA_NFIELDS = 0 TRIMALLOC_STATS_FIELDS(TA_COUNT_FIELD) };
+#undef TA_COUNT_FIELD
+
+typedef struct {
+  PyObject *error; /* trimalloc.Error */
+} module_state;
+
+static module_state *get_state(PyObject *module) {
+  return (module_state *)PyModule_GetState(module);
+}
+
+/* A float argument that must be finite and >= 0; the message names the value. */
+static int parse_interval(PyObject *obj, const char *what, double *out) {
+  if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj))) {
+    PyErr_Format(PyExc_TypeError, "%s must be a number of seconds, not %R", what, obj);
+    return -1;
+  }
+  double v = PyFloat_AsDouble(obj);
+  if (v == -1.0 && PyErr_Occurred()) return -1;
+  if (!isfinite(v) || v < 0) {
+    PyErr_Format(PyExc_ValueError, "%s must be finite and >= 0, not %R", what, obj);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* A byte count: an int >= 0 that fits in 64 bits. */
+static int parse_bytes(PyObject *obj, const char *what, uint64_t *out) {
+  if (PyBool_Check(obj) || !PyLong_Check(obj)) {
+    PyErr_Format(PyExc_TypeError, "%s must be an int (bytes), not %R", what, obj);
+    return -1;
+  }
+  PyObject *zero = PyLong_FromLong(0);
+  if (!zero) return -1;
+  int neg = PyObject_RichCompareBool(obj, zero, Py_LT);
+  Py_DECREF(zero);
+  if (neg < 0) return -1;
+  if (neg) {
+    PyErr_Format(PyExc_ValueError, "%s must be >= 0, not %R", what, obj);
+    return -1;
+  }
+  unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+  if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "%s is too large: %R", what, obj);
+    return -1;
+  }
+  *out = (uint64_t)v;
+  return 0;
+}
+
+static PyObject *py_active(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyBool_FromLong(ta_bind_backend() == TA_BACKEND_TRIMALLOC);
+}
+
+static PyObject *py_backend(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyUnicode_FromString(ta_bind_backend_name());
+}
+
+static PyObject *py_loaded_path(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  const char *p = ta_bind_loaded_path();
+  if (!p) Py_RETURN_NONE;
+  return PyUnicode_DecodeFSDefault(p);
+}
+
+static PyObject *py_core_version(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  const char *v = ta_bind_core_version();
+  if (!v) Py_RETURN_NONE;
+  return PyUnicode_FromString(v);
+}
+
+static PyObject *py_trim(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  uint64_t released;
+  Py_BEGIN_ALLOW_THREADS
+  released = ta_bind_trim();
+  Py_END_ALLOW_THREADS
+  return PyLong_FromUnsignedLongLong(released);
+}
+
+static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
+  (void)m;
+  static char *kwlist[] = {"min_interval", "min_free", NULL};
+  PyObject *interval_obj, *free_obj = NULL;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:trim_if_due", kwlist, &interval_obj,
+                                   &free_obj))
+    return NULL;
+  double interval;
+  uint64_t min_free = 0;
+  if (parse_interval(interval_obj, "min_interval", &interval) < 0) return NULL;
+  if (free_obj && parse_bytes(free_obj, "min_free", &min_free) < 0) return NULL;
+  int64_t released;
+  Py_BEGIN_ALLOW_THREADS
+  released = ta_bind_trim_if_due(interval, min_free);
+  Py_END_ALLOW_THREADS
+  if (released < 0) Py_RETURN_NONE;
+  return PyLong_FromLongLong(released);
+}
+
+static PyObject *py_free_bytes(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyLong_FromUnsignedLongLong(ta_bind_free_bytes());
+}
+
+static PyObject *py_rss(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyLong_FromUnsignedLongLong(ta_bind_rss());
+}
+
+static int set_item(PyObject *d, const char *key, PyObject *value) {
+  if (!value) return -1;
+  int rc = PyDict_SetItemString(d, key, value);
+  Py_DECREF(value);
+  return rc;
+}
+
+static PyObject *py_stats(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  ta_bind_field_t fields[TA_NFIELDS];
+  if (ta_bind_stats(fields) != 0) {
+    PyErr_SetString(get_state(m)->error, "the allocator could not report its stats");
+    return NULL;
+  }
+  PyObject *d = PyDict_New();
+  if (!d) return NULL;
+  for (size_t i = 0; i < TA_NFIELDS; i++) {
+    const ta_bind_field_t *f = &fields[i];
+    if (!f->present) continue; /* not measured by this backend: left out */
+    PyObject *v = f->type == 'd' ? PyFloat_FromDouble(f->v.d)
+                                 : PyLong_FromUnsignedLongLong(f->v.u);
+    if (set_item(d, f->name, v) < 0) goto fail;
+  }
+  if (set_item(d, "backend", PyUnicode_FromString(ta_bind_backend_name())) < 0) goto fail;
+  return d;
+fail:
+  Py_DECREF(d);
+  return NULL;
+}
+
+/* argv from a list or tuple of str/bytes; *out is NULL-terminated, and the
+ * bytes objects holding the strings are kept alive in *keep. */
+static int to_argv(PyObject *seq, PyObject **keep, char ***out) {
+  if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+    PyErr_Format(PyExc_TypeError, "argv must be a list of str, not %R", seq);
+    return -1;
+  }
+  Py_ssize_t n = PySequence_Size(seq);
+  if (n < 0) return -1;
+  if (n == 0) {
+    PyErr_SetString(PyExc_ValueError, "argv must not be empty: [] names no command");
+    return -1;
+  }
+  PyObject *list = PyList_New(n);
+  char **argv = PyMem_Malloc(((size_t)n + 1) * sizeof *argv);
+  if (!list || !argv) goto fail;
+  memset(argv, 0, ((size_t)n + 1) * sizeof *argv);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *item = PySequence_GetItem(seq, i), *bytes = NULL;
+    if (!item) goto fail;
+    if (!PyUnicode_Check(item) && !PyBytes_Check(item)) {
+      PyErr_Format(PyExc_TypeError, "argv[%zd] must be str, not %R", i, item);
+      Py_DECREF(item);
+      goto fail;
+    }
+    int ok = PyUnicode_FSConverter(item, &bytes);
+    Py_DECREF(item);
+    if (!ok) goto fail;
+    PyList_SetItem(list, i, bytes); /* steals */
+    argv[i] = PyBytes_AsString(bytes);
+    if (!argv[i]) goto fail;
+  }
+  *keep = list;
+  *out = argv;
+  return 0;
+fail:
+  Py_XDECREF(list);
+  PyMem_Free(argv);
+  if (!PyErr_Occurred()) PyErr_NoMemory();
+  return -1;
+}
+
+static PyObject *py_exec(PyObject *m, PyObject *args, PyObject *kwargs) {
+  (void)m;
+  static char *kwlist[] = {"lib", "argv", "pythonmalloc", NULL};
+  PyObject *lib = NULL, *seq, *keep = NULL;
+  int pythonmalloc = 0;
+  char **argv = NULL;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O|p:exec", kwlist, PyUnicode_FSConverter,
+                                   &lib, &seq, &pythonmalloc))
+    return NULL;
+  if (to_argv(seq, &keep, &argv) < 0) {
+    Py_DECREF(lib);
+    return NULL;
+  }
+  ta_bind_exec(PyBytes_AsString(lib), argv, pythonmalloc); /* returns only on failure */
+  int e = errno;
+  PyObject *name = PyList_GetItem(keep, 0);
+  errno = e;
+  PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+  Py_DECREF(lib);
+  Py_DECREF(keep);
+  PyMem_Free(argv);
+  return NULL;
+}
+
+static PyObject *py_preload(PyObject *m, PyObject *args, PyObject *kwargs) {
+  (void)m;
+  static char *kwlist[] = {"lib", "pythonmalloc", NULL};
+  PyObject *lib = NULL;
+  int pythonmalloc = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|p:preload", kwlist, PyUnicode_FSConverter,
+                                   &lib, &pythonmalloc))
+    return NULL;
+  int rc = ta_bind_preload(PyBytes_AsString(lib), pythonmalloc);
+  if (rc < 0) {
+    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, lib);
+    Py_DECREF(lib);
+    return NULL;
+  }
+  Py_DECREF(lib);
+  return PyLong_FromLong(rc);
+}
+
+/* (name, type, unit, doc) for every field of the core's list, in order. */
+static PyObject *make_fields(void) {
+  PyObject *t = PyTuple_New(TA_NFIELDS);
+  if (!t) return NULL;
+  Py_ssize_t i = 0;
+#define TA_FIELD_TUPLE(type, name, unit, doc)                                                  \
+  {                                                                                            \
+    PyObject *f = Py_BuildValue("(ssss)", #name, #type[0] == 'd' ? "float" : "int", unit, doc); \
+    if (!f) goto fail;                                                                         \
+    PyTuple_SetItem(t, i++, f);                                                                \
+  }
+  TRIMALLOC_STATS_FIELDS(TA_FIELD_TUPLE)
+#undef TA_FIELD_TUPLE
+  return t;
+fail:
+  Py_DECREF(t);
+  return NULL;
+}
+
+static int add_object(PyObject *m, const char *name, PyObject *value) {
+  if (!value) return -1;
+  if (PyModule_AddObject(m, name, value) < 0) { /* steals only on success */
+    Py_DECREF(value);
+    return -1;
+  }
+  return 0;
+}
+
+static int module_exec(PyObject *m) {
+  module_state *st = get_state(m);
+  ta_bind_init();
+  st->error = PyErr_NewExceptionWithDoc(
+      "trimalloc.Error", "An operation of the allocator failed (not a wrong argument).",
+      PyExc_RuntimeError, NULL);
+  if (!st->error) return -1;
+  Py_INCREF(st->error);
+  if (add_object(m, "Error", st->error) < 0) return -1;
+  if (add_object(m, "VERSION", PyUnicode_FromString(TRIMALLOC_VERSION)) < 0) return -1;
+  if (add_object(m, "STATS_VERSION", PyLong_FromLong(TRIMALLOC_STATS_VERSION)) < 0) return -1;
+  if (add_object(m, "FIELDS", make_fields()) < 0) return -1;
+  if (add_object(m, "GUARD_ENV", PyUnicode_FromString(TA_BIND_GUARD_ENV)) < 0) return -1;
+  return 0;
+}
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg) {
+  module_state *st = get_state(m);
+  if (st) Py_VISIT(st->error);
+  return 0;
+}
+
+static int module_clear(PyObject *m) {
+  module_state *st = get_state(m);
+  if (st) Py_CLEAR(st->error);
+  return 0;
+}
+
+static void module_free(void *m) { module_clear((PyObject *)m); }
+
+static PyMethodDef methods[] = {
+    {"active", py_active, METH_NOARGS, "active() -> bool: is the process's malloc trimalloc's?"},
+    {"backend", py_backend, METH_NOARGS, "backend() -> 'trimalloc' or 'glibc'"},
+    {"loaded_path", py_loaded_path, METH_NOARGS,
+     "loaded_path() -> path of the loaded core, or None when it is not active"},
+    {"core_version", py_core_version, METH_NOARGS,
+     "core_version() -> the loaded core's version, or None when it is not active"},
+    {"trim", py_trim, METH_NOARGS, "trim() -> bytes returned to the OS now"},
+    {"trim_if_due", (PyCFunction)(void (*)(void))py_trim_if_due, METH_VARARGS | METH_KEYWORDS,
+     "trim_if_due(min_interval, min_free=0) -> bytes released, or None when skipped"},
+    {"free_bytes", py_free_bytes, METH_NOARGS,
+     "free_bytes() -> bytes free but still resident in the allocator"},
+    {"rss", py_rss, METH_NOARGS, "rss() -> the process's resident set size in bytes"},
+    {"stats", py_stats, METH_NOARGS, "stats() -> dict of the fields this backend measures"},
+    {"exec", (PyCFunction)(void (*)(void))py_exec, METH_VARARGS | METH_KEYWORDS,
+     "exec(lib, argv, pythonmalloc=False): exec argv with lib preloaded; raises OSError"},
+    {"preload", (PyCFunction)(void (*)(void))py_preload, METH_VARARGS | METH_KEYWORDS,
+     "preload(lib, pythonmalloc=False) -> 0 active, 1 guard set but not active; "
+     "re-execs otherwise; raises OSError when the re-exec fails"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, (void *)module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT,
+    "trimalloc._trimalloc",
+    "The trimalloc binding: trims, stats, launcher (see core/bind/binding.h).",
+    sizeof(module_state),
+    methods,
+    slots,
+    module_traverse,
+    module_clear,
+    module_free,
+};
+
+/* Exported explicitly: we build with -fvisibility=hidden, and before 3.9
+ * PyMODINIT_FUNC did not carry a visibility attribute. */
+__attribute__((visibility("default"))) PyMODINIT_FUNC PyInit__trimalloc(void) {
+  return PyModuleDef_Init(&moduledef);
+}

@@ -1,0 +1,88 @@
+"""trimalloc.gc: trim after the garbage collector's full collections.
+
+    import trimalloc
+    trimalloc.gc.enable()            # after generation-2 collections, at most once a second
+
+The hook is a gc.callbacks entry: on the "stop" phase of a collection of one
+of the named generations it runs the rate-limited trim (ta_bind_trim_if_due).
+The objects a collection frees are freed by then, so the trim can return their
+pages. On glibc this is malloc_trim(0) after full collections.
+"""
+import gc as _gc
+import threading
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+from . import _hooks
+
+_lock = threading.Lock()
+_state = {
+    "enabled": False,
+    "min_interval": 1.0,
+    "generations": (2,),
+    "collections": 0,
+    "trims": 0,
+    "trimmed_bytes": 0,
+}  # type: Dict[str, Any]
+
+
+def _callback(phase, info):
+    # type: (str, Dict[str, Any]) -> None
+    if phase != "stop" or info.get("generation") not in _state["generations"]:
+        return
+    _state["collections"] += 1
+    released = _hooks.trim_if_due("gc", _state["min_interval"])
+    if released is not None:
+        _state["trims"] += 1
+        _state["trimmed_bytes"] += released
+
+
+def _check_generations(generations):
+    # type: (object) -> Tuple[int, ...]
+    if isinstance(generations, (str, bytes)) or not isinstance(generations, Iterable):
+        raise TypeError("generations must be a tuple of ints in 0..2, not %r" % (generations,))
+    gens = tuple(generations)
+    for g in gens:
+        if isinstance(g, bool) or not isinstance(g, int):
+            raise TypeError("generations must hold ints, not %r" % (g,))
+        if not 0 <= g <= 2:
+            raise ValueError("generation must be 0, 1 or 2, not %r" % (g,))
+    if not gens:
+        raise ValueError("generations must name at least one generation, not %r" % (generations,))
+    return gens
+
+
+def enable(min_interval=1.0, generations=(2,)):
+    # type: (float, Iterable[int]) -> None
+    """Trim after collections of `generations`, at most once per `min_interval` s.
+
+    Calling it again changes the settings; the hook is installed once."""
+    interval = _hooks.check_interval(min_interval)
+    gens = _check_generations(generations)
+    with _lock:
+        _state["min_interval"] = interval
+        _state["generations"] = gens
+        if _callback not in _gc.callbacks:
+            _gc.callbacks.append(_callback)
+        _state["enabled"] = True
+
+
+def disable():
+    # type: () -> None
+    """Remove the hook (no error when it is not installed)."""
+    with _lock:
+        while _callback in _gc.callbacks:
+            _gc.callbacks.remove(_callback)
+        _state["enabled"] = False
+
+
+def enabled():
+    # type: () -> bool
+    return _callback in _gc.callbacks
+
+
+def stats():
+    # type: () -> Dict[str, Any]
+    """What the hook did: collections seen, trims run, bytes they released."""
+    d = dict(_state)
+    d["enabled"] = enabled()
+    return d

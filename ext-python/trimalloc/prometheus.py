@@ -1,0 +1,185 @@
+"""trimalloc.prometheus: the allocator's stats as Prometheus metrics.
+
+Single process:
+
+    import trimalloc.prometheus
+    trimalloc.prometheus.register()          # adds a collector to prometheus_client.REGISTRY
+
+Every scrape then reads stats() afresh: one metric per field of the core's
+field list that the backend measures (gauges, and counters for the fields that
+only grow), plus trimalloc_rss_bytes and trimalloc_info{backend,version}.
+
+Multiprocess mode (gunicorn, Celery prefork with PROMETHEUS_MULTIPROC_DIR set):
+custom collectors do not run there, only metric objects that write their
+values to the shared directory. So:
+
+    trimalloc.prometheus.enable_multiprocess()   # in each worker process
+
+creates those Gauges and Counters and updates them whenever a trimalloc hook
+runs (trimalloc.gc, trimalloc.celery, the WSGI middleware, gunicorn's
+post_request, trimalloc.trimming); call .update() yourself for more.
+"""
+import threading
+from typing import Any, Dict, Iterator, List, Optional
+
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import _hooks, _trimalloc
+
+# The fields (from the core's list, _trimalloc.FIELDS) that only ever grow,
+# exported as counters; every other field is a gauge, so a field added to the
+# core shows up as a gauge without a change here.
+COUNTER_FIELDS = frozenset(
+    ["allocations", "frees", "huge_allocations", "purges", "purged_bytes", "trims",
+     "trimmed_bytes", "trim_ns"]
+)
+
+
+def _base_name(prefix, name, unit):
+    # type: (str, str, str) -> Any
+    """(metric name, scale) in Prometheus' base units: bytes, seconds, ratio."""
+    if unit == "ns":
+        base = name[:-3] if name.endswith("_ns") else name
+        return "%s_%s_seconds" % (prefix, base), 1e-9
+    if unit == "bytes" and not name.endswith("bytes"):
+        return "%s_%s_bytes" % (prefix, name), 1
+    if unit == "ratio" and not name.endswith("ratio"):
+        return "%s_%s_ratio" % (prefix, name), 1
+    return "%s_%s" % (prefix, name), 1
+
+
+def metric_names(prefix="trimalloc"):
+    # type: (str) -> Dict[str, Any]
+    """field -> (metric name, scale, is_counter) for every field of the core's list.
+
+    A gauge whose name would clash with a counter's (the gauge "purged", in
+    bytes, and the counter "purged_bytes") gets "_now" before its unit:
+    trimalloc_purged_now_bytes next to trimalloc_purged_bytes_total."""
+    out = {}  # type: Dict[str, Any]
+    counters = set()
+    for name, _type, unit, _doc in _trimalloc.FIELDS:
+        if name in COUNTER_FIELDS:
+            counters.add(_base_name(prefix, name, unit)[0])
+    for name, _type, unit, _doc in _trimalloc.FIELDS:
+        metric, scale = _base_name(prefix, name, unit)
+        is_counter = name in COUNTER_FIELDS
+        if not is_counter and metric in counters:
+            suffix = {"ns": "_seconds", "bytes": "_bytes", "ratio": "_ratio"}.get(unit, "")
+            metric = "%s_%s_now%s" % (prefix, name, suffix)
+        out[name] = (metric, scale, is_counter)
+    return out
+
+
+class TrimallocCollector:
+    """A prometheus_client collector reading trimalloc.stats() at each scrape."""
+
+    def __init__(self, prefix="trimalloc"):
+        # type: (str) -> None
+        if not isinstance(prefix, str) or not prefix:
+            raise TypeError("prefix must be a non-empty str, not %r" % (prefix,))
+        self.prefix = prefix
+
+    def collect(self):
+        # type: () -> Iterator[Any]
+        s = _trimalloc.stats()
+        info = GaugeMetricFamily(self.prefix + "_info", "trimalloc backend and version",
+                                 labels=["backend", "version"])
+        info.add_metric([str(s["backend"]), _trimalloc.VERSION], 1)
+        yield info
+        names = metric_names(self.prefix)
+        for name, _type, _unit, doc in _trimalloc.FIELDS:
+            if name not in s:
+                continue
+            metric, scale, is_counter = names[name]
+            value = s[name] * scale
+            if is_counter:
+                yield CounterMetricFamily(metric, doc, value=value)
+            else:
+                yield GaugeMetricFamily(metric, doc, value=value)
+        yield GaugeMetricFamily(self.prefix + "_rss_bytes", "resident set size of the process",
+                                value=_trimalloc.rss())
+
+
+def register(registry=REGISTRY, prefix="trimalloc"):
+    # type: (Any, str) -> TrimallocCollector
+    """Register a TrimallocCollector with registry (default: the global one)."""
+    c = TrimallocCollector(prefix)
+    registry.register(c)
+    return c
+
+
+class MultiprocessMetrics:
+    """Gauges and Counters holding the stats, for prometheus_client's multiprocess mode.
+
+    gauge_mode is the Gauge multiprocess_mode: "liveall" (default: one series
+    per live process, labelled pid), "livesum", "all", "sum", "min" or "max".
+    Counters add each process's growth since its last update."""
+
+    def __init__(self, prefix="trimalloc", registry=REGISTRY, gauge_mode="liveall"):
+        # type: (str, Any, str) -> None
+        if not isinstance(prefix, str) or not prefix:
+            raise TypeError("prefix must be a non-empty str, not %r" % (prefix,))
+        modes = ("all", "liveall", "livesum", "sum", "min", "max")
+        if gauge_mode not in modes:
+            raise ValueError("gauge_mode must be one of %s, not %r" % (", ".join(modes), gauge_mode))
+        self._lock = threading.Lock()
+        self._gauges = {}  # type: Dict[str, Any]
+        self._counters = {}  # type: Dict[str, Any]
+        self._scales = {}  # type: Dict[str, float]
+        self._last = {}  # type: Dict[str, float]
+        names = metric_names(prefix)
+        for name, _type, _unit, doc in _trimalloc.FIELDS:
+            metric, scale, is_counter = names[name]
+            self._scales[name] = scale
+            if is_counter:
+                self._counters[name] = Counter(metric, doc, registry=registry)
+            else:
+                self._gauges[name] = Gauge(metric, doc, registry=registry,
+                                           multiprocess_mode=gauge_mode)
+        self._rss = Gauge(prefix + "_rss_bytes", "resident set size of the process",
+                          registry=registry, multiprocess_mode=gauge_mode)
+
+    def update(self):
+        # type: () -> None
+        """Write the current stats into the metrics."""
+        s = _trimalloc.stats()
+        with self._lock:
+            for name, g in self._gauges.items():
+                if name in s:
+                    g.set(s[name] * self._scales[name])
+            for name, c in self._counters.items():
+                if name not in s:
+                    continue
+                v = s[name] * self._scales[name]
+                delta = v - self._last.get(name, 0)
+                if delta > 0:
+                    c.inc(delta)
+                self._last[name] = v
+            self._rss.set(_trimalloc.rss())
+
+    def _on_hook(self, source, released):
+        # type: (str, Optional[int]) -> None
+        self.update()
+
+    def install(self):
+        # type: () -> MultiprocessMetrics
+        """Update after every trimalloc hook run (and now)."""
+        _hooks.add_listener(self._on_hook)
+        self.update()
+        return self
+
+    def uninstall(self):
+        # type: () -> None
+        _hooks.remove_listener(self._on_hook)
+
+
+_multiprocess = []  # type: List[MultiprocessMetrics]
+
+
+def enable_multiprocess(prefix="trimalloc", registry=REGISTRY, gauge_mode="liveall"):
+    # type: (str, Any, str) -> MultiprocessMetrics
+    """Create the multiprocess metrics once per process and update them from the hooks."""
+    if not _multiprocess:
+        _multiprocess.append(MultiprocessMetrics(prefix, registry, gauge_mode).install())
+    return _multiprocess[0]

@@ -1,0 +1,103 @@
+"""trimalloc.prometheus: the collector, and gauges for multiprocess mode."""
+import json
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import trimalloc
+from trimalloc import _trimalloc
+from trimalloc.prometheus import COUNTER_FIELDS, TrimallocCollector, register
+from conftest import core_fields, run_py
+
+
+def samples(registry):
+    out = {}
+    for family in registry.collect():
+        for s in family.samples:
+            key = s.name + json.dumps(s.labels, sort_keys=True) if s.labels else s.name
+            out[key] = s.value
+    return out
+
+
+def test_counter_fields_are_core_fields():
+    assert COUNTER_FIELDS <= set(core_fields())
+
+
+def test_collector_exports_every_stats_field():
+    reg = CollectorRegistry()
+    register(reg)
+    s, got = trimalloc.stats(), samples(reg)
+    assert got['trimalloc_info{"backend": "%s", "version": "%s"}' % (s["backend"], trimalloc.__version__)] == 1
+    assert got["trimalloc_allocated_bytes"] > 0 and got["trimalloc_rss_bytes"] > 0
+    assert "trimalloc_trims_total" in got and "trimalloc_trim_seconds_total" in got
+    n = len([k for k in s if k != "backend"])
+    assert len(got) == n + 2  # one sample per measured field, plus info and rss
+    text = generate_latest(reg).decode()
+    assert "# TYPE trimalloc_trims_total counter" in text
+    assert "# TYPE trimalloc_allocated_bytes gauge" in text
+    assert "# HELP trimalloc_allocated_bytes bytes in live blocks" in text
+
+
+def test_collector_reads_fresh_values_at_each_scrape():
+    reg = CollectorRegistry()
+    assert isinstance(register(reg), TrimallocCollector)
+    first = samples(reg)["trimalloc_trims_total"]
+    trimalloc.trim()
+    assert samples(reg)["trimalloc_trims_total"] == first + 1
+
+
+def test_collector_under_preload_has_all_fields():
+    code = r'''
+import json
+from prometheus_client import CollectorRegistry
+import trimalloc.prometheus
+reg = CollectorRegistry()
+trimalloc.prometheus.register(reg)
+print(json.dumps(sorted(m.name for m in reg.collect())))
+'''
+    names = json.loads(run_py(code, preload=True).stdout)
+    assert len(names) == len(core_fields()) + 2
+    assert "trimalloc_fragmentation_ratio" in names and "trimalloc_resident_bytes" in names
+
+
+MULTI = r'''
+import gc, json, os
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+import trimalloc, trimalloc.prometheus
+m = trimalloc.prometheus.enable_multiprocess(registry=CollectorRegistry())
+assert trimalloc.prometheus.enable_multiprocess() is m  # once per process
+trimalloc.gc.enable(min_interval=0)
+gc.collect()
+gc.collect()
+out = {}
+reg = CollectorRegistry()
+MultiProcessCollector(reg)
+for fam in reg.collect():
+    for s in fam.samples:
+        out[s.name] = (s.value, s.labels)
+print(json.dumps({"samples": out, "pid": os.getpid(), "trims": trimalloc.stats()["trims"]}))
+'''
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["trimalloc", "glibc"])
+def test_multiprocess_gauges_follow_the_hooks(tmp_path, preload):
+    r = json.loads(run_py(MULTI, preload=preload, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)).stdout)
+    s = r["samples"]
+    # the two gc hook trims reached the shared files through the listener
+    assert s["trimalloc_trims_total"][0] == r["trims"] >= 2
+    value, labels = s["trimalloc_rss_bytes"]
+    assert value > 0 and labels == {"pid": str(r["pid"])}  # liveall: per process
+    assert s["trimalloc_allocated_bytes"][0] > 0
+
+
+def test_metric_names_are_unique_and_in_base_units():
+    from trimalloc.prometheus import metric_names
+    names = metric_names()
+    assert set(names) == set(core_fields())
+    families = [m for m, _, counter in names.values()]
+    assert len(set(families)) == len(families)
+    assert names["trim_ns"] == ("trimalloc_trim_seconds", 1e-9, True)
+    assert names["allocated"] == ("trimalloc_allocated_bytes", 1, False)
+    assert names["purged_bytes"][0] == "trimalloc_purged_bytes"
+    assert names["purged"][0] == "trimalloc_purged_now_bytes"

@@ -96,6 +96,7 @@ void *ta_malloc_large(ta_heap_t *h, size_t n) {
     return NULL;
   }
   ta_relaxed_add(&h->allocs, 1);
+  ((ta_block_t *)pg->start)->key = 0; /* the span may hold a free block's cookie */
   return pg->start;
 }
 
@@ -105,7 +106,9 @@ void ta_free_local(ta_heap_t *h, ta_page_t *pg, ta_block_t *b) {
   bool full = ta_relaxed_load(&pg->in_full);
   if (full) ta_lock(&h->lock);
   uint32_t u = ta_relaxed_load(&pg->used);
-  if (ta_unlikely(u == 0)) ta_error("free: double free", b);
+  /* A slow path: reading the block is affordable, and catches a second free
+   * before it could empty a page that still has a live block. */
+  if (ta_unlikely(u == 0 || b->key == ta_cookie)) ta_error("free: double free", b);
   b->next = pg->local_free;
   b->key = ta_cookie;
   pg->local_free = b;

@@ -62,6 +62,7 @@ static void heap_delayed_free(ta_heap_t *h) {
   while (b) {
     ta_block_t *next = b->next;
     ta_page_t *pg = ta_page_of(ta_segment_of(b), b);
+    b->key = 0; /* its remote free already checked and set the cookie */
     ta_free_local(h, pg, b);
     b = next;
   }
@@ -169,17 +170,15 @@ void ta_heap_fork_parent(void) {
   ta_unlock(&ta_heaps_lock);
 }
 
-/* In the child only the forking thread exists: every other active heap is
- * abandoned, so a new thread adopts it and its memory is reused. */
+/* In the child only the forking thread exists. The other threads' heaps may
+ * have been copied in the middle of a fast-path push or pop (no lock guards
+ * those), so they are DEAD: never adopted; trim returns what it can reach
+ * under their locks (empty spans, full pages whose blocks all came back). */
 void ta_heap_fork_child(void) {
   ta_huge_fork_child();
   for (ta_heap_t *h = ta_heaps; h; h = h->next_all) {
     pthread_mutex_init(&h->lock, NULL);
-    if (h->state == TA_HEAP_ACTIVE && h != ta_tls_heap) {
-      h->state = TA_HEAP_ABANDONED;
-      h->next_abandoned = abandoned;
-      abandoned = h;
-    }
+    if (h->state == TA_HEAP_ACTIVE && h != ta_tls_heap) h->state = TA_HEAP_DEAD;
   }
   pthread_mutex_init(&ta_heaps_lock, NULL);
 }
@@ -196,7 +195,7 @@ bool ta_heap_is_valid(ta_heap_t *h) {
       for (ta_block_t *b = pg->free; b; b = b->next) {
         if ((uint8_t *)b < pg->start || !ta_is_block_start(pg, b) || ++n > pg->capacity) return false;
         size_t off = (size_t)((uint8_t *)b - pg->start), ps = ta_prim_page_size();
-        if (pg->purged_os && ((pg->purged_os >> (off / ps)) & 1)) return false;
+        if (pg->slices == 1 && off / ps < 32 && ((ta_relaxed_load(&pg->purged_os) >> (off / ps)) & 1)) return false;
       }
       for (ta_block_t *b = pg->local_free; b; b = b->next)
         if (!ta_is_block_start(pg, b) || ++n > pg->capacity) return false;

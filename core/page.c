@@ -22,7 +22,8 @@ void ta_page_init(ta_heap_t *h, ta_page_t *pg, size_t cls) {
   ta_relaxed_store(&pg->in_full, 0);
   pg->in_queue = 0;
   pg->scratch = 0;
-  pg->purged_os = pg->sparse_used = 0;
+  ta_relaxed_store(&pg->purged_os, 0);
+  pg->sparse_used = 0;
   pg->next = pg->prev = NULL;
 }
 
@@ -38,8 +39,10 @@ static inline size_t os_pages_per_slice(void) {
 
 /* Lists again the blocks that overlap OS page i and no other purged one. */
 static size_t page_unpurge_one(ta_page_t *pg) {
-  size_t ps = ta_prim_page_size(), bs = pg->bsize, i = (size_t)__builtin_ctz(pg->purged_os);
-  pg->purged_os &= ~(1u << i);
+  uint32_t purged = ta_relaxed_load(&pg->purged_os);
+  size_t ps = ta_prim_page_size(), bs = pg->bsize, i = (size_t)__builtin_ctz(purged);
+  purged &= ~(1u << i);
+  ta_relaxed_store(&pg->purged_os, purged);
   size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs, n = 0;
   if (end > pg->capacity) end = pg->capacity;
   ta_block_t **link = &pg->free;
@@ -47,7 +50,7 @@ static size_t page_unpurge_one(ta_page_t *pg) {
   for (size_t j = first; j < end; j++) {
     size_t lo = j * bs / ps, hi = ((j + 1) * bs - 1) / ps;
     bool clear = true;
-    for (size_t k = lo; k <= hi && clear; k++) clear = !((pg->purged_os >> k) & 1);
+    for (size_t k = lo; k <= hi && clear; k++) clear = !((purged >> k) & 1);
     if (!clear) continue;
     ta_block_t *b = (ta_block_t *)(pg->start + j * bs);
     b->key = ta_cookie;
@@ -78,9 +81,9 @@ size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
     size_t j = (size_t)((uint8_t *)b - pg->start) / bs;
     bits[j / 64] |= (uint64_t)1 << (j % 64);
   }
-  uint32_t newly = 0;
+  uint32_t newly = 0, purged = ta_relaxed_load(&pg->purged_os);
   for (size_t i = 0; i < nos; i++) {
-    if ((pg->purged_os >> i) & 1) continue;
+    if ((purged >> i) & 1) continue;
     size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs;
     if (first >= pg->capacity) break;
     if (end > pg->capacity) end = pg->capacity;
@@ -93,9 +96,10 @@ size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
   size_t bytes = 0;
   for (size_t i = 0; i < nos; i++)
     if (((newly >> i) & 1) && ta_prim_purge(pg->start + i * ps, ps) == 0) {
-      pg->purged_os |= 1u << i;
+      purged |= 1u << i;
       bytes += ps;
     }
+  ta_relaxed_store(&pg->purged_os, purged);
   /* Rebuild the free list, in address order, without the purged blocks;
    * count what the old list handed out first (the refill equation). */
   ta_relaxed_add(&h->allocs, pg->refill_count - was_free_list);
@@ -105,7 +109,7 @@ size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
     if (!((bits[j / 64] >> (j % 64)) & 1)) continue;
     size_t lo = j * bs / ps, hi = ((j + 1) * bs - 1) / ps;
     bool clear = true;
-    for (size_t q = lo; q <= hi && clear; q++) clear = !((pg->purged_os >> q) & 1);
+    for (size_t q = lo; q <= hi && clear; q++) clear = !((purged >> q) & 1);
     if (!clear) continue;
     ta_block_t *b = (ta_block_t *)(pg->start + j * bs);
     *link = b;
@@ -168,7 +172,7 @@ bool ta_page_refill(ta_heap_t *h, ta_page_t *pg) {
   pg->free = pg->local_free;
   pg->local_free = NULL;
   if (!ta_relaxed_load(&pg->in_full)) ta_page_collect_xfree(pg);
-  while (!pg->free && pg->purged_os) pg->refill_count += (uint32_t)page_unpurge_one(pg);
+  while (!pg->free && ta_relaxed_load(&pg->purged_os)) pg->refill_count += (uint32_t)page_unpurge_one(pg);
   if (!pg->free && pg->capacity < pg->reserved) {
     uint32_t before = pg->capacity;
     page_extend(pg);
@@ -177,10 +181,25 @@ bool ta_page_refill(ta_heap_t *h, ta_page_t *pg) {
   return pg->free != NULL;
 }
 
-/* Counts what the current list handed out, when a page leaves for good. */
+/* Counts what the current list handed out, when a page leaves for good; and,
+ * for a page of few blocks, checks that no block is listed twice (a double
+ * free that drove `used` to zero early would otherwise free the span under a
+ * live block). Pages of many small blocks rely on malloc's cookie check. */
 static void page_count_final(ta_heap_t *h, ta_page_t *pg) {
   uint32_t left = 0;
-  for (ta_block_t *b = pg->free; b; b = b->next) left++;
+  uint64_t seen[4] = {0};
+  bool check = pg->capacity <= 256;
+  for (int l = 0; l < 2; l++)
+    for (ta_block_t *b = l ? pg->local_free : pg->free; b; b = b->next) {
+      if (!l) left++;
+      if (!check) {
+        if (l) break;
+        continue;
+      }
+      size_t j = (size_t)((uint8_t *)b - pg->start) / pg->bsize;
+      if (j >= 256 || ((seen[j / 64] >> (j % 64)) & 1)) ta_error("free: double free", b);
+      seen[j / 64] |= (uint64_t)1 << (j % 64);
+    }
   ta_relaxed_add(&h->allocs, pg->refill_count - left);
   pg->refill_count = left;
 }

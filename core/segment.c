@@ -234,7 +234,7 @@ void ta_segments_account(ta_heap_t *h, ta_walk_t *w) {
         uint64_t used = ta_relaxed_load(&pg->used);
         w->allocated += used * pg->bsize;
         w->blocks += used;
-        w->resident -= (uint64_t)__builtin_popcount(pg->purged_os) * ta_prim_page_size();
+        w->resident -= (uint64_t)__builtin_popcount(ta_relaxed_load(&pg->purged_os)) * ta_prim_page_size();
         if (used) w->active += (uint64_t)pg->slices * TA_SLICE_SIZE;
       } else if (pg->kind == TA_SPAN_LARGE) {
         w->allocated += pg->bsize;

@@ -90,7 +90,8 @@ typedef struct ta_page_s {
   uint32_t refill_used;    /* used right after the last refill */
   uint32_t refill_count;   /* blocks put on `free` by the last refill */
   uint32_t scratch;        /* trim's count of a full page's delayed blocks */
-  uint32_t purged_os;      /* OS pages of a one-slice page returned to the OS (bit i: page i) */
+  _Atomic uint32_t purged_os; /* OS pages of a one-slice page returned to the OS (bit i: page i);
+                                 owner writes (relaxed), stats read */
   uint32_t sparse_used;    /* used + 1 when the page was last sparse-purged (0: never) */
   uint64_t div_magic;      /* UINT64_MAX / bsize + 1: divisibility test */
   uint8_t *start;          /* first byte of the span */
@@ -130,7 +131,11 @@ typedef struct ta_pageq_s {
 
 typedef pthread_mutex_t ta_lock_t;
 
-typedef enum { TA_HEAP_ACTIVE = 0, TA_HEAP_ABANDONED } ta_heap_state_t;
+/* ACTIVE: a thread owns it. ABANDONED: its thread exited; the next new thread
+ * adopts it. DEAD: its thread does not exist in this child of fork; its lists
+ * may be torn mid-operation, so nobody adopts it, but trim still returns its
+ * empty spans and the full pages whose blocks all came back (lock-protected). */
+typedef enum { TA_HEAP_ACTIVE = 0, TA_HEAP_ABANDONED, TA_HEAP_DEAD } ta_heap_state_t;
 
 /* A thread's heap. Fields above `lock` are the owner's alone (no lock);
  * span bookkeeping below it, and the full list with its pages, are under

@@ -1,0 +1,227 @@
+/* The core tests' harness: one header, no library.
+ *
+ * CHECK(cond, fmt, ...) counts a check; a failed one prints its file, line,
+ * expression and message. RUN(fn) announces and runs one test function.
+ * After each, the heap's invariant checker runs (when the core has one).
+ * check_summary() prints `N passed, N failed` alone on the last line and
+ * returns the process exit status. Counters are atomic, so checks may run on
+ * any thread. Loops should count their own failures and CHECK once, so the
+ * totals stay readable. */
+#ifndef TRIMALLOC_TEST_CHECK_H
+#define TRIMALLOC_TEST_CHECK_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../core/trimalloc.h"
+
+/* CHECK(cond) without a message passes an empty format. */
+#pragma GCC diagnostic ignored "-Wformat-zero-length"
+
+/* Sanitizer builds skip or scale down what the sanitizer cannot run. */
+#if defined(__SANITIZE_THREAD__)
+#define TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TEST_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifndef TEST_TSAN
+#define TEST_TSAN 0
+#endif
+#ifndef TEST_ASAN
+#define TEST_ASAN 0
+#endif
+#define TEST_SANITIZED (TEST_TSAN || TEST_ASAN)
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+
+static atomic_long check_passed_n, check_failed_n;
+
+__attribute__((format(printf, 5, 6))) static int check_report(int ok, const char *expr,
+                                                              const char *file, int line,
+                                                              const char *fmt, ...) {
+  if (ok) {
+    atomic_fetch_add(&check_passed_n, 1);
+    return 1;
+  }
+  long n = atomic_fetch_add(&check_failed_n, 1);
+  if (n < 100) {
+    char msg[512] = "";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stdout, "FAIL %s:%d: %s%s%s\n", file, line, expr, msg[0] ? ": " : "", msg);
+    fflush(stdout);
+  }
+  return 0;
+}
+
+/* Evaluates to 1 when cond holds, so a test can stop early on failure. */
+#define CHECK(cond, ...) check_report(!!(cond), #cond, __FILE__, __LINE__, "" __VA_ARGS__)
+
+/* Runs one test, then checks the calling thread's heap invariants. */
+#define RUN(fn)                                                \
+  do {                                                         \
+    fprintf(stdout, "-- %s\n", #fn);                           \
+    fflush(stdout);                                            \
+    fn();                                                      \
+    CHECK(heap_valid(), "heap invariants broken after %s", #fn); \
+  } while (0)
+
+#define SKIP(fn, why)                                   \
+  do {                                                  \
+    fprintf(stdout, "-- %s skipped: %s\n", #fn, why);   \
+    fflush(stdout);                                     \
+  } while (0)
+
+static int check_summary(void) {
+  long p = atomic_load(&check_passed_n), f = atomic_load(&check_failed_n);
+  fprintf(stdout, "%ld passed, %ld failed\n", p, f);
+  fflush(stdout);
+  return f ? 1 : 0;
+}
+
+/* ---- helpers shared by the tests ---- */
+
+/* The core's invariant checker for the calling thread's heap (exported by
+ * core/heap.c, not in the public header). Weak, so the tests still link
+ * against a core without it; then it counts as valid. */
+int trimalloc_check(void) __attribute__((weak));
+static inline int heap_valid(void) { return trimalloc_check ? trimalloc_check() : 1; }
+
+static inline size_t page_size(void) { return (size_t)sysconf(_SC_PAGESIZE); }
+
+/* The process's resident set size in bytes, read without allocating. */
+static inline size_t rss_bytes(void) {
+  char buf[128];
+  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  unsigned long size = 0, res = 0;
+  if (sscanf(buf, "%lu %lu", &size, &res) != 2) return 0;
+  return (size_t)res * page_size();
+}
+
+/* What the memory tests measure. Under ThreadSanitizer RSS also holds the
+ * shadow of every byte ever touched, which madvise(MADV_DONTNEED) on the
+ * application's pages does not release, so the allocator's own count of
+ * resident bytes stands in for it there. */
+static inline size_t resident_now(void);
+static inline size_t memory_now(void) { return TEST_TSAN ? resident_now() : rss_bytes(); }
+
+static inline double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline trimalloc_stats_t stats_now(void) {
+  trimalloc_stats_t s;
+  memset(&s, 0, sizeof s);
+  trimalloc_stats(&s, sizeof s);
+  return s;
+}
+
+static inline size_t resident_now(void) { return (size_t)stats_now().resident; }
+
+/* A content pattern derived from the block's address and size, so a block
+ * that was handed out twice, or overwritten by a neighbour, reads wrong. */
+static inline uint8_t pattern_seed(const void *p, size_t n) {
+  uint64_t h = ((uint64_t)(uintptr_t)p ^ ((uint64_t)n << 17)) * 0x9E3779B97F4A7C15ull;
+  return (uint8_t)((h >> 56) | 1);
+}
+
+static inline void pattern_template(uint8_t tpl[256], uint8_t seed) {
+  for (unsigned k = 0; k < 256; k++) tpl[k] = (uint8_t)(seed + (uint8_t)k * 13u);
+}
+
+/* Byte i of a block is seed + 13 * i (mod 256): period 256, so the fill and
+ * the check work on 256-byte chunks with memcpy / memcmp. */
+static inline void pattern_fill(void *p, size_t n, uint8_t seed) {
+  uint8_t tpl[256], *b = p;
+  pattern_template(tpl, seed);
+  for (size_t i = 0; i < n; i += 256) memcpy(b + i, tpl, n - i < 256 ? n - i : 256);
+}
+
+/* Returns the index of the first wrong byte, or n when all are right. */
+static inline size_t pattern_find_bad(const void *p, size_t n, uint8_t seed) {
+  uint8_t tpl[256];
+  const uint8_t *b = p;
+  pattern_template(tpl, seed);
+  for (size_t i = 0; i < n; i += 256) {
+    size_t len = n - i < 256 ? n - i : 256;
+    if (memcmp(b + i, tpl, len) != 0)
+      for (size_t k = 0; k < len; k++)
+        if (b[i + k] != tpl[k]) return i + k;
+  }
+  return n;
+}
+
+static inline int pattern_ok(const void *p, size_t n, uint8_t seed) {
+  return pattern_find_bad(p, n, seed) == n;
+}
+
+/* Small blocks are checked whole, big ones at both ends. */
+static inline void block_fill(uint8_t *p, size_t n, uint8_t seed) {
+  if (n <= 8192) {
+    pattern_fill(p, n, seed);
+    return;
+  }
+  pattern_fill(p, 4096, seed);
+  size_t at = n - 4096;
+  pattern_fill(p + at, 4096, (uint8_t)(seed + (uint8_t)at * 13u));
+}
+
+static inline int block_ok(const uint8_t *p, size_t n, uint8_t seed) {
+  if (n <= 8192) return pattern_ok(p, n, seed);
+  size_t at = n - 4096;
+  return pattern_ok(p, 4096, seed) && pattern_ok(p + at, 4096, (uint8_t)(seed + (uint8_t)at * 13u));
+}
+
+/* A small deterministic PRNG (xorshift64*), one state per thread. */
+static inline uint64_t rng_next(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *s = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* A size from the mix a Ruby or Python process sends: mostly small, some
+ * medium, a few large. */
+static inline size_t rng_size(uint64_t *s) {
+  uint64_t r = rng_next(s);
+  unsigned pick = (unsigned)(r % 100);
+  r >>= 8;
+  if (pick < 70) return 1 + r % 512;
+  if (pick < 92) return 513 + r % (8 * KiB);
+  if (pick < 99) return 8 * KiB + r % (256 * KiB);
+  return 256 * KiB + r % (3 * MiB);
+}
+
+#endif

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs test programs one after the other, each under a time limit; prints each
+# program's output, then one line `N passed, N failed` for all of them. A
+# program that dies, times out or exits non-zero without a failed check
+# counts as one more failure. Exit status: 0 only when nothing failed.
+#
+#   test/core/run.sh build/build/test_api build/build/test_realloc ...
+set -u
+LIMIT=${TEST_TIMEOUT:-120}
+# Leak checking is for the allocator's own glibc allocations, which it must
+# not have; the tests' few glibc allocations (thread structures) would only
+# add noise, and LSan cannot stop the world in forked children.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0}
+passed=0
+failed=0
+for bin in "$@"; do
+  name=$(basename "$bin")
+  echo "== $name"
+  start=$(date +%s%N)
+  out=$(timeout -k 5 "$LIMIT" "$bin" 2>&1)
+  rc=$?
+  echo "$out" | grep -v -E '^[0-9]+ passed, [0-9]+ failed$'
+  summary=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+  p=0
+  f=0
+  if [ -n "$summary" ]; then
+    p=$(echo "$summary" | cut -d' ' -f1)
+    f=$(echo "$summary" | cut -d' ' -f3)
+  fi
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+      echo "FAIL $name: timed out after ${LIMIT}s"
+    elif [ -z "$summary" ]; then
+      echo "FAIL $name: died with status $rc before its summary"
+    else
+      echo "FAIL $name: exit status $rc (sanitizer report?)"
+    fi
+    f=1
+  fi
+  ms=$((($(date +%s%N) - start) / 1000000))
+  printf '   %s: %d passed, %d failed (%d.%01ds)\n' "$name" "$p" "$f" $((ms / 1000)) $((ms % 1000 / 100))
+  passed=$((passed + p))
+  failed=$((failed + f))
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

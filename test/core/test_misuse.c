@@ -1,0 +1,252 @@
+/* Misuse the core can see cheaply (double free, a pointer that is not ours or
+ * not a block start) prints exactly one line, `trimalloc: error: ...` naming
+ * the call and the pointer, on stderr and aborts. Each case runs in a forked
+ * child; the parent checks SIGABRT and the child's stderr.
+ *
+ * A double free may be caught when it happens or when the block comes off a
+ * free list again (the core checks a free cookie at malloc time, so free
+ * stays a few stores), so after a double free the child goes on allocating
+ * that size, as any program would. */
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#include "check.h"
+
+static int global_var[16];
+
+/* Each case tells the parent (on ANNOUNCE_FD) which pointer it misuses, then does it.
+ * Returning means the misuse went unnoticed. */
+enum { ANNOUNCE_FD = 100 };
+static void announce(const void *p) { dprintf(ANNOUNCE_FD, "%lx\n", (unsigned long)(uintptr_t)p); }
+
+/* Goes on allocating blocks of n bytes, as a program would after the misuse. */
+static void carry_on(size_t n) {
+  for (int i = 0; i < 4096; i++) {
+    void *q = trimalloc_malloc(n);
+    if (q) memset(q, 0x66, n < 64 ? n : 64);
+  }
+}
+
+static void double_free_of(size_t n) {
+  void *keep = trimalloc_malloc(n); /* a live neighbour, so the page stays */
+  void *p = trimalloc_malloc(n);
+  announce(p);
+  trimalloc_free(p);
+  trimalloc_free(p);
+  (void)keep;
+  carry_on(n);
+}
+
+static void case_double_free_small(void) { double_free_of(64); }
+static void case_double_free_medium(void) { double_free_of(20 * KiB); }
+static void case_double_free_large(void) { double_free_of(300 * KiB); }
+static void case_double_free_huge(void) { double_free_of(5 * MiB); }
+
+static void case_double_free_after_other_frees(void) {
+  void *p[32];
+  for (int i = 0; i < 32; i++) p[i] = trimalloc_malloc(48);
+  announce(p[7]);
+  for (int i = 0; i < 32; i += 2) trimalloc_free(p[i]);
+  trimalloc_free(p[7]);
+  trimalloc_free(p[9]);
+  trimalloc_free(p[7]);
+  carry_on(48);
+}
+
+static void *free_it(void *p) {
+  trimalloc_free(p);
+  return NULL;
+}
+
+static void case_double_free_from_other_thread(void) {
+  void *keep = trimalloc_malloc(128);
+  void *p = trimalloc_malloc(128);
+  announce(p);
+  trimalloc_free(p);
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, p);
+  pthread_join(t, NULL);
+  (void)keep;
+  carry_on(128);
+}
+
+static void interior_of(size_t n, size_t off) {
+  uint8_t *p = trimalloc_malloc(n);
+  announce(p + off);
+  trimalloc_free(p + off);
+}
+
+static void case_interior_small(void) { interior_of(64, 16); }
+static void case_interior_small_unaligned(void) { interior_of(64, 1); }
+static void case_interior_large(void) { interior_of(300 * KiB, 4096); }
+static void case_interior_huge(void) { interior_of(5 * MiB, page_size()); }
+
+static void case_stack_pointer(void) {
+  char buf[64];
+  announce(buf + 16);
+  trimalloc_free(buf + 16);
+}
+
+static void case_global_pointer(void) {
+  announce(&global_var[4]);
+  trimalloc_free(&global_var[4]);
+}
+
+static void case_mmap_pointer(void) {
+  size_t len = 8 * MiB;
+  uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  /* A 4 MiB-aligned address inside our own mapping looks like a segment start. */
+  uint8_t *p = (uint8_t *)(((uintptr_t)m + 4 * MiB - 1) & ~(uintptr_t)(4 * MiB - 1)) + 64;
+  announce(p);
+  trimalloc_free(p);
+}
+
+static void case_glibc_pointer(void) {
+  void *p = malloc(100); /* the process's own malloc: glibc's in this test */
+  announce(p);
+  trimalloc_free(p);
+}
+
+static void case_wild_pointers(void) {
+  /* High in the address space: the ownership lookup must not fault. */
+  void *p = (void *)(uintptr_t)0xfffffffffffff000ull;
+  announce(p);
+  trimalloc_free(p);
+}
+
+static void case_low_pointer(void) {
+  void *p = (void *)(uintptr_t)0x10;
+  announce(p);
+  trimalloc_free(p);
+}
+
+static void case_realloc_stack_pointer(void) {
+  char buf[64];
+  announce(buf);
+  void *q = trimalloc_realloc(buf, 1000);
+  (void)q;
+}
+
+static void case_realloc_freed_block(void) {
+  void *keep = trimalloc_malloc(200);
+  void *p = trimalloc_malloc(200);
+  announce(p);
+  trimalloc_free(p);
+  void *q = trimalloc_realloc(p, 400);
+  (void)q;
+  (void)keep;
+  carry_on(200);
+}
+
+typedef struct misuse_s {
+  const char *name, *call;
+  void (*fn)(void);
+} misuse_t;
+
+static const misuse_t cases[] = {
+    {"double free, 64 B", "free", case_double_free_small},
+    {"double free, 20 KiB", "free", case_double_free_medium},
+    {"double free, 300 KiB", "free", case_double_free_large},
+    {"double free, 5 MiB", "free", case_double_free_huge},
+    {"double free after other frees", "free", case_double_free_after_other_frees},
+    {"double free from another thread", "free", case_double_free_from_other_thread},
+    {"interior pointer, small block", "free", case_interior_small},
+    {"interior pointer, unaligned", "free", case_interior_small_unaligned},
+    {"interior pointer, large block", "free", case_interior_large},
+    {"interior pointer, huge block", "free", case_interior_huge},
+    {"stack pointer", "free", case_stack_pointer},
+    {"pointer to a global", "free", case_global_pointer},
+    {"pointer into a foreign mmap", "free", case_mmap_pointer},
+    {"pointer from glibc malloc", "free", case_glibc_pointer},
+    {"pointer near the top of the address space", "free", case_wild_pointers},
+    {"pointer 0x10", "free", case_low_pointer},
+    {"realloc of a stack pointer", "realloc", case_realloc_stack_pointer},
+    {"realloc of a freed block", "realloc", case_realloc_freed_block},
+};
+
+static ssize_t read_all(int fd, char *buf, size_t len) {
+  size_t n = 0;
+  for (;;) {
+    ssize_t r = read(fd, buf + n, len - 1 - n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    n += (size_t)r;
+    if (n == len - 1) break;
+  }
+  buf[n] = 0;
+  return (ssize_t)n;
+}
+
+static void run_case(const misuse_t *c) {
+  int err[2], ptr[2];
+  if (pipe(err) || pipe(ptr)) abort();
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10);
+    close(err[0]);
+    close(ptr[0]);
+    dup2(err[1], 2);
+    dup2(ptr[1], ANNOUNCE_FD);
+    /* Warm the allocator up, so the line is not mixed with start-up output. */
+    trimalloc_free(trimalloc_malloc(1));
+    c->fn();
+    _exit(0);
+  }
+  close(err[1]);
+  close(ptr[1]);
+  char text[4096], addr[64];
+  read_all(err[0], text, sizeof text);
+  read_all(ptr[0], addr, sizeof addr);
+  close(err[0]);
+  close(ptr[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  char *nl = strchr(addr, '\n');
+  if (nl) *nl = 0;
+  int aborted = WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+  int one_line = strlen(text) > 0 && strchr(text, '\n') == text + strlen(text) - 1;
+  int prefix = !strncmp(text, "trimalloc: error: ", 18);
+  /* realloc may report through the free it calls. */
+  int names = (strstr(text, c->call) || strstr(text, "free")) && addr[0] && strstr(text, addr);
+  CHECK(aborted, "%s: child %s %d, stderr: %s", c->name,
+        WIFSIGNALED(st) ? "got signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+        text[0] ? text : "(nothing)\n");
+  CHECK(one_line && prefix, "%s: want exactly one 'trimalloc: error: ...' line, got: %s", c->name,
+        text[0] ? text : "(nothing)\n");
+  CHECK(!prefix || names, "%s: the line should name %s() and 0x%s: %s", c->name, c->call, addr, text);
+}
+
+static void test_misuse_aborts_with_one_line(void) {
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+}
+
+/* The checks are not false alarms: the same calls on valid pointers pass. */
+static void test_valid_use_does_not_abort(void) {
+  int st = 0;
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10);
+    static const size_t sizes[] = {64, 20 * KiB, 300 * KiB, 5 * MiB};
+    for (int i = 0; i < 4; i++) {
+      void *p = trimalloc_malloc(sizes[i]);
+      trimalloc_free(p);
+      p = trimalloc_malloc(sizes[i]); /* likely the same address again */
+      trimalloc_free(p);
+    }
+    void *q = trimalloc_realloc(trimalloc_malloc(10), 100000);
+    trimalloc_free(q);
+    _exit(0);
+  }
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+}
+
+int main(void) {
+  RUN(test_valid_use_does_not_abort);
+  RUN(test_misuse_aborts_with_one_line);
+  return check_summary();
+}

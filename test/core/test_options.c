@@ -1,0 +1,254 @@
+/* Options: the table (names, get/set, EINVAL, ERANGE) and the environment
+ * (TRIMALLOC_<NAME> read once at start; a bad value warns once on stderr and
+ * keeps the default; SHOW_STATS and VERBOSE print). The environment cases run
+ * this program again as a child with the variables set. */
+#include <limits.h>
+#include <pthread.h>
+#include <sys/wait.h>
+
+#include "check.h"
+
+static const char *const known[] = {"purge_delay_ms", "unmap_delay_ms", "show_stats", "verbose"};
+#define N_KNOWN 4
+
+static void test_option_names(void) {
+  int found[N_KNOWN] = {0};
+  size_t count = 0;
+  for (size_t i = 0; i < 100; i++) {
+    const char *name = trimalloc_option_name(i);
+    if (!name) break;
+    count++;
+    long long v;
+    CHECK(trimalloc_option_get(name, &v) == 0, "listed option %s cannot be read", name);
+    for (int k = 0; k < N_KNOWN; k++)
+      if (!strcmp(name, known[k])) found[k]++;
+  }
+  CHECK(count >= N_KNOWN && count < 100, "%zu options", count);
+  CHECK(trimalloc_option_name(count) == NULL && trimalloc_option_name(SIZE_MAX) == NULL);
+  for (int k = 0; k < N_KNOWN; k++) CHECK(found[k] == 1, "%s listed %d times", known[k], found[k]);
+}
+
+static void test_option_get_set_roundtrip(void) {
+  for (int k = 0; k < N_KNOWN; k++) {
+    long long old = -12345, v = -12345;
+    CHECK(trimalloc_option_get(known[k], &old) == 0 && old != -12345, "get %s", known[k]);
+    long long values[] = {0, 1, old};
+    for (int i = 0; i < 3; i++) {
+      int r = trimalloc_option_set(known[k], values[i]);
+      CHECK(r == 0, "set %s = %lld returned %d", known[k], values[i], r);
+      CHECK(trimalloc_option_get(known[k], &v) == 0 && v == values[i], "%s: set %lld, got %lld",
+            known[k], values[i], v);
+    }
+  }
+  long long v = 0;
+  CHECK(trimalloc_option_set("purge_delay_ms", 250) == 0);
+  CHECK(trimalloc_option_get("purge_delay_ms", &v) == 0 && v == 250);
+  CHECK(trimalloc_option_set("unmap_delay_ms", 1500) == 0);
+  CHECK(trimalloc_option_get("unmap_delay_ms", &v) == 0 && v == 1500);
+}
+
+static void test_option_errors(void) {
+  long long v = 77;
+  static const char *const unknown[] = {"", "nope", "purge_delay", "purge_delay_ms_x",
+                                        "TRIMALLOC_PURGE_DELAY_MS", "show stats"};
+  for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
+    CHECK(trimalloc_option_get(unknown[i], &v) == EINVAL, "get \"%s\"", unknown[i]);
+    CHECK(trimalloc_option_set(unknown[i], 1) == EINVAL, "set \"%s\"", unknown[i]);
+  }
+  CHECK(v == 77, "a failed get wrote its output");
+  CHECK(trimalloc_option_get(NULL, &v) == EINVAL);
+  CHECK(trimalloc_option_set(NULL, 1) == EINVAL);
+  CHECK(trimalloc_option_get("verbose", NULL) == EINVAL);
+  /* Out of every option's range: ERANGE, and the value stays. */
+  for (int k = 0; k < N_KNOWN; k++) {
+    long long before = 0, after = 0;
+    trimalloc_option_get(known[k], &before);
+    int r1 = trimalloc_option_set(known[k], LLONG_MIN);
+    int r2 = trimalloc_option_set(known[k], LLONG_MAX);
+    trimalloc_option_get(known[k], &after);
+    CHECK(r1 == ERANGE, "%s = LLONG_MIN returned %d", known[k], r1);
+    CHECK(r2 == ERANGE || r2 == 0, "%s = LLONG_MAX returned %d", known[k], r2);
+    if (r2 == 0) trimalloc_option_set(known[k], before);
+    else CHECK(after == before, "%s changed from %lld to %lld by a failed set", known[k], before, after);
+  }
+}
+
+/* ---- environment, through a child process ---- */
+
+/* The child: allocate from several threads, then print every option. */
+static void *child_alloc(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 1000; i++) trimalloc_free(trimalloc_malloc((size_t)i * 8 + 1));
+  return NULL;
+}
+
+static int child_options(void) {
+  trimalloc_free(trimalloc_malloc(100));
+  pthread_t t[3];
+  for (int i = 0; i < 3; i++) pthread_create(&t[i], NULL, child_alloc, NULL);
+  for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+  for (size_t i = 0; trimalloc_option_name(i); i++) {
+    long long v = 0;
+    trimalloc_option_get(trimalloc_option_name(i), &v);
+    printf("%s=%lld\n", trimalloc_option_name(i), v);
+  }
+  void *keep = trimalloc_malloc(5000); /* something live for the exit stats */
+  (void)keep;
+  return 0;
+}
+
+typedef struct child_out_s {
+  char out[4096], err[16384];
+  int status;
+} child_out_t;
+
+static char self_path[4096];
+
+static void read_file(const char *path, char *buf, size_t len) {
+  FILE *f = fopen(path, "r");
+  size_t n = f ? fread(buf, 1, len - 1, f) : 0;
+  buf[n] = 0;
+  if (f) fclose(f);
+}
+
+/* Runs this program with --child-options and the given TRIMALLOC_ variables
+ * (no others inherited). */
+static void run_child(child_out_t *r, const char *const *vars) {
+  char out_path[] = "/tmp/trimalloc-test-outXXXXXX", err_path[] = "/tmp/trimalloc-test-errXXXXXX";
+  int fo = mkstemp(out_path), fe = mkstemp(err_path);
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    extern char **environ;
+    for (char **e = environ; *e;) {
+      if (!strncmp(*e, "TRIMALLOC_", 10)) {
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)(strchr(*e, '=') - *e), *e);
+        unsetenv(name);
+      } else {
+        e++;
+      }
+    }
+    for (int i = 0; vars[i]; i++) putenv((char *)vars[i]);
+    dup2(fo, 1);
+    dup2(fe, 2);
+    execl(self_path, self_path, "--child-options", (char *)NULL);
+    _exit(127);
+  }
+  waitpid(pid, &r->status, 0);
+  close(fo);
+  close(fe);
+  read_file(out_path, r->out, sizeof r->out);
+  read_file(err_path, r->err, sizeof r->err);
+  unlink(out_path);
+  unlink(err_path);
+}
+
+static long long option_in(const child_out_t *r, const char *name) {
+  char key[64];
+  snprintf(key, sizeof key, "%s=", name);
+  for (const char *l = r->out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+    if (!strncmp(l, key, strlen(key))) return atoll(l + strlen(key));
+  return LLONG_MIN;
+}
+
+static int count_lines_with(const char *text, const char *needle) {
+  int n = 0;
+  for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+    const char *end = strchr(l, '\n');
+    size_t len = end ? (size_t)(end - l) : strlen(l);
+    char line[1024];
+    snprintf(line, sizeof line, "%.*s", (int)(len < 1023 ? len : 1023), l);
+    if (strstr(line, needle)) n++;
+  }
+  return n;
+}
+
+static int ok_exit(const child_out_t *r) { return WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0; }
+
+static child_out_t defaults;
+
+static void test_env_defaults(void) {
+  static const char *const none[] = {NULL};
+  run_child(&defaults, none);
+  CHECK(ok_exit(&defaults), "child status %d, stderr: %s", defaults.status, defaults.err);
+  CHECK(defaults.err[0] == 0, "unexpected stderr with no options set: %s", defaults.err);
+  for (int k = 0; k < N_KNOWN; k++)
+    CHECK(option_in(&defaults, known[k]) != LLONG_MIN, "child did not report %s", known[k]);
+  CHECK(option_in(&defaults, "show_stats") == 0 && option_in(&defaults, "verbose") == 0);
+}
+
+static void test_env_good_values(void) {
+  static const char *const vars[] = {"TRIMALLOC_PURGE_DELAY_MS=250", "TRIMALLOC_UNMAP_DELAY_MS=4321",
+                                     NULL};
+  child_out_t r;
+  run_child(&r, vars);
+  CHECK(ok_exit(&r), "child status %d", r.status);
+  CHECK(option_in(&r, "purge_delay_ms") == 250, "purge_delay_ms=%lld", option_in(&r, "purge_delay_ms"));
+  CHECK(option_in(&r, "unmap_delay_ms") == 4321, "unmap_delay_ms=%lld", option_in(&r, "unmap_delay_ms"));
+  CHECK(r.err[0] == 0, "a good value must not warn: %s", r.err);
+}
+
+static void test_env_bad_values_warn_once(void) {
+  static const char *const bad[] = {"abc", "12abc", "1e3", "99999999999999999999999", " 5x"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char var[128];
+    snprintf(var, sizeof var, "TRIMALLOC_PURGE_DELAY_MS=%s", bad[i]);
+    const char *const vars[] = {var, NULL};
+    child_out_t r;
+    run_child(&r, vars);
+    CHECK(ok_exit(&r), "'%s': child status %d", bad[i], r.status);
+    CHECK(option_in(&r, "purge_delay_ms") == option_in(&defaults, "purge_delay_ms"),
+          "'%s': purge_delay_ms=%lld, default %lld", bad[i], option_in(&r, "purge_delay_ms"),
+          option_in(&defaults, "purge_delay_ms"));
+    CHECK(count_lines_with(r.err, "TRIMALLOC_PURGE_DELAY_MS") == 1 &&
+              count_lines_with(r.err, "trimalloc:") == 1 && !strncmp(r.err, "trimalloc:", 10),
+          "'%s': want one warning line naming the variable, got: %s", bad[i], r.err);
+  }
+  const char *const vars[] = {"TRIMALLOC_VERBOSE=maybe", "TRIMALLOC_UNMAP_DELAY_MS=-x", NULL};
+  child_out_t r;
+  run_child(&r, vars);
+  CHECK(ok_exit(&r));
+  CHECK(count_lines_with(r.err, "TRIMALLOC_VERBOSE") == 1 &&
+            count_lines_with(r.err, "TRIMALLOC_UNMAP_DELAY_MS") == 1,
+        "two bad variables, want one warning each: %s", r.err);
+  CHECK(option_in(&r, "verbose") == 0 &&
+        option_in(&r, "unmap_delay_ms") == option_in(&defaults, "unmap_delay_ms"));
+}
+
+static void test_env_show_stats_prints_at_exit(void) {
+  static const char *const vars[] = {"TRIMALLOC_SHOW_STATS=1", NULL};
+  child_out_t r;
+  run_child(&r, vars);
+  CHECK(ok_exit(&r));
+  CHECK(option_in(&r, "show_stats") == 1);
+  const char *line = strstr(r.err, "trimalloc: stats {");
+  CHECK(line != NULL && count_lines_with(r.err, "trimalloc: stats ") == 1,
+        "want one 'trimalloc: stats {...}' line on stderr, got: %s", r.err);
+  if (line) CHECK(strstr(line, "\"allocated\"") && strstr(line, "\"fragmentation\""), "%s", line);
+}
+
+static void test_env_verbose_says_active(void) {
+  static const char *const vars[] = {"TRIMALLOC_VERBOSE=1", NULL};
+  child_out_t r;
+  run_child(&r, vars);
+  CHECK(ok_exit(&r));
+  CHECK(option_in(&r, "verbose") == 1);
+  CHECK(!strncmp(r.err, "trimalloc:", 10) && strstr(r.err, "purge_delay_ms"),
+        "verbose must say trimalloc is active and with which options, got: %s", r.err);
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && !strcmp(argv[1], "--child-options")) return child_options();
+  ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
+  self_path[n > 0 ? n : 0] = 0;
+  RUN(test_option_names);
+  RUN(test_option_get_set_roundtrip);
+  RUN(test_option_errors);
+  RUN(test_env_defaults);
+  RUN(test_env_good_values);
+  RUN(test_env_bad_values_warn_once);
+  RUN(test_env_show_stats_prints_at_exit);
+  RUN(test_env_verbose_says_active);
+  return check_summary();
+}

@@ -1,0 +1,279 @@
+/* Threads: producers allocate, consumers on other threads check and free
+ * (frees through the pages' thread_free lists), heaps of exited threads are
+ * adopted, and the memory comes back afterwards. Contents are checked
+ * everywhere: a block handed out twice shows up as a wrong pattern. */
+#include <pthread.h>
+
+#include "check.h"
+
+enum { PRODUCERS = 3, CONSUMERS = 3, QCAP = 1024 };
+static const long ITEMS = TEST_SANITIZED ? 25000 : 150000; /* per producer */
+
+typedef struct item_s {
+  uint8_t *p;
+  size_t n;
+} item_t;
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t not_empty, not_full;
+  item_t buf[QCAP];
+  size_t head, len;
+} q = {.mu = PTHREAD_MUTEX_INITIALIZER, .not_empty = PTHREAD_COND_INITIALIZER, .not_full = PTHREAD_COND_INITIALIZER};
+
+static void q_push(item_t it) {
+  pthread_mutex_lock(&q.mu);
+  while (q.len == QCAP) pthread_cond_wait(&q.not_full, &q.mu);
+  q.buf[(q.head + q.len++) % QCAP] = it;
+  pthread_cond_signal(&q.not_empty);
+  pthread_mutex_unlock(&q.mu);
+}
+
+static item_t q_pop(void) {
+  pthread_mutex_lock(&q.mu);
+  while (q.len == 0) pthread_cond_wait(&q.not_empty, &q.mu);
+  item_t it = q.buf[q.head];
+  q.head = (q.head + 1) % QCAP;
+  q.len--;
+  pthread_cond_signal(&q.not_full);
+  pthread_mutex_unlock(&q.mu);
+  return it;
+}
+
+static atomic_long bad_blocks, bad_calloc, null_blocks, consumed;
+
+/* A thread's own churn next to the cross-thread traffic: 64 slots,
+ * random allocate/free, contents checked before each free. */
+typedef struct local_s {
+  uint8_t *p[64];
+  size_t n[64];
+} local_t;
+
+static void local_step(local_t *l, uint64_t *rng) {
+  unsigned i = (unsigned)(rng_next(rng) % 64);
+  if (l->p[i]) {
+    if (!block_ok(l->p[i], l->n[i], pattern_seed(l->p[i], l->n[i]))) atomic_fetch_add(&bad_blocks, 1);
+    trimalloc_free(l->p[i]);
+    l->p[i] = NULL;
+  } else {
+    size_t n = rng_size(rng) % (64 * KiB) + 1;
+    l->p[i] = trimalloc_malloc(n);
+    l->n[i] = n;
+    if (l->p[i]) block_fill(l->p[i], n, pattern_seed(l->p[i], n));
+    else atomic_fetch_add(&null_blocks, 1);
+  }
+}
+
+static void local_drain(local_t *l) {
+  for (int i = 0; i < 64; i++) {
+    if (l->p[i] && !block_ok(l->p[i], l->n[i], pattern_seed(l->p[i], l->n[i])))
+      atomic_fetch_add(&bad_blocks, 1);
+    trimalloc_free(l->p[i]);
+    l->p[i] = NULL;
+  }
+}
+
+static void *producer(void *arg) {
+  uint64_t rng = 0x1234567ull + (uintptr_t)arg * 7919;
+  local_t l = {{0}, {0}};
+  for (long i = 0; i < ITEMS; i++) {
+    size_t n = rng_size(&rng);
+    uint8_t *p;
+    if (i % 10 == 3) {
+      p = trimalloc_calloc(1, n);
+      if (p) {
+        size_t lim = n < 8192 ? n : 8192;
+        for (size_t k = 0; k < lim; k++)
+          if (p[k]) {
+            atomic_fetch_add(&bad_calloc, 1);
+            break;
+          }
+      }
+    } else {
+      p = trimalloc_malloc(n);
+    }
+    if (!p) {
+      atomic_fetch_add(&null_blocks, 1);
+      continue;
+    }
+    block_fill(p, n, pattern_seed(p, n));
+    q_push((item_t){p, n});
+    if (i % 4 == 0) local_step(&l, &rng);
+  }
+  local_drain(&l);
+  CHECK(heap_valid(), "producer's heap invariants");
+  return NULL;
+}
+
+static void *consumer(void *arg) {
+  uint64_t rng = 0xABCDEFull + (uintptr_t)arg * 104729;
+  local_t l = {{0}, {0}};
+  for (;;) {
+    item_t it = q_pop();
+    if (!it.p) break;
+    if (!block_ok(it.p, it.n, pattern_seed(it.p, it.n))) atomic_fetch_add(&bad_blocks, 1);
+    if (rng_next(&rng) % 8 == 0) {
+      /* realloc a block another thread allocated. */
+      size_t m = it.n / 2 + 1 + (rng_next(&rng) % (2 * it.n + 1)); /* never 0: realloc(p, 0) frees */
+      uint8_t *r = trimalloc_realloc(it.p, m);
+      if (!r) {
+        atomic_fetch_add(&null_blocks, 1);
+        trimalloc_free(it.p);
+        continue;
+      }
+      /* The bytes that were filled and kept: all of a small block, the
+       * head of a big one. */
+      size_t keep = it.n < m ? it.n : m;
+      if (it.n > 8192 && keep > 4096) keep = 4096;
+      if (!pattern_ok(r, keep, pattern_seed(it.p, it.n))) atomic_fetch_add(&bad_blocks, 1);
+      trimalloc_free(r);
+    } else {
+      trimalloc_free(it.p);
+    }
+    atomic_fetch_add(&consumed, 1);
+    local_step(&l, &rng);
+  }
+  local_drain(&l);
+  CHECK(heap_valid(), "consumer's heap invariants");
+  return NULL;
+}
+
+static void test_producer_consumer(void) {
+  trimalloc_trim();
+  trimalloc_stats_t before = stats_now();
+  pthread_t pt[PRODUCERS], ct[CONSUMERS];
+  for (long i = 0; i < CONSUMERS; i++) pthread_create(&ct[i], NULL, consumer, (void *)i);
+  for (long i = 0; i < PRODUCERS; i++) pthread_create(&pt[i], NULL, producer, (void *)i);
+  for (int i = 0; i < PRODUCERS; i++) pthread_join(pt[i], NULL);
+  for (int i = 0; i < CONSUMERS; i++) q_push((item_t){NULL, 0});
+  for (int i = 0; i < CONSUMERS; i++) pthread_join(ct[i], NULL);
+  CHECK(atomic_load(&bad_blocks) == 0, "%ld blocks with wrong contents", atomic_load(&bad_blocks));
+  CHECK(atomic_load(&bad_calloc) == 0, "%ld calloc blocks not zeroed", atomic_load(&bad_calloc));
+  CHECK(atomic_load(&null_blocks) == 0, "%ld allocations failed", atomic_load(&null_blocks));
+  CHECK(atomic_load(&consumed) == PRODUCERS * ITEMS - atomic_load(&null_blocks));
+  /* All six threads exited with every block freed: their pages must come
+   * back to the allocator (abandoned, adopted or purged), not stay lost. */
+  trimalloc_trim();
+  trimalloc_stats_t after = stats_now();
+  CHECK(after.allocated <= before.allocated + 2 * MiB, "allocated %llu -> %llu",
+        (unsigned long long)before.allocated, (unsigned long long)after.allocated);
+  CHECK(after.resident <= before.resident + 8 * MiB, "resident %llu -> %llu after trim",
+        (unsigned long long)before.resident, (unsigned long long)after.resident);
+}
+
+/* A thread allocates and exits; main frees its blocks later (the heap is
+ * abandoned by then), then allocates the same sizes again. */
+enum { ORPHANS = 20000 };
+static uint8_t *orphan[ORPHANS];
+static size_t orphan_n[ORPHANS];
+
+static void *orphan_maker(void *arg) {
+  uint64_t rng = (uintptr_t)arg + 99;
+  for (int i = 0; i < ORPHANS; i++) {
+    orphan_n[i] = rng_size(&rng) % (16 * KiB) + 1;
+    orphan[i] = trimalloc_malloc(orphan_n[i]);
+    if (orphan[i]) block_fill(orphan[i], orphan_n[i], pattern_seed(orphan[i], orphan_n[i]));
+  }
+  /* Free every third block here, so the abandoned pages are partly free. */
+  for (int i = 0; i < ORPHANS; i += 3) {
+    trimalloc_free(orphan[i]);
+    orphan[i] = NULL;
+  }
+  return NULL;
+}
+
+static void test_blocks_of_exited_thread(void) {
+  trimalloc_trim();
+  trimalloc_stats_t before = stats_now();
+  for (int round = 0; round < 3; round++) {
+    pthread_t t;
+    pthread_create(&t, NULL, orphan_maker, (void *)(long)round);
+    pthread_join(t, NULL);
+    size_t bad = 0, nulls = 0;
+    for (int i = 0; i < ORPHANS; i++) {
+      if (i % 3 == 0) continue;
+      if (!orphan[i]) {
+        nulls++;
+        continue;
+      }
+      if (!block_ok(orphan[i], orphan_n[i], pattern_seed(orphan[i], orphan_n[i]))) bad++;
+    }
+    CHECK(bad == 0 && nulls == 0, "round %d: %zu corrupt, %zu NULL", round, bad, nulls);
+    /* New blocks from this thread must not overlap the orphans still live. */
+    uint8_t *mine[512];
+    for (int i = 0; i < 512; i++) {
+      mine[i] = trimalloc_malloc(64 + (size_t)i * 8);
+      if (mine[i]) memset(mine[i], 0xEE, 64 + (size_t)i * 8);
+    }
+    bad = 0;
+    for (int i = 1; i < ORPHANS; i++)
+      if (orphan[i] && !block_ok(orphan[i], orphan_n[i], pattern_seed(orphan[i], orphan_n[i]))) bad++;
+    CHECK(bad == 0, "round %d: %zu orphans overwritten by new blocks", round, bad);
+    for (int i = 0; i < 512; i++) trimalloc_free(mine[i]);
+    for (int i = 0; i < ORPHANS; i++) {
+      trimalloc_free(orphan[i]);
+      orphan[i] = NULL;
+    }
+  }
+  trimalloc_trim();
+  trimalloc_stats_t after = stats_now();
+  CHECK(after.allocated <= before.allocated + MiB, "allocated %llu -> %llu",
+        (unsigned long long)before.allocated, (unsigned long long)after.allocated);
+  CHECK(after.resident <= before.resident + 8 * MiB, "resident %llu -> %llu",
+        (unsigned long long)before.resident, (unsigned long long)after.resident);
+}
+
+/* Many threads hammer the same size class, freeing into each other's pages
+ * while the owners keep allocating from them. */
+enum { RING_THREADS = 4, RING_SLOTS = 4096 };
+static _Atomic(uint8_t *) ring[RING_SLOTS];
+
+static void *ring_worker(void *arg) {
+  uint64_t rng = (uintptr_t)arg * 31 + 5;
+  long rounds = TEST_SANITIZED ? 30000 : 300000;
+  for (long i = 0; i < rounds; i++) {
+    size_t n = 16 + (rng_next(&rng) % 4) * 16; /* 16..64: a few hot classes */
+    uint8_t *p = trimalloc_malloc(n);
+    if (!p) {
+      atomic_fetch_add(&null_blocks, 1);
+      continue;
+    }
+    memset(p, (int)(n & 0xff), n);
+    uint8_t *old = atomic_exchange(&ring[rng_next(&rng) % RING_SLOTS], p);
+    if (old) {
+      size_t on = trimalloc_malloc_usable_size(old);
+      /* The first byte says which size it was filled with. */
+      size_t filled = old[0];
+      if (filled < 16 || filled > 64 || on < filled) {
+        atomic_fetch_add(&bad_blocks, 1);
+      } else {
+        for (size_t k = 0; k < filled; k++)
+          if (old[k] != filled) {
+            atomic_fetch_add(&bad_blocks, 1);
+            break;
+          }
+      }
+      trimalloc_free(old);
+    }
+  }
+  CHECK(heap_valid(), "ring worker's heap invariants");
+  return NULL;
+}
+
+static void test_cross_thread_free_same_class(void) {
+  atomic_store(&bad_blocks, 0);
+  atomic_store(&null_blocks, 0);
+  pthread_t t[RING_THREADS];
+  for (long i = 0; i < RING_THREADS; i++) pthread_create(&t[i], NULL, ring_worker, (void *)i);
+  for (int i = 0; i < RING_THREADS; i++) pthread_join(t[i], NULL);
+  for (int i = 0; i < RING_SLOTS; i++) trimalloc_free(atomic_exchange(&ring[i], NULL));
+  CHECK(atomic_load(&bad_blocks) == 0, "%ld blocks corrupted", atomic_load(&bad_blocks));
+  CHECK(atomic_load(&null_blocks) == 0);
+}
+
+int main(void) {
+  RUN(test_producer_consumer);
+  RUN(test_blocks_of_exited_thread);
+  RUN(test_cross_thread_free_same_class);
+  return check_summary();
+}

@@ -15,6 +15,15 @@ static __attribute__((noinline, noreturn, cold)) void ta_corrupt(ta_block_t *b) 
   ta_error("malloc: heap corruption (double free or write after free) of block", b);
 }
 
+/* Pops b, the head of pg->free (not NULL). */
+static inline void *page_pop(ta_page_t *pg, ta_block_t *b) {
+  if (ta_unlikely(b->key != ta_cookie)) ta_corrupt(b);
+  pg->free = b->next;
+  b->key = 0;
+  ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
+  return b;
+}
+
 /* Fast path budget: one TLS load, one table load, one list pop, two stores,
  * and two unlikely branches (a size over 1 KiB or an empty free list; a block
  * whose free cookie is gone, i.e. freed twice or written after free; the
@@ -24,13 +33,7 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   if (ta_likely(n <= TA_DIRECT_MAX)) {
     ta_page_t *pg = h->direct[(n + TA_ALIGN - 1) / TA_ALIGN];
     ta_block_t *b = pg->free;
-    if (ta_likely(b != NULL)) {
-      if (ta_unlikely(b->key != ta_cookie)) ta_corrupt(b);
-      pg->free = b->next;
-      b->key = 0;
-      ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
-      return b;
-    }
+    if (ta_likely(b != NULL)) return page_pop(pg, b);
   }
   return malloc_slow(n);
 }
@@ -40,13 +43,7 @@ static void *malloc_slow(size_t n) {
   if (n <= TA_MEDIUM_MAX) { /* 1..128 KiB: the class queue's current page */
     ta_page_t *pg = h->queues[ta_class_of(n)].first; /* NULL on the empty heap */
     ta_block_t *b = pg ? pg->free : NULL;
-    if (ta_likely(b != NULL)) {
-      if (ta_unlikely(b->key != ta_cookie)) ta_corrupt(b);
-      pg->free = b->next;
-      b->key = 0;
-      ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
-      return b;
-    }
+    if (ta_likely(b != NULL)) return page_pop(pg, b);
   }
   h = ta_heap_get();
   if (ta_unlikely(h == NULL)) {
@@ -66,12 +63,7 @@ void *ta_malloc_class(ta_heap_t *h, size_t cls) {
     errno = ENOMEM;
     return NULL;
   }
-  ta_block_t *b = pg->free;
-  if (ta_unlikely(b->key != ta_cookie)) ta_corrupt(b);
-  pg->free = b->next;
-  b->key = 0;
-  ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) + 1);
-  return b;
+  return page_pop(pg, pg->free);
 }
 
 /* One block in a run of slices (slice-aligned, so up to 64 KiB alignment). */

@@ -97,6 +97,11 @@ TRIMALLOC_API const char *trimalloc_option_name(size_t i);
 
 TRIMALLOC_API const char *trimalloc_version(void);
 
+/* Checks the invariants of the calling thread's heap (its pages, free lists,
+ * direct table and segments); returns 1 if they hold. Walks every page: for
+ * tests and debugging, not for production paths. */
+TRIMALLOC_API int trimalloc_check(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -57,9 +57,8 @@
 
 static atomic_long check_passed_n, check_failed_n;
 
-__attribute__((format(printf, 5, 6))) static int check_report(int ok, const char *expr,
-                                                              const char *file, int line,
-                                                              const char *fmt, ...) {
+__attribute__((format(printf, 5, 6))) static int check_report(int ok, const char *expr, const char *file,
+                                                              int line, const char *fmt, ...) {
   if (ok) {
     atomic_fetch_add(&check_passed_n, 1);
     return 1;
@@ -81,18 +80,18 @@ __attribute__((format(printf, 5, 6))) static int check_report(int ok, const char
 #define CHECK(cond, ...) check_report(!!(cond), #cond, __FILE__, __LINE__, "" __VA_ARGS__)
 
 /* Runs one test, then checks the calling thread's heap invariants. */
-#define RUN(fn)                                                \
-  do {                                                         \
-    fprintf(stdout, "-- %s\n", #fn);                           \
-    fflush(stdout);                                            \
-    fn();                                                      \
+#define RUN(fn)                                                  \
+  do {                                                           \
+    fprintf(stdout, "-- %s\n", #fn);                             \
+    fflush(stdout);                                              \
+    fn();                                                        \
     CHECK(heap_valid(), "heap invariants broken after %s", #fn); \
   } while (0)
 
-#define SKIP(fn, why)                                   \
-  do {                                                  \
-    fprintf(stdout, "-- %s skipped: %s\n", #fn, why);   \
-    fflush(stdout);                                     \
+#define SKIP(fn, why)                                 \
+  do {                                                \
+    fprintf(stdout, "-- %s skipped: %s\n", #fn, why); \
+    fflush(stdout);                                   \
   } while (0)
 
 static int check_summary(void) {
@@ -108,9 +107,13 @@ static int check_summary(void) {
  * core/heap.c, not in the public header). Weak, so the tests still link
  * against a core without it; then it counts as valid. */
 int trimalloc_check(void) __attribute__((weak));
-static inline int heap_valid(void) { return trimalloc_check ? trimalloc_check() : 1; }
+static inline int heap_valid(void) {
+  return trimalloc_check ? trimalloc_check() : 1;
+}
 
-static inline size_t page_size(void) { return (size_t)sysconf(_SC_PAGESIZE); }
+static inline size_t page_size(void) {
+  return (size_t)sysconf(_SC_PAGESIZE);
+}
 
 /* The process's resident set size in bytes, read without allocating. */
 static inline size_t rss_bytes(void) {
@@ -131,7 +134,9 @@ static inline size_t rss_bytes(void) {
  * application's pages does not release, so the allocator's own count of
  * resident bytes stands in for it there. */
 static inline size_t resident_now(void);
-static inline size_t memory_now(void) { return TEST_TSAN ? resident_now() : rss_bytes(); }
+static inline size_t memory_now(void) {
+  return TEST_TSAN ? resident_now() : rss_bytes();
+}
 
 static inline double now_s(void) {
   struct timespec ts;
@@ -146,7 +151,9 @@ static inline trimalloc_stats_t stats_now(void) {
   return s;
 }
 
-static inline size_t resident_now(void) { return (size_t)stats_now().resident; }
+static inline size_t resident_now(void) {
+  return (size_t)stats_now().resident;
+}
 
 /* A content pattern derived from the block's address and size, so a block
  * that was handed out twice, or overwritten by a neighbour, reads wrong. */

@@ -7,7 +7,9 @@
  * a misaligned block. */
 #define MAX_ALIGN (2 * MiB)
 
-static int aligned(const void *p, size_t a) { return ((uintptr_t)p & (a - 1)) == 0; }
+static int aligned(const void *p, size_t a) {
+  return ((uintptr_t)p & (a - 1)) == 0;
+}
 
 /* What C requires for a block of n bytes: the alignment of any object that
  * fits, capped at 16 (max_align_t); DESIGN.md: 16 for blocks of 16 or more. */
@@ -75,8 +77,8 @@ static void test_alignments_beyond_the_limit(void) {
 }
 
 static void test_posix_memalign_einval(void) {
-  static const size_t bad_alignments[] = {0, 1, 2, 3, 4, 12, 24, 48, 100, 4097, 3 * 4096,
-                                          sizeof(void *) / 2, sizeof(void *) + 1};
+  static const size_t bad_alignments[] = {
+      0, 1, 2, 3, 4, 12, 24, 48, 100, 4097, 3 * 4096, sizeof(void *) / 2, sizeof(void *) + 1};
   for (size_t i = 0; i < sizeof bad_alignments / sizeof bad_alignments[0]; i++) {
     size_t a = bad_alignments[i];
     void *p = NULL;
@@ -100,8 +102,7 @@ static void test_aligned_alloc(void) {
     static const size_t sizes[] = {1, 16, 64, 1000, 65536, 3 * MiB};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
       void *p = trimalloc_aligned_alloc(a, sizes[i]);
-      if ((!p || !aligned(p, a) || trimalloc_malloc_usable_size(p) < sizes[i]) && !bad++)
-        first = a;
+      if ((!p || !aligned(p, a) || trimalloc_malloc_usable_size(p) < sizes[i]) && !bad++) first = a;
       trimalloc_free(p);
     }
   }
@@ -110,8 +111,7 @@ static void test_aligned_alloc(void) {
   for (size_t i = 0; i < sizeof bad_alignments / sizeof bad_alignments[0]; i++) {
     errno = 0;
     void *p = trimalloc_aligned_alloc(bad_alignments[i], 64);
-    CHECK(p == NULL && errno == EINVAL, "aligned_alloc(%zu, 64) = %p errno %d",
-          bad_alignments[i], p, errno);
+    CHECK(p == NULL && errno == EINVAL, "aligned_alloc(%zu, 64) = %p errno %d", bad_alignments[i], p, errno);
     trimalloc_free(p);
   }
   errno = 0;
@@ -125,8 +125,7 @@ static void test_memalign(void) {
     static const size_t sizes[] = {0, 7, 256, 5000, 200 * KiB, 3 * MiB};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
       void *p = trimalloc_memalign(a, sizes[i]);
-      if ((!p || !aligned(p, a) || trimalloc_malloc_usable_size(p) < sizes[i]) && !bad++)
-        first = a;
+      if ((!p || !aligned(p, a) || trimalloc_malloc_usable_size(p) < sizes[i]) && !bad++) first = a;
       if (p && sizes[i]) memset(p, 0x77, sizes[i]);
       trimalloc_free(p);
     }
@@ -149,15 +148,14 @@ static void test_valloc_pvalloc_page_aligned(void) {
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     size_t n = sizes[i];
     void *v = trimalloc_valloc(n);
-    CHECK(v && aligned(v, ps) && trimalloc_malloc_usable_size(v) >= n, "valloc(%zu) = %p", n,
-          v);
+    CHECK(v && aligned(v, ps) && trimalloc_malloc_usable_size(v) >= n, "valloc(%zu) = %p", n, v);
     if (v) memset(v, 1, n);
     trimalloc_free(v);
     size_t rounded = (n + ps - 1) / ps * ps;
     void *pv = trimalloc_pvalloc(n);
     CHECK(pv && aligned(pv, ps) && trimalloc_malloc_usable_size(pv) >= rounded,
-          "pvalloc(%zu) = %p usable %zu, want >= %zu", n, pv,
-          pv ? trimalloc_malloc_usable_size(pv) : 0, rounded);
+          "pvalloc(%zu) = %p usable %zu, want >= %zu", n, pv, pv ? trimalloc_malloc_usable_size(pv) : 0,
+          rounded);
     if (pv) memset(pv, 1, rounded);
     trimalloc_free(pv);
   }

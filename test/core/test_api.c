@@ -65,8 +65,7 @@ static void test_calloc_zero_sizes(void) {
     errno = 0;
     void *p = trimalloc_calloc(cases[i][0], cases[i][1]);
     void *q = trimalloc_calloc(cases[i][0], cases[i][1]);
-    CHECK(p && q && p != q, "calloc(%zu, %zu) = %p, %p errno %d", cases[i][0], cases[i][1], p,
-          q, errno);
+    CHECK(p && q && p != q, "calloc(%zu, %zu) = %p, %p errno %d", cases[i][0], cases[i][1], p, q, errno);
     trimalloc_free(p);
     trimalloc_free(q);
   }
@@ -81,8 +80,7 @@ static void test_calloc_overflow(void) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     errno = 0;
     void *p = trimalloc_calloc(cases[i][0], cases[i][1]);
-    CHECK(p == NULL && errno == ENOMEM, "calloc(%zu, %zu) = %p errno %d", cases[i][0],
-          cases[i][1], p, errno);
+    CHECK(p == NULL && errno == ENOMEM, "calloc(%zu, %zu) = %p errno %d", cases[i][0], cases[i][1], p, errno);
     if (p) trimalloc_free(p);
   }
 }
@@ -90,10 +88,9 @@ static void test_calloc_overflow(void) {
 /* calloc must zero even when it gets blocks that were just dirtied and freed:
  * small, medium, large and huge, freed in both orders. */
 static void test_calloc_zeroes_reused_dirty_blocks(void) {
-  static const size_t sizes[] = {1,     8,      16,     24,     40,     64,      100,
-                                 128,   255,    500,    1000,   1024,   2048,    4000,
-                                 8192,  10000,  32768,  65536,  100000, 200000,  500000,
-                                 MiB,   3 * MiB, 5 * MiB};
+  static const size_t sizes[] = {1,     8,     16,     24,     40,     64,   100,     128,
+                                 255,   500,   1000,   1024,   2048,   4000, 8192,    10000,
+                                 32768, 65536, 100000, 200000, 500000, MiB,  3 * MiB, 5 * MiB};
   enum { MAXN = 256 };
   void *p[MAXN];
   for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
@@ -124,8 +121,8 @@ static void test_calloc_zeroes_reused_dirty_blocks(void) {
             break;
           }
       }
-      CHECK(nulls == 0 && bad == 0, "size %zu round %d: %zu NULL, %zu blocks not zeroed", n,
-            round, nulls, bad);
+      CHECK(nulls == 0 && bad == 0, "size %zu round %d: %zu NULL, %zu blocks not zeroed", n, round, nulls,
+            bad);
       for (size_t i = 0; i < count; i++) trimalloc_free(p[i]);
     }
   }
@@ -153,8 +150,8 @@ static void test_reallocarray(void) {
   for (size_t i = 0; i < 3; i++) {
     errno = 0;
     q = trimalloc_reallocarray(p, overflow[i][0], overflow[i][1]);
-    CHECK(q == NULL && errno == ENOMEM, "reallocarray(p, %zu, %zu) = %p errno %d",
-          overflow[i][0], overflow[i][1], q, errno);
+    CHECK(q == NULL && errno == ENOMEM, "reallocarray(p, %zu, %zu) = %p errno %d", overflow[i][0],
+          overflow[i][1], q, errno);
     CHECK(pattern_ok(p, 100, 7), "block changed by a failed reallocarray");
   }
   errno = 0;

@@ -32,8 +32,7 @@ static void *worker(void *arg) {
   while (!atomic_load(&stop)) {
     unsigned i = (unsigned)(rng_next(&rng) % 128);
     if (slot[i]) {
-      if (!pattern_ok(slot[i], slot_n[i], pattern_seed(slot[i], slot_n[i])))
-        atomic_fetch_add(&worker_bad, 1);
+      if (!pattern_ok(slot[i], slot_n[i], pattern_seed(slot[i], slot_n[i]))) atomic_fetch_add(&worker_bad, 1);
       trimalloc_free(slot[i]);
       slot[i] = NULL;
     } else {
@@ -56,8 +55,7 @@ static void *child_thread(void *arg) {
   uint8_t **blocks = arg;
   int bad = 0;
   for (int i = 0; i < 64; i++) {
-    if (!pattern_ok(blocks[i], 100 + (size_t)i * 37, pattern_seed(blocks[i], 100 + (size_t)i * 37)))
-      bad++;
+    if (!pattern_ok(blocks[i], 100 + (size_t)i * 37, pattern_seed(blocks[i], 100 + (size_t)i * 37))) bad++;
     trimalloc_free(blocks[i]); /* blocks of the child's main thread */
   }
   for (int i = 0; i < 20000; i++) {
@@ -112,10 +110,14 @@ static void child_main(int nested) {
 
 static const char *describe(int st) {
   static char buf[64];
-  if (WIFEXITED(st)) snprintf(buf, sizeof buf, "exit %d", WEXITSTATUS(st));
-  else if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM) snprintf(buf, sizeof buf, "hung (killed by its alarm)");
-  else if (WIFSIGNALED(st)) snprintf(buf, sizeof buf, "signal %d", WTERMSIG(st));
-  else snprintf(buf, sizeof buf, "status %d", st);
+  if (WIFEXITED(st))
+    snprintf(buf, sizeof buf, "exit %d", WEXITSTATUS(st));
+  else if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM)
+    snprintf(buf, sizeof buf, "hung (killed by its alarm)");
+  else if (WIFSIGNALED(st))
+    snprintf(buf, sizeof buf, "signal %d", WTERMSIG(st));
+  else
+    snprintf(buf, sizeof buf, "status %d", st);
   return buf;
 }
 
@@ -185,8 +187,7 @@ static void test_fork_while_threads_allocate(void) {
   CHECK(failed == 0, "%d of %d children failed; first: %s", failed, FORKS, first);
   CHECK(atomic_load(&worker_bad) == 0, "%ld corrupt blocks in the parent's workers",
         atomic_load(&worker_bad));
-  CHECK(atomic_load(&worker_steps) > 1000, "workers made only %ld steps",
-        atomic_load(&worker_steps));
+  CHECK(atomic_load(&worker_steps) > 1000, "workers made only %ld steps", atomic_load(&worker_steps));
   pthread_barrier_destroy(&ready);
 }
 

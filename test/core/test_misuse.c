@@ -19,7 +19,9 @@ static int global_var[16];
 /* Each case tells the parent (on ANNOUNCE_FD) which pointer it misuses, then does it.
  * Returning means the misuse went unnoticed. */
 enum { ANNOUNCE_FD = 100 };
-static void announce(const void *p) { dprintf(ANNOUNCE_FD, "%lx\n", (unsigned long)(uintptr_t)p); }
+static void announce(const void *p) {
+  dprintf(ANNOUNCE_FD, "%lx\n", (unsigned long)(uintptr_t)p);
+}
 
 /* Goes on allocating blocks of n bytes, as a program would after the misuse. */
 static void carry_on(size_t n) {
@@ -39,10 +41,18 @@ static void double_free_of(size_t n) {
   carry_on(n);
 }
 
-static void case_double_free_small(void) { double_free_of(64); }
-static void case_double_free_medium(void) { double_free_of(20 * KiB); }
-static void case_double_free_large(void) { double_free_of(300 * KiB); }
-static void case_double_free_huge(void) { double_free_of(5 * MiB); }
+static void case_double_free_small(void) {
+  double_free_of(64);
+}
+static void case_double_free_medium(void) {
+  double_free_of(20 * KiB);
+}
+static void case_double_free_large(void) {
+  double_free_of(300 * KiB);
+}
+static void case_double_free_huge(void) {
+  double_free_of(5 * MiB);
+}
 
 static void case_double_free_after_other_frees(void) {
   void *p[32];
@@ -78,10 +88,18 @@ static void interior_of(size_t n, size_t off) {
   trimalloc_free(p + off);
 }
 
-static void case_interior_small(void) { interior_of(64, 16); }
-static void case_interior_small_unaligned(void) { interior_of(64, 1); }
-static void case_interior_large(void) { interior_of(300 * KiB, 4096); }
-static void case_interior_huge(void) { interior_of(5 * MiB, page_size()); }
+static void case_interior_small(void) {
+  interior_of(64, 16);
+}
+static void case_interior_small_unaligned(void) {
+  interior_of(64, 1);
+}
+static void case_interior_large(void) {
+  interior_of(300 * KiB, 4096);
+}
+static void case_interior_huge(void) {
+  interior_of(5 * MiB, page_size());
+}
 
 static void case_stack_pointer(void) {
   char buf[64];
@@ -211,9 +229,8 @@ static void run_case(const misuse_t *c) {
   int prefix = !strncmp(text, "trimalloc: error: ", 18);
   /* realloc may report through the free it calls. */
   int names = (strstr(text, c->call) || strstr(text, "free")) && addr[0] && strstr(text, addr);
-  CHECK(aborted, "%s: child %s %d, stderr: %s", c->name,
-        WIFSIGNALED(st) ? "got signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
-        text[0] ? text : "(nothing)\n");
+  CHECK(aborted, "%s: child %s %d, stderr: %s", c->name, WIFSIGNALED(st) ? "got signal" : "exited with",
+        WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), text[0] ? text : "(nothing)\n");
   CHECK(one_line && prefix, "%s: want exactly one 'trimalloc: error: ...' line, got: %s", c->name,
         text[0] ? text : "(nothing)\n");
   CHECK(!prefix || names, "%s: the line should name %s() and 0x%s: %s", c->name, c->call, addr, text);

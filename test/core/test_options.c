@@ -36,8 +36,8 @@ static void test_option_get_set_roundtrip(void) {
     for (int i = 0; i < 3; i++) {
       int r = trimalloc_option_set(known[k], values[i]);
       CHECK(r == 0, "set %s = %lld returned %d", known[k], values[i], r);
-      CHECK(trimalloc_option_get(known[k], &v) == 0 && v == values[i], "%s: set %lld, got %lld",
-            known[k], values[i], v);
+      CHECK(trimalloc_option_get(known[k], &v) == 0 && v == values[i], "%s: set %lld, got %lld", known[k],
+            values[i], v);
     }
   }
   long long v = 0;
@@ -49,8 +49,8 @@ static void test_option_get_set_roundtrip(void) {
 
 static void test_option_errors(void) {
   long long v = 77;
-  static const char *const unknown[] = {"", "nope", "purge_delay", "purge_delay_ms_x",
-                                        "TRIMALLOC_PURGE_DELAY_MS", "show stats"};
+  static const char *const unknown[] = {
+      "", "nope", "purge_delay", "purge_delay_ms_x", "TRIMALLOC_PURGE_DELAY_MS", "show stats"};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
     CHECK(trimalloc_option_get(unknown[i], &v) == EINVAL, "get \"%s\"", unknown[i]);
     CHECK(trimalloc_option_set(unknown[i], 1) == EINVAL, "set \"%s\"", unknown[i]);
@@ -68,8 +68,10 @@ static void test_option_errors(void) {
     trimalloc_option_get(known[k], &after);
     CHECK(r1 == ERANGE, "%s = LLONG_MIN returned %d", known[k], r1);
     CHECK(r2 == ERANGE || r2 == 0, "%s = LLONG_MAX returned %d", known[k], r2);
-    if (r2 == 0) trimalloc_option_set(known[k], before);
-    else CHECK(after == before, "%s changed from %lld to %lld by a failed set", known[k], before, after);
+    if (r2 == 0)
+      trimalloc_option_set(known[k], before);
+    else
+      CHECK(after == before, "%s changed from %lld to %lld by a failed set", known[k], before, after);
   }
 }
 
@@ -164,7 +166,9 @@ static int count_lines_with(const char *text, const char *needle) {
   return n;
 }
 
-static int ok_exit(const child_out_t *r) { return WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0; }
+static int ok_exit(const child_out_t *r) {
+  return WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0;
+}
 
 static child_out_t defaults;
 
@@ -179,8 +183,7 @@ static void test_env_defaults(void) {
 }
 
 static void test_env_good_values(void) {
-  static const char *const vars[] = {"TRIMALLOC_PURGE_DELAY_MS=250", "TRIMALLOC_UNMAP_DELAY_MS=4321",
-                                     NULL};
+  static const char *const vars[] = {"TRIMALLOC_PURGE_DELAY_MS=250", "TRIMALLOC_UNMAP_DELAY_MS=4321", NULL};
   child_out_t r;
   run_child(&r, vars);
   CHECK(ok_exit(&r), "child status %d", r.status);

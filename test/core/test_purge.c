@@ -28,8 +28,8 @@ static void test_delayed_purge_without_trim(void) {
   }
   size_t rss_peak = memory_now();
   trimalloc_stats_t speak = stats_now();
-  CHECK(bytes >= BURST && rss_peak > rss0 + BURST / 2, "burst: %zu bytes, RSS %zu -> %zu KiB",
-        bytes, rss0 / KiB, rss_peak / KiB);
+  CHECK(bytes >= BURST && rss_peak > rss0 + BURST / 2, "burst: %zu bytes, RSS %zu -> %zu KiB", bytes,
+        rss0 / KiB, rss_peak / KiB);
   for (size_t i = 0; i < count; i++) trimalloc_free(p[i]);
   /* Further activity: small blocks allocated and freed for a second. */
   double t0 = now_s(), under_at = -1;
@@ -50,8 +50,8 @@ static void test_delayed_purge_without_trim(void) {
   for (int i = 0; i < 64; i++) trimalloc_free(keep[i]);
   fprintf(stdout, "   RSS baseline %zu KiB, peak %zu KiB, after 1 s %zu KiB (under +64 MiB at %.3f s)\n",
           rss0 / KiB, rss_peak / KiB, rss1 / KiB, under_at);
-  CHECK(rss1 <= rss0 + 64 * MiB, "RSS %zu KiB one second after the burst, baseline %zu KiB",
-        rss1 / KiB, rss0 / KiB);
+  CHECK(rss1 <= rss0 + 64 * MiB, "RSS %zu KiB one second after the burst, baseline %zu KiB", rss1 / KiB,
+        rss0 / KiB);
   CHECK(s1.trims == s0.trims, "something called trim");
   CHECK(s1.resident <= s0.resident + 64 * MiB, "stats: resident %llu KiB, baseline %llu KiB",
         (unsigned long long)s1.resident / KiB, (unsigned long long)s0.resident / KiB);

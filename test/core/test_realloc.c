@@ -18,8 +18,7 @@ static void test_realloc_null_is_malloc(void) {
  * for small, large and huge blocks. */
 static void test_realloc_failure_leaves_block_intact(void) {
   static const size_t start[] = {24, 3000, 200 * KiB, 4 * MiB};
-  static const size_t too_big[] = {SIZE_MAX, SIZE_MAX - 4096, (size_t)PTRDIFF_MAX + 1,
-                                   (size_t)1 << 48};
+  static const size_t too_big[] = {SIZE_MAX, SIZE_MAX - 4096, (size_t)PTRDIFF_MAX + 1, (size_t)1 << 48};
   for (size_t i = 0; i < 4; i++) {
     size_t n = start[i];
     uint8_t *p = trimalloc_malloc(n);
@@ -29,8 +28,8 @@ static void test_realloc_failure_leaves_block_intact(void) {
     for (size_t j = 0; j < 4; j++) {
       errno = 0;
       void *q = trimalloc_realloc(p, too_big[j]);
-      CHECK(q == NULL && errno == ENOMEM, "realloc(%zu-byte block, %zu) = %p errno %d", n,
-            too_big[j], q, errno);
+      CHECK(q == NULL && errno == ENOMEM, "realloc(%zu-byte block, %zu) = %p errno %d", n, too_big[j], q,
+            errno);
       CHECK(pattern_ok(p, n, seed), "%zu-byte block changed by a failed realloc", n);
       CHECK(trimalloc_malloc_usable_size(p) >= n);
     }
@@ -51,8 +50,7 @@ static void test_realloc_in_place_within_usable(void) {
     if (q != p && !moved++) first = n;
     trimalloc_free(q ? q : p);
   }
-  CHECK(moved == 0, "%zu blocks moved growing to their usable size, first of %zu bytes", moved,
-        first);
+  CHECK(moved == 0, "%zu blocks moved growing to their usable size, first of %zu bytes", moved, first);
 }
 
 /* Walks up from 1 byte to ~300 KiB visiting each class twice: at its usable
@@ -79,8 +77,7 @@ static void test_realloc_walks_every_class_boundary(void) {
     n = next;
     steps++;
   }
-  CHECK(bad == 0 && small == 0, "growing: %zu corrupt, %zu too small, first at %zu", bad, small,
-        bad_at);
+  CHECK(bad == 0 && small == 0, "growing: %zu corrupt, %zu too small, first at %zu", bad, small, bad_at);
   CHECK(steps > 40, "only %zu steps: size classes too coarse?", steps);
   /* Down again: shrink through the same boundaries, checking the prefix. */
   bad = 0;
@@ -107,8 +104,8 @@ static void test_realloc_walks_every_class_boundary(void) {
 
 /* Small -> huge -> bigger huge (mremap path) -> huge -> small, contents kept. */
 static void test_realloc_into_huge_and_back(void) {
-  static const size_t path[] = {1000,     3 * MiB,  5 * MiB + 1, 64 * MiB, 65 * MiB,
-                                9 * MiB,  2 * MiB + 17, 300 * KiB, 5000, 17};
+  static const size_t path[] = {1000,    3 * MiB,      5 * MiB + 1, 64 * MiB, 65 * MiB,
+                                9 * MiB, 2 * MiB + 17, 300 * KiB,   5000,     17};
   size_t n = path[0];
   uint8_t *p = trimalloc_malloc(n);
   uint8_t seed = pattern_seed(p, n);

@@ -53,9 +53,12 @@ static int string(json_t *j, char *out, size_t outlen) {
 static int number(json_t *j, double *num) {
   const char *start = j->s;
   if (*j->s == '-') j->s++;
-  if (*j->s == '0') j->s++;
-  else if (*j->s >= '1' && *j->s <= '9') while (*j->s >= '0' && *j->s <= '9') j->s++;
-  else return 0;
+  if (*j->s == '0')
+    j->s++;
+  else if (*j->s >= '1' && *j->s <= '9')
+    while (*j->s >= '0' && *j->s <= '9') j->s++;
+  else
+    return 0;
   if (*j->s == '.') {
     j->s++;
     if (!(*j->s >= '0' && *j->s <= '9')) return 0;
@@ -189,8 +192,9 @@ static int consistent(const trimalloc_stats_t *s, char *why, size_t len) {
   if (s->active > s->resident)
     return snprintf(why, len, "active %llu > resident %llu", U(s->active), U(s->resident)), 0;
   if (s->resident + s->purged > s->mapped)
-    return snprintf(why, len, "resident %llu + purged %llu > mapped %llu", U(s->resident),
-                    U(s->purged), U(s->mapped)), 0;
+    return snprintf(why, len, "resident %llu + purged %llu > mapped %llu", U(s->resident), U(s->purged),
+                    U(s->mapped)),
+           0;
   if (s->peak_active < s->active)
     return snprintf(why, len, "peak_active %llu < active %llu", U(s->peak_active), U(s->active)), 0;
   if (fabs(s->fragmentation - frag) > 1e-6)
@@ -212,8 +216,8 @@ static void test_stats_fields_consistent(void) {
   s = stats_now();
   CHECK(consistent(&s, why, sizeof why), "with blocks: %s", why);
   CHECK(s.segments >= 1 && s.heaps >= 1 && s.metadata > 0 && s.mapped > 0,
-        "segments %llu heaps %llu metadata %llu mapped %llu", U(s.segments), U(s.heaps),
-        U(s.metadata), U(s.mapped));
+        "segments %llu heaps %llu metadata %llu mapped %llu", U(s.segments), U(s.heaps), U(s.metadata),
+        U(s.mapped));
   for (int i = 0; i < 1000; i += 2) trimalloc_free(p[i]);
   s = stats_now();
   CHECK(consistent(&s, why, sizeof why), "half freed: %s", why);
@@ -238,11 +242,10 @@ static void test_stats_follow_allocation(void) {
   trimalloc_stats_t s1 = stats_now();
   CHECK(s1.allocated >= s0.allocated + usable * 9 / 10 &&
             s1.allocated <= s0.allocated + usable * 5 / 4 + 4 * MiB,
-        "allocated %llu -> %llu after allocating %zu usable bytes", U(s0.allocated),
-        U(s1.allocated), usable);
+        "allocated %llu -> %llu after allocating %zu usable bytes", U(s0.allocated), U(s1.allocated), usable);
   CHECK(s1.peak_active >= s1.active);
-  CHECK(s1.allocations >= s0.allocations + N * 9 / 10, "allocations %llu -> %llu",
-        U(s0.allocations), U(s1.allocations));
+  CHECK(s1.allocations >= s0.allocations + N * 9 / 10, "allocations %llu -> %llu", U(s0.allocations),
+        U(s1.allocations));
   CHECK(s1.resident >= s0.resident + usable * 9 / 10, "resident %llu -> %llu", U(s0.resident),
         U(s1.resident));
   for (int i = 0; i < N; i++) trimalloc_free(p[i]);
@@ -255,14 +258,14 @@ static void test_stats_follow_allocation(void) {
   CHECK(s3.allocated <= s0.allocated + 1 * MiB, "allocated %llu after free and trim (was %llu)",
         U(s3.allocated), U(s0.allocated));
   CHECK(s3.frees >= s0.frees + N * 9 / 10, "frees %llu -> %llu", U(s0.frees), U(s3.frees));
-  CHECK(s3.peak_active >= s1.active, "peak_active %llu < active %llu seen before",
-        U(s3.peak_active), U(s1.active));
+  CHECK(s3.peak_active >= s1.active, "peak_active %llu < active %llu seen before", U(s3.peak_active),
+        U(s1.active));
   /* Counters only grow. */
   CHECK(s2.allocations >= s1.allocations && s3.allocations >= s2.allocations,
         "allocations went down: %llu -> %llu -> %llu", U(s1.allocations), U(s2.allocations),
         U(s3.allocations));
-  CHECK(s3.resident <= s1.resident - usable / 2, "resident %llu -> %llu after trim",
-        U(s1.resident), U(s3.resident));
+  CHECK(s3.resident <= s1.resident - usable / 2, "resident %llu -> %llu after trim", U(s1.resident),
+        U(s3.resident));
 }
 
 /* A huge block: its own mapping, counted; no longer allocated once freed,
@@ -274,13 +277,11 @@ static void test_stats_huge_block(void) {
   trimalloc_stats_t s1 = stats_now();
   CHECK(s1.huge_allocations == s0.huge_allocations + 1, "huge_allocations %llu -> %llu",
         U(s0.huge_allocations), U(s1.huge_allocations));
-  CHECK(s1.allocated >= s0.allocated + 20 * MiB, "allocated %llu -> %llu", U(s0.allocated),
-        U(s1.allocated));
+  CHECK(s1.allocated >= s0.allocated + 20 * MiB, "allocated %llu -> %llu", U(s0.allocated), U(s1.allocated));
   CHECK(s1.mapped >= s0.mapped + 20 * MiB, "mapped %llu -> %llu", U(s0.mapped), U(s1.mapped));
   trimalloc_free(h);
   trimalloc_stats_t s2 = stats_now();
-  CHECK(s2.allocated + 20 * MiB <= s1.allocated, "allocated %llu -> %llu", U(s1.allocated),
-        U(s2.allocated));
+  CHECK(s2.allocated + 20 * MiB <= s1.allocated, "allocated %llu -> %llu", U(s1.allocated), U(s2.allocated));
   CHECK(s2.active + 20 * MiB <= s1.active, "active %llu -> %llu", U(s1.active), U(s2.active));
   size_t released = trimalloc_trim();
   trimalloc_stats_t s3 = stats_now();
@@ -362,14 +363,14 @@ static void test_stats_json_has_every_field(void) {
   if (!CHECK(json_parse(&j, buf), "not valid JSON: %.300s", buf)) return;
   double v;
   int missing = 0;
-#define X_CHECK(type, name, unit, doc)                                                     \
-  if (!json_get(&j, #name, &v)) {                                                          \
-    missing++;                                                                             \
-    CHECK(0, "field %s missing or not a number", #name);                                   \
-  } else {                                                                                 \
-    double want = (double)s.name;                                                          \
-    double tol = _Generic(s.name, double: 1e-3, default: 0.5);                            \
-    CHECK(fabs(v - want) <= tol, "%s: JSON %.17g, struct %.17g", #name, v, want);          \
+#define X_CHECK(type, name, unit, doc)                                            \
+  if (!json_get(&j, #name, &v)) {                                                 \
+    missing++;                                                                    \
+    CHECK(0, "field %s missing or not a number", #name);                          \
+  } else {                                                                        \
+    double want = (double)s.name;                                                 \
+    double tol = _Generic(s.name, double : 1e-3, default : 0.5);                  \
+    CHECK(fabs(v - want) <= tol, "%s: JSON %.17g, struct %.17g", #name, v, want); \
   }
   TRIMALLOC_STATS_FIELDS(X_CHECK)
 #undef X_CHECK
@@ -398,8 +399,7 @@ static void test_stats_json_python_parses(void) {
   if (!CHECK(f != NULL)) return;
   fputs(buf, f);
   int st = pclose(f);
-  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "python3 json.load failed (status %d) on: %.300s",
-        st, buf);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "python3 json.load failed (status %d) on: %.300s", st, buf);
 }
 
 static void test_stats_json_truncates_like_snprintf(void) {

@@ -55,8 +55,7 @@ static int run_threads(int count) {
     for (int i = 0; i < BATCH; i++) {
       bad += h[i].bad;
       for (int k = 0; k < HANDED; k++) {
-        if (h[i].p[k] && !pattern_ok(h[i].p[k], h[i].n[k], pattern_seed(h[i].p[k], h[i].n[k])))
-          bad++;
+        if (h[i].p[k] && !pattern_ok(h[i].p[k], h[i].n[k], pattern_seed(h[i].p[k], h[i].n[k]))) bad++;
         trimalloc_free(h[i].p[k]);
       }
     }
@@ -73,8 +72,7 @@ static void test_thread_churn_bounded(void) {
   size_t rss1 = memory_now();
   trimalloc_stats_t s1 = stats_now();
   CHECK(bad == 0, "%d corrupt or failed blocks", bad);
-  CHECK(s1.heaps <= 64, "%llu heaps after %d short-lived threads", (unsigned long long)s1.heaps,
-        THREADS);
+  CHECK(s1.heaps <= 64, "%llu heaps after %d short-lived threads", (unsigned long long)s1.heaps, THREADS);
   CHECK(rss1 < rss0 + 32 * MiB, "RSS grew %zu KiB over %d threads", (rss1 - rss0) / KiB, THREADS);
   CHECK(s1.resident < s0.resident + 32 * MiB, "resident grew %llu KiB",
         (unsigned long long)(s1.resident - s0.resident) / KiB);

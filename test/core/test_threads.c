@@ -19,7 +19,9 @@ static struct {
   pthread_cond_t not_empty, not_full;
   item_t buf[QCAP];
   size_t head, len;
-} q = {.mu = PTHREAD_MUTEX_INITIALIZER, .not_empty = PTHREAD_COND_INITIALIZER, .not_full = PTHREAD_COND_INITIALIZER};
+} q = {.mu = PTHREAD_MUTEX_INITIALIZER,
+       .not_empty = PTHREAD_COND_INITIALIZER,
+       .not_full = PTHREAD_COND_INITIALIZER};
 
 static void q_push(item_t it) {
   pthread_mutex_lock(&q.mu);
@@ -59,8 +61,10 @@ static void local_step(local_t *l, uint64_t *rng) {
     size_t n = rng_size(rng) % (64 * KiB) + 1;
     l->p[i] = trimalloc_malloc(n);
     l->n[i] = n;
-    if (l->p[i]) block_fill(l->p[i], n, pattern_seed(l->p[i], n));
-    else atomic_fetch_add(&null_blocks, 1);
+    if (l->p[i])
+      block_fill(l->p[i], n, pattern_seed(l->p[i], n));
+    else
+      atomic_fetch_add(&null_blocks, 1);
   }
 }
 

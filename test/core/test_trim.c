@@ -26,7 +26,9 @@ static burst_t burst_table(void) {
   return b;
 }
 
-static void burst_release_table(burst_t *b) { munmap(b->p, b->cap * sizeof *b->p); }
+static void burst_release_table(burst_t *b) {
+  munmap(b->p, b->cap * sizeof *b->p);
+}
 
 /* Allocates ~BURST bytes of blocks of 16..1024 bytes, each written whole. */
 static size_t burst_alloc(burst_t *b, uint64_t seed) {
@@ -80,13 +82,13 @@ static void test_trim_after_burst(void) {
   for (int round = 0; round < 2; round++) {
     CHECK(burst_alloc(&b, 42 + (uint64_t)round) == 0, "burst allocation failed");
     size_t rss_peak = memory_now();
-    CHECK(rss_peak > rss0 + b.bytes / 2, "the burst did not show in RSS (%zu -> %zu KiB)",
-          rss0 / KiB, rss_peak / KiB);
+    CHECK(rss_peak > rss0 + b.bytes / 2, "the burst did not show in RSS (%zu -> %zu KiB)", rss0 / KiB,
+          rss_peak / KiB);
     burst_free(&b, round == 0 ? 1 : 7);
     size_t released = trimalloc_trim();
     size_t rss1 = memory_now();
-    CHECK(rss1 <= rss0 + 8 * MiB, "round %d: RSS %zu KiB after trim, baseline %zu KiB, peak %zu KiB",
-          round, rss1 / KiB, rss0 / KiB, rss_peak / KiB);
+    CHECK(rss1 <= rss0 + 8 * MiB, "round %d: RSS %zu KiB after trim, baseline %zu KiB, peak %zu KiB", round,
+          rss1 / KiB, rss0 / KiB, rss_peak / KiB);
     CHECK(released >= b.bytes / 4 * 3, "round %d: trim released %zu KiB of a %zu KiB burst", round,
           released / KiB, b.bytes / KiB);
   }
@@ -105,11 +107,10 @@ static void test_trim_after_burst(void) {
   CHECK(best < 0.005, "an idle trim took %.3f ms", best * 1e3);
   CHECK(trimalloc_malloc_trim(0) == 0);
   trimalloc_stats_t s1 = stats_now();
-  CHECK(s1.trims >= s0.trims + 2 + 5 + 1, "trims counter %llu -> %llu",
-        (unsigned long long)s0.trims, (unsigned long long)s1.trims);
-  CHECK(s1.trimmed_bytes >= s0.trimmed_bytes + b.bytes / 4 * 3,
-        "trimmed_bytes %llu -> %llu", (unsigned long long)s0.trimmed_bytes,
-        (unsigned long long)s1.trimmed_bytes);
+  CHECK(s1.trims >= s0.trims + 2 + 5 + 1, "trims counter %llu -> %llu", (unsigned long long)s0.trims,
+        (unsigned long long)s1.trims);
+  CHECK(s1.trimmed_bytes >= s0.trimmed_bytes + b.bytes / 4 * 3, "trimmed_bytes %llu -> %llu",
+        (unsigned long long)s0.trimmed_bytes, (unsigned long long)s1.trimmed_bytes);
   CHECK(s1.trim_ns > s0.trim_ns, "trim_ns did not grow");
   burst_release_table(&b);
   trimalloc_option_set("purge_delay_ms", old);
@@ -199,10 +200,9 @@ static void test_trim_releases_pages_of_idle_thread(void) {
   size_t rss_peak = memory_now();
   size_t released = trimalloc_trim();
   size_t rss1 = memory_now();
-  CHECK(rss1 <= rss0 + 8 * MiB, "RSS %zu KiB after trim, baseline %zu KiB, peak %zu KiB",
-        rss1 / KiB, rss0 / KiB, rss_peak / KiB);
-  CHECK(released >= b.bytes / 4 * 3, "released %zu KiB of %zu KiB", released / KiB,
-        b.bytes / KiB);
+  CHECK(rss1 <= rss0 + 8 * MiB, "RSS %zu KiB after trim, baseline %zu KiB, peak %zu KiB", rss1 / KiB,
+        rss0 / KiB, rss_peak / KiB);
+  CHECK(released >= b.bytes / 4 * 3, "released %zu KiB of %zu KiB", released / KiB, b.bytes / KiB);
   pthread_mutex_lock(&mu);
   phase = 2;
   pthread_cond_broadcast(&cv);
@@ -236,8 +236,7 @@ static void *churner(void *arg) {
     }
   }
   for (int i = 0; i < 256; i++) {
-    if (slot[i] && !block_ok(slot[i], sn[i], pattern_seed(slot[i], sn[i])))
-      atomic_fetch_add(&churn_bad, 1);
+    if (slot[i] && !block_ok(slot[i], sn[i], pattern_seed(slot[i], sn[i]))) atomic_fetch_add(&churn_bad, 1);
     trimalloc_free(slot[i]);
   }
   CHECK(heap_valid(), "churner's heap invariants");
@@ -251,8 +250,10 @@ static void *short_lived(void *arg) {
     uint8_t *p = trimalloc_malloc(n);
     if (!p) continue;
     pattern_fill(p, n, pattern_seed(p, n));
-    if (i % 2) keep[i / 2] = p;
-    else trimalloc_free(p);
+    if (i % 2)
+      keep[i / 2] = p;
+    else
+      trimalloc_free(p);
   }
   return NULL;
 }
@@ -289,8 +290,7 @@ static void test_trim_while_threads_work(void) {
   }
   atomic_store(&churn_stop, 1);
   for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
-  CHECK(atomic_load(&churn_bad) == 0, "%ld blocks corrupted while trimming",
-        atomic_load(&churn_bad));
+  CHECK(atomic_load(&churn_bad) == 0, "%ld blocks corrupted while trimming", atomic_load(&churn_bad));
   trimalloc_option_set("purge_delay_ms", old);
 }
 

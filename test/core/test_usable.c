@@ -14,12 +14,18 @@ static size_t fill_group(size_t n, int how) {
   size_t bad = 0;
   for (int i = 0; i < GROUP; i++) {
     switch (how) {
-    case 0: p[i] = trimalloc_malloc(n); break;
-    case 1: p[i] = trimalloc_calloc(1, n); break;
-    case 2: p[i] = trimalloc_memalign(64, n); break;
-    default: /* realloc(p, 0) may free p and return NULL (glibc does): use 1 */
-      p[i] = trimalloc_realloc(trimalloc_malloc(n / 2 + 1), n ? n : 1);
-      break;
+      case 0:
+        p[i] = trimalloc_malloc(n);
+        break;
+      case 1:
+        p[i] = trimalloc_calloc(1, n);
+        break;
+      case 2:
+        p[i] = trimalloc_memalign(64, n);
+        break;
+      default: /* realloc(p, 0) may free p and return NULL (glibc does): use 1 */
+        p[i] = trimalloc_realloc(trimalloc_malloc(n / 2 + 1), n ? n : 1);
+        break;
     }
     if (!p[i]) {
       bad++;
@@ -44,14 +50,21 @@ static void check_sizes(int how, const char *name) {
     bad += b;
     sizes++;
   }
-  CHECK(bad == 0, "%s: %zu bad blocks over %zu sizes, first at %zu bytes", name, bad, sizes,
-        first);
+  CHECK(bad == 0, "%s: %zu bad blocks over %zu sizes, first at %zu bytes", name, bad, sizes, first);
 }
 
-static void test_malloc_usable_to_end(void) { check_sizes(0, "malloc"); }
-static void test_calloc_usable_to_end(void) { check_sizes(1, "calloc"); }
-static void test_memalign_usable_to_end(void) { check_sizes(2, "memalign"); }
-static void test_realloc_usable_to_end(void) { check_sizes(3, "realloc"); }
+static void test_malloc_usable_to_end(void) {
+  check_sizes(0, "malloc");
+}
+static void test_calloc_usable_to_end(void) {
+  check_sizes(1, "calloc");
+}
+static void test_memalign_usable_to_end(void) {
+  check_sizes(2, "memalign");
+}
+static void test_realloc_usable_to_end(void) {
+  check_sizes(3, "realloc");
+}
 
 /* Huge blocks: fill to the usable end, neighbours in other mappings intact. */
 static void test_huge_usable_to_end(void) {

@@ -17,13 +17,14 @@
 #include "../../core/trimalloc.h"
 
 static int failures;
-#define CHECK(name, cond)                                           \
-  do {                                                              \
-    if (cond) printf("ok - %s\n", name);                            \
-    else {                                                          \
-      printf("FAIL - %s (%s, line %d)\n", name, #cond, __LINE__);   \
-      failures++;                                                   \
-    }                                                               \
+#define CHECK(name, cond)                                         \
+  do {                                                            \
+    if (cond)                                                     \
+      printf("ok - %s\n", name);                                  \
+    else {                                                        \
+      printf("FAIL - %s (%s, line %d)\n", name, #cond, __LINE__); \
+      failures++;                                                 \
+    }                                                             \
   } while (0)
 
 static int (*ta_stats)(trimalloc_stats_t *, size_t);
@@ -119,7 +120,9 @@ static void test_errors_through_standard_names(void) {
 }
 
 /* Blocks glibc allocates on the program's behalf, freed by the program. */
-static int nop_filter(const struct dirent *d) { return d->d_name[0] != '.'; }
+static int nop_filter(const struct dirent *d) {
+  return d->d_name[0] != '.';
+}
 
 static void test_glibc_internal_allocations(void) {
   char *s = strdup("hello");

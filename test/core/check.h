@@ -103,12 +103,9 @@ static int check_summary(void) {
 
 /* ---- helpers shared by the tests ---- */
 
-/* The core's invariant checker for the calling thread's heap (exported by
- * core/heap.c, not in the public header). Weak, so the tests still link
- * against a core without it; then it counts as valid. */
-int trimalloc_check(void) __attribute__((weak));
+/* The core's invariant checker for the calling thread's heap (trimalloc.h). */
 static inline int heap_valid(void) {
-  return trimalloc_check ? trimalloc_check() : 1;
+  return trimalloc_check();
 }
 
 static inline size_t page_size(void) {

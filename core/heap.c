@@ -104,9 +104,9 @@ ta_page_t *ta_heap_find_page(ta_heap_t *h, size_t cls) {
 }
 
 /* Collects delayed frees; with flush, also returns every empty page (the
- * caches kept against thrashing) to the segments, and the free OS pages of
- * sparse pages to the OS. Returns the bytes purged here. */
-size_t ta_heap_collect(ta_heap_t *h, bool flush) {
+ * caches kept against thrashing) to the segments, and, with sparse, the free
+ * OS pages of sparse pages to the OS. Returns the bytes purged here. */
+size_t ta_heap_collect(ta_heap_t *h, bool flush, bool sparse) {
   heap_delayed_free(h);
   if (!flush) return 0;
   size_t bytes = 0;
@@ -117,7 +117,7 @@ size_t ta_heap_collect(ta_heap_t *h, bool flush) {
       if (!pg->free) ta_page_refill(h, pg);
       else ta_page_collect_xfree(pg);
       if (ta_relaxed_load(&pg->used) == 0) ta_page_retire(h, pg);
-      else bytes += ta_page_purge_sparse(h, pg);
+      else if (sparse) bytes += ta_page_purge_sparse(h, pg);
       pg = next;
     }
   }
@@ -130,7 +130,7 @@ size_t ta_heap_collect(ta_heap_t *h, bool flush) {
 void ta_heap_maintain(ta_heap_t *h) {
   if (ta_unlikely(atomic_load_explicit(&h->flush, memory_order_relaxed))) {
     atomic_store_explicit(&h->flush, 0, memory_order_relaxed);
-    ta_heap_collect(h, true);
+    ta_heap_collect(h, true, true);
   }
   if ((++h->slow_count & 15) != 0) return; /* read the clock every 16th slow path */
   uint64_t now = ta_prim_clock_ms();
@@ -139,16 +139,33 @@ void ta_heap_maintain(ta_heap_t *h) {
   h->last_purge_ms = now;
   heap_delayed_free(h);
   ta_lock(&h->lock);
-  ta_heap_purge(h, now, false);
+  ta_heap_purge(h, now, false, NULL);
   ta_unlock(&h->lock);
   ta_huge_cache_expire(now, false);
+  ta_heaps_purge_others(h, now);
+}
+
+/* Threads that sleep run no slow path, so the active ones purge the expired
+ * free spans of every other heap too (spans are under each heap's lock; a
+ * busy lock is skipped, not waited for). At most once per purge delay. */
+void ta_heaps_purge_others(ta_heap_t *me, uint64_t now) {
+  static _Atomic uint64_t last;
+  uint64_t prev = ta_relaxed_load(&last), every = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS) + 1;
+  if (now - prev < every || !atomic_compare_exchange_strong(&last, &prev, now)) return;
+  if (pthread_mutex_trylock(&ta_heaps_lock) != 0) return;
+  for (ta_heap_t *h = ta_heaps; h; h = h->next_all) {
+    if (h == me || pthread_mutex_trylock(&h->lock) != 0) continue;
+    ta_heap_purge(h, now, false, NULL);
+    ta_unlock(&h->lock);
+  }
+  ta_unlock(&ta_heaps_lock);
 }
 
 /* pthread key destructor: the thread exits; its heap waits for adoption. */
 void ta_heap_thread_done(void *arg) {
   ta_heap_t *h = arg;
   if (!h || h == &ta_heap_empty) return;
-  ta_heap_collect(h, true);
+  ta_heap_collect(h, true, true);
   ta_tls_heap = &ta_heap_empty;
   ta_lock(&ta_heaps_lock);
   h->state = TA_HEAP_ABANDONED;

@@ -133,6 +133,8 @@ void *ta_huge_alloc(size_t size, size_t align, bool zero) {
   } else if (ta_prim_map(map, TA_SEGMENT_SIZE, &p) != 0) {
     errno = ENOMEM;
     return NULL;
+  } else {
+    ta_relaxed_add(&ta_committed_total, map);
   }
   ta_segment_t *s = p; /* header zeroed */
   s->huge = 1;

@@ -67,7 +67,8 @@ static inline bool ta_is_block_start(const ta_page_t *pg, const void *p) {
 TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
 TA_HIDDEN ta_page_t *ta_span_alloc(ta_heap_t *h, size_t slices, ta_span_kind_t kind); /* h->lock held */
 TA_HIDDEN void ta_span_free(ta_heap_t *h, ta_page_t *pg);              /* h->lock held */
-TA_HIDDEN size_t ta_heap_purge(ta_heap_t *h, uint64_t now_ms, bool all); /* h->lock held */
+TA_HIDDEN size_t ta_heap_purge(ta_heap_t *h, uint64_t now_ms, bool all, size_t *keep); /* h->lock held */
+TA_HIDDEN extern _Atomic uint64_t ta_committed_total;
 TA_HIDDEN void ta_segments_account(ta_heap_t *h, ta_walk_t *w); /* lock held */
 TA_HIDDEN uint64_t ta_segments_live(void);
 TA_HIDDEN bool ta_segment_is_valid(const ta_segment_t *s);
@@ -109,8 +110,9 @@ TA_HIDDEN extern ta_lock_t ta_heaps_lock;
 TA_HIDDEN extern ta_heap_t *ta_heaps;
 TA_HIDDEN ta_heap_t *ta_heap_get(void); /* the calling thread's heap, created on demand */
 TA_HIDDEN ta_page_t *ta_heap_find_page(ta_heap_t *h, size_t cls);
-TA_HIDDEN size_t ta_heap_collect(ta_heap_t *h, bool flush); /* owner (or no thread); bytes purged */
+TA_HIDDEN size_t ta_heap_collect(ta_heap_t *h, bool flush, bool sparse); /* owner (or none); bytes */
 TA_HIDDEN void ta_heap_maintain(ta_heap_t *h);            /* periodic, slow path */
+TA_HIDDEN void ta_heaps_purge_others(ta_heap_t *me, uint64_t now_ms);
 TA_HIDDEN void ta_heap_thread_done(void *heap);
 TA_HIDDEN void ta_heap_fork_prepare(void);
 TA_HIDDEN void ta_heap_fork_parent(void);
@@ -129,7 +131,14 @@ TA_HIDDEN size_t ta_usable_size(const void *p, const char *what);
 TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */
 
 /* ---- options.c ----------------------------------------------------------- */
-typedef enum { TA_OPT_PURGE_DELAY_MS, TA_OPT_UNMAP_DELAY_MS, TA_OPT_SHOW_STATS, TA_OPT_VERBOSE, TA_OPT_COUNT } ta_opt_t;
+typedef enum {
+  TA_OPT_PURGE_DELAY_MS,
+  TA_OPT_UNMAP_DELAY_MS,
+  TA_OPT_TRIM_WINDOW_MS,
+  TA_OPT_SHOW_STATS,
+  TA_OPT_VERBOSE,
+  TA_OPT_COUNT
+} ta_opt_t;
 TA_HIDDEN extern _Atomic long long ta_options[TA_OPT_COUNT];
 static inline long long ta_opt(ta_opt_t o) { return ta_relaxed_load(&ta_options[o]); }
 TA_HIDDEN void ta_options_init(void);

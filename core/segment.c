@@ -7,6 +7,7 @@
  * 2^48; only the words that are written ever become resident). */
 _Atomic uint64_t ta_segmap[TA_SEGMAP_WORDS];
 static _Atomic uint64_t segments_live;
+_Atomic uint64_t ta_committed_total; /* bytes ever committed afresh (slices, huge maps) */
 
 void ta_segmap_set(const ta_segment_t *s, bool on) {
   uintptr_t i = (uintptr_t)s >> TA_SEGMENT_SHIFT;
@@ -140,7 +141,11 @@ ta_page_t *ta_span_alloc(ta_heap_t *h, size_t n, ta_span_kind_t kind) {
   sp->kind = (uint8_t)kind; /* before the lock drops: span_free reads neighbours' kind */
   sp->heap = h;
   sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
-  if ((s->committed & slice_mask(idx, n)) != slice_mask(idx, n)) ta_delay_refault(&h->purge_delay, 0);
+  uint64_t fresh = slice_mask(idx, n) & ~s->committed;
+  if (fresh) {
+    ta_delay_refault(&h->purge_delay, 0);
+    ta_relaxed_add(&ta_committed_total, (uint64_t)__builtin_popcountll(fresh) * TA_SLICE_SIZE);
+  }
   s->committed |= slice_mask(idx, n);
   s->used_slices += (uint32_t)n;
   ta_active_add((int64_t)(n * TA_SLICE_SIZE));
@@ -204,15 +209,31 @@ static size_t span_purge(ta_heap_t *h, ta_page_t *sp) {
   return bytes;
 }
 
-size_t ta_heap_purge(ta_heap_t *h, uint64_t now, bool all) {
+static size_t span_committed(ta_page_t *sp) {
+  ta_segment_t *s = seg_of_page(sp);
+  return (size_t)__builtin_popcountll(s->committed & slice_mask(page_index(sp), sp->slices)) * TA_SLICE_SIZE;
+}
+
+/* Purges free spans idle longer than the heap's delay; with `all`, every free
+ * span except the newest *keep bytes of them (trim's reserve; *keep is
+ * decreased by what is kept). Then unmaps empty segments that are purged and
+ * idle (all: purged). Returns the bytes released. */
+size_t ta_heap_purge(ta_heap_t *h, uint64_t now, bool all, size_t *keep) {
   uint64_t delay = ta_delay_get(&h->purge_delay, now);
   uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
-  size_t bytes = 0;
+  size_t bytes = 0, held = 0;
   ta_page_t *sp;
-  while ((sp = h->purge_first) != NULL && (all || sp->freed_ms + delay <= now)) bytes += span_purge(h, sp);
+  if (all && keep && *keep)
+    for (sp = h->purge_first; sp; sp = sp->pnext) held += span_committed(sp);
+  while ((sp = h->purge_first) != NULL) {
+    if (all ? (keep && *keep && held <= *keep) : sp->freed_ms + delay > now) break;
+    held -= all && keep && *keep ? span_committed(sp) : 0;
+    bytes += span_purge(h, sp);
+  }
+  if (all && keep) *keep -= held < *keep ? held : *keep;
   for (ta_segment_t *s = h->segments, *next; s; s = next) {
     next = s->next;
-    if (s->used_slices == 0 && (all || s->empty_since_ms + unmap_delay <= now)) {
+    if (s->used_slices == 0 && !s->pages[1].in_purge && (all || s->empty_since_ms + unmap_delay <= now)) {
       bytes += __builtin_popcountll(s->committed & ~(uint64_t)1) * TA_SLICE_SIZE + header_bytes();
       segment_free(h, s);
     }

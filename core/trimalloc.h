@@ -72,6 +72,14 @@ TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p);
  * there is nothing to release. Thread-safe. */
 TRIMALLOC_API size_t trimalloc_trim(void);
 
+/* The trim for hooks that run often (after each GC, job or request): like
+ * trimalloc_trim, but when it comes within trim_window_ms of the previous
+ * trim, it keeps as much of the newest free memory as the program faulted in
+ * afresh since then (what it is about to reuse), so trimming does not turn
+ * into page-fault churn. The delayed purge returns that reserve if it stays
+ * idle. Returns the bytes released. */
+TRIMALLOC_API size_t trimalloc_trim_idle(void);
+
 /* glibc-compatible: trims, returns 1 if memory was released, 0 otherwise. */
 TRIMALLOC_API int trimalloc_malloc_trim(size_t pad);
 
@@ -85,7 +93,7 @@ TRIMALLOC_API int trimalloc_stats(trimalloc_stats_t *out, size_t size);
  * snprintf. Does not allocate. */
 TRIMALLOC_API size_t trimalloc_stats_json(char *buf, size_t size);
 
-/* Options: purge_delay_ms, unmap_delay_ms, show_stats, verbose. Each is read
+/* Options: purge_delay_ms, unmap_delay_ms, trim_window_ms, show_stats, verbose. Each is read
  * once from TRIMALLOC_<NAME upper-cased> at start; a bad value warns once and
  * keeps the default. get/set return 0, or EINVAL for an unknown name (or a
  * NULL pointer) and ERANGE for a value out of the option's range. */

@@ -170,7 +170,7 @@ int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free) {
   if (last != 0 && now - last < interval) return -1;
   if (min_free > 0 && ta_bind_free_bytes() < min_free) return -1;
   if (atomic_flag_test_and_set(&trim_busy)) return -1; /* another thread trims */
-  int64_t released = (int64_t)ta_bind_trim();
+  int64_t released = (int64_t)ta_bind_trim(); /* full: the rate limit bounds the churn */
   atomic_store(&last_trim_ns, now_ns());
   atomic_flag_clear(&trim_busy);
   return released;

@@ -50,7 +50,9 @@ const char *ta_bind_core_version(void);
  * clamped at 0. Counted (trims, trimmed_bytes, trim_ns) either way. */
 uint64_t ta_bind_trim(void);
 
-/* Rate-limited trim for hooks (GC, jobs, requests). Trims only if at least
+/* Rate-limited trim for hooks (GC, jobs, requests): a full trim (a job's memory
+ * must not stay with an idle worker), at most once per min_interval, which is
+ * what bounds page-fault churn. Trims only if at least
  * min_interval seconds passed since the last trim done through this function
  * (process-wide, monotonic clock) and, when min_free > 0, the allocator holds
  * at least min_free bytes that are free but resident (trimalloc: resident -

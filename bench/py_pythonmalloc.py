@@ -11,7 +11,7 @@ them alive:
   keep-1/1000 one object in 1000 survives, scattered (a cache filled on the side)
   keep-1/50   one in 50 survives, scattered (heavier fragmentation)
 
-    /usr/bin/python3 test/python/bench/pythonmalloc.py   (trimalloc installed)
+    /usr/bin/python3 bench/py_pythonmalloc.py   (with the trimalloc package installed)
 """
 import json
 import os

@@ -180,6 +180,10 @@ static void free_slow(ta_segment_t *s, ta_page_t *pg, void *p) {
   if (pg->kind != TA_SPAN_SMALL && pg->kind != TA_SPAN_LARGE) ta_error("free: invalid pointer (not allocated)", p);
   if (!ta_is_block_start(pg, p)) ta_error("free: invalid pointer (not the start of a block)", p);
   free_remote(pg, p); /* the fast path takes every block-start free of our own */
+  /* A thread that only frees (Ruby's GC sweeping other threads' strings)
+   * must still run the periodic purge. */
+  ta_heap_t *h = ta_tls_heap;
+  if (h != &ta_heap_empty) ta_heap_maintain(h);
 }
 
 TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {

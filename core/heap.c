@@ -147,14 +147,19 @@ void ta_heap_maintain(ta_heap_t *h) {
 
 /* Threads that sleep run no slow path, so the active ones purge the expired
  * free spans of every other heap too (spans are under each heap's lock; a
- * busy lock is skipped, not waited for). At most once per purge delay. */
+ * busy lock is skipped, not waited for), and collect the heaps of exited
+ * threads, into which other threads keep freeing (nobody owns those; the
+ * registry lock keeps them from being adopted meanwhile). At most once per
+ * purge delay. */
 void ta_heaps_purge_others(ta_heap_t *me, uint64_t now) {
   static _Atomic uint64_t last;
   uint64_t prev = ta_relaxed_load(&last), every = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS) + 1;
   if (now - prev < every || !atomic_compare_exchange_strong(&last, &prev, now)) return;
   if (pthread_mutex_trylock(&ta_heaps_lock) != 0) return;
   for (ta_heap_t *h = ta_heaps; h; h = h->next_all) {
-    if (h == me || pthread_mutex_trylock(&h->lock) != 0) continue;
+    if (h == me) continue;
+    if (h->state == TA_HEAP_ABANDONED) ta_heap_collect(h, true, false);
+    if (pthread_mutex_trylock(&h->lock) != 0) continue;
     ta_heap_purge(h, now, false, NULL);
     ta_unlock(&h->lock);
   }

@@ -100,8 +100,14 @@ TA_HIDDEN void ta_page_to_full(ta_heap_t *h, ta_page_t *pg);
 TA_HIDDEN void ta_page_unfull(ta_heap_t *h, ta_page_t *pg);
 TA_HIDDEN void ta_page_emptied(ta_heap_t *h, ta_page_t *pg);
 TA_HIDDEN void ta_page_retire(ta_heap_t *h, ta_page_t *pg); /* return the span */
-TA_HIDDEN void ta_heap_reclaim_full(ta_heap_t *h);          /* h->lock held */
+TA_HIDDEN size_t ta_heap_reclaim_full(ta_heap_t *h, bool sparse); /* h->lock held; bytes */
+TA_HIDDEN size_t ta_heap_purge_remote(ta_heap_t *h);               /* h->lock held; bytes */
+
+/* ---- sparse.c: the OS pages between survivors ---------------------------- */
 TA_HIDDEN size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg); /* owner; bytes */
+TA_HIDDEN size_t ta_page_unpurge_one(ta_page_t *pg);                 /* owner; blocks listed */
+TA_HIDDEN size_t ta_page_purge_remote(ta_page_t *pg);                /* any thread, h->lock; bytes */
+TA_HIDDEN size_t ta_page_purge_delayed(ta_page_t *pg, ta_block_t **chain); /* full page, h->lock */
 
 /* ---- heap.c: thread heaps, adoption, fork -------------------------------- */
 TA_HIDDEN extern ta_heap_t ta_heap_empty;

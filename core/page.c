@@ -23,106 +23,9 @@ void ta_page_init(ta_heap_t *h, ta_page_t *pg, size_t cls) {
   pg->in_queue = 0;
   pg->scratch = 0;
   ta_relaxed_store(&pg->purged_os, 0);
+  ta_relaxed_store(&pg->xpurged, 0);
   pg->sparse_used = 0;
   pg->next = pg->prev = NULL;
-}
-
-/* ---- sparse pages: OS pages whose blocks are all free go back to the OS ----
- * One live string in every 64 keeps every 64 KiB page of a Ruby heap; glibc's
- * malloc_trim returns the OS pages between such survivors, and so do we: on a
- * trim, for one-slice pages less than half full. The free blocks on those OS
- * pages leave the free lists (their links would read as zero) and come back,
- * an OS page at a time, when the page runs out of blocks. */
-static inline size_t os_pages_per_slice(void) {
-  return TA_SLICE_SIZE / ta_prim_page_size();
-}
-
-/* Lists again the blocks that overlap OS page i and no other purged one. */
-static size_t page_unpurge_one(ta_page_t *pg) {
-  uint32_t purged = ta_relaxed_load(&pg->purged_os);
-  size_t ps = ta_prim_page_size(), bs = pg->bsize, i = (size_t)__builtin_ctz(purged);
-  purged &= ~(1u << i);
-  ta_relaxed_store(&pg->purged_os, purged);
-  size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs, n = 0;
-  if (end > pg->capacity) end = pg->capacity;
-  ta_block_t **link = &pg->free;
-  while (*link) link = &(*link)->next;
-  for (size_t j = first; j < end; j++) {
-    size_t lo = j * bs / ps, hi = ((j + 1) * bs - 1) / ps;
-    bool clear = true;
-    for (size_t k = lo; k <= hi && clear; k++) clear = !((purged >> k) & 1);
-    if (!clear) continue;
-    ta_block_t *b = (ta_block_t *)(pg->start + j * bs);
-    b->key = ta_cookie;
-    *link = b;
-    link = &b->next;
-    n++;
-  }
-  *link = NULL;
-  return n;
-}
-
-size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
-  size_t ps = ta_prim_page_size(), nos = os_pages_per_slice(), bs = pg->bsize;
-  uint32_t used = ta_relaxed_load(&pg->used);
-  if (pg->slices != 1 || nos < 2 || nos > 32 || (size_t)used * bs * 2 >= (size_t)pg->capacity * bs) return 0;
-  if (pg->sparse_used == used + 1 && !pg->local_free &&
-      !atomic_load_explicit(&pg->xfree, memory_order_relaxed))
-    return 0; /* nothing freed since the last time */
-  ta_page_collect_xfree(pg);
-  uint64_t bits[TA_SLICE_SIZE / TA_ALIGN / 64] = {0};
-  size_t listed = 0;
-  for (ta_block_t *b = pg->free; b; b = b->next, listed++) {
-    size_t j = (size_t)((uint8_t *)b - pg->start) / bs;
-    bits[j / 64] |= (uint64_t)1 << (j % 64);
-  }
-  size_t was_free_list = listed;
-  for (ta_block_t *b = pg->local_free; b; b = b->next) {
-    size_t j = (size_t)((uint8_t *)b - pg->start) / bs;
-    bits[j / 64] |= (uint64_t)1 << (j % 64);
-  }
-  uint32_t newly = 0, purged = ta_relaxed_load(&pg->purged_os);
-  for (size_t i = 0; i < nos; i++) {
-    if ((purged >> i) & 1) continue;
-    size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs;
-    if (first >= pg->capacity) break;
-    if (end > pg->capacity) end = pg->capacity;
-    bool all_free = true;
-    for (size_t j = first; j < end && all_free; j++) all_free = (bits[j / 64] >> (j % 64)) & 1;
-    if (all_free) newly |= 1u << i;
-  }
-  pg->sparse_used = used + 1;
-  if (!newly) return 0;
-  size_t bytes = 0;
-  for (size_t i = 0; i < nos; i++)
-    if (((newly >> i) & 1) && ta_prim_purge(pg->start + i * ps, ps) == 0) {
-      purged |= 1u << i;
-      bytes += ps;
-    }
-  ta_relaxed_store(&pg->purged_os, purged);
-  /* Rebuild the free list, in address order, without the purged blocks;
-   * count what the old list handed out first (the refill equation). */
-  ta_relaxed_add(&h->allocs, pg->refill_count - was_free_list);
-  ta_block_t **link = &pg->free;
-  size_t k = 0;
-  for (size_t j = 0; j < pg->capacity; j++) {
-    if (!((bits[j / 64] >> (j % 64)) & 1)) continue;
-    size_t lo = j * bs / ps, hi = ((j + 1) * bs - 1) / ps;
-    bool clear = true;
-    for (size_t q = lo; q <= hi && clear; q++) clear = !((purged >> q) & 1);
-    if (!clear) continue;
-    ta_block_t *b = (ta_block_t *)(pg->start + j * bs);
-    *link = b;
-    link = &b->next;
-    k++;
-  }
-  *link = NULL;
-  pg->local_free = NULL;
-  pg->refill_count = (uint32_t)k;
-  pg->refill_used = used;
-  ta_relaxed_add(&h->purges, 1);
-  ta_relaxed_add(&h->purged_bytes, bytes);
-  return bytes;
 }
 
 /* Carves fresh blocks: about 16 KiB at a time, so a new page does not fault
@@ -144,6 +47,11 @@ static void page_extend(ta_page_t *pg) {
 /* Moves blocks freed by other threads onto the free list. Returns how many.
  * Pre: the page is not in the full list. */
 size_t ta_page_collect_xfree(ta_page_t *pg) {
+  if (ta_relaxed_load(&pg->xpurged)) { /* blocks a trim took off xfree and purged */
+    uint32_t np = atomic_exchange_explicit(&pg->xpurged, 0, memory_order_acquire);
+    ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) - np);
+    pg->refill_used -= np;
+  }
   if (atomic_load_explicit(&pg->xfree, memory_order_relaxed) == 0) return 0;
   ta_block_t *b = (ta_block_t *)atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
   if (!b) return 0;
@@ -172,7 +80,7 @@ bool ta_page_refill(ta_heap_t *h, ta_page_t *pg) {
   pg->free = pg->local_free;
   pg->local_free = NULL;
   if (!ta_relaxed_load(&pg->in_full)) ta_page_collect_xfree(pg);
-  while (!pg->free && ta_relaxed_load(&pg->purged_os)) pg->refill_count += (uint32_t)page_unpurge_one(pg);
+  while (!pg->free && ta_relaxed_load(&pg->purged_os)) pg->refill_count += (uint32_t)ta_page_unpurge_one(pg);
   if (!pg->free && pg->capacity < pg->reserved) {
     uint32_t before = pg->capacity;
     page_extend(pg);
@@ -295,16 +203,19 @@ void ta_page_emptied(ta_heap_t *h, ta_page_t *pg) {
 
 /* Trim, from any thread, holding h->lock: returns the spans of h's full pages
  * whose every live block is now in h->delayed (freed by other threads while
- * the owner sleeps: Ruby's GC frees other threads' blocks all the time). The
- * owner never touches a full page without h->lock, so this is safe. */
-void ta_heap_reclaim_full(ta_heap_t *h) {
+ * the owner sleeps: Ruby's GC frees other threads' blocks all the time), and,
+ * with sparse, the OS pages of the other full pages that those blocks cover.
+ * The owner never touches a full page without h->lock, so this is safe.
+ * Returns the bytes purged here (retired spans are purged by the caller). */
+size_t ta_heap_reclaim_full(ta_heap_t *h, bool sparse) {
   ta_block_t *list = atomic_exchange_explicit(&h->delayed, NULL, memory_order_acquire);
-  if (!list) return;
+  if (!list) return 0;
   for (ta_block_t *b = list; b; b = b->next) {
     ta_page_t *pg = ta_page_of(ta_segment_of(b), b);
     if (ta_relaxed_load(&pg->in_full)) pg->scratch++;
   }
   ta_block_t *keep = NULL, *keep_tail = NULL;
+  ta_page_t *pages = NULL; /* full pages with a chain in ->tmp, linked through ->pnext */
   for (ta_block_t *b = list, *next; b; b = next) {
     next = b->next;
     ta_page_t *pg = ta_page_of(ta_segment_of(b), b);
@@ -320,7 +231,32 @@ void ta_heap_reclaim_full(ta_heap_t *h) {
       ta_span_free(h, pg);
       continue;
     }
-    if (pg->kind != TA_SPAN_FREE) { /* keep the block for the owner */
+    if (pg->kind == TA_SPAN_FREE) continue; /* a block of a page retired just above */
+    b->next = NULL;
+    if (sparse && ta_relaxed_load(&pg->in_full)) { /* gather per page */
+      if (!pg->tmp) {
+        pg->pnext = pages;
+        pages = pg;
+      }
+      b->next = pg->tmp;
+      pg->tmp = b;
+      continue;
+    }
+    if (keep_tail) keep_tail->next = b;
+    else keep = b;
+    keep_tail = b;
+  }
+  size_t bytes = 0;
+  for (ta_page_t *pg = pages, *next; pg; pg = next) {
+    next = pg->pnext;
+    pg->pnext = NULL;
+    pg->scratch = 0; /* its blocks may all be consumed below: reset here, not through keep */
+    ta_block_t *chain = pg->tmp;
+    pg->tmp = NULL;
+    bytes += ta_page_purge_delayed(pg, &chain);
+    while (chain) {
+      ta_block_t *b = chain;
+      chain = b->next;
       b->next = NULL;
       if (keep_tail) keep_tail->next = b;
       else keep = b;
@@ -328,9 +264,10 @@ void ta_heap_reclaim_full(ta_heap_t *h) {
     }
   }
   for (ta_block_t *b = keep; b; b = b->next) ta_page_of(ta_segment_of(b), b)->scratch = 0;
-  if (!keep) return;
+  if (!keep) return bytes;
   ta_block_t *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
   do keep_tail->next = head;
   while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, keep, memory_order_release,
                                                 memory_order_relaxed));
+  return bytes;
 }

@@ -252,7 +252,7 @@ void ta_segments_account(ta_heap_t *h, ta_walk_t *w) {
     for (size_t i = 1; i < TA_SLICES; i += s->pages[i].slices ? s->pages[i].slices : 1) {
       ta_page_t *pg = &s->pages[i];
       if (pg->kind == TA_SPAN_SMALL) {
-        uint64_t used = ta_relaxed_load(&pg->used);
+        uint64_t used = ta_relaxed_load(&pg->used) - ta_relaxed_load(&pg->xpurged);
         w->allocated += used * pg->bsize;
         w->blocks += used;
         w->resident -= (uint64_t)__builtin_popcount(ta_relaxed_load(&pg->purged_os)) * ta_prim_page_size();

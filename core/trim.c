@@ -35,7 +35,10 @@ static size_t trim(bool idle) {
     if (h->state == TA_HEAP_ABANDONED) bytes += ta_heap_collect(h, true, sparse); /* no owner: we may */
     else if (h != me) atomic_store_explicit(&h->flush, 1, memory_order_relaxed);
     ta_lock(&h->lock);
-    if (h != me) ta_heap_reclaim_full(h); /* the owner may be asleep */
+    if (h != me && h->state != TA_HEAP_ABANDONED) { /* the owner may be asleep */
+      bytes += ta_heap_reclaim_full(h, sparse);
+      if (sparse) bytes += ta_heap_purge_remote(h);
+    }
     bytes += ta_heap_purge(h, now, true, &keep);
     ta_unlock(&h->lock);
   }

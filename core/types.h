@@ -69,6 +69,7 @@ typedef enum {
  * Small page invariants (owner thread only, except xfree and the relaxed
  * reads of used by stats):
  *   used = capacity - |free| - |local_free| - |xfree| - |blocks of this page in heap->delayed|
+ *          - |free blocks on purged OS pages| + xpurged
  *   when free is empty: |local_free| = refill_used + refill_count - used
  *     (so a refill learns how many blocks were handed out and freed without
  *     walking the lists)
@@ -92,7 +93,12 @@ typedef struct ta_page_s {
   uint32_t scratch;        /* trim's count of a full page's delayed blocks */
   _Atomic uint32_t purged_os; /* OS pages of a one-slice page returned to the OS (bit i: page i);
                                  owner writes (relaxed), stats read */
+  _Atomic uint32_t xpurged; /* blocks a trim took off xfree into purged OS pages,
+                               not yet subtracted from used by the owner */
   uint32_t sparse_used;    /* used + 1 when the page was last sparse-purged (0: never) */
+  uint8_t in_queue;        /* owner: in heap->queues[cls]. Kept out of the word of kind and
+                              slices, which trim reads under the lock while the owner writes this */
+  ta_block_t *tmp;         /* trim's per-page chain of delayed blocks (under heap->lock) */
   uint64_t div_magic;      /* UINT64_MAX / bsize + 1: divisibility test */
   uint8_t *start;          /* first byte of the span */
   ta_heap_t *heap;         /* owner (NULL for huge) */
@@ -104,7 +110,6 @@ typedef struct ta_page_s {
   uint8_t kind;            /* ta_span_kind_t */
   uint8_t cls;             /* size class (small pages) */
   _Atomic uint8_t in_full; /* in heap->full (changed under heap->lock) */
-  uint8_t in_queue;        /* owner: in heap->queues[cls] */
   uint8_t in_purge;        /* free span: in the heap's purge queue */
 } ta_page_t;
 

@@ -1,0 +1,203 @@
+/* Sparse pages: the OS pages between survivors go back to the OS.
+ *
+ * One live string in every 64 keeps every 64 KiB page of a Ruby heap;
+ * glibc's malloc_trim returns the 4 KiB pages between such survivors, and so
+ * does trim here, for one-slice pages. An OS page goes back when every block
+ * on it is free; its free blocks then leave every list (their links would
+ * read as zero) and come back, an OS page at a time, when the owner's page
+ * runs out of blocks (ta_page_unpurge_one, before any fresh block is carved).
+ *
+ * Three sources of free blocks: the owner's own lists (ta_page_purge_sparse,
+ * by the owner), blocks other threads freed onto the page's atomic stack
+ * (ta_page_purge_remote, by a trim in any thread: it takes the stack, so no
+ * one else sees those blocks meanwhile, and tells the owner through
+ * xpurged), and blocks of a full page in the heap's delayed list
+ * (ta_page_purge_delayed, under the heap lock, which guards full pages). */
+#include "internal.h"
+
+#define TA_MAX_BLOCKS (TA_SLICE_SIZE / TA_ALIGN)
+typedef uint64_t ta_bits_t[TA_MAX_BLOCKS / 64];
+
+static inline bool bit(const uint64_t *b, size_t j) {
+  return (b[j / 64] >> (j % 64)) & 1;
+}
+static inline void set_bit(uint64_t *b, size_t j) {
+  b[j / 64] |= (uint64_t)1 << (j % 64);
+}
+static inline size_t block_index(const ta_page_t *pg, const void *b) {
+  return (size_t)((const uint8_t *)b - pg->start) / pg->bsize;
+}
+/* Does block j overlap an OS page in `purged`? */
+static bool on_purged(const ta_page_t *pg, size_t j, uint32_t purged, size_t ps) {
+  size_t lo = j * pg->bsize / ps, hi = ((j + 1) * pg->bsize - 1) / ps;
+  for (size_t k = lo; k <= hi; k++)
+    if ((purged >> k) & 1) return true;
+  return false;
+}
+static bool eligible(const ta_page_t *pg) {
+  size_t nos = TA_SLICE_SIZE / ta_prim_page_size();
+  return pg->kind == TA_SPAN_SMALL && pg->slices == 1 && nos >= 2 && nos <= 32;
+}
+
+/* Purges the OS pages, not yet purged, all of whose blocks (below `limit`)
+ * are in `mask`; returns the OS pages purged now. */
+static uint32_t purge_covered(ta_page_t *pg, const uint64_t *mask, size_t limit) {
+  size_t ps = ta_prim_page_size(), nos = TA_SLICE_SIZE / ps, bs = pg->bsize;
+  uint32_t purged = ta_relaxed_load(&pg->purged_os), done = 0;
+  for (size_t i = 0; i < nos; i++) {
+    if ((purged >> i) & 1) continue;
+    size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs;
+    if (end > limit) break; /* beyond: blocks not in the mask (not carved, or not ours) */
+    bool all = true;
+    for (size_t j = first; j < end && all; j++) all = bit(mask, j);
+    if (all && ta_prim_purge(pg->start + i * ps, ps) == 0) done |= 1u << i;
+  }
+  if (done) atomic_fetch_or_explicit(&pg->purged_os, done, memory_order_relaxed);
+  return done;
+}
+
+size_t ta_page_unpurge_one(ta_page_t *pg) {
+  size_t ps = ta_prim_page_size(), bs = pg->bsize;
+  size_t i = (size_t)__builtin_ctz(ta_relaxed_load(&pg->purged_os));
+  uint32_t purged = atomic_fetch_and_explicit(&pg->purged_os, ~(1u << i), memory_order_relaxed) & ~(1u << i);
+  size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs, n = 0;
+  if (end > pg->capacity) end = pg->capacity;
+  ta_block_t **link = &pg->free;
+  while (*link) link = &(*link)->next;
+  for (size_t j = first; j < end; j++) {
+    if (on_purged(pg, j, purged, ps)) continue; /* comes back with its other OS page */
+    ta_block_t *b = (ta_block_t *)(pg->start + j * bs);
+    b->key = ta_cookie;
+    *link = b;
+    link = &b->next;
+    n++;
+  }
+  *link = NULL;
+  return n;
+}
+
+size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
+  size_t ps = ta_prim_page_size(), bs = pg->bsize;
+  uint32_t used = ta_relaxed_load(&pg->used);
+  if (!eligible(pg) || (size_t)used * 2 >= pg->capacity) return 0;
+  if (pg->sparse_used == used + 1 && !pg->local_free && !atomic_load_explicit(&pg->xfree, memory_order_relaxed))
+    return 0; /* nothing freed since the last time */
+  ta_page_collect_xfree(pg);
+  used = ta_relaxed_load(&pg->used);
+  ta_bits_t free_bits = {0};
+  size_t listed = 0;
+  for (ta_block_t *b = pg->free; b; b = b->next, listed++) set_bit(free_bits, block_index(pg, b));
+  for (ta_block_t *b = pg->local_free; b; b = b->next) set_bit(free_bits, block_index(pg, b));
+  pg->sparse_used = used + 1;
+  uint32_t done = purge_covered(pg, free_bits, pg->capacity);
+  if (!done) return 0;
+  /* Rebuild the free list, in address order, without the purged blocks;
+   * count what the old list handed out first (the refill equation). */
+  uint32_t purged = ta_relaxed_load(&pg->purged_os);
+  ta_relaxed_add(&h->allocs, pg->refill_count - listed);
+  ta_block_t **link = &pg->free;
+  size_t k = 0;
+  for (size_t j = 0; j < pg->capacity; j++) {
+    if (!bit(free_bits, j) || on_purged(pg, j, purged, ps)) continue;
+    ta_block_t *b = (ta_block_t *)(pg->start + j * bs);
+    *link = b;
+    link = &b->next;
+    k++;
+  }
+  *link = NULL;
+  pg->local_free = NULL;
+  pg->refill_count = (uint32_t)k;
+  pg->refill_used = used;
+  size_t bytes = (size_t)__builtin_popcount(done) * ps;
+  ta_relaxed_add(&h->purges, 1);
+  ta_relaxed_add(&h->purged_bytes, bytes);
+  return bytes;
+}
+
+/* Gives a chain back as other threads' frees: onto the page's remote-free
+ * stack, or, if the owner has meanwhile put the page in its full list, onto
+ * the heap's delayed list (the rule of free_remote in alloc.c). */
+static void xfree_push_chain(ta_page_t *pg, ta_block_t *first, ta_block_t *last) {
+  uintptr_t old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
+  for (;;) {
+    if (old & TA_XFREE_FULL) {
+      ta_heap_t *h = pg->heap;
+      ta_block_t *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
+      do last->next = head;
+      while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, first, memory_order_release,
+                                                    memory_order_relaxed));
+      return;
+    }
+    last->next = (ta_block_t *)old;
+    if (atomic_compare_exchange_weak_explicit(&pg->xfree, &old, (uintptr_t)first, memory_order_release,
+                                              memory_order_relaxed))
+      return;
+  }
+}
+
+/* Splits a chain into the blocks on purged OS pages (dropped, counted) and
+ * the others (returned as *keep .. *keep_last). */
+static size_t split_chain(ta_page_t *pg, ta_block_t *b, ta_block_t **keep, ta_block_t **keep_last) {
+  uint32_t purged = ta_relaxed_load(&pg->purged_os);
+  size_t ps = ta_prim_page_size(), dropped = 0;
+  *keep = *keep_last = NULL;
+  for (ta_block_t *next; b; b = next) {
+    next = b->next;
+    if (on_purged(pg, block_index(pg, b), purged, ps)) {
+      dropped++;
+      continue;
+    }
+    b->next = NULL;
+    if (*keep_last) (*keep_last)->next = b;
+    else *keep = b;
+    *keep_last = b;
+  }
+  return dropped;
+}
+
+size_t ta_page_purge_remote(ta_page_t *pg) {
+  if (!eligible(pg)) return 0;
+  uintptr_t old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
+  do
+    if (old == 0 || (old & TA_XFREE_FULL)) return 0;
+  while (!atomic_compare_exchange_weak_explicit(&pg->xfree, &old, 0, memory_order_acquire, memory_order_relaxed));
+  ta_bits_t taken = {0};
+  for (ta_block_t *b = (ta_block_t *)old; b; b = b->next) set_bit(taken, block_index(pg, b));
+  uint32_t done = purge_covered(pg, taken, pg->reserved);
+  ta_block_t *keep, *last;
+  size_t dropped = done ? split_chain(pg, (ta_block_t *)old, &keep, &last) : 0;
+  if (!done) {
+    keep = (ta_block_t *)old;
+    for (last = keep; last->next; last = last->next) {
+    }
+  }
+  if (dropped) atomic_fetch_add_explicit(&pg->xpurged, (uint32_t)dropped, memory_order_release);
+  if (keep) xfree_push_chain(pg, keep, last);
+  return (size_t)__builtin_popcount(done) * ta_prim_page_size();
+}
+
+size_t ta_page_purge_delayed(ta_page_t *pg, ta_block_t **chain) {
+  if (!eligible(pg)) return 0;
+  ta_bits_t taken = {0};
+  for (ta_block_t *b = *chain; b; b = b->next) set_bit(taken, block_index(pg, b));
+  uint32_t done = purge_covered(pg, taken, pg->reserved);
+  if (!done) return 0;
+  ta_block_t *keep, *last;
+  size_t dropped = split_chain(pg, *chain, &keep, &last);
+  ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) - (uint32_t)dropped); /* full: under lock */
+  pg->refill_used -= (uint32_t)dropped; /* keeps the refill equation (types.h) */
+  *chain = keep;
+  return (size_t)__builtin_popcount(done) * ta_prim_page_size();
+}
+
+/* Trim, holding h->lock (so no page of h is retired or created meanwhile):
+ * ta_page_purge_remote on every page of h that is not full. */
+size_t ta_heap_purge_remote(ta_heap_t *h) {
+  size_t bytes = 0;
+  for (ta_segment_t *s = h->segments; s; s = s->next)
+    for (size_t i = 1; i < TA_SLICES; i += s->pages[i].slices ? s->pages[i].slices : 1) {
+      ta_page_t *pg = &s->pages[i];
+      if (pg->kind == TA_SPAN_SMALL && !ta_relaxed_load(&pg->in_full)) bytes += ta_page_purge_remote(pg);
+    }
+  return bytes;
+}

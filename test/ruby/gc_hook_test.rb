@@ -89,14 +89,28 @@ class GcHookTest < Minitest::Test
   def test_gc_hook_is_rate_limited_and_counted
     r = ruby_json(<<~RUBY)
       require "trimalloc"
-      Trimalloc::GC.enable(min_interval: 3600)
+      Trimalloc::GC.enable(major_only: false, min_interval: 3600)
       t0 = Trimalloc.stats[:trims]
-      3.times { GC.start; [] }
+      3.times { GC.start(full_mark: false); [] } # GCs the program did not force
       puts JSON.generate(hook: Trimalloc::GC.stats, core_trims: Trimalloc.stats[:trims] - t0)
     RUBY
     assert_equal 1, r[:hook][:trims], r.inspect
     assert_equal 2, r[:hook][:skipped], r.inspect
     assert_equal 1, r[:core_trims], "the hook's trim is counted in Trimalloc.stats"
+  end
+
+  # GC.start (major_by: :force) is the program choosing a quiet moment for a
+  # full collection: its trim is not rate-limited, so memory freed by the last
+  # collection before an idle period does not stay.
+  def test_gc_hook_trims_after_every_forced_gc
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc::GC.enable(min_interval: 3600)
+      3.times { GC.start; [] }
+      puts JSON.generate(Trimalloc::GC.stats)
+    RUBY
+    assert_equal 3, r[:trims], r.inspect
+    assert_equal 0, r[:skipped], r.inspect
   end
 
   def test_gc_hook_disable_stops_trims

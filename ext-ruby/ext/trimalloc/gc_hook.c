@@ -20,14 +20,17 @@ static struct {
   uint64_t trims;      /* trims done by the job */
   uint64_t skipped;    /* jobs that found the trim not due */
   uint64_t trimmed_bytes;
+  int forced;          /* the cycle was GC.start's: trim regardless of min_interval */
 } hook;
 
-static VALUE sym_major_by;
+static VALUE sym_major_by, sym_force;
 
 static void trim_job(void *unused) {
   (void)unused;
   if (!hook.enabled) return;
-  int64_t released = ta_bind_trim_if_due(hook.min_interval, 0);
+  double interval = hook.forced ? 0.0 : hook.min_interval;
+  hook.forced = 0;
+  int64_t released = ta_bind_trim_if_due(interval, 0);
   if (released < 0) {
     hook.skipped++;
   } else {
@@ -43,7 +46,11 @@ static void on_sweep_end(VALUE tpval, void *unused) {
   (void)tpval;
   (void)unused;
   hook.sweeps++;
-  if (hook.major_only && NIL_P(rb_gc_latest_gc_info(sym_major_by))) return;
+  VALUE by = rb_gc_latest_gc_info(sym_major_by);
+  if (hook.major_only && NIL_P(by)) return;
+  /* GC.start asks for a full collection at a moment the program chose (out
+   * of band, between jobs): its trim is not rate-limited. */
+  if (by == sym_force) hook.forced = 1;
   if (rb_postponed_job_register_one(0, trim_job, NULL)) hook.scheduled++;
 }
 
@@ -110,6 +117,7 @@ void ta_rb_init_gc_hook(void) {
   hook.major_only = 1;
   hook.min_interval = 1.0;
   sym_major_by = SYM("major_by");
+  sym_force = SYM("force");
   /* Prime the symbols rb_gc_latest_gc_info interns on its first call, so the
    * call inside the GC hook never allocates. */
   rb_gc_latest_gc_info(sym_major_by);

@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <link.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,11 +164,84 @@ uint64_t ta_bind_free_bytes(void) {
   return 0;
 }
 
+/* ---- deferred trims ----
+ * A hook's trim skipped because the last one is too recent would leave the
+ * memory of the last job or GC before an idle period in place for good (an
+ * idle worker runs no more hooks). So the skip schedules a trim for when it
+ * is due, run by one background thread of the binding's (started on first
+ * need; trimming takes neither the GIL nor the GVL). A fork child starts
+ * without it. */
+static pthread_mutex_t defer_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t defer_cv;
+static int defer_started;
+static uint64_t defer_at_ns;  /* 0: nothing scheduled */
+static uint64_t defer_min_free;
+static _Atomic uint64_t deferred_trims;
+
+static void defer_child(void) {
+  pthread_mutex_init(&defer_mu, NULL);
+  defer_started = 0;
+  defer_at_ns = 0;
+}
+
+static void *defer_main(void *unused) {
+  (void)unused;
+  pthread_mutex_lock(&defer_mu);
+  for (;;) {
+    while (defer_at_ns == 0) pthread_cond_wait(&defer_cv, &defer_mu);
+    uint64_t at = defer_at_ns;
+    if (now_ns() < at) {
+      struct timespec ts = {(time_t)(at / 1000000000u), (long)(at % 1000000000u)};
+      pthread_cond_timedwait(&defer_cv, &defer_mu, &ts);
+      continue;
+    }
+    uint64_t min_free = defer_min_free;
+    defer_at_ns = 0;
+    pthread_mutex_unlock(&defer_mu);
+    if (ta_bind_trim_if_due(0, min_free) >= 0) atomic_fetch_add(&deferred_trims, 1);
+    pthread_mutex_lock(&defer_mu);
+  }
+  return NULL;
+}
+
+static void defer_trim(uint64_t at, uint64_t min_free) {
+  pthread_mutex_lock(&defer_mu);
+  if (!defer_started) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&defer_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    static int atfork_done;
+    if (!atfork_done) atfork_done = pthread_atfork(NULL, NULL, defer_child) == 0;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    defer_started = pthread_create(&t, &a, defer_main, NULL) == 0;
+    pthread_attr_destroy(&a);
+  }
+  if (defer_started && (defer_at_ns == 0 || at < defer_at_ns)) {
+    defer_at_ns = at;
+    defer_min_free = min_free;
+    pthread_cond_signal(&defer_cv);
+  }
+  pthread_mutex_unlock(&defer_mu);
+}
+
+uint64_t ta_bind_deferred_trims(void) {
+  return atomic_load(&deferred_trims);
+}
+
 int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free) {
   uint64_t now = now_ns();
   uint64_t last = atomic_load(&last_trim_ns);
   uint64_t interval = min_interval > 0 ? (uint64_t)(min_interval * 1e9) : 0;
-  if (last != 0 && now - last < interval) return -1;
+  if (last != 0 && now - last < interval) {
+    defer_trim(last + interval, min_free); /* runs it when due */
+    return -1;
+  }
   if (min_free > 0 && ta_bind_free_bytes() < min_free) return -1;
   if (atomic_flag_test_and_set(&trim_busy)) return -1; /* another thread trims */
   int64_t released = (int64_t)ta_bind_trim(); /* full: the rate limit bounds the churn */

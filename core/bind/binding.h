@@ -57,8 +57,15 @@ uint64_t ta_bind_trim(void);
  * (process-wide, monotonic clock) and, when min_free > 0, the allocator holds
  * at least min_free bytes that are free but resident (trimalloc: resident -
  * allocated; glibc: mallinfo2().fordblks). Returns the bytes released, or -1
- * when skipped. Thread-safe; concurrent callers: one trims, the others skip. */
+ * when skipped (a skip for min_interval schedules a deferred trim, see below).
+ * Thread-safe; concurrent callers: one trims, the others skip. */
 int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free);
+
+/* A trim skipped because the last one is too recent is not lost: it runs when
+ * due, on a background thread the binding starts on first need (a worker that
+ * goes idle after its last job must not keep that job's memory). This counts
+ * the trims run that way. */
+uint64_t ta_bind_deferred_trims(void);
 
 /* Free-but-resident bytes as used by ta_bind_trim_if_due. */
 uint64_t ta_bind_free_bytes(void);

@@ -130,6 +130,33 @@ def test_trim_returns_bytes(preload):
     assert r["trims"] >= 2 and r["trimmed"] >= r["first"], r
 
 
+DEFERRED = r'''
+import time
+_trimalloc.trim_if_due(0)                      # the last trim: now
+base = _trimalloc.rss()
+h, pin = burst(96)
+del h
+gc.collect()
+held = _trimalloc.rss()
+skipped = _trimalloc.trim_if_due(0.5)          # too soon: skipped ...
+t0 = trimalloc.stats()["trims"]
+time.sleep(1.5)                                # ... and run when due, while we sleep
+print(json.dumps(dict(base=base, held=held, skipped=skipped, after=_trimalloc.rss(),
+                      trims=trimalloc.stats()["trims"] - t0)))
+'''
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["trimalloc", "glibc"])
+def test_skipped_trim_runs_when_due(preload):
+    """A hook's trim skipped by min_interval must not leave an idle worker
+    holding its last job's memory: it runs when due, on its own."""
+    r = child_json(DEFERRED, preload=preload, **NO_PURGE)
+    assert r["skipped"] is None, r
+    assert r["held"] - r["base"] > 64 * MiB, r  # freed, still resident
+    assert r["trims"] == 1, r  # the deferred trim ran, once
+    assert r["held"] - r["after"] > 48 * MiB, r  # and gave the memory back
+
+
 def test_error_lives_in_module_state():
     assert trimalloc.Error is _trimalloc.Error
     assert issubclass(trimalloc.Error, RuntimeError)

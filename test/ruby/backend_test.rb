@@ -92,6 +92,37 @@ class BackendTest < Minitest::Test
     assert_nil huge, "less free memory than min_free"
   end
 
+  # A hook's trim skipped by min_interval must not leave an idle worker
+  # holding its last job's memory: it runs when due, on its own.
+  def check_skipped_trim_runs_when_due(preload)
+    r = ruby_json(<<~RUBY, preload: preload, env: { "TRIMALLOC_PURGE_DELAY_MS" => "600000" })
+      require "trimalloc"
+      Trimalloc.trim_if_due(min_interval: 0) # the last trim: now
+      base = Trimalloc.rss
+      a = Array.new(100_000) { |i| "x" * (500 + i % 1000) }
+      a = nil
+      GC.start
+      held = Trimalloc.rss
+      skipped = Trimalloc.trim_if_due(min_interval: 0.5) # too soon: skipped ...
+      t0 = Trimalloc.stats[:trims]
+      sleep 1.5 # ... and run when due, while we sleep
+      puts JSON.generate(base: base, held: held, skipped: skipped, after: Trimalloc.rss,
+                         trims: Trimalloc.stats[:trims] - t0)
+    RUBY
+    assert_nil r[:skipped], r.inspect
+    assert_operator r[:held] - r[:base], :>, 64 * MiB, r.inspect
+    assert_equal 1, r[:trims], r.inspect
+    assert_operator r[:held] - r[:after], :>, 48 * MiB, r.inspect
+  end
+
+  def test_skipped_trim_runs_when_due
+    check_skipped_trim_runs_when_due(false)
+  end
+
+  def test_skipped_trim_runs_when_due_under_preload
+    check_skipped_trim_runs_when_due(true)
+  end
+
   def test_wrong_arguments_raise_type_and_argument_errors
     e = assert_raises(TypeError) { Trimalloc.trim_if_due(min_interval: "1") }
     assert_match(/min_interval.*"1"/, e.message)

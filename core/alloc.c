@@ -43,7 +43,10 @@ static void *malloc_slow(size_t n) {
   if (n <= TA_MEDIUM_MAX) { /* 1..128 KiB: the class queue's current page */
     ta_page_t *pg = h->queues[ta_class_of(n)].first; /* NULL on the empty heap */
     ta_block_t *b = pg ? pg->free : NULL;
-    if (ta_likely(b != NULL)) return page_pop(pg, b);
+    if (ta_likely(b != NULL)) {
+      ((uintptr_t *)b)[2] = 0; /* a trim's tail mark (sparse.c); blocks here are > 1 KiB */
+      return page_pop(pg, b);
+    }
   }
   h = ta_heap_get();
   if (ta_unlikely(h == NULL)) {
@@ -63,6 +66,7 @@ void *ta_malloc_class(ta_heap_t *h, size_t cls) {
     errno = ENOMEM;
     return NULL;
   }
+  if (pg->bsize > TA_DIRECT_MAX) ((uintptr_t *)pg->free)[2] = 0; /* a trim's tail mark (sparse.c) */
   return page_pop(pg, pg->free);
 }
 

@@ -108,6 +108,7 @@ TA_HIDDEN size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg); /* owner; by
 TA_HIDDEN size_t ta_page_unpurge_one(ta_page_t *pg);                 /* owner; blocks listed */
 TA_HIDDEN size_t ta_page_purge_remote(ta_page_t *pg);                /* any thread, h->lock; bytes */
 TA_HIDDEN size_t ta_page_purge_delayed(ta_page_t *pg, ta_block_t **chain); /* full page, h->lock */
+TA_HIDDEN size_t ta_block_purge_tail(const ta_page_t *pg, ta_block_t *b);  /* b is free and ours */
 
 /* ---- heap.c: thread heaps, adoption, fork -------------------------------- */
 TA_HIDDEN extern ta_heap_t ta_heap_empty;

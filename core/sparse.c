@@ -16,6 +16,34 @@
 #include "internal.h"
 
 #define TA_MAX_BLOCKS (TA_SLICE_SIZE / TA_ALIGN)
+
+/* ---- tails of big free blocks ----
+ * A free block of two OS pages or more keeps the OS page that holds its link
+ * and returns the rest (as glibc's malloc_trim does inside free chunks): it
+ * stays on its list, and its tail reads as zero when it is handed out again.
+ * Its third word marks it, so the next trim does not purge it again; the
+ * malloc paths for such sizes clear the mark. */
+static inline uintptr_t tail_mark(void) {
+  return ~ta_cookie;
+}
+
+size_t ta_block_purge_tail(const ta_page_t *pg, ta_block_t *b) {
+  size_t ps = ta_prim_page_size();
+  if (pg->bsize < 2 * ps) return 0;
+  uintptr_t *w = (uintptr_t *)b;
+  if (w[2] == tail_mark()) return 0;
+  uintptr_t start = ((uintptr_t)b + 3 * sizeof(uintptr_t) + ps - 1) & ~(uintptr_t)(ps - 1);
+  uintptr_t end = ((uintptr_t)b + pg->bsize) & ~(uintptr_t)(ps - 1);
+  if (end <= start || ta_prim_purge((void *)start, end - start) != 0) return 0;
+  w[2] = tail_mark();
+  return end - start;
+}
+
+static size_t purge_tails(const ta_page_t *pg, ta_block_t *b) {
+  size_t bytes = 0;
+  for (; b; b = b->next) bytes += ta_block_purge_tail(pg, b);
+  return bytes;
+}
 typedef uint64_t ta_bits_t[TA_MAX_BLOCKS / 64];
 
 static inline bool bit(const uint64_t *b, size_t j) {
@@ -39,21 +67,30 @@ static bool eligible(const ta_page_t *pg) {
   return pg->kind == TA_SPAN_SMALL && pg->slices == 1 && nos >= 2 && nos <= 32;
 }
 
-/* Purges the OS pages, not yet purged, all of whose blocks (below `limit`)
- * are in `mask`; returns the OS pages purged now. */
-static uint32_t purge_covered(ta_page_t *pg, const uint64_t *mask, size_t limit) {
+/* The OS pages, not yet purged, all of whose blocks (below `limit`) are in
+ * `mask`. */
+static uint32_t find_covered(const ta_page_t *pg, const uint64_t *mask, size_t limit) {
   size_t ps = ta_prim_page_size(), nos = TA_SLICE_SIZE / ps, bs = pg->bsize;
-  uint32_t purged = ta_relaxed_load(&pg->purged_os), done = 0;
+  uint32_t purged = ta_relaxed_load(&pg->purged_os), found = 0;
   for (size_t i = 0; i < nos; i++) {
     if ((purged >> i) & 1) continue;
     size_t first = i * ps / bs, end = ((i + 1) * ps + bs - 1) / bs;
     if (end > limit) break; /* beyond: blocks not in the mask (not carved, or not ours) */
     bool all = true;
     for (size_t j = first; j < end && all; j++) all = bit(mask, j);
-    if (all && ta_prim_purge(pg->start + i * ps, ps) == 0) done |= 1u << i;
+    if (all) found |= 1u << i;
   }
-  if (done) atomic_fetch_or_explicit(&pg->purged_os, done, memory_order_relaxed);
-  return done;
+  return found;
+}
+
+/* Returns the OS pages in `pages` to the OS and marks them purged. The free
+ * blocks on them must be off every list first: purging zeroes their links.
+ * (A page whose purge fails is marked all the same: its blocks come back,
+ * links rewritten, when the owner unpurges it.) */
+static void purge_pages(ta_page_t *pg, uint32_t pages) {
+  size_t ps = ta_prim_page_size();
+  for (uint32_t m = pages; m; m &= m - 1) ta_prim_purge(pg->start + (size_t)__builtin_ctz(m) * ps, ps);
+  atomic_fetch_or_explicit(&pg->purged_os, pages, memory_order_relaxed);
 }
 
 size_t ta_page_unpurge_one(ta_page_t *pg) {
@@ -78,6 +115,15 @@ size_t ta_page_unpurge_one(ta_page_t *pg) {
 
 size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
   size_t ps = ta_prim_page_size(), bs = pg->bsize;
+  if (pg->kind == TA_SPAN_SMALL && bs >= 2 * ps) { /* big blocks: their tails */
+    ta_page_collect_xfree(pg);
+    size_t bytes = purge_tails(pg, pg->free) + purge_tails(pg, pg->local_free);
+    if (bytes) {
+      ta_relaxed_add(&h->purges, 1);
+      ta_relaxed_add(&h->purged_bytes, bytes);
+    }
+    return bytes;
+  }
   uint32_t used = ta_relaxed_load(&pg->used);
   if (!eligible(pg) || (size_t)used * 2 >= pg->capacity) return 0;
   if (pg->sparse_used == used + 1 && !pg->local_free && !atomic_load_explicit(&pg->xfree, memory_order_relaxed))
@@ -89,8 +135,9 @@ size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
   for (ta_block_t *b = pg->free; b; b = b->next, listed++) set_bit(free_bits, block_index(pg, b));
   for (ta_block_t *b = pg->local_free; b; b = b->next) set_bit(free_bits, block_index(pg, b));
   pg->sparse_used = used + 1;
-  uint32_t done = purge_covered(pg, free_bits, pg->capacity);
+  uint32_t done = find_covered(pg, free_bits, pg->capacity);
   if (!done) return 0;
+  purge_pages(pg, done); /* the list is rebuilt by index below, not walked */
   /* Rebuild the free list, in address order, without the purged blocks;
    * count what the old list handed out first (the refill equation). */
   uint32_t purged = ta_relaxed_load(&pg->purged_os);
@@ -137,8 +184,8 @@ static void xfree_push_chain(ta_page_t *pg, ta_block_t *first, ta_block_t *last)
 
 /* Splits a chain into the blocks on purged OS pages (dropped, counted) and
  * the others (returned as *keep .. *keep_last). */
-static size_t split_chain(ta_page_t *pg, ta_block_t *b, ta_block_t **keep, ta_block_t **keep_last) {
-  uint32_t purged = ta_relaxed_load(&pg->purged_os);
+static size_t split_chain(ta_page_t *pg, ta_block_t *b, uint32_t purged, ta_block_t **keep,
+                          ta_block_t **keep_last) {
   size_t ps = ta_prim_page_size(), dropped = 0;
   *keep = *keep_last = NULL;
   for (ta_block_t *next; b; b = next) {
@@ -156,34 +203,41 @@ static size_t split_chain(ta_page_t *pg, ta_block_t *b, ta_block_t **keep, ta_bl
 }
 
 size_t ta_page_purge_remote(ta_page_t *pg) {
-  if (!eligible(pg)) return 0;
+  bool tails = pg->kind == TA_SPAN_SMALL && pg->bsize >= 2 * ta_prim_page_size();
+  if (!tails && !eligible(pg)) return 0;
   uintptr_t old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
   do
     if (old == 0 || (old & TA_XFREE_FULL)) return 0;
   while (!atomic_compare_exchange_weak_explicit(&pg->xfree, &old, 0, memory_order_acquire, memory_order_relaxed));
+  if (tails) { /* the taken blocks are ours until given back */
+    ta_block_t *last = (ta_block_t *)old;
+    while (last->next) last = last->next;
+    size_t bytes = purge_tails(pg, (ta_block_t *)old);
+    xfree_push_chain(pg, (ta_block_t *)old, last);
+    return bytes;
+  }
   ta_bits_t taken = {0};
   for (ta_block_t *b = (ta_block_t *)old; b; b = b->next) set_bit(taken, block_index(pg, b));
-  uint32_t done = purge_covered(pg, taken, pg->reserved);
+  uint32_t done = find_covered(pg, taken, pg->reserved);
   ta_block_t *keep, *last;
-  size_t dropped = done ? split_chain(pg, (ta_block_t *)old, &keep, &last) : 0;
-  if (!done) {
-    keep = (ta_block_t *)old;
-    for (last = keep; last->next; last = last->next) {
-    }
-  }
+  /* Split before purging: the links of the blocks on those pages vanish. */
+  size_t dropped = split_chain(pg, (ta_block_t *)old, done, &keep, &last);
+  purge_pages(pg, done);
   if (dropped) atomic_fetch_add_explicit(&pg->xpurged, (uint32_t)dropped, memory_order_release);
   if (keep) xfree_push_chain(pg, keep, last);
   return (size_t)__builtin_popcount(done) * ta_prim_page_size();
 }
 
 size_t ta_page_purge_delayed(ta_page_t *pg, ta_block_t **chain) {
+  if (pg->kind == TA_SPAN_SMALL && pg->bsize >= 2 * ta_prim_page_size()) return purge_tails(pg, *chain);
   if (!eligible(pg)) return 0;
   ta_bits_t taken = {0};
   for (ta_block_t *b = *chain; b; b = b->next) set_bit(taken, block_index(pg, b));
-  uint32_t done = purge_covered(pg, taken, pg->reserved);
+  uint32_t done = find_covered(pg, taken, pg->reserved);
   if (!done) return 0;
   ta_block_t *keep, *last;
-  size_t dropped = split_chain(pg, *chain, &keep, &last);
+  size_t dropped = split_chain(pg, *chain, done, &keep, &last); /* before purging: links vanish */
+  purge_pages(pg, done);
   ta_relaxed_store(&pg->used, ta_relaxed_load(&pg->used) - (uint32_t)dropped); /* full: under lock */
   pg->refill_used -= (uint32_t)dropped; /* keeps the refill equation (types.h) */
   *chain = keep;

@@ -212,6 +212,78 @@ static void test_trim_releases_pages_of_idle_thread(void) {
   trimalloc_option_set("purge_delay_ms", old);
 }
 
+/* A sleeping thread's pages, 15 of 16 blocks freed by another thread (Ruby's
+ * GC): trim returns the OS pages those frees cover, the stats stay true
+ * (allocated never above resident), and when the owner wakes it reuses the
+ * pages with every live block intact. */
+enum { SPARSE_N = 120000 };
+static uint8_t *sparse_blk[SPARSE_N];
+static size_t sparse_len[SPARSE_N];
+static atomic_long sparse_bad;
+
+static void *sparse_owner(void *arg) {
+  (void)arg;
+  uint64_t rng = 7;
+  for (int i = 0; i < SPARSE_N; i++) {
+    sparse_len[i] = 32 + rng_next(&rng) % 4000;
+    sparse_blk[i] = trimalloc_malloc(sparse_len[i]);
+    block_fill(sparse_blk[i], sparse_len[i], pattern_seed(sparse_blk[i], sparse_len[i]));
+  }
+  pthread_mutex_lock(&mu);
+  phase = 1;
+  pthread_cond_broadcast(&cv);
+  while (phase != 2) pthread_cond_wait(&cv, &mu);
+  pthread_mutex_unlock(&mu);
+  /* awake: reuse the purged pages, then check and free everything */
+  uint8_t **again = trimalloc_malloc(SPARSE_N * sizeof *again);
+  for (int i = 0; i < SPARSE_N; i++) {
+    again[i] = trimalloc_malloc(sparse_len[i]);
+    block_fill(again[i], sparse_len[i], pattern_seed(again[i], sparse_len[i]));
+  }
+  if (!trimalloc_check()) atomic_fetch_add(&sparse_bad, 1000000);
+  for (int i = 0; i < SPARSE_N; i++) {
+    if (!block_ok(again[i], sparse_len[i], pattern_seed(again[i], sparse_len[i]))) atomic_fetch_add(&sparse_bad, 1);
+    trimalloc_free(again[i]);
+    if (sparse_blk[i]) {
+      if (!block_ok(sparse_blk[i], sparse_len[i], pattern_seed(sparse_blk[i], sparse_len[i])))
+        atomic_fetch_add(&sparse_bad, 1);
+      trimalloc_free(sparse_blk[i]);
+    }
+  }
+  trimalloc_free(again);
+  return NULL;
+}
+
+static void test_trim_purges_sparse_pages_of_sleeping_thread(void) {
+  long long old = set_purge_delay(60000);
+  phase = 0;
+  pthread_t t;
+  pthread_create(&t, NULL, sparse_owner, NULL);
+  pthread_mutex_lock(&mu);
+  while (phase != 1) pthread_cond_wait(&cv, &mu);
+  pthread_mutex_unlock(&mu);
+  size_t rss_peak = memory_now();
+  for (int i = 0; i < SPARSE_N; i++)
+    if (i % 16) {
+      trimalloc_free(sparse_blk[i]); /* another thread's blocks */
+      sparse_blk[i] = NULL;
+    }
+  trimalloc_trim();
+  size_t rss1 = memory_now();
+  trimalloc_stats_t st;
+  trimalloc_stats(&st, sizeof st);
+  CHECK(rss1 < rss_peak / 2, "RSS %zu KiB after trim, peak %zu KiB", rss1 / KiB, rss_peak / KiB);
+  CHECK(st.allocated <= st.resident + 8 * MiB, "allocated %llu KiB above resident %llu KiB",
+        (unsigned long long)st.allocated / KiB, (unsigned long long)st.resident / KiB);
+  pthread_mutex_lock(&mu);
+  phase = 2;
+  pthread_cond_broadcast(&cv);
+  pthread_mutex_unlock(&mu);
+  pthread_join(t, NULL);
+  CHECK(atomic_load(&sparse_bad) == 0, "%ld blocks damaged or heap invalid after reuse", atomic_load(&sparse_bad));
+  trimalloc_option_set("purge_delay_ms", old);
+}
+
 /* Trim in a loop while three threads allocate (small to huge), check and
  * free, and a fourth keeps starting short-lived threads (heaps abandoned and
  * adopted while trim walks them). */
@@ -299,6 +371,7 @@ int main(void) {
   RUN(test_reuse_after_trim);
   RUN(test_trim_keeps_live_blocks);
   RUN(test_trim_releases_pages_of_idle_thread);
+  RUN(test_trim_purges_sparse_pages_of_sleeping_thread);
   RUN(test_trim_while_threads_work);
   return check_summary();
 }

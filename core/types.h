@@ -80,38 +80,43 @@ typedef enum {
  * Free span invariants (under heap->lock):
  *   kind == TA_SPAN_FREE, linked in heap->bins[slices] through next/prev,
  *   and in the purge queue through pnext/pprev iff some slice is committed. */
-typedef struct ta_page_s {
+typedef struct __attribute__((aligned(64))) ta_page_s {
+  /* First cache line: all that the malloc and free fast paths touch. */
   ta_block_t *free;        /* allocate from (owner) */
   ta_block_t *local_free;  /* frees by the owner */
-  _Atomic uintptr_t xfree; /* frees by other threads: atomic stack | TA_XFREE_FULL */
-  _Atomic uint32_t used;   /* live blocks; owner writes (relaxed), stats read */
-  uint32_t capacity;       /* blocks carved from the span so far */
-  uint32_t reserved;       /* blocks that fit in the span */
-  uint32_t bsize;          /* block size (large: span bytes) */
-  uint32_t refill_used;    /* used right after the last refill */
-  uint32_t refill_count;   /* blocks put on `free` by the last refill */
-  uint32_t scratch;        /* trim's count of a full page's delayed blocks */
-  _Atomic uint32_t purged_os; /* OS pages of a one-slice page returned to the OS (bit i: page i);
-                                 owner writes (relaxed), stats read */
-  _Atomic uint32_t xpurged; /* blocks a trim took off xfree into purged OS pages,
-                               not yet subtracted from used by the owner */
-  uint32_t sparse_used;    /* used + 1 when the page was last sparse-purged (0: never) */
-  uint8_t in_queue;        /* owner: in heap->queues[cls]. Kept out of the word of kind and
-                              slices, which trim reads under the lock while the owner writes this */
-  ta_block_t *tmp;         /* trim's per-page chain of delayed blocks (under heap->lock) */
-  uint64_t div_magic;      /* UINT64_MAX / bsize + 1: divisibility test */
   uint8_t *start;          /* first byte of the span */
+  uint64_t div_magic;      /* UINT64_MAX / bsize + 1: divisibility test */
   ta_heap_t *heap;         /* owner (NULL for huge) */
-  struct ta_page_s *next, *prev;   /* class queue / full list / free-span bin */
-  struct ta_page_s *pnext, *pprev; /* purge queue (free spans) */
-  uint64_t freed_ms;       /* when the span became free */
-  uint16_t slices;         /* span length in slices (head) */
+  _Atomic uint32_t used;   /* live blocks; owner writes (relaxed), stats read */
+  uint32_t bsize;          /* block size (large: span bytes) */
+  _Atomic uint8_t in_full; /* in heap->full (changed under heap->lock) */
+  uint8_t in_queue;        /* owner: in heap->queues[cls] */
   uint16_t head_off;       /* slices to the head (0 for a head) */
   uint8_t kind;            /* ta_span_kind_t */
   uint8_t cls;             /* size class (small pages) */
-  _Atomic uint8_t in_full; /* in heap->full (changed under heap->lock) */
   uint8_t in_purge;        /* free span: in the heap's purge queue */
+  uint32_t capacity;       /* blocks carved from the span so far */
+  uint32_t reserved;       /* blocks that fit in the span */
+  /* Second line: other threads' frees land here, away from the owner's line. */
+  _Atomic uintptr_t xfree; /* frees by other threads: atomic stack | TA_XFREE_FULL */
+  _Atomic uint32_t purged_os; /* OS pages of a one-slice page returned to the OS (bit i: page i);
+                                 owner and trim update it atomically, stats read */
+  _Atomic uint32_t xpurged; /* blocks a trim took off xfree into purged OS pages,
+                               not yet subtracted from used by the owner */
+  uint32_t refill_used;    /* used right after the last refill */
+  uint32_t refill_count;   /* blocks put on `free` by the last refill */
+  uint32_t scratch;        /* trim's count of a full page's delayed blocks */
+  uint32_t sparse_used;    /* used + 1 when the page was last sparse-purged (0: never) */
+  ta_block_t *tmp;         /* trim's per-page chain of delayed blocks (under heap->lock) */
+  struct ta_page_s *next, *prev;   /* class queue / full list / free-span bin */
+  /* Free spans only (under heap->lock). */
+  struct ta_page_s *pnext, *pprev; /* purge queue */
+  uint64_t freed_ms;       /* when the span became free */
+  uint16_t slices;         /* span length in slices (head) */
 } ta_page_t;
+
+_Static_assert(offsetof(ta_page_t, reserved) + sizeof(uint32_t) <= 64,
+               "the fast paths' fields of ta_page_t fit in its first cache line");
 
 /* Segment header (slice 0), or the header of a huge mapping.
  *   committed bit i set  <=>  slice i may be resident (not purged)

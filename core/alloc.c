@@ -159,20 +159,7 @@ static void free_remote(ta_page_t *pg, ta_block_t *b) {
   }
   if (b->key == ta_cookie) ta_error("free: double free", b); /* slow path: reading is fine */
   b->key = ta_cookie;
-  uintptr_t old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
-  for (;;) {
-    if (old & TA_XFREE_FULL) { /* the owner does not look at full pages: tell the heap */
-      ta_block_t *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
-      do b->next = head;
-      while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, b, memory_order_release,
-                                                    memory_order_relaxed));
-      return;
-    }
-    b->next = (ta_block_t *)old;
-    if (atomic_compare_exchange_weak_explicit(&pg->xfree, &old, (uintptr_t)b, memory_order_release,
-                                              memory_order_relaxed))
-      return;
-  }
+  ta_page_push_remote(pg, b, b);
 }
 
 static void free_slow(ta_segment_t *s, ta_page_t *pg, void *p) {

@@ -93,6 +93,7 @@ TA_HIDDEN extern ta_page_t ta_page_empty;
 TA_HIDDEN void ta_page_init(ta_heap_t *h, ta_page_t *pg, size_t cls);
 TA_HIDDEN bool ta_page_refill(ta_heap_t *h, ta_page_t *pg); /* owner */
 TA_HIDDEN size_t ta_page_collect_xfree(ta_page_t *pg);        /* owner */
+TA_HIDDEN void ta_page_push_remote(ta_page_t *pg, ta_block_t *first, ta_block_t *last); /* any thread */
 TA_HIDDEN void ta_pageq_push(ta_pageq_t *q, ta_page_t *pg);
 TA_HIDDEN void ta_pageq_remove(ta_pageq_t *q, ta_page_t *pg);
 TA_HIDDEN void ta_heap_set_direct(ta_heap_t *h, size_t cls);

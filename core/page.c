@@ -44,6 +44,27 @@ static void page_extend(ta_page_t *pg) {
   pg->capacity += (uint32_t)n;
 }
 
+/* Frees a chain of blocks (first .. last, linked) from a thread that does not
+ * own the page: onto its atomic stack, or, when the owner has put the page in
+ * its full list (and no longer looks at it), onto the heap's delayed list. */
+void ta_page_push_remote(ta_page_t *pg, ta_block_t *first, ta_block_t *last) {
+  uintptr_t old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
+  for (;;) {
+    if (old & TA_XFREE_FULL) {
+      ta_heap_t *h = pg->heap;
+      ta_block_t *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
+      do last->next = head;
+      while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, first, memory_order_release,
+                                                    memory_order_relaxed));
+      return;
+    }
+    last->next = (ta_block_t *)old;
+    if (atomic_compare_exchange_weak_explicit(&pg->xfree, &old, (uintptr_t)first, memory_order_release,
+                                              memory_order_relaxed))
+      return;
+  }
+}
+
 /* Moves blocks freed by other threads onto the free list. Returns how many.
  * Pre: the page is not in the full list. */
 size_t ta_page_collect_xfree(ta_page_t *pg) {

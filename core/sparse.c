@@ -161,27 +161,6 @@ size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg) {
   return bytes;
 }
 
-/* Gives a chain back as other threads' frees: onto the page's remote-free
- * stack, or, if the owner has meanwhile put the page in its full list, onto
- * the heap's delayed list (the rule of free_remote in alloc.c). */
-static void xfree_push_chain(ta_page_t *pg, ta_block_t *first, ta_block_t *last) {
-  uintptr_t old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
-  for (;;) {
-    if (old & TA_XFREE_FULL) {
-      ta_heap_t *h = pg->heap;
-      ta_block_t *head = atomic_load_explicit(&h->delayed, memory_order_relaxed);
-      do last->next = head;
-      while (!atomic_compare_exchange_weak_explicit(&h->delayed, &head, first, memory_order_release,
-                                                    memory_order_relaxed));
-      return;
-    }
-    last->next = (ta_block_t *)old;
-    if (atomic_compare_exchange_weak_explicit(&pg->xfree, &old, (uintptr_t)first, memory_order_release,
-                                              memory_order_relaxed))
-      return;
-  }
-}
-
 /* Splits a chain into the blocks on purged OS pages (dropped, counted) and
  * the others (returned as *keep .. *keep_last). */
 static size_t split_chain(ta_page_t *pg, ta_block_t *b, uint32_t purged, ta_block_t **keep,
@@ -213,7 +192,7 @@ size_t ta_page_purge_remote(ta_page_t *pg) {
     ta_block_t *last = (ta_block_t *)old;
     while (last->next) last = last->next;
     size_t bytes = purge_tails(pg, (ta_block_t *)old);
-    xfree_push_chain(pg, (ta_block_t *)old, last);
+    ta_page_push_remote(pg, (ta_block_t *)old, last);
     return bytes;
   }
   ta_bits_t taken = {0};
@@ -224,7 +203,7 @@ size_t ta_page_purge_remote(ta_page_t *pg) {
   size_t dropped = split_chain(pg, (ta_block_t *)old, done, &keep, &last);
   purge_pages(pg, done);
   if (dropped) atomic_fetch_add_explicit(&pg->xpurged, (uint32_t)dropped, memory_order_release);
-  if (keep) xfree_push_chain(pg, keep, last);
+  if (keep) ta_page_push_remote(pg, keep, last);
   return (size_t)__builtin_popcount(done) * ta_prim_page_size();
 }
 

@@ -42,9 +42,9 @@ Error = _trimalloc.Error
 # PYTHONMALLOC=malloc, so that small objects live in trimalloc's pages instead
 # of pymalloc's arenas (which trimalloc can neither purge nor trim, and which
 # only go back to the OS when completely empty). The memory benchmark decides
-# this default (test/python/bench/pythonmalloc.py: RSS after building and
-# dropping many small objects, with and without PYTHONMALLOC=malloc; with trims
-# it was as good or better in every workload, see the README). `--pythonmalloc`
+# this default (bench/py_pythonmalloc.py: RSS after building and dropping many
+# small objects, with and without PYTHONMALLOC=malloc; after a trim it was
+# lower in every workload, and faster, see the README). `--pythonmalloc`
 # / `--no-pythonmalloc` override it per run.
 DEFAULT_PYTHONMALLOC = True
 

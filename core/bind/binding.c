@@ -44,10 +44,19 @@ static _Atomic uint64_t g_trims, g_trimmed, g_trim_ns;
 static _Atomic uint64_t last_trim_ns; /* for ta_bind_trim_if_due */
 static atomic_flag trim_busy = ATOMIC_FLAG_INIT;
 
-static uint64_t now_ns(void) {
+/* The binding's clock: CLOCK_MONOTONIC plus an offset that only
+ * ta_bind_clock_advance (tests) moves, so that rate limits and deferred trims
+ * can be tested without depending on how fast the machine runs. */
+static _Atomic uint64_t clock_offset_ns;
+
+static uint64_t mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void) {
+  return mono_ns() + atomic_load_explicit(&clock_offset_ns, memory_order_relaxed);
 }
 
 size_t ta_bind_nfields(void) {
@@ -144,12 +153,12 @@ uint64_t ta_bind_rss(void) {
 uint64_t ta_bind_trim(void) {
   ta_bind_init();
   if (core.backend == TA_BACKEND_TRIMALLOC) return core.trim();
-  uint64_t t0 = now_ns(), before = ta_bind_rss();
+  uint64_t t0 = mono_ns(), before = ta_bind_rss();
   if (core.glibc_trim) core.glibc_trim(0);
   uint64_t after = ta_bind_rss(), released = before > after ? before - after : 0;
   atomic_fetch_add(&g_trims, 1);
   atomic_fetch_add(&g_trimmed, released);
-  atomic_fetch_add(&g_trim_ns, now_ns() - t0);
+  atomic_fetch_add(&g_trim_ns, mono_ns() - t0);
   return released;
 }
 
@@ -189,9 +198,11 @@ static void *defer_main(void *unused) {
   pthread_mutex_lock(&defer_mu);
   for (;;) {
     while (defer_at_ns == 0) pthread_cond_wait(&defer_cv, &defer_mu);
-    uint64_t at = defer_at_ns;
-    if (now_ns() < at) {
-      struct timespec ts = {(time_t)(at / 1000000000u), (long)(at % 1000000000u)};
+    uint64_t at = defer_at_ns, now = now_ns();
+    if (now < at) {
+      /* the condvar waits on CLOCK_MONOTONIC, without the test offset */
+      uint64_t real = mono_ns() + (at - now);
+      struct timespec ts = {(time_t)(real / 1000000000u), (long)(real % 1000000000u)};
       pthread_cond_timedwait(&defer_cv, &defer_mu, &ts);
       continue;
     }
@@ -227,6 +238,14 @@ static void defer_trim(uint64_t at, uint64_t min_free) {
     defer_min_free = min_free;
     pthread_cond_signal(&defer_cv);
   }
+  pthread_mutex_unlock(&defer_mu);
+}
+
+void ta_bind_clock_advance(double seconds) {
+  if (!(seconds > 0)) return;
+  atomic_fetch_add(&clock_offset_ns, (uint64_t)(seconds * 1e9));
+  pthread_mutex_lock(&defer_mu);
+  if (defer_started) pthread_cond_signal(&defer_cv);
   pthread_mutex_unlock(&defer_mu);
 }
 

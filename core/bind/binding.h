@@ -67,6 +67,10 @@ int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free);
  * the trims run that way. */
 uint64_t ta_bind_deferred_trims(void);
 
+/* For tests: moves the binding's clock (rate limits, deferred trims) forward
+ * by `seconds`, and wakes the deferred-trim thread. */
+void ta_bind_clock_advance(double seconds);
+
 /* Free-but-resident bytes as used by ta_bind_trim_if_due. */
 uint64_t ta_bind_free_bytes(void);
 

@@ -127,6 +127,14 @@ static PyObject *py_free_bytes(PyObject *m, PyObject *unused) {
   return PyLong_FromUnsignedLongLong(ta_bind_free_bytes());
 }
 
+static PyObject *py_advance_clock(PyObject *m, PyObject *arg) {
+  (void)m;
+  double seconds;
+  if (parse_interval(arg, "seconds", &seconds) < 0) return NULL;
+  ta_bind_clock_advance(seconds);
+  Py_RETURN_NONE;
+}
+
 static PyObject *py_rss(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
   return PyLong_FromUnsignedLongLong(ta_bind_rss());
@@ -316,6 +324,8 @@ static PyMethodDef methods[] = {
      "trim_if_due(min_interval, min_free=0) -> bytes released, or None when skipped"},
     {"free_bytes", py_free_bytes, METH_NOARGS,
      "free_bytes() -> bytes free but still resident in the allocator"},
+    {"_advance_clock", py_advance_clock, METH_O,
+     "_advance_clock(seconds): for tests, moves the rate limit's clock forward"},
     {"rss", py_rss, METH_NOARGS, "rss() -> the process's resident set size in bytes"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict of the fields this backend measures"},
     {"exec", (PyCFunction)(void (*)(void))py_exec, METH_VARARGS | METH_KEYWORDS,

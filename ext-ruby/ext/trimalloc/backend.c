@@ -84,6 +84,13 @@ static VALUE m_trim_if_due(int argc, VALUE *argv, VALUE self) {
   return a.released < 0 ? Qnil : LL2NUM(a.released);
 }
 
+/* Trimalloc.advance_clock(seconds) (private, for tests): moves the clock of
+ * the rate limit and of deferred trims forward. */
+static VALUE m_advance_clock(VALUE self, VALUE seconds) {
+  ta_bind_clock_advance(ta_rb_nonneg_double(seconds, "seconds"));
+  return Qnil;
+}
+
 void ta_rb_init_backend(void) {
   VALUE m = ta_rb_mTrimalloc;
   rb_define_singleton_method(m, "active?", m_active_p, 0);
@@ -94,4 +101,5 @@ void ta_rb_init_backend(void) {
   rb_define_singleton_method(m, "free_bytes", m_free_bytes, 0);
   rb_define_singleton_method(m, "trim", m_trim, 0);
   rb_define_singleton_method(m, "trim_if_due", m_trim_if_due, -1);
+  rb_define_private_method(rb_singleton_class(m), "advance_clock", m_advance_clock, 1);
 }

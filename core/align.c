@@ -19,15 +19,11 @@ static void *aligned(size_t align, size_t n) {
   }
   size_t need = n < align ? align : n;
   if (need <= TA_LARGE_MAX && align <= TA_SLICE_SIZE) {
-    ta_heap_t *h = ta_heap_get();
-    if (!h) {
-      errno = ENOMEM;
-      return NULL;
-    }
+    ta_process_init();
     if (need <= TA_MEDIUM_MAX)
       for (size_t c = ta_class_of(need); c < TA_CLASSES; c++)
-        if (ta_class_size(c) % align == 0) return ta_malloc_class(h, c);
-    return ta_malloc_large(h, need);
+        if (ta_class_size(c) % align == 0) return ta_malloc_class(c);
+    return ta_large_alloc(ta_arena_pick(), need);
   }
   return ta_huge_alloc(n, align, false);
 }
@@ -75,3 +71,13 @@ TRIMALLOC_API void *trimalloc_pvalloc(size_t n) {
   n = n == 0 ? ps : (n + ps - 1) & ~(ps - 1);
   return aligned(ps, n);
 }
+
+TA_ALIAS(posix_memalign, trimalloc_posix_memalign)
+TA_ALIAS(aligned_alloc, trimalloc_aligned_alloc)
+TA_ALIAS(memalign, trimalloc_memalign)
+TA_ALIAS(valloc, trimalloc_valloc)
+TA_ALIAS(pvalloc, trimalloc_pvalloc)
+TA_ALIAS(__libc_memalign, trimalloc_memalign)
+TA_ALIAS(__libc_valloc, trimalloc_valloc)
+TA_ALIAS(__libc_pvalloc, trimalloc_pvalloc)
+TA_ALIAS(__posix_memalign, trimalloc_posix_memalign)

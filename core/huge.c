@@ -31,20 +31,20 @@ static void huge_account(ta_segment_t *s, int sign) {
   ta_active_add(usable);
 }
 
-/* Takes a cached mapping of at least `map` bytes (and not more than 1/4
- * larger; the rest is cut off with mremap), or NULL. */
+/* Takes the smallest cached mapping of at least `map` bytes, or else the
+ * largest one (to be grown), or NULL. */
 static ta_segment_t *cache_take_fit(size_t map) {
   if (!ta_relaxed_load(&ta_huge_cached)) return NULL;
-  ta_segment_t *best = NULL;
-  size_t bi = 0;
+  ta_segment_t *best = NULL, *largest = NULL;
+  size_t bi = 0, li = 0;
   ta_lock(&cache_lock);
   for (size_t i = 0; i < TA_HUGE_CACHE; i++) {
     ta_segment_t *s = cache[i].seg;
-    if (s && s->map_size >= map && s->map_size - map <= map / 4 && (!best || s->map_size < best->map_size)) {
-      best = s;
-      bi = i;
-    }
+    if (!s) continue;
+    if (s->map_size >= map && (!best || s->map_size < best->map_size)) best = s, bi = i;
+    if (!largest || s->map_size > largest->map_size) largest = s, li = i;
   }
+  if (!best && largest) best = largest, bi = li;
   if (best) {
     cache[bi].seg = NULL;
     atomic_fetch_sub_explicit(&ta_huge_cached, best->map_size, memory_order_relaxed);
@@ -60,9 +60,19 @@ static ta_segment_t *cache_take(size_t map) {
     ta_delay_refault(&cache_delay, 0);
     ta_unlock(&cache_lock);
   }
-  if (best && best->map_size > map) {
+  /* Reused as it is when it is at most twice too big (its pages are resident
+   * and stay so: no fault); cut when much bigger; grown (pages moved, not
+   * copied, only the difference faulted in) when too small. */
+  if (best && (best->map_size > 2 * map || best->map_size < map)) {
     void *q;
-    if (ta_prim_remap(best, best->map_size, map, TA_SEGMENT_SIZE, &q) == 0) best->map_size = map;
+    size_t old = best->map_size;
+    if (ta_prim_remap(best, old, map, TA_SEGMENT_SIZE, &q) == 0) {
+      best = q;
+      best->map_size = map;
+    } else if (old < map) {
+      ta_prim_unmap(best, old);
+      best = NULL;
+    }
   }
   return best;
 }
@@ -127,24 +137,26 @@ void *ta_huge_alloc(size_t size, size_t align, bool zero) {
   size_t map = round_up(off + size, ps);
   void *p = cache_take(map);
   if (p) { /* dirty: clear the header (and the block for calloc) */
+    size_t have = ((ta_segment_t *)p)->map_size;
     memset(p, 0, sizeof(ta_segment_t));
     if (zero) memset((uint8_t *)p + off, 0, map - off);
-    ((ta_segment_t *)p)->map_size = map;
+    map = have;
   } else if (ta_prim_map(map, TA_SEGMENT_SIZE, &p) != 0) {
     errno = ENOMEM;
     return NULL;
-  } else {
-    ta_relaxed_add(&ta_committed_total, map);
   }
   ta_segment_t *s = p; /* header zeroed */
   s->huge = 1;
   s->map_size = map;
   s->huge_off = off;
   s->huge_size = map - off;
-  for (size_t i = 0; i < TA_SLICES; i++) s->pages[i].head_off = (uint16_t)i;
-  s->pages[0].kind = TA_SPAN_HUGE;
-  s->pages[0].slices = 1;
-  s->pages[0].start = (uint8_t *)p + off;
+  for (size_t i = 0; i < TA_SLICES; i++) {
+    s->spans[i].head_off = (uint16_t)i;
+    s->spans[i].cls = TA_NO_CLASS;
+  }
+  s->spans[0].kind = TA_SPAN_HUGE;
+  s->spans[0].slices = 1;
+  s->spans[0].start = (uint8_t *)p + off;
   ta_segmap_set(s, true);
   huge_account(s, 1);
   ta_relaxed_add(&ta_huge_total, 1);
@@ -154,8 +166,9 @@ void *ta_huge_alloc(size_t size, size_t align, bool zero) {
 void ta_huge_free(ta_segment_t *s) {
   huge_account(s, -1);
   ta_segmap_set(s, false);
-  s->pages[0].kind = TA_SPAN_FREE; /* a stale pointer into the cache is not a block */
+  s->spans[0].kind = TA_SPAN_FREE; /* a stale pointer into the cache is not a block */
   if (!cache_put(s)) ta_prim_unmap(s, s->map_size);
+  else ta_purge_kick();
 }
 
 void *ta_huge_realloc(ta_segment_t *s, size_t size) {
@@ -178,7 +191,7 @@ void *ta_huge_realloc(ta_segment_t *s, size_t size) {
   s = q;
   s->map_size = map;
   s->huge_size = map - off;
-  s->pages[0].start = (uint8_t *)q + off;
+  s->spans[0].start = (uint8_t *)q + off;
   ta_segmap_set(s, true);
   huge_account(s, 1);
   return (uint8_t *)q + off;

@@ -5,9 +5,31 @@
 #include <stdlib.h>
 
 _Atomic int ta_initialized;
-pthread_key_t ta_heap_key;
+pthread_key_t ta_tcache_key;
 static ta_lock_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread int in_init __attribute__((tls_model("initial-exec")));
+
+/* Fork: every lock is taken before and released in the parent; in the child
+ * they are reset, threads that do not exist there lose their caches (their
+ * memory stays in the arenas), and the background purger restarts lazily. */
+static void fork_prepare(void) {
+  ta_tcaches_fork_prepare();
+  ta_purge_fork_prepare();
+  ta_arenas_fork_prepare();
+  ta_huge_fork_prepare();
+}
+static void fork_parent(void) {
+  ta_huge_fork_parent();
+  ta_arenas_fork_parent();
+  ta_purge_fork_parent();
+  ta_tcaches_fork_parent();
+}
+static void fork_child(void) {
+  ta_huge_fork_child();
+  ta_arenas_fork_child();
+  ta_purge_fork_child();
+  ta_tcaches_fork_child();
+}
 
 void ta_process_init(void) {
   if (ta_likely(atomic_load_explicit(&ta_initialized, memory_order_acquire))) return;
@@ -15,17 +37,21 @@ void ta_process_init(void) {
   ta_lock(&init_lock);
   if (!atomic_load_explicit(&ta_initialized, memory_order_relaxed)) {
     in_init = 1;
-    ta_prim_page_size();
+    size_t ps = ta_prim_page_size();
+    ta_ospage_shift = (size_t)__builtin_ctzll(ps < 4096 ? 4096 : ps);
+    if (ps > TA_SLICE_SIZE) ta_say("warning: OS pages over 64 KiB are not supported", "", "", "", "");
     ta_size_init();
     ta_cookie = (uintptr_t)ta_prim_random();
     ta_options_init();
-    pthread_key_create(&ta_heap_key, ta_heap_thread_done);
+    pthread_key_create(&ta_tcache_key, ta_tcache_thread_done);
     atomic_store_explicit(&ta_initialized, 1, memory_order_release);
-    pthread_atfork(ta_heap_fork_prepare, ta_heap_fork_parent, ta_heap_fork_child);
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (ta_opt(TA_OPT_VERBOSE)) {
       char opts[256];
       ta_options_format(opts, sizeof opts);
-      ta_say("active (version " TRIMALLOC_VERSION "; ", opts, ")", "", "");
+      ta_say("active (version " TRIMALLOC_VERSION "; ", opts,
+             ta_opt(TA_OPT_BACKGROUND) ? "; background purger: starts when memory is first left to purge)"
+                                       : "; background purger: off)", "", "");
     }
     in_init = 0;
   }

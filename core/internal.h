@@ -1,4 +1,6 @@
-/* trimalloc: cross-file internals, grouped under the file that defines them. */
+/* trimalloc: cross-file internals, grouped under the file that defines them.
+ * Calls go one way: alloc -> tcache -> arena -> slab -> span -> segment -> prim,
+ * with purge, huge, stats, options and init beside them. */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
 
@@ -14,12 +16,22 @@
 #define ta_relaxed_load(p) atomic_load_explicit((p), memory_order_relaxed)
 #define ta_relaxed_store(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
 #define ta_relaxed_add(p, v) atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
+#define ta_relaxed_sub(p, v) atomic_fetch_sub_explicit((p), (v), memory_order_relaxed)
 
 #ifdef TA_DEBUG
 #include <assert.h>
 #define ta_assert(x) assert(x)
 #else
 #define ta_assert(x) ((void)0)
+#endif
+
+/* The standard names (malloc, free, ...) are aliases defined next to their
+ * targets, only in the preload library's objects (built with -DTA_OVERRIDE). */
+#ifdef TA_OVERRIDE
+#define TA_ALIAS(name, target) \
+  __typeof__(target) name __attribute__((alias(#target), visibility("default")));
+#else
+#define TA_ALIAS(name, target)
 #endif
 
 /* ---- size.c: size classes ------------------------------------------------ */
@@ -35,17 +47,14 @@ static inline size_t ta_class_size(size_t c) {
   size_t b = 7 + (c - 8) / 8;
   return ((size_t)1 << b) + ((c - 8) % 8 + 1) * ((size_t)1 << (b - 3));
 }
-/* Slices of a small page of class c: one for blocks up to 8 KiB, else enough
- * for at least 8 blocks. */
-static inline size_t ta_class_slices(size_t c) {
-  size_t bs = ta_class_size(c);
-  return bs <= 8192 ? 1 : (8 * bs + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
-}
-TA_HIDDEN extern uint8_t ta_direct_lo[TA_CLASSES], ta_direct_hi[TA_CLASSES];
+TA_HIDDEN extern uint8_t ta_small_class[TA_SMALL_MAX / TA_ALIGN + 1]; /* by (n + 15) / 16 */
+TA_HIDDEN extern uint8_t ta_class_slices[TA_CLASSES];                 /* slab length */
+TA_HIDDEN extern uint16_t ta_class_tmax[TA_TCLASSES];                 /* thread cache bound */
 TA_HIDDEN void ta_size_init(void);
 
-/* ---- segment.c: segment map, segments, spans, purge ---------------------- */
+/* ---- segment.c: the segment map, segments, OS-page state ----------------- */
 TA_HIDDEN extern _Atomic uint64_t ta_segmap[TA_SEGMAP_WORDS];
+TA_HIDDEN extern size_t ta_ospage_shift; /* log2 of the OS page size */
 static inline ta_segment_t *ta_segment_of(const void *p) {
   return (ta_segment_t *)((uintptr_t)p & ~(uintptr_t)TA_SEGMENT_MASK);
 }
@@ -55,28 +64,99 @@ static inline bool ta_segmap_contains(const ta_segment_t *s) {
   if (ta_unlikely(i >= TA_SEGMAP_WORDS * 64)) return false;
   return (ta_relaxed_load(&ta_segmap[i / 64]) >> (i % 64)) & 1;
 }
-static inline ta_page_t *ta_page_of(ta_segment_t *s, const void *p) {
-  ta_page_t *pg = &s->pages[((uintptr_t)p - (uintptr_t)s) >> TA_SLICE_SHIFT];
-  return pg - pg->head_off;
+static inline ta_span_t *ta_span_of(ta_segment_t *s, const void *p) {
+  ta_span_t *sp = &s->spans[((uintptr_t)p - (uintptr_t)s) >> TA_SLICE_SHIFT];
+  return sp - sp->head_off;
+}
+static inline ta_segbits_t *ta_segbits(ta_segment_t *s) {
+  return (ta_segbits_t *)((uint8_t *)s + TA_SEGBITS_OFFSET);
+}
+static inline size_t ta_span_index(const ta_span_t *sp) {
+  return (size_t)(sp - ta_segment_of(sp)->spans);
 }
 /* (p - start) % bsize == 0, by one multiplication (Lemire's divisibility test). */
-static inline bool ta_is_block_start(const ta_page_t *pg, const void *p) {
-  uint64_t off = (uint32_t)((const uint8_t *)p - pg->start);
-  return off * pg->div_magic <= pg->div_magic - 1;
+static inline bool ta_is_block_start(const ta_span_t *sp, const void *p) {
+  uint64_t off = (uint32_t)((const uint8_t *)p - sp->start);
+  return off * sp->div_magic <= sp->div_magic - 1;
 }
 TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
-TA_HIDDEN ta_page_t *ta_span_alloc(ta_heap_t *h, size_t slices, ta_span_kind_t kind); /* h->lock held */
-TA_HIDDEN void ta_span_free(ta_heap_t *h, ta_page_t *pg);              /* h->lock held */
-TA_HIDDEN size_t ta_heap_purge(ta_heap_t *h, uint64_t now_ms, bool all, size_t *keep); /* h->lock held */
-TA_HIDDEN extern _Atomic uint64_t ta_committed_total;
-TA_HIDDEN void ta_segments_account(ta_heap_t *h, ta_walk_t *w); /* lock held */
+TA_HIDDEN ta_segment_t *ta_segment_new(ta_arena_t *a);            /* a->lock held */
+TA_HIDDEN void ta_segment_free(ta_arena_t *a, ta_segment_t *s);    /* a->lock held */
 TA_HIDDEN uint64_t ta_segments_live(void);
-TA_HIDDEN bool ta_segment_is_valid(const ta_segment_t *s);
+TA_HIDDEN size_t ta_segment_header_bytes(void);
+/* OS pages [first, first + n) of s go into use / out of use (the lock of the
+ * span's owner held). Returns, for `live`, the bytes that were purged and
+ * touched before (a refault). */
+TA_HIDDEN size_t ta_pages_live(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
+TA_HIDDEN void ta_pages_dead(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
+/* Returns the dirty OS pages among [first, first + n) to the OS; bytes released. */
+TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
+TA_HIDDEN size_t ta_pages_unpurged(ta_segment_t *s, size_t first, size_t n);
+TA_HIDDEN bool ta_segment_is_valid(ta_segment_t *s);
+static inline size_t ta_span_first_page(const ta_span_t *sp) {
+  return ta_span_index(sp) << (TA_SLICE_SHIFT - ta_ospage_shift);
+}
+static inline size_t ta_span_pages(const ta_span_t *sp) {
+  return (size_t)sp->slices << (TA_SLICE_SHIFT - ta_ospage_shift);
+}
 
-/* ---- delay.c: purge hysteresis (see types.h) ----------------------------- */
+/* ---- span.c: an arena's page heap (free spans) and large blocks ---------- */
+TA_HIDDEN ta_span_t *ta_span_alloc(ta_arena_t *a, size_t slices, ta_span_kind_t kind); /* a->lock */
+TA_HIDDEN void ta_span_free(ta_arena_t *a, ta_span_t *sp);                             /* a->lock */
+TA_HIDDEN size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all); /* a->lock */
+TA_HIDDEN void *ta_large_alloc(ta_arena_t *a, size_t size);
+TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
+
+/* ---- slab.c: blocks of one class in a span, the free bitmap -------------- */
+TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls);                     /* bin lock */
+TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want); /* bin lock; blocks taken */
+TA_HIDDEN bool ta_slab_put(ta_span_t *sp, void *p);  /* bin lock; false: not a block handed out */
+TA_HIDDEN void ta_slab_clear(ta_span_t *sp);         /* bin lock; empty slab, before it is freed */
+TA_HIDDEN size_t ta_slab_purge(ta_span_t *sp);       /* bin lock; bytes */
+TA_HIDDEN bool ta_slab_is_valid(ta_span_t *sp);      /* bin lock */
+
+/* ---- arena.c: arenas and their bins -------------------------------------- */
+TA_HIDDEN extern ta_arena_t ta_arenas[TA_ARENAS_MAX];
+TA_HIDDEN extern _Atomic uint32_t ta_arenas_used; /* arenas made ready */
+TA_HIDDEN ta_arena_t *ta_arena_pick(void);        /* the arena of the calling CPU */
+/* Fills `out` with up to `want` blocks of class cls, linked through next,
+ * cookies set; returns how many (0: out of memory). */
+TA_HIDDEN size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t want);
+/* Returns a list of blocks of one class (each to its own arena). */
+TA_HIDDEN void ta_arena_flush(ta_block_t *first, size_t cls);
+TA_HIDDEN void *ta_arena_alloc1(size_t cls);      /* one block, no thread cache */
+TA_HIDDEN void ta_arena_free1(ta_span_t *sp, void *p); /* one block, no thread cache */
+TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all); /* bytes */
+TA_HIDDEN void ta_arenas_fork_prepare(void);
+TA_HIDDEN void ta_arenas_fork_parent(void);
+TA_HIDDEN void ta_arenas_fork_child(void);
+TA_HIDDEN bool ta_arena_is_valid(ta_arena_t *a);
+
+/* ---- tcache.c: thread caches --------------------------------------------- */
+TA_HIDDEN extern __thread ta_tcache_t *ta_tls_tcache __attribute__((tls_model("initial-exec")));
+TA_HIDDEN extern _Atomic uint32_t ta_flush_epoch;
+TA_HIDDEN void *ta_tcache_refill(ta_tcache_t *tc, size_t cls); /* empty bin: refill and pop */
+TA_HIDDEN void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p); /* bin or bound full */
+TA_HIDDEN void ta_tcache_flush_all(ta_tcache_t *tc);
+TA_HIDDEN void ta_tcache_thread_done(void *tc);
+TA_HIDDEN void ta_tcaches_stats(uint64_t *held, uint64_t *count, uint64_t *meta);
+TA_HIDDEN void ta_tcaches_fork_prepare(void);
+TA_HIDDEN void ta_tcaches_fork_parent(void);
+TA_HIDDEN void ta_tcaches_fork_child(void);
+TA_HIDDEN bool ta_tcache_is_valid(ta_tcache_t *tc);
+TA_HIDDEN extern uintptr_t ta_cookie;
+
+/* ---- purge.c: hysteresis, trim, the background purger -------------------- */
 TA_HIDDEN uint64_t ta_delay_get(ta_delay_t *d, uint64_t now_ms);
 TA_HIDDEN void ta_delay_released(ta_delay_t *d, uint64_t now_ms);
-TA_HIDDEN void ta_delay_refault(ta_delay_t *d, uint64_t now_ms); /* now 0: read the clock */
+TA_HIDDEN void ta_delay_refault(ta_delay_t *d, uint64_t now_ms);
+TA_HIDDEN void ta_purge_kick(void);         /* something is left to purge (slow paths only) */
+TA_HIDDEN void ta_purge_on_activity(void);  /* the allocator's own purge when no purger runs */
+TA_HIDDEN int ta_purger_running(void);
+TA_HIDDEN void ta_purge_fork_prepare(void);
+TA_HIDDEN void ta_purge_fork_parent(void);
+TA_HIDDEN void ta_purge_fork_child(void);
+TA_HIDDEN extern _Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
 
 /* ---- huge.c: blocks with their own mapping ------------------------------- */
 TA_HIDDEN void *ta_huge_alloc(size_t size, size_t align, bool zero);
@@ -88,61 +168,21 @@ TA_HIDDEN void ta_huge_free(ta_segment_t *s);
 TA_HIDDEN void *ta_huge_realloc(ta_segment_t *s, size_t size);
 TA_HIDDEN extern _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, ta_huge_total, ta_huge_cached;
 
-/* ---- page.c: small pages, their free lists and queues -------------------- */
-TA_HIDDEN extern ta_page_t ta_page_empty;
-TA_HIDDEN void ta_page_init(ta_heap_t *h, ta_page_t *pg, size_t cls);
-TA_HIDDEN bool ta_page_refill(ta_heap_t *h, ta_page_t *pg); /* owner */
-TA_HIDDEN size_t ta_page_collect_xfree(ta_page_t *pg);        /* owner */
-TA_HIDDEN void ta_page_push_remote(ta_page_t *pg, ta_block_t *first, ta_block_t *last); /* any thread */
-TA_HIDDEN void ta_pageq_push(ta_pageq_t *q, ta_page_t *pg);
-TA_HIDDEN void ta_pageq_remove(ta_pageq_t *q, ta_page_t *pg);
-TA_HIDDEN void ta_heap_set_direct(ta_heap_t *h, size_t cls);
-TA_HIDDEN void ta_page_to_full(ta_heap_t *h, ta_page_t *pg);
-TA_HIDDEN void ta_page_unfull(ta_heap_t *h, ta_page_t *pg);
-TA_HIDDEN void ta_page_emptied(ta_heap_t *h, ta_page_t *pg);
-TA_HIDDEN void ta_page_retire(ta_heap_t *h, ta_page_t *pg); /* return the span */
-TA_HIDDEN size_t ta_heap_reclaim_full(ta_heap_t *h, bool sparse); /* h->lock held; bytes */
-TA_HIDDEN size_t ta_heap_purge_remote(ta_heap_t *h);               /* h->lock held; bytes */
-
-/* ---- sparse.c: the OS pages between survivors ---------------------------- */
-TA_HIDDEN size_t ta_page_purge_sparse(ta_heap_t *h, ta_page_t *pg); /* owner; bytes */
-TA_HIDDEN size_t ta_page_unpurge_one(ta_page_t *pg);                 /* owner; blocks listed */
-TA_HIDDEN size_t ta_page_purge_remote(ta_page_t *pg);                /* any thread, h->lock; bytes */
-TA_HIDDEN size_t ta_page_purge_delayed(ta_page_t *pg, ta_block_t **chain); /* full page, h->lock */
-TA_HIDDEN size_t ta_block_purge_tail(const ta_page_t *pg, ta_block_t *b);  /* b is free and ours */
-
-/* ---- heap.c: thread heaps, adoption, fork -------------------------------- */
-TA_HIDDEN extern ta_heap_t ta_heap_empty;
-TA_HIDDEN extern __thread ta_heap_t *ta_tls_heap __attribute__((tls_model("initial-exec")));
-TA_HIDDEN extern ta_lock_t ta_heaps_lock;
-TA_HIDDEN extern ta_heap_t *ta_heaps;
-TA_HIDDEN ta_heap_t *ta_heap_get(void); /* the calling thread's heap, created on demand */
-TA_HIDDEN ta_page_t *ta_heap_find_page(ta_heap_t *h, size_t cls);
-TA_HIDDEN size_t ta_heap_collect(ta_heap_t *h, bool flush, bool sparse); /* owner (or none); bytes */
-TA_HIDDEN void ta_heap_maintain(ta_heap_t *h);            /* periodic, slow path */
-TA_HIDDEN void ta_heaps_purge_others(ta_heap_t *me, uint64_t now_ms);
-TA_HIDDEN void ta_heap_thread_done(void *heap);
-TA_HIDDEN void ta_heap_fork_prepare(void);
-TA_HIDDEN void ta_heap_fork_parent(void);
-TA_HIDDEN void ta_heap_fork_child(void);
-TA_HIDDEN extern _Atomic uint64_t ta_meta_bytes;
-TA_HIDDEN bool ta_heap_is_valid(ta_heap_t *h);
-
-/* ---- alloc.c: malloc, free and their slow paths -------------------------- */
-TA_HIDDEN extern uintptr_t ta_cookie;
-TA_HIDDEN void *ta_malloc_class(ta_heap_t *h, size_t cls);
-TA_HIDDEN void *ta_malloc_large(ta_heap_t *h, size_t size);
-TA_HIDDEN void ta_free_local(ta_heap_t *h, ta_page_t *pg, ta_block_t *b);
+/* ---- alloc.c: the entry points -------------------------------------------- */
+TA_HIDDEN void *ta_malloc_class(size_t cls);
 TA_HIDDEN size_t ta_usable_size(const void *p, const char *what);
 
 /* ---- stats.c ------------------------------------------------------------- */
 TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */
+TA_HIDDEN extern _Atomic uint64_t ta_meta_bytes;
 
 /* ---- options.c ----------------------------------------------------------- */
 typedef enum {
   TA_OPT_PURGE_DELAY_MS,
   TA_OPT_UNMAP_DELAY_MS,
-  TA_OPT_TRIM_WINDOW_MS,
+  TA_OPT_ARENAS,
+  TA_OPT_TCACHE_BYTES,
+  TA_OPT_BACKGROUND,
   TA_OPT_SHOW_STATS,
   TA_OPT_VERBOSE,
   TA_OPT_COUNT
@@ -152,10 +192,10 @@ static inline long long ta_opt(ta_opt_t o) { return ta_relaxed_load(&ta_options[
 TA_HIDDEN void ta_options_init(void);
 TA_HIDDEN size_t ta_options_format(char *buf, size_t size);
 
-/* ---- init.c: process start, errors, exit --------------------------------- */
+/* ---- init.c: process start, fork, errors, exit ---------------------------- */
 TA_HIDDEN void ta_process_init(void);
 TA_HIDDEN extern _Atomic int ta_initialized;
-TA_HIDDEN extern pthread_key_t ta_heap_key;
+TA_HIDDEN extern pthread_key_t ta_tcache_key;
 TA_HIDDEN __attribute__((noreturn, cold)) void ta_error(const char *what, const void *p);
 TA_HIDDEN void ta_say(const char *a, const char *b, const char *c, const char *d, const char *e); /* one line */
 TA_HIDDEN size_t ta_fmt_u64(char *buf, uint64_t v); /* decimal, no allocation */

@@ -4,6 +4,7 @@
 #define TA_PRIM_H
 
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 
 /* The OS page size, read at run time (4K, 16K and 64K kernels). */
@@ -34,7 +35,21 @@ void ta_prim_write_err(const char *s, size_t n);
 /* getenv without allocating; NULL when unset. */
 const char *ta_prim_getenv(const char *name);
 
-/* 64 random bits from the kernel (AT_RANDOM), mixed with the clock. */
+/* 64 random bits from the kernel (getrandom; AT_RANDOM's second half if
+ * that fails), mixed with the clock. */
 uint64_t ta_prim_random(void);
+
+/* Asks the kernel to fault in [p, p + size) now, in one call (Linux 5.14+
+ * MADV_POPULATE_WRITE); does nothing where that is not supported. Keeps errno.
+ * Pre: p and size page-aligned, the range mapped read-write. */
+void ta_prim_populate(void *p, size_t size);
+
+/* The CPU the calling thread runs on (0 if unknown), and the number of CPUs. */
+unsigned ta_prim_cpu(void);
+unsigned ta_prim_ncpus(void);
+
+/* Starts fn(arg) on a new thread with every signal blocked (a process's
+ * signals must never land on the allocator's thread), named `name`. */
+int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out);
 
 #endif

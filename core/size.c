@@ -1,14 +1,23 @@
-/* Size classes: the direct table ranges (see ta_class_of in internal.h). */
+/* Size classes: the tables the fast paths and the slabs read (see
+ * ta_class_of in internal.h for the classes themselves). */
 #include "internal.h"
 
-/* direct slots d (size (d-1)*16+1 .. d*16) with ta_class_of(d*16) == c */
-uint8_t ta_direct_lo[TA_CLASSES], ta_direct_hi[TA_CLASSES];
+uint8_t ta_small_class[TA_SMALL_MAX / TA_ALIGN + 1];
+uint8_t ta_class_slices[TA_CLASSES];
+uint16_t ta_class_tmax[TA_TCLASSES];
 
 void ta_size_init(void) {
-  for (size_t c = 0; c < TA_CLASSES; c++) ta_direct_lo[c] = ta_direct_hi[c] = 0;
-  for (size_t d = TA_DIRECT_SLOTS; d-- > 0;) {
-    size_t c = ta_class_of(d * TA_ALIGN);
-    if (ta_direct_hi[c] == 0) ta_direct_hi[c] = (uint8_t)d;
-    ta_direct_lo[c] = (uint8_t)d;
+  for (size_t d = 0; d <= TA_SMALL_MAX / TA_ALIGN; d++) ta_small_class[d] = (uint8_t)ta_class_of(d * TA_ALIGN);
+  for (size_t c = 0; c < TA_CLASSES; c++) {
+    /* One slice for blocks up to 8 KiB (at least 8 per slab), else enough
+     * slices for 8 blocks. */
+    size_t bs = ta_class_size(c);
+    ta_class_slices[c] = (uint8_t)(bs <= 8192 ? 1 : (8 * bs + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE);
+  }
+  /* A thread cache keeps at most 32 KiB of a class, between 2 and 128 blocks:
+   * short lists for big blocks, so a sleeping thread holds little. */
+  for (size_t c = 0; c < TA_TCLASSES; c++) {
+    size_t n = TA_TCACHE_MAX / ta_class_size(c);
+    ta_class_tmax[c] = (uint16_t)(n < 2 ? 2 : n > 128 ? 128 : n);
   }
 }

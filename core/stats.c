@@ -1,12 +1,13 @@
-/* Stats: one walk over every heap's segments (under each heap's lock, which
- * the malloc and free fast paths never take), and their JSON form. */
+/* Stats: counters the slow paths keep (relaxed atomics, summed over the
+ * arenas and their bins: no lock but the thread-cache registry's, which the
+ * fast paths never take), and their JSON form. */
 #include "internal.h"
 
 #include <errno.h>
 
 static _Atomic int64_t active_now;
 static _Atomic uint64_t active_peak;
-_Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
+_Atomic uint64_t ta_meta_bytes;
 
 void ta_active_add(int64_t delta) {
   int64_t now = atomic_fetch_add_explicit(&active_now, delta, memory_order_relaxed) + delta;
@@ -18,42 +19,62 @@ void ta_active_add(int64_t delta) {
 }
 
 static void stats_collect(trimalloc_stats_t *st) {
-  ta_walk_t w = {0};
-  uint64_t allocs = 0, purges = 0, purged_bytes = 0, heaps = 0;
-  ta_lock(&ta_heaps_lock);
-  for (ta_heap_t *h = ta_heaps; h; h = h->next_all) {
-    ta_lock(&h->lock);
-    ta_segments_account(h, &w);
-    ta_unlock(&h->lock);
-    allocs += ta_relaxed_load(&h->allocs);
-    purges += ta_relaxed_load(&h->purges);
-    purged_bytes += ta_relaxed_load(&h->purged_bytes);
-    heaps++;
+  uint64_t used = 0, allocs = 0, blocks = 0, large = 0, large_n = 0, large_allocs = 0;
+  uint64_t purges = 0, purged_bytes = 0, arenas = 0;
+  int64_t resident_pages = 0, dirty_pages = 0;
+  uint32_t n = ta_relaxed_load(&ta_arenas_used);
+  for (uint32_t i = 0; i < n; i++) {
+    ta_arena_t *a = &ta_arenas[i];
+    if (!atomic_load_explicit(&a->ready, memory_order_acquire)) continue;
+    arenas++;
+    for (size_t c = 0; c < TA_CLASSES; c++) {
+      ta_bin_t *bin = &a->bins[c];
+      uint64_t u = ta_relaxed_load(&bin->used_bytes);
+      used += u;
+      blocks += u / ta_class_size(c);
+      allocs += ta_relaxed_load(&bin->allocs);
+    }
+    large += ta_relaxed_load(&a->large_bytes);
+    large_n += ta_relaxed_load(&a->large_count);
+    large_allocs += ta_relaxed_load(&a->large_allocs);
+    purges += ta_relaxed_load(&a->purges);
+    purged_bytes += ta_relaxed_load(&a->purged_bytes);
+    resident_pages += ta_relaxed_load(&a->resident_pages);
+    dirty_pages += ta_relaxed_load(&a->dirty_pages);
   }
-  ta_unlock(&ta_heaps_lock);
+  uint64_t held, caches, tmeta;
+  ta_tcaches_stats(&held, &caches, &tmeta);
   uint64_t huge_bytes = ta_relaxed_load(&ta_huge_bytes), huge_mapped = ta_relaxed_load(&ta_huge_mapped);
   uint64_t huge_total = ta_relaxed_load(&ta_huge_total), huge_live = ta_relaxed_load(&ta_huge_count);
-  uint64_t meta = ta_relaxed_load(&ta_meta_bytes);
-  huge_mapped += ta_relaxed_load(&ta_huge_cached); /* freed, kept for reuse a moment */
-  st->allocated = w.allocated + huge_bytes;
-  st->active = w.active + huge_bytes;
-  st->resident = w.resident + huge_mapped + meta;
-  st->mapped = w.mapped + huge_mapped + meta;
-  st->metadata = w.metadata + meta;
+  uint64_t cached = ta_relaxed_load(&ta_huge_cached); /* freed huge mappings kept for reuse a moment */
+  uint64_t meta = ta_relaxed_load(&ta_meta_bytes), segs = ta_segments_live();
+  st->allocated = (used > held ? used - held : 0) + large + huge_bytes;
+  /* pages holding at least one live block: resident pages that are neither
+   * free (dirty) nor segment headers */
+  int64_t live_pages = resident_pages - dirty_pages - (int64_t)(segs * (ta_segment_header_bytes() >> ta_ospage_shift));
+  st->active = ((uint64_t)(live_pages > 0 ? live_pages : 0) << ta_ospage_shift) + huge_bytes;
+  st->resident = ((uint64_t)(resident_pages > 0 ? resident_pages : 0) << ta_ospage_shift) + huge_mapped + cached + meta;
+  st->mapped = segs * TA_SEGMENT_SIZE + huge_mapped + cached + meta;
+  if (st->resident > st->mapped) st->resident = st->mapped;
+  st->metadata = segs * ta_segment_header_bytes() + meta;
   st->purged = st->mapped - st->resident;
   st->fragmentation = st->resident ? 1.0 - (double)st->allocated / (double)st->resident : 0.0;
   st->peak_active = ta_relaxed_load(&active_peak);
-  st->allocations = allocs + huge_total;
-  uint64_t live = w.blocks + huge_live;
+  st->allocations = allocs + large_allocs + huge_total;
+  uint64_t live = blocks + large_n + huge_live;
   st->frees = st->allocations > live ? st->allocations - live : 0;
   st->huge_allocations = huge_total;
-  st->segments = ta_segments_live();
-  st->heaps = heaps;
+  st->segments = segs;
+  st->heaps = caches;
   st->purges = purges;
   st->purged_bytes = purged_bytes;
   st->trims = ta_relaxed_load(&ta_trims);
   st->trimmed_bytes = ta_relaxed_load(&ta_trimmed_bytes);
   st->trim_ns = ta_relaxed_load(&ta_trim_ns);
+  st->arenas = arenas;
+  st->tcache_bytes = held;
+  st->dirty = ((uint64_t)(dirty_pages > 0 ? dirty_pages : 0) << ta_ospage_shift) + cached;
+  st->background = (uint64_t)ta_purger_running();
 }
 
 TRIMALLOC_API int trimalloc_stats(trimalloc_stats_t *out, size_t size) {

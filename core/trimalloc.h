@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 #define TRIMALLOC_VERSION "0.1.0"
-#define TRIMALLOC_STATS_VERSION 1
+#define TRIMALLOC_STATS_VERSION 2
 
 #if defined(__GNUC__)
 #define TRIMALLOC_API __attribute__((visibility("default")))
@@ -34,16 +34,20 @@ extern "C" {
   X(uint64_t, purged, "bytes", "mapped but returned to the OS (retained address space)") \
   X(double, fragmentation, "ratio", "1 - allocated / resident")                          \
   X(uint64_t, peak_active, "bytes", "high-water mark of active (pages and huge blocks in use)") \
-  X(uint64_t, allocations, "count", "blocks handed out (a page's are counted when it refills)") \
-  X(uint64_t, frees, "count", "allocations - live blocks (lags the same way)")            \
+  X(uint64_t, allocations, "count", "blocks handed out (counted when a thread cache refills)") \
+  X(uint64_t, frees, "count", "allocations - live blocks (blocks in thread caches count as live)") \
   X(uint64_t, huge_allocations, "count", "blocks that got their own mapping")           \
   X(uint64_t, segments, "count", "segments mapped now")                                  \
-  X(uint64_t, heaps, "count", "thread heaps in use or abandoned")                        \
+  X(uint64_t, heaps, "count", "thread caches registered (one per live thread that allocated)") \
   X(uint64_t, purges, "count", "ranges returned to the OS by the delayed purge")         \
   X(uint64_t, purged_bytes, "bytes", "bytes returned to the OS by the delayed purge")    \
   X(uint64_t, trims, "count", "calls to trimalloc_trim or malloc_trim")                  \
   X(uint64_t, trimmed_bytes, "bytes", "bytes returned to the OS by trims")               \
-  X(uint64_t, trim_ns, "ns", "time spent trimming")
+  X(uint64_t, trim_ns, "ns", "time spent trimming")                                      \
+  X(uint64_t, arenas, "count", "shared arenas in use")                                   \
+  X(uint64_t, tcache_bytes, "bytes", "free blocks held in thread caches now")            \
+  X(uint64_t, dirty, "bytes", "free and still resident: what a trim would return now")  \
+  X(uint64_t, background, "bool", "1 while the background purger thread runs")
 
 typedef struct trimalloc_stats_s {
   uint32_t version; /* TRIMALLOC_STATS_VERSION */
@@ -67,17 +71,18 @@ TRIMALLOC_API void *trimalloc_valloc(size_t size);
 TRIMALLOC_API void *trimalloc_pvalloc(size_t size);
 TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p);
 
-/* Returns every free page of every heap to the OS now (MADV_DONTNEED) and
- * unmaps empty segments. Returns the number of bytes released. Cheap when
- * there is nothing to release. Thread-safe. */
+/* Returns every free OS page of every arena to the OS now (MADV_DONTNEED),
+ * including free pages inside slabs that still hold live blocks, after
+ * flushing the caller's thread cache; asks the other threads to flush theirs
+ * at their next slow path; unmaps empty segments. Returns the number of bytes
+ * released. Its cost is proportional to slabs and spans, not to free blocks;
+ * with nothing to release it costs well under a microsecond. Thread-safe. */
 TRIMALLOC_API size_t trimalloc_trim(void);
 
-/* The trim for hooks that run often (after each GC, job or request): like
- * trimalloc_trim, but when it comes within trim_window_ms of the previous
- * trim, it keeps as much of the newest free memory as the program faulted in
- * afresh since then (what it is about to reuse), so trimming does not turn
- * into page-fault churn. The delayed purge returns that reserve if it stays
- * idle. Returns the bytes released. */
+/* The trim for hooks that run often (after each GC, job or request): returns
+ * only what has been free for the current purge delay (what the background
+ * purger would return next), so trimming does not turn into page-fault
+ * churn. Returns the bytes released. */
 TRIMALLOC_API size_t trimalloc_trim_idle(void);
 
 /* glibc-compatible: trims, returns 1 if memory was released, 0 otherwise. */
@@ -93,9 +98,9 @@ TRIMALLOC_API int trimalloc_stats(trimalloc_stats_t *out, size_t size);
  * snprintf. Does not allocate. */
 TRIMALLOC_API size_t trimalloc_stats_json(char *buf, size_t size);
 
-/* Options: purge_delay_ms, unmap_delay_ms, trim_window_ms, show_stats, verbose. Each is read
- * once from TRIMALLOC_<NAME upper-cased> at start; a bad value warns once and
- * keeps the default. get/set return 0, or EINVAL for an unknown name (or a
+/* Options: purge_delay_ms, unmap_delay_ms, arenas, tcache_bytes, background,
+ * show_stats, verbose. Each is read once from TRIMALLOC_<NAME upper-cased> at
+ * start; a bad value warns once and keeps the default. get/set return 0, or EINVAL for an unknown name (or a
  * NULL pointer) and ERANGE for a value out of the option's range. */
 TRIMALLOC_API int trimalloc_option_get(const char *name, long long *value);
 TRIMALLOC_API int trimalloc_option_set(const char *name, long long value);
@@ -105,9 +110,10 @@ TRIMALLOC_API const char *trimalloc_option_name(size_t i);
 
 TRIMALLOC_API const char *trimalloc_version(void);
 
-/* Checks the invariants of the calling thread's heap (its pages, free lists,
- * direct table and segments); returns 1 if they hold. Walks every page: for
- * tests and debugging, not for production paths. */
+/* Checks the invariants of every arena (bins, slabs, free bitmaps, OS-page
+ * counts, free spans, segments) and of the calling thread's cache; returns 1
+ * if they hold. Walks everything: for tests and debugging, not for
+ * production paths. */
 TRIMALLOC_API int trimalloc_check(void);
 
 #ifdef __cplusplus

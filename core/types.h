@@ -1,11 +1,18 @@
 /* trimalloc: every struct of the core, with its invariants.
  *
+ * Ownership (v2): memory belongs to a few shared arenas, never to a thread.
+ * A thread keeps only a bounded cache of free blocks (ta_tcache_t); every
+ * other free byte is reachable, under a lock, by any thread, by trim and by
+ * the background purger.
+ *
  * Address space comes from the OS in segments of TA_SEGMENT_SIZE bytes,
  * aligned to their size, so a block's segment is `p & ~TA_SEGMENT_MASK`.
  * A segment is cut into TA_SLICES slices of TA_SLICE_SIZE bytes; slice 0 holds
- * the segment header. A run of slices is a span; a span in use is a page:
- *  - a small page holds blocks of one size class (classes up to TA_MEDIUM_MAX),
- *  - a large page holds one block (up to TA_LARGE_MAX),
+ * the segment header (descriptors and the segment's bitmaps). A run of slices
+ * is a span:
+ *  - a slab holds blocks of one size class (classes up to TA_MEDIUM_MAX),
+ *  - a large span holds one block (up to TA_LARGE_MAX),
+ *  - a free span waits in its arena's page heap,
  * and a huge block (beyond TA_LARGE_MAX) gets a segment-aligned mapping of its
  * own whose header looks like a segment's. */
 #ifndef TA_TYPES_H
@@ -20,45 +27,56 @@
 #define TA_SEGMENT_SHIFT 22 /* 4 MiB */
 #define TA_SEGMENT_SIZE ((size_t)1 << TA_SEGMENT_SHIFT)
 #define TA_SEGMENT_MASK (TA_SEGMENT_SIZE - 1)
-#define TA_SLICE_SHIFT 16 /* 64 KiB */
+#define TA_SLICE_SHIFT 16 /* 64 KiB: the largest OS page size Linux uses */
 #define TA_SLICE_SIZE ((size_t)1 << TA_SLICE_SHIFT)
 #define TA_SLICES (TA_SEGMENT_SIZE / TA_SLICE_SIZE) /* 64; slice 0 is the header */
 
-#define TA_ALIGN 16               /* every block is 16-byte aligned */
-#define TA_DIRECT_MAX 1024        /* sizes served by the malloc fast path */
-#define TA_DIRECT_SLOTS (TA_DIRECT_MAX / TA_ALIGN + 1)
+#define TA_ALIGN 16 /* every block is 16-byte aligned; the free bitmap has a bit per 16 bytes */
+#define TA_GRANULE_SHIFT 4
+#define TA_FREE_WORDS (TA_SEGMENT_SIZE >> TA_GRANULE_SHIFT >> 6) /* 4096 */
+#define TA_OSPAGE_MIN_SHIFT 12                                    /* 4 KiB */
+#define TA_OSPAGES_MAX (TA_SEGMENT_SIZE >> TA_OSPAGE_MIN_SHIFT)  /* 1024 */
+
+#define TA_SMALL_MAX 1024          /* sizes whose class is one table load */
 #define TA_MEDIUM_MAX (128 * 1024) /* largest size class */
 #define TA_CLASSES 88              /* 16..128 by 16, then 8 classes per doubling */
+#define TA_TCACHE_MAX (32 * 1024)  /* largest size a thread cache holds */
+#define TA_TCLASSES 72             /* classes 0..71 are cached (ta_class_of(32 KiB) == 71) */
+#define TA_NO_CLASS 0xff           /* span->cls of anything the free fast path must not take */
 #define TA_LARGE_MAX (TA_SEGMENT_SIZE / 2) /* beyond: huge, own mapping */
 #define TA_MAX_ALIGN (TA_SEGMENT_SIZE / 2) /* larger alignments: ENOMEM */
 #define TA_ADDR_BITS 48                    /* segments live below 2^48 */
 #define TA_SEGMAP_WORDS (((size_t)1 << (TA_ADDR_BITS - TA_SEGMENT_SHIFT)) / 64)
+#define TA_ARENAS_MAX 64
+#define TA_FULLNESS 8    /* fullness buckets of a bin's partial slabs */
+#define TA_BUCKET_NONE 0xff /* a slab on no bucket list: full */
 
-#define TA_XFREE_FULL ((uintptr_t)1) /* page->xfree flag: page is in the full list */
+typedef struct ta_arena_s ta_arena_t;
+typedef pthread_mutex_t ta_lock_t;
 
-typedef struct ta_heap_s ta_heap_t;
-
-/* Purge hysteresis (delay.c): memory that stays idle `delay_ms` is returned;
- * taking memory back soon after returning some doubles the delay (up to 10x
- * the option, at most 1 s), a calm period halves it again. */
+/* Purge hysteresis (purge.c): memory that stays idle `delay_ms` is returned;
+ * taking returned memory back soon after doubles the delay (up to 10x the
+ * option, at most 1 s), a calm period halves it again. */
 typedef struct ta_delay_s {
-  uint64_t delay_ms;    /* current delay */
-  uint64_t released_ms; /* last release of memory */
-  uint64_t grown_ms;    /* last change of delay_ms */
+  uint64_t delay_ms;    /* current delay (under the owner's lock) */
+  uint64_t released_ms; /* last release of memory (under the owner's lock) */
+  uint64_t grown_ms;    /* last change of delay_ms (under the owner's lock) */
+  _Atomic uint64_t refault_ms; /* last time purged memory was taken back (any thread) */
 } ta_delay_t;
-typedef struct ta_segment_s ta_segment_t;
 
-/* A free block: the first word links, the second holds the free cookie (so a
- * second free of the same block is caught cheaply; malloc clears it). */
+/* A free block in a thread cache: the first word links, the second holds the
+ * cookie (a block popped twice, i.e. freed twice, or written after free, is
+ * caught at the pop; malloc clears it). Blocks in the arenas hold nothing:
+ * their state is the segment's free bitmap. */
 typedef struct ta_block_s {
   struct ta_block_s *next;
   uintptr_t key;
 } ta_block_t;
 
 typedef enum {
-  TA_SPAN_FREE = 0, /* in the heap's free-span bins */
+  TA_SPAN_FREE = 0, /* in its arena's page heap */
   TA_SPAN_META,     /* slice 0 of a segment */
-  TA_SPAN_SMALL,    /* blocks of one size class */
+  TA_SPAN_SLAB,     /* blocks of one size class */
   TA_SPAN_LARGE,    /* one block */
   TA_SPAN_HUGE      /* descriptor of a huge mapping */
 } ta_span_kind_t;
@@ -66,119 +84,136 @@ typedef enum {
 /* One slice descriptor. Only the head of a span carries data; the others have
  * head_off = their distance to the head.
  *
- * Small page invariants (owner thread only, except xfree and the relaxed
- * reads of used by stats):
- *   used = capacity - |free| - |local_free| - |xfree| - |blocks of this page in heap->delayed|
- *          - |free blocks on purged OS pages| + xpurged
- *   when free is empty: |local_free| = refill_used + refill_count - used
- *     (so a refill learns how many blocks were handed out and freed without
- *     walking the lists)
- *   capacity <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
- *   xfree == TA_XFREE_FULL  <=>  in_full  (the page has no free block then)
- *   a block overlapping an OS page in purged_os is free and on no list
+ * Slab (kind == SLAB, under its arena's bin[cls] lock):
+ *   used = carved - |blocks whose bit is set in the free bitmap|
+ *        = blocks handed out to programs or thread caches
+ *   0 < used  (an empty slab goes back to the page heap at once)
+ *   used == reserved  <=>  bucket == TA_BUCKET_NONE (full: on no list)
+ *   otherwise on bin->buckets[bucket], bucket == used * TA_FULLNESS / reserved
+ *   carved <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
+ *   dirty = |OS pages p of the span with live[p] == 0 and not purged|
  *   (addr - start) % bsize == 0 for every block, tested with div_magic
- * Free span invariants (under heap->lock):
- *   kind == TA_SPAN_FREE, linked in heap->bins[slices] through next/prev,
- *   and in the purge queue through pnext/pprev iff some slice is committed. */
-typedef struct __attribute__((aligned(64))) ta_page_s {
-  /* First cache line: all that the malloc and free fast paths touch. */
-  ta_block_t *free;        /* allocate from (owner) */
-  ta_block_t *local_free;  /* frees by the owner */
-  uint8_t *start;          /* first byte of the span */
-  uint64_t div_magic;      /* UINT64_MAX / bsize + 1: divisibility test */
-  ta_heap_t *heap;         /* owner (NULL for huge) */
-  _Atomic uint32_t used;   /* live blocks; owner writes (relaxed), stats read */
-  uint32_t bsize;          /* block size (large: span bytes) */
-  _Atomic uint8_t in_full; /* in heap->full (changed under heap->lock) */
-  uint8_t in_queue;        /* owner: in heap->queues[cls] */
-  uint16_t head_off;       /* slices to the head (0 for a head) */
-  uint8_t kind;            /* ta_span_kind_t */
-  uint8_t cls;             /* size class (small pages) */
-  uint8_t in_purge;        /* free span: in the heap's purge queue */
-  uint32_t capacity;       /* blocks carved from the span so far */
-  uint32_t reserved;       /* blocks that fit in the span */
-  /* Second line: other threads' frees land here, away from the owner's line. */
-  _Atomic uintptr_t xfree; /* frees by other threads: atomic stack | TA_XFREE_FULL */
-  _Atomic uint32_t purged_os; /* OS pages of a one-slice page returned to the OS (bit i: page i);
-                                 owner and trim update it atomically, stats read */
-  _Atomic uint32_t xpurged; /* blocks a trim took off xfree into purged OS pages,
-                               not yet subtracted from used by the owner */
-  uint32_t refill_used;    /* used right after the last refill */
-  uint32_t refill_count;   /* blocks put on `free` by the last refill */
-  uint32_t scratch;        /* trim's count of a full page's delayed blocks */
-  uint32_t sparse_used;    /* used + 1 when the page was last sparse-purged (0: never) */
-  ta_block_t *tmp;         /* trim's per-page chain of delayed blocks (under heap->lock) */
-  struct ta_page_s *next, *prev;   /* class queue / full list / free-span bin */
-  /* Free spans only (under heap->lock). */
-  struct ta_page_s *pnext, *pprev; /* purge queue */
-  uint64_t freed_ms;       /* when the span became free */
-  uint16_t slices;         /* span length in slices (head) */
-} ta_page_t;
+ * Free span (kind == FREE, under the arena lock): linked in
+ *   arena->spans[slices]; dirty as above; freed_ms = when it became free.
+ * Large span (kind == LARGE): live[p] == 1 for each of its OS pages. */
+typedef struct __attribute__((aligned(64))) ta_span_s {
+  /* First cache line: what the free fast path reads (cls, start, div_magic). */
+  uint8_t *start;        /* first byte of the span */
+  uint64_t div_magic;    /* UINT64_MAX / bsize + 1: divisibility test */
+  uint32_t bsize;        /* block size (large: span bytes) */
+  uint16_t head_off;     /* slices to the head (0 for a head) */
+  uint8_t kind;          /* ta_span_kind_t */
+  uint8_t cls;           /* size class of a slab, else TA_NO_CLASS */
+  ta_arena_t *arena;     /* owner */
+  uint32_t used;         /* blocks handed out */
+  uint32_t reserved;     /* blocks that fit */
+  uint32_t carved;       /* blocks [0, carved) have been handed out at least once */
+  uint16_t scan;         /* slab: no free bit in the bitmap words below this one (relative) */
+  uint16_t slices;       /* span length in slices */
+  uint16_t dirty;        /* OS pages free and resident */
+  uint8_t bucket;        /* slab: fullness bucket, or TA_BUCKET_NONE */
+  struct ta_span_s *next, *prev; /* bucket list / page-heap list */
+  uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
+} ta_span_t;
 
-_Static_assert(offsetof(ta_page_t, reserved) + sizeof(uint32_t) <= 64,
-               "the fast paths' fields of ta_page_t fit in its first cache line");
+_Static_assert(offsetof(ta_span_t, arena) <= 64, "the free fast path's fields fit in one cache line");
 
 /* Segment header (slice 0), or the header of a huge mapping.
- *   committed bit i set  <=>  slice i may be resident (not purged)
- *   used_slices = number of slices in SMALL/LARGE spans
- *   segment is in the segment map  <=>  it is mapped */
-struct ta_segment_s {
-  ta_heap_t *heap; /* owner (NULL for huge) */
+ *   segment is in the segment map  <=>  it is mapped
+ *   used_slices = number of slices in SLAB/LARGE spans
+ * A normal segment's header is followed (in slice 0) by its ta_segbits_t. */
+typedef struct ta_segment_s {
+  ta_arena_t *arena; /* owner (NULL for huge) */
   struct ta_segment_s *next, *prev;
-  size_t map_size;       /* bytes mapped */
-  size_t huge_off;       /* huge: offset of the block */
-  size_t huge_size;      /* huge: usable size */
-  uint64_t committed;    /* one bit per slice */
+  size_t map_size;  /* bytes mapped */
+  size_t huge_off;  /* huge: offset of the block */
+  size_t huge_size; /* huge: usable size */
   uint64_t empty_since_ms;
   uint32_t used_slices;
-  uint32_t huge;         /* 1: huge mapping */
-  ta_page_t pages[TA_SLICES];
-};
+  uint32_t huge; /* 1: huge mapping */
+  ta_span_t spans[TA_SLICES];
+} ta_segment_t;
 
-typedef struct ta_pageq_s {
-  ta_page_t *first, *last;
-} ta_pageq_t;
+/* The OS-page state of a segment, one entry per OS page p (page size read at
+ * run time; 4 KiB pages use all entries, 64 KiB pages the first 64):
+ *   live[p]  = blocks handed out (slabs: counted per block overlapping p;
+ *              large spans: 1) - so live[p] == 0 means "nothing on p is in use"
+ *   purged   bit p: p was returned to the OS (or never touched) - not resident
+ *   touched  bit p: p has been in use at least once (purged && touched: a refault)
+ *   live[p] > 0  =>  !purged[p]
+ *   dirty pages  = live[p] == 0 && !purged[p] (free and resident: what a purge returns)
+ * free: bit g set <=> a free block of a slab starts at byte 16 * g of the
+ *   segment (under the slab's bin lock). live is written under the lock of the
+ *   span's owner (bin lock for slabs, arena lock otherwise); purged and touched
+ *   words are shared between spans, so they change atomically. */
+typedef struct ta_segbits_s {
+  uint64_t free[TA_FREE_WORDS];
+  uint16_t live[TA_OSPAGES_MAX];
+  _Atomic uint64_t purged[TA_OSPAGES_MAX / 64];
+  _Atomic uint64_t touched[TA_OSPAGES_MAX / 64];
+} ta_segbits_t;
 
-typedef pthread_mutex_t ta_lock_t;
+#define TA_SEGBITS_OFFSET ((sizeof(ta_segment_t) + 63) & ~(size_t)63)
+_Static_assert(TA_SEGBITS_OFFSET + sizeof(ta_segbits_t) <= TA_SLICE_SIZE, "the header fits in slice 0");
 
-/* ACTIVE: a thread owns it. ABANDONED: its thread exited; the next new thread
- * adopts it. DEAD: its thread does not exist in this child of fork; its lists
- * may be torn mid-operation, so nobody adopts it, but trim still returns its
- * empty spans and the full pages whose blocks all came back (lock-protected). */
-typedef enum { TA_HEAP_ACTIVE = 0, TA_HEAP_ABANDONED, TA_HEAP_DEAD } ta_heap_state_t;
-
-/* A thread's heap. Fields above `lock` are the owner's alone (no lock);
- * span bookkeeping below it, and the full list with its pages, are under
- * `lock` (taken in slow paths only, and by trim and stats from other threads:
- * the owner's fast paths never touch a full page, so trim can retire the
- * full pages whose blocks all came back through `delayed`).
- *   direct[(n + 15) / 16] == queues[class_of(n)].first, or &ta_page_empty
- *   every page in queues[c] has cls == c, in_queue; every page in full has in_full */
-struct ta_heap_s {
-  ta_page_t *direct[TA_DIRECT_SLOTS];
-  ta_pageq_t queues[TA_CLASSES];
-  ta_pageq_t full;               /* under lock */
-  _Atomic(ta_block_t *) delayed; /* cross-thread frees into full pages */
-  _Atomic int flush;             /* trim asks the owner to flush its caches */
-  uint32_t slow_count;
-  uint64_t last_purge_ms;
-
+/* A size class's bin in one arena (own lock). Partial slabs sit in buckets by
+ * fullness; a refill takes from the fullest first, so sparse slabs drain and
+ * go back whole.
+ *   bit b of bucket_mask  <=>  buckets[b] != NULL
+ *   dirty = sum of dirty over its slabs
+ *   used_bytes = sum of used * bsize over its slabs */
+typedef struct __attribute__((aligned(64))) ta_bin_s {
   ta_lock_t lock;
-  ta_page_t *bins[TA_SLICES];         /* free spans by length */
-  uint64_t bin_mask;                  /* bit n set <=> bins[n] != NULL */
-  ta_page_t *purge_first, *purge_last; /* free committed spans, oldest first */
+  ta_span_t *buckets[TA_FULLNESS];
+  uint32_t bucket_mask;
+  _Atomic uint32_t dirty;       /* written under lock, read by trim without it */
+  _Atomic uint64_t used_bytes;  /* stats */
+  _Atomic uint64_t allocs;      /* blocks handed out by this bin, ever */
+} ta_bin_t;
+
+/* An arena: bins (own locks) and a page heap of free spans (the arena lock).
+ * Lock order: a bin's lock, then the arena lock.
+ *   bit n of span_mask  <=>  spans[n] != NULL
+ *   dirty_pages = dirty OS pages of its slabs and free spans
+ *   resident_pages = OS pages of its segments not purged (headers included) */
+struct ta_arena_s {
+  ta_lock_t lock;
+  ta_span_t *spans[TA_SLICES];
+  uint64_t span_mask;
   ta_segment_t *segments;
-  ta_delay_t purge_delay;       /* hysteresis of the delayed purge */
-  int state;                    /* ta_heap_state_t, under the registry lock */
-  ta_heap_t *next_all;          /* registry */
-  ta_heap_t *next_abandoned;
-  _Atomic uint64_t allocs;      /* blocks handed out, counted at refills */
+  ta_delay_t delay;     /* under lock */
+  uint64_t last_purge_ms;
+  _Atomic int64_t dirty_pages, resident_pages;
+  _Atomic uint64_t large_bytes, large_count, large_allocs;
   _Atomic uint64_t purges, purged_bytes;
+  _Atomic int ready;
+  uint32_t index;
+  ta_bin_t bins[TA_CLASSES];
 };
 
-/* Sums gathered by a stats walk. */
-typedef struct ta_walk_s {
-  uint64_t allocated, active, resident, mapped, metadata, blocks;
-} ta_walk_t;
+/* A thread cache bin: a LIFO of free blocks of one class.
+ *   count = |list| <= max;  the cache's held = sum of count * bsize <= limit (at rest) */
+typedef struct ta_tbin_s {
+  ta_block_t *head;
+  uint16_t count, max;
+  uint32_t bsize;
+} ta_tbin_t;
+
+typedef enum { TA_TC_EMPTY = 0, TA_TC_LIVE, TA_TC_DONE } ta_tc_state_t;
+
+/* A thread's cache. The owner alone writes it; `held` is read by stats
+ * (relaxed loads and stores, no read-modify-write on the fast paths). A
+ * thread starts on the static empty cache (max 0 everywhere: the first call
+ * takes the slow path, which gives it one), and ends on the static done
+ * cache (after its exit flush: straight to the arenas). */
+typedef struct ta_tcache_s {
+  ta_tbin_t bins[TA_TCLASSES];
+  _Atomic uint64_t held; /* bytes in the bins */
+  uint64_t limit;        /* bound on held (option tcache_bytes) */
+  uint32_t epoch;        /* flush requests seen (ta_flush_epoch) */
+  uint32_t slow;         /* slow paths since the last maintenance */
+  int state;             /* ta_tc_state_t */
+  struct ta_tcache_s *next, *prev; /* registry (under ta_tcaches_lock) */
+} ta_tcache_t;
 
 #endif

@@ -5,6 +5,10 @@
 #include "../prim.h"
 
 #include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
 #include <stdlib.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
@@ -107,12 +111,51 @@ const char *ta_prim_getenv(const char *name) {
 }
 
 uint64_t ta_prim_random(void) {
-  uint64_t r = ta_prim_clock_ns() * 0x9E3779B97F4A7C15ull;
-  const unsigned char *a = (const unsigned char *)getauxval(AT_RANDOM);
-  if (a)
-    for (int i = 0; i < 8; i++) r ^= (uint64_t)a[i] << (8 * i);
+  int saved = errno;
+  uint64_t k = 0;
+  long n = syscall(SYS_getrandom, &k, sizeof k, 1 /* GRND_NONBLOCK */);
+  if (n != (long)sizeof k) { /* the second half of AT_RANDOM: glibc's stack canary uses the first */
+    const unsigned char *a = (const unsigned char *)getauxval(AT_RANDOM);
+    if (a)
+      for (int i = 0; i < 8; i++) k ^= (uint64_t)a[8 + i] << (8 * i);
+  }
+  errno = saved;
+  uint64_t r = k ^ (ta_prim_clock_ns() * 0x9E3779B97F4A7C15ull);
   r ^= r >> 31;
   r *= 0xBF58476D1CE4E5B9ull;
   r ^= r >> 29;
   return r | 1;
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+static _Atomic int populate_unsupported;
+
+void ta_prim_populate(void *p, size_t size) {
+  if (atomic_load_explicit(&populate_unsupported, memory_order_relaxed)) return;
+  int saved = errno;
+  if (madvise(p, size, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+    atomic_store_explicit(&populate_unsupported, 1, memory_order_relaxed);
+  errno = saved;
+}
+
+unsigned ta_prim_cpu(void) {
+  int c = sched_getcpu();
+  return c < 0 ? 0 : (unsigned)c;
+}
+
+unsigned ta_prim_ncpus(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (unsigned)n : 1;
+}
+
+int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int err = pthread_create(out, NULL, fn, arg);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (err == 0) pthread_setname_np(*out, name);
+  return err;
 }

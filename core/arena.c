@@ -1,0 +1,260 @@
+/* Arenas: a few, shared by every thread (default: one per CPU). A thread's
+ * refills go to the arena of the CPU it runs on; a block always goes back to
+ * the arena of its slab. Each arena has a bin per size class (its own lock)
+ * whose partial slabs sit in fullness buckets, and a page heap (span.c, the
+ * arena lock). Lock order: bin, then arena. */
+#include "internal.h"
+
+#include <errno.h>
+
+ta_arena_t ta_arenas[TA_ARENAS_MAX];
+_Atomic uint32_t ta_arenas_used;
+static ta_lock_t arenas_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned ncpus;
+
+static ta_arena_t *arena_ready(size_t i) {
+  ta_arena_t *a = &ta_arenas[i];
+  if (ta_likely(atomic_load_explicit(&a->ready, memory_order_acquire))) return a;
+  ta_lock(&arenas_lock);
+  if (!atomic_load_explicit(&a->ready, memory_order_relaxed)) {
+    pthread_mutex_init(&a->lock, NULL);
+    for (size_t c = 0; c < TA_CLASSES; c++) pthread_mutex_init(&a->bins[c].lock, NULL);
+    a->index = (uint32_t)i;
+    a->last_purge_ms = ta_prim_clock_ms();
+    atomic_store_explicit(&a->ready, 1, memory_order_release);
+    if (ta_relaxed_load(&ta_arenas_used) < i + 1) ta_relaxed_store(&ta_arenas_used, (uint32_t)(i + 1));
+  }
+  ta_unlock(&arenas_lock);
+  return a;
+}
+
+ta_arena_t *ta_arena_pick(void) {
+  long long n = ta_opt(TA_OPT_ARENAS);
+  if (n <= 0) {
+    if (!ncpus) ncpus = ta_prim_ncpus();
+    n = ncpus;
+  }
+  if (n > TA_ARENAS_MAX) n = TA_ARENAS_MAX;
+  return arena_ready(n == 1 ? 0 : ta_prim_cpu() % (unsigned)n);
+}
+
+/* ---- fullness buckets ---- */
+static inline unsigned bucket_of(const ta_span_t *sp) {
+  return sp->used == sp->reserved ? TA_BUCKET_NONE : sp->used * TA_FULLNESS / sp->reserved;
+}
+
+static void bucket_remove(ta_bin_t *bin, ta_span_t *sp) {
+  unsigned b = sp->bucket;
+  if (sp->prev) sp->prev->next = sp->next;
+  else bin->buckets[b] = sp->next;
+  if (sp->next) sp->next->prev = sp->prev;
+  if (!bin->buckets[b]) bin->bucket_mask &= ~(1u << b);
+  sp->next = sp->prev = NULL;
+  sp->bucket = TA_BUCKET_NONE;
+}
+
+static void rebucket(ta_bin_t *bin, ta_span_t *sp) {
+  unsigned b = bucket_of(sp);
+  if (b == sp->bucket) return;
+  if (sp->bucket != TA_BUCKET_NONE) bucket_remove(bin, sp);
+  if (b == TA_BUCKET_NONE) return;
+  sp->prev = NULL;
+  sp->next = bin->buckets[b];
+  if (sp->next) sp->next->prev = sp;
+  bin->buckets[b] = sp;
+  bin->bucket_mask |= 1u << b;
+  sp->bucket = (uint8_t)b;
+}
+
+static inline void dirty_moved(ta_bin_t *bin, uint16_t before, uint16_t after) {
+  if (before != after) ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) + after - before);
+}
+
+static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls) {
+  ta_lock(&a->lock);
+  ta_span_t *sp = ta_span_alloc(a, ta_class_slices[cls], TA_SPAN_SLAB);
+  ta_unlock(&a->lock);
+  if (!sp) return NULL;
+  uint16_t d0 = sp->dirty;
+  ta_slab_init(sp, cls);
+  ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) + d0);
+  dirty_moved(bin, d0, sp->dirty);
+  return sp;
+}
+
+size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t want) {
+  ta_bin_t *bin = &a->bins[cls];
+  size_t got = 0;
+  ta_lock(&bin->lock);
+  while (got < want) {
+    ta_span_t *sp = bin->bucket_mask ? bin->buckets[31 - __builtin_clz(bin->bucket_mask)] /* fullest */
+                                     : slab_new(a, bin, cls);
+    if (!sp) break;
+    uint16_t d0 = sp->dirty;
+    got += ta_slab_take(sp, first, want - got);
+    dirty_moved(bin, d0, sp->dirty);
+    rebucket(bin, sp);
+  }
+  if (got) {
+    ta_relaxed_add(&bin->used_bytes, got * ta_class_size(cls));
+    ta_relaxed_add(&bin->allocs, got);
+  }
+  ta_unlock(&bin->lock);
+  return got;
+}
+
+/* Puts one block back in its slab (bin lock held); an emptied slab goes back
+ * to the page heap at once (its pages stay resident until purged). */
+static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size_t cls, uint64_t now) {
+  uint16_t d0 = sp->dirty;
+  if (ta_unlikely(sp->kind != TA_SPAN_SLAB || sp->cls != cls || !ta_slab_put(sp, p))) {
+    bool twice = sp->kind == TA_SPAN_SLAB && sp->cls == cls && ta_is_block_start(sp, p);
+    ta_unlock(&bin->lock);
+    ta_error(twice ? "free: double free" : "free: invalid pointer", p);
+  }
+  dirty_moved(bin, d0, sp->dirty);
+  ta_relaxed_sub(&bin->used_bytes, sp->bsize);
+  sp->freed_ms = now;
+  if (sp->used) {
+    rebucket(bin, sp);
+    return;
+  }
+  if (sp->bucket != TA_BUCKET_NONE) bucket_remove(bin, sp);
+  ta_slab_clear(sp);
+  ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) - sp->dirty);
+  ta_lock(&a->lock);
+  ta_span_free(a, sp);
+  ta_unlock(&a->lock);
+}
+
+void ta_arena_flush(ta_block_t *b, size_t cls) {
+  ta_arena_t *a = NULL;
+  ta_bin_t *bin = NULL;
+  uint64_t now = ta_prim_clock_ms();
+  while (b) {
+    ta_block_t *next = b->next;
+    ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
+    ta_arena_t *ba = sp->arena; /* fixed while the slab holds this live block */
+    if (ba != a) {
+      if (bin) ta_unlock(&bin->lock);
+      a = ba;
+      bin = &a->bins[cls];
+      ta_lock(&bin->lock);
+    }
+    put_block(a, bin, sp, b, cls, now);
+    b = next;
+  }
+  if (bin) ta_unlock(&bin->lock);
+  ta_purge_kick();
+}
+
+void *ta_arena_alloc1(size_t cls) {
+  ta_block_t *b = NULL;
+  if (!ta_arena_refill(ta_arena_pick(), cls, &b, 1)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  b->key = 0;
+  return b;
+}
+
+void ta_arena_free1(ta_span_t *sp, void *p) {
+  ta_arena_t *a = sp->arena;
+  if (ta_unlikely(!a || sp->cls >= TA_CLASSES)) ta_error("free: invalid pointer", p);
+  ta_bin_t *bin = &a->bins[sp->cls];
+  ta_lock(&bin->lock);
+  put_block(a, bin, sp, p, sp->cls, ta_prim_clock_ms());
+  ta_unlock(&bin->lock);
+  ta_purge_kick();
+}
+
+/* Purges what has been free for the arena's delay (all: everything free now),
+ * free OS pages inside slabs first, then free spans. Bytes released. */
+size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all) {
+  if (!atomic_load_explicit(&a->ready, memory_order_acquire) || ta_relaxed_load(&a->dirty_pages) <= 0) return 0;
+  ta_lock(&a->lock);
+  uint64_t delay = ta_delay_get(&a->delay, now);
+  ta_unlock(&a->lock);
+  size_t bytes = 0;
+  for (size_t c = 0; c < TA_CLASSES; c++) {
+    ta_bin_t *bin = &a->bins[c];
+    if (!ta_relaxed_load(&bin->dirty)) continue;
+    ta_lock(&bin->lock);
+    for (unsigned k = 0; k < TA_FULLNESS; k++)
+      for (ta_span_t *sp = bin->buckets[k]; sp; sp = sp->next)
+        if (sp->dirty && (all || sp->freed_ms + delay <= now)) {
+          uint16_t d0 = sp->dirty;
+          bytes += ta_slab_purge(sp);
+          dirty_moved(bin, d0, sp->dirty);
+        }
+    ta_unlock(&bin->lock);
+  }
+  ta_lock(&a->lock);
+  bytes += ta_spans_purge(a, now, delay, all);
+  if (bytes && !all) ta_delay_released(&a->delay, now);
+  a->last_purge_ms = now;
+  ta_unlock(&a->lock);
+  return bytes;
+}
+
+/* ---- fork: every lock taken before, released (parent) or reset (child) ---- */
+void ta_arenas_fork_prepare(void) {
+  ta_lock(&arenas_lock);
+  for (size_t i = 0; i < TA_ARENAS_MAX; i++) {
+    ta_arena_t *a = &ta_arenas[i];
+    if (!ta_relaxed_load(&a->ready)) continue;
+    for (size_t c = 0; c < TA_CLASSES; c++) ta_lock(&a->bins[c].lock);
+    ta_lock(&a->lock);
+  }
+}
+
+void ta_arenas_fork_parent(void) {
+  for (size_t i = TA_ARENAS_MAX; i-- > 0;) {
+    ta_arena_t *a = &ta_arenas[i];
+    if (!ta_relaxed_load(&a->ready)) continue;
+    ta_unlock(&a->lock);
+    for (size_t c = TA_CLASSES; c-- > 0;) ta_unlock(&a->bins[c].lock);
+  }
+  ta_unlock(&arenas_lock);
+}
+
+void ta_arenas_fork_child(void) {
+  for (size_t i = 0; i < TA_ARENAS_MAX; i++) {
+    ta_arena_t *a = &ta_arenas[i];
+    if (!ta_relaxed_load(&a->ready)) continue;
+    pthread_mutex_init(&a->lock, NULL);
+    for (size_t c = 0; c < TA_CLASSES; c++) pthread_mutex_init(&a->bins[c].lock, NULL);
+  }
+  pthread_mutex_init(&arenas_lock, NULL);
+}
+
+/* Invariants of an arena (types.h), each bin under its lock, then the page
+ * heap and the segments under the arena lock. */
+bool ta_arena_is_valid(ta_arena_t *a) {
+  if (!atomic_load_explicit(&a->ready, memory_order_acquire)) return true;
+  bool ok = true;
+  for (size_t c = 0; c < TA_CLASSES && ok; c++) {
+    ta_bin_t *bin = &a->bins[c];
+    ta_lock(&bin->lock);
+    uint32_t dirty = 0;
+    for (unsigned k = 0; k < TA_FULLNESS && ok; k++) {
+      if (((bin->bucket_mask >> k) & 1) != (bin->buckets[k] != NULL)) ok = false;
+      for (ta_span_t *sp = bin->buckets[k]; sp && ok; sp = sp->next) {
+        ok = sp->cls == c && sp->bucket == k && bucket_of(sp) == k && sp->arena == a && ta_slab_is_valid(sp) &&
+             (!sp->next || sp->next->prev == sp);
+        dirty += sp->dirty;
+      }
+    }
+    if (ok && dirty != ta_relaxed_load(&bin->dirty)) ok = false; /* full slabs hold no dirty page */
+    ta_unlock(&bin->lock);
+  }
+  ta_lock(&a->lock);
+  for (size_t n = 1; n < TA_SLICES && ok; n++) {
+    if (((a->span_mask >> n) & 1) != (a->spans[n] != NULL)) ok = false;
+    for (ta_span_t *sp = a->spans[n]; sp && ok; sp = sp->next)
+      ok = sp->kind == TA_SPAN_FREE && sp->slices == n && sp->arena == a;
+  }
+  for (ta_segment_t *s = a->segments; s && ok; s = s->next) ok = s->arena == a && ta_segment_is_valid(s);
+  ta_unlock(&a->lock);
+  return ok;
+}

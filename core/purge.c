@@ -1,0 +1,222 @@
+/* Returning memory: the purge hysteresis, trim, and the background purger.
+ *
+ * Free OS pages (inside slabs and in free spans) are purged once idle for the
+ * arena's delay, purge_delay_ms to start with. Taking purged memory back soon
+ * after a purge doubles the delay (up to 10x the option, at most 1 s), a calm
+ * period halves it again: memory faulted straight back in costs more than it
+ * saves (a fault is ~12 us per 4 KiB page on the machines this was measured on).
+ *
+ * The background purger is one thread, started lazily the first time at least
+ * TA_PURGER_START of free resident memory is left (so a short program that
+ * never frees much never gets a thread), restarted lazily in a fork child,
+ * stopped at exit, off with TRIMALLOC_BACKGROUND=0. Without it, the allocator
+ * purges on its own slow paths. */
+#include "internal.h"
+
+#include <errno.h>
+#include <time.h>
+
+#define TA_PURGER_START ((uint64_t)1 << 20)
+
+_Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
+
+/* ---- hysteresis ---- */
+static uint64_t delay_cap(uint64_t base) {
+  uint64_t cap = base * 10;
+  if (cap > 1000) cap = base > 1000 ? base : 1000;
+  return cap;
+}
+
+uint64_t ta_delay_get(ta_delay_t *d, uint64_t now) {
+  uint64_t base = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS);
+  if (d->delay_ms < base || d->delay_ms > delay_cap(base)) d->delay_ms = base;
+  uint64_t r = ta_relaxed_load(&d->refault_ms);
+  if (d->released_ms && r >= d->released_ms && r - d->released_ms <= 2 * d->delay_ms) {
+    uint64_t next = d->delay_ms * 2, cap = delay_cap(base);
+    d->delay_ms = next > cap ? cap : next;
+    d->grown_ms = now;
+    d->released_ms = 0; /* one release, one lengthening */
+  } else if (d->delay_ms > base && now - d->grown_ms > 4 * d->delay_ms) {
+    d->delay_ms = d->delay_ms / 2 > base ? d->delay_ms / 2 : base;
+    d->grown_ms = now;
+  }
+  return d->delay_ms;
+}
+
+void ta_delay_released(ta_delay_t *d, uint64_t now) {
+  d->released_ms = now;
+}
+
+void ta_delay_refault(ta_delay_t *d, uint64_t now) {
+  ta_relaxed_store(&d->refault_ms, now ? now : ta_prim_clock_ms());
+}
+
+/* ---- purging ---- */
+static uint64_t dirty_bytes(void) {
+  int64_t pages = 0;
+  uint32_t n = ta_relaxed_load(&ta_arenas_used);
+  for (uint32_t i = 0; i < n; i++) pages += ta_relaxed_load(&ta_arenas[i].dirty_pages);
+  return (uint64_t)(pages > 0 ? pages : 0) << ta_ospage_shift;
+}
+
+static size_t purge_arenas(uint64_t now, bool all) {
+  size_t bytes = 0;
+  uint32_t n = ta_relaxed_load(&ta_arenas_used);
+  for (uint32_t i = 0; i < n; i++) bytes += ta_arena_purge(&ta_arenas[i], now, all);
+  return bytes + ta_huge_cache_expire(now, all);
+}
+
+static _Atomic uint64_t activity_purge_ms;
+
+void ta_purge_on_activity(void) {
+  if (ta_purger_running()) return;
+  uint64_t now = ta_prim_clock_ms(), last = ta_relaxed_load(&activity_purge_ms);
+  uint64_t every = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS) / 2;
+  if (now - last < every || !atomic_compare_exchange_strong(&activity_purge_ms, &last, now)) return;
+  purge_arenas(now, false);
+}
+
+/* ---- the background purger ---- */
+enum { PURGER_OFF, PURGER_STARTING, PURGER_RUNNING, PURGER_STOPPING, PURGER_DONE };
+static _Atomic int purger_state, purger_waiting;
+static ta_lock_t purger_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t purger_cv;
+static pthread_t purger_tid;
+static bool cv_ready;
+
+static void cv_init(void) {
+  pthread_condattr_t at;
+  pthread_condattr_init(&at);
+  pthread_condattr_setclock(&at, CLOCK_MONOTONIC);
+  pthread_cond_init(&purger_cv, &at);
+  pthread_condattr_destroy(&at);
+  cv_ready = true;
+}
+
+int ta_purger_running(void) {
+  return ta_relaxed_load(&purger_state) == PURGER_RUNNING;
+}
+
+static void timed_wait(uint64_t ms) { /* purger_lock held; CLOCK_MONOTONIC */
+  struct timespec ts;
+  uint64_t ns = ta_prim_clock_ns() + ms * 1000000u;
+  ts.tv_sec = (time_t)(ns / 1000000000u);
+  ts.tv_nsec = (long)(ns % 1000000000u);
+  pthread_cond_timedwait(&purger_cv, &purger_lock, &ts);
+}
+
+static void *purger_main(void *arg) {
+  (void)arg;
+  ta_lock(&purger_lock);
+  while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && ta_opt(TA_OPT_BACKGROUND)) {
+    ta_unlock(&purger_lock);
+    uint64_t now = ta_prim_clock_ms(), wait = 0;
+    if (dirty_bytes() || ta_relaxed_load(&ta_huge_cached)) {
+      purge_arenas(now, false);
+      wait = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS) / 2;
+      if (wait < 10) wait = 10;
+    }
+    ta_lock(&purger_lock);
+    if (ta_relaxed_load(&purger_state) != PURGER_RUNNING) break;
+    if (wait) {
+      timed_wait(wait);
+      continue;
+    }
+    /* Nothing left: sleep until a free leaves something (ta_purge_kick). */
+    atomic_store(&purger_waiting, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!dirty_bytes() && !ta_relaxed_load(&ta_huge_cached)) timed_wait(10000);
+    atomic_store(&purger_waiting, 0);
+  }
+  int st = PURGER_RUNNING;
+  atomic_compare_exchange_strong(&purger_state, &st, PURGER_OFF); /* turned off: may start again */
+  if (st == PURGER_STOPPING) ta_relaxed_store(&purger_state, PURGER_DONE);
+  pthread_cond_broadcast(&purger_cv);
+  ta_unlock(&purger_lock);
+  return NULL;
+}
+
+static void purger_start(void) {
+  int st = PURGER_OFF;
+  if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_STARTING)) return;
+  if (!cv_ready) cv_init();
+  ta_relaxed_store(&purger_state, PURGER_RUNNING);
+  if (ta_prim_thread_start(purger_main, NULL, "trimalloc-purge", &purger_tid) != 0) {
+    ta_relaxed_store(&purger_state, PURGER_DONE); /* no threads here: purge on activity */
+    return;
+  }
+  pthread_detach(purger_tid);
+  if (ta_opt(TA_OPT_VERBOSE)) ta_say("background purger started", "", "", "", "");
+}
+
+void ta_purge_kick(void) {
+  int st = ta_relaxed_load(&purger_state);
+  if (st == PURGER_RUNNING) {
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load(&purger_waiting)) {
+      ta_lock(&purger_lock);
+      pthread_cond_signal(&purger_cv);
+      ta_unlock(&purger_lock);
+    }
+    return;
+  }
+  if (st != PURGER_OFF || !ta_opt(TA_OPT_BACKGROUND) || !ta_relaxed_load(&ta_initialized)) return;
+  if (dirty_bytes() + ta_relaxed_load(&ta_huge_cached) < TA_PURGER_START) return;
+  purger_start();
+}
+
+/* At exit: ask the purger to stop and wait (briefly) until it has. */
+__attribute__((destructor)) static void purger_stop(void) {
+  int st = PURGER_RUNNING;
+  if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_STOPPING)) {
+    st = PURGER_OFF;
+    atomic_compare_exchange_strong(&purger_state, &st, PURGER_DONE); /* never start after exit began */
+    return;
+  }
+  ta_lock(&purger_lock);
+  pthread_cond_signal(&purger_cv);
+  for (int i = 0; i < 10 && ta_relaxed_load(&purger_state) == PURGER_STOPPING; i++) timed_wait(10);
+  ta_unlock(&purger_lock);
+}
+
+void ta_purge_fork_prepare(void) {
+  ta_lock(&purger_lock);
+}
+void ta_purge_fork_parent(void) {
+  ta_unlock(&purger_lock);
+}
+void ta_purge_fork_child(void) {
+  pthread_mutex_init(&purger_lock, NULL);
+  int st = ta_relaxed_load(&purger_state);
+  if (st == PURGER_RUNNING || st == PURGER_STARTING) ta_relaxed_store(&purger_state, PURGER_OFF); /* restart lazily */
+  ta_relaxed_store(&purger_waiting, 0);
+  if (cv_ready) cv_init();
+}
+
+/* ---- trim ---- */
+static size_t trim(bool all) {
+  uint64_t t0 = ta_prim_clock_ns();
+  ta_process_init();
+  ta_tcache_t *tc = ta_tls_tcache;
+  if (tc->state == TA_TC_LIVE) ta_tcache_flush_all(tc);
+  ta_relaxed_add(&ta_flush_epoch, 1); /* the others flush at their next slow path */
+  size_t bytes = purge_arenas(ta_prim_clock_ms(), all);
+  ta_relaxed_add(&ta_trims, 1);
+  ta_relaxed_add(&ta_trimmed_bytes, bytes);
+  ta_relaxed_add(&ta_trim_ns, ta_prim_clock_ns() - t0);
+  return bytes;
+}
+
+TRIMALLOC_API size_t trimalloc_trim(void) {
+  return trim(true);
+}
+
+TRIMALLOC_API size_t trimalloc_trim_idle(void) {
+  return trim(false);
+}
+
+TRIMALLOC_API int trimalloc_malloc_trim(size_t pad) {
+  (void)pad;
+  return trimalloc_trim() > 0;
+}
+TA_ALIAS(malloc_trim, trimalloc_malloc_trim)

@@ -1,0 +1,140 @@
+/* Slabs: a span of blocks of one size class. Which blocks are free is the
+ * segment's free bitmap (a bit per 16 bytes, set at a free block's start), so
+ * free blocks hold nothing: an OS page whose blocks are all free can be purged
+ * while the slab keeps live blocks elsewhere, and its contents are not needed
+ * again. Blocks are carved lazily, in address order, so a fresh slab touches
+ * only what is handed out. Every function here runs under the bin lock of the
+ * slab's class in its arena. */
+#include "internal.h"
+
+static inline size_t word_base(const ta_span_t *sp) {
+  return ta_span_index(sp) * (TA_SLICE_SIZE >> TA_GRANULE_SHIFT >> 6);
+}
+static inline size_t word_count(const ta_span_t *sp) {
+  return (size_t)sp->slices * (TA_SLICE_SIZE >> TA_GRANULE_SHIFT >> 6);
+}
+
+void ta_slab_init(ta_span_t *sp, size_t cls) {
+  sp->cls = (uint8_t)cls;
+  sp->bsize = (uint32_t)ta_class_size(cls);
+  sp->div_magic = UINT64_MAX / sp->bsize + 1;
+  sp->reserved = (uint32_t)(sp->slices * TA_SLICE_SIZE / sp->bsize);
+  sp->carved = sp->used = 0;
+  sp->scan = 0;
+  sp->bucket = TA_BUCKET_NONE;
+  sp->freed_ms = 0;
+  /* Whole OS pages past the last block are never used: a resident one would
+   * be dirty forever in a full slab, which is on no list, so return it now. */
+  size_t so = (size_t)(sp->start - (uint8_t *)ta_segment_of(sp)), ps = (size_t)1 << ta_ospage_shift;
+  size_t tail = (so + (size_t)sp->reserved * sp->bsize + ps - 1) >> ta_ospage_shift;
+  size_t end = ta_span_first_page(sp) + ta_span_pages(sp);
+  if (tail < end && sp->dirty) ta_pages_purge(sp->arena, ta_segment_of(sp), tail, end - tail, &sp->dirty);
+  /* the bitmap range is clear: fresh segments are zero, and ta_slab_clear
+   * cleared what an earlier slab here left */
+}
+
+/* Blocks [p, p + bsize) go into use: their OS pages' live counts. */
+static inline size_t block_live(ta_span_t *sp, ta_segment_t *s, uint8_t *p) {
+  size_t off = (size_t)(p - (uint8_t *)s);
+  size_t first = off >> ta_ospage_shift, last = (off + sp->bsize - 1) >> ta_ospage_shift;
+  return ta_pages_live(sp->arena, s, first, last - first + 1, &sp->dirty);
+}
+
+size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want) {
+  ta_segment_t *s = ta_segment_of(sp);
+  uint64_t *words = ta_segbits(s)->free + word_base(sp);
+  size_t nw = word_count(sp), taken = 0, refault = 0, w = sp->scan;
+  uintptr_t cookie = ta_cookie;
+  ta_block_t *head = *out;
+  /* 1. free blocks, lowest address first */
+  for (; w < nw && taken < want; w++) {
+    uint64_t x = words[w];
+    while (x && taken < want) {
+      ta_block_t *b = (ta_block_t *)((uint8_t *)s + ((word_base(sp) + w) * 64 + (size_t)__builtin_ctzll(x)) * TA_ALIGN);
+      x &= x - 1;
+      refault += block_live(sp, s, (uint8_t *)b);
+      b->next = head;
+      b->key = cookie;
+      head = b;
+      taken++;
+    }
+    words[w] = x;
+    if (x) break; /* w keeps free bits */
+  }
+  sp->scan = (uint16_t)w;
+  /* 2. blocks never handed out */
+  while (taken < want && sp->carved < sp->reserved) {
+    ta_block_t *b = (ta_block_t *)(sp->start + (size_t)sp->carved * sp->bsize);
+    sp->carved++;
+    refault += block_live(sp, s, (uint8_t *)b);
+    b->next = head;
+    b->key = cookie;
+    head = b;
+    taken++;
+  }
+  *out = head;
+  sp->used += (uint32_t)taken;
+  if (refault) ta_delay_refault(&sp->arena->delay, 0); /* racy on purpose: a hint */
+  return taken;
+}
+
+bool ta_slab_put(ta_span_t *sp, void *p) {
+  ta_segment_t *s = ta_segment_of(sp);
+  size_t off = (size_t)((uint8_t *)p - sp->start);
+  if (off >= (size_t)sp->carved * sp->bsize || !ta_is_block_start(sp, p)) return false;
+  size_t g = (size_t)((uint8_t *)p - (uint8_t *)s) >> TA_GRANULE_SHIFT;
+  uint64_t *word = &ta_segbits(s)->free[g / 64], bit = (uint64_t)1 << (g % 64);
+  if (*word & bit) return false; /* already free: a double free */
+  *word |= bit;
+  size_t rel = g / 64 - word_base(sp);
+  if (rel < sp->scan) sp->scan = (uint16_t)rel;
+  sp->used--;
+  size_t so = (size_t)((uint8_t *)p - (uint8_t *)s);
+  size_t first = so >> ta_ospage_shift, last = (so + sp->bsize - 1) >> ta_ospage_shift;
+  ta_pages_dead(sp->arena, s, first, last - first + 1, &sp->dirty);
+  return true;
+}
+
+void ta_slab_clear(ta_span_t *sp) {
+  ta_assert(sp->used == 0);
+  memset(ta_segbits(ta_segment_of(sp))->free + word_base(sp), 0, word_count(sp) * sizeof(uint64_t));
+}
+
+size_t ta_slab_purge(ta_span_t *sp) {
+  if (!sp->dirty) return 0;
+  return ta_pages_purge(sp->arena, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+}
+
+/* Invariants (types.h): the bitmap holds exactly carved - used free blocks,
+ * all block starts below carved; each OS page's live count is the number of
+ * handed-out blocks overlapping it; dirty counts free resident pages. */
+bool ta_slab_is_valid(ta_span_t *sp) {
+  if (sp->kind != TA_SPAN_SLAB || sp->cls >= TA_CLASSES || sp->bsize != ta_class_size(sp->cls)) return false;
+  if (sp->used == 0 || sp->used > sp->carved || sp->carved > sp->reserved) return false;
+  if ((sp->used == sp->reserved) != (sp->bucket == TA_BUCKET_NONE)) return false;
+  ta_segment_t *s = ta_segment_of(sp);
+  ta_segbits_t *bits = ta_segbits(s);
+  uint64_t *words = bits->free + word_base(sp);
+  size_t nw = word_count(sp), free_bits = 0;
+  for (size_t w = 0; w < nw; w++) {
+    free_bits += (size_t)__builtin_popcountll(words[w]);
+    if (w < sp->scan && words[w]) return false;
+  }
+  if (free_bits != sp->carved - sp->used) return false;
+  size_t first = ta_span_first_page(sp), n = ta_span_pages(sp), dirty = 0;
+  uint16_t live[TA_SLICE_SIZE / 4096 * 16]; /* a slab spans at most 16 slices */
+  if (n > sizeof live / sizeof live[0]) return false;
+  memset(live, 0, n * sizeof live[0]);
+  for (size_t k = 0; k < sp->carved; k++) {
+    size_t so = (size_t)(sp->start - (uint8_t *)s) + k * sp->bsize, g = so >> TA_GRANULE_SHIFT;
+    if ((bits->free[g / 64] >> (g % 64)) & 1) continue;
+    for (size_t p = so >> ta_ospage_shift; p <= (so + sp->bsize - 1) >> ta_ospage_shift; p++) live[p - first]++;
+  }
+  for (size_t p = 0; p < n; p++) {
+    if (live[p] != bits->live[first + p]) return false;
+    bool purged = (ta_relaxed_load(&bits->purged[(first + p) / 64]) >> ((first + p) % 64)) & 1;
+    if (live[p] && purged) return false;
+    if (!live[p] && !purged) dirty++;
+  }
+  return dirty == sp->dirty;
+}

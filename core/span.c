@@ -1,0 +1,167 @@
+/* An arena's page heap: free spans in bins by length (best fit, most recently
+ * freed first, so reuse finds warm pages), split on allocation and coalesced
+ * on free; their purge after purge_delay_ms; empty segments unmapped after
+ * unmap_delay_ms. And large blocks: one block per span, up to TA_LARGE_MAX.
+ * Everything here runs under the arena lock. */
+#include "internal.h"
+
+#include <errno.h>
+
+static void list_insert(ta_arena_t *a, ta_span_t *sp) {
+  ta_span_t **b = &a->spans[sp->slices];
+  sp->prev = NULL;
+  sp->next = *b;
+  if (*b) (*b)->prev = sp;
+  *b = sp;
+  a->span_mask |= (uint64_t)1 << sp->slices;
+}
+
+static void list_remove(ta_arena_t *a, ta_span_t *sp) {
+  if (sp->prev) sp->prev->next = sp->next;
+  else a->spans[sp->slices] = sp->next;
+  if (sp->next) sp->next->prev = sp->prev;
+  if (!a->spans[sp->slices]) a->span_mask &= ~((uint64_t)1 << sp->slices);
+  sp->next = sp->prev = NULL;
+}
+
+/* Marks slices [idx, idx + n) of s as one free span headed at idx. */
+static ta_span_t *make_free(ta_arena_t *a, ta_segment_t *s, size_t idx, size_t n, uint64_t freed_ms, size_t dirty) {
+  for (size_t i = 0; i < n; i++) s->spans[idx + i].head_off = (uint16_t)i;
+  ta_span_t *sp = &s->spans[idx];
+  sp->kind = TA_SPAN_FREE;
+  sp->cls = TA_NO_CLASS;
+  sp->slices = (uint16_t)n;
+  sp->arena = a;
+  sp->bsize = 0;
+  sp->used = 0;
+  sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
+  sp->freed_ms = freed_ms;
+  sp->dirty = (uint16_t)dirty;
+  list_insert(a, sp);
+  return sp;
+}
+
+ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
+  ta_assert(n >= 1 && n < TA_SLICES);
+  uint64_t fit = a->span_mask & (~(uint64_t)0 << n);
+  if (!fit) {
+    ta_segment_t *s = ta_segment_new(a);
+    if (!s) return NULL;
+    make_free(a, s, 1, TA_SLICES - 1, s->empty_since_ms, 0);
+    fit = a->span_mask & (~(uint64_t)0 << n);
+  }
+  ta_span_t *sp = a->spans[__builtin_ctzll(fit)];
+  ta_segment_t *s = ta_segment_of(sp);
+  size_t idx = ta_span_index(sp), have = sp->slices, dirty = sp->dirty;
+  list_remove(a, sp);
+  if (have > n) {
+    size_t per = TA_SLICE_SIZE >> ta_ospage_shift;
+    size_t tail_dirty = ta_pages_unpurged(s, (idx + n) * per, (have - n) * per);
+    make_free(a, s, idx + n, have - n, sp->freed_ms, tail_dirty);
+    dirty -= tail_dirty;
+  }
+  for (size_t i = 0; i < n; i++) s->spans[idx + i].head_off = (uint16_t)i;
+  sp->slices = (uint16_t)n;
+  sp->kind = (uint8_t)kind;
+  sp->dirty = (uint16_t)dirty;
+  sp->arena = a;
+  sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
+  s->used_slices += (uint32_t)n;
+  ta_active_add((int64_t)(n * TA_SLICE_SIZE));
+  return sp;
+}
+
+void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
+  ta_segment_t *s = ta_segment_of(sp);
+  size_t idx = ta_span_index(sp), n = sp->slices, dirty = sp->dirty;
+  ta_assert(sp->kind == TA_SPAN_SLAB || sp->kind == TA_SPAN_LARGE);
+  s->used_slices -= (uint32_t)n;
+  ta_active_add(-(int64_t)(n * TA_SLICE_SIZE));
+  sp->kind = TA_SPAN_FREE;
+  sp->cls = TA_NO_CLASS;
+  if (idx + n < TA_SLICES) { /* coalesce with the next span */
+    ta_span_t *nx = &s->spans[idx + n];
+    if (nx->kind == TA_SPAN_FREE) {
+      list_remove(a, nx);
+      n += nx->slices;
+      dirty += nx->dirty;
+    }
+  }
+  if (idx > 1) { /* and with the previous one */
+    ta_span_t *pv = &s->spans[idx - 1];
+    pv -= pv->head_off;
+    if (pv->kind == TA_SPAN_FREE) {
+      list_remove(a, pv);
+      n += pv->slices;
+      dirty += pv->dirty;
+      idx = ta_span_index(pv);
+    }
+  }
+  uint64_t now = ta_prim_clock_ms();
+  make_free(a, s, idx, n, now, dirty);
+  if (s->used_slices == 0) s->empty_since_ms = now;
+}
+
+/* Purges the free spans idle for `delay` ms (all: every one), then unmaps
+ * empty segments that are purged and idle unmap_delay_ms (all: at once).
+ * Returns the bytes released. */
+size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all) {
+  size_t bytes = 0;
+  for (uint64_t m = a->span_mask; m; m &= m - 1)
+    for (ta_span_t *sp = a->spans[__builtin_ctzll(m)]; sp; sp = sp->next)
+      if (sp->dirty && (all || sp->freed_ms + delay <= now))
+        bytes += ta_pages_purge(a, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+  uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
+  for (ta_segment_t *s = a->segments, *next; s; s = next) {
+    next = s->next;
+    ta_span_t *sp = &s->spans[1]; /* an empty segment is one free span */
+    if (s->used_slices == 0 && sp->dirty == 0 && (all || s->empty_since_ms + unmap_delay <= now)) {
+      list_remove(a, sp);
+      bytes += ta_segment_header_bytes();
+      ta_segment_free(a, s);
+    }
+  }
+  return bytes;
+}
+
+/* One block in a run of slices (slice-aligned: up to 64 KiB alignment). A run
+ * that was purged comes back in one populate call, not a fault per page. */
+void *ta_large_alloc(ta_arena_t *a, size_t n) {
+  size_t slices = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
+  ta_lock(&a->lock);
+  ta_span_t *sp = ta_span_alloc(a, slices, TA_SPAN_LARGE);
+  size_t refault = 0;
+  if (sp) {
+    sp->bsize = (uint32_t)(slices * TA_SLICE_SIZE);
+    sp->div_magic = UINT64_MAX / sp->bsize + 1;
+    sp->used = sp->reserved = sp->carved = 1;
+    refault = ta_pages_live(a, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+    if (refault) ta_delay_refault(&a->delay, 0);
+  }
+  ta_unlock(&a->lock);
+  if (ta_unlikely(!sp)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (refault >= TA_SLICE_SIZE) ta_prim_populate(sp->start, sp->bsize);
+  ta_relaxed_add(&a->large_bytes, sp->bsize);
+  ta_relaxed_add(&a->large_count, 1);
+  ta_relaxed_add(&a->large_allocs, 1);
+  return sp->start;
+}
+
+void ta_large_free(ta_span_t *sp, void *p) {
+  ta_arena_t *a = sp->arena;
+  ta_lock(&a->lock);
+  if (sp->kind != TA_SPAN_LARGE || sp->start != p) {
+    ta_unlock(&a->lock);
+    ta_error("free: double free or invalid pointer", p);
+  }
+  uint32_t bytes = sp->bsize;
+  ta_pages_dead(a, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+  ta_span_free(a, sp);
+  ta_unlock(&a->lock);
+  ta_relaxed_sub(&a->large_bytes, bytes);
+  ta_relaxed_sub(&a->large_count, 1);
+  ta_purge_kick();
+}

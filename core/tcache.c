@@ -1,0 +1,234 @@
+/* Thread caches: per thread, per class up to 32 KiB, a short LIFO of free
+ * blocks, bounded per class (ta_class_tmax) and in total bytes (option
+ * tcache_bytes). malloc pops, free pushes any block of a cached class,
+ * whichever thread allocated it; an empty bin refills a batch from an arena,
+ * a full one flushes half to the blocks' arenas. A sleeping thread holds at
+ * most its bound; thread exit flushes it; a trim flushes the caller's and asks
+ * the others to flush at their next slow path. */
+#include "internal.h"
+
+#include <errno.h>
+
+uintptr_t ta_cookie = 0x7a3c5e1f9b2d4c61u; /* replaced by a random value at init */
+_Atomic uint32_t ta_flush_epoch;
+
+/* Every thread starts on the empty cache (max 0 everywhere, never written)
+ * and ends on the done cache (the same, after the exit flush). */
+static ta_tcache_t tcache_empty = {.state = TA_TC_EMPTY};
+static ta_tcache_t tcache_done = {.state = TA_TC_DONE};
+__thread ta_tcache_t *ta_tls_tcache __attribute__((tls_model("initial-exec"))) = &tcache_empty;
+
+static ta_lock_t tcaches_lock = PTHREAD_MUTEX_INITIALIZER;
+static ta_tcache_t *tcaches;     /* registered (under tcaches_lock) */
+static ta_tcache_t *spare;       /* structs of exited threads, for reuse */
+static uint8_t *chunk;           /* fresh structs are cut from here */
+static size_t chunk_left;
+#define TA_TCACHE_CHUNK ((size_t)64 << 10)
+
+static ta_tcache_t *tcache_new(void) {
+  ta_lock(&tcaches_lock);
+  ta_tcache_t *tc = spare;
+  if (tc) {
+    spare = tc->next;
+  } else {
+    size_t sz = (sizeof(ta_tcache_t) + 63) & ~(size_t)63;
+    if (chunk_left < sz) {
+      void *p;
+      if (ta_prim_map(TA_TCACHE_CHUNK, ta_prim_page_size(), &p) != 0) {
+        ta_unlock(&tcaches_lock);
+        return NULL;
+      }
+      chunk = p;
+      chunk_left = TA_TCACHE_CHUNK;
+      ta_relaxed_add(&ta_meta_bytes, TA_TCACHE_CHUNK);
+    }
+    tc = (ta_tcache_t *)chunk;
+    chunk += sz;
+    chunk_left -= sz;
+  }
+  memset(tc, 0, sizeof *tc);
+  for (size_t c = 0; c < TA_TCLASSES; c++) {
+    tc->bins[c].bsize = (uint32_t)ta_class_size(c);
+    tc->bins[c].max = ta_class_tmax[c];
+  }
+  tc->limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
+  tc->epoch = ta_relaxed_load(&ta_flush_epoch);
+  tc->state = TA_TC_LIVE;
+  tc->next = tcaches;
+  if (tcaches) tcaches->prev = tc;
+  tcaches = tc;
+  ta_unlock(&tcaches_lock);
+  return tc;
+}
+
+static void tcache_unregister(ta_tcache_t *tc) { /* tcaches_lock held */
+  if (tc->prev) tc->prev->next = tc->next;
+  else tcaches = tc->next;
+  if (tc->next) tc->next->prev = tc->prev;
+  tc->state = TA_TC_DONE;
+  tc->prev = NULL;
+  tc->next = spare;
+  spare = tc;
+}
+
+/* Keeps the newest `keep` blocks of bin c, flushes the rest. */
+static void flush_bin(ta_tcache_t *tc, size_t c, size_t keep) {
+  ta_tbin_t *tb = &tc->bins[c];
+  if (tb->count <= keep) return;
+  ta_block_t *rest;
+  if (keep == 0) {
+    rest = tb->head;
+    tb->head = NULL;
+  } else {
+    ta_block_t *b = tb->head;
+    for (size_t i = 1; i < keep; i++) b = b->next;
+    rest = b->next;
+    b->next = NULL;
+  }
+  ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - (uint64_t)(tb->count - keep) * tb->bsize);
+  tb->count = (uint16_t)keep;
+  ta_arena_flush(rest, c);
+}
+
+void ta_tcache_flush_all(ta_tcache_t *tc) {
+  if (tc->state != TA_TC_LIVE) return;
+  for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, 0);
+  tc->epoch = ta_relaxed_load(&ta_flush_epoch);
+}
+
+/* Over the byte bound: halve every bin, then empty them if that is not enough. */
+static void scavenge(ta_tcache_t *tc, uint64_t need) {
+  for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, tc->bins[c].count / 2);
+  if (ta_relaxed_load(&tc->held) + need > tc->limit)
+    for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, 0);
+}
+
+/* The caller's live cache, made on its first slow path; NULL when it has
+ * none (its thread is exiting, caching is off, or no memory). */
+static ta_tcache_t *tcache_get(void) {
+  ta_tcache_t *tc = ta_tls_tcache;
+  if (ta_likely(tc->state == TA_TC_LIVE)) return tc;
+  if (tc->state == TA_TC_DONE) return NULL;
+  ta_process_init();
+  if (ta_opt(TA_OPT_TCACHE_BYTES) == 0) return NULL;
+  tc = tcache_new();
+  if (!tc) return NULL;
+  ta_tls_tcache = tc; /* before setspecific, which may allocate */
+  pthread_setspecific(ta_tcache_key, tc);
+  return tc;
+}
+
+/* Every 64th slow path: flush requests, a changed bound, the purge. */
+static void maintain(ta_tcache_t *tc) {
+  if (ta_likely(++tc->slow % 64)) return;
+  uint64_t limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
+  if (tc->epoch != ta_relaxed_load(&ta_flush_epoch) || limit == 0) ta_tcache_flush_all(tc);
+  tc->limit = limit;
+  if (ta_relaxed_load(&tc->held) > limit) scavenge(tc, 0);
+  ta_purge_on_activity();
+}
+
+void *ta_tcache_refill(ta_tcache_t *tc, size_t cls) {
+  tc = tcache_get();
+  if (!tc || tc->limit == 0) return ta_arena_alloc1(cls);
+  maintain(tc);
+  ta_tbin_t *tb = &tc->bins[cls];
+  ta_block_t *b = tb->head;
+  if (!b) {
+    size_t want = tb->max / 2 ? tb->max / 2 : 1;
+    uint64_t room = tc->limit > ta_relaxed_load(&tc->held) ? tc->limit - ta_relaxed_load(&tc->held) : 0;
+    if (want * tb->bsize > room) want = room / tb->bsize ? room / tb->bsize : 1;
+    size_t got = ta_arena_refill(ta_arena_pick(), cls, &b, want);
+    if (!got) {
+      errno = ENOMEM;
+      return NULL;
+    }
+    tb->head = b;
+    tb->count = (uint16_t)got;
+    ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) + (uint64_t)got * tb->bsize);
+  }
+  if (ta_unlikely(b->key != ta_cookie)) ta_error("malloc: heap corruption (double free or write after free) of block", b);
+  tb->head = b->next;
+  b->key = 0;
+  tb->count--;
+  ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - tb->bsize);
+  return b;
+}
+
+void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
+  tc = tcache_get();
+  if (!tc || tc->limit == 0) {
+    ta_arena_free1(ta_span_of(ta_segment_of(p), p), p);
+    return;
+  }
+  maintain(tc);
+  ta_tbin_t *tb = &tc->bins[cls];
+  if (tb->count >= tb->max) flush_bin(tc, cls, tb->max / 2);
+  if (ta_relaxed_load(&tc->held) + tb->bsize > tc->limit) scavenge(tc, tb->bsize);
+  if (ta_relaxed_load(&tc->held) + tb->bsize > tc->limit) { /* a bound below one block */
+    ta_arena_free1(ta_span_of(ta_segment_of(p), p), p);
+    return;
+  }
+  ta_block_t *b = p;
+  b->next = tb->head;
+  b->key = ta_cookie;
+  tb->head = b;
+  tb->count++;
+  ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) + tb->bsize);
+}
+
+void ta_tcache_thread_done(void *arg) {
+  ta_tcache_t *tc = arg;
+  if (!tc || tc->state != TA_TC_LIVE) return;
+  ta_tcache_flush_all(tc);
+  ta_tls_tcache = &tcache_done; /* what this thread frees from now on goes straight back */
+  ta_lock(&tcaches_lock);
+  tcache_unregister(tc);
+  ta_unlock(&tcaches_lock);
+}
+
+void ta_tcaches_stats(uint64_t *held, uint64_t *count, uint64_t *meta) {
+  uint64_t h = 0, n = 0;
+  ta_lock(&tcaches_lock);
+  for (ta_tcache_t *tc = tcaches; tc; tc = tc->next, n++) h += ta_relaxed_load(&tc->held);
+  ta_unlock(&tcaches_lock);
+  *held = h;
+  *count = n;
+  *meta = 0;
+}
+
+void ta_tcaches_fork_prepare(void) {
+  ta_lock(&tcaches_lock);
+}
+void ta_tcaches_fork_parent(void) {
+  ta_unlock(&tcaches_lock);
+}
+/* Threads that do not exist in the child lose their caches (bounded); their
+ * memory stays in the shared arenas. */
+void ta_tcaches_fork_child(void) {
+  pthread_mutex_init(&tcaches_lock, NULL);
+  ta_tcache_t *me = ta_tls_tcache;
+  for (ta_tcache_t *tc = tcaches, *next; tc; tc = next) {
+    next = tc->next;
+    if (tc != me) tcache_unregister(tc);
+  }
+}
+
+/* Every cached block is a live block start of its bin's class with its
+ * cookie; counts and held agree with the lists. The caller's cache only. */
+bool ta_tcache_is_valid(ta_tcache_t *tc) {
+  if (tc->state != TA_TC_LIVE) return true;
+  uint64_t held = 0;
+  for (size_t c = 0; c < TA_TCLASSES; c++) {
+    ta_tbin_t *tb = &tc->bins[c];
+    size_t n = 0;
+    for (ta_block_t *b = tb->head; b; b = b->next, n++) {
+      if (n > tb->max || b->key != ta_cookie || !ta_segmap_contains(ta_segment_of(b))) return false;
+      ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
+      if (sp->kind != TA_SPAN_SLAB || sp->cls != c || !ta_is_block_start(sp, b)) return false;
+    }
+    if (n != tb->count || n > tb->max || tb->bsize != ta_class_size(c)) return false;
+    held += (uint64_t)n * tb->bsize;
+  }
+  return held == ta_relaxed_load(&tc->held);
+}

@@ -10,7 +10,7 @@
 ta_arena_t ta_arenas[TA_ARENAS_MAX];
 _Atomic uint32_t ta_arenas_used;
 static ta_lock_t arenas_lock = PTHREAD_MUTEX_INITIALIZER;
-static unsigned ncpus;
+static _Atomic unsigned ncpus;
 
 static ta_arena_t *arena_ready(size_t i) {
   ta_arena_t *a = &ta_arenas[i];
@@ -31,8 +31,11 @@ static ta_arena_t *arena_ready(size_t i) {
 ta_arena_t *ta_arena_pick(void) {
   long long n = ta_opt(TA_OPT_ARENAS);
   if (n <= 0) {
-    if (!ncpus) ncpus = ta_prim_ncpus();
-    n = ncpus;
+    n = ta_relaxed_load(&ncpus);
+    if (!n) {
+      n = ta_prim_ncpus();
+      ta_relaxed_store(&ncpus, (unsigned)n);
+    }
   }
   if (n > TA_ARENAS_MAX) n = TA_ARENAS_MAX;
   return arena_ready(n == 1 ? 0 : ta_prim_cpu() % (unsigned)n);
@@ -218,14 +221,9 @@ void ta_arenas_fork_parent(void) {
   ta_unlock(&arenas_lock);
 }
 
+/* The forking thread holds every lock in the child too: it releases them. */
 void ta_arenas_fork_child(void) {
-  for (size_t i = 0; i < TA_ARENAS_MAX; i++) {
-    ta_arena_t *a = &ta_arenas[i];
-    if (!ta_relaxed_load(&a->ready)) continue;
-    pthread_mutex_init(&a->lock, NULL);
-    for (size_t c = 0; c < TA_CLASSES; c++) pthread_mutex_init(&a->bins[c].lock, NULL);
-  }
-  pthread_mutex_init(&arenas_lock, NULL);
+  ta_arenas_fork_parent();
 }
 
 /* Invariants of an arena (types.h), each bin under its lock, then the page

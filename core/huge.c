@@ -124,7 +124,7 @@ void ta_huge_fork_parent(void) {
   ta_unlock(&cache_lock);
 }
 void ta_huge_fork_child(void) {
-  pthread_mutex_init(&cache_lock, NULL);
+  ta_unlock(&cache_lock);
 }
 
 void *ta_huge_alloc(size_t size, size_t align, bool zero) {

@@ -186,11 +186,11 @@ void ta_purge_fork_parent(void) {
   ta_unlock(&purger_lock);
 }
 void ta_purge_fork_child(void) {
-  pthread_mutex_init(&purger_lock, NULL);
   int st = ta_relaxed_load(&purger_state);
   if (st == PURGER_RUNNING || st == PURGER_STARTING) ta_relaxed_store(&purger_state, PURGER_OFF); /* restart lazily */
   ta_relaxed_store(&purger_waiting, 0);
-  if (cv_ready) cv_init();
+  if (cv_ready) cv_init(); /* the purger may have been waiting on it */
+  ta_unlock(&purger_lock);
 }
 
 /* ---- trim ---- */

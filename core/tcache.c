@@ -206,12 +206,12 @@ void ta_tcaches_fork_parent(void) {
 /* Threads that do not exist in the child lose their caches (bounded); their
  * memory stays in the shared arenas. */
 void ta_tcaches_fork_child(void) {
-  pthread_mutex_init(&tcaches_lock, NULL);
   ta_tcache_t *me = ta_tls_tcache;
   for (ta_tcache_t *tc = tcaches, *next; tc; tc = next) {
     next = tc->next;
     if (tc != me) tcache_unregister(tc);
   }
+  ta_unlock(&tcaches_lock);
 }
 
 /* Every cached block is a live block start of its bin's class with its

@@ -15,12 +15,14 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -226,6 +228,65 @@ static inline size_t rng_size(uint64_t *s) {
   if (pick < 92) return 513 + r % (8 * KiB);
   if (pick < 99) return 8 * KiB + r % (256 * KiB);
   return 256 * KiB + r % (3 * MiB);
+}
+
+/* Sets an option and checks that it took; returns the old value, to restore. */
+static inline long long option_swap(const char *name, long long value) {
+  long long old = -1;
+  trimalloc_option_get(name, &old);
+  int r = trimalloc_option_set(name, value);
+  CHECK(r == 0, "option %s = %lld: returned %d", name, value, r);
+  return old;
+}
+
+static inline long long option_value(const char *name) {
+  long long v = -1;
+  CHECK(trimalloc_option_get(name, &v) == 0, "option %s cannot be read", name);
+  return v;
+}
+
+static inline void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+/* A phase counter threads wait on (a mutex and a condition variable: a thread
+ * that waits here sleeps in the kernel and makes no allocator call). */
+typedef struct gate_s {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int n;
+} gate_t;
+#define GATE_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0}
+
+static inline void gate_add(gate_t *g, int d) {
+  pthread_mutex_lock(&g->mu);
+  g->n += d;
+  pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+}
+
+static inline void gate_set(gate_t *g, int n) {
+  pthread_mutex_lock(&g->mu);
+  g->n = n;
+  pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* Waits until the counter reaches at least n. */
+static inline void gate_wait(gate_t *g, int n) {
+  pthread_mutex_lock(&g->mu);
+  while (g->n < n) pthread_cond_wait(&g->cv, &g->mu);
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* Is the OS page at p resident? -1 when mincore fails. */
+static inline int page_resident(const void *p) {
+  unsigned char v = 0;
+  void *page = (void *)((uintptr_t)p & ~(uintptr_t)(page_size() - 1));
+  if (mincore(page, page_size(), &v) != 0) return -1;
+  return v & 1;
 }
 
 #endif

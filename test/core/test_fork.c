@@ -1,7 +1,15 @@
-/* fork in a multithreaded process: while other threads allocate, free and
- * trim, the process forks again and again; each child must find a working
- * allocator (it allocates, frees blocks of threads that do not exist in it,
- * starts a thread, exits 0). A child that deadlocks is killed by its alarm. */
+/* fork in a multithreaded process.
+ *  - While other threads allocate, free and trim, the process forks again
+ *    and again; each child must find a working allocator (it allocates,
+ *    frees blocks of threads that do not exist in it, starts a thread,
+ *    exits 0). A child that deadlocks is killed by its alarm.
+ *  - Reuse: threads free 72 MiB into the shared arena (arenas = 1) and go on
+ *    allocating; the process forks while they do; the child allocates as
+ *    much as they had freed, and its `mapped` grows by far less than that
+ *    (the dead threads' free memory is reused, not lost with them), the
+ *    blocks hold what is written and trimalloc_check passes. Under TSan the
+ *    child runs without the background purger (TSan cannot start a thread
+ *    in the child of a multithreaded fork). */
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -191,6 +199,175 @@ static void test_fork_while_threads_allocate(void) {
   pthread_barrier_destroy(&ready);
 }
 
+/* ---- the child reuses what the parent's threads freed ---- */
+enum { REUSERS = 3 };
+static const size_t REUSE_PER_THREAD = 24 * MiB;
+static atomic_int reuse_stop, reuse_freed_n;
+static atomic_long reuse_freed_bytes, reuse_bad;
+static gate_t reuse_allocated = GATE_INIT;
+
+/* Sizes 16 B..64 KiB, bytes split evenly between small, medium and large;
+ * the same sequence for the same seed, so the child can replay it. */
+static size_t reuse_size(uint64_t *rng, size_t spent[3]) {
+  int c = spent[0] <= spent[1] && spent[0] <= spent[2] ? 0 : spent[1] <= spent[2] ? 1 : 2;
+  uint64_t r = rng_next(rng);
+  size_t n = c == 0 ? 16 + r % 241 : c == 1 ? 257 + r % (8 * KiB - 256) : 8 * KiB + 1 + r % (56 * KiB);
+  spent[c] += n;
+  return n;
+}
+
+static void reuse_touch(uint8_t *p, size_t n, uint8_t v) {
+  for (size_t i = 0; i < n; i += 4096) p[i] = v;
+  p[n - 1] = v;
+}
+
+static int reuse_touched(const uint8_t *p, size_t n, uint8_t v) {
+  for (size_t i = 0; i < n; i += 4096)
+    if (p[i] != v) return 0;
+  return p[n - 1] == v;
+}
+
+static void *reuse_worker(void *arg) {
+  int id = (int)(intptr_t)arg;
+  uint64_t rng = 0xF0Bull + (uint64_t)id * 7;
+  size_t spent[3] = {0, 0, 0}, bytes = 0, cap = REUSE_PER_THREAD / 128, k = 0, freed = 0;
+  uint8_t **p = mmap(NULL, cap * sizeof *p, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  size_t *n = mmap(NULL, cap * sizeof *n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED || n == MAP_FAILED) abort();
+  while (bytes < REUSE_PER_THREAD && k < cap) {
+    n[k] = reuse_size(&rng, spent);
+    p[k] = trimalloc_malloc(n[k]);
+    if (!p[k]) break;
+    reuse_touch(p[k], n[k], (uint8_t)id);
+    bytes += n[k++];
+  }
+  /* All the threads' blocks are live at once before any is freed, so the
+   * process holds all of it, free, when it forks. */
+  gate_add(&reuse_allocated, 1);
+  gate_wait(&reuse_allocated, REUSERS);
+  for (size_t i = 0; i < k; i++) {
+    if (!reuse_touched(p[i], n[i], (uint8_t)id)) atomic_fetch_add(&reuse_bad, 1);
+    freed += trimalloc_malloc_usable_size(p[i]);
+    trimalloc_free(p[i]);
+  }
+  munmap(p, cap * sizeof *p);
+  munmap(n, cap * sizeof *n);
+  atomic_fetch_add(&reuse_freed_bytes, (long)freed);
+  atomic_fetch_add(&reuse_freed_n, 1);
+  /* Go on allocating, a little, while the main thread forks. */
+  uint8_t *slot[64] = {0};
+  size_t sn[64] = {0};
+  while (!atomic_load(&reuse_stop)) {
+    unsigned i = (unsigned)(rng_next(&rng) % 64);
+    if (slot[i]) {
+      if (!pattern_ok(slot[i], sn[i], pattern_seed(slot[i], sn[i]))) atomic_fetch_add(&reuse_bad, 1);
+      trimalloc_free(slot[i]);
+      slot[i] = NULL;
+    } else {
+      sn[i] = 1 + rng_next(&rng) % 2048;
+      slot[i] = trimalloc_malloc(sn[i]);
+      if (slot[i]) pattern_fill(slot[i], sn[i], pattern_seed(slot[i], sn[i]));
+    }
+  }
+  for (int i = 0; i < 64; i++) trimalloc_free(slot[i]);
+  return NULL;
+}
+
+typedef struct reuse_report_s {
+  uint64_t mapped0, mapped1, allocated_bytes;
+  long bad, nulls;
+  int valid;
+} reuse_report_t;
+
+/* The child: allocate what the parent's threads freed, report on the pipe. */
+static void reuse_child(int fd, size_t want) {
+  alarm(30);
+#if TEST_TSAN
+  trimalloc_option_set("background", 0); /* no thread may start here */
+#endif
+  reuse_report_t r;
+  memset(&r, 0, sizeof r);
+  trimalloc_stats_t s0 = stats_now();
+  r.mapped0 = s0.mapped;
+  size_t cap = want / 128 + 1024, k = 0;
+  uint8_t **p = mmap(NULL, cap * sizeof *p, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  size_t *n = mmap(NULL, cap * sizeof *n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED || n == MAP_FAILED) _exit(20);
+  /* The same size mix, replayed thread by thread. */
+  for (int id = 0; id < REUSERS && r.allocated_bytes < want; id++) {
+    uint64_t rng = 0xF0Bull + (uint64_t)id * 7;
+    size_t spent[3] = {0, 0, 0}, bytes = 0;
+    while (bytes < REUSE_PER_THREAD && r.allocated_bytes < want && k < cap) {
+      n[k] = reuse_size(&rng, spent);
+      p[k] = trimalloc_malloc(n[k]);
+      if (!p[k]) {
+        r.nulls++;
+        break;
+      }
+      reuse_touch(p[k], n[k], 0xC7);
+      bytes += n[k];
+      r.allocated_bytes += trimalloc_malloc_usable_size(p[k]);
+      k++;
+    }
+  }
+  trimalloc_stats_t s1 = stats_now();
+  r.mapped1 = s1.mapped;
+  for (size_t i = 0; i < k; i++) {
+    if (!reuse_touched(p[i], n[i], 0xC7)) r.bad++;
+    trimalloc_free(p[i]);
+  }
+  r.valid = trimalloc_check();
+  ssize_t w = write(fd, &r, sizeof r);
+  _exit(w == (ssize_t)sizeof r ? 0 : 21);
+}
+
+static void test_child_reuses_freed_memory(void) {
+  long long old_arenas = option_swap("arenas", 1);
+  long long old_unmap = option_swap("unmap_delay_ms", 3600000); /* empty segments stay mapped */
+  atomic_store(&reuse_stop, 0);
+  pthread_t t[REUSERS];
+  for (long i = 0; i < REUSERS; i++) pthread_create(&t[i], NULL, reuse_worker, (void *)i);
+  while (atomic_load(&reuse_freed_n) < REUSERS) sleep_ms(1);
+  size_t freed = (size_t)atomic_load(&reuse_freed_bytes);
+  int forks = 3;
+  for (int i = 0; i < forks; i++) {
+    int fds[2];
+    if (!CHECK(pipe(fds) == 0)) break;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(fds[0]);
+      reuse_child(fds[1], freed);
+    }
+    close(fds[1]);
+    reuse_report_t r;
+    memset(&r, 0, sizeof r);
+    ssize_t got = read(fds[0], &r, sizeof r);
+    close(fds[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!CHECK(got == (ssize_t)sizeof r && WIFEXITED(st) && WEXITSTATUS(st) == 0, "fork %d: child %s", i,
+               describe(st)))
+      continue;
+    uint64_t grew = r.mapped1 > r.mapped0 ? r.mapped1 - r.mapped0 : 0;
+    fprintf(stdout, "   fork %d: the threads freed %zu KiB; the child allocated %llu KiB and mapped %llu KiB more\n", i,
+            freed / KiB, (unsigned long long)r.allocated_bytes / KiB, (unsigned long long)grew / KiB);
+    CHECK(r.allocated_bytes >= freed * 9 / 10 && r.nulls == 0, "fork %d: the child allocated %llu of %zu bytes",
+          i, (unsigned long long)r.allocated_bytes, freed);
+    CHECK(grew <= freed / 8,
+          "fork %d: the child's mapped grew by %llu KiB allocating the %zu KiB the parent's threads had freed", i,
+          (unsigned long long)grew / KiB, freed / KiB);
+    CHECK(r.bad == 0, "fork %d: %ld blocks with wrong contents in the child", i, r.bad);
+    CHECK(r.valid, "fork %d: trimalloc_check failed in the child", i);
+    sleep_ms(10); /* the threads go on between forks */
+  }
+  atomic_store(&reuse_stop, 1);
+  for (int i = 0; i < REUSERS; i++) pthread_join(t[i], NULL);
+  CHECK(atomic_load(&reuse_bad) == 0, "%ld blocks with wrong contents in the parent", atomic_load(&reuse_bad));
+  trimalloc_option_set("unmap_delay_ms", old_unmap);
+  trimalloc_option_set("arenas", old_arenas);
+}
+
 /* After all that, the parent's allocator still works, also for new threads. */
 static void *parent_thread(void *arg) {
   (void)arg;
@@ -219,6 +396,7 @@ int main(void) {
 #else
   RUN(test_fork_while_threads_allocate);
 #endif
+  RUN(test_child_reuses_freed_memory);
   RUN(test_parent_still_works);
   return check_summary();
 }

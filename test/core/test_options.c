@@ -1,7 +1,9 @@
 /* Options: the table (names, get/set, EINVAL, ERANGE) and the environment
  * (TRIMALLOC_<NAME> read once at start; a bad value warns once on stderr and
  * keeps the default; SHOW_STATS and VERBOSE print). The environment cases run
- * this program again as a child with the variables set. */
+ * this program again as a child with the variables set. The v2 options
+ * (arenas, tcache_bytes, background) have their defaults and ranges, are
+ * read from the environment, and verbose says whether the purger runs. */
 #include <limits.h>
 #include <pthread.h>
 #include <sys/wait.h>
@@ -26,6 +28,33 @@ static void test_option_names(void) {
   CHECK(count >= N_KNOWN && count < 100, "%zu options", count);
   CHECK(trimalloc_option_name(count) == NULL && trimalloc_option_name(SIZE_MAX) == NULL);
   for (int k = 0; k < N_KNOWN; k++) CHECK(found[k] == 1, "%s listed %d times", known[k], found[k]);
+}
+
+/* v2's options: defaults and ranges. arenas: 0 (the number of CPUs) or
+ * 1..64; tcache_bytes: 262144 by default, 0 allowed; background: 1 or 0. */
+static void test_v2_options(void) {
+  long long v = -1, cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  CHECK(trimalloc_option_get("arenas", &v) == 0 && (v == 0 || v == cpus), "arenas default %lld (%lld CPUs)", v,
+        cpus);
+  long long arenas = v;
+  for (long long a = 1; a <= 64; a *= 2) {
+    CHECK(trimalloc_option_set("arenas", a) == 0 && trimalloc_option_get("arenas", &v) == 0 && v == a,
+          "arenas = %lld: got %lld", a, v);
+    /* later refills use the new count: allocation goes on working */
+    void *p = trimalloc_malloc(100);
+    CHECK(p != NULL);
+    trimalloc_free(p);
+  }
+  CHECK(trimalloc_option_set("arenas", 65) == ERANGE, "arenas = 65 accepted");
+  CHECK(trimalloc_option_set("arenas", -1) == ERANGE, "arenas = -1 accepted");
+  CHECK(trimalloc_option_set("arenas", arenas) == 0);
+  CHECK(trimalloc_option_get("tcache_bytes", &v) == 0 && v == 262144, "tcache_bytes default %lld", v);
+  CHECK(trimalloc_option_set("tcache_bytes", -1) == ERANGE, "tcache_bytes = -1 accepted");
+  CHECK(trimalloc_option_set("tcache_bytes", 0) == 0 && trimalloc_option_get("tcache_bytes", &v) == 0 && v == 0);
+  CHECK(trimalloc_option_set("tcache_bytes", 262144) == 0);
+  CHECK(trimalloc_option_get("background", &v) == 0 && v == 1, "background default %lld", v);
+  CHECK(trimalloc_option_set("background", -1) == ERANGE, "background = -1 accepted");
+  CHECK(trimalloc_option_set("background", 2) == ERANGE, "background = 2 accepted");
 }
 
 static void test_option_get_set_roundtrip(void) {
@@ -192,6 +221,25 @@ static void test_env_good_values(void) {
   CHECK(r.err[0] == 0, "a good value must not warn: %s", r.err);
 }
 
+static void test_env_v2_values(void) {
+  static const char *const vars[] = {"TRIMALLOC_ARENAS=3", "TRIMALLOC_TCACHE_BYTES=0", "TRIMALLOC_BACKGROUND=0",
+                                     NULL};
+  child_out_t r;
+  run_child(&r, vars);
+  CHECK(ok_exit(&r), "child status %d, stderr: %s", r.status, r.err);
+  CHECK(option_in(&r, "arenas") == 3, "arenas=%lld", option_in(&r, "arenas"));
+  CHECK(option_in(&r, "tcache_bytes") == 0, "tcache_bytes=%lld", option_in(&r, "tcache_bytes"));
+  CHECK(option_in(&r, "background") == 0, "background=%lld", option_in(&r, "background"));
+  CHECK(r.err[0] == 0, "good values must not warn: %s", r.err);
+  static const char *const bad[] = {"TRIMALLOC_ARENAS=65", NULL};
+  run_child(&r, bad);
+  CHECK(ok_exit(&r), "child status %d", r.status);
+  CHECK(option_in(&r, "arenas") == option_in(&defaults, "arenas"), "TRIMALLOC_ARENAS=65: arenas=%lld",
+        option_in(&r, "arenas"));
+  CHECK(count_lines_with(r.err, "TRIMALLOC_ARENAS") == 1, "want one warning naming TRIMALLOC_ARENAS, got: %s",
+        r.err);
+}
+
 static void test_env_bad_values_warn_once(void) {
   static const char *const bad[] = {"abc", "12abc", "1e3", "99999999999999999999999", " 5x"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -239,6 +287,8 @@ static void test_env_verbose_says_active(void) {
   CHECK(option_in(&r, "verbose") == 1);
   CHECK(!strncmp(r.err, "trimalloc:", 10) && strstr(r.err, "purge_delay_ms"),
         "verbose must say trimalloc is active and with which options, got: %s", r.err);
+  CHECK(strstr(r.err, "background") != NULL, "verbose must say whether the background purger runs, got: %s",
+        r.err);
 }
 
 int main(int argc, char **argv) {
@@ -246,10 +296,12 @@ int main(int argc, char **argv) {
   ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
   self_path[n > 0 ? n : 0] = 0;
   RUN(test_option_names);
+  RUN(test_v2_options);
   RUN(test_option_get_set_roundtrip);
   RUN(test_option_errors);
   RUN(test_env_defaults);
   RUN(test_env_good_values);
+  RUN(test_env_v2_values);
   RUN(test_env_bad_values_warn_once);
   RUN(test_env_show_stats_prints_at_exit);
   RUN(test_env_verbose_says_active);

@@ -1,7 +1,7 @@
 /* Thread creation and exit in a loop must not grow memory: thousands of
  * short-lived threads each allocate a little, free some, and hand the rest to
  * the main thread, which frees them after the thread is gone. RSS and the
- * number of heaps stay bounded. */
+ * number of registered thread caches (heaps) stay bounded. */
 #include <pthread.h>
 
 #include "check.h"

@@ -1,6 +1,6 @@
 /* Threads: producers allocate, consumers on other threads check and free
- * (frees through the pages' thread_free lists), heaps of exited threads are
- * adopted, and the memory comes back afterwards. Contents are checked
+ * (each a cross-thread free), blocks of exited threads stay valid and
+ * freeable, and the memory comes back afterwards. Contents are checked
  * everywhere: a block handed out twice shows up as a wrong pattern. */
 #include <pthread.h>
 
@@ -156,7 +156,7 @@ static void test_producer_consumer(void) {
   CHECK(atomic_load(&null_blocks) == 0, "%ld allocations failed", atomic_load(&null_blocks));
   CHECK(atomic_load(&consumed) == PRODUCERS * ITEMS - atomic_load(&null_blocks));
   /* All six threads exited with every block freed: their pages must come
-   * back to the allocator (abandoned, adopted or purged), not stay lost. */
+   * back to the allocator (flushed at exit, reused or purged), not stay lost. */
   trimalloc_trim();
   trimalloc_stats_t after = stats_now();
   CHECK(after.allocated <= before.allocated + 2 * MiB, "allocated %llu -> %llu",
@@ -166,7 +166,7 @@ static void test_producer_consumer(void) {
 }
 
 /* A thread allocates and exits; main frees its blocks later (the heap is
- * abandoned by then), then allocates the same sizes again. */
+ * gone by then, its cache flushed), then allocates the same sizes again. */
 enum { ORPHANS = 20000 };
 static uint8_t *orphan[ORPHANS];
 static size_t orphan_n[ORPHANS];
@@ -178,7 +178,7 @@ static void *orphan_maker(void *arg) {
     orphan[i] = trimalloc_malloc(orphan_n[i]);
     if (orphan[i]) block_fill(orphan[i], orphan_n[i], pattern_seed(orphan[i], orphan_n[i]));
   }
-  /* Free every third block here, so the abandoned pages are partly free. */
+  /* Free every third block here, so the dead thread's slabs are partly free. */
   for (int i = 0; i < ORPHANS; i += 3) {
     trimalloc_free(orphan[i]);
     orphan[i] = NULL;

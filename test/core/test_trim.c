@@ -285,8 +285,8 @@ static void test_trim_purges_sparse_pages_of_sleeping_thread(void) {
 }
 
 /* Trim in a loop while three threads allocate (small to huge), check and
- * free, and a fourth keeps starting short-lived threads (heaps abandoned and
- * adopted while trim walks them). */
+ * free, and a fourth keeps starting short-lived threads (thread caches
+ * registered, flushed and unregistered while trim runs). */
 static atomic_int churn_stop;
 static atomic_long churn_bad;
 

@@ -1,0 +1,341 @@
+/* Thread caches (tcache): bounded per thread, flushed at thread exit, and
+ * blind to which thread allocated a block.
+ *  - A thread that mallocs and frees a million blocks of mixed small classes
+ *    and then sleeps holds at most tcache_bytes (the stats' tcache_bytes,
+ *    read while it sleeps, minus the main thread's own), with the default
+ *    bound and with a smaller one.
+ *  - tcache_bytes = 0 works: blocks keep their contents and a sleeping
+ *    thread holds nothing.
+ *  - A thread's exit flushes its cache: tcache_bytes and the count of
+ *    registered caches (heaps) drop back once it is joined.
+ *  - Eight producers hand blocks through a queue to eight consumers that
+ *    check and free them (every free a cross-thread free); the producer
+ *    writes the fill pattern, the consumer checks it. */
+#include <pthread.h>
+
+#include "check.h"
+
+#define U(x) ((unsigned long long)(x))
+
+static const long CHURN = TEST_SANITIZED ? 250000 : 1000000;
+enum { WINDOW = 4096 };
+
+/* Cached classes are those up to 32 KiB: mostly small, some medium. */
+static size_t cached_size(uint64_t *rng) {
+  uint64_t r = rng_next(rng);
+  unsigned pick = (unsigned)(r % 100);
+  r >>= 8;
+  if (pick < 80) return 1 + r % 1024;
+  if (pick < 95) return 1025 + r % (7 * KiB);
+  return 8 * KiB + 1 + r % (24 * KiB);
+}
+
+/* A cheap stamp at both ends of a block: the address and the size, so a
+ * block handed out twice (or overrun by a neighbour) reads wrong. */
+static void stamp(uint8_t *p, size_t n) {
+  uint64_t v = (uint64_t)(uintptr_t)p ^ ((uint64_t)n << 40) ^ 0xA5A5A5A5ull;
+  if (n >= 16) {
+    memcpy(p, &v, 8);
+    memcpy(p + n - 8, &v, 8);
+  } else {
+    memset(p, (int)(v & 0xff), n);
+  }
+}
+
+static int stamp_ok(const uint8_t *p, size_t n) {
+  uint64_t v = (uint64_t)(uintptr_t)p ^ ((uint64_t)n << 40) ^ 0xA5A5A5A5ull, a, b;
+  if (n >= 16) {
+    memcpy(&a, p, 8);
+    memcpy(&b, p + n - 8, 8);
+    return a == v && b == v;
+  }
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != (uint8_t)(v & 0xff)) return 0;
+  return 1;
+}
+
+/* A thread that churns, frees everything, reports, sleeps until released. */
+typedef struct churner_s {
+  long ops;
+  uint64_t seed;
+  gate_t asleep, wake;
+  long bad, nulls;
+  int valid;
+} churner_t;
+
+static void *churn_then_sleep(void *arg) {
+  churner_t *c = arg;
+  uint8_t *win[WINDOW] = {0};
+  size_t wn[WINDOW] = {0};
+  uint64_t rng = c->seed;
+  for (long i = 0; i < c->ops; i++) {
+    unsigned k = (unsigned)(i % WINDOW);
+    if (win[k]) {
+      if (!stamp_ok(win[k], wn[k])) c->bad++;
+      trimalloc_free(win[k]);
+    }
+    wn[k] = cached_size(&rng);
+    win[k] = trimalloc_malloc(wn[k]);
+    if (!win[k]) {
+      c->nulls++;
+      continue;
+    }
+    stamp(win[k], wn[k]);
+  }
+  for (unsigned k = 0; k < WINDOW; k++) {
+    if (win[k] && !stamp_ok(win[k], wn[k])) c->bad++;
+    trimalloc_free(win[k]);
+  }
+  c->valid = trimalloc_check();
+  gate_add(&c->asleep, 1);
+  gate_wait(&c->wake, 1); /* asleep: no allocator call until released */
+  return NULL;
+}
+
+static void churner_init(churner_t *c, long ops, uint64_t seed) {
+  memset(c, 0, sizeof *c);
+  c->ops = ops;
+  c->seed = seed;
+  pthread_mutex_init(&c->asleep.mu, NULL);
+  pthread_cond_init(&c->asleep.cv, NULL);
+  pthread_mutex_init(&c->wake.mu, NULL);
+  pthread_cond_init(&c->wake.cv, NULL);
+}
+
+static void churner_destroy(churner_t *c) {
+  pthread_mutex_destroy(&c->asleep.mu);
+  pthread_cond_destroy(&c->asleep.cv);
+  pthread_mutex_destroy(&c->wake.mu);
+  pthread_cond_destroy(&c->wake.cv);
+}
+
+/* Runs one churner to sleep; returns its tcache bytes (total now minus what
+ * was cached before it started) and leaves it asleep. */
+static uint64_t start_and_measure(churner_t *c, pthread_t *t, uint64_t *base_out) {
+  trimalloc_trim(); /* the main thread's own cache goes back first */
+  uint64_t base = stats_now().tcache_bytes;
+  *base_out = base;
+  pthread_create(t, NULL, churn_then_sleep, c);
+  gate_wait(&c->asleep, 1);
+  uint64_t now = stats_now().tcache_bytes;
+  return now > base ? now - base : 0;
+}
+
+static void finish(churner_t *c, pthread_t t, const char *what) {
+  gate_set(&c->wake, 1);
+  pthread_join(t, NULL);
+  CHECK(c->bad == 0 && c->nulls == 0, "%s: %ld blocks with wrong contents, %ld NULL", what, c->bad, c->nulls);
+  CHECK(c->valid, "%s: trimalloc_check failed in the thread", what);
+}
+
+static void test_sleeping_thread_holds_at_most_bound(void) {
+  long long bound = option_value("tcache_bytes");
+  CHECK(getenv("TRIMALLOC_TCACHE_BYTES") || bound == 262144, "default tcache_bytes is %lld", bound);
+  churner_t c;
+  pthread_t t;
+  uint64_t base;
+  churner_init(&c, CHURN, 1);
+  uint64_t held = start_and_measure(&c, &t, &base);
+  fprintf(stdout, "   a sleeping thread after %ld malloc/free pairs holds %llu bytes (bound %lld)\n", CHURN,
+          U(held), bound);
+  CHECK(held <= (uint64_t)bound, "a sleeping thread holds %llu bytes in its cache, bound %lld (main's own %llu)",
+        U(held), bound, U(base));
+  finish(&c, t, "default bound");
+  churner_destroy(&c);
+
+  /* A smaller bound, for a thread started after it was set. */
+  long long old = option_swap("tcache_bytes", 64 * 1024);
+  churner_init(&c, CHURN / 4, 2);
+  held = start_and_measure(&c, &t, &base);
+  CHECK(held <= 64 * 1024, "with tcache_bytes = 65536 a sleeping thread holds %llu bytes", U(held));
+  finish(&c, t, "64 KiB bound");
+  churner_destroy(&c);
+  trimalloc_option_set("tcache_bytes", old);
+}
+
+static void test_tcache_zero(void) {
+  long long old = option_swap("tcache_bytes", 0);
+  churner_t c;
+  pthread_t t;
+  uint64_t base;
+  churner_init(&c, CHURN / 10, 3);
+  uint64_t held = start_and_measure(&c, &t, &base);
+  CHECK(held == 0, "with tcache_bytes = 0 a sleeping thread holds %llu bytes", U(held));
+  finish(&c, t, "tcache_bytes = 0");
+  churner_destroy(&c);
+  /* The main thread works with it too (whatever it does with its cache). */
+  uint8_t *p[1000];
+  size_t n[1000];
+  uint64_t rng = 4;
+  long bad = 0;
+  for (int i = 0; i < 1000; i++) {
+    n[i] = cached_size(&rng);
+    p[i] = trimalloc_malloc(n[i]);
+    pattern_fill(p[i], n[i], pattern_seed(p[i], n[i]));
+  }
+  for (int i = 0; i < 1000; i += 2) trimalloc_free(p[i]);
+  for (int i = 0; i < 1000; i += 2) {
+    p[i] = trimalloc_malloc(n[i]);
+    pattern_fill(p[i], n[i], pattern_seed(p[i], n[i]));
+  }
+  for (int i = 0; i < 1000; i++) {
+    if (!pattern_ok(p[i], n[i], pattern_seed(p[i], n[i]))) bad++;
+    trimalloc_free(p[i]);
+  }
+  CHECK(bad == 0, "%ld blocks with wrong contents with tcache_bytes = 0", bad);
+  trimalloc_option_set("tcache_bytes", old);
+}
+
+static void test_thread_exit_flushes(void) {
+  churner_t c;
+  pthread_t t;
+  uint64_t base;
+  uint64_t heaps0 = stats_now().heaps;
+  churner_init(&c, CHURN / 10, 5);
+  uint64_t held = start_and_measure(&c, &t, &base);
+  uint64_t heaps1 = stats_now().heaps;
+  CHECK(held > 0, "a thread that just freed %d blocks of cached classes holds nothing in its cache", WINDOW);
+  CHECK(heaps1 >= heaps0 + 1, "registered thread caches %llu -> %llu with one more thread", U(heaps0),
+        U(heaps1));
+  finish(&c, t, "exit");
+  trimalloc_stats_t s = stats_now();
+  CHECK(s.tcache_bytes <= base, "tcache_bytes %llu after the thread exited (was %llu before it, %llu with it)",
+        U(s.tcache_bytes), U(base), U(base + held));
+  CHECK(s.heaps + 1 <= heaps1, "registered thread caches %llu after the thread exited, %llu with it", U(s.heaps),
+        U(heaps1));
+  churner_destroy(&c);
+}
+
+/* ---- eight producers, eight consumers, one queue ---- */
+enum { PRODUCERS = 8, CONSUMERS = 8, QCAP = 2048, DEFER = 32 };
+static const long ITEMS = TEST_SANITIZED ? 8000 : 60000; /* per producer */
+
+typedef struct item_s {
+  uint8_t *p;
+  size_t n;
+  int from;
+} item_t;
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t not_empty, not_full;
+  item_t buf[QCAP];
+  size_t head, len;
+} q = {.mu = PTHREAD_MUTEX_INITIALIZER,
+       .not_empty = PTHREAD_COND_INITIALIZER,
+       .not_full = PTHREAD_COND_INITIALIZER};
+
+static void q_push(item_t it) {
+  pthread_mutex_lock(&q.mu);
+  while (q.len == QCAP) pthread_cond_wait(&q.not_full, &q.mu);
+  q.buf[(q.head + q.len++) % QCAP] = it;
+  pthread_cond_signal(&q.not_empty);
+  pthread_mutex_unlock(&q.mu);
+}
+
+static item_t q_pop(void) {
+  pthread_mutex_lock(&q.mu);
+  while (q.len == 0) pthread_cond_wait(&q.not_empty, &q.mu);
+  item_t it = q.buf[q.head];
+  q.head = (q.head + 1) % QCAP;
+  q.len--;
+  pthread_cond_signal(&q.not_full);
+  pthread_mutex_unlock(&q.mu);
+  return it;
+}
+
+static atomic_long x_bad, x_calloc_bad, x_nulls, x_consumed, x_invalid;
+
+/* Mostly cached classes, a few above them (those go straight to the arena). */
+static size_t handoff_size(uint64_t *rng) {
+  if (rng_next(rng) % 50 == 0) return 32 * KiB + 1 + rng_next(rng) % (96 * KiB);
+  return cached_size(rng);
+}
+
+static void *producer(void *arg) {
+  int id = (int)(intptr_t)arg;
+  uint64_t rng = 0x51ull + (uint64_t)id * 7919;
+  for (long i = 0; i < ITEMS; i++) {
+    size_t n = handoff_size(&rng);
+    uint8_t *p;
+    if (i % 10 == 7) {
+      p = trimalloc_calloc(1, n);
+      if (p) {
+        size_t lim = n < 4096 ? n : 4096, k = 0;
+        while (k < lim && !p[k]) k++;
+        if (k < lim || (n > lim && p[n - 1])) atomic_fetch_add(&x_calloc_bad, 1);
+      }
+    } else {
+      p = trimalloc_malloc(n);
+    }
+    if (!p) {
+      atomic_fetch_add(&x_nulls, 1);
+      continue;
+    }
+    block_fill(p, n, pattern_seed(p, n));
+    q_push((item_t){p, n, id});
+  }
+  if (!trimalloc_check()) atomic_fetch_add(&x_invalid, 1);
+  return NULL;
+}
+
+static void consume(item_t it) {
+  if (!block_ok(it.p, it.n, pattern_seed(it.p, it.n))) atomic_fetch_add(&x_bad, 1);
+  trimalloc_free(it.p);
+  atomic_fetch_add(&x_consumed, 1);
+}
+
+static void *consumer(void *arg) {
+  uint64_t rng = 0xC0ull + (uintptr_t)arg * 104729;
+  item_t held[DEFER];
+  int nheld = 0;
+  for (;;) {
+    item_t it = q_pop();
+    if (!it.p) break;
+    /* Some blocks are kept a while, so frees come in a different order. */
+    if (rng_next(&rng) % 4 == 0) {
+      if (nheld == DEFER) consume(held[--nheld]);
+      held[nheld++] = it;
+      continue;
+    }
+    consume(it);
+  }
+  while (nheld) consume(held[--nheld]);
+  if (!trimalloc_check()) atomic_fetch_add(&x_invalid, 1);
+  return NULL;
+}
+
+static void test_cross_thread_handoff(void) {
+  trimalloc_trim();
+  trimalloc_stats_t s0 = stats_now();
+  pthread_t pt[PRODUCERS], ct[CONSUMERS];
+  for (long i = 0; i < CONSUMERS; i++) pthread_create(&ct[i], NULL, consumer, (void *)i);
+  for (long i = 0; i < PRODUCERS; i++) pthread_create(&pt[i], NULL, producer, (void *)i);
+  for (int i = 0; i < PRODUCERS; i++) pthread_join(pt[i], NULL);
+  for (int i = 0; i < CONSUMERS; i++) q_push((item_t){NULL, 0, -1});
+  for (int i = 0; i < CONSUMERS; i++) pthread_join(ct[i], NULL);
+  CHECK(atomic_load(&x_bad) == 0, "%ld blocks with wrong contents at the consumer", atomic_load(&x_bad));
+  CHECK(atomic_load(&x_calloc_bad) == 0, "%ld calloc blocks not zeroed", atomic_load(&x_calloc_bad));
+  CHECK(atomic_load(&x_nulls) == 0, "%ld allocations failed", atomic_load(&x_nulls));
+  CHECK(atomic_load(&x_invalid) == 0, "trimalloc_check failed in %ld threads", atomic_load(&x_invalid));
+  CHECK(atomic_load(&x_consumed) == PRODUCERS * ITEMS, "%ld of %ld blocks consumed", atomic_load(&x_consumed),
+        PRODUCERS * ITEMS);
+  /* All sixteen threads are gone: their caches were flushed, and a trim
+   * returns what they used. */
+  trimalloc_stats_t s1 = stats_now();
+  CHECK(s1.tcache_bytes <= s0.tcache_bytes, "tcache_bytes %llu -> %llu after every thread exited",
+        U(s0.tcache_bytes), U(s1.tcache_bytes));
+  CHECK(s1.heaps <= s0.heaps, "registered thread caches %llu -> %llu", U(s0.heaps), U(s1.heaps));
+  trimalloc_trim();
+  trimalloc_stats_t s2 = stats_now();
+  CHECK(s2.resident <= s0.resident + 8 * MiB, "resident %llu KiB -> %llu KiB after the threads and a trim",
+        U(s0.resident / KiB), U(s2.resident / KiB));
+}
+
+int main(void) {
+  RUN(test_sleeping_thread_holds_at_most_bound);
+  RUN(test_tcache_zero);
+  RUN(test_thread_exit_flushes);
+  RUN(test_cross_thread_handoff);
+  return check_summary();
+}

@@ -10,17 +10,16 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
   ta_error("malloc: heap corruption (double free or write after free) of block", b);
 }
 
-/* Beyond the thread caches: 32 KiB..128 KiB from a bin, up to 2 MiB from a
- * page heap, above that a mapping of its own. */
+/* Beyond the size classes: up to 2 MiB from a page heap, above that a
+ * mapping of its own. */
 static __attribute__((noinline)) void *malloc_big(size_t n) {
   ta_process_init();
-  if (n <= TA_MEDIUM_MAX) return ta_arena_alloc1(ta_class_of(n));
   if (n <= TA_LARGE_MAX) return ta_large_alloc(ta_arena_pick(), n);
   return ta_huge_alloc(n, 0, false);
 }
 
 /* Fast path budget: a class lookup (one table load up to 1 KiB, a few ALU
- * operations up to 32 KiB), a TLS load, a pop from the bin's list with its
+ * operations up to 128 KiB), a TLS load, a pop from the bin's list with its
  * cookie check (the cookie shares the cache line of the link just read), and
  * four stores. No lock, no atomic read-modify-write, no stats. */
 TRIMALLOC_API void *trimalloc_malloc(size_t n) {

@@ -43,7 +43,9 @@ ta_arena_t *ta_arena_pick(void) {
 
 /* ---- fullness buckets ---- */
 static inline unsigned bucket_of(const ta_span_t *sp) {
-  return sp->used == sp->reserved ? TA_BUCKET_NONE : sp->used * TA_FULLNESS / sp->reserved;
+  if (sp->used == sp->reserved) return TA_BUCKET_NONE;
+  unsigned b = (unsigned)(((uint64_t)sp->used * sp->bucket_mul) >> 20);
+  return b < TA_FULLNESS ? b : TA_FULLNESS - 1;
 }
 
 static void bucket_remove(ta_bin_t *bin, ta_span_t *sp) {
@@ -88,13 +90,14 @@ static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls) {
 size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t want) {
   ta_bin_t *bin = &a->bins[cls];
   size_t got = 0;
+  ta_pagedelta_t d = {0};
   ta_lock(&bin->lock);
   while (got < want) {
     ta_span_t *sp = bin->bucket_mask ? bin->buckets[31 - __builtin_clz(bin->bucket_mask)] /* fullest */
                                      : slab_new(a, bin, cls);
     if (!sp) break;
     uint16_t d0 = sp->dirty;
-    got += ta_slab_take(sp, first, want - got);
+    got += ta_slab_take(sp, first, want - got, &d);
     dirty_moved(bin, d0, sp->dirty);
     rebucket(bin, sp);
   }
@@ -103,14 +106,16 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
     ta_relaxed_add(&bin->allocs, got);
   }
   ta_unlock(&bin->lock);
+  ta_pagedelta_apply(a, &d);
   return got;
 }
 
 /* Puts one block back in its slab (bin lock held); an emptied slab goes back
  * to the page heap at once (its pages stay resident until purged). */
-static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size_t cls, uint64_t now) {
+static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size_t cls, uint64_t now,
+                      ta_pagedelta_t *d) {
   uint16_t d0 = sp->dirty;
-  if (ta_unlikely(sp->kind != TA_SPAN_SLAB || sp->cls != cls || !ta_slab_put(sp, p))) {
+  if (ta_unlikely(sp->kind != TA_SPAN_SLAB || sp->cls != cls || !ta_slab_put(sp, p, d))) {
     bool twice = sp->kind == TA_SPAN_SLAB && sp->cls == cls && ta_is_block_start(sp, p);
     ta_unlock(&bin->lock);
     ta_error(twice ? "free: double free" : "free: invalid pointer", p);
@@ -124,6 +129,7 @@ static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size
   }
   if (sp->bucket != TA_BUCKET_NONE) bucket_remove(bin, sp);
   ta_slab_clear(sp);
+  ta_pagedelta_apply(a, d); /* the page heap's counts are the arena's */
   ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) - sp->dirty);
   ta_lock(&a->lock);
   ta_span_free(a, sp);
@@ -134,20 +140,27 @@ void ta_arena_flush(ta_block_t *b, size_t cls) {
   ta_arena_t *a = NULL;
   ta_bin_t *bin = NULL;
   uint64_t now = ta_prim_clock_ms();
+  ta_pagedelta_t d = {0};
   while (b) {
     ta_block_t *next = b->next;
     ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
     ta_arena_t *ba = sp->arena; /* fixed while the slab holds this live block */
     if (ba != a) {
-      if (bin) ta_unlock(&bin->lock);
+      if (bin) {
+        ta_unlock(&bin->lock);
+        ta_pagedelta_apply(a, &d);
+      }
       a = ba;
       bin = &a->bins[cls];
       ta_lock(&bin->lock);
     }
-    put_block(a, bin, sp, b, cls, now);
+    put_block(a, bin, sp, b, cls, now, &d);
     b = next;
   }
-  if (bin) ta_unlock(&bin->lock);
+  if (bin) {
+    ta_unlock(&bin->lock);
+    ta_pagedelta_apply(a, &d);
+  }
   ta_purge_kick();
 }
 
@@ -165,9 +178,11 @@ void ta_arena_free1(ta_span_t *sp, void *p) {
   ta_arena_t *a = sp->arena;
   if (ta_unlikely(!a || sp->cls >= TA_CLASSES)) ta_error("free: invalid pointer", p);
   ta_bin_t *bin = &a->bins[sp->cls];
+  ta_pagedelta_t d = {0};
   ta_lock(&bin->lock);
-  put_block(a, bin, sp, p, sp->cls, ta_prim_clock_ms());
+  put_block(a, bin, sp, p, sp->cls, ta_prim_clock_ms(), &d);
   ta_unlock(&bin->lock);
+  ta_pagedelta_apply(a, &d);
   ta_purge_kick();
 }
 

@@ -85,10 +85,15 @@ TA_HIDDEN void ta_segment_free(ta_arena_t *a, ta_segment_t *s);    /* a->lock he
 TA_HIDDEN uint64_t ta_segments_live(void);
 TA_HIDDEN size_t ta_segment_header_bytes(void);
 /* OS pages [first, first + n) of s go into use / out of use (the lock of the
- * span's owner held). Returns, for `live`, the bytes that were purged and
- * touched before (a refault). */
-TA_HIDDEN size_t ta_pages_live(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
-TA_HIDDEN void ta_pages_dead(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
+ * span's owner held): the span's dirty count changes at once, the arena's
+ * counters through a delta applied once per batch. */
+typedef struct ta_pagedelta_s {
+  int64_t dirty, resident; /* pages */
+  size_t refault;          /* bytes purged and touched before, taken back */
+} ta_pagedelta_t;
+TA_HIDDEN void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d);
+TA_HIDDEN void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d);
+TA_HIDDEN void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d);
 /* Returns the dirty OS pages among [first, first + n) to the OS; bytes released. */
 TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
 TA_HIDDEN size_t ta_pages_unpurged(ta_segment_t *s, size_t first, size_t n);
@@ -109,8 +114,8 @@ TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
 
 /* ---- slab.c: blocks of one class in a span, the free bitmap -------------- */
 TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls);                     /* bin lock */
-TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want); /* bin lock; blocks taken */
-TA_HIDDEN bool ta_slab_put(ta_span_t *sp, void *p);  /* bin lock; false: not a block handed out */
+TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d); /* bin lock */
+TA_HIDDEN bool ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bin lock; false: not handed out */
 TA_HIDDEN void ta_slab_clear(ta_span_t *sp);         /* bin lock; empty slab, before it is freed */
 TA_HIDDEN size_t ta_slab_purge(ta_span_t *sp);       /* bin lock; bytes */
 TA_HIDDEN bool ta_slab_is_valid(ta_span_t *sp);      /* bin lock */

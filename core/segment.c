@@ -77,40 +77,41 @@ void ta_segment_free(ta_arena_t *a, ta_segment_t *s) {
   ta_relaxed_sub(&segments_live, 1);
 }
 
-size_t ta_pages_live(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty) {
+void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d) {
   ta_segbits_t *bits = ta_segbits(s);
-  size_t refault = 0;
-  int64_t undirty = 0, unpurged = 0;
+  int64_t undirty = 0;
   for (size_t i = first; i < first + n; i++) {
     if (bits->live[i]++ != 0) continue;
     if (bit_get(bits->purged, i)) {
       bit_clear(bits->purged, i);
-      unpurged++;
-      if (bit_get(bits->touched, i)) refault++;
+      d->resident++;
+      if (bit_get(bits->touched, i)) d->refault += (size_t)1 << ta_ospage_shift;
       else bit_set(bits->touched, i);
     } else {
       undirty++;
     }
   }
-  if (undirty) {
-    *dirty = (uint16_t)(*dirty - undirty);
-    ta_relaxed_sub(&a->dirty_pages, undirty);
-  }
-  if (unpurged) ta_relaxed_add(&a->resident_pages, unpurged);
-  return refault << ta_ospage_shift;
+  *dirty = (uint16_t)(*dirty - undirty);
+  d->dirty -= undirty;
 }
 
-void ta_pages_dead(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty) {
+void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d) {
   ta_segbits_t *bits = ta_segbits(s);
-  int64_t d = 0;
+  int64_t k = 0;
   for (size_t i = first; i < first + n; i++) {
     ta_assert(bits->live[i] > 0);
-    if (--bits->live[i] == 0) d++;
+    if (--bits->live[i] == 0) k++;
   }
-  if (d) {
-    *dirty = (uint16_t)(*dirty + d);
-    ta_relaxed_add(&a->dirty_pages, d);
-  }
+  *dirty = (uint16_t)(*dirty + k);
+  d->dirty += k;
+}
+
+void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d) {
+  if (d->dirty) ta_relaxed_add(&a->dirty_pages, d->dirty);
+  if (d->resident) ta_relaxed_add(&a->resident_pages, d->resident);
+  if (d->refault) ta_delay_refault(&a->delay, 0);
+  d->dirty = d->resident = 0;
+  d->refault = 0;
 }
 
 size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty) {

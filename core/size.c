@@ -14,10 +14,10 @@ void ta_size_init(void) {
     size_t bs = ta_class_size(c);
     ta_class_slices[c] = (uint8_t)(bs <= 8192 ? 1 : (8 * bs + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE);
   }
-  /* A thread cache keeps at most 32 KiB of a class, between 2 and 128 blocks:
-   * short lists for big blocks, so a sleeping thread holds little. */
+  /* A thread cache keeps about 64 KiB of a class, between 2 and 128 blocks:
+   * short lists for big blocks (and tcache_bytes bounds the sum). */
   for (size_t c = 0; c < TA_TCLASSES; c++) {
-    size_t n = TA_TCACHE_MAX / ta_class_size(c);
+    size_t n = TA_TBIN_BYTES / ta_class_size(c);
     ta_class_tmax[c] = (uint16_t)(n < 2 ? 2 : n > 128 ? 128 : n);
   }
 }

@@ -19,6 +19,7 @@ void ta_slab_init(ta_span_t *sp, size_t cls) {
   sp->bsize = (uint32_t)ta_class_size(cls);
   sp->div_magic = UINT64_MAX / sp->bsize + 1;
   sp->reserved = (uint32_t)(sp->slices * TA_SLICE_SIZE / sp->bsize);
+  sp->bucket_mul = ((uint32_t)TA_FULLNESS << 20) / sp->reserved;
   sp->carved = sp->used = 0;
   sp->scan = 0;
   sp->bucket = TA_BUCKET_NONE;
@@ -33,17 +34,28 @@ void ta_slab_init(ta_span_t *sp, size_t cls) {
    * cleared what an earlier slab here left */
 }
 
-/* Blocks [p, p + bsize) go into use: their OS pages' live counts. */
-static inline size_t block_live(ta_span_t *sp, ta_segment_t *s, uint8_t *p) {
+/* Block [p, p + bsize) goes into / out of use: its OS pages' live counts.
+ * Inline when the block sits on one page that stays in use (the common case
+ * for small blocks); the transitions are counted in segment.c. */
+static inline void block_live(ta_span_t *sp, ta_segment_t *s, uint8_t *p, ta_pagedelta_t *d) {
   size_t off = (size_t)(p - (uint8_t *)s);
   size_t first = off >> ta_ospage_shift, last = (off + sp->bsize - 1) >> ta_ospage_shift;
-  return ta_pages_live(sp->arena, s, first, last - first + 1, &sp->dirty);
+  uint16_t *live = ta_segbits(s)->live;
+  if (first == last && live[first]) live[first]++;
+  else ta_pages_live(s, first, last - first + 1, &sp->dirty, d);
+}
+static inline void block_dead(ta_span_t *sp, ta_segment_t *s, uint8_t *p, ta_pagedelta_t *d) {
+  size_t off = (size_t)(p - (uint8_t *)s);
+  size_t first = off >> ta_ospage_shift, last = (off + sp->bsize - 1) >> ta_ospage_shift;
+  uint16_t *live = ta_segbits(s)->live;
+  if (first == last && live[first] > 1) live[first]--;
+  else ta_pages_dead(s, first, last - first + 1, &sp->dirty, d);
 }
 
-size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want) {
+size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d) {
   ta_segment_t *s = ta_segment_of(sp);
   uint64_t *words = ta_segbits(s)->free + word_base(sp);
-  size_t nw = word_count(sp), taken = 0, refault = 0, w = sp->scan;
+  size_t nw = word_count(sp), taken = 0, w = sp->scan;
   uintptr_t cookie = ta_cookie;
   ta_block_t *head = *out;
   /* 1. free blocks, lowest address first */
@@ -52,7 +64,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want) {
     while (x && taken < want) {
       ta_block_t *b = (ta_block_t *)((uint8_t *)s + ((word_base(sp) + w) * 64 + (size_t)__builtin_ctzll(x)) * TA_ALIGN);
       x &= x - 1;
-      refault += block_live(sp, s, (uint8_t *)b);
+      block_live(sp, s, (uint8_t *)b, d);
       b->next = head;
       b->key = cookie;
       head = b;
@@ -66,7 +78,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want) {
   while (taken < want && sp->carved < sp->reserved) {
     ta_block_t *b = (ta_block_t *)(sp->start + (size_t)sp->carved * sp->bsize);
     sp->carved++;
-    refault += block_live(sp, s, (uint8_t *)b);
+    block_live(sp, s, (uint8_t *)b, d);
     b->next = head;
     b->key = cookie;
     head = b;
@@ -74,11 +86,10 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want) {
   }
   *out = head;
   sp->used += (uint32_t)taken;
-  if (refault) ta_delay_refault(&sp->arena->delay, 0); /* racy on purpose: a hint */
   return taken;
 }
 
-bool ta_slab_put(ta_span_t *sp, void *p) {
+bool ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d) {
   ta_segment_t *s = ta_segment_of(sp);
   size_t off = (size_t)((uint8_t *)p - sp->start);
   if (off >= (size_t)sp->carved * sp->bsize || !ta_is_block_start(sp, p)) return false;
@@ -89,9 +100,7 @@ bool ta_slab_put(ta_span_t *sp, void *p) {
   size_t rel = g / 64 - word_base(sp);
   if (rel < sp->scan) sp->scan = (uint16_t)rel;
   sp->used--;
-  size_t so = (size_t)((uint8_t *)p - (uint8_t *)s);
-  size_t first = so >> ta_ospage_shift, last = (so + sp->bsize - 1) >> ta_ospage_shift;
-  ta_pages_dead(sp->arena, s, first, last - first + 1, &sp->dirty);
+  block_dead(sp, s, p, d);
   return true;
 }
 

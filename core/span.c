@@ -130,19 +130,20 @@ void *ta_large_alloc(ta_arena_t *a, size_t n) {
   size_t slices = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
   ta_lock(&a->lock);
   ta_span_t *sp = ta_span_alloc(a, slices, TA_SPAN_LARGE);
-  size_t refault = 0;
+  ta_pagedelta_t d = {0};
   if (sp) {
     sp->bsize = (uint32_t)(slices * TA_SLICE_SIZE);
     sp->div_magic = UINT64_MAX / sp->bsize + 1;
     sp->used = sp->reserved = sp->carved = 1;
-    refault = ta_pages_live(a, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
-    if (refault) ta_delay_refault(&a->delay, 0);
+    ta_pages_live(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty, &d);
   }
   ta_unlock(&a->lock);
   if (ta_unlikely(!sp)) {
     errno = ENOMEM;
     return NULL;
   }
+  size_t refault = d.refault;
+  ta_pagedelta_apply(a, &d);
   if (refault >= TA_SLICE_SIZE) ta_prim_populate(sp->start, sp->bsize);
   ta_relaxed_add(&a->large_bytes, sp->bsize);
   ta_relaxed_add(&a->large_count, 1);
@@ -158,7 +159,9 @@ void ta_large_free(ta_span_t *sp, void *p) {
     ta_error("free: double free or invalid pointer", p);
   }
   uint32_t bytes = sp->bsize;
-  ta_pages_dead(a, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+  ta_pagedelta_t d = {0};
+  ta_pages_dead(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty, &d);
+  ta_pagedelta_apply(a, &d);
   ta_span_free(a, sp);
   ta_unlock(&a->lock);
   ta_relaxed_sub(&a->large_bytes, bytes);

@@ -1,4 +1,4 @@
-/* Thread caches: per thread, per class up to 32 KiB, a short LIFO of free
+/* Thread caches: per thread, per class (up to 128 KiB), a short LIFO of free
  * blocks, bounded per class (ta_class_tmax) and in total bytes (option
  * tcache_bytes). malloc pops, free pushes any block of a cached class,
  * whichever thread allocated it; an empty bin refills a batch from an arena,

@@ -40,8 +40,9 @@
 #define TA_SMALL_MAX 1024          /* sizes whose class is one table load */
 #define TA_MEDIUM_MAX (128 * 1024) /* largest size class */
 #define TA_CLASSES 88              /* 16..128 by 16, then 8 classes per doubling */
-#define TA_TCACHE_MAX (32 * 1024)  /* largest size a thread cache holds */
-#define TA_TCLASSES 72             /* classes 0..71 are cached (ta_class_of(32 KiB) == 71) */
+#define TA_TCACHE_MAX TA_MEDIUM_MAX /* largest size a thread cache holds: every class */
+#define TA_TCLASSES TA_CLASSES
+#define TA_TBIN_BYTES (64 * 1024)   /* a thread cache bin holds about this much (2..128 blocks) */
 #define TA_NO_CLASS 0xff           /* span->cls of anything the free fast path must not take */
 #define TA_LARGE_MAX (TA_SEGMENT_SIZE / 2) /* beyond: huge, own mapping */
 #define TA_MAX_ALIGN (TA_SEGMENT_SIZE / 2) /* larger alignments: ENOMEM */
@@ -89,7 +90,8 @@ typedef enum {
  *        = blocks handed out to programs or thread caches
  *   0 < used  (an empty slab goes back to the page heap at once)
  *   used == reserved  <=>  bucket == TA_BUCKET_NONE (full: on no list)
- *   otherwise on bin->buckets[bucket], bucket == used * TA_FULLNESS / reserved
+ *   otherwise on bin->buckets[bucket], bucket == min(used * bucket_mul >> 20, TA_FULLNESS - 1)
+ *   (bucket_mul = (TA_FULLNESS << 20) / reserved: fullness without a division)
  *   carved <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
  *   dirty = |OS pages p of the span with live[p] == 0 and not purged|
  *   (addr - start) % bsize == 0 for every block, tested with div_magic
@@ -108,6 +110,7 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   uint32_t used;         /* blocks handed out */
   uint32_t reserved;     /* blocks that fit */
   uint32_t carved;       /* blocks [0, carved) have been handed out at least once */
+  uint32_t bucket_mul;   /* slab: see above */
   uint16_t scan;         /* slab: no free bit in the bitmap words below this one (relative) */
   uint16_t slices;       /* span length in slices */
   uint16_t dirty;        /* OS pages free and resident */

@@ -131,7 +131,11 @@ TA_HIDDEN size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, 
 TA_HIDDEN void ta_arena_flush(ta_block_t *first, size_t cls);
 TA_HIDDEN void *ta_arena_alloc1(size_t cls);      /* one block, no thread cache */
 TA_HIDDEN void ta_arena_free1(ta_span_t *sp, void *p); /* one block, no thread cache */
-TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all); /* bytes */
+/* Purges what has been free for the arena's delay; everything free with
+ * `all` (trim), or when the arena has been idle since `idle_since` (0: not
+ * known) for its delay, at most TA_IDLE_MS. Bytes released. */
+#define TA_IDLE_MS 500
+TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since);
 TA_HIDDEN void ta_arenas_fork_prepare(void);
 TA_HIDDEN void ta_arenas_fork_parent(void);
 TA_HIDDEN void ta_arenas_fork_child(void);

@@ -17,7 +17,7 @@ static const ta_option_desc_t descs[TA_OPT_COUNT] = {
     [TA_OPT_UNMAP_DELAY_MS] = {"unmap_delay_ms", "TRIMALLOC_UNMAP_DELAY_MS", 1000, 0, 3600000,
                                "empty segments idle this long are unmapped"},
     [TA_OPT_ARENAS] = {"arenas", "TRIMALLOC_ARENAS", 0, 0, TA_ARENAS_MAX,
-                       "shared arenas (0: one per CPU); refills go to the arena of the CPU"},
+                       "shared arenas (0: one per 4 CPUs); refills go to the arena of the CPU"},
     [TA_OPT_TCACHE_BYTES] = {"tcache_bytes", "TRIMALLOC_TCACHE_BYTES", 262144, 0, 64 << 20,
                              "bound on the free blocks one thread caches (0: no thread caches)"},
     [TA_OPT_BACKGROUND] = {"background", "TRIMALLOC_BACKGROUND", 1, 0, 1,

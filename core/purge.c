@@ -62,8 +62,30 @@ static uint64_t dirty_bytes(void) {
 static size_t purge_arenas(uint64_t now, bool all) {
   size_t bytes = 0;
   uint32_t n = ta_relaxed_load(&ta_arenas_used);
-  for (uint32_t i = 0; i < n; i++) bytes += ta_arena_purge(&ta_arenas[i], now, all);
+  for (uint32_t i = 0; i < n; i++) bytes += ta_arena_purge(&ta_arenas[i], now, all, 0);
   return bytes + ta_huge_cache_expire(now, all);
+}
+
+/* The purger's tick: an arena whose activity count has not moved is idle,
+ * and once idle for its delay (at most TA_IDLE_MS) everything free in it
+ * goes; an active one returns only what has been free for its delay. So an
+ * idle process gets back to its live size within about half a second, while
+ * a busy one keeps what it is about to reuse. Purger thread only. */
+static uint64_t seen_activity[TA_ARENAS_MAX], seen_ms[TA_ARENAS_MAX];
+
+static void purger_tick(uint64_t now) {
+  uint32_t n = ta_relaxed_load(&ta_arenas_used);
+  bool idle = true;
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t act = ta_relaxed_load(&ta_arenas[i].activity);
+    if (act != seen_activity[i] || !seen_ms[i]) {
+      seen_activity[i] = act;
+      seen_ms[i] = now;
+      idle = false;
+    }
+    ta_arena_purge(&ta_arenas[i], now, false, seen_ms[i]);
+  }
+  ta_huge_cache_expire(now, idle && n && now - seen_ms[0] >= TA_IDLE_MS);
 }
 
 static _Atomic uint64_t activity_purge_ms;
@@ -112,7 +134,7 @@ static void *purger_main(void *arg) {
     ta_unlock(&purger_lock);
     uint64_t now = ta_prim_clock_ms(), wait = 0;
     if (dirty_bytes() || ta_relaxed_load(&ta_huge_cached)) {
-      purge_arenas(now, false);
+      purger_tick(now);
       wait = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS) / 2;
       if (wait < 10) wait = 10;
     }

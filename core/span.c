@@ -148,6 +148,7 @@ void *ta_large_alloc(ta_arena_t *a, size_t n) {
   ta_relaxed_add(&a->large_bytes, sp->bsize);
   ta_relaxed_add(&a->large_count, 1);
   ta_relaxed_add(&a->large_allocs, 1);
+  ta_relaxed_add(&a->activity, 1);
   return sp->start;
 }
 
@@ -166,5 +167,6 @@ void ta_large_free(ta_span_t *sp, void *p) {
   ta_unlock(&a->lock);
   ta_relaxed_sub(&a->large_bytes, bytes);
   ta_relaxed_sub(&a->large_count, 1);
+  ta_relaxed_add(&a->activity, 1);
   ta_purge_kick();
 }

@@ -189,6 +189,7 @@ struct ta_arena_s {
   _Atomic int64_t dirty_pages, resident_pages;
   _Atomic uint64_t large_bytes, large_count, large_allocs;
   _Atomic uint64_t purges, purged_bytes;
+  _Atomic uint64_t activity; /* refills, flushes and large blocks, ever: the purger's idle test */
   _Atomic int ready;
   uint32_t index;
   ta_bin_t bins[TA_CLASSES];

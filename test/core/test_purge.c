@@ -259,7 +259,11 @@ static void child_background_off(void) {
   size_t released = trimalloc_trim();
   size_t m3 = memory_now();
   trimalloc_stats_t s3 = stats_now();
-  CHECK(released >= s.dirty, "trim released %zu KiB with %llu KiB dirty", released / KiB, U(s.dirty / KiB));
+  fprintf(stdout, "   trim released %zu KiB, dirty was %llu KiB\n", released / KiB, U(s.dirty / KiB));
+  /* dirty is what a trim returns now; a trim also unmaps the empty segments,
+   * whose headers (about 1% of them) were not free blocks. */
+  CHECK(released >= s.dirty && released <= s.dirty + s.dirty / 32 + MiB,
+        "trim released %zu KiB with %llu KiB dirty", released / KiB, U(s.dirty / KiB));
   CHECK(m3 <= base + 16 * MiB, "after the trim %zu KiB, baseline %zu KiB", m3 / KiB, base / KiB);
   CHECK(s3.dirty == 0, "dirty %llu bytes after the trim", U(s3.dirty));
   burst_end(b);

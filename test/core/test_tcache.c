@@ -17,10 +17,10 @@
 
 #define U(x) ((unsigned long long)(x))
 
-static const long CHURN = TEST_SANITIZED ? 250000 : 1000000;
+static const long CHURN = 1000000;
 enum { WINDOW = 4096 };
 
-/* Cached classes are those up to 32 KiB: mostly small, some medium. */
+/* Sizes up to 32 KiB (every one a cached class): mostly small, some medium. */
 static size_t cached_size(uint64_t *rng) {
   uint64_t r = rng_next(rng);
   unsigned pick = (unsigned)(r % 100);
@@ -246,7 +246,7 @@ static item_t q_pop(void) {
 
 static atomic_long x_bad, x_calloc_bad, x_nulls, x_consumed, x_invalid;
 
-/* Mostly cached classes, a few above them (those go straight to the arena). */
+/* Mostly up to 32 KiB, a few blocks of 32..128 KiB. */
 static size_t handoff_size(uint64_t *rng) {
   if (rng_next(rng) % 50 == 0) return 32 * KiB + 1 + rng_next(rng) % (96 * KiB);
   return cached_size(rng);

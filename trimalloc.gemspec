@@ -13,6 +13,7 @@ Gem::Specification.new do |s|
     goes. Without the preload it drives glibc (malloc_trim, mallinfo2). Linux only.
   TEXT
   s.authors = ["trimalloc authors"]
+  s.license = "MIT"
   s.required_ruby_version = ">= 2.7"
 
   s.files = Dir.chdir(__dir__) do

@@ -2,7 +2,7 @@
 
 Metadata lives in pyproject.toml. This file declares:
 - trimalloc._trimalloc: the CPython extension (its own C file plus the glue
-  shared with the Ruby gem, core/bind/binding.c). It finds the allocator among
+  shared with the Ruby gem, core/bind/bind_*.c). It finds the allocator among
   the loaded objects at run time and never compiles the allocator in.
 - trimalloc/libtrimalloc.so: the preload library, built from core/ by the core's
   own Makefile (the one place that knows its flags) and copied into the package.
@@ -65,12 +65,13 @@ setup(
     ext_modules=[
         Extension(
             "trimalloc._trimalloc",
-            sources=["ext-python/trimalloc/_trimalloc.c", "core/bind/binding.c"],
+            sources=["ext-python/trimalloc/_trimalloc.c", "core/bind/bind_backend.c",
+                     "core/bind/bind_policy.c", "core/bind/bind_launch.c"],
             include_dirs=["core", "core/bind"],
             define_macros=[("Py_LIMITED_API", "0x03080000")],
             py_limited_api=True,
             extra_compile_args=["-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra"],
-            libraries=["dl"],
+            libraries=["dl", "m"],
         ),
         CoreLibrary("trimalloc.libtrimalloc", sources=["core/Makefile"]),
     ],

@@ -1,9 +1,10 @@
-/* Shared by the Ruby and Python bindings: find the core, or drive glibc.
+/* The backend: find the core among the loaded objects, or drive glibc
+ * (malloc_trim, mallinfo2). Trims, stats, the free-but-resident figure, RSS.
  * See binding.h for the contract of each function. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "binding.h"
+#include "bind_internal.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -27,6 +28,10 @@ struct ta_mallinfo2 { /* glibc 2.33+ struct mallinfo2, looked up at run time */
   size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
 };
 typedef struct ta_mallinfo2 (*mallinfo2_fn)(void);
+struct ta_mallinfo { /* struct mallinfo: int fields, wrap past 2 GiB; all glibc has before 2.33 */
+  int arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+};
+typedef struct ta_mallinfo (*mallinfo_fn)(void);
 
 static struct {
   atomic_int ready;
@@ -36,27 +41,36 @@ static struct {
   version_fn version;
   glibc_trim_fn glibc_trim;
   mallinfo2_fn mallinfo2;
+  mallinfo_fn mallinfo;
+  size_t dirty_off; /* offset of the core's `dirty` stats field, 0 when the list has none */
   char path[PATH_MAX];
 } core;
 
 /* Counters for trims done on the glibc backend (the core counts its own). */
 static _Atomic uint64_t g_trims, g_trimmed, g_trim_ns;
-static _Atomic uint64_t last_trim_ns; /* for ta_bind_trim_if_due */
-static atomic_flag trim_busy = ATOMIC_FLAG_INIT;
 
-/* The binding's clock: CLOCK_MONOTONIC plus an offset that only
- * ta_bind_clock_advance (tests) moves, so that rate limits and deferred trims
- * can be tested without depending on how fast the machine runs. */
-static _Atomic uint64_t clock_offset_ns;
+/* Where each field of the core's list sits in trimalloc_stats_t, so that a
+ * field is found by name at run time: the binding compiles against any
+ * version of the list (`dirty` came with core v2) without an #ifdef. */
+static const struct {
+  const char *name;
+  size_t off;
+} field_offsets[] = {
+#define TA_OFFSET(T, N, U, D) {#N, offsetof(trimalloc_stats_t, N)},
+    TRIMALLOC_STATS_FIELDS(TA_OFFSET)
+#undef TA_OFFSET
+};
 
-static uint64_t mono_ns(void) {
+static size_t field_offset(const char *name) {
+  for (size_t i = 0; i < sizeof field_offsets / sizeof field_offsets[0]; i++)
+    if (strcmp(field_offsets[i].name, name) == 0) return field_offsets[i].off;
+  return 0;
+}
+
+uint64_t ta_bind_mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t now_ns(void) {
-  return mono_ns() + atomic_load_explicit(&clock_offset_ns, memory_order_relaxed);
 }
 
 size_t ta_bind_nfields(void) {
@@ -115,6 +129,13 @@ void ta_bind_init(void) {
    * and stats answer with what they can). */
   core.glibc_trim = (glibc_trim_fn)dlsym(RTLD_DEFAULT, "malloc_trim");
   core.mallinfo2 = (mallinfo2_fn)dlsym(RTLD_DEFAULT, "mallinfo2");
+  core.mallinfo = (mallinfo_fn)dlsym(RTLD_DEFAULT, "mallinfo");
+  /* Tests pretend to run on an older glibc: 1 = no mallinfo2 (glibc < 2.33),
+   * 2 = neither (a libc without either). Internal, undocumented. */
+  const char *old = getenv("TRIMALLOC_TEST_OLD_GLIBC");
+  if (old && (old[0] == '1' || old[0] == '2')) core.mallinfo2 = NULL;
+  if (old && old[0] == '2') core.mallinfo = NULL;
+  core.dirty_off = field_offset("dirty");
   atomic_store_explicit(&core.ready, 1, memory_order_release);
 }
 
@@ -153,120 +174,52 @@ uint64_t ta_bind_rss(void) {
 uint64_t ta_bind_trim(void) {
   ta_bind_init();
   if (core.backend == TA_BACKEND_TRIMALLOC) return core.trim();
-  uint64_t t0 = mono_ns(), before = ta_bind_rss();
+  uint64_t t0 = ta_bind_mono_ns(), before = ta_bind_rss();
   if (core.glibc_trim) core.glibc_trim(0);
   uint64_t after = ta_bind_rss(), released = before > after ? before - after : 0;
   atomic_fetch_add(&g_trims, 1);
   atomic_fetch_add(&g_trimmed, released);
-  atomic_fetch_add(&g_trim_ns, mono_ns() - t0);
+  atomic_fetch_add(&g_trim_ns, ta_bind_mono_ns() - t0);
   return released;
 }
 
-uint64_t ta_bind_free_bytes(void) {
+int ta_bind_free_known(uint64_t *out) {
   ta_bind_init();
+  *out = 0;
   if (core.backend == TA_BACKEND_TRIMALLOC) {
     trimalloc_stats_t s;
+    memset(&s, 0, sizeof s);
     if (core.stats(&s, sizeof s) != 0) return 0;
-    return s.resident > s.allocated ? s.resident - s.allocated : 0;
+    if (core.dirty_off && s.size >= core.dirty_off + sizeof(uint64_t)) {
+      memcpy(out, (const char *)&s + core.dirty_off, sizeof(uint64_t)); /* the core's own counter */
+      return 1;
+    }
+    *out = s.resident > s.allocated ? s.resident - s.allocated : 0;
+    return 1;
   }
-  if (core.mallinfo2) return core.mallinfo2().fordblks;
+  if (core.mallinfo2) {
+    *out = core.mallinfo2().fordblks;
+    return 1;
+  }
+  if (core.mallinfo) {
+    *out = (uint64_t)(unsigned int)core.mallinfo().fordblks;
+    return 1;
+  }
   return 0;
 }
 
-/* ---- deferred trims ----
- * A hook's trim skipped because the last one is too recent would leave the
- * memory of the last job or GC before an idle period in place for good (an
- * idle worker runs no more hooks). So the skip schedules a trim for when it
- * is due, run by one background thread of the binding's (started on first
- * need; trimming takes neither the GIL nor the GVL). A fork child starts
- * without it. */
-static pthread_mutex_t defer_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t defer_cv;
-static int defer_started;
-static uint64_t defer_at_ns;  /* 0: nothing scheduled */
-static uint64_t defer_min_free;
-static _Atomic uint64_t deferred_trims;
-
-static void defer_child(void) {
-  pthread_mutex_init(&defer_mu, NULL);
-  defer_started = 0;
-  defer_at_ns = 0;
+uint64_t ta_bind_free_bytes(void) {
+  uint64_t v;
+  ta_bind_free_known(&v);
+  return v;
 }
 
-static void *defer_main(void *unused) {
-  (void)unused;
-  pthread_mutex_lock(&defer_mu);
-  for (;;) {
-    while (defer_at_ns == 0) pthread_cond_wait(&defer_cv, &defer_mu);
-    uint64_t at = defer_at_ns, now = now_ns();
-    if (now < at) {
-      /* the condvar waits on CLOCK_MONOTONIC, without the test offset */
-      uint64_t real = mono_ns() + (at - now);
-      struct timespec ts = {(time_t)(real / 1000000000u), (long)(real % 1000000000u)};
-      pthread_cond_timedwait(&defer_cv, &defer_mu, &ts);
-      continue;
-    }
-    uint64_t min_free = defer_min_free;
-    defer_at_ns = 0;
-    pthread_mutex_unlock(&defer_mu);
-    if (ta_bind_trim_if_due(0, min_free) >= 0) atomic_fetch_add(&deferred_trims, 1);
-    pthread_mutex_lock(&defer_mu);
-  }
-  return NULL;
-}
-
-static void defer_trim(uint64_t at, uint64_t min_free) {
-  pthread_mutex_lock(&defer_mu);
-  if (!defer_started) {
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&defer_cv, &ca);
-    pthread_condattr_destroy(&ca);
-    static int atfork_done;
-    if (!atfork_done) atfork_done = pthread_atfork(NULL, NULL, defer_child) == 0;
-    pthread_t t;
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&a, 64 * 1024);
-    defer_started = pthread_create(&t, &a, defer_main, NULL) == 0;
-    pthread_attr_destroy(&a);
-  }
-  if (defer_started && (defer_at_ns == 0 || at < defer_at_ns)) {
-    defer_at_ns = at;
-    defer_min_free = min_free;
-    pthread_cond_signal(&defer_cv);
-  }
-  pthread_mutex_unlock(&defer_mu);
-}
-
-void ta_bind_clock_advance(double seconds) {
-  if (!(seconds > 0)) return;
-  atomic_fetch_add(&clock_offset_ns, (uint64_t)(seconds * 1e9));
-  pthread_mutex_lock(&defer_mu);
-  if (defer_started) pthread_cond_signal(&defer_cv);
-  pthread_mutex_unlock(&defer_mu);
-}
-
-uint64_t ta_bind_deferred_trims(void) {
-  return atomic_load(&deferred_trims);
-}
-
-int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free) {
-  uint64_t now = now_ns();
-  uint64_t last = atomic_load(&last_trim_ns);
-  uint64_t interval = min_interval > 0 ? (uint64_t)(min_interval * 1e9) : 0;
-  if (last != 0 && now - last < interval) {
-    defer_trim(last + interval, min_free); /* runs it when due */
-    return -1;
-  }
-  if (min_free > 0 && ta_bind_free_bytes() < min_free) return -1;
-  if (atomic_flag_test_and_set(&trim_busy)) return -1; /* another thread trims */
-  int64_t released = (int64_t)ta_bind_trim(); /* full: the rate limit bounds the churn */
-  atomic_store(&last_trim_ns, now_ns());
-  atomic_flag_clear(&trim_busy);
-  return released;
+int ta_bind_free_source(void) {
+  ta_bind_init();
+  if (core.backend == TA_BACKEND_TRIMALLOC) return core.dirty_off ? TA_FREE_DIRTY : TA_FREE_RESIDENT;
+  if (core.mallinfo2) return TA_FREE_MALLINFO2;
+  if (core.mallinfo) return TA_FREE_MALLINFO;
+  return TA_FREE_UNKNOWN;
 }
 
 int ta_bind_stats(ta_bind_field_t *out) {
@@ -289,8 +242,16 @@ int ta_bind_stats(ta_bind_field_t *out) {
   }
   /* glibc: only what mallinfo2 measures, plus our own trim counters. */
   struct ta_mallinfo2 mi;
-  int have_mi = core.mallinfo2 != NULL;
-  if (have_mi) mi = core.mallinfo2();
+  int have_mi = core.mallinfo2 != NULL || core.mallinfo != NULL;
+  if (core.mallinfo2) {
+    mi = core.mallinfo2();
+  } else if (core.mallinfo) {
+    struct ta_mallinfo o = core.mallinfo();
+    mi = (struct ta_mallinfo2){(unsigned)o.arena, (unsigned)o.ordblks, (unsigned)o.smblks,
+                               (unsigned)o.hblks, (unsigned)o.hblkhd, (unsigned)o.usmblks,
+                               (unsigned)o.fsmblks, (unsigned)o.uordblks, (unsigned)o.fordblks,
+                               (unsigned)o.keepcost};
+  }
   trimalloc_stats_t z;
   (void)z;
 #define FILL_GLIBC(T, N, U, D)                                        \
@@ -314,110 +275,3 @@ int ta_bind_stats(ta_bind_field_t *out) {
   return 0;
 }
 
-/* LD_PRELOAD with lib in front, unless it is already there. */
-static int prepend_preload(const char *lib) {
-  const char *cur = getenv("LD_PRELOAD");
-  if (cur && *cur) {
-    size_t n = strlen(lib);
-    for (const char *p = cur; (p = strstr(p, lib)) != NULL; p += n) {
-      int starts = p == cur || p[-1] == ':' || p[-1] == ' ';
-      int ends = p[n] == 0 || p[n] == ':' || p[n] == ' ';
-      if (starts && ends) return 0;
-    }
-    size_t len = strlen(lib) + 1 + strlen(cur) + 1;
-    char *v = malloc(len);
-    if (!v) return -1;
-    snprintf(v, len, "%s:%s", lib, cur);
-    int rc = setenv("LD_PRELOAD", v, 1);
-    free(v);
-    return rc;
-  }
-  return setenv("LD_PRELOAD", lib, 1);
-}
-
-int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc) {
-  if (!lib || !argv || !argv[0]) {
-    errno = EINVAL;
-    return -1;
-  }
-  if (access(lib, R_OK) != 0) return -1;
-  if (prepend_preload(lib) != 0) return -1;
-  if (pythonmalloc && setenv("PYTHONMALLOC", "malloc", 1) != 0) return -1;
-  execvp(argv[0], argv);
-  return -1;
-}
-
-/* argv of this process from /proc/self/cmdline, NULL-terminated (malloc'd). */
-static char **read_cmdline(void) {
-  int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return NULL;
-  size_t cap = 4096, len = 0;
-  char *buf = malloc(cap);
-  for (;;) {
-    if (!buf) break;
-    ssize_t n = read(fd, buf + len, cap - len - 1);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    len += (size_t)n;
-    if (cap - len < 2) {
-      char *nb = realloc(buf, cap * 2);
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = nb;
-      cap *= 2;
-    }
-  }
-  close(fd);
-  if (!buf || len == 0) {
-    free(buf);
-    return NULL;
-  }
-  buf[len] = 0;
-  size_t argc = 0;
-  for (size_t i = 0; i < len; i++)
-    if (buf[i] == 0) argc++;
-  if (buf[len - 1] != 0) argc++;
-  char **argv = malloc((argc + 1) * sizeof *argv);
-  if (!argv) {
-    free(buf);
-    return NULL;
-  }
-  size_t k = 0;
-  for (size_t i = 0; i < len && k < argc; i += strlen(buf + i) + 1) argv[k++] = buf + i;
-  argv[k] = NULL;
-  return argv;
-}
-
-int ta_bind_preload(const char *lib, int pythonmalloc) {
-  if (ta_bind_backend() == TA_BACKEND_TRIMALLOC) return 0;
-  const char *guard = getenv(TA_BIND_GUARD_ENV);
-  if (guard && *guard) return 1;
-  if (!lib || access(lib, R_OK) != 0) {
-    if (!lib) errno = EINVAL;
-    return -1;
-  }
-  char **argv = read_cmdline();
-  if (!argv) {
-    if (!errno) errno = ENOENT;
-    return -1;
-  }
-  if (setenv(TA_BIND_GUARD_ENV, "1", 1) != 0 || prepend_preload(lib) != 0 ||
-      (pythonmalloc && setenv("PYTHONMALLOC", "malloc", 1) != 0)) {
-    int e = errno;
-    free(argv[0]);
-    free(argv);
-    errno = e;
-    return -1;
-  }
-  fflush(NULL);
-  execv("/proc/self/exe", argv);
-  int e = errno;
-  unsetenv(TA_BIND_GUARD_ENV);
-  free(argv[0]);
-  free(argv);
-  errno = e;
-  return -1;
-}

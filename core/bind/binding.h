@@ -1,9 +1,16 @@
 /* The one piece of logic the Ruby and Python bindings share.
  *
- * Compiled into each extension (never into libtrimalloc.so). It finds the
- * trimalloc core among the objects already loaded (dlsym(RTLD_DEFAULT)), never
- * dlopens it, and falls back to glibc (malloc_trim, mallinfo2) when the core is
- * not the process allocator. The bindings only convert types and map errors. */
+ * Compiled into each extension (never into libtrimalloc.so), from three files:
+ *   bind_backend.c  finding the core, or driving glibc: trim, stats, free bytes
+ *   bind_policy.c   when to trim: the rate limit, the trimmer (every N events,
+ *                   min_free), coalescing, deferred trims, the clock
+ *   bind_launch.c   the launcher (exec with LD_PRELOAD) and the preload re-exec
+ * It finds the trimalloc core among the objects already loaded
+ * (dlsym(RTLD_DEFAULT)), never dlopens it, and falls back to glibc when the core
+ * is not the process allocator. The bindings only convert types and map errors.
+ *
+ * Nothing here takes the GVL or the GIL, or calls back into an interpreter:
+ * the bindings call the trimming functions with it released. */
 #ifndef TRIMALLOC_BINDING_H
 #define TRIMALLOC_BINDING_H
 
@@ -27,8 +34,9 @@ typedef struct ta_bind_field_s {
   } v;
 } ta_bind_field_t;
 
+/* ---- bind_backend.c ---- */
+
 /* Number of fields in TRIMALLOC_STATS_FIELDS. */
-#define TA_BIND_NFIELDS ta_bind_nfields()
 size_t ta_bind_nfields(void);
 
 /* Looks the core up once (idempotent, cheap after the first call). */
@@ -47,32 +55,21 @@ const char *ta_bind_core_version(void);
 
 /* Trims now. trimalloc: trimalloc_trim(). glibc: malloc_trim(0), and the bytes
  * released measured as the drop in RSS (/proc/self/statm) across the call,
- * clamped at 0. Counted (trims, trimmed_bytes, trim_ns) either way. */
+ * clamped at 0. Counted (trims, trimmed_bytes, trim_ns) either way. May take
+ * milliseconds: call it without the GVL/GIL. */
 uint64_t ta_bind_trim(void);
 
-/* Rate-limited trim for hooks (GC, jobs, requests): a full trim (a job's memory
- * must not stay with an idle worker), at most once per min_interval, which is
- * what bounds page-fault churn. Trims only if at least
- * min_interval seconds passed since the last trim done through this function
- * (process-wide, monotonic clock) and, when min_free > 0, the allocator holds
- * at least min_free bytes that are free but resident (trimalloc: resident -
- * allocated; glibc: mallinfo2().fordblks). Returns the bytes released, or -1
- * when skipped (a skip for min_interval schedules a deferred trim, see below).
- * Thread-safe; concurrent callers: one trims, the others skip. */
-int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free);
-
-/* A trim skipped because the last one is too recent is not lost: it runs when
- * due, on a background thread the binding starts on first need (a worker that
- * goes idle after its last job must not keep that job's memory). This counts
- * the trims run that way. */
-uint64_t ta_bind_deferred_trims(void);
-
-/* For tests: moves the binding's clock (rate limits, deferred trims) forward
- * by `seconds`, and wakes the deferred-trim thread. */
-void ta_bind_clock_advance(double seconds);
-
-/* Free-but-resident bytes as used by ta_bind_trim_if_due. */
+/* Free-but-resident bytes: what a trim could return now.
+ *   trimalloc with core v2: the core's `dirty` counter (exact, O(1));
+ *   older core: resident - allocated;
+ *   glibc: mallinfo2().fordblks (free bytes in glibc's heaps, whether or not
+ *   their pages were already returned; a walk over every arena), or
+ *   mallinfo().fordblks before glibc 2.33.
+ * ta_bind_free_known returns 0 when no source can tell (then *out = 0). */
+int ta_bind_free_known(uint64_t *out);
 uint64_t ta_bind_free_bytes(void);
+enum { TA_FREE_UNKNOWN = 0, TA_FREE_DIRTY, TA_FREE_RESIDENT, TA_FREE_MALLINFO2, TA_FREE_MALLINFO };
+int ta_bind_free_source(void);
 
 /* Fills out[0 .. ta_bind_nfields()-1] in field-list order. Returns 0. */
 int ta_bind_stats(ta_bind_field_t *out);
@@ -81,19 +78,142 @@ int ta_bind_stats(ta_bind_field_t *out);
  * unreadable. Does not allocate. */
 uint64_t ta_bind_rss(void);
 
+/* ---- bind_policy.c: when to trim ----
+ *
+ * Every hook (GC, job, request, out-of-band, block end) goes through one
+ * policy, the same in both languages:
+ *   - an event (a GC, a finished job or request) makes a trim due when
+ *     `every` events have passed since this trimmer's last trim (every > 0),
+ *     or when at least `min_free` bytes are free but resident (min_free >= 0;
+ *     0 means "after every event");
+ *   - never twice within `min_interval` seconds (process-wide, shared by all
+ *     hooks); a trim skipped only for that runs when due, on a background
+ *     thread, so an idle worker does not keep its last job's memory;
+ *   - a trim requested while another runs is coalesced into it (the caller
+ *     returns at once; nothing is queued);
+ *   - the free-bytes figure is read only when the rate limit would allow a
+ *     trim, and at most once per TA_BIND_FREE_SAMPLE_NS: a decision costs one
+ *     clock read and a few atomics, whatever the backend. */
+
+#define TA_BIND_FREE_SAMPLE_NS 10000000ull /* 10 ms */
+
+/* Why a trim did not run (the return value of the trimming calls is the
+ * bytes released, or -1 with *why set). */
+typedef enum {
+  TA_SKIP_NONE = 0,
+  TA_SKIP_NOT_DUE,   /* neither `every` nor `min_free` asked for one */
+  TA_SKIP_INTERVAL,  /* within min_interval of the last trim (deferred) */
+  TA_SKIP_FREE,      /* less than min_free bytes free but resident */
+  TA_SKIP_COALESCED, /* another trim was running */
+} ta_bind_skip_t;
+
+/* Rate-limited trim: a full trim when at least min_interval seconds passed
+ * since the last trim through the policy and, when min_free > 0, at least
+ * min_free bytes are free but resident. Returns bytes released, or -1. */
+int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free);
+int64_t ta_bind_trim_if_due2(double min_interval, uint64_t min_free, ta_bind_skip_t *why);
+
+/* The same in two steps, for a binding that decides with its interpreter
+ * lock held (cheap) and releases it only to trim: ta_bind_due -> 1 when a
+ * trim should run now (a skip for min_interval schedules the deferred trim),
+ * then ta_bind_run_trim (the trim, or -1 when coalesced into a running one). */
+int ta_bind_due(double min_interval, uint64_t min_free, ta_bind_skip_t *why);
+int64_t ta_bind_run_trim(ta_bind_skip_t *why);
+
+/* A hook's policy and its counters. Plain data: the bindings embed it in
+ * their objects (a Ruby TypedData, a Python object) and call
+ * ta_bind_trimmer_event from any thread. */
+typedef struct ta_bind_trimmer_s {
+  uint64_t every;      /* 0: no count trigger */
+  int64_t min_free;    /* -1: no free-bytes trigger; 0: every event */
+  double min_interval; /* seconds */
+  _Atomic uint64_t events, since, trims, trimmed_bytes, skipped, coalesced;
+} ta_bind_trimmer_t;
+
+/* Returns 0, or EINVAL when nothing could ever trigger (every == 0 and
+ * min_free < 0) or min_interval is negative or not a number. */
+int ta_bind_trimmer_init(ta_bind_trimmer_t *t, uint64_t every, int64_t min_free, double min_interval);
+
+/* One event (a GC, a job, a request ended). Returns the bytes released, or
+ * -1 (why, if not NULL, says why). Call it without the GVL/GIL. */
+int64_t ta_bind_trimmer_event(ta_bind_trimmer_t *t, ta_bind_skip_t *why);
+
+/* The same in two steps (see ta_bind_due): decide (counts the event; a few
+ * atomics and at most one clock read, any thread, any lock held), then run
+ * the trim without the interpreter lock. */
+int ta_bind_trimmer_decide(ta_bind_trimmer_t *t, ta_bind_skip_t *why);
+int64_t ta_bind_trimmer_run(ta_bind_trimmer_t *t, ta_bind_skip_t *why);
+
+/* Process-wide counters of the policy. */
+typedef struct {
+  int pending;        /* a deferred trim is scheduled or running */
+  int busy;           /* a trim is running */
+  uint64_t deferred;  /* trims run by the background thread when due */
+  uint64_t coalesced; /* requests folded into a running trim */
+  uint64_t free_reads;/* free-bytes figures read (the rest came from the sample) */
+} ta_bind_policy_stats_t;
+void ta_bind_policy_stats(ta_bind_policy_stats_t *out);
+uint64_t ta_bind_deferred_trims(void);
+
+/* For tests: moves the policy's clock (rate limit, deferred trims) forward
+ * by `seconds`, and wakes the deferred-trim thread. */
+void ta_bind_clock_advance(double seconds);
+
+/* For tests: a gate in the next trim, to show that the thread that trims
+ * holds no interpreter lock. ta_bind_test_gate(1) arms it; the next trim
+ * through the policy then waits (up to 20 s) until ta_bind_test_gate_open().
+ * State: 0 off, 1 armed, 2 a trim waits at the gate, 3 opened, 4 timed out. */
+void ta_bind_test_gate(int arm);
+void ta_bind_test_gate_open(void);
+int ta_bind_test_gate_state(void);
+
+/* ---- bind_launch.c ---- */
+
 /* Launcher. Prepends `lib` to LD_PRELOAD (keeping what is there, not adding it
  * twice), sets PYTHONMALLOC=malloc when pythonmalloc is non-zero, and execvp's
  * argv[0] with argv. Returns only on failure, with errno set. */
 int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc);
 
-/* `preload`: if trimalloc is not the process allocator and the guard variable
- * TRIMALLOC_PRELOAD_GUARD is unset, sets the guard, prepends lib to LD_PRELOAD
- * and re-executes /proc/self/exe with the argv read from /proc/self/cmdline
- * (same pid, same command line). Returns:
- *   0  already active (nothing to do),
- *   1  the guard was set but trimalloc is still not active (the re-exec did
- *      not take: warn once),
- *  -1  the re-exec failed (errno set; the caller warns and continues). */
+/* `preload`: run this program again, same pid, with the library preloaded.
+ * Re-executes /proc/self/exe with `argv`, the interpreter's own record of
+ * its command line (Python's sys.orig_argv), or when argv is NULL with the
+ * command line the process was started with, as the C runtime passed it to
+ * the extension (checked against /proc/self/cmdline: a rewritten title is
+ * refused, never re-executed). Refuses, returning a TA_PRELOAD_* code > 1 and
+ * leaving the process as it is, when a re-exec would not run the same program
+ * once: in a process forked from one running the same program (a server's
+ * worker: a re-exec would start a second server), when the command line was
+ * rewritten (`title_changed` says so, or what /proc/self/cmdline holds is not
+ * the command line), or when the program came from -c/-e or standard input
+ * (`script` is "-c", "-e", "-" or ""). */
+typedef struct {
+  const char *lib;
+  int pythonmalloc;
+  char *const *argv; /* NULL-terminated, or NULL */
+  const char *script; /* sys.argv[0] / Process.argv0 */
+  int title_changed;  /* the interpreter knows its title was changed */
+} ta_bind_preload_req_t;
+
+enum {
+  TA_PRELOAD_FAILED = -1,     /* the re-exec failed (errno set) */
+  TA_PRELOAD_ACTIVE = 0,      /* already on trimalloc */
+  TA_PRELOAD_GUARD = 1,       /* re-executed once, still not active */
+  TA_PRELOAD_FORKED = 2,      /* a forked child of the same program */
+  TA_PRELOAD_REWRITTEN = 3,   /* the command line was rewritten */
+  TA_PRELOAD_NOT_A_FILE = 4,  /* -c, -e or standard input */
+  TA_PRELOAD_NO_LIBRARY = 5,  /* lib missing or unreadable (errno set) */
+};
+
+int ta_bind_preload_req(const ta_bind_preload_req_t *req);
+
+/* One line saying why (no trailing newline); "" for 0. Static storage. */
+const char *ta_bind_preload_reason(int code);
+
+/* Whether this process is a fork of its parent that runs the same program
+ * (same executable, same memory layout): 1 yes, 0 no or unknown. */
+int ta_bind_forked_child(void);
+
+/* The old entry point: ta_bind_preload_req with argv = NULL, script = NULL. */
 int ta_bind_preload(const char *lib, int pythonmalloc);
 
 #define TA_BIND_GUARD_ENV "TRIMALLOC_PRELOAD_GUARD"

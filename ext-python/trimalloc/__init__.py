@@ -31,8 +31,7 @@ __all__ = [
     "stats",
     "trim",
     "trimming",
-    "gc",
-]
+]  # not "gc": `from trimalloc import *` must not shadow the standard gc module
 
 __version__ = _trimalloc.VERSION  # TRIMALLOC_VERSION, compiled in from core/trimalloc.h
 

@@ -6,7 +6,7 @@ arguments and tells listeners (for example trimalloc.prometheus) what happened.
 """
 import math
 import threading
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from . import _trimalloc
 
@@ -59,6 +59,29 @@ def check_count(value, name):
     if value < 1:
         raise ValueError("%s must be >= 1, not %r" % (name, value))
     return value
+
+
+def renamed(old, new, value, where, stacklevel=3):
+    # type: (str, str, object, str, int) -> object
+    """An option given under its old name: warn (DeprecationWarning), return the value."""
+    import warnings
+    warnings.warn("%s: %s is deprecated, use %s (the old name goes in the next release)"
+                  % (where, old, new), DeprecationWarning, stacklevel=stacklevel)
+    return value
+
+
+def new_trimmer(every, min_free, min_interval):
+    # type: (Optional[int], Optional[int], float) -> Any
+    """The shared policy (core/bind's ta_bind_trimmer_t, trimalloc._trimalloc.Trimmer)."""
+    return _trimalloc.Trimmer(every=every, min_free=min_free, min_interval=min_interval)
+
+
+def event(source, trimmer):
+    # type: (str, Any) -> Optional[int]
+    """One event for `trimmer` (decided with the GIL, trimmed without it); tells listeners."""
+    released = trimmer.event()
+    notify(source, released)
+    return released
 
 
 def trim_if_due(source, min_interval, min_free=0):

@@ -2,7 +2,7 @@
  *
  * Converts types and maps errors, nothing more: every decision (which backend
  * answers, when a trim is due, how the launcher and the preload re-exec work)
- * lives in core/bind/binding.c, shared with the Ruby extension.
+ * lives in core/bind/ (bind_*.c), shared with the Ruby extension.
  *
  * Multi-phase init (PEP 489); the exception type lives in the module state, so
  * re-imports and subinterpreters each get their own. Written against the
@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "binding.h"
@@ -22,7 +23,8 @@ enum { TA_NFIELDS = 0 TRIMALLOC_STATS_FIELDS(TA_COUNT_FIELD) };
 #undef TA_COUNT_FIELD
 
 typedef struct {
-  PyObject *error; /* trimalloc.Error */
+  PyObject *error;        /* trimalloc.Error */
+  PyObject *trimmer_type; /* trimalloc._trimalloc.Trimmer */
 } module_state;
 
 static module_state *get_state(PyObject *module) {
@@ -114,10 +116,13 @@ static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
   uint64_t min_free = 0;
   if (parse_interval(interval_obj, "min_interval", &interval) < 0) return NULL;
   if (free_obj && parse_bytes(free_obj, "min_free", &min_free) < 0) return NULL;
-  int64_t released;
-  Py_BEGIN_ALLOW_THREADS
-  released = ta_bind_trim_if_due(interval, min_free);
-  Py_END_ALLOW_THREADS
+  /* decided with the GIL (a clock read), trimmed without it */
+  int64_t released = -1;
+  if (ta_bind_due(interval, min_free, NULL)) {
+    Py_BEGIN_ALLOW_THREADS
+    released = ta_bind_run_trim(NULL);
+    Py_END_ALLOW_THREADS
+  }
   if (released < 0) Py_RETURN_NONE;
   return PyLong_FromLongLong(released);
 }
@@ -236,23 +241,218 @@ static PyObject *py_exec(PyObject *m, PyObject *args, PyObject *kwargs) {
   return NULL;
 }
 
+/* preload(lib, pythonmalloc=False, argv=None, script=None, title_changed=False)
+ * -> (code, reason): the shared preload (ta_bind_preload_req); re-executes,
+ * or says why not. Raises OSError when the re-exec itself failed. */
 static PyObject *py_preload(PyObject *m, PyObject *args, PyObject *kwargs) {
   (void)m;
-  static char *kwlist[] = {"lib", "pythonmalloc", NULL};
-  PyObject *lib = NULL;
-  int pythonmalloc = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|p:preload", kwlist, PyUnicode_FSConverter,
-                                   &lib, &pythonmalloc))
+  static char *kwlist[] = {"lib", "pythonmalloc", "argv", "script", "title_changed", NULL};
+  PyObject *lib = NULL, *seq = Py_None, *script = Py_None, *keep = NULL, *script_b = NULL;
+  int pythonmalloc = 0, title_changed = 0;
+  char **argv = NULL;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|pOOp:preload", kwlist, PyUnicode_FSConverter,
+                                   &lib, &pythonmalloc, &seq, &script, &title_changed))
     return NULL;
-  int rc = ta_bind_preload(PyBytes_AsString(lib), pythonmalloc);
-  if (rc < 0) {
+  PyObject *result = NULL;
+  if (seq != Py_None && to_argv(seq, &keep, &argv) < 0) goto done;
+  if (script != Py_None && !PyUnicode_FSConverter(script, &script_b)) goto done;
+  ta_bind_preload_req_t req = {PyBytes_AsString(lib), pythonmalloc, argv,
+                               script_b ? PyBytes_AsString(script_b) : NULL, title_changed};
+  int rc = ta_bind_preload_req(&req);
+  if (rc == TA_PRELOAD_FAILED) {
     PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, lib);
-    Py_DECREF(lib);
+    goto done;
+  }
+  result = Py_BuildValue("(is)", rc, ta_bind_preload_reason(rc));
+done:
+  Py_XDECREF(lib);
+  Py_XDECREF(keep);
+  Py_XDECREF(script_b);
+  PyMem_Free(argv);
+  return result;
+}
+
+static PyObject *py_forked_child(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyBool_FromLong(ta_bind_forked_child());
+}
+
+static PyObject *py_policy_stats(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  ta_bind_policy_stats_t p;
+  ta_bind_policy_stats(&p);
+  return Py_BuildValue("{sOsOsKsKsK}", "pending", p.pending ? Py_True : Py_False, "busy",
+                       p.busy ? Py_True : Py_False, "deferred", (unsigned long long)p.deferred,
+                       "coalesced",
+                       (unsigned long long)p.coalesced, "free_reads",
+                       (unsigned long long)p.free_reads);
+}
+
+static PyObject *py_free_source(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  static const char *names[] = {"unknown", "dirty", "resident", "mallinfo2", "mallinfo"};
+  int s = ta_bind_free_source();
+  return PyUnicode_FromString(names[s >= 0 && s <= 4 ? s : 0]);
+}
+
+static PyObject *py_test_gate(PyObject *m, PyObject *arg) {
+  (void)m;
+  int on = PyObject_IsTrue(arg);
+  if (on < 0) return NULL;
+  ta_bind_test_gate(on);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_test_gate_open(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  ta_bind_test_gate_open();
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_test_gate_state(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyLong_FromLong(ta_bind_test_gate_state());
+}
+
+/* ---- Trimmer: one hook's policy (ta_bind_trimmer_t) ---- */
+typedef struct {
+  PyObject_HEAD
+  ta_bind_trimmer_t t;
+} trimmer_object;
+
+/* None -> -1, else a byte count >= 0 (clamped to INT64_MAX). */
+static int parse_bytes_or_none(PyObject *obj, const char *what, int64_t *out) {
+  if (obj == Py_None) {
+    *out = -1;
+    return 0;
+  }
+  uint64_t v;
+  if (PyBool_Check(obj) || !PyLong_Check(obj)) {
+    PyErr_Format(PyExc_TypeError, "%s must be an int (bytes) or None, not %R", what, obj);
+    return -1;
+  }
+  if (parse_bytes(obj, what, &v) < 0) return -1;
+  *out = v > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v;
+  return 0;
+}
+
+static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"every", "min_free", "min_interval", NULL};
+  PyObject *every_obj = Py_None, *free_obj = NULL, *interval_obj = NULL;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOO:Trimmer", kwlist, &every_obj, &free_obj,
+                                   &interval_obj))
+    return NULL;
+  uint64_t every = 0;
+  int64_t min_free = 0;
+  double interval = 1.0;
+  if (every_obj != Py_None) {
+    if (PyBool_Check(every_obj) || !PyLong_Check(every_obj)) {
+      PyErr_Format(PyExc_TypeError, "every must be an int or None, not %R", every_obj);
+      return NULL;
+    }
+    long long e = PyLong_AsLongLong(every_obj);
+    if (e == -1 && PyErr_Occurred()) return NULL;
+    if (e < 1) {
+      PyErr_Format(PyExc_ValueError, "every must be >= 1 or None, not %R", every_obj);
+      return NULL;
+    }
+    every = (uint64_t)e;
+  }
+  if (free_obj && parse_bytes_or_none(free_obj, "min_free", &min_free) < 0) return NULL;
+  if (interval_obj && parse_interval(interval_obj, "min_interval", &interval) < 0) return NULL;
+  trimmer_object *self = (trimmer_object *)PyType_GenericAlloc(type, 0);
+  if (!self) return NULL;
+  if (ta_bind_trimmer_init(&self->t, every, min_free, interval) != 0) {
+    Py_DECREF(self);
+    PyErr_SetString(PyExc_ValueError, "every and min_free are both None: nothing would ever trim");
     return NULL;
   }
-  Py_DECREF(lib);
-  return PyLong_FromLong(rc);
+  return (PyObject *)self;
 }
+
+static void trimmer_dealloc(PyObject *self) {
+  PyTypeObject *tp = Py_TYPE(self);
+  freefunc f = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+  f(self);
+  Py_DECREF(tp);
+}
+
+/* event() -> bytes released, or None. Decided with the GIL (a few atomics,
+ * at most one clock read); only a trim releases it. */
+static PyObject *trimmer_event(PyObject *self, PyObject *unused) {
+  (void)unused;
+  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
+  int64_t released = -1;
+  if (ta_bind_trimmer_decide(t, NULL)) {
+    Py_BEGIN_ALLOW_THREADS
+    released = ta_bind_trimmer_run(t, NULL);
+    Py_END_ALLOW_THREADS
+  }
+  if (released < 0) Py_RETURN_NONE;
+  return PyLong_FromLongLong(released);
+}
+
+static PyObject *trimmer_stats(PyObject *self, PyObject *unused) {
+  (void)unused;
+  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
+  return Py_BuildValue("{sKsKsKsKsK}", "events", (unsigned long long)atomic_load(&t->events),
+                       "trims", (unsigned long long)atomic_load(&t->trims), "skipped",
+                       (unsigned long long)atomic_load(&t->skipped), "coalesced",
+                       (unsigned long long)atomic_load(&t->coalesced), "trimmed_bytes",
+                       (unsigned long long)atomic_load(&t->trimmed_bytes));
+}
+
+static PyObject *trimmer_get_every(PyObject *self, void *unused) {
+  (void)unused;
+  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
+  if (!t->every) Py_RETURN_NONE;
+  return PyLong_FromUnsignedLongLong(t->every);
+}
+
+static PyObject *trimmer_get_min_free(PyObject *self, void *unused) {
+  (void)unused;
+  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
+  if (t->min_free < 0) Py_RETURN_NONE;
+  return PyLong_FromLongLong(t->min_free);
+}
+
+static PyObject *trimmer_get_min_interval(PyObject *self, void *unused) {
+  (void)unused;
+  return PyFloat_FromDouble(((trimmer_object *)self)->t.min_interval);
+}
+
+static PyMethodDef trimmer_methods[] = {
+    {"event", trimmer_event, METH_NOARGS,
+     "event() -> bytes released, or None: one GC, job or request ended"},
+    {"stats", trimmer_stats, METH_NOARGS,
+     "stats() -> {events, trims, skipped, coalesced, trimmed_bytes}"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef trimmer_getset[] = {
+    {"every", trimmer_get_every, NULL, "trim every this many events (None: off)", NULL},
+    {"min_free", trimmer_get_min_free, NULL, "trim when this many bytes are free (None: off)", NULL},
+    {"min_interval", trimmer_get_min_interval, NULL, "seconds between trims, at least", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot trimmer_slots[] = {
+    {Py_tp_new, (void *)trimmer_new},
+    {Py_tp_dealloc, (void *)trimmer_dealloc},
+    {Py_tp_methods, trimmer_methods},
+    {Py_tp_getset, trimmer_getset},
+    {Py_tp_doc, (void *)"Trimmer(every=None, min_free=0, min_interval=1.0): one hook's trim policy "
+                        "(core/bind, the same as the Ruby gem's Trimalloc::Trimmer)."},
+    {0, NULL},
+};
+
+static PyType_Spec trimmer_spec = {
+    "trimalloc._trimalloc.Trimmer",
+    sizeof(trimmer_object),
+    0,
+    Py_TPFLAGS_DEFAULT,
+    trimmer_slots,
+};
 
 /* (name, type, unit, doc) for every field of the core's list, in order. */
 static PyObject *make_fields(void) {
@@ -295,18 +495,28 @@ static int module_exec(PyObject *m) {
   if (add_object(m, "STATS_VERSION", PyLong_FromLong(TRIMALLOC_STATS_VERSION)) < 0) return -1;
   if (add_object(m, "FIELDS", make_fields()) < 0) return -1;
   if (add_object(m, "GUARD_ENV", PyUnicode_FromString(TA_BIND_GUARD_ENV)) < 0) return -1;
+  st->trimmer_type = PyType_FromSpec(&trimmer_spec);
+  if (!st->trimmer_type) return -1;
+  Py_INCREF(st->trimmer_type);
+  if (add_object(m, "Trimmer", st->trimmer_type) < 0) return -1;
   return 0;
 }
 
 static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   module_state *st = get_state(m);
-  if (st) Py_VISIT(st->error);
+  if (st) {
+    Py_VISIT(st->error);
+    Py_VISIT(st->trimmer_type);
+  }
   return 0;
 }
 
 static int module_clear(PyObject *m) {
   module_state *st = get_state(m);
-  if (st) Py_CLEAR(st->error);
+  if (st) {
+    Py_CLEAR(st->error);
+    Py_CLEAR(st->trimmer_type);
+  }
   return 0;
 }
 
@@ -331,8 +541,18 @@ static PyMethodDef methods[] = {
     {"exec", (PyCFunction)(void (*)(void))py_exec, METH_VARARGS | METH_KEYWORDS,
      "exec(lib, argv, pythonmalloc=False): exec argv with lib preloaded; raises OSError"},
     {"preload", (PyCFunction)(void (*)(void))py_preload, METH_VARARGS | METH_KEYWORDS,
-     "preload(lib, pythonmalloc=False) -> 0 active, 1 guard set but not active; "
-     "re-execs otherwise; raises OSError when the re-exec fails"},
+     "preload(lib, pythonmalloc=False, argv=None, script=None, title_changed=False) -> "
+     "(code, reason): re-execs argv with lib preloaded, or says why not (0: already active); "
+     "raises OSError when the re-exec fails"},
+    {"forked_child", py_forked_child, METH_NOARGS,
+     "forked_child() -> is this process a fork of one running the same program?"},
+    {"policy_stats", py_policy_stats, METH_NOARGS,
+     "policy_stats() -> {deferred, coalesced, free_reads}: the trim policy's counters"},
+    {"free_source", py_free_source, METH_NOARGS,
+     "free_source() -> where free_bytes() comes from: dirty, resident, mallinfo2, mallinfo, unknown"},
+    {"_test_gate", py_test_gate, METH_O, "_test_gate(on): for tests (see binding.h)"},
+    {"_test_gate_open", py_test_gate_open, METH_NOARGS, "_test_gate_open(): for tests"},
+    {"_test_gate_state", py_test_gate_state, METH_NOARGS, "_test_gate_state() -> int: for tests"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -45,10 +45,13 @@ def trimming(min_interval=1.0, min_free=0):
     if callable(min_interval):  # @trimming without parentheses
         func = min_interval
 
+        settings = _Trimming()
+
         @functools.wraps(func)
         def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-            with _Trimming():
+            with _Trimming(settings.min_interval, settings.min_free):
                 return func(*args, **kwargs)
 
+        wrapper.trimming = settings  # type: ignore[attr-defined]
         return wrapper
     return _Trimming(min_interval, min_free)

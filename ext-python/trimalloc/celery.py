@@ -1,16 +1,23 @@
-"""trimalloc.celery: trim after each task, and say which allocator each pool process runs on.
+"""trimalloc.celery: trim after each task, and say which allocator each process that runs tasks is on.
 
     # in the module that creates the Celery app
+    import trimalloc.preload         # optional, first: the worker (and its pool) on trimalloc
     import trimalloc.celery
-    trimalloc.celery.install(app)
+    trimalloc.celery.install(app)    # min_interval=1.0, min_free=0, every=None
 
-and start the worker on trimalloc: `trimalloc run -- celery -A proj worker`.
-Without the launcher the trims drive glibc's malloc_trim, which already helps.
+or start the worker with `trimalloc run -- celery -A proj worker`. Without
+either, the trims drive glibc's malloc_trim, which already helps.
 
-task_postrun: the rate-limited trim (at most once per min_interval seconds per
-process, and only when at least min_freed bytes are free but resident).
-worker_process_init: one INFO line per pool process, from the logger
-"trimalloc.celery", e.g. "trimalloc: pool process 1234 runs on trimalloc (...)".
+task_postrun: the shared policy (core/bind, the same as the Ruby gem's
+Sidekiq middleware): trim when at least min_free bytes are free but resident
+(0: after every task) or every `every` tasks (None: off), at most once per
+min_interval seconds per process; a trim skipped by that limit runs when due.
+One INFO line from the logger "trimalloc.celery" per process that runs tasks,
+whatever the pool: each prefork child (worker_process_init), or the worker
+itself for the solo, threads, eventlet and gevent pools (worker_init), e.g.
+"trimalloc: pool process 1234 runs on trimalloc (...)".
+(`min_freed` is the old name of `min_free`, accepted with a DeprecationWarning
+for one release.)
 """
 import logging
 import os
@@ -22,8 +29,14 @@ from . import _hooks, _trimalloc
 
 logger = logging.getLogger("trimalloc.celery")
 
-_settings = {"app": None, "min_interval": 1.0, "min_freed": 0}  # type: Dict[str, Any]
-_counts = {"tasks": 0, "trims": 0, "trimmed_bytes": 0}
+_UNSET = object()
+DEFAULT_MIN_INTERVAL = 1.0
+DEFAULT_MIN_FREE = 0
+DEFAULT_EVERY = None
+
+_settings = {"app": None, "trimmer": None}  # type: Dict[str, Any]
+_COUNTS = ("events", "trims", "skipped", "coalesced", "trimmed_bytes")
+_before = dict.fromkeys(_COUNTS, 0)  # the counts of trimmers replaced by a later install()
 
 
 def _task_postrun(sender=None, **kwargs):
@@ -31,47 +44,69 @@ def _task_postrun(sender=None, **kwargs):
     app = _settings["app"]
     if app is not None and getattr(sender, "app", app) is not app:
         return
-    _counts["tasks"] += 1
-    released = _hooks.trim_if_due("celery", _settings["min_interval"], _settings["min_freed"])
-    if released is not None:
-        _counts["trims"] += 1
-        _counts["trimmed_bytes"] += released
+    trimmer = _settings["trimmer"]
+    if trimmer is not None:
+        _hooks.event("celery", trimmer)
 
 
-def backend_line():
-    # type: () -> str
-    """The line logged by each pool process."""
+def backend_line(kind="pool process"):
+    # type: (str) -> str
+    """The line logged by each process that runs tasks."""
     if _trimalloc.active():
-        return "trimalloc: pool process %d runs on trimalloc (%s)" % (
-            os.getpid(),
-            _trimalloc.loaded_path(),
-        )
+        return "trimalloc: %s %d runs on trimalloc (%s)" % (kind, os.getpid(), _trimalloc.loaded_path())
     return (
-        "trimalloc: pool process %d runs on glibc (trimalloc is not preloaded: start the "
-        "worker with `trimalloc run -- celery ...`); trims call malloc_trim" % os.getpid()
+        "trimalloc: %s %d runs on glibc (trimalloc is not preloaded: start the "
+        "worker with `trimalloc run -- celery ...`); trims call malloc_trim" % (kind, os.getpid())
     )
+
+
+def _pool_name(worker):
+    # type: (Any) -> str
+    cls = getattr(worker, "pool_cls", None)
+    name = getattr(cls, "__module__", "") if not isinstance(cls, str) else cls
+    return name.rsplit(".", 1)[-1] or "?"
 
 
 def _worker_process_init(**kwargs):
     # type: (Any) -> None
-    logger.info(backend_line())
+    logger.info(backend_line())  # a prefork child
 
 
-def install(app=None, min_interval=1.0, min_freed=0):
-    # type: (Optional[Any], float, int) -> None
-    """Connect the trim to task_postrun and the log line to worker_process_init.
+def _worker_init(sender=None, **kwargs):
+    # type: (Any, Any) -> None
+    pool = _pool_name(sender)
+    if pool != "prefork":  # tasks run in this process: say it here
+        logger.info(backend_line("worker process (%s pool)" % pool))
+
+
+def install(app=None, min_interval=DEFAULT_MIN_INTERVAL, min_free=_UNSET, every=DEFAULT_EVERY,
+            min_freed=_UNSET):
+    # type: (Optional[Any], float, Any, Optional[int], Any) -> None
+    """Connect the trim to task_postrun and the log line to worker_process_init / worker_init.
 
     app: trim only after this app's tasks (None: any task). Calling install()
-    again changes the settings; the handlers are connected once."""
-    _settings["min_interval"] = _hooks.check_interval(min_interval)
-    _settings["min_freed"] = _hooks.check_bytes(min_freed, "min_freed")
+    again changes the settings (and starts the counts again); the handlers
+    are connected once."""
+    if min_freed is not _UNSET:
+        if min_free is not _UNSET:
+            raise TypeError("give min_free or its old name min_freed, not both")
+        min_free = _hooks.renamed("min_freed", "min_free", min_freed, "trimalloc.celery.install")
+    if min_free is _UNSET:
+        min_free = DEFAULT_MIN_FREE
     if app is not None and not hasattr(app, "tasks"):
         raise TypeError("app must be a Celery app, not %r" % (app,))
+    trimmer = _hooks.new_trimmer(every, min_free, min_interval)
+    old = _settings["trimmer"]
+    if old is not None:
+        for k, v in old.stats().items():
+            _before[k] += v
     _settings["app"] = app
+    _settings["trimmer"] = trimmer
     signals.task_postrun.connect(_task_postrun, weak=False, dispatch_uid="trimalloc.task_postrun")
     signals.worker_process_init.connect(
         _worker_process_init, weak=False, dispatch_uid="trimalloc.worker_process_init"
     )
+    signals.worker_init.connect(_worker_init, weak=False, dispatch_uid="trimalloc.worker_init")
 
 
 def uninstall():
@@ -80,9 +115,14 @@ def uninstall():
     signals.worker_process_init.disconnect(
         _worker_process_init, dispatch_uid="trimalloc.worker_process_init"
     )
+    signals.worker_init.disconnect(_worker_init, dispatch_uid="trimalloc.worker_init")
 
 
 def stats():
     # type: () -> Dict[str, int]
     """Tasks seen, trims run and bytes they released, in this process."""
-    return dict(_counts)
+    t = _settings["trimmer"]
+    now = t.stats() if t is not None else {}
+    s = {k: _before[k] + now.get(k, 0) for k in _COUNTS}
+    s["tasks"] = s["events"]
+    return s

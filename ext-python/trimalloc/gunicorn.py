@@ -1,25 +1,27 @@
 """trimalloc.gunicorn: gunicorn server hooks.
 
     # gunicorn.conf.py
+    import trimalloc.preload          # optional, first: the master (and so every worker) on trimalloc
     from trimalloc.gunicorn import post_request, post_worker_init
 
-and start gunicorn on trimalloc: `trimalloc run -- gunicorn -c gunicorn.conf.py app:app`.
-post_request trims every 100 requests, or earlier past 64 MiB free but
-resident, at most once a second (see trimalloc.wsgi.RequestTrimmer); build one
-with other settings with make_post_request(every=..., free_threshold=...,
-min_interval=...). post_worker_init logs which allocator the worker runs on.
+or start gunicorn with `trimalloc run -- gunicorn -c gunicorn.conf.py app:app`.
+post_request trims every 100 requests, or sooner past 64 MiB free but
+resident, at most once a second (the policy of trimalloc.wsgi, shared with the
+Ruby gem's Rack middleware); build one with other settings with
+make_post_request(every=..., min_free=..., min_interval=...). post_worker_init
+logs which allocator the worker runs on.
 """
 from typing import Any, Callable, Optional
 
 from . import _trimalloc
-from .wsgi import (DEFAULT_EVERY, DEFAULT_FREE_THRESHOLD, DEFAULT_MIN_INTERVAL,
-                   RequestTrimmer)
+from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
 
 
-def make_post_request(every=DEFAULT_EVERY, free_threshold=DEFAULT_FREE_THRESHOLD,
-                      min_interval=DEFAULT_MIN_INTERVAL):
-    # type: (Optional[int], Optional[int], float) -> Callable[..., None]
-    trimmer = RequestTrimmer(every, free_threshold, min_interval, "gunicorn")
+def make_post_request(every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL,
+                      free_threshold=_UNSET):
+    # type: (Optional[int], Any, float, Any) -> Callable[..., None]
+    """A post_request hook with its own RequestTrimmer (free_threshold: the old name of min_free)."""
+    trimmer = RequestTrimmer(every, min_free, min_interval, "gunicorn", free_threshold)
 
     def post_request(worker, req, environ, resp):
         # type: (Any, Any, Any, Any) -> None
@@ -32,12 +34,17 @@ def make_post_request(every=DEFAULT_EVERY, free_threshold=DEFAULT_FREE_THRESHOLD
 post_request = make_post_request()
 
 
-def post_worker_init(worker):
-    # type: (Any) -> None
-    msg = "trimalloc: worker %s runs on %s" % (getattr(worker, "pid", "?"), _trimalloc.backend())
+def backend_line(pid):
+    # type: (object) -> str
+    msg = "trimalloc: worker %s runs on %s" % (pid, _trimalloc.backend())
     path = _trimalloc.loaded_path()
     if path:
         msg += " (%s)" % path
+    return msg
+
+
+def post_worker_init(worker):
+    # type: (Any) -> None
     log = getattr(worker, "log", None)
     if log is not None:
-        log.info(msg)
+        log.info(backend_line(getattr(worker, "pid", "?")))

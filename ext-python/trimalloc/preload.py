@@ -1,19 +1,36 @@
 """`import trimalloc.preload` as the first line of a program runs it on trimalloc.
 
 If trimalloc is not yet the process allocator, the process re-executes itself
-(/proc/self/exe with the same command line, so the same pid and argv) with the
-bundled library prepended to LD_PRELOAD. A guard in the environment
-(TRIMALLOC_PRELOAD_GUARD) makes this happen at most once: if the re-executed
-process still does not run on trimalloc, or the re-exec is impossible, this
-warns once (RuntimeWarning) and the program goes on, on glibc.
+(/proc/self/exe with sys.orig_argv, the interpreter's own record of its
+command line: same pid, same argv) with the bundled library prepended to
+LD_PRELOAD. A guard in the environment (TRIMALLOC_PRELOAD_GUARD) makes this
+happen at most once. It is refused, with one RuntimeWarning, and the program
+goes on on glibc, where a re-exec would not run the same program once:
+
+- in a process forked from one running the same program (a gunicorn worker
+  importing the application module, a multiprocessing child): re-executing
+  would start a second server. Put the line in gunicorn.conf.py (the master
+  loads it), or in the module that creates the Celery app;
+- when the command line was rewritten (setproctitle);
+- for `python -c` and a program read from standard input.
 
 Import it before anything else: what ran before the re-exec runs again.
-The logic is core/bind/binding.c's ta_bind_preload, shared with the Ruby gem.
+The logic is core/bind/bind_launch.c's ta_bind_preload_req, shared with the
+Ruby gem.
 """
 import sys
 import warnings
 
 from . import DEFAULT_PYTHONMALLOC, _trimalloc, library_path
+
+HINT = ("put `import trimalloc.preload` first in gunicorn.conf.py (gunicorn), in the module "
+        "that creates the Celery app (Celery), or start the program with `trimalloc run --`")
+
+
+def _warn(msg):
+    # type: (str) -> None
+    warnings.warn("trimalloc.preload: %s; continuing on %s" % (msg, _trimalloc.backend()),
+                  RuntimeWarning, stacklevel=3)
 
 
 def _preload():
@@ -21,25 +38,23 @@ def _preload():
     lib = library_path()
     sys.stdout.flush()
     sys.stderr.flush()
+    argv = getattr(sys, "orig_argv", None)  # Python 3.10+; before, the C runtime's argv
+    script = sys.argv[0] if sys.argv else ""
     try:
-        rc = _trimalloc.preload(lib, DEFAULT_PYTHONMALLOC)  # returns only when not re-executing
-    except OSError as e:
-        warnings.warn(
-            "trimalloc.preload: cannot re-execute with %s preloaded (%s); "
-            "continuing on %s" % (lib, e, _trimalloc.backend()),
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        code, reason = _trimalloc.preload(lib, DEFAULT_PYTHONMALLOC, argv, script)
+    except OSError as e:  # returns only when not re-executing
+        _warn("cannot re-execute with %s preloaded (%s)" % (lib, e))
         return "failed"
-    if rc == 1:
-        warnings.warn(
-            "trimalloc.preload: re-executed with %s preloaded, but malloc is still not "
-            "trimalloc's (is LD_PRELOAD cleared or overridden?); continuing on glibc" % lib,
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    if code == 0:
+        return "active"
+    if code == 1:
+        _warn("%s (library: %s)" % (reason, lib))
         return "not active"
-    return "active"
+    if code == 5:
+        _warn("cannot re-execute with %s preloaded (%s)" % (lib, reason))
+        return "failed"
+    _warn("%s; %s" % (reason, HINT))
+    return {2: "forked", 3: "rewritten", 4: "not a file"}.get(code, "refused")
 
 
 status = _preload()

@@ -18,7 +18,15 @@ values to the shared directory. So:
 creates those Gauges and Counters and updates them whenever a trimalloc hook
 runs (trimalloc.gc, trimalloc.celery, the WSGI middleware, gunicorn's
 post_request, trimalloc.trimming); call .update() yourself for more.
+
+Counters never go down: a field of the core's list that can lag behind
+(`frees` is allocations minus live blocks) is exported as its high-water
+mark. And each process counts from its own start: a worker forked from a
+master that already counted (trims, allocations) does not report the
+master's counts again, so sums over workers are right. (When trimalloc was
+first imported after the fork, a worker counts from that import.)
 """
+import os
 import threading
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -71,6 +79,34 @@ def metric_names(prefix="trimalloc"):
     return out
 
 
+# Counter values this process inherited (from the master it was forked from):
+# subtracted, so that every process counts from its own start.
+_baseline = {}  # type: Dict[str, float]
+_baseline_lock = threading.Lock()
+
+
+def _take_baseline():
+    # type: () -> None
+    s = _trimalloc.stats()
+    with _baseline_lock:
+        _baseline.clear()
+        for name in COUNTER_FIELDS:
+            if name in s:
+                _baseline[name] = s[name]
+
+
+def _since_start(s):
+    # type: (Dict[str, Any]) -> Dict[str, Any]
+    with _baseline_lock:
+        return {k: (max(v - _baseline.get(k, 0), 0) if k in COUNTER_FIELDS else v) for k, v in s.items()}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_take_baseline)
+if _trimalloc.forked_child():  # imported first in a fork: count from here
+    _take_baseline()
+
+
 class TrimallocCollector:
     """A prometheus_client collector reading trimalloc.stats() at each scrape."""
 
@@ -79,10 +115,12 @@ class TrimallocCollector:
         if not isinstance(prefix, str) or not prefix:
             raise TypeError("prefix must be a non-empty str, not %r" % (prefix,))
         self.prefix = prefix
+        self._high = {}  # type: Dict[str, float]
+        self._lock = threading.Lock()
 
     def collect(self):
         # type: () -> Iterator[Any]
-        s = _trimalloc.stats()
+        s = _since_start(_trimalloc.stats())
         info = GaugeMetricFamily(self.prefix + "_info", "trimalloc backend and version",
                                  labels=["backend", "version"])
         info.add_metric([str(s["backend"]), _trimalloc.VERSION], 1)
@@ -94,6 +132,8 @@ class TrimallocCollector:
             metric, scale, is_counter = names[name]
             value = s[name] * scale
             if is_counter:
+                with self._lock:  # never lower than what a scrape already saw
+                    value = self._high[name] = max(value, self._high.get(name, 0))
                 yield CounterMetricFamily(metric, doc, value=value)
             else:
                 yield GaugeMetricFamily(metric, doc, value=value)
@@ -114,7 +154,8 @@ class MultiprocessMetrics:
 
     gauge_mode is the Gauge multiprocess_mode: "liveall" (default: one series
     per live process, labelled pid), "livesum", "all", "sum", "min" or "max".
-    Counters add each process's growth since its last update."""
+    Counters add each process's growth (past its high-water mark) since its
+    own start."""
 
     def __init__(self, prefix="trimalloc", registry=REGISTRY, gauge_mode="liveall"):
         # type: (str, Any, str) -> None
@@ -128,6 +169,7 @@ class MultiprocessMetrics:
         self._counters = {}  # type: Dict[str, Any]
         self._scales = {}  # type: Dict[str, float]
         self._last = {}  # type: Dict[str, float]
+        self._pid = os.getpid()
         names = metric_names(prefix)
         for name, _type, _unit, doc in _trimalloc.FIELDS:
             metric, scale, is_counter = names[name]
@@ -143,8 +185,11 @@ class MultiprocessMetrics:
     def update(self):
         # type: () -> None
         """Write the current stats into the metrics."""
-        s = _trimalloc.stats()
+        s = _since_start(_trimalloc.stats())
         with self._lock:
+            if self._pid != os.getpid():  # forked since the last update: start again
+                self._pid = os.getpid()
+                self._last = {}
             for name, g in self._gauges.items():
                 if name in s:
                     g.set(s[name] * self._scales[name])
@@ -152,10 +197,10 @@ class MultiprocessMetrics:
                 if name not in s:
                     continue
                 v = s[name] * self._scales[name]
-                delta = v - self._last.get(name, 0)
-                if delta > 0:
-                    c.inc(delta)
-                self._last[name] = v
+                high = self._last.get(name, 0)
+                if v > high:  # only growth past the high-water mark: never counted twice
+                    c.inc(v - high)
+                    self._last[name] = v
             self._rss.set(_trimalloc.rss())
 
     def _on_hook(self, source, released):

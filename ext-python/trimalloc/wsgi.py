@@ -1,62 +1,66 @@
 """trimalloc.wsgi: trim between requests.
 
     from trimalloc.wsgi import TrimMiddleware
-    application = TrimMiddleware(application, every=100, free_threshold=64 << 20)
+    application = TrimMiddleware(application, every=100, min_free=64 << 20, min_interval=1.0)
 
 After a response is closed (PEP 3333: the server calls close() on the body),
 the middleware trims when `every` requests have ended since its last trim, or
-earlier when the allocator holds `free_threshold` bytes that are free but
-resident. Both go through the process-wide rate limit (min_interval seconds).
+sooner when the allocator holds at least `min_free` bytes free but resident;
+never twice within `min_interval` seconds (process-wide). None turns `every` or
+`min_free` off. A trim skipped by the rate limit is tried again after the next
+request. The policy is core/bind's (trimalloc._trimalloc.Trimmer), the same as
+the Ruby gem's Rack middleware: deciding costs a few atomics and a clock read.
+
+A body that is the server's wsgi.file_wrapper stays one (gunicorn keeps
+sending it with sendfile): its close() is wrapped in place.
+(`free_threshold` is the old name of `min_free`, accepted with a
+DeprecationWarning for one release.)
 """
-import threading
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from . import _hooks
 
 DEFAULT_EVERY = 100
-DEFAULT_FREE_THRESHOLD = 64 << 20
+DEFAULT_MIN_FREE = 64 << 20
 DEFAULT_MIN_INTERVAL = 1.0
+DEFAULT_FREE_THRESHOLD = DEFAULT_MIN_FREE  # the old name
+
+_UNSET = object()
 
 
 class RequestTrimmer:
     """Counts finished requests and trims when due (shared by WSGI and gunicorn)."""
 
-    def __init__(self, every=DEFAULT_EVERY, free_threshold=DEFAULT_FREE_THRESHOLD,
-                 min_interval=DEFAULT_MIN_INTERVAL, source="wsgi"):
-        # type: (Optional[int], Optional[int], float, str) -> None
-        if every is None and free_threshold is None:
-            raise ValueError("every and free_threshold are both None: nothing would trim")
-        self.every = None if every is None else _hooks.check_count(every, "every")
-        self.free_threshold = (
-            None if free_threshold is None else _hooks.check_bytes(free_threshold, "free_threshold")
-        )
-        self.min_interval = _hooks.check_interval(min_interval)
+    def __init__(self, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL,
+                 source="wsgi", free_threshold=_UNSET):
+        # type: (Optional[int], Any, float, str, Any) -> None
+        if free_threshold is not _UNSET:
+            if min_free is not _UNSET:
+                raise TypeError("give min_free or its old name free_threshold, not both")
+            min_free = _hooks.renamed("free_threshold", "min_free", free_threshold,
+                                      "trimalloc.%s" % source, stacklevel=4)
+        if min_free is _UNSET:
+            min_free = DEFAULT_MIN_FREE
         self.source = source
-        self.requests = 0
-        self.trims = 0
-        self.trimmed_bytes = 0
-        self._since_trim = 0
-        self._lock = threading.Lock()
+        self.trimmer = _hooks.new_trimmer(every, min_free, min_interval)
+
+    every = property(lambda self: self.trimmer.every)
+    min_free = property(lambda self: self.trimmer.min_free)
+    min_interval = property(lambda self: self.trimmer.min_interval)
+    free_threshold = min_free  # the old name
+    requests = property(lambda self: self.trimmer.stats()["events"])
+    trims = property(lambda self: self.trimmer.stats()["trims"])
+    trimmed_bytes = property(lambda self: self.trimmer.stats()["trimmed_bytes"])
+
+    def stats(self):
+        # type: () -> Dict[str, int]
+        """{events, trims, skipped, coalesced, trimmed_bytes}"""
+        return self.trimmer.stats()
 
     def request_done(self):
         # type: () -> Optional[int]
         """Call once per finished request; returns bytes released or None."""
-        with self._lock:
-            self.requests += 1
-            self._since_trim += 1
-            due = self.every is not None and self._since_trim >= self.every
-        if due:
-            released = _hooks.trim_if_due(self.source, self.min_interval, 0)
-        elif self.free_threshold is not None:
-            released = _hooks.trim_if_due(self.source, self.min_interval, self.free_threshold)
-        else:
-            return None
-        if released is not None:
-            with self._lock:
-                self._since_trim = 0
-                self.trims += 1
-                self.trimmed_bytes += released
-        return released
+        return _hooks.event(self.source, self.trimmer)
 
 
 class _ClosingBody:
@@ -79,15 +83,36 @@ class _ClosingBody:
             self._on_close()
 
 
-class TrimMiddleware(RequestTrimmer):
-    """WSGI middleware: trims after every `every` requests or past `free_threshold`."""
+def _close_then(body, on_close):
+    # type: (Any, Callable[[], Any]) -> Optional[Any]
+    """The same body object with on_close run after its own close(), or None
+    when its close cannot be replaced."""
+    own = getattr(body, "close", None)
 
-    def __init__(self, app, every=DEFAULT_EVERY, free_threshold=DEFAULT_FREE_THRESHOLD,
-                 min_interval=DEFAULT_MIN_INTERVAL):
-        # type: (Callable[..., Iterable[bytes]], Optional[int], Optional[int], float) -> None
+    def close():
+        # type: () -> None
+        try:
+            if own is not None:
+                own()
+        finally:
+            on_close()
+
+    try:
+        body.close = close
+    except (AttributeError, TypeError):
+        return None
+    return body
+
+
+class TrimMiddleware(RequestTrimmer):
+    """WSGI middleware: trims after every `every` requests or past `min_free` free bytes."""
+
+    def __init__(self, app, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL,
+                 free_threshold=_UNSET):
+        # type: (Callable[..., Iterable[bytes]], Optional[int], Any, float, Any) -> None
         if not callable(app):
             raise TypeError("app must be a WSGI callable, not %r" % (app,))
-        RequestTrimmer.__init__(self, every, free_threshold, min_interval, "wsgi")
+        RequestTrimmer.__init__(self, every, min_free, min_interval, "wsgi", free_threshold)
         self.app = app
 
     def __call__(self, environ, start_response):
@@ -97,4 +122,9 @@ class TrimMiddleware(RequestTrimmer):
         except BaseException:
             self.request_done()
             raise
+        wrapper = environ.get("wsgi.file_wrapper") if isinstance(environ, dict) else None
+        if isinstance(wrapper, type) and isinstance(body, wrapper):
+            kept = _close_then(body, self.request_done)  # still a file_wrapper: sendfile works
+            if kept is not None:
+                return kept
         return _ClosingBody(body, self.request_done)

@@ -20,6 +20,13 @@
 #   Trimalloc.core_version, Trimalloc.loaded_path (nil unless active)
 #   Trimalloc::GC.enable(major_only: true, min_interval: 1.0), .disable,
 #                 .enabled?, .stats
+#   Trimalloc::Trimmer.new(every: nil, min_free: 0, min_interval: 1.0)
+#                           one hook's policy (#event, #stats); every
+#                           integration holds one (see README, "Integrations")
+#   Trimalloc.policy_stats  deferred and coalesced trims, free-bytes reads
+#   Trimalloc.free_source   where free_bytes comes from (:dirty, :resident,
+#                           :mallinfo2, :mallinfo, :unknown)
+#   Trimalloc.forked_child? a fork of a process running the same program?
 require "trimalloc/version"
 require "trimalloc/trimalloc_ext"
 
@@ -42,8 +49,9 @@ module Trimalloc
     end
 
     # Replaces this process with cmd, run with the library prepended to
-    # LD_PRELOAD (cmd[0] is searched in PATH). Raises Trimalloc::Error when
-    # that is impossible (the library is missing, cmd cannot be executed).
+    # LD_PRELOAD (cmd[0] is searched in PATH). Raises what Kernel#exec
+    # raises when cmd cannot be executed (Errno::ENOENT, Errno::EACCES, ...),
+    # and Trimalloc::Error when the library is missing.
     def exec(*cmd)
       raise ArgumentError, "no command given" if cmd.empty?
 
@@ -53,10 +61,18 @@ module Trimalloc
       exec_preloaded(lib, cmd)
     end
 
+    # Where the preload line belongs, said when it is refused.
+    PRELOAD_HINT = "put `require \"trimalloc/preload\"` first in the server's config file " \
+                   "(Puma: config/puma.rb, before preload_app!; Sidekiq: the file given to -r), " \
+                   "or start the program with `trimalloc run --`"
+
     # What `require "trimalloc/preload"` does: unless trimalloc is already the
-    # allocator, re-execute this command line (same pid) with the library
-    # preloaded, once (TRIMALLOC_PRELOAD_GUARD). Returns true when trimalloc is
-    # the allocator; otherwise warns once and returns false.
+    # allocator, re-execute the program (same pid, the command line it was
+    # started with) with the library preloaded, once (TRIMALLOC_PRELOAD_GUARD).
+    # Refused in a fork of a process running the same program (a server's
+    # worker), when the command line was rewritten ($0=, setproctitle), and
+    # for -e or standard input. Returns true when trimalloc is the
+    # allocator; otherwise warns once and returns false.
     def preload!
       return true if active?
 
@@ -65,11 +81,21 @@ module Trimalloc
 
       $stdout.flush
       $stderr.flush
-      preload_reexec(lib) == 0 ||
-        preload_warn("re-exec with LD_PRELOAD=#{lib} did not make it the allocator " \
-                     "(#{ENV.fetch('TRIMALLOC_PRELOAD_GUARD', '') == '' ? 'no guard' : 'guard set'})")
-    rescue Error => e
-      preload_warn(e.message)
+      code, reason = preload_reexec(lib, Process.argv0, $0 != Process.argv0)
+      code.zero? || preload_warn(code == 1 ? reason : "#{reason}; #{PRELOAD_HINT}")
+    rescue SystemCallError => e
+      preload_warn("re-exec with LD_PRELOAD failed (#{e.message})")
+    end
+
+    # Warns once, on first use, about an option name kept for one release.
+    def deprecated_option(old, new, where)
+      @deprecated ||= {}
+      key = [old, where]
+      return if @deprecated[key]
+
+      @deprecated[key] = true
+      warn "trimalloc: #{where}: #{old} is deprecated, use #{new} (the old name goes in the next release)",
+           uplevel: 2
     end
 
     private

@@ -64,6 +64,22 @@ def run_py(code: str, preload: bool = False, env: Optional[Dict[str, str]] = Non
     return p
 
 
+def fresh_rate_limit() -> None:
+    """The last trim an hour ago, in this process: the rate limit lets the next
+    trim run. A deferred trim this wakes up is waited for (then the clock is
+    moved past it too), so that it cannot land in the middle of a test."""
+    from trimalloc import _trimalloc
+    _trimalloc._advance_clock(3600)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        p = _trimalloc.policy_stats()
+        if not p["pending"] and not p["busy"]:
+            _trimalloc._advance_clock(3600)
+            return
+        time.sleep(0.005)
+    raise AssertionError("a deferred trim did not finish")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -255,3 +255,11 @@ def test_report_in_this_process(capfd):
     err = capfd.readouterr().err
     assert "fd 2 is back" in err  # stderr restored after the capture ...
     assert "arenas" not in err  # ... and _debugmallocstats' text did not leak into it
+
+
+def test_star_import_does_not_shadow_the_gc_module():
+    assert "gc" not in trimalloc.__all__
+    ns = {}
+    exec("import gc\nfrom trimalloc import *", ns)
+    assert ns["gc"] is __import__("gc")
+    assert set(trimalloc.__all__) <= set(dir(trimalloc))

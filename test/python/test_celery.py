@@ -103,7 +103,7 @@ def test_install_arguments():
     with pytest.raises(ValueError, match="-1"):
         trimalloc.celery.install(min_interval=-1)
     with pytest.raises(TypeError, match="'lots'"):
-        trimalloc.celery.install(min_freed="lots")
+        trimalloc.celery.install(min_free="lots")
     with pytest.raises(TypeError, match="42"):
         trimalloc.celery.install(app=42)
 

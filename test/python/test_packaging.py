@@ -40,7 +40,7 @@ def test_sdist_carries_core(tmp_path):
     with tarfile.open(str(sdist)) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     want = {"setup.py", "pyproject.toml", "core/Makefile", "core/trimalloc.h",
-            "core/bind/binding.c", "core/bind/binding.h", "ext-python/trimalloc/_trimalloc.c",
+            "core/bind/bind_policy.c", "core/bind/binding.h", "ext-python/trimalloc/_trimalloc.c",
             "ext-python/trimalloc/_trimalloc.pyi", "ext-python/trimalloc/py.typed"}
     assert want <= names, want - names
     core_c = {str(p.relative_to(ROOT)) for p in ROOT.glob("core/*.c")}

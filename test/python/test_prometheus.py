@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import trimalloc
 from trimalloc import _trimalloc
 from trimalloc.prometheus import COUNTER_FIELDS, TrimallocCollector, register
-from conftest import core_fields, run_py
+from conftest import core_fields, fresh_rate_limit, run_py
 
 
 def samples(registry):
@@ -39,6 +39,7 @@ def test_collector_exports_every_stats_field():
 
 
 def test_collector_reads_fresh_values_at_each_scrape():
+    fresh_rate_limit()  # no deferred trim lands between the two scrapes
     reg = CollectorRegistry()
     assert isinstance(register(reg), TrimallocCollector)
     first = samples(reg)["trimalloc_trims_total"]
@@ -101,3 +102,51 @@ def test_metric_names_are_unique_and_in_base_units():
     assert names["allocated"] == ("trimalloc_allocated_bytes", 1, False)
     assert names["purged_bytes"][0] == "trimalloc_purged_bytes"
     assert names["purged"][0] == "trimalloc_purged_now_bytes"
+
+
+def test_counters_never_go_down():
+    reg = CollectorRegistry()
+    c = register(reg)
+    real = trimalloc._trimalloc.stats
+    values = iter([100, 90, 120])
+
+    def fake():
+        s = real()
+        s["frees"] = next(values)  # frees lags: allocations - live blocks can shrink
+        return s
+
+    trimalloc._trimalloc.stats = fake
+    try:
+        got = [samples(reg)["trimalloc_frees_total"] for _ in range(3)]
+    finally:
+        trimalloc._trimalloc.stats = real
+    assert got == [100, 100, 120], got
+    assert c.prefix == "trimalloc"
+
+
+FORKED = r'''
+import json, os
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+import trimalloc, trimalloc.prometheus
+for _ in range(3):
+    trimalloc.trim()  # the master's own trims, before the fork
+pid = os.fork()
+if pid == 0:
+    m = trimalloc.prometheus.enable_multiprocess(registry=CollectorRegistry())
+    trimalloc.trim()  # the worker's one trim
+    m.update()
+    os._exit(0)
+os.waitpid(pid, 0)
+reg = CollectorRegistry()
+MultiProcessCollector(reg)
+out = {s.name: s.value for fam in reg.collect() for s in fam.samples if s.name == "trimalloc_trims_total"}
+print(json.dumps({"worker_trims_total": out.get("trimalloc_trims_total"),
+                  "master_trims": trimalloc.stats()["trims"]}))
+'''
+
+
+def test_multiprocess_counts_each_worker_from_its_own_start(tmp_path):
+    r = json.loads(run_py(FORKED, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)).stdout)
+    assert r["master_trims"] == 3
+    assert r["worker_trims_total"] == 1, r  # not 3 + 1: the master's trims are not the worker's

@@ -8,7 +8,7 @@ import pytest
 import trimalloc.gunicorn
 from trimalloc import _trimalloc
 from trimalloc.wsgi import RequestTrimmer, TrimMiddleware
-from conftest import wait_until
+from conftest import fresh_rate_limit, wait_until
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -52,7 +52,8 @@ def get(url):
 
 
 def test_middleware_trims_every_n_requests(serve):
-    mw = TrimMiddleware(app, every=3, free_threshold=None, min_interval=0)
+    fresh_rate_limit()
+    mw = TrimMiddleware(app, every=3, min_free=None, min_interval=0)
     url = serve(mw)
     before = trimalloc.stats()["trims"]
     for _ in range(7):
@@ -63,14 +64,15 @@ def test_middleware_trims_every_n_requests(serve):
 
 
 def test_middleware_trims_past_the_free_threshold(serve):
-    never = TrimMiddleware(app, every=None, free_threshold=1 << 60, min_interval=0)
+    fresh_rate_limit()
+    never = TrimMiddleware(app, every=None, min_free=1 << 60, min_interval=0)
     url = serve(never)
     for _ in range(3):
         get(url)
     assert wait_until(lambda: never.requests == 3, timeout=10)
     assert never.trims == 0
     # Each request leaves MiBs free but resident (the pin keeps glibc from shrinking its heap).
-    eager = TrimMiddleware(app, every=None, free_threshold=1 << 20, min_interval=0)
+    eager = TrimMiddleware(app, every=None, min_free=1 << 20, min_interval=0)
     url = serve(eager)
     for _ in range(3):
         get(url)
@@ -82,7 +84,8 @@ def test_middleware_counts_requests_whose_app_raises():
     def broken(environ, start_response):
         raise RuntimeError("app failed")
 
-    mw = TrimMiddleware(broken, every=1, free_threshold=None, min_interval=0)
+    fresh_rate_limit()
+    mw = TrimMiddleware(broken, every=1, min_free=None, min_interval=0)
     with pytest.raises(RuntimeError):
         mw({}, lambda *a: None)
     assert mw.requests == 1 and mw.trims == 1
@@ -95,7 +98,8 @@ def test_middleware_closes_the_app_body():
         def close(self):
             closed.append(True)
 
-    mw = TrimMiddleware(lambda e, s: Body([b"a"]), every=1, free_threshold=None, min_interval=0)
+    fresh_rate_limit()
+    mw = TrimMiddleware(lambda e, s: Body([b"a"]), every=1, min_free=None, min_interval=0)
     body = mw({}, lambda *a: None)
     assert list(body) == [b"a"] and mw.requests == 0  # counted at close, not before
     body.close()
@@ -108,19 +112,20 @@ def test_middleware_arguments():
     with pytest.raises(TypeError, match="'many'"):
         TrimMiddleware(app, every="many")
     with pytest.raises(ValueError, match="both None"):
-        TrimMiddleware(app, every=None, free_threshold=None)
+        TrimMiddleware(app, every=None, min_free=None)
     with pytest.raises(TypeError, match="42"):
         TrimMiddleware(42)
 
 
 def test_gunicorn_post_request_trims_every_n():
-    hook = trimalloc.gunicorn.make_post_request(every=2, free_threshold=None, min_interval=0)
+    fresh_rate_limit()
+    hook = trimalloc.gunicorn.make_post_request(every=2, min_free=None, min_interval=0)
     for _ in range(5):
         hook(None, None, {}, None)
     assert hook.trimmer.requests == 5 and hook.trimmer.trims == 2
     # the ready-made hook has the documented defaults
     default = trimalloc.gunicorn.post_request.trimmer
-    assert (default.every, default.free_threshold, default.min_interval) == (100, 64 << 20, 1.0)
+    assert (default.every, default.min_free, default.min_interval) == (100, 64 << 20, 1.0)
 
 
 def test_gunicorn_post_worker_init_logs_the_backend():
@@ -136,3 +141,32 @@ def test_gunicorn_post_worker_init_logs_the_backend():
 
     trimalloc.gunicorn.post_worker_init(Worker())
     assert lines == ["trimalloc: worker 4242 runs on %s" % _trimalloc.backend()]
+
+
+def test_middleware_keeps_the_servers_file_wrapper(tmp_path):
+    """gunicorn sends a wsgi.file_wrapper body with sendfile: the middleware
+    must hand the same kind of object back, and still count the request."""
+    class FileWrapper:  # as gunicorn's: a plain class the server recognises by type
+        def __init__(self, filelike, blksize=8192):
+            self.filelike = filelike
+
+        def __iter__(self):
+            return iter(lambda: self.filelike.read(8192), b"")
+
+        def close(self):
+            self.filelike.close()
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"z" * 100)
+
+    def files(environ, start_response):
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](open(str(path), "rb"))
+
+    fresh_rate_limit()
+    mw = TrimMiddleware(files, every=1, min_free=None, min_interval=0)
+    body = mw({"wsgi.file_wrapper": FileWrapper}, lambda *a: None)
+    assert isinstance(body, FileWrapper)  # sendfile still possible
+    assert b"".join(body) == b"z" * 100 and mw.requests == 0
+    body.close()
+    assert body.filelike.closed and mw.requests == 1 and mw.trims == 1

@@ -128,6 +128,56 @@ class GcHookTest < Minitest::Test
     assert_equal [false, true, true, 1, true, false, false, 1, 0], r
   end
 
+  # The same single-threaded work with and without the hook: the hook
+  # allocates no Ruby object, so it cannot add a GC. On glibc the counts are
+  # deterministic, so they must be equal. (Under the preload, or with
+  # threads, they vary from one identical run to the next even without the
+  # hook: conservative stack marking sees different addresses.)
+  GC_COUNT = <<~RUBY
+    require "trimalloc"
+    Trimalloc::GC.enable(min_interval: 0) if ARGV[0] == "hook"
+    GC.start
+    m0, c0 = GC.stat(:major_gc_count), GC.count
+    keep = []
+    40.times do |round|
+      junk = Array.new(20_000) { |i| s = "x" * (200 + i % 800); keep << s if i % 256 == 0; s }
+      junk = nil
+      keep.shift(50) if keep.size > 2_000
+    end
+    puts JSON.generate(majors: GC.stat(:major_gc_count) - m0, gcs: GC.count - c0,
+                       hook: Trimalloc::GC.stats)
+  RUBY
+
+  def test_gc_hook_causes_no_extra_gc
+    without = ruby_json(GC_COUNT, args: ["none"])
+    with = ruby_json(GC_COUNT, args: ["hook"])
+    assert_operator with[:hook][:trims], :>=, 1, with.inspect
+    assert_equal without[:majors], with[:majors], "with #{with}, without #{without}"
+    assert_equal without[:gcs], with[:gcs], "with #{with}, without #{without}"
+  end
+
+  # The hook's trim runs in the postponed job with the GVL released: another
+  # Ruby thread runs (and opens the gate the trim waits at) meanwhile.
+  def test_gc_hook_trims_without_the_gvl
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc.send(:advance_clock, 3600)
+      Trimalloc::GC.enable(min_interval: 0)
+      Trimalloc.send(:test_gate, true)
+      gc = Thread.new { GC.start; [] } # the job's trim waits at the gate
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
+      sleep 0.005 until Trimalloc.send(:test_gate_state) == 2 ||
+                        Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      state = Trimalloc.send(:test_gate_state) # this thread runs: the GVL is free
+      Trimalloc.send(:test_gate_open)
+      gc.join
+      puts JSON.generate(state: state, after: Trimalloc.send(:test_gate_state), hook: Trimalloc::GC.stats)
+    RUBY
+    assert_equal 2, r[:state], r.inspect
+    assert_equal 3, r[:after], "opened by the other thread, not timed out: #{r.inspect}"
+    assert_equal 1, r[:hook][:trims], r.inspect
+  end
+
   def test_gc_hook_enable_rejects_wrong_arguments
     e = assert_raises(TypeError) { Trimalloc::GC.enable(major_only: "yes") }
     assert_match(/major_only.*"yes"/, e.message)

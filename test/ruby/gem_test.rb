@@ -22,7 +22,7 @@ class GemTest < Minitest::Test
                             "http_proxy" => "http://127.0.0.1:9", "https_proxy" => "http://127.0.0.1:9")
       sh(env, "gem", "build", "trimalloc.gemspec", "--output", gem, chdir: ROOT)
       files = sh(env, "gem", "spec", gem, "files")
-      %w[core/Makefile core/trimalloc.h core/bind/binding.c core/prim/linux.c
+      %w[core/Makefile core/trimalloc.h core/bind/bind_policy.c core/prim/linux.c
          ext-ruby/ext/trimalloc/extconf.rb ext-ruby/exe/trimalloc].each { |f| assert_includes files, "- #{f}\n" }
       sh(env, "gem", "install", "--local", "--install-dir", home, "--no-document", gem)
 

@@ -66,9 +66,29 @@ class LauncherTest < Minitest::Test
     assert st.success?
     assert_match(/^usage: trimalloc run/, out)
     assert_match(/trimalloc path/, out)
-    out, _, st = trimalloc("--version")
+    %w[--version -V].each do |flag| # the same flags as the Python package's
+      out, err, st = trimalloc(flag)
+      assert st.success?
+      assert_equal "trimalloc #{Trimalloc::VERSION}\n", out
+      assert_empty err
+    end
+    out, err, st = trimalloc("-v")
     assert st.success?
-    assert_equal "#{Trimalloc::VERSION}\n", out
+    assert_equal "trimalloc #{Trimalloc::VERSION}\n", out
+    assert_match(/-v is deprecated, use -V or --version/, err)
+  end
+
+  def test_exec_failures_raise_errno
+    e = assert_raises(Errno::ENOENT) { Trimalloc.exec("no-such-command-trimalloc") }
+    assert_match(/no-such-command-trimalloc/, e.message)
+    Dir.mktmpdir do |dir|
+      plain = File.join(dir, "not-executable")
+      File.write(plain, "echo hi\n")
+      assert_raises(Errno::EACCES) { Trimalloc.exec(plain) }
+      _, err, st = trimalloc("run", "--", plain)
+      assert_equal 126, st.exitstatus
+      assert_match(/cannot execute/, err)
+    end
   end
 
   def test_launcher_path_prints_library

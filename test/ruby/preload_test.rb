@@ -2,58 +2,125 @@
 
 require_relative "test_helper"
 
-# require "trimalloc/preload": re-exec once with the preload, same pid.
+# require "trimalloc/preload": re-exec once with the preload, same pid and
+# argv, and refusals where a re-exec would not run the same program once.
+# The same behaviour names as test/python/test_preload.py.
 class PreloadTest < Minitest::Test
   include TrimallocTest
 
   SCRIPT = <<~'RUBY'
     File.open(ENV.fetch("START_LOG"), "a") { |f| f.puts Process.pid }
     require "json"
+    SETUP
     require "trimalloc/preload"
     Trimalloc.preload! # a second call changes nothing, warns no more
     puts JSON.generate(pid: Process.pid, backend: Trimalloc.backend, argv: ARGV,
-                       guard: ENV["TRIMALLOC_PRELOAD_GUARD"], preload: ENV["LD_PRELOAD"])
+                       guard: ENV["TRIMALLOC_PRELOAD_GUARD"], preload: ENV["LD_PRELOAD"],
+                       verbose: $VERBOSE)
   RUBY
 
-  def run_script(env: {}, preload: false)
+  # Runs SCRIPT (SETUP replaced) as a file, or with -e / from stdin.
+  def run_script(env: {}, preload: false, setup: "", how: :file, ruby_opts: ["-W2"])
     Dir.mktmpdir do |dir|
       log = File.join(dir, "starts")
+      code = SCRIPT.sub("SETUP", setup)
+      path = File.join(dir, "prog.rb")
+      File.write(path, code)
+      args = case how
+             when :file then [*ruby_opts, path, "a b", "c"]
+             when :e then [*ruby_opts, "-e", code, "--", "a b", "c"]
+             when :stdin then [*ruby_opts, "-", "a b", "c"]
+             end
       e = child_env(preload: preload, env: env.merge("START_LOG" => log))
-      Open3.popen3(e, RUBY, "-e", SCRIPT, "--", "a b", "c") do |_i, o, err, t|
+      Open3.popen3(e, RUBY, *args) do |i, o, err, t|
+        i.write(code) if how == :stdin
+        i.close
         out = o.read
         errs = err.read
         st = t.value
         assert st.success?, "#{st.inspect}\n#{errs}"
         starts = File.readlines(log).map(&:to_i)
-        return [t.pid, starts, JSON.parse(out.lines.last, symbolize_names: true), errs]
+        return [t.pid, starts, out.lines.map { |l| JSON.parse(l, symbolize_names: true) }, errs]
       end
     end
   end
 
   def test_preload_reexecs_once
-    pid, starts, r, err = run_script
+    pid, starts, (r, *more), err = run_script
     assert_equal [pid, pid], starts, "started twice, in the same process"
+    assert_empty more
     assert_equal pid, r[:pid]
     assert_equal "trimalloc", r[:backend]
     assert_equal ["a b", "c"], r[:argv], "same command line"
+    assert_equal true, r[:verbose], "interpreter options kept (-W2)"
     assert_equal "1", r[:guard]
     assert_equal library, r[:preload]
     assert_empty err
   end
 
-  def test_preload_guard_prevents_a_loop_and_warns_once
-    pid, starts, r, err = run_script(env: { "TRIMALLOC_PRELOAD_GUARD" => "1" })
-    assert_equal [pid], starts, "no re-exec when the guard is set"
-    assert_equal "glibc", r[:backend]
-    assert_equal 1, err.scan(/trimalloc: preload:/).size, err
-    assert_match(/continuing on glibc/, err)
-  end
-
   def test_preload_does_nothing_when_already_active
-    pid, starts, r, err = run_script(preload: true)
+    pid, starts, (r,), err = run_script(preload: true)
     assert_equal [pid], starts
     assert_equal "trimalloc", r[:backend]
     assert_nil r[:guard]
     assert_empty err
+  end
+
+  def test_preload_guard_prevents_a_loop_and_warns_once
+    pid, starts, (r,), err = run_script(env: { "TRIMALLOC_PRELOAD_GUARD" => "1" })
+    assert_equal [pid], starts, "no re-exec when the guard is set"
+    assert_equal "glibc", r[:backend]
+    assert_equal 1, err.scan(/trimalloc: preload:/).size, err
+    assert_match(/still not trimalloc's.*continuing on glibc/, err)
+  end
+
+  def test_preload_warns_and_continues_when_reexec_is_impossible
+    setup = 'require "trimalloc"; def Trimalloc.library_path; "/nonexistent/libtrimalloc.so"; end'
+    pid, starts, (r,), err = run_script(setup: setup)
+    assert_equal [pid], starts
+    assert_equal "glibc", r[:backend]
+    assert_equal 1, err.scan(/trimalloc: preload:/).size, err
+  end
+
+  FORK = <<~'RUBY'
+    require "json"
+    child = fork do # a worker, as a server forks it: config.ru requires the preload
+      require "trimalloc/preload"
+      puts JSON.generate(pid: Process.pid, backend: Trimalloc.backend)
+      $stdout.flush
+      exit!(0)
+    end
+    Process.wait(child)
+    puts JSON.generate(parent: Process.pid)
+  RUBY
+
+  def test_preload_refuses_in_a_forked_child
+    out, err, st = run_ruby(FORK)
+    assert st.success?, err
+    child, parent = out.lines.map { |l| JSON.parse(l, symbolize_names: true) }
+    assert_equal 2, out.lines.size, "nothing ran twice: #{out}"
+    assert_equal "glibc", child[:backend], "the worker carries on, on glibc"
+    refute_equal parent[:parent], child[:pid]
+    assert_equal 1, err.scan(/trimalloc: preload:/).size, err
+    assert_match(/fork of one running the same program/, err)
+    assert_match(%r{config/puma\.rb}, err, "names the right place")
+  end
+
+  def test_preload_refuses_after_the_title_was_rewritten
+    %w[Process.setproctitle("worker:\ busy") $0="renamed"].each do |rewrite|
+      pid, starts, (r,), err = run_script(setup: rewrite)
+      assert_equal [pid], starts, rewrite
+      assert_equal "glibc", r[:backend]
+      assert_match(/command line was rewritten/, err)
+    end
+  end
+
+  def test_preload_refuses_inline_code_and_stdin
+    %i[e stdin].each do |how|
+      pid, starts, (r,), err = run_script(how: how)
+      assert_equal [pid], starts, how.to_s
+      assert_equal "glibc", r[:backend]
+      assert_match(/-c, -e or standard input/, err)
+    end
   end
 end

@@ -24,6 +24,17 @@ class RackTest < Minitest::Test
     n.times { assert_equal "1000\n", req.get("/").body }
   end
 
+  def setup
+    fresh_rate_limit
+  end
+
+  def test_rack_middleware_counts_requests_whose_app_raises
+    app = Trimalloc::Rack.new(->(_env) { raise "app failed" }, every: 1, min_free: nil, min_interval: 0)
+    assert_raises(RuntimeError) { app.call(Rack::MockRequest.env_for("/")) }
+    assert_equal 1, app.stats[:events]
+    assert_equal 1, app.stats[:trims]
+  end
+
   def test_rack_middleware_trims_every_n_requests
     app = Trimalloc::Rack.new(APP, every: 3, min_free: nil, min_interval: 0)
     t0 = trims
@@ -71,6 +82,8 @@ class RackTest < Minitest::Test
   def test_rack_middleware_rejects_bad_every
     e = assert_raises(ArgumentError) { Trimalloc::Rack.new(APP, every: 0) }
     assert_match(/every.*0/, e.message)
-    assert_raises(ArgumentError) { Trimalloc::Rack.new(APP, every: "3") }
+    assert_raises(TypeError) { Trimalloc::Rack.new(APP, every: "3") }
+    e = assert_raises(ArgumentError) { Trimalloc::Rack.new(APP, every: nil, min_free: nil) }
+    assert_match(/both nil/, e.message)
   end
 end

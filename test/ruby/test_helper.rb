@@ -59,6 +59,21 @@ module TrimallocTest
     JSON.parse(out.lines.last, symbolize_names: true)
   end
 
+  # The last trim an hour ago, in this process: the rate limit lets the next
+  # trim run. A deferred trim this wakes up is waited for (then the clock is
+  # moved past it too), so that it cannot land in the middle of a test.
+  def fresh_rate_limit
+    Trimalloc.send(:advance_clock, 3600)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
+    loop do
+      p = Trimalloc.policy_stats
+      break if !p[:pending] && !p[:busy]
+      flunk "a deferred trim did not finish" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      sleep 0.005
+    end
+    Trimalloc.send(:advance_clock, 3600)
+  end
+
   def free_port
     s = TCPServer.new("127.0.0.1", 0)
     s.addr[1]

@@ -47,15 +47,12 @@ static VALUE m_trim(VALUE self) {
   return ULL2NUM(released);
 }
 
-struct trim_if_due_args {
-  double min_interval;
-  uint64_t min_free;
+struct run_args {
   int64_t released;
 };
 
-static void *trim_if_due_nogvl(void *p) {
-  struct trim_if_due_args *a = p;
-  a->released = ta_bind_trim_if_due(a->min_interval, a->min_free);
+static void *run_nogvl(void *p) {
+  ((struct run_args *)p)->released = ta_bind_run_trim(NULL);
   return NULL;
 }
 
@@ -70,17 +67,16 @@ static VALUE m_trim_if_due(int argc, VALUE *argv, VALUE self) {
   }
   rb_scan_args(argc, argv, ":", &opts);
   if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 2, vals);
-  struct trim_if_due_args a = {1.0, 0, -1};
-  if (vals[0] != Qundef) a.min_interval = ta_rb_nonneg_double(vals[0], "min_interval");
+  double min_interval = 1.0;
+  uint64_t min_free = 0;
+  if (vals[0] != Qundef) min_interval = ta_rb_nonneg_double(vals[0], "min_interval");
   if (vals[1] != Qundef) {
-    if (!RB_INTEGER_TYPE_P(vals[1]))
-      rb_raise(rb_eTypeError, "min_free must be an Integer (given %" PRIsVALUE ")",
-               rb_inspect(vals[1]));
-    if (RTEST(rb_funcall(vals[1], '<', 1, INT2FIX(0))))
-      rb_raise(rb_eArgError, "min_free must be >= 0 (given %" PRIsVALUE ")", rb_inspect(vals[1]));
-    a.min_free = NUM2ULL(vals[1]);
+    if (NIL_P(vals[1])) rb_raise(rb_eTypeError, "min_free must be an Integer (given nil)");
+    min_free = (uint64_t)ta_rb_bytes_or_nil(vals[1], "min_free");
   }
-  rb_thread_call_without_gvl(trim_if_due_nogvl, &a, NULL, NULL);
+  /* decided with the GVL (a clock read), trimmed without it */
+  struct run_args a = {-1};
+  if (ta_bind_due(min_interval, min_free, NULL)) rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
   return a.released < 0 ? Qnil : LL2NUM(a.released);
 }
 
@@ -89,6 +85,44 @@ static VALUE m_trim_if_due(int argc, VALUE *argv, VALUE self) {
 static VALUE m_advance_clock(VALUE self, VALUE seconds) {
   ta_bind_clock_advance(ta_rb_nonneg_double(seconds, "seconds"));
   return Qnil;
+}
+
+#define SYM(s) ID2SYM(rb_intern(s))
+
+/* Trimalloc.policy_stats -> process-wide counters of the trim policy. */
+static VALUE m_policy_stats(VALUE self) {
+  ta_bind_policy_stats_t p;
+  ta_bind_policy_stats(&p);
+  VALUE h = rb_hash_new();
+  rb_hash_aset(h, SYM("pending"), p.pending ? Qtrue : Qfalse);
+  rb_hash_aset(h, SYM("busy"), p.busy ? Qtrue : Qfalse);
+  rb_hash_aset(h, SYM("deferred"), ULL2NUM(p.deferred));
+  rb_hash_aset(h, SYM("coalesced"), ULL2NUM(p.coalesced));
+  rb_hash_aset(h, SYM("free_reads"), ULL2NUM(p.free_reads));
+  return h;
+}
+
+/* Trimalloc.free_source -> where free_bytes comes from: :dirty (the core's
+ * counter), :resident (resident - allocated), :mallinfo2, :mallinfo, :unknown */
+static VALUE m_free_source(VALUE self) {
+  static const char *names[] = {"unknown", "dirty", "resident", "mallinfo2", "mallinfo"};
+  int s = ta_bind_free_source();
+  return SYM(names[s >= 0 && s <= 4 ? s : 0]);
+}
+
+/* The test gate (private): see ta_bind_test_gate in binding.h. */
+static VALUE m_test_gate(VALUE self, VALUE arm) {
+  ta_bind_test_gate(RTEST(arm));
+  return Qnil;
+}
+
+static VALUE m_test_gate_open(VALUE self) {
+  ta_bind_test_gate_open();
+  return Qnil;
+}
+
+static VALUE m_test_gate_state(VALUE self) {
+  return INT2FIX(ta_bind_test_gate_state());
 }
 
 void ta_rb_init_backend(void) {
@@ -101,5 +135,11 @@ void ta_rb_init_backend(void) {
   rb_define_singleton_method(m, "free_bytes", m_free_bytes, 0);
   rb_define_singleton_method(m, "trim", m_trim, 0);
   rb_define_singleton_method(m, "trim_if_due", m_trim_if_due, -1);
-  rb_define_private_method(rb_singleton_class(m), "advance_clock", m_advance_clock, 1);
+  rb_define_singleton_method(m, "policy_stats", m_policy_stats, 0);
+  rb_define_singleton_method(m, "free_source", m_free_source, 0);
+  VALUE s = rb_singleton_class(m);
+  rb_define_private_method(s, "advance_clock", m_advance_clock, 1);
+  rb_define_private_method(s, "test_gate", m_test_gate, 1);
+  rb_define_private_method(s, "test_gate_open", m_test_gate_open, 0);
+  rb_define_private_method(s, "test_gate_state", m_test_gate_state, 0);
 }

@@ -1,4 +1,4 @@
-# Builds trimalloc/trimalloc_ext (this directory's C files + core/bind/binding.c)
+# Builds trimalloc/trimalloc_ext (this directory's C files + core/bind/bind_*.c)
 # and the bundled preload library libtrimalloc.so, by running the core's own
 # Makefile (the one place that knows its flags). `make install` puts both next
 # to each other, in the gem's lib/trimalloc/, where Trimalloc.library_path
@@ -7,13 +7,19 @@ require "mkmf"
 
 core_dir = File.expand_path("../../../core", __dir__)
 bind_dir = File.join(core_dir, "bind")
-abort "trimalloc: core sources not found in #{core_dir}" unless File.file?(File.join(bind_dir, "binding.c"))
+abort "trimalloc: core sources not found in #{core_dir}" unless File.file?(File.join(bind_dir, "binding.h"))
 
 have_library("dl", "dlsym")
+# Ruby 3.3 deprecates rb_postponed_job_register_one for these two.
+have_func("rb_postponed_job_preregister", "ruby/debug.h")
+have_func("rb_postponed_job_trigger", "ruby/debug.h")
 $INCFLAGS << " -I#{bind_dir} -I#{core_dir}"
 $CFLAGS << " -std=gnu11 -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter"
 $VPATH << bind_dir
-$srcs = Dir.glob(File.join($srcdir || __dir__, "*.c")).map { |f| File.basename(f) }.sort + ["binding.c"]
+# The shared glue is core/bind/bind_*.c (distinct names: no clash with the
+# files of this directory in the VPATH build).
+$srcs = Dir.glob(File.join($srcdir || __dir__, "*.c")).map { |f| File.basename(f) }.sort +
+        Dir.glob(File.join(bind_dir, "bind_*.c")).map { |f| File.basename(f) }.sort
 
 create_makefile("trimalloc/trimalloc_ext")
 

@@ -4,11 +4,24 @@
  * lazily: RUBY_INTERNAL_EVENT_GC_END_SWEEP fires once the last page of a GC
  * cycle has been swept (possibly long after GC_END_MARK, from inside an
  * allocation). Nothing may allocate or call Ruby there, so the hook only
- * schedules a postponed job; the job runs at the next safe point and calls
- * the rate-limited trim. All state is touched with the GVL held. */
+ * schedules a postponed job (rb_postponed_job_trigger on a preregistered job
+ * where Ruby has it, 3.3+; rb_postponed_job_register_one before). The job
+ * runs at the next safe point, decides with the GVL held (a clock read: the
+ * shared policy, ta_bind_due) and, when a trim is due, trims with the GVL
+ * released (rb_thread_call_without_gvl2), so no other Ruby thread waits for
+ * it. The job allocates no Ruby object, so the hook cannot cause a GC. All
+ * of the hook's state is touched with the GVL held. */
 #include "trimalloc_ext.h"
 
 #include <ruby/debug.h>
+#include <ruby/thread.h>
+
+#if defined(HAVE_RB_POSTPONED_JOB_PREREGISTER) && defined(HAVE_RB_POSTPONED_JOB_TRIGGER)
+#define TA_PREREGISTERED_JOB 1
+static rb_postponed_job_handle_t job_handle;
+#else
+#define TA_PREREGISTERED_JOB 0
+#endif
 
 static struct {
   VALUE tracepoint;
@@ -19,23 +32,42 @@ static struct {
   uint64_t scheduled;  /* postponed jobs registered */
   uint64_t trims;      /* trims done by the job */
   uint64_t skipped;    /* jobs that found the trim not due */
+  uint64_t coalesced;  /* due, but another trim was running: folded into it */
   uint64_t trimmed_bytes;
   int forced;          /* the cycle was GC.start's: trim regardless of min_interval */
 } hook;
 
 static VALUE sym_major_by, sym_force;
 
+struct run_args {
+  int ran;
+  int64_t released;
+};
+
+static void *run_nogvl(void *p) {
+  struct run_args *a = p;
+  a->ran = 1;
+  a->released = ta_bind_run_trim(NULL);
+  return NULL;
+}
+
 static void trim_job(void *unused) {
   (void)unused;
   if (!hook.enabled) return;
   double interval = hook.forced ? 0.0 : hook.min_interval;
   hook.forced = 0;
-  int64_t released = ta_bind_trim_if_due(interval, 0);
-  if (released < 0) {
+  struct run_args a = {0, -1};
+  if (ta_bind_due(interval, 0, NULL)) {
+    /* _gvl2: checks no interrupt after the call (a postponed job must not
+     * raise); with one pending it does not call run_nogvl: the next GC tries. */
+    rb_thread_call_without_gvl2(run_nogvl, &a, NULL, NULL);
+    if (a.ran && a.released < 0) hook.coalesced++;
+  }
+  if (a.released < 0) {
     hook.skipped++;
   } else {
     hook.trims++;
-    hook.trimmed_bytes += (uint64_t)released;
+    hook.trimmed_bytes += (uint64_t)a.released;
   }
 }
 
@@ -51,7 +83,12 @@ static void on_sweep_end(VALUE tpval, void *unused) {
   /* GC.start asks for a full collection at a moment the program chose (out
    * of band, between jobs): its trim is not rate-limited. */
   if (by == sym_force) hook.forced = 1;
+#if TA_PREREGISTERED_JOB
+  rb_postponed_job_trigger(job_handle); /* a job already pending runs once */
+  hook.scheduled++;
+#else
   if (rb_postponed_job_register_one(0, trim_job, NULL)) hook.scheduled++;
+#endif
 }
 
 /* Trimalloc::GC.enable(major_only: true, min_interval: 1.0) -> true */
@@ -104,10 +141,12 @@ static VALUE hook_stats(VALUE self) {
   rb_hash_aset(h, SYM("enabled"), hook.enabled ? Qtrue : Qfalse);
   rb_hash_aset(h, SYM("major_only"), hook.major_only ? Qtrue : Qfalse);
   rb_hash_aset(h, SYM("min_interval"), DBL2NUM(hook.min_interval));
+  rb_hash_aset(h, SYM("events"), ULL2NUM(hook.sweeps));
   rb_hash_aset(h, SYM("sweeps"), ULL2NUM(hook.sweeps));
   rb_hash_aset(h, SYM("scheduled"), ULL2NUM(hook.scheduled));
   rb_hash_aset(h, SYM("trims"), ULL2NUM(hook.trims));
   rb_hash_aset(h, SYM("skipped"), ULL2NUM(hook.skipped));
+  rb_hash_aset(h, SYM("coalesced"), ULL2NUM(hook.coalesced));
   rb_hash_aset(h, SYM("trimmed_bytes"), ULL2NUM(hook.trimmed_bytes));
   return h;
 }
@@ -121,6 +160,9 @@ void ta_rb_init_gc_hook(void) {
   /* Prime the symbols rb_gc_latest_gc_info interns on its first call, so the
    * call inside the GC hook never allocates. */
   rb_gc_latest_gc_info(sym_major_by);
+#if TA_PREREGISTERED_JOB
+  job_handle = rb_postponed_job_preregister(0, trim_job, NULL);
+#endif
   rb_define_singleton_method(m, "enable", hook_enable, -1);
   rb_define_singleton_method(m, "disable", hook_disable, 0);
   rb_define_singleton_method(m, "enabled?", hook_enabled_p, 0);

@@ -6,7 +6,9 @@
 #include "trimalloc_ext.h"
 
 /* Trimalloc.exec_preloaded(lib, argv) (private): prepends lib to LD_PRELOAD
- * and execs argv[0] (searched in PATH). Returns only by raising. */
+ * and execs argv[0] (searched in PATH). Returns only by raising the
+ * Errno::* exception Ruby's own exec raises (Errno::ENOENT, Errno::EACCES,
+ * ...), naming the command. */
 static VALUE m_exec_preloaded(VALUE self, VALUE lib, VALUE argv) {
   const char *clib = StringValueCStr(lib);
   Check_Type(argv, T_ARRAY);
@@ -27,26 +29,36 @@ static VALUE m_exec_preloaded(VALUE self, VALUE lib, VALUE argv) {
   int err = errno;
   RB_GC_GUARD(lib);
   RB_GC_GUARD(buf);
-  ta_rb_raise_errno(err, rb_ary_entry(held, 0));
+  rb_syserr_fail_str(err, rb_ary_entry(held, 0));
 }
 
-/* Trimalloc.preload_reexec(lib) (private): 0 when trimalloc is already the
- * allocator, 1 when the guard says a re-exec already happened and did not
- * take; re-executes this command line otherwise, raising Trimalloc::Error if
- * that fails. */
-static VALUE m_preload_reexec(VALUE self, VALUE lib) {
-  const char *clib = StringValueCStr(lib);
-  int rc = ta_bind_preload(clib, 0);
-  if (rc < 0) {
+/* Trimalloc.preload_reexec(lib, script, title_changed) (private): the
+ * shared preload (ta_bind_preload_req, from the command line the process was
+ * started with). Re-executes, or returns [code, reason]: 0 already active,
+ * else why not (TA_PRELOAD_*). Raises the Errno::* exception when the
+ * re-exec itself failed. */
+static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_changed) {
+  ta_bind_preload_req_t req = {StringValueCStr(lib), 0, NULL, NULL, RTEST(title_changed)};
+  if (!NIL_P(script)) req.script = StringValueCStr(script);
+  int rc = ta_bind_preload_req(&req);
+  if (rc == TA_PRELOAD_FAILED) {
     int err = errno;
-    ta_rb_raise_errno(err, rb_str_new_cstr("re-exec with LD_PRELOAD"));
+    rb_syserr_fail_str(err, rb_str_new_cstr("re-exec with LD_PRELOAD"));
   }
   RB_GC_GUARD(lib);
-  return INT2FIX(rc);
+  RB_GC_GUARD(script);
+  return rb_assoc_new(INT2FIX(rc), rb_str_new_cstr(ta_bind_preload_reason(rc)));
+}
+
+/* Trimalloc.forked_child? -> whether this process is a fork of one running
+ * the same program (a server's worker). */
+static VALUE m_forked_child_p(VALUE self) {
+  return ta_bind_forked_child() ? Qtrue : Qfalse;
 }
 
 void ta_rb_init_launcher(void) {
   VALUE s = rb_singleton_class(ta_rb_mTrimalloc);
   rb_define_private_method(s, "exec_preloaded", m_exec_preloaded, 2);
-  rb_define_private_method(s, "preload_reexec", m_preload_reexec, 1);
+  rb_define_private_method(s, "preload_reexec", m_preload_reexec, 3);
+  rb_define_singleton_method(ta_rb_mTrimalloc, "forked_child?", m_forked_child_p, 0);
 }

@@ -17,9 +17,14 @@ NORETURN(void ta_rb_raise_errno(int err, VALUE what));
  * naming `name` and the value. */
 double ta_rb_nonneg_double(VALUE v, const char *name);
 
+/* nil -> -1; an Integer >= 0 -> itself (clamped to INT64_MAX); raises
+ * TypeError or ArgumentError naming `name` and the value otherwise. */
+int64_t ta_rb_bytes_or_nil(VALUE v, const char *name);
+
 void ta_rb_init_backend(void);  /* backend.c:  active?, backend, trim, rss, ... */
 void ta_rb_init_stats(void);    /* stats.c:    Trimalloc.stats */
 void ta_rb_init_gc_hook(void);  /* gc_hook.c:  Trimalloc::GC */
 void ta_rb_init_launcher(void); /* launcher.c: exec with the preload, re-exec */
+void ta_rb_init_trimmer(void);  /* trimmer.c:  Trimalloc::Trimmer (a hook's policy) */
 
 #endif

@@ -10,7 +10,7 @@ module Trimalloc
       usage: trimalloc run [--] CMD [ARGS...]  run CMD with trimalloc as its allocator (LD_PRELOAD)
              trimalloc path                    print the path of the bundled libtrimalloc.so
              trimalloc info                    which allocator this process runs on, and the library
-             trimalloc --help | --version
+             trimalloc --help | --version (-V)
     TEXT
 
     module_function
@@ -24,8 +24,12 @@ module Trimalloc
       when "-h", "--help", "help"
         out.print USAGE
         0
-      when "-v", "--version"
-        out.puts VERSION
+      when "-V", "--version"
+        out.puts "trimalloc #{VERSION}"
+        0
+      when "-v"
+        err.puts "trimalloc: -v is deprecated, use -V or --version (as the Python package does)"
+        out.puts "trimalloc #{VERSION}"
         0
       else
         err.puts "trimalloc: unknown command #{cmd.inspect}" if cmd
@@ -43,18 +47,15 @@ module Trimalloc
       end
       begin
         Trimalloc.exec(*args)
-      rescue Error => e
-        case e.errno
-        when Errno::ENOENT::Errno
-          err.puts "trimalloc: run: #{args.first}: command not found"
-          127
-        when Errno::EACCES::Errno, Errno::ENOEXEC::Errno
-          err.puts "trimalloc: run: #{args.first}: cannot execute (#{e.message})"
-          126
-        else
-          err.puts "trimalloc: run: #{e.message}"
-          1
-        end
+      rescue Errno::ENOENT
+        err.puts "trimalloc: run: #{args.first}: command not found"
+        127
+      rescue Errno::EACCES, Errno::ENOEXEC => e
+        err.puts "trimalloc: run: #{args.first}: cannot execute (#{e.message})"
+        126
+      rescue SystemCallError, Error => e
+        err.puts "trimalloc: run: #{e.message}"
+        1
       end
     end
 

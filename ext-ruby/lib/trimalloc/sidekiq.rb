@@ -3,24 +3,45 @@
 require "trimalloc"
 
 module Trimalloc
-  # Sidekiq server middleware: after each job, trim if the last trim is at
-  # least min_interval seconds old (process-wide, so many job threads trim at
-  # most once per interval) and, when min_free > 0, at least min_free bytes
-  # are free but held.
+  # Sidekiq server middleware: after each job, trims when at least `min_free`
+  # bytes are free but resident (0: after every job), or every `every` jobs
+  # (nil: off); never twice within min_interval seconds (process-wide, so
+  # many job threads trim at most once per interval). A trim skipped by the
+  # rate limit runs when due on a background thread. Same policy and names as
+  # the Python package's Celery integration (Trimalloc::Trimmer).
   #
   #   Sidekiq.configure_server do |config|
   #     config.server_middleware { |chain| chain.add Trimalloc::Sidekiq, min_interval: 1.0 }
   #   end
   class Sidekiq
+    DEFAULTS = { every: nil, min_free: 0, min_interval: 1.0 }.freeze
+
+    attr_reader :trimmer
+
     def initialize(options = {})
-      @min_interval = options.fetch(:min_interval, 1.0)
-      @min_free = options.fetch(:min_free, 0)
+      opts = DEFAULTS.merge(options.transform_keys(&:to_sym))
+      unknown = opts.keys - DEFAULTS.keys
+      raise ArgumentError, "unknown option(s) #{unknown.map(&:inspect).join(', ')}" unless unknown.empty?
+
+      @trimmer = Trimalloc::Sidekiq.shared_trimmer(opts)
+    end
+
+    # Sidekiq creates a middleware object per job: the trimmer (its counters)
+    # is kept per set of options.
+    def self.shared_trimmer(opts)
+      @trimmers ||= {}
+      @lock ||= Mutex.new
+      @lock.synchronize { @trimmers[opts] ||= Trimmer.new(**opts) }
+    end
+
+    def self.trimmers
+      (@trimmers || {}).values
     end
 
     def call(_worker, _job, _queue)
       yield
     ensure
-      Trimalloc.trim_if_due(min_interval: @min_interval, min_free: @min_free)
+      @trimmer.event
     end
   end
 end

@@ -11,7 +11,7 @@ quiet
 
 if ENV["TRIM"] == "1"
   plugin :trimalloc
-  Trimalloc::PUMA_OPTIONS[:min_interval] = 0
+  trimalloc min_interval: 0 # the plugin's Puma DSL option
 end
 
 cache = []

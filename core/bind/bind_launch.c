@@ -1,0 +1,251 @@
+/* The launcher (`trimalloc run`: exec with the library preloaded) and the
+ * preload re-exec behind `require "trimalloc/preload"` / `import
+ * trimalloc.preload`, with the checks that keep it from ever running a
+ * program twice. See binding.h ("bind_launch.c"). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/personality.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bind_internal.h"
+
+/* LD_PRELOAD with lib in front, unless it is already there. */
+static int prepend_preload(const char *lib) {
+  const char *cur = getenv("LD_PRELOAD");
+  if (cur && *cur) {
+    size_t n = strlen(lib);
+    for (const char *p = cur; (p = strstr(p, lib)) != NULL; p += n) {
+      int starts = p == cur || p[-1] == ':' || p[-1] == ' ';
+      int ends = p[n] == 0 || p[n] == ':' || p[n] == ' ';
+      if (starts && ends) return 0;
+    }
+    size_t len = strlen(lib) + 1 + strlen(cur) + 1;
+    char *v = malloc(len);
+    if (!v) return -1;
+    snprintf(v, len, "%s:%s", lib, cur);
+    int rc = setenv("LD_PRELOAD", v, 1);
+    free(v);
+    return rc;
+  }
+  return setenv("LD_PRELOAD", lib, 1);
+}
+
+int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc) {
+  if (!lib || !argv || !argv[0]) {
+    errno = EINVAL;
+    return -1;
+  }
+  if (access(lib, R_OK) != 0) return -1;
+  if (prepend_preload(lib) != 0) return -1;
+  if (pythonmalloc && setenv("PYTHONMALLOC", "malloc", 1) != 0) return -1;
+  execvp(argv[0], argv);
+  return -1;
+}
+
+/* ---- the command line the process was started with ----
+ * glibc passes (argc, argv, envp) to the constructors of every object it
+ * loads, dlopen'ed extensions included: argv is the array main() got. Its
+ * strings live in the area /proc/self/cmdline shows, which a process title
+ * (Ruby's $0= and Process.setproctitle, Python's setproctitle) overwrites in
+ * place; so what is kept here is checked before use (see argv_intact). */
+static int start_argc;
+static char **start_argv;
+
+#ifdef __GLIBC__
+__attribute__((constructor)) static void capture_argv(int argc, char **argv, char **envp) {
+  (void)envp;
+  if (argc > 0 && argv) {
+    start_argc = argc;
+    start_argv = argv;
+  }
+}
+#endif
+
+/* Reads a whole small /proc file (NUL-terminated; *len without the NUL). */
+static char *read_file(const char *path, size_t *len) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NULL;
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  for (;;) {
+    if (!buf) break;
+    if (cap - n < 2) {
+      char *nb = realloc(buf, cap * 2);
+      if (!nb) {
+        free(buf);
+        buf = NULL;
+        break;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+    ssize_t r = read(fd, buf + n, cap - n - 1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    n += (size_t)r;
+  }
+  close(fd);
+  if (!buf) return NULL;
+  buf[n] = 0;
+  *len = n;
+  return buf;
+}
+
+/* 1 when /proc/self/cmdline is exactly argv's strings, each NUL-terminated. */
+static int cmdline_is(char *const *argv) {
+  size_t len = 0;
+  char *cl = read_file("/proc/self/cmdline", &len);
+  if (!cl) return 0;
+  size_t off = 0;
+  int same = 1;
+  for (size_t i = 0; argv[i] && same; i++) {
+    size_t n = strlen(argv[i]) + 1;
+    same = off + n <= len && memcmp(cl + off, argv[i], n) == 0;
+    off += n;
+  }
+  same = same && off == len;
+  free(cl);
+  return same;
+}
+
+/* The start argv is usable when nothing overwrote it: every string is where
+ * the kernel put it (one after the other, none cut or lengthened, no entry
+ * cleared) and /proc/self/cmdline still shows them. */
+static int argv_intact(void) {
+  if (!start_argv || start_argc < 1) return 0;
+  for (int i = 0; i < start_argc; i++) {
+    if (!start_argv[i]) return 0;
+    if (i > 0 && start_argv[i] != start_argv[i - 1] + strlen(start_argv[i - 1]) + 1) return 0;
+  }
+  if (start_argv[start_argc] != NULL) return 0;
+  return cmdline_is(start_argv);
+}
+
+/* ---- forked children ----
+ * A server's worker is a fork of the server: same executable, same memory
+ * layout (with address-space randomisation every exec gets its own stack and
+ * vDSO addresses, a fork keeps its parent's). Re-executing there would start
+ * a second server. */
+static int maps_marks(pid_t pid, unsigned long *stack, unsigned long *vdso) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+  size_t len = 0;
+  char *m = read_file(path, &len);
+  if (!m) return 0;
+  *stack = *vdso = 0;
+  for (char *line = m; line && *line;) {
+    char *nl = strchr(line, '\n');
+    if (nl) *nl = 0;
+    if (strstr(line, "[stack]")) *stack = strtoul(line, NULL, 16);
+    else if (strstr(line, "[vdso]")) *vdso = strtoul(line, NULL, 16);
+    line = nl ? nl + 1 : NULL;
+  }
+  free(m);
+  return *stack || *vdso;
+}
+
+static int same_file(const char *a, const char *b) {
+  struct stat sa, sb;
+  return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static int aslr_on(void) {
+  int p = personality(0xffffffff);
+  if (p != -1 && (p & ADDR_NO_RANDOMIZE)) return 0;
+  size_t len = 0;
+  char *v = read_file("/proc/sys/kernel/randomize_va_space", &len);
+  int on = !v || v[0] != '0';
+  free(v);
+  return on;
+}
+
+int ta_bind_forked_child(void) {
+  pid_t ppid = getppid();
+  if (ppid <= 1) return 0;
+  char exe[64];
+  snprintf(exe, sizeof exe, "/proc/%d/exe", (int)ppid);
+  if (!same_file("/proc/self/exe", exe)) return 0;
+  if (!aslr_on()) {
+    /* no layout to compare: the parent showing the same command line is
+     * the best sign there is */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)ppid);
+    size_t la = 0, lb = 0;
+    char *a = read_file("/proc/self/cmdline", &la), *b = read_file(path, &lb);
+    int same = a && b && la == lb && memcmp(a, b, la) == 0;
+    free(a);
+    free(b);
+    return same;
+  }
+  unsigned long s1, v1, s2, v2;
+  if (!maps_marks(getpid(), &s1, &v1) || !maps_marks(ppid, &s2, &v2)) return 0;
+  return s1 == s2 && v1 == v2;
+}
+
+/* ---- the preload re-exec ---- */
+
+static int not_a_file(const char *script) {
+  return script && (!*script || strcmp(script, "-c") == 0 || strcmp(script, "-e") == 0 ||
+                    strcmp(script, "-") == 0);
+}
+
+int ta_bind_preload_req(const ta_bind_preload_req_t *req) {
+  if (ta_bind_backend() == TA_BACKEND_TRIMALLOC) return TA_PRELOAD_ACTIVE;
+  if (!req->lib || access(req->lib, R_OK) != 0) {
+    if (!req->lib) errno = EINVAL;
+    return TA_PRELOAD_NO_LIBRARY;
+  }
+  if (ta_bind_forked_child()) return TA_PRELOAD_FORKED;
+  const char *guard = getenv(TA_BIND_GUARD_ENV);
+  if (guard && *guard) return TA_PRELOAD_GUARD;
+  if (not_a_file(req->script)) return TA_PRELOAD_NOT_A_FILE;
+  if (req->title_changed) return TA_PRELOAD_REWRITTEN;
+  char *const *argv = req->argv;
+  if (argv) {
+    if (!argv[0] || !cmdline_is(argv)) return TA_PRELOAD_REWRITTEN;
+  } else {
+    if (!argv_intact()) return TA_PRELOAD_REWRITTEN;
+    argv = start_argv;
+  }
+  if (setenv(TA_BIND_GUARD_ENV, "1", 1) != 0 || prepend_preload(req->lib) != 0 ||
+      (req->pythonmalloc && setenv("PYTHONMALLOC", "malloc", 1) != 0))
+    return TA_PRELOAD_FAILED;
+  fflush(NULL);
+  execv("/proc/self/exe", argv);
+  int e = errno;
+  unsetenv(TA_BIND_GUARD_ENV);
+  errno = e;
+  return TA_PRELOAD_FAILED;
+}
+
+int ta_bind_preload(const char *lib, int pythonmalloc) {
+  ta_bind_preload_req_t req = {lib, pythonmalloc, NULL, NULL, 0};
+  return ta_bind_preload_req(&req);
+}
+
+const char *ta_bind_preload_reason(int code) {
+  switch (code) {
+  case TA_PRELOAD_ACTIVE: return "";
+  case TA_PRELOAD_GUARD:
+    return "re-executed once with the library in LD_PRELOAD, but malloc is still not "
+           "trimalloc's (is LD_PRELOAD cleared or overridden?)";
+  case TA_PRELOAD_FORKED:
+    return "this process is a fork of one running the same program (a server's worker): "
+           "re-executing it would start the program, a second server, again";
+  case TA_PRELOAD_REWRITTEN:
+    return "this process's command line was rewritten (a process title), so it cannot be "
+           "started again as it was";
+  case TA_PRELOAD_NOT_A_FILE:
+    return "the program came from -c, -e or standard input: running it again would not run "
+           "the same program";
+  case TA_PRELOAD_NO_LIBRARY: return "the bundled libtrimalloc.so is missing or unreadable";
+  default: return "the re-exec failed";
+  }
+}

@@ -1,0 +1,314 @@
+/* When to trim: the one policy every hook of both bindings goes through.
+ * See binding.h ("bind_policy.c") for the rules. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#include "bind_internal.h"
+
+/* ---- the clock ----
+ * CLOCK_MONOTONIC plus an offset that only ta_bind_clock_advance (tests)
+ * moves, so that rate limits and deferred trims are tested without depending
+ * on how fast the machine runs. */
+static _Atomic uint64_t clock_offset_ns;
+
+static uint64_t now_ns(void) {
+  return ta_bind_mono_ns() + atomic_load_explicit(&clock_offset_ns, memory_order_relaxed);
+}
+
+static _Atomic uint64_t last_trim_ns; /* the last trim through the policy; 0: none yet */
+static atomic_flag trim_busy = ATOMIC_FLAG_INIT;
+static _Atomic uint64_t coalesced, free_reads;
+static _Atomic int trimming_now; /* a trim is running (tests wait for quiet) */
+
+/* ---- the sampled free-bytes figure ----
+ * Read at most once per TA_BIND_FREE_SAMPLE_NS (on glibc it is a walk over
+ * every arena; on the v1 core a walk over every heap), and only when the rate
+ * limit would let a trim run. A trim invalidates it. */
+static _Atomic uint64_t free_sample_at, free_sample;
+static _Atomic int free_sample_known;
+
+static int free_now(uint64_t now, uint64_t *out) {
+  uint64_t at = atomic_load_explicit(&free_sample_at, memory_order_acquire);
+  if (at != 0 && now - at < TA_BIND_FREE_SAMPLE_NS) {
+    *out = atomic_load_explicit(&free_sample, memory_order_relaxed);
+    return atomic_load_explicit(&free_sample_known, memory_order_relaxed);
+  }
+  uint64_t v;
+  int known = ta_bind_free_known(&v);
+  atomic_fetch_add_explicit(&free_reads, 1, memory_order_relaxed);
+  atomic_store_explicit(&free_sample, v, memory_order_relaxed);
+  atomic_store_explicit(&free_sample_known, known, memory_order_relaxed);
+  atomic_store_explicit(&free_sample_at, now ? now : 1, memory_order_release);
+  *out = v;
+  return known;
+}
+
+/* ---- the test gate ---- */
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_state;
+
+void ta_bind_test_gate(int arm) {
+  pthread_mutex_lock(&gate_mu);
+  gate_state = arm ? 1 : 0;
+  pthread_cond_broadcast(&gate_cv);
+  pthread_mutex_unlock(&gate_mu);
+}
+
+void ta_bind_test_gate_open(void) {
+  pthread_mutex_lock(&gate_mu);
+  if (gate_state == 1 || gate_state == 2) gate_state = 3;
+  pthread_cond_broadcast(&gate_cv);
+  pthread_mutex_unlock(&gate_mu);
+}
+
+int ta_bind_test_gate_state(void) {
+  pthread_mutex_lock(&gate_mu);
+  int s = gate_state;
+  pthread_mutex_unlock(&gate_mu);
+  return s;
+}
+
+static void gate_pass(void) {
+  pthread_mutex_lock(&gate_mu);
+  if (gate_state == 1) {
+    gate_state = 2;
+    pthread_cond_broadcast(&gate_cv);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 20;
+    while (gate_state == 2)
+      if (pthread_cond_timedwait(&gate_cv, &gate_mu, &ts) == ETIMEDOUT) gate_state = 4;
+  }
+  pthread_mutex_unlock(&gate_mu);
+}
+
+/* The trim itself, one at a time: a caller that finds one running returns
+ * at once (coalesced). */
+static int64_t run_trim(ta_bind_skip_t *why) {
+  if (atomic_flag_test_and_set(&trim_busy)) {
+    atomic_fetch_add(&coalesced, 1);
+    *why = TA_SKIP_COALESCED;
+    return -1;
+  }
+  atomic_store(&trimming_now, 1);
+  gate_pass();
+  int64_t released = (int64_t)ta_bind_trim(); /* full: the rate limit bounds the churn */
+  atomic_store(&last_trim_ns, now_ns());
+  atomic_store(&trimming_now, 0);
+  atomic_store_explicit(&free_sample_at, 0, memory_order_release);
+  atomic_flag_clear(&trim_busy);
+  *why = TA_SKIP_NONE;
+  return released;
+}
+
+/* ---- deferred trims ----
+ * A hook's trim skipped because the last one is too recent would leave the
+ * memory of the last job or GC before an idle period in place for good (an
+ * idle worker runs no more hooks). So the skip schedules a trim for when it
+ * is due, run by one background thread of the binding's (started on first
+ * need; it holds neither the GIL nor the GVL). A fork child starts without
+ * it. */
+static pthread_mutex_t defer_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t defer_cv;
+static int defer_started, defer_running;
+static uint64_t defer_at_ns; /* 0: nothing scheduled */
+static int64_t defer_min_free;
+static _Atomic uint64_t deferred_trims;
+
+static void defer_child(void) {
+  pthread_mutex_init(&defer_mu, NULL);
+  defer_started = 0;
+  defer_at_ns = 0;
+}
+
+static int64_t trim_checked(double min_interval, int64_t min_free, ta_bind_skip_t *why);
+
+static void *defer_main(void *unused) {
+  (void)unused;
+  pthread_mutex_lock(&defer_mu);
+  for (;;) {
+    while (defer_at_ns == 0) pthread_cond_wait(&defer_cv, &defer_mu);
+    uint64_t at = defer_at_ns, now = now_ns();
+    if (now < at) {
+      /* the condvar waits on CLOCK_MONOTONIC, without the test offset */
+      uint64_t real = ta_bind_mono_ns() + (at - now);
+      struct timespec ts = {(time_t)(real / 1000000000u), (long)(real % 1000000000u)};
+      pthread_cond_timedwait(&defer_cv, &defer_mu, &ts);
+      continue;
+    }
+    int64_t min_free = defer_min_free;
+    defer_running = 1;
+    defer_at_ns = 0;
+    pthread_mutex_unlock(&defer_mu);
+    ta_bind_skip_t why;
+    if (trim_checked(0, min_free, &why) >= 0) atomic_fetch_add(&deferred_trims, 1);
+    pthread_mutex_lock(&defer_mu);
+    defer_running = 0;
+  }
+  return NULL;
+}
+
+static void defer_trim(uint64_t at, int64_t min_free) {
+  pthread_mutex_lock(&defer_mu);
+  if (!defer_started) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&defer_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    static int atfork_done;
+    if (!atfork_done) atfork_done = pthread_atfork(NULL, NULL, defer_child) == 0;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    defer_started = pthread_create(&t, &a, defer_main, NULL) == 0;
+    pthread_attr_destroy(&a);
+  }
+  if (defer_started && (defer_at_ns == 0 || at < defer_at_ns)) {
+    defer_at_ns = at;
+    defer_min_free = min_free;
+    pthread_cond_signal(&defer_cv);
+  } else if (defer_started && at == defer_at_ns && min_free < defer_min_free) {
+    defer_min_free = min_free; /* the least demanding of the requests for that moment */
+  }
+  pthread_mutex_unlock(&defer_mu);
+}
+
+void ta_bind_clock_advance(double seconds) {
+  if (!(seconds > 0)) return;
+  atomic_fetch_add(&clock_offset_ns, (uint64_t)(seconds * 1e9));
+  pthread_mutex_lock(&defer_mu);
+  if (defer_started) pthread_cond_signal(&defer_cv);
+  pthread_mutex_unlock(&defer_mu);
+}
+
+uint64_t ta_bind_deferred_trims(void) {
+  return atomic_load(&deferred_trims);
+}
+
+void ta_bind_policy_stats(ta_bind_policy_stats_t *out) {
+  pthread_mutex_lock(&defer_mu);
+  out->pending = defer_at_ns != 0 || defer_running;
+  pthread_mutex_unlock(&defer_mu);
+  out->busy = atomic_load(&trimming_now);
+  out->deferred = atomic_load(&deferred_trims);
+  out->coalesced = atomic_load(&coalesced);
+  out->free_reads = atomic_load(&free_reads);
+}
+
+/* The rate limit, then the free-bytes guard (min_free > 0): 1 when a trim
+ * should run now. min_free < 0: no guard (a count-triggered trim). When the
+ * free bytes cannot be measured at all, the guard lets the trim run: a hook
+ * must never go silent because of what the platform cannot tell. */
+static int due_checked(double min_interval, int64_t min_free, ta_bind_skip_t *why) {
+  uint64_t now = now_ns();
+  uint64_t last = atomic_load(&last_trim_ns);
+  uint64_t interval = min_interval > 0 ? (uint64_t)(min_interval * 1e9) : 0;
+  if (last != 0 && now - last < interval) {
+    defer_trim(last + interval, min_free); /* runs it when due */
+    *why = TA_SKIP_INTERVAL;
+    return 0;
+  }
+  if (min_free > 0) {
+    uint64_t free_bytes;
+    if (free_now(now, &free_bytes) && free_bytes < (uint64_t)min_free) {
+      *why = TA_SKIP_FREE;
+      return 0;
+    }
+  }
+  *why = TA_SKIP_NONE;
+  return 1;
+}
+
+static int64_t trim_checked(double min_interval, int64_t min_free, ta_bind_skip_t *why) {
+  return due_checked(min_interval, min_free, why) ? run_trim(why) : -1;
+}
+
+static int64_t clamp_free(uint64_t min_free) {
+  return min_free > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)min_free;
+}
+
+int ta_bind_due(double min_interval, uint64_t min_free, ta_bind_skip_t *why) {
+  ta_bind_skip_t w;
+  return due_checked(min_interval, clamp_free(min_free), why ? why : &w);
+}
+
+int64_t ta_bind_run_trim(ta_bind_skip_t *why) {
+  ta_bind_skip_t w;
+  return run_trim(why ? why : &w);
+}
+
+int64_t ta_bind_trim_if_due2(double min_interval, uint64_t min_free, ta_bind_skip_t *why) {
+  ta_bind_skip_t w;
+  return trim_checked(min_interval, clamp_free(min_free), why ? why : &w);
+}
+
+int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free) {
+  return ta_bind_trim_if_due2(min_interval, min_free, NULL);
+}
+
+/* ---- the trimmer: a hook's policy ---- */
+
+int ta_bind_trimmer_init(ta_bind_trimmer_t *t, uint64_t every, int64_t min_free, double min_interval) {
+  if (every == 0 && min_free < 0) return EINVAL;
+  if (!(min_interval >= 0) || isinf(min_interval)) return EINVAL;
+  t->every = every;
+  t->min_free = min_free;
+  t->min_interval = min_interval;
+  atomic_init(&t->events, 0);
+  atomic_init(&t->since, 0);
+  atomic_init(&t->trims, 0);
+  atomic_init(&t->trimmed_bytes, 0);
+  atomic_init(&t->skipped, 0);
+  atomic_init(&t->coalesced, 0);
+  return 0;
+}
+
+int ta_bind_trimmer_decide(ta_bind_trimmer_t *t, ta_bind_skip_t *why) {
+  ta_bind_skip_t w;
+  if (!why) why = &w;
+  atomic_fetch_add_explicit(&t->events, 1, memory_order_relaxed);
+  uint64_t since = atomic_fetch_add_explicit(&t->since, 1, memory_order_relaxed) + 1;
+  int by_count = t->every > 0 && since >= t->every;
+  int due;
+  if (!by_count && t->min_free < 0) {
+    *why = TA_SKIP_NOT_DUE;
+    due = 0;
+  } else {
+    /* a count-triggered trim needs no free-bytes guard; one skipped by the
+     * rate limit is tried again at the next event */
+    due = due_checked(t->min_interval, by_count ? -1 : t->min_free, why);
+  }
+  if (!due) atomic_fetch_add_explicit(&t->skipped, 1, memory_order_relaxed);
+  return due;
+}
+
+int64_t ta_bind_trimmer_run(ta_bind_trimmer_t *t, ta_bind_skip_t *why) {
+  ta_bind_skip_t w;
+  if (!why) why = &w;
+  int64_t released = run_trim(why);
+  if (released >= 0) {
+    atomic_store_explicit(&t->since, 0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&t->trims, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&t->trimmed_bytes, (uint64_t)released, memory_order_relaxed);
+  } else {
+    atomic_fetch_add_explicit(&t->skipped, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&t->coalesced, 1, memory_order_relaxed);
+  }
+  return released;
+}
+
+int64_t ta_bind_trimmer_event(ta_bind_trimmer_t *t, ta_bind_skip_t *why) {
+  ta_bind_skip_t w;
+  if (!why) why = &w;
+  return ta_bind_trimmer_decide(t, why) ? ta_bind_trimmer_run(t, why) : -1;
+}

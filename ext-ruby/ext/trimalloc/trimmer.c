@@ -1,0 +1,137 @@
+/* Trimalloc::Trimmer: one hook's trim policy (core/bind's ta_bind_trimmer_t)
+ * as a Ruby object. The Rack, Sidekiq and Puma integrations each hold one.
+ *
+ *   t = Trimalloc::Trimmer.new(every: 100, min_free: 64 << 20, min_interval: 1.0)
+ *   t.event   # -> bytes released, or nil when no trim ran
+ *   t.stats   # -> {events:, trims:, skipped:, coalesced:, trimmed_bytes:}
+ *
+ * every: nil or a positive Integer; min_free: nil or an Integer >= 0 (bytes);
+ * min_interval: seconds >= 0. The trim runs without the GVL. */
+#include <errno.h>
+#include <stdatomic.h>
+#include <ruby/thread.h>
+
+#include "trimalloc_ext.h"
+
+static VALUE cTrimmer;
+
+static size_t trimmer_memsize(const void *p) {
+  (void)p;
+  return sizeof(ta_bind_trimmer_t);
+}
+
+static const rb_data_type_t trimmer_type = {
+    "Trimalloc::Trimmer",
+    {NULL, RUBY_TYPED_DEFAULT_FREE, trimmer_memsize, NULL, {NULL}},
+    NULL,
+    NULL,
+    RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+static VALUE trimmer_alloc(VALUE klass) {
+  ta_bind_trimmer_t *t;
+  VALUE obj = TypedData_Make_Struct(klass, ta_bind_trimmer_t, &trimmer_type, t);
+  ta_bind_trimmer_init(t, 0, 0, 1.0);
+  return obj;
+}
+
+static ta_bind_trimmer_t *get(VALUE self) {
+  ta_bind_trimmer_t *t;
+  TypedData_Get_Struct(self, ta_bind_trimmer_t, &trimmer_type, t);
+  return t;
+}
+
+int64_t ta_rb_bytes_or_nil(VALUE v, const char *name) {
+  if (NIL_P(v)) return -1;
+  if (!RB_INTEGER_TYPE_P(v))
+    rb_raise(rb_eTypeError, "%s must be an Integer (bytes) or nil (given %" PRIsVALUE ")", name,
+             rb_inspect(v));
+  if (RTEST(rb_funcall(v, '<', 1, INT2FIX(0))))
+    rb_raise(rb_eArgError, "%s must be >= 0 (given %" PRIsVALUE ")", name, rb_inspect(v));
+  if (RB_TYPE_P(v, T_BIGNUM) && rb_big_cmp(v, LL2NUM(INT64_MAX)) == INT2FIX(1)) return INT64_MAX;
+  return (int64_t)NUM2LL(v);
+}
+
+/* Trimmer.new(every: nil, min_free: 0, min_interval: 1.0) */
+static VALUE trimmer_initialize(int argc, VALUE *argv, VALUE self) {
+  static ID kw[3];
+  VALUE opts = Qnil, vals[3] = {Qundef, Qundef, Qundef};
+  if (!kw[0]) {
+    kw[0] = rb_intern("every");
+    kw[1] = rb_intern("min_free");
+    kw[2] = rb_intern("min_interval");
+  }
+  rb_scan_args(argc, argv, ":", &opts);
+  if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 3, vals);
+  uint64_t every = 0;
+  int64_t min_free = 0;
+  double min_interval = 1.0;
+  if (vals[0] != Qundef && !NIL_P(vals[0])) {
+    if (!RB_INTEGER_TYPE_P(vals[0]) || !RTEST(rb_funcall(vals[0], '>', 1, INT2FIX(0))))
+      rb_raise(RB_INTEGER_TYPE_P(vals[0]) ? rb_eArgError : rb_eTypeError,
+               "every must be a positive Integer or nil (given %" PRIsVALUE ")", rb_inspect(vals[0]));
+    every = NUM2ULL(vals[0]);
+  }
+  if (vals[1] != Qundef) min_free = ta_rb_bytes_or_nil(vals[1], "min_free");
+  if (vals[2] != Qundef) min_interval = ta_rb_nonneg_double(vals[2], "min_interval");
+  if (ta_bind_trimmer_init(get(self), every, min_free, min_interval) != 0)
+    rb_raise(rb_eArgError, "every and min_free are both nil: nothing would ever trim");
+  return self;
+}
+
+struct run_args {
+  ta_bind_trimmer_t *t;
+  int64_t released;
+};
+
+static void *run_nogvl(void *p) {
+  struct run_args *a = p;
+  a->released = ta_bind_trimmer_run(a->t, NULL);
+  return NULL;
+}
+
+/* #event -> bytes released, or nil. The decision is taken with the GVL (a
+ * few atomics, at most one clock read); only a trim releases it. */
+static VALUE trimmer_event(VALUE self) {
+  struct run_args a = {get(self), -1};
+  if (ta_bind_trimmer_decide(a.t, NULL)) rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
+  return a.released < 0 ? Qnil : LL2NUM(a.released);
+}
+
+#define SYM(s) ID2SYM(rb_intern(s))
+
+static VALUE trimmer_stats(VALUE self) {
+  ta_bind_trimmer_t *t = get(self);
+  VALUE h = rb_hash_new();
+  rb_hash_aset(h, SYM("events"), ULL2NUM(atomic_load(&t->events)));
+  rb_hash_aset(h, SYM("trims"), ULL2NUM(atomic_load(&t->trims)));
+  rb_hash_aset(h, SYM("skipped"), ULL2NUM(atomic_load(&t->skipped)));
+  rb_hash_aset(h, SYM("coalesced"), ULL2NUM(atomic_load(&t->coalesced)));
+  rb_hash_aset(h, SYM("trimmed_bytes"), ULL2NUM(atomic_load(&t->trimmed_bytes)));
+  return h;
+}
+
+static VALUE trimmer_every(VALUE self) {
+  ta_bind_trimmer_t *t = get(self);
+  return t->every ? ULL2NUM(t->every) : Qnil;
+}
+
+static VALUE trimmer_min_free(VALUE self) {
+  ta_bind_trimmer_t *t = get(self);
+  return t->min_free < 0 ? Qnil : LL2NUM(t->min_free);
+}
+
+static VALUE trimmer_min_interval(VALUE self) {
+  return DBL2NUM(get(self)->min_interval);
+}
+
+void ta_rb_init_trimmer(void) {
+  cTrimmer = rb_define_class_under(ta_rb_mTrimalloc, "Trimmer", rb_cObject);
+  rb_define_alloc_func(cTrimmer, trimmer_alloc);
+  rb_define_method(cTrimmer, "initialize", trimmer_initialize, -1);
+  rb_define_method(cTrimmer, "event", trimmer_event, 0);
+  rb_define_method(cTrimmer, "stats", trimmer_stats, 0);
+  rb_define_method(cTrimmer, "every", trimmer_every, 0);
+  rb_define_method(cTrimmer, "min_free", trimmer_min_free, 0);
+  rb_define_method(cTrimmer, "min_interval", trimmer_min_interval, 0);
+}

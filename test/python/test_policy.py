@@ -1,0 +1,177 @@
+"""The trim policy every hook shares (core/bind's trimmer), under the same
+behaviour names as test/ruby/policy_test.rb. Nothing here depends on the
+machine's speed: the rate limit's clock is moved by the test, and the
+interpreter-lock tests use a gate the trim waits at."""
+import json
+import threading
+import time
+
+import pytest
+
+import trimalloc
+import trimalloc.celery
+import trimalloc.gunicorn
+from trimalloc import _trimalloc
+from trimalloc.wsgi import RequestTrimmer, TrimMiddleware
+from conftest import fresh_rate_limit, run_py
+
+HOUR = 3600
+
+
+fresh = fresh_rate_limit
+
+
+def test_trims_every_n_events():
+    fresh()
+    t = _trimalloc.Trimmer(every=3, min_free=None, min_interval=0)
+    got = [t.event() is not None for _ in range(7)]
+    assert got == [False, False, True, False, False, True, False]
+    assert t.stats()["events"] == 7 and t.stats()["trims"] == 2
+
+
+def test_min_free_decides():
+    fresh()
+    some = _trimalloc.Trimmer(every=None, min_free=1, min_interval=0)
+    assert some.event() is not None  # an interpreter always holds a free byte
+    never = _trimalloc.Trimmer(every=None, min_free=1 << 60, min_interval=0)
+    assert [never.event() for _ in range(3)] == [None] * 3
+    always = _trimalloc.Trimmer(every=None, min_free=0, min_interval=0)  # a job hook's default
+    assert always.event() is not None
+
+
+def test_skipped_count_trim_is_retried_on_next_event():
+    fresh()
+    t = _trimalloc.Trimmer(every=2, min_free=None, min_interval=HOUR)
+    assert _trimalloc.trim_if_due(0) is not None  # a trim just ran elsewhere
+    assert [t.event(), t.event(), t.event()] == [None, None, None]  # due at 2, held by the limit
+    fresh()
+    assert t.event() is not None  # the 4th event: still due, now allowed
+    assert t.stats()["trims"] == 1
+
+
+def test_rate_limit_is_shared_by_every_hook():
+    fresh()
+    a = _trimalloc.Trimmer(min_interval=HOUR)
+    b = _trimalloc.Trimmer(min_interval=HOUR)
+    assert a.event() is not None
+    assert b.event() is None and _trimalloc.trim_if_due(HOUR) is None
+    fresh()
+    assert b.event() is not None
+
+
+def gated_trim_in_thread(trim):
+    """Arms the gate, runs trim() in a thread until it waits at the gate."""
+    out = {}
+    _trimalloc._test_gate(True)
+    th = threading.Thread(target=lambda: out.setdefault("released", trim()))
+    th.start()
+    deadline = time.monotonic() + 60
+    while _trimalloc._test_gate_state() != 2 and time.monotonic() < deadline:
+        time.sleep(0.005)  # runs only if the trimming thread released the GIL
+    return th, out
+
+
+def test_trim_runs_without_the_interpreter_lock():
+    fresh()
+    t = _trimalloc.Trimmer(min_interval=0)
+    th, out = gated_trim_in_thread(t.event)
+    state = _trimalloc._test_gate_state()
+    _trimalloc._test_gate_open()
+    th.join(60)
+    assert state == 2, "this thread ran while the other one trimmed"
+    assert _trimalloc._test_gate_state() == 3 and out["released"] is not None
+    _trimalloc._test_gate(False)
+
+
+def test_trim_requested_during_a_trim_is_coalesced():
+    fresh()
+    t = _trimalloc.Trimmer(min_interval=0)
+    other = _trimalloc.Trimmer(min_interval=0)
+    before = _trimalloc.policy_stats()["coalesced"]
+    th, out = gated_trim_in_thread(t.event)
+    assert _trimalloc._test_gate_state() == 2
+    assert other.event() is None  # returns at once: folded into the running trim
+    _trimalloc._test_gate_open()
+    th.join(60)
+    _trimalloc._test_gate(False)
+    assert other.stats()["coalesced"] == 1 and out["released"] is not None
+    assert _trimalloc.policy_stats()["coalesced"] == before + 1
+
+
+def test_free_figure_is_sampled_not_read_per_event():
+    fresh()
+    t = _trimalloc.Trimmer(every=None, min_free=1 << 60, min_interval=0)
+    r0 = _trimalloc.policy_stats()["free_reads"]
+    t0 = time.monotonic_ns()
+    for _ in range(2000):
+        t.event()
+    elapsed = time.monotonic_ns() - t0
+    reads = _trimalloc.policy_stats()["free_reads"] - r0
+    assert 1 <= reads <= elapsed // 10_000_000 + 2, (reads, elapsed)  # at most one per 10 ms
+
+
+OLD_GLIBC = r'''
+import json
+from trimalloc import _trimalloc
+t = _trimalloc.Trimmer(every=None, min_free=1, min_interval=0)
+print(json.dumps({"source": _trimalloc.free_source(), "free": _trimalloc.free_bytes(),
+                  "fired": t.event() is not None}))
+'''
+
+
+@pytest.mark.parametrize("old, source", [("1", "mallinfo"), ("2", "unknown")])
+def test_hooks_fire_on_old_glibc(old, source):
+    r = json.loads(run_py(OLD_GLIBC, TRIMALLOC_TEST_OLD_GLIBC=old).stdout)
+    assert r["source"] == source
+    assert r["fired"], r  # a threshold that cannot be read never silences the hook
+
+
+def test_defaults_match_the_other_language():
+    # The same table as test/ruby/policy_test.rb.
+    requests = {"every": 100, "min_free": 64 << 20, "min_interval": 1.0}
+    jobs = {"every": None, "min_free": 0, "min_interval": 1.0}
+    w = TrimMiddleware(lambda e, s: [])
+    g = trimalloc.gunicorn.post_request.trimmer
+    for hook in (w, g):
+        assert {"every": hook.every, "min_free": hook.min_free,
+                "min_interval": hook.min_interval} == requests
+    trimalloc.celery.install()
+    try:
+        c = trimalloc.celery._settings["trimmer"]
+        assert {"every": c.every, "min_free": c.min_free, "min_interval": c.min_interval} == jobs
+    finally:
+        trimalloc.celery.uninstall()
+    t = _trimalloc.Trimmer()
+    assert (t.every, t.min_free, t.min_interval) == (None, 0, 1.0)
+
+
+def test_old_option_names_warn_once():
+    with pytest.warns(DeprecationWarning, match="free_threshold is deprecated, use min_free"):
+        w = TrimMiddleware(lambda e, s: [], free_threshold=1 << 20)
+    assert w.min_free == 1 << 20
+    with pytest.warns(DeprecationWarning, match="free_threshold"):
+        hook = trimalloc.gunicorn.make_post_request(free_threshold=5)
+    assert hook.trimmer.min_free == 5
+    with pytest.warns(DeprecationWarning, match="min_freed is deprecated, use min_free"):
+        trimalloc.celery.install(min_freed=7)
+    try:
+        assert trimalloc.celery._settings["trimmer"].min_free == 7
+    finally:
+        trimalloc.celery.uninstall()
+    with pytest.raises(TypeError, match="not both"):
+        RequestTrimmer(min_free=1, free_threshold=2)
+
+
+def test_wrong_arguments_name_the_value():
+    with pytest.raises(ValueError, match="both None"):
+        _trimalloc.Trimmer(every=None, min_free=None)
+    with pytest.raises(ValueError, match="0"):
+        _trimalloc.Trimmer(every=0)
+    with pytest.raises(TypeError, match="'3'"):
+        _trimalloc.Trimmer(every="3")
+    with pytest.raises(ValueError, match="-1"):
+        _trimalloc.Trimmer(min_free=-1)
+    with pytest.raises(TypeError, match="1.5"):
+        _trimalloc.Trimmer(min_free=1.5)
+    with pytest.raises(ValueError, match="-2"):
+        _trimalloc.Trimmer(min_interval=-2)

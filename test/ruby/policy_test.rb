@@ -1,0 +1,171 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+require "trimalloc/rack"
+require "trimalloc/sidekiq"
+
+# The trim policy every hook shares (core/bind's trimmer), under the same
+# behaviour names as test/python/test_policy.py. Nothing here depends on the
+# machine's speed: the rate limit's clock is moved by the test, and the GVL
+# tests use a gate the trim waits at.
+class PolicyTest < Minitest::Test
+  include TrimallocTest
+
+  HOUR = 3600
+
+  def clock(seconds)
+    Trimalloc.send(:advance_clock, seconds)
+  end
+
+  def wait_for(timeout: 60)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    until yield
+      flunk "timed out" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      sleep 0.005
+    end
+  end
+
+  def fresh
+    fresh_rate_limit
+  end
+
+  def test_trims_every_n_events
+    fresh
+    t = Trimalloc::Trimmer.new(every: 3, min_free: nil, min_interval: 0)
+    got = Array.new(7) { !t.event.nil? }
+    assert_equal [false, false, true, false, false, true, false], got
+    assert_equal 7, t.stats[:events]
+    assert_equal 2, t.stats[:trims]
+  end
+
+  def test_min_free_decides
+    fresh
+    assert Trimalloc::Trimmer.new(every: nil, min_free: 1, min_interval: 0).event
+    never = Trimalloc::Trimmer.new(every: nil, min_free: 1 << 60, min_interval: 0)
+    assert_equal [nil, nil, nil], Array.new(3) { never.event }
+    assert Trimalloc::Trimmer.new(every: nil, min_free: 0, min_interval: 0).event, "a job hook's default"
+  end
+
+  def test_skipped_count_trim_is_retried_on_next_event
+    fresh
+    t = Trimalloc::Trimmer.new(every: 2, min_free: nil, min_interval: HOUR)
+    assert Trimalloc.trim_if_due(min_interval: 0), "a trim just ran elsewhere"
+    assert_equal [nil, nil, nil], Array.new(3) { t.event }, "due at 2, held by the limit"
+    fresh
+    assert t.event, "the 4th event: still due, now allowed"
+    assert_equal 1, t.stats[:trims]
+  end
+
+  def test_rate_limit_is_shared_by_every_hook
+    fresh
+    a = Trimalloc::Trimmer.new(min_interval: HOUR)
+    b = Trimalloc::Trimmer.new(min_interval: HOUR)
+    assert a.event
+    assert_nil b.event
+    assert_nil Trimalloc.trim_if_due(min_interval: HOUR)
+    fresh
+    assert b.event
+  end
+
+  # Arms the gate and starts `trim` in a thread; returns once it waits there.
+  def gated_trim_in_thread(&trim)
+    Trimalloc.send(:test_gate, true)
+    th = Thread.new(&trim)
+    wait_for { Trimalloc.send(:test_gate_state) == 2 } # runs only if the trimmer let go of the GVL
+    th
+  end
+
+  def test_trim_runs_without_the_interpreter_lock
+    fresh
+    t = Trimalloc::Trimmer.new(min_interval: 0)
+    th = gated_trim_in_thread { t.event }
+    state = Trimalloc.send(:test_gate_state)
+    Trimalloc.send(:test_gate_open)
+    released = th.value
+    Trimalloc.send(:test_gate, false)
+    assert_equal 2, state, "this thread ran while the other one trimmed"
+    refute_nil released
+  end
+
+  def test_trim_requested_during_a_trim_is_coalesced
+    fresh
+    t = Trimalloc::Trimmer.new(min_interval: 0)
+    other = Trimalloc::Trimmer.new(min_interval: 0)
+    before = Trimalloc.policy_stats[:coalesced]
+    th = gated_trim_in_thread { t.event }
+    assert_nil other.event, "returns at once: folded into the running trim"
+    Trimalloc.send(:test_gate_open)
+    released = th.value
+    Trimalloc.send(:test_gate, false)
+    assert_equal 1, other.stats[:coalesced]
+    refute_nil released
+    assert_equal before + 1, Trimalloc.policy_stats[:coalesced]
+  end
+
+  def test_free_figure_is_sampled_not_read_per_event
+    fresh
+    t = Trimalloc::Trimmer.new(every: nil, min_free: 1 << 60, min_interval: 0)
+    r0 = Trimalloc.policy_stats[:free_reads]
+    t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond)
+    2000.times { t.event }
+    elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond) - t0
+    reads = Trimalloc.policy_stats[:free_reads] - r0
+    assert_includes 1..(elapsed / 10_000_000 + 2), reads, "at most one read per 10 ms (#{elapsed} ns)"
+  end
+
+  OLD_GLIBC = <<~RUBY
+    require "trimalloc"
+    t = Trimalloc::Trimmer.new(every: nil, min_free: 1, min_interval: 0)
+    puts JSON.generate(source: Trimalloc.free_source, fired: !t.event.nil?)
+  RUBY
+
+  def test_hooks_fire_on_old_glibc
+    { "1" => "mallinfo", "2" => "unknown" }.each do |old, source|
+      r = ruby_json(OLD_GLIBC, env: { "TRIMALLOC_TEST_OLD_GLIBC" => old })
+      assert_equal source, r[:source]
+      assert r[:fired], "a threshold that cannot be read never silences the hook: #{r}"
+    end
+  end
+
+  def test_defaults_match_the_other_language
+    # The same table as test/python/test_policy.py.
+    requests = { every: 100, min_free: 64 << 20, min_interval: 1.0 }
+    jobs = { every: nil, min_free: 0, min_interval: 1.0 }
+    settings = ->(t) { { every: t.every, min_free: t.min_free, min_interval: t.min_interval } }
+    assert_equal requests, settings.call(Trimalloc::Rack.new(->(_) {}).trimmer)
+    assert_equal jobs, settings.call(Trimalloc::Sidekiq.new.trimmer)
+    assert_equal jobs, settings.call(Trimalloc::Trimmer.new)
+    require "puma"
+    require "puma/plugin/trimalloc"
+    assert_equal jobs, Trimalloc::Puma::DEFAULTS
+  end
+
+  def test_old_option_names_warn_once
+    out, err, st = run_ruby(<<~RUBY)
+      require "puma"
+      require "puma/plugin/trimalloc"
+      Trimalloc::PUMA_OPTIONS[:min_interval] = 7.0
+      t = Trimalloc::Puma.trimmer({ min_free: 5 })
+      Trimalloc::Puma.reset!
+      Trimalloc::Puma.trimmer(nil)
+      print t.min_interval, " ", t.min_free
+    RUBY
+    assert st.success?, err
+    assert_equal "7.0 5", out
+    assert_equal 1, err.scan(/PUMA_OPTIONS is deprecated, use the `trimalloc` line/).size, err
+  end
+
+  def test_wrong_arguments_name_the_value
+    e = assert_raises(ArgumentError) { Trimalloc::Trimmer.new(every: nil, min_free: nil) }
+    assert_match(/both nil/, e.message)
+    assert_raises(ArgumentError) { Trimalloc::Trimmer.new(every: 0) }
+    e = assert_raises(TypeError) { Trimalloc::Trimmer.new(every: "3") }
+    assert_match(/"3"/, e.message)
+    e = assert_raises(ArgumentError) { Trimalloc::Trimmer.new(min_free: -1) }
+    assert_match(/-1/, e.message)
+    assert_raises(TypeError) { Trimalloc::Trimmer.new(min_free: 1.5) }
+    assert_raises(ArgumentError) { Trimalloc::Trimmer.new(min_interval: -2) }
+    assert_raises(ArgumentError) { Trimalloc::Trimmer.new(bogus: 1) }
+    assert_raises(ArgumentError) { Trimalloc::Sidekiq.new(bogus: 1) }
+  end
+end

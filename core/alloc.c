@@ -10,6 +10,12 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
   ta_error("malloc: heap corruption (double free or write after free) of block", b);
 }
 
+/* An empty thread-cache bin (and a thread's first call: its cache is made). */
+static __attribute__((noinline)) void *malloc_refill(ta_tcache_t *tc, size_t cls) {
+  ta_process_init();
+  return ta_tcache_refill(tc, cls);
+}
+
 /* Beyond the size classes: up to 2 MiB from a page heap, above that a
  * mapping of its own. */
 static __attribute__((noinline)) void *malloc_big(size_t n) {
@@ -38,7 +44,7 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
     ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - tb->bsize);
     return b;
   }
-  return ta_tcache_refill(tc, cls);
+  return malloc_refill(tc, cls);
 }
 
 /* A block of class cls exactly (aligned allocation picks the class). */
@@ -60,17 +66,18 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
   case TA_SPAN_HUGE:
     if ((uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error("free: invalid pointer", p);
     ta_huge_free(s);
-    return;
+    break;
   case TA_SPAN_LARGE:
     ta_large_free(sp, p);
-    return;
+    break;
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
-    ta_arena_free1(sp, p); /* a class the thread caches do not hold */
-    return;
+    ta_arena_free1(sp, p); /* a thread without a cache (exiting, or tcache_bytes 0) */
+    break;
   default:
     ta_error("free: invalid pointer (not allocated)", p);
   }
+  ta_purge_kick(); /* something may be left to purge */
 }
 
 /* Fast path budget: a segment-map bit test, the span descriptor's class and
@@ -160,12 +167,36 @@ TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
   return trimalloc_realloc(p, total);
 }
 
+/* trimalloc_trim: flush the caller's cache, ask the other threads to flush
+ * theirs at their next slow path, then return everything free now. */
+static size_t trim(bool all) {
+  uint64_t t0 = ta_prim_clock_ns();
+  ta_process_init();
+  ta_tcache_flush_all(ta_tls_tcache);
+  ta_tcache_ask_flush();
+  return ta_purge_trim(all, t0);
+}
+
+TRIMALLOC_API size_t trimalloc_trim(void) {
+  return trim(true);
+}
+
+TRIMALLOC_API size_t trimalloc_trim_idle(void) {
+  return trim(false);
+}
+
+TRIMALLOC_API int trimalloc_malloc_trim(size_t pad) {
+  (void)pad;
+  return trimalloc_trim() > 0;
+}
+
 TA_ALIAS(malloc, trimalloc_malloc)
 TA_ALIAS(calloc, trimalloc_calloc)
 TA_ALIAS(realloc, trimalloc_realloc)
 TA_ALIAS(reallocarray, trimalloc_reallocarray)
 TA_ALIAS(free, trimalloc_free)
 TA_ALIAS(malloc_usable_size, trimalloc_malloc_usable_size)
+TA_ALIAS(malloc_trim, trimalloc_malloc_trim)
 /* glibc's internal names, which some programs and libraries call directly. */
 TA_ALIAS(__libc_malloc, trimalloc_malloc)
 TA_ALIAS(__libc_calloc, trimalloc_calloc)

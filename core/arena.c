@@ -170,7 +170,6 @@ void ta_arena_flush(ta_block_t *b, size_t cls) {
     ta_unlock(&bin->lock);
     ta_pagedelta_apply(a, &d);
   }
-  ta_purge_kick();
 }
 
 void *ta_arena_alloc1(size_t cls) {
@@ -193,7 +192,6 @@ void ta_arena_free1(ta_span_t *sp, void *p) {
   put_block(a, bin, sp, p, sp->cls, ta_prim_clock_ms(), &d);
   ta_unlock(&bin->lock);
   ta_pagedelta_apply(a, &d);
-  ta_purge_kick();
 }
 
 /* Free OS pages inside slabs first, then free spans (see internal.h). */

@@ -168,7 +168,6 @@ void ta_huge_free(ta_segment_t *s) {
   ta_segmap_set(s, false);
   s->spans[0].kind = TA_SPAN_FREE; /* a stale pointer into the cache is not a block */
   if (!cache_put(s)) ta_prim_unmap(s, s->map_size);
-  else ta_purge_kick();
 }
 
 void *ta_huge_realloc(ta_segment_t *s, size_t size) {

@@ -1,11 +1,10 @@
-/* Process start (lazily on the first slow path, or from the constructor),
- * error reporting without allocating, and the stats line at exit. */
+/* Process start (lazily on the first slow path, or from the constructor) and
+ * fork. */
 #include "internal.h"
 
 #include <stdlib.h>
 
 _Atomic int ta_initialized;
-pthread_key_t ta_tcache_key;
 static ta_lock_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread int in_init __attribute__((tls_model("initial-exec")));
 
@@ -41,9 +40,9 @@ void ta_process_init(void) {
     ta_ospage_shift = (size_t)__builtin_ctzll(ps < 4096 ? 4096 : ps);
     if (ps > TA_SLICE_SIZE) ta_say("warning: OS pages over 64 KiB are not supported", "", "", "", "");
     ta_size_init();
-    ta_cookie = (uintptr_t)ta_prim_random();
+    ta_cookie = (uintptr_t)ta_prim_random(); /* slab.c sets it in blocks, tcache.c and alloc.c check it */
     ta_options_init();
-    pthread_key_create(&ta_tcache_key, ta_tcache_thread_done);
+    ta_tcache_init();
     atomic_store_explicit(&ta_initialized, 1, memory_order_release);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (ta_opt(TA_OPT_VERBOSE)) {
@@ -62,6 +61,11 @@ __attribute__((constructor)) static void ta_constructor(void) {
   ta_process_init();
 }
 
+TRIMALLOC_API const char *trimalloc_version(void) {
+  return TRIMALLOC_VERSION;
+}
+
+/* TRIMALLOC_SHOW_STATS=1: the stats as one JSON line on stderr at exit. */
 __attribute__((destructor)) static void ta_destructor(void) {
   if (!ta_opt(TA_OPT_SHOW_STATS)) return;
   static char buf[4096];
@@ -70,44 +74,4 @@ __attribute__((destructor)) static void ta_destructor(void) {
   ta_prim_write_err("trimalloc: stats ", 17);
   ta_prim_write_err(buf, n);
   ta_prim_write_err("\n", 1);
-}
-
-size_t ta_fmt_u64(char *buf, uint64_t v) {
-  char tmp[24];
-  size_t n = 0;
-  do tmp[n++] = (char)('0' + v % 10);
-  while ((v /= 10) != 0);
-  for (size_t i = 0; i < n; i++) buf[i] = tmp[n - 1 - i];
-  return n;
-}
-
-/* "trimalloc: " a b c d e, on one line. */
-void ta_say(const char *a, const char *b, const char *c, const char *d, const char *e) {
-  char line[512];
-  size_t len = 0;
-  const char *parts[] = {"trimalloc: ", a, b, c, d, e, "\n"};
-  for (size_t k = 0; k < 7; k++)
-    for (const char *s = parts[k]; *s && len < sizeof line; s++) line[len++] = *s;
-  ta_prim_write_err(line, len);
-}
-
-/* One line, `trimalloc: error: <what> 0x...`, then abort (as glibc does):
- * carrying on after heap misuse corrupts data silently. */
-void ta_error(const char *what, const void *p) {
-  char line[256], hex[19] = "0x";
-  uintptr_t v = (uintptr_t)p;
-  int digits = 1;
-  while (digits < 16 && (v >> (4 * digits))) digits++;
-  for (int i = 0; i < digits; i++) hex[2 + i] = "0123456789abcdef"[(v >> (4 * (digits - 1 - i))) & 15];
-  hex[2 + digits] = 0;
-  size_t len = 0;
-  const char *parts[] = {"trimalloc: error: ", what, " ", hex, "\n"};
-  for (size_t k = 0; k < 5; k++)
-    for (const char *s = parts[k]; *s && len < sizeof line; s++) line[len++] = *s;
-  ta_prim_write_err(line, len);
-  abort();
-}
-
-TRIMALLOC_API const char *trimalloc_version(void) {
-  return TRIMALLOC_VERSION;
 }

@@ -1,6 +1,7 @@
 /* trimalloc: cross-file internals, grouped under the file that defines them.
- * Calls go one way: alloc -> tcache -> arena -> slab -> span -> segment -> prim,
- * with purge, huge, stats, options and init beside them. */
+ * Calls go one way, down this list: the entry points (alloc, align, check),
+ * init, stats, tcache, purge, huge, arena, slab, span, segment, delay, size,
+ * options, error, prim. */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
 
@@ -96,6 +97,9 @@ TA_HIDDEN void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *
 TA_HIDDEN void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d);
 /* Returns the dirty OS pages among [first, first + n) to the OS; bytes released. */
 TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
+TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */
+TA_HIDDEN uint64_t ta_active_peak(void);
+TA_HIDDEN extern _Atomic uint64_t ta_meta_bytes; /* mappings of the allocator's own */
 TA_HIDDEN size_t ta_pages_unpurged(ta_segment_t *s, size_t first, size_t n);
 TA_HIDDEN bool ta_segment_is_valid(ta_segment_t *s);
 static inline size_t ta_span_first_page(const ta_span_t *sp) {
@@ -113,6 +117,7 @@ TA_HIDDEN void *ta_large_alloc(ta_arena_t *a, size_t size);
 TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
 
 /* ---- slab.c: blocks of one class in a span, the free bitmap -------------- */
+TA_HIDDEN extern uintptr_t ta_cookie; /* in the second word of a block in a thread cache */
 TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls);                     /* bin lock */
 TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN bool ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bin lock; false: not handed out */
@@ -147,18 +152,17 @@ TA_HIDDEN extern _Atomic uint32_t ta_flush_epoch;
 TA_HIDDEN void *ta_tcache_refill(ta_tcache_t *tc, size_t cls); /* empty bin: refill and pop */
 TA_HIDDEN void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p); /* bin or bound full */
 TA_HIDDEN void ta_tcache_flush_all(ta_tcache_t *tc);
+TA_HIDDEN void ta_tcache_ask_flush(void); /* every thread flushes at its next slow path */
+TA_HIDDEN void ta_tcache_init(void);
 TA_HIDDEN void ta_tcache_thread_done(void *tc);
 TA_HIDDEN void ta_tcaches_stats(uint64_t *held, uint64_t *count, uint64_t *meta);
 TA_HIDDEN void ta_tcaches_fork_prepare(void);
 TA_HIDDEN void ta_tcaches_fork_parent(void);
 TA_HIDDEN void ta_tcaches_fork_child(void);
 TA_HIDDEN bool ta_tcache_is_valid(ta_tcache_t *tc);
-TA_HIDDEN extern uintptr_t ta_cookie;
 
-/* ---- purge.c: hysteresis, trim, the background purger -------------------- */
-TA_HIDDEN uint64_t ta_delay_get(ta_delay_t *d, uint64_t now_ms);
-TA_HIDDEN void ta_delay_released(ta_delay_t *d, uint64_t now_ms);
-TA_HIDDEN void ta_delay_refault(ta_delay_t *d, uint64_t now_ms);
+/* ---- purge.c: purging the arenas, the background purger ------------------- */
+TA_HIDDEN size_t ta_purge_trim(bool all, uint64_t t0_ns); /* bytes; counts the trim */
 TA_HIDDEN void ta_purge_kick(void);         /* something is left to purge (slow paths only) */
 TA_HIDDEN void ta_purge_on_activity(void);  /* the allocator's own purge when no purger runs */
 TA_HIDDEN int ta_purger_running(void);
@@ -166,6 +170,11 @@ TA_HIDDEN void ta_purge_fork_prepare(void);
 TA_HIDDEN void ta_purge_fork_parent(void);
 TA_HIDDEN void ta_purge_fork_child(void);
 TA_HIDDEN extern _Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
+
+/* ---- delay.c: purge hysteresis (a leaf) ----------------------------------- */
+TA_HIDDEN uint64_t ta_delay_get(ta_delay_t *d, uint64_t now_ms);    /* the owner's lock */
+TA_HIDDEN void ta_delay_released(ta_delay_t *d, uint64_t now_ms);   /* the owner's lock */
+TA_HIDDEN void ta_delay_refault(ta_delay_t *d, uint64_t now_ms);    /* any thread; now 0: the clock */
 
 /* ---- huge.c: blocks with their own mapping ------------------------------- */
 TA_HIDDEN void *ta_huge_alloc(size_t size, size_t align, bool zero);
@@ -180,10 +189,6 @@ TA_HIDDEN extern _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, 
 /* ---- alloc.c: the entry points -------------------------------------------- */
 TA_HIDDEN void *ta_malloc_class(size_t cls);
 TA_HIDDEN size_t ta_usable_size(const void *p, const char *what);
-
-/* ---- stats.c ------------------------------------------------------------- */
-TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */
-TA_HIDDEN extern _Atomic uint64_t ta_meta_bytes;
 
 /* ---- options.c ----------------------------------------------------------- */
 typedef enum {
@@ -201,10 +206,11 @@ static inline long long ta_opt(ta_opt_t o) { return ta_relaxed_load(&ta_options[
 TA_HIDDEN void ta_options_init(void);
 TA_HIDDEN size_t ta_options_format(char *buf, size_t size);
 
-/* ---- init.c: process start, fork, errors, exit ---------------------------- */
+/* ---- init.c: process start, fork ------------------------------------------ */
 TA_HIDDEN void ta_process_init(void);
 TA_HIDDEN extern _Atomic int ta_initialized;
-TA_HIDDEN extern pthread_key_t ta_tcache_key;
+
+/* ---- error.c: messages without allocating (a leaf) ------------------------ */
 TA_HIDDEN __attribute__((noreturn, cold)) void ta_error(const char *what, const void *p);
 TA_HIDDEN void ta_say(const char *a, const char *b, const char *c, const char *d, const char *e); /* one line */
 TA_HIDDEN size_t ta_fmt_u64(char *buf, uint64_t v); /* decimal, no allocation */

@@ -1,10 +1,8 @@
-/* Returning memory: the purge hysteresis, trim, and the background purger.
+/* Returning memory: purging the arenas, and the background purger.
  *
  * Free OS pages (inside slabs and in free spans) are purged once idle for the
- * arena's delay, purge_delay_ms to start with. Taking purged memory back soon
- * after a purge doubles the delay (up to 10x the option, at most 1 s), a calm
- * period halves it again: memory faulted straight back in costs more than it
- * saves (a fault is ~12 us per 4 KiB page on the machines this was measured on).
+ * arena's delay (delay.c: purge_delay_ms to start with, lengthened when
+ * purged memory is faulted straight back in).
  *
  * The background purger is one thread, started lazily the first time at least
  * TA_PURGER_START of free resident memory is left (so a short program that
@@ -20,36 +18,6 @@
 
 _Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
 
-/* ---- hysteresis ---- */
-static uint64_t delay_cap(uint64_t base) {
-  uint64_t cap = base * 10;
-  if (cap > 1000) cap = base > 1000 ? base : 1000;
-  return cap;
-}
-
-uint64_t ta_delay_get(ta_delay_t *d, uint64_t now) {
-  uint64_t base = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS);
-  if (d->delay_ms < base || d->delay_ms > delay_cap(base)) d->delay_ms = base;
-  uint64_t r = ta_relaxed_load(&d->refault_ms);
-  if (d->released_ms && r >= d->released_ms && r - d->released_ms <= 2 * d->delay_ms) {
-    uint64_t next = d->delay_ms * 2, cap = delay_cap(base);
-    d->delay_ms = next > cap ? cap : next;
-    d->grown_ms = now;
-    d->released_ms = 0; /* one release, one lengthening */
-  } else if (d->delay_ms > base && now - d->grown_ms > 4 * d->delay_ms) {
-    d->delay_ms = d->delay_ms / 2 > base ? d->delay_ms / 2 : base;
-    d->grown_ms = now;
-  }
-  return d->delay_ms;
-}
-
-void ta_delay_released(ta_delay_t *d, uint64_t now) {
-  d->released_ms = now;
-}
-
-void ta_delay_refault(ta_delay_t *d, uint64_t now) {
-  ta_relaxed_store(&d->refault_ms, now ? now : ta_prim_clock_ms());
-}
 
 /* ---- purging ---- */
 static uint64_t dirty_bytes(void) {
@@ -182,7 +150,7 @@ void ta_purge_kick(void) {
     }
     return;
   }
-  if (st != PURGER_OFF || !ta_opt(TA_OPT_BACKGROUND) || !ta_relaxed_load(&ta_initialized)) return;
+  if (st != PURGER_OFF || !ta_opt(TA_OPT_BACKGROUND)) return;
   if (dirty_bytes() + ta_relaxed_load(&ta_huge_cached) < TA_PURGER_START) return;
   purger_start();
 }
@@ -215,30 +183,12 @@ void ta_purge_fork_child(void) {
   ta_unlock(&purger_lock);
 }
 
-/* ---- trim ---- */
-static size_t trim(bool all) {
-  uint64_t t0 = ta_prim_clock_ns();
-  ta_process_init();
-  ta_tcache_t *tc = ta_tls_tcache;
-  if (tc->state == TA_TC_LIVE) ta_tcache_flush_all(tc);
-  ta_relaxed_add(&ta_flush_epoch, 1); /* the others flush at their next slow path */
+/* The purge half of a trim (alloc.c flushes the caller's cache first):
+ * everything free now (all) or only what has been free for the delay. */
+size_t ta_purge_trim(bool all, uint64_t t0_ns) {
   size_t bytes = purge_arenas(ta_prim_clock_ms(), all);
   ta_relaxed_add(&ta_trims, 1);
   ta_relaxed_add(&ta_trimmed_bytes, bytes);
-  ta_relaxed_add(&ta_trim_ns, ta_prim_clock_ns() - t0);
+  ta_relaxed_add(&ta_trim_ns, ta_prim_clock_ns() - t0_ns);
   return bytes;
 }
-
-TRIMALLOC_API size_t trimalloc_trim(void) {
-  return trim(true);
-}
-
-TRIMALLOC_API size_t trimalloc_trim_idle(void) {
-  return trim(false);
-}
-
-TRIMALLOC_API int trimalloc_malloc_trim(size_t pad) {
-  (void)pad;
-  return trimalloc_trim() > 0;
-}
-TA_ALIAS(malloc_trim, trimalloc_malloc_trim)

@@ -9,6 +9,24 @@
 _Atomic uint64_t ta_segmap[TA_SEGMAP_WORDS];
 static _Atomic uint64_t segments_live;
 size_t ta_ospage_shift = 12;
+static _Atomic int64_t active_now;
+static _Atomic uint64_t active_peak;
+_Atomic uint64_t ta_meta_bytes;
+
+/* Bytes of spans and huge blocks in use, and its high-water mark. */
+
+void ta_active_add(int64_t delta) {
+  int64_t now = atomic_fetch_add_explicit(&active_now, delta, memory_order_relaxed) + delta;
+  uint64_t peak = ta_relaxed_load(&active_peak);
+  while (now > 0 && (uint64_t)now > peak &&
+         !atomic_compare_exchange_weak_explicit(&active_peak, &peak, (uint64_t)now, memory_order_relaxed,
+                                                memory_order_relaxed)) {
+  }
+}
+
+uint64_t ta_active_peak(void) {
+  return ta_relaxed_load(&active_peak);
+}
 
 void ta_segmap_set(const ta_segment_t *s, bool on) {
   uintptr_t i = (uintptr_t)s >> TA_SEGMENT_SHIFT;

@@ -7,6 +7,8 @@
  * slab's class in its arena. */
 #include "internal.h"
 
+uintptr_t ta_cookie = 0x7a3c5e1f9b2d4c61u; /* replaced by a random value at init */
+
 static inline size_t word_base(const ta_span_t *sp) {
   return ta_span_index(sp) * (TA_SLICE_SIZE >> TA_GRANULE_SHIFT >> 6);
 }

@@ -168,5 +168,4 @@ void ta_large_free(ta_span_t *sp, void *p) {
   ta_relaxed_sub(&a->large_bytes, bytes);
   ta_relaxed_sub(&a->large_count, 1);
   ta_relaxed_add(&a->activity, 1);
-  ta_purge_kick();
 }

@@ -5,18 +5,6 @@
 
 #include <errno.h>
 
-static _Atomic int64_t active_now;
-static _Atomic uint64_t active_peak;
-_Atomic uint64_t ta_meta_bytes;
-
-void ta_active_add(int64_t delta) {
-  int64_t now = atomic_fetch_add_explicit(&active_now, delta, memory_order_relaxed) + delta;
-  uint64_t peak = ta_relaxed_load(&active_peak);
-  while (now > 0 && (uint64_t)now > peak &&
-         !atomic_compare_exchange_weak_explicit(&active_peak, &peak, (uint64_t)now, memory_order_relaxed,
-                                                memory_order_relaxed)) {
-  }
-}
 
 static void stats_collect(trimalloc_stats_t *st) {
   uint64_t used = 0, allocs = 0, blocks = 0, large = 0, large_n = 0, large_allocs = 0;
@@ -59,7 +47,7 @@ static void stats_collect(trimalloc_stats_t *st) {
   st->metadata = segs * ta_segment_header_bytes() + meta;
   st->purged = st->mapped - st->resident;
   st->fragmentation = st->resident ? 1.0 - (double)st->allocated / (double)st->resident : 0.0;
-  st->peak_active = ta_relaxed_load(&active_peak);
+  st->peak_active = ta_active_peak();
   st->allocations = allocs + large_allocs + huge_total;
   uint64_t live = blocks + large_n + huge_live;
   st->frees = st->allocations > live ? st->allocations - live : 0;
@@ -81,8 +69,7 @@ TRIMALLOC_API int trimalloc_stats(trimalloc_stats_t *out, size_t size) {
   if (!out || size < 2 * sizeof(uint32_t)) return EINVAL;
   trimalloc_stats_t st;
   memset(&st, 0, sizeof st);
-  ta_process_init();
-  stats_collect(&st);
+  stats_collect(&st); /* before init: all zero */
   st.version = TRIMALLOC_STATS_VERSION;
   st.size = (uint32_t)(size < sizeof st ? size : sizeof st);
   memcpy(out, &st, st.size);

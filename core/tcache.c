@@ -9,8 +9,8 @@
 
 #include <errno.h>
 
-uintptr_t ta_cookie = 0x7a3c5e1f9b2d4c61u; /* replaced by a random value at init */
 _Atomic uint32_t ta_flush_epoch;
+static pthread_key_t tcache_key; /* its destructor flushes an exiting thread's cache */
 
 /* Every thread starts on the empty cache (max 0 everywhere, never written)
  * and ends on the done cache (the same, after the exit flush). */
@@ -88,6 +88,7 @@ static void flush_bin(ta_tcache_t *tc, size_t c, size_t keep) {
   ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - (uint64_t)(tb->count - keep) * tb->bsize);
   tb->count = (uint16_t)keep;
   ta_arena_flush(rest, c);
+  ta_purge_kick();
 }
 
 void ta_tcache_flush_all(ta_tcache_t *tc) {
@@ -109,12 +110,11 @@ static ta_tcache_t *tcache_get(void) {
   ta_tcache_t *tc = ta_tls_tcache;
   if (ta_likely(tc->state == TA_TC_LIVE)) return tc;
   if (tc->state == TA_TC_DONE) return NULL;
-  ta_process_init();
   if (ta_opt(TA_OPT_TCACHE_BYTES) == 0) return NULL;
   tc = tcache_new();
   if (!tc) return NULL;
   ta_tls_tcache = tc; /* before setspecific, which may allocate */
-  pthread_setspecific(ta_tcache_key, tc);
+  pthread_setspecific(tcache_key, tc);
   return tc;
 }
 
@@ -159,6 +159,7 @@ void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
   tc = tcache_get();
   if (!tc || tc->limit == 0) {
     ta_arena_free1(ta_span_of(ta_segment_of(p), p), p);
+    ta_purge_kick();
     return;
   }
   maintain(tc);
@@ -167,6 +168,7 @@ void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
   if (ta_relaxed_load(&tc->held) + tb->bsize > tc->limit) scavenge(tc, tb->bsize);
   if (ta_relaxed_load(&tc->held) + tb->bsize > tc->limit) { /* a bound below one block */
     ta_arena_free1(ta_span_of(ta_segment_of(p), p), p);
+    ta_purge_kick();
     return;
   }
   ta_block_t *b = p;
@@ -175,6 +177,14 @@ void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
   tb->head = b;
   tb->count++;
   ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) + tb->bsize);
+}
+
+void ta_tcache_init(void) {
+  pthread_key_create(&tcache_key, ta_tcache_thread_done);
+}
+
+void ta_tcache_ask_flush(void) {
+  ta_relaxed_add(&ta_flush_epoch, 1);
 }
 
 void ta_tcache_thread_done(void *arg) {

@@ -82,13 +82,13 @@ static inline void dirty_moved(ta_bin_t *bin, uint16_t before, uint16_t after) {
   if (before != after) ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) + after - before);
 }
 
-static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls) {
+static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_pagedelta_t *d) {
   ta_lock(&a->lock);
   ta_span_t *sp = ta_span_alloc(a, ta_class_slices[cls], TA_SPAN_SLAB);
   ta_unlock(&a->lock);
   if (!sp) return NULL;
   uint16_t d0 = sp->dirty;
-  ta_slab_init(sp, cls);
+  ta_slab_init(sp, cls, d);
   ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) + d0);
   dirty_moved(bin, d0, sp->dirty);
   return sp;
@@ -101,7 +101,7 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
   ta_lock(&bin->lock);
   while (got < want) {
     ta_span_t *sp = bin->bucket_mask ? bin->buckets[31 - __builtin_clz(bin->bucket_mask)] /* fullest */
-                                     : slab_new(a, bin, cls);
+                                     : slab_new(a, bin, cls, &d);
     if (!sp) break;
     uint16_t d0 = sp->dirty;
     got += ta_slab_take(sp, first, want - got, &d);
@@ -136,9 +136,9 @@ static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size
     return;
   }
   if (sp->bucket != TA_BUCKET_NONE) bucket_remove(bin, sp);
-  ta_slab_clear(sp);
+  ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) - sp->dirty); /* the span's from now on */
+  ta_slab_clear(sp, d);
   ta_pagedelta_apply(a, d); /* the page heap's counts are the arena's */
-  ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) - sp->dirty);
   ta_lock(&a->lock);
   ta_span_free(a, sp);
   ta_unlock(&a->lock);

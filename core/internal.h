@@ -118,10 +118,10 @@ TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
 
 /* ---- slab.c: blocks of one class in a span, the free bitmap -------------- */
 TA_HIDDEN extern uintptr_t ta_cookie; /* in the second word of a block in a thread cache */
-TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls);                     /* bin lock */
+TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN bool ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bin lock; false: not handed out */
-TA_HIDDEN void ta_slab_clear(ta_span_t *sp);         /* bin lock; empty slab, before it is freed */
+TA_HIDDEN void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d); /* bin lock; empty slab, before it is freed */
 TA_HIDDEN size_t ta_slab_purge(ta_span_t *sp);       /* bin lock; bytes */
 TA_HIDDEN bool ta_slab_is_valid(ta_span_t *sp);      /* bin lock */
 

@@ -16,7 +16,13 @@ static inline size_t word_count(const ta_span_t *sp) {
   return (size_t)sp->slices * (TA_SLICE_SIZE >> TA_GRANULE_SHIFT >> 6);
 }
 
-void ta_slab_init(ta_span_t *sp, size_t cls) {
+/* The first OS page wholly past the slab's last block. */
+static size_t tail_page(const ta_span_t *sp) {
+  size_t so = (size_t)(sp->start - (uint8_t *)ta_segment_of(sp)), ps = (size_t)1 << ta_ospage_shift;
+  return (so + (size_t)sp->reserved * sp->bsize + ps - 1) >> ta_ospage_shift;
+}
+
+void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d) {
   sp->cls = (uint8_t)cls;
   sp->bsize = (uint32_t)ta_class_size(cls);
   sp->div_magic = UINT64_MAX / sp->bsize + 1;
@@ -26,12 +32,18 @@ void ta_slab_init(ta_span_t *sp, size_t cls) {
   sp->scan = 0;
   sp->bucket = TA_BUCKET_NONE;
   sp->freed_ms = 0;
-  /* Whole OS pages past the last block are never used: a resident one would
-   * be dirty forever in a full slab, which is on no list, so return it now. */
-  size_t so = (size_t)(sp->start - (uint8_t *)ta_segment_of(sp)), ps = (size_t)1 << ta_ospage_shift;
-  size_t tail = (so + (size_t)sp->reserved * sp->bsize + ps - 1) >> ta_ospage_shift;
+  /* Whole OS pages past the last block are never used. A resident one would
+   * be dirty in a full slab, which is on no list, so it is pinned (live 1)
+   * while the slab lives; a purged one stays purged. */
+  ta_segment_t *s = ta_segment_of(sp);
+  ta_segbits_t *bits = ta_segbits(s);
   size_t end = ta_span_first_page(sp) + ta_span_pages(sp);
-  if (tail < end && sp->dirty) ta_pages_purge(sp->arena, ta_segment_of(sp), tail, end - tail, &sp->dirty);
+  for (size_t p = tail_page(sp); p < end; p++)
+    if (!((ta_relaxed_load(&bits->purged[p / 64]) >> (p % 64)) & 1)) {
+      bits->live[p] = 1;
+      sp->dirty--;
+      d->dirty--;
+    }
   /* the bitmap range is clear: fresh segments are zero, and ta_slab_clear
    * cleared what an earlier slab here left */
 }
@@ -106,9 +118,14 @@ bool ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d) {
   return true;
 }
 
-void ta_slab_clear(ta_span_t *sp) {
+void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d) {
   ta_assert(sp->used == 0);
-  memset(ta_segbits(ta_segment_of(sp))->free + word_base(sp), 0, word_count(sp) * sizeof(uint64_t));
+  ta_segment_t *s = ta_segment_of(sp);
+  ta_segbits_t *bits = ta_segbits(s);
+  memset(bits->free + word_base(sp), 0, word_count(sp) * sizeof(uint64_t));
+  size_t first = tail_page(sp), end = ta_span_first_page(sp) + ta_span_pages(sp);
+  for (size_t p = first; p < end; p++)
+    if (bits->live[p]) ta_pages_dead(s, p, 1, &sp->dirty, d); /* unpin */
 }
 
 size_t ta_slab_purge(ta_span_t *sp) {
@@ -140,6 +157,10 @@ bool ta_slab_is_valid(ta_span_t *sp) {
     size_t so = (size_t)(sp->start - (uint8_t *)s) + k * sp->bsize, g = so >> TA_GRANULE_SHIFT;
     if ((bits->free[g / 64] >> (g % 64)) & 1) continue;
     for (size_t p = so >> ta_ospage_shift; p <= (so + sp->bsize - 1) >> ta_ospage_shift; p++) live[p - first]++;
+  }
+  for (size_t p = tail_page(sp) - first; p < n; p++) { /* pinned while resident */
+    bool purged = (ta_relaxed_load(&bits->purged[(first + p) / 64]) >> ((first + p) % 64)) & 1;
+    live[p] = purged ? 0 : 1;
   }
   for (size_t p = 0; p < n; p++) {
     if (live[p] != bits->live[first + p]) return false;

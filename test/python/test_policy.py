@@ -126,6 +126,12 @@ def test_hooks_fire_on_old_glibc(old, source):
     assert r["fired"], r  # a threshold that cannot be read never silences the hook
 
 
+def test_free_figure_is_the_cores_dirty_counter(fields):
+    want = "dirty" if "dirty" in fields else "resident"
+    code = "from trimalloc import _trimalloc; print(_trimalloc.free_source())"
+    assert run_py(code, preload=True).stdout.strip() == want
+
+
 def test_defaults_match_the_other_language():
     # The same table as test/ruby/policy_test.rb.
     requests = {"every": 100, "min_free": 64 << 20, "min_interval": 1.0}

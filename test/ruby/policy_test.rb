@@ -127,6 +127,12 @@ class PolicyTest < Minitest::Test
     end
   end
 
+  def test_free_figure_is_the_cores_dirty_counter
+    want = TrimallocTest.core_field_names.include?(:dirty) ? "dirty" : "resident"
+    r = ruby_json('require "trimalloc"; puts JSON.generate(source: Trimalloc.free_source)', preload: true)
+    assert_equal want, r[:source]
+  end
+
   def test_defaults_match_the_other_language
     # The same table as test/python/test_policy.py.
     requests = { every: 100, min_free: 64 << 20, min_interval: 1.0 }

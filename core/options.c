@@ -18,7 +18,7 @@ static const ta_option_desc_t descs[TA_OPT_COUNT] = {
                                "empty segments idle this long are unmapped"},
     [TA_OPT_ARENAS] = {"arenas", "TRIMALLOC_ARENAS", 0, 0, TA_ARENAS_MAX,
                        "shared arenas (0: one per 4 CPUs); refills go to the arena of the CPU"},
-    [TA_OPT_TCACHE_BYTES] = {"tcache_bytes", "TRIMALLOC_TCACHE_BYTES", 1 << 20, 0, 64 << 20,
+    [TA_OPT_TCACHE_BYTES] = {"tcache_bytes", "TRIMALLOC_TCACHE_BYTES", 256 << 10, 0, 64 << 20,
                              "bound on the free blocks one thread caches (0: no thread caches)"},
     [TA_OPT_BACKGROUND] = {"background", "TRIMALLOC_BACKGROUND", 1, 0, 1,
                            "a background thread purges what stays free purge_delay_ms"},
@@ -28,7 +28,7 @@ static const ta_option_desc_t descs[TA_OPT_COUNT] = {
 
 _Atomic long long ta_options[TA_OPT_COUNT] = {
     [TA_OPT_PURGE_DELAY_MS] = 100, [TA_OPT_UNMAP_DELAY_MS] = 1000, [TA_OPT_ARENAS] = 0,
-    [TA_OPT_TCACHE_BYTES] = 1 << 20, [TA_OPT_BACKGROUND] = 1, [TA_OPT_SHOW_STATS] = 0, [TA_OPT_VERBOSE] = 0};
+    [TA_OPT_TCACHE_BYTES] = 256 << 10, [TA_OPT_BACKGROUND] = 1, [TA_OPT_SHOW_STATS] = 0, [TA_OPT_VERBOSE] = 0};
 
 static bool parse(const char *s, long long *out) {
   if (!s || !*s) return false;

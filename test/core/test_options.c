@@ -31,7 +31,7 @@ static void test_option_names(void) {
 }
 
 /* v2's options: defaults and ranges. arenas: 0 (the number of CPUs) or
- * 1..64; tcache_bytes: 1048576 by default, 0 allowed; background: 1 or 0. */
+ * 1..64; tcache_bytes: 262144 by default, 0 allowed; background: 1 or 0. */
 static void test_v2_options(void) {
   long long v = -1, cpus = sysconf(_SC_NPROCESSORS_ONLN);
   CHECK(trimalloc_option_get("arenas", &v) == 0 && (v == 0 || v == cpus), "arenas default %lld (%lld CPUs)", v,
@@ -48,10 +48,10 @@ static void test_v2_options(void) {
   CHECK(trimalloc_option_set("arenas", 65) == ERANGE, "arenas = 65 accepted");
   CHECK(trimalloc_option_set("arenas", -1) == ERANGE, "arenas = -1 accepted");
   CHECK(trimalloc_option_set("arenas", arenas) == 0);
-  CHECK(trimalloc_option_get("tcache_bytes", &v) == 0 && v == 1048576, "tcache_bytes default %lld", v);
+  CHECK(trimalloc_option_get("tcache_bytes", &v) == 0 && v == 262144, "tcache_bytes default %lld", v);
   CHECK(trimalloc_option_set("tcache_bytes", -1) == ERANGE, "tcache_bytes = -1 accepted");
   CHECK(trimalloc_option_set("tcache_bytes", 0) == 0 && trimalloc_option_get("tcache_bytes", &v) == 0 && v == 0);
-  CHECK(trimalloc_option_set("tcache_bytes", 1048576) == 0);
+  CHECK(trimalloc_option_set("tcache_bytes", 262144) == 0);
   CHECK(trimalloc_option_get("background", &v) == 0 && v == 1, "background default %lld", v);
   CHECK(trimalloc_option_set("background", -1) == ERANGE, "background = -1 accepted");
   CHECK(trimalloc_option_set("background", 2) == ERANGE, "background = 2 accepted");

@@ -130,7 +130,7 @@ static void finish(churner_t *c, pthread_t t, const char *what) {
 
 static void test_sleeping_thread_holds_at_most_bound(void) {
   long long bound = option_value("tcache_bytes");
-  CHECK(getenv("TRIMALLOC_TCACHE_BYTES") || bound == 1048576, "default tcache_bytes is %lld", bound);
+  CHECK(getenv("TRIMALLOC_TCACHE_BYTES") || bound == 262144, "default tcache_bytes is %lld", bound);
   churner_t c;
   pthread_t t;
   uint64_t base;

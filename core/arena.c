@@ -209,15 +209,15 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since
     ta_lock(&bin->lock);
     for (unsigned k = 0; k < TA_FULLNESS; k++)
       for (ta_span_t *sp = bin->buckets[k]; sp; sp = sp->next)
-        if (sp->dirty && (all || sp->freed_ms + delay <= now)) {
-          uint16_t d0 = sp->dirty;
+        if (sp->dirty && (all || (sp->freed_ms + delay <= now && !ta_segment_of(sp)->thp))) {
+          uint16_t d0 = sp->dirty; /* a slab's free pages split its huge page: only when all must go */
           bytes += ta_slab_purge(sp);
           dirty_moved(bin, d0, sp->dirty);
         }
     ta_unlock(&bin->lock);
   }
   ta_lock(&a->lock);
-  bytes += ta_spans_purge(a, now, delay, all);
+  bytes += ta_spans_purge(a, now, delay, all, all);
   if (bytes && timed) ta_delay_released(&a->delay, now);
   a->last_purge_ms = now;
   ta_unlock(&a->lock);

@@ -100,6 +100,7 @@ TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, si
 TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */
 TA_HIDDEN uint64_t ta_active_peak(void);
 TA_HIDDEN extern _Atomic uint64_t ta_meta_bytes; /* mappings of the allocator's own */
+TA_HIDDEN size_t ta_pages_purge_whole(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
 TA_HIDDEN size_t ta_pages_unpurged(ta_segment_t *s, size_t first, size_t n);
 TA_HIDDEN bool ta_segment_is_valid(ta_segment_t *s);
 static inline size_t ta_span_first_page(const ta_span_t *sp) {
@@ -112,7 +113,9 @@ static inline size_t ta_span_pages(const ta_span_t *sp) {
 /* ---- span.c: an arena's page heap (free spans) and large blocks ---------- */
 TA_HIDDEN ta_span_t *ta_span_alloc(ta_arena_t *a, size_t slices, ta_span_kind_t kind); /* a->lock */
 TA_HIDDEN void ta_span_free(ta_arena_t *a, ta_span_t *sp);                             /* a->lock */
-TA_HIDDEN size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all); /* a->lock */
+/* all: every free span now (else those idle for delay), and in a huge-page
+ * segment only whole huge pages unless `split`. a->lock held. */
+TA_HIDDEN size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split);
 TA_HIDDEN void *ta_large_alloc(ta_arena_t *a, size_t size);
 TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
 
@@ -197,6 +200,7 @@ typedef enum {
   TA_OPT_ARENAS,
   TA_OPT_TCACHE_BYTES,
   TA_OPT_BACKGROUND,
+  TA_OPT_THP,
   TA_OPT_SHOW_STATS,
   TA_OPT_VERBOSE,
   TA_OPT_COUNT

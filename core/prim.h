@@ -39,6 +39,14 @@ const char *ta_prim_getenv(const char *name);
  * that fails), mixed with the clock. */
 uint64_t ta_prim_random(void);
 
+/* The size of a transparent huge page when the kernel gives them to a range
+ * that asks (THP "always" or "madvise"), else 0. Read once. */
+size_t ta_prim_hugepage_size(void);
+
+/* Asks for transparent huge pages on [p, p + size) (MADV_HUGEPAGE). Keeps
+ * errno. Pre: p and size page-aligned. */
+void ta_prim_hugepage(void *p, size_t size);
+
 /* Asks the kernel to fault in [p, p + size) now, in one call (Linux 5.14+
  * MADV_POPULATE_WRITE); does nothing where that is not supported. Keeps errno.
  * Pre: p and size page-aligned, the range mapped read-write. */

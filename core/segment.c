@@ -60,6 +60,13 @@ ta_segment_t *ta_segment_new(ta_arena_t *a) {
   if (ta_prim_map(TA_SEGMENT_SIZE, TA_SEGMENT_SIZE, &p) != 0) return NULL;
   ta_segment_t *s = p; /* zeroed by the OS */
   ta_segbits_t *bits = ta_segbits(s);
+  /* Huge pages for a heap past its first two segments (8 MiB): a fault then
+   * brings in 2 MiB at once, while a small program stays on 4 KiB pages. */
+  size_t hp = ta_prim_hugepage_size();
+  if (ta_opt(TA_OPT_THP) && hp && hp <= TA_SEGMENT_SIZE / 2 && ta_relaxed_load(&segments_live) >= 2) {
+    ta_prim_hugepage(p, TA_SEGMENT_SIZE);
+    s->thp = 1;
+  }
   size_t hdr_pages = ta_segment_header_bytes() >> ta_ospage_shift;
   size_t pages = TA_SEGMENT_SIZE >> ta_ospage_shift, slice0 = TA_SLICE_SIZE >> ta_ospage_shift;
   s->arena = a;
@@ -158,6 +165,17 @@ size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, ui
     ta_relaxed_add(&a->purges, 1);
     ta_relaxed_add(&a->purged_bytes, bytes);
   }
+  return bytes;
+}
+
+/* The same for the huge pages wholly inside [first, first + n) only (the
+ * rest stays dirty): returning part of a huge page splits it, and what is
+ * faulted back in then comes 4 KiB at a time. */
+size_t ta_pages_purge_whole(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty) {
+  size_t per = ta_prim_hugepage_size() >> ta_ospage_shift, bytes = 0;
+  if (!per) return ta_pages_purge(a, s, first, n, dirty);
+  for (size_t r = (first + per - 1) / per * per; r + per <= first + n; r += per)
+    bytes += ta_pages_purge(a, s, r, per, dirty);
   return bytes;
 }
 

@@ -105,12 +105,15 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
 /* Purges the free spans idle for `delay` ms (all: every one), then unmaps
  * empty segments that are purged and idle unmap_delay_ms (all: at once).
  * Returns the bytes released. */
-size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all) {
+size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split) {
   size_t bytes = 0;
   for (uint64_t m = a->span_mask; m; m &= m - 1)
-    for (ta_span_t *sp = a->spans[__builtin_ctzll(m)]; sp; sp = sp->next)
-      if (sp->dirty && (all || sp->freed_ms + delay <= now))
-        bytes += ta_pages_purge(a, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+    for (ta_span_t *sp = a->spans[__builtin_ctzll(m)]; sp; sp = sp->next) {
+      if (!sp->dirty || !(all || sp->freed_ms + delay <= now)) continue;
+      ta_segment_t *s = ta_segment_of(sp);
+      bytes += (split || !s->thp ? ta_pages_purge : ta_pages_purge_whole)(a, s, ta_span_first_page(sp),
+                                                                        ta_span_pages(sp), &sp->dirty);
+    }
   uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
   for (ta_segment_t *s = a->segments, *next; s; s = next) {
     next = s->next;

@@ -133,7 +133,8 @@ typedef struct ta_segment_s {
   size_t huge_size; /* huge: usable size */
   uint64_t empty_since_ms;
   uint32_t used_slices;
-  uint32_t huge; /* 1: huge mapping */
+  uint16_t huge; /* 1: huge mapping */
+  uint16_t thp;  /* 1: backed by transparent huge pages (routine purges keep them whole) */
   ta_span_t spans[TA_SLICES];
 } ta_segment_t;
 

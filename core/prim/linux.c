@@ -5,11 +5,13 @@
 #include "../prim.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/syscall.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -158,4 +160,37 @@ int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthre
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (err == 0) pthread_setname_np(*out, name);
   return err;
+}
+
+/* Reads a small sysfs file into buf (NUL-terminated) without allocating. */
+static size_t read_small(const char *path, char *buf, size_t size) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, size - 1);
+  close(fd);
+  buf[n > 0 ? n : 0] = 0;
+  return n > 0 ? (size_t)n : 0;
+}
+
+size_t ta_prim_hugepage_size(void) {
+  static _Atomic size_t cached = 1; /* 1: not read yet */
+  size_t v = atomic_load_explicit(&cached, memory_order_relaxed);
+  if (v != 1) return v;
+  int saved = errno;
+  char buf[128];
+  size_t size = 0;
+  /* "always [madvise] never": a range that asks gets them unless "[never]" */
+  if (read_small("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf) && !strstr(buf, "[never]") &&
+      read_small("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", buf, sizeof buf))
+    size = (size_t)strtoull(buf, NULL, 10);
+  if (size & (size - 1)) size = 0;
+  errno = saved;
+  atomic_store_explicit(&cached, size, memory_order_relaxed);
+  return size;
+}
+
+void ta_prim_hugepage(void *p, size_t size) {
+  int saved = errno;
+  madvise(p, size, MADV_HUGEPAGE);
+  errno = saved;
 }

@@ -95,8 +95,13 @@ def test_path_info_help_version():
     p = launch("module", "info")
     assert p.returncode == 0
     assert "backend:      glibc" in p.stdout and trimalloc.library_path() in p.stdout
+    assert "purger:       none (glibc" in p.stdout
     p = launch("module", "info", env=child_env(True))
     assert "backend:      trimalloc" in p.stdout
+    assert "purger:       not started" in p.stdout  # nothing left to purge yet
+    env = child_env(True)
+    env["TRIMALLOC_BACKGROUND"] = "0"
+    assert "purger:       off (TRIMALLOC_BACKGROUND=0" in launch("module", "info", env=env).stdout
     p = launch("module", "--help")
     assert p.returncode == 0 and "trimalloc run" in p.stdout and "path" in p.stdout
     p = launch("module", "--version")

@@ -102,9 +102,11 @@ class LauncherTest < Minitest::Test
     assert st.success?
     assert_match(/^allocator:\s+glibc/, out)
     assert_match(/^library:\s+#{Regexp.escape(library)}$/, out)
+    assert_match(/^purger:\s+none \(glibc/, out)
     out, _, st = trimalloc("run", "--", RUBY, EXE, "info")
     assert st.success?
     assert_match(/^allocator:\s+trimalloc/, out)
+    assert_match(/^purger:\s+not started/, out) # nothing left to purge yet
     assert_match(/^core:\s+#{Regexp.escape(Trimalloc::VERSION)} at /, out)
   end
 

@@ -1,5 +1,6 @@
 /* Every OS call the core makes, behind one small interface (core/prim/).
- * Functions that can fail return 0 or an errno value. None allocates. */
+ * Functions that can fail return 0 or an errno value, and leave errno as it
+ * was (a successful malloc must not change it). None allocates. */
 #ifndef TA_PRIM_H
 #define TA_PRIM_H
 

@@ -36,7 +36,8 @@ static int map_raw(size_t size, void **out) {
 
 int ta_prim_map(size_t size, size_t align, void **out) {
   void *p;
-  int err = map_raw(size, &p);
+  int saved = errno, err = map_raw(size, &p);
+  errno = saved;
   if (err) return err;
   if (((uintptr_t)p & (align - 1)) == 0) {
     *out = p;
@@ -46,6 +47,7 @@ int ta_prim_map(size_t size, size_t align, void **out) {
   munmap(p, size);
   if (size + align < size) return ENOMEM;
   err = map_raw(size + align, &p);
+  errno = saved;
   if (err) return err;
   uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
   size_t head = start - (uintptr_t)p, tail = align - head;
@@ -56,18 +58,24 @@ int ta_prim_map(size_t size, size_t align, void **out) {
 }
 
 int ta_prim_unmap(void *p, size_t size) {
-  return munmap(p, size) == 0 ? 0 : errno;
+  int saved = errno, rc = munmap(p, size) == 0 ? 0 : errno;
+  errno = saved;
+  return rc;
 }
 
 int ta_prim_purge(void *p, size_t size) {
-  int rc;
+  int saved = errno, rc;
   do rc = madvise(p, size, MADV_DONTNEED);
   while (rc != 0 && errno == EAGAIN);
-  return rc == 0 ? 0 : errno;
+  rc = rc == 0 ? 0 : errno;
+  errno = saved; /* a purge inside a successful malloc leaves errno alone */
+  return rc;
 }
 
 int ta_prim_remap(void *p, size_t old_size, size_t new_size, size_t align, void **out) {
+  int saved = errno;
   void *q = mremap(p, old_size, new_size, 0); /* in place */
+  errno = saved; /* a failed attempt in place is not a failure */
   if (q != MAP_FAILED) {
     *out = q;
     return 0;
@@ -80,6 +88,7 @@ int ta_prim_remap(void *p, size_t old_size, size_t new_size, size_t align, void 
   if (q == MAP_FAILED) {
     err = errno;
     munmap(dst, new_size);
+    errno = saved;
     return err;
   }
   *out = q;
@@ -143,7 +152,8 @@ void ta_prim_populate(void *p, size_t size) {
 }
 
 unsigned ta_prim_cpu(void) {
-  int c = sched_getcpu();
+  int saved = errno, c = sched_getcpu();
+  errno = saved;
   return c < 0 ? 0 : (unsigned)c;
 }
 
@@ -153,12 +163,14 @@ unsigned ta_prim_ncpus(void) {
 }
 
 int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out) {
+  int saved = errno;
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   int err = pthread_create(out, NULL, fn, arg);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (err == 0) pthread_setname_np(*out, name);
+  errno = saved;
   return err;
 }
 

@@ -9,6 +9,7 @@
 
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -44,6 +45,21 @@ static inline uint64_t bench_rss(void) {
   if (fgets(buf, sizeof buf, f) != NULL) sscanf(buf, "%llu %llu", &size, &resident);
   fclose(f);
   return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* The same without calling malloc (open/read, no stdio): for readings taken
+ * while the allocator must stay untouched, as in an idle program. */
+static inline uint64_t bench_rss_noalloc(void) {
+  char buf[128];
+  int fd = open("/proc/self/statm", O_RDONLY);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  char *p = buf;
+  while (*p && *p != ' ') p++;
+  return (uint64_t)strtoull(p, NULL, 10) * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
 /* Peak RSS in bytes (VmHWM). */

@@ -22,15 +22,15 @@ static const ta_option_desc_t descs[TA_OPT_COUNT] = {
                              "bound on the free blocks one thread caches (0: no thread caches)"},
     [TA_OPT_BACKGROUND] = {"background", "TRIMALLOC_BACKGROUND", 1, 0, 1,
                            "a background thread purges what stays free purge_delay_ms"},
-    [TA_OPT_THP] = {"thp", "TRIMALLOC_THP", 1, 0, 1,
-                    "transparent huge pages for heaps over 8 MiB; routine purges keep them whole"},
+    [TA_OPT_THP] = {"thp", "TRIMALLOC_THP", 0, 0, 1,
+                    "1: transparent huge pages for heaps over 8 MiB; routine purges keep them whole"},
     [TA_OPT_SHOW_STATS] = {"show_stats", "TRIMALLOC_SHOW_STATS", 0, 0, 1, "print the stats to stderr at exit"},
     [TA_OPT_VERBOSE] = {"verbose", "TRIMALLOC_VERBOSE", 0, 0, 1, "say at start that trimalloc is active"},
 };
 
 _Atomic long long ta_options[TA_OPT_COUNT] = {
     [TA_OPT_PURGE_DELAY_MS] = 100, [TA_OPT_UNMAP_DELAY_MS] = 1000, [TA_OPT_ARENAS] = 0,
-    [TA_OPT_TCACHE_BYTES] = 256 << 10, [TA_OPT_BACKGROUND] = 1, [TA_OPT_THP] = 1, [TA_OPT_SHOW_STATS] = 0, [TA_OPT_VERBOSE] = 0};
+    [TA_OPT_TCACHE_BYTES] = 256 << 10, [TA_OPT_BACKGROUND] = 1, [TA_OPT_THP] = 0, [TA_OPT_SHOW_STATS] = 0, [TA_OPT_VERBOSE] = 0};
 
 static bool parse(const char *s, long long *out) {
   if (!s || !*s) return false;

@@ -90,7 +90,7 @@ class Settings:
         self.rb_trimalloc = os.path.join(self.gem_home, "bin", "trimalloc")
         self.jemalloc = jemalloc_path()
         self.interval = 0.05 if self.quick else 0.1
-        self.idle = 0.5 if self.quick else 3.0
+        self.idle = args.idle if args.idle is not None else (0.5 if self.quick else 5.0)
         # Workload sizes: the full run is what the README shows; --quick is a smoke run.
         self.ruby_threads = 8
         self.ruby_iters = 2_500 if self.quick else 40_000
@@ -272,6 +272,8 @@ def run_ruby(s, scen, cfg, res, log):
         res.samples = list(proc.samples)
         if proc.alive():
             proc.stop()
+        if res.exit_code is None:
+            res.exit_code = proc.wait()
 
 
 class Redis:
@@ -364,6 +366,8 @@ def run_celery(s, scen, cfg, res, log, ctx):
         res.samples = list(proc.samples)
         if proc.alive():
             proc.stop()
+        if res.exit_code is None:
+            res.exit_code = proc.wait()
 
 
 def run_web(s, scen, cfg, res, log):
@@ -389,6 +393,8 @@ def run_web(s, scen, cfg, res, log):
         res.samples = list(proc.samples)
         if proc.alive():
             proc.stop()
+        if res.exit_code is None:
+            res.exit_code = proc.wait()
 
 
 # -- the scenarios -----------------------------------------------------------------
@@ -407,7 +413,9 @@ def scenarios(s):
             lambda: ("%d Ruby threads each keep a working set of %d strings of random sizes "
                      "(log-uniform 32 B..32 KiB) and churn %d more (one in eight replaces a "
                      "kept one); then GC.start and %.0f s idle with the working set alive. "
-                     "`demo/ruby_threads.rb`, Ruby's own GC settings."
+                     "`demo/ruby_threads.rb`, Ruby's own GC settings. (Ruby 3.1 keeps an exited "
+                     "thread's native thread for 3 s, for reuse: allocators that cache per thread "
+                     "let go of those caches only then, which the idle tail covers.)"
                      % (s.ruby_threads, s.ruby_keep, s.ruby_iters, s.idle)),
             "`ObjectSpace.memsize_of_all` after `GC.start` at the end of the work (every live "
             "Ruby object, its malloc'd body included; the strings kept are most of it)",
@@ -670,7 +678,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "demo-report"))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--check", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated scenario keys (ruby,celery,web)")
+    ap.add_argument("--idle", type=float, default=None,
+                    help="seconds each process stays alive and idle after its work (default 5, --quick 0.5)")
+    ap.add_argument("--only", default="", help="comma-separated scenarios (ruby,celery,web) or scenario:config (celery:recycle)")
     args = ap.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -685,8 +695,12 @@ def main():
     tmp = tempfile.mkdtemp(prefix="trimalloc-demo-run-")
     scens = scenarios(s)
     if args.only:
-        keep = set(args.only.split(","))
-        scens = [x for x in scens if x.key in keep]
+        # "ruby,web" keeps whole scenarios; "celery:recycle" one configuration
+        keep = args.only.split(",")
+        scens = [x for x in scens if x.key in keep or any(k.startswith(x.key + ":") for k in keep)]
+        for x in scens:
+            if x.key not in keep:
+                x.configs = [c for c in x.configs if x.key + ":" + c.key in keep]
     total = sum(len(x.configs) for x in scens)
     all_results = {}
     command = "script/demo" + (" --quick" if s.quick else "") + (" --check" if args.check else "")

@@ -7,10 +7,12 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/personality.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -191,6 +193,45 @@ int ta_bind_forked_child(void) {
 
 /* ---- the preload re-exec ---- */
 
+/* The kernel names a process (/proc/PID/comm: what ps, top and pgrep show)
+ * after the file it executes: re-executed through /proc/self/exe, every
+ * preloaded program would be called "exe", and a `puma` or `gunicorn` started
+ * from its script would be called after its interpreter. So the exec uses the
+ * executable's own path (/proc/self/exe only when that path no longer names
+ * the same file), and the name the process had is handed to the new image in
+ * TA_BIND_COMM_ENV ("pid:name"), which this file's constructor restores when
+ * the extension is loaded again, by the same line of the program. The pid
+ * keeps any other program that inherits the variable from taking the name. */
+#define TA_BIND_COMM_ENV "TRIMALLOC_PRELOAD_COMM"
+
+static const char *reexec_path(char *buf, size_t cap) {
+  const char *self = "/proc/self/exe";
+  ssize_t r = readlink(self, buf, cap - 1);
+  if (r <= 0 || (size_t)r >= cap - 1) return self;
+  buf[r] = 0;
+  return buf[0] == '/' && same_file(buf, self) ? buf : self;
+}
+
+static int save_comm(void) {
+  size_t len = 0;
+  char *c = read_file("/proc/self/comm", &len);
+  if (!c) return 0; /* nothing to restore: not a failure */
+  while (len > 0 && c[len - 1] == '\n') c[--len] = 0;
+  char v[64];
+  snprintf(v, sizeof v, "%d:%.15s", (int)getpid(), c);
+  free(c);
+  return setenv(TA_BIND_COMM_ENV, v, 1);
+}
+
+__attribute__((constructor)) static void restore_comm(void) {
+  const char *v = getenv(TA_BIND_COMM_ENV);
+  if (!v) return;
+  char *end;
+  long pid = strtol(v, &end, 10);
+  if (end != v && *end == ':' && pid == (long)getpid()) prctl(PR_SET_NAME, end + 1, 0, 0, 0);
+  unsetenv(TA_BIND_COMM_ENV);
+}
+
 static int not_a_file(const char *script) {
   return script && (!*script || strcmp(script, "-c") == 0 || strcmp(script, "-e") == 0 ||
                     strcmp(script, "-") == 0);
@@ -215,12 +256,14 @@ int ta_bind_preload_req(const ta_bind_preload_req_t *req) {
     argv = start_argv;
   }
   if (setenv(TA_BIND_GUARD_ENV, "1", 1) != 0 || prepend_preload(req->lib) != 0 ||
-      (req->pythonmalloc && setenv("PYTHONMALLOC", "malloc", 1) != 0))
+      (req->pythonmalloc && setenv("PYTHONMALLOC", "malloc", 1) != 0) || save_comm() != 0)
     return TA_PRELOAD_FAILED;
   fflush(NULL);
-  execv("/proc/self/exe", argv);
+  char path[PATH_MAX];
+  execv(reexec_path(path, sizeof path), argv);
   int e = errno;
   unsetenv(TA_BIND_GUARD_ENV);
+  unsetenv(TA_BIND_COMM_ENV);
   errno = e;
   return TA_PRELOAD_FAILED;
 }

@@ -18,6 +18,7 @@ Import it before anything else: what ran before the re-exec runs again.
 The logic is core/bind/bind_launch.c's ta_bind_preload_req, shared with the
 Ruby gem.
 """
+import os
 import sys
 import warnings
 
@@ -57,4 +58,8 @@ def _preload():
     return {2: "forked", 3: "rewritten", 4: "not a file"}.get(code, "refused")
 
 
+# After the re-exec the extension gave the process its name back (from this
+# variable, core/bind/bind_launch.c) and removed it from the C environment;
+# os.environ is a copy taken at start.
+os.environ.pop("TRIMALLOC_PRELOAD_COMM", None)
 status = _preload()

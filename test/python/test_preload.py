@@ -59,6 +59,25 @@ def test_preload_reexecs_once(tmp_path):
     assert r["guard"] == "1" and len(lines) == 3 and err == ""
 
 
+def test_preload_keeps_the_process_name(tmp_path):
+    # The kernel names a process after the file it executes; the re-exec keeps
+    # the name the process had (ps, top, pgrep): here a script run through its
+    # #! line, named after the script, not after python (or "exe").
+    prog = tmp_path / "myserver"
+    prog.write_text("#!%s\n" % sys.executable + r'''
+import json, os
+import trimalloc.preload
+import trimalloc
+with open("/proc/self/comm") as f:
+    comm = f.read().strip()
+print(json.dumps({"comm": comm, "backend": trimalloc.backend(),
+                  "left": "TRIMALLOC_PRELOAD_COMM" in os.environ}))
+''')
+    prog.chmod(0o755)
+    _, lines, err = run([str(prog)])
+    assert json.loads(lines[-1]) == {"comm": "myserver", "backend": "trimalloc", "left": False}, err
+
+
 def test_preload_does_nothing_when_already_active(tmp_path):
     pid, lines, err = run([sys.executable, script(tmp_path, PRELOAD)], env=child_env(True))
     assert lines[0] == "start %d" % pid and len(lines) == 2

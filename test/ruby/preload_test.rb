@@ -58,6 +58,27 @@ class PreloadTest < Minitest::Test
     assert_empty err
   end
 
+  # The kernel names a process after the file it executes; the re-exec keeps
+  # the name the process had (ps, top, pgrep): here a script run through its
+  # #! line, named after the script, not after ruby (or "exe").
+  def test_preload_keeps_the_process_name
+    Dir.mktmpdir do |dir|
+      prog = File.join(dir, "myserver")
+      File.write(prog, <<~RUBY)
+        #!#{RUBY}
+        require "json"
+        require "trimalloc/preload"
+        puts JSON.generate(comm: File.read("/proc/self/comm").chomp, backend: Trimalloc.backend,
+                           left: ENV.key?("TRIMALLOC_PRELOAD_COMM"))
+      RUBY
+      File.chmod(0o755, prog)
+      out, err, st = Open3.capture3(child_env, prog)
+      assert st.success?, err
+      r = JSON.parse(out, symbolize_names: true)
+      assert_equal({ comm: "myserver", backend: "trimalloc", left: false }, r)
+    end
+  end
+
   def test_preload_does_nothing_when_already_active
     pid, starts, (r,), err = run_script(preload: true)
     assert_equal [pid], starts

@@ -24,6 +24,8 @@ $srcs = Dir.glob(File.join($srcdir || __dir__, "*.c")).map { |f| File.basename(f
 create_makefile("trimalloc/trimalloc_ext")
 
 core_build = File.join(Dir.pwd, "core-build")
+headers = [File.join(core_dir, "trimalloc.h"), *Dir.glob(File.join(bind_dir, "*.h")).sort,
+           *Dir.glob(File.join($srcdir || __dir__, "*.h")).sort]
 File.open("Makefile", "a") do |mk|
   mk.puts <<~MAKE
 
@@ -40,6 +42,10 @@ File.open("Makefile", "a") do |mk|
     libtrimalloc.so: trimalloc-core-force
     \tMAKEFLAGS= $(MAKE) -C "$(TRIMALLOC_CORE)" BUILD="$(TRIMALLOC_CORE_BUILD)" WERROR=
     \t$(Q) cmp -s "$(TRIMALLOC_CORE_BUILD)/libtrimalloc.so" $@ || cp "$(TRIMALLOC_CORE_BUILD)/libtrimalloc.so" $@
+
+    # Every object is rebuilt when a header it reads changes (the core's
+    # stats field list in trimalloc.h above all): mkmf knows only Ruby's.
+    $(OBJS): #{headers.join(" ")}
 
     .PHONY: trimalloc-core-force
     trimalloc-core-force:

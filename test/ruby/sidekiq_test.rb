@@ -4,7 +4,11 @@ require_relative "test_helper"
 require "redis"
 require "securerandom"
 
-# Trimalloc::Sidekiq against a real Sidekiq 6 server and a real redis-server.
+# Trimalloc::Sidekiq against a real Sidekiq 6 server and a real redis-server
+# (started by the test on a free loopback port, no persistence). The app is
+# support/sidekiq_app.rb; a job counts as done once the middleware after it
+# has run (its DoneCounter), so nothing here waits a fixed time. The same
+# behaviour names as test/python/test_celery.py.
 class SidekiqTest < Minitest::Test
   include TrimallocTest
 
@@ -15,6 +19,7 @@ class SidekiqTest < Minitest::Test
   SIDEKIQ = Gem.bin_path("sidekiq", "sidekiq")
   JOBS = 12
   MB_PER_JOB = 30
+  BURST_MB = 100
 
   def push(redis, klass, args)
     job = { "class" => klass, "args" => args, "queue" => "default", "retry" => false,
@@ -23,38 +28,54 @@ class SidekiqTest < Minitest::Test
     redis.lpush("queue:default", JSON.generate(job))
   end
 
-  def wait_done(redis, n, pid)
-    Timeout.timeout(120) do
-      until redis.get("trimalloc:done").to_i >= n
-        flunk "sidekiq (pid #{pid}) exited" if Process.waitpid(pid, Process::WNOHANG)
-        sleep 0.05
+  def wait_done(redis, n, pid, log)
+    wait_until("#{n} jobs done", timeout: 120) do
+      flunk "sidekiq (pid #{pid}) exited:\n#{File.read(log)}" if zombie_or_gone?(pid)
+      redis.get("trimalloc:done").to_i >= n
+    end
+  end
+
+  # Starts Sidekiq (-c concurrency) on its own redis-server; yields its pid,
+  # a redis client, a job runner (push, then wait until done) and the log.
+  def with_sidekiq(trim:, preload: false, launcher: false, preload_in: nil, concurrency: 3)
+    with_redis do |url|
+      Dir.mktmpdir("trimalloc-sidekiq") do |dir|
+        redis = Redis.new(url: url)
+        log = File.join(dir, "sidekiq.log")
+        env = child_env(preload: preload, env: HOLD.merge("REDIS_URL" => url, "TRIM" => trim ? "1" : "0",
+                                                          "PRELOAD_IN" => preload_in.to_s))
+        cmd = [RUBY, SIDEKIQ, "-r", File.join(SUPPORT, "sidekiq_app.rb"), "-c", concurrency.to_s,
+               "-q", "default", "-t", "2"]
+        cmd = [RUBY, EXE, "run", "--", *cmd] if launcher
+        pid = spawn_server(env, *cmd, log: log)
+        done = 0
+        run = lambda do |jobs|
+          jobs.each { |klass, args| push(redis, klass, args) }
+          done += jobs.size
+          wait_done(redis, done, pid, log)
+        end
+        yield pid, redis, run, log
+      ensure
+        stop_group(pid)
+        redis&.close
       end
     end
+  end
+
+  def stats_of(redis, run)
+    run.call([["StatsJob", []]])
+    JSON.parse(redis.get("trimalloc:stats"), symbolize_names: true)
   end
 
   # RSS of the Sidekiq process once its jobs are done (12 jobs on 3 threads,
   # each allocating and dropping 30 MB, then one GC job), and its
   # Trimalloc.stats read after that.
   def sidekiq_run(trim:, preload: false)
-    with_redis do |url|
-      redis = Redis.new(url: url)
-      env = child_env(preload: preload, env: { "REDIS_URL" => url, "TRIM" => trim ? "1" : "0" }.merge(HOLD))
-      pid = Process.spawn(env, RUBY, SIDEKIQ, "-r", File.join(SUPPORT, "sidekiq_app.rb"),
-                          "-c", "3", "-q", "default", "-t", "2", out: File::NULL, err: File::NULL)
-      begin
-        JOBS.times { push(redis, "HeavyJob", [MB_PER_JOB]) }
-        wait_done(redis, JOBS, pid)
-        push(redis, "CollectJob", [])
-        wait_done(redis, JOBS + 1, pid)
-        sleep 0.5 # the middleware trims right after the job's last line
-        rss = rss_of(pid)
-        push(redis, "StatsJob", [])
-        wait_done(redis, JOBS + 2, pid)
-        [rss, JSON.parse(redis.get("trimalloc:stats"), symbolize_names: true)]
-      ensure
-        stop_process(pid)
-        redis.close
-      end
+    with_sidekiq(trim: trim, preload: preload) do |pid, redis, run, _log|
+      run.call(Array.new(JOBS) { ["HeavyJob", [MB_PER_JOB]] })
+      run.call([["CollectJob", []]]) # done once the middleware's trim after it returned
+      rss = rss_of(pid)
+      [rss, stats_of(redis, run)]
     end
   end
 
@@ -81,5 +102,46 @@ class SidekiqTest < Minitest::Test
     assert_includes 3..(JOBS + 1), with_stats[:trims]
     assert_operator with_stats[:trimmed_bytes], :>=, 50 * MiB
     assert_operator without - with, :>=, 10 * MiB, msg
+  end
+
+  # What the launcher and preload tests check: the server runs on trimalloc
+  # (in the process the test started: no second server), the middleware's
+  # trim after a 100 MiB burst returns it, and the RSS falls well below the
+  # peak.
+  def check_burst(pid, redis, run, log)
+    before = stats_of(redis, run)
+    assert_equal pid, before[:pid], "the jobs ran in the process started (no second server)"
+    assert before[:active], "on trimalloc: #{before}"
+    assert_equal "trimalloc", before[:backend]
+    assert_equal File.basename(RUBY)[0, 15], before[:comm], "the process kept its name"
+    assert_empty children_of(pid)
+
+    run.call([["BurstJob", [BURST_MB]]])
+    at_end = redis.get("trimalloc:burst").to_i
+    assert_operator at_end - before[:rss], :>=, 70 * MiB, "the burst was resident at the job's end"
+    wait_until("the RSS to fall after the burst (#{proc_status(pid)})") do
+      s = proc_status(pid)
+      s[:hwm] - s[:rss] >= 60 * MiB
+    end
+    after = stats_of(redis, run)
+    hook = after[:hook].first
+    refute_nil hook, "the middleware ran"
+    assert_operator hook[:trims], :>=, 1 + before[:hook].first[:trims], hook.to_s
+    assert_operator hook[:trimmed_bytes] - before[:hook].first[:trimmed_bytes], :>=, 60 * MiB,
+                    "the middleware's trim returned the burst"
+    assert_operator after[:trims], :>=, hook[:trims]
+    refute_match(/trimalloc: preload:/, File.read(log))
+  end
+
+  def test_sidekiq_on_the_launcher_runs_on_trimalloc_and_trims_after_a_burst
+    with_sidekiq(trim: true, launcher: true, concurrency: 2) do |pid, redis, run, log|
+      check_burst(pid, redis, run, log)
+    end
+  end
+
+  def test_sidekiq_with_the_preload_line_in_its_required_file_runs_on_trimalloc_and_trims_after_a_burst
+    with_sidekiq(trim: true, preload_in: "sidekiq_app.rb", concurrency: 2) do |pid, redis, run, log|
+      check_burst(pid, redis, run, log)
+    end
   end
 end

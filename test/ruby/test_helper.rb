@@ -117,6 +117,97 @@ module TrimallocTest
     File.read("/proc/#{pid}/status")[/^VmRSS:\s+(\d+) kB/, 1].to_i * 1024
   end
 
+  # {rss:, hwm:} of a process (VmRSS, and VmHWM: its peak RSS), bytes.
+  def proc_status(pid)
+    s = File.read("/proc/#{pid}/status")
+    { rss: s[/^VmRSS:\s+(\d+) kB/, 1].to_i * 1024, hwm: s[/^VmHWM:\s+(\d+) kB/, 1].to_i * 1024 }
+  end
+
+  # Whether trimalloc's library is mapped into a process (its allocator).
+  def maps_trimalloc?(pid)
+    File.read("/proc/#{pid}/maps").include?("/libtrimalloc.so")
+  end
+
+  # The pids whose parent is `pid` (from /proc/*/stat).
+  def children_of(pid)
+    Dir.glob("/proc/[0-9]*/stat").filter_map do |f|
+      stat = File.read(f) rescue next # rubocop:disable Style/RescueModifier
+      f[%r{/proc/(\d+)/}, 1].to_i if stat[/\) \S (\d+)/, 1].to_i == pid
+    end.sort
+  end
+
+  def clock
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+
+  # Polls the block until it returns a truthy value, which it returns; fails
+  # naming `what` after `timeout` seconds. What a test waits for is a
+  # condition (a counter, a log line, an RSS), never a fixed time.
+  def wait_until(what, timeout: 60, step: 0.02)
+    deadline = clock + timeout
+    loop do
+      v = yield
+      return v if v
+      flunk "timed out after #{timeout} s waiting for #{what}" if clock > deadline
+      sleep step
+    end
+  end
+
+  # Starts a server in a process group of its own (its workers are stopped
+  # with it), stdin closed, stdout and stderr appended to `log`.
+  def spawn_server(env, *cmd, log:)
+    Process.spawn(env, *cmd, pgroup: true, in: File::NULL, out: [log, "a"], err: %i[child out])
+  end
+
+  # Stops a process group started by spawn_server, by its id: TERM to the
+  # group, KILL to what is left of it once the leader has exited or after
+  # `grace` seconds, then reaps the leader (not before: until it is reaped
+  # its pid, the group's id, cannot be reused).
+  def stop_group(pid, grace: 20)
+    return unless pid
+
+    signal_group("TERM", pid)
+    deadline = clock + grace
+    sleep 0.02 until zombie_or_gone?(pid) || clock > deadline
+    signal_group("KILL", pid)
+    Process.waitpid(pid)
+  rescue Errno::ECHILD
+    nil
+  end
+
+  def signal_group(sig, pid)
+    Process.kill(sig, -pid)
+  rescue Errno::ESRCH, Errno::EPERM
+    nil
+  end
+
+  def zombie_or_gone?(pid)
+    File.read("/proc/#{pid}/stat")[/\) (\S)/, 1] == "Z"
+  rescue Errno::ENOENT, Errno::ESRCH
+    true
+  end
+
+  # GET path from 127.0.0.1:port (one connection, closed after the answer);
+  # returns the parsed JSON body, symbol keys.
+  def http_json(port, path, timeout: 120)
+    require "net/http"
+    Net::HTTP.start("127.0.0.1", port, open_timeout: timeout, read_timeout: timeout) do |h|
+      r = h.get(path, "Connection" => "close")
+      assert_equal "200", r.code, "GET #{path}: #{r.code} #{r.body}"
+      JSON.parse(r.body, symbolize_names: true)
+    end
+  end
+
+  # The same request to `n` workers at once: the probe apps (support/
+  # probe_app.rb, test/python/fixtures/probe_app.py) hold each request at a
+  # barrier until all n arrived, and a worker with one thread accepts no
+  # connection while it holds one, so each answer comes from another worker.
+  def on_each_worker(port, path, n)
+    name = "b#{Process.pid}-#{rand(1 << 40).to_s(36)}"
+    sep = path.include?("?") ? "&" : "?"
+    Array.new(n) { Thread.new { http_json(port, "#{path}#{sep}barrier=#{name}&n=#{n}") } }.map(&:value)
+  end
+
   # Starts a redis-server on a free loopback port, yields its URL, stops it.
   def with_redis
     port = free_port

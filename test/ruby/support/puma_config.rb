@@ -16,6 +16,7 @@ end
 
 cache = []
 lock = Mutex.new
+plugin_stats = -> { defined?(Trimalloc::Puma) ? Trimalloc::Puma.stats : nil }
 
 app do |env|
   case env["PATH_INFO"]
@@ -25,12 +26,12 @@ app do |env|
     junk.clear
     lock.synchronize { cache.concat(kept) }
     [200, { "Content-Type" => "text/plain" }, ["ok\n"]]
-  when "/gc"
+  when "/gc" # the plugin's counters before its trim after this request
     GC.start
-    [200, { "Content-Type" => "text/plain" }, ["ok\n"]]
+    [200, { "Content-Type" => "application/json" }, [JSON.generate(plugin: plugin_stats.call)]]
   when "/stats"
     require "trimalloc"
-    [200, { "Content-Type" => "application/json" }, [JSON.generate(Trimalloc.stats)]]
+    [200, { "Content-Type" => "application/json" }, [JSON.generate(Trimalloc.stats.merge(plugin: plugin_stats.call))]]
   else
     [404, {}, []]
   end

@@ -1,14 +1,34 @@
 # frozen_string_literal: true
 
+# PRELOAD_IN=sidekiq_app.rb: the preload line where the README puts it for
+# Sidekiq, first in the file given to -r (the process re-executes itself here,
+# before Sidekiq connects or starts a thread).
+require "trimalloc/preload" if ENV["PRELOAD_IN"] == "sidekiq_app.rb"
+
 # A Sidekiq 6 application for sidekiq_test.rb. TRIM=1 installs the
 # middleware; everything else is the same in both runs.
 require "sidekiq"
+require "json"
+
+# Counts a finished job once everything after it has run, the trimalloc
+# middleware's trim included (it is the outermost middleware): a test that
+# waits for the count waits for the trim, whatever the machine's speed.
+class DoneCounter
+  def call(_worker, _job, _queue)
+    yield
+  ensure
+    Sidekiq.redis { |r| r.incr("trimalloc:done") }
+  end
+end
 
 Sidekiq.configure_server do |config|
   config.redis = { url: ENV.fetch("REDIS_URL") }
-  if ENV["TRIM"] == "1"
-    require "trimalloc/sidekiq"
-    config.server_middleware { |chain| chain.add Trimalloc::Sidekiq, min_interval: 0 }
+  config.server_middleware do |chain|
+    chain.add DoneCounter
+    if ENV["TRIM"] == "1"
+      require "trimalloc/sidekiq"
+      chain.add Trimalloc::Sidekiq, min_interval: 0
+    end
   end
 end
 
@@ -30,7 +50,6 @@ class HeavyJob
     end
     junk.clear
     CACHE_LOCK.synchronize { CACHE.concat(kept) }
-    Sidekiq.redis { |r| r.incr("trimalloc:done") }
   end
 end
 
@@ -41,19 +60,34 @@ class CollectJob
 
   def perform
     GC.start
-    Sidekiq.redis { |r| r.incr("trimalloc:done") }
   end
 end
 
-# Stores Trimalloc.stats (JSON) in redis, for the test to read.
+# A burst: MiB of strings, dropped and collected in the job, so that at its
+# end they are free but held until a trim returns them. Stores the RSS at
+# that moment (trimalloc:burst).
+class BurstJob
+  include Sidekiq::Worker
+  sidekiq_options retry: false
+
+  def perform(mb)
+    HeavyJob.new.perform(mb)
+    GC.start
+    Sidekiq.redis { |r| r.set("trimalloc:burst", File.read("/proc/self/status")[/^VmRSS:\s+(\d+)/, 1].to_i * 1024) }
+  end
+end
+
+# Stores what this process runs on, Trimalloc.stats and the middleware's
+# counters (JSON) in redis, for the test to read.
 class StatsJob
   include Sidekiq::Worker
   sidekiq_options retry: false
 
   def perform
     require "trimalloc"
-    require "json"
-    Sidekiq.redis { |r| r.set("trimalloc:stats", JSON.generate(Trimalloc.stats.merge(rss: Trimalloc.rss))) }
-    Sidekiq.redis { |r| r.incr("trimalloc:done") }
+    hook = defined?(Trimalloc::Sidekiq) ? Trimalloc::Sidekiq.trimmers.map(&:stats) : []
+    info = Trimalloc.stats.merge(rss: Trimalloc.rss, pid: Process.pid, active: Trimalloc.active?,
+                                 comm: File.read("/proc/self/comm").chomp, hook: hook)
+    Sidekiq.redis { |r| r.set("trimalloc:stats", JSON.generate(info)) }
   end
 end

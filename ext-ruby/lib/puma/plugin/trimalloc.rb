@@ -36,6 +36,12 @@ module Trimalloc
         opts
       end
 
+      # This process's counters ({events:, trims:, skipped:, coalesced:,
+      # trimmed_bytes:}), or nil before the plugin's first out-of-band call.
+      def stats
+        @trimmer&.stats
+      end
+
       def reset!
         @trimmer = nil
       end

@@ -31,7 +31,7 @@ HINT = ("put `import trimalloc.preload` first in gunicorn.conf.py (gunicorn), in
 def _warn(msg):
     # type: (str) -> None
     warnings.warn("trimalloc.preload: %s; continuing on %s" % (msg, _trimalloc.backend()),
-                  RuntimeWarning, stacklevel=3)
+                  RuntimeWarning, stacklevel=4)  # the line that imports this module
 
 
 def _preload():

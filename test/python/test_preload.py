@@ -116,7 +116,8 @@ if pid == 0:  # a worker, as a server forks it: the app module imports the prelo
         import trimalloc.preload
     import trimalloc
     print(json.dumps({"pid": os.getpid(), "status": trimalloc.preload.status,
-                      "backend": trimalloc.backend(), "warnings": [str(x.message) for x in w]}),
+                      "backend": trimalloc.backend(), "warnings": [str(x.message) for x in w],
+                      "where": [(x.filename, x.lineno) for x in w]}),
           flush=True)
     os._exit(0)
 os.waitpid(pid, 0)
@@ -131,6 +132,7 @@ def test_preload_refuses_in_a_forked_child(tmp_path):
     assert (r["status"], r["backend"]) == ("forked", "glibc") and len(r["warnings"]) == 1
     assert "fork of one running the same program" in r["warnings"][0]
     assert "gunicorn.conf.py" in r["warnings"][0]  # names the right place
+    assert r["where"] == [[str(tmp_path / "prog.py"), 7]]  # ... at the line that imports it
 
 
 def test_preload_refuses_after_the_title_was_rewritten():

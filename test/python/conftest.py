@@ -130,6 +130,116 @@ def children_of(pid: int) -> List[int]:
     return out
 
 
+def wait_for(what: str, cond: Callable[[], object], timeout: float = 60.0, step: float = 0.02):
+    """Polls cond until it returns a true value, which it returns; fails naming
+    `what` after `timeout` seconds. What a test waits for is a condition (a
+    counter, a log line, an RSS), never a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %g s waiting for %s" % (timeout, what))
+        time.sleep(step)
+
+
+def proc_status(pid: int) -> Dict[str, int]:
+    """{"rss", "hwm"} of a process (VmRSS, and VmHWM: its peak RSS), bytes."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line[2:5].lower()] = int(line.split()[1]) * 1024
+    return out
+
+
+def maps_trimalloc(pid: int) -> bool:
+    """Whether trimalloc's library is mapped into a process (its allocator)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "/libtrimalloc.so" in f.read()
+
+
+def zombie_or_gone(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def spawn_server(cmd: List[str], env: Dict[str, str], log: Path, **kw) -> subprocess.Popen:
+    """Starts a server in a session (and process group) of its own, so that its
+    workers are stopped with it; stdin closed, stdout and stderr into log."""
+    with open(str(log), "ab") as out:
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, **kw)
+
+
+def stop_group(p: subprocess.Popen, grace: float = 20) -> None:
+    """Stops a process group started by spawn_server, by its id: SIGTERM to the
+    group, SIGKILL to what is left of it once the leader has exited or after
+    `grace` seconds, then reaps the leader (not before: until it is reaped its
+    pid, the group's id, cannot be reused)."""
+    def signal_group(sig):
+        try:
+            os.killpg(p.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    if p.returncode is None:
+        signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while not zombie_or_gone(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        signal_group(signal.SIGKILL)
+    p.wait()
+
+
+def http_json(port: int, path: str, timeout: float = 120) -> dict:
+    """GET path from 127.0.0.1:port; the parsed JSON body."""
+    import http.client
+    import json
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path, headers={"Connection": "close"})
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 200, (path, r.status, body)
+        return json.loads(body)
+    finally:
+        c.close()
+
+
+def on_each_worker(port: int, path: str, n: int) -> List[dict]:
+    """The same request to n workers at once: the probe apps (fixtures/
+    probe_app.py, test/ruby/support/probe_app.rb) hold each request at a
+    barrier until all n arrived, and a worker that serves one request at a
+    time accepts no connection while it holds one, so each answer comes from
+    another worker."""
+    import threading
+    import uuid
+    name = "b%d-%s" % (os.getpid(), uuid.uuid4().hex[:12])
+    url = "%s%sbarrier=%s&n=%d" % (path, "&" if "?" in path else "?", name, n)
+    out = [None] * n  # type: List[object]
+
+    def one(i):
+        try:
+            out[i] = http_json(port, url)
+        except BaseException as e:  # re-raised below, in the test's thread
+            out[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in out:
+        if isinstance(r, BaseException):
+            raise r
+    return out  # type: ignore[return-value]
+
+
 @pytest.fixture
 def fields() -> List[str]:
     return core_fields()

@@ -1,20 +1,29 @@
-"""trimalloc.celery with a real Celery 5 worker (prefork pool) and a real redis-server broker."""
+"""trimalloc.celery with a real Celery 5 worker (prefork pool, 2 processes)
+and a real redis-server broker (started by the test on a free loopback port,
+no persistence). A task counts as done once its task_postrun handlers ran
+(the app's marker), so nothing here waits a fixed time. The same behaviour
+names as test/ruby/sidekiq_test.rb."""
+import contextlib
 import gc
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import MiB, children_of, free_port, rss_of, stop_process, wait_until
+from conftest import (MiB, child_env, children_of, free_port, maps_trimalloc, proc_status, rss_of,
+                      spawn_server, stop_group, stop_process, wait_for, wait_until)
 
 import celery  # Debian python3-celery: a missing package fails the suite, not skips it
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TASKS, TASK_MIB = 16, 40
+POOL = 2
+BURST_MIB = 100
+# The core's own return of idle memory (its background purger, its delayed
+# purge) is held off where what returns the burst must be the hook's trim.
+HOLD = {"TRIMALLOC_BACKGROUND": "0", "TRIMALLOC_PURGE_DELAY_MS": "600000"}
 
 
 @pytest.fixture(scope="module")
@@ -37,42 +46,75 @@ def redis_url(tmp_path_factory):
         stop_process(server)
 
 
-def run_worker(redis_url, tmp_path, name, on_trimalloc):
-    """Starts a worker, runs TASKS churn tasks, returns (pool pids -> RSS, log, hook stats)."""
-    env = dict(os.environ, TA_REDIS_URL=redis_url, PYTHONPATH=str(FIXTURES),
-               TA_INTEGRATION="1" if on_trimalloc else "0")
-    for k in ("LD_PRELOAD", "PYTHONMALLOC", "TRIMALLOC_PRELOAD_GUARD"):
-        env.pop(k, None)
+class Worker:
+    """A celery worker (prefork, 2 pool processes) the test started, its log,
+    a client, and the directory where the app marks finished tasks."""
+
+    def __init__(self, proc, log_path, client, done_dir, queue):
+        self.proc, self.log_path, self.client, self.done_dir, self.queue = (
+            proc, log_path, client, done_dir, queue)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        return self.log_path.read_text()
+
+    def run(self, name, *args, **kwargs):
+        """Sends a task; returns its AsyncResult."""
+        return self.client.send_task("celery_app." + name, args=list(args), kwargs=kwargs,
+                                     queue=self.queue)
+
+    def done(self, results, timeout=120):
+        """Waits for the results, then until every task's task_postrun
+        handlers, trimalloc's trim included, have run (the app's marker)."""
+        values = [r.get(timeout=timeout) for r in results]
+        ids = [r.id for r in results]
+        wait_for("task_postrun of %d tasks" % len(ids),
+                 lambda: all((self.done_dir / i).exists() for i in ids), timeout=timeout)
+        return values
+
+    def on_each_pool_process(self, name, *args):
+        """The same task once in each pool process (the app's barrier)."""
+        barrier = uuid.uuid4().hex
+        return self.done([self.run(name, *args, barrier=barrier, n=POOL) for _ in range(POOL)])
+
+
+@contextlib.contextmanager
+def celery_worker(redis_url, tmp_path, name, launcher=False, integration=False, preload_in=None,
+                  hold=False):
+    done_dir = tmp_path / ("%s-done" % name)
+    done_dir.mkdir()
+    env = child_env(False, TA_REDIS_URL=redis_url, PYTHONPATH=str(FIXTURES), TA_DONE_DIR=str(done_dir),
+                    TA_INTEGRATION="1" if integration else "0", TA_PRELOAD_IN=preload_in or "",
+                    **(HOLD if hold else {}))
     cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-P", "prefork",
-           "-c", "2", "-l", "info", "-n", "%s@localhost" % name, "-Q", name,
+           "-c", str(POOL), "-l", "info", "-n", "%s@localhost" % name, "-Q", name,
            "--without-heartbeat", "--without-gossip", "--without-mingle"]
-    if on_trimalloc:
+    if launcher:
         cmd = [sys.executable, "-m", "trimalloc", "run", "--"] + cmd
     log_path = tmp_path / ("%s.log" % name)
     client = celery.Celery("client", broker=redis_url, backend=redis_url)
-    with open(log_path, "w") as log:
-        worker = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    pool = []
+    worker = spawn_server(cmd, env, log_path)
     try:
-        results = [client.send_task("celery_app.churn", args=[TASK_MIB], queue=name)
-                   for _ in range(TASKS)]
-        task_pids = {r.get(timeout=120) for r in results}
-        stats = client.send_task("celery_app.hook_stats", queue=name).get(timeout=60)
-        del results
-        pool = children_of(worker.pid)
-        assert task_pids <= set(pool) and len(task_pids) == 2, (task_pids, pool)
-        time.sleep(1.0)  # let the last task_postrun handlers finish
-        rss = {pid: rss_of(pid) for pid in pool}
+        yield Worker(worker, log_path, client, done_dir, name)
     finally:
-        stop_process(worker)
-        for pid in pool:  # pool processes outliving their parent: stop them by pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(worker)
         gc.collect()  # drop AsyncResults while the broker still answers
         client.close()
-    return rss, log_path.read_text(), stats
+
+
+def run_worker(redis_url, tmp_path, name, on_trimalloc):
+    """Starts a worker, runs TASKS churn tasks, returns (pool pids -> RSS, log, hook stats)."""
+    with celery_worker(redis_url, tmp_path, name, launcher=on_trimalloc,
+                       integration=on_trimalloc) as w:
+        task_pids = set(w.done([w.run("churn", TASK_MIB) for _ in range(TASKS)]))
+        stats, = w.done([w.run("hook_stats")])
+        pool = children_of(w.pid)
+        assert task_pids <= set(pool) and len(task_pids) == 2, (task_pids, pool)
+        rss = {pid: rss_of(pid) for pid in pool}  # every task's trim has run
+        return rss, w.log(), stats
 
 
 def test_celery_worker_rss_lower_on_trimalloc_with_the_integration(redis_url, tmp_path):
@@ -96,6 +138,55 @@ def test_celery_worker_rss_lower_on_trimalloc_with_the_integration(redis_url, tm
         sorted(v // MiB for v in glibc_rss.values()), sorted(v // MiB for v in trim_rss.values()))
     assert glibc_total - trim_total > TASK_MIB * MiB, detail  # one task's worth per process: ~80 MiB
     assert max(trim_rss.values()) < min(glibc_rss.values()) - TASK_MIB * MiB // 2, detail
+
+
+def check_burst(w):
+    """What the launcher and preload tests check: every pool process runs on
+    trimalloc, says so in the log once, the integration's trim after a
+    100 MiB burst returns it, and the RSS falls well below the peak; one
+    worker, its pool never replaced."""
+    before = w.on_each_pool_process("hook_stats")
+    assert maps_trimalloc(w.pid)  # the worker itself
+    pool = sorted(children_of(w.pid))
+    assert sorted(i["pid"] for i in before) == pool and len(pool) == POOL, (before, pool)
+    for i in before:
+        assert (i["ppid"], i["active"], i["backend"]) == (w.pid, True, "trimalloc"), i
+        assert w.log().count("trimalloc: pool process %d runs on trimalloc (" % i["pid"]) == 1, w.log()
+
+    bursts = w.on_each_pool_process("burst", BURST_MIB)
+    assert sorted(b["pid"] for b in bursts) == pool
+    for b in bursts:
+        start = next(i for i in before if i["pid"] == b["pid"])
+        assert b["rss"] - start["rss"] >= 70 * MiB, ("the burst was resident at its end", b)
+    for pid in pool:
+        def fell():
+            st = proc_status(pid)
+            return st["hwm"] - st["rss"] >= 60 * MiB
+        wait_for("pool process %d's RSS to fall after the burst (%s)" % (pid, proc_status(pid)), fell)
+    after = w.on_each_pool_process("hook_stats")
+    for i in after:
+        start = next(b for b in before if b["pid"] == i["pid"])
+        c, c0 = i["celery"], start["celery"]
+        assert c["trims"] > c0["trims"], (i["pid"], c)
+        assert c["trimmed_bytes"] - c0["trimmed_bytes"] >= 60 * MiB, ("the trim returned the burst", c)
+        assert i["stats"]["trims"] >= c["trims"]
+
+    log = w.log()
+    assert log.count("celery@%s ready." % w.queue) + log.count("%s@localhost ready." % w.queue) == 1, log
+    assert sorted(children_of(w.pid)) == pool  # no pool process replaced
+    assert "trimalloc.preload" not in log, log
+
+
+def test_celery_on_the_launcher_runs_on_trimalloc_and_trims_after_a_burst(redis_url, tmp_path):
+    with celery_worker(redis_url, tmp_path, "launcher", launcher=True, integration=True, hold=True) as w:
+        check_burst(w)
+
+
+def test_celery_with_the_preload_line_in_its_app_module_runs_on_trimalloc_and_trims_after_a_burst(
+        redis_url, tmp_path):
+    with celery_worker(redis_url, tmp_path, "preload", preload_in="celery_app.py", integration=True,
+                       hold=True) as w:
+        check_burst(w)
 
 
 def test_install_arguments():

@@ -1,7 +1,8 @@
 /* Aligned allocation. Blocks are placed, not shifted: a small block comes
  * from the first size class that is a multiple of the alignment (pages start
  * on 64 KiB boundaries, so every block of such a class is aligned), a large one
- * from a slice-aligned run, a huge one at an aligned offset of its mapping.
+ * from a slice-aligned run, a huge one at an aligned offset of its mapping
+ * (alignments above 2 MiB: at a segment boundary, huge.c).
  * So every pointer handed out is a block start and free needs no special case. */
 #include "internal.h"
 
@@ -13,10 +14,11 @@ static bool is_pow2(size_t a) {
 
 static void *aligned(size_t align, size_t n) {
   if (align <= TA_ALIGN) return trimalloc_malloc(n);
-  if (align > TA_MAX_ALIGN || n > PTRDIFF_MAX) {
+  if (n > PTRDIFF_MAX) {
     errno = ENOMEM;
     return NULL;
   }
+  if (align > TA_MAX_ALIGN) return ta_huge_alloc_far(n, align, false);
   size_t need = n < align ? align : n;
   if (need <= TA_LARGE_MAX && align <= TA_SLICE_SIZE) {
     ta_process_init();

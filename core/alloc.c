@@ -80,19 +80,24 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
   ta_purge_kick(); /* something may be left to purge */
 }
 
-/* Fast path budget: a segment-map bit test, the span descriptor's class and
- * block-start test (one multiply), a TLS load, the block's cookie word (its
+/* Fast path budget: a segment-map bit test, the span descriptor's class,
+ * block-start test (one multiply) and carved bound, a TLS load, the block's cookie word (its
  * cache line is needed for the push anyway), two compares (the bin's count
  * and the cache's byte bound) and a push. */
 TRIMALLOC_API void trimalloc_free(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   if (ta_unlikely(!ta_segmap_contains(s))) {
-    if (p != NULL) ta_error("free: invalid pointer", p);
+    if (p == NULL) return;
+    ta_segment_t *far = ta_huge_far_of(p); /* a block aligned above 2 MiB */
+    if (!far) ta_error("free: invalid pointer", p);
+    ta_huge_free(far);
     return;
   }
   ta_span_t *sp = ta_span_of(s, p);
   size_t cls = sp->cls;
-  if (ta_likely(cls < TA_TCLASSES && ta_is_block_start(sp, p))) {
+  uint32_t off = (uint32_t)((uint8_t *)p - sp->start);
+  if (ta_likely(cls < TA_TCLASSES && off * sp->div_magic <= sp->div_magic - 1 &&
+                off < ta_relaxed_load(&sp->carved_bytes))) { /* a block start ever handed out */
     if (ta_unlikely(((ta_block_t *)p)->key == ta_cookie)) double_free(p);
     ta_tcache_t *tc = ta_tls_tcache;
     ta_tbin_t *tb = &tc->bins[cls];
@@ -127,13 +132,19 @@ TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
 /* Usable size of a block; reports and aborts for a pointer that is not one. */
 size_t ta_usable_size(const void *p, const char *what) {
   ta_segment_t *s = ta_segment_of(p);
-  if (!ta_segmap_contains(s)) ta_error(what, p);
+  if (!ta_segmap_contains(s)) {
+    ta_segment_t *far = ta_huge_far_of(p);
+    if (!far) ta_error(what, p);
+    return far->huge_size;
+  }
   ta_span_t *sp = ta_span_of(s, p);
   if (sp->kind == TA_SPAN_HUGE) {
     if ((const uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error(what, p);
     return s->huge_size;
   }
   if ((sp->kind != TA_SPAN_SLAB && sp->kind != TA_SPAN_LARGE) || !ta_is_block_start(sp, p)) ta_error(what, p);
+  if (sp->kind == TA_SPAN_SLAB && (uint32_t)((const uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
+    ta_error(what, p); /* never handed out */
   return sp->bsize;
 }
 
@@ -149,7 +160,7 @@ TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   }
   size_t have = ta_usable_size(p, "realloc: invalid pointer");
   ta_segment_t *s = ta_segment_of(p);
-  if (s->huge && n > TA_LARGE_MAX) return ta_huge_realloc(s, n); /* mremap: no copy */
+  if (ta_segmap_contains(s) && s->huge && n > TA_LARGE_MAX) return ta_huge_realloc(s, n); /* mremap: no copy */
   if (n <= have && n >= have / 2) return p;                        /* fits in place */
   void *q = trimalloc_malloc(n);
   if (!q) return NULL; /* p stays valid */

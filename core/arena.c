@@ -123,10 +123,13 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
 static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size_t cls, uint64_t now,
                       ta_pagedelta_t *d) {
   uint16_t d0 = sp->dirty;
-  if (ta_unlikely(sp->kind != TA_SPAN_SLAB || sp->cls != cls || !ta_slab_put(sp, p, d))) {
-    bool twice = sp->kind == TA_SPAN_SLAB && sp->cls == cls && ta_is_block_start(sp, p);
+  ta_put_t put = sp->kind == TA_SPAN_SLAB && sp->cls == cls ? ta_slab_put(sp, p, d) : TA_PUT_NOT_BLOCK;
+  if (ta_unlikely(put != TA_PUT_OK)) {
     ta_unlock(&bin->lock);
-    ta_error(twice ? "free: double free" : "free: invalid pointer", p);
+    ta_error(put == TA_PUT_FREE    ? "free: double free"
+             : put == TA_PUT_NEVER ? "free: invalid pointer (never allocated)"
+                                   : "free: invalid pointer",
+             p);
   }
   dirty_moved(bin, d0, sp->dirty);
   ta_relaxed_sub(&bin->used_bytes, sp->bsize);

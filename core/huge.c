@@ -163,7 +163,66 @@ void *ta_huge_alloc(size_t size, size_t align, bool zero) {
   return (uint8_t *)p + off;
 }
 
+/* ---- alignments above half a segment ----
+ * Such a block starts on a segment boundary, so p & ~mask is the block
+ * itself: its header goes at the start of the segment before it, and the
+ * block's segment is marked in a map of its own, which only the slow paths
+ * read (the free fast path's segment-map test fails for it). */
+static _Atomic uint64_t farmap[TA_SEGMAP_WORDS];
+
+static void farmap_set(const void *p, bool on) {
+  uintptr_t i = (uintptr_t)p >> TA_SEGMENT_SHIFT;
+  uint64_t bit = (uint64_t)1 << (i % 64);
+  if (on) atomic_fetch_or_explicit(&farmap[i / 64], bit, memory_order_release);
+  else atomic_fetch_and_explicit(&farmap[i / 64], ~bit, memory_order_release);
+}
+
+ta_segment_t *ta_huge_far_of(const void *p) {
+  uintptr_t i = (uintptr_t)p >> TA_SEGMENT_SHIFT;
+  if (((uintptr_t)p & TA_SEGMENT_MASK) || i >= TA_SEGMAP_WORDS * 64) return NULL;
+  if (!((atomic_load_explicit(&farmap[i / 64], memory_order_acquire) >> (i % 64)) & 1)) return NULL;
+  return (ta_segment_t *)((uintptr_t)p - TA_SEGMENT_SIZE);
+}
+
+void *ta_huge_alloc_far(size_t size, size_t align, bool zero) {
+  size_t ps = ta_prim_page_size(), sz = round_up(size ? size : 1, ps);
+  if (size > PTRDIFF_MAX - 2 * TA_SEGMENT_SIZE - ps || align > (PTRDIFF_MAX - 2 * TA_SEGMENT_SIZE - sz)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t total = TA_SEGMENT_SIZE + sz + align; /* over-mapped: the ends are cut off */
+  void *m;
+  if (ta_prim_map(total, TA_SEGMENT_SIZE, &m) != 0) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  uintptr_t start = (uintptr_t)m, p = (start + TA_SEGMENT_SIZE + align - 1) & ~(uintptr_t)(align - 1);
+  uintptr_t hdr = p - TA_SEGMENT_SIZE, end = start + total;
+  if (hdr > start) ta_prim_unmap((void *)start, hdr - start);
+  if (end > p + sz) ta_prim_unmap((void *)(p + sz), end - (p + sz));
+  (void)zero; /* a fresh mapping reads as zero */
+  ta_segment_t *s = (ta_segment_t *)hdr;
+  s->huge = 2;
+  s->map_size = TA_SEGMENT_SIZE + sz;
+  s->huge_off = TA_SEGMENT_SIZE;
+  s->huge_size = sz;
+  s->spans[0].kind = TA_SPAN_HUGE;
+  s->spans[0].cls = TA_NO_CLASS;
+  s->spans[0].slices = 1;
+  s->spans[0].start = (uint8_t *)p;
+  farmap_set((void *)p, true);
+  huge_account(s, 1);
+  ta_relaxed_add(&ta_huge_total, 1);
+  return (void *)p;
+}
+
 void ta_huge_free(ta_segment_t *s) {
+  if (s->huge == 2) { /* far: never cached */
+    huge_account(s, -1);
+    farmap_set((uint8_t *)s + s->huge_off, false);
+    ta_prim_unmap(s, s->map_size);
+    return;
+  }
   huge_account(s, -1);
   ta_segmap_set(s, false);
   s->spans[0].kind = TA_SPAN_FREE; /* a stale pointer into the cache is not a block */

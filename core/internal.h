@@ -123,7 +123,8 @@ TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
 TA_HIDDEN extern uintptr_t ta_cookie; /* in the second word of a block in a thread cache */
 TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d); /* bin lock */
-TA_HIDDEN bool ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bin lock; false: not handed out */
+typedef enum { TA_PUT_OK, TA_PUT_NOT_BLOCK, TA_PUT_NEVER, TA_PUT_FREE } ta_put_t;
+TA_HIDDEN ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d); /* bin lock; empty slab, before it is freed */
 TA_HIDDEN size_t ta_slab_purge(ta_span_t *sp);       /* bin lock; bytes */
 TA_HIDDEN bool ta_slab_is_valid(ta_span_t *sp);      /* bin lock */
@@ -186,6 +187,8 @@ TA_HIDDEN void ta_huge_fork_prepare(void);
 TA_HIDDEN void ta_huge_fork_parent(void);
 TA_HIDDEN void ta_huge_fork_child(void);
 TA_HIDDEN void ta_huge_free(ta_segment_t *s);
+TA_HIDDEN void *ta_huge_alloc_far(size_t size, size_t align, bool zero); /* align > TA_MAX_ALIGN */
+TA_HIDDEN ta_segment_t *ta_huge_far_of(const void *p); /* the header of such a block, or NULL */
 TA_HIDDEN void *ta_huge_realloc(ta_segment_t *s, size_t size);
 TA_HIDDEN extern _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, ta_huge_total, ta_huge_cached;
 

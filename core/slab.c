@@ -29,6 +29,7 @@ void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d) {
   sp->reserved = (uint32_t)(sp->slices * TA_SLICE_SIZE / sp->bsize);
   sp->bucket_mul = ((uint32_t)TA_FULLNESS << 20) / sp->reserved;
   sp->carved = sp->used = 0;
+  ta_relaxed_store(&sp->carved_bytes, 0);
   sp->scan = 0;
   sp->bucket = TA_BUCKET_NONE;
   sp->freed_ms = 0;
@@ -99,23 +100,25 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
     taken++;
   }
   *out = head;
+  ta_relaxed_store(&sp->carved_bytes, sp->carved * sp->bsize);
   sp->used += (uint32_t)taken;
   return taken;
 }
 
-bool ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d) {
+ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d) {
   ta_segment_t *s = ta_segment_of(sp);
   size_t off = (size_t)((uint8_t *)p - sp->start);
-  if (off >= (size_t)sp->carved * sp->bsize || !ta_is_block_start(sp, p)) return false;
+  if (!ta_is_block_start(sp, p)) return TA_PUT_NOT_BLOCK;
+  if (off >= (size_t)sp->carved * sp->bsize) return TA_PUT_NEVER;
   size_t g = (size_t)((uint8_t *)p - (uint8_t *)s) >> TA_GRANULE_SHIFT;
   uint64_t *word = &ta_segbits(s)->free[g / 64], bit = (uint64_t)1 << (g % 64);
-  if (*word & bit) return false; /* already free: a double free */
+  if (*word & bit) return TA_PUT_FREE; /* already free: a double free */
   *word |= bit;
   size_t rel = g / 64 - word_base(sp);
   if (rel < sp->scan) sp->scan = (uint16_t)rel;
   sp->used--;
   block_dead(sp, s, p, d);
-  return true;
+  return TA_PUT_OK;
 }
 
 void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d) {

@@ -106,6 +106,7 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   uint16_t head_off;     /* slices to the head (0 for a head) */
   uint8_t kind;          /* ta_span_kind_t */
   uint8_t cls;           /* size class of a slab, else TA_NO_CLASS */
+  _Atomic uint32_t carved_bytes; /* slab: carved * bsize (the free fast path's "ever handed out?") */
   ta_arena_t *arena;     /* owner */
   uint32_t used;         /* blocks handed out */
   uint32_t reserved;     /* blocks that fit */

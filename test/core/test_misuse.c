@@ -101,6 +101,32 @@ static void case_interior_huge(void) {
   interior_of(5 * MiB, page_size());
 }
 
+/* A block start in a slab that was never handed out: free must not take it
+ * (it would be handed out later, and again when the slab carves it). */
+static uint8_t *never_carved(void) {
+  uint8_t *p = trimalloc_malloc(7000); /* 7 KiB class: 9 blocks in a 64 KiB slab */
+  size_t bs = trimalloc_malloc_usable_size(p);
+  return p + 8 * bs;                   /* the last one: one refill carves fewer */
+}
+static void case_never_carved(void) {
+  uint8_t *q = never_carved();
+  announce(q);
+  trimalloc_free(q);
+}
+static void case_realloc_never_carved(void) {
+  uint8_t *q = never_carved();
+  announce(q);
+  q = trimalloc_realloc(q, 10);
+}
+
+/* A pointer into the segment header (descriptors and bitmaps). */
+static void case_metadata_pointer(void) {
+  uint8_t *p = trimalloc_malloc(64);
+  uint8_t *hdr = (uint8_t *)((uintptr_t)p & ~(uintptr_t)(4 * MiB - 1)) + 256;
+  announce(hdr);
+  trimalloc_free(hdr);
+}
+
 static void case_stack_pointer(void) {
   char buf[64];
   announce(buf + 16);
@@ -174,6 +200,9 @@ static const misuse_t cases[] = {
     {"interior pointer, unaligned", "free", case_interior_small_unaligned},
     {"interior pointer, large block", "free", case_interior_large},
     {"interior pointer, huge block", "free", case_interior_huge},
+    {"never-carved block in a slab", "free", case_never_carved},
+    {"realloc of a never-carved block", "realloc", case_realloc_never_carved},
+    {"pointer into a segment header", "free", case_metadata_pointer},
     {"stack pointer", "free", case_stack_pointer},
     {"pointer to a global", "free", case_global_pointer},
     {"pointer into a foreign mmap", "free", case_mmap_pointer},

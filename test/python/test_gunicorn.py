@@ -48,10 +48,11 @@ class Server:
 def server(tmp_path):
     started = []
 
-    def start(hook, launcher=False, preload_in=None):
+    def start(hook, launcher=False, preload_in=None, preload_app=False):
         port = free_port()
         env = child_env(False, TA_PORT=str(port), TA_BARRIER_DIR=str(tmp_path), TA_HOOK=hook,
-                        TA_PRELOAD_IN=preload_in or "", PYTHONPATH=str(FIXTURES), **HOLD)
+                        TA_PRELOAD_IN=preload_in or "", TA_PRELOAD_APP="1" if preload_app else "0",
+                        PYTHONPATH=str(FIXTURES), **HOLD)
         cmd = [sys.executable, "-m", "gunicorn", "-c", str(CONF), "probe_app:application"]
         if launcher:
             cmd = [sys.executable, "-m", "trimalloc", "run", "--"] + cmd
@@ -150,3 +151,12 @@ def test_gunicorn_with_the_preload_line_in_the_app_comes_up_once_on_glibc_and_wa
         assert "fork of one running the same program" in w
         assert "first in gunicorn.conf.py" in w  # names the right place
         assert w.endswith("continuing on glibc"), w
+
+
+def test_gunicorn_with_the_preload_line_in_the_app_and_preload_runs_every_worker_on_trimalloc(server, hook):
+    # With --preload the master imports the application module before it
+    # forks (and before it binds): the line re-executes the master there.
+    s = server(hook, preload_in="probe_app.py", preload_app=True)
+    assert maps_trimalloc(s.pid)
+    check_server(s, "trimalloc", hook)
+    assert not WARNING.findall(s.log())

@@ -128,4 +128,19 @@ class PumaClusterTest < Minitest::Test
       end
     end
   end
+
+  # The preload line in config.ru with preload_app!: the master loads it, but
+  # Puma has set the master's process title by then, so its command line can
+  # no longer be run again: refused once, in the master; the workers it forks
+  # serve on glibc (and do not load config.ru again).
+  def test_puma_cluster_with_the_preload_line_in_the_app_and_preload_app_comes_up_once_on_glibc_and_warns_once
+    with_cluster(preload_in: "config.ru", preload_app: true) do |master, port, read|
+      refute maps_trimalloc?(master)
+      check_cluster(master, port, read, backend: "glibc")
+      warnings = read.call.scan(WARNING)
+      assert_equal 1, warnings.size, "one warning, the master's:\n#{read.call}"
+      assert_match(/command line was rewritten/, warnings[0])
+      assert_match(%r{config/puma\.rb, before preload_app!}, warnings[0], "names the right place")
+    end
+  end
 end

@@ -26,8 +26,8 @@ static __attribute__((noinline)) void *malloc_big(size_t n) {
 
 /* Fast path budget: a class lookup (one table load up to 1 KiB, a few ALU
  * operations up to 128 KiB), a TLS load, a pop from the bin's list with its
- * cookie check (the cookie shares the cache line of the link just read), and
- * four stores. No lock, no atomic read-modify-write, no stats. */
+ * link unmasked (three ALU operations) and checked with the cookie (which
+ * shares the cache line of the link just read), and four stores. No lock, no atomic read-modify-write, no stats. */
 TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   size_t cls;
   if (ta_likely(n <= TA_SMALL_MAX)) cls = ta_small_class[(n + TA_ALIGN - 1) / TA_ALIGN];
@@ -37,8 +37,9 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   ta_tbin_t *tb = &tc->bins[cls];
   ta_block_t *b = tb->head;
   if (ta_likely(b != NULL)) {
-    if (ta_unlikely(b->key != ta_cookie)) corrupt(b);
-    tb->head = b->next;
+    ta_block_t *next = ta_link_get(b);
+    if (ta_unlikely(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1)))) corrupt(b);
+    tb->head = next;
     b->key = 0;
     tb->count--;
     ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - tb->bsize);
@@ -104,7 +105,7 @@ TRIMALLOC_API void trimalloc_free(void *p) {
     uint64_t held = ta_relaxed_load(&tc->held) + tb->bsize;
     if (ta_likely(tb->count < tb->max && held <= tc->limit)) {
       ta_block_t *b = p;
-      b->next = tb->head;
+      ta_link_set(b, tb->head);
       b->key = ta_cookie;
       tb->head = b;
       tb->count++;

@@ -153,7 +153,7 @@ void ta_arena_flush(ta_block_t *b, size_t cls) {
   uint64_t now = ta_prim_clock_ms();
   ta_pagedelta_t d = {0};
   while (b) {
-    ta_block_t *next = b->next;
+    ta_block_t *next = ta_link_get(b);
     ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
     ta_arena_t *ba = sp->arena; /* fixed while the slab holds this live block */
     if (ba != a) {

@@ -41,6 +41,7 @@ void ta_process_init(void) {
     if (ps > TA_SLICE_SIZE) ta_say("warning: OS pages over 64 KiB are not supported", "", "", "", "");
     ta_size_init();
     ta_cookie = (uintptr_t)ta_prim_random(); /* slab.c sets it in blocks, tcache.c and alloc.c check it */
+    ta_link_secret = (uintptr_t)ta_prim_random() & ~(uintptr_t)(TA_ALIGN - 1); /* keeps links aligned */
     ta_options_init();
     ta_tcache_init();
     atomic_store_explicit(&ta_initialized, 1, memory_order_release);

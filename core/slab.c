@@ -7,7 +7,8 @@
  * slab's class in its arena. */
 #include "internal.h"
 
-uintptr_t ta_cookie = 0x7a3c5e1f9b2d4c61u; /* replaced by a random value at init */
+uintptr_t ta_cookie = 0x7a3c5e1f9b2d4c61u;      /* both replaced by random values at init */
+uintptr_t ta_link_secret = 0x3c1d9e5b7f2a4860u;
 
 static inline size_t word_base(const ta_span_t *sp) {
   return ta_span_index(sp) * (TA_SLICE_SIZE >> TA_GRANULE_SHIFT >> 6);
@@ -80,7 +81,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
       ta_block_t *b = (ta_block_t *)((uint8_t *)s + ((word_base(sp) + w) * 64 + (size_t)__builtin_ctzll(x)) * TA_ALIGN);
       x &= x - 1;
       block_live(sp, s, (uint8_t *)b, d);
-      b->next = head;
+      ta_link_set(b, head);
       b->key = cookie;
       head = b;
       taken++;
@@ -94,7 +95,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
     ta_block_t *b = (ta_block_t *)(sp->start + (size_t)sp->carved * sp->bsize);
     sp->carved++;
     block_live(sp, s, (uint8_t *)b, d);
-    b->next = head;
+    ta_link_set(b, head);
     b->key = cookie;
     head = b;
     taken++;

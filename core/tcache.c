@@ -81,9 +81,9 @@ static void flush_bin(ta_tcache_t *tc, size_t c, size_t keep) {
     tb->head = NULL;
   } else {
     ta_block_t *b = tb->head;
-    for (size_t i = 1; i < keep; i++) b = b->next;
-    rest = b->next;
-    b->next = NULL;
+    for (size_t i = 1; i < keep; i++) b = ta_link_get(b);
+    rest = ta_link_get(b);
+    ta_link_set(b, NULL);
   }
   ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - (uint64_t)(tb->count - keep) * tb->bsize);
   tb->count = (uint16_t)keep;
@@ -147,8 +147,10 @@ void *ta_tcache_refill(ta_tcache_t *tc, size_t cls) {
     tb->count = (uint16_t)got;
     ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) + (uint64_t)got * tb->bsize);
   }
-  if (ta_unlikely(b->key != ta_cookie)) ta_error("malloc: heap corruption (double free or write after free) of block", b);
-  tb->head = b->next;
+  ta_block_t *next = ta_link_get(b);
+  if (ta_unlikely(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))
+    ta_error("malloc: heap corruption (double free or write after free) of block", b);
+  tb->head = next;
   b->key = 0;
   tb->count--;
   ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - tb->bsize);
@@ -172,7 +174,7 @@ void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
     return;
   }
   ta_block_t *b = p;
-  b->next = tb->head;
+  ta_link_set(b, tb->head);
   b->key = ta_cookie;
   tb->head = b;
   tb->count++;
@@ -232,7 +234,7 @@ bool ta_tcache_is_valid(ta_tcache_t *tc) {
   for (size_t c = 0; c < TA_TCLASSES; c++) {
     ta_tbin_t *tb = &tc->bins[c];
     size_t n = 0;
-    for (ta_block_t *b = tb->head; b; b = b->next, n++) {
+    for (ta_block_t *b = tb->head; b; b = ta_link_get(b), n++) {
       if (n > tb->max || b->key != ta_cookie || !ta_segmap_contains(ta_segment_of(b))) return false;
       ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
       if (sp->kind != TA_SPAN_SLAB || sp->cls != c || !ta_is_block_start(sp, b)) return false;

@@ -119,6 +119,28 @@ static void case_realloc_never_carved(void) {
   q = trimalloc_realloc(q, 10);
 }
 
+/* A write after free over a cached block's link (as a use-after-free would
+ * do): the masked link decodes to garbage, which the next malloc of that
+ * size reports instead of following. */
+static void case_write_after_free_link(void) {
+  void *keep = trimalloc_malloc(96);
+  uint64_t *p = trimalloc_malloc(96);
+  announce(p);
+  trimalloc_free(p);
+  p[0] = 0x4141414141414141ull;
+  (void)keep;
+  carry_on(96);
+}
+
+/* ... and over its cookie word. */
+static void case_write_after_free_cookie(void) {
+  uint64_t *p = trimalloc_malloc(96);
+  announce(p);
+  trimalloc_free(p);
+  p[1] = 0;
+  carry_on(96);
+}
+
 /* A pointer into the segment header (descriptors and bitmaps). */
 static void case_metadata_pointer(void) {
   uint8_t *p = trimalloc_malloc(64);
@@ -200,6 +222,8 @@ static const misuse_t cases[] = {
     {"interior pointer, unaligned", "free", case_interior_small_unaligned},
     {"interior pointer, large block", "free", case_interior_large},
     {"interior pointer, huge block", "free", case_interior_huge},
+    {"write after free over a cached link", "malloc", case_write_after_free_link},
+    {"write after free over a cached cookie", "malloc", case_write_after_free_cookie},
     {"never-carved block in a slab", "free", case_never_carved},
     {"realloc of a never-carved block", "realloc", case_realloc_never_carved},
     {"pointer into a segment header", "free", case_metadata_pointer},

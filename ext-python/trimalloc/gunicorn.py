@@ -36,11 +36,14 @@ post_request = make_post_request()
 
 def backend_line(pid):
     # type: (object) -> str
+    """The line post_worker_init logs, saying which allocator the worker runs on
+    (and, on glibc, how to change that)."""
     msg = "trimalloc: worker %s runs on %s" % (pid, _trimalloc.backend())
     path = _trimalloc.loaded_path()
     if path:
-        msg += " (%s)" % path
-    return msg
+        return msg + " (%s)" % path
+    return msg + (" (trimalloc is not preloaded: start gunicorn with `trimalloc run --`, or put "
+                  "`import trimalloc.preload` first in gunicorn.conf.py); trims call malloc_trim")
 
 
 def post_worker_init(worker):

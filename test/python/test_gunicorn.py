@@ -92,8 +92,10 @@ def check_server(s, backend, hook):
             backend == "trimalloc", backend, backend), i
     if hook == "gunicorn":  # post_worker_init's line, once per worker
         for w in workers:
-            line = "trimalloc: worker %d runs on %s" % (w, backend)
+            line = "trimalloc: worker %d runs on %s (" % (w, backend)
             assert s.log().count(line) == 1, s.log()
+            if backend == "glibc":
+                assert s.log().count(line + "trimalloc is not preloaded") == 1, s.log()
 
     bursts = on_each_worker(s.port, "/burst?mib=%d" % BURST_MIB, WORKERS)
     assert sorted(b["pid"] for b in bursts) == workers

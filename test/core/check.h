@@ -128,13 +128,41 @@ static inline size_t rss_bytes(void) {
   return (size_t)res * page_size();
 }
 
+/* The command that runs this program when it is not run natively (run.sh's
+ * TEST_RUNNER: an emulator such as "qemu-aarch64 -L /usr/aarch64-linux-gnu"),
+ * or NULL. */
+static inline const char *test_runner(void) {
+  const char *r = getenv("TEST_RUNNER");
+  return r && *r ? r : NULL;
+}
+
 /* What the memory tests measure. Under ThreadSanitizer RSS also holds the
  * shadow of every byte ever touched, which madvise(MADV_DONTNEED) on the
- * application's pages does not release, so the allocator's own count of
- * resident bytes stands in for it there. */
+ * application's pages does not release; under an emulator it holds the
+ * emulator's own memory (qemu-user keeps about 280 KiB for every thread that
+ * ever ran, and the code it translated). There the allocator's own count of
+ * resident bytes stands in for it. */
 static inline size_t resident_now(void);
 static inline size_t memory_now(void) {
-  return TEST_TSAN ? resident_now() : rss_bytes();
+  return TEST_TSAN || test_runner() ? resident_now() : rss_bytes();
+}
+
+/* Replaces this process with `self arg` (a test re-executing itself), through
+ * TEST_RUNNER when there is one: qemu-user does not follow execve, so an
+ * emulated program must be started through the emulator again. Returns only
+ * on failure. */
+static inline void exec_self(const char *self, const char *arg) {
+  char buf[1024], *argv[32], *save = NULL;
+  int n = 0;
+  const char *run = test_runner();
+  if (run) {
+    snprintf(buf, sizeof buf, "%s", run);
+    for (char *w = strtok_r(buf, " ", &save); w && n < 29; w = strtok_r(NULL, " ", &save)) argv[n++] = w;
+  }
+  argv[n++] = (char *)self;
+  argv[n++] = (char *)arg;
+  argv[n] = NULL;
+  execvp(argv[0], argv);
 }
 
 static inline double now_s(void) {

@@ -5,8 +5,16 @@
 # counts as one more failure. Exit status: 0 only when nothing failed.
 #
 #   test/core/run.sh build/build/test_api build/build/test_realloc ...
+# TEST_RUNNER, when set, is a command that runs each program: an emulator,
+# e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu -p 65536". The programs read it
+# too, to start the children they re-execute through it (qemu-user does not
+# follow execve), and to know that RSS holds the emulator's own memory.
+#
+#   TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" test/core/run.sh ...
 set -u
 LIMIT=${TEST_TIMEOUT:-120}
+RUNNER=${TEST_RUNNER:-}
+export TEST_RUNNER=$RUNNER
 # Leak checking is for the allocator's own glibc allocations, which it must
 # not have; the tests' few glibc allocations (thread structures) would only
 # add noise, and LSan cannot stop the world in forked children.
@@ -21,7 +29,8 @@ for bin in "$@"; do
   name=$(basename "$bin")
   echo "== $name"
   start=$(date +%s%N)
-  out=$(timeout -k 5 "$LIMIT" "$bin" 2>&1)
+  # shellcheck disable=SC2086 # RUNNER is a command line, split on spaces
+  out=$(timeout -k 5 "$LIMIT" $RUNNER "$bin" 2>&1)
   rc=$?
   echo "$out" | grep -v -E '^[0-9]+ passed, [0-9]+ failed$'
   summary=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)

@@ -163,7 +163,7 @@ static void run_child(child_out_t *r, const char *const *vars) {
     for (int i = 0; vars[i]; i++) putenv((char *)vars[i]);
     dup2(fo, 1);
     dup2(fe, 2);
-    execl(self_path, self_path, "--child-options", (char *)NULL);
+    exec_self(self_path, "--child-options");
     _exit(127);
   }
   waitpid(pid, &r->status, 0);

@@ -195,7 +195,7 @@ static int run_self(const char *mode, const char *const *env) {
   pid_t pid = fork();
   if (pid == 0) {
     for (int i = 0; env && env[i]; i++) putenv((char *)env[i]);
-    execl(self_path, self_path, mode, (char *)NULL);
+    exec_self(self_path, mode);
     _exit(127);
   }
   int st = 0;

@@ -20,6 +20,7 @@ static void *aligned(size_t align, size_t n) {
   }
   if (align > TA_MAX_ALIGN) return ta_huge_alloc_far(n, align, false);
   size_t need = n < align ? align : n;
+  if (need <= TA_MEDIUM_MAX - TA_CANARY) need += TA_CANARY; /* hardened: the canary's room */
   if (need <= TA_LARGE_MAX && align <= TA_SLICE_SIZE) {
     ta_process_init();
     if (need <= TA_MEDIUM_MAX)

@@ -13,7 +13,11 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
 /* An empty thread-cache bin (and a thread's first call: its cache is made). */
 static __attribute__((noinline)) void *malloc_refill(ta_tcache_t *tc, size_t cls) {
   ta_process_init();
-  return ta_tcache_refill(tc, cls);
+  void *b = ta_tcache_refill(tc, cls);
+#ifdef TA_HARDENED
+  if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
+#endif
+  return b;
 }
 
 /* Beyond the size classes: up to 2 MiB from a page heap, above that a
@@ -30,6 +34,10 @@ static __attribute__((noinline)) void *malloc_big(size_t n) {
  * shares the cache line of the link just read), and four stores. No lock, no atomic read-modify-write, no stats. */
 TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   size_t cls;
+#ifdef TA_HARDENED
+  if (n <= TA_TCACHE_MAX - TA_CANARY) n += TA_CANARY; /* room for the canary */
+  else return malloc_big(n);
+#endif
   if (ta_likely(n <= TA_SMALL_MAX)) cls = ta_small_class[(n + TA_ALIGN - 1) / TA_ALIGN];
   else if (n <= TA_TCACHE_MAX) cls = ta_class_of(n);
   else return malloc_big(n);
@@ -43,6 +51,9 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
     b->key = 0;
     tb->count--;
     ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - tb->bsize);
+#ifdef TA_HARDENED
+    ta_canary_set(b, tb->bsize, ta_cookie);
+#endif
     return b;
   }
   return malloc_refill(tc, cls);
@@ -51,8 +62,11 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
 /* A block of class cls exactly (aligned allocation picks the class). */
 void *ta_malloc_class(size_t cls) {
   ta_process_init();
-  if (cls < TA_TCLASSES) return ta_tcache_refill(ta_tls_tcache, cls);
-  return ta_arena_alloc1(cls);
+  void *b = cls < TA_TCLASSES ? ta_tcache_refill(ta_tls_tcache, cls) : ta_arena_alloc1(cls);
+#ifdef TA_HARDENED
+  if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
+#endif
+  return b;
 }
 
 /* A block whose second word holds the cookie is already free: in a thread
@@ -61,6 +75,12 @@ void *ta_malloc_class(size_t cls) {
 static __attribute__((noinline, noreturn, cold)) void double_free(void *p) {
   ta_error("free: double free", p);
 }
+
+#ifdef TA_HARDENED
+static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
+  ta_error("free: heap overflow past the end of block", p);
+}
+#endif
 
 static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, void *p) {
   switch (sp->kind) {
@@ -73,6 +93,11 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
     break;
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
+#ifdef TA_HARDENED
+    if ((uint32_t)((uint8_t *)p - sp->start) < ta_relaxed_load(&sp->carved_bytes) &&
+        ((ta_block_t *)p)->key != ta_cookie && !ta_canary_ok(p, sp->bsize, ta_cookie))
+      overflow(p);
+#endif
     ta_arena_free1(sp, p); /* a thread without a cache (exiting, or tcache_bytes 0) */
     break;
   default:
@@ -100,6 +125,9 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   if (ta_likely(cls < TA_TCLASSES && off * sp->div_magic <= sp->div_magic - 1 &&
                 off < ta_relaxed_load(&sp->carved_bytes))) { /* a block start ever handed out */
     if (ta_unlikely(((ta_block_t *)p)->key == ta_cookie)) double_free(p);
+#ifdef TA_HARDENED
+    if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
+#endif
     ta_tcache_t *tc = ta_tls_tcache;
     ta_tbin_t *tb = &tc->bins[cls];
     uint64_t held = ta_relaxed_load(&tc->held) + tb->bsize;
@@ -146,7 +174,7 @@ size_t ta_usable_size(const void *p, const char *what) {
   if ((sp->kind != TA_SPAN_SLAB && sp->kind != TA_SPAN_LARGE) || !ta_is_block_start(sp, p)) ta_error(what, p);
   if (sp->kind == TA_SPAN_SLAB && (uint32_t)((const uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
     ta_error(what, p); /* never handed out */
-  return sp->bsize;
+  return sp->kind == TA_SPAN_SLAB ? sp->bsize - TA_CANARY : sp->bsize;
 }
 
 TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p) {

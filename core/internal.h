@@ -35,6 +35,22 @@
 #define TA_ALIAS(name, target)
 #endif
 
+/* ---- the hardened build (make -C core hardened) --------------------------- */
+/* Each slab block ends with a canary word (its address ^ the cookie), set by
+ * malloc and checked by free: a write past the usable size is reported at the
+ * free. The usable size is 8 bytes less; large and huge blocks have none. */
+#ifdef TA_HARDENED
+#define TA_CANARY 8
+static inline void ta_canary_set(void *b, size_t bsize, uintptr_t cookie) {
+  *(uintptr_t *)((uint8_t *)b + bsize - TA_CANARY) = (uintptr_t)b ^ cookie;
+}
+static inline bool ta_canary_ok(const void *b, size_t bsize, uintptr_t cookie) {
+  return *(const uintptr_t *)((const uint8_t *)b + bsize - TA_CANARY) == ((uintptr_t)b ^ cookie);
+}
+#else
+#define TA_CANARY 0
+#endif
+
 /* ---- size.c: size classes ------------------------------------------------ */
 /* Classes 0..7: 16..128 by 16. Then 8 classes per doubling: for sizes in
  * (2^b, 2^(b+1)], step 2^(b-3); so internal waste stays below 12.5% above 128. */
@@ -48,7 +64,7 @@ static inline size_t ta_class_size(size_t c) {
   size_t b = 7 + (c - 8) / 8;
   return ((size_t)1 << b) + ((c - 8) % 8 + 1) * ((size_t)1 << (b - 3));
 }
-TA_HIDDEN extern uint8_t ta_small_class[TA_SMALL_MAX / TA_ALIGN + 1]; /* by (n + 15) / 16 */
+TA_HIDDEN extern const uint8_t ta_small_class[TA_SMALL_MAX / TA_ALIGN + 1]; /* by (n + 15) / 16 */
 TA_HIDDEN extern uint8_t ta_class_slices[TA_CLASSES];                 /* slab length */
 TA_HIDDEN extern uint16_t ta_class_tmax[TA_TCLASSES];                 /* thread cache bound */
 TA_HIDDEN void ta_size_init(void);

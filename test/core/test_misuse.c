@@ -141,6 +141,18 @@ static void case_write_after_free_cookie(void) {
   carry_on(96);
 }
 
+#ifdef TEST_HARDENED
+/* The hardened build (make -C core hardened) ends each slab block with a
+ * canary: a write one byte past the usable size is reported at the free. */
+static void case_overflow_past_usable(void) {
+  uint8_t *p = trimalloc_malloc(100);
+  size_t u = trimalloc_malloc_usable_size(p);
+  announce(p);
+  p[u] = 0x77;
+  trimalloc_free(p);
+}
+#endif
+
 /* A pointer into the segment header (descriptors and bitmaps). */
 static void case_metadata_pointer(void) {
   uint8_t *p = trimalloc_malloc(64);
@@ -225,6 +237,9 @@ static const misuse_t cases[] = {
     {"write after free over a cached link", "malloc", case_write_after_free_link},
     {"write after free over a cached cookie", "malloc", case_write_after_free_cookie},
     {"never-carved block in a slab", "free", case_never_carved},
+#ifdef TEST_HARDENED
+    {"write past the usable size (hardened build)", "free", case_overflow_past_usable},
+#endif
     {"realloc of a never-carved block", "realloc", case_realloc_never_carved},
     {"pointer into a segment header", "free", case_metadata_pointer},
     {"stack pointer", "free", case_stack_pointer},

@@ -103,6 +103,46 @@ if [ "$out" = "$(sh -c 'echo a; ls / | sort | head -1; echo b | tr b c' 2>&1)" ]
 else fail "shell pipeline unchanged under preload" "$out"; fi
 
 # ---- the malloc API by its standard names ----
+# ---- malloc before trimalloc's own constructor ----
+# A library the program links (libselinux under ls, say) may run its
+# constructor before ours and allocate: the size class must be right then too
+# (the v2 core once served every size up to 1 KiB from 16-byte blocks there).
+cat >"$TMP/early.c" <<'EOF_EARLY'
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+size_t early_usable[4];
+__attribute__((constructor)) static void early(void) {
+  static const size_t sizes[4] = {472, 100, 8, 1000}; /* the first one decides */
+  for (int i = 0; i < 4; i++) {
+    char *p = malloc(sizes[i]);
+    memset(p, 0x5a, sizes[i]);
+    early_usable[i] = malloc_usable_size(p);
+    free(p);
+  }
+}
+EOF_EARLY
+cat >"$TMP/early_main.c" <<'EOF_MAIN'
+#include <stdio.h>
+extern size_t early_usable[4];
+int main(void) {
+  static const size_t sizes[4] = {472, 100, 8, 1000}; /* the first one decides */
+  for (int i = 0; i < 4; i++)
+    if (early_usable[i] < sizes[i]) { printf("malloc(%zu) had %zu usable bytes\n", sizes[i], early_usable[i]); return 1; }
+  puts("ok");
+  return 0;
+}
+EOF_MAIN
+if cc -O1 -shared -fPIC -o "$TMP/libearly.so" "$TMP/early.c" 2>"$TMP/cc.err" &&
+   cc -O1 -o "$TMP/early" "$TMP/early_main.c" -L"$TMP" -learly -Wl,-rpath,"$TMP" 2>>"$TMP/cc.err"; then
+  out=$(env LD_PRELOAD="$LIB" "$TMP/early" 2>&1)
+  if [ "$out" = ok ]; then ok "a library constructor's malloc before trimalloc's start gets the size it asked for"
+  else fail "a library constructor's malloc before trimalloc's start gets the size it asked for" "$out"; fi
+else
+  fail "building the early-constructor test" "$(cat "$TMP/cc.err")"
+fi
+
 if cc -O1 -o "$TMP/api" "$ROOT/test/integration/test_preload_api.c" 2>"$TMP/cc.err"; then
   preloaded "$TMP/api"
   rc=$?

@@ -7,6 +7,7 @@ TRIMALLOC_APT_PACKAGES=(
   python3-celery python3-redis redis-server python3-prometheus-client
   ruby-sidekiq ruby-redis puma gunicorn
   libjemalloc2 libmimalloc2.0 python3-matplotlib
+  musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 )
 
 trimalloc_missing_packages() {

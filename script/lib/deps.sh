@@ -1,5 +1,6 @@
-# Sourced by script/test and script/demo: installs the Debian packages the
-# project needs that are missing (apt-get; nothing from PyPI or rubygems.org).
+# Sourced by script/test and script/demo (and by script/test-ruby and
+# script/test-python when run alone): installs the Debian packages the project
+# needs that are missing (apt-get; nothing from PyPI or rubygems.org).
 TRIMALLOC_APT_PACKAGES=(
   gcc make git time
   ruby ruby-dev rake rake-compiler ruby-minitest

@@ -82,6 +82,8 @@ static inline void dirty_moved(ta_bin_t *bin, uint16_t before, uint16_t after) {
   if (before != after) ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) + after - before);
 }
 
+static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want);
+
 static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_pagedelta_t *d) {
   ta_lock(&a->lock);
   ta_span_t *sp = ta_span_alloc(a, ta_class_slices[cls], TA_SPAN_SLAB);
@@ -99,6 +101,9 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
   size_t got = 0;
   ta_pagedelta_t d = {0};
   ta_lock(&bin->lock);
+  size_t reused = 0; /* from the transfer cache: still counted as handed out */
+  while (got < want && bin->nxfer) got += xfer_take(a, bin, cls, first, want - got);
+  reused = got;
   while (got < want) {
     ta_span_t *sp = bin->bucket_mask ? bin->buckets[31 - __builtin_clz(bin->bucket_mask)] /* fullest */
                                      : slab_new(a, bin, cls, &d);
@@ -110,7 +115,7 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
   }
   ta_relaxed_add(&a->activity, 1);
   if (got) {
-    ta_relaxed_add(&bin->used_bytes, got * ta_class_size(cls));
+    ta_relaxed_add(&bin->used_bytes, (got - reused) * ta_class_size(cls));
     ta_relaxed_add(&bin->allocs, got);
   }
   ta_unlock(&bin->lock);
@@ -147,7 +152,8 @@ static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size
   ta_unlock(&a->lock);
 }
 
-void ta_arena_flush(ta_block_t *b, size_t cls) {
+/* Each block of a list back to its own slab. */
+static void flush_to_slabs(ta_block_t *b, size_t cls) {
   ta_arena_t *a = NULL;
   ta_bin_t *bin = NULL;
   uint64_t now = ta_prim_clock_ms();
@@ -175,6 +181,77 @@ void ta_arena_flush(ta_block_t *b, size_t cls) {
   }
 }
 
+/* ---- transfer caches ---- */
+void ta_arena_flush(ta_block_t *first, size_t count, size_t cls, bool batch) {
+  if (batch && first) {
+    /* With one arena every block is this arena's; with more, a batch goes to
+     * the transfer cache of its first block's arena (blocks of another arena
+     * in it go back to their own slabs when it is drained). */
+    ta_arena_t *a = ta_span_of(ta_segment_of(first), first)->arena;
+    ta_bin_t *bin = &a->bins[cls];
+    size_t bytes = count * ta_class_size(cls);
+    ta_lock(&bin->lock);
+    if (bin->nxfer < TA_XFER_SLOTS && (ta_relaxed_load(&bin->xfer_count) + count) * ta_class_size(cls) <= TA_XFER_BYTES) {
+      bin->xfer[bin->nxfer].head = first;
+      bin->xfer[bin->nxfer].count = (uint32_t)count;
+      bin->nxfer++;
+      ta_relaxed_store(&bin->xfer_count, ta_relaxed_load(&bin->xfer_count) + (uint32_t)count);
+      bin->xfer_ms = ta_prim_clock_ms();
+      ta_unlock(&bin->lock);
+      ta_relaxed_add(&a->xfer_bytes, (int64_t)bytes);
+      ta_relaxed_add(&a->activity, 1);
+      return;
+    }
+    ta_unlock(&bin->lock);
+  }
+  flush_to_slabs(first, cls);
+}
+
+/* Takes up to `want` blocks from the bin's newest batch (bin lock held). */
+static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want) {
+  ta_xfer_t *x = &bin->xfer[bin->nxfer - 1];
+  size_t n = x->count <= want ? x->count : want;
+  ta_block_t *head = x->head, *last = head;
+  for (size_t i = 1; i < n; i++) last = ta_link_get(last);
+  if (n == x->count) {
+    bin->nxfer--;
+  } else {
+    x->head = ta_link_get(last);
+    x->count -= (uint32_t)n;
+  }
+  ta_link_set(last, *first); /* the batch goes in front of what the caller has */
+  *first = head;
+  ta_relaxed_store(&bin->xfer_count, ta_relaxed_load(&bin->xfer_count) - (uint32_t)n);
+  ta_relaxed_sub(&a->xfer_bytes, (int64_t)(n * ta_class_size(cls)));
+  return n;
+}
+
+/* Empties a bin's transfer cache into the slabs: all, or if nothing was put
+ * in it for `delay` ms. Takes and drops the bin lock. */
+static void xfer_drain(ta_bin_t *bin, size_t cls, ta_arena_t *a, uint64_t now, uint64_t delay, bool all) {
+  ta_xfer_t batches[TA_XFER_SLOTS];
+  size_t n = 0, blocks = 0;
+  ta_lock(&bin->lock);
+  if (bin->nxfer && (all || bin->xfer_ms + delay <= now)) {
+    n = bin->nxfer;
+    memcpy(batches, bin->xfer, n * sizeof batches[0]);
+    blocks = ta_relaxed_load(&bin->xfer_count);
+    bin->nxfer = 0;
+    ta_relaxed_store(&bin->xfer_count, 0);
+  }
+  ta_unlock(&bin->lock);
+  if (!n) return;
+  ta_relaxed_sub(&a->xfer_bytes, (int64_t)(blocks * ta_class_size(cls)));
+  for (size_t i = 0; i < n; i++) flush_to_slabs(batches[i].head, cls);
+}
+
+int64_t ta_arenas_xfer_bytes(void) {
+  int64_t b = 0;
+  uint32_t n = ta_relaxed_load(&ta_arenas_used);
+  for (uint32_t i = 0; i < n; i++) b += ta_relaxed_load(&ta_arenas[i].xfer_bytes);
+  return b;
+}
+
 void *ta_arena_alloc1(size_t cls) {
   ta_block_t *b = NULL;
   if (!ta_arena_refill(ta_arena_pick(), cls, &b, 1)) {
@@ -199,12 +276,16 @@ void ta_arena_free1(ta_span_t *sp, void *p) {
 
 /* Free OS pages inside slabs first, then free spans (see internal.h). */
 size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since) {
-  if (!atomic_load_explicit(&a->ready, memory_order_acquire) || ta_relaxed_load(&a->dirty_pages) <= 0) return 0;
+  if (!atomic_load_explicit(&a->ready, memory_order_acquire)) return 0;
+  if (ta_relaxed_load(&a->dirty_pages) <= 0 && ta_relaxed_load(&a->xfer_bytes) <= 0) return 0;
   ta_lock(&a->lock);
   uint64_t delay = ta_delay_get(&a->delay, now);
   ta_unlock(&a->lock);
   bool timed = !all; /* a release the hysteresis learns from */
   if (timed && idle_since && now - idle_since >= (delay < TA_IDLE_MS ? delay : TA_IDLE_MS)) all = true;
+  if (ta_relaxed_load(&a->xfer_bytes) > 0) /* batches nobody took for the delay go back to their slabs */
+    for (size_t c = 0; c < TA_CLASSES; c++)
+      if (ta_relaxed_load(&a->bins[c].xfer_count)) xfer_drain(&a->bins[c], c, a, now, delay, all);
   size_t bytes = 0;
   for (size_t c = 0; c < TA_CLASSES; c++) {
     ta_bin_t *bin = &a->bins[c];
@@ -271,6 +352,18 @@ bool ta_arena_is_valid(ta_arena_t *a) {
       }
     }
     if (ok && dirty != ta_relaxed_load(&bin->dirty)) ok = false; /* full slabs hold no dirty page */
+    uint32_t xc = 0;
+    for (uint32_t k = 0; k < bin->nxfer && ok; k++) {
+      ta_block_t *b = bin->xfer[k].head;
+      for (uint32_t i = 0; i < bin->xfer[k].count && ok; i++, b = ta_link_get(b)) {
+        ok = b && b->key == ta_cookie && ta_segmap_contains(ta_segment_of(b));
+        ta_span_t *sp = ok ? ta_span_of(ta_segment_of(b), b) : NULL;
+        ok = ok && sp->kind == TA_SPAN_SLAB && sp->cls == c && ta_is_block_start(sp, b);
+      }
+      ok = ok && b == NULL; /* the list ends where its count says */
+      xc += bin->xfer[k].count;
+    }
+    if (ok && (xc != ta_relaxed_load(&bin->xfer_count) || bin->nxfer > TA_XFER_SLOTS)) ok = false;
     ta_unlock(&bin->lock);
   }
   ta_lock(&a->lock);

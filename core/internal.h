@@ -166,8 +166,9 @@ TA_HIDDEN ta_arena_t *ta_arena_pick(void);        /* the arena of the calling CP
 /* Fills `out` with up to `want` blocks of class cls, linked through next,
  * cookies set; returns how many (0: out of memory). */
 TA_HIDDEN size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t want);
-/* Returns a list of blocks of one class (each to its own arena). */
-TA_HIDDEN void ta_arena_flush(ta_block_t *first, size_t cls);
+/* Returns a list of `count` blocks of one class: as one batch to a transfer
+ * cache when `batch` and there is room, else each to its own slab. */
+TA_HIDDEN void ta_arena_flush(ta_block_t *first, size_t count, size_t cls, bool batch);
 TA_HIDDEN void *ta_arena_alloc1(size_t cls);      /* one block, no thread cache */
 TA_HIDDEN void ta_arena_free1(ta_span_t *sp, void *p); /* one block, no thread cache */
 /* Purges what has been free for the arena's delay; everything free with
@@ -179,6 +180,7 @@ TA_HIDDEN void ta_arenas_fork_prepare(void);
 TA_HIDDEN void ta_arenas_fork_parent(void);
 TA_HIDDEN void ta_arenas_fork_child(void);
 TA_HIDDEN bool ta_arena_is_valid(ta_arena_t *a);
+TA_HIDDEN int64_t ta_arenas_xfer_bytes(void);
 
 /* ---- tcache.c: thread caches --------------------------------------------- */
 TA_HIDDEN extern __thread ta_tcache_t *ta_tls_tcache __attribute__((tls_model("initial-exec")));

@@ -20,11 +20,16 @@ _Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
 
 
 /* ---- purging ---- */
+/* Free memory the purger may return: dirty pages, and the transfer caches'
+ * blocks (which go back to their slabs when nobody takes them). */
 static uint64_t dirty_bytes(void) {
-  int64_t pages = 0;
+  int64_t pages = 0, xfer = 0;
   uint32_t n = ta_relaxed_load(&ta_arenas_used);
-  for (uint32_t i = 0; i < n; i++) pages += ta_relaxed_load(&ta_arenas[i].dirty_pages);
-  return (uint64_t)(pages > 0 ? pages : 0) << ta_ospage_shift;
+  for (uint32_t i = 0; i < n; i++) {
+    pages += ta_relaxed_load(&ta_arenas[i].dirty_pages);
+    xfer += ta_relaxed_load(&ta_arenas[i].xfer_bytes);
+  }
+  return ((uint64_t)(pages > 0 ? pages : 0) << ta_ospage_shift) + (uint64_t)(xfer > 0 ? xfer : 0);
 }
 
 static size_t purge_arenas(uint64_t now, bool all) {

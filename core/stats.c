@@ -32,11 +32,13 @@ static void stats_collect(trimalloc_stats_t *st) {
   }
   uint64_t held, caches, tmeta;
   ta_tcaches_stats(&held, &caches, &tmeta);
+  int64_t x = ta_arenas_xfer_bytes();
+  uint64_t xfer = (uint64_t)(x > 0 ? x : 0); /* free blocks in the transfer caches: free, not live */
   uint64_t huge_bytes = ta_relaxed_load(&ta_huge_bytes), huge_mapped = ta_relaxed_load(&ta_huge_mapped);
   uint64_t huge_total = ta_relaxed_load(&ta_huge_total), huge_live = ta_relaxed_load(&ta_huge_count);
   uint64_t cached = ta_relaxed_load(&ta_huge_cached); /* freed huge mappings kept for reuse a moment */
   uint64_t meta = ta_relaxed_load(&ta_meta_bytes), segs = ta_segments_live();
-  st->allocated = (used > held ? used - held : 0) + large + huge_bytes;
+  st->allocated = (used > held + xfer ? used - held - xfer : 0) + large + huge_bytes;
   /* pages holding at least one live block: resident pages that are neither
    * free (dirty) nor segment headers */
   int64_t live_pages = resident_pages - dirty_pages - (int64_t)(segs * (ta_segment_header_bytes() >> ta_ospage_shift));
@@ -61,7 +63,7 @@ static void stats_collect(trimalloc_stats_t *st) {
   st->trim_ns = ta_relaxed_load(&ta_trim_ns);
   st->arenas = arenas;
   st->tcache_bytes = held;
-  st->dirty = ((uint64_t)(dirty_pages > 0 ? dirty_pages : 0) << ta_ospage_shift) + cached;
+  st->dirty = ((uint64_t)(dirty_pages > 0 ? dirty_pages : 0) << ta_ospage_shift) + cached + xfer;
   st->background = (uint64_t)ta_purger_running();
 }
 

@@ -71,8 +71,10 @@ static void tcache_unregister(ta_tcache_t *tc) { /* tcaches_lock held */
   spare = tc;
 }
 
-/* Keeps the newest `keep` blocks of bin c, flushes the rest. */
-static void flush_bin(ta_tcache_t *tc, size_t c, size_t keep) {
+/* Keeps the newest `keep` blocks of bin c, flushes the rest: as a batch for
+ * another thread cache when `batch`, else into their slabs (thread exit,
+ * trim: memory that should become free). */
+static void flush_bin(ta_tcache_t *tc, size_t c, size_t keep, bool batch) {
   ta_tbin_t *tb = &tc->bins[c];
   if (tb->count <= keep) return;
   ta_block_t *rest;
@@ -85,23 +87,24 @@ static void flush_bin(ta_tcache_t *tc, size_t c, size_t keep) {
     rest = ta_link_get(b);
     ta_link_set(b, NULL);
   }
-  ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - (uint64_t)(tb->count - keep) * tb->bsize);
+  size_t n = tb->count - keep;
+  ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - (uint64_t)n * tb->bsize);
   tb->count = (uint16_t)keep;
-  ta_arena_flush(rest, c);
+  ta_arena_flush(rest, n, c, batch);
   ta_purge_kick();
 }
 
 void ta_tcache_flush_all(ta_tcache_t *tc) {
   if (tc->state != TA_TC_LIVE) return;
-  for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, 0);
+  for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, 0, false);
   tc->epoch = ta_relaxed_load(&ta_flush_epoch);
 }
 
 /* Over the byte bound: halve every bin, then empty them if that is not enough. */
 static void scavenge(ta_tcache_t *tc, uint64_t need) {
-  for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, tc->bins[c].count / 2);
+  for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, tc->bins[c].count / 2, true);
   if (ta_relaxed_load(&tc->held) + need > tc->limit)
-    for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, 0);
+    for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, 0, true);
 }
 
 /* The caller's live cache, made on its first slow path; NULL when it has
@@ -166,7 +169,7 @@ void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
   }
   maintain(tc);
   ta_tbin_t *tb = &tc->bins[cls];
-  if (tb->count >= tb->max) flush_bin(tc, cls, tb->max / 2);
+  if (tb->count >= tb->max) flush_bin(tc, cls, tb->max / 2, true);
   if (ta_relaxed_load(&tc->held) + tb->bsize > tc->limit) scavenge(tc, tb->bsize);
   if (ta_relaxed_load(&tc->held) + tb->bsize > tc->limit) { /* a bound below one block */
     ta_arena_free1(ta_span_of(ta_segment_of(p), p), p);

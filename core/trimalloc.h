@@ -46,7 +46,7 @@ extern "C" {
   X(uint64_t, trim_ns, "ns", "time spent trimming")                                      \
   X(uint64_t, arenas, "count", "shared arenas in use")                                   \
   X(uint64_t, tcache_bytes, "bytes", "free blocks held in thread caches now")            \
-  X(uint64_t, dirty, "bytes", "free and still resident: what a trim would return now")  \
+  X(uint64_t, dirty, "bytes", "free and still resident: what a trim would return now (transfer caches counted at their blocks' size)") \
   X(uint64_t, background, "bool", "1 while the background purger thread runs")
 
 typedef struct trimalloc_stats_s {

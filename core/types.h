@@ -167,10 +167,26 @@ _Static_assert(TA_SEGBITS_OFFSET + sizeof(ta_segbits_t) <= TA_SLICE_SIZE, "the h
  *   bit b of bucket_mask  <=>  buckets[b] != NULL
  *   dirty = sum of dirty over its slabs
  *   used_bytes = sum of used * bsize over its slabs */
+typedef struct ta_xfer_s {
+  ta_block_t *head; /* a thread cache's list, as it was flushed (links masked, cookies set) */
+  uint32_t count;
+} ta_xfer_t;
+
+#define TA_XFER_SLOTS 4                /* batches a bin's transfer cache holds */
+#define TA_XFER_BYTES ((size_t)256 << 10) /* and at most this many bytes of them */
+
 typedef struct __attribute__((aligned(64))) ta_bin_s {
   ta_lock_t lock;
   ta_span_t *buckets[TA_FULLNESS];
   uint32_t bucket_mask;
+  /* Transfer cache (as TCMalloc's): whole batches flushed by one thread cache
+   * and refilled by another, without touching the slabs. Its blocks count as
+   * handed out (used) in their slabs.
+   *   xfer_count = sum of xfer[0..nxfer).count;  xfer_count * bsize <= TA_XFER_BYTES */
+  ta_xfer_t xfer[TA_XFER_SLOTS];
+  uint32_t nxfer;
+  _Atomic uint32_t xfer_count; /* written under lock, read by stats */
+  uint64_t xfer_ms;            /* last batch put in */
   _Atomic uint32_t dirty;       /* written under lock, read by trim without it */
   _Atomic uint64_t used_bytes;  /* stats */
   _Atomic uint64_t allocs;      /* blocks handed out by this bin, ever */
@@ -189,6 +205,7 @@ struct ta_arena_s {
   ta_delay_t delay;     /* under lock */
   uint64_t last_purge_ms;
   _Atomic int64_t dirty_pages, resident_pages;
+  _Atomic int64_t xfer_bytes; /* in the bins' transfer caches */
   _Atomic uint64_t large_bytes, large_count, large_allocs;
   _Atomic uint64_t purges, purged_bytes;
   _Atomic uint64_t activity; /* refills, flushes and large blocks, ever: the purger's idle test */

@@ -177,22 +177,23 @@ def spawn_server(cmd: List[str], env: Dict[str, str], log: Path, **kw) -> subpro
 
 
 def stop_group(p: subprocess.Popen, grace: float = 20) -> None:
-    """Stops a process group started by spawn_server, by its id: SIGTERM to the
-    group, SIGKILL to what is left of it once the leader has exited or after
+    """Stops a process group started by spawn_server, by its id, as systemd's
+    KillMode=mixed does: SIGTERM to the leader (a master stops its own
+    workers), SIGKILL to the whole group once the leader has exited or after
     `grace` seconds, then reaps the leader (not before: until it is reaped its
     pid, the group's id, cannot be reused)."""
-    def signal_group(sig):
-        try:
-            os.killpg(p.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
     if p.returncode is None:
-        signal_group(signal.SIGTERM)
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         deadline = time.monotonic() + grace
         while not zombie_or_gone(p.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        signal_group(signal.SIGKILL)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     p.wait()
 
 

@@ -159,14 +159,19 @@ module TrimallocTest
     Process.spawn(env, *cmd, pgroup: true, in: File::NULL, out: [log, "a"], err: %i[child out])
   end
 
-  # Stops a process group started by spawn_server, by its id: TERM to the
-  # group, KILL to what is left of it once the leader has exited or after
-  # `grace` seconds, then reaps the leader (not before: until it is reaped
-  # its pid, the group's id, cannot be reused).
+  # Stops a process group started by spawn_server, by its id, as systemd's
+  # KillMode=mixed does: TERM to the leader (a master stops its own workers),
+  # KILL to the whole group once the leader has exited or after `grace`
+  # seconds, then reaps the leader (not before: until it is reaped its pid,
+  # the group's id, cannot be reused).
   def stop_group(pid, grace: 20)
     return unless pid
 
-    signal_group("TERM", pid)
+    begin
+      Process.kill("TERM", pid)
+    rescue Errno::ESRCH
+      nil
+    end
     deadline = clock + grace
     sleep 0.02 until zombie_or_gone?(pid) || clock > deadline
     signal_group("KILL", pid)

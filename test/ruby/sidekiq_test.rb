@@ -45,7 +45,7 @@ class SidekiqTest < Minitest::Test
         env = child_env(preload: preload, env: HOLD.merge("REDIS_URL" => url, "TRIM" => trim ? "1" : "0",
                                                           "PRELOAD_IN" => preload_in.to_s))
         cmd = [RUBY, SIDEKIQ, "-r", File.join(SUPPORT, "sidekiq_app.rb"), "-c", concurrency.to_s,
-               "-q", "default", "-t", "2"]
+               "-q", "default", "-t", "1"]
         cmd = [RUBY, EXE, "run", "--", *cmd] if launcher
         pid = spawn_server(env, *cmd, log: log)
         done = 0

@@ -30,7 +30,7 @@ static __attribute__((noinline)) void *malloc_big(size_t n) {
 
 /* Fast path budget: a class lookup (one table load up to 1 KiB, a few ALU
  * operations up to 128 KiB), a TLS load, a pop from the bin's list with its
- * link unmasked (three ALU operations) and checked with the cookie (which
+ * link unmasked (one XOR) and checked with the cookie (which
  * shares the cache line of the link just read), and four stores. No lock, no atomic read-modify-write, no stats. */
 TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   size_t cls;

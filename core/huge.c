@@ -60,10 +60,10 @@ static ta_segment_t *cache_take(size_t map) {
     ta_delay_refault(&cache_delay, 0);
     ta_unlock(&cache_lock);
   }
-  /* Reused as it is when it is at most twice too big (its pages are resident
+  /* Reused as it is when it is at most 4 times too big (its pages are resident
    * and stay so: no fault); cut when much bigger; grown (pages moved, not
    * copied, only the difference faulted in) when too small. */
-  if (best && (best->map_size > 2 * map || best->map_size < map)) {
+  if (best && (best->map_size > 4 * map || best->map_size < map)) {
     void *q;
     size_t old = best->map_size;
     if (ta_prim_remap(best, old, map, TA_SEGMENT_SIZE, &q) == 0) {

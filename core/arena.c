@@ -275,17 +275,28 @@ void ta_arena_free1(ta_span_t *sp, void *p) {
 }
 
 /* Free OS pages inside slabs first, then free spans (see internal.h). */
-size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since) {
-  if (!atomic_load_explicit(&a->ready, memory_order_acquire)) return 0;
-  if (ta_relaxed_load(&a->dirty_pages) <= 0 && ta_relaxed_load(&a->xfer_bytes) <= 0) return 0;
+/* The arena's delay, and whether everything free goes now (see internal.h). */
+static uint64_t purge_rule(ta_arena_t *a, uint64_t now, bool *all, uint64_t idle_since) {
   ta_lock(&a->lock);
   uint64_t delay = ta_delay_get(&a->delay, now);
   ta_unlock(&a->lock);
+  if (!*all && idle_since && now - idle_since >= (delay < TA_IDLE_MS ? delay : TA_IDLE_MS)) *all = true;
+  return delay;
+}
+
+/* Batches nobody took for the delay go back to their slabs, which may be
+ * another arena's: so every arena drains before any purges (purge.c). */
+void ta_arena_drain(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since) {
+  if (!atomic_load_explicit(&a->ready, memory_order_acquire) || ta_relaxed_load(&a->xfer_bytes) <= 0) return;
+  uint64_t delay = purge_rule(a, now, &all, idle_since);
+  for (size_t c = 0; c < TA_CLASSES; c++)
+    if (ta_relaxed_load(&a->bins[c].xfer_count)) xfer_drain(&a->bins[c], c, a, now, delay, all);
+}
+
+size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since) {
+  if (!atomic_load_explicit(&a->ready, memory_order_acquire) || ta_relaxed_load(&a->dirty_pages) <= 0) return 0;
   bool timed = !all; /* a release the hysteresis learns from */
-  if (timed && idle_since && now - idle_since >= (delay < TA_IDLE_MS ? delay : TA_IDLE_MS)) all = true;
-  if (ta_relaxed_load(&a->xfer_bytes) > 0) /* batches nobody took for the delay go back to their slabs */
-    for (size_t c = 0; c < TA_CLASSES; c++)
-      if (ta_relaxed_load(&a->bins[c].xfer_count)) xfer_drain(&a->bins[c], c, a, now, delay, all);
+  uint64_t delay = purge_rule(a, now, &all, idle_since);
   size_t bytes = 0;
   for (size_t c = 0; c < TA_CLASSES; c++) {
     ta_bin_t *bin = &a->bins[c];

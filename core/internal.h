@@ -174,6 +174,9 @@ TA_HIDDEN void ta_arena_free1(ta_span_t *sp, void *p); /* one block, no thread c
  * known) for its delay, at most TA_IDLE_MS. Bytes released. */
 #define TA_IDLE_MS 500
 TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since);
+/* The same rule for the arena's transfer caches, into the slabs (of any
+ * arena): called for every arena before any ta_arena_purge. */
+TA_HIDDEN void ta_arena_drain(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since);
 TA_HIDDEN void ta_arenas_fork_prepare(void);
 TA_HIDDEN void ta_arenas_fork_parent(void);
 TA_HIDDEN void ta_arenas_fork_child(void);

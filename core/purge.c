@@ -35,6 +35,7 @@ static uint64_t dirty_bytes(void) {
 static size_t purge_arenas(uint64_t now, bool all) {
   size_t bytes = 0;
   uint32_t n = ta_relaxed_load(&ta_arenas_used);
+  for (uint32_t i = 0; i < n; i++) ta_arena_drain(&ta_arenas[i], now, all, 0);
   for (uint32_t i = 0; i < n; i++) bytes += ta_arena_purge(&ta_arenas[i], now, all, 0);
   return bytes + ta_huge_cache_expire(now, all);
 }
@@ -56,8 +57,9 @@ static void purger_tick(uint64_t now) {
       seen_ms[i] = now;
       idle = false;
     }
-    ta_arena_purge(&ta_arenas[i], now, false, seen_ms[i]);
+    ta_arena_drain(&ta_arenas[i], now, false, seen_ms[i]);
   }
+  for (uint32_t i = 0; i < n; i++) ta_arena_purge(&ta_arenas[i], now, false, seen_ms[i]);
   ta_huge_cache_expire(now, idle && n && now - seen_ms[0] >= TA_IDLE_MS);
 }
 

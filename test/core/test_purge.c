@@ -17,6 +17,8 @@
 #include <pthread.h>
 #include <sys/wait.h>
 
+#include <sched.h>
+
 #include "check.h"
 
 #define U(x) ((unsigned long long)(x))
@@ -281,6 +283,39 @@ static void test_background_off_keeps_until_trim(void) {
   check_child("--child-background-off", env);
 }
 
+/* A trim with two arenas: a thread-cache batch may go to the transfer cache
+ * of another arena than some of its blocks' slabs, so every arena must drain
+ * before any purges, or a second trim right after still finds free pages
+ * (found by test_fuzz, seed 5). */
+static void test_trim_with_two_arenas_leaves_nothing(void) {
+  cpu_set_t mask;
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2 || sched_getaffinity(0, sizeof mask, &mask) != 0 || CPU_COUNT(&mask) < 2) {
+    fprintf(stdout, "   skipped: needs two CPUs\n");
+    return;
+  }
+  int cpus[2], k = 0;
+  for (int c = 0; c < CPU_SETSIZE && k < 2; c++)
+    if (CPU_ISSET(c, &mask)) cpus[k++] = c;
+  long long arenas = option_swap("arenas", 2), bg = option_swap("background", 0);
+  enum { N = 400 };
+  static void *p[2][N];
+  for (int side = 0; side < 2; side++) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpus[side], &one);
+    sched_setaffinity(0, sizeof one, &one);
+    for (int i = 0; i < N; i++) p[side][i] = trimalloc_malloc(320);
+  }
+  for (int side = 0; side < 2; side++)
+    for (int i = 0; i < N; i++) trimalloc_free(p[side][i]);
+  sched_setaffinity(0, sizeof mask, &mask);
+  size_t first = trimalloc_trim(), second = trimalloc_trim();
+  CHECK(second == 0, "a second trim right after one released %zu bytes (the first %zu)", second, first);
+  CHECK(trimalloc_check(), "invariants after the trims");
+  option_swap("background", bg);
+  option_swap("arenas", arenas);
+}
+
 /* ---- the delayed purge with allocation activity (v1's test, kept) ---- */
 static const size_t BURST = TEST_SANITIZED ? 160 * MiB : 320 * MiB;
 
@@ -447,6 +482,7 @@ int main(int argc, char **argv) {
   RUN(test_idle_return);
   RUN(test_background_starts_lazily);
   RUN(test_background_off_keeps_until_trim);
+  RUN(test_trim_with_two_arenas_leaves_nothing);
   RUN(test_delayed_purge_without_trim);
   RUN(test_trim_races_alloc_free);
 #if TEST_SANITIZED

@@ -30,8 +30,8 @@ static void stats_collect(trimalloc_stats_t *st) {
     resident_pages += ta_relaxed_load(&a->resident_pages);
     dirty_pages += ta_relaxed_load(&a->dirty_pages);
   }
-  uint64_t held, caches, tmeta;
-  ta_tcaches_stats(&held, &caches, &tmeta);
+  uint64_t held, caches;
+  ta_tcaches_stats(&held, &caches);
   int64_t x = ta_arenas_xfer_bytes();
   uint64_t xfer = (uint64_t)(x > 0 ? x : 0); /* free blocks in the transfer caches: free, not live */
   uint64_t huge_bytes = ta_relaxed_load(&ta_huge_bytes), huge_mapped = ta_relaxed_load(&ta_huge_mapped);

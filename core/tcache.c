@@ -202,14 +202,13 @@ void ta_tcache_thread_done(void *arg) {
   ta_unlock(&tcaches_lock);
 }
 
-void ta_tcaches_stats(uint64_t *held, uint64_t *count, uint64_t *meta) {
+void ta_tcaches_stats(uint64_t *held, uint64_t *count) {
   uint64_t h = 0, n = 0;
   ta_lock(&tcaches_lock);
   for (ta_tcache_t *tc = tcaches; tc; tc = tc->next, n++) h += ta_relaxed_load(&tc->held);
   ta_unlock(&tcaches_lock);
   *held = h;
   *count = n;
-  *meta = 0;
 }
 
 void ta_tcaches_fork_prepare(void) {

@@ -57,7 +57,10 @@ trimalloc_install_deps() {
   trimalloc_apt $sudo update ||
     echo "warning: apt-get update failed; installing from the package lists already there" >&2
   # shellcheck disable=SC2086
-  trimalloc_apt $sudo install -y --no-install-recommends $missing
+  if ! trimalloc_apt $sudo install -y --no-install-recommends $missing; then
+    echo "error: apt-get install failed for: $missing (see above); not running the tests without them" >&2
+    return 1
+  fi
   # redis-server's package starts a system service; the tests start their own.
   $sudo systemctl stop redis-server 2>/dev/null || true
 }

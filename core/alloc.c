@@ -46,7 +46,7 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   ta_block_t *b = tb->head;
   if (ta_likely(b != NULL)) {
     ta_block_t *next = ta_link_get(b);
-    if (ta_unlikely(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1)))) corrupt(b);
+    if (ta_unlikely(ta_checked(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))) corrupt(b);
     tb->head = next;
     b->key = 0;
     tb->count--;
@@ -121,10 +121,11 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   }
   ta_span_t *sp = ta_span_of(s, p);
   size_t cls = sp->cls;
-  uint32_t off = (uint32_t)((uint8_t *)p - sp->start);
-  if (ta_likely(cls < TA_TCLASSES && off * sp->div_magic <= sp->div_magic - 1 &&
-                off < ta_relaxed_load(&sp->carved_bytes))) { /* a block start ever handed out */
-    if (ta_unlikely(((ta_block_t *)p)->key == ta_cookie)) double_free(p);
+  uint64_t off = (uint32_t)((uint8_t *)p - sp->start), magic = sp->div_magic;
+  uintptr_t cookie = ta_cookie; /* loaded once: the stores below could alias it */
+  if (ta_likely(cls < TA_TCLASSES && !ta_checked(off * magic >= magic || /* a block start (ta_is_block_start) */
+                                                  off >= ta_relaxed_load(&sp->carved_bytes)))) { /* ever handed out */
+    if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == cookie))) double_free(p);
 #ifdef TA_HARDENED
     if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
 #endif
@@ -134,7 +135,7 @@ TRIMALLOC_API void trimalloc_free(void *p) {
     if (ta_likely(tb->count < tb->max && held <= tc->limit)) {
       ta_block_t *b = p;
       ta_link_set(b, tb->head);
-      b->key = ta_cookie;
+      b->key = cookie;
       tb->head = b;
       tb->count++;
       ta_relaxed_store(&tc->held, held);

@@ -51,6 +51,17 @@ static inline bool ta_canary_ok(const void *b, size_t bsize, uintptr_t cookie) {
 #define TA_CANARY 0
 #endif
 
+/* ---- the unchecked build (make -C core unchecked), for bench/ only ---------- */
+/* What the default build's misuse checks cost on the fast paths is measured
+ * against a build without them: -DTA_UNCHECKED compiles out the malloc pop's
+ * cookie and link checks, free's block-start, carved and double-free checks,
+ * and the link masking. Nothing ships it; bench/run's trimalloc-unchecked. */
+#ifdef TA_UNCHECKED
+#define ta_checked(x) ((void)sizeof(x), 0) /* x named, never evaluated */
+#else
+#define ta_checked(x) (x)
+#endif
+
 /* ---- size.c: size classes ------------------------------------------------ */
 /* Classes 0..7: 16..128 by 16. Then 8 classes per doubling: for sizes in
  * (2^b, 2^(b+1)], step 2^(b-3); so internal waste stays below 12.5% above 128. */
@@ -94,7 +105,7 @@ static inline size_t ta_span_index(const ta_span_t *sp) {
 /* (p - start) % bsize == 0, by one multiplication (Lemire's divisibility test). */
 static inline bool ta_is_block_start(const ta_span_t *sp, const void *p) {
   uint64_t off = (uint32_t)((const uint8_t *)p - sp->start);
-  return off * sp->div_magic <= sp->div_magic - 1;
+  return off * sp->div_magic < sp->div_magic;
 }
 TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
 TA_HIDDEN ta_segment_t *ta_segment_new(ta_arena_t *a);            /* a->lock held */
@@ -143,11 +154,16 @@ TA_HIDDEN extern uintptr_t ta_cookie; /* in the second word of a block in a thre
  * overwritten with anything not 16-byte aligned is reported as corruption at
  * the pop. One XOR each way: the fast paths' budget. */
 TA_HIDDEN extern uintptr_t ta_link_secret; /* low 4 bits zero */
+#ifdef TA_UNCHECKED
+#define TA_LINK_MASK 0
+#else
+#define TA_LINK_MASK ta_link_secret
+#endif
 static inline ta_block_t *ta_link_get(const ta_block_t *b) {
-  return (ta_block_t *)((uintptr_t)b->next ^ ta_link_secret);
+  return (ta_block_t *)((uintptr_t)b->next ^ TA_LINK_MASK);
 }
 static inline void ta_link_set(ta_block_t *b, const ta_block_t *n) {
-  b->next = (ta_block_t *)((uintptr_t)n ^ ta_link_secret);
+  b->next = (ta_block_t *)((uintptr_t)n ^ TA_LINK_MASK);
 }
 TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d); /* bin lock */

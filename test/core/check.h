@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,15 +115,22 @@ static inline size_t page_size(void) {
   return (size_t)sysconf(_SC_PAGESIZE);
 }
 
+/* Reads the start of a /proc file into buf (NUL-terminated) without
+ * allocating; false if it cannot. */
+static inline bool read_proc(const char *path, char *buf, size_t size) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ssize_t n = read(fd, buf, size - 1);
+  close(fd);
+  if (n <= 0) return false;
+  buf[n] = 0;
+  return true;
+}
+
 /* The process's resident set size in bytes, read without allocating. */
 static inline size_t rss_bytes(void) {
   char buf[128];
-  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  buf[n] = 0;
+  if (!read_proc("/proc/self/statm", buf, sizeof buf)) return 0;
   unsigned long size = 0, res = 0;
   if (sscanf(buf, "%lu %lu", &size, &res) != 2) return 0;
   return (size_t)res * page_size();

@@ -1135,12 +1135,7 @@ static bool do_misuse(fz_t *z, const op_t *op) {
  * folds in batches, so statm could move by pages while nothing was touched. */
 static size_t anon_rss(void) {
   char buf[2048];
-  int fd = open("/proc/self/smaps_rollup", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  buf[n] = 0;
+  if (!read_proc("/proc/self/smaps_rollup", buf, sizeof buf)) return 0;
   const char *a = strstr(buf, "\nAnonymous:");
   unsigned long kib = 0;
   if (!a || sscanf(a, "\nAnonymous: %lu kB", &kib) != 1) return 0;

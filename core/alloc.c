@@ -106,10 +106,11 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
   ta_purge_kick(); /* something may be left to purge */
 }
 
-/* Fast path budget: a segment-map bit test, the span descriptor's class,
- * block-start test (one multiply) and carved bound, a TLS load, the block's cookie word (its
- * cache line is needed for the push anyway), two compares (the bin's count
- * and the cache's byte bound) and a push. */
+/* Fast path budget: a segment-map bit test, the span descriptor's class and
+ * one multiply and compare for "a thread-cache class, a block start, ever
+ * handed out" (ta_span_t.fast_free_below), a TLS load, the block's cookie
+ * word (its cache line is needed for the push anyway), two compares (the
+ * bin's count and the cache's byte bound) and a push. */
 TRIMALLOC_API void trimalloc_free(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   if (ta_unlikely(!ta_segmap_contains(s))) {
@@ -123,8 +124,12 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   size_t cls = sp->cls;
   uint64_t off = (uint32_t)((uint8_t *)p - sp->start), magic = sp->div_magic;
   uintptr_t cookie = ta_cookie; /* loaded once: the stores below could alias it */
-  if (ta_likely(cls < TA_TCLASSES && !ta_checked(off * magic >= magic || /* a block start (ta_is_block_start) */
-                                                  off >= ta_relaxed_load(&sp->carved_bytes)))) { /* ever handed out */
+#ifdef TA_UNCHECKED
+  (void)off, (void)magic;
+  if (ta_likely(cls < TA_TCLASSES)) {
+#else
+  if (ta_likely(off * magic < ta_relaxed_load(&sp->fast_free_below))) {
+#endif
     if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == cookie))) double_free(p);
 #ifdef TA_HARDENED
     if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);

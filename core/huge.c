@@ -153,6 +153,7 @@ void *ta_huge_alloc(size_t size, size_t align, bool zero) {
   for (size_t i = 0; i < TA_SLICES; i++) {
     s->spans[i].head_off = (uint16_t)i;
     s->spans[i].cls = TA_NO_CLASS;
+    ta_relaxed_store(&s->spans[i].fast_free_below, 0);
   }
   s->spans[0].kind = TA_SPAN_HUGE;
   s->spans[0].slices = 1;
@@ -208,6 +209,7 @@ void *ta_huge_alloc_far(size_t size, size_t align, bool zero) {
   s->huge_size = sz;
   s->spans[0].kind = TA_SPAN_HUGE;
   s->spans[0].cls = TA_NO_CLASS;
+  ta_relaxed_store(&s->spans[0].fast_free_below, 0);
   s->spans[0].slices = 1;
   s->spans[0].start = (uint8_t *)p;
   farmap_set((void *)p, true);

@@ -102,7 +102,14 @@ static inline ta_segbits_t *ta_segbits(ta_segment_t *s) {
 static inline size_t ta_span_index(const ta_span_t *sp) {
   return (size_t)(sp - ta_segment_of(sp)->spans);
 }
-/* (p - start) % bsize == 0, by one multiplication (Lemire's divisibility test). */
+/* floor(2^64 / d) + 1, so that off * magic (mod 2^64) < magic <=> off % d == 0
+ * for every 32-bit off (Lemire's divisibility test), and the product at a
+ * multiple k * d is k * e with e = magic * d - 2^64 >= 1 (for d a power of
+ * two too): what ta_span_t.fast_free_below relies on. */
+static inline uint64_t ta_div_magic(uint64_t d) {
+  return UINT64_MAX / d + 1 + ((d & (d - 1)) == 0);
+}
+/* (p - start) % bsize == 0, by one multiplication. */
 static inline bool ta_is_block_start(const ta_span_t *sp, const void *p) {
   uint64_t off = (uint32_t)((const uint8_t *)p - sp->start);
   return off * sp->div_magic < sp->div_magic;

@@ -74,6 +74,7 @@ ta_segment_t *ta_segment_new(ta_arena_t *a) {
   s->empty_since_ms = ta_prim_clock_ms();
   s->spans[0].kind = TA_SPAN_META;
   s->spans[0].cls = TA_NO_CLASS;
+  ta_relaxed_store(&s->spans[0].fast_free_below, 0);
   s->spans[0].slices = 1;
   for (size_t i = 0; i < slice0; i++) bits->live[i] = 1; /* the header is never purged */
   for (size_t i = slice0; i < pages; i++) bit_set(bits->purged, i); /* fresh: not resident */

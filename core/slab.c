@@ -26,11 +26,12 @@ static size_t tail_page(const ta_span_t *sp) {
 void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d) {
   sp->cls = (uint8_t)cls;
   sp->bsize = (uint32_t)ta_class_size(cls);
-  sp->div_magic = UINT64_MAX / sp->bsize + 1;
+  sp->div_magic = ta_div_magic(sp->bsize);
   sp->reserved = (uint32_t)(sp->slices * TA_SLICE_SIZE / sp->bsize);
   sp->bucket_mul = ((uint32_t)TA_FULLNESS << 20) / sp->reserved;
   sp->carved = sp->used = 0;
   ta_relaxed_store(&sp->carved_bytes, 0);
+  ta_relaxed_store(&sp->fast_free_below, 0);
   sp->scan = 0;
   sp->bucket = TA_BUCKET_NONE;
   sp->freed_ms = 0;
@@ -102,6 +103,8 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   }
   *out = head;
   ta_relaxed_store(&sp->carved_bytes, sp->carved * sp->bsize);
+  if (sp->cls < TA_TCLASSES) /* carved * e: see ta_span_t */
+    ta_relaxed_store(&sp->fast_free_below, sp->carved * (sp->div_magic * sp->bsize));
   sp->used += (uint32_t)taken;
   return taken;
 }

@@ -30,6 +30,7 @@ static ta_span_t *make_free(ta_arena_t *a, ta_segment_t *s, size_t idx, size_t n
   ta_span_t *sp = &s->spans[idx];
   sp->kind = TA_SPAN_FREE;
   sp->cls = TA_NO_CLASS;
+  ta_relaxed_store(&sp->fast_free_below, 0);
   sp->slices = (uint16_t)n;
   sp->arena = a;
   sp->bsize = 0;
@@ -63,6 +64,7 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   for (size_t i = 0; i < n; i++) s->spans[idx + i].head_off = (uint16_t)i;
   sp->slices = (uint16_t)n;
   sp->kind = (uint8_t)kind;
+  ta_relaxed_store(&sp->fast_free_below, 0);
   sp->dirty = (uint16_t)dirty;
   sp->arena = a;
   sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
@@ -79,6 +81,7 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   ta_active_add(-(int64_t)(n * TA_SLICE_SIZE));
   sp->kind = TA_SPAN_FREE;
   sp->cls = TA_NO_CLASS;
+  ta_relaxed_store(&sp->fast_free_below, 0);
   if (idx + n < TA_SLICES) { /* coalesce with the next span */
     ta_span_t *nx = &s->spans[idx + n];
     if (nx->kind == TA_SPAN_FREE) {
@@ -136,7 +139,7 @@ void *ta_large_alloc(ta_arena_t *a, size_t n) {
   ta_pagedelta_t d = {0};
   if (sp) {
     sp->bsize = (uint32_t)(slices * TA_SLICE_SIZE);
-    sp->div_magic = UINT64_MAX / sp->bsize + 1;
+    sp->div_magic = ta_div_magic(sp->bsize);
     sp->used = sp->reserved = sp->carved = 1;
     ta_pages_live(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty, &d);
   }

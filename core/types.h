@@ -101,17 +101,23 @@ typedef enum {
 typedef struct __attribute__((aligned(64))) ta_span_s {
   /* First cache line: what the free fast path reads (cls, start, div_magic). */
   uint8_t *start;        /* first byte of the span */
-  uint64_t div_magic;    /* UINT64_MAX / bsize + 1: divisibility test */
+  uint64_t div_magic;    /* ta_div_magic(bsize): divisibility test */
   uint32_t bsize;        /* block size (large: span bytes) */
   uint16_t head_off;     /* slices to the head (0 for a head) */
   uint8_t kind;          /* ta_span_kind_t */
   uint8_t cls;           /* size class of a slab, else TA_NO_CLASS */
-  _Atomic uint32_t carved_bytes; /* slab: carved * bsize (the free fast path's "ever handed out?") */
+  /* The free fast path takes p iff (p - start) * div_magic < fast_free_below.
+   * The product is k * e for the start of block k (e = div_magic * bsize
+   * - 2^64, 1 <= e <= bsize) and at least div_magic for any other offset, so
+   * one compare tests "a thread-cache class, a block start, ever handed
+   * out": carved * e in a slab of a thread-cache class, else 0. */
+  _Atomic uint64_t fast_free_below;
   ta_arena_t *arena;     /* owner */
   uint32_t used;         /* blocks handed out */
   uint32_t reserved;     /* blocks that fit */
   uint32_t carved;       /* blocks [0, carved) have been handed out at least once */
   uint32_t bucket_mul;   /* slab: see above */
+  _Atomic uint32_t carved_bytes; /* slab: carved * bsize (read without the bin lock) */
   uint16_t scan;         /* slab: no free bit in the bitmap words below this one (relative) */
   uint16_t slices;       /* span length in slices */
   uint16_t dirty;        /* OS pages free and resident */
@@ -120,7 +126,8 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
 } ta_span_t;
 
-_Static_assert(offsetof(ta_span_t, arena) <= 64, "the free fast path's fields fit in one cache line");
+_Static_assert(offsetof(ta_span_t, arena) <= 64 && sizeof(ta_span_t) == 128,
+               "the free fast path's fields fit in one cache line; a descriptor is 128 bytes");
 
 /* Segment header (slice 0), or the header of a huge mapping.
  *   segment is in the segment map  <=>  it is mapped

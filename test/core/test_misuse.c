@@ -103,13 +103,23 @@ static void case_interior_huge(void) {
 
 /* A block start in a slab that was never handed out: free must not take it
  * (it would be handed out later, and again when the slab carves it). */
-static uint8_t *never_carved(void) {
-  uint8_t *p = trimalloc_malloc(7000); /* 7 KiB class: 9 blocks in a 64 KiB slab */
+static uint8_t *never_carved_of(size_t n, size_t last) {
+  uint8_t *p = trimalloc_malloc(n);
   size_t bs = trimalloc_malloc_usable_size(p);
-  return p + 8 * bs;                   /* the last one: one refill carves fewer */
+  return p + last * bs; /* the slab's last block: one refill carves fewer */
+}
+static uint8_t *never_carved(void) {
+  return never_carved_of(7000, 8); /* 7 KiB class: 9 blocks in a 64 KiB slab */
 }
 static void case_never_carved(void) {
   uint8_t *q = never_carved();
+  announce(q);
+  trimalloc_free(q);
+}
+/* A power-of-two size: the free fast path's single compare must still tell
+ * "never carved" (ta_div_magic's + 1 for powers of two). */
+static void case_never_carved_pow2(void) {
+  uint8_t *q = never_carved_of(8192, 7); /* 8 blocks in a 64 KiB slab, 4 per refill */
   announce(q);
   trimalloc_free(q);
 }
@@ -237,6 +247,7 @@ static const misuse_t cases[] = {
     {"write after free over a cached link", "malloc", case_write_after_free_link},
     {"write after free over a cached cookie", "malloc", case_write_after_free_cookie},
     {"never-carved block in a slab", "free", case_never_carved},
+    {"never-carved block in a slab of 8 KiB blocks", "free", case_never_carved_pow2},
 #ifdef TEST_HARDENED
     {"write past the usable size (hardened build)", "free", case_overflow_past_usable},
 #endif

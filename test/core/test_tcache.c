@@ -8,6 +8,8 @@
  *    thread holds nothing.
  *  - A thread's exit flushes its cache: tcache_bytes and the count of
  *    registered caches (heaps) drop back once it is joined.
+ *  - A block freed is the next one malloc hands out for its size, in every
+ *    class (powers of two too): the free fast path took it into the cache.
  *  - Eight producers hand blocks through a queue to eight consumers that
  *    check and free them (every free a cross-thread free); the producer
  *    writes the fill pattern, the consumer checks it. */
@@ -332,7 +334,25 @@ static void test_cross_thread_handoff(void) {
         U(s0.resident / KiB), U(s2.resident / KiB));
 }
 
+/* free pushes a cached class's block on its bin and malloc pops it: the
+ * same address comes back. A block the fast path refused (a slow free into
+ * its slab) would not: the bin still holds the rest of its refill. */
+static void test_free_then_malloc_reuses_block(void) {
+  int wrong = 0;
+  for (size_t n = 1; n <= 128 * KiB; n += n / 16 ? n / 16 : 1) {
+    void *keep = trimalloc_malloc(n); /* the bin has a refill's blocks */
+    void *p = trimalloc_malloc(n);
+    trimalloc_free(p);
+    void *q = trimalloc_malloc(n);
+    if (q != p && wrong++ < 5) CHECK(q == p, "malloc(%zu) after free gave %p, not the freed %p", n, q, p);
+    trimalloc_free(q);
+    trimalloc_free(keep);
+  }
+  CHECK(wrong == 0, "%d sizes did not reuse the block just freed", wrong);
+}
+
 int main(void) {
+  RUN(test_free_then_malloc_reuses_block);
   RUN(test_sleeping_thread_holds_at_most_bound);
   RUN(test_tcache_zero);
   RUN(test_thread_exit_flushes);

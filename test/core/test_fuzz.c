@@ -7,8 +7,11 @@
  * several threads handing blocks to each other through shared slots (one at
  * a time, and in runs of up to 64 blocks of one size that fill whole slabs),
  * with a thread that only trims, threads that pause (parked, while the others
- * free their blocks) and threads moved between CPUs (a refill takes the
- * arena of its CPU), checked against a model after every call:
+ * free their blocks), threads moved between CPUs (a refill takes the arena
+ * of its CPU), and runs given away: a burst fills slabs, the others free all
+ * but one block of each, and the owner frees that last one while trims run
+ * (with a yield or a short sleep after some lock releases, see "schedule
+ * noise" below), checked against a model after every call:
  *  - blocks never overlap (an interval set of every live block, usable sizes);
  *  - contents survive: a block's bytes are a pattern of its id, checked
  *    before free and realloc, and after realloc over the preserved prefix;
@@ -46,7 +49,8 @@
  * in all; --steps alone: no time bound). --stream I --keep i,j,... replays
  * operations i, j, ... of stream I of the seed (what a failure prints).
  * Each also reads TEST_FUZZ_SEED, TEST_FUZZ_STEPS, TEST_FUZZ_SECONDS,
- * TEST_FUZZ_THREADS, TEST_FUZZ_SHRINK_SECONDS, TEST_FUZZ_MISUSE=0.
+ * TEST_FUZZ_THREADS, TEST_FUZZ_SHRINK_SECONDS, TEST_FUZZ_MISUSE=0,
+ * TEST_FUZZ_CHAOS=0 (no schedule noise).
  *
  * The long run (10 minutes of one build; the run.sh limit raised to match):
  *   TEST_TIMEOUT=900 TEST_FUZZ_SECONDS=600 make -C test/core run TESTS=test_fuzz
@@ -68,8 +72,50 @@
 
 #include "check.h"
 
+/* ---- schedule noise: a yield after some lock releases ----
+ * A race needs one thread to stop inside a window of a few instructions
+ * (between an unlock and the next lock, say) while another runs; on two CPUs
+ * that is almost never seen. So the fuzzer widens every window that starts
+ * at a lock release: pthread_mutex_unlock (the core's locks and the
+ * fuzzer's own) is wrapped, and in multithreaded runs, after one release
+ * in CHAOS_EVERY the thread yields its CPU, and after one in 8 x CHAOS_EVERY
+ * it sleeps 20 us (off the CPU for sure). glibc builds without
+ * ThreadSanitizer only (its runtime owns that symbol; musl has no
+ * RTLD_NEXT in a static program). TEST_FUZZ_CHAOS=0 turns it off. */
+#if defined(__GLIBC__) && !defined(__SANITIZE_THREAD__)
+#include <dlfcn.h>
+#define FUZZ_CHAOS 1
+#define CHAOS_EVERY 8
+static _Atomic int chaos_on;
+int pthread_mutex_unlock(pthread_mutex_t *m) {
+  static int (*_Atomic real)(pthread_mutex_t *);
+  int (*f)(pthread_mutex_t *) = atomic_load_explicit(&real, memory_order_relaxed);
+  if (!f) {
+    f = (int (*)(pthread_mutex_t *))dlsym(RTLD_NEXT, "pthread_mutex_unlock");
+    if (!f) abort();
+    atomic_store_explicit(&real, f, memory_order_relaxed);
+  }
+  int rc = f(m);
+  static __thread uint32_t x;
+  if (atomic_load_explicit(&chaos_on, memory_order_relaxed)) {
+    x = x * 1103515245u + 12345u;
+    unsigned roll = (x >> 16) % (CHAOS_EVERY * 8);
+    if (roll == 0) {
+      struct timespec ts = {0, 20 * 1000};
+      nanosleep(&ts, NULL);
+    } else if (roll % CHAOS_EVERY == 0) {
+      sched_yield();
+    }
+  }
+  return rc;
+}
+#else
+#define FUZZ_CHAOS 0
+#endif
+
 #define NSLOTS 384  /* per thread */
 #define NSHARED 192 /* slots the threads hand blocks through */
+#define NGIVEN 256  /* blocks given away (OP_GIVE) waiting for another thread to free them */
 #define RUN_MAX 64  /* blocks a burst allocates, frees or hands over at once */
 #define MAX_THREADS 16
 #define RING 32                        /* a thread's last operations, for the report */
@@ -99,7 +145,7 @@ static struct {
   double seconds, shrink_seconds;
   int threads; /* 0: single-threaded, then 4 threads */
   int stream;
-  bool misuse, big_align_enomem, old_core, plain;
+  bool misuse, big_align_enomem, old_core, plain, chaos;
   const char *keep;
 } cfg;
 
@@ -125,12 +171,13 @@ enum {
   OP_MISUSE,
   OP_PAUSE, /* multithreaded: the thread sleeps a little (a parked thread; the others free its blocks) */
   OP_CPU,   /* the thread moves to another CPU (whose arena its refills then use), or may run anywhere */
+  OP_GIVE,  /* a burst of one size given away but the first block in each 64 KiB: others empty slabs */
   OP_KINDS
 };
 static const char *const op_names[OP_KINDS] = {
     "malloc",      "calloc",       "realloc", "realloc(rel)", "reallocarray", "aligned",    "free",
     "usable_size", "verify",       "trim",    "trim_idle",    "malloc_trim",  "option_set", "put",
-    "take",        "failing call", "check",   "misuse",       "pause",        "cpu"};
+    "take",        "failing call", "check",   "misuse",       "pause",        "cpu",          "give"};
 
 typedef struct {
   uint8_t kind, sub;
@@ -233,6 +280,7 @@ static const struct {
     {OP_ALIGNED, 80},  {OP_FREE, 200},      {OP_USABLE, 40},   {OP_VERIFY, 40},      {OP_TRIM, 6},
     {OP_TRIM_IDLE, 6}, {OP_MALLOC_TRIM, 3}, {OP_OPTION, 10},   {OP_PUT, 50},         {OP_TAKE, 50},
     {OP_FAIL, 15},     {OP_CHECK, 4},       {OP_MISUSE, 1},    {OP_PAUSE, 2},        {OP_CPU, 20},
+    {OP_GIVE, 20},
 };
 
 static int op_total; /* the weights' sum (main) */
@@ -297,6 +345,15 @@ static op_t gen_op(uint64_t *r) {
         if (op.slot + op.b > NSLOTS) op.b = NSLOTS - op.slot;
         if (op.aux + op.b > shared_lo[4] + shared_n[4]) op.b = shared_lo[4] + shared_n[4] - op.aux;
       }
+      op.sub = op.kind == OP_TAKE && rnd(r, 2); /* 1: each block freed once taken (a consumer) */
+      if (op.kind == OP_TAKE && tier == 4 && rnd(r, 2)) op.sub = 2; /* also frees up to 64 given blocks */
+      break;
+    case OP_GIVE: /* in the burst slots: s..s+b-1 allocated, most of them given away */
+      if (tier != 4) op.slot = (uint16_t)(BURST_LO + rnd(r, NSLOTS - BURST_LO - 1));
+      op.a = 1024 + rnd(r, tier_max[4] - 1024); /* 4 to 64 blocks fill a 64 KiB slab: runs fill slabs */
+      op.b = 2 + rnd(r, RUN_MAX - 1);
+      if (op.slot + op.b > NSLOTS) op.b = NSLOTS - op.slot;
+      op.sub = rnd(r, 2); /* 1: then, once the others freed them (up to 2 ms), the kept ones are freed */
       break;
     case OP_FREE:
       op.b = 1;
@@ -400,9 +457,16 @@ static void op_format(const op_t *op, char *buf, size_t n) {
       break;
     case OP_TAKE:
       if (op->b > 1)
-        snprintf(buf, n, "s%u..s%llu = shared%u.. (take)", s, s + (unsigned long long)op->b - 1, op->aux);
+        snprintf(buf, n, "s%u..s%llu = shared%u.. (take%s)", s, s + (unsigned long long)op->b - 1, op->aux,
+                 op->sub == 2 ? ", free; free 64 given blocks" : op->sub ? ", free" : "");
       else
-        snprintf(buf, n, "s%u = shared%u (take)", s, op->aux);
+        snprintf(buf, n, "s%u = shared%u (take%s)", s, op->aux,
+                 op->sub == 2 ? ", free; free 64 given blocks" : op->sub ? ", free" : "");
+      break;
+    case OP_GIVE:
+      snprintf(buf, n, "s%u..s%llu = malloc(%llu) each; all but the first in each 64 KiB given away%s", s,
+               s + (unsigned long long)op->b - 1, (unsigned long long)op->a,
+               op->sub ? "; once freed, free the rest" : "");
       break;
     case OP_FAIL:
       snprintf(buf, n, "failing call #%u on s%u", op->sub, s);
@@ -518,12 +582,22 @@ typedef struct {
   uint64_t rng;
   uint64_t ops[OP_KINDS];
   uint64_t allocs_ok, fails_ok, misuse_ok, huge_ok, big_align_ok, trims;
+  _Atomic int given_pending; /* its given blocks not yet freed by another thread */
 } fz_t;
 
 static struct {
   pthread_mutex_t mu;
   blk_t b;
 } shared[NSHARED];
+
+/* Blocks given away: any thread's take of kind 2 frees them (a consumer
+ * disposing of work items), and tells the giver. */
+static struct {
+  pthread_mutex_t mu;
+  unsigned n;
+  blk_t b[NGIVEN];
+  _Atomic int *pending[NGIVEN]; /* the giver's count of its blocks not yet freed */
+} given = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 __attribute__((format(printf, 3, 4))) static bool fail(fz_t *z, int kind, const char *fmt, ...) {
   int expected = 0;
@@ -1326,8 +1400,58 @@ static bool exec_op(fz_t *z, const op_t *op) {
         pthread_mutex_unlock(&shared[op->aux + k].mu);
         /* a block from another thread: its contents, as that thread left them */
         if (took_one && !verify(z, b, SIZE_MAX, "a block taken from another thread")) return false;
+        if (took_one && op->sub && !do_free(z, b, "free of a block just taken")) return false;
+      }
+      if (op->sub == 2) { /* and frees up to RUN_MAX given blocks, oldest first */
+        blk_t got[RUN_MAX];
+        _Atomic int *who[RUN_MAX];
+        pthread_mutex_lock(&given.mu);
+        unsigned n = given.n < RUN_MAX ? given.n : RUN_MAX;
+        memcpy(got, given.b, n * sizeof *got);
+        memcpy(who, given.pending, n * sizeof *who);
+        memmove(given.b, given.b + n, (given.n - n) * sizeof *given.b);
+        memmove(given.pending, given.pending + n, (given.n - n) * sizeof *given.pending);
+        given.n -= n;
+        pthread_mutex_unlock(&given.mu);
+        for (unsigned k = 0; k < n; k++) {
+          bool ok = verify(z, &got[k], SIZE_MAX, "a block given by another thread") &&
+                    do_free(z, &got[k], "free of a block given by another thread");
+          atomic_fetch_sub(who[k], 1);
+          if (!ok) return false;
+        }
       }
       return true;
+    case OP_GIVE: {
+      op_t m = *op;
+      m.kind = OP_MALLOC;
+      if (!exec_op(z, &m)) return false;
+      /* Each block that starts a 64 KiB window (a slice: at most one per slab
+       * of these sizes) stays; the others are given away. */
+      bool kept[RUN_MAX];
+      pthread_mutex_lock(&given.mu);
+      for (uint64_t k = 0; k < op->b; k++) {
+        kept[k] = ((uintptr_t)b[k].p & 0xffff) < b[k].usable || given.n == NGIVEN;
+        if (kept[k]) continue;
+        atomic_fetch_add(&z->given_pending, 1);
+        given.pending[given.n] = &z->given_pending;
+        given.b[given.n++] = b[k];
+        b[k].p = NULL;
+      }
+      pthread_mutex_unlock(&given.mu);
+      if (!op->sub) return true;
+      /* Then, once the others freed the rest (up to 2 ms), the kept ones are
+       * freed: each the last live block of a slab, under its owner's free,
+       * while trims run. The owner waits without allocating, as a producer
+       * handing work off would. */
+      for (int waited = 0; cfg.threads > 1 && waited < 40 && !atomic_load(&stop); waited++) {
+        if (atomic_load(&z->given_pending) == 0) break;
+        struct timespec ts = {0, 50 * 1000};
+        nanosleep(&ts, NULL);
+      }
+      for (uint64_t k = 0; k < op->b; k++)
+        if (kept[k] && !do_free(z, &b[k], "free of a block a run kept")) return false;
+      return true;
+    }
     case OP_FAIL:
       return do_fail(z, b, op->sub);
     case OP_CHECK:
@@ -1405,6 +1529,8 @@ static void finish(fz_t *z) {
     do_free(z, &z->slot[i], "freeing everything at the end");
   for (unsigned i = 0; i < NSHARED && !res->failed; i++)
     do_free(z, &shared[i].b, "freeing everything at the end");
+  for (unsigned i = 0; i < given.n && !res->failed; i++) do_free(z, &given.b[i], "freeing everything at the end");
+  given.n = 0;
   if (res->failed) return;
   if (nivals) fail(z, K_MODEL, "%zu blocks left in the model", nivals);
   do_trim(z, OP_TRIM, 0);
@@ -1482,6 +1608,9 @@ static void child_run(const op_t *ops, const uint64_t *idx, size_t n) {
     fz_init(&tz, cfg.threads, 1000);
     for (int t = 0; t < cfg.threads; t++) fz_init(&zs[t], t, t);
     atomic_store(&workers_left, cfg.threads);
+#if FUZZ_CHAOS
+    atomic_store(&chaos_on, cfg.chaos);
+#endif
     for (int t = 0; t < cfg.threads; t++) pthread_create(&th[t], NULL, mt_thread, &zs[t]);
     pthread_create(&trimmer, NULL, trimmer_thread, &tz);
     for (int t = 0; t < cfg.threads; t++) pthread_join(th[t], NULL);
@@ -1778,6 +1907,7 @@ int main(int argc, char **argv) {
   cfg.threads = (int)env_double("TEST_FUZZ_THREADS", 0);
   cfg.shrink_seconds = env_double("TEST_FUZZ_SHRINK_SECONDS", 45);
   cfg.misuse = env_double("TEST_FUZZ_MISUSE", 1) != 0;
+  cfg.chaos = env_double("TEST_FUZZ_CHAOS", 1) != 0;
 #ifdef FUZZ_BIG_ALIGN_ENOMEM
   cfg.big_align_enomem = true;
 #endif

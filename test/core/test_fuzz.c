@@ -21,6 +21,8 @@
  *  - errno is unchanged by every successful call (a new sentinel before each
  *    call) and right on every failure (ENOMEM, EINVAL; posix_memalign returns
  *    its error and leaves errno alone); a failed realloc keeps the block;
+ *  - the read-only API (stats, stats_json whole and cut short, option names
+ *    and values, version) answers well-formed from any thread at any time;
  *  - trimalloc_check() holds after every step single-threaded, every 64
  *    steps per thread multithreaded, and at the end;
  *  - single-threaded: a trim leaves nothing for a trim right after it, and
@@ -172,12 +174,14 @@ enum {
   OP_PAUSE, /* multithreaded: the thread sleeps a little (a parked thread; the others free its blocks) */
   OP_CPU,   /* the thread moves to another CPU (whose arena its refills then use), or may run anywhere */
   OP_GIVE,  /* a burst of one size given away but the first block in each 64 KiB: others empty slabs */
+  OP_STATS, /* stats, stats_json, option_name/option_get, version: read while the others allocate */
   OP_KINDS
 };
 static const char *const op_names[OP_KINDS] = {
     "malloc",      "calloc",       "realloc", "realloc(rel)", "reallocarray", "aligned",    "free",
     "usable_size", "verify",       "trim",    "trim_idle",    "malloc_trim",  "option_set", "put",
-    "take",        "failing call", "check",   "misuse",       "pause",        "cpu",          "give"};
+    "take",        "failing call", "check",   "misuse",       "pause",        "cpu",          "give",
+    "stats"};
 
 typedef struct {
   uint8_t kind, sub;
@@ -280,7 +284,7 @@ static const struct {
     {OP_ALIGNED, 80},  {OP_FREE, 200},      {OP_USABLE, 40},   {OP_VERIFY, 40},      {OP_TRIM, 6},
     {OP_TRIM_IDLE, 6}, {OP_MALLOC_TRIM, 3}, {OP_OPTION, 10},   {OP_PUT, 50},         {OP_TAKE, 50},
     {OP_FAIL, 15},     {OP_CHECK, 4},       {OP_MISUSE, 1},    {OP_PAUSE, 2},        {OP_CPU, 20},
-    {OP_GIVE, 20},
+    {OP_GIVE, 20},     {OP_STATS, 10},
 };
 
 static int op_total; /* the weights' sum (main) */
@@ -347,6 +351,9 @@ static op_t gen_op(uint64_t *r) {
       }
       op.sub = op.kind == OP_TAKE && rnd(r, 2); /* 1: each block freed once taken (a consumer) */
       if (op.kind == OP_TAKE && tier == 4 && rnd(r, 2)) op.sub = 2; /* also frees up to 64 given blocks */
+      break;
+    case OP_STATS:
+      op.sub = (uint8_t)(rnd(r, 4) ? 255 : rnd(r, 64)); /* the JSON buffer: whole, or cut short */
       break;
     case OP_GIVE: /* in the burst slots: s..s+b-1 allocated, most of them given away */
       if (tier != 4) op.slot = (uint16_t)(BURST_LO + rnd(r, NSLOTS - BURST_LO - 1));
@@ -462,6 +469,9 @@ static void op_format(const op_t *op, char *buf, size_t n) {
       else
         snprintf(buf, n, "s%u = shared%u (take%s)", s, op->aux,
                  op->sub == 2 ? ", free; free 64 given blocks" : op->sub ? ", free" : "");
+      break;
+    case OP_STATS:
+      snprintf(buf, n, "stats(), stats_json(buf, %u), option names and values, version", op->sub);
       break;
     case OP_GIVE:
       snprintf(buf, n, "s%u..s%llu = malloc(%llu) each; all but the first in each 64 KiB given away%s", s,
@@ -1226,6 +1236,53 @@ static int purger_runs(void) {
   return st.background != 0;
 }
 
+/* The read-only API, from any thread at any time: well-formed answers and
+ * errno untouched. */
+static bool do_stats(fz_t *z, const op_t *op) {
+  trimalloc_stats_t st;
+  memset(&st, 0xa5, sizeof st);
+  sentinel(z);
+  int rc = trimalloc_stats(&st, sizeof st);
+  int e = errno;
+  EXPECT(rc == 0, K_RESULT, "trimalloc_stats returned %d", rc);
+  EXPECT(e == z->sentinel, K_ERRNO, "trimalloc_stats changed errno to %d (%s)", e, strerror(e));
+  EXPECT(st.version == TRIMALLOC_STATS_VERSION && st.size == sizeof st, K_RESULT,
+         "trimalloc_stats filled version %u, size %u (want %u, %zu)", st.version, st.size,
+         (unsigned)TRIMALLOC_STATS_VERSION, sizeof st);
+  EXPECT(st.fragmentation >= 0 && st.fragmentation <= 1, K_RESULT, "stats: fragmentation %g", st.fragmentation);
+  EXPECT(st.background <= 1, K_RESULT, "stats: background %llu", (unsigned long long)st.background);
+  char json[4096];
+  size_t cap = op->sub == 255 ? sizeof json : op->sub;
+  memset(json, 'x', sizeof json);
+  sentinel(z);
+  size_t len = trimalloc_stats_json(cap ? json : NULL, cap);
+  e = errno;
+  EXPECT(e == z->sentinel, K_ERRNO, "trimalloc_stats_json changed errno to %d (%s)", e, strerror(e));
+  EXPECT(len > 2 && len < sizeof json, K_RESULT, "trimalloc_stats_json needs %zu bytes", len);
+  if (cap) {
+    size_t got = strnlen(json, sizeof json), want = len < cap ? len : cap - 1;
+    EXPECT(got == want, K_RESULT, "trimalloc_stats_json(buf, %zu) wrote %zu characters, not %zu", cap, got, want);
+    EXPECT(cap == sizeof json || json[cap] == 'x', K_RESULT, "trimalloc_stats_json(buf, %zu) wrote past its size",
+           cap);
+    EXPECT(json[0] == '{' || cap == 1, K_RESULT, "trimalloc_stats_json: \"%.40s\" is not an object", json);
+    EXPECT(len >= cap || json[len - 1] == '}', K_RESULT, "trimalloc_stats_json: \"...%s\" does not end the object",
+           json + (len > 20 ? len - 20 : 0));
+  }
+  size_t i = 0;
+  for (const char *name; (name = trimalloc_option_name(i)) != NULL; i++) {
+    long long v = -12345;
+    sentinel(z);
+    rc = trimalloc_option_get(name, &v);
+    e = errno;
+    EXPECT(rc == 0 && v != -12345, K_RESULT, "trimalloc_option_get(\"%s\") returned %d", name, rc);
+    EXPECT(e == z->sentinel, K_ERRNO, "trimalloc_option_get changed errno to %d (%s)", e, strerror(e));
+  }
+  EXPECT(i >= 4, K_RESULT, "trimalloc_option_name names %zu options", i);
+  const char *ver = trimalloc_version();
+  EXPECT(ver && *ver, K_RESULT, "trimalloc_version() is empty");
+  return true;
+}
+
 static bool do_trim(fz_t *z, int kind, size_t pad) {
   /* RSS only natively: under an emulator it holds the emulator's own memory
    * (check.h, memory_now), which grows while the program runs. */
@@ -1454,6 +1511,8 @@ static bool exec_op(fz_t *z, const op_t *op) {
     }
     case OP_FAIL:
       return do_fail(z, b, op->sub);
+    case OP_STATS:
+      return do_stats(z, op);
     case OP_CHECK:
       EXPECT(trimalloc_check(), K_CHECK, "trimalloc_check() failed");
       return true;

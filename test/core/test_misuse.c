@@ -105,8 +105,11 @@ static void case_interior_huge(void) {
  * (it would be handed out later, and again when the slab carves it). */
 static uint8_t *never_carved_of(size_t n, size_t last) {
   uint8_t *p = trimalloc_malloc(n);
-  size_t bs = trimalloc_malloc_usable_size(p);
-  return p + last * bs; /* the slab's last block: one refill carves fewer */
+  size_t bs = (trimalloc_malloc_usable_size(p) + 15) & ~(size_t)15; /* the block (a hardened build's canary) */
+  /* A slab of these sizes is one 64 KiB slice, aligned; p is any block of
+   * the first refill (the list hands out the last one carved first). */
+  uint8_t *slab = (uint8_t *)((uintptr_t)p & ~(uintptr_t)0xffff);
+  return slab + last * bs; /* the slab's last block: one refill carves fewer */
 }
 static uint8_t *never_carved(void) {
   return never_carved_of(7000, 8); /* 7 KiB class: 9 blocks in a 64 KiB slab */
@@ -116,8 +119,8 @@ static void case_never_carved(void) {
   announce(q);
   trimalloc_free(q);
 }
-/* A power-of-two size: the free fast path's single compare must still tell
- * "never carved" (ta_div_magic's + 1 for powers of two). */
+/* A power-of-two size, whose frees the fast path takes (ta_div_magic's + 1
+ * for powers of two): its single compare must still tell "never carved". */
 static void case_never_carved_pow2(void) {
   uint8_t *q = never_carved_of(8192, 7); /* 8 blocks in a 64 KiB slab, 4 per refill */
   announce(q);

@@ -110,7 +110,8 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
    * The product is k * e for the start of block k (e = div_magic * bsize
    * - 2^64, 1 <= e <= bsize) and at least div_magic for any other offset, so
    * one compare tests "a thread-cache class, a block start, ever handed
-   * out": carved * e in a slab of a thread-cache class, else 0. */
+   * out": carved * e in a slab of a thread-cache class, else 0 (stored
+   * wherever a span's kind is set, and by ta_slab_init). */
   _Atomic uint64_t fast_free_below;
   ta_arena_t *arena;     /* owner */
   uint32_t used;         /* blocks handed out */

@@ -317,6 +317,42 @@ static inline void gate_wait(gate_t *g, int n) {
   pthread_mutex_unlock(&g->mu);
 }
 
+/* A bounded blocking queue of blocks handed from thread to thread: a full
+ * queue makes producers wait, an empty one consumers (test_threads,
+ * test_tcache). */
+typedef struct item_s {
+  uint8_t *p;
+  size_t n;
+  int from; /* the producer's number, for the tests that check it */
+} item_t;
+enum { QUEUE_MAX = 2048 };
+typedef struct queue_s {
+  pthread_mutex_t mu;
+  pthread_cond_t not_empty, not_full;
+  size_t cap, head, len; /* cap <= QUEUE_MAX */
+  item_t buf[QUEUE_MAX];
+} queue_t;
+#define QUEUE_INIT(c) {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, (c), 0, 0, {{0}}}
+
+static inline void q_push(queue_t *q, item_t it) {
+  pthread_mutex_lock(&q->mu);
+  while (q->len == q->cap) pthread_cond_wait(&q->not_full, &q->mu);
+  q->buf[(q->head + q->len++) % q->cap] = it;
+  pthread_cond_signal(&q->not_empty);
+  pthread_mutex_unlock(&q->mu);
+}
+
+static inline item_t q_pop(queue_t *q) {
+  pthread_mutex_lock(&q->mu);
+  while (q->len == 0) pthread_cond_wait(&q->not_empty, &q->mu);
+  item_t it = q->buf[q->head];
+  q->head = (q->head + 1) % q->cap;
+  q->len--;
+  pthread_cond_signal(&q->not_full);
+  pthread_mutex_unlock(&q->mu);
+  return it;
+}
+
 /* Is the OS page at p resident? -1 when mincore fails. */
 static inline int page_resident(const void *p) {
   unsigned char v = 0;

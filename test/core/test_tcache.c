@@ -214,39 +214,7 @@ static void test_thread_exit_flushes(void) {
 enum { PRODUCERS = 8, CONSUMERS = 8, QCAP = 2048, DEFER = 32 };
 static const long ITEMS = TEST_SANITIZED ? 8000 : 60000; /* per producer */
 
-typedef struct item_s {
-  uint8_t *p;
-  size_t n;
-  int from;
-} item_t;
-
-static struct {
-  pthread_mutex_t mu;
-  pthread_cond_t not_empty, not_full;
-  item_t buf[QCAP];
-  size_t head, len;
-} q = {.mu = PTHREAD_MUTEX_INITIALIZER,
-       .not_empty = PTHREAD_COND_INITIALIZER,
-       .not_full = PTHREAD_COND_INITIALIZER};
-
-static void q_push(item_t it) {
-  pthread_mutex_lock(&q.mu);
-  while (q.len == QCAP) pthread_cond_wait(&q.not_full, &q.mu);
-  q.buf[(q.head + q.len++) % QCAP] = it;
-  pthread_cond_signal(&q.not_empty);
-  pthread_mutex_unlock(&q.mu);
-}
-
-static item_t q_pop(void) {
-  pthread_mutex_lock(&q.mu);
-  while (q.len == 0) pthread_cond_wait(&q.not_empty, &q.mu);
-  item_t it = q.buf[q.head];
-  q.head = (q.head + 1) % QCAP;
-  q.len--;
-  pthread_cond_signal(&q.not_full);
-  pthread_mutex_unlock(&q.mu);
-  return it;
-}
+static queue_t q = QUEUE_INIT(QCAP);
 
 static atomic_long x_bad, x_calloc_bad, x_nulls, x_consumed, x_invalid;
 
@@ -277,7 +245,7 @@ static void *producer(void *arg) {
       continue;
     }
     block_fill(p, n, pattern_seed(p, n));
-    q_push((item_t){p, n, id});
+    q_push(&q, (item_t){p, n, id});
   }
   if (!trimalloc_check()) atomic_fetch_add(&x_invalid, 1);
   return NULL;
@@ -294,7 +262,7 @@ static void *consumer(void *arg) {
   item_t held[DEFER];
   int nheld = 0;
   for (;;) {
-    item_t it = q_pop();
+    item_t it = q_pop(&q);
     if (!it.p) break;
     /* Some blocks are kept a while, so frees come in a different order. */
     if (rng_next(&rng) % 4 == 0) {
@@ -316,7 +284,7 @@ static void test_cross_thread_handoff(void) {
   for (long i = 0; i < CONSUMERS; i++) pthread_create(&ct[i], NULL, consumer, (void *)i);
   for (long i = 0; i < PRODUCERS; i++) pthread_create(&pt[i], NULL, producer, (void *)i);
   for (int i = 0; i < PRODUCERS; i++) pthread_join(pt[i], NULL);
-  for (int i = 0; i < CONSUMERS; i++) q_push((item_t){NULL, 0, -1});
+  for (int i = 0; i < CONSUMERS; i++) q_push(&q, (item_t){NULL, 0, -1});
   for (int i = 0; i < CONSUMERS; i++) pthread_join(ct[i], NULL);
   CHECK(atomic_load(&x_bad) == 0, "%ld blocks with wrong contents at the consumer", atomic_load(&x_bad));
   CHECK(atomic_load(&x_calloc_bad) == 0, "%ld calloc blocks not zeroed", atomic_load(&x_calloc_bad));

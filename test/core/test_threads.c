@@ -9,38 +9,7 @@
 enum { PRODUCERS = 3, CONSUMERS = 3, QCAP = 1024 };
 static const long ITEMS = TEST_SANITIZED ? 25000 : 150000; /* per producer */
 
-typedef struct item_s {
-  uint8_t *p;
-  size_t n;
-} item_t;
-
-static struct {
-  pthread_mutex_t mu;
-  pthread_cond_t not_empty, not_full;
-  item_t buf[QCAP];
-  size_t head, len;
-} q = {.mu = PTHREAD_MUTEX_INITIALIZER,
-       .not_empty = PTHREAD_COND_INITIALIZER,
-       .not_full = PTHREAD_COND_INITIALIZER};
-
-static void q_push(item_t it) {
-  pthread_mutex_lock(&q.mu);
-  while (q.len == QCAP) pthread_cond_wait(&q.not_full, &q.mu);
-  q.buf[(q.head + q.len++) % QCAP] = it;
-  pthread_cond_signal(&q.not_empty);
-  pthread_mutex_unlock(&q.mu);
-}
-
-static item_t q_pop(void) {
-  pthread_mutex_lock(&q.mu);
-  while (q.len == 0) pthread_cond_wait(&q.not_empty, &q.mu);
-  item_t it = q.buf[q.head];
-  q.head = (q.head + 1) % QCAP;
-  q.len--;
-  pthread_cond_signal(&q.not_full);
-  pthread_mutex_unlock(&q.mu);
-  return it;
-}
+static queue_t q = QUEUE_INIT(QCAP);
 
 static atomic_long bad_blocks, bad_calloc, null_blocks, consumed;
 
@@ -101,7 +70,7 @@ static void *producer(void *arg) {
       continue;
     }
     block_fill(p, n, pattern_seed(p, n));
-    q_push((item_t){p, n});
+    q_push(&q, (item_t){.p = p, .n = n});
     if (i % 4 == 0) local_step(&l, &rng);
   }
   local_drain(&l);
@@ -113,7 +82,7 @@ static void *consumer(void *arg) {
   uint64_t rng = 0xABCDEFull + (uintptr_t)arg * 104729;
   local_t l = {{0}, {0}};
   for (;;) {
-    item_t it = q_pop();
+    item_t it = q_pop(&q);
     if (!it.p) break;
     if (!block_ok(it.p, it.n, pattern_seed(it.p, it.n))) atomic_fetch_add(&bad_blocks, 1);
     if (rng_next(&rng) % 8 == 0) {
@@ -149,7 +118,7 @@ static void test_producer_consumer(void) {
   for (long i = 0; i < CONSUMERS; i++) pthread_create(&ct[i], NULL, consumer, (void *)i);
   for (long i = 0; i < PRODUCERS; i++) pthread_create(&pt[i], NULL, producer, (void *)i);
   for (int i = 0; i < PRODUCERS; i++) pthread_join(pt[i], NULL);
-  for (int i = 0; i < CONSUMERS; i++) q_push((item_t){NULL, 0});
+  for (int i = 0; i < CONSUMERS; i++) q_push(&q, (item_t){.p = NULL});
   for (int i = 0; i < CONSUMERS; i++) pthread_join(ct[i], NULL);
   CHECK(atomic_load(&bad_blocks) == 0, "%ld blocks with wrong contents", atomic_load(&bad_blocks));
   CHECK(atomic_load(&bad_calloc) == 0, "%ld calloc blocks not zeroed", atomic_load(&bad_calloc));

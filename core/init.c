@@ -62,6 +62,15 @@ __attribute__((constructor)) static void ta_constructor(void) {
   ta_process_init();
 }
 
+/* Setting background to 0 stops a running purger before this returns (it
+ * may be asleep for seconds: it is woken and waited for), so a caller that
+ * turns it off sees no purge after the call and background = 0 in the stats. */
+TRIMALLOC_API int trimalloc_option_set(const char *name, long long value) {
+  int r = ta_option_set(name, value);
+  if (r == 0 && !ta_opt(TA_OPT_BACKGROUND)) ta_purger_stop();
+  return r;
+}
+
 TRIMALLOC_API const char *trimalloc_version(void) {
   return TRIMALLOC_VERSION;
 }

@@ -226,6 +226,7 @@ TA_HIDDEN size_t ta_purge_trim(bool all, uint64_t t0_ns); /* bytes; counts the t
 TA_HIDDEN void ta_purge_kick(void);         /* something is left to purge (slow paths only) */
 TA_HIDDEN void ta_purge_on_activity(void);  /* the allocator's own purge when no purger runs */
 TA_HIDDEN int ta_purger_running(void);
+TA_HIDDEN void ta_purger_stop(void); /* background is 0: the purger has stopped on return */
 TA_HIDDEN void ta_purge_fork_prepare(void);
 TA_HIDDEN void ta_purge_fork_parent(void);
 TA_HIDDEN void ta_purge_fork_child(void);
@@ -268,6 +269,7 @@ TA_HIDDEN extern _Atomic long long ta_options[TA_OPT_COUNT];
 static inline long long ta_opt(ta_opt_t o) { return ta_relaxed_load(&ta_options[o]); }
 TA_HIDDEN void ta_options_init(void);
 TA_HIDDEN size_t ta_options_format(char *buf, size_t size);
+TA_HIDDEN int ta_option_set(const char *name, long long value); /* 0, EINVAL or ERANGE */
 
 /* ---- init.c: process start, fork ------------------------------------------ */
 TA_HIDDEN void ta_process_init(void);

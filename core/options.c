@@ -70,7 +70,8 @@ TRIMALLOC_API int trimalloc_option_get(const char *name, long long *value) {
   return 0;
 }
 
-TRIMALLOC_API int trimalloc_option_set(const char *name, long long value) {
+/* trimalloc_option_set (init.c) without its side effects. */
+int ta_option_set(const char *name, long long value) {
   int i = find(name);
   if (i < 0) return EINVAL;
   if (value < descs[i].min || value > descs[i].max) return ERANGE;

@@ -162,6 +162,18 @@ void ta_purge_kick(void) {
   purger_start();
 }
 
+/* background was set to 0: wake the purger (it sees the option and leaves its
+ * loop) and wait until it has left, however long its current pass takes. */
+void ta_purger_stop(void) {
+  if (ta_relaxed_load(&purger_state) != PURGER_RUNNING) return;
+  ta_lock(&purger_lock);
+  while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && !ta_opt(TA_OPT_BACKGROUND)) {
+    pthread_cond_broadcast(&purger_cv);
+    timed_wait(10); /* its broadcast on leaving ends this wait early */
+  }
+  ta_unlock(&purger_lock);
+}
+
 /* At exit: ask the purger to stop and wait (briefly) until it has. */
 __attribute__((destructor)) static void purger_stop(void) {
   int st = PURGER_RUNNING;

@@ -101,7 +101,9 @@ TRIMALLOC_API size_t trimalloc_stats_json(char *buf, size_t size);
 /* Options: purge_delay_ms, unmap_delay_ms, arenas, tcache_bytes, background,
  * show_stats, verbose. Each is read once from TRIMALLOC_<NAME upper-cased> at
  * start; a bad value warns once and keeps the default. get/set return 0, or EINVAL for an unknown name (or a
- * NULL pointer) and ERANGE for a value out of the option's range. */
+ * NULL pointer) and ERANGE for a value out of the option's range. Setting
+ * background to 0 stops a running purger thread before set returns; set back
+ * to 1, the purger starts again when enough is left to purge. */
 TRIMALLOC_API int trimalloc_option_get(const char *name, long long *value);
 TRIMALLOC_API int trimalloc_option_set(const char *name, long long value);
 

@@ -5,7 +5,9 @@
  *    pre-burst baseline within 1 s (the background purger), and the
  *    purger says it runs.
  *  - The background purger starts lazily: not in a process that never
- *    freed, then once something is left to purge (a child process).
+ *    freed, then once something is left to purge (a child process); set
+ *    to background = 0 it has stopped when trimalloc_option_set returns, and
+ *    set back to 1 it starts again.
  *  - With background = 0 (a child with TRIMALLOC_BACKGROUND=0) nothing is
  *    purged while the process idles, and a trim then returns it all.
  *  - The delayed purge with allocation activity and no trim (as in v1).
@@ -236,6 +238,18 @@ static void child_lazy(void) {
   while (stats_now().dirty > 0 && now_s() - t0 < 5) sleep_ms(5);
   s = stats_now();
   CHECK(s.dirty == 0, "dirty %llu bytes 5 s after the frees, with the purger running", U(s.dirty));
+  /* Turned off, it has stopped when set returns (it was asleep, nothing
+   * left to purge); turned on again, it starts again when there is. */
+  CHECK(trimalloc_option_set("background", 0) == 0);
+  s = stats_now();
+  CHECK(s.background == 0, "background = %llu right after trimalloc_option_set(\"background\", 0)",
+        U(s.background));
+  CHECK(trimalloc_option_set("background", 1) == 0);
+  for (int i = 0; i < N; i++) p[i] = trimalloc_malloc(2048 + (size_t)(i % 8) * 512);
+  for (int i = 0; i < N; i++) trimalloc_free(p[i]);
+  t0 = now_s();
+  while (stats_now().background == 0 && now_s() - t0 < 5) sleep_ms(5);
+  CHECK(stats_now().background == 1, "no purger 5 s after background was set back to 1 and 5 MiB freed");
 }
 
 static void test_background_starts_lazily(void) {

@@ -20,10 +20,13 @@ static void *aligned(size_t align, size_t n) {
   }
   if (align > TA_MAX_ALIGN) return ta_huge_alloc_far(n, align, false);
   size_t need = n < align ? align : n;
-  if (need <= TA_MEDIUM_MAX - TA_CANARY) need += TA_CANARY; /* hardened: the canary's room */
+  /* Hardened: a slab block needs the canary's room; a request within 8
+   * bytes of the largest class goes to the page heap, as in malloc. */
+  bool slab = need <= TA_MEDIUM_MAX - TA_CANARY;
+  if (slab) need += TA_CANARY;
   if (need <= TA_LARGE_MAX && align <= TA_SLICE_SIZE) {
     ta_process_init();
-    if (need <= TA_MEDIUM_MAX)
+    if (slab)
       for (size_t c = ta_class_of(need); c < TA_CLASSES; c++)
         if (ta_class_size(c) % align == 0) return ta_malloc_class(c);
     return ta_large_alloc(ta_arena_pick(), need);

@@ -188,6 +188,31 @@ static void test_valloc_pvalloc_page_aligned(void) {
   CHECK(o == NULL && errno == ENOMEM, "valloc(SIZE_MAX-1) = %p errno %d", o, errno);
 }
 
+/* Sizes at the top of the largest class (128 KiB), every alignment a class
+ * can give: the block holds the whole request. (In the hardened build the
+ * class's last 8 bytes are its canary: pvalloc(131072) once got a block of
+ * 131064 usable bytes.) Filled to the end and freed: the hardened build's
+ * free checks the canary. */
+static void test_aligned_at_the_largest_class(void) {
+  int bad = 0;
+  for (size_t n = 128 * KiB - 24; n <= 128 * KiB + 8; n++)
+    for (size_t a = 32; a <= 64 * KiB; a *= 2) {
+      void *p = NULL;
+      int r = trimalloc_posix_memalign(&p, a, n);
+      size_t u = r == 0 ? trimalloc_malloc_usable_size(p) : 0;
+      if ((r != 0 || !aligned(p, a) || u < n) && bad++ < 5)
+        CHECK(0, "posix_memalign(%zu, %zu): %d, %p, usable %zu", a, n, r, p, u);
+      if (r == 0) memset(p, 0x5a, u);
+      trimalloc_free(p);
+    }
+  CHECK(bad == 0, "%d (alignment, size) pairs near the largest class failed", bad);
+  void *pv = trimalloc_pvalloc(128 * KiB - 1);
+  size_t u = pv ? trimalloc_malloc_usable_size(pv) : 0;
+  CHECK(pv && u >= 128 * KiB, "pvalloc(128 KiB - 1): %p, usable %zu", pv, u);
+  if (pv) memset(pv, 0x5a, u);
+  trimalloc_free(pv);
+}
+
 /* Aligned blocks are real blocks: realloc keeps their content, free works. */
 static void test_aligned_blocks_realloc(void) {
   void *p = NULL;
@@ -217,5 +242,6 @@ int main(void) {
   RUN(test_memalign);
   RUN(test_valloc_pvalloc_page_aligned);
   RUN(test_aligned_blocks_realloc);
+  RUN(test_aligned_at_the_largest_class);
   return check_summary();
 }

@@ -776,6 +776,19 @@ static bool usable_of(fz_t *z, const void *p, size_t *out, const char *what) {
   return true;
 }
 
+/* The most usable size a slab block for a request of req may have: its
+ * class's size; in the hardened build (TEST_HARDENED) the class of req plus
+ * the 8-byte canary, less the canary, and no bound past the classes (the
+ * request then goes to the page heap). */
+static size_t usable_max(size_t req) {
+#ifdef TEST_HARDENED
+  if (req > CLASS_MAX - 8) return SIZE_MAX;
+  return class_size(class_of(req + 8)) - 8;
+#else
+  return class_size(class_of(req ? req : 1));
+#endif
+}
+
 /* A block a call just returned: checks it and adds it to the model. */
 static bool took(fz_t *z, blk_t *b, uint8_t *p, size_t req, size_t align, bool zero, const char *what) {
   EXPECT(((uintptr_t)p & 15) == 0, K_ALIGN, "%s returned %p: not 16-byte aligned", what, (void *)p);
@@ -785,9 +798,8 @@ static bool took(fz_t *z, blk_t *b, uint8_t *p, size_t req, size_t align, bool z
   if (!usable_of(z, p, &u, what)) return false;
   EXPECT(u >= req, K_USABLE, "%s returned %p with usable size %zu < %zu requested", what, (void *)p, u, req);
   if (align <= 16 && req <= CLASS_MAX)
-    EXPECT(u <= class_size(class_of(req ? req : 1)), K_USABLE,
-           "%s returned %p with usable size %zu, more than the class of %zu (%zu)", what, (void *)p, u, req,
-           class_size(class_of(req ? req : 1)));
+    EXPECT(u <= usable_max(req), K_USABLE, "%s returned %p with usable size %zu, more than the class of %zu (%zu)",
+           what, (void *)p, u, req, usable_max(req));
   if (zero) {
     size_t nz = first_nonzero(p, req);
     EXPECT(nz == SIZE_MAX, K_ZERO, "%s returned %p: byte %zu of %zu is 0x%02x, not 0", what, (void *)p, nz,

@@ -321,20 +321,14 @@ static void test_free_then_malloc_reuses_block(void) {
   CHECK(wrong == 0, "%d sizes did not reuse the block just freed", wrong);
 }
 
-/* The blocks the thread caches of this process hold (the stats' sum). */
-static uint64_t cached_now(void) {
-  trimalloc_stats_t s;
-  return trimalloc_stats(&s, sizeof s) == 0 ? s.tcache_bytes : UINT64_MAX;
-}
-
 /* Run while the main thread is the only one with a cache. */
 static void test_trim_empties_callers_cache(void) {
   int left = 0;
   for (size_t n = 1; n <= 128 * KiB; n += n / 16 ? n / 16 : 1) {
     trimalloc_free(trimalloc_malloc(n)); /* the bin keeps the rest of a refill */
-    if (!CHECK(cached_now() > 0, "malloc(%zu) and free: nothing cached", n)) break;
+    if (!CHECK(stats_now().tcache_bytes > 0, "malloc(%zu) and free: nothing cached", n)) break;
     trimalloc_trim();
-    uint64_t c = cached_now();
+    uint64_t c = stats_now().tcache_bytes;
     if (c && left++ < 5) CHECK(c == 0, "size %zu alone: %llu bytes still cached after trim", n, U(c));
   }
   CHECK(left == 0, "%d sizes left blocks in the cache after trim", left);
@@ -342,10 +336,10 @@ static void test_trim_empties_callers_cache(void) {
   uint64_t rng = 5;
   for (int i = 0; i < 256; i++) p[i] = trimalloc_malloc(cached_size(&rng));
   for (int i = 0; i < 256; i++) trimalloc_free(p[i]);
-  uint64_t before = cached_now();
+  uint64_t before = stats_now().tcache_bytes;
   trimalloc_trim();
-  CHECK(before > 0 && cached_now() == 0, "many classes: %llu bytes cached, %llu after trim", U(before),
-        U(cached_now()));
+  CHECK(before > 0 && stats_now().tcache_bytes == 0, "many classes: %llu bytes cached, %llu after trim", U(before),
+        U(stats_now().tcache_bytes));
 }
 
 int main(void) {

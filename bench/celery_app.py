@@ -6,11 +6,14 @@ worker on it). Broker and result backend: the redis-server the driver starts
                  ctypes, as users write it
     trimalloc    trimalloc.celery.install(app), as the package's README says
                  (the rate-limited trim after each task; the trimalloc
-                 package must be on PYTHONPATH)
+                 package must be on PYTHONPATH); BENCH_CELERY_INSTALL, a
+                 JSON object, is passed to install() as keyword arguments
+                 (e.g. {"min_interval": 0}) to measure other settings
 The task `bench.work` builds 20..50 MiB of Python objects and drops them
 (bench/py_work.py) and returns the pool process's pid, the allocator that
 serves its malloc (bench/alloc.py), a checksum and its PYTHONMALLOC."""
 import ctypes
+import json
 import os
 import sys
 
@@ -42,7 +45,7 @@ if TRIM == "malloc_trim":
 elif TRIM == "trimalloc":
     import trimalloc.celery
 
-    trimalloc.celery.install(app)
+    trimalloc.celery.install(app, **json.loads(os.environ.get("BENCH_CELERY_INSTALL", "{}")))
 elif TRIM != "none":
     raise SystemExit("celery_app: unknown BENCH_CELERY_TRIM %r" % TRIM)
 

@@ -16,6 +16,8 @@ sent and at the end of the idle time.
 --launcher      start the worker with `python3 -m trimalloc run -- python3 -m
                 celery ...` (the package's launcher: preloads its bundled
                 library and sets PYTHONMALLOC=malloc, its default)
+--launcher-opt X  an option for the launcher (repeatable), e.g.
+                --no-pythonmalloc
 --trim MODE     what the app does after each task (see celery_app.py)
 --pkg DIR       put DIR (holding the trimalloc Python package) on the worker's
                 PYTHONPATH
@@ -53,6 +55,7 @@ TASKS = int(arg("--tasks", "40"))
 IDLE_MS = int(arg("--idle-ms", "2000"))
 PRELOAD = arg("--preload")
 LAUNCHER = "--launcher" in sys.argv
+LAUNCHER_OPTS = [sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--launcher-opt"]
 TRIM = arg("--trim", "none")
 PKG = arg("--pkg")
 
@@ -164,7 +167,7 @@ def main():
                "-n", "bench@localhost", "-Q", "bench", "--without-heartbeat", "--without-gossip",
                "--without-mingle"]
         if LAUNCHER:
-            cmd = [PY, "-m", "trimalloc", "run", "--"] + cmd
+            cmd = [PY, "-m", "trimalloc", "run"] + LAUNCHER_OPTS + ["--"] + cmd
         log_path = os.path.join(tmp, "worker.log")
         with open(log_path, "w") as log:
             worker = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)

@@ -218,8 +218,8 @@ TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
 static size_t trim(bool all) {
   uint64_t t0 = ta_prim_clock_ns();
   ta_process_init();
-  ta_tcache_flush_all(ta_tls_tcache);
-  ta_tcache_ask_flush();
+  ta_tcache_ask_flush(); /* first: the caller's flush then marks the request seen, so its */
+  ta_tcache_flush_all(ta_tls_tcache); /* next slow paths do not empty a refilled cache again */
   return ta_purge_trim(all, t0);
 }
 

@@ -30,8 +30,12 @@ static ta_arena_t *arena_ready(size_t i) {
   if (ta_likely(atomic_load_explicit(&a->ready, memory_order_acquire))) return a;
   ta_lock(&arenas_lock);
   if (!atomic_load_explicit(&a->ready, memory_order_relaxed)) {
-    pthread_mutex_init(&a->lock, NULL);
-    for (size_t c = 0; c < TA_CLASSES; c++) pthread_mutex_init(&a->bins[c].lock, NULL);
+    ta_lock_init(&a->lock);
+    for (size_t c = 0; c < TA_CLASSES; c++) {
+      ta_lock_init(&a->bins[c].lock);
+      a->bins[c].xfer = a->bins[c].xfer_inline;
+      a->bins[c].xcap = TA_XFER_INLINE;
+    }
     a->index = (uint32_t)i;
     a->last_purge_ms = ta_prim_clock_ms();
     atomic_store_explicit(&a->ready, 1, memory_order_release);
@@ -82,7 +86,7 @@ static inline void dirty_moved(ta_bin_t *bin, uint16_t before, uint16_t after) {
   if (before != after) ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) + after - before);
 }
 
-static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want);
+static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want, uint64_t now);
 
 static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_pagedelta_t *d) {
   ta_lock(&a->lock);
@@ -101,9 +105,15 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
   size_t got = 0;
   ta_pagedelta_t d = {0};
   ta_lock(&bin->lock);
-  size_t reused = 0; /* from the transfer cache: still counted as handed out */
-  while (got < want && bin->nxfer) got += xfer_take(a, bin, cls, first, want - got);
-  reused = got;
+  /* From the transfer cache first: a whole batch in O(1) (batches are what
+   * thread caches flush, and they ask as much); short batches (a cache
+   * scavenged under its byte bound) are joined until `want`. Still counted as
+   * handed out in the slabs. */
+  if (bin->nxfer) {
+    uint64_t now = ta_prim_clock_ms();
+    while (got < want && bin->nxfer) got += xfer_take(a, bin, cls, first, want - got, now);
+  }
+  size_t reused = got;
   while (got < want) {
     ta_span_t *sp = bin->bucket_mask ? bin->buckets[31 - __builtin_clz(bin->bucket_mask)] /* fullest */
                                      : slab_new(a, bin, cls, &d);
@@ -123,11 +133,10 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
   return got;
 }
 
-/* Puts one block back in its slab (bin lock held); an emptied slab goes back
- * to the page heap at once (its pages stay resident until purged). */
-static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size_t cls, uint64_t now,
-                      ta_pagedelta_t *d) {
-  uint16_t d0 = sp->dirty;
+/* Puts one block back in its slab's bitmap (bin lock held). The slab's
+ * bucket and the bin's dirty count are brought up to date by slab_settle,
+ * once per run of blocks of one slab. */
+static inline void put_block(ta_bin_t *bin, ta_span_t *sp, void *p, size_t cls, ta_pagedelta_t *d) {
   ta_put_t put = sp->kind == TA_SPAN_SLAB && sp->cls == cls ? ta_slab_put(sp, p, d) : TA_PUT_NOT_BLOCK;
   if (ta_unlikely(put != TA_PUT_OK)) {
     ta_unlock(&bin->lock);
@@ -136,8 +145,13 @@ static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size
                                    : "free: invalid pointer",
              p);
   }
+}
+
+/* After blocks went back to slab sp (bin lock held; d0: its dirty count
+ * before): its bucket, or, emptied, back to the page heap at once (its pages
+ * stay resident until purged). */
+static void slab_settle(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, uint16_t d0, uint64_t now, ta_pagedelta_t *d) {
   dirty_moved(bin, d0, sp->dirty);
-  ta_relaxed_sub(&bin->used_bytes, sp->bsize);
   sp->freed_ms = now;
   if (sp->used) {
     rebucket(bin, sp);
@@ -152,36 +166,70 @@ static void put_block(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, void *p, size
   ta_unlock(&a->lock);
 }
 
-/* Each block of a list back to its own slab. */
+/* Each block of a list back to its own slab: one lock per run of blocks of
+ * one arena, the slab's bucket once per run of blocks of one slab (a list
+ * flushed from a thread cache is mostly such runs), the bin's counters once. */
 static void flush_to_slabs(ta_block_t *b, size_t cls) {
   ta_arena_t *a = NULL;
   ta_bin_t *bin = NULL;
-  uint64_t now = ta_prim_clock_ms();
+  ta_span_t *cur = NULL;
+  uint16_t d0 = 0;
+  uint64_t now = ta_prim_clock_ms(), n = 0, bsize = ta_class_size(cls);
   ta_pagedelta_t d = {0};
   while (b) {
     ta_block_t *next = ta_link_get(b);
     ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
-    ta_arena_t *ba = sp->arena; /* fixed while the slab holds this live block */
-    if (ba != a) {
-      if (bin) {
-        ta_unlock(&bin->lock);
-        ta_pagedelta_apply(a, &d);
+    if (sp != cur) {
+      if (cur) slab_settle(a, bin, cur, d0, now, &d);
+      ta_arena_t *ba = sp->arena; /* fixed while the slab holds this live block */
+      if (ba != a) {
+        if (bin) {
+          ta_relaxed_sub(&bin->used_bytes, n * bsize);
+          ta_unlock(&bin->lock);
+          ta_pagedelta_apply(a, &d);
+        }
+        if (ta_unlikely(!ba)) ta_error("free: invalid pointer", b);
+        a = ba;
+        bin = &a->bins[cls];
+        n = 0;
+        ta_relaxed_add(&a->activity, 1);
+        ta_lock(&bin->lock);
       }
-      a = ba;
-      bin = &a->bins[cls];
-      ta_relaxed_add(&a->activity, 1);
-      ta_lock(&bin->lock);
+      cur = sp;
+      d0 = sp->dirty;
     }
-    put_block(a, bin, sp, b, cls, now, &d);
+    put_block(bin, sp, b, cls, &d);
+    n++;
     b = next;
   }
   if (bin) {
+    slab_settle(a, bin, cur, d0, now, &d);
+    ta_relaxed_sub(&bin->used_bytes, n * bsize);
     ta_unlock(&bin->lock);
     ta_pagedelta_apply(a, &d);
   }
 }
 
 /* ---- transfer caches ---- */
+/* Room for one more batch (bin lock held): the stack doubles into a mapping
+ * of its own (metadata; the old one is unmapped). False without memory. */
+static bool xfer_room(ta_bin_t *bin) {
+  if (ta_likely(bin->nxfer < bin->xcap)) return true;
+  size_t ps = ta_prim_page_size(), old = (size_t)bin->xcap * sizeof(ta_xfer_t);
+  size_t bytes = (2 * old + ps - 1) & ~(ps - 1);
+  void *p;
+  if (ta_prim_map(bytes, ps, &p) != 0) return false;
+  memcpy(p, bin->xfer, bin->nxfer * sizeof(ta_xfer_t));
+  if (bin->xfer != bin->xfer_inline) {
+    ta_prim_unmap(bin->xfer, old);
+    ta_relaxed_sub(&ta_meta_bytes, old);
+  }
+  ta_relaxed_add(&ta_meta_bytes, bytes);
+  bin->xfer = p;
+  bin->xcap = (uint32_t)(bytes / sizeof(ta_xfer_t));
+  return true;
+}
+
 void ta_arena_flush(ta_block_t *first, size_t count, size_t cls, bool batch) {
   if (batch && first) {
     /* With one arena every block is this arena's; with more, a batch goes to
@@ -189,16 +237,15 @@ void ta_arena_flush(ta_block_t *first, size_t count, size_t cls, bool batch) {
      * in it go back to their own slabs when it is drained). */
     ta_arena_t *a = ta_span_of(ta_segment_of(first), first)->arena;
     ta_bin_t *bin = &a->bins[cls];
-    size_t bytes = count * ta_class_size(cls);
     ta_lock(&bin->lock);
-    if (bin->nxfer < TA_XFER_SLOTS && (ta_relaxed_load(&bin->xfer_count) + count) * ta_class_size(cls) <= TA_XFER_BYTES) {
+    if ((ta_relaxed_load(&bin->xfer_count) + count) * ta_class_size(cls) <= TA_XFER_BYTES && xfer_room(bin)) {
       bin->xfer[bin->nxfer].head = first;
       bin->xfer[bin->nxfer].count = (uint32_t)count;
       bin->nxfer++;
       ta_relaxed_store(&bin->xfer_count, ta_relaxed_load(&bin->xfer_count) + (uint32_t)count);
       bin->xfer_ms = ta_prim_clock_ms();
       ta_unlock(&bin->lock);
-      ta_relaxed_add(&a->xfer_bytes, (int64_t)bytes);
+      ta_relaxed_add(&a->xfer_bytes, (int64_t)(count * ta_class_size(cls)));
       ta_relaxed_add(&a->activity, 1);
       return;
     }
@@ -207,42 +254,52 @@ void ta_arena_flush(ta_block_t *first, size_t count, size_t cls, bool batch) {
   flush_to_slabs(first, cls);
 }
 
-/* Takes up to `want` blocks from the bin's newest batch (bin lock held). */
-static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want) {
+/* Takes up to `want` blocks from the bin's newest batch (bin lock held): the
+ * whole batch in O(1) when it fits and the caller has nothing yet. */
+static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want, uint64_t now) {
   ta_xfer_t *x = &bin->xfer[bin->nxfer - 1];
   size_t n = x->count <= want ? x->count : want;
-  ta_block_t *head = x->head, *last = head;
-  for (size_t i = 1; i < n; i++) last = ta_link_get(last);
-  if (n == x->count) {
+  ta_block_t *head = x->head;
+  if (n == x->count && !*first) {
     bin->nxfer--;
   } else {
-    x->head = ta_link_get(last);
-    x->count -= (uint32_t)n;
+    ta_block_t *last = head;
+    for (size_t i = 1; i < n; i++) last = ta_link_get(last);
+    if (n == x->count) bin->nxfer--;
+    else {
+      x->head = ta_link_get(last);
+      x->count -= (uint32_t)n;
+    }
+    ta_link_set(last, *first); /* the batch goes in front of what the caller has */
   }
-  ta_link_set(last, *first); /* the batch goes in front of what the caller has */
   *first = head;
+  bin->xfer_ms = now;
   ta_relaxed_store(&bin->xfer_count, ta_relaxed_load(&bin->xfer_count) - (uint32_t)n);
   ta_relaxed_sub(&a->xfer_bytes, (int64_t)(n * ta_class_size(cls)));
   return n;
 }
 
 /* Empties a bin's transfer cache into the slabs: all, or if nothing was put
- * in it for `delay` ms. Takes and drops the bin lock. */
+ * in or taken out for `delay` ms. The batches are detached under the bin lock
+ * in chunks and put back outside it, so a refill never waits for a drain. */
 static void xfer_drain(ta_bin_t *bin, size_t cls, ta_arena_t *a, uint64_t now, uint64_t delay, bool all) {
-  ta_xfer_t batches[TA_XFER_SLOTS];
-  size_t n = 0, blocks = 0;
-  ta_lock(&bin->lock);
-  if (bin->nxfer && (all || bin->xfer_ms + delay <= now)) {
-    n = bin->nxfer;
-    memcpy(batches, bin->xfer, n * sizeof batches[0]);
-    blocks = ta_relaxed_load(&bin->xfer_count);
-    bin->nxfer = 0;
-    ta_relaxed_store(&bin->xfer_count, 0);
+  enum { CHUNK = 16 };
+  ta_xfer_t batches[CHUNK];
+  for (;;) {
+    size_t n = 0, blocks = 0;
+    ta_lock(&bin->lock);
+    if (bin->nxfer && (all || bin->xfer_ms + delay <= now)) {
+      n = bin->nxfer < CHUNK ? bin->nxfer : CHUNK;
+      bin->nxfer -= (uint32_t)n; /* the newest, which a refill would take next, go first */
+      memcpy(batches, bin->xfer + bin->nxfer, n * sizeof batches[0]);
+      for (size_t i = 0; i < n; i++) blocks += batches[i].count;
+      ta_relaxed_store(&bin->xfer_count, ta_relaxed_load(&bin->xfer_count) - (uint32_t)blocks);
+    }
+    ta_unlock(&bin->lock);
+    if (!n) return;
+    ta_relaxed_sub(&a->xfer_bytes, (int64_t)(blocks * ta_class_size(cls)));
+    for (size_t i = 0; i < n; i++) flush_to_slabs(batches[i].head, cls);
   }
-  ta_unlock(&bin->lock);
-  if (!n) return;
-  ta_relaxed_sub(&a->xfer_bytes, (int64_t)(blocks * ta_class_size(cls)));
-  for (size_t i = 0; i < n; i++) flush_to_slabs(batches[i].head, cls);
 }
 
 int64_t ta_arenas_xfer_bytes(void) {
@@ -265,11 +322,15 @@ void *ta_arena_alloc1(size_t cls) {
 void ta_arena_free1(ta_span_t *sp, void *p) {
   ta_arena_t *a = sp->arena;
   if (ta_unlikely(!a || sp->cls >= TA_CLASSES)) ta_error("free: invalid pointer", p);
-  ta_bin_t *bin = &a->bins[sp->cls];
+  size_t cls = sp->cls;
+  ta_bin_t *bin = &a->bins[cls];
   ta_pagedelta_t d = {0};
   ta_relaxed_add(&a->activity, 1);
   ta_lock(&bin->lock);
-  put_block(a, bin, sp, p, sp->cls, ta_prim_clock_ms(), &d);
+  uint16_t d0 = sp->dirty;
+  put_block(bin, sp, p, cls, &d);
+  slab_settle(a, bin, sp, d0, ta_prim_clock_ms(), &d);
+  ta_relaxed_sub(&bin->used_bytes, ta_class_size(cls));
   ta_unlock(&bin->lock);
   ta_pagedelta_apply(a, &d);
 }
@@ -374,7 +435,9 @@ bool ta_arena_is_valid(ta_arena_t *a) {
       ok = ok && b == NULL; /* the list ends where its count says */
       xc += bin->xfer[k].count;
     }
-    if (ok && (xc != ta_relaxed_load(&bin->xfer_count) || bin->nxfer > TA_XFER_SLOTS)) ok = false;
+    if (ok && (xc != ta_relaxed_load(&bin->xfer_count) || bin->nxfer > bin->xcap ||
+                (bin->xcap > TA_XFER_INLINE) == (bin->xfer == bin->xfer_inline)))
+      ok = false;
     ta_unlock(&bin->lock);
   }
   ta_lock(&a->lock);

@@ -281,6 +281,20 @@ TA_HIDDEN void ta_say(const char *a, const char *b, const char *c, const char *d
 TA_HIDDEN size_t ta_fmt_u64(char *buf, uint64_t v); /* decimal, no allocation */
 
 /* ---- lock helpers -------------------------------------------------------- */
+/* Arena and bin locks are held for O(1) work or one batch: glibc's adaptive
+ * mutex spins a moment before it sleeps, which is what two threads on two
+ * CPUs taking turns want (musl has no such type: a normal mutex). */
+static inline void ta_lock_init(ta_lock_t *l) {
+#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+  pthread_mutexattr_t at;
+  pthread_mutexattr_init(&at);
+  pthread_mutexattr_settype(&at, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(l, &at);
+  pthread_mutexattr_destroy(&at);
+#else
+  pthread_mutex_init(l, NULL);
+#endif
+}
 static inline void ta_lock(ta_lock_t *l) { pthread_mutex_lock(l); }
 static inline void ta_unlock(ta_lock_t *l) { pthread_mutex_unlock(l); }
 

@@ -180,21 +180,26 @@ typedef struct ta_xfer_s {
   uint32_t count;
 } ta_xfer_t;
 
-#define TA_XFER_SLOTS 4                /* batches a bin's transfer cache holds */
-#define TA_XFER_BYTES ((size_t)256 << 10) /* and at most this many bytes of them */
+#define TA_XFER_INLINE 4 /* batches a bin holds before its stack moves to a mapping of its own */
+#define TA_XFER_BYTES ((size_t)256 << 10) /* bytes a bin's transfer cache holds at most */
 
 typedef struct __attribute__((aligned(64))) ta_bin_s {
   ta_lock_t lock;
   ta_span_t *buckets[TA_FULLNESS];
   uint32_t bucket_mask;
   /* Transfer cache (as TCMalloc's): whole batches flushed by one thread cache
-   * and refilled by another, without touching the slabs. Its blocks count as
-   * handed out (used) in their slabs.
-   *   xfer_count = sum of xfer[0..nxfer).count;  xfer_count * bsize <= TA_XFER_BYTES */
-  ta_xfer_t xfer[TA_XFER_SLOTS];
-  uint32_t nxfer;
+   * and refilled by another, without touching the slabs, each in O(1) under
+   * the lock. Its blocks count as handed out (used) in their slabs. It is a
+   * stack with no bound on its length (v3): a burst of frees goes here a
+   * batch at a time and is reused a batch at a time; what nobody takes or
+   * puts for the arena's delay goes back to the slabs (the purger, a trim).
+   *   xfer points to xfer_inline or to a mapping of xcap entries (metadata)
+   *   nxfer <= xcap;  xfer_count = sum of xfer[0..nxfer).count */
+  ta_xfer_t *xfer;
+  uint32_t nxfer, xcap;
+  ta_xfer_t xfer_inline[TA_XFER_INLINE];
   _Atomic uint32_t xfer_count; /* written under lock, read by stats */
-  uint64_t xfer_ms;            /* last batch put in */
+  uint64_t xfer_ms;            /* last batch put in or taken out */
   _Atomic uint32_t dirty;       /* written under lock, read by trim without it */
   _Atomic uint64_t used_bytes;  /* stats */
   _Atomic uint64_t allocs;      /* blocks handed out by this bin, ever */

@@ -12,6 +12,11 @@
  *    class (powers of two too): the free fast path took it into the cache.
  *  - A trim empties the caller's cache, whatever it holds (one class or
  *    many; flush_all stops walking the bins once nothing is left).
+ *  - A cache over its byte bound gives back part of its biggest bins, not
+ *    everything: after blocks of 16-32 KiB overflow the bound, it still
+ *    holds at least half of it (v2 emptied every bin: two threads cycling
+ *    blocks of 1-64 KiB went to the arena every few calls), and at most the
+ *    bound.
  *  - Eight producers hand blocks through a queue to eight consumers that
  *    check and free them (every free a cross-thread free); the producer
  *    writes the fill pattern, the consumer checks it. */
@@ -22,6 +27,14 @@
 #define U(x) ((unsigned long long)(x))
 
 static const long CHURN = 1000000;
+
+/* The block size malloc gives for n (what a cached block of that size counts). */
+static size_t ta_test_class_size(size_t n) {
+  void *q = trimalloc_malloc(n);
+  size_t u = trimalloc_malloc_usable_size(q);
+  trimalloc_free(q);
+  return u;
+}
 enum { WINDOW = 4096 };
 
 /* Sizes up to 32 KiB (every one a cached class): mostly small, some medium. */
@@ -342,7 +355,42 @@ static void test_trim_empties_callers_cache(void) {
         U(stats_now().tcache_bytes));
 }
 
+/* Run while the main thread is the only one with a cache. The cache is
+ * filled to just under its bound with blocks of the 24 classes of 1-8 KiB
+ * (2-3 blocks each, and the rest of their refills), then freed with one
+ * 24 KiB block: the scavenges on the way flush a quarter of the bound at a
+ * time, from the bins holding most (v2 halved every bin: 128 KiB left). */
+static void test_scavenge_keeps_cache_warm(void) {
+  long long bound = 0;
+  trimalloc_option_get("tcache_bytes", &bound);
+  enum { N = 256 };
+  void *p[N];
+  size_t usable[24], n = 0, sum = 0;
+  for (size_t k = 0; k < 24; k++) usable[k] = ta_test_class_size(KiB + k * (7 * KiB / 23)); /* 1-8 KiB */
+  trimalloc_trim();
+  while (n < N && sum + usable[n % 24] <= (size_t)bound - 24 * KiB) {
+    p[n] = trimalloc_malloc(usable[n % 24]);
+    sum += usable[n % 24];
+    n++;
+  }
+  void *big = trimalloc_malloc(24 * KiB);
+  uint64_t low = UINT64_MAX, high = 0;
+  for (size_t i = 0; i <= n; i++) { /* the refills' leftovers take it over the bound on the way */
+    trimalloc_free(i < n ? p[i] : big);
+    uint64_t c = stats_now().tcache_bytes;
+    if (i >= n / 2 && c < low) low = c;
+    if (c > high) high = c;
+  }
+  CHECK(high <= (uint64_t)bound, "cache held %llu bytes, bound %lld", U(high), bound);
+  CHECK(low >= (uint64_t)bound * 9 / 16, "freeing %zu blocks of 1-8 KiB and one of 24 KiB (%zu bytes) into the cache "
+        "left it as low as %llu bytes (bound %lld): a scavenge flushed more than a quarter", n + 1, sum + 24 * KiB,
+        U(low), bound);
+  CHECK(trimalloc_check(), "heap invariants after the scavenges");
+  trimalloc_trim();
+}
+
 int main(void) {
+  RUN(test_scavenge_keeps_cache_warm);
   RUN(test_trim_empties_callers_cache);
   RUN(test_free_then_malloc_reuses_block);
   RUN(test_sleeping_thread_holds_at_most_bound);

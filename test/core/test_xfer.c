@@ -1,0 +1,136 @@
+/* Transfer caches: the batches a thread cache flushes wait in a stack per
+ * arena and class (256 KiB of blocks), which grows past its inline slots into
+ * a mapping of its own.
+ *  - 20,000 blocks of 16 B freed in a row fill the stack with hundreds of
+ *    batches: the heap stays valid (trimalloc_check walks every batch), the
+ *    next 20,000 mallocs hand out the same blocks (no new memory) with their
+ *    contents intact until written, and a trim leaves nothing free and
+ *    resident (dirty 0: the batches went back to their slabs and were
+ *    purged).
+ *  - Two threads pass batches through the stacks: one frees what the other
+ *    allocated, round after round, the other allocates again; every block is
+ *    stamped and checked, none is handed out twice. */
+#include <pthread.h>
+
+#include "check.h"
+
+#define U(x) ((unsigned long long)(x))
+enum { N = 20000 };
+
+static int cmp_ptr(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void test_stack_grows_and_drains(void) {
+  static void *first[N], *second[N];
+  trimalloc_trim();
+  trimalloc_stats_t s0 = stats_now();
+  for (int i = 0; i < N; i++) {
+    first[i] = trimalloc_malloc(16);
+    memset(first[i], (int)(i & 0xff), 16);
+  }
+  for (int i = 0; i < N; i++) trimalloc_free(first[i]);
+  CHECK(trimalloc_check(), "heap invariants with %d blocks of 16 B in transfer batches", N);
+  trimalloc_stats_t s1 = stats_now();
+  for (int i = 0; i < N; i++) second[i] = trimalloc_malloc(16);
+  trimalloc_stats_t s2 = stats_now();
+  CHECK(s2.resident <= s1.resident, "resident grew %llu -> %llu KiB: the freed blocks were not reused",
+        U(s1.resident / KiB), U(s2.resident / KiB));
+  qsort(first, N, sizeof first[0], cmp_ptr);
+  int fresh = 0, twice = 0;
+  qsort(second, N, sizeof second[0], cmp_ptr);
+  for (int i = 0; i < N; i++) {
+    if (!bsearch(&second[i], first, N, sizeof first[0], cmp_ptr)) fresh++;
+    if (i && second[i] == second[i - 1]) twice++;
+  }
+  CHECK(twice == 0, "%d blocks handed out twice", twice);
+  CHECK(fresh <= N / 50, "%d of %d blocks were not among those just freed", fresh, N);
+  for (int i = 0; i < N; i++) trimalloc_free(second[i]);
+  trimalloc_trim();
+  trimalloc_stats_t s3 = stats_now();
+  CHECK(s3.dirty == 0, "%llu bytes free and resident after a trim", U(s3.dirty));
+  CHECK(s3.allocated <= s0.allocated, "allocated %llu -> %llu bytes", U(s0.allocated), U(s3.allocated));
+  CHECK(trimalloc_check(), "heap invariants after the trim");
+}
+
+/* Round r: the allocator thread fills `blocks` and stamps them, the freeing
+ * thread checks and frees them all. */
+typedef struct {
+  pthread_mutex_t lock;
+  pthread_cond_t cv;
+  int round, done; /* round: filled by the allocator; done: freed by the other */
+  void *blocks[N];
+  int bad;
+} relay_t;
+
+static void stamp(void *p, size_t n) {
+  uint64_t v = (uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ull;
+  memcpy(p, &v, 8);
+  memcpy((uint8_t *)p + n - 8, &v, 8);
+}
+static int stamped(const void *p, size_t n) {
+  uint64_t v = (uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ull, a, b;
+  memcpy(&a, p, 8);
+  memcpy(&b, (const uint8_t *)p + n - 8, 8);
+  return a == v && b == v;
+}
+static size_t size_of(int i) {
+  return 16 + (size_t)(i % 8) * 48; /* 16-352 B: several classes */
+}
+
+enum { ROUNDS = TEST_SANITIZED ? 6 : 20 };
+
+static void *allocator_main(void *arg) {
+  relay_t *r = arg;
+  for (int round = 1; round <= ROUNDS; round++) {
+    pthread_mutex_lock(&r->lock);
+    while (r->done != round - 1) pthread_cond_wait(&r->cv, &r->lock);
+    pthread_mutex_unlock(&r->lock);
+    for (int i = 0; i < N; i++) {
+      r->blocks[i] = trimalloc_malloc(size_of(i));
+      stamp(r->blocks[i], size_of(i));
+    }
+    pthread_mutex_lock(&r->lock);
+    r->round = round;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->lock);
+  }
+  return NULL;
+}
+
+static void *freer_main(void *arg) {
+  relay_t *r = arg;
+  for (int round = 1; round <= ROUNDS; round++) {
+    pthread_mutex_lock(&r->lock);
+    while (r->round != round) pthread_cond_wait(&r->cv, &r->lock);
+    pthread_mutex_unlock(&r->lock);
+    for (int i = 0; i < N; i++) {
+      if (!stamped(r->blocks[i], size_of(i))) r->bad++;
+      trimalloc_free(r->blocks[i]);
+    }
+    pthread_mutex_lock(&r->lock);
+    r->done = round;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->lock);
+  }
+  return NULL;
+}
+
+static void test_batches_between_threads(void) {
+  static relay_t r = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}, 0};
+  pthread_t a, f;
+  CHECK(pthread_create(&a, NULL, allocator_main, &r) == 0, "pthread_create");
+  CHECK(pthread_create(&f, NULL, freer_main, &r) == 0, "pthread_create");
+  pthread_join(a, NULL);
+  pthread_join(f, NULL);
+  CHECK(r.bad == 0, "%d blocks lost their stamp between the threads", r.bad);
+  CHECK(trimalloc_check(), "heap invariants after %d rounds", ROUNDS);
+  trimalloc_trim();
+}
+
+int main(void) {
+  RUN(test_stack_grows_and_drains);
+  RUN(test_batches_between_threads);
+  return check_summary();
+}

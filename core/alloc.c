@@ -30,8 +30,9 @@ static __attribute__((noinline)) void *malloc_big(size_t n) {
 
 /* Fast path budget: a class lookup (one table load up to 1 KiB, a few ALU
  * operations up to 128 KiB), a TLS load, a pop from the bin's list with its
- * link unmasked (one XOR) and checked with the cookie (which
- * shares the cache line of the link just read), and four stores. No lock, no atomic read-modify-write, no stats. */
+ * link unmasked (one XOR) and checked with the cookie (which shares the
+ * cache line of the link just read), and three stores. No lock, no atomic
+ * read-modify-write, no stats, no byte count (the cache's budget bounds it). */
 TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   size_t cls;
 #ifdef TA_HARDENED
@@ -49,8 +50,7 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
     if (ta_unlikely(ta_checked(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))) corrupt(b);
     tb->head = next;
     b->key = 0;
-    tb->count--;
-    ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - tb->bsize);
+    ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
 #ifdef TA_HARDENED
     ta_canary_set(b, tb->bsize, ta_cookie);
 #endif
@@ -109,8 +109,9 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
 /* Fast path budget: a segment-map bit test, the span descriptor's class and
  * one multiply and compare for "a thread-cache class, a block start, ever
  * handed out" (ta_span_t.fast_free_below), a TLS load, the block's cookie
- * word (its cache line is needed for the push anyway), two compares (the
- * bin's count and the cache's byte bound) and a push. */
+ * word (its cache line is needed for the push anyway), one compare (the
+ * bin's count against its length, which the cache's budget bounds) and a
+ * push. */
 TRIMALLOC_API void trimalloc_free(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   if (ta_unlikely(!ta_segmap_contains(s))) {
@@ -136,14 +137,13 @@ TRIMALLOC_API void trimalloc_free(void *p) {
 #endif
     ta_tcache_t *tc = ta_tls_tcache;
     ta_tbin_t *tb = &tc->bins[cls];
-    uint64_t held = ta_relaxed_load(&tc->held) + tb->bsize;
-    if (ta_likely(tb->count < tb->max && held <= tc->limit)) {
+    uint16_t count = ta_relaxed_load(&tb->count);
+    if (ta_likely(count < tb->max)) { /* the budget bounds the bytes: no byte count here */
       ta_block_t *b = p;
       ta_link_set(b, tb->head);
       b->key = cookie;
       tb->head = b;
-      tb->count++;
-      ta_relaxed_store(&tc->held, held);
+      ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
       return;
     }
     ta_tcache_overflow(tc, cls, p);

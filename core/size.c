@@ -24,10 +24,11 @@ void ta_size_init(void) {
     size_t bs = ta_class_size(c);
     ta_class_slices[c] = (uint8_t)(bs <= 8192 ? 1 : (8 * bs + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE);
   }
-  /* A thread cache keeps about 64 KiB of a class, between 2 and 128 blocks:
-   * short lists for big blocks (and tcache_bytes bounds the sum). */
+  /* The longest a thread cache bin may grow: about 128 KiB of a class,
+   * between 2 and 1024 blocks (the cache's budget, tcache_bytes, bounds the
+   * sum; a bin grows only as far as its class is used). */
   for (size_t c = 0; c < TA_TCLASSES; c++) {
     size_t n = TA_TBIN_BYTES / ta_class_size(c);
-    ta_class_tmax[c] = (uint16_t)(n < 2 ? 2 : n > 128 ? 128 : n);
+    ta_class_tmax[c] = (uint16_t)(n < 2 ? 2 : n > 1024 ? 1024 : n);
   }
 }

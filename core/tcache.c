@@ -1,10 +1,14 @@
-/* Thread caches: per thread, per class (up to 128 KiB), a short LIFO of free
- * blocks, bounded per class (ta_class_tmax) and in total bytes (option
- * tcache_bytes). malloc pops, free pushes any block of a cached class,
- * whichever thread allocated it; an empty bin refills a batch from an arena,
- * a full one flushes half to the blocks' arenas. A sleeping thread holds at
- * most its bound; thread exit flushes it; a trim flushes the caller's and asks
- * the others to flush at their next slow path. */
+/* Thread caches: per thread, per class (up to 128 KiB), a LIFO of free
+ * blocks. malloc pops, free pushes any block of a cached class, whichever
+ * thread allocated it; an empty bin refills a batch from an arena, a full one
+ * flushes half to the blocks' arenas. A bin's length starts at 0 and grows
+ * each time it runs empty or full (slow start: +1 up to 16, then by half, up
+ * to ta_class_tmax), within the cache's byte budget (option tcache_bytes); a
+ * bin that needs more takes it from the others, halving them in turn. So the
+ * budget goes to the classes the thread uses, the fast paths compare one
+ * count, and a sleeping thread holds at most tcache_bytes. Thread exit
+ * flushes the cache; a trim flushes the caller's and asks the others to flush
+ * at their next maintenance (every 64th slow path). */
 #include "internal.h"
 
 #include <errno.h>
@@ -47,10 +51,7 @@ static ta_tcache_t *tcache_new(void) {
     chunk_left -= sz;
   }
   memset(tc, 0, sizeof *tc);
-  for (size_t c = 0; c < TA_TCLASSES; c++) {
-    tc->bins[c].bsize = (uint32_t)ta_class_size(c);
-    tc->bins[c].max = ta_class_tmax[c];
-  }
+  for (size_t c = 0; c < TA_TCLASSES; c++) tc->bins[c].bsize = (uint32_t)ta_class_size(c);
   tc->limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
   tc->epoch = ta_relaxed_load(&ta_flush_epoch);
   tc->state = TA_TC_LIVE;
@@ -76,7 +77,8 @@ static void tcache_unregister(ta_tcache_t *tc) { /* tcaches_lock held */
  * trim: memory that should become free). */
 static void flush_bin(ta_tcache_t *tc, size_t c, size_t keep, bool batch) {
   ta_tbin_t *tb = &tc->bins[c];
-  if (tb->count <= keep) return;
+  size_t count = ta_relaxed_load(&tb->count);
+  if (count <= keep) return;
   ta_block_t *rest;
   if (keep == 0) {
     rest = tb->head;
@@ -87,40 +89,59 @@ static void flush_bin(ta_tcache_t *tc, size_t c, size_t keep, bool batch) {
     rest = ta_link_get(b);
     ta_link_set(b, NULL);
   }
-  size_t n = tb->count - keep;
-  ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - (uint64_t)n * tb->bsize);
-  tb->count = (uint16_t)keep;
+  size_t n = count - keep;
+  ta_relaxed_store(&tb->count, (uint16_t)keep);
   ta_arena_flush(rest, n, c, batch);
   ta_purge_kick();
 }
 
 void ta_tcache_flush_all(ta_tcache_t *tc) {
   if (tc->state != TA_TC_LIVE) return;
-  /* held is exact (trimalloc_check): at 0 every bin is empty, so an empty
-   * trim does not walk the 88 bins: 861 -> 253 instructions (callgrind). */
-  for (size_t c = 0; c < TA_TCLASSES && ta_relaxed_load(&tc->held); c++) flush_bin(tc, c, 0, false);
+  for (size_t c = 0; c < TA_TCLASSES; c++) flush_bin(tc, c, 0, false);
   tc->epoch = ta_relaxed_load(&ta_flush_epoch);
 }
 
-/* Over the byte bound: free room for `need` more bytes and a quarter of the
- * bound, flushing from the bins that hold the most bytes (half of one at a
- * time, the oldest blocks), so a cache busy with a few classes keeps them
- * warm instead of emptying every bin (v2 halved all 88, then emptied all:
- * two threads cycling blocks of 1-64 KiB flushed their whole cache every few
- * calls). */
-static void scavenge(ta_tcache_t *tc, uint64_t need) {
-  uint64_t target = tc->limit - tc->limit / 4;
-  target = target > need ? target - need : 0;
-  while (ta_relaxed_load(&tc->held) > target) {
-    size_t big = 0;
-    uint64_t most = 0;
-    for (size_t c = 0; c < TA_TCLASSES; c++) {
-      uint64_t b = (uint64_t)tc->bins[c].count * tc->bins[c].bsize;
-      if (b > most) most = b, big = c;
-    }
-    if (!most) break;
-    flush_bin(tc, big, tc->bins[big].count / 2, true);
+/* The budget back to 0: every bin empty and of length 0 (the bound changed). */
+static void reset(ta_tcache_t *tc) {
+  for (size_t c = 0; c < TA_TCLASSES; c++) {
+    flush_bin(tc, c, 0, true);
+    tc->bins[c].max = 0;
   }
+  tc->budget = 0;
+}
+
+/* Budget for `need` more bytes, taken from the other bins (not `keep`): each
+ * in turn, from where the last search stopped, gives half its length,
+ * flushing the blocks beyond it. Bounded: one pass over the bins. */
+static void steal(ta_tcache_t *tc, size_t keep, uint64_t need) {
+  for (size_t i = 0; i < TA_TCLASSES && tc->budget + need > tc->limit; i++) {
+    size_t v = tc->victim++ % TA_TCLASSES;
+    ta_tbin_t *vb = &tc->bins[v];
+    if (v == keep || vb->max == 0) continue;
+    uint16_t to = vb->max / 2;
+    flush_bin(tc, v, to, true);
+    tc->budget -= (uint64_t)(vb->max - to) * vb->bsize;
+    vb->max = to;
+  }
+}
+
+/* Bin c ran empty or full: a longer list (slow start), if the budget allows
+ * or can be taken from the other bins. */
+static void grow(ta_tcache_t *tc, size_t c) {
+  ta_tbin_t *tb = &tc->bins[c];
+  uint16_t cap = ta_class_tmax[c];
+  if (tb->max >= cap) return;
+  uint32_t to = tb->max < 16 ? tb->max + 1u : tb->max + tb->max / 2u;
+  if (to > cap) to = cap;
+  uint64_t more = (uint64_t)(to - tb->max) * tb->bsize;
+  if (tc->budget + more > tc->limit) steal(tc, c, more);
+  if (tc->budget + more > tc->limit) {
+    if (tb->max || tc->budget + tb->bsize > tc->limit) return; /* not even one block */
+    to = 1;
+    more = tb->bsize;
+  }
+  tc->budget += more;
+  tb->max = (uint16_t)to;
 }
 
 /* The caller's live cache, made on its first slow path; NULL when it has
@@ -141,53 +162,54 @@ static ta_tcache_t *tcache_get(void) {
 static void maintain(ta_tcache_t *tc) {
   if (ta_likely(++tc->slow % 64)) return;
   uint64_t limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
-  if (tc->epoch != ta_relaxed_load(&ta_flush_epoch) || limit == 0) ta_tcache_flush_all(tc);
+  if (tc->epoch != ta_relaxed_load(&ta_flush_epoch)) ta_tcache_flush_all(tc);
+  if (limit < tc->budget) reset(tc);
   tc->limit = limit;
-  if (ta_relaxed_load(&tc->held) > limit) scavenge(tc, 0);
   ta_purge_on_activity();
 }
 
 void *ta_tcache_refill(ta_tcache_t *tc, size_t cls) {
   tc = tcache_get();
+  if (tc) maintain(tc); /* first: it sees tcache_bytes come back from 0 */
   if (!tc || tc->limit == 0) return ta_arena_alloc1(cls);
-  maintain(tc);
   ta_tbin_t *tb = &tc->bins[cls];
   ta_block_t *b = tb->head;
   if (!b) {
-    size_t want = tb->max / 2 ? tb->max / 2 : 1;
-    uint64_t room = tc->limit > ta_relaxed_load(&tc->held) ? tc->limit - ta_relaxed_load(&tc->held) : 0;
-    if (want * tb->bsize > room) want = room / tb->bsize ? room / tb->bsize : 1;
+    grow(tc, cls);
+    size_t want = tb->max / 2 ? tb->max / 2 : 1; /* room for what this thread frees next */
     size_t got = ta_arena_refill(ta_arena_pick(), cls, &b, want);
     if (!got) {
       errno = ENOMEM;
       return NULL;
     }
+    if (got > tb->max) { /* a bin of length 0 (no budget): the one block, uncached */
+      b->key = 0;
+      return b;
+    }
     tb->head = b;
-    tb->count = (uint16_t)got;
-    ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) + (uint64_t)got * tb->bsize);
+    ta_relaxed_store(&tb->count, (uint16_t)got);
   }
   ta_block_t *next = ta_link_get(b);
   if (ta_unlikely(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))
     ta_error("malloc: heap corruption (double free or write after free) of block", b);
   tb->head = next;
   b->key = 0;
-  tb->count--;
-  ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) - tb->bsize);
+  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
   return b;
 }
 
 void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
   tc = tcache_get();
+  if (tc) maintain(tc);
   if (!tc || tc->limit == 0) {
     ta_arena_free1(ta_span_of(ta_segment_of(p), p), p);
     ta_purge_kick();
     return;
   }
-  maintain(tc);
   ta_tbin_t *tb = &tc->bins[cls];
-  if (tb->count >= tb->max) flush_bin(tc, cls, tb->max / 2, true);
-  if (ta_relaxed_load(&tc->held) + tb->bsize > tc->limit) scavenge(tc, tb->bsize);
-  if (ta_relaxed_load(&tc->held) + tb->bsize > tc->limit) { /* a bound below one block */
+  if (ta_relaxed_load(&tb->count) >= tb->max) grow(tc, cls);
+  if (ta_relaxed_load(&tb->count) >= tb->max) flush_bin(tc, cls, tb->max / 2, true);
+  if (ta_relaxed_load(&tb->count) >= tb->max) { /* a bin of length 0: no budget for one block */
     ta_arena_free1(ta_span_of(ta_segment_of(p), p), p);
     ta_purge_kick();
     return;
@@ -196,8 +218,7 @@ void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
   ta_link_set(b, tb->head);
   b->key = ta_cookie;
   tb->head = b;
-  tb->count++;
-  ta_relaxed_store(&tc->held, ta_relaxed_load(&tc->held) + tb->bsize);
+  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) + 1));
 }
 
 void ta_tcache_init(void) {
@@ -221,7 +242,8 @@ void ta_tcache_thread_done(void *arg) {
 void ta_tcaches_stats(uint64_t *held, uint64_t *count) {
   uint64_t h = 0, n = 0;
   ta_lock(&tcaches_lock);
-  for (ta_tcache_t *tc = tcaches; tc; tc = tc->next, n++) h += ta_relaxed_load(&tc->held);
+  for (ta_tcache_t *tc = tcaches; tc; tc = tc->next, n++)
+    for (size_t c = 0; c < TA_TCLASSES; c++) h += (uint64_t)ta_relaxed_load(&tc->bins[c].count) * tc->bins[c].bsize;
   ta_unlock(&tcaches_lock);
   *held = h;
   *count = n;
@@ -245,10 +267,11 @@ void ta_tcaches_fork_child(void) {
 }
 
 /* Every cached block is a live block start of its bin's class with its
- * cookie; counts and held agree with the lists. The caller's cache only. */
+ * cookie; counts agree with the lists and stay within the bins' lengths,
+ * whose bytes are the budget, within the bound. The caller's cache only. */
 bool ta_tcache_is_valid(ta_tcache_t *tc) {
   if (tc->state != TA_TC_LIVE) return true;
-  uint64_t held = 0;
+  uint64_t budget = 0;
   for (size_t c = 0; c < TA_TCLASSES; c++) {
     ta_tbin_t *tb = &tc->bins[c];
     size_t n = 0;
@@ -257,8 +280,10 @@ bool ta_tcache_is_valid(ta_tcache_t *tc) {
       ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
       if (sp->kind != TA_SPAN_SLAB || sp->cls != c || !ta_is_block_start(sp, b)) return false;
     }
-    if (n != tb->count || n > tb->max || tb->bsize != ta_class_size(c)) return false;
-    held += (uint64_t)n * tb->bsize;
+    if (n != ta_relaxed_load(&tb->count) || n > tb->max || tb->max > ta_class_tmax[c] ||
+        tb->bsize != ta_class_size(c))
+      return false;
+    budget += (uint64_t)tb->max * tb->bsize;
   }
-  return held == ta_relaxed_load(&tc->held);
+  return budget == tc->budget && budget <= tc->limit;
 }

@@ -42,7 +42,7 @@
 #define TA_CLASSES 88              /* 16..128 by 16, then 8 classes per doubling */
 #define TA_TCACHE_MAX TA_MEDIUM_MAX /* largest size a thread cache holds: every class */
 #define TA_TCLASSES TA_CLASSES
-#define TA_TBIN_BYTES (64 * 1024)   /* a thread cache bin holds about this much (2..128 blocks) */
+#define TA_TBIN_BYTES (128 * 1024)  /* a thread cache bin grows to about this much at most (2..1024 blocks) */
 #define TA_NO_CLASS 0xff           /* span->cls of anything the free fast path must not take */
 #define TA_LARGE_MAX (TA_SEGMENT_SIZE / 2) /* beyond: huge, own mapping */
 #define TA_MAX_ALIGN (TA_SEGMENT_SIZE / 2) /* larger alignments: ENOMEM */
@@ -228,26 +228,35 @@ struct ta_arena_s {
 };
 
 /* A thread cache bin: a LIFO of free blocks of one class.
- *   count = |list| <= max;  the cache's held = sum of count * bsize <= limit (at rest) */
+ *   count = |list| <= max <= ta_class_tmax[class]
+ * max is the bin's length now: it starts at 0 and grows with use (slow start,
+ * as gperftools' thread caches), within the cache's byte budget. count is
+ * written by the owner alone, with relaxed stores (stats read it). */
 typedef struct ta_tbin_s {
   ta_block_t *head;
-  uint16_t count, max;
+  _Atomic uint16_t count;
+  uint16_t max;
   uint32_t bsize;
 } ta_tbin_t;
 
 typedef enum { TA_TC_EMPTY = 0, TA_TC_LIVE, TA_TC_DONE } ta_tc_state_t;
 
-/* A thread's cache. The owner alone writes it; `held` is read by stats
- * (relaxed loads and stores, no read-modify-write on the fast paths). A
- * thread starts on the static empty cache (max 0 everywhere: the first call
- * takes the slow path, which gives it one), and ends on the static done
- * cache (after its exit flush: straight to the arenas). */
+/* A thread's cache. The owner alone writes it. A thread starts on the static
+ * empty cache (max 0 everywhere: the first call takes the slow path, which
+ * gives it one), and ends on the static done cache (after its exit flush:
+ * straight to the arenas).
+ *   budget = sum over bins of max * bsize <= limit
+ * so the bytes it holds, sum of count * bsize, never exceed limit (option
+ * tcache_bytes) and the fast paths need only count < max and count > 0: no
+ * byte counter. A bin that wants to grow past the budget takes it from the
+ * others (halving their max, flushing what is over). */
 typedef struct ta_tcache_s {
   ta_tbin_t bins[TA_TCLASSES];
-  _Atomic uint64_t held; /* bytes in the bins */
-  uint64_t limit;        /* bound on held (option tcache_bytes) */
+  uint64_t budget;       /* sum of max * bsize */
+  uint64_t limit;        /* option tcache_bytes when last read */
   uint32_t epoch;        /* flush requests seen (ta_flush_epoch) */
   uint32_t slow;         /* slow paths since the last maintenance */
+  uint32_t victim;       /* the next bin a growing bin takes budget from */
   int state;             /* ta_tc_state_t */
   struct ta_tcache_s *next, *prev; /* registry (under ta_tcaches_lock) */
 } ta_tcache_t;

@@ -12,11 +12,10 @@
  *    class (powers of two too): the free fast path took it into the cache.
  *  - A trim empties the caller's cache, whatever it holds (one class or
  *    many; flush_all stops walking the bins once nothing is left).
- *  - A cache over its byte bound gives back part of its biggest bins, not
- *    everything: after blocks of 16-32 KiB overflow the bound, it still
- *    holds at least half of it (v2 emptied every bin: two threads cycling
- *    blocks of 1-64 KiB went to the arena every few calls), and at most the
- *    bound.
+ *  - Working sets within the bound (many classes of 1-8 KiB; a few blocks
+ *    of 20 and 28 KiB) are served by the cache alone once its bins have
+ *    grown to them (v2 capped a 28 KiB bin at 2 blocks: a refill a round),
+ *    and the cache never holds more than the bound.
  *  - Eight producers hand blocks through a queue to eight consumers that
  *    check and free them (every free a cross-thread free); the producer
  *    writes the fill pattern, the consumer checks it. */
@@ -355,42 +354,53 @@ static void test_trim_empties_callers_cache(void) {
         U(stats_now().tcache_bytes));
 }
 
-/* Run while the main thread is the only one with a cache. The cache is
- * filled to just under its bound with blocks of the 24 classes of 1-8 KiB
- * (2-3 blocks each, and the rest of their refills), then freed with one
- * 24 KiB block: the scavenges on the way flush a quarter of the bound at a
- * time, from the bins holding most (v2 halved every bin: 128 KiB left). */
-static void test_scavenge_keeps_cache_warm(void) {
+/* Allocates and frees the working set `sizes` (count of them) round after
+ * round; returns the blocks refilled from the arenas in the second half of
+ * the rounds, and the most the cache held after a round in *high. */
+static uint64_t cycle(const size_t *sizes, size_t count, uint64_t *high) {
+  enum { ROUNDS = 40 };
+  void *p[256];
+  uint64_t refills = 0;
+  trimalloc_trim();
+  for (int round = 0; round < ROUNDS; round++) {
+    uint64_t a0 = stats_now().allocations; /* counted when a cache refills */
+    for (size_t i = 0; i < count; i++) p[i] = trimalloc_malloc(sizes[i]);
+    for (size_t i = 0; i < count; i++) trimalloc_free(p[i]);
+    trimalloc_stats_t st = stats_now();
+    if (round >= ROUNDS / 2) refills += st.allocations - a0;
+    if (st.tcache_bytes > *high) *high = st.tcache_bytes;
+  }
+  trimalloc_trim();
+  return refills;
+}
+
+/* Run while the main thread is the only one with a cache. Working sets
+ * within the bound, allocated and freed round after round, are served by the
+ * cache alone once its bins have grown to them, and it never holds more than
+ * the bound: blocks of the 24 classes of 1-8 KiB (3/4 of the bound), and
+ * three blocks each of 20 and 28 KiB (v2's bins held 2 blocks of 28 KiB at
+ * most: 20 refills in 20 rounds). */
+static void test_cache_serves_working_set(void) {
   long long bound = 0;
   trimalloc_option_get("tcache_bytes", &bound);
-  enum { N = 256 };
-  void *p[N];
-  size_t usable[24], n = 0, sum = 0;
-  for (size_t k = 0; k < 24; k++) usable[k] = ta_test_class_size(KiB + k * (7 * KiB / 23)); /* 1-8 KiB */
-  trimalloc_trim();
-  while (n < N && sum + usable[n % 24] <= (size_t)bound - 24 * KiB) {
-    p[n] = trimalloc_malloc(usable[n % 24]);
-    sum += usable[n % 24];
-    n++;
+  size_t small[256], n = 0, sum = 0;
+  while (n < 256) {
+    size_t u = ta_test_class_size(KiB + (n % 24) * (7 * KiB / 23)); /* 1-8 KiB */
+    if (sum + u > (size_t)bound * 3 / 4) break;
+    small[n++] = u;
+    sum += u;
   }
-  void *big = trimalloc_malloc(24 * KiB);
-  uint64_t low = UINT64_MAX, high = 0;
-  for (size_t i = 0; i <= n; i++) { /* the refills' leftovers take it over the bound on the way */
-    trimalloc_free(i < n ? p[i] : big);
-    uint64_t c = stats_now().tcache_bytes;
-    if (i >= n / 2 && c < low) low = c;
-    if (c > high) high = c;
-  }
+  size_t medium[] = {20 * KiB, 28 * KiB, 20 * KiB, 28 * KiB, 20 * KiB, 28 * KiB};
+  uint64_t high = 0, r1 = cycle(small, n, &high), r2 = cycle(medium, 6, &high);
   CHECK(high <= (uint64_t)bound, "cache held %llu bytes, bound %lld", U(high), bound);
-  CHECK(low >= (uint64_t)bound * 9 / 16, "freeing %zu blocks of 1-8 KiB and one of 24 KiB (%zu bytes) into the cache "
-        "left it as low as %llu bytes (bound %lld): a scavenge flushed more than a quarter", n + 1, sum + 24 * KiB,
-        U(low), bound);
-  CHECK(trimalloc_check(), "heap invariants after the scavenges");
-  trimalloc_trim();
+  CHECK(r1 == 0, "%llu blocks refilled in 20 rounds of %zu blocks of 1-8 KiB (%zu bytes, bound %lld)", U(r1), n, sum,
+        bound);
+  CHECK(r2 == 0, "%llu blocks refilled in 20 rounds of 3 blocks of 20 KiB and 3 of 28 KiB", U(r2));
+  CHECK(trimalloc_check(), "heap invariants after the rounds");
 }
 
 int main(void) {
-  RUN(test_scavenge_keeps_cache_warm);
+  RUN(test_cache_serves_working_set);
   RUN(test_trim_empties_callers_cache);
   RUN(test_free_then_malloc_reuses_block);
   RUN(test_sleeping_thread_holds_at_most_bound);

@@ -28,6 +28,7 @@ static ta_tcache_t *spare;       /* structs of exited threads, for reuse */
 static uint8_t *chunk;           /* fresh structs are cut from here */
 static size_t chunk_left;
 #define TA_TCACHE_CHUNK ((size_t)64 << 10)
+#define TA_REFILL_MAX 64 /* blocks a refill asks an arena for */
 
 static ta_tcache_t *tcache_new(void) {
   ta_lock(&tcaches_lock);
@@ -176,7 +177,11 @@ void *ta_tcache_refill(ta_tcache_t *tc, size_t cls) {
   ta_block_t *b = tb->head;
   if (!b) {
     grow(tc, cls);
-    size_t want = tb->max / 2 ? tb->max / 2 : 1; /* room for what this thread frees next */
+    /* Half the bin (room for what this thread frees next), at most 64 blocks:
+     * a bigger refill would pull blocks out of sparse slabs before the fullest
+     * one is used up, and keep them in the cache in reverse order. */
+    size_t want = tb->max / 2 ? tb->max / 2 : 1;
+    if (want > TA_REFILL_MAX) want = TA_REFILL_MAX;
     size_t got = ta_arena_refill(ta_arena_pick(), cls, &b, want);
     if (!got) {
       errno = ENOMEM;

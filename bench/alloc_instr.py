@@ -1,0 +1,124 @@
+#!/usr/bin/python3
+"""How many instructions the allocator itself executes in a program: the
+program runs under valgrind's callgrind with each preloaded allocator in
+turn, and the instructions of the functions in the allocator's own shared
+object are summed (callgrind attributes every function to its object:
+`ob=` lines), beside the whole program's. Counted, not timed: the same on a
+busy machine. glibc has no row of its own: its malloc lives in libc.so.6
+with everything else.
+
+    bench/alloc_instr.py [--lib NAME=PATH ...] [--env K=V ...] -- CMD ARGS...
+
+Default libraries: mimalloc (Debian's libmimalloc2.0) and trimalloc
+(core/build/libtrimalloc.so). Example, the Python workload of the issue:
+
+    bench/alloc_instr.py --env PYTHONMALLOC=malloc -- \\
+        /usr/bin/python3 bench/py_tasks.py --tasks 4 --idle-ms 0
+
+Prints one table: per allocator, the program's instructions, the
+allocator's, its share, and the ratio of the allocator's to each other's."""
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_LIBS = [("mimalloc", "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
+                ("trimalloc", os.path.join(HERE, "..", "core", "build", "libtrimalloc.so"))]
+
+
+def parse(argv):
+    if "--" not in argv:
+        raise SystemExit("usage: alloc_instr.py [--lib NAME=PATH ...] [--env K=V ...] -- CMD ARGS...")
+    cut = argv.index("--")
+    opts, cmd = argv[:cut], argv[cut + 1:]
+    libs, env = [], {}
+    i = 0
+    while i < len(opts):
+        if opts[i] in ("--lib", "--env") and i + 1 < len(opts) and "=" in opts[i + 1]:
+            k, v = opts[i + 1].split("=", 1)
+            (libs.append((k, v)) if opts[i] == "--lib" else env.__setitem__(k, v))
+            i += 2
+        else:
+            raise SystemExit("alloc_instr.py: unknown or incomplete option %r" % opts[i])
+    if not cmd:
+        raise SystemExit("alloc_instr.py: no command after --")
+    return libs or DEFAULT_LIBS, env, cmd
+
+
+def self_cost_by_object(path):
+    """{object: instructions} from a callgrind output file (self cost only:
+    the cost lines that follow an fn= line belong to that function, and the
+    function to the last ob= named; calls= lines are followed by one line of
+    inclusive cost, which is skipped). Names may be compressed: "(N) name"
+    defines N, "(N)" refers to it."""
+    names, out = {}, {}
+    ob, skip = None, False
+    events = None
+    with open(path) as f:
+        for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+                continue
+            if line.startswith(("ob=", "cob=")):
+                val = line.split("=", 1)[1].strip()
+                if val.startswith("("):
+                    key, _, rest = val.partition(")")
+                    if rest.strip():
+                        names[key] = rest.strip()
+                    val = names.get(key, val)
+                if line.startswith("ob="):
+                    ob = val
+                continue
+            if line.startswith("calls="):
+                skip = True
+                continue
+            if not line or not (line[0].isdigit() or line[0] in "+-*"):
+                continue
+            if skip:
+                skip = False
+                continue
+            parts = line.split()
+            if events and len(parts) >= 2 and ob is not None:
+                try:
+                    out[ob] = out.get(ob, 0) + int(parts[1])
+                except ValueError:
+                    pass
+    return out
+
+
+def main():
+    libs, extra_env, cmd = parse(sys.argv[1:])
+    rows = []
+    for name, lib in libs:
+        lib = os.path.realpath(lib)
+        if not os.path.exists(lib):
+            print("NOTE: %s left out: %s is missing" % (name, lib), file=sys.stderr)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "cg.out")
+            env = dict(os.environ, **extra_env)
+            env.pop("LD_PRELOAD", None)
+            argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "env", "LD_PRELOAD=" + lib] + cmd
+            r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if r.returncode != 0 or not os.path.exists(out):
+                print("NOTE: %s failed: %s" % (name, r.stderr.strip().splitlines()[-1:]), file=sys.stderr)
+                continue
+            cost = self_cost_by_object(out)
+        total = sum(cost.values())
+        mine = sum(v for k, v in cost.items() if os.path.realpath(k) == lib or os.path.basename(k) ==
+                   os.path.basename(lib))
+        rows.append((name, total, mine))
+    if not rows:
+        raise SystemExit("alloc_instr.py: no allocator ran")
+    print("command: %s%s" % (" ".join("%s=%s" % kv for kv in extra_env.items()) + " " if extra_env else "",
+                             " ".join(cmd)))
+    print("%-12s %14s %14s %7s  %s" % ("allocator", "program (M)", "allocator (M)", "share",
+                                       "allocator's ratio to " + ", ".join(r[0] for r in rows)))
+    for name, total, mine in rows:
+        ratios = ", ".join("%.2fx" % (mine / o[2]) if o[2] else "-" for o in rows)
+        print("%-12s %14.1f %14.1f %6.1f%%  %s" % (name, total / 1e6, mine / 1e6, 100.0 * mine / total, ratios))
+
+
+if __name__ == "__main__":
+    main()

@@ -96,15 +96,21 @@ def main():
             print("NOTE: %s left out: %s is missing" % (name, lib), file=sys.stderr)
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "cg.out")
             env = dict(os.environ, **extra_env)
             env.pop("LD_PRELOAD", None)
-            argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "env", "LD_PRELOAD=" + lib] + cmd
+            # The preload goes to the program, not to valgrind: `env` sets it
+            # and execs the program, which valgrind follows.
+            argv = ["valgrind", "--tool=callgrind", "--trace-children=yes",
+                    "--callgrind-out-file=" + os.path.join(tmp, "cg.%p"), "env", "LD_PRELOAD=" + lib] + cmd
             r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if r.returncode != 0 or not os.path.exists(out):
+            outs = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.startswith("cg.")]
+            if r.returncode != 0 or not outs:
                 print("NOTE: %s failed: %s" % (name, r.stderr.strip().splitlines()[-1:]), file=sys.stderr)
                 continue
-            cost = self_cost_by_object(out)
+            cost = {}
+            for out in outs:
+                for k, v in self_cost_by_object(out).items():
+                    cost[k] = cost.get(k, 0) + v
         total = sum(cost.values())
         mine = sum(v for k, v in cost.items() if os.path.realpath(k) == lib or os.path.basename(k) ==
                    os.path.basename(lib))

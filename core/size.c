@@ -24,11 +24,17 @@ void ta_size_init(void) {
     size_t bs = ta_class_size(c);
     ta_class_slices[c] = (uint8_t)(bs <= 8192 ? 1 : (8 * bs + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE);
   }
-  /* The longest a thread cache bin may grow: about 128 KiB of a class,
-   * between 2 and 1024 blocks (the cache's budget, tcache_bytes, bounds the
-   * sum; a bin grows only as far as its class is used). */
+  /* The longest a thread cache bin may grow: about 64 KiB of a class,
+   * between 4 and 128 blocks (the cache's budget, tcache_bytes, bounds the
+   * sum; a bin grows only as far as its class is used). The count matters
+   * as well as the bytes: every cached block keeps its OS page resident, so
+   * with bigger OS pages a bin holds fewer blocks (128 with 4 KiB pages, 32
+   * with 16 KiB, 8 with 64 KiB: a burst freed by 4 threads that then sleep
+   * left 16.6 MiB resident with 64 KiB pages at 128, v2 12.9). */
+  size_t most = (size_t)128 >> (ta_ospage_shift - TA_OSPAGE_MIN_SHIFT);
+  if (most < 4) most = 4;
   for (size_t c = 0; c < TA_TCLASSES; c++) {
     size_t n = TA_TBIN_BYTES / ta_class_size(c);
-    ta_class_tmax[c] = (uint16_t)(n < 2 ? 2 : n > 1024 ? 1024 : n);
+    ta_class_tmax[c] = (uint16_t)(n < 4 ? 4 : n > most ? most : n);
   }
 }

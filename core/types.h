@@ -42,7 +42,7 @@
 #define TA_CLASSES 88              /* 16..128 by 16, then 8 classes per doubling */
 #define TA_TCACHE_MAX TA_MEDIUM_MAX /* largest size a thread cache holds: every class */
 #define TA_TCLASSES TA_CLASSES
-#define TA_TBIN_BYTES (128 * 1024)  /* a thread cache bin grows to about this much at most (2..1024 blocks) */
+#define TA_TBIN_BYTES (64 * 1024)   /* a thread cache bin grows to about this much at most (4..128 blocks) */
 #define TA_NO_CLASS 0xff           /* span->cls of anything the free fast path must not take */
 #define TA_LARGE_MAX (TA_SEGMENT_SIZE / 2) /* beyond: huge, own mapping */
 #define TA_MAX_ALIGN (TA_SEGMENT_SIZE / 2) /* larger alignments: ENOMEM */

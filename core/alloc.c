@@ -197,6 +197,10 @@ TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   ta_segment_t *s = ta_segment_of(p);
   if (ta_segmap_contains(s) && s->huge && n > TA_LARGE_MAX) return ta_huge_realloc(s, n); /* mremap: no copy */
   if (n <= have && n >= have / 2) return p;                        /* fits in place */
+  if (n > have && n <= TA_LARGE_MAX && ta_segmap_contains(s)) {   /* a large block grows into */
+    ta_span_t *sp = ta_span_of(s, p);                               /* the free slices after it */
+    if (sp->kind == TA_SPAN_LARGE && ta_large_grow(sp, n)) return p;
+  }
   void *q = trimalloc_malloc(n);
   if (!q) return NULL; /* p stays valid */
   memcpy(q, p, n < have ? n : have);

@@ -152,6 +152,7 @@ TA_HIDDEN void ta_span_free(ta_arena_t *a, ta_span_t *sp);                      
 TA_HIDDEN size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split);
 TA_HIDDEN void *ta_large_alloc(ta_arena_t *a, size_t size);
 TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
+TA_HIDDEN bool ta_large_grow(ta_span_t *sp, size_t n); /* in place into the free span after it */
 
 /* ---- slab.c: blocks of one class in a span, the free bitmap -------------- */
 TA_HIDDEN extern uintptr_t ta_cookie; /* in the second word of a block in a thread cache */

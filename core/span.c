@@ -175,3 +175,51 @@ void ta_large_free(ta_span_t *sp, void *p) {
   ta_relaxed_sub(&a->large_count, 1);
   ta_relaxed_add(&a->activity, 1);
 }
+
+/* Grows large block sp to n bytes in place, when the slices after it are a
+ * free span long enough (what is left of it stays free): true if it did. The
+ * taken pages come back as a large block's do (populated in one call when
+ * they had been purged). */
+bool ta_large_grow(ta_span_t *sp, size_t n) {
+  ta_arena_t *a = sp->arena;
+  size_t need = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
+  if (!a || need >= TA_SLICES) return false;
+  ta_pagedelta_t d = {0};
+  uint8_t *start = NULL;
+  size_t added = 0;
+  ta_lock(&a->lock);
+  ta_segment_t *s = ta_segment_of(sp);
+  size_t idx = ta_span_index(sp), have = sp->slices;
+  if (sp->kind == TA_SPAN_LARGE && need > have && idx + need <= TA_SLICES) {
+    ta_span_t *nx = &s->spans[idx + have];
+    size_t extra = need - have;
+    if (nx->kind == TA_SPAN_FREE && nx->slices >= extra) {
+      size_t per = TA_SLICE_SIZE >> ta_ospage_shift, rest = nx->slices - extra, dirty = nx->dirty;
+      uint64_t freed_ms = nx->freed_ms;
+      list_remove(a, nx);
+      if (rest) {
+        size_t tail_dirty = ta_pages_unpurged(s, (idx + need) * per, rest * per);
+        make_free(a, s, idx + need, rest, freed_ms, tail_dirty);
+        dirty -= tail_dirty;
+      }
+      for (size_t i = have; i < need; i++) s->spans[idx + i].head_off = (uint16_t)i;
+      sp->dirty = (uint16_t)(sp->dirty + dirty); /* the taken pages' count, then they go live */
+      ta_pages_live(s, (idx + have) * per, extra * per, &sp->dirty, &d);
+      sp->slices = (uint16_t)need;
+      sp->bsize = (uint32_t)(need * TA_SLICE_SIZE);
+      sp->div_magic = ta_div_magic(sp->bsize);
+      s->used_slices += (uint32_t)extra;
+      ta_active_add((int64_t)(extra * TA_SLICE_SIZE));
+      added = extra * TA_SLICE_SIZE;
+      start = sp->start + have * TA_SLICE_SIZE;
+    }
+  }
+  ta_unlock(&a->lock);
+  if (!added) return false;
+  size_t refault = d.refault;
+  ta_pagedelta_apply(a, &d);
+  if (refault >= TA_SLICE_SIZE) ta_prim_populate(start, added);
+  ta_relaxed_add(&a->large_bytes, added);
+  ta_relaxed_add(&a->activity, 1);
+  return true;
+}

@@ -1,5 +1,7 @@
 /* realloc: NULL, failure, in place, every size-class boundary up and down,
- * into huge blocks and back, with the contents checked at every step. */
+ * into huge blocks and back, with the contents checked at every step; a
+ * large block grows in place into the free slices after it (and moves when
+ * they are taken), its contents kept and the heap valid. */
 #include "check.h"
 
 static void test_realloc_null_is_malloc(void) {
@@ -152,6 +154,48 @@ static void test_realloc_huge_growth_loop(void) {
 }
 
 /* Shrinking a block keeps its prefix; growing after shrinking works. */
+/* A large block (over 128 KiB) followed by free slices grows into them: the
+ * same address comes back, with its contents, 192 KiB -> 1.5 MiB in steps.
+ * When a neighbour sits right after it, it moves. v2 always moved. */
+static void test_realloc_large_grows_in_place(void) {
+  int in_place = 0, steps = 0;
+  for (int round = 0; round < 10; round++) {
+    size_t n = 192 * KiB;
+    uint8_t *p = trimalloc_malloc(n);
+    if (!CHECK(p != NULL)) return;
+    pattern_fill(p, n, pattern_seed(p, 0));
+    uint8_t seed = pattern_seed(p, 0);
+    while (n < 1536 * KiB) {
+      size_t to = n + 192 * KiB;
+      uint8_t *q = trimalloc_realloc(p, to);
+      if (!CHECK(q != NULL, "realloc(%zu KiB)", to / KiB)) return;
+      steps++;
+      if (q == p) in_place++;
+      if (!CHECK(pattern_ok(q, n, seed), "contents lost growing %zu -> %zu KiB", n / KiB, to / KiB))
+        return;
+      CHECK(trimalloc_malloc_usable_size(q) >= to, "usable %zu < %zu", trimalloc_malloc_usable_size(q), to);
+      p = q;
+      memset(p + n, 0x5A, to - n); /* the new part is writable */
+      n = to;
+      pattern_fill(p, n, seed);
+    }
+    /* A neighbour right after it: the next growth has to move. */
+    void *blocker = NULL;
+    uint8_t *r = trimalloc_malloc(192 * KiB);
+    size_t rn = trimalloc_malloc_usable_size(r);
+    pattern_fill(r, 192 * KiB, seed);
+    blocker = trimalloc_malloc(64 * KiB);
+    uint8_t *r2 = trimalloc_realloc(r, 8 * MiB / 4);
+    CHECK(r2 != NULL && pattern_ok(r2, 192 * KiB, seed), "a blocked growth lost the contents (usable was %zu)", rn);
+    trimalloc_free(r2);
+    trimalloc_free(blocker);
+    CHECK(trimalloc_check(), "heap invariants after growing large blocks");
+    trimalloc_free(p);
+  }
+  CHECK(in_place * 2 >= steps, "%d of %d growths of a large block with free slices after it were in place",
+        in_place, steps);
+}
+
 static void test_realloc_shrink(void) {
   static const size_t sizes[] = {64, 4096, 100 * KiB, 3 * MiB};
   for (size_t i = 0; i < 4; i++) {
@@ -175,5 +219,6 @@ int main(void) {
   RUN(test_realloc_into_huge_and_back);
   RUN(test_realloc_huge_growth_loop);
   RUN(test_realloc_shrink);
+  RUN(test_realloc_large_grows_in_place);
   return check_summary();
 }

@@ -238,14 +238,16 @@ void ta_arena_flush(ta_block_t *first, size_t count, size_t cls, bool batch) {
     ta_arena_t *a = ta_span_of(ta_segment_of(first), first)->arena;
     ta_bin_t *bin = &a->bins[cls];
     ta_lock(&bin->lock);
-    if ((ta_relaxed_load(&bin->xfer_count) + count) * ta_class_size(cls) <= TA_XFER_BYTES && xfer_room(bin)) {
+    size_t bytes = count * ta_class_size(cls);
+    if ((ta_relaxed_load(&bin->xfer_count) + count) * ta_class_size(cls) <= TA_XFER_BYTES &&
+        ta_relaxed_load(&a->xfer_bytes) + (int64_t)bytes <= (int64_t)TA_XFER_ARENA_BYTES && xfer_room(bin)) {
       bin->xfer[bin->nxfer].head = first;
       bin->xfer[bin->nxfer].count = (uint32_t)count;
       bin->nxfer++;
       ta_relaxed_store(&bin->xfer_count, ta_relaxed_load(&bin->xfer_count) + (uint32_t)count);
       bin->xfer_ms = ta_prim_clock_ms();
       ta_unlock(&bin->lock);
-      ta_relaxed_add(&a->xfer_bytes, (int64_t)(count * ta_class_size(cls)));
+      ta_relaxed_add(&a->xfer_bytes, (int64_t)bytes);
       ta_relaxed_add(&a->activity, 1);
       return;
     }

@@ -182,6 +182,9 @@ typedef struct ta_xfer_s {
 
 #define TA_XFER_INLINE 4 /* batches a bin holds before its stack moves to a mapping of its own */
 #define TA_XFER_BYTES ((size_t)256 << 10) /* bytes a bin's transfer cache holds at most */
+#define TA_XFER_ARENA_BYTES ((size_t)4 << 20) /* and all of an arena's bins together (v2's 4 slots
+   a bin kept medium classes to a few blocks; 256 KiB in each of 88 bins held 20 MiB more in
+   realloc growth, bench/realloc_grow.c) */
 
 typedef struct __attribute__((aligned(64))) ta_bin_s {
   ta_lock_t lock;

@@ -11,7 +11,7 @@
  *  - A block freed is the next one malloc hands out for its size, in every
  *    class (powers of two too): the free fast path took it into the cache.
  *  - A trim empties the caller's cache, whatever it holds (one class or
- *    many; flush_all stops walking the bins once nothing is left).
+ *    many).
  *  - Working sets within the bound (many classes of 1-8 KiB; a few blocks
  *    of 20 and 28 KiB) are served by the cache alone once its bins have
  *    grown to them (v2 capped a 28 KiB bin at 2 blocks: a refill a round),

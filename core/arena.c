@@ -281,6 +281,12 @@ static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **f
   return n;
 }
 
+/* Batches detached from a transfer cache and not yet back in their slabs are
+ * in no structure a fork child could find: drain_lock is held from the
+ * detach to the last block put back, and the pre-fork handler takes it first
+ * (lock order: drain_lock, then bin and arena locks). */
+static ta_lock_t drain_lock = PTHREAD_MUTEX_INITIALIZER;
+
 /* Empties a bin's transfer cache into the slabs: all, or if nothing was put
  * in or taken out for `delay` ms. The batches are detached under the bin lock
  * in chunks and put back outside it, so a refill never waits for a drain. */
@@ -289,6 +295,7 @@ static void xfer_drain(ta_bin_t *bin, size_t cls, ta_arena_t *a, uint64_t now, u
   ta_xfer_t batches[CHUNK];
   for (;;) {
     size_t n = 0, blocks = 0;
+    ta_lock(&drain_lock);
     ta_lock(&bin->lock);
     if (bin->nxfer && (all || bin->xfer_ms + delay <= now)) {
       n = bin->nxfer < CHUNK ? bin->nxfer : CHUNK;
@@ -298,9 +305,12 @@ static void xfer_drain(ta_bin_t *bin, size_t cls, ta_arena_t *a, uint64_t now, u
       ta_relaxed_store(&bin->xfer_count, ta_relaxed_load(&bin->xfer_count) - (uint32_t)blocks);
     }
     ta_unlock(&bin->lock);
+    if (n) {
+      ta_relaxed_sub(&a->xfer_bytes, (int64_t)(blocks * ta_class_size(cls)));
+      for (size_t i = 0; i < n; i++) flush_to_slabs(batches[i].head, cls);
+    }
+    ta_unlock(&drain_lock);
     if (!n) return;
-    ta_relaxed_sub(&a->xfer_bytes, (int64_t)(blocks * ta_class_size(cls)));
-    for (size_t i = 0; i < n; i++) flush_to_slabs(batches[i].head, cls);
   }
 }
 
@@ -384,6 +394,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since
 
 /* ---- fork: every lock taken before, released (parent) or reset (child) ---- */
 void ta_arenas_fork_prepare(void) {
+  ta_lock(&drain_lock); /* no batch in flight between a transfer cache and its slabs */
   ta_lock(&arenas_lock);
   for (size_t i = 0; i < TA_ARENAS_MAX; i++) {
     ta_arena_t *a = &ta_arenas[i];
@@ -401,6 +412,7 @@ void ta_arenas_fork_parent(void) {
     for (size_t c = TA_CLASSES; c-- > 0;) ta_unlock(&a->bins[c].lock);
   }
   ta_unlock(&arenas_lock);
+  ta_unlock(&drain_lock);
 }
 
 /* The forking thread holds every lock in the child too: it releases them. */

@@ -12,8 +12,6 @@ worker on it). Broker and result backend: the redis-server the driver starts
 The task `bench.work` builds 20..50 MiB of Python objects and drops them
 (bench/py_work.py) and returns the pool process's pid, the allocator that
 serves its malloc (bench/alloc.py), a checksum and its PYTHONMALLOC."""
-import ctypes
-import json
 import os
 import sys
 
@@ -22,10 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from celery import Celery, signals  # noqa: E402
 
 import alloc  # noqa: E402
+import celery_bench  # noqa: E402
 import py_work  # noqa: E402
 
 URL = os.environ["BENCH_REDIS_URL"]
-TRIM = os.environ.get("BENCH_CELERY_TRIM", "none")
 
 app = Celery("trimalloc_bench", broker=URL, backend=URL)
 app.conf.update(
@@ -35,19 +33,7 @@ app.conf.update(
     result_expires=600,
 )
 
-if TRIM == "malloc_trim":
-    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-    _malloc_trim.restype, _malloc_trim.argtypes = ctypes.c_int, [ctypes.c_size_t]
-
-    @signals.task_postrun.connect(weak=False)
-    def _trim_after_task(**kwargs):
-        _malloc_trim(0)
-elif TRIM == "trimalloc":
-    import trimalloc.celery
-
-    trimalloc.celery.install(app, **json.loads(os.environ.get("BENCH_CELERY_INSTALL", "{}")))
-elif TRIM != "none":
-    raise SystemExit("celery_app: unknown BENCH_CELERY_TRIM %r" % TRIM)
+TRIM = celery_bench.install_trim(app, "celery_app")  # BENCH_CELERY_TRIM (celery_bench.py)
 
 _allocator = []
 

@@ -66,9 +66,9 @@ import tempfile
 import threading
 import time
 
+from celery_bench import hwm_of, rss_of, start_worker, stop, wait_until  # noqa: E402 (bench/ is sys.path[0])
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-PY = "/usr/bin/python3"
-PAGE = os.sysconf("SC_PAGESIZE")
 TICK = float(os.sysconf("SC_CLK_TCK"))
 IN_FLIGHT = 8  # tasks sent and not yet collected, at most
 
@@ -110,15 +110,6 @@ def free_ports(n):
             s.close()
 
 
-def wait_until(cond, timeout, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
-
-
 def pool_stats(parent):
     """The children of `parent` (the pool processes): {(pid, start time):
     (cpu seconds, minor faults)}, from /proc/PID/stat (zombies included: their
@@ -139,37 +130,8 @@ def pool_stats(parent):
     return out
 
 
-def rss_of(pid):
-    try:
-        with open("/proc/%d/statm" % pid) as f:
-            return int(f.read().split()[1]) * PAGE
-    except OSError:
-        return 0
-
-
-def hwm_of(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def pool_rss(parent):
     return sum(rss_of(pid) for pid, _ in pool_stats(parent))
-
-
-def stop(proc, sig, timeout=15.0):
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Sampler(threading.Thread):
@@ -309,26 +271,11 @@ def main():
                    PYTHONPATH=os.pathsep.join([HERE] + ([PKG] if PKG else [])))
         if PRELOAD:
             env["LD_PRELOAD"] = PRELOAD
-        cmd = [PY, "-m", "celery", "-A", "celery_rabbit_app", "worker", "-P", "prefork", "-c", "2",
-               "-l", "info", "-n", "bench%d@localhost" % os.getpid(), "-Q", queue, "--without-heartbeat",
-               "--without-gossip", "--without-mingle"]
-        if LAUNCHER:
-            cmd = [PY, "-m", "trimalloc", "run"] + LAUNCHER_OPTS + ["--"] + cmd
-        log_path = os.path.join(tmp, "worker.log")
-        with open(log_path, "w") as log:
-            worker = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-
-        def ready():
-            if worker.poll() is not None:
-                return True
-            with open(log_path) as f:
-                return " ready." in f.read()
-
-        wait_until(ready, 60)
-        if worker.poll() is not None or not ready():
-            with open(log_path) as f:
-                tail = f.read().strip().splitlines()[-3:]
-            fail("the worker did not start: %s" % " | ".join(tail))
+        try:
+            worker = start_worker("celery_rabbit_app", "bench%d@localhost" % os.getpid(), queue, env, tmp,
+                                  LAUNCHER, LAUNCHER_OPTS)
+        except RuntimeError as e:
+            fail(str(e))
         wait_until(lambda: len(pool_stats(worker.pid)) >= 2, 20)
 
         import celery  # the client, on glibc in this process

@@ -22,7 +22,6 @@ real worker's caches are. It returns the pool process's pid, the allocator
 that serves its malloc (bench/alloc.py), a checksum, its PYTHONMALLOC, the
 task's time in ms, the cache's length and the task's size in MiB."""
 import collections
-import ctypes
 import json
 import os
 import random
@@ -34,11 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from celery import Celery, signals  # noqa: E402
 
 import alloc  # noqa: E402
+import celery_bench  # noqa: E402
 import py_work  # noqa: E402
 
 URL = os.environ["BENCH_AMQP_URL"]
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
-TRIM = os.environ.get("BENCH_CELERY_TRIM", "none")
 MAX_TASKS_PER_CHILD = int(os.environ.get("BENCH_MAX_TASKS_PER_CHILD", "0"))
 
 app = Celery("trimalloc_bench_rabbit", broker=URL, backend="rpc://")
@@ -51,19 +50,7 @@ app.conf.update(
     result_expires=600,
 )
 
-if TRIM == "malloc_trim":
-    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-    _malloc_trim.restype, _malloc_trim.argtypes = ctypes.c_int, [ctypes.c_size_t]
-
-    @signals.task_postrun.connect(weak=False)
-    def _trim_after_task(**kwargs):
-        _malloc_trim(0)
-elif TRIM == "trimalloc":
-    import trimalloc.celery
-
-    trimalloc.celery.install(app, **json.loads(os.environ.get("BENCH_CELERY_INSTALL", "{}")))
-elif TRIM != "none":
-    raise SystemExit("celery_rabbit_app: unknown BENCH_CELERY_TRIM %r" % TRIM)
+TRIM = celery_bench.install_trim(app, "celery_rabbit_app")  # BENCH_CELERY_TRIM (celery_bench.py)
 
 CACHE_MAX = 5000     # entries kept per pool process
 CACHE_KEYS = 20000   # keys wrap around: a key seen again replaces its entry

@@ -41,9 +41,9 @@ import tempfile
 import threading
 import time
 
+from celery_bench import hwm_of, rss_of, start_worker, stop, wait_until  # noqa: E402 (bench/ is sys.path[0])
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-PY = "/usr/bin/python3"
-PAGE = os.sysconf("SC_PAGESIZE")
 TICK = float(os.sysconf("SC_CLK_TCK"))
 
 
@@ -66,15 +66,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_until(cond, timeout, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
-
-
 def children_of(pid):
     out = []
     for d in os.listdir("/proc"):
@@ -90,41 +81,12 @@ def children_of(pid):
     return sorted(out)
 
 
-def rss_of(pid):
-    try:
-        with open("/proc/%d/statm" % pid) as f:
-            return int(f.read().split()[1]) * PAGE
-    except OSError:
-        return 0
-
-
 def stat_of(pid):
     """(cpu seconds, minor faults) of a process, from /proc/PID/stat."""
     with open("/proc/%d/stat" % pid) as f:
         v = f.read().rsplit(")", 1)[1].split()
     # after ")": state(3) ppid ... minflt is field 10, utime 14, stime 15 (1-based)
     return (int(v[11]) + int(v[12])) / TICK, int(v[7])
-
-
-def hwm_of(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def stop(proc, sig, timeout=15.0):
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Sampler(threading.Thread):
@@ -163,26 +125,10 @@ def main():
                    PYTHONPATH=os.pathsep.join([HERE] + ([PKG] if PKG else [])))
         if PRELOAD:
             env["LD_PRELOAD"] = PRELOAD
-        cmd = [PY, "-m", "celery", "-A", "celery_app", "worker", "-P", "prefork", "-c", "2", "-l", "info",
-               "-n", "bench@localhost", "-Q", "bench", "--without-heartbeat", "--without-gossip",
-               "--without-mingle"]
-        if LAUNCHER:
-            cmd = [PY, "-m", "trimalloc", "run"] + LAUNCHER_OPTS + ["--"] + cmd
-        log_path = os.path.join(tmp, "worker.log")
-        with open(log_path, "w") as log:
-            worker = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-
-        def ready():
-            if worker.poll() is not None:
-                return True
-            with open(log_path) as f:
-                return " ready." in f.read()
-
-        wait_until(ready, 60)
-        if worker.poll() is not None or not ready():
-            with open(log_path) as f:
-                tail = f.read().strip().splitlines()[-3:]
-            raise SystemExit("celery_run: the worker did not start: %s" % " | ".join(tail))
+        try:
+            worker = start_worker("celery_app", "bench@localhost", "bench", env, tmp, LAUNCHER, LAUNCHER_OPTS)
+        except RuntimeError as e:
+            raise SystemExit("celery_run: %s" % e)
         wait_until(lambda: len(children_of(worker.pid)) >= 2, 20)
         pool = children_of(worker.pid)
 

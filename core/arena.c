@@ -106,8 +106,8 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
   ta_pagedelta_t d = {0};
   ta_lock(&bin->lock);
   /* From the transfer cache first: a whole batch in O(1) (batches are what
-   * thread caches flush, and they ask as much); short batches (a cache
-   * scavenged under its byte bound) are joined until `want`. Still counted as
+   * thread caches flush, and they ask as much); short batches (a bin halved
+   * to give budget to another) are joined until `want`. Still counted as
    * handed out in the slabs. */
   if (bin->nxfer) {
     uint64_t now = ta_prim_clock_ms();

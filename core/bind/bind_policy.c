@@ -89,9 +89,13 @@ static void gate_pass(void) {
   pthread_mutex_unlock(&gate_mu);
 }
 
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void atfork_register(void); /* the fork child's reset, below */
+
 /* The trim itself, one at a time: a caller that finds one running returns
  * at once (coalesced). */
 static int64_t run_trim(ta_bind_skip_t *why) {
+  pthread_once(&atfork_once, atfork_register); /* before the flag can be set */
   if (atomic_flag_test_and_set(&trim_busy)) {
     atomic_fetch_add(&coalesced, 1);
     *why = TA_SKIP_COALESCED;
@@ -126,6 +130,24 @@ static void defer_child(void) {
   pthread_mutex_init(&defer_mu, NULL);
   defer_started = 0;
   defer_at_ns = 0;
+  defer_running = 0;
+}
+
+/* A fork child has only the forking thread: a trim that another thread was
+ * running (or a gate it waited at) is not running there. Without this the
+ * child's busy flag stays set and every later hook trim in that worker is
+ * "coalesced" into nothing, for ever (issue 17, item 3). */
+static void policy_child(void) {
+  atomic_flag_clear(&trim_busy);
+  atomic_store(&trimming_now, 0);
+  atomic_store_explicit(&free_sample_at, 0, memory_order_release);
+  pthread_mutex_init(&gate_mu, NULL);
+  pthread_cond_init(&gate_cv, NULL);
+  defer_child();
+}
+
+static void atfork_register(void) {
+  pthread_atfork(NULL, NULL, policy_child);
 }
 
 static int64_t trim_checked(double min_interval, int64_t min_free, ta_bind_skip_t *why);
@@ -163,8 +185,7 @@ static void defer_trim(uint64_t at, int64_t min_free) {
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&defer_cv, &ca);
     pthread_condattr_destroy(&ca);
-    static int atfork_done;
-    if (!atfork_done) atfork_done = pthread_atfork(NULL, NULL, defer_child) == 0;
+    pthread_once(&atfork_once, atfork_register);
     pthread_t t;
     pthread_attr_t a;
     pthread_attr_init(&a);

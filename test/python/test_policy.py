@@ -98,6 +98,35 @@ def test_trim_requested_during_a_trim_is_coalesced():
     assert _trimalloc.policy_stats()["coalesced"] == before + 1
 
 
+def test_fork_during_a_trim_leaves_the_child_able_to_trim():
+    """A worker forked while another thread trims (a Puma or gunicorn master
+    running a hook) must not inherit a trim that will never end there."""
+    import os
+    fresh()
+    t = _trimalloc.Trimmer(min_interval=0)
+    th, out = gated_trim_in_thread(t.event)
+    assert _trimalloc._test_gate_state() == 2  # the parent's trim is running
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread, no trim running
+        try:
+            child = _trimalloc.Trimmer(min_interval=0)
+            got = {"released": child.event(), "busy": _trimalloc.policy_stats()["busy"],
+                   "coalesced": child.stats()["coalesced"]}
+            os.write(w, json.dumps(got).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        got = json.loads(f.read() or "{}")
+    os.waitpid(pid, 0)
+    _trimalloc._test_gate_open()
+    th.join(60)
+    _trimalloc._test_gate(False)
+    assert got.get("released") is not None and got["coalesced"] == 0, got
+    assert got["busy"] == 0, got
+
+
 def test_free_figure_is_sampled_not_read_per_event():
     fresh()
     t = _trimalloc.Trimmer(every=None, min_free=1 << 60, min_interval=0)

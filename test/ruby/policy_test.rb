@@ -102,6 +102,33 @@ class PolicyTest < Minitest::Test
     assert_equal before + 1, Trimalloc.policy_stats[:coalesced]
   end
 
+  # A worker forked while another thread trims (a Puma or gunicorn master
+  # running a hook) must not inherit a trim that will never end there.
+  def test_fork_during_a_trim_leaves_the_child_able_to_trim
+    fresh
+    t = Trimalloc::Trimmer.new(min_interval: 0)
+    th = gated_trim_in_thread { t.event }
+    assert_equal 2, Trimalloc.send(:test_gate_state), "the parent's trim is running"
+    r, w = IO.pipe
+    pid = fork do
+      r.close
+      child = Trimalloc::Trimmer.new(min_interval: 0)
+      got = { released: child.event, busy: Trimalloc.policy_stats[:busy], coalesced: child.stats[:coalesced] }
+      w.write(Marshal.dump(got))
+      w.close
+      exit!(0)
+    end
+    w.close
+    got = Marshal.load(r.read)
+    Process.wait(pid)
+    Trimalloc.send(:test_gate_open)
+    th.value
+    Trimalloc.send(:test_gate, false)
+    refute_nil got[:released], got.inspect
+    assert_equal 0, got[:coalesced], got.inspect
+    assert_equal false, got[:busy], got.inspect
+  end
+
   def test_free_figure_is_sampled_not_read_per_event
     fresh
     t = Trimalloc::Trimmer.new(every: nil, min_free: 1 << 60, min_interval: 0)

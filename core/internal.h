@@ -129,6 +129,12 @@ typedef struct ta_pagedelta_s {
 TA_HIDDEN void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d);
 TA_HIDDEN void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d);
 TA_HIDDEN void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d);
+/* Faults in, in one call per run, the pages among [first, first + n) that are
+ * not resident and hold no live block: they become resident and dirty (free),
+ * as if written, so the blocks about to be handed out there take no page
+ * fault each. Pages the kernel would not populate stay as they were. Returns
+ * the pages populated. */
+TA_HIDDEN size_t ta_pages_populate(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d);
 /* Returns the dirty OS pages among [first, first + n) to the OS; bytes released. */
 TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
 TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */

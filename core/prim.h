@@ -4,6 +4,7 @@
 #ifndef TA_PRIM_H
 #define TA_PRIM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -49,9 +50,11 @@ size_t ta_prim_hugepage_size(void);
 void ta_prim_hugepage(void *p, size_t size);
 
 /* Asks the kernel to fault in [p, p + size) now, in one call (Linux 5.14+
- * MADV_POPULATE_WRITE); does nothing where that is not supported. Keeps errno.
+ * MADV_POPULATE_WRITE): true if it did. False (nothing done) where that is
+ * not supported or the kernel refused (no memory: then the pages fault in
+ * one by one when written, as without it). Keeps errno.
  * Pre: p and size page-aligned, the range mapped read-write. */
-void ta_prim_populate(void *p, size_t size);
+bool ta_prim_populate(void *p, size_t size);
 
 /* The CPU the calling thread runs on (0 if unknown), and the number of CPUs. */
 unsigned ta_prim_cpu(void);

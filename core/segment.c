@@ -132,6 +132,32 @@ void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_
   d->dirty += k;
 }
 
+size_t ta_pages_populate(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d) {
+  ta_segbits_t *bits = ta_segbits(s);
+  size_t end = first + n, pages = 0;
+  for (size_t i = first; i < end;) {
+    if (bits->live[i] || !bit_get(bits->purged, i)) {
+      i++;
+      continue;
+    }
+    size_t j = i + 1;
+    while (j < end && !bits->live[j] && bit_get(bits->purged, j)) j++;
+    if (ta_prim_populate((uint8_t *)s + (i << ta_ospage_shift), (j - i) << ta_ospage_shift)) {
+      for (size_t k = i; k < j; k++) {
+        bit_clear(bits->purged, k);
+        if (bit_get(bits->touched, k)) d->refault += (size_t)1 << ta_ospage_shift;
+        else bit_set(bits->touched, k);
+      }
+      d->resident += (int64_t)(j - i);
+      d->dirty += (int64_t)(j - i);
+      *dirty = (uint16_t)(*dirty + (j - i));
+      pages += j - i;
+    }
+    i = j;
+  }
+  return pages;
+}
+
 void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d) {
   if (d->dirty) ta_relaxed_add(&a->dirty_pages, d->dirty);
   if (d->resident) ta_relaxed_add(&a->resident_pages, d->resident);

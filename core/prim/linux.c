@@ -143,12 +143,13 @@ uint64_t ta_prim_random(void) {
 #endif
 static _Atomic int populate_unsupported;
 
-void ta_prim_populate(void *p, size_t size) {
-  if (atomic_load_explicit(&populate_unsupported, memory_order_relaxed)) return;
+bool ta_prim_populate(void *p, size_t size) {
+  if (atomic_load_explicit(&populate_unsupported, memory_order_relaxed)) return false;
   int saved = errno;
-  if (madvise(p, size, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
-    atomic_store_explicit(&populate_unsupported, 1, memory_order_relaxed);
+  bool ok = madvise(p, size, MADV_POPULATE_WRITE) == 0;
+  if (!ok && errno == EINVAL) atomic_store_explicit(&populate_unsupported, 1, memory_order_relaxed);
   errno = saved;
+  return ok;
 }
 
 unsigned ta_prim_cpu(void) {

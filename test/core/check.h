@@ -357,12 +357,25 @@ static inline item_t q_pop(queue_t *q) {
   return it;
 }
 
-/* Is the OS page at p resident? -1 when mincore fails. */
+/* Is the OS page at p resident? -1 when mincore fails. (A byte per host
+ * page: under qemu-user the host's pages may be smaller than the guest's,
+ * and qemu passes the call through, so v has room for 64.) */
 static inline int page_resident(const void *p) {
-  unsigned char v = 0;
+  unsigned char v[64] = {0};
   void *page = (void *)((uintptr_t)p & ~(uintptr_t)(page_size() - 1));
-  if (mincore(page, page_size(), &v) != 0) return -1;
-  return v & 1;
+  if (mincore(page, page_size(), v) != 0) return -1;
+  return v[0] & 1;
+}
+
+/* Does MADV_POPULATE_WRITE fault pages in here? (Linux 5.14+; qemu-user
+ * accepts it and does nothing.) */
+static inline int populate_works(void) {
+  size_t ps = page_size();
+  void *p = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return 0;
+  int ok = madvise(p, ps, 23 /* MADV_POPULATE_WRITE */) == 0 && page_resident(p) == 1;
+  munmap(p, ps);
+  return ok;
 }
 
 #endif

@@ -11,7 +11,10 @@
  *    block on every 4th OS page; after a trim mincore() shows every OS page
  *    without a live block non-resident and every page with one resident, the
  *    live blocks keep their contents, dirty is 0, and the purged pages are
- *    reused. */
+ *    reused.
+ *  - A refill faults in the pages of the blocks it hands out in one call
+ *    (MADV_POPULATE_WRITE), for a fresh slab and for purged pages of a live
+ *    one: a block's pages are all resident before it is written. */
 #include <pthread.h>
 
 #include "check.h"
@@ -297,6 +300,92 @@ static void test_exact_purge_in_live_slabs(void) {
   CHECK(bad == 0, "%zu blocks wrong after reusing the purged pages", bad);
 }
 
+/* ---- a refill faults its pages in at once ---- */
+/* A class of its own in this program, whose blocks span OS pages (10 a slab
+ * at 6 KiB); what to ask for so that a block takes PA_SIZE bytes: */
+enum { PA_SIZE = 6144 };
+#ifdef TEST_HARDENED
+enum { PA_REQ = PA_SIZE - 8 };
+#else
+enum { PA_REQ = PA_SIZE };
+#endif
+
+/* Is each OS page of [p, p + n) resident? 0/1 into out; returns the count. */
+static size_t pa_resident(uintptr_t p, size_t n, int *out) {
+  size_t ps = page_size(), k = 0;
+  for (uintptr_t pg = p; pg < p + n; pg += ps) out[k++] = page_resident((void *)pg) == 1;
+  return k;
+}
+
+/* Pages [0, upto] resident and the rest not: the count of those that differ. */
+static size_t pa_wrong(const int *res, size_t pages, size_t upto) {
+  size_t bad = 0;
+  for (size_t k = 0; k < pages; k++) bad += res[k] != (k <= upto);
+  return bad;
+}
+
+static void *populates(void *unused) {
+  (void)unused;
+  size_t ps = page_size();
+  int real = populate_works(); /* else only what does not depend on it */
+  if (!real) fprintf(stdout, "   MADV_POPULATE_WRITE does nothing here: residency not checked\n");
+  trimalloc_trim();
+  enum { N = (int)(SLAB / PA_SIZE) };
+  void *b[N];
+  int res[64];
+  /* A fresh slab: its first block, written nowhere yet (the allocator writes
+   * its link at the start), has both its pages resident. */
+  b[0] = trimalloc_malloc(PA_REQ);
+  uintptr_t slab = slab_of(b[0]);
+  size_t pages = pa_resident(slab, SLAB, res);
+  CHECK((uintptr_t)b[0] == slab, "the first block of the class is at its slab's start (%p)", b[0]);
+  size_t bad = pa_wrong(res, pages, (PA_SIZE - 1) / ps);
+  CHECK(bad == 0 || !real, "fresh slab: %zu of %zu pages not as expected (resident: 0..%zu, before any write)", bad,
+        pages, (PA_SIZE - 1) / ps);
+  /* Fill it, free all but the first block, trim: the pages wholly free are
+   * purged. */
+  int same = 1;
+  for (int i = 1; i < N; i++) {
+    b[i] = trimalloc_malloc(PA_REQ);
+    same &= slab_of(b[i]) == slab;
+  }
+  CHECK(same, "the slab's %d blocks all come from it", N);
+  for (int i = 1; i < N; i++) trimalloc_free(b[i]);
+  trimalloc_trim();
+  pa_resident(slab, SLAB, res);
+  bad = pa_wrong(res, pages, (PA_SIZE - 1) / ps);
+  CHECK(bad == 0, "after the trim %zu of %zu pages not as expected (resident: those of the first block)", bad,
+        pages);
+  /* The next block is the lowest free one (block 1): all its pages come
+   * back before it is handed out. */
+  b[1] = trimalloc_malloc(PA_REQ);
+  CHECK(b[1] == (void *)(slab + PA_SIZE), "the lowest free block is reused first (%p)", b[1]);
+  pa_resident(slab, SLAB, res);
+  bad = pa_wrong(res, pages, (2 * PA_SIZE - 1) / ps);
+  CHECK(bad == 0 || !real, "purged pages of a live slab: %zu of %zu pages not as expected (resident: 0..%zu)", bad,
+        pages, (2 * PA_SIZE - 1) / ps);
+  trimalloc_stats_t s = stats_now();
+  CHECK(s.dirty == 0, "nothing populated is left unused: dirty %llu", U(s.dirty));
+  CHECK(heap_valid(), "trimalloc_check after populating");
+  trimalloc_free(b[0]);
+  trimalloc_free(b[1]);
+  return NULL;
+}
+
+/* On a new thread, which starts with an empty cache and takes the bound set
+ * just before: tcache_bytes 0, so every malloc is a refill of one block. */
+static void test_refill_populates_its_pages(void) {
+  if (page_size() >= PA_SIZE) {
+    fprintf(stdout, "   skipped: a %d-byte block is on one OS page of %zu bytes\n", PA_SIZE, page_size());
+    return;
+  }
+  long long old = option_swap("tcache_bytes", 0);
+  pthread_t t;
+  pthread_create(&t, NULL, populates, NULL);
+  pthread_join(t, NULL);
+  option_swap("tcache_bytes", old);
+}
+
 int main(void) {
   /* One arena: every refill of a class comes from the same bin. */
   CHECK(trimalloc_option_set("arenas", 1) == 0, "arenas = 1");
@@ -304,5 +393,6 @@ int main(void) {
   RUN(test_fullest_first_small_cache);
   RUN(test_fullest_first_default_cache);
   RUN(test_exact_purge_in_live_slabs);
+  RUN(test_refill_populates_its_pages);
   return check_summary();
 }

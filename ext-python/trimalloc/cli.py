@@ -16,7 +16,8 @@ usage: trimalloc run [--pythonmalloc | --no-pythonmalloc] [--] CMD [ARGS...]
 commands:
   run    exec CMD with trimalloc preloaded (the bundled library is prepended to
          LD_PRELOAD); CMD's exit status is the command's own, since it replaces
-         this process. --pythonmalloc also sets PYTHONMALLOC=malloc so that
+         this process. CMD is found as the shell finds it; from a venv, in the
+         venv's bin/ first (put in front of PATH, as activating it would). --pythonmalloc also sets PYTHONMALLOC=malloc so that
          Python's small objects live in trimalloc's pages (default: %s).
   path   print the bundled library's path, for a Dockerfile's
          ENV LD_PRELOAD=...

@@ -462,7 +462,7 @@ def scenarios(s):
                 Config("jemalloc", "jemalloc", "jemalloc", "`LD_PRELOAD=libjemalloc.so.2`",
                        env={"LD_PRELOAD": "jemalloc"}, color="#9467bd"),
                 Config("trimalloc", "trimalloc (trimalloc run)", "trimalloc",
-                       "`trimalloc run -- celery ...` (PYTHONMALLOC=malloc, the launcher's default)",
+                       "`trimalloc run -- python3 -m celery ...` (PYTHONMALLOC=malloc, the launcher's default)",
                        launcher="python-venv", color="#7fc97f", style="--"),
                 Config("trimalloc-celery", "trimalloc + trimalloc.celery", "trimalloc",
                        "`trimalloc run` and `trimalloc.celery.install(app, min_interval=0)`",

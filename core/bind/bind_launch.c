@@ -39,16 +39,103 @@ static int prepend_preload(const char *lib) {
   return setenv("LD_PRELOAD", lib, 1);
 }
 
-int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc) {
+/* ---- finding the command ----
+ * As a shell does (and execvp): a name with a '/' is the file itself;
+ * otherwise the first executable regular file of that name in the search
+ * path's directories, in order (an empty entry is the current directory). */
+
+static char *search_path(const char *first, int *added) {
+  const char *path = getenv("PATH");
+  char def[256];
+  if (!path) { /* execvp's default */
+    size_t n = confstr(_CS_PATH, def, sizeof def);
+    path = n > 0 && n <= sizeof def ? def : "/bin:/usr/bin";
+  }
+  if (first && *first) {
+    size_t n = strlen(first);
+    /* already first (an activated environment): nothing to add */
+    if (strncmp(path, first, n) == 0 && (path[n] == ':' || path[n] == 0)) first = NULL;
+  } else {
+    first = NULL;
+  }
+  size_t len = (first ? strlen(first) + 1 : 0) + strlen(path) + 1;
+  char *out = malloc(len);
+  if (!out) return NULL;
+  snprintf(out, len, "%s%s%s", first ? first : "", first ? ":" : "", path);
+  *added = first != NULL;
+  return out;
+}
+
+char *ta_bind_search_path(const char *first) {
+  int added;
+  return search_path(first, &added);
+}
+
+char *ta_bind_which(const char *cmd, const char *path) {
+  if (!cmd || !*cmd || !path) {
+    errno = cmd && !*cmd ? ENOENT : EINVAL;
+    return NULL;
+  }
+  if (strchr(cmd, '/')) return strdup(cmd);
+  size_t cl = strlen(cmd);
+  int denied = 0;
+  for (const char *d = path;; d++) {
+    const char *e = strchr(d, ':');
+    size_t dl = e ? (size_t)(e - d) : strlen(d);
+    char *f = malloc(dl + 2 + cl + 1);
+    if (!f) return NULL;
+    if (dl == 0) snprintf(f, 2 + cl + 1, "./%s", cmd);
+    else snprintf(f, dl + 1 + cl + 1, "%.*s/%s", (int)dl, d, cmd);
+    struct stat st;
+    if (stat(f, &st) == 0 && S_ISREG(st.st_mode)) {
+      if (access(f, X_OK) == 0) return f;
+      denied = 1;
+    }
+    free(f);
+    if (!e) break;
+    d = e;
+  }
+  errno = denied ? EACCES : ENOENT;
+  return NULL;
+}
+
+int ta_bind_exec_in(const char *lib, char *const argv[], int pythonmalloc, const char *first) {
   if (!lib || !argv || !argv[0]) {
     errno = EINVAL;
     return -1;
   }
   if (access(lib, R_OK) != 0) return -1;
-  if (prepend_preload(lib) != 0) return -1;
-  if (pythonmalloc && setenv("PYTHONMALLOC", "malloc", 1) != 0) return -1;
-  execvp(argv[0], argv);
+  int added = 0;
+  char *path = search_path(first, &added);
+  if (!path) return -1;
+  char *file = ta_bind_which(argv[0], path);
+  if (!file) {
+    int e = errno;
+    free(path);
+    errno = e;
+    return -1;
+  }
+  /* The environment's directory goes in front of PATH for the command too,
+   * as activating it would: an interpreter started as `python3` finds itself
+   * (and its venv) through PATH, and so do the command's own children. */
+  int rc = added ? setenv("PATH", path, 1) : 0;
+  free(path);
+  if (rc != 0 || prepend_preload(lib) != 0 ||
+      (pythonmalloc && setenv("PYTHONMALLOC", "malloc", 1) != 0)) {
+    free(file);
+    return -1;
+  }
+  /* execvp on a path: an executable without a #! line runs under /bin/sh,
+   * as the shell would */
+  execvp(file, argv);
+  int e = errno;
+  free(file);
+  errno = e;
   return -1;
+}
+
+int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc) {
+  return ta_bind_exec_in(lib, argv, pythonmalloc, NULL);
 }
 
 /* ---- the command line the process was started with ----

@@ -169,9 +169,30 @@ int ta_bind_test_gate_state(void);
 
 /* ---- bind_launch.c ---- */
 
-/* Launcher. Prepends `lib` to LD_PRELOAD (keeping what is there, not adding it
- * twice), sets PYTHONMALLOC=malloc when pythonmalloc is non-zero, and execvp's
- * argv[0] with argv. Returns only on failure, with errno set. */
+/* The directories the launcher searches for a command, ':'-separated: `first`
+ * (the running interpreter's environment's bin directory, e.g. a venv's; NULL
+ * or "" for none) in front of PATH (unset: execvp's default), unless PATH
+ * already starts with it. malloc'ed; NULL when out of memory. */
+char *ta_bind_search_path(const char *first);
+
+/* The file a shell would run for `cmd` with search path `path`: cmd itself
+ * when it holds a '/', else the first executable regular file named cmd in
+ * path's directories (an empty entry is the current directory). malloc'ed;
+ * NULL with errno ENOENT (none), or EACCES (only files that are not
+ * executable). */
+char *ta_bind_which(const char *cmd, const char *path);
+
+/* Launcher. Finds argv[0] in ta_bind_search_path(first) (ta_bind_which),
+ * and only then puts `first` in front of PATH (as activating the environment
+ * would: an interpreter started as `python3` finds its venv through PATH),
+ * prepends `lib` to LD_PRELOAD (keeping what is there, not adding it twice),
+ * sets PYTHONMALLOC=malloc when pythonmalloc is non-zero, and execs the file
+ * with argv (argv[0] as given; a file without #! runs under /bin/sh, as
+ * execvp does). Returns only on failure, with errno set (ENOENT: not found,
+ * the environment untouched). */
+int ta_bind_exec_in(const char *lib, char *const argv[], int pythonmalloc, const char *first);
+
+/* ta_bind_exec_in with first = NULL: PATH alone. */
 int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc);
 
 /* `preload`: run this program again, same pid, with the library preloaded.

@@ -217,28 +217,69 @@ fail:
   return -1;
 }
 
+/* exec(lib, argv, pythonmalloc=False, first=None): ta_bind_exec_in. */
 static PyObject *py_exec(PyObject *m, PyObject *args, PyObject *kwargs) {
   (void)m;
-  static char *kwlist[] = {"lib", "argv", "pythonmalloc", NULL};
-  PyObject *lib = NULL, *seq, *keep = NULL;
+  static char *kwlist[] = {"lib", "argv", "pythonmalloc", "first", NULL};
+  PyObject *lib = NULL, *seq, *keep = NULL, *first = Py_None, *first_b = NULL;
   int pythonmalloc = 0;
   char **argv = NULL;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O|p:exec", kwlist, PyUnicode_FSConverter,
-                                   &lib, &seq, &pythonmalloc))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O|pO:exec", kwlist, PyUnicode_FSConverter,
+                                   &lib, &seq, &pythonmalloc, &first))
     return NULL;
-  if (to_argv(seq, &keep, &argv) < 0) {
+  if (first != Py_None && !PyUnicode_FSConverter(first, &first_b)) {
     Py_DECREF(lib);
     return NULL;
   }
-  ta_bind_exec(PyBytes_AsString(lib), argv, pythonmalloc); /* returns only on failure */
+  if (to_argv(seq, &keep, &argv) < 0) {
+    Py_DECREF(lib);
+    Py_XDECREF(first_b);
+    return NULL;
+  }
+  /* returns only on failure */
+  ta_bind_exec_in(PyBytes_AsString(lib), argv, pythonmalloc, first_b ? PyBytes_AsString(first_b) : NULL);
   int e = errno;
   PyObject *name = PyList_GetItem(keep, 0);
   errno = e;
   PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
   Py_DECREF(lib);
+  Py_XDECREF(first_b);
   Py_DECREF(keep);
   PyMem_Free(argv);
   return NULL;
+}
+
+/* search_path(first=None) -> the directories the launcher searches. */
+static PyObject *py_search_path(PyObject *m, PyObject *args) {
+  (void)m;
+  PyObject *first = Py_None, *first_b = NULL;
+  if (!PyArg_ParseTuple(args, "|O:search_path", &first)) return NULL;
+  if (first != Py_None && !PyUnicode_FSConverter(first, &first_b)) return NULL;
+  char *p = ta_bind_search_path(first_b ? PyBytes_AsString(first_b) : NULL);
+  Py_XDECREF(first_b);
+  if (!p) return PyErr_NoMemory();
+  PyObject *r = PyUnicode_DecodeFSDefault(p);
+  free(p);
+  return r;
+}
+
+/* which(cmd, path) -> the file the launcher would run, or None. */
+static PyObject *py_which(PyObject *m, PyObject *args) {
+  (void)m;
+  PyObject *cmd = NULL, *path = NULL;
+  if (!PyArg_ParseTuple(args, "O&O&:which", PyUnicode_FSConverter, &cmd, PyUnicode_FSConverter, &path))
+    return NULL;
+  char *f = ta_bind_which(PyBytes_AsString(cmd), PyBytes_AsString(path));
+  int e = errno;
+  Py_DECREF(cmd);
+  Py_DECREF(path);
+  if (f) {
+    PyObject *r = PyUnicode_DecodeFSDefault(f);
+    free(f);
+    return r;
+  }
+  if (e == ENOMEM) return PyErr_NoMemory();
+  Py_RETURN_NONE;
 }
 
 /* preload(lib, pythonmalloc=False, argv=None, script=None, title_changed=False)
@@ -539,7 +580,12 @@ static PyMethodDef methods[] = {
     {"rss", py_rss, METH_NOARGS, "rss() -> the process's resident set size in bytes"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict of the fields this backend measures"},
     {"exec", (PyCFunction)(void (*)(void))py_exec, METH_VARARGS | METH_KEYWORDS,
-     "exec(lib, argv, pythonmalloc=False): exec argv with lib preloaded; raises OSError"},
+     "exec(lib, argv, pythonmalloc=False, first=None): exec argv with lib preloaded, searched "
+     "in first, then PATH; raises OSError"},
+    {"search_path", py_search_path, METH_VARARGS,
+     "search_path(first=None) -> the directories exec searches, ':'-separated"},
+    {"which", py_which, METH_VARARGS,
+     "which(cmd, path) -> the file exec would run for cmd with search path path, or None"},
     {"preload", (PyCFunction)(void (*)(void))py_preload, METH_VARARGS | METH_KEYWORDS,
      "preload(lib, pythonmalloc=False, argv=None, script=None, title_changed=False) -> "
      "(code, reason): re-execs argv with lib preloaded, or says why not (0: already active); "

@@ -16,7 +16,8 @@ usage: trimalloc run [--pythonmalloc | --no-pythonmalloc] [--] CMD [ARGS...]
 commands:
   run    exec CMD with trimalloc preloaded (the bundled library is prepended to
          LD_PRELOAD); CMD's exit status is the command's own, since it replaces
-         this process. --pythonmalloc also sets PYTHONMALLOC=malloc so that
+         this process. CMD is found as the shell finds it; from a venv, in the
+         venv's bin/ first (put in front of PATH, as activating it would). --pythonmalloc also sets PYTHONMALLOC=malloc so that
          Python's small objects live in trimalloc's pages (default: %s).
   path   print the bundled library's path, for a Dockerfile's
          ENV LD_PRELOAD=...
@@ -59,17 +60,116 @@ def _run(args):
     if not os.path.isfile(lib):
         _err("the bundled library is missing: %s (reinstall trimalloc)" % lib)
         return 1
+    first = _environment_bin()
+    path = _trimalloc.search_path(first)
+    found = _trimalloc.which(cmd[0], path)
+    if found:
+        _warn_other_python(cmd, found, first, path)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        _trimalloc.exec(lib, cmd, pythonmalloc)
+        _trimalloc.exec(lib, cmd, pythonmalloc, first)
     except OSError as e:
         if e.errno == errno.ENOENT:
-            _err("cannot run %r: command not found" % cmd[0])
+            if "/" in cmd[0]:
+                _err("cannot run %r: no such file" % cmd[0])
+            else:
+                _err("cannot run %r: command not found in %s" % (cmd[0], path))
+                module = _runnable_module(cmd[0])
+                if module:
+                    _hint(cmd, module, path, first)
             return 127
         _err("cannot run %r: %s" % (cmd[0], e.strerror))
         return 126
     return 1  # not reached: exec returns only by raising
+
+
+def _environment_bin():
+    # type: () -> Optional[str]
+    """The bin directory of the venv this interpreter runs in, or None (not
+    in a venv). `trimalloc run` searches it first and puts it in front of
+    PATH, as activating the venv would."""
+    if sys.prefix == getattr(sys, "base_prefix", sys.prefix):
+        return None
+    d = os.path.join(sys.prefix, "bin")
+    return d if os.path.isdir(d) else None
+
+
+def _runnable_module(name):
+    # type: (str) -> Optional[str]
+    """The module `python -m` would run for a command name, when this Python
+    has it (found, not imported): celery, gunicorn, pytest..."""
+    import importlib.util
+    for mod in (name, name.replace("-", "_")):
+        if not mod.isidentifier():
+            continue
+        try:
+            spec = importlib.util.find_spec(mod)
+        except (ImportError, ValueError):
+            continue
+        if spec is None:
+            continue
+        dirs = spec.submodule_search_locations
+        if dirs is None or any(os.path.isfile(os.path.join(d, "__main__.py")) for d in dirs):
+            return mod
+    return None
+
+
+def _python_name(path, first):
+    # type: (str, Optional[str]) -> str
+    """How to name this interpreter on the launcher's command line: python3
+    when the launcher finds this environment's under that name, else its path."""
+    found = _trimalloc.which("python3", path)
+    if found:
+        if first is not None:
+            if os.path.dirname(os.path.abspath(found)) == first:
+                return "python3"
+        elif os.path.realpath(found) == os.path.realpath(sys.executable):
+            return "python3"
+    return sys.executable
+
+
+def _suggestion(cmd, module, path, first):
+    # type: (List[str], str, str, Optional[str]) -> str
+    import shlex
+    args = [_python_name(path, first), "-m", module] + cmd[1:]
+    return "trimalloc run -- " + " ".join(shlex.quote(a) for a in args)
+
+
+def _hint(cmd, module, path, first):
+    # type: (List[str], str, str, Optional[str]) -> None
+    sys.stderr.write("trimalloc: this Python has the module %r; run it with: %s\n"
+                     % (module, _suggestion(cmd, module, path, first)))
+
+
+def _warn_other_python(cmd, found, first, path):
+    # type: (List[str], str, Optional[str], str) -> None
+    """In a venv, a script found outside it whose #! names another Python
+    (Debian's /usr/bin/gunicorn: #!/usr/bin/python3) cannot import the venv's
+    packages: says so, and how to run the module in the venv, once."""
+    if first is None or os.path.dirname(os.path.abspath(found)) == first:
+        return
+    try:
+        with open(found, "rb") as f:
+            line = f.readline(512)
+    except OSError:
+        return
+    if not line.startswith(b"#!"):
+        return
+    words = line[2:].split()
+    if not words:
+        return
+    interp = os.fsdecode(words[0])
+    if os.path.basename(interp) == "env" and len(words) > 1:
+        return  # "#!/usr/bin/env python3": found through PATH, this venv's first
+    if not os.path.basename(interp).startswith("python") or os.path.dirname(interp) == first:
+        return
+    module = _runnable_module(cmd[0])
+    if not module:
+        return
+    sys.stderr.write("trimalloc: warning: %s runs %s, not this venv's Python, and will not see "
+                     "the venv's packages; to run it in the venv: %s\n"
+                     % (found, interp, _suggestion(cmd, module, path, first)))
 
 
 def _purger_state():

@@ -82,6 +82,105 @@ def test_launcher_says_when_the_command_is_not_found(tmp_path):
     assert p.returncode == 126 and str(plain) in p.stderr
 
 
+VENV_BIN = os.path.join(sys.prefix, "bin")
+in_venv = pytest.mark.skipif(sys.prefix == sys.base_prefix,
+                             reason="not running from a venv (script/test-python installs one)")
+SITE = str(Path(trimalloc.__file__).resolve().parents[1])  # where the package is installed
+PRINT_PREFIX_AND_PATH = "import os, sys; print(sys.prefix); print(os.environ['PATH'])"
+
+
+@in_venv
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_launcher_from_a_venv_not_activated_runs_the_venvs_python3(launcher):
+    # as if the venv were activated: found there first, and in front of PATH
+    # for the command, where the interpreter started as `python3` finds itself
+    p = launch(launcher, "run", "--", "python3", "-c", PRINT_PREFIX_AND_PATH,
+               env=child_env(False, PATH="/usr/bin:/bin"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [sys.prefix, VENV_BIN + ":/usr/bin:/bin"]
+
+
+@in_venv
+def test_launcher_from_an_activated_venv_leaves_path_as_it_is():
+    path = VENV_BIN + ":/usr/bin:/bin"
+    p = launch("script", "run", "--", "python3", "-c", PRINT_PREFIX_AND_PATH,
+               env=child_env(False, PATH=path))
+    assert p.stdout.splitlines() == [sys.prefix, path], p.stderr
+
+
+def test_launcher_on_the_system_python_searches_path_alone():
+    env = child_env(False, PATH="/usr/bin:/bin", PYTHONPATH=SITE)
+    p = subprocess.run(["/usr/bin/python3", "-m", "trimalloc", "run", "--", "python3", "-c",
+                        PRINT_PREFIX_AND_PATH], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert p.stdout.splitlines() == ["/usr", "/usr/bin:/bin"], p.stderr
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_launcher_finds_a_command_where_the_shell_does(tmp_path, shell):
+    a, b, c = (tmp_path / d for d in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    (a / "tool").write_text("#!/bin/sh\necho a\n")  # not executable: skipped
+    (b / "tool").write_text("#!/bin/sh\necho b\n")
+    (b / "tool").chmod(0o755)
+    (c / "tool").mkdir()  # a directory: skipped
+    (b / "plain").write_text("echo plain, run by sh\n")  # no #!: sh runs it
+    (b / "plain").chmod(0o755)
+    (a / "denied").write_text("echo no\n")
+    cases = [("%s:%s:%s:/usr/bin:/bin" % (c, a, b), "tool"), ("%s:%s" % (a, b), "plain"),
+             (":/usr/bin:/bin", "tool"),  # an empty entry: the current directory (b)
+             ("%s:/usr/bin:/bin" % a, "denied"), ("%s:/usr/bin:/bin" % a, "missing-tool")]
+    for path, cmd in cases:
+        env = child_env(False, PATH=path)
+        ours = subprocess.run([sys.executable, "-m", "trimalloc", "run", "--", cmd], env=env,
+                              cwd=str(b), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=60)
+        theirs = subprocess.run([shell, "-c", 'exec "$0"', cmd], env=env, cwd=str(b),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=60)
+        assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), (
+            path, cmd, ours.stderr, theirs.stderr)
+    assert (theirs.returncode, ours.stdout) == (127, "")  # the last case: not found
+
+
+def test_launcher_says_what_it_searched_and_how_to_run_a_module():
+    if subprocess.run(["sh", "-c", "command -v celery"], env=child_env(False, PATH="/usr/bin:/bin"),
+                      stdout=subprocess.DEVNULL).returncode == 0:
+        pytest.skip("a celery script is installed (Debian's python3-celery has none)")
+    p = launch("module", "run", "--", "celery", "-A", "proj", "worker",
+               env=child_env(False, PATH="/usr/bin:/bin"))
+    assert p.returncode == 127 and p.stdout == ""
+    searched = (VENV_BIN + ":" if sys.prefix != sys.base_prefix else "") + "/usr/bin:/bin"
+    python = "python3" if sys.prefix != sys.base_prefix else sys.executable
+    assert p.stderr == (
+        "trimalloc: error: cannot run 'celery': command not found in %s\n"
+        "trimalloc: this Python has the module 'celery'; run it with: "
+        "trimalloc run -- %s -m celery -A proj worker\n" % (searched, python))
+    p = launch("module", "run", "--", "no-such-command-trimalloc", env=child_env(False, PATH="/usr/bin"))
+    assert p.stderr.endswith("command not found in %s/usr/bin\n" % searched[:-len("/usr/bin:/bin")])
+    p = launch("module", "run", "--", "/no/such/dir/tool")
+    assert (p.returncode, p.stderr) == (127, "trimalloc: error: cannot run '/no/such/dir/tool': no such file\n")
+
+
+@in_venv
+def test_launcher_in_a_venv_warns_when_the_command_is_another_pythons_script(tmp_path):
+    # Debian's /usr/bin/gunicorn is "#!/usr/bin/python3": it cannot import the venv's packages
+    (tmp_path / "gunicorn").write_text("#!/usr/bin/python3\nimport sys\nprint(sys.prefix)\n")
+    (tmp_path / "gunicorn").chmod(0o755)
+    env = child_env(False, PATH="%s:/usr/bin:/bin" % tmp_path)
+    p = launch("script", "run", "--", "gunicorn", "-c", "gunicorn.conf.py", "app:app", env=env)
+    assert (p.returncode, p.stdout) == (0, "/usr\n"), p.stderr  # run all the same
+    assert p.stderr == (
+        "trimalloc: warning: %s runs /usr/bin/python3, not this venv's Python, and will not see "
+        "the venv's packages; to run it in the venv: "
+        "trimalloc run -- python3 -m gunicorn -c gunicorn.conf.py app:app\n" % (tmp_path / "gunicorn"))
+    # the venv's own scripts, and commands that are no Python module, run without a word
+    for cmd in (["trimalloc", "--version"], ["sh", "-c", "exit 0"]):
+        p = launch("script", "run", "--", *cmd, env=env)
+        assert p.returncode == 0 and p.stderr == "", (cmd, p.stderr)
+
+
 def test_launcher_usage_errors():
     for args, text in ((["run"], "no command"), (["run", "--bogus", "--", "true"], "--bogus"),
                        (["frobnicate"], "frobnicate"), (["path", "x"], "no arguments")):

@@ -39,12 +39,30 @@ class LauncherTest < Minitest::Test
     assert_equal library, out, "not added twice"
   end
 
-  def test_launcher_reports_missing_command
+  def test_launcher_reports_missing_command_and_where_it_looked
     library
-    out, err, st = trimalloc("run", "--", "no-such-command-trimalloc")
+    out, err, st = trimalloc("run", "--", "no-such-command-trimalloc", env: { "PATH" => "/nonexistent:/usr/bin:/bin" })
     assert_equal 127, st.exitstatus
     assert_empty out
-    assert_equal "trimalloc: run: no-such-command-trimalloc: command not found\n", err
+    assert_equal "trimalloc: run: no-such-command-trimalloc: command not found in /nonexistent:/usr/bin:/bin\n", err
+    _, err, st = trimalloc("run", "--", "/no/such/dir/tool")
+    assert_equal [127, "trimalloc: run: /no/such/dir/tool: no such file\n"], [st.exitstatus, err]
+  end
+
+  # The same search as the Python launcher's (core/bind): the first
+  # executable file in PATH order, as /bin/sh finds it.
+  def test_launcher_finds_a_command_where_the_shell_does
+    Dir.mktmpdir do |dir|
+      a, b = %w[a b].map { |d| File.join(dir, d).tap { |p| Dir.mkdir(p) } }
+      File.write(File.join(a, "tool"), "#!/bin/sh\necho a\n") # not executable: skipped
+      File.write(File.join(b, "tool"), "#!/bin/sh\necho b\n")
+      File.chmod(0o755, File.join(b, "tool"))
+      env = { "PATH" => "#{a}:#{b}:/usr/bin:/bin" }
+      out, err, st = trimalloc("run", "--", "tool", env: env)
+      assert st.success?, err
+      assert_equal Open3.capture2(child_env(env: env), "/bin/sh", "-c", "tool").first, out
+      assert_equal "b\n", out
+    end
   end
 
   def test_launcher_unknown_command_prints_usage_exit_2

@@ -2,6 +2,7 @@
  * `require "trimalloc/preload"`. Both replace the process image; the Ruby
  * side flushes its IO buffers first. */
 #include <errno.h>
+#include <stdlib.h>
 
 #include "trimalloc_ext.h"
 
@@ -32,6 +33,17 @@ static VALUE m_exec_preloaded(VALUE self, VALUE lib, VALUE argv) {
   rb_syserr_fail_str(err, rb_ary_entry(held, 0));
 }
 
+/* Trimalloc.search_path (private): the directories exec_preloaded searches
+ * for a command (PATH, or execvp's default when it is unset), for the
+ * launcher's "command not found" line. */
+static VALUE m_search_path(VALUE self) {
+  char *p = ta_bind_search_path(NULL);
+  if (!p) rb_memerror();
+  VALUE s = rb_str_new_cstr(p);
+  free(p);
+  return s;
+}
+
 /* Trimalloc.preload_reexec(lib, script, title_changed) (private): the
  * shared preload (ta_bind_preload_req, from the command line the process was
  * started with). Re-executes, or returns [code, reason]: 0 already active,
@@ -60,5 +72,6 @@ void ta_rb_init_launcher(void) {
   VALUE s = rb_singleton_class(ta_rb_mTrimalloc);
   rb_define_private_method(s, "exec_preloaded", m_exec_preloaded, 2);
   rb_define_private_method(s, "preload_reexec", m_preload_reexec, 3);
+  rb_define_private_method(s, "search_path", m_search_path, 0);
   rb_define_singleton_method(ta_rb_mTrimalloc, "forked_child?", m_forked_child_p, 0);
 }

@@ -48,7 +48,8 @@ module Trimalloc
       begin
         Trimalloc.exec(*args)
       rescue Errno::ENOENT
-        err.puts "trimalloc: run: #{args.first}: command not found"
+        where = args.first.include?("/") ? "no such file" : "command not found in #{Trimalloc.send(:search_path)}"
+        err.puts "trimalloc: run: #{args.first}: #{where}"
         127
       rescue Errno::EACCES, Errno::ENOEXEC => e
         err.puts "trimalloc: run: #{args.first}: cannot execute (#{e.message})"

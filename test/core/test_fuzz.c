@@ -31,7 +31,13 @@
  *  - deliberate misuse (free or realloc of a pointer into a block, of a free
  *    or never-handed-out block, of a stack or static address, a double free),
  *    only in a forked child, must abort with a `trimalloc: error:` line (at
- *    the latest at the trim that follows).
+ *    the latest at the trim that follows);
+ *  - fork from any thread while the others work (their caches full, a
+ *    transfer cache draining, a trim or a purge under way): the child (its
+ *    only thread) finds trimalloc_check() true, this thread's blocks as
+ *    written, frees them, trims, and allocates, writes, reads back and frees
+ *    256 blocks of 1 B..64 KiB, within 10 s (30 s sanitized). Not with
+ *    several threads under qemu-user, which is not reliable there.
  *
  * Reproducible: every run prints its seed. A thread's operations come from
  * its own stream of the seed and do not depend on the addresses returned, so
@@ -176,13 +182,14 @@ enum {
   OP_CPU,   /* the thread moves to another CPU (whose arena its refills then use), or may run anywhere */
   OP_GIVE,  /* a burst of one size given away but the first block in each 64 KiB: others empty slabs */
   OP_STATS, /* stats, stats_json, option_name/option_get, version: read while the others allocate */
+  OP_FORK,  /* fork (the others at any point of their work): the child checks, reads, frees and reuses */
   OP_KINDS
 };
 static const char *const op_names[OP_KINDS] = {
     "malloc",      "calloc",       "realloc", "realloc(rel)", "reallocarray", "aligned",    "free",
     "usable_size", "verify",       "trim",    "trim_idle",    "malloc_trim",  "option_set", "put",
     "take",        "failing call", "check",   "misuse",       "pause",        "cpu",          "give",
-    "stats"};
+    "stats",       "fork"};
 
 typedef struct {
   uint8_t kind, sub;
@@ -285,7 +292,7 @@ static const struct {
     {OP_ALIGNED, 80},  {OP_FREE, 200},      {OP_USABLE, 40},   {OP_VERIFY, 40},      {OP_TRIM, 6},
     {OP_TRIM_IDLE, 6}, {OP_MALLOC_TRIM, 3}, {OP_OPTION, 10},   {OP_PUT, 50},         {OP_TAKE, 50},
     {OP_FAIL, 15},     {OP_CHECK, 4},       {OP_MISUSE, 1},    {OP_PAUSE, 2},        {OP_CPU, 20},
-    {OP_GIVE, 20},     {OP_STATS, 10},
+    {OP_GIVE, 20},     {OP_STATS, 10},      {OP_FORK, 3},
 };
 
 static int op_total; /* the weights' sum (main) */
@@ -379,6 +386,9 @@ static op_t gen_op(uint64_t *r) {
       break;
     case OP_PAUSE:
       op.a = rnd(r, 3000); /* microseconds */
+      break;
+    case OP_FORK:
+      op.a = rng_next(r); /* the sizes the child allocates */
       break;
     case OP_CPU:
       op.a = rnd(r, 1024);     /* the n-th allowed CPU, n = a % their count */
@@ -485,6 +495,10 @@ static void op_format(const op_t *op, char *buf, size_t n) {
     case OP_CHECK:
       snprintf(buf, n, "trimalloc_check()");
       break;
+    case OP_FORK:
+      snprintf(buf, n, "fork; the child checks the heap, reads and frees this thread's blocks, trims, "
+                       "allocates 256 blocks (sizes from %llu)", (unsigned long long)op->a);
+      break;
     case OP_PAUSE:
       snprintf(buf, n, "pause %llu us (multithreaded only)", (unsigned long long)op->a);
       break;
@@ -527,6 +541,7 @@ enum {
   K_TRIM_LEFT,    /* a trim left free memory for the next one */
   K_MISUSE,       /* misuse accepted (or not stopped with an abort and one line) */
   K_MODEL,        /* the fuzzer's own bookkeeping (a bug here, or memory corrupted) */
+  K_FORK,         /* a fork child found its heap wrong (or died, or hung) */
   K_SIGNAL = 100, /* + signal: the process died */
   K_EXIT = 200    /* + status: exited unexpectedly (a sanitizer report) */
 };
@@ -543,7 +558,8 @@ static const char *const kind_names[] = {"ok",
                                          "trim raised RSS",
                                          "trim left free memory",
                                          "misuse not stopped",
-                                         "model"};
+                                         "model",
+                                         "fork child"};
 
 static void kind_format(int kind, char *buf, size_t n) {
   if (kind >= K_EXIT)
@@ -1227,6 +1243,85 @@ static bool do_misuse(fz_t *z, const op_t *op) {
   return true;
 }
 
+/* fork, with the other threads (multithreaded runs) anywhere in their work:
+ * their caches full, a transfer cache being drained, a trim or a purge under
+ * way. The child (its only thread) must find a sound heap: trimalloc_check,
+ * this thread's blocks as written, all of them freed, a trim, and 256 blocks
+ * of 1 B..64 KiB allocated, written, read back and freed (at most 16 live). */
+static const char *fork_child(fz_t *z, const op_t *op) {
+  if (!trimalloc_check()) return "trimalloc_check() failed at the start of the child";
+  for (unsigned i = 0; i < NSLOTS; i++) {
+    blk_t *b = &z->slot[i];
+    if (!b->p) continue;
+    if (layout_bad(b->p, b->usable, b->id, SIZE_MAX) != SIZE_MAX) return "a block of the forking thread reads wrong";
+    trimalloc_free(b->p);
+  }
+  trimalloc_trim();
+  if (!trimalloc_check()) return "trimalloc_check() failed after the frees and a trim";
+  uint8_t *live[16] = {0};
+  size_t len[16] = {0};
+  for (unsigned k = 0; k < 256 + 16; k++) {
+    unsigned j = k % 16;
+    if (live[j]) {
+      for (size_t i = 0; i < len[j]; i++)
+        if (live[j][i] != (uint8_t)(k - 16)) return "a block allocated in the child reads wrong";
+      trimalloc_free(live[j]);
+      live[j] = NULL;
+    }
+    if (k >= 256) continue;
+    len[j] = 1 + (size_t)(mix64(op->a + k) % (64 * 1024));
+    if (!(live[j] = trimalloc_malloc(len[j]))) return "malloc failed in the child";
+    memset(live[j], (uint8_t)k, len[j]);
+  }
+  if (!trimalloc_check()) return "trimalloc_check() failed after the child's allocations";
+  return NULL;
+}
+
+static bool do_fork(fz_t *z, const op_t *op) {
+  /* qemu-user itself is not reliable when a thread maps while another forks
+   * (test_fork.c) */
+  if (cfg.threads > 1 && test_runner()) return true;
+  int pfd[2];
+  if (pipe(pfd) != 0) return fail(z, K_MODEL, "pipe: %s", strerror(errno));
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return fail(z, K_MODEL, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    close(pfd[0]);
+    dup2(pfd[1], 2);
+    alarm(TEST_SANITIZED ? 30 : 10);       /* a child that hangs on a lock held at the fork fails */
+    trimalloc_option_set("background", 0); /* no thread may start in this child */
+    const char *why = fork_child(z, op);
+    if (why) {
+      fprintf(stderr, "%s\n", why);
+      _exit(1);
+    }
+    _exit(43);
+  }
+  close(pfd[1]);
+  char out[512];
+  size_t len = 0;
+  for (;;) {
+    ssize_t r = read(pfd[0], out + len, sizeof out - 1 - len);
+    if (r > 0)
+      len += (size_t)r;
+    else if (r == 0 || errno != EINTR)
+      break;
+  }
+  out[len] = 0;
+  close(pfd[0]);
+  int st;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  char *nl = strchr(out, '\n');
+  if (nl) *nl = 0;
+  EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 43, K_FORK, "fork: the child %s %d: %s",
+         WIFSIGNALED(st) ? "died of signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+         WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM ? "it hung" : out);
+  return true;
+}
+
 /* Resident anonymous memory, exactly: smaps_rollup's Anonymous (a page-table
  * walk). statm is not exact: the kernel keeps RSS in per-CPU counters that it
  * folds in batches, so statm could move by pages while nothing was touched. */
@@ -1533,6 +1628,8 @@ static bool exec_op(fz_t *z, const op_t *op) {
       return true;
     case OP_MISUSE:
       return !cfg.misuse || cfg.threads != 1 || do_misuse(z, op);
+    case OP_FORK:
+      return do_fork(z, op);
     case OP_CPU:
       cpu_move(op);
       return true;

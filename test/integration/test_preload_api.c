@@ -160,6 +160,76 @@ static void test_glibc_internal_allocations(void) {
   CHECK("scandir entries are trimalloc's", ok);
 }
 
+/* glibc's introspection answers for trimalloc's heap (core/compat.c). Looked
+ * up by name with the structs written out: musl declares none of these. */
+struct mi2 {
+  size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+};
+struct mi {
+  int arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+};
+
+static int is_trimallocs(const char *name) {
+  Dl_info a, b;
+  void *f = dlsym(RTLD_DEFAULT, name), *t = dlsym(RTLD_DEFAULT, "trimalloc_malloc");
+  return f && dladdr(f, &a) && dladdr(t, &b) && a.dli_fbase == b.dli_fbase;
+}
+
+static void test_introspection_is_trimallocs(void) {
+  struct mi2 (*mallinfo2_f)(void) = (struct mi2(*)(void))dlsym(RTLD_DEFAULT, "mallinfo2");
+  struct mi (*mallinfo_f)(void) = (struct mi(*)(void))dlsym(RTLD_DEFAULT, "mallinfo");
+  int (*mallopt_f)(int, int) = (int (*)(int, int))dlsym(RTLD_DEFAULT, "mallopt");
+  int (*info_f)(int, FILE *) = (int (*)(int, FILE *))dlsym(RTLD_DEFAULT, "malloc_info");
+  void (*mstats_f)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "malloc_stats");
+  void (*cfree_f)(void *) = (void (*)(void *))dlsym(RTLD_DEFAULT, "cfree");
+  CHECK("mallinfo2, mallinfo, mallopt, malloc_info, malloc_stats, cfree are trimalloc's",
+        is_trimallocs("mallinfo2") && is_trimallocs("mallinfo") && is_trimallocs("mallopt") &&
+            is_trimallocs("malloc_info") && is_trimallocs("malloc_stats") && is_trimallocs("cfree"));
+  if (!mallinfo2_f || !mallinfo_f || !mallopt_f || !info_f || !mstats_f || !cfree_f) return;
+  /* 3 MiB more in live blocks shows in uordblks, as in trimalloc_stats' allocated */
+  struct mi2 a = mallinfo2_f();
+  char *p = v_malloc(3u << 20);
+  memset(p, 1, 3u << 20);
+  struct mi2 b = mallinfo2_f();
+  trimalloc_stats_t s;
+  ta_stats(&s, sizeof s);
+  CHECK("mallinfo2: uordblks grows by a 3 MiB block", b.uordblks >= a.uordblks + (3u << 20));
+  CHECK("mallinfo2: arena (resident) holds what is in use", b.arena >= b.uordblks && b.uordblks > 0);
+  CHECK("mallinfo2: uordblks is trimalloc's allocated", b.uordblks <= s.allocated + (1u << 20) &&
+                                                            s.allocated <= b.uordblks + (1u << 20));
+  struct mi m = mallinfo_f();
+  CHECK("mallinfo: the same, in ints", m.uordblks >= (3 << 20) && (size_t)m.uordblks <= s.allocated + (1u << 20));
+  cfree_f(p);
+  CHECK("cfree frees", mallinfo2_f().uordblks + (3u << 20) <= b.uordblks + (64u << 10));
+  CHECK("mallopt(M_MMAP_THRESHOLD): 0, no such knob", mallopt_f(-3, 1 << 20) == 0);
+  long long arenas = -1;
+  int (*opt_get)(const char *, long long *) =
+      (int (*)(const char *, long long *))dlsym(RTLD_DEFAULT, "trimalloc_option_get");
+  int r = mallopt_f(-8, 2);
+  CHECK("mallopt(M_ARENA_MAX, 2) sets arenas", r == 1 && opt_get && opt_get("arenas", &arenas) == 0 && arenas == 2);
+  char buf[2048] = {0};
+  FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+  int ir = f ? info_f(0, f) : -1;
+  if (f) fclose(f);
+  CHECK("malloc_info writes an XML document", ir == 0 && strstr(buf, "<malloc version=\"trimalloc-1\">") &&
+                                                  strstr(buf, "</malloc>"));
+  errno = 0;
+  CHECK("malloc_info(1, ...): EINVAL", info_f(1, stdout) == -1 && errno == EINVAL);
+  int fds[2];
+  if (pipe(fds) == 0) {
+    int saved = dup(2);
+    dup2(fds[1], 2);
+    mstats_f();
+    dup2(saved, 2);
+    close(saved);
+    close(fds[1]);
+    char out[1024] = {0};
+    ssize_t n = read(fds[0], out, sizeof out - 1);
+    close(fds[0]);
+    CHECK("malloc_stats prints the heap's bytes to stderr", n > 0 && strstr(out, "in use bytes"));
+  }
+}
+
 int main(void) {
   ta_stats = (int (*)(trimalloc_stats_t *, size_t))dlsym(RTLD_DEFAULT, "trimalloc_stats");
   ta_usable = (size_t(*)(const void *))dlsym(RTLD_DEFAULT, "trimalloc_malloc_usable_size");
@@ -170,5 +240,6 @@ int main(void) {
   test_every_function_is_trimallocs();
   test_errors_through_standard_names();
   test_glibc_internal_allocations();
+  test_introspection_is_trimallocs();
   return failures ? 1 : 0;
 }

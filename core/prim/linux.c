@@ -158,8 +158,67 @@ unsigned ta_prim_cpu(void) {
   return c < 0 ? 0 : (unsigned)c;
 }
 
+/* The CPU quota of the process's cgroup (v2) and of its ancestors, in CPUs
+ * rounded up (cpu.max "quota period"); 0 when none is set or it cannot be
+ * read. No allocation: the paths are built on the stack. */
+static unsigned cgroup_cpus(void) {
+  char path[512] = "/sys/fs/cgroup", buf[512];
+  int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t r = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (r <= 3) return 0;
+  buf[r] = 0;
+  char *line = strstr(buf, "0::/"); /* the v2 hierarchy's line */
+  if (!line || (line != buf && line[-1] != '\n')) return 0;
+  line += 3;
+  size_t base = strlen(path), len = strcspn(line, "\n");
+  if (base + len + sizeof "/cpu.max" > sizeof path) return 0;
+  memcpy(path + base, line, len);
+  path[base + len] = 0;
+  unsigned best = 0;
+  for (;;) { /* this cgroup, then each ancestor up to the root */
+    size_t at = strlen(path);
+    memcpy(path + at, "/cpu.max", sizeof "/cpu.max");
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    path[at] = 0;
+    if (fd >= 0) {
+      r = read(fd, buf, sizeof buf - 1);
+      close(fd);
+      unsigned long quota = 0, period = 0;
+      const char *p = buf;
+      if (r > 0 && buf[0] >= '0' && buf[0] <= '9') {
+        buf[r] = 0;
+        while (*p >= '0' && *p <= '9') quota = quota * 10 + (unsigned long)(*p++ - '0');
+        while (*p == ' ') p++;
+        while (*p >= '0' && *p <= '9') period = period * 10 + (unsigned long)(*p++ - '0');
+        if (quota && period) {
+          unsigned c = (unsigned)((quota + period - 1) / period);
+          if (!best || c < best) best = c;
+        }
+      }
+    }
+    char *slash = strrchr(path, '/');
+    if (at <= sizeof "/sys/fs/cgroup" - 1 || !slash) break;
+    *slash = 0;
+  }
+  return best;
+}
+
+/* The CPUs this process may run on: the online CPUs, no more than its
+ * affinity mask holds, and no more than its cgroup's CPU quota (a container
+ * limited to 2 CPUs on a 64-CPU host gets the arenas of 2). */
 unsigned ta_prim_ncpus(void) {
+  int saved = errno;
   long n = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    long c = CPU_COUNT(&set);
+    if (c > 0 && (n <= 0 || c < n)) n = c;
+  }
+  unsigned q = cgroup_cpus();
+  if (q && (n <= 0 || (long)q < n)) n = (long)q;
+  errno = saved;
   return n > 0 ? (unsigned)n : 1;
 }
 

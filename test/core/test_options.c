@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 
 #include "check.h"
+#include "../../core/prim.h" /* ta_prim_ncpus: internal, linked from the static library */
 
 static const char *const known[] = {"purge_delay_ms", "unmap_delay_ms", "show_stats", "verbose"};
 #define N_KNOWN 4
@@ -291,6 +292,32 @@ static void test_env_verbose_says_active(void) {
         r.err);
 }
 
+/* The default arena count (one per 4 CPUs) counts the CPUs the process may
+ * run on: with its affinity set to one CPU, one CPU (the host's count
+ * before). The cgroup v2 quota (cpu.max) is read the same way; this machine's
+ * hybrid cgroups cannot show it. */
+static void test_cpus_are_the_process_s(void) {
+  unsigned all = ta_prim_ncpus();
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  CHECK(all >= 1 && (long)all <= online, "ta_prim_ncpus %u of %ld online", all, online);
+  if (online < 2) {
+    fprintf(stdout, "   skipped the affinity case: one CPU online\n");
+    return;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu() > 0 ? sched_getcpu() : 0, &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0) _exit(100);
+    _exit((int)ta_prim_ncpus());
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1, "with one CPU in its affinity mask the process counts %d CPUs",
+        WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "--child-options")) return child_options();
   ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
@@ -305,5 +332,6 @@ int main(int argc, char **argv) {
   RUN(test_env_bad_values_warn_once);
   RUN(test_env_show_stats_prints_at_exit);
   RUN(test_env_verbose_says_active);
+  RUN(test_cpus_are_the_process_s);
   return check_summary();
 }

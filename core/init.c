@@ -10,7 +10,12 @@ static __thread int in_init __attribute__((tls_model("initial-exec")));
 
 /* Fork: every lock is taken before and released in the parent; in the child
  * they are reset, threads that do not exist there lose their caches (their
- * memory stays in the arenas), and the background purger restarts lazily. */
+ * memory stays in the arenas), and the background purger restarts lazily.
+ * Not init_lock: init registers these handlers while it holds init_lock, and
+ * glibc holds its own atfork lock across the prepare handlers, so taking
+ * init_lock here would deadlock a fork against another thread's first init.
+ * No child needs it: ta_initialized is set before the handlers exist, and
+ * init_lock is only taken while it is not. */
 static void fork_prepare(void) {
   ta_tcaches_fork_prepare();
   ta_purge_fork_prepare();
@@ -38,7 +43,10 @@ void ta_process_init(void) {
     in_init = 1;
     size_t ps = ta_prim_page_size();
     ta_ospage_shift = (size_t)__builtin_ctzll(ps < 4096 ? 4096 : ps);
-    if (ps > TA_SLICE_SIZE) ta_say("warning: OS pages over 64 KiB are not supported", "", "", "", "");
+    /* The layout (64 KiB slices, the per-page counts) assumes pages of 4 to
+     * 64 KiB, which is every Linux page size in use; past that, refuse in one
+     * line rather than run with shifts that go negative. */
+    if (ps > TA_SLICE_SIZE) ta_error("OS pages over 64 KiB are not supported; this page size (bytes)", (void *)ps);
     ta_size_init();
     ta_cookie = (uintptr_t)ta_prim_random(); /* slab.c sets it in blocks, tcache.c and alloc.c check it */
     ta_link_secret = (uintptr_t)ta_prim_random() & ~(uintptr_t)(TA_ALIGN - 1); /* keeps links aligned */

@@ -172,3 +172,19 @@ def test_gunicorn_uvicorn_workers_with_the_readme_config_trim_after_a_burst(serv
     for w in workers:
         assert log.count("trimalloc: worker %d: uvicorn.workers.UvicornWorker never calls "
                          "post_request; trimalloc.asgi's middleware trims instead" % w) == 1, log
+
+
+def test_uvicorn_workers_with_the_preload_line_in_the_app_come_up_on_glibc_and_warn_once(server_cmd):
+    # uvicorn spawns each worker (`python -c ...`), which imports the
+    # application module: the line there refuses (one warning per worker) and
+    # the worker serves on glibc; the middleware still trims (malloc_trim).
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "--workers", "2", "--host", "127.0.0.1", "--port",
+           str(port), "probe_async:asgi_app"]
+    s = server_cmd(cmd, port, TA_HOOK="asgi", TA_PRELOAD_IN="probe_async.py")
+    workers = started(s, 2)
+    assert not maps_trimalloc(s.pid)
+    check_async_workers(port, workers, backend="glibc")
+    log = s.log()
+    assert log.count("RuntimeWarning: trimalloc.preload: the program came from -c") == 2, log
+    assert "Traceback" not in log and len(STARTED.findall(log)) == 2, log

@@ -20,7 +20,6 @@ it cannot reach the application (another worker class, an aiohttp
 application already started), it logs one warning at worker start naming what
 to use instead.
 """
-import asyncio
 import logging
 import sys
 from typing import Any, Callable, Optional, Tuple
@@ -114,7 +113,7 @@ def reach_app(worker):
     try:
         if _aiohttp_app(app) is not None:
             return "info", head + _into_aiohttp(_aiohttp_app(app), requests)
-        if _is(worker, {_AIOHTTP_WORKER}) and asyncio.iscoroutinefunction(app):
+        if _is(worker, {_AIOHTTP_WORKER}) and sys.modules["asyncio"].iscoroutinefunction(app):
             factory = app
 
             async def app_with_trim():  # type: ignore[no-untyped-def]

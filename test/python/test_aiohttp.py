@@ -19,7 +19,7 @@ import trimalloc.aiohttp  # noqa: E402
 import trimalloc.gunicorn  # noqa: E402
 from trimalloc import _trimalloc  # noqa: E402
 from conftest import (FIXTURES, check_async_workers, children_of, fresh_rate_limit,  # noqa: E402
-                      free_port, maps_trimalloc, wait_for)
+                      free_port, maps_trimalloc, run_py, wait_for)
 
 BOOTED = re.compile(r"Booting worker with pid: (\d+)")
 
@@ -142,6 +142,12 @@ def test_middleware_arguments():
     app.freeze()
     with pytest.raises(ValueError, match="frozen"):
         trimalloc.aiohttp.install(app)
+
+
+def test_the_sync_hooks_do_not_load_asyncio():
+    # asyncio costs `import trimalloc` 90 ms: only the async hooks use it, where it is loaded.
+    run_py("import sys, trimalloc, trimalloc.gc, trimalloc.wsgi, trimalloc.gunicorn\n"
+           "assert 'asyncio' not in sys.modules, sorted(sys.modules)")
 
 
 # ---- gunicorn's post_worker_init, with worker classes that never call post_request ----

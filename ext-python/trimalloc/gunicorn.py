@@ -118,11 +118,13 @@ def reach_app(worker):
 
             async def app_with_trim():  # type: ignore[no-untyped-def]
                 made = await factory()
-                if _aiohttp_app(made) is not None:
-                    line = head + _into_aiohttp(_aiohttp_app(made), requests)
-                else:
-                    line = head + _INSTEAD
-                getattr(worker, "log", logging.getLogger("gunicorn.error")).info(line)
+                level, line = "warning", head + _INSTEAD
+                try:
+                    if _aiohttp_app(made) is not None:
+                        level, line = "info", head + _into_aiohttp(_aiohttp_app(made), requests)
+                except ValueError as e:  # a frozen application
+                    line = head + "%s; %s" % (e, _INSTEAD)
+                getattr(getattr(worker, "log", None) or logging.getLogger("gunicorn.error"), level)(line)
                 return made
 
             worker.wsgi = app_with_trim

@@ -203,7 +203,19 @@ def test_post_worker_init_reaches_an_application_an_async_factory_makes():
     assert len(w.log.lines) == 1 and w.wsgi is not factory
     assert asyncio.run(w.wsgi()) is app
     assert trimalloc.aiohttp.installed(app) is not None
-    assert "trimalloc.aiohttp's middleware trims instead" in w.log.lines[1][1]
+    assert w.log.lines[1][0] == "info" and "middleware trims instead" in w.log.lines[1][1]
+    # a factory that returns an application already started: a warning, the worker goes on
+    started = web.Application()
+    started.freeze()
+
+    async def late():
+        return started
+
+    w = a_worker("aiohttp.worker", "GunicornWebWorker", late)
+    trimalloc.gunicorn.post_worker_init(w)
+    assert asyncio.run(w.wsgi()) is started
+    assert w.log.lines[1][0] == "warning" and "frozen" in w.log.lines[1][1], w.log.lines
+    assert "trimalloc.aiohttp.install(app)" in w.log.lines[1][1]
 
 
 def test_post_worker_init_warns_once_where_it_cannot_reach_the_application():

@@ -157,7 +157,8 @@ def main():
     print("rows a side: %d; medians over %d runs (min..max); RSS of the job's worker, MiB"
           % (args.rows, args.repeat))
     print("%-10s %-4s %8s %8s %10s %8s %8s %16s %18s %14s" % (
-        "allocator", "job", "before", "peak", "response", "+1 s", "+5 s", "+1 s / before", "job CPU s", "CPU / " + allocs[0]))
+        "allocator", "job", "before", "peak", "response", "+1 s", "+5 s", "+1 s / before", "job CPU s",
+        "CPU / " + allocs[0]))
     for a in allocs:
         for i in range(2):
             js = [run[i] for run in runs[a]]

@@ -7,8 +7,6 @@ preload line, each worker building and dropping 120 MiB in one request."""
 import asyncio
 import re
 import sys
-import threading
-import time
 
 import pytest
 

@@ -98,8 +98,8 @@ class Settings:
         self.celery_tasks = 10 if self.quick else 200
         self.celery_mb = (10, 40)
         self.celery_recycle = 20
-        self.web_requests = 1_000 if self.quick else 12_000
-        self.web_job_rows = 20_000 if self.quick else 150_000
+        self.web_requests = 600 if self.quick else 12_000
+        self.web_job_rows = 20_000 if self.quick else 100_000
 
     def env(self, **extra):
         env = {k: v for k, v in os.environ.items()
@@ -370,24 +370,36 @@ def run_celery(s, scen, cfg, res, log, ctx):
             res.exit_code = proc.wait()
 
 
-def run_web(s, scen, cfg, res, log):
+def run_web(s, scen, cfg, res, log, ctx):
     import web_service
-    cmd = [s.python, os.path.join(HERE, "web_service.py"), "serve", "--job-rows",
-           str(s.web_job_rows)] + cfg.args
-    proc = Process(scen.key + "-" + cfg.key, cfg.argv(s, cmd), cfg.environ(s), cwd=HERE, log_path=log,
-                   stdout=subprocess.PIPE)
+    port = free_port()
+    floor_dir = tempfile.mkdtemp(prefix="floor-", dir=ctx["tmp"])
+    cmd = [s.python, "-m", "gunicorn", "-c", os.path.join(HERE, "gunicorn.conf.py"),
+           "-k", "aiohttp.GunicornWebWorker", "web_service:make_app()"] + cfg.args
+    env = cfg.environ(s, DEMO_PORT=port, DEMO_JOB_ROWS=s.web_job_rows, DEMO_FLOOR_DIR=floor_dir)
+    proc = Process(scen.key + "-" + cfg.key, cfg.argv(s, cmd), env, cwd=HERE, log_path=log)
     try:
         proc.start_sampling(s.interval)
-        port = int(LineReader(proc.popen.stdout, log).wait_for("demo-listening ", 60))
+        wait_listening(port, proc, 60)
         jobs = web_service.client(port, s.web_requests)
         res.done_at = res.wall = time.monotonic() - proc.t0
         check_allocators(res, proc.sample())
-        res.info = {"requests": s.web_requests, "jobs": jobs}
+        res.info = {"requests": s.web_requests, "rows_a_side": s.web_job_rows, "jobs": jobs}
         idle_tail(s, proc)
-        floor = web_service.get(port, "/floor")
-        res.floor = floor["floor"]
-        res.info["sessions"] = floor["sessions"]
-        res.exit_code = proc.stop(signal.SIGTERM, grace=15)
+        end_members = set(proc.last_members)
+        res.exit_code = proc.stop(signal.SIGTERM, grace=30)
+        parts = {}
+        for name in os.listdir(floor_dir):
+            with open(os.path.join(floor_dir, name)) as f:
+                d = json.load(f)
+            if d["pid"] in end_members:
+                parts[d["pid"]] = d
+        missing = end_members - set(parts)
+        if missing:
+            res.error = "no floor from process(es) %s" % sorted(missing)
+        else:
+            res.floor = sum(d["floor"] for d in parts.values())
+            res.floor_parts = {"%s %d" % (d["role"], pid): d["floor"] for pid, d in sorted(parts.items())}
     finally:
         proc.stop_sampling()
         res.samples = list(proc.samples)
@@ -397,13 +409,42 @@ def run_web(s, scen, cfg, res, log):
             res.exit_code = proc.wait()
 
 
+def wait_listening(port, proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError("the server exited (status %s)" % proc.popen.poll())
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listens on port %d after %d s" % (port, timeout))
+
+
 # -- the scenarios -----------------------------------------------------------------
 
 class Scenario:
-    def __init__(self, key, title, short, describe, floor_what, configs, run):
+    def __init__(self, key, title, short, describe, floor_what, configs, run, extra=None):
         self.key, self.title, self.short = key, title, short
         self.describe, self.floor_what = describe, floor_what
         self.configs, self.run = configs, run
+        self.extra = extra  # results -> lines of markdown after the table, or None
+
+
+def job_worker_lines(results):
+    """The web scenario: each job's worker, before the job and 1 s after its response."""
+    out = ["The job's worker (RSS from /proc; job CPU: the CPU the job's own code used, in its "
+           "handler):", "", "| configuration | job | before | at the response | 1 s later | "
+           "1 s later / before | job CPU |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for i, j in enumerate(r.info.get("jobs") or [], 1):
+            if j.get("rss_1s") is None:
+                continue
+            out.append("| %s | %d | %.0f MiB | %.0f MiB | %.0f MiB | %.2fx | %.2f s |" % (
+                r.config.label, i, j["rss_before"] / MIB, j["rss_at_response"] / MIB,
+                j["rss_1s"] / MIB, j["rss_1s"] / j["rss_before"], j["job_cpu"]))
+    return out
 
 
 def scenarios(s):
@@ -471,25 +512,29 @@ def scenarios(s):
             None,  # run_celery, with the redis-server context
         ),
         Scenario(
-            "web", "3. Web service with an hourly job", "web service + job",
-            lambda: ("A WSGI service (wsgiref, a thread per request) with a catalogue of 20,000 "
-                     "items and a cache of the last 20,000 sessions serves %d small requests from "
-                     "a client loop (2 threads); after 20%% and 60%% of them a request runs the "
-                     "\"hourly job\": it loads a %d-row CSV export into dicts, aggregates and "
-                     "drops it. Then %.0f s idle. `demo/web_service.py`."
-                     % (s.web_requests, s.web_job_rows, s.idle)),
-            "estimated bytes of live Python objects (`demo/live_bytes.py`), asked from the "
-            "service at the end",
+            "web", "3. aiohttp service under gunicorn with an hourly job", "aiohttp + hourly job",
+            lambda: ("An aiohttp service under gunicorn (`-k aiohttp.GunicornWebWorker`, 2 workers; "
+                     "`demo/gunicorn.conf.py`), each worker with a catalogue of 20,000 items and a "
+                     "cache of the last 20,000 sessions, serves %d small requests from a client "
+                     "loop (2 threads); after 20%% and 60%% of them one request runs the \"hourly "
+                     "job\" in whichever worker accepts it: a sync of two databases, %d rows a "
+                     "side loaded from CSV exports into dicts, compared and dropped. Then %.0f s "
+                     "idle. RSS is the sum over gunicorn's processes (master + workers). "
+                     "`demo/web_service.py`." % (s.web_requests, s.web_job_rows, s.idle)),
+            "estimated bytes of live Python objects (`demo/live_bytes.py`), summed over "
+            "gunicorn's processes, measured as each one stops",
             [
-                Config("glibc", "glibc", "glibc", "plain `python`", color="#222222"),
+                Config("glibc", "glibc", "glibc", "plain `gunicorn`", color="#222222"),
                 Config("jemalloc", "jemalloc", "jemalloc", "`LD_PRELOAD=libjemalloc.so.2`",
                        env={"LD_PRELOAD": "jemalloc"}, color="#9467bd"),
-                Config("trimalloc-wsgi", "trimalloc + WSGI middleware", "trimalloc",
-                       "`trimalloc run` (PYTHONMALLOC=malloc) and `trimalloc.wsgi.TrimMiddleware(app)` "
-                       "with its defaults", launcher="python-venv", args=["--trim-middleware"],
+                Config("trimalloc-gunicorn", "trimalloc + the README's gunicorn config", "trimalloc",
+                       "`trimalloc run -- gunicorn ...` (PYTHONMALLOC=malloc) and "
+                       "`from trimalloc.gunicorn import post_request, post_worker_init` in "
+                       "gunicorn.conf.py", launcher="python-venv", env={"DEMO_TRIM": "1"},
                        color="#1a7f1a"),
             ],
             run_web,
+            job_worker_lines,
         ),
     ]
 
@@ -550,6 +595,8 @@ def machine_and_versions(s):
         ("celery (python3-celery)", "%s (Debian %s)" % (celery_version(), deb("python3-celery"))),
         ("redis-py (python3-redis)", deb("python3-redis")),
         ("redis-server", deb("redis-server")),
+        ("aiohttp (python3-aiohttp)", deb("python3-aiohttp")),
+        ("gunicorn", deb("gunicorn")),
         ("matplotlib", matplotlib.__version__),
     ]
     return machine, versions
@@ -642,6 +689,8 @@ def write_report(s, scens, all_results, machine, versions, command, chart_ok):
         L += ["", "Configurations:", ""]
         for c in scen.configs:
             L.append("- %s: %s" % (c.label, c.how))
+        if scen.extra is not None:
+            L += [""] + scen.extra(results)
         L += ["", "Where trimalloc stands:", "", verdict(scen, results)]
     L += ["", "## RSS over time", ""]
     L.append("![RSS over time, one panel per scenario](rss.png)" if chart_ok else "(the chart could not be drawn)")
@@ -729,6 +778,8 @@ def main():
                     try:
                         if scen.key == "celery":
                             run_celery(s, scen, cfg, res, log, ctx)
+                        elif scen.key == "web":
+                            run_web(s, scen, cfg, res, log, ctx)
                         else:
                             scen.run(s, scen, cfg, res, log)
                     except Interrupted:
@@ -762,6 +813,8 @@ def main():
     for scen in scens:
         print(scen.title)
         print(text_table(all_results[scen.key]))
+        if scen.extra is not None:
+            print("\n".join(scen.extra(all_results[scen.key])))
         print()
     chart_ok = True
     try:

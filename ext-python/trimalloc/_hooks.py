@@ -5,14 +5,16 @@ The rate limit and the free-bytes threshold are decided in C
 arguments and tells listeners (for example trimalloc.prometheus) what happened.
 """
 import math
+import sys
 import threading
 from typing import Any, Callable, List, Optional
 
 from . import _trimalloc
 
 # Called as listener(source, released) after a hook ran: source names the hook
-# ("gc", "celery", "wsgi", "gunicorn", "trimming"), released is the bytes a
-# trim released, or None when the trim was skipped (not due).
+# ("gc", "celery", "wsgi", "gunicorn", "aiohttp", "asgi", "trimming"), released
+# is the bytes a trim released, or None when the trim was skipped (not due).
+# The async hooks call it from the executor thread that trimmed.
 Listener = Callable[[str, Optional[int]], None]
 _listeners = []  # type: List[Listener]
 _lock = threading.Lock()
@@ -80,6 +82,36 @@ def event(source, trimmer):
     # type: (str, Any) -> Optional[int]
     """One event for `trimmer` (decided with the GIL, trimmed without it); tells listeners."""
     released = trimmer.event()
+    notify(source, released)
+    return released
+
+
+def event_off_loop(source, trimmer):
+    # type: (str, Any) -> Optional[Any]
+    """One event in async code (trimalloc.aiohttp, trimalloc.asgi): decided on
+    the event loop (a few atomics), and a due trim run in the running loop's
+    default executor, where it releases the GIL, so the loop goes on serving
+    while the pages go back. Returns that trim's future, or None (not due, or
+    run here because no loop runs or its executor is shut down)."""
+    if not trimmer.decide():
+        notify(source, None)
+        return None
+    # asyncio is loaded wherever a loop runs; importing it here would make
+    # `import trimalloc` take 90 ms longer.
+    asyncio = sys.modules.get("asyncio")
+    try:
+        loop = asyncio.get_running_loop() if asyncio is not None else None
+        if loop is not None:
+            return loop.run_in_executor(None, _run, source, trimmer)
+    except RuntimeError:  # no running loop, or its executor is shut down
+        pass
+    _run(source, trimmer)
+    return None
+
+
+def _run(source, trimmer):
+    # type: (str, Any) -> Optional[int]
+    released = trimmer.run()
     notify(source, released)
     return released
 

@@ -433,6 +433,28 @@ static PyObject *trimmer_event(PyObject *self, PyObject *unused) {
   return PyLong_FromLongLong(released);
 }
 
+/* decide() -> bool: counts one event and says whether a trim is due now
+ * (a few atomics, at most one clock read; a skip for min_interval schedules
+ * the deferred trim). For a caller that trims elsewhere: an event loop
+ * decides on the loop and calls run() in an executor thread. */
+static PyObject *trimmer_decide(PyObject *self, PyObject *unused) {
+  (void)unused;
+  return PyBool_FromLong(ta_bind_trimmer_decide(&((trimmer_object *)self)->t, NULL));
+}
+
+/* run() -> bytes released, or None when coalesced into a running trim: the
+ * trim decide() asked for, counted in this trimmer, without the GIL. */
+static PyObject *trimmer_run(PyObject *self, PyObject *unused) {
+  (void)unused;
+  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
+  int64_t released;
+  Py_BEGIN_ALLOW_THREADS
+  released = ta_bind_trimmer_run(t, NULL);
+  Py_END_ALLOW_THREADS
+  if (released < 0) Py_RETURN_NONE;
+  return PyLong_FromLongLong(released);
+}
+
 static PyObject *trimmer_stats(PyObject *self, PyObject *unused) {
   (void)unused;
   ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
@@ -465,6 +487,10 @@ static PyObject *trimmer_get_min_interval(PyObject *self, void *unused) {
 static PyMethodDef trimmer_methods[] = {
     {"event", trimmer_event, METH_NOARGS,
      "event() -> bytes released, or None: one GC, job or request ended"},
+    {"decide", trimmer_decide, METH_NOARGS,
+     "decide() -> bool: count one event; whether a trim is due now (then call run())"},
+    {"run", trimmer_run, METH_NOARGS,
+     "run() -> bytes released, or None (coalesced): the trim decide() asked for, without the GIL"},
     {"stats", trimmer_stats, METH_NOARGS,
      "stats() -> {events, trims, skipped, coalesced, trimmed_bytes}"},
     {NULL, NULL, 0, NULL},

@@ -10,8 +10,19 @@ resident, at most once a second (the policy of trimalloc.wsgi, shared with the
 Ruby gem's Rack middleware); build one with other settings with
 make_post_request(every=..., min_free=..., min_interval=...). post_worker_init
 logs which allocator the worker runs on.
+
+Some worker classes never call post_request: aiohttp's
+(`-k aiohttp.GunicornWebWorker`) and uvicorn's (`-k uvicorn.workers.UvicornWorker`).
+There post_worker_init, which runs after the worker loaded the application,
+puts the config's post_request policy (and its counters) into the application
+itself: trimalloc.aiohttp's middleware, or trimalloc.asgi's around it. Where
+it cannot reach the application (another worker class, an aiohttp
+application already started), it logs one warning at worker start naming what
+to use instead.
 """
-from typing import Any, Callable, Optional
+import logging
+import sys
+from typing import Any, Callable, Optional, Tuple
 
 from . import _trimalloc
 from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
@@ -46,8 +57,104 @@ def backend_line(pid):
                   "`import trimalloc.preload` first in gunicorn.conf.py); trims call malloc_trim")
 
 
+# Worker classes that call the post_request hook after each request (and so
+# their subclasses, e.g. gevent's and eventlet's AsyncWorker).
+_CALLS_POST_REQUEST = {("gunicorn.workers.sync", "SyncWorker"),
+                       ("gunicorn.workers.gthread", "ThreadWorker"),
+                       ("gunicorn.workers.base_async", "AsyncWorker")}
+_AIOHTTP_WORKER = ("aiohttp.worker", "GunicornWebWorker")
+_UVICORN_WORKER = ("uvicorn.workers", "UvicornWorker")
+
+
+def _is(worker, classes):
+    # type: (Any, Any) -> bool
+    return any((c.__module__, c.__name__) in classes for c in type(worker).__mro__)
+
+
+def _class_name(worker):
+    # type: (Any) -> str
+    return "%s.%s" % (type(worker).__module__, type(worker).__name__)
+
+
+def _aiohttp_app(obj):
+    # type: (Any) -> Any
+    """The aiohttp Application in obj (an Application or an AppRunner), or None."""
+    web = sys.modules.get("aiohttp.web")
+    if web is None:
+        return None
+    if isinstance(obj, web.AppRunner):
+        obj = obj.app
+    return obj if isinstance(obj, web.Application) else None
+
+
+def _into_aiohttp(app, requests):
+    # type: (Any, RequestTrimmer) -> str
+    """Puts trimalloc.aiohttp's middleware, counting in `requests`, into app;
+    what happened, as the end of a log line."""
+    from . import aiohttp as ta_aiohttp
+    if ta_aiohttp.installed(app) is not None:
+        return "the application has trimalloc.aiohttp's middleware already"
+    ta_aiohttp.add(app, ta_aiohttp.TrimMiddleware.sharing(requests))
+    return "trimalloc.aiohttp's middleware trims instead, with post_request's policy and counters"
+
+
+def reach_app(worker):
+    # type: (Any) -> Optional[Tuple[str, str]]
+    """For a worker whose class never calls post_request (aiohttp's, uvicorn's),
+    while the config's post_request is trimalloc's: puts the same policy into
+    the worker's application (loaded before post_worker_init runs). Returns
+    (level, line) to log, or None when there is nothing to say."""
+    requests = getattr(getattr(getattr(worker, "cfg", None), "post_request", None), "trimmer", None)
+    if not isinstance(requests, RequestTrimmer) or _is(worker, _CALLS_POST_REQUEST):
+        return None
+    head = "trimalloc: worker %s: %s never calls post_request; " % (
+        getattr(worker, "pid", "?"), _class_name(worker))
+    app = getattr(worker, "wsgi", None)
+    try:
+        if _aiohttp_app(app) is not None:
+            return "info", head + _into_aiohttp(_aiohttp_app(app), requests)
+        if _is(worker, {_AIOHTTP_WORKER}) and sys.modules["asyncio"].iscoroutinefunction(app):
+            factory = app
+
+            async def app_with_trim():  # type: ignore[no-untyped-def]
+                made = await factory()
+                level, line = "warning", head + _INSTEAD
+                try:
+                    if _aiohttp_app(made) is not None:
+                        level, line = "info", head + _into_aiohttp(_aiohttp_app(made), requests)
+                except ValueError as e:  # a frozen application
+                    line = head + "%s; %s" % (e, _INSTEAD)
+                getattr(getattr(worker, "log", None) or logging.getLogger("gunicorn.error"), level)(line)
+                return made
+
+            worker.wsgi = app_with_trim
+            return None  # said when the factory has made the application
+        if _is(worker, {_UVICORN_WORKER}) and callable(app):
+            from .asgi import TrimMiddleware
+            worker.wsgi = TrimMiddleware.sharing(app, requests)
+            return "info", head + ("trimalloc.asgi's middleware trims instead, with post_request's "
+                                   "policy and counters")
+    except ValueError as e:  # a frozen application
+        return "warning", head + "%s; %s" % (e, _INSTEAD)
+    return "warning", head + _INSTEAD
+
+
+_INSTEAD = ("trimalloc.gunicorn.post_request will not trim in it: use trimalloc.aiohttp.install(app) "
+            "(aiohttp), trimalloc.asgi.TrimMiddleware (ASGI) or trimalloc.wsgi.TrimMiddleware (WSGI) "
+            "in the application instead")
+
+
 def post_worker_init(worker):
     # type: (Any) -> None
+    """Logs which allocator the worker runs on; where the worker class never
+    calls post_request, gives its application the same trim (reach_app)."""
     log = getattr(worker, "log", None)
     if log is not None:
         log.info(backend_line(getattr(worker, "pid", "?")))
+    said = reach_app(worker)
+    if said is not None:
+        level, line = said
+        if log is not None:
+            getattr(log, level)(line)
+        else:
+            getattr(logging.getLogger("gunicorn.error"), level)(line)

@@ -12,7 +12,9 @@ goes on on glibc, where a re-exec would not run the same program once:
   would start a second server. Put the line in gunicorn.conf.py (the master
   loads it), or in the module that creates the Celery app;
 - when the command line was rewritten (setproctitle);
-- for `python -c` and a program read from standard input.
+- for `python -c` and a program read from standard input (a multiprocessing
+  child started by spawn or forkserver is one: `python -c ...`, whatever
+  sys.argv it is given).
 
 Import it before anything else: what ran before the re-exec runs again.
 The logic is core/bind/bind_launch.c's ta_bind_preload_req, shared with the
@@ -21,6 +23,7 @@ Ruby gem.
 import os
 import sys
 import warnings
+from typing import List, Optional
 
 from . import DEFAULT_PYTHONMALLOC, _trimalloc, library_path
 
@@ -34,13 +37,55 @@ def _warn(msg):
                   RuntimeWarning, stacklevel=4)  # the line that imports this module
 
 
+def _started_with(args):
+    # type: (List[str]) -> Optional[str]
+    """"-c" or "-" when the interpreter's own command line (its options, then
+    what it runs) says it runs a command string or standard input, else None."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "-":
+            return "-"
+        if not a.startswith("-") or a == "--":
+            return None  # a script
+        if a.startswith("--"):
+            i += 2 if a == "--check-hash-based-pycs" else 1
+            continue
+        for k, ch in enumerate(a[1:], 2):
+            if ch == "c":
+                return "-c"
+            if ch == "m":
+                return None
+            if ch in "WX":  # the option's value: the rest of this argument, or the next one
+                i += 0 if a[k:] else 1
+                break
+        i += 1
+    return None
+
+
+def _script():
+    # type: () -> str
+    """What the program runs, for the refusal of -c and standard input. A
+    multiprocessing child started by spawn or forkserver (uvicorn's --workers)
+    runs `python -c ...` but is given its parent's sys.argv: the interpreter's
+    own command line says what it is."""
+    orig = getattr(sys, "orig_argv", None)  # Python 3.10+
+    if orig is None:
+        try:
+            with open("/proc/self/cmdline", "rb") as f:
+                orig = [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0")[:-1]]
+        except OSError:
+            orig = []
+    return _started_with(orig[1:]) or (sys.argv[0] if sys.argv else "")
+
+
 def _preload():
     # type: () -> str
     lib = library_path()
     sys.stdout.flush()
     sys.stderr.flush()
     argv = getattr(sys, "orig_argv", None)  # Python 3.10+; before, the C runtime's argv
-    script = sys.argv[0] if sys.argv else ""
+    script = _script()
     try:
         code, reason = _trimalloc.preload(lib, DEFAULT_PYTHONMALLOC, argv, script)
     except OSError as e:  # returns only when not re-executing

@@ -149,3 +149,35 @@ def test_preload_refuses_inline_code_and_stdin(tmp_path):
         r = warned(lines)
         assert (r["backend"], r["status"]) == ("glibc", "not a file"), args
         assert "-c, -e or standard input" in r["warnings"][0][1]
+
+
+SPAWN = r'''
+import json, multiprocessing
+def child(q):  # a multiprocessing child started by spawn: `python -c ...`, given our sys.argv
+    import warnings
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        import trimalloc.preload
+    import trimalloc
+    q.put({"status": trimalloc.preload.status, "backend": trimalloc.backend(),
+           "warnings": [str(x.message) for x in w]})
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    print(json.dumps(q.get(timeout=60)), flush=True)
+    p.join(60)
+    print("exit", p.exitcode, flush=True)
+'''
+
+
+def test_preload_refuses_in_a_spawned_multiprocessing_child(tmp_path):
+    # uvicorn --workers starts its workers this way; a re-exec of its command
+    # line would run `python -c spawn_main(...)` again with the pipe it read
+    # from closed (the worker died with EBADF).
+    _, lines, err = run([sys.executable, script(tmp_path, SPAWN)])
+    assert len(lines) == 2 and lines[1] == "exit 0", (lines, err)
+    r = json.loads(lines[0])
+    assert (r["status"], r["backend"]) == ("not a file", "glibc") and len(r["warnings"]) == 1, r
+    assert "-c, -e or standard input" in r["warnings"][0]

@@ -1,0 +1,139 @@
+"""trimalloc.aiohttp: trim between requests of an aiohttp server.
+
+    from aiohttp import web
+    import trimalloc.aiohttp
+    app = web.Application()
+    trimalloc.aiohttp.install(app)    # every=100, min_free=64 << 20, min_interval=1.0
+
+or web.Application(middlewares=[trimalloc.aiohttp.TrimMiddleware(), ...]), first
+in the list. It works under web.run_app and under gunicorn's
+aiohttp.GunicornWebWorker. With the README's gunicorn config (`from
+trimalloc.gunicorn import post_request, post_worker_init`) nothing more is
+needed: aiohttp's worker never calls post_request, so post_worker_init puts
+this middleware into the worker's application, counting in post_request's
+policy.
+
+When a response has been sent (its write_eof returned: the last bytes are
+with the transport), the middleware counts one request on the event loop (a
+few atomics); a trim that is due (the policy of trimalloc.wsgi, shared with
+the Ruby gem's Rack middleware: every `every` requests, or sooner past
+`min_free` bytes free but resident, never twice within `min_interval`
+seconds) runs in the loop's default executor, where it releases the GIL: the
+loop goes on serving other requests while the pages go back. A handler that
+raises counts when it raises.
+"""
+from typing import Any, Awaitable, Callable, Optional
+
+from aiohttp import web
+
+from . import _hooks
+from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
+
+
+class TrimMiddleware(RequestTrimmer):
+    """aiohttp middleware: trims, off the event loop, after every `every`
+    responses or past `min_free` free bytes; .stats() has its counters."""
+
+    __middleware_version__ = 1  # a new-style middleware: called as (request, handler)
+
+    def __init__(self, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL):
+        # type: (Optional[int], Any, float) -> None
+        RequestTrimmer.__init__(self, every, min_free, min_interval, "aiohttp")
+
+    @classmethod
+    def sharing(cls, requests):
+        # type: (RequestTrimmer) -> TrimMiddleware
+        """A middleware that counts in `requests`'s policy (gunicorn's post_request hook)."""
+        if not isinstance(requests, RequestTrimmer):
+            raise TypeError("requests must be a trimalloc RequestTrimmer, not %r" % (requests,))
+        self = cls.__new__(cls)
+        self.source = "aiohttp"
+        self.trimmer = requests.trimmer
+        return self
+
+    async def __call__(self, request, handler):
+        # type: (Any, Callable[[Any], Awaitable[Any]]) -> Any
+        try:
+            resp = await handler(request)
+        except BaseException:  # an HTTPException, an error, a cancelled request
+            self._done()
+            raise
+        if not _after_send(resp, self._done):
+            self._done()
+        return resp
+
+    def _done(self):
+        # type: () -> None
+        _hooks.event_off_loop(self.source, self.trimmer)
+
+
+def _after_send(resp, done):
+    # type: (Any, Callable[[], None]) -> bool
+    """Arranges for done() once aiohttp has sent resp (its write_eof returned
+    or raised) or failed to (its prepare raised); False when resp was sent
+    already or cannot be followed (then the caller counts now)."""
+    if not isinstance(resp, web.StreamResponse) or getattr(resp, "_eof_sent", False):
+        return False  # no response (aiohttp answers 500), or one the handler finished itself
+    own_prepare, own_eof = resp.prepare, resp.write_eof
+    fired = []
+
+    def fire():
+        # type: () -> None
+        if not fired:
+            fired.append(True)
+            for name in ("prepare", "write_eof"):  # resp back to its own methods
+                resp.__dict__.pop(name, None)
+            done()
+
+    async def prepare(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await own_prepare(*args, **kwargs)
+        except BaseException:
+            fire()
+            raise
+
+    async def write_eof(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await own_eof(*args, **kwargs)
+        finally:
+            fire()
+
+    try:
+        resp.prepare = prepare
+        resp.write_eof = write_eof
+    except (AttributeError, TypeError):  # a response type with __slots__
+        for name in ("prepare", "write_eof"):
+            getattr(resp, "__dict__", {}).pop(name, None)
+        return False
+    return True
+
+
+def install(app, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL):
+    # type: (Any, Optional[int], Any, float) -> TrimMiddleware
+    """Puts a TrimMiddleware first in app's middlewares (before the app starts); returns it."""
+    mw = TrimMiddleware(every, min_free, min_interval)
+    add(app, mw)
+    return mw
+
+
+def add(app, mw):
+    # type: (Any, TrimMiddleware) -> None
+    """Puts mw first in app's middlewares: the outermost, so that it sees the
+    response every other middleware made."""
+    if not isinstance(app, web.Application):
+        raise TypeError("app must be an aiohttp.web.Application, not %r" % (app,))
+    if not isinstance(mw, TrimMiddleware):
+        raise TypeError("mw must be a trimalloc.aiohttp.TrimMiddleware, not %r" % (mw,))
+    if app.frozen:
+        raise ValueError("app %r has started (its middlewares are frozen): install the "
+                         "middleware before it runs" % (app,))
+    app.middlewares.insert(0, mw)
+
+
+def installed(app):
+    # type: (Any) -> Optional[TrimMiddleware]
+    """The TrimMiddleware in app's middlewares, or None."""
+    for m in getattr(app, "middlewares", ()):
+        if isinstance(m, TrimMiddleware):
+            return m
+    return None

@@ -1,0 +1,78 @@
+"""trimalloc.asgi: trim between requests of any ASGI 3 application.
+
+    from trimalloc.asgi import TrimMiddleware
+    app = TrimMiddleware(app)              # every=100, min_free=64 << 20, min_interval=1.0
+    # Starlette / FastAPI: app.add_middleware(TrimMiddleware)
+
+Served by uvicorn, hypercorn, daphne, or gunicorn's uvicorn.workers.UvicornWorker
+(with the README's gunicorn config, post_worker_init wraps the application
+itself: that worker never calls post_request).
+
+Once the response's last body message (`http.response.body` without
+`more_body`) has been sent, the middleware counts one request on the event
+loop (a few atomics); a trim that is due (the policy of trimalloc.wsgi, shared
+with the Ruby gem's Rack middleware: every `every` requests, or sooner past
+`min_free` bytes free but resident, never twice within `min_interval` seconds)
+runs in the loop's default executor, where it releases the GIL: the loop goes
+on serving while the pages go back. A request whose application raises, or
+that ends without a complete response, counts when it ends. Lifespan and
+websocket scopes pass through uncounted.
+"""
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+from . import _hooks
+from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
+
+Message = Dict[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class TrimMiddleware(RequestTrimmer):
+    """ASGI middleware: trims, off the event loop, after every `every`
+    responses or past `min_free` free bytes; .stats() has its counters."""
+
+    def __init__(self, app, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL):
+        # type: (Any, Optional[int], Any, float) -> None
+        if not callable(app):
+            raise TypeError("app must be an ASGI application, not %r" % (app,))
+        RequestTrimmer.__init__(self, every, min_free, min_interval, "asgi")
+        self.app = app
+
+    @classmethod
+    def sharing(cls, app, requests):
+        # type: (Any, RequestTrimmer) -> TrimMiddleware
+        """app wrapped in a middleware that counts in `requests`'s policy
+        (gunicorn's post_request hook)."""
+        if not callable(app):
+            raise TypeError("app must be an ASGI application, not %r" % (app,))
+        if not isinstance(requests, RequestTrimmer):
+            raise TypeError("requests must be a trimalloc RequestTrimmer, not %r" % (requests,))
+        self = cls.__new__(cls)
+        self.source = "asgi"
+        self.trimmer = requests.trimmer
+        self.app = app
+        return self
+
+    async def __call__(self, scope, receive, send):
+        # type: (Message, Callable[[], Awaitable[Message]], Send) -> None
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        counted = []
+
+        def done():
+            # type: () -> None
+            if not counted:
+                counted.append(True)
+                _hooks.event_off_loop(self.source, self.trimmer)
+
+        async def send_then_count(message):
+            # type: (Message) -> None
+            await send(message)
+            if message.get("type") == "http.response.body" and not message.get("more_body", False):
+                done()
+
+        try:
+            await self.app(scope, receive, send_then_count)
+        finally:
+            done()

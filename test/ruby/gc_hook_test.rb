@@ -199,6 +199,61 @@ class GcHookTest < Minitest::Test
     assert_operator with[:majors], :<=, without[:majors] * 1.05 + 1, "with #{with}, without #{without}"
   end
 
+  # GC.start when Ruby has a major GC pending anyway: its :major_by is that
+  # reason (here :oldmalloc: a minor GC found 24 MiB malloc'd since the last
+  # major), not :force, but it is still the program's GC.start (:gc_by
+  # :method), so its trim is not rate-limited.
+  def test_gc_hook_trims_after_gc_start_with_a_major_gc_pending
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc::GC.enable(min_interval: 3600)
+      GC.start; []
+      m0 = GC.stat(:minor_gc_count)
+      keep = Array.new(24) { "x" * (1 << 20) }
+      minors = GC.stat(:minor_gc_count) - m0
+      GC.start; []
+      puts JSON.generate(minors: minors, major_by: GC.latest_gc_info(:major_by),
+                         gc_by: GC.latest_gc_info(:gc_by), hook: Trimalloc::GC.stats, kept: keep.size)
+    RUBY
+    assert_equal "oldmalloc", r[:major_by], "the GC.start found a major GC pending: #{r.inspect}"
+    assert_equal "method", r[:gc_by], r.inspect
+    assert_equal 2, r[:hook][:trims], "both GC.start trimmed: #{r.inspect}"
+    assert_equal 0, r[:hook][:skipped], r.inspect
+  end
+
+  # GC.start's trim finds another trim running (here Trimalloc.trim_if_due,
+  # held at the test gate, as the policy's deferred trim can be): it waits for
+  # it without the GVL (the thread that opens the gate runs meanwhile) and
+  # trims after it, in place of folding into a trim that started before the
+  # collection freed its memory.
+  def test_gc_hook_forced_trim_waits_for_a_running_trim
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc.send(:advance_clock, 3600)
+      Trimalloc::GC.enable(min_interval: 3600)
+      Trimalloc.send(:test_gate, true)
+      other = Thread.new { Trimalloc.trim_if_due(min_interval: 0) } # waits at the gate
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
+      sleep 0.005 until Trimalloc.send(:test_gate_state) == 2 ||
+                        Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      held = Trimalloc.send(:test_gate_state)
+      opener = Thread.new { sleep 0.3; Trimalloc.send(:test_gate_open) }
+      t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      GC.start; [] # its trim runs in the job, on this thread
+      waited = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
+      opener.join
+      other.join
+      puts JSON.generate(held: held, after: Trimalloc.send(:test_gate_state), waited: waited,
+                         other: other.value, hook: Trimalloc::GC.stats)
+    RUBY
+    assert_equal 2, r[:held], r.inspect
+    assert_equal 3, r[:after], "opened by the other thread, not timed out: #{r.inspect}"
+    refute_nil r[:other], r.inspect
+    assert_equal 1, r[:hook][:trims], "GC.start's trim ran after the other: #{r.inspect}"
+    assert_equal 0, r[:hook][:coalesced], r.inspect
+    assert_operator r[:waited], :>=, 0.2, r.inspect
+  end
+
   # The hook's trim runs in the postponed job with the GVL released: another
   # Ruby thread runs (and opens the gate the trim waits at) meanwhile.
   def test_gc_hook_trims_without_the_gvl

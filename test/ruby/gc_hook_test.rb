@@ -221,6 +221,29 @@ class GcHookTest < Minitest::Test
     assert_equal 0, r[:hook][:skipped], r.inspect
   end
 
+  # The job may not release the GVL with an interrupt pending (a time slice
+  # that ended during a long GC: on issue 18's churn, 3 final GC.starts of
+  # 12). A minor GC's trim waits for the next GC; GC.start's, which may be the
+  # last before an idle time, goes to the policy's background thread. The
+  # interrupt is simulated (Trimalloc::GC.test_interrupt_next_job).
+  def test_gc_hook_forced_trim_with_an_interrupt_pending_runs_in_the_background
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc.send(:advance_clock, 3600)
+      Trimalloc::GC.enable(min_interval: 0)
+      d0 = Trimalloc.policy_stats[:deferred]
+      Trimalloc::GC.send(:test_interrupt_next_job)
+      GC.start; []
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+      sleep 0.01 until Trimalloc.policy_stats[:deferred] > d0 ||
+                       Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      puts JSON.generate(hook: Trimalloc::GC.stats, deferred: Trimalloc.policy_stats[:deferred] - d0)
+    RUBY
+    assert_equal 0, r[:hook][:trims], r.inspect
+    assert_equal 1, r[:hook][:handed], r.inspect
+    assert_equal 1, r[:deferred], "the background thread trimmed: #{r.inspect}"
+  end
+
   # GC.start's trim finds another trim running (here Trimalloc.trim_if_due,
   # held at the test gate, as the policy's deferred trim can be): it waits for
   # it without the GVL (the thread that opens the gate runs meanwhile) and

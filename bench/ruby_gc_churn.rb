@@ -146,6 +146,13 @@ trims = case TRIM_MODE
         when 2 then Trimalloc::GC.stats[:trims]
         else 0
         end
+if TRIM_MODE == 2
+  hs = Trimalloc::GC.stats
+  diag['hook_skipped'] = hs[:skipped]
+  diag['hook_coalesced'] = hs[:coalesced]
+  diag['hook_handed'] = hs[:handed]
+  diag['deferred_trims'] = Trimalloc.policy_stats[:deferred]
+end
 BenchAlloc.report('ruby-gc-churn', { 'threads' => THREADS, 'iters' => ITERS, 'slots' => SLOTS, 'check' => check,
                                      'trim_fn' => trim_fn, 'baseline' => base,
                                      'peak' => File.read('/proc/self/status')[/^VmHWM:\s+(\d+)/, 1].to_i * 1024,

@@ -204,6 +204,10 @@ static void defer_trim(uint64_t at, int64_t min_free) {
   pthread_mutex_unlock(&defer_mu);
 }
 
+void ta_bind_trim_soon(void) {
+  defer_trim(now_ns(), 0);
+}
+
 void ta_bind_clock_advance(double seconds) {
   if (!(seconds > 0)) return;
   atomic_fetch_add(&clock_offset_ns, (uint64_t)(seconds * 1e9));

@@ -120,6 +120,11 @@ int64_t ta_bind_trim_if_due2(double min_interval, uint64_t min_free, ta_bind_ski
 int ta_bind_due(double min_interval, uint64_t min_free, ta_bind_skip_t *why);
 int64_t ta_bind_run_trim(ta_bind_skip_t *why);
 
+/* A trim the caller cannot run on its own thread now (Ruby: a postponed job
+ * with an interrupt pending may not release the GVL), run as soon as
+ * possible by the policy's background thread, like a deferred trim. */
+void ta_bind_trim_soon(void);
+
 /* A hook's policy and its counters. Plain data: the bindings embed it in
  * their objects (a Ruby TypedData, a Python object) and call
  * ta_bind_trimmer_event from any thread. */

@@ -156,6 +156,127 @@ class GcHookTest < Minitest::Test
     assert_equal without[:gcs], with[:gcs], "with #{with}, without #{without}"
   end
 
+  # Six threads churning strings (bench/ruby_gc_churn.rb, smaller): each keeps
+  # 2,000 strings (32 B..4 KiB, 1% 16..256 KiB), replaces one at random and
+  # joins 1-8 new ones. Almost every major GC is :nofree (a minor GC found
+  # too few free slots), so the count follows the size Ruby's heap reached in
+  # its first GCs, which the threads' interleaving decides: about 101 pages
+  # gives twice the major GCs of about 110, with or without the hook (issue
+  # 18's 508 against 260 were two such draws). Here the heap is set to 48,000
+  # slots from the start (117 pages, more than it grows to), so that the
+  # count depends only on the work: identical runs differ by one GC.
+  MT_CHURN = <<~RUBY
+    require "trimalloc"
+    def size_of(rng)
+      lo, hi = rng.rand(100).zero? ? [16 << 10, 256 << 10] : [32, 4096]
+      (lo * ((hi.to_f / lo)**rng.rand)).to_i
+    end
+    GC.start
+    Trimalloc::GC.enable if ARGV[0] == "hook"
+    m0, p0 = GC.stat(:major_gc_count), GC.stat(:heap_allocated_pages)
+    Array.new(6) do |t|
+      Thread.new(t) do |tn|
+        rng = Random.new(1000 + tn)
+        ws = Array.new(2000) { "w" * size_of(rng) }
+        40_000.times do
+          ws[rng.rand(2000)] = "r" * size_of(rng)
+          Array.new(1 + rng.rand(8)) { "t" * size_of(rng) }.join
+        end
+      end
+    end.each(&:join)
+    puts JSON.generate(majors: GC.stat(:major_gc_count) - m0, pages: [p0, GC.stat(:heap_allocated_pages)],
+                       backend: Trimalloc.backend, hook: Trimalloc::GC.stats)
+  RUBY
+
+  def test_gc_hook_adds_no_major_gc_to_a_multithreaded_churn
+    env = { "RUBY_GC_HEAP_INIT_SLOTS" => "48000" }
+    without = ruby_json(MT_CHURN, preload: true, env: env, args: ["none"])
+    with = ruby_json(MT_CHURN, preload: true, env: env, args: ["hook"])
+    assert_equal "trimalloc", with[:backend]
+    assert_operator with[:hook][:trims], :>=, 1, with.inspect
+    assert_equal without[:pages], with[:pages], "the same heap: #{with} / #{without}"
+    # 1.05x, plus the one GC either way that identical runs differ by
+    assert_operator with[:majors], :<=, without[:majors] * 1.05 + 1, "with #{with}, without #{without}"
+  end
+
+  # GC.start when Ruby has a major GC pending anyway: its :major_by is that
+  # reason (here :oldmalloc: a minor GC found 24 MiB malloc'd since the last
+  # major), not :force, but it is still the program's GC.start (:gc_by
+  # :method), so its trim is not rate-limited.
+  def test_gc_hook_trims_after_gc_start_with_a_major_gc_pending
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc::GC.enable(min_interval: 3600)
+      GC.start; []
+      m0 = GC.stat(:minor_gc_count)
+      keep = Array.new(24) { "x" * (1 << 20) }
+      minors = GC.stat(:minor_gc_count) - m0
+      GC.start; []
+      puts JSON.generate(minors: minors, major_by: GC.latest_gc_info(:major_by),
+                         gc_by: GC.latest_gc_info(:gc_by), hook: Trimalloc::GC.stats, kept: keep.size)
+    RUBY
+    assert_equal "oldmalloc", r[:major_by], "the GC.start found a major GC pending: #{r.inspect}"
+    assert_equal "method", r[:gc_by], r.inspect
+    assert_equal 2, r[:hook][:trims], "both GC.start trimmed: #{r.inspect}"
+    assert_equal 0, r[:hook][:skipped], r.inspect
+  end
+
+  # The job may not release the GVL with an interrupt pending (a time slice
+  # that ended during a long GC: on issue 18's churn, 3 final GC.starts of
+  # 12). A minor GC's trim waits for the next GC; GC.start's, which may be the
+  # last before an idle time, goes to the policy's background thread. The
+  # interrupt is simulated (Trimalloc::GC.test_interrupt_next_job).
+  def test_gc_hook_forced_trim_with_an_interrupt_pending_runs_in_the_background
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc.send(:advance_clock, 3600)
+      Trimalloc::GC.enable(min_interval: 0)
+      d0 = Trimalloc.policy_stats[:deferred]
+      Trimalloc::GC.send(:test_interrupt_next_job)
+      GC.start; []
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+      sleep 0.01 until Trimalloc.policy_stats[:deferred] > d0 ||
+                       Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      puts JSON.generate(hook: Trimalloc::GC.stats, deferred: Trimalloc.policy_stats[:deferred] - d0)
+    RUBY
+    assert_equal 0, r[:hook][:trims], r.inspect
+    assert_equal 1, r[:hook][:handed], r.inspect
+    assert_equal 1, r[:deferred], "the background thread trimmed: #{r.inspect}"
+  end
+
+  # GC.start's trim finds another trim running (here Trimalloc.trim_if_due,
+  # held at the test gate, as the policy's deferred trim can be): it waits for
+  # it without the GVL (the thread that opens the gate runs meanwhile) and
+  # trims after it, in place of folding into a trim that started before the
+  # collection freed its memory.
+  def test_gc_hook_forced_trim_waits_for_a_running_trim
+    r = ruby_json(<<~RUBY)
+      require "trimalloc"
+      Trimalloc.send(:advance_clock, 3600)
+      Trimalloc::GC.enable(min_interval: 3600)
+      Trimalloc.send(:test_gate, true)
+      other = Thread.new { Trimalloc.trim_if_due(min_interval: 0) } # waits at the gate
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
+      sleep 0.005 until Trimalloc.send(:test_gate_state) == 2 ||
+                        Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      held = Trimalloc.send(:test_gate_state)
+      opener = Thread.new { sleep 0.3; Trimalloc.send(:test_gate_open) }
+      t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      GC.start; [] # its trim runs in the job, on this thread
+      waited = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
+      opener.join
+      other.join
+      puts JSON.generate(held: held, after: Trimalloc.send(:test_gate_state), waited: waited,
+                         other: other.value, hook: Trimalloc::GC.stats)
+    RUBY
+    assert_equal 2, r[:held], r.inspect
+    assert_equal 3, r[:after], "opened by the other thread, not timed out: #{r.inspect}"
+    refute_nil r[:other], r.inspect
+    assert_equal 1, r[:hook][:trims], "GC.start's trim ran after the other: #{r.inspect}"
+    assert_equal 0, r[:hook][:coalesced], r.inspect
+    assert_operator r[:waited], :>=, 0.2, r.inspect
+  end
+
   # The hook's trim runs in the postponed job with the GVL released: another
   # Ruby thread runs (and opens the gate the trim waits at) meanwhile.
   def test_gc_hook_trims_without_the_gvl

@@ -13,7 +13,10 @@ static _Atomic int64_t active_now;
 static _Atomic uint64_t active_peak;
 _Atomic uint64_t ta_meta_bytes;
 
-/* Bytes of spans and huge blocks in use, and its high-water mark. */
+/* `active` (OS pages holding a live block, and huge blocks) as it changes,
+ * and its high-water mark: every change of an arena's resident or dirty page
+ * counts goes through ta_pagedelta_apply (once per batch), except purges and
+ * segment maps and unmaps, which leave resident - dirty - headers as it was. */
 
 void ta_active_add(int64_t delta) {
   int64_t now = atomic_fetch_add_explicit(&active_now, delta, memory_order_relaxed) + delta;
@@ -161,6 +164,7 @@ size_t ta_pages_populate(ta_segment_t *s, size_t first, size_t n, uint16_t *dirt
 void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d) {
   if (d->dirty) ta_relaxed_add(&a->dirty_pages, d->dirty);
   if (d->resident) ta_relaxed_add(&a->resident_pages, d->resident);
+  if (d->resident != d->dirty) ta_active_add((d->resident - d->dirty) * ((int64_t)1 << ta_ospage_shift));
   if (d->refault) ta_delay_refault(&a->delay, 0);
   d->dirty = d->resident = 0;
   d->refault = 0;

@@ -69,7 +69,6 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   sp->arena = a;
   sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
   s->used_slices += (uint32_t)n;
-  ta_active_add((int64_t)(n * TA_SLICE_SIZE));
   return sp;
 }
 
@@ -78,7 +77,6 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   size_t idx = ta_span_index(sp), n = sp->slices, dirty = sp->dirty;
   ta_assert(sp->kind == TA_SPAN_SLAB || sp->kind == TA_SPAN_LARGE);
   s->used_slices -= (uint32_t)n;
-  ta_active_add(-(int64_t)(n * TA_SLICE_SIZE));
   sp->kind = TA_SPAN_FREE;
   sp->cls = TA_NO_CLASS;
   ta_relaxed_store(&sp->fast_free_below, 0);
@@ -209,7 +207,6 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
       sp->bsize = (uint32_t)(need * TA_SLICE_SIZE);
       sp->div_magic = ta_div_magic(sp->bsize);
       s->used_slices += (uint32_t)extra;
-      ta_active_add((int64_t)(extra * TA_SLICE_SIZE));
       added = extra * TA_SLICE_SIZE;
       start = sp->start + have * TA_SLICE_SIZE;
     }

@@ -49,7 +49,8 @@ static void stats_collect(trimalloc_stats_t *st) {
   st->metadata = segs * ta_segment_header_bytes() + meta;
   st->purged = st->mapped - st->resident;
   st->fragmentation = st->resident ? 1.0 - (double)st->allocated / (double)st->resident : 0.0;
-  st->peak_active = ta_active_peak();
+  uint64_t peak = ta_active_peak(); /* the mark can trail a change another thread is making */
+  st->peak_active = peak > st->active ? peak : st->active;
   st->allocations = allocs + large_allocs + huge_total;
   uint64_t live = blocks + large_n + huge_live;
   st->frees = st->allocations > live ? st->allocations - live : 0;

@@ -33,7 +33,7 @@ extern "C" {
   X(uint64_t, metadata, "bytes", "the allocator's own bookkeeping")                      \
   X(uint64_t, purged, "bytes", "mapped but returned to the OS (retained address space)") \
   X(double, fragmentation, "ratio", "1 - allocated / resident")                          \
-  X(uint64_t, peak_active, "bytes", "high-water mark of active (pages and huge blocks in use)") \
+  X(uint64_t, peak_active, "bytes", "high-water mark of active (pages holding a live block, and huge blocks)") \
   X(uint64_t, allocations, "count", "blocks handed out (counted when a thread cache refills)") \
   X(uint64_t, frees, "count", "allocations - live blocks (blocks in thread caches count as live)") \
   X(uint64_t, huge_allocations, "count", "blocks that got their own mapping")           \

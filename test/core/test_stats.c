@@ -453,7 +453,28 @@ static void test_stats_json_truncates_like_snprintf(void) {
   CHECK(ok, "%s", why);
 }
 
+/* peak_active is the high-water mark of active (pages holding a live block,
+ * and huge blocks): 40 new slabs of one small block each raise it by their
+ * pages, not by their 64 KiB slices (2.5 MiB: what it counted before). First,
+ * while little is allocated. */
+static void test_peak_is_of_active(void) {
+  trimalloc_stats_t s0 = stats_now();
+  void *p[40];
+  for (int c = 0; c < 40; c++) {
+    size_t n = c < 8 ? 16 * (size_t)(c + 1) : ((size_t)128 << ((c - 8) / 8)) * (9 + (c - 8) % 8) / 8;
+    p[c] = trimalloc_malloc(n);
+  }
+  trimalloc_stats_t s1 = stats_now();
+  uint64_t before = s0.peak_active > s0.active ? s0.peak_active : s0.active;
+  CHECK(s1.peak_active >= s1.active, "peak_active %llu < active %llu", U(s1.peak_active), U(s1.active));
+  CHECK(s1.peak_active <= before + (s1.active - s0.active) + 64 * KiB,
+        "peak_active %llu -> %llu for active %llu -> %llu: not the peak of active", U(s0.peak_active),
+        U(s1.peak_active), U(s0.active), U(s1.active));
+  for (int c = 0; c < 40; c++) trimalloc_free(p[c]);
+}
+
 int main(void) {
+  RUN(test_peak_is_of_active);
   RUN(test_stats_arguments);
   RUN(test_stats_partial_fill);
   RUN(test_stats_fields_consistent);

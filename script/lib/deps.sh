@@ -6,7 +6,7 @@ TRIMALLOC_APT_PACKAGES=(
   ruby ruby-dev rake rake-compiler ruby-minitest
   python3 python3-dev python3-setuptools python3-pytest python3-venv python3-pip
   python3-celery python3-redis redis-server python3-prometheus-client
-  ruby-sidekiq ruby-redis puma gunicorn
+  ruby-sidekiq ruby-redis puma gunicorn ruby-rails ruby-sqlite3 bundler
   libjemalloc2 libmimalloc2.0 python3-matplotlib
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 )

@@ -12,7 +12,7 @@ quiet
 
 if ENV["TRIM"] == "1"
   plugin :trimalloc
-  trimalloc min_interval: 0 # the plugin's Puma DSL option
+  trimalloc min_interval: 0, watch: false # the plugin's Puma DSL option; the out-of-band trim alone
 elsif ENV["TRIM"] == "watch"
   plugin :trimalloc
   trimalloc min_interval: 1.0, min_free: 32 << 20

@@ -121,7 +121,7 @@ module Trimalloc
     # Servers that load a file of the user's before anything else, by the
     # frame that loads it: a refused line there is already where
     # PRELOAD_HINT would put it.
-    SERVER_LOADERS = %r{/puma/dsl\.rb\z|/sidekiq/cli\.rb\z}.freeze
+    SERVER_LOADERS = { %r{/puma/dsl\.rb\z} => "puma", %r{/sidekiq/cli\.rb\z} => "sidekiq" }.freeze
 
     # What to do about a refusal, for the line at `locations` (the caller of
     # preload!): PRELOAD_HINT, unless the line already is in the server's
@@ -130,10 +130,12 @@ module Trimalloc
       own = File.dirname(__FILE__)
       frames = locations.reject { |l| l.path.start_with?(own, "<internal:") || l.path.include?("/rubygems/") }
       line = frames[0]
-      return PRELOAD_HINT unless line && frames[1]&.path&.match?(SERVER_LOADERS)
+      by = line && frames.find { |l| l.path != line.path } # a C method's frame bears its caller's path
+      server = by && SERVER_LOADERS.find { |re, _| re.match?(by.path) }&.last
+      return PRELOAD_HINT unless server
 
       "the line (#{line.path}:#{line.lineno}) is already first in the server's config file, so " \
-        "start the server with `trimalloc run --` instead (e.g. `trimalloc run -- bundle exec puma`)"
+        "start the server with `trimalloc run --` instead (e.g. `trimalloc run -- bundle exec #{server} ...`)"
     end
 
     def preload_warn(why)

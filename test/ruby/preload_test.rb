@@ -192,25 +192,27 @@ class PreloadTest < Minitest::Test
     end
   end
 
-  # The line first in a Puma config, refused there (here: something set the
-  # title before Puma loaded the config): the warning says to use the
-  # launcher, not to put the line where it already is.
+  # The line first in a Puma config or in Sidekiq's -r file, refused there
+  # (here: something set the title before the server loaded the file): the
+  # warning says to use the launcher, not to put the line where it already is.
   def test_preload_refused_in_a_server_config_does_not_ask_for_the_line_there
-    Dir.mktmpdir do |dir|
-      cfg = File.join(dir, "puma.rb")
-      File.write(cfg, <<~RUBY)
-        Process.setproctitle("renamed")
-        require "trimalloc/preload"
-        exit! 0
-      RUBY
-      _, err, st = Open3.capture3(child_env, RUBY, Gem.bin_path("puma", "puma"), "-C", cfg)
-      assert st.success?, err
-      warning = err[/^trimalloc: preload: .*$/]
-      refute_nil warning, err
-      assert_match(/command line was rewritten/, warning)
-      assert_match(%r{the line \(#{Regexp.escape(cfg)}:2\) is already first in the server's config file}, warning)
-      assert_match(/trimalloc run --/, warning)
-      refute_match(%r{config/puma\.rb, before preload_app!}, warning)
+    { "puma" => ["-C"], "sidekiq" => ["-r"] }.each do |server, opt|
+      Dir.mktmpdir do |dir|
+        cfg = File.join(dir, "config.rb")
+        File.write(cfg, <<~RUBY)
+          Process.setproctitle("renamed")
+          require "trimalloc/preload"
+          exit! 0
+        RUBY
+        _, err, st = Open3.capture3(child_env, RUBY, Gem.bin_path(server, server), *opt, cfg)
+        assert st.success?, err
+        warning = err[/^trimalloc: preload: .*$/]
+        refute_nil warning, "#{server}: #{err}"
+        assert_match(/command line was rewritten/, warning)
+        assert_match(%r{the line \(#{Regexp.escape(cfg)}:2\) is already first in the server's config file}, warning)
+        assert_match(/`trimalloc run -- bundle exec #{server} \.\.\.`/, warning)
+        refute_match(/Puma: config|Sidekiq: the file/, warning)
+      end
     end
   end
 

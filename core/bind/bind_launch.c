@@ -204,6 +204,19 @@ static int cmdline_is(char *const *argv) {
   return same;
 }
 
+/* 1 when /proc/self/cmdline shows `title` as a process title leaves it: the
+ * string, then nothing but NUL padding (what is left of the area it was
+ * written over). */
+static int cmdline_titled(const char *title) {
+  size_t len = 0, n = strlen(title);
+  char *cl = read_file("/proc/self/cmdline", &len);
+  if (!cl) return 0;
+  int same = n > 0 && len >= n && memcmp(cl, title, n) == 0;
+  for (size_t i = n; same && i < len; i++) same = cl[i] == 0;
+  free(cl);
+  return same;
+}
+
 /* The start argv is usable when nothing overwrote it: every string is where
  * the kernel put it (one after the other, none cut or lengthened, no entry
  * cleared) and /proc/self/cmdline still shows them. */
@@ -337,7 +350,8 @@ int ta_bind_preload_req(const ta_bind_preload_req_t *req) {
   if (req->title_changed) return TA_PRELOAD_REWRITTEN;
   char *const *argv = req->argv;
   if (argv) {
-    if (!argv[0] || !cmdline_is(argv)) return TA_PRELOAD_REWRITTEN;
+    if (!argv[0] || !(req->title ? cmdline_titled(req->title) : cmdline_is(argv)))
+      return TA_PRELOAD_REWRITTEN;
   } else {
     if (!argv_intact()) return TA_PRELOAD_REWRITTEN;
     argv = start_argv;
@@ -356,7 +370,7 @@ int ta_bind_preload_req(const ta_bind_preload_req_t *req) {
 }
 
 int ta_bind_preload(const char *lib, int pythonmalloc) {
-  ta_bind_preload_req_t req = {lib, pythonmalloc, NULL, NULL, 0};
+  ta_bind_preload_req_t req = {lib, pythonmalloc, NULL, NULL, 0, NULL};
   return ta_bind_preload_req(&req);
 }
 

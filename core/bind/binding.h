@@ -211,13 +211,20 @@ int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc);
  * worker: a re-exec would start a second server), when the command line was
  * rewritten (`title_changed` says so, or what /proc/self/cmdline holds is not
  * the command line), or when the program came from -c/-e or standard input
- * (`script` is "-c", "-e", "-" or ""). */
+ * (`script` is "-c", "-e", "-" or "").
+ * `title`, with `argv`: the process title a launcher running in this same
+ * process set before loading the program, argv being the command line it
+ * stands for (Bundler's `bundle exec` sets $0 to a Ruby command's path and
+ * the title to "path args", then loads it: argv is then ruby, path, args).
+ * /proc/self/cmdline must show exactly that title (then only NUL padding),
+ * so a title set later by anyone else is still refused. */
 typedef struct {
   const char *lib;
   int pythonmalloc;
   char *const *argv; /* NULL-terminated, or NULL */
   const char *script; /* sys.argv[0] / Process.argv0 */
   int title_changed;  /* the interpreter knows its title was changed */
+  const char *title;  /* with argv: the title /proc/self/cmdline shows; or NULL */
 } ta_bind_preload_req_t;
 
 enum {

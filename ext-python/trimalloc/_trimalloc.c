@@ -298,7 +298,7 @@ static PyObject *py_preload(PyObject *m, PyObject *args, PyObject *kwargs) {
   if (seq != Py_None && to_argv(seq, &keep, &argv) < 0) goto done;
   if (script != Py_None && !PyUnicode_FSConverter(script, &script_b)) goto done;
   ta_bind_preload_req_t req = {PyBytes_AsString(lib), pythonmalloc, argv,
-                               script_b ? PyBytes_AsString(script_b) : NULL, title_changed};
+                               script_b ? PyBytes_AsString(script_b) : NULL, title_changed, NULL};
   int rc = ta_bind_preload_req(&req);
   if (rc == TA_PRELOAD_FAILED) {
     PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, lib);

@@ -69,10 +69,13 @@ module Trimalloc
     # What `require "trimalloc/preload"` does: unless trimalloc is already the
     # allocator, re-execute the program (same pid, the command line it was
     # started with) with the library preloaded, once (TRIMALLOC_PRELOAD_GUARD).
-    # Refused in a fork of a process running the same program (a server's
-    # worker), when the command line was rewritten ($0=, setproctitle), and
-    # for -e or standard input. Returns true when trimalloc is the
-    # allocator; otherwise warns once and returns false.
+    # Under `bundle exec` (Bundler loads a Ruby command in its own process,
+    # after rewriting $0 and the title), the command Bundler loaded is run
+    # again, as Bundler would exec it. Refused in a fork of a process running
+    # the same program (a server's worker), when the command line was
+    # rewritten ($0=, setproctitle), and for -e or standard input. Returns
+    # true when trimalloc is the allocator; otherwise warns once and returns
+    # false.
     def preload!
       return true if active?
 
@@ -81,8 +84,10 @@ module Trimalloc
 
       $stdout.flush
       $stderr.flush
-      code, reason = preload_reexec(lib, Process.argv0, $0 != Process.argv0)
-      code.zero? || preload_warn(code == 1 ? reason : "#{reason}; #{PRELOAD_HINT}")
+      argv, title = bundle_exec_load
+      script = argv ? $0 : Process.argv0
+      code, reason = preload_reexec(lib, script, !argv && $0 != Process.argv0, argv, title)
+      code.zero? || preload_warn(code == 1 ? reason : "#{reason}; #{preload_hint(caller_locations)}")
     rescue SystemCallError => e
       preload_warn("re-exec with LD_PRELOAD failed (#{e.message})")
     end
@@ -99,6 +104,39 @@ module Trimalloc
     end
 
     private
+
+    # `bundle exec CMD` with CMD a Ruby script: Bundler loads it in its own
+    # process, after setting $0 to its path and the title to "path args",
+    # with RUBYOPT loading bundler/setup. Running ruby with $0 and ARGV, in
+    # that environment, runs the same program again (it is how Bundler runs a
+    # command it does not load). [argv, the title Bundler set], or nil when
+    # this process is not one Bundler's exec loaded a command into.
+    def bundle_exec_load
+      return unless defined?(::Bundler::CLI::Exec) && ENV["RUBYOPT"].to_s.include?("bundler/setup")
+      return unless $0 != Process.argv0 && File.file?($0)
+
+      [[RbConfig.ruby, $0, *ARGV], "#{$0} #{ARGV.join(' ')}".strip]
+    end
+
+    # Servers that load a file of the user's before anything else, by the
+    # frame that loads it: a refused line there is already where
+    # PRELOAD_HINT would put it.
+    SERVER_LOADERS = { %r{/puma/dsl\.rb\z} => "puma", %r{/sidekiq/cli\.rb\z} => "sidekiq" }.freeze
+
+    # What to do about a refusal, for the line at `locations` (the caller of
+    # preload!): PRELOAD_HINT, unless the line already is in the server's
+    # config file, where only the launcher can do better.
+    def preload_hint(locations)
+      own = File.dirname(__FILE__)
+      frames = locations.reject { |l| l.path.start_with?(own, "<internal:") || l.path.include?("/rubygems/") }
+      line = frames[0]
+      by = line && frames.find { |l| l.path != line.path } # a C method's frame bears its caller's path
+      server = by && SERVER_LOADERS.find { |re, _| re.match?(by.path) }&.last
+      return PRELOAD_HINT unless server
+
+      "the line (#{line.path}:#{line.lineno}) is already first in the server's config file, so " \
+        "start the server with `trimalloc run --` instead (e.g. `trimalloc run -- bundle exec #{server} ...`)"
+    end
 
     def preload_warn(why)
       unless @preload_warned

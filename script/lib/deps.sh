@@ -7,6 +7,7 @@ TRIMALLOC_APT_PACKAGES=(
   python3 python3-dev python3-setuptools python3-pytest python3-venv python3-pip
   python3-celery python3-redis redis-server python3-prometheus-client
   ruby-sidekiq ruby-redis puma gunicorn ruby-bundler python3-aiohttp python3-uvicorn python3-starlette
+  ruby-rails ruby-sqlite3 bundler
   libjemalloc2 libmimalloc2.0 python3-matplotlib
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 )

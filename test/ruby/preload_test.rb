@@ -136,6 +136,86 @@ class PreloadTest < Minitest::Test
     end
   end
 
+  # `bundle exec CMD`, CMD a Ruby script: Bundler loads it into its own
+  # process after setting $0 to its path and the title to "path args" (so
+  # the start command line, `ruby bundle exec CMD ...`, is gone). The line
+  # runs CMD again as Bundler would exec it: ruby, $0, ARGV, under Bundler's
+  # environment; once, same pid.
+  BUNDLED = <<~'RUBY'
+    #!RUBY
+    File.open(ENV.fetch("START_LOG"), "a") { |f| f.puts Process.pid }
+    require "json"
+    SETUP
+    require "trimalloc/preload"
+    puts JSON.generate(pid: Process.pid, backend: Trimalloc.backend, argv: ARGV, script: $0,
+                       bundled: ENV["BUNDLE_GEMFILE"] && defined?(Bundler) ? true : false)
+  RUBY
+
+  def run_bundled(setup: "")
+    Dir.mktmpdir do |dir|
+      File.write(File.join(dir, "Gemfile"), %(gem "trimalloc", path: #{ROOT.inspect}\n))
+      bin = File.join(dir, "bin")
+      Dir.mkdir(bin)
+      prog = File.join(bin, "myprog")
+      File.write(prog, BUNDLED.sub("RUBY", RUBY).sub("SETUP", setup))
+      File.chmod(0o755, prog)
+      log = File.join(dir, "starts")
+      env = child_env(env: { "RUBYLIB" => nil, "START_LOG" => log, "BUNDLE_GEMFILE" => File.join(dir, "Gemfile"),
+                             "BUNDLE_APP_CONFIG" => File.join(dir, ".bundle"), "PATH" => "#{bin}:#{ENV.fetch('PATH')}" })
+      out, st = Open3.capture2e(env, "bundle", "install", "--local", "--quiet", chdir: dir)
+      assert st.success?, out
+      Open3.popen3(env, "bundle", "exec", "myprog", "a b", "c", chdir: dir) do |i, o, e, t|
+        i.close
+        out = o.read
+        err = e.read
+        assert t.value.success?, err
+        return [t.pid, File.readlines(log).map(&:to_i), JSON.parse(out, symbolize_names: true), err, prog]
+      end
+    end
+  end
+
+  def test_preload_reexecs_a_command_bundle_exec_loaded
+    pid, starts, r, err, prog = run_bundled
+    assert_equal [pid, pid], starts, "started twice, in the same process"
+    assert_equal({ pid: pid, backend: "trimalloc", argv: ["a b", "c"], script: prog, bundled: true }, r)
+    assert_empty err
+  end
+
+  # The program changed ARGV (or its title) after Bundler set the title:
+  # what /proc/self/cmdline shows no longer says what to run. Refused.
+  def test_preload_under_bundle_exec_refuses_a_changed_command_line
+    ["ARGV.shift", 'Process.setproctitle("busy")'].each do |setup|
+      pid, starts, r, err, = run_bundled(setup: setup)
+      assert_equal [pid], starts, setup
+      assert_equal "glibc", r[:backend]
+      assert_match(/command line was rewritten/, err)
+    end
+  end
+
+  # The line first in a Puma config or in Sidekiq's -r file, refused there
+  # (here: something set the title before the server loaded the file): the
+  # warning says to use the launcher, not to put the line where it already is.
+  def test_preload_refused_in_a_server_config_does_not_ask_for_the_line_there
+    { "puma" => ["-C"], "sidekiq" => ["-r"] }.each do |server, opt|
+      Dir.mktmpdir do |dir|
+        cfg = File.join(dir, "config.rb")
+        File.write(cfg, <<~RUBY)
+          Process.setproctitle("renamed")
+          require "trimalloc/preload"
+          exit! 0
+        RUBY
+        _, err, st = Open3.capture3(child_env, RUBY, Gem.bin_path(server, server), *opt, cfg)
+        assert st.success?, err
+        warning = err[/^trimalloc: preload: .*$/]
+        refute_nil warning, "#{server}: #{err}"
+        assert_match(/command line was rewritten/, warning)
+        assert_match(%r{the line \(#{Regexp.escape(cfg)}:2\) is already first in the server's config file}, warning)
+        assert_match(/`trimalloc run -- bundle exec #{server} \.\.\.`/, warning)
+        refute_match(/Puma: config|Sidekiq: the file/, warning)
+      end
+    end
+  end
+
   def test_preload_refuses_inline_code_and_stdin
     %i[e stdin].each do |how|
       pid, starts, (r,), err = run_script(how: how)

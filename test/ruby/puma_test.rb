@@ -45,6 +45,42 @@ class PumaTest < Minitest::Test
     stop_group(pid)
   end
 
+  # Steady load: one of Puma's two threads is always busy, so Puma never
+  # finds every thread idle and never calls the out-of-band hook. After a
+  # burst (80 MB allocated and dropped, then a GC), the free memory passes
+  # min_free (32 MiB) and the plugin's watch trims within min_interval (1 s):
+  # the RSS falls while the other request is still running.
+  def test_puma_plugin_trims_under_steady_load
+    port = free_port
+    env = child_env(preload: true, env: { "PORT" => port.to_s, "TRIM" => "watch" }.merge(HOLD))
+    pid = spawn_server(env, RUBY, PUMA, "-C", File.join(SUPPORT, "puma_config.rb"), log: File::NULL)
+    wait_for_port(port, pid)
+    http = ->(path) { Net::HTTP.get_response(URI("http://127.0.0.1:#{port}#{path}")) }
+    stats = -> { JSON.parse(http.call("/stats").body, symbolize_names: true) }
+    require "openssl" # what Net::HTTP loads on a failed connection: not in a thread killed at the end
+    hold = Thread.new { http.call("/hold?60") rescue nil } # rubocop:disable Style/RescueModifier
+    hold.report_on_exception = false
+    wait_until("the watch to start") { stats.call[:watch] }
+    before = stats.call
+    assert_equal "trimalloc", before[:backend]
+    assert_equal 0, before[:watch][:trims], "nothing to trim yet: #{before[:watch]}"
+    assert_equal "200", http.call("/alloc?80").code
+    http.call("/gc")
+    peak = rss_of(pid)
+    after = wait_until("the watch's trim under load (#{rss_of(pid) >> 20} MiB, peak #{peak >> 20} MiB)",
+                       timeout: 30) do
+      s = stats.call
+      s if s[:watch][:trims] >= 1 && peak - rss_of(pid) >= 50 * MiB
+    end
+    assert hold.alive?, "the held request was still running"
+    assert_operator after[:watch][:trims], :>=, 1, after[:watch].to_s
+    assert_operator after[:watch][:trimmed_bytes], :>=, 50 * MiB
+    assert_equal 0, (after[:plugin] || {})[:events].to_i, "Puma never called the out-of-band hook"
+  ensure
+    stop_group(pid, grace: 2) # Puma would wait for the held request
+    hold&.kill
+  end
+
   def test_puma_plugin_trims_out_of_band
     without, without_stats = puma_run(trim: false)
     with, with_stats = puma_run(trim: true)

@@ -44,14 +44,35 @@ static VALUE m_search_path(VALUE self) {
   return s;
 }
 
-/* Trimalloc.preload_reexec(lib, script, title_changed) (private): the
- * shared preload (ta_bind_preload_req, from the command line the process was
- * started with). Re-executes, or returns [code, reason]: 0 already active,
- * else why not (TA_PRELOAD_*). Raises the Errno::* exception when the
- * re-exec itself failed. */
-static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_changed) {
-  ta_bind_preload_req_t req = {StringValueCStr(lib), 0, NULL, NULL, RTEST(title_changed)};
+/* Trimalloc.preload_reexec(lib, script, title_changed, argv, title)
+ * (private): the shared preload (ta_bind_preload_req). argv nil: from the
+ * command line the process was started with; else an Array of Strings, the
+ * command line that `title` (what /proc/self/cmdline must show) stands for.
+ * Re-executes, or returns [code, reason]: 0 already active, else why not
+ * (TA_PRELOAD_*). Raises the Errno::* exception when the re-exec itself
+ * failed. */
+static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_changed, VALUE argv,
+                              VALUE title) {
+  ta_bind_preload_req_t req = {StringValueCStr(lib), 0, NULL, NULL, RTEST(title_changed), NULL};
   if (!NIL_P(script)) req.script = StringValueCStr(script);
+  VALUE held = Qnil, buf = 0;
+  if (!NIL_P(argv)) {
+    Check_Type(argv, T_ARRAY);
+    long argc = RARRAY_LEN(argv);
+    if (argc == 0) rb_raise(rb_eArgError, "empty command line");
+    held = rb_ary_new_capa(argc); /* keeps the C strings alive */
+    char **cargv = ALLOCV_N(char *, buf, argc + 1);
+    for (long i = 0; i < argc; i++) {
+      VALUE s = RARRAY_AREF(argv, i);
+      StringValue(s);
+      s = rb_str_new_frozen(s);
+      rb_ary_push(held, s);
+      cargv[i] = (char *)StringValueCStr(s);
+    }
+    cargv[argc] = NULL;
+    req.argv = cargv;
+    if (!NIL_P(title)) req.title = StringValueCStr(title);
+  }
   int rc = ta_bind_preload_req(&req);
   if (rc == TA_PRELOAD_FAILED) {
     int err = errno;
@@ -59,6 +80,9 @@ static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_c
   }
   RB_GC_GUARD(lib);
   RB_GC_GUARD(script);
+  RB_GC_GUARD(held);
+  RB_GC_GUARD(title);
+  if (buf) ALLOCV_END(buf);
   return rb_assoc_new(INT2FIX(rc), rb_str_new_cstr(ta_bind_preload_reason(rc)));
 }
 
@@ -71,7 +95,7 @@ static VALUE m_forked_child_p(VALUE self) {
 void ta_rb_init_launcher(void) {
   VALUE s = rb_singleton_class(ta_rb_mTrimalloc);
   rb_define_private_method(s, "exec_preloaded", m_exec_preloaded, 2);
-  rb_define_private_method(s, "preload_reexec", m_preload_reexec, 3);
+  rb_define_private_method(s, "preload_reexec", m_preload_reexec, 5);
   rb_define_private_method(s, "search_path", m_search_path, 0);
   rb_define_singleton_method(ta_rb_mTrimalloc, "forked_child?", m_forked_child_p, 0);
 }

@@ -1,7 +1,8 @@
 # frozen_string_literal: true
 
 # Puma 5 configuration for puma_test.rb. TRIM=1 loads the plugin; everything
-# else is the same in both runs.
+# else is the same in both runs. TRIM=watch loads it with the settings of the
+# steady-load test (min_free 32 MiB, min_interval 1 s).
 require "json"
 
 bind "tcp://127.0.0.1:#{ENV.fetch('PORT')}"
@@ -11,12 +12,16 @@ quiet
 
 if ENV["TRIM"] == "1"
   plugin :trimalloc
-  trimalloc min_interval: 0 # the plugin's Puma DSL option
+  trimalloc min_interval: 0, watch: false # the plugin's Puma DSL option; the out-of-band trim alone
+elsif ENV["TRIM"] == "watch"
+  plugin :trimalloc
+  trimalloc min_interval: 1.0, min_free: 32 << 20
 end
 
 cache = []
 lock = Mutex.new
 plugin_stats = -> { defined?(Trimalloc::Puma) ? Trimalloc::Puma.stats : nil }
+watch_stats = -> { defined?(Trimalloc::Puma) ? Trimalloc::Puma.watch_stats : nil }
 
 app do |env|
   case env["PATH_INFO"]
@@ -31,7 +36,11 @@ app do |env|
     [200, { "Content-Type" => "application/json" }, [JSON.generate(plugin: plugin_stats.call)]]
   when "/stats"
     require "trimalloc"
-    [200, { "Content-Type" => "application/json" }, [JSON.generate(Trimalloc.stats.merge(plugin: plugin_stats.call))]]
+    body = Trimalloc.stats.merge(plugin: plugin_stats.call, watch: watch_stats.call)
+    [200, { "Content-Type" => "application/json" }, [JSON.generate(body)]]
+  when "/hold" # keeps a thread busy for QUERY_STRING seconds (never all idle)
+    sleep Float(env["QUERY_STRING"])
+    [200, { "Content-Type" => "text/plain" }, ["held\n"]]
   else
     [404, {}, []]
   end

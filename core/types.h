@@ -95,6 +95,13 @@ typedef enum {
  *   carved <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
  *   dirty = |OS pages p of the span with live[p] == 0 and not purged|
  *   (addr - start) % bsize == 0 for every block, tested with div_magic
+ *   every free carved block whose first OS page is not purged holds the
+ *   cookie in its second word (the free fast path's double-free test)
+ *   keyless <=> a purged OS page holds the start of a carved block (which
+ *   reads 0 there, so the fast path could not see a second free of it), and
+ *   then fast_free_below == 0: every free of the slab's blocks takes the slow
+ *   path, which tests the free bitmap. A page coming back into use gets the
+ *   cookie written into its free blocks (ta_slab_take).
  * Free span (kind == FREE, under the arena lock): linked in
  *   arena->spans[slices]; dirty as above; freed_ms = when it became free.
  * Large span (kind == LARGE): live[p] == 1 for each of its OS pages. */
@@ -123,6 +130,7 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   uint16_t slices;       /* span length in slices */
   uint16_t dirty;        /* OS pages free and resident */
   uint8_t bucket;        /* slab: fullness bucket, or TA_BUCKET_NONE */
+  uint8_t keyless;       /* slab: a purged OS page holds a carved block's start (see above) */
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
 } ta_span_t;

@@ -60,16 +60,21 @@ static ta_segment_t *cache_take(size_t map) {
     ta_delay_refault(&cache_delay, 0);
     ta_unlock(&cache_lock);
   }
-  /* Reused as it is when it is at most 4 times too big (its pages are resident
-   * and stay so: no fault); cut when much bigger; grown (pages moved, not
-   * copied, only the difference faulted in) when too small. */
-  if (best && (best->map_size > 4 * map || best->map_size < map)) {
+  /* Cut to the request when bigger (the head's pages are resident and stay
+   * so: no fault; the tail is unmapped, so it is neither kept resident nor
+   * counted as allocated: v2 handed a 16 MiB malloc a 60 MiB mapping, all of
+   * it resident); grown (pages moved, not copied, only the difference
+   * faulted in) when too small. */
+  if (best && best->map_size > map) {
+    ta_prim_unmap((uint8_t *)best + map, best->map_size - map);
+    best->map_size = map;
+  } else if (best && best->map_size < map) {
     void *q;
     size_t old = best->map_size;
     if (ta_prim_remap(best, old, map, TA_SEGMENT_SIZE, &q) == 0) {
       best = q;
       best->map_size = map;
-    } else if (old < map) {
+    } else {
       ta_prim_unmap(best, old);
       best = NULL;
     }

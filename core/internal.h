@@ -129,6 +129,13 @@ typedef struct ta_pagedelta_s {
 TA_HIDDEN void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d);
 TA_HIDDEN void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d);
 TA_HIDDEN void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d);
+/* Runs of pages among [first, first + n) that were resident when purged
+ * (taking them back is a refault): at most `max`, into runs; their count. */
+typedef struct ta_pagerun_s {
+  uint32_t first, n;
+} ta_pagerun_t;
+TA_HIDDEN size_t ta_pages_refaults(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *runs, size_t max);
+TA_HIDDEN void ta_pages_populate(ta_segment_t *s, const ta_pagerun_t *runs, size_t count);
 /* Returns the dirty OS pages among [first, first + n) to the OS; bytes released. */
 TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
 TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */

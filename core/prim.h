@@ -53,6 +53,11 @@ void ta_prim_hugepage(void *p, size_t size);
  * Pre: p and size page-aligned, the range mapped read-write. */
 void ta_prim_populate(void *p, size_t size);
 
+/* Which pages of [p, p + size) are resident (mincore): bit 0 of vec[i] for
+ * page i. Keeps errno. Pre: p and size page-aligned, vec has size / page
+ * size entries. */
+int ta_prim_resident(void *p, size_t size, unsigned char *vec);
+
 /* The CPU the calling thread runs on (0 if unknown), and the number of CPUs. */
 unsigned ta_prim_cpu(void);
 unsigned ta_prim_ncpus(void);

@@ -132,6 +132,31 @@ void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_
   d->dirty += k;
 }
 
+size_t ta_pages_refaults(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *runs, size_t max) {
+  ta_segbits_t *bits = ta_segbits(s);
+  size_t count = 0;
+  for (size_t i = first; i < first + n && count < max;) {
+    if (!bit_get(bits->purged, i) || !bit_get(bits->touched, i)) {
+      i++;
+      continue;
+    }
+    size_t j = i + 1;
+    while (j < first + n && bit_get(bits->purged, j) && bit_get(bits->touched, j)) j++;
+    runs[count].first = (uint32_t)i;
+    runs[count].n = (uint32_t)(j - i);
+    count++;
+    i = j;
+  }
+  return count;
+}
+
+/* Faults the runs in, each in one call (no lock needed: the pages are the
+ * caller's block). */
+void ta_pages_populate(ta_segment_t *s, const ta_pagerun_t *runs, size_t count) {
+  for (size_t r = 0; r < count; r++)
+    ta_prim_populate((uint8_t *)s + ((size_t)runs[r].first << ta_ospage_shift), (size_t)runs[r].n << ta_ospage_shift);
+}
+
 void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d) {
   if (d->dirty) ta_relaxed_add(&a->dirty_pages, d->dirty);
   if (d->resident) ta_relaxed_add(&a->resident_pages, d->resident);
@@ -152,7 +177,14 @@ size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, ui
     size_t j = i + 1;
     while (j < end && !bits->live[j] && !bit_get(bits->purged, j)) j++;
     size_t len = (j - i) << ta_ospage_shift;
-    if (ta_prim_purge((uint8_t *)s + (i << ta_ospage_shift), len) == 0) {
+    uint8_t *at = (uint8_t *)s + (i << ta_ospage_shift);
+    if (len >= TA_SLICE_SIZE) { /* pages in use but never written (a large block's tail) were not */
+      unsigned char vec[TA_OSPAGES_MAX]; /* resident: taking them back is no refault */
+      if (ta_prim_resident(at, len, vec) == 0)
+        for (size_t k = i; k < j; k++)
+          if (!(vec[k - i] & 1)) bit_clear(bits->touched, k);
+    }
+    if (ta_prim_purge(at, len) == 0) {
       for (size_t k = i; k < j; k++) bit_set(bits->purged, k);
       pages += (int64_t)(j - i);
       bytes += len;

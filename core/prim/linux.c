@@ -151,6 +151,12 @@ void ta_prim_populate(void *p, size_t size) {
   errno = saved;
 }
 
+int ta_prim_resident(void *p, size_t size, unsigned char *vec) {
+  int saved = errno, rc = mincore(p, size, vec) == 0 ? 0 : errno;
+  errno = saved;
+  return rc;
+}
+
 unsigned ta_prim_cpu(void) {
   int saved = errno, c = sched_getcpu();
   errno = saved;

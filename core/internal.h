@@ -136,7 +136,11 @@ typedef struct ta_pagerun_s {
 } ta_pagerun_t;
 TA_HIDDEN size_t ta_pages_refaults(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *runs, size_t max);
 TA_HIDDEN void ta_pages_populate(ta_segment_t *s, const ta_pagerun_t *runs, size_t count);
-/* Returns the dirty OS pages among [first, first + n) to the OS; bytes released. */
+/* Returns the dirty OS pages among [first, first + n) to the OS; bytes released.
+ * Under mlock (MADV_DONTNEED fails with EINVAL) nothing can be purged: after a
+ * failure, purges are skipped for TA_LOCKED_RETRY_MS, then tried again. */
+#define TA_LOCKED_RETRY_MS 10000
+TA_HIDDEN bool ta_purge_blocked(void);
 TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
 TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */
 TA_HIDDEN uint64_t ta_active_peak(void);

@@ -20,16 +20,22 @@ _Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
 
 
 /* ---- purging ---- */
-/* Free memory the purger may return: dirty pages, and the transfer caches'
- * blocks (which go back to their slabs when nobody takes them). */
-static uint64_t dirty_bytes(void) {
-  int64_t pages = 0, xfer = 0;
+/* Free memory the purger may return: dirty pages, the transfer caches'
+ * blocks (which go back to their slabs when nobody takes them) and freed
+ * huge mappings. Under mlock no page can be purged: then only what can be
+ * unmapped counts (empty segments, at a segment each), so the purger sleeps
+ * instead of trying every 50 ms for ever. */
+static uint64_t purge_work(void) {
+  int64_t pages = 0, xfer = 0, empty = 0;
   uint32_t n = ta_relaxed_load(&ta_arenas_used);
   for (uint32_t i = 0; i < n; i++) {
     pages += ta_relaxed_load(&ta_arenas[i].dirty_pages);
     xfer += ta_relaxed_load(&ta_arenas[i].xfer_bytes);
+    empty += ta_relaxed_load(&ta_arenas[i].empty_segments);
   }
-  return ((uint64_t)(pages > 0 ? pages : 0) << ta_ospage_shift) + (uint64_t)(xfer > 0 ? xfer : 0);
+  if (pages > 0 && ta_purge_blocked()) pages = empty > 0 ? empty * (int64_t)(TA_SEGMENT_SIZE >> ta_ospage_shift) : 0;
+  return ((uint64_t)(pages > 0 ? pages : 0) << ta_ospage_shift) + (uint64_t)(xfer > 0 ? xfer : 0) +
+         ta_relaxed_load(&ta_huge_cached);
 }
 
 static size_t purge_arenas(uint64_t now, bool all) {
@@ -108,10 +114,11 @@ static void *purger_main(void *arg) {
   while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && ta_opt(TA_OPT_BACKGROUND)) {
     ta_unlock(&purger_lock);
     uint64_t now = ta_prim_clock_ms(), wait = 0;
-    if (dirty_bytes() || ta_relaxed_load(&ta_huge_cached)) {
+    if (purge_work()) {
       purger_tick(now);
       wait = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS) / 2;
       if (wait < 10) wait = 10;
+      if (ta_purge_blocked() && !purge_work()) wait = 0; /* mlock: what is left cannot go */
     }
     ta_lock(&purger_lock);
     if (ta_relaxed_load(&purger_state) != PURGER_RUNNING) break;
@@ -122,7 +129,7 @@ static void *purger_main(void *arg) {
     /* Nothing left: sleep until a free leaves something (ta_purge_kick). */
     atomic_store(&purger_waiting, 1);
     atomic_thread_fence(memory_order_seq_cst);
-    if (!dirty_bytes() && !ta_relaxed_load(&ta_huge_cached)) timed_wait(10000);
+    if (!purge_work()) timed_wait(10000);
     atomic_store(&purger_waiting, 0);
   }
   int st = PURGER_RUNNING;
@@ -150,7 +157,7 @@ void ta_purge_kick(void) {
   int st = ta_relaxed_load(&purger_state);
   if (st == PURGER_RUNNING) {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load(&purger_waiting)) {
+    if (atomic_load(&purger_waiting) && purge_work()) {
       ta_lock(&purger_lock);
       pthread_cond_signal(&purger_cv);
       ta_unlock(&purger_lock);
@@ -158,7 +165,7 @@ void ta_purge_kick(void) {
     return;
   }
   if (st != PURGER_OFF || !ta_opt(TA_OPT_BACKGROUND)) return;
-  if (dirty_bytes() + ta_relaxed_load(&ta_huge_cached) < TA_PURGER_START) return;
+  if (purge_work() < TA_PURGER_START) return;
   purger_start();
 }
 

@@ -4,6 +4,8 @@
  * pages: the bin lock for a slab, the arena lock otherwise. */
 #include "internal.h"
 
+#include <errno.h>
+
 /* One bit per segment-sized slot of the address space (8 MiB of .bss below
  * 2^48; only the words that are written ever become resident). */
 _Atomic uint64_t ta_segmap[TA_SEGMAP_WORDS];
@@ -12,6 +14,12 @@ size_t ta_ospage_shift = 12;
 static _Atomic int64_t active_now;
 static _Atomic uint64_t active_peak;
 _Atomic uint64_t ta_meta_bytes;
+static _Atomic uint64_t locked_ms; /* the last purge that failed (mlock), or 0 */
+
+bool ta_purge_blocked(void) {
+  uint64_t t = ta_relaxed_load(&locked_ms);
+  return t && ta_prim_clock_ms() - t < TA_LOCKED_RETRY_MS;
+}
 
 /* Bytes of spans and huge blocks in use, and its high-water mark. */
 
@@ -81,6 +89,7 @@ ta_segment_t *ta_segment_new(ta_arena_t *a) {
   s->next = a->segments;
   if (a->segments) a->segments->prev = s;
   a->segments = s;
+  ta_relaxed_add(&a->empty_segments, 1);
   ta_relaxed_add(&a->resident_pages, (int64_t)hdr_pages);
   ta_segmap_set(s, true);
   ta_relaxed_add(&segments_live, 1);
@@ -100,6 +109,7 @@ void ta_segment_free(ta_arena_t *a, ta_segment_t *s) {
   ta_prim_unmap(s, s->map_size);
   ta_relaxed_sub(&a->resident_pages, resident);
   ta_relaxed_sub(&a->dirty_pages, dirty);
+  ta_relaxed_sub(&a->empty_segments, 1);
   ta_relaxed_sub(&segments_live, 1);
 }
 
@@ -169,6 +179,7 @@ size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, ui
   ta_segbits_t *bits = ta_segbits(s);
   size_t bytes = 0, end = first + n;
   int64_t pages = 0;
+  if (ta_purge_blocked()) return 0;
   for (size_t i = first; i < end;) {
     if (bits->live[i] || bit_get(bits->purged, i)) {
       i++;
@@ -184,10 +195,16 @@ size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, ui
         for (size_t k = i; k < j; k++)
           if (!(vec[k - i] & 1)) bit_clear(bits->touched, k);
     }
-    if (ta_prim_purge(at, len) == 0) {
+    int err = ta_prim_purge(at, len);
+    if (err == EINVAL) { /* locked (mlock, mlockall): nothing here can be purged */
+      ta_relaxed_store(&locked_ms, ta_prim_clock_ms() | 1);
+      break;
+    }
+    if (err == 0) {
       for (size_t k = i; k < j; k++) bit_set(bits->purged, k);
       pages += (int64_t)(j - i);
       bytes += len;
+      if (ta_relaxed_load(&locked_ms)) ta_relaxed_store(&locked_ms, 0); /* unlocked again */
     }
     i = j;
   }

@@ -68,6 +68,7 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   sp->dirty = (uint16_t)dirty;
   sp->arena = a;
   sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
+  if (s->used_slices == 0) ta_relaxed_sub(&a->empty_segments, 1);
   s->used_slices += (uint32_t)n;
   ta_active_add((int64_t)(n * TA_SLICE_SIZE));
   return sp;
@@ -102,12 +103,16 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   }
   uint64_t now = ta_prim_clock_ms();
   make_free(a, s, idx, n, now, dirty);
-  if (s->used_slices == 0) s->empty_since_ms = now;
+  if (s->used_slices == 0) {
+    s->empty_since_ms = now;
+    ta_relaxed_add(&a->empty_segments, 1);
+  }
 }
 
 /* Purges the free spans idle for `delay` ms (all: every one), then unmaps
- * empty segments that are purged and idle unmap_delay_ms (all: at once).
- * Returns the bytes released. */
+ * empty segments that are purged and idle unmap_delay_ms (all: at once);
+ * under mlock, where nothing can be purged, purged or not (v2 kept them for
+ * ever). Returns the bytes released. */
 size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split) {
   size_t bytes = 0;
   for (uint64_t m = a->span_mask; m; m &= m - 1)
@@ -118,12 +123,13 @@ size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, boo
                                                                         ta_span_pages(sp), &sp->dirty);
     }
   uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
+  bool locked = ta_relaxed_load(&a->empty_segments) > 0 && ta_purge_blocked();
   for (ta_segment_t *s = a->segments, *next; s; s = next) {
     next = s->next;
     ta_span_t *sp = &s->spans[1]; /* an empty segment is one free span */
-    if (s->used_slices == 0 && sp->dirty == 0 && (all || s->empty_since_ms + unmap_delay <= now)) {
+    if (s->used_slices == 0 && (sp->dirty == 0 || locked) && (all || s->empty_since_ms + unmap_delay <= now)) {
       list_remove(a, sp);
-      bytes += ta_segment_header_bytes();
+      bytes += ta_segment_header_bytes() + ((size_t)sp->dirty << ta_ospage_shift);
       ta_segment_free(a, s);
     }
   }

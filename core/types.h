@@ -230,6 +230,7 @@ struct ta_arena_s {
   uint64_t last_purge_ms;
   _Atomic int64_t dirty_pages, resident_pages;
   _Atomic int64_t xfer_bytes; /* in the bins' transfer caches */
+  _Atomic int64_t empty_segments; /* segments with no span in use (written under lock) */
   _Atomic uint64_t large_bytes, large_count, large_allocs;
   _Atomic uint64_t purges, purged_bytes;
   _Atomic uint64_t activity; /* refills, flushes and large blocks, ever: the purger's idle test */

@@ -221,6 +221,7 @@ TA_HIDDEN int64_t ta_arenas_xfer_bytes(void);
 /* ---- tcache.c: thread caches --------------------------------------------- */
 TA_HIDDEN extern __thread ta_tcache_t *ta_tls_tcache __attribute__((tls_model("initial-exec")));
 TA_HIDDEN extern _Atomic uint32_t ta_flush_epoch;
+TA_HIDDEN extern _Atomic uint32_t ta_tcaches_live; /* threads with a cache (the purger has none) */
 TA_HIDDEN void *ta_tcache_refill(ta_tcache_t *tc, size_t cls); /* empty bin: refill and pop */
 TA_HIDDEN void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p); /* bin or bound full */
 TA_HIDDEN void ta_tcache_flush_all(ta_tcache_t *tc);

@@ -62,6 +62,12 @@ int ta_prim_resident(void *p, size_t size, unsigned char *vec);
 unsigned ta_prim_cpu(void);
 unsigned ta_prim_ncpus(void);
 
+/* The calling thread's kernel id, and whether the thread of that id in this
+ * process has exited and been released (a process with no other thread left
+ * counts as single-threaded again, e.g. for unshare(CLONE_NEWUSER)). */
+int ta_prim_tid(void);
+int ta_prim_thread_gone(int tid);
+
 /* Starts fn(arg) on a new thread with every signal blocked (a process's
  * signals must never land on the allocator's thread), named `name`. */
 int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out);

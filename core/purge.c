@@ -4,11 +4,13 @@
  * arena's delay (delay.c: purge_delay_ms to start with, lengthened when
  * purged memory is faulted straight back in).
  *
- * The background purger is one thread, started lazily the first time at least
+ * The background purger is one thread, started lazily each time at least
  * TA_PURGER_START of free resident memory is left (so a short program that
  * never frees much never gets a thread), restarted lazily in a fork child,
- * stopped at exit, off with TRIMALLOC_BACKGROUND=0. Without it, the allocator
- * purges on its own slow paths. */
+ * stopped at exit, off with TRIMALLOC_BACKGROUND=0. With nothing left to
+ * purge it sleeps if the program has threads of its own, and leaves if not
+ * (a single-threaded program is single-threaded again once what it freed is
+ * returned). Without it, the allocator purges on its own slow paths. */
 #include "internal.h"
 
 #include <errno.h>
@@ -85,6 +87,7 @@ static _Atomic int purger_state, purger_waiting;
 static ta_lock_t purger_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t purger_cv;
 static pthread_t purger_tid;
+static _Atomic int purger_ktid; /* the purger's kernel thread id (0: none yet) */
 static bool cv_ready;
 
 static void cv_init(void) {
@@ -110,6 +113,7 @@ static void timed_wait(uint64_t ms) { /* purger_lock held; CLOCK_MONOTONIC */
 
 static void *purger_main(void *arg) {
   (void)arg;
+  ta_relaxed_store(&purger_ktid, ta_prim_tid());
   ta_lock(&purger_lock);
   while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && ta_opt(TA_OPT_BACKGROUND)) {
     ta_unlock(&purger_lock);
@@ -126,7 +130,23 @@ static void *purger_main(void *arg) {
       timed_wait(wait);
       continue;
     }
-    /* Nothing left: sleep until a free leaves something (ta_purge_kick). */
+    /* Nothing left. In a program with no thread of its own but the one that
+     * allocates (or none that allocates), the purger leaves: the program is
+     * single-threaded again (unshare(CLONE_NEWUSER) needs that), and the
+     * next time enough is left to purge, a new one starts. Work that a free
+     * left while it was leaving (the kick saw it running) is seen below. */
+    if (ta_relaxed_load(&ta_tcaches_live) <= 1) {
+      int st = PURGER_RUNNING;
+      if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_OFF)) break;
+      atomic_thread_fence(memory_order_seq_cst);
+      st = PURGER_OFF;
+      if (purge_work() >= TA_PURGER_START && atomic_compare_exchange_strong(&purger_state, &st, PURGER_RUNNING))
+        continue;
+      pthread_cond_broadcast(&purger_cv);
+      ta_unlock(&purger_lock);
+      return NULL;
+    }
+    /* Otherwise sleep until a free leaves something (ta_purge_kick). */
     atomic_store(&purger_waiting, 1);
     atomic_thread_fence(memory_order_seq_cst);
     if (!purge_work()) timed_wait(10000);
@@ -154,6 +174,7 @@ static void purger_start(void) {
 }
 
 void ta_purge_kick(void) {
+  atomic_thread_fence(memory_order_seq_cst); /* the caller's counts, then the state: see purger_main */
   int st = ta_relaxed_load(&purger_state);
   if (st == PURGER_RUNNING) {
     atomic_thread_fence(memory_order_seq_cst);
@@ -170,14 +191,19 @@ void ta_purge_kick(void) {
 }
 
 /* background was set to 0: wake the purger (it sees the option and leaves its
- * loop) and wait until it has left, however long its current pass takes. */
+ * loop) and wait until it has left, however long its current pass takes, and
+ * until its thread is gone (at most 1 s more), so that the program is
+ * single-threaded again when this returns. */
 void ta_purger_stop(void) {
-  if (ta_relaxed_load(&purger_state) != PURGER_RUNNING) return;
+  if (ta_relaxed_load(&purger_state) != PURGER_RUNNING && !ta_relaxed_load(&purger_ktid)) return;
   ta_lock(&purger_lock);
   while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && !ta_opt(TA_OPT_BACKGROUND)) {
     pthread_cond_broadcast(&purger_cv);
     timed_wait(10); /* its broadcast on leaving ends this wait early */
   }
+  int tid = ta_relaxed_load(&purger_ktid);
+  for (int i = 0; tid && i < 1000 && !ta_prim_thread_gone(tid); i++) timed_wait(1);
+  if (tid && ta_relaxed_load(&purger_state) != PURGER_RUNNING) ta_relaxed_store(&purger_ktid, 0);
   ta_unlock(&purger_lock);
 }
 
@@ -205,6 +231,7 @@ void ta_purge_fork_child(void) {
   int st = ta_relaxed_load(&purger_state);
   if (st == PURGER_RUNNING || st == PURGER_STARTING) ta_relaxed_store(&purger_state, PURGER_OFF); /* restart lazily */
   ta_relaxed_store(&purger_waiting, 0);
+  ta_relaxed_store(&purger_ktid, 0);
   if (cv_ready) cv_init(); /* the purger may have been waiting on it */
   ta_unlock(&purger_lock);
 }

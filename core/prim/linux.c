@@ -168,6 +168,17 @@ unsigned ta_prim_ncpus(void) {
   return n > 0 ? (unsigned)n : 1;
 }
 
+int ta_prim_tid(void) {
+  return (int)syscall(SYS_gettid);
+}
+
+int ta_prim_thread_gone(int tid) {
+  int saved = errno;
+  int gone = syscall(SYS_tgkill, getpid(), tid, 0) != 0 && errno == ESRCH;
+  errno = saved;
+  return gone;
+}
+
 int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out) {
   int saved = errno;
   sigset_t all, old;

@@ -616,11 +616,23 @@ static long thread_switches(const char *comm) {
  * (issue 17, item 7: pages counted as dirty for ever, no segment unmapped,
  * trim returned 0, the purger woke 20 times a second). A child process:
  * exit status 77 when mlockall is not allowed here. */
+/* A thread of the program's own that has allocated and sleeps: the purger
+ * then stays when it has nothing to do, and sleeps. */
+static gate_t sleeper_wake = GATE_INIT;
+static void *sleeper(void *arg) {
+  (void)arg;
+  trimalloc_free(trimalloc_malloc(100));
+  gate_wait(&sleeper_wake, 1);
+  return NULL;
+}
+
 static void child_mlock(void) {
   /* Under the sanitizers their shadow mappings must not be locked: only
    * the mappings made from now on; and their runtimes make mlockall() a
    * no-op, so the system call is made directly. */
   if (syscall(SYS_mlockall, TEST_SANITIZED ? MCL_FUTURE : MCL_CURRENT | MCL_FUTURE) != 0) exit(77);
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, sleeper, NULL) == 0);
   enum { N = 320 };
   static void *p[N];
   for (int i = 0; i < N; i++) p[i] = trimalloc_malloc(100 * KiB); /* 32 MiB in fresh, locked segments */
@@ -642,6 +654,84 @@ static void child_mlock(void) {
         U(s0.mapped / KiB), U(s1.mapped / KiB));
   CHECK(w0 >= 0 && w1 >= 0 && w1 - w0 <= 3, "the purger woke %ld times in 1 s with nothing it can purge",
         w1 - w0);
+  gate_set(&sleeper_wake, 1);
+  pthread_join(t, NULL);
+}
+
+/* ---- a single-threaded program stays single-threaded (issue 17, item 6) ---- */
+static int task_count(void) {
+  DIR *d = opendir("/proc/self/task");
+  int n = 0;
+  struct dirent *e;
+  while (d && (e = readdir(d)) != NULL) n += e->d_name[0] != '.';
+  if (d) closedir(d);
+  return n;
+}
+
+static bool purger_thread(void) {
+  return thread_switches("trimalloc-purge") >= 0;
+}
+
+/* unshare(CLONE_NEWUSER) fails with EINVAL in a multithreaded process: the
+ * program's own check that it is single-threaded. Where the kernel refuses
+ * it for other reasons (no user namespaces), the thread count stands in.
+ * Sanitizers and emulators have threads of their own: the purger's absence
+ * (by name) is what is checked there. */
+static void check_single_threaded(const char *when) {
+  CHECK(!purger_thread(), "%s: the purger thread is there", when);
+  if (TEST_SANITIZED || test_runner()) return;
+  CHECK(task_count() == 1, "%s: %d threads", when, task_count());
+  int r = unshare(CLONE_NEWUSER);
+  if (r != 0 && errno != EINVAL) fprintf(stdout, "   (unshare(CLONE_NEWUSER) refused here: %s)\n", strerror(errno));
+  else CHECK(r == 0, "%s: unshare(CLONE_NEWUSER) failed: %s", when, strerror(errno));
+}
+
+static void free_16_mib(void) {
+  enum { N = 4096 };
+  static void *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = trimalloc_malloc(4000);
+    memset(p[i], 1, 4000);
+  }
+  for (int i = 0; i < N; i++) trimalloc_free(p[i]);
+}
+
+/* A single-threaded child: the purger starts when 16 MiB are freed, returns
+ * them, and leaves; the process is single-threaded again (v2/v3: the thread
+ * stayed for ever, and unshare(CLONE_NEWUSER) failed with EINVAL). */
+static void child_single(void) {
+  CHECK(!purger_thread(), "a purger thread before anything was freed");
+  free_16_mib();
+  CHECK(purger_within(5), "no purger 5 s after 16 MiB were freed");
+  double t0 = now_s();
+  while (purger_thread() && now_s() - t0 < 5) sleep_ms(10);
+  fprintf(stdout, "   single-threaded: the purger left %.2f s after it was seen, dirty %llu KiB\n", now_s() - t0,
+          U(stats_now().dirty / KiB));
+  CHECK(stats_now().dirty == 0, "the purger left %llu KiB dirty", U(stats_now().dirty / KiB));
+  check_single_threaded("5 s after the purger returned 16 MiB");
+}
+
+/* The documented ways for a program that must stay single-threaded at every
+ * moment: trimalloc_option_set("background", 0), after which the thread is
+ * gone, or TRIMALLOC_BACKGROUND=0, with which none starts. */
+static void child_stop(void) {
+  free_16_mib();
+  CHECK(purger_within(5), "no purger 5 s after 16 MiB were freed");
+  CHECK(trimalloc_option_set("background", 0) == 0);
+  check_single_threaded("right after trimalloc_option_set(\"background\", 0)");
+}
+
+static void child_no_background(void) {
+  free_16_mib();
+  sleep_ms(300);
+  check_single_threaded("with TRIMALLOC_BACKGROUND=0, 16 MiB freed");
+}
+
+static void test_single_threaded_program_stays_so(void) {
+  static const char *const off[] = {"TRIMALLOC_BACKGROUND=0", NULL};
+  check_child("--child-single", NULL);
+  check_child("--child-stop", NULL);
+  check_child("--child-no-background", off);
 }
 
 static void test_mlockall_unmaps_and_sleeps(void) {
@@ -656,6 +746,18 @@ static void test_mlockall_unmaps_and_sleeps(void) {
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "--child-lazy")) {
     child_lazy();
+    return atomic_load(&check_failed_n) ? 1 : 0;
+  }
+  if (argc > 1 && !strcmp(argv[1], "--child-single")) {
+    child_single();
+    return atomic_load(&check_failed_n) ? 1 : 0;
+  }
+  if (argc > 1 && !strcmp(argv[1], "--child-stop")) {
+    child_stop();
+    return atomic_load(&check_failed_n) ? 1 : 0;
+  }
+  if (argc > 1 && !strcmp(argv[1], "--child-no-background")) {
+    child_no_background();
     return atomic_load(&check_failed_n) ? 1 : 0;
   }
   if (argc > 1 && !strcmp(argv[1], "--child-mlock")) {
@@ -675,6 +777,7 @@ int main(int argc, char **argv) {
   RUN(test_delayed_purge_without_trim);
   RUN(test_trim_races_alloc_free);
   RUN(test_refault_populates_what_was_resident);
+  RUN(test_single_threaded_program_stays_so);
   if (test_runner())
     SKIP(test_mlockall_unmaps_and_sleeps, "mlockall under qemu-user would lock the emulator's own mappings");
   else

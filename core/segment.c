@@ -146,10 +146,13 @@ size_t ta_pages_refaults(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *
   ta_segbits_t *bits = ta_segbits(s);
   size_t count = 0;
   for (size_t i = first; i < first + n && count < max;) {
-    if (!bit_get(bits->purged, i) || !bit_get(bits->touched, i)) {
-      i++;
+    uint64_t w = (ta_relaxed_load(&bits->purged[i / 64]) & ta_relaxed_load(&bits->touched[i / 64])) >> (i % 64);
+    if (!w) { /* a word at a time: a span with nothing to refault costs a few loads */
+      i = (i / 64 + 1) * 64;
       continue;
     }
+    i += (size_t)__builtin_ctzll(w);
+    if (i >= first + n) break;
     size_t j = i + 1;
     while (j < first + n && bit_get(bits->purged, j) && bit_get(bits->touched, j)) j++;
     runs[count].first = (uint32_t)i;

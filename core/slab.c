@@ -203,7 +203,7 @@ size_t ta_slab_purge(ta_span_t *sp) {
   ta_relaxed_store(&sp->fast_free_below, 0);
   atomic_thread_fence(memory_order_seq_cst);
   size_t bytes = ta_pages_purge(sp->arena, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
-  sp->keyless = keyless_now(sp);
+  if (bytes) sp->keyless = keyless_now(sp); /* nothing purged: as it was */
   fast_free_set(sp);
   return bytes;
 }

@@ -541,10 +541,12 @@ static void test_empty_trim_is_cheap(void) {
 #endif
 }
 
-/* Resident OS pages among [p, p + n). */
+/* Resident OS pages among [p, p + n) (p page-aligned, n at most 4 MiB). */
 static size_t resident_pages(const uint8_t *p, size_t n) {
-  size_t ps = page_size(), count = 0;
-  for (size_t off = 0; off < n; off += ps) count += page_resident(p + off) == 1;
+  static unsigned char vec[4 * MiB / 4096];
+  size_t ps = page_size(), count = 0, pages = (n + ps - 1) / ps;
+  if (mincore((void *)p, pages * ps, vec) != 0) return 0;
+  for (size_t i = 0; i < pages; i++) count += vec[i] & 1;
   return count;
 }
 
@@ -583,8 +585,7 @@ static void test_refault_populates_what_was_resident(void) {
       !thp_always())
     CHECK(after * ps <= written + 64 * KiB, "%zu KiB resident when reused, %zu KiB were before the purge",
           after * ps / KiB, before * ps / KiB);
-  if (!test_runner()) /* qemu-user ignores MADV_POPULATE_WRITE */
-    CHECK(q != p || after * ps >= written, "%zu KiB resident when reused: the %zu KiB written were not populated",
+  CHECK(q != p || after * ps >= written, "%zu KiB resident when reused: the %zu KiB written were not populated",
           after * ps / KiB, written / KiB);
   trimalloc_free(q);
   trimalloc_free(keeper);
@@ -776,7 +777,10 @@ int main(int argc, char **argv) {
   RUN(test_trim_with_two_arenas_leaves_nothing);
   RUN(test_delayed_purge_without_trim);
   RUN(test_trim_races_alloc_free);
-  RUN(test_refault_populates_what_was_resident);
+  if (test_runner()) /* and its mincore writes a byte per host page (4 KiB), not per emulated page */
+    SKIP(test_refault_populates_what_was_resident, "qemu-user ignores MADV_POPULATE_WRITE");
+  else
+    RUN(test_refault_populates_what_was_resident);
   RUN(test_single_threaded_program_stays_so);
   if (test_runner())
     SKIP(test_mlockall_unmaps_and_sleeps, "mlockall under qemu-user would lock the emulator's own mappings");

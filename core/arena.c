@@ -341,6 +341,7 @@ void ta_arena_free1(ta_span_t *sp, void *p) {
   ta_lock(&bin->lock);
   uint16_t d0 = sp->dirty;
   put_block(bin, sp, p, cls, &d);
+  ((ta_block_t *)p)->key = ta_cookie; /* free in its slab: the fast path sees a second free */
   slab_settle(a, bin, sp, d0, ta_prim_clock_ms(), &d);
   ta_relaxed_sub(&bin->used_bytes, ta_class_size(cls));
   ta_unlock(&bin->lock);

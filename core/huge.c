@@ -17,6 +17,11 @@ static struct {
   uint64_t freed_ms;
 } cache[TA_HUGE_CACHE];
 static ta_lock_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Mappings taken out of the cache to be unmapped are in no structure a fork
+ * child could find: expire_lock is held from the detach to the last unmap,
+ * and the pre-fork handler takes it first (a child got 60-150 MiB it could
+ * never release). Lock order: expire_lock, then cache_lock. */
+static ta_lock_t expire_lock = PTHREAD_MUTEX_INITIALIZER;
 static ta_delay_t cache_delay; /* under cache_lock */
 
 static size_t round_up(size_t n, size_t to) {
@@ -60,16 +65,21 @@ static ta_segment_t *cache_take(size_t map) {
     ta_delay_refault(&cache_delay, 0);
     ta_unlock(&cache_lock);
   }
-  /* Reused as it is when it is at most 4 times too big (its pages are resident
-   * and stay so: no fault); cut when much bigger; grown (pages moved, not
-   * copied, only the difference faulted in) when too small. */
-  if (best && (best->map_size > 4 * map || best->map_size < map)) {
+  /* Cut to the request when bigger (the head's pages are resident and stay
+   * so: no fault; the tail is unmapped, so it is neither kept resident nor
+   * counted as allocated: v2 handed a 16 MiB malloc a 60 MiB mapping, all of
+   * it resident); grown (pages moved, not copied, only the difference
+   * faulted in) when too small. */
+  if (best && best->map_size > map) {
+    ta_prim_unmap((uint8_t *)best + map, best->map_size - map);
+    best->map_size = map;
+  } else if (best && best->map_size < map) {
     void *q;
     size_t old = best->map_size;
     if (ta_prim_remap(best, old, map, TA_SEGMENT_SIZE, &q) == 0) {
       best = q;
       best->map_size = map;
-    } else if (old < map) {
+    } else {
       ta_prim_unmap(best, old);
       best = NULL;
     }
@@ -100,6 +110,7 @@ size_t ta_huge_cache_expire(uint64_t now, bool all) {
   if (!ta_relaxed_load(&ta_huge_cached)) return 0;
   ta_segment_t *drop[TA_HUGE_CACHE];
   size_t n = 0, bytes = 0;
+  ta_lock(&expire_lock);
   ta_lock(&cache_lock);
   uint64_t delay = ta_delay_get(&cache_delay, now);
   for (size_t i = 0; i < TA_HUGE_CACHE; i++)
@@ -114,17 +125,20 @@ size_t ta_huge_cache_expire(uint64_t now, bool all) {
     bytes += drop[i]->map_size;
     ta_prim_unmap(drop[i], drop[i]->map_size);
   }
+  ta_unlock(&expire_lock);
   return bytes;
 }
 
 void ta_huge_fork_prepare(void) {
+  ta_lock(&expire_lock); /* no mapping between the cache and its unmap */
   ta_lock(&cache_lock);
 }
 void ta_huge_fork_parent(void) {
   ta_unlock(&cache_lock);
+  ta_unlock(&expire_lock);
 }
 void ta_huge_fork_child(void) {
-  ta_unlock(&cache_lock);
+  ta_huge_fork_parent();
 }
 
 void *ta_huge_alloc(size_t size, size_t align, bool zero) {

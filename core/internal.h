@@ -135,7 +135,18 @@ TA_HIDDEN void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d);
  * fault each. Pages the kernel would not populate stay as they were. Returns
  * the pages populated. */
 TA_HIDDEN size_t ta_pages_populate(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d);
-/* Returns the dirty OS pages among [first, first + n) to the OS; bytes released. */
+/* Runs of pages among [first, first + n) that were resident when purged
+ * (taking them back is a refault): at most `max`, into runs; their count. */
+typedef struct ta_pagerun_s {
+  uint32_t first, n;
+} ta_pagerun_t;
+TA_HIDDEN size_t ta_pages_refaults(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *runs, size_t max);
+TA_HIDDEN void ta_pages_populate_runs(ta_segment_t *s, const ta_pagerun_t *runs, size_t count);
+/* Returns the dirty OS pages among [first, first + n) to the OS; bytes released.
+ * Under mlock (MADV_DONTNEED fails with EINVAL) nothing can be purged: after a
+ * failure, purges are skipped for TA_LOCKED_RETRY_MS, then tried again. */
+#define TA_LOCKED_RETRY_MS 10000
+TA_HIDDEN bool ta_purge_blocked(void);
 TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
 TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */
 TA_HIDDEN uint64_t ta_active_peak(void);
@@ -216,6 +227,7 @@ TA_HIDDEN int64_t ta_arenas_xfer_bytes(void);
 /* ---- tcache.c: thread caches --------------------------------------------- */
 TA_HIDDEN extern __thread ta_tcache_t *ta_tls_tcache __attribute__((tls_model("initial-exec")));
 TA_HIDDEN extern _Atomic uint32_t ta_flush_epoch;
+TA_HIDDEN extern _Atomic uint32_t ta_tcaches_live; /* threads with a cache (the purger has none) */
 TA_HIDDEN void *ta_tcache_refill(ta_tcache_t *tc, size_t cls); /* empty bin: refill and pop */
 TA_HIDDEN void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p); /* bin or bound full */
 TA_HIDDEN void ta_tcache_flush_all(ta_tcache_t *tc);

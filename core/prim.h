@@ -56,9 +56,20 @@ void ta_prim_hugepage(void *p, size_t size);
  * Pre: p and size page-aligned, the range mapped read-write. */
 bool ta_prim_populate(void *p, size_t size);
 
+/* Which pages of [p, p + size) are resident (mincore): bit 0 of vec[i] for
+ * page i. Keeps errno. Pre: p and size page-aligned, vec has size / page
+ * size entries. */
+int ta_prim_resident(void *p, size_t size, unsigned char *vec);
+
 /* The CPU the calling thread runs on (0 if unknown), and the number of CPUs. */
 unsigned ta_prim_cpu(void);
 unsigned ta_prim_ncpus(void);
+
+/* The calling thread's kernel id, and whether the thread of that id in this
+ * process has exited and been released (a process with no other thread left
+ * counts as single-threaded again, e.g. for unshare(CLONE_NEWUSER)). */
+int ta_prim_tid(void);
+int ta_prim_thread_gone(int tid);
 
 /* Starts fn(arg) on a new thread with every signal blocked (a process's
  * signals must never land on the allocator's thread), named `name`. */

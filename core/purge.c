@@ -4,11 +4,13 @@
  * arena's delay (delay.c: purge_delay_ms to start with, lengthened when
  * purged memory is faulted straight back in).
  *
- * The background purger is one thread, started lazily the first time at least
+ * The background purger is one thread, started lazily each time at least
  * TA_PURGER_START of free resident memory is left (so a short program that
  * never frees much never gets a thread), restarted lazily in a fork child,
- * stopped at exit, off with TRIMALLOC_BACKGROUND=0. Without it, the allocator
- * purges on its own slow paths. */
+ * stopped at exit, off with TRIMALLOC_BACKGROUND=0. With nothing left to
+ * purge it sleeps if the program has threads of its own, and leaves if not
+ * (a single-threaded program is single-threaded again once what it freed is
+ * returned). Without it, the allocator purges on its own slow paths. */
 #include "internal.h"
 
 #include <errno.h>
@@ -20,16 +22,22 @@ _Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
 
 
 /* ---- purging ---- */
-/* Free memory the purger may return: dirty pages, and the transfer caches'
- * blocks (which go back to their slabs when nobody takes them). */
-static uint64_t dirty_bytes(void) {
-  int64_t pages = 0, xfer = 0;
+/* Free memory the purger may return: dirty pages, the transfer caches'
+ * blocks (which go back to their slabs when nobody takes them) and freed
+ * huge mappings. Under mlock no page can be purged: then only what can be
+ * unmapped counts (empty segments, at a segment each), so the purger sleeps
+ * instead of trying every 50 ms for ever. */
+static uint64_t purge_work(void) {
+  int64_t pages = 0, xfer = 0, empty = 0;
   uint32_t n = ta_relaxed_load(&ta_arenas_used);
   for (uint32_t i = 0; i < n; i++) {
     pages += ta_relaxed_load(&ta_arenas[i].dirty_pages);
     xfer += ta_relaxed_load(&ta_arenas[i].xfer_bytes);
+    empty += ta_relaxed_load(&ta_arenas[i].empty_segments);
   }
-  return ((uint64_t)(pages > 0 ? pages : 0) << ta_ospage_shift) + (uint64_t)(xfer > 0 ? xfer : 0);
+  if (pages > 0 && ta_purge_blocked()) pages = empty > 0 ? empty * (int64_t)(TA_SEGMENT_SIZE >> ta_ospage_shift) : 0;
+  return ((uint64_t)(pages > 0 ? pages : 0) << ta_ospage_shift) + (uint64_t)(xfer > 0 ? xfer : 0) +
+         ta_relaxed_load(&ta_huge_cached);
 }
 
 static size_t purge_arenas(uint64_t now, bool all) {
@@ -79,6 +87,7 @@ static _Atomic int purger_state, purger_waiting;
 static ta_lock_t purger_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t purger_cv;
 static pthread_t purger_tid;
+static _Atomic int purger_ktid; /* the purger's kernel thread id (0: none yet) */
 static bool cv_ready;
 
 static void cv_init(void) {
@@ -104,14 +113,16 @@ static void timed_wait(uint64_t ms) { /* purger_lock held; CLOCK_MONOTONIC */
 
 static void *purger_main(void *arg) {
   (void)arg;
+  ta_relaxed_store(&purger_ktid, ta_prim_tid());
   ta_lock(&purger_lock);
   while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && ta_opt(TA_OPT_BACKGROUND)) {
     ta_unlock(&purger_lock);
     uint64_t now = ta_prim_clock_ms(), wait = 0;
-    if (dirty_bytes() || ta_relaxed_load(&ta_huge_cached)) {
+    if (purge_work()) {
       purger_tick(now);
       wait = (uint64_t)ta_opt(TA_OPT_PURGE_DELAY_MS) / 2;
       if (wait < 10) wait = 10;
+      if (ta_purge_blocked() && !purge_work()) wait = 0; /* mlock: what is left cannot go */
     }
     ta_lock(&purger_lock);
     if (ta_relaxed_load(&purger_state) != PURGER_RUNNING) break;
@@ -119,10 +130,26 @@ static void *purger_main(void *arg) {
       timed_wait(wait);
       continue;
     }
-    /* Nothing left: sleep until a free leaves something (ta_purge_kick). */
+    /* Nothing left. In a program with no thread of its own but the one that
+     * allocates (or none that allocates), the purger leaves: the program is
+     * single-threaded again (unshare(CLONE_NEWUSER) needs that), and the
+     * next time enough is left to purge, a new one starts. Work that a free
+     * left while it was leaving (the kick saw it running) is seen below. */
+    if (ta_relaxed_load(&ta_tcaches_live) <= 1) {
+      int st = PURGER_RUNNING;
+      if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_OFF)) break;
+      atomic_thread_fence(memory_order_seq_cst);
+      st = PURGER_OFF;
+      if (purge_work() >= TA_PURGER_START && atomic_compare_exchange_strong(&purger_state, &st, PURGER_RUNNING))
+        continue;
+      pthread_cond_broadcast(&purger_cv);
+      ta_unlock(&purger_lock);
+      return NULL;
+    }
+    /* Otherwise sleep until a free leaves something (ta_purge_kick). */
     atomic_store(&purger_waiting, 1);
     atomic_thread_fence(memory_order_seq_cst);
-    if (!dirty_bytes() && !ta_relaxed_load(&ta_huge_cached)) timed_wait(10000);
+    if (!purge_work()) timed_wait(10000);
     atomic_store(&purger_waiting, 0);
   }
   int st = PURGER_RUNNING;
@@ -147,10 +174,11 @@ static void purger_start(void) {
 }
 
 void ta_purge_kick(void) {
+  atomic_thread_fence(memory_order_seq_cst); /* the caller's counts, then the state: see purger_main */
   int st = ta_relaxed_load(&purger_state);
   if (st == PURGER_RUNNING) {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load(&purger_waiting)) {
+    if (atomic_load(&purger_waiting) && purge_work()) {
       ta_lock(&purger_lock);
       pthread_cond_signal(&purger_cv);
       ta_unlock(&purger_lock);
@@ -158,19 +186,24 @@ void ta_purge_kick(void) {
     return;
   }
   if (st != PURGER_OFF || !ta_opt(TA_OPT_BACKGROUND)) return;
-  if (dirty_bytes() + ta_relaxed_load(&ta_huge_cached) < TA_PURGER_START) return;
+  if (purge_work() < TA_PURGER_START) return;
   purger_start();
 }
 
 /* background was set to 0: wake the purger (it sees the option and leaves its
- * loop) and wait until it has left, however long its current pass takes. */
+ * loop) and wait until it has left, however long its current pass takes, and
+ * until its thread is gone (at most 1 s more), so that the program is
+ * single-threaded again when this returns. */
 void ta_purger_stop(void) {
-  if (ta_relaxed_load(&purger_state) != PURGER_RUNNING) return;
+  if (ta_relaxed_load(&purger_state) != PURGER_RUNNING && !ta_relaxed_load(&purger_ktid)) return;
   ta_lock(&purger_lock);
   while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && !ta_opt(TA_OPT_BACKGROUND)) {
     pthread_cond_broadcast(&purger_cv);
     timed_wait(10); /* its broadcast on leaving ends this wait early */
   }
+  int tid = ta_relaxed_load(&purger_ktid);
+  for (int i = 0; tid && i < 1000 && !ta_prim_thread_gone(tid); i++) timed_wait(1);
+  if (tid && ta_relaxed_load(&purger_state) != PURGER_RUNNING) ta_relaxed_store(&purger_ktid, 0);
   ta_unlock(&purger_lock);
 }
 
@@ -198,6 +231,7 @@ void ta_purge_fork_child(void) {
   int st = ta_relaxed_load(&purger_state);
   if (st == PURGER_RUNNING || st == PURGER_STARTING) ta_relaxed_store(&purger_state, PURGER_OFF); /* restart lazily */
   ta_relaxed_store(&purger_waiting, 0);
+  ta_relaxed_store(&purger_ktid, 0);
   if (cv_ready) cv_init(); /* the purger may have been waiting on it */
   ta_unlock(&purger_lock);
 }

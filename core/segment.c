@@ -4,6 +4,8 @@
  * pages: the bin lock for a slab, the arena lock otherwise. */
 #include "internal.h"
 
+#include <errno.h>
+
 /* One bit per segment-sized slot of the address space (8 MiB of .bss below
  * 2^48; only the words that are written ever become resident). */
 _Atomic uint64_t ta_segmap[TA_SEGMAP_WORDS];
@@ -12,6 +14,12 @@ size_t ta_ospage_shift = 12;
 static _Atomic int64_t active_now;
 static _Atomic uint64_t active_peak;
 _Atomic uint64_t ta_meta_bytes;
+static _Atomic uint64_t locked_ms; /* the last purge that failed (mlock), or 0 */
+
+bool ta_purge_blocked(void) {
+  uint64_t t = ta_relaxed_load(&locked_ms);
+  return t && ta_prim_clock_ms() - t < TA_LOCKED_RETRY_MS;
+}
 
 /* `active` (OS pages holding a live block, and huge blocks) as it changes,
  * and its high-water mark: every change of an arena's resident or dirty page
@@ -84,6 +92,7 @@ ta_segment_t *ta_segment_new(ta_arena_t *a) {
   s->next = a->segments;
   if (a->segments) a->segments->prev = s;
   a->segments = s;
+  ta_relaxed_add(&a->empty_segments, 1);
   ta_relaxed_add(&a->resident_pages, (int64_t)hdr_pages);
   ta_segmap_set(s, true);
   ta_relaxed_add(&segments_live, 1);
@@ -103,6 +112,7 @@ void ta_segment_free(ta_arena_t *a, ta_segment_t *s) {
   ta_prim_unmap(s, s->map_size);
   ta_relaxed_sub(&a->resident_pages, resident);
   ta_relaxed_sub(&a->dirty_pages, dirty);
+  ta_relaxed_sub(&a->empty_segments, 1);
   ta_relaxed_sub(&segments_live, 1);
 }
 
@@ -161,6 +171,34 @@ size_t ta_pages_populate(ta_segment_t *s, size_t first, size_t n, uint16_t *dirt
   return pages;
 }
 
+size_t ta_pages_refaults(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *runs, size_t max) {
+  ta_segbits_t *bits = ta_segbits(s);
+  size_t count = 0;
+  for (size_t i = first; i < first + n && count < max;) {
+    uint64_t w = (ta_relaxed_load(&bits->purged[i / 64]) & ta_relaxed_load(&bits->touched[i / 64])) >> (i % 64);
+    if (!w) { /* a word at a time: a span with nothing to refault costs a few loads */
+      i = (i / 64 + 1) * 64;
+      continue;
+    }
+    i += (size_t)__builtin_ctzll(w);
+    if (i >= first + n) break;
+    size_t j = i + 1;
+    while (j < first + n && bit_get(bits->purged, j) && bit_get(bits->touched, j)) j++;
+    runs[count].first = (uint32_t)i;
+    runs[count].n = (uint32_t)(j - i);
+    count++;
+    i = j;
+  }
+  return count;
+}
+
+/* Faults the runs in, each in one call (no lock needed: the pages are the
+ * caller's block). */
+void ta_pages_populate_runs(ta_segment_t *s, const ta_pagerun_t *runs, size_t count) {
+  for (size_t r = 0; r < count; r++)
+    ta_prim_populate((uint8_t *)s + ((size_t)runs[r].first << ta_ospage_shift), (size_t)runs[r].n << ta_ospage_shift);
+}
+
 void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d) {
   if (d->dirty) ta_relaxed_add(&a->dirty_pages, d->dirty);
   if (d->resident) ta_relaxed_add(&a->resident_pages, d->resident);
@@ -174,6 +212,7 @@ size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, ui
   ta_segbits_t *bits = ta_segbits(s);
   size_t bytes = 0, end = first + n;
   int64_t pages = 0;
+  if (ta_purge_blocked()) return 0;
   for (size_t i = first; i < end;) {
     if (bits->live[i] || bit_get(bits->purged, i)) {
       i++;
@@ -182,10 +221,23 @@ size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, ui
     size_t j = i + 1;
     while (j < end && !bits->live[j] && !bit_get(bits->purged, j)) j++;
     size_t len = (j - i) << ta_ospage_shift;
-    if (ta_prim_purge((uint8_t *)s + (i << ta_ospage_shift), len) == 0) {
+    uint8_t *at = (uint8_t *)s + (i << ta_ospage_shift);
+    if (len >= TA_SLICE_SIZE) { /* pages in use but never written (a large block's tail) were not */
+      unsigned char vec[TA_OSPAGES_MAX]; /* resident: taking them back is no refault */
+      if (ta_prim_resident(at, len, vec) == 0)
+        for (size_t k = i; k < j; k++)
+          if (!(vec[k - i] & 1)) bit_clear(bits->touched, k);
+    }
+    int err = ta_prim_purge(at, len);
+    if (err == EINVAL) { /* locked (mlock, mlockall): nothing here can be purged */
+      ta_relaxed_store(&locked_ms, ta_prim_clock_ms() | 1);
+      break;
+    }
+    if (err == 0) {
       for (size_t k = i; k < j; k++) bit_set(bits->purged, k);
       pages += (int64_t)(j - i);
       bytes += len;
+      if (ta_relaxed_load(&locked_ms)) ta_relaxed_store(&locked_ms, 0); /* unlocked again */
     }
     i = j;
   }

@@ -34,6 +34,7 @@ void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d) {
   ta_relaxed_store(&sp->fast_free_below, 0);
   sp->scan = 0;
   sp->bucket = TA_BUCKET_NONE;
+  sp->keyless = 0;
   sp->freed_ms = 0;
   /* Whole OS pages past the last block are never used. A resident one would
    * be dirty in a full slab, which is on no list, so it is pinned (live 1)
@@ -51,6 +52,57 @@ void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d) {
    * cleared what an earlier slab here left */
 }
 
+static inline bool page_purged(ta_segbits_t *bits, size_t p) {
+  return (ta_relaxed_load(&bits->purged[p / 64]) >> (p % 64)) & 1;
+}
+
+/* The carved blocks that start on OS page p of the segment: [*k0, k1). */
+static void page_blocks(const ta_span_t *sp, size_t p, size_t *k0, size_t *k1) {
+  size_t so = (size_t)(sp->start - (uint8_t *)ta_segment_of(sp));
+  size_t a = p << ta_ospage_shift, b = (p + 1) << ta_ospage_shift;
+  a = a > so ? a - so : 0;
+  b = b > so ? b - so : 0;
+  size_t first = (a + sp->bsize - 1) / sp->bsize, end = (b + sp->bsize - 1) / sp->bsize;
+  *k0 = first < sp->carved ? first : sp->carved;
+  *k1 = end < sp->carved ? end : sp->carved;
+}
+
+/* Does a purged OS page hold a carved block's start? (ta_span_t.keyless) */
+static bool keyless_now(const ta_span_t *sp) {
+  if (!sp->carved) return false;
+  ta_segment_t *s = ta_segment_of(sp);
+  ta_segbits_t *bits = ta_segbits(s);
+  size_t so = (size_t)(sp->start - (uint8_t *)s);
+  size_t last = (so + (size_t)(sp->carved - 1) * sp->bsize) >> ta_ospage_shift;
+  for (size_t p = so >> ta_ospage_shift; p <= last; p++) {
+    if (!page_purged(bits, p)) continue;
+    size_t k0, k1;
+    page_blocks(sp, p, &k0, &k1);
+    if (k0 < k1) return true;
+  }
+  return false;
+}
+
+/* The free fast path's bound (ta_span_t): carved * e, or 0 for a slab the
+ * fast path must not take (not a thread-cache class, or keyless). */
+static void fast_free_set(ta_span_t *sp) {
+  uint64_t below = sp->cls < TA_TCLASSES && !sp->keyless ? sp->carved * (sp->div_magic * sp->bsize) : 0;
+  ta_relaxed_store(&sp->fast_free_below, below);
+}
+
+/* Purged OS page p of a keyless slab comes back into use: the free blocks
+ * starting on it get the cookie again (the page is being faulted in anyway). */
+static void rekey_page(ta_span_t *sp, ta_segment_t *s, size_t p) {
+  size_t k0, k1;
+  page_blocks(sp, p, &k0, &k1);
+  uint64_t *free = ta_segbits(s)->free;
+  for (size_t k = k0; k < k1; k++) {
+    ta_block_t *b = (ta_block_t *)(sp->start + k * sp->bsize);
+    size_t g = (size_t)((uint8_t *)b - (uint8_t *)s) >> TA_GRANULE_SHIFT;
+    if ((free[g / 64] >> (g % 64)) & 1) b->key = ta_cookie;
+  }
+}
+
 /* Block [p, p + bsize) goes into / out of use: its OS pages' live counts.
  * Inline when the block sits on one page that stays in use (the common case
  * for small blocks); the transitions are counted in segment.c. */
@@ -58,8 +110,14 @@ static inline void block_live(ta_span_t *sp, ta_segment_t *s, uint8_t *p, ta_pag
   size_t off = (size_t)(p - (uint8_t *)s);
   size_t first = off >> ta_ospage_shift, last = (off + sp->bsize - 1) >> ta_ospage_shift;
   uint16_t *live = ta_segbits(s)->live;
-  if (first == last && live[first]) live[first]++;
-  else ta_pages_live(s, first, last - first + 1, &sp->dirty, d);
+  if (first == last && live[first]) {
+    live[first]++;
+    return;
+  }
+  if (sp->keyless)
+    for (size_t i = first; i <= last; i++)
+      if (page_purged(ta_segbits(s), i)) rekey_page(sp, s, i);
+  ta_pages_live(s, first, last - first + 1, &sp->dirty, d);
 }
 static inline void block_dead(ta_span_t *sp, ta_segment_t *s, uint8_t *p, ta_pagedelta_t *d) {
   size_t off = (size_t)(p - (uint8_t *)s);
@@ -84,7 +142,26 @@ static void populate(ta_span_t *sp, ta_segment_t *s, size_t lo, size_t hi, ta_pa
   if (hi <= lo) return;
   size_t so = (size_t)(sp->start - (uint8_t *)s);
   size_t first = (so + lo) >> ta_ospage_shift, last = (so + hi - 1) >> ta_ospage_shift;
-  ta_pages_populate(s, first, last - first + 1, &sp->dirty, d);
+  if (!sp->keyless) {
+    ta_pages_populate(s, first, last - first + 1, &sp->dirty, d);
+    return;
+  }
+  /* A keyless slab: a purged page it takes back gets the cookie into its
+   * free blocks (rekey_page), which block_live does only for pages still
+   * purged when their block goes live: here, once populated. */
+  ta_segbits_t *bits = ta_segbits(s);
+  for (size_t c = first; c <= last; c += 64) {
+    size_t e = last + 1 - c < 64 ? last + 1 : c + 64;
+    uint64_t was = 0;
+    for (size_t p = c; p < e; p++)
+      if (page_purged(bits, p)) was |= (uint64_t)1 << (p - c);
+    if (!was) continue;
+    ta_pages_populate(s, c, e - c, &sp->dirty, d);
+    for (; was; was &= was - 1) {
+      size_t p = c + (size_t)__builtin_ctzll(was);
+      if (!page_purged(bits, p)) rekey_page(sp, s, p);
+    }
+  }
 }
 
 size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d) {
@@ -136,8 +213,8 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   }
   *out = head;
   ta_relaxed_store(&sp->carved_bytes, sp->carved * sp->bsize);
-  if (sp->cls < TA_TCLASSES) /* carved * e: see ta_span_t */
-    ta_relaxed_store(&sp->fast_free_below, sp->carved * (sp->div_magic * sp->bsize));
+  if (sp->keyless) sp->keyless = keyless_now(sp);
+  fast_free_set(sp);
   sp->used += (uint32_t)taken;
   return taken;
 }
@@ -168,9 +245,19 @@ void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d) {
     if (bits->live[p]) ta_pages_dead(s, p, 1, &sp->dirty, d); /* unpin */
 }
 
+/* A purged page reads 0, cookies included: a second free of a block on it
+ * would pass the fast path's test, so the slab's frees take the slow path
+ * (the bitmap) until every such page is back in use. The fast path is shut
+ * before the pages are purged; a double free racing with the purge itself
+ * may still pass. */
 size_t ta_slab_purge(ta_span_t *sp) {
   if (!sp->dirty) return 0;
-  return ta_pages_purge(sp->arena, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+  ta_relaxed_store(&sp->fast_free_below, 0);
+  atomic_thread_fence(memory_order_seq_cst);
+  size_t bytes = ta_pages_purge(sp->arena, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+  if (bytes) sp->keyless = keyless_now(sp); /* nothing purged: as it was */
+  fast_free_set(sp);
+  return bytes;
 }
 
 /* Invariants (types.h): the bitmap holds exactly carved - used free blocks,
@@ -193,9 +280,16 @@ bool ta_slab_is_valid(ta_span_t *sp) {
   uint16_t live[TA_SLICE_SIZE / 4096 * 16]; /* a slab spans at most 16 slices */
   if (n > sizeof live / sizeof live[0]) return false;
   memset(live, 0, n * sizeof live[0]);
+  if (sp->keyless != keyless_now(sp)) return false;
+  uint64_t below = sp->cls < TA_TCLASSES && !sp->keyless ? sp->carved * (sp->div_magic * sp->bsize) : 0;
+  if (ta_relaxed_load(&sp->fast_free_below) != below) return false;
   for (size_t k = 0; k < sp->carved; k++) {
     size_t so = (size_t)(sp->start - (uint8_t *)s) + k * sp->bsize, g = so >> TA_GRANULE_SHIFT;
-    if ((bits->free[g / 64] >> (g % 64)) & 1) continue;
+    if ((bits->free[g / 64] >> (g % 64)) & 1) { /* free: its cookie, unless its page was purged */
+      if (!page_purged(bits, so >> ta_ospage_shift) && ((ta_block_t *)((uint8_t *)s + so))->key != ta_cookie)
+        return false;
+      continue;
+    }
     for (size_t p = so >> ta_ospage_shift; p <= (so + sp->bsize - 1) >> ta_ospage_shift; p++) live[p - first]++;
   }
   for (size_t p = tail_page(sp) - first; p < n; p++) { /* pinned while resident */

@@ -68,6 +68,7 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   sp->dirty = (uint16_t)dirty;
   sp->arena = a;
   sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
+  if (s->used_slices == 0) ta_relaxed_sub(&a->empty_segments, 1);
   s->used_slices += (uint32_t)n;
   return sp;
 }
@@ -100,12 +101,16 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   }
   uint64_t now = ta_prim_clock_ms();
   make_free(a, s, idx, n, now, dirty);
-  if (s->used_slices == 0) s->empty_since_ms = now;
+  if (s->used_slices == 0) {
+    s->empty_since_ms = now;
+    ta_relaxed_add(&a->empty_segments, 1);
+  }
 }
 
 /* Purges the free spans idle for `delay` ms (all: every one), then unmaps
- * empty segments that are purged and idle unmap_delay_ms (all: at once).
- * Returns the bytes released. */
+ * empty segments that are purged and idle unmap_delay_ms (all: at once);
+ * under mlock, where nothing can be purged, purged or not (v2 kept them for
+ * ever). Returns the bytes released. */
 size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split) {
   size_t bytes = 0;
   for (uint64_t m = a->span_mask; m; m &= m - 1)
@@ -116,22 +121,29 @@ size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, boo
                                                                         ta_span_pages(sp), &sp->dirty);
     }
   uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
+  bool locked = ta_relaxed_load(&a->empty_segments) > 0 && ta_purge_blocked();
   for (ta_segment_t *s = a->segments, *next; s; s = next) {
     next = s->next;
     ta_span_t *sp = &s->spans[1]; /* an empty segment is one free span */
-    if (s->used_slices == 0 && sp->dirty == 0 && (all || s->empty_since_ms + unmap_delay <= now)) {
+    if (s->used_slices == 0 && (sp->dirty == 0 || locked) && (all || s->empty_since_ms + unmap_delay <= now)) {
       list_remove(a, sp);
-      bytes += ta_segment_header_bytes();
+      bytes += ta_segment_header_bytes() + ((size_t)sp->dirty << ta_ospage_shift);
       ta_segment_free(a, s);
     }
   }
   return bytes;
 }
 
-/* One block in a run of slices (slice-aligned: up to 64 KiB alignment). A run
- * that was purged comes back in one populate call, not a fault per page. */
+#define TA_REFAULT_RUNS 8 /* runs of a block populated at once; the others fault lazily */
+
+/* One block in a run of slices (slice-aligned: up to 64 KiB alignment). The
+ * pages that were resident before a purge come back in one populate call per
+ * run, not a fault per page; the others fault when the program touches them
+ * (v2 populated the whole span: a 1.9 MiB block with 64 KiB written came back
+ * as 1856 KiB of RSS). */
 void *ta_large_alloc(ta_arena_t *a, size_t n) {
-  size_t slices = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
+  size_t slices = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE, runs = 0;
+  ta_pagerun_t run[TA_REFAULT_RUNS];
   ta_lock(&a->lock);
   ta_span_t *sp = ta_span_alloc(a, slices, TA_SPAN_LARGE);
   ta_pagedelta_t d = {0};
@@ -139,6 +151,7 @@ void *ta_large_alloc(ta_arena_t *a, size_t n) {
     sp->bsize = (uint32_t)(slices * TA_SLICE_SIZE);
     sp->div_magic = ta_div_magic(sp->bsize);
     sp->used = sp->reserved = sp->carved = 1;
+    runs = ta_pages_refaults(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), run, TA_REFAULT_RUNS);
     ta_pages_live(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty, &d);
   }
   ta_unlock(&a->lock);
@@ -148,7 +161,7 @@ void *ta_large_alloc(ta_arena_t *a, size_t n) {
   }
   size_t refault = d.refault;
   ta_pagedelta_apply(a, &d);
-  if (refault >= TA_SLICE_SIZE) ta_prim_populate(sp->start, sp->bsize);
+  if (refault >= TA_SLICE_SIZE) ta_pages_populate_runs(ta_segment_of(sp), run, runs);
   ta_relaxed_add(&a->large_bytes, sp->bsize);
   ta_relaxed_add(&a->large_count, 1);
   ta_relaxed_add(&a->large_allocs, 1);
@@ -176,15 +189,15 @@ void ta_large_free(ta_span_t *sp, void *p) {
 
 /* Grows large block sp to n bytes in place, when the slices after it are a
  * free span long enough (what is left of it stays free): true if it did. The
- * taken pages come back as a large block's do (populated in one call when
- * they had been purged). */
+ * taken pages come back as a large block's do (what was resident before a
+ * purge populated in one call per run). */
 bool ta_large_grow(ta_span_t *sp, size_t n) {
   ta_arena_t *a = sp->arena;
   size_t need = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
   if (!a || need >= TA_SLICES) return false;
   ta_pagedelta_t d = {0};
-  uint8_t *start = NULL;
-  size_t added = 0;
+  ta_pagerun_t run[TA_REFAULT_RUNS];
+  size_t added = 0, runs = 0;
   ta_lock(&a->lock);
   ta_segment_t *s = ta_segment_of(sp);
   size_t idx = ta_span_index(sp), have = sp->slices;
@@ -202,20 +215,20 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
       }
       for (size_t i = have; i < need; i++) s->spans[idx + i].head_off = (uint16_t)i;
       sp->dirty = (uint16_t)(sp->dirty + dirty); /* the taken pages' count, then they go live */
+      runs = ta_pages_refaults(s, (idx + have) * per, extra * per, run, TA_REFAULT_RUNS);
       ta_pages_live(s, (idx + have) * per, extra * per, &sp->dirty, &d);
       sp->slices = (uint16_t)need;
       sp->bsize = (uint32_t)(need * TA_SLICE_SIZE);
       sp->div_magic = ta_div_magic(sp->bsize);
       s->used_slices += (uint32_t)extra;
       added = extra * TA_SLICE_SIZE;
-      start = sp->start + have * TA_SLICE_SIZE;
     }
   }
   ta_unlock(&a->lock);
   if (!added) return false;
   size_t refault = d.refault;
   ta_pagedelta_apply(a, &d);
-  if (refault >= TA_SLICE_SIZE) ta_prim_populate(start, added);
+  if (refault >= TA_SLICE_SIZE) ta_pages_populate_runs(s, run, runs);
   ta_relaxed_add(&a->large_bytes, added);
   ta_relaxed_add(&a->activity, 1);
   return true;

@@ -14,6 +14,7 @@
 #include <errno.h>
 
 _Atomic uint32_t ta_flush_epoch;
+_Atomic uint32_t ta_tcaches_live; /* registered caches: threads of the program that allocate */
 static pthread_key_t tcache_key; /* its destructor flushes an exiting thread's cache */
 
 /* Every thread starts on the empty cache (max 0 everywhere, never written)
@@ -59,6 +60,7 @@ static ta_tcache_t *tcache_new(void) {
   tc->next = tcaches;
   if (tcaches) tcaches->prev = tc;
   tcaches = tc;
+  ta_relaxed_add(&ta_tcaches_live, 1);
   ta_unlock(&tcaches_lock);
   return tc;
 }
@@ -68,6 +70,7 @@ static void tcache_unregister(ta_tcache_t *tc) { /* tcaches_lock held */
   else tcaches = tc->next;
   if (tc->next) tc->next->prev = tc->prev;
   tc->state = TA_TC_DONE;
+  ta_relaxed_sub(&ta_tcaches_live, 1);
   tc->prev = NULL;
   tc->next = spare;
   spare = tc;

@@ -95,6 +95,13 @@ typedef enum {
  *   carved <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
  *   dirty = |OS pages p of the span with live[p] == 0 and not purged|
  *   (addr - start) % bsize == 0 for every block, tested with div_magic
+ *   every free carved block whose first OS page is not purged holds the
+ *   cookie in its second word (the free fast path's double-free test)
+ *   keyless <=> a purged OS page holds the start of a carved block (which
+ *   reads 0 there, so the fast path could not see a second free of it), and
+ *   then fast_free_below == 0: every free of the slab's blocks takes the slow
+ *   path, which tests the free bitmap. A page coming back into use gets the
+ *   cookie written into its free blocks (ta_slab_take).
  * Free span (kind == FREE, under the arena lock): linked in
  *   arena->spans[slices]; dirty as above; freed_ms = when it became free.
  * Large span (kind == LARGE): live[p] == 1 for each of its OS pages. */
@@ -123,6 +130,7 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   uint16_t slices;       /* span length in slices */
   uint16_t dirty;        /* OS pages free and resident */
   uint8_t bucket;        /* slab: fullness bucket, or TA_BUCKET_NONE */
+  uint8_t keyless;       /* slab: a purged OS page holds a carved block's start (see above) */
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
 } ta_span_t;
@@ -222,6 +230,7 @@ struct ta_arena_s {
   uint64_t last_purge_ms;
   _Atomic int64_t dirty_pages, resident_pages;
   _Atomic int64_t xfer_bytes; /* in the bins' transfer caches */
+  _Atomic int64_t empty_segments; /* segments with no span in use (written under lock) */
   _Atomic uint64_t large_bytes, large_count, large_allocs;
   _Atomic uint64_t purges, purged_bytes;
   _Atomic uint64_t activity; /* refills, flushes and large blocks, ever: the purger's idle test */

@@ -152,6 +152,12 @@ bool ta_prim_populate(void *p, size_t size) {
   return ok;
 }
 
+int ta_prim_resident(void *p, size_t size, unsigned char *vec) {
+  int saved = errno, rc = mincore(p, size, vec) == 0 ? 0 : errno;
+  errno = saved;
+  return rc;
+}
+
 unsigned ta_prim_cpu(void) {
   int saved = errno, c = sched_getcpu();
   errno = saved;
@@ -220,6 +226,17 @@ unsigned ta_prim_ncpus(void) {
   if (q && (n <= 0 || (long)q < n)) n = (long)q;
   errno = saved;
   return n > 0 ? (unsigned)n : 1;
+}
+
+int ta_prim_tid(void) {
+  return (int)syscall(SYS_gettid);
+}
+
+int ta_prim_thread_gone(int tid) {
+  int saved = errno;
+  int gone = syscall(SYS_tgkill, getpid(), tid, 0) != 0 && errno == ESRCH;
+  errno = saved;
+  return gone;
 }
 
 int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out) {

@@ -65,6 +65,34 @@ static void case_double_free_after_other_frees(void) {
   carry_on(48);
 }
 
+/* A double free of a block whose OS page was purged in between: the purge
+ * zeroed the block's cookie word, so the free fast path's test cannot see
+ * it; the slab's free bitmap still knows the block is free (issue 17, item
+ * 1: v2/v3 took the second free, and handed the block out twice). */
+static void double_free_after_purge_of(size_t n) {
+  enum { COUNT = 2048 };
+  static uint8_t *b[COUNT];
+  size_t ps = page_size();
+  for (int i = 0; i < COUNT; i++) b[i] = trimalloc_malloc(n);
+  /* a block whose OS page holds no other live block once its page-mates go */
+  uint8_t *p = b[COUNT / 2];
+  uintptr_t page = (uintptr_t)p & ~(uintptr_t)(ps - 1);
+  for (int i = 0; i < COUNT; i++) {
+    uintptr_t a = (uintptr_t)b[i];
+    if (a + n > page && a < page + ps) trimalloc_free(b[i]); /* p and every block on its page */
+  }
+  trimalloc_trim(); /* the page is purged: it reads 0 */
+  announce(p);
+  trimalloc_free(p);
+  carry_on(n);
+}
+static void case_double_free_after_purge(void) {
+  double_free_after_purge_of(64);
+}
+static void case_double_free_after_purge_medium(void) {
+  double_free_after_purge_of(3000);
+}
+
 static void *free_it(void *p) {
   trimalloc_free(p);
   return NULL;
@@ -243,6 +271,8 @@ static const misuse_t cases[] = {
     {"double free, 5 MiB", "free", case_double_free_huge},
     {"double free after other frees", "free", case_double_free_after_other_frees},
     {"double free from another thread", "free", case_double_free_from_other_thread},
+    {"double free after the block's page was purged, 64 B", "free", case_double_free_after_purge},
+    {"double free after the block's page was purged, 3000 B", "free", case_double_free_after_purge_medium},
     {"interior pointer, small block", "free", case_interior_small},
     {"interior pointer, unaligned", "free", case_interior_small_unaligned},
     {"interior pointer, large block", "free", case_interior_large},

@@ -18,6 +18,7 @@
  *    plain builds, where the kernel's seccomp is the program's own).
  * Memory is RSS (/proc/self/statm, read without allocating); under TSan,
  * whose shadow memory is never released, the allocator's resident count. */
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -540,9 +541,228 @@ static void test_empty_trim_is_cheap(void) {
 #endif
 }
 
+/* Resident OS pages among [p, p + n) (p page-aligned, n at most 4 MiB). */
+static size_t resident_pages(const uint8_t *p, size_t n) {
+  static unsigned char vec[4 * MiB / 4096];
+  size_t ps = page_size(), count = 0, pages = (n + ps - 1) / ps;
+  if (mincore((void *)p, pages * ps, vec) != 0) return 0;
+  for (size_t i = 0; i < pages; i++) count += vec[i] & 1;
+  return count;
+}
+
+static bool thp_always(void) {
+  char buf[128];
+  return read_proc("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf) && strstr(buf, "[always]");
+}
+
+/* A large block's pages that were never written are not resident before a
+ * purge, and its next allocation populates only those that were (issue 17,
+ * item 5: the whole span came back, a 1.9 MiB block with 64 KiB written
+ * took +1856 KiB of RSS). */
+static void test_refault_populates_what_was_resident(void) {
+  const size_t n = 1900 * KiB, written = 64 * KiB, ps = page_size();
+  long long bg = option_swap("background", 0); /* the trim below is the only purge */
+  trimalloc_trim();
+  uint8_t *p = trimalloc_malloc(n), *keep[64] = {0}, *keeper = NULL;
+  /* a live block in the same segment keeps it mapped through the trim */
+  for (int i = 0; i < 64 && !keeper; i++) {
+    keep[i] = trimalloc_malloc(64 * KiB + 1);
+    if (((uintptr_t)keep[i] >> 22) == ((uintptr_t)p >> 22))
+      keeper = keep[i];
+  }
+  for (int i = 0; i < 64; i++)
+    if (keep[i] != keeper) trimalloc_free(keep[i]);
+  memset(p, 0x33, written);
+  size_t before = resident_pages(p, n);
+  trimalloc_free(p);
+  trimalloc_trim();
+  size_t purged = resident_pages(p, n);
+  uint8_t *q = trimalloc_malloc(n);
+  size_t after = resident_pages(q, n);
+  fprintf(stdout, "   %zu KiB block, %zu KiB written: %zu KiB resident, %zu after the purge, %zu when reused\n",
+          n / KiB, written / KiB, before * ps / KiB, purged * ps / KiB, after * ps / KiB);
+  if (CHECK(keeper && q == p, "the block's span was not reused (%p, then %p)", (void *)p, (void *)q) &&
+      !thp_always())
+    CHECK(after * ps <= written + 64 * KiB, "%zu KiB resident when reused, %zu KiB were before the purge",
+          after * ps / KiB, before * ps / KiB);
+  CHECK(q != p || after * ps >= written, "%zu KiB resident when reused: the %zu KiB written were not populated",
+          after * ps / KiB, written / KiB);
+  trimalloc_free(q);
+  trimalloc_free(keeper);
+  option_swap("background", bg);
+}
+
+/* The voluntary context switches of the thread named `comm` (the purger),
+ * or -1 when there is no such thread. */
+static long thread_switches(const char *comm) {
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return -1;
+  long v = -1;
+  struct dirent *e;
+  char path[300], buf[4096];
+  while (v < 0 && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    if (!read_proc(path, buf, sizeof buf) || strncmp(buf, comm, strlen(comm)) != 0) continue;
+    snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+    const char *at = read_proc(path, buf, sizeof buf) ? strstr(buf, "voluntary_ctxt_switches:") : NULL;
+    if (at) v = strtol(at + strlen("voluntary_ctxt_switches:"), NULL, 10);
+  }
+  closedir(d);
+  return v;
+}
+
+/* Under mlockall every MADV_DONTNEED fails (EINVAL): empty segments are
+ * still unmapped, and the purger sleeps instead of retrying every 50 ms
+ * (issue 17, item 7: pages counted as dirty for ever, no segment unmapped,
+ * trim returned 0, the purger woke 20 times a second). A child process:
+ * exit status 77 when mlockall is not allowed here. */
+/* A thread of the program's own that has allocated and sleeps: the purger
+ * then stays when it has nothing to do, and sleeps. */
+static gate_t sleeper_wake = GATE_INIT;
+static void *sleeper(void *arg) {
+  (void)arg;
+  trimalloc_free(trimalloc_malloc(100));
+  gate_wait(&sleeper_wake, 1);
+  return NULL;
+}
+
+static void child_mlock(void) {
+  /* Under the sanitizers their shadow mappings must not be locked: only
+   * the mappings made from now on; and their runtimes make mlockall() a
+   * no-op, so the system call is made directly. */
+  if (syscall(SYS_mlockall, TEST_SANITIZED ? MCL_FUTURE : MCL_CURRENT | MCL_FUTURE) != 0) exit(77);
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, sleeper, NULL) == 0);
+  enum { N = 320 };
+  static void *p[N];
+  for (int i = 0; i < N; i++) p[i] = trimalloc_malloc(100 * KiB); /* 32 MiB in fresh, locked segments */
+  for (int i = 0; i < 4096; i++) trimalloc_free(trimalloc_malloc(700)); /* and some slabs */
+  trimalloc_stats_t s0 = stats_now();
+  for (int i = 0; i < N; i++) trimalloc_free(p[i]);
+  CHECK(purger_within(5), "no purger 5 s after 32 MiB were freed");
+  sleep_ms(2500); /* past unmap_delay_ms (1 s) */
+  trimalloc_stats_t s1 = stats_now();
+  long w0 = thread_switches("trimalloc-purge");
+  sleep_ms(1000);
+  long w1 = thread_switches("trimalloc-purge");
+  size_t released = trimalloc_trim();
+  trimalloc_stats_t s2 = stats_now();
+  fprintf(stdout, "   mlockall: mapped %llu KiB holding 32 MiB, %llu KiB 2.5 s after the frees, %llu after a trim "
+          "(released %zu KiB); the purger woke %ld times in 1 s\n", U(s0.mapped / KiB), U(s1.mapped / KiB),
+          U(s2.mapped / KiB), released / KiB, w1 - w0);
+  CHECK(s1.mapped + 24 * MiB <= s0.mapped, "mapped %llu -> %llu KiB 2.5 s after freeing 32 MiB under mlockall",
+        U(s0.mapped / KiB), U(s1.mapped / KiB));
+  CHECK(w0 >= 0 && w1 >= 0 && w1 - w0 <= 3, "the purger woke %ld times in 1 s with nothing it can purge",
+        w1 - w0);
+  gate_set(&sleeper_wake, 1);
+  pthread_join(t, NULL);
+}
+
+/* ---- a single-threaded program stays single-threaded (issue 17, item 6) ---- */
+static int task_count(void) {
+  DIR *d = opendir("/proc/self/task");
+  int n = 0;
+  struct dirent *e;
+  while (d && (e = readdir(d)) != NULL) n += e->d_name[0] != '.';
+  if (d) closedir(d);
+  return n;
+}
+
+static bool purger_thread(void) {
+  return thread_switches("trimalloc-purge") >= 0;
+}
+
+/* unshare(CLONE_NEWUSER) fails with EINVAL in a multithreaded process: the
+ * program's own check that it is single-threaded. Where the kernel refuses
+ * it for other reasons (no user namespaces), the thread count stands in.
+ * Sanitizers and emulators have threads of their own: the purger's absence
+ * (by name) is what is checked there. */
+static void check_single_threaded(const char *when) {
+  CHECK(!purger_thread(), "%s: the purger thread is there", when);
+  if (TEST_SANITIZED || test_runner()) return;
+  CHECK(task_count() == 1, "%s: %d threads", when, task_count());
+  int r = unshare(CLONE_NEWUSER);
+  if (r != 0 && errno != EINVAL) fprintf(stdout, "   (unshare(CLONE_NEWUSER) refused here: %s)\n", strerror(errno));
+  else CHECK(r == 0, "%s: unshare(CLONE_NEWUSER) failed: %s", when, strerror(errno));
+}
+
+static void free_16_mib(void) {
+  enum { N = 4096 };
+  static void *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = trimalloc_malloc(4000);
+    memset(p[i], 1, 4000);
+  }
+  for (int i = 0; i < N; i++) trimalloc_free(p[i]);
+}
+
+/* A single-threaded child: the purger starts when 16 MiB are freed, returns
+ * them, and leaves; the process is single-threaded again (v2/v3: the thread
+ * stayed for ever, and unshare(CLONE_NEWUSER) failed with EINVAL). */
+static void child_single(void) {
+  CHECK(!purger_thread(), "a purger thread before anything was freed");
+  free_16_mib();
+  CHECK(purger_within(5), "no purger 5 s after 16 MiB were freed");
+  double t0 = now_s();
+  while (purger_thread() && now_s() - t0 < 5) sleep_ms(10);
+  fprintf(stdout, "   single-threaded: the purger left %.2f s after it was seen, dirty %llu KiB\n", now_s() - t0,
+          U(stats_now().dirty / KiB));
+  CHECK(stats_now().dirty == 0, "the purger left %llu KiB dirty", U(stats_now().dirty / KiB));
+  check_single_threaded("5 s after the purger returned 16 MiB");
+}
+
+/* The documented ways for a program that must stay single-threaded at every
+ * moment: trimalloc_option_set("background", 0), after which the thread is
+ * gone, or TRIMALLOC_BACKGROUND=0, with which none starts. */
+static void child_stop(void) {
+  free_16_mib();
+  CHECK(purger_within(5), "no purger 5 s after 16 MiB were freed");
+  CHECK(trimalloc_option_set("background", 0) == 0);
+  check_single_threaded("right after trimalloc_option_set(\"background\", 0)");
+}
+
+static void child_no_background(void) {
+  free_16_mib();
+  sleep_ms(300);
+  check_single_threaded("with TRIMALLOC_BACKGROUND=0, 16 MiB freed");
+}
+
+static void test_single_threaded_program_stays_so(void) {
+  static const char *const off[] = {"TRIMALLOC_BACKGROUND=0", NULL};
+  check_child("--child-single", NULL);
+  check_child("--child-stop", NULL);
+  check_child("--child-no-background", off);
+}
+
+static void test_mlockall_unmaps_and_sleeps(void) {
+  int st = run_self("--child-mlock", NULL);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 77) {
+    SKIP(test_mlockall_unmaps_and_sleeps, "mlockall is not allowed here");
+    return;
+  }
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child --child-mlock: status %d (its FAIL lines are above)", st);
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "--child-lazy")) {
     child_lazy();
+    return atomic_load(&check_failed_n) ? 1 : 0;
+  }
+  if (argc > 1 && !strcmp(argv[1], "--child-single")) {
+    child_single();
+    return atomic_load(&check_failed_n) ? 1 : 0;
+  }
+  if (argc > 1 && !strcmp(argv[1], "--child-stop")) {
+    child_stop();
+    return atomic_load(&check_failed_n) ? 1 : 0;
+  }
+  if (argc > 1 && !strcmp(argv[1], "--child-no-background")) {
+    child_no_background();
+    return atomic_load(&check_failed_n) ? 1 : 0;
+  }
+  if (argc > 1 && !strcmp(argv[1], "--child-mlock")) {
+    child_mlock();
     return atomic_load(&check_failed_n) ? 1 : 0;
   }
   if (argc > 1 && !strcmp(argv[1], "--child-background-off")) {
@@ -557,6 +777,15 @@ int main(int argc, char **argv) {
   RUN(test_trim_with_two_arenas_leaves_nothing);
   RUN(test_delayed_purge_without_trim);
   RUN(test_trim_races_alloc_free);
+  if (test_runner()) /* and its mincore writes a byte per host page (4 KiB), not per emulated page */
+    SKIP(test_refault_populates_what_was_resident, "qemu-user ignores MADV_POPULATE_WRITE");
+  else
+    RUN(test_refault_populates_what_was_resident);
+  RUN(test_single_threaded_program_stays_so);
+  if (test_runner())
+    SKIP(test_mlockall_unmaps_and_sleeps, "mlockall under qemu-user would lock the emulator's own mappings");
+  else
+    RUN(test_mlockall_unmaps_and_sleeps);
 #if TEST_SANITIZED
   SKIP(test_empty_trim_is_cheap, "the sanitizers' runtimes make system calls of their own");
 #else

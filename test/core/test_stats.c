@@ -291,6 +291,34 @@ static void test_stats_huge_block(void) {
         "trim released %zu bytes with a freed 20 MiB block pending", released);
 }
 
+/* A freed huge mapping reused for a smaller request keeps only what the
+ * request needs: the rest is neither counted as allocated nor kept resident
+ * (issue 17, item 4: a 16 MiB malloc got a cached 60 MiB mapping as it was,
+ * all resident, counted as allocated, out of a trim's reach). */
+static void test_stats_huge_reuse_counts_request(void) {
+  long long delay = option_swap("purge_delay_ms", 60000); /* the freed mapping stays cached, */
+  long long bg = option_swap("background", 0);           /* and no idle purger expires it */
+  trimalloc_trim();
+  trimalloc_stats_t s0 = stats_now();
+  size_t base = memory_now();
+  uint8_t *big = trimalloc_malloc(60 * MiB);
+  memset(big, 0x5a, 60 * MiB);
+  trimalloc_free(big);
+  uint8_t *p = trimalloc_malloc(16 * MiB);
+  trimalloc_stats_t s1 = stats_now();
+  size_t m = memory_now(), usable = trimalloc_malloc_usable_size(p);
+  CHECK(p == big, "the cached mapping was not reused (%p, then %p)", (void *)big, (void *)p);
+  CHECK(usable < 16 * MiB + 64 * KiB, "a 16 MiB malloc has %zu KiB usable", usable / KiB);
+  CHECK(s1.allocated < s0.allocated + 17 * MiB, "allocated %llu -> %llu KiB for a 16 MiB block",
+        U(s0.allocated / KiB), U(s1.allocated / KiB));
+  CHECK(m < base + 24 * MiB, "%s %zu -> %zu KiB holding a 16 MiB block", TEST_SANITIZED ? "resident" : "RSS",
+        base / KiB, m / KiB);
+  trimalloc_free(p);
+  option_swap("purge_delay_ms", delay);
+  option_swap("background", bg);
+  trimalloc_trim();
+}
+
 /* ---- reading from another thread while threads allocate ---- */
 static atomic_int busy_stop;
 
@@ -480,6 +508,7 @@ int main(void) {
   RUN(test_stats_fields_consistent);
   RUN(test_stats_follow_allocation);
   RUN(test_stats_huge_block);
+  RUN(test_stats_huge_reuse_counts_request);
   RUN(test_stats_from_another_thread);
   RUN(test_stats_json_has_every_field);
   RUN(test_stats_json_python_parses);

@@ -1153,6 +1153,28 @@ static bool do_option(fz_t *z, const op_t *op) {
   return true;
 }
 
+/* The parent's side of a forked check: closes the pipe's write end, reads
+ * the child's stderr (its first line into out), waits for it; its status. */
+static int reap_child(pid_t pid, int pfd[2], char *out, size_t size) {
+  close(pfd[1]);
+  size_t len = 0;
+  for (;;) {
+    ssize_t r = read(pfd[0], out + len, size - 1 - len);
+    if (r > 0)
+      len += (size_t)r;
+    else if (r == 0 || errno != EINTR)
+      break;
+  }
+  out[len] = 0;
+  close(pfd[0]);
+  int st;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  char *nl = strchr(out, '\n');
+  if (nl) *nl = 0;
+  return st;
+}
+
 /* Misuse in a forked child: the child must die of SIGABRT with one
  * `trimalloc: error:` line, at the latest at the trim after the misuse. */
 static int misuse_static[4];
@@ -1212,23 +1234,8 @@ static bool do_misuse(fz_t *z, const op_t *op) {
     for (int i = 0; i < 64; i++) trimalloc_free(trimalloc_malloc(b->usable < 4096 ? b->usable : 64));
     _exit(42);
   }
-  close(pfd[1]);
   char out[512];
-  size_t len = 0;
-  for (;;) {
-    ssize_t r = read(pfd[0], out + len, sizeof out - 1 - len);
-    if (r > 0)
-      len += (size_t)r;
-    else if (r == 0 || errno != EINTR)
-      break;
-  }
-  out[len] = 0;
-  close(pfd[0]);
-  int st;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  char *nl = strchr(out, '\n');
-  if (nl) *nl = 0;
+  int st = reap_child(pid, pfd, out, sizeof out);
   if (WIFEXITED(st) && WEXITSTATUS(st) == 42)
     return fail(z, K_MISUSE, "%s (%p; block %p, %zu usable): accepted (the child carried on)", desc,
                 (void *)q, (void *)b->p, b->usable);
@@ -1299,23 +1306,8 @@ static bool do_fork(fz_t *z, const op_t *op) {
     }
     _exit(43);
   }
-  close(pfd[1]);
   char out[512];
-  size_t len = 0;
-  for (;;) {
-    ssize_t r = read(pfd[0], out + len, sizeof out - 1 - len);
-    if (r > 0)
-      len += (size_t)r;
-    else if (r == 0 || errno != EINTR)
-      break;
-  }
-  out[len] = 0;
-  close(pfd[0]);
-  int st;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  char *nl = strchr(out, '\n');
-  if (nl) *nl = 0;
+  int st = reap_child(pid, pfd, out, sizeof out);
   EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 43, K_FORK, "fork: the child %s %d: %s",
          WIFSIGNALED(st) ? "died of signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
          WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM ? "it hung" : out);

@@ -1153,6 +1153,27 @@ static bool do_option(fz_t *z, const op_t *op) {
   return true;
 }
 
+/* A forked check: a pipe, then fork; in the child (0) stderr goes into the
+ * pipe, which the parent reads with reap_child. -1 on failure (errno). */
+static pid_t fork_checked(int pfd[2]) {
+  if (pipe(pfd) != 0) return -1;
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(pfd[0]);
+    close(pfd[1]);
+    errno = e;
+    return -1;
+  }
+  if (pid == 0) {
+    close(pfd[0]);
+    dup2(pfd[1], 2);
+  }
+  return pid;
+}
+
 /* The parent's side of a forked check: closes the pipe's write end, reads
  * the child's stderr (its first line into out), waits for it; its status. */
 static int reap_child(pid_t pid, int pfd[2], char *out, size_t size) {
@@ -1213,14 +1234,9 @@ static bool do_misuse(fz_t *z, const op_t *op) {
   char desc[160];
   op_format(op, desc, sizeof desc);
   int pfd[2];
-  if (pipe(pfd) != 0) return fail(z, K_MODEL, "pipe: %s", strerror(errno));
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid < 0) return fail(z, K_MODEL, "fork: %s", strerror(errno));
+  pid_t pid = fork_checked(pfd);
+  if (pid < 0) return fail(z, K_MODEL, "pipe or fork: %s", strerror(errno));
   if (pid == 0) {
-    close(pfd[0]);
-    dup2(pfd[1], 2);
     alarm(TEST_SANITIZED ? 10 : 3);        /* a hang after misuse is a failure too */
     trimalloc_option_set("background", 0); /* no thread may start in this child */
     if (sub == 2) trimalloc_free(q);
@@ -1289,14 +1305,9 @@ static bool do_fork(fz_t *z, const op_t *op) {
    * (test_fork.c) */
   if (cfg.threads > 1 && test_runner()) return true;
   int pfd[2];
-  if (pipe(pfd) != 0) return fail(z, K_MODEL, "pipe: %s", strerror(errno));
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid < 0) return fail(z, K_MODEL, "fork: %s", strerror(errno));
+  pid_t pid = fork_checked(pfd);
+  if (pid < 0) return fail(z, K_MODEL, "pipe or fork: %s", strerror(errno));
   if (pid == 0) {
-    close(pfd[0]);
-    dup2(pfd[1], 2);
     alarm(TEST_SANITIZED ? 30 : 10);       /* a child that hangs on a lock held at the fork fails */
     trimalloc_option_set("background", 0); /* no thread may start in this child */
     const char *why = fork_child(z, op);

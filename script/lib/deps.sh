@@ -8,7 +8,7 @@ TRIMALLOC_APT_PACKAGES=(
   python3-celery python3-redis redis-server python3-prometheus-client
   ruby-sidekiq ruby-redis puma gunicorn ruby-bundler python3-aiohttp python3-uvicorn python3-starlette
   ruby-rails ruby-sqlite3 bundler
-  libjemalloc2 libmimalloc2.0 python3-matplotlib
+  libjemalloc2 libmimalloc2.0 python3-matplotlib golang-go
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 )
 

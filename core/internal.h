@@ -151,21 +151,6 @@ TA_HIDDEN void ta_prof_meta_fork_parent(void);
 TA_HIDDEN double ta_prof_log(double x); /* natural log, x > 0 (no libm) */
 TA_HIDDEN double ta_prof_exp(double x); /* e^x for x <= 0 */
 
-/* pprof.c (branch prof-read): profile.proto writer. Memory from ta_prim mappings,
- * never malloc. Sample types fixed: alloc_objects/count, alloc_space/bytes,
- * inuse_objects/count, inuse_space/bytes; period_type space/bytes. */
-typedef struct ta_pprof_s ta_pprof_t;
-ta_pprof_t *ta_pprof_begin(uint64_t period, int64_t time_nanos); /* NULL: out of memory */
-uint64_t ta_pprof_mapping(ta_pprof_t *p, uint64_t start, uint64_t limit, uint64_t offset,
-                          const char *file);                         /* id, interned by start */
-uint64_t ta_pprof_function(ta_pprof_t *p, const char *name, const char *file); /* id, interned */
-uint64_t ta_pprof_location(ta_pprof_t *p, uint64_t address, uint64_t mapping_id,
-                           uint64_t function_id, int64_t line);     /* id, interned */
-void ta_pprof_sample(ta_pprof_t *p, const uint64_t *loc_ids, size_t n, const int64_t values[4],
-                     const char *tag);                              /* values in sample-type order */
-void ta_pprof_comment(ta_pprof_t *p, const char *text);
-int ta_pprof_finish(ta_pprof_t *p, int fd); /* encodes, gzips, writes, frees; 0 or an errno value */
-void ta_pprof_abort(ta_pprof_t *p);         /* frees without writing */
 
 /* ---- size.c: size classes ------------------------------------------------ */
 /* Classes 0..7: 16..128 by 16. Then 8 classes per doubling: for sizes in
@@ -415,6 +400,22 @@ TA_HIDDEN extern _Atomic int ta_initialized;
 TA_HIDDEN __attribute__((noreturn, cold)) void ta_error(const char *what, const void *p);
 TA_HIDDEN void ta_say(const char *a, const char *b, const char *c, const char *d, const char *e); /* one line */
 TA_HIDDEN size_t ta_fmt_u64(char *buf, uint64_t v); /* decimal, no allocation */
+
+/* core/pprof.c (branch prof-read): profile.proto writer. Memory from ta_prim mappings,
+ * never malloc. Sample types fixed: alloc_objects/count, alloc_space/bytes,
+ * inuse_objects/count, inuse_space/bytes; period_type space/bytes. */
+typedef struct ta_pprof_s ta_pprof_t;
+ta_pprof_t *ta_pprof_begin(uint64_t period, int64_t time_nanos); /* NULL: out of memory */
+uint64_t ta_pprof_mapping(ta_pprof_t *p, uint64_t start, uint64_t limit, uint64_t offset,
+                          const char *file);                         /* id, interned by start */
+uint64_t ta_pprof_function(ta_pprof_t *p, const char *name, const char *file); /* id, interned */
+uint64_t ta_pprof_location(ta_pprof_t *p, uint64_t address, uint64_t mapping_id,
+                           uint64_t function_id, int64_t line);     /* id, interned */
+void ta_pprof_sample(ta_pprof_t *p, const uint64_t *loc_ids, size_t n, const int64_t values[4],
+                     const char *tag);                              /* values in sample-type order */
+void ta_pprof_comment(ta_pprof_t *p, const char *text);
+int ta_pprof_finish(ta_pprof_t *p, int fd); /* encodes, gzips, writes, frees; 0 or an errno value */
+void ta_pprof_abort(ta_pprof_t *p);         /* frees without writing */
 
 /* ---- lock helpers -------------------------------------------------------- */
 /* Arena and bin locks are held for O(1) work or one batch: glibc's adaptive

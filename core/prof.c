@@ -121,9 +121,13 @@ static inline ta_span_t *span_of(void *b) {
 TA_PROF_PATH void ta_prof_class_event(ta_tcache_t *tc, size_t cls, void *b) {
   if (ta_unlikely(tc->state != TA_TC_LIVE)) return;
   uint32_t epoch = ta_relaxed_load(&ta_prof_epoch);
-  if (tc->prof_epoch != epoch || guard) { /* a change since the last draw: this one is not sampled */
+  if (guard) { /* the profiler's own allocation: never a sample */
     rearm(tc, epoch);
     return;
+  }
+  if (tc->prof_epoch != epoch) { /* a change since the last draw: this allocation is the first of the new countdown */
+    rearm(tc, epoch);
+    if (--tc->bins[cls].sample_left != 0) return;
   }
   bool clamped = (tc->prof_clamped[cls / 64] >> (cls % 64)) & 1;
   uint64_t r = ta_relaxed_load(&ta_prof_rate);

@@ -73,8 +73,11 @@ static inline bool ta_canary_ok(const void *b, size_t bsize, uintptr_t cookie) {
 #define TA_PROF_CLAMP (1u << 16) /* a countdown never exceeds this: each thread looks at the epoch that often */
 #define TA_PROF_MAX_FRAMES 64    /* native frames kept; as many interpreter frames again */
 /* Functions that can be on the stack between the program's call and the
- * unwinder inside a sample: the unwinder skips frames in this section. */
-#define TA_PROF_PATH __attribute__((section("ta_prof_text"), noinline))
+ * unwinder inside a sample: the unwinder skips frames in this section. The
+ * slow ones keep frame pointers, so that the frame-pointer walk
+ * (prof_unwind 2) gets through them: malloc's fast path tail-calls them,
+ * so the first record it finds past them is the program's. */
+#define TA_PROF_PATH __attribute__((section("ta_prof_text"), noinline, optimize("no-omit-frame-pointer")))
 #define TA_PROF_PATH_INLINE __attribute__((section("ta_prof_text")))
 TA_HIDDEN extern _Atomic uint32_t ta_prof_epoch;     /* bumped when sampling starts, stops or R changes */
 TA_HIDDEN extern _Atomic uint64_t ta_prof_rate;      /* R while sampling, else 0 */
@@ -118,6 +121,7 @@ TA_HIDDEN bool ta_prof_live_remove(void *p);
  * number of traces (rows needed); rows filled only when it is <= n. */
 TA_HIDDEN size_t ta_prof_live_snapshot(int kind, ta_prof_row_t *rows, size_t n);
 TA_HIDDEN void ta_prof_live_reset_peak(void);
+TA_HIDDEN extern _Atomic uint64_t ta_prof_snapshot_ns; /* the last snapshot's lock hold time */
 TA_HIDDEN void ta_prof_live_growth_reset(void); /* the next growth dump: live bytes + prof_growth */
 TA_HIDDEN void ta_prof_live_fork_prepare(void);
 TA_HIDDEN void ta_prof_live_fork_parent(void);

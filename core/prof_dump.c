@@ -279,7 +279,7 @@ int ta_prof_dump(const char *path, int kind, const char *reason, char *written, 
 /* ---- the profiler thread: growth dumps ---- */
 static ta_lock_t thread_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t thread_cv = PTHREAD_COND_INITIALIZER;
-static int started, pending; /* under thread_lock */
+static int started, pending; /* under thread_lock; pending: growth dumps asked for, at most 16 */
 static pthread_t thread_id;
 _Atomic uint64_t ta_prof_growth_dumps;
 
@@ -288,7 +288,7 @@ static void *thread_main(void *arg) {
   for (;;) {
     ta_lock(&thread_lock);
     while (!pending) pthread_cond_wait(&thread_cv, &thread_lock);
-    pending = 0;
+    pending--;
     ta_unlock(&thread_lock);
     /* its own allocations (the unwinder's, the loader's) are never sampled:
      * the dump calls nothing that allocates but what sets the guard */
@@ -299,7 +299,7 @@ static void *thread_main(void *arg) {
 
 void ta_prof_dump_kick(void) {
   ta_lock(&thread_lock);
-  pending = 1;
+  if (pending < 16) pending++; /* one dump per mark passed; a burst is not a flood */
   if (!started && ta_prim_thread_start(thread_main, NULL, "trimalloc-prof", &thread_id) == 0) started = 1;
   pthread_cond_signal(&thread_cv);
   ta_unlock(&thread_lock);

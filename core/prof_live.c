@@ -160,8 +160,11 @@ out:
   return found;
 }
 
+_Atomic uint64_t ta_prof_snapshot_ns; /* the last snapshot's time holding the lock (test_prof reads it) */
+
 size_t ta_prof_live_snapshot(int kind, ta_prof_row_t *rows, size_t n) {
   ta_lock(&live_lock);
+  uint64_t t0 = ta_prim_clock_ns();
   size_t need = ta_prof_traces();
   if (need <= n) {
     for (size_t t = 0; t < need; t++) {
@@ -182,6 +185,7 @@ size_t ta_prof_live_snapshot(int kind, ta_prof_row_t *rows, size_t n) {
       }
     }
   }
+  ta_relaxed_store(&ta_prof_snapshot_ns, ta_prim_clock_ns() - t0);
   ta_unlock(&live_lock);
   return need;
 }

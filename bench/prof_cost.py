@@ -11,15 +11,16 @@ ratios to off, samples per CPU second, and ns per sample ((CPU on - CPU off)
         [--env K=V ...] -- CMD ARGS...
 
 The workload prints one `BENCH {json}` line (bench/alloc.py, bench/alloc.rb)
-with cpu_work_s or loop_s (CPU time of the measured part, or wall time when
-that is all there is: ruby_churn.rb's loop_s) and peak (VmHWM bytes) when it
-has them."""
+with cpu_work_s (CPU time of the measured part; else
+the child's own CPU time (wait4) when it has no cpu_work_s) and peak (VmHWM
+bytes; else the child's maxrss)."""
 import json
 import os
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,18 +54,21 @@ def run_once(lib, interval, env, cmd):
         e.update(TRIMALLOC_PROF="1", TRIMALLOC_PROF_INTERVAL=str(interval))
     else:
         e.pop("TRIMALLOC_PROF", None)
-    t0 = os.times()
-    p = subprocess.run(cmd, env=e, capture_output=True, text=True)
-    t1 = os.times()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, env=e, stdout=out, stderr=err, text=True)
+        _, status, ru = os.wait4(p.pid, 0)  # this child's own CPU time and peak RSS
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if p.returncode != 0:
-        raise SystemExit("failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr[-2000:]))
-    bench = [json.loads(l[6:]) for l in p.stdout.splitlines() if l.startswith("BENCH ")]
-    stats = [json.loads(m.group(1)) for m in re.finditer(r"trimalloc: stats (\{.*\})", p.stderr)]
+        raise SystemExit("failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), stderr[-2000:]))
+    bench = [json.loads(l[6:]) for l in stdout.splitlines() if l.startswith("BENCH ")]
+    stats = [json.loads(m.group(1)) for m in re.finditer(r"trimalloc: stats (\{.*\})", stderr)]
     b = bench[-1] if bench else {}
     cpu = b.get("cpu_work_s")
     if cpu is None:  # the whole child's CPU time
-        cpu = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
-    peak = b.get("peak") or 0
+        cpu = ru.ru_utime + ru.ru_stime
+    peak = b.get("peak") or ru.ru_maxrss * 1024
     sampled = max((s.get("prof_sampled", 0) for s in stats), default=0)
     return cpu, peak, sampled
 

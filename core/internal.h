@@ -142,12 +142,15 @@ typedef struct ta_prof_walk_s {
   uint64_t *pcs;
   size_t n, max;
   bool skipping;
+  bool at_eval; /* stopped at the interpreter's eval function (a frames hook is set) */
+  uintptr_t eval_lo, eval_hi;
 } ta_prof_walk_t;
+TA_HIDDEN void ta_prof_walk_init(ta_prof_walk_t *w, uint64_t *pcs, size_t max);
 struct _Unwind_Context;
 TA_HIDDEN bool ta_prof_use_libgcc(void);
 TA_HIDDEN int ta_prof_unwind_step(struct _Unwind_Context *ctx, void *walk); /* an _Unwind_Reason_Code */
-TA_HIDDEN size_t ta_prof_unwind_fp(uint64_t *pcs, size_t max);
-TA_HIDDEN size_t ta_prof_merge(uint64_t *pcs, int32_t *lines, size_t n, size_t max);
+TA_HIDDEN void ta_prof_unwind_fp(ta_prof_walk_t *w);
+TA_HIDDEN size_t ta_prof_merge(ta_prof_walk_t *w, int32_t *lines, size_t max);
 TA_HIDDEN uint32_t ta_prof_intern(const uint64_t *pcs, const int32_t *lines, size_t n, const char *tag); /* UINT32_MAX: no room */
 TA_HIDDEN uint32_t ta_prof_traces(void); /* traces interned so far (ids 0..n-1) */
 typedef struct ta_prof_trace_s {

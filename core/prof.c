@@ -101,16 +101,14 @@ static inline __attribute__((always_inline)) void sample(void *b, ta_span_t *sp,
   guard = 1;
   uint64_t pcs[2 * TA_PROF_MAX_FRAMES];
   int32_t lines[2 * TA_PROF_MAX_FRAMES];
-  size_t n;
+  ta_prof_walk_t w;
+  ta_prof_walk_init(&w, pcs, TA_PROF_MAX_FRAMES);
 #if TA_PROF_HAVE_LIBGCC
-  if (ta_prof_use_libgcc()) {
-    ta_prof_walk_t w = {pcs, 0, TA_PROF_MAX_FRAMES, true};
-    _Unwind_Backtrace((_Unwind_Trace_Fn)ta_prof_unwind_step, &w);
-    n = w.n;
-  } else
+  if (ta_prof_use_libgcc()) _Unwind_Backtrace((_Unwind_Trace_Fn)ta_prof_unwind_step, &w);
+  else
 #endif
-    n = ta_prof_unwind_fp(pcs, TA_PROF_MAX_FRAMES);
-  n = ta_prof_merge(pcs, lines, n, 2 * TA_PROF_MAX_FRAMES);
+    ta_prof_unwind_fp(&w);
+  size_t n = ta_prof_merge(&w, lines, 2 * TA_PROF_MAX_FRAMES);
   uint32_t trace = ta_prof_intern(pcs, lines, n, tag);
   bool fire = false;
   double objects, bytes;

@@ -67,7 +67,12 @@ int ta_prof_unwind_step(struct _Unwind_Context *ctx, void *arg) {
   if (!pc) return _URC_END_OF_STACK;
   if (w->skipping && own_frame(pc)) return _URC_NO_REASON;
   w->skipping = false;
-  w->pcs[w->n++] = before ? pc : pc - 1; /* a return address: the call is the byte before */
+  pc = before ? pc : pc - 1; /* a return address: the call is the byte before */
+  if (pc >= w->eval_lo && pc < w->eval_hi) { /* the interpreter's frames replace the rest */
+    w->at_eval = true;
+    return _URC_END_OF_STACK;
+  }
+  w->pcs[w->n++] = pc;
   return w->n < w->max ? _URC_NO_REASON : _URC_END_OF_STACK;
 }
 #endif
@@ -104,24 +109,36 @@ static void stack_bounds(void) {
  * stack, aligned: anything else ends the walk (a caller built without frame
  * pointers ends it early or, if its register held a stack address that
  * passes these tests, gives a wrong caller: why libgcc is the default). */
-__attribute__((optimize("no-omit-frame-pointer"))) TA_PROF_PATH size_t ta_prof_unwind_fp(uint64_t *pcs, size_t max) {
+__attribute__((optimize("no-omit-frame-pointer"))) TA_PROF_PATH void ta_prof_unwind_fp(ta_prof_walk_t *w) {
   stack_bounds();
   uintptr_t *fp = __builtin_frame_address(0);
-  size_t n = 0;
-  bool skipping = true;
-  while (n < max) {
+  while (w->n < w->max) {
     uintptr_t f = (uintptr_t)fp;
     if (f < stack_lo || f + 2 * sizeof(uintptr_t) > stack_hi || (f & (sizeof(uintptr_t) - 1))) break;
     uintptr_t next = fp[0], ret = fp[1];
     if (!ret) break;
-    if (!(skipping && own_frame(ret))) {
-      skipping = false;
-      pcs[n++] = ret - 1;
+    if (!(w->skipping && own_frame(ret))) {
+      w->skipping = false;
+      if (ret - 1 >= w->eval_lo && ret - 1 < w->eval_hi) {
+        w->at_eval = true;
+        break;
+      }
+      w->pcs[w->n++] = ret - 1;
     }
     if (next <= f) break;
     fp = (uintptr_t *)next;
   }
-  return n;
+}
+
+/* A walk: the eval function's extent when a frames hook is set, so that the
+ * unwinder stops there (the interpreter's frames replace the rest: deep
+ * interpreter stacks cost nothing to unwind). */
+void ta_prof_walk_init(ta_prof_walk_t *w, uint64_t *pcs, size_t max) {
+  *w = (ta_prof_walk_t){pcs, 0, max, true, false, 0, 0};
+  if (atomic_load_explicit(&frames_hook, memory_order_acquire)) {
+    w->eval_lo = atomic_load_explicit(&eval_lo, memory_order_relaxed);
+    w->eval_hi = atomic_load_explicit(&eval_hi, memory_order_relaxed);
+  }
 }
 
 bool ta_prof_use_libgcc(void) {
@@ -131,17 +148,12 @@ bool ta_prof_use_libgcc(void) {
 
 /* The interpreter's frames in place of the native frames from the first one
  * inside its eval function on (all native frames kept when none is). */
-size_t ta_prof_merge(uint64_t *pcs, int32_t *lines, size_t n, size_t max) {
+size_t ta_prof_merge(ta_prof_walk_t *w, int32_t *lines, size_t max) {
+  uint64_t *pcs = w->pcs;
+  size_t n = w->n, keep = n; /* the walk stopped below the eval function, if it met it */
   memset(lines, 0, n * sizeof *lines);
   trimalloc_prof_frames_fn hook = atomic_load_explicit(&frames_hook, memory_order_acquire);
   if (!hook || max <= n) return n;
-  uintptr_t lo = atomic_load_explicit(&eval_lo, memory_order_relaxed), hi = atomic_load_explicit(&eval_hi, memory_order_relaxed);
-  size_t keep = n;
-  for (size_t i = 0; i < n; i++)
-    if (pcs[i] >= lo && pcs[i] < hi) {
-      keep = i;
-      break;
-    }
   uint64_t keys[TA_PROF_MAX_FRAMES];
   int32_t ln[TA_PROF_MAX_FRAMES];
   size_t room = max - keep < TA_PROF_MAX_FRAMES ? max - keep : TA_PROF_MAX_FRAMES;
@@ -161,14 +173,15 @@ size_t ta_prof_merge(uint64_t *pcs, int32_t *lines, size_t n, size_t max) {
  * allocate): made here, outside malloc, when sampling starts. */
 void ta_prof_warm(void) {
   uint64_t pcs[8];
+  ta_prof_walk_t w;
+  ta_prof_walk_init(&w, pcs, 8);
 #if TA_PROF_HAVE_LIBGCC
   if (ta_prof_use_libgcc()) {
-    ta_prof_walk_t w = {pcs, 0, 8, true};
     _Unwind_Backtrace((_Unwind_Trace_Fn)ta_prof_unwind_step, &w);
     return;
   }
 #endif
-  ta_prof_unwind_fp(pcs, 8);
+  ta_prof_unwind_fp(&w);
 }
 
 /* ---- interned strings (tags, frame names) and traces ----

@@ -119,6 +119,36 @@ static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
 }
 #endif
 
+#ifndef TA_NO_PROF
+/* free's fast path for a block of a slab whose fast bound the profiler shut
+ * (ta_span_t.prof_sampled): the same checks (a thread-cache class, carved,
+ * not keyless, the double-free cookie) and the same push. false: take the
+ * slab's own path. */
+static bool free_cached(ta_span_t *sp, void *p) {
+  size_t cls = sp->cls;
+  if (cls >= TA_TCLASSES || ta_relaxed_load(&sp->keyless) ||
+      (uint32_t)((uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
+    return false;
+  if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == ta_cookie))) double_free(p);
+#ifdef TA_HARDENED
+  if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
+#endif
+  ta_tcache_t *tc = ta_tls_tcache;
+  ta_tbin_t *tb = &tc->bins[cls];
+  uint16_t count = ta_relaxed_load(&tb->count);
+  if (count < tb->max) {
+    ta_block_t *b = p;
+    ta_link_set(b, tb->head);
+    b->key = ta_cookie;
+    tb->head = b;
+    ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
+    return true;
+  }
+  ta_tcache_overflow(tc, cls, p);
+  return true;
+}
+#endif
+
 static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, void *p) {
   switch (sp->kind) {
   case TA_SPAN_HUGE:
@@ -137,7 +167,10 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
 #ifndef TA_NO_PROF
-    ta_prof_forget(sp, p); /* a slab holding a sampled block sends its frees here */
+    /* a slab holding a sampled block sends its frees here: the sampled one
+     * leaves the live set, the others go to the thread cache as on the
+     * fast path (unless the slab is keyless: the bitmap then) */
+    if (ta_relaxed_load(&sp->prof_sampled) && !ta_prof_forget(sp, p) && free_cached(sp, p)) return;
 #endif
 #ifdef TA_HARDENED
     if ((uint32_t)((uint8_t *)p - sp->start) < ta_relaxed_load(&sp->carved_bytes) &&

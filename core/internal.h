@@ -70,7 +70,8 @@ static inline bool ta_canary_ok(const void *b, size_t bsize, uintptr_t cookie) {
  * interpreter-frame hook, interned call paths (traces) and frame names.
  * prof_meta.c: the profiler's own mappings, within prof_max_bytes. pprof.c:
  * the profile.proto writer. */
-#define TA_PROF_CLAMP (1u << 16) /* a countdown never exceeds this: each thread looks at the epoch that often */
+#define TA_PROF_CLAMP 4096u /* a countdown never exceeds this: each thread looks at the epoch that often
+  (per class: a start or stop reaches a thread within 4096 allocations of a class, or at its next refill) */
 #define TA_PROF_MAX_FRAMES 64    /* native frames kept; as many interpreter frames again */
 /* Functions that can be on the stack between the program's call and the
  * unwinder inside a sample: the unwinder skips frames in this section. The
@@ -314,7 +315,16 @@ TA_HIDDEN ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bi
 TA_HIDDEN void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d); /* bin lock; empty slab, before it is freed */
 TA_HIDDEN size_t ta_slab_purge(ta_span_t *sp);       /* bin lock; bytes */
 TA_HIDDEN bool ta_slab_is_valid(ta_span_t *sp);      /* bin lock */
-TA_HIDDEN void ta_slab_prof_mark(ta_span_t *sp, int delta); /* bin lock */
+TA_HIDDEN void ta_slab_prof_mark(ta_span_t *sp, void *p, int delta); /* bin lock */
+/* May block p of slab sp be sampled? false: certainly not (any thread). */
+static inline bool ta_slab_prof_maybe(ta_span_t *sp, const void *p) {
+  if (!ta_relaxed_load(&sp->prof_sampled)) return false;
+  if (ta_relaxed_load(&sp->prof_spill)) return true;
+  uint32_t off = (uint32_t)((const uint8_t *)p - sp->start) + 1;
+  for (size_t i = 0; i < 4; i++)
+    if (ta_relaxed_load(&sp->prof_offs[i]) == off) return true;
+  return false;
+}
 
 /* ---- arena.c: arenas and their bins -------------------------------------- */
 TA_HIDDEN extern ta_arena_t ta_arenas[TA_ARENAS_MAX];
@@ -328,7 +338,7 @@ TA_HIDDEN size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, 
 TA_HIDDEN void ta_arena_flush(ta_block_t *first, size_t count, size_t cls, bool batch);
 TA_HIDDEN void *ta_arena_alloc1(size_t cls);      /* one block, no thread cache */
 TA_HIDDEN void ta_arena_free1(ta_span_t *sp, void *p); /* one block, no thread cache */
-TA_HIDDEN void ta_arena_prof_mark(ta_span_t *sp, int delta); /* takes the bin lock */
+TA_HIDDEN void ta_arena_prof_mark(ta_span_t *sp, void *p, int delta); /* takes the bin lock */
 /* Purges what has been free for the arena's delay; everything free with
  * `all` (trim), or when the arena has been idle since `idle_since` (0: not
  * known) for its delay, at most TA_IDLE_MS. Bytes released. */

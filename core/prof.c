@@ -115,7 +115,7 @@ static inline __attribute__((always_inline)) void sample(void *b, ta_span_t *sp,
   weights(z, r, &objects, &bytes);
   if (trace == UINT32_MAX) ta_relaxed_add(&ta_prof_dropped, 1);
   else if (ta_prof_live_add(b, trace, objects, bytes, &fire)) {
-    if (sp->kind == TA_SPAN_SLAB) ta_arena_prof_mark(sp, 1);
+    if (sp->kind == TA_SPAN_SLAB) ta_arena_prof_mark(sp, b, 1);
     else ta_relaxed_store(&sp->prof_sampled, 1);
   }
   if (fire) ta_prof_dump_kick();
@@ -167,9 +167,9 @@ TA_PROF_PATH void ta_prof_draw(void *p, size_t size) {
 }
 
 bool ta_prof_forget(ta_span_t *sp, void *p) {
-  if (!ta_relaxed_load(&sp->prof_sampled)) return false;
+  if (sp->kind == TA_SPAN_SLAB ? !ta_slab_prof_maybe(sp, p) : !ta_relaxed_load(&sp->prof_sampled)) return false;
   if (!ta_prof_live_remove(p)) return false; /* another block of the slab */
-  if (sp->kind == TA_SPAN_SLAB) ta_arena_prof_mark(sp, -1);
+  if (sp->kind == TA_SPAN_SLAB) ta_arena_prof_mark(sp, p, -1);
   else ta_relaxed_store(&sp->prof_sampled, 0);
   return true;
 }
@@ -177,10 +177,14 @@ bool ta_prof_forget(ta_span_t *sp, void *p) {
 /* ---- the API ---- */
 static ta_lock_t api_lock = PTHREAD_MUTEX_INITIALIZER; /* start and stop */
 
+/* A new rate: every thread draws its countdowns again when it notices the
+ * epoch; the caller at once. */
 static void set_rate(uint64_t r) {
   ta_relaxed_store(&ta_prof_rate, r);
   if (r) ta_relaxed_store(&ta_prof_last_rate, r);
-  ta_relaxed_add(&ta_prof_epoch, 1);
+  uint32_t epoch = ta_relaxed_add(&ta_prof_epoch, 1) + 1;
+  ta_tcache_t *tc = ta_tls_tcache;
+  if (tc->state == TA_TC_LIVE) rearm(tc, epoch);
 }
 
 TRIMALLOC_API int trimalloc_prof_start(size_t interval) {

@@ -36,6 +36,8 @@ void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d) {
   sp->bucket = TA_BUCKET_NONE;
   sp->keyless = 0;
   ta_relaxed_store(&sp->prof_sampled, 0);
+  ta_relaxed_store(&sp->prof_spill, 0);
+  for (size_t i = 0; i < 4; i++) ta_relaxed_store(&sp->prof_offs[i], 0);
   sp->freed_ms = 0;
   /* Whole OS pages past the last block are never used. A resident one would
    * be dirty in a full slab, which is on no list, so it is pinned (live 1)
@@ -265,10 +267,23 @@ size_t ta_slab_purge(ta_span_t *sp) {
   return bytes;
 }
 
-/* A block of the slab was sampled (+1) or its sample removed (-1): while
- * any is, its frees take the slow path (ta_span_t.prof_sampled). */
-void ta_slab_prof_mark(ta_span_t *sp, int delta) {
-  ta_relaxed_store(&sp->prof_sampled, (uint32_t)((int64_t)ta_relaxed_load(&sp->prof_sampled) + delta));
+/* Block p of the slab was sampled (+1) or its sample removed (-1): while
+ * any is, its frees take the slow path (ta_span_t.prof_sampled), which
+ * finds the sampled ones by their offsets (prof_offs). */
+void ta_slab_prof_mark(ta_span_t *sp, void *p, int delta) {
+  uint32_t off = (uint32_t)((uint8_t *)p - sp->start) + 1, n = ta_relaxed_load(&sp->prof_sampled);
+  size_t i = 0;
+  if (delta > 0) {
+    while (i < 4 && ta_relaxed_load(&sp->prof_offs[i])) i++;
+    if (i < 4) ta_relaxed_store(&sp->prof_offs[i], off);
+    else ta_relaxed_store(&sp->prof_spill, 1);
+    n++;
+  } else {
+    while (i < 4 && ta_relaxed_load(&sp->prof_offs[i]) != off) i++;
+    if (i < 4) ta_relaxed_store(&sp->prof_offs[i], 0);
+    if (--n == 0) ta_relaxed_store(&sp->prof_spill, 0);
+  }
+  ta_relaxed_store(&sp->prof_sampled, n);
   fast_free_set(sp);
 }
 

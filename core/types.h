@@ -130,12 +130,19 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   uint16_t slices;       /* span length in slices */
   uint16_t dirty;        /* OS pages free and resident */
   uint8_t bucket;        /* slab: fullness bucket, or TA_BUCKET_NONE */
-  uint8_t keyless;       /* slab: a purged OS page holds a carved block's start (see above) */
+  _Atomic uint8_t keyless; /* slab: a purged OS page holds a carved block's start (see above); atomic:
+                            * a free of a slab holding a sampled block reads it without the lock */
   /* slab: live blocks sampled by the heap profiler (prof_live.c). While
    * nonzero, fast_free_below == 0: every free of the slab's blocks takes the
    * slow path, which removes a sampled block from the live set. Written
    * under the bin lock. */
   _Atomic uint32_t prof_sampled; /* large/huge span: 1 while its block is sampled */
+  /* slab: where its sampled blocks are (offset from start + 1; 0 empty), so
+   * that the slow-path free of any other block of the slab needs no look at
+   * the live set; prof_spill: a sample did not fit (until prof_sampled is 0
+   * again, every free looks there). Written under the bin lock. */
+  _Atomic uint32_t prof_offs[4];
+  _Atomic uint8_t prof_spill;
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
 } ta_span_t;

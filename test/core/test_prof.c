@@ -188,6 +188,33 @@ static void test_off(void) {
   CHECK(trimalloc_prof_start((size_t)2 << 30) == EINVAL, "an interval above 1 GiB");
 }
 
+/* In a slab holding a sampled block every free takes the slow path: the
+ * other blocks still go to the thread cache, and a double free of one is
+ * still caught (a forked child must abort with trimalloc's message). */
+static void test_marked_slab(void) {
+  CHECK(trimalloc_prof_start(1) == 0);
+  void *s = trimalloc_malloc(64); /* sampled: its slab's fast free is shut */
+  trimalloc_prof_stop();
+  void *v[64];
+  for (int i = 0; i < 64; i++) v[i] = trimalloc_malloc(64); /* the same class, mostly the same slab */
+  uint64_t n = stat_samples();
+  for (int i = 0; i < 64; i++) trimalloc_free(v[i]);
+  CHECK(stat_samples() == n && trimalloc_check(), "unsampled frees leave the sample");
+  pid_t pid = fork();
+  if (pid == 0) {
+    void *q = trimalloc_malloc(64);
+    trimalloc_free(q);
+    freopen("/dev/null", "w", stderr);
+    trimalloc_free(q); /* a double free */
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "the double free was not caught (status %d)", st);
+  trimalloc_free(s);
+  CHECK(stat_samples() == n - 1 && trimalloc_check());
+}
+
 /* realloc keeping a sampled block in place is a free and an allocation. */
 static void test_realloc(void) {
   CHECK(trimalloc_prof_start(1) == 0);
@@ -318,7 +345,9 @@ static void test_unwind_fp(void) {
   if (TEST_TSAN) return;
   CHECK(trimalloc_option_set("prof_unwind", 2) == 0);
   CHECK(trimalloc_prof_start(1) == 0);
-  void **v = site_medium(1, 3000);
+  uint64_t n0 = stat_samples();
+  void **v = site_medium(1, 3000); /* its bin holds blocks: the start reached this thread's countdowns at once */
+  CHECK(stat_samples() == n0 + 1);
   char path[256];
   snprintf(path, sizeof path, "%s/fp.pb.gz", tmpdir);
   if (dump_and_load(TRIMALLOC_PROF_LIVE, path)) {
@@ -622,6 +651,7 @@ int main(void) {
   RUN(test_off);
   RUN(test_accuracy);
   RUN(test_realloc);
+  RUN(test_marked_slab);
   RUN(test_stacks);
   RUN(test_unwind_fp);
   RUN(test_growth);

@@ -287,13 +287,11 @@ TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p) {
  * sampling is on the new size gets its own draw. */
 TA_PROF_PATH static void *realloc_prof(void *p, void *q) {
   if (!q) return q;
-  ta_segment_t *s = ta_segment_of(p);
-  if (p != q) { /* moved by mremap: the old header's flag moved with it */
-    s = ta_segment_of(q);
-    if (ta_prof_forget(ta_span_of(s, q), p)) {} /* the sample was at the old address */
-  } else if (ta_segmap_contains(s)) {
-    ta_prof_forget(ta_span_of(s, p), p);
-  }
+  /* q's span (moved by mremap, the header's flag moved with it; a block
+   * aligned above 2 MiB: its header before it), the sample keyed by p */
+  ta_segment_t *s = ta_segment_of(q), *far;
+  if (ta_segmap_contains(s)) ta_prof_forget(ta_span_of(s, q), p);
+  else if ((far = ta_huge_far_of(q)) != NULL) ta_prof_forget(&far->spans[0], p);
   if (ta_relaxed_load(&ta_prof_rate)) ta_prof_draw(q, ta_usable_size(q, "realloc: invalid pointer"));
   return q;
 }

@@ -230,6 +230,16 @@ static void test_realloc(void) {
   CHECK(r == q && stat_samples() == n - 1, "off: the in-place realloc forgets the sample");
   trimalloc_free(r);
   CHECK(stat_samples() == n - 1);
+  /* a block aligned above 2 MiB (its header in the segment before it) */
+  CHECK(trimalloc_prof_start(1) == 0);
+  void *f = trimalloc_aligned_alloc((size_t)8 << 20, 1 << 20);
+  CHECK(f && stat_samples() == n, "the far block is sampled");
+  void *g = trimalloc_realloc(f, (1 << 20) - 4096); /* in place */
+  CHECK(g == f && stat_samples() == n, "sampled once after the in-place realloc (%llu)",
+        (unsigned long long)stat_samples());
+  trimalloc_free(g);
+  CHECK(stat_samples() == n - 1);
+  trimalloc_prof_stop();
 }
 
 /* ---- stacks ---- */

@@ -10,30 +10,61 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
   ta_error("malloc: heap corruption (double free or write after free) of block", b);
 }
 
-/* An empty thread-cache bin (and a thread's first call: its cache is made). */
-static __attribute__((noinline)) void *malloc_refill(ta_tcache_t *tc, size_t cls) {
+/* An empty thread-cache bin (and a thread's first call: its cache is made).
+ * The allocation counts toward the class's sampling countdown here. */
+TA_PROF_PATH static void *malloc_refill(ta_tcache_t *tc, size_t cls) {
   ta_process_init();
   void *b = ta_tcache_refill(tc, cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif
+#ifndef TA_NO_PROF
+  if (b) ta_prof_refill_event(cls, b);
+#endif
   return b;
 }
 
+#ifndef TA_NO_PROF
+/* The class's sampling countdown ran out: the pop (from a bin known not to
+ * be empty), then the profiler (a sample, or a fresh draw). */
+TA_PROF_PATH static void *malloc_sample(ta_tcache_t *tc, size_t cls) {
+  void *b = ta_tcache_refill(tc, cls);
+#ifdef TA_HARDENED
+  if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
+#endif
+  if (b) ta_prof_class_event(ta_tls_tcache, cls, b);
+  return b;
+}
+#endif
+
+#ifndef TA_NO_PROF
+/* Usable size of a large or huge block just allocated (for the profiler). */
+static size_t big_usable(void *p) {
+  ta_segment_t *s = ta_segment_of(p);
+  ta_span_t *sp = ta_span_of(s, p);
+  return sp->kind == TA_SPAN_HUGE ? s->huge_size : sp->bsize;
+}
+#endif
+
 /* Beyond the size classes: up to 2 MiB from a page heap, above that a
  * mapping of its own. */
-static __attribute__((noinline)) void *malloc_big(size_t n) {
+TA_PROF_PATH static void *malloc_big(size_t n) {
   ta_process_init();
-  if (n <= TA_LARGE_MAX) return ta_large_alloc(ta_arena_pick(), n);
-  return ta_huge_alloc(n, 0, false);
+  void *p = n <= TA_LARGE_MAX ? ta_large_alloc(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
+#ifndef TA_NO_PROF
+  if (p) ta_prof_maybe(p, big_usable(p));
+#endif
+  return p;
 }
 
 /* Fast path budget: a class lookup (one table load up to 1 KiB, a few ALU
- * operations up to 128 KiB), a TLS load, a pop from the bin's list with its
- * link unmasked (one XOR) and checked with the cookie (which shares the
- * cache line of the link just read), and three stores. No lock, no atomic
- * read-modify-write, no stats, no byte count (the cache's budget bounds it). */
-TRIMALLOC_API void *trimalloc_malloc(size_t n) {
+ * operations up to 128 KiB), a TLS load, the heap profiler's countdown (a
+ * decrement and a branch, in the bin's cache line: ta_tbin_t.sample_left;
+ * none with -DTA_NO_PROF), a pop from the bin's list with its link unmasked
+ * (one XOR) and checked with the cookie (which shares the cache line of the
+ * link just read), and three stores. No lock, no atomic read-modify-write,
+ * no stats, no byte count (the cache's budget bounds it). */
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   size_t cls;
 #ifdef TA_HARDENED
   if (n <= TA_TCACHE_MAX - TA_CANARY) n += TA_CANARY; /* room for the canary */
@@ -46,13 +77,16 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   ta_tbin_t *tb = &tc->bins[cls];
   ta_block_t *b = tb->head;
   if (ta_likely(b != NULL)) {
+#ifndef TA_NO_PROF
+    if (ta_unlikely(--tb->sample_left == 0)) return malloc_sample(tc, cls);
+#endif
     ta_block_t *next = ta_link_get(b);
     if (ta_unlikely(ta_checked(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))) corrupt(b);
     tb->head = next;
     b->key = 0;
     ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
 #ifdef TA_HARDENED
-    ta_canary_set(b, tb->bsize, ta_cookie);
+    ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif
     return b;
   }
@@ -60,11 +94,14 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
 }
 
 /* A block of class cls exactly (aligned allocation picks the class). */
-void *ta_malloc_class(size_t cls) {
+TA_PROF_PATH void *ta_malloc_class(size_t cls) {
   ta_process_init();
   void *b = cls < TA_TCLASSES ? ta_tcache_refill(ta_tls_tcache, cls) : ta_arena_alloc1(cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
+#endif
+#ifndef TA_NO_PROF
+  ta_prof_maybe(b, ta_class_size(cls) - TA_CANARY);
 #endif
   return b;
 }
@@ -82,17 +119,59 @@ static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
 }
 #endif
 
+#ifndef TA_NO_PROF
+/* free's fast path for a block of a slab whose fast bound the profiler shut
+ * (ta_span_t.prof_sampled): the same checks (a thread-cache class, carved,
+ * not keyless, the double-free cookie) and the same push. false: take the
+ * slab's own path. */
+static bool free_cached(ta_span_t *sp, void *p) {
+  size_t cls = sp->cls;
+  if (cls >= TA_TCLASSES || ta_relaxed_load(&sp->keyless) ||
+      (uint32_t)((uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
+    return false;
+  if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == ta_cookie))) double_free(p);
+#ifdef TA_HARDENED
+  if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
+#endif
+  ta_tcache_t *tc = ta_tls_tcache;
+  ta_tbin_t *tb = &tc->bins[cls];
+  uint16_t count = ta_relaxed_load(&tb->count);
+  if (count < tb->max) {
+    ta_block_t *b = p;
+    ta_link_set(b, tb->head);
+    b->key = ta_cookie;
+    tb->head = b;
+    ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
+    return true;
+  }
+  ta_tcache_overflow(tc, cls, p);
+  return true;
+}
+#endif
+
 static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, void *p) {
   switch (sp->kind) {
   case TA_SPAN_HUGE:
     if ((uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error("free: invalid pointer", p);
+#ifndef TA_NO_PROF
+    ta_prof_forget(sp, p);
+#endif
     ta_huge_free(s);
     break;
   case TA_SPAN_LARGE:
+#ifndef TA_NO_PROF
+    if (ta_is_block_start(sp, p)) ta_prof_forget(sp, p);
+#endif
     ta_large_free(sp, p);
     break;
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
+#ifndef TA_NO_PROF
+    /* a slab holding a sampled block sends its frees here: the sampled one
+     * leaves the live set, the others go to the thread cache as on the
+     * fast path (unless the slab is keyless: the bitmap then) */
+    if (ta_relaxed_load(&sp->prof_sampled) && !ta_prof_forget(sp, p) && free_cached(sp, p)) return;
+#endif
 #ifdef TA_HARDENED
     if ((uint32_t)((uint8_t *)p - sp->start) < ta_relaxed_load(&sp->carved_bytes) &&
         ((ta_block_t *)p)->key != ta_cookie && !ta_canary_ok(p, sp->bsize, ta_cookie))
@@ -106,6 +185,17 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
   ta_purge_kick(); /* something may be left to purge */
 }
 
+/* A block aligned above 2 MiB (not in the segment map). Out of line, so
+ * that free's fast path keeps no register across a call for it. */
+static __attribute__((noinline)) void free_far(void *p) {
+  ta_segment_t *far = ta_huge_far_of(p);
+  if (!far) ta_error("free: invalid pointer", p);
+#ifndef TA_NO_PROF
+  ta_prof_forget(&far->spans[0], p);
+#endif
+  ta_huge_free(far);
+}
+
 /* Fast path budget: a segment-map bit test, the span descriptor's class and
  * one multiply and compare for "a thread-cache class, a block start, ever
  * handed out" (ta_span_t.fast_free_below), a TLS load, the block's cookie
@@ -116,9 +206,7 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   if (ta_unlikely(!ta_segmap_contains(s))) {
     if (p == NULL) return;
-    ta_segment_t *far = ta_huge_far_of(p); /* a block aligned above 2 MiB */
-    if (!far) ta_error("free: invalid pointer", p);
-    ta_huge_free(far);
+    free_far(p);
     return;
   }
   ta_span_t *sp = ta_span_of(s, p);
@@ -152,13 +240,19 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   free_slow(s, sp, p);
 }
 
-TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;
     return NULL;
   }
-  if (total > TA_LARGE_MAX) return ta_huge_alloc(total, 0, true); /* fresh mappings are zero */
+  if (total > TA_LARGE_MAX) { /* fresh mappings are zero */
+    void *h = ta_huge_alloc(total, 0, true);
+#ifndef TA_NO_PROF
+    if (h) ta_prof_maybe(h, big_usable(h));
+#endif
+    return h;
+  }
   void *p = trimalloc_malloc(total);
   if (p) memset(p, 0, total);
   return p;
@@ -187,7 +281,26 @@ TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p) {
   return p ? ta_usable_size(p, "malloc_usable_size: invalid pointer") : 0;
 }
 
-TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
+#ifndef TA_NO_PROF
+/* A block kept in place (or moved by mremap) by realloc is, for the
+ * profiler, a free and an allocation: a sample of it goes, and while
+ * sampling is on the new size gets its own draw. */
+TA_PROF_PATH static void *realloc_prof(void *p, void *q) {
+  if (!q) return q;
+  /* q's span (moved by mremap, the header's flag moved with it; a block
+   * aligned above 2 MiB: its header before it), the sample keyed by p */
+  ta_segment_t *s = ta_segment_of(q), *far;
+  if (ta_segmap_contains(s)) ta_prof_forget(ta_span_of(s, q), p);
+  else if ((far = ta_huge_far_of(q)) != NULL) ta_prof_forget(&far->spans[0], p);
+  if (ta_relaxed_load(&ta_prof_rate)) ta_prof_draw(q, ta_usable_size(q, "realloc: invalid pointer"));
+  return q;
+}
+#define REALLOC_PROF(p, q) (ta_unlikely(ta_relaxed_load(&ta_prof_rate) || ta_relaxed_load(&ta_prof_live_count)) ? realloc_prof(p, q) : (q))
+#else
+#define REALLOC_PROF(p, q) (q)
+#endif
+
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   if (!p) return trimalloc_malloc(n);
   if (n == 0) { /* glibc's behaviour: free, return NULL */
     trimalloc_free(p);
@@ -195,11 +308,11 @@ TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   }
   size_t have = ta_usable_size(p, "realloc: invalid pointer");
   ta_segment_t *s = ta_segment_of(p);
-  if (ta_segmap_contains(s) && s->huge && n > TA_LARGE_MAX) return ta_huge_realloc(s, n); /* mremap: no copy */
-  if (n <= have && n >= have / 2) return p;                        /* fits in place */
+  if (ta_segmap_contains(s) && s->huge && n > TA_LARGE_MAX) return REALLOC_PROF(p, ta_huge_realloc(s, n)); /* mremap */
+  if (n <= have && n >= have / 2) return REALLOC_PROF(p, p);               /* fits in place */
   if (n > have && n <= TA_LARGE_MAX && ta_segmap_contains(s)) {   /* a large block grows into */
     ta_span_t *sp = ta_span_of(s, p);                               /* the free slices after it */
-    if (sp->kind == TA_SPAN_LARGE && ta_large_grow(sp, n)) return p;
+    if (sp->kind == TA_SPAN_LARGE && ta_large_grow(sp, n)) return REALLOC_PROF(p, p);
   }
   void *q = trimalloc_malloc(n);
   if (!q) return NULL; /* p stays valid */
@@ -208,7 +321,7 @@ TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   return q;
 }
 
-TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;

@@ -94,7 +94,7 @@ int ta_bind_prof_top(const char *path, const char *order, size_t n,
   size_t count = n && n < p.npaths ? n : p.npaths;
   for (size_t r = 0; r < count; r++) {
     const ta_bind_prof_path_t *e = &p.paths[idx[r]];
-    for (size_t i = 0; i < e->nframes; i++) frames[i] = p.frames[p.path_frames[e->frame0 + i]];
+    for (size_t i = 0; i < e->nframes; i++) frames[i] = p.names[p.path_frames[e->frame0 + i]];
     ta_bind_prof_row_t out = {value_of(&p, e, is), value_of(&p, e, io), value_of(&p, e, as),
                               value_of(&p, e, ao), e->nframes, frames,
                               e->tag >= 0 ? p.frames[e->tag] : NULL};

@@ -1,7 +1,7 @@
 /* trimalloc: cross-file internals, grouped under the file that defines them.
  * Calls go one way, down this list: the entry points (alloc, align, check),
  * init, stats, tcache, purge, huge, arena, slab, span, segment, delay, size,
- * options, error, pprof, prim. */
+ * options, error, prim. */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
 

@@ -617,6 +617,31 @@ static void test_read_names(void) {
   static const char *const want[6] = {"?? (/lib/libx.so)", "x_fn", "0x1300 (/lib/libx.so)", "String#*", "Kernel#loop",
                                       "main.run (main.py:3)"};
   for (int i = 0; i < 6; i++) CHECK(!strcmp(rs.frames[0][i], want[i]), "frame %d: %s, want %s", i, rs.frames[0][i], want[i]);
+
+  /* The table: frames the core could not name ("?? object") in the
+   * allocator's object are left out with it; one in another object says
+   * which; a named frame in the same object as the last shown one too. */
+  p = ta_pprof_begin(1, 0);
+  const char *ruby = "/usr/lib/libruby.so", *gen = "/usr/lib/ruby/json/generator.so";
+  uint64_t mr = ta_pprof_mapping(p, 0x100000, 0x200000, 0, ruby), mg = ta_pprof_mapping(p, 0x300000, 0x400000, 0, gen);
+  uint64_t nat[] = {ta_pprof_location(p, 0x7000, 0, ta_pprof_function(p, "malloc", "/lib/libc.so.6"), 0),
+                    ta_pprof_location(p, 0x100100, mr, ta_pprof_function(p, "?? /usr/lib/libruby.so", ruby), 0),
+                    ta_pprof_location(p, 0x100200, mr, ta_pprof_function(p, "?? /usr/lib/libruby.so", ruby), 0),
+                    ta_pprof_location(p, 0x300100, mg, ta_pprof_function(p, "?? /usr/lib/ruby/json/generator.so", gen), 0),
+                    ta_pprof_location(p, 0x100300, mr, ta_pprof_function(p, "rb_funcall", ruby), 0),
+                    ta_pprof_location(p, 0x100400, mr, ta_pprof_function(p, "?? /usr/lib/libruby.so", ruby), 0),
+                    ta_pprof_location(p, 0x100500, mr, ta_pprof_function(p, "rb_vm_exec", ruby), 0),
+                    ta_pprof_location(p, 0x100600, mr, ta_pprof_function(p, "ruby_run_node", ruby), 0),
+                    ta_pprof_location(p, 0x100700, mr, ta_pprof_function(p, "main", ruby), 0)};
+  ta_pprof_sample(p, nat, 9, v, NULL);
+  fd = open_out("names.pb.gz", path);
+  CHECK(ta_pprof_finish(p, fd) == 0);
+  close(fd);
+  char *text = NULL;
+  if (CHECK(ta_bind_prof_top_str(path, NULL, 0, &text, err, sizeof err) == 0, "%s", err))
+    CHECK(strstr(text, "  ?? (generator.so) < rb_funcall (libruby.so) < rb_vm_exec (libruby.so) < ruby_run_node (libruby.so) "
+                       "< +1\n"), "%s", text);
+  free(text);
 }
 
 static char *slurp(const char *path) {

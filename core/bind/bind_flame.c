@@ -113,7 +113,11 @@ static int build(tree_t *t, ta_bind_prof_t *p, size_t k) {
 /* ---- collapsed stacks ---- */
 
 static void put_collapsed_frame(ta_bind_sb_t *b, const char *s) {
-  for (; *s; s++) ta_bind_sb_printf(b, "%c", *s == ';' ? ':' : *s); /* ';' separates frames */
+  for (size_t n; *s; s += n) {
+    n = strcspn(s, ";");
+    ta_bind_sb_put(b, s, n);
+    if (s[n]) ta_bind_sb_put(b, ":", 1), n++; /* ';' separates frames */
+  }
 }
 
 static void collapsed(tree_t *t, ta_bind_sb_t *b) {
@@ -147,11 +151,16 @@ static void collapsed(tree_t *t, ta_bind_sb_t *b) {
 
 /* ---- SVG ---- */
 
-/* Text for XML: &<>"' escaped, control characters and invalid UTF-8 as '?'. */
+/* Text for XML: &<>"' escaped, control characters and invalid UTF-8 as '?';
+ * at most `max` characters, then "..". */
 static void put_xml(ta_bind_sb_t *b, const char *s, size_t max) {
   const unsigned char *u = (const unsigned char *)s;
   size_t shown = 0;
   while (*u && shown < max) {
+    const unsigned char *run = u; /* plain ASCII goes out in one piece */
+    while (*u && shown < max && *u >= 0x20 && *u < 0x7f && !strchr("&<>\"'", *u)) u++, shown++;
+    if (u > run) ta_bind_sb_put(b, (const char *)run, (size_t)(u - run));
+    if (!*u || shown >= max) break;
     unsigned c = *u;
     size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
     int ok = len > 0;
@@ -160,25 +169,20 @@ static void put_xml(ta_bind_sb_t *b, const char *s, size_t max) {
     if (ok && len == 3) ok = !(c == 0xe0 && u[1] < 0xa0) && !(c == 0xed && u[1] >= 0xa0); /* overlong, surrogates */
     if (ok && len == 4) ok = c <= 0xf4 && !(c == 0xf0 && u[1] < 0x90) && !(c == 0xf4 && u[1] >= 0x90);
     if (!ok) {
-      ta_bind_sb_printf(b, "?");
+      ta_bind_sb_put(b, "?", 1);
       u++;
     } else if (len > 1) {
-      ta_bind_sb_printf(b, "%.*s", (int)len, (const char *)u);
+      ta_bind_sb_put(b, (const char *)u, len);
       u += len;
     } else {
-      switch (c) {
-      case '&': ta_bind_sb_printf(b, "&amp;"); break;
-      case '<': ta_bind_sb_printf(b, "&lt;"); break;
-      case '>': ta_bind_sb_printf(b, "&gt;"); break;
-      case '"': ta_bind_sb_printf(b, "&quot;"); break;
-      case '\'': ta_bind_sb_printf(b, "&apos;"); break;
-      default: ta_bind_sb_printf(b, "%c", c < 0x20 || c == 0x7f ? '?' : (char)c);
-      }
+      const char *e = c == '&' ? "&amp;" : c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '"' ? "&quot;"
+                    : c == '\'' ? "&apos;" : "?"; /* control characters */
+      ta_bind_sb_put(b, e, strlen(e));
       u++;
     }
     shown++;
   }
-  if (*u) ta_bind_sb_printf(b, "..");
+  if (*u) ta_bind_sb_put(b, "..", 2);
 }
 
 /* A stable colour per name: warm for native frames, green-blue for

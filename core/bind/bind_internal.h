@@ -68,6 +68,7 @@ typedef struct {
   int oom;
 } ta_bind_sb_t;
 __attribute__((format(printf, 2, 3))) void ta_bind_sb_printf(ta_bind_sb_t *b, const char *fmt, ...);
+void ta_bind_sb_put(ta_bind_sb_t *b, const char *s, size_t n); /* n bytes as they are */
 /* 1536 -> "1.5 KiB"; below 1 KiB "N B". */
 const char *ta_bind_human(char *buf, size_t size, int64_t v);
 /* A stable sort with a context argument; 0, or -1 when out of memory. */

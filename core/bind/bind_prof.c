@@ -702,6 +702,24 @@ __attribute__((format(printf, 2, 3))) void ta_bind_sb_printf(ta_bind_sb_t *b, co
   }
 }
 
+void ta_bind_sb_put(ta_bind_sb_t *b, const char *s, size_t n) {
+  if (b->oom) return;
+  if (b->cap - b->len <= n) {
+    size_t cap = b->cap ? b->cap * 2 : 4096;
+    while (cap - b->len <= n) cap *= 2;
+    char *q = realloc(b->s, cap);
+    if (!q) {
+      b->oom = 1;
+      return;
+    }
+    b->s = q;
+    b->cap = cap;
+  }
+  memcpy(b->s + b->len, s, n);
+  b->len += n;
+  b->s[b->len] = 0;
+}
+
 /* 1536 -> "1.5 KiB"; below 1 KiB in bytes. */
 const char *ta_bind_human(char *buf, size_t size, int64_t v) {
   static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};

@@ -12,9 +12,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 
+#include "_prof.h"
 #include "binding.h"
 
 /* Number of stats fields, from the core's one field list. */
@@ -380,6 +382,66 @@ static PyObject *py_test_gate_state(PyObject *m, PyObject *unused) {
   return PyLong_FromLong(ta_bind_test_gate_state());
 }
 
+/* _prof_frames_now(max=64, released=0) -> [(name, file, line), ...], leaf
+ * first: what the profiler's frames hook reports on this thread now (the
+ * caller of this function first). released=1: called with the GIL released;
+ * released=2: called on a new native thread, returns how many frames it got.
+ * For tests of the hook without a sample. */
+static void *hook_thread(void *arg) {
+  int *n = arg;
+  uint64_t keys[64];
+  int32_t lines[64];
+  *n = ta_py_frames_hook(keys, lines, 64);
+  return NULL;
+}
+
+static PyObject *py_prof_frames_now(PyObject *m, PyObject *args) {
+  (void)m;
+  int max = 64, released = 0;
+  if (!PyArg_ParseTuple(args, "|ii:_prof_frames_now", &max, &released)) return NULL;
+  if (max < 1 || max > 1024) {
+    PyErr_Format(PyExc_ValueError, "max must be 1..1024, not %d", max);
+    return NULL;
+  }
+  uint64_t keys[1024];
+  int32_t lines[1024];
+  int n = 0;
+  if (released == 1) { /* this thread, with the GIL released (as in a blocking C call) */
+    Py_BEGIN_ALLOW_THREADS
+    n = ta_py_frames_hook(keys, lines, max);
+    Py_END_ALLOW_THREADS
+  } else if (released == 2) { /* a thread Python never saw */
+    pthread_t th;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = pthread_create(&th, NULL, hook_thread, &n);
+    if (err == 0) pthread_join(th, NULL);
+    Py_END_ALLOW_THREADS
+    if (err) {
+      errno = err;
+      return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(n); /* its keys are not this thread's to describe */
+  } else {
+    n = ta_py_frames_hook(keys, lines, max);
+  }
+  PyObject *list = PyList_New(0);
+  for (int i = 0; list && i < n; i++) {
+    char name[256], file[512];
+    if (ta_py_frames_describe(keys[i], name, sizeof name, file, sizeof file) != 0)
+      snprintf(name, sizeof name, "[unknown key 0x%llx]", (unsigned long long)keys[i]), file[0] = 0;
+    PyObject *t = Py_BuildValue("(ssi)", name, file, (int)lines[i]);
+    if (!t || PyList_Append(list, t) < 0) Py_CLEAR(list);
+    Py_XDECREF(t);
+  }
+  return list;
+}
+
+static PyObject *py_prof_frames_status(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyUnicode_FromString(ta_py_frames_status());
+}
+
 /* ---- Trimmer: one hook's policy (ta_bind_trimmer_t) ---- */
 typedef struct {
   PyObject_HEAD
@@ -577,6 +639,7 @@ static int add_object(PyObject *m, const char *name, PyObject *value) {
 static int module_exec(PyObject *m) {
   module_state *st = get_state(m);
   ta_bind_init();
+  ta_py_frames_install(); /* no Python frames in profiles when it cannot: not an import error */
   st->error = PyErr_NewExceptionWithDoc(
       "trimalloc.Error", "An operation of the allocator failed (not a wrong argument).",
       PyExc_RuntimeError, NULL);
@@ -650,6 +713,10 @@ static PyMethodDef methods[] = {
      "policy_stats() -> {deferred, coalesced, free_reads}: the trim policy's counters"},
     {"free_source", py_free_source, METH_NOARGS,
      "free_source() -> where free_bytes() comes from: dirty, resident, mallinfo2, mallinfo, unknown"},
+    {"_prof_frames_now", py_prof_frames_now, METH_VARARGS,
+     "_prof_frames_now(max=64) -> [(name, file, line)]: the profiler's Python frames here, leaf first"},
+    {"_prof_frames_status", py_prof_frames_status, METH_NOARGS,
+     "_prof_frames_status() -> whether the Python frames hook is registered, and why not"},
     {"_test_gate", py_test_gate, METH_O, "_test_gate(on): for tests (see binding.h)"},
     {"_test_gate_open", py_test_gate_open, METH_NOARGS, "_test_gate_open(): for tests"},
     {"_test_gate_state", py_test_gate_state, METH_NOARGS, "_test_gate_state() -> int: for tests"},

@@ -382,6 +382,110 @@ static PyObject *py_test_gate_state(PyObject *m, PyObject *unused) {
   return PyLong_FromLong(ta_bind_test_gate_state());
 }
 
+/* ---- the heap profiler (bind_sampler.c); trimalloc/profile.py checks the
+ * arguments and calls these ---- */
+
+/* trimalloc.Error saying why there is no profiler, when there is none. */
+static int need_sampler(PyObject *m) {
+  if (ta_bind_sampler_available()) return 0;
+  PyErr_SetString(get_state(m)->error, ta_bind_sampler_unavailable());
+  return -1;
+}
+
+static PyObject *py_prof_available(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  if (ta_bind_sampler_available()) Py_RETURN_NONE;
+  return PyUnicode_FromString(ta_bind_sampler_unavailable());
+}
+
+/* _prof_start(interval): 0 keeps the current interval. */
+static PyObject *py_prof_start(PyObject *m, PyObject *arg) {
+  unsigned long long interval = PyLong_AsUnsignedLongLong(arg);
+  if (interval == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+  if (need_sampler(m) < 0) return NULL;
+  int rc = ta_bind_sampler_start((size_t)interval);
+  if (rc == EINVAL) {
+    PyErr_Format(PyExc_ValueError, "interval must be 1 .. 1 GiB (bytes), not %R", arg);
+    return NULL;
+  }
+  if (rc) {
+    errno = rc;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_prof_stop(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  int rc = ta_bind_sampler_stop();
+  if (rc) {
+    errno = rc;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_prof_interval(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyLong_FromSize_t(ta_bind_sampler_interval());
+}
+
+/* _prof_dump(path or None, kind) -> the path written. Encodes and writes
+ * without the GIL (it may take milliseconds). */
+static PyObject *py_prof_dump(PyObject *m, PyObject *args) {
+  PyObject *path_obj, *path_b = NULL;
+  int kind;
+  if (!PyArg_ParseTuple(args, "Oi:_prof_dump", &path_obj, &kind)) return NULL;
+  if (path_obj != Py_None && !PyUnicode_FSConverter(path_obj, &path_b)) return NULL;
+  if (need_sampler(m) < 0) {
+    Py_XDECREF(path_b);
+    return NULL;
+  }
+  char written[4096];
+  const char *path = path_b ? PyBytes_AsString(path_b) : NULL;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = ta_bind_sampler_dump(path, kind, written, sizeof written);
+  Py_END_ALLOW_THREADS
+  PyObject *r = NULL;
+  if (rc == 0) {
+    r = PyUnicode_DecodeFSDefault(written);
+  } else if (rc == EINVAL && kind != TRIMALLOC_PROF_LIVE && kind != TRIMALLOC_PROF_PEAK) {
+    PyErr_Format(PyExc_ValueError, "kind must be live or peak, not %d", kind);
+  } else {
+    errno = rc;
+    if (path_b) PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
+    else PyErr_SetFromErrno(PyExc_OSError);
+  }
+  Py_XDECREF(path_b);
+  return r;
+}
+
+static PyObject *py_prof_reset_peak(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  ta_bind_sampler_reset_peak();
+  Py_RETURN_NONE;
+}
+
+/* _prof_set_tag(str or None): this thread's tag (the core copies it, at most
+ * 63 bytes). A no-op when there is no profiler. */
+static PyObject *py_prof_set_tag(PyObject *m, PyObject *arg) {
+  (void)m;
+  if (arg == Py_None) {
+    ta_bind_sampler_set_tag(NULL);
+    Py_RETURN_NONE;
+  }
+  if (!PyUnicode_Check(arg)) {
+    PyErr_Format(PyExc_TypeError, "tag must be a str or None, not %R", arg);
+    return NULL;
+  }
+  PyObject *b = PyUnicode_AsUTF8String(arg);
+  if (!b) return NULL;
+  ta_bind_sampler_set_tag(PyBytes_AsString(b));
+  Py_DECREF(b);
+  Py_RETURN_NONE;
+}
+
 /* _prof_frames_now(max=64, released=0) -> [(name, file, line), ...], leaf
  * first: what the profiler's frames hook reports on this thread now (the
  * caller of this function first). released=1: called with the GIL released;
@@ -713,6 +817,15 @@ static PyMethodDef methods[] = {
      "policy_stats() -> {deferred, coalesced, free_reads}: the trim policy's counters"},
     {"free_source", py_free_source, METH_NOARGS,
      "free_source() -> where free_bytes() comes from: dirty, resident, mallinfo2, mallinfo, unknown"},
+    {"_prof_available", py_prof_available, METH_NOARGS,
+     "_prof_available() -> None when the heap profiler is there, else why not"},
+    {"_prof_start", py_prof_start, METH_O, "_prof_start(interval): 0 keeps the current one"},
+    {"_prof_stop", py_prof_stop, METH_NOARGS, "_prof_stop()"},
+    {"_prof_interval", py_prof_interval, METH_NOARGS, "_prof_interval() -> bytes, 0 while off"},
+    {"_prof_dump", py_prof_dump, METH_VARARGS,
+     "_prof_dump(path, kind) -> the path written (kind 0 live, 1 peak)"},
+    {"_prof_reset_peak", py_prof_reset_peak, METH_NOARGS, "_prof_reset_peak()"},
+    {"_prof_set_tag", py_prof_set_tag, METH_O, "_prof_set_tag(tag): this thread's tag, None clears"},
     {"_prof_frames_now", py_prof_frames_now, METH_VARARGS,
      "_prof_frames_now(max=64) -> [(name, file, line)]: the profiler's Python frames here, leaf first"},
     {"_prof_frames_status", py_prof_frames_status, METH_NOARGS,

@@ -20,6 +20,7 @@ import trimalloc
 from trimalloc import _trimalloc, profile
 
 from conftest import MiB, child_env
+from test_celery import redis_url  # noqa: F401 (the fixture)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 APP = str(FIXTURES / "prof_app.py")
@@ -427,3 +428,26 @@ def test_run_profile_bad_directory(tmp_path):
     p = subprocess.run([sys.executable, "-m", "trimalloc", "run", "--profile"], env=child_env(False),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert p.returncode == 2 and "--profile needs a directory" in p.stderr, p.stderr
+
+
+# ---- a real Celery worker: the task's name as the tag ----
+
+def test_celery_task_samples_carry_the_task_name_tag(redis_url, tmp_path, monkeypatch):
+    from test_celery import celery_worker
+    monkeypatch.setenv("TRIMALLOC_PROF", "1")  # sampling from the worker's start
+    monkeypatch.setenv("TRIMALLOC_PROF_INTERVAL", str(64 << 10))
+    with celery_worker(redis_url, tmp_path, "prof", launcher=True, integration=True) as w:
+        pids = set(w.done([w.run("hold_mib", 6) for _ in range(4)]))
+        reports = w.on_each_pool_process("prof_rows")
+    held = {}
+    for rep in reports:
+        for r in rep["rows"]:
+            if any(f.startswith("celery_app.hold_mib (") for f in r["frames"]):
+                assert r["tag"] == "celery_app.hold_mib", r
+                held[rep["pid"]] = held.get(rep["pid"], 0) + r["inuse_space"]
+    # 4 tasks of 6 MiB, kept, spread over the pool processes
+    assert set(held) == pids, (held, pids)
+    assert 24 * MiB <= sum(held.values()) <= 26 * MiB, held
+    untagged = [r for rep in reports for r in rep["rows"] if r["tag"] is None
+                and any(f.startswith("celery_app.hold_mib (") for f in r["frames"])]
+    assert not untagged

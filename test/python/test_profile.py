@@ -430,6 +430,41 @@ def test_run_profile_bad_directory(tmp_path):
     assert p.returncode == 2 and "--profile needs a directory" in p.stderr, p.stderr
 
 
+def test_wsgi_and_asgi_middlewares_tag_the_request_s_samples_with_its_path():
+    rows = child_json(
+        "import asyncio, json, prof_app; from trimalloc import profile\n"
+        "from trimalloc.wsgi import TrimMiddleware as W\n"
+        "from trimalloc.asgi import TrimMiddleware as A\n"
+        "profile.start(64 << 10)\n"
+        "def wsgi_app(environ, start_response):\n"
+        "    prof_app.make_bytes(3)\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'ok']\n"
+        "body = W(wsgi_app, every=None, min_free=1 << 40)("
+        "{'PATH_INFO': '/export/orders', 'QUERY_STRING': 'x=1'}, lambda *a: None)\n"
+        "list(body); body.close()\n"
+        "prof_app.make_bytes_here(2)  # after the request: untagged\n"
+        "async def asgi_app(scope, receive, send):\n"
+        "    await receive()\n"
+        "    prof_app.while_on(4)\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+        "async def main():\n"
+        "    async def receive(): return {'type': 'http.request', 'body': b''}\n"
+        "    async def send(m): pass\n"
+        "    await A(asgi_app, every=None, min_free=1 << 40)("
+        "{'type': 'http', 'path': '/api/items'}, receive, send)\n"
+        "asyncio.run(main())\n"
+        "print(json.dumps(profile.top(0)))\n")
+
+    def tags_of(fn):
+        return {r["tag"] for r in rows if any(f.startswith("prof_app.%s (" % fn) for f in r["frames"])}
+
+    assert tags_of("make_bytes") == {"/export/orders"}, rows[:5]
+    assert tags_of("make_bytes_here") == {None}
+    assert tags_of("while_on") == {"/api/items"}
+
+
 # ---- a real Celery worker: the task's name as the tag ----
 
 def test_celery_task_samples_carry_the_task_name_tag(redis_url, tmp_path, monkeypatch):

@@ -36,7 +36,8 @@ def app_line(marker: str) -> int:
 
 def run_child(code: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """code in a child on trimalloc; its stdout's last line is JSON."""
-    e = child_env(True, PYTHONMALLOC="malloc", PYTHONPATH=str(FIXTURES), **env)
+    path = os.pathsep.join(p for p in (str(FIXTURES), os.environ.get("PYTHONPATH")) if p)
+    e = child_env(True, PYTHONMALLOC="malloc", PYTHONPATH=path, **env)
     p = subprocess.run([sys.executable, "-c", code], env=e, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
     assert p.returncode == 0, "child failed (%d)\n--- stdout\n%s\n--- stderr\n%s" % (
@@ -166,6 +167,13 @@ def assert_native_then_python(sample: Dict[str, Any]) -> None:
                                                        sample["frames"])
 
 
+def block_size(sample: Dict[str, Any], size: int) -> bool:
+    """The sample's blocks were of `size` bytes (as the allocator rounded
+    them: up to a page more)."""
+    v = sample["values"]
+    return v["inuse_objects"] > 0 and size <= v["inuse_space"] // v["inuse_objects"] <= size + 4096
+
+
 def inuse_with(prof: Dict[str, Any], name: str) -> int:
     return sum(s["values"]["inuse_space"] for s in prof["samples"] if name in py_names(s))
 
@@ -219,7 +227,8 @@ def test_top_names_the_python_function_that_made_bytes_as_the_caller_of_native_f
     assert mine, json.dumps(rows[:5], indent=1)
     total = sum(r["inuse_space"] for r in mine)
     # 1 MiB blocks are above the 64 KiB interval: each is recorded with its size
-    assert 32 * MiB <= total <= 33 * MiB, total
+    # (each block counts with the size the allocator gave it: its size class)
+    assert 32 * MiB <= total <= 32 * MiB * 1.13, total
     for r in mine:
         i = next(i for i, f in enumerate(r["frames"]) if f.startswith("prof_app.make_bytes ("))
         assert i > 0, ("native frames first", r["frames"])
@@ -263,9 +272,8 @@ def test_samples_taken_without_the_gil_have_no_python_frames(tmp_path):
         "prof_app.malloc_with_gil(40, 5 << 20)\n"
         "profile.dump(%r)\n" % path)
     prof = read_profile(path)
-    big = [s for s in prof["samples"] if s["values"]["inuse_space"] in (3 << 20, 5 << 20)]
-    nogil = [s for s in big if s["values"]["inuse_space"] == 3 << 20]
-    gil = [s for s in big if s["values"]["inuse_space"] == 5 << 20]
+    nogil = [s for s in prof["samples"] if block_size(s, 3 << 20)]
+    gil = [s for s in prof["samples"] if block_size(s, 5 << 20)]
     # every block is above the interval: all 40 of each are there
     assert sum(s["values"]["inuse_objects"] for s in nogil) == 40, [s["frames"] for s in nogil]
     assert sum(s["values"]["inuse_objects"] for s in gil) == 40
@@ -295,7 +303,7 @@ def test_start_and_stop_at_run_time_see_only_what_was_allocated_while_on():
                    if any(f.startswith("prof_app.%s (" % fn) for f in r["frames"]))
 
     assert held("before_start") == 0
-    assert 16 * MiB <= held("while_on") <= 17 * MiB, held("while_on")
+    assert 16 * MiB <= held("while_on") <= 16 * MiB * 1.13, held("while_on")
     assert held("after_stop") == 0
 
 
@@ -314,7 +322,7 @@ def test_the_peak_profile_holds_what_was_freed_since(tmp_path):
     peak, live = read_profile(out["peak"]), read_profile(out["live"])
     assert inuse_with(peak, "prof_app.peak_phase") >= 60 * MiB, inuse_with(peak, "prof_app.peak_phase")
     assert inuse_with(live, "prof_app.peak_phase") == 0
-    assert 8 * MiB <= inuse_with(live, "prof_app.make_bytes") <= 9 * MiB
+    assert 8 * MiB <= inuse_with(live, "prof_app.make_bytes") <= 8 * MiB * 1.13
 
 
 def test_interval_1_with_threads_and_a_concurrent_top_does_not_deadlock():
@@ -392,8 +400,8 @@ def test_a_tag_labels_the_samples_of_its_thread_and_tag_restores_the_previous():
     by_tag = {}
     for r in rows:
         by_tag[r["tag"]] = by_tag.get(r["tag"], 0) + r["inuse_space"]
-    assert 4 * MiB <= by_tag.get("report", 0) <= 5 * MiB, by_tag
-    assert 2 * MiB <= by_tag.get("outer", 0) <= 3 * MiB, by_tag  # restored after the block
+    assert 4 * MiB <= by_tag.get("report", 0) <= 4 * MiB * 1.13, by_tag
+    assert 2 * MiB <= by_tag.get("outer", 0) <= 2 * MiB * 1.13, by_tag  # restored after the block
     other = [r for r in rows if any(f.startswith("prof_app.while_on (") for f in r["frames"])]
     assert other and all(r["tag"] is None for r in other), other  # another thread: untagged
 
@@ -403,19 +411,24 @@ def test_run_profile_dir_turns_sampling_on_and_leaves_the_exit_profile_there(tmp
     e = child_env(False, TRIMALLOC_PROF_AT_EXIT="1")
     e.pop("TRIMALLOC_PROF", None)
     e.pop("TRIMALLOC_PROF_PREFIX", None)
-    code = ("from trimalloc import profile; import sys\n"
-            "kept = [bytes(1 << 20) for _ in range(8)]\n"
-            "print(profile.interval())\n")
+    code = ("from trimalloc import profile; import ctypes\n"
+            "libc = ctypes.PyDLL(None)  # keeps the GIL: the sample has this <module> frame\n"
+            "libc.malloc.restype = ctypes.c_void_p\n"
+            "leak = libc.malloc(8 << 20)  # never freed: live at exit\n"
+            "import os; print(os.getpid(), profile.interval())\n")
     p = subprocess.run([sys.executable, "-m", "trimalloc", "run", "--profile", str(d), "--",
                         "python3", "-c", code], env=e, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert int(p.stdout.strip()) > 0  # sampling on from the start
-    files = sorted(glob.glob(str(d / "python3.*.pb.gz")))
-    assert files, (os.listdir(str(d)), p.stderr)
-    prof = read_profile(files[-1])
+    pid, interval = map(int, p.stdout.split())
+    assert interval > 0  # sampling on from the start
+    files = glob.glob(str(d / ("python3.%d.*.exit.pb.gz" % pid)))
+    assert len(files) == 1, (os.listdir(str(d)), p.stderr)
+    prof = read_profile(files[0])
     assert prof["types"] == ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"]
-    assert sum(s["values"]["alloc_space"] for s in prof["samples"]) >= 8 * MiB
+    leak = [s for s in prof["samples"] if block_size(s, 8 << 20)]
+    assert len(leak) == 1 and py_names(leak[0]) == ["<module>"], [s["frames"] for s in leak]
+    assert "reason=exit" in prof["comments"], prof["comments"]
 
 
 def test_run_profile_bad_directory(tmp_path):
@@ -482,7 +495,7 @@ def test_celery_task_samples_carry_the_task_name_tag(redis_url, tmp_path, monkey
                 held[rep["pid"]] = held.get(rep["pid"], 0) + r["inuse_space"]
     # 4 tasks of 6 MiB, kept, spread over the pool processes
     assert set(held) == pids, (held, pids)
-    assert 24 * MiB <= sum(held.values()) <= 26 * MiB, held
+    assert 24 * MiB <= sum(held.values()) <= 24 * MiB * 1.13, held
     untagged = [r for rep in reports for r in rep["rows"] if r["tag"] is None
                 and any(f.startswith("celery_app.hold_mib (") for f in r["frames"])]
     assert not untagged

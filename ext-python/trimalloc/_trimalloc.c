@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #include "_prof.h"
 #include "binding.h"
@@ -541,6 +542,27 @@ static PyObject *py_prof_frames_now(PyObject *m, PyObject *args) {
   return list;
 }
 
+/* _prof_frames_cost(n) -> (frames, ns per call): the hook run n times on
+ * this thread (the cost a sample pays for its Python frames, at this depth). */
+static PyObject *py_prof_frames_cost(PyObject *m, PyObject *arg) {
+  (void)m;
+  long n = PyLong_AsLong(arg);
+  if (n == -1 && PyErr_Occurred()) return NULL;
+  if (n < 1) {
+    PyErr_Format(PyExc_ValueError, "n must be >= 1, not %R", arg);
+    return NULL;
+  }
+  uint64_t keys[128];
+  int32_t lines[128];
+  int got = 0;
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; i++) got = ta_py_frames_hook(keys, lines, 128);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double ns = ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n;
+  return Py_BuildValue("(id)", got, ns);
+}
+
 static PyObject *py_prof_frames_status(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
   return PyUnicode_FromString(ta_py_frames_status());
@@ -828,6 +850,8 @@ static PyMethodDef methods[] = {
     {"_prof_set_tag", py_prof_set_tag, METH_O, "_prof_set_tag(tag): this thread's tag, None clears"},
     {"_prof_frames_now", py_prof_frames_now, METH_VARARGS,
      "_prof_frames_now(max=64) -> [(name, file, line)]: the profiler's Python frames here, leaf first"},
+    {"_prof_frames_cost", py_prof_frames_cost, METH_O,
+     "_prof_frames_cost(n) -> (frames, ns per call): the frames hook run n times here"},
     {"_prof_frames_status", py_prof_frames_status, METH_NOARGS,
      "_prof_frames_status() -> whether the Python frames hook is registered, and why not"},
     {"_test_gate", py_test_gate, METH_O, "_test_gate(on): for tests (see binding.h)"},

@@ -327,7 +327,7 @@ def test_the_peak_profile_holds_what_was_freed_since(tmp_path):
 
 def test_interval_1_with_threads_and_a_concurrent_top_does_not_deadlock():
     out = child_json(
-        "import json, threading, prof_app; from trimalloc import profile\n"
+        "import json, threading, time, prof_app; from trimalloc import profile\n"
         "profile.start(1)\n"
         "stop = threading.Event()\n"
         "def work(k):\n"
@@ -335,18 +335,22 @@ def test_interval_1_with_threads_and_a_concurrent_top_does_not_deadlock():
         "    while not stop.is_set():\n"
         "        s = json.dumps([{'k': k, 'i': i} for i in range(200)])\n"
         "        b = [bytes(100 + i) for i in range(50)]\n"
-        "        prof_app.malloc_without_gil(5, 1000)\n"
-        "        prof_app.free_native()\n"
+        "        prof_app.malloc_free_without_gil(5, 1000)\n"
         "        n += 1\n"
-        "    return n\n"
+        "    counts.append(n)\n"
+        "counts = []\n"
         "ts = [threading.Thread(target=work, args=(k,)) for k in range(6)]\n"
         "for t in ts: t.start()\n"
-        "tops = [len(profile.top(5)) for _ in range(5)]\n"
+        "tops, end = [], time.monotonic() + 3\n"
+        "while time.monotonic() < end:  # top() while six threads allocate\n"
+        "    tops.append(len(profile.top(5)))\n"
         "stop.set()\n"
         "for t in ts: t.join()\n"
-        "print(json.dumps({'tops': tops, 'interval': profile.interval()}))\n", timeout=240)
+        "print(json.dumps({'tops': tops, 'counts': counts, 'interval': profile.interval()}))\n",
+        timeout=240)
     assert out["interval"] == 1
-    assert all(n > 0 for n in out["tops"]), out
+    assert len(out["counts"]) == 6 and all(n > 0 for n in out["counts"]), out
+    assert len(out["tops"]) >= 2 and all(n > 0 for n in out["tops"]), out
 
 
 def test_bad_arguments_raise_naming_the_value():

@@ -66,9 +66,9 @@ setup(
         Extension(
             "trimalloc._trimalloc",
             sources=["ext-python/trimalloc/_trimalloc.c", "ext-python/trimalloc/_prof.c",
-                     "core/bind/bind_backend.c",
-                     "core/bind/bind_policy.c", "core/bind/bind_launch.c",
-                     "core/bind/bind_sampler.c"],
+                     "core/bind/bind_backend.c", "core/bind/bind_policy.c", "core/bind/bind_launch.c",
+                     "core/bind/bind_sampler.c", "core/bind/bind_prof.c", "core/bind/bind_prof_top.c",
+                     "core/bind/bind_flame.c", "core/bind/bind_inflate.c"],
             include_dirs=["core", "core/bind", "ext-python/trimalloc"],
             define_macros=[("Py_LIMITED_API", "0x03080000")],
             py_limited_api=True,

@@ -460,7 +460,7 @@ def test_wsgi_and_asgi_middlewares_tag_the_request_s_samples_with_its_path():
         "body = W(wsgi_app, every=None, min_free=1 << 40)("
         "{'PATH_INFO': '/export/orders', 'QUERY_STRING': 'x=1'}, lambda *a: None)\n"
         "list(body); body.close()\n"
-        "prof_app.make_bytes_here(2)  # after the request: untagged\n"
+        "prof_app.before_start(2)  # after the request: untagged\n"
         "async def asgi_app(scope, receive, send):\n"
         "    await receive()\n"
         "    prof_app.while_on(4)\n"
@@ -478,7 +478,7 @@ def test_wsgi_and_asgi_middlewares_tag_the_request_s_samples_with_its_path():
         return {r["tag"] for r in rows if any(f.startswith("prof_app.%s (" % fn) for f in r["frames"])}
 
     assert tags_of("make_bytes") == {"/export/orders"}, rows[:5]
-    assert tags_of("make_bytes_here") == {None}
+    assert tags_of("before_start") == {None}
     assert tags_of("while_on") == {"/api/items"}
 
 

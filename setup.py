@@ -59,7 +59,7 @@ setup(
     version=core_version(),
     package_dir={"": "ext-python"},
     packages=["trimalloc"],
-    package_data={"trimalloc": ["py.typed", "*.pyi"]},
+    package_data={"trimalloc": ["py.typed", "*.pyi", "_bootstrap/*.py"]},
     exclude_package_data={"trimalloc": ["*.c"]},  # in the sdist (MANIFEST.in), not the wheel
     zip_safe=False,
     ext_modules=[

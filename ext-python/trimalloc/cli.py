@@ -91,6 +91,11 @@ def _run(args):
         except OSError as e:
             _err("run: --profile %r: %s" % (profile, e.strerror))
             return 1
+        # a Python command imports trimalloc at its start (_bootstrap/sitecustomize.py), which
+        # registers the Python frames even if the program never imports trimalloc
+        boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (boot, os.environ.get("PYTHONPATH")) if p)
     first = _environment_bin()
     path = _trimalloc.search_path(first)
     found = _trimalloc.which(cmd[0], path)

@@ -415,11 +415,14 @@ def test_run_profile_dir_turns_sampling_on_and_leaves_the_exit_profile_there(tmp
     e = child_env(False, TRIMALLOC_PROF_AT_EXIT="1")
     e.pop("TRIMALLOC_PROF", None)
     e.pop("TRIMALLOC_PROF_PREFIX", None)
-    code = ("from trimalloc import profile; import ctypes\n"
+    # the program never imports trimalloc: `run --profile` registers the Python frames
+    code = ("import ctypes, os, sys\n"
             "libc = ctypes.PyDLL(None)  # keeps the GIL: the sample has this <module> frame\n"
             "libc.malloc.restype = ctypes.c_void_p\n"
+            "libc.trimalloc_prof_interval.restype = ctypes.c_size_t\n"
             "leak = libc.malloc(8 << 20)  # never freed: live at exit\n"
-            "import os; print(os.getpid(), profile.interval())\n")
+            "print(os.getpid(), libc.trimalloc_prof_interval())\n"
+            "print(sorted(m for m in sys.modules if m.startswith('trimalloc')), file=sys.stderr)\n")
     p = subprocess.run([sys.executable, "-m", "trimalloc", "run", "--profile", str(d), "--",
                         "python3", "-c", code], env=e, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, universal_newlines=True, timeout=120)

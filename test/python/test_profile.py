@@ -485,6 +485,41 @@ def test_wsgi_and_asgi_middlewares_tag_the_request_s_samples_with_its_path():
     assert tags_of("while_on") == {"/api/items"}
 
 
+def test_aiohttp_tags_with_the_route_template_and_gunicorn_pre_request_with_the_path():
+    rows = child_json(
+        "import asyncio, json, types, prof_app; from trimalloc import profile\n"
+        "from aiohttp import web\n"
+        "from aiohttp.test_utils import TestClient, TestServer\n"
+        "import trimalloc.aiohttp\n"
+        "from trimalloc.gunicorn import pre_request, post_request\n"
+        "profile.start(64 << 10)\n"
+        "async def user(request):\n"
+        "    prof_app.make_bytes(3)\n"
+        "    return web.Response(text='ok')\n"
+        "app = web.Application()\n"
+        "app.router.add_get('/users/{id}', user)\n"
+        "trimalloc.aiohttp.install(app, every=None, min_free=1 << 40)\n"
+        "async def main():\n"
+        "    async with TestClient(TestServer(app)) as c:\n"
+        "        r = await c.get('/users/42?full=1')\n"
+        "        assert await r.text() == 'ok'\n"
+        "asyncio.run(main())\n"
+        "worker = types.SimpleNamespace(log=types.SimpleNamespace(debug=lambda *a: None))\n"
+        "req = types.SimpleNamespace(method='GET', path='/reports/daily')\n"
+        "pre_request(worker, req)\n"
+        "prof_app.while_on(2)\n"
+        "post_request(worker, req, {}, None)\n"
+        "prof_app.after_stop(1)\n"
+        "print(json.dumps(profile.top(0)))\n")
+
+    def tags_of(fn):
+        return {r["tag"] for r in rows if any(f.startswith("prof_app.%s (" % fn) for f in r["frames"])}
+
+    assert tags_of("make_bytes") == {"/users/{id}"}, rows[:5]
+    assert tags_of("while_on") == {"/reports/daily"}
+    assert tags_of("after_stop") == {None}
+
+
 # ---- a real Celery worker: the task's name as the tag ----
 
 def test_celery_task_samples_carry_the_task_name_tag(redis_url, tmp_path, monkeypatch):

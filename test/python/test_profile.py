@@ -325,9 +325,9 @@ def test_the_peak_profile_holds_what_was_freed_since(tmp_path):
     assert 8 * MiB <= inuse_with(live, "prof_app.make_bytes") <= 8 * MiB * 1.13
 
 
-def test_interval_1_with_threads_and_a_concurrent_top_does_not_deadlock():
+def test_interval_1_with_threads_a_concurrent_top_and_forks_does_not_deadlock():
     out = child_json(
-        "import json, threading, time, prof_app; from trimalloc import profile\n"
+        "import json, os, threading, time, prof_app; from trimalloc import profile\n"
         "profile.start(1)\n"
         "stop = threading.Event()\n"
         "def work(k):\n"
@@ -341,16 +341,26 @@ def test_interval_1_with_threads_and_a_concurrent_top_does_not_deadlock():
         "counts = []\n"
         "ts = [threading.Thread(target=work, args=(k,)) for k in range(6)]\n"
         "for t in ts: t.start()\n"
-        "tops, end = [], time.monotonic() + 3\n"
-        "while time.monotonic() < end:  # top() while six threads allocate\n"
+        "tops, forks, end = [], [], time.monotonic() + 3\n"
+        "while time.monotonic() < end:  # top() and fork() while six threads allocate\n"
         "    tops.append(len(profile.top(5)))\n"
+        "    if len(forks) < 3:\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:  # the child: allocates with Python frames, reads its own profile\n"
+        "            prof_app.make_bytes(2)\n"
+        "            rows = profile.top(0)\n"
+        "            ok = any(f.startswith('prof_app.make_bytes (') for r in rows for f in r['frames'])\n"
+        "            os._exit(0 if ok else 3)\n"
+        "        forks.append(os.waitpid(pid, 0)[1])\n"
         "stop.set()\n"
         "for t in ts: t.join()\n"
-        "print(json.dumps({'tops': tops, 'counts': counts, 'interval': profile.interval()}))\n",
+        "print(json.dumps({'tops': tops, 'forks': forks, 'counts': counts,"
+        " 'interval': profile.interval()}))\n",
         timeout=240)
     assert out["interval"] == 1
     assert len(out["counts"]) == 6 and all(n > 0 for n in out["counts"]), out
     assert len(out["tops"]) >= 2 and all(n > 0 for n in out["tops"]), out
+    assert out["forks"] == [0, 0, 0], out  # each child exited 0: it saw its make_bytes
 
 
 def test_bad_arguments_raise_naming_the_value():

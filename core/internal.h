@@ -128,8 +128,26 @@ TA_HIDDEN void ta_prof_live_growth_reset(void); /* the next growth dump: live by
 TA_HIDDEN void ta_prof_live_fork_prepare(void);
 TA_HIDDEN void ta_prof_live_fork_parent(void);
 
-/* prof_stack.c */
-TA_HIDDEN size_t ta_prof_capture(uint64_t *pcs, int32_t *lines, size_t max); /* frames, leaf first */
+/* prof_stack.c. Native frames, leaf first, the profiler's own skipped: the
+ * sample path calls _Unwind_Backtrace itself with ta_prof_unwind_step (each
+ * frame between it and the program costs the unwinder a table lookup and a
+ * CFA program: the fewer, the better), or the frame-pointer walk; then
+ * ta_prof_merge puts the interpreter's frames in. */
+#ifdef __GLIBC__
+#define TA_PROF_HAVE_LIBGCC 1 /* lock-free with glibc's _dl_find_object (prof_stack.c) */
+#else
+#define TA_PROF_HAVE_LIBGCC 0
+#endif
+typedef struct ta_prof_walk_s {
+  uint64_t *pcs;
+  size_t n, max;
+  bool skipping;
+} ta_prof_walk_t;
+struct _Unwind_Context;
+TA_HIDDEN bool ta_prof_use_libgcc(void);
+TA_HIDDEN int ta_prof_unwind_step(struct _Unwind_Context *ctx, void *walk); /* an _Unwind_Reason_Code */
+TA_HIDDEN size_t ta_prof_unwind_fp(uint64_t *pcs, size_t max);
+TA_HIDDEN size_t ta_prof_merge(uint64_t *pcs, int32_t *lines, size_t n, size_t max);
 TA_HIDDEN uint32_t ta_prof_intern(const uint64_t *pcs, const int32_t *lines, size_t n, const char *tag); /* UINT32_MAX: no room */
 TA_HIDDEN uint32_t ta_prof_traces(void); /* traces interned so far (ids 0..n-1) */
 typedef struct ta_prof_trace_s {

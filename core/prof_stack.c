@@ -22,10 +22,7 @@
 #ifdef __GLIBC__
 #include <dlfcn.h>
 #include <link.h>
-#define TA_HAVE_LIBGCC 1
 extern void *__libc_stack_end;
-#else
-#define TA_HAVE_LIBGCC 0
 #endif
 
 /* The section of every function between the program's call and the
@@ -62,15 +59,9 @@ TRIMALLOC_API int trimalloc_prof_set_frames_hook(trimalloc_prof_frames_fn fn, co
 }
 
 /* ---- native frames ---- */
-#if TA_HAVE_LIBGCC
-typedef struct {
-  uint64_t *pcs;
-  size_t n, max;
-  bool skipping;
-} walk_t;
-
-static _Unwind_Reason_Code unwind_one(struct _Unwind_Context *ctx, void *arg) {
-  walk_t *w = arg;
+#if TA_PROF_HAVE_LIBGCC
+int ta_prof_unwind_step(struct _Unwind_Context *ctx, void *arg) {
+  ta_prof_walk_t *w = arg;
   int before = 0;
   uintptr_t pc = (uintptr_t)_Unwind_GetIPInfo(ctx, &before);
   if (!pc) return _URC_END_OF_STACK;
@@ -79,23 +70,11 @@ static _Unwind_Reason_Code unwind_one(struct _Unwind_Context *ctx, void *arg) {
   w->pcs[w->n++] = before ? pc : pc - 1; /* a return address: the call is the byte before */
   return w->n < w->max ? _URC_NO_REASON : _URC_END_OF_STACK;
 }
-
-TA_PROF_PATH static size_t unwind_libgcc(uint64_t *pcs, size_t max) {
-  walk_t w = {pcs, 0, max, true};
-  _Unwind_Backtrace(unwind_one, &w);
-  return w.n;
-}
-#else
-static size_t unwind_libgcc(uint64_t *pcs, size_t max) { /* not used without glibc */
-  (void)pcs, (void)max;
-  return 0;
-}
 #endif
 
 /* The calling thread's stack: [lo, hi), read once per thread. The main
  * thread's frames are all below __libc_stack_end (its size is not known:
- * 8 MiB below);
- * another thread's is pthread_getattr_np's (which may allocate: the guard
+ * 8 MiB below); another thread's is pthread_getattr_np's (which may allocate: the guard
  * is set, no lock is held). */
 static __thread uintptr_t stack_lo, stack_hi __attribute__((tls_model("initial-exec")));
 static void stack_bounds(void) {
@@ -125,7 +104,7 @@ static void stack_bounds(void) {
  * stack, aligned: anything else ends the walk (a caller built without frame
  * pointers ends it early or, if its register held a stack address that
  * passes these tests, gives a wrong caller: why libgcc is the default). */
-__attribute__((optimize("no-omit-frame-pointer"))) TA_PROF_PATH static size_t unwind_fp(uint64_t *pcs, size_t max) {
+__attribute__((optimize("no-omit-frame-pointer"))) TA_PROF_PATH size_t ta_prof_unwind_fp(uint64_t *pcs, size_t max) {
   stack_bounds();
   uintptr_t *fp = __builtin_frame_address(0);
   size_t n = 0;
@@ -145,17 +124,14 @@ __attribute__((optimize("no-omit-frame-pointer"))) TA_PROF_PATH static size_t un
   return n;
 }
 
-static int unwinder(void) {
+bool ta_prof_use_libgcc(void) {
   long long u = ta_opt(TA_OPT_PROF_UNWIND);
-  if (u == TA_PROF_UNWIND_LIBGCC && TA_HAVE_LIBGCC) return TA_PROF_UNWIND_LIBGCC;
-  if (u == 0 && TA_HAVE_LIBGCC) return TA_PROF_UNWIND_LIBGCC;
-  return TA_PROF_UNWIND_FP;
+  return TA_PROF_HAVE_LIBGCC && (u == 0 || u == TA_PROF_UNWIND_LIBGCC);
 }
 
-/* Native frames, then the interpreter's in place of the native frames from
- * the first one inside its eval function on. */
-TA_PROF_PATH size_t ta_prof_capture(uint64_t *pcs, int32_t *lines, size_t max) {
-  size_t n = unwinder() == TA_PROF_UNWIND_LIBGCC ? unwind_libgcc(pcs, TA_PROF_MAX_FRAMES) : unwind_fp(pcs, TA_PROF_MAX_FRAMES);
+/* The interpreter's frames in place of the native frames from the first one
+ * inside its eval function on (all native frames kept when none is). */
+size_t ta_prof_merge(uint64_t *pcs, int32_t *lines, size_t n, size_t max) {
   memset(lines, 0, n * sizeof *lines);
   trimalloc_prof_frames_fn hook = atomic_load_explicit(&frames_hook, memory_order_acquire);
   if (!hook || max <= n) return n;
@@ -185,8 +161,14 @@ TA_PROF_PATH size_t ta_prof_capture(uint64_t *pcs, int32_t *lines, size_t max) {
  * allocate): made here, outside malloc, when sampling starts. */
 void ta_prof_warm(void) {
   uint64_t pcs[8];
-  if (unwinder() == TA_PROF_UNWIND_LIBGCC) unwind_libgcc(pcs, 8);
-  else unwind_fp(pcs, 8);
+#if TA_PROF_HAVE_LIBGCC
+  if (ta_prof_use_libgcc()) {
+    ta_prof_walk_t w = {pcs, 0, 8, true};
+    _Unwind_Backtrace((_Unwind_Trace_Fn)ta_prof_unwind_step, &w);
+    return;
+  }
+#endif
+  ta_prof_unwind_fp(pcs, 8);
 }
 
 /* ---- interned strings (tags, frame names) and traces ----

@@ -156,6 +156,7 @@ static void test_accuracy(void) {
     /* blocks >= R are exact: weight 1, one object each */
     CHECK(sum_leaf("site_large", 2) == 12 && sum_leaf("site_huge", 2) == 3);
   }
+  CHECK(trimalloc_check(), "heap invariants with sampled blocks live (slabs' fast free shut)");
   /* a freed site disappears from the live set, its allocations stay in alloc_space */
   uint64_t before = stat_samples();
   free_all(sites[0].v, sites[0].n);
@@ -410,6 +411,36 @@ static void test_fork_numbering(void) {
   trimalloc_prof_stop();
 }
 
+/* prof_at_exit: a child that exits normally leaves an "exit" dump; the
+ * prof option starts and stops sampling like the API. */
+static void test_at_exit_and_option(void) {
+  CHECK(trimalloc_option_set("prof_interval", 512 << 10) == 0 && trimalloc_prof_interval() == 0, "set while off");
+  CHECK(trimalloc_option_set("prof", 1) == 0);
+  CHECK(trimalloc_prof_interval() == 512 << 10, "option prof=1: sampling at prof_interval");
+  CHECK(trimalloc_option_set("prof_interval", 4096) == 0 && trimalloc_prof_interval() == 4096);
+  CHECK(trimalloc_option_set("prof", 0) == 0 && trimalloc_prof_interval() == 0);
+  CHECK(trimalloc_option_set("prof_interval", 0) == ERANGE);
+  CHECK(trimalloc_option_set("prof_interval", 512 << 10) == 0);
+  int before = count_files(".exit.pb.gz");
+  pid_t pid = fork();
+  if (pid == 0) {
+    trimalloc_option_set("prof_at_exit", 1);
+    trimalloc_prof_start(4096);
+    site_large(2, 1 << 20); /* live at exit */
+    exit(0);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  CHECK(count_files(".exit.pb.gz") == before + 1, "%d exit dumps", count_files(".exit.pb.gz") - before);
+  char want[256];
+  snprintf(want, sizeof want, "%s/p.%d.0.exit.pb.gz", tmpdir, (int)pid);
+  if (CHECK(access(want, F_OK) == 0, "no %s", want) && load(want, &pr, &raw)) {
+    CHECK(sum_leaf("site_large", 3) == 2 << 20, "%lld live at exit", (long long)sum_leaf("site_large", 3));
+    CHECK(comment_value("exact_allocated") >= 2 << 20);
+  }
+}
+
 /* The peak set: the live set when it was highest (within 1/16). */
 static void test_peak(void) {
   trimalloc_prof_reset_peak();
@@ -597,6 +628,7 @@ int main(void) {
   RUN(test_keep);
   RUN(test_fork_numbering);
   RUN(test_peak);
+  RUN(test_at_exit_and_option);
   RUN(test_interval1_threads);
   RUN(test_dump_latency);
   if (access("/usr/bin/go", X_OK) == 0 && !getenv("TEST_RUNNER")[0]) RUN(test_go_pprof);

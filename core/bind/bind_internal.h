@@ -18,6 +18,7 @@ uint32_t ta_bind_crc32(const uint8_t *p, size_t n);
  * Frames are interned texts ("function (file:line)"); a path's frames are
  * leaf first; values in the file's sample-type order. */
 #define TA_BIND_PROF_MAX_TYPES 64
+#define TA_BIND_PROF_MAX_DEPTH 4096 /* frames kept per sample, leaf first (a hostile file could name millions) */
 typedef struct {
   size_t frame0, nframes; /* in path_frames */
   int64_t tag;            /* a frames[] index holding the tag text, or -1 */

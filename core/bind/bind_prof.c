@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #define MAX_FILE ((size_t)1 << 30)     /* compressed or not */
-#define MAX_DEPTH 4096                 /* frames kept per sample, leaf first */
+#define MAX_DEPTH TA_BIND_PROF_MAX_DEPTH
 #define MAX_FRAMES ((size_t)64 << 20)  /* frames over all call paths */
 
 /* ---- errors ---- */

@@ -82,7 +82,7 @@ int ta_bind_prof_top(const char *path, const char *order, size_t n,
   int k;
   if (open_profile(path, order, &p, &k, err, errlen)) return -1;
   size_t *idx = sorted(&p, (size_t)k);
-  const char **frames = malloc(4096 * sizeof *frames);
+  const char **frames = malloc(TA_BIND_PROF_MAX_DEPTH * sizeof *frames);
   if (!idx || !frames) {
     free(idx), free(frames), ta_bind_prof_free(&p);
     snprintf(err, errlen, "%s: out of memory", path);

@@ -59,16 +59,17 @@ setup(
     version=core_version(),
     package_dir={"": "ext-python"},
     packages=["trimalloc"],
-    package_data={"trimalloc": ["py.typed", "*.pyi"]},
+    package_data={"trimalloc": ["py.typed", "*.pyi", "_bootstrap/*.py"]},
     exclude_package_data={"trimalloc": ["*.c"]},  # in the sdist (MANIFEST.in), not the wheel
     zip_safe=False,
     ext_modules=[
         Extension(
             "trimalloc._trimalloc",
-            sources=["ext-python/trimalloc/_trimalloc.c", "core/bind/bind_backend.c",
-                     "core/bind/bind_policy.c", "core/bind/bind_launch.c", "core/bind/bind_prof.c",
-                     "core/bind/bind_prof_top.c", "core/bind/bind_flame.c", "core/bind/bind_inflate.c"],
-            include_dirs=["core", "core/bind"],
+            sources=["ext-python/trimalloc/_trimalloc.c", "ext-python/trimalloc/_prof.c",
+                     "core/bind/bind_backend.c", "core/bind/bind_policy.c", "core/bind/bind_launch.c",
+                     "core/bind/bind_sampler.c", "core/bind/bind_prof.c", "core/bind/bind_prof_top.c",
+                     "core/bind/bind_flame.c", "core/bind/bind_inflate.c"],
+            include_dirs=["core", "core/bind", "ext-python/trimalloc"],
             define_macros=[("Py_LIMITED_API", "0x03080000")],
             py_limited_api=True,
             extra_compile_args=["-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra"],

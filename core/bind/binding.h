@@ -8,6 +8,8 @@
  *                   bind_inflate.c its gunzip; bind_prof_top.c the top-N rows
  *                   and table; bind_flame.c the SVG flame graph and collapsed stacks
  *   bind_launch.c   the launcher (exec with LD_PRELOAD) and the preload re-exec
+ *   bind_sampler.c  the core's heap profiler (start, stop, dump, tags), found
+ *                   at run time
  * It finds the trimalloc core among the objects already loaded
  * (dlsym(RTLD_DEFAULT)), never dlopens it, and falls back to glibc when the core
  * is not the process allocator. The bindings only convert types and map errors.
@@ -233,6 +235,15 @@ int ta_bind_exec_in(const char *lib, char *const argv[], int pythonmalloc, const
 /* ta_bind_exec_in with first = NULL: PATH alone. */
 int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc);
 
+/* `run --profile DIR` (both launchers, before ta_bind_exec_in): makes DIR
+ * and its missing parents (mode 0777 less the umask), then sets
+ * TRIMALLOC_PROF=1 and TRIMALLOC_PROF_PREFIX=<DIR made absolute>/<basename of
+ * cmd>, so the command samples from its start and its dumps
+ * (<prefix>.<pid>.<seq>.<reason>.pb.gz) land in DIR whatever its working
+ * directory. Returns 0, or -1 with errno: EINVAL (dir or cmd NULL or ""),
+ * ENOTDIR (a component exists and is not a directory), or mkdir's/realpath's. */
+int ta_bind_profile_env(const char *dir, const char *cmd);
+
 /* `preload`: run this program again, same pid, with the library preloaded.
  * Re-executes /proc/self/exe with `argv`, the interpreter's own record of
  * its command line (Python's sys.orig_argv), or when argv is NULL with the
@@ -281,6 +292,35 @@ int ta_bind_forked_child(void);
 
 /* The old entry point: ta_bind_preload_req with argv = NULL, script = NULL. */
 int ta_bind_preload(const char *lib, int pythonmalloc);
+
+/* ---- bind_sampler.c: the core's heap profiler ----
+ * The trimalloc_prof_* functions of trimalloc.h, found with dlsym when the
+ * core is the process's allocator. */
+
+#ifndef TRIMALLOC_PROF_LIVE /* a trimalloc.h from before the profiler */
+#define TRIMALLOC_PROF_LIVE 0
+#define TRIMALLOC_PROF_PEAK 1
+#endif
+
+/* 1 when trimalloc is the process's allocator and its core has the profiler. */
+int ta_bind_sampler_available(void);
+
+/* Why not, in one line that says how to run under trimalloc; "" when
+ * available. Static storage. */
+const char *ta_bind_sampler_unavailable(void);
+
+/* trimalloc_prof_start/stop/interval/dump (same arguments and returns);
+ * start and dump return ENOSYS when not available, dump EINVAL for a kind
+ * other than TRIMALLOC_PROF_LIVE/PEAK; stop and interval answer 0. */
+int ta_bind_sampler_start(size_t interval);
+int ta_bind_sampler_stop(void);
+size_t ta_bind_sampler_interval(void);
+int ta_bind_sampler_dump(const char *path, int kind, char *written, size_t size);
+
+/* trimalloc_prof_reset_peak/set_tag; nothing when not available (so that a
+ * job or request hook may always call them). */
+void ta_bind_sampler_reset_peak(void);
+void ta_bind_sampler_set_tag(const char *tag);
 
 #define TA_BIND_GUARD_ENV "TRIMALLOC_PRELOAD_GUARD"
 

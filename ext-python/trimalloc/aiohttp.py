@@ -21,12 +21,17 @@ the Ruby gem's Rack middleware: every `every` requests, or sooner past
 seconds) runs in the loop's default executor, where it releases the GIL: the
 loop goes on serving other requests while the pages go back. A handler that
 raises counts when it raises.
+
+For the heap profiler (trimalloc.profile), the thread's tag is the matched
+route's template (e.g. "/users/{id}", else the request's path) while the
+handler runs. Requests share the event loop's thread, so a sample taken while
+a handler awaits something else may carry another request's route.
 """
 from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from . import _hooks
+from . import _hooks, _trimalloc
 from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
 
 
@@ -53,11 +58,14 @@ class TrimMiddleware(RequestTrimmer):
 
     async def __call__(self, request, handler):
         # type: (Any, Callable[[Any], Awaitable[Any]]) -> Any
+        _trimalloc._prof_set_tag(_route(request))
         try:
             resp = await handler(request)
         except BaseException:  # an HTTPException, an error, a cancelled request
             self._done()
             raise
+        finally:
+            _trimalloc._prof_set_tag(None)
         if not _after_send(resp, self._done):
             self._done()
         return resp
@@ -65,6 +73,19 @@ class TrimMiddleware(RequestTrimmer):
     def _done(self):
         # type: () -> None
         _hooks.event_off_loop(self.source, self.trimmer)
+
+
+def _route(request):
+    # type: (Any) -> Optional[str]
+    """The matched route's template ("/users/{id}"), else the path."""
+    try:
+        canonical = request.match_info.route.resource.canonical
+    except AttributeError:  # no resource: a 404, a system route
+        canonical = None
+    if isinstance(canonical, str) and canonical:
+        return canonical
+    path = getattr(request, "path", None)
+    return path if isinstance(path, str) and path else None
 
 
 def _after_send(resp, done):

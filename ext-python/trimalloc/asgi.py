@@ -17,10 +17,17 @@ runs in the loop's default executor, where it releases the GIL: the loop goes
 on serving while the pages go back. A request whose application raises, or
 that ends without a complete response, counts when it ends. Lifespan and
 websocket scopes pass through uncounted.
+
+For the heap profiler (trimalloc.profile), the thread's tag is the request's
+path (scope["path"], without the query string: the route template is only
+known inside the application) while the request runs: set when it starts and
+again each time it comes back from receive() or send(), cleared when it ends.
+Requests share the event loop's thread, so a sample taken while a request
+awaits something else (a database) may carry another request's path.
 """
 from typing import Any, Awaitable, Callable, Dict, Optional
 
-from . import _hooks
+from . import _hooks, _trimalloc
 from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
 
 Message = Dict[str, Any]
@@ -59,6 +66,9 @@ class TrimMiddleware(RequestTrimmer):
             await self.app(scope, receive, send)
             return
         counted = []
+        path = scope.get("path")
+        tag = path if isinstance(path, str) and path else None
+        set_tag = _trimalloc._prof_set_tag
 
         def done():
             # type: () -> None
@@ -69,10 +79,19 @@ class TrimMiddleware(RequestTrimmer):
         async def send_then_count(message):
             # type: (Message) -> None
             await send(message)
+            set_tag(tag)
             if message.get("type") == "http.response.body" and not message.get("more_body", False):
                 done()
 
+        async def receive_tagged():
+            # type: () -> Message
+            message = await receive()
+            set_tag(tag)
+            return message
+
+        set_tag(tag)
         try:
-            await self.app(scope, receive, send_then_count)
+            await self.app(scope, receive_tagged, send_then_count)
         finally:
+            set_tag(None)
             done()

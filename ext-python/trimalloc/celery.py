@@ -18,6 +18,11 @@ itself for the solo, threads, eventlet and gevent pools (worker_init), e.g.
 "trimalloc: pool process 1234 runs on trimalloc (...)".
 (`min_freed` is the old name of `min_free`, accepted with a DeprecationWarning
 for one release.)
+task_prerun/task_postrun also set the thread's heap-profiler tag to the task's
+name for the task (trimalloc.profile: a "tag" label on the samples the task
+takes; a no-op when trimalloc is not the allocator). With the eventlet and
+gevent pools, tasks share a thread: a sample then carries the tag of the task
+that started last on it.
 """
 import logging
 import os
@@ -39,8 +44,15 @@ _COUNTS = ("events", "trims", "skipped", "coalesced", "trimmed_bytes")
 _before = dict.fromkeys(_COUNTS, 0)  # the counts of trimmers replaced by a later install()
 
 
+def _task_prerun(sender=None, **kwargs):
+    # type: (Any, Any) -> None
+    name = getattr(sender, "name", None)
+    _trimalloc._prof_set_tag(name if isinstance(name, str) else None)
+
+
 def _task_postrun(sender=None, **kwargs):
     # type: (Any, Any) -> None
+    _trimalloc._prof_set_tag(None)
     app = _settings["app"]
     if app is not None and getattr(sender, "app", app) is not app:
         return
@@ -102,6 +114,7 @@ def install(app=None, min_interval=DEFAULT_MIN_INTERVAL, min_free=_UNSET, every=
             _before[k] += v
     _settings["app"] = app
     _settings["trimmer"] = trimmer
+    signals.task_prerun.connect(_task_prerun, weak=False, dispatch_uid="trimalloc.task_prerun")
     signals.task_postrun.connect(_task_postrun, weak=False, dispatch_uid="trimalloc.task_postrun")
     signals.worker_process_init.connect(
         _worker_process_init, weak=False, dispatch_uid="trimalloc.worker_process_init"
@@ -111,6 +124,7 @@ def install(app=None, min_interval=DEFAULT_MIN_INTERVAL, min_free=_UNSET, every=
 
 def uninstall():
     # type: () -> None
+    signals.task_prerun.disconnect(_task_prerun, dispatch_uid="trimalloc.task_prerun")
     signals.task_postrun.disconnect(_task_postrun, dispatch_uid="trimalloc.task_postrun")
     signals.worker_process_init.disconnect(
         _worker_process_init, dispatch_uid="trimalloc.worker_process_init"

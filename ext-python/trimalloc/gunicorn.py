@@ -19,6 +19,10 @@ itself: trimalloc.aiohttp's middleware, or trimalloc.asgi's around it. Where
 it cannot reach the application (another worker class, an aiohttp
 application already started), it logs one warning at worker start naming what
 to use instead.
+
+pre_request (optional: `from trimalloc.gunicorn import pre_request`) sets the
+worker thread's heap-profiler tag (trimalloc.profile) to the request's path,
+which post_request clears; it also logs gunicorn's own debug line.
 """
 import logging
 import sys
@@ -36,6 +40,7 @@ def make_post_request(every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT
 
     def post_request(worker, req, environ, resp):
         # type: (Any, Any, Any, Any) -> None
+        _trimalloc._prof_set_tag(None)
         trimmer.request_done()
 
     post_request.trimmer = trimmer  # type: ignore[attr-defined]
@@ -43,6 +48,15 @@ def make_post_request(every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT
 
 
 post_request = make_post_request()
+
+
+def pre_request(worker, req):
+    # type: (Any, Any) -> None
+    """gunicorn's pre_request: its debug line, and the request's path as this
+    thread's heap-profiler tag (post_request clears it)."""
+    worker.log.debug("%s %s", req.method, req.path)
+    path = getattr(req, "path", None)
+    _trimalloc._prof_set_tag(path if isinstance(path, str) and path else None)
 
 
 def backend_line(pid):

@@ -15,10 +15,14 @@ A body that is the server's wsgi.file_wrapper stays one (gunicorn keeps
 sending it with sendfile): its close() is wrapped in place.
 (`free_threshold` is the old name of `min_free`, accepted with a
 DeprecationWarning for one release.)
+
+For the heap profiler (trimalloc.profile), the thread's tag is the request's
+path (PATH_INFO: WSGI has no route template) from the call until the body is
+closed: a "tag" label on the samples the request takes.
 """
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
-from . import _hooks
+from . import _hooks, _trimalloc
 
 DEFAULT_EVERY = 100
 DEFAULT_MIN_FREE = 64 << 20
@@ -117,14 +121,21 @@ class TrimMiddleware(RequestTrimmer):
 
     def __call__(self, environ, start_response):
         # type: (Any, Any) -> Iterable[bytes]
+        path = environ.get("PATH_INFO") if isinstance(environ, dict) else None
+        _trimalloc._prof_set_tag(path if isinstance(path, str) and path else None)
         try:
             body = self.app(environ, start_response)
         except BaseException:
-            self.request_done()
+            self._ended()
             raise
         wrapper = environ.get("wsgi.file_wrapper") if isinstance(environ, dict) else None
         if isinstance(wrapper, type) and isinstance(body, wrapper):
-            kept = _close_then(body, self.request_done)  # still a file_wrapper: sendfile works
+            kept = _close_then(body, self._ended)  # still a file_wrapper: sendfile works
             if kept is not None:
                 return kept
-        return _ClosingBody(body, self.request_done)
+        return _ClosingBody(body, self._ended)
+
+    def _ended(self):
+        # type: () -> None
+        _trimalloc._prof_set_tag(None)
+        self.request_done()

@@ -138,6 +138,68 @@ int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc) {
   return ta_bind_exec_in(lib, argv, pythonmalloc, NULL);
 }
 
+/* ---- `run --profile DIR` ---- */
+
+/* mkdir -p: each missing component made with mode 0777 (the umask applies);
+ * one that exists must be a directory. */
+static int mkdir_p(const char *dir) {
+  char buf[PATH_MAX];
+  size_t n = strlen(dir);
+  if (n >= sizeof buf) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  memcpy(buf, dir, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (buf[i] != '/' && buf[i] != 0) continue;
+    char c = buf[i];
+    buf[i] = 0;
+    struct stat st;
+    if (mkdir(buf, 0777) != 0) {
+      int e = errno;
+      /* EEXIST, or EACCES/EROFS on a parent that exists: fine if it is a directory */
+      if (stat(buf, &st) != 0) {
+        errno = e;
+        return -1;
+      }
+      if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+      }
+    }
+    buf[i] = c;
+  }
+  return 0;
+}
+
+int ta_bind_profile_env(const char *dir, const char *cmd) {
+  if (!dir || !*dir || !cmd || !*cmd) {
+    errno = EINVAL;
+    return -1;
+  }
+  if (mkdir_p(dir) != 0) return -1;
+  /* absolute, so that a command that changes directory still writes there */
+  char *real = realpath(dir, NULL);
+  if (!real) return -1;
+  const char *base = strrchr(cmd, '/');
+  base = base ? base + 1 : cmd;
+  if (!*base) base = "prof"; /* "cmd/": no name to take */
+  size_t len = strlen(real) + 1 + strlen(base) + 1;
+  char *prefix = malloc(len);
+  if (!prefix) {
+    free(real);
+    return -1;
+  }
+  snprintf(prefix, len, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/", base);
+  free(real);
+  int rc = setenv("TRIMALLOC_PROF", "1", 1) != 0 || setenv("TRIMALLOC_PROF_PREFIX", prefix, 1) != 0
+               ? -1 : 0;
+  int e = errno;
+  free(prefix);
+  errno = e;
+  return rc;
+}
+
 /* ---- the command line the process was started with ----
  * glibc passes (argc, argv, envp) to the constructors of every object it
  * loads, dlopen'ed extensions included: argv is the array main() got. Its

@@ -200,6 +200,15 @@ int ta_bind_exec_in(const char *lib, char *const argv[], int pythonmalloc, const
 /* ta_bind_exec_in with first = NULL: PATH alone. */
 int ta_bind_exec(const char *lib, char *const argv[], int pythonmalloc);
 
+/* `run --profile DIR` (both launchers, before ta_bind_exec_in): makes DIR
+ * and its missing parents (mode 0777 less the umask), then sets
+ * TRIMALLOC_PROF=1 and TRIMALLOC_PROF_PREFIX=<DIR made absolute>/<basename of
+ * cmd>, so the command samples from its start and its dumps
+ * (<prefix>.<pid>.<seq>.<reason>.pb.gz) land in DIR whatever its working
+ * directory. Returns 0, or -1 with errno: EINVAL (dir or cmd NULL or ""),
+ * ENOTDIR (a component exists and is not a directory), or mkdir's/realpath's. */
+int ta_bind_profile_env(const char *dir, const char *cmd);
+
 /* `preload`: run this program again, same pid, with the library preloaded.
  * Re-executes /proc/self/exe with `argv`, the interpreter's own record of
  * its command line (Python's sys.orig_argv), or when argv is NULL with the

@@ -263,6 +263,31 @@ static PyObject *py_search_path(PyObject *m, PyObject *args) {
   return r;
 }
 
+/* profile_env(dir, cmd): `run --profile DIR` (ta_bind_profile_env): makes
+ * DIR, sets TRIMALLOC_PROF=1 and TRIMALLOC_PROF_PREFIX=DIR/<basename of cmd>
+ * in this process's environment. Raises OSError naming DIR. */
+static PyObject *py_profile_env(PyObject *m, PyObject *args) {
+  (void)m;
+  PyObject *dir = NULL, *cmd = NULL;
+  if (!PyArg_ParseTuple(args, "O&O&:profile_env", PyUnicode_FSConverter, &dir, PyUnicode_FSConverter,
+                        &cmd))
+    return NULL;
+  PyObject *r = NULL;
+  if (ta_bind_profile_env(PyBytes_AsString(dir), PyBytes_AsString(cmd)) != 0) {
+    if (errno == EINVAL)
+      PyErr_Format(PyExc_ValueError, "profile_env: the directory and the command must not be empty, "
+                   "got %R and %R", PyTuple_GetItem(args, 0), PyTuple_GetItem(args, 1));
+    else
+      PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyTuple_GetItem(args, 0));
+  } else {
+    r = Py_None;
+    Py_INCREF(r);
+  }
+  Py_DECREF(dir);
+  Py_DECREF(cmd);
+  return r;
+}
+
 /* which(cmd, path) -> the file the launcher would run, or None. */
 static PyObject *py_which(PyObject *m, PyObject *args) {
   (void)m;
@@ -610,6 +635,9 @@ static PyMethodDef methods[] = {
      "in first, then PATH; raises OSError"},
     {"search_path", py_search_path, METH_VARARGS,
      "search_path(first=None) -> the directories exec searches, ':'-separated"},
+    {"profile_env", py_profile_env, METH_VARARGS,
+     "profile_env(dir, cmd): makes dir, sets TRIMALLOC_PROF=1 and TRIMALLOC_PROF_PREFIX=dir/<basename "
+     "of cmd> (`trimalloc run --profile`); raises OSError"},
     {"which", py_which, METH_VARARGS,
      "which(cmd, path) -> the file exec would run for cmd with search path path, or None"},
     {"preload", (PyCFunction)(void (*)(void))py_preload, METH_VARARGS | METH_KEYWORDS,

@@ -8,7 +8,7 @@ from typing import List, Optional
 from . import DEFAULT_PYTHONMALLOC, __version__, _trimalloc, active, library_path, stats
 
 USAGE = """\
-usage: trimalloc run [--pythonmalloc | --no-pythonmalloc] [--] CMD [ARGS...]
+usage: trimalloc run [--pythonmalloc | --no-pythonmalloc] [--profile DIR] [--] CMD [ARGS...]
        trimalloc path
        trimalloc info
        trimalloc --version | --help
@@ -19,6 +19,8 @@ commands:
          this process. CMD is found as the shell finds it; from a venv, in the
          venv's bin/ first (put in front of PATH, as activating it would). --pythonmalloc also sets PYTHONMALLOC=malloc so that
          Python's small objects live in trimalloc's pages (default: %s).
+         --profile DIR makes DIR and samples CMD's allocations from its start
+         (TRIMALLOC_PROF=1), its profiles written as DIR/<CMD's name>.<pid>.*.pb.gz.
   path   print the bundled library's path, for a Dockerfile's
          ENV LD_PRELOAD=...
   info   say which allocator this process runs on and where the library is
@@ -33,6 +35,7 @@ def _err(msg):
 def _run(args):
     # type: (List[str]) -> int
     pythonmalloc = DEFAULT_PYTHONMALLOC
+    profile = None  # type: Optional[str]
     i = 0
     while i < len(args):
         a = args[i]
@@ -43,6 +46,17 @@ def _run(args):
             pythonmalloc = True
         elif a == "--no-pythonmalloc":
             pythonmalloc = False
+        elif a == "--profile" or a.startswith("--profile="):
+            if a == "--profile":
+                i += 1
+                if i == len(args):
+                    _err("run: --profile needs a directory: trimalloc run --profile DIR -- CMD")
+                    return 2
+                a = "--profile=" + args[i]
+            profile = a[len("--profile="):]
+            if not profile:
+                _err("run: --profile needs a directory, got ''")
+                return 2
         elif a in ("-h", "--help"):
             sys.stdout.write(USAGE)
             return 0
@@ -60,6 +74,12 @@ def _run(args):
     if not os.path.isfile(lib):
         _err("the bundled library is missing: %s (reinstall trimalloc)" % lib)
         return 1
+    if profile is not None:
+        try:
+            _trimalloc.profile_env(profile, cmd[0])
+        except OSError as e:
+            _err("run: --profile %r: %s" % (profile, e.strerror))
+            return 1
     first = _environment_bin()
     path = _trimalloc.search_path(first)
     found = _trimalloc.which(cmd[0], path)

@@ -363,6 +363,22 @@ static VALUE p_test_table_full(VALUE self, VALUE on) {
   return Qnil;
 }
 
+/* Trimalloc.profile_env(dir, cmd) (private): `trimalloc run --profile DIR`
+ * (ta_bind_profile_env): makes DIR, sets TRIMALLOC_PROF=1 and
+ * TRIMALLOC_PROF_PREFIX=DIR/<basename of cmd> in this process's environment
+ * (the exec that follows passes it on). Raises Errno::* naming DIR. */
+static VALUE m_profile_env(VALUE self, VALUE dir, VALUE cmd) {
+  FilePathValue(dir);
+  StringValue(cmd);
+  if (ta_bind_profile_env(StringValueCStr(dir), StringValueCStr(cmd)) != 0) {
+    if (errno == EINVAL)
+      rb_raise(rb_eArgError, "the directory and the command must not be empty (given %" PRIsVALUE " and %" PRIsVALUE ")",
+               rb_inspect(dir), rb_inspect(cmd));
+    rb_syserr_fail_str(errno, dir);
+  }
+  return Qnil;
+}
+
 void ta_rb_init_profile(void) {
   mProfile = rb_define_module_under(ta_rb_mTrimalloc, "Profile");
   ft.keys = mmap(NULL, KEYS_MAX * sizeof(VALUE), PROT_READ | PROT_WRITE,
@@ -382,6 +398,7 @@ void ta_rb_init_profile(void) {
     else core.found = 0;
   }
 
+  rb_define_private_method(rb_singleton_class(ta_rb_mTrimalloc), "profile_env", m_profile_env, 2);
   VALUE s = rb_singleton_class(mProfile);
   rb_define_singleton_method(mProfile, "interval", p_interval, 0);
   rb_define_singleton_method(mProfile, "stop", p_stop, 0);

@@ -7,7 +7,10 @@ module Trimalloc
   # return: it becomes the command, so the command's status is the status).
   module CLI
     USAGE = <<~TEXT
-      usage: trimalloc run [--] CMD [ARGS...]  run CMD with trimalloc as its allocator (LD_PRELOAD)
+      usage: trimalloc run [--profile DIR] [--] CMD [ARGS...]
+                                               run CMD with trimalloc as its allocator (LD_PRELOAD);
+                                               --profile DIR: sample its allocations from its start
+                                               (TRIMALLOC_PROF=1), profiles in DIR/<CMD's name>.<pid>.*.pb.gz
              trimalloc path                    print the path of the bundled libtrimalloc.so
              trimalloc info                    which allocator this process runs on, and the library
              trimalloc --help | --version (-V)
@@ -39,11 +42,18 @@ module Trimalloc
     end
 
     def run(args, err)
-      args = args.drop(1) if args.first == "--"
+      profile, args = run_options(args, err)
+      return args if args.is_a?(Integer)
       if args.empty?
         err.puts "trimalloc: run: no command given"
         err.print USAGE
         return 2
+      end
+      begin
+        Trimalloc.send(:profile_env, profile, args.first) if profile
+      rescue SystemCallError => e
+        err.puts "trimalloc: run: --profile #{profile.inspect}: #{e.message.sub(/ @ .*| - .*/, '')}"
+        return 1
       end
       begin
         Trimalloc.exec(*args)
@@ -58,6 +68,35 @@ module Trimalloc
         err.puts "trimalloc: run: #{e.message}"
         1
       end
+    end
+
+    # [--profile DIR or nil, the command], or [nil, exit status] on a bad option.
+    def run_options(args, err)
+      profile = nil
+      args = args.dup
+      while (a = args.first)
+        if a == "--"
+          args.shift
+          break
+        elsif a == "--profile" || a.start_with?("--profile=")
+          args.shift
+          if a == "--profile"
+            if args.empty?
+              err.puts "trimalloc: run: --profile needs a directory: trimalloc run --profile DIR -- CMD"
+              return [nil, 2]
+            end
+            a = "--profile=#{args.shift}"
+          end
+          profile = a.delete_prefix("--profile=")
+          if profile.empty?
+            err.puts "trimalloc: run: --profile needs a directory, got ''"
+            return [nil, 2]
+          end
+        else
+          break
+        end
+      end
+      [profile, args]
     end
 
     def path(out, err)

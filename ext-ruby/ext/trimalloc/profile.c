@@ -138,9 +138,11 @@ static const rb_data_type_t keys_type = {
 
 /* ---- naming (a Ruby thread, the GVL held; allocates) ---- */
 
-/* "" when nil; the bytes up to the first NUL otherwise (copied by the core). */
-static const char *cstr(VALUE s) {
-  return RB_TYPE_P(s, T_STRING) ? RSTRING_PTR(rb_str_to_str(s)) : "";
+/* The frame's file: "" for a C method (Ruby says "<cfunc>") or none. */
+static const char *file_of(VALUE path) {
+  if (!RB_TYPE_P(path, T_STRING)) return "";
+  const char *p = StringValueCStr(path);
+  return strcmp(p, "<cfunc>") == 0 ? "" : p;
 }
 
 static VALUE name_pending_body(VALUE unused) {
@@ -155,7 +157,7 @@ static VALUE name_pending_body(VALUE unused) {
     if (NIL_P(label)) label = rb_str_new_cstr("(unknown)");
     label = rb_str_new_frozen(label);
     if (!NIL_P(path)) path = rb_str_new_frozen(path);
-    int err = core.name_frame((uint64_t)key, StringValueCStr(label), cstr(path));
+    int err = core.name_frame((uint64_t)key, StringValueCStr(label), file_of(path));
     RB_GC_GUARD(label);
     RB_GC_GUARD(path);
     if (err == ENOMEM) break; /* the core's budget is full: names stay as keys */
@@ -215,10 +217,14 @@ static int frames_hook(uint64_t *keys, int32_t *lines, int max) {
 
 /* Ends frame reading before the VM is torn down: after the END procs,
  * ruby_cleanup frees the threads whose state the hook reads. Registered
- * first, so it runs after the program's own at_exit blocks. */
+ * first, so it runs after the program's own at_exit blocks. Names what the
+ * postponed job has not yet: the core's at-exit dump (TRIMALLOC_PROF_AT_EXIT)
+ * comes later, when Ruby can no longer name anything. */
 static void unhook_at_end(VALUE unused) {
   (void)unused;
-  if (core.found) core.set_frames_hook(NULL, NULL);
+  if (!core.found) return;
+  name_pending();
+  core.set_frames_hook(NULL, NULL);
 }
 
 /* ---- Trimalloc::Profile's singleton methods ---- */

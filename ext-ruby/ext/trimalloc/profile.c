@@ -32,6 +32,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include <ruby/debug.h>
 #include <ruby/thread.h>
@@ -367,6 +368,20 @@ static VALUE p_frames_without_gvl(VALUE self) {
   return INT2NUM(n);
 }
 
+/* Profile.__hook_ns(n) (measurements): runs the hook n times here; the mean
+ * nanoseconds per call (what a sample's Ruby frames cost at this depth). */
+static VALUE p_hook_ns(VALUE self, VALUE times) {
+  long n = NUM2LONG(times);
+  uint64_t keys[FRAMES_MAX];
+  int32_t lines[FRAMES_MAX];
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; i++) frames_hook(keys, lines, 64);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
+  return DBL2NUM(n > 0 ? ns / (double)n : 0);
+}
+
 /* Profile.__test_table_full(bool) (tests): the table refuses new keys. */
 static VALUE p_test_table_full(VALUE self, VALUE on) {
   ft.test_full = RTEST(on);
@@ -421,4 +436,5 @@ void ta_rb_init_profile(void) {
   rb_define_private_method(s, "__frames_now", p_frames_now, 0);
   rb_define_private_method(s, "__frames_without_gvl", p_frames_without_gvl, 0);
   rb_define_private_method(s, "__test_table_full", p_test_table_full, 1);
+  rb_define_private_method(s, "__hook_ns", p_hook_ns, 1);
 }

@@ -65,9 +65,11 @@ setup(
     ext_modules=[
         Extension(
             "trimalloc._trimalloc",
-            sources=["ext-python/trimalloc/_trimalloc.c", "core/bind/bind_backend.c",
-                     "core/bind/bind_policy.c", "core/bind/bind_launch.c"],
-            include_dirs=["core", "core/bind"],
+            sources=["ext-python/trimalloc/_trimalloc.c", "ext-python/trimalloc/_prof.c",
+                     "core/bind/bind_backend.c",
+                     "core/bind/bind_policy.c", "core/bind/bind_launch.c",
+                     "core/bind/bind_sampler.c"],
+            include_dirs=["core", "core/bind", "ext-python/trimalloc"],
             define_macros=[("Py_LIMITED_API", "0x03080000")],
             py_limited_api=True,
             extra_compile_args=["-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra"],

@@ -5,6 +5,8 @@
  *   bind_policy.c   when to trim: the rate limit, the trimmer (every N events,
  *                   min_free), coalescing, deferred trims, the clock
  *   bind_launch.c   the launcher (exec with LD_PRELOAD) and the preload re-exec
+ *   bind_sampler.c  the core's heap profiler (start, stop, dump, tags), found
+ *                   at run time
  * It finds the trimalloc core among the objects already loaded
  * (dlsym(RTLD_DEFAULT)), never dlopens it, and falls back to glibc when the core
  * is not the process allocator. The bindings only convert types and map errors.
@@ -257,6 +259,35 @@ int ta_bind_forked_child(void);
 
 /* The old entry point: ta_bind_preload_req with argv = NULL, script = NULL. */
 int ta_bind_preload(const char *lib, int pythonmalloc);
+
+/* ---- bind_sampler.c: the core's heap profiler ----
+ * The trimalloc_prof_* functions of trimalloc.h, found with dlsym when the
+ * core is the process's allocator. */
+
+#ifndef TRIMALLOC_PROF_LIVE /* a trimalloc.h from before the profiler */
+#define TRIMALLOC_PROF_LIVE 0
+#define TRIMALLOC_PROF_PEAK 1
+#endif
+
+/* 1 when trimalloc is the process's allocator and its core has the profiler. */
+int ta_bind_sampler_available(void);
+
+/* Why not, in one line that says how to run under trimalloc; "" when
+ * available. Static storage. */
+const char *ta_bind_sampler_unavailable(void);
+
+/* trimalloc_prof_start/stop/interval/dump (same arguments and returns);
+ * start and dump return ENOSYS when not available, dump EINVAL for a kind
+ * other than TRIMALLOC_PROF_LIVE/PEAK; stop and interval answer 0. */
+int ta_bind_sampler_start(size_t interval);
+int ta_bind_sampler_stop(void);
+size_t ta_bind_sampler_interval(void);
+int ta_bind_sampler_dump(const char *path, int kind, char *written, size_t size);
+
+/* trimalloc_prof_reset_peak/set_tag; nothing when not available (so that a
+ * job or request hook may always call them). */
+void ta_bind_sampler_reset_peak(void);
+void ta_bind_sampler_set_tag(const char *tag);
 
 #define TA_BIND_GUARD_ENV "TRIMALLOC_PRELOAD_GUARD"
 

@@ -24,7 +24,8 @@
  * the mark function), so it needs no lock.
  *
  * The core's entry points are looked up with dlsym(RTLD_DEFAULT), as
- * core/bind/bind_backend.c finds the core: the extension never links it. */
+ * core/bind/bind_backend.c finds the core (start, stop, dump, tags through
+ * core/bind/bind_sampler.c): the extension never links it. */
 #include "trimalloc_ext.h" /* first: ruby/config.h defines _GNU_SOURCE (RTLD_DEFAULT) */
 
 #include <dlfcn.h>
@@ -48,35 +49,21 @@ static rb_postponed_job_handle_t name_job_handle;
 #define TA_PREREGISTERED_JOB 0
 #endif
 
-/* ---- the core's profiler API, found at run time ---- */
+/* ---- the core's frame entry points, found at run time ----
+ * (start, stop, dump, tags: core/bind/bind_sampler.c, shared with Python) */
 
 typedef int (*ta_frames_fn)(uint64_t *keys, int32_t *lines, int max);
 static struct {
-  int found; /* all of them, and trimalloc is the process allocator */
-  int (*start)(size_t);
-  int (*stop)(void);
-  size_t (*interval)(void);
-  int (*dump)(const char *, int, char *, size_t);
-  void (*reset_peak)(void);
-  void (*set_tag)(const char *);
+  int found; /* the profiler is there and the hook is registered */
   int (*set_frames_hook)(ta_frames_fn, const void *);
   int (*name_frame)(uint64_t, const char *, const char *);
 } core;
 
 static void find_core(void) {
-  if (ta_bind_backend() != TA_BACKEND_TRIMALLOC) return;
-#define LOOK(f, sym) *(void **)&core.f = dlsym(RTLD_DEFAULT, sym)
-  LOOK(start, "trimalloc_prof_start");
-  LOOK(stop, "trimalloc_prof_stop");
-  LOOK(interval, "trimalloc_prof_interval");
-  LOOK(dump, "trimalloc_prof_dump");
-  LOOK(reset_peak, "trimalloc_prof_reset_peak");
-  LOOK(set_tag, "trimalloc_prof_set_tag");
-  LOOK(set_frames_hook, "trimalloc_prof_set_frames_hook");
-  LOOK(name_frame, "trimalloc_prof_name_frame");
-#undef LOOK
-  core.found = core.start && core.stop && core.interval && core.dump && core.reset_peak && core.set_tag &&
-               core.set_frames_hook && core.name_frame;
+  if (!ta_bind_sampler_available()) return;
+  *(void **)&core.set_frames_hook = dlsym(RTLD_DEFAULT, "trimalloc_prof_set_frames_hook");
+  *(void **)&core.name_frame = dlsym(RTLD_DEFAULT, "trimalloc_prof_name_frame");
+  core.found = core.set_frames_hook && core.name_frame;
 }
 
 /* ---- the frame table ---- */
@@ -236,30 +223,26 @@ static void unhook_at_end(VALUE unused) {
 
 static VALUE mProfile;
 
-NORETURN(static void raise_inactive(void));
-static void raise_inactive(void) {
-  if (ta_bind_backend() != TA_BACKEND_TRIMALLOC)
-    rb_raise(ta_rb_eError,
-             "trimalloc is not this process's allocator (it runs on glibc): the profiler needs it; "
-             "start the program with `trimalloc run --profile DIR -- CMD`, `trimalloc run -- CMD`, or "
-             "`require \"trimalloc/preload\"` first");
-  rb_raise(ta_rb_eError, "the trimalloc core loaded (%s) has no heap profiler (an older version)",
-           ta_bind_loaded_path() ? ta_bind_loaded_path() : "?");
+/* Trimalloc::Error saying why there is no profiler and how to run under
+ * trimalloc, unless there is one. */
+static void need_profiler(void) {
+  if (!ta_bind_sampler_available()) rb_raise(ta_rb_eError, "%s", ta_bind_sampler_unavailable());
 }
 
 /* Profile.__start(interval) (interval an Integer >= 0; 0 keeps the current) */
 static VALUE p_start(VALUE self, VALUE interval) {
-  if (!core.found) raise_inactive();
+  need_profiler();
   size_t r = NUM2SIZET(interval);
-  int err = core.start(r);
+  int err = ta_bind_sampler_start(r);
   if (err == EINVAL) rb_raise(rb_eArgError, "interval must be 1 .. 1 GiB (given %" PRIsVALUE ")", interval);
   if (err) ta_rb_raise_errno(err, rb_str_new_cstr("trimalloc_prof_start"));
   return Qnil;
 }
 
+/* Profile.stop: stops sampling (the live samples stay until freed); nothing
+ * to stop when trimalloc is not the allocator. */
 static VALUE p_stop(VALUE self) {
-  if (!core.found) raise_inactive();
-  int err = core.stop();
+  int err = ta_bind_sampler_stop();
   if (err) ta_rb_raise_errno(err, rb_str_new_cstr("trimalloc_prof_stop"));
   return Qnil;
 }
@@ -267,12 +250,12 @@ static VALUE p_stop(VALUE self) {
 /* Profile.interval -> the mean sampling interval in bytes, 0 while off (and
  * when trimalloc is not the allocator: nothing samples). */
 static VALUE p_interval(VALUE self) {
-  return SIZET2NUM(core.found ? core.interval() : 0);
+  return SIZET2NUM(ta_bind_sampler_interval());
 }
 
+/* Profile.reset_peak: the peak profile starts again from now. */
 static VALUE p_reset_peak(VALUE self) {
-  if (!core.found) raise_inactive();
-  core.reset_peak();
+  ta_bind_sampler_reset_peak();
   return Qnil;
 }
 
@@ -280,7 +263,7 @@ static VALUE p_reset_peak(VALUE self) {
  * is not the allocator (the job integrations call it on every job). */
 static VALUE p_set_tag(VALUE self, VALUE tag) {
   if (!NIL_P(tag)) StringValueCStr(tag);
-  if (core.found) core.set_tag(NIL_P(tag) ? NULL : RSTRING_PTR(tag));
+  ta_bind_sampler_set_tag(NIL_P(tag) ? NULL : RSTRING_PTR(tag));
   return Qnil;
 }
 
@@ -293,7 +276,7 @@ struct dump_args {
 
 static void *dump_nogvl(void *p) {
   struct dump_args *a = p;
-  a->err = core.dump(a->path, a->kind, a->written, sizeof a->written);
+  a->err = ta_bind_sampler_dump(a->path, a->kind, a->written, sizeof a->written);
   return NULL;
 }
 
@@ -301,7 +284,7 @@ static void *dump_nogvl(void *p) {
  * frames first (with the GVL: it allocates Ruby strings), then encodes and
  * writes without it: a dump may take milliseconds. */
 static VALUE p_dump(VALUE self, VALUE path, VALUE kind) {
-  if (!core.found) raise_inactive();
+  need_profiler();
   if (!NIL_P(path)) {
     FilePathValue(path);
     path = rb_str_new_frozen(path);

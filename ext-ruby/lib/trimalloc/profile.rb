@@ -19,9 +19,9 @@ module Trimalloc
   #   Trimalloc::Profile.with_tag("ImportJob") { ... }   # a "tag" label on samples
   #
   # From the extension: Profile.interval (0 while off), Profile.stop,
-  # Profile.reset_peak, Profile.frame_stats. Everything but interval,
-  # frame_stats and the tags raises Trimalloc::Error when trimalloc is not
-  # this process's allocator.
+  # Profile.reset_peak, Profile.frame_stats. start, dump and top raise
+  # Trimalloc::Error when trimalloc is not this process's allocator (saying
+  # how to run under it); the rest answer (nothing samples).
   module Profile
     KINDS = { live: 0, peak: 1 }.freeze # TRIMALLOC_PROF_LIVE, TRIMALLOC_PROF_PEAK
     ORDERS = %i[inuse_space inuse_objects alloc_space alloc_objects].freeze

@@ -12,13 +12,23 @@ static bool is_pow2(size_t a) {
   return a != 0 && (a & (a - 1)) == 0;
 }
 
-static void *aligned(size_t align, size_t n) {
+/* Large and huge blocks get the profiler's draw here; a size class's in
+ * ta_malloc_class. */
+static void *big(void *p) {
+#ifndef TA_NO_PROF
+  if (p && ta_unlikely(ta_relaxed_load(&ta_prof_rate)))
+    ta_prof_draw(p, ta_usable_size(p, "aligned allocation"));
+#endif
+  return p;
+}
+
+TA_PROF_PATH static void *aligned(size_t align, size_t n) {
   if (align <= TA_ALIGN) return trimalloc_malloc(n);
   if (n > PTRDIFF_MAX) {
     errno = ENOMEM;
     return NULL;
   }
-  if (align > TA_MAX_ALIGN) return ta_huge_alloc_far(n, align, false);
+  if (align > TA_MAX_ALIGN) return big(ta_huge_alloc_far(n, align, false));
   size_t need = n < align ? align : n;
   /* Hardened: a slab block needs the canary's room; a request within 8
    * bytes of the largest class goes to the page heap, as in malloc. */
@@ -29,12 +39,12 @@ static void *aligned(size_t align, size_t n) {
     if (slab)
       for (size_t c = ta_class_of(need); c < TA_CLASSES; c++)
         if (ta_class_size(c) % align == 0) return ta_malloc_class(c);
-    return ta_large_alloc(ta_arena_pick(), need);
+    return big(ta_large_alloc(ta_arena_pick(), need));
   }
-  return ta_huge_alloc(n, align, false);
+  return big(ta_huge_alloc(n, align, false));
 }
 
-TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t align, size_t n) {
+TA_PROF_PATH_INLINE TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t align, size_t n) {
   if (!is_pow2(align) || align % sizeof(void *) != 0) return EINVAL;
   int saved = errno;
   void *p = aligned(align, n);
@@ -46,7 +56,7 @@ TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t align, size_t n) {
   return 0;
 }
 
-TRIMALLOC_API void *trimalloc_aligned_alloc(size_t align, size_t n) {
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_aligned_alloc(size_t align, size_t n) {
   if (!is_pow2(align)) {
     errno = EINVAL;
     return NULL;
@@ -55,7 +65,7 @@ TRIMALLOC_API void *trimalloc_aligned_alloc(size_t align, size_t n) {
 }
 
 /* glibc rounds an alignment that is not a power of two up to one. */
-TRIMALLOC_API void *trimalloc_memalign(size_t align, size_t n) {
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_memalign(size_t align, size_t n) {
   if (align > ((size_t)1 << (sizeof(size_t) * 8 - 1))) {
     errno = EINVAL;
     return NULL;
@@ -64,11 +74,11 @@ TRIMALLOC_API void *trimalloc_memalign(size_t align, size_t n) {
   return aligned(align, n);
 }
 
-TRIMALLOC_API void *trimalloc_valloc(size_t n) {
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_valloc(size_t n) {
   return aligned(ta_prim_page_size(), n);
 }
 
-TRIMALLOC_API void *trimalloc_pvalloc(size_t n) {
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_pvalloc(size_t n) {
   size_t ps = ta_prim_page_size();
   if (n > PTRDIFF_MAX - ps) {
     errno = ENOMEM;

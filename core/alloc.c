@@ -10,30 +10,59 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
   ta_error("malloc: heap corruption (double free or write after free) of block", b);
 }
 
-/* An empty thread-cache bin (and a thread's first call: its cache is made). */
-static __attribute__((noinline)) void *malloc_refill(ta_tcache_t *tc, size_t cls) {
+/* An empty thread-cache bin (and a thread's first call: its cache is made).
+ * The allocation counts toward the class's sampling countdown here. */
+TA_PROF_PATH static void *malloc_refill(ta_tcache_t *tc, size_t cls) {
   ta_process_init();
   void *b = ta_tcache_refill(tc, cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif
+#ifndef TA_NO_PROF
+  if (b) ta_prof_refill_event(cls, b);
+#endif
   return b;
+}
+
+#ifndef TA_NO_PROF
+/* The class's sampling countdown ran out: the pop (from a bin known not to
+ * be empty), then the profiler (a sample, or a fresh draw). */
+TA_PROF_PATH static void *malloc_sample(ta_tcache_t *tc, size_t cls) {
+  void *b = ta_tcache_refill(tc, cls);
+#ifdef TA_HARDENED
+  if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
+#endif
+  if (b) ta_prof_class_event(ta_tls_tcache, cls, b);
+  return b;
+}
+#endif
+
+/* Usable size of a large or huge block just allocated (for the profiler). */
+static size_t big_usable(void *p) {
+  ta_segment_t *s = ta_segment_of(p);
+  ta_span_t *sp = ta_span_of(s, p);
+  return sp->kind == TA_SPAN_HUGE ? s->huge_size : sp->bsize;
 }
 
 /* Beyond the size classes: up to 2 MiB from a page heap, above that a
  * mapping of its own. */
-static __attribute__((noinline)) void *malloc_big(size_t n) {
+TA_PROF_PATH static void *malloc_big(size_t n) {
   ta_process_init();
-  if (n <= TA_LARGE_MAX) return ta_large_alloc(ta_arena_pick(), n);
-  return ta_huge_alloc(n, 0, false);
+  void *p = n <= TA_LARGE_MAX ? ta_large_alloc(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
+#ifndef TA_NO_PROF
+  if (p) ta_prof_maybe(p, big_usable(p));
+#endif
+  return p;
 }
 
 /* Fast path budget: a class lookup (one table load up to 1 KiB, a few ALU
- * operations up to 128 KiB), a TLS load, a pop from the bin's list with its
- * link unmasked (one XOR) and checked with the cookie (which shares the
- * cache line of the link just read), and three stores. No lock, no atomic
- * read-modify-write, no stats, no byte count (the cache's budget bounds it). */
-TRIMALLOC_API void *trimalloc_malloc(size_t n) {
+ * operations up to 128 KiB), a TLS load, the heap profiler's countdown (a
+ * decrement and a branch, in the bin's cache line: ta_tbin_t.sample_left;
+ * none with -DTA_NO_PROF), a pop from the bin's list with its link unmasked
+ * (one XOR) and checked with the cookie (which shares the cache line of the
+ * link just read), and three stores. No lock, no atomic read-modify-write,
+ * no stats, no byte count (the cache's budget bounds it). */
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   size_t cls;
 #ifdef TA_HARDENED
   if (n <= TA_TCACHE_MAX - TA_CANARY) n += TA_CANARY; /* room for the canary */
@@ -46,13 +75,16 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   ta_tbin_t *tb = &tc->bins[cls];
   ta_block_t *b = tb->head;
   if (ta_likely(b != NULL)) {
+#ifndef TA_NO_PROF
+    if (ta_unlikely(--tb->sample_left == 0)) return malloc_sample(tc, cls);
+#endif
     ta_block_t *next = ta_link_get(b);
     if (ta_unlikely(ta_checked(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))) corrupt(b);
     tb->head = next;
     b->key = 0;
     ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
 #ifdef TA_HARDENED
-    ta_canary_set(b, tb->bsize, ta_cookie);
+    ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif
     return b;
   }
@@ -60,11 +92,14 @@ TRIMALLOC_API void *trimalloc_malloc(size_t n) {
 }
 
 /* A block of class cls exactly (aligned allocation picks the class). */
-void *ta_malloc_class(size_t cls) {
+TA_PROF_PATH void *ta_malloc_class(size_t cls) {
   ta_process_init();
   void *b = cls < TA_TCLASSES ? ta_tcache_refill(ta_tls_tcache, cls) : ta_arena_alloc1(cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
+#endif
+#ifndef TA_NO_PROF
+  ta_prof_maybe(b, ta_class_size(cls) - TA_CANARY);
 #endif
   return b;
 }
@@ -86,13 +121,22 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
   switch (sp->kind) {
   case TA_SPAN_HUGE:
     if ((uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error("free: invalid pointer", p);
+#ifndef TA_NO_PROF
+    ta_prof_forget(sp, p);
+#endif
     ta_huge_free(s);
     break;
   case TA_SPAN_LARGE:
+#ifndef TA_NO_PROF
+    if (ta_is_block_start(sp, p)) ta_prof_forget(sp, p);
+#endif
     ta_large_free(sp, p);
     break;
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
+#ifndef TA_NO_PROF
+    ta_prof_forget(sp, p); /* a slab holding a sampled block sends its frees here */
+#endif
 #ifdef TA_HARDENED
     if ((uint32_t)((uint8_t *)p - sp->start) < ta_relaxed_load(&sp->carved_bytes) &&
         ((ta_block_t *)p)->key != ta_cookie && !ta_canary_ok(p, sp->bsize, ta_cookie))
@@ -118,6 +162,9 @@ TRIMALLOC_API void trimalloc_free(void *p) {
     if (p == NULL) return;
     ta_segment_t *far = ta_huge_far_of(p); /* a block aligned above 2 MiB */
     if (!far) ta_error("free: invalid pointer", p);
+#ifndef TA_NO_PROF
+    ta_prof_forget(&far->spans[0], p);
+#endif
     ta_huge_free(far);
     return;
   }
@@ -152,13 +199,19 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   free_slow(s, sp, p);
 }
 
-TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;
     return NULL;
   }
-  if (total > TA_LARGE_MAX) return ta_huge_alloc(total, 0, true); /* fresh mappings are zero */
+  if (total > TA_LARGE_MAX) { /* fresh mappings are zero */
+    void *h = ta_huge_alloc(total, 0, true);
+#ifndef TA_NO_PROF
+    if (h) ta_prof_maybe(h, big_usable(h));
+#endif
+    return h;
+  }
   void *p = trimalloc_malloc(total);
   if (p) memset(p, 0, total);
   return p;
@@ -187,7 +240,28 @@ TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p) {
   return p ? ta_usable_size(p, "malloc_usable_size: invalid pointer") : 0;
 }
 
-TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
+#ifndef TA_NO_PROF
+/* A block kept in place (or moved by mremap) by realloc is, for the
+ * profiler, a free and an allocation: a sample of it goes, and while
+ * sampling is on the new size gets its own draw. */
+TA_PROF_PATH static void *realloc_prof(void *p, void *q) {
+  if (!q) return q;
+  ta_segment_t *s = ta_segment_of(p);
+  if (p != q) { /* moved by mremap: the old header's flag moved with it */
+    s = ta_segment_of(q);
+    if (ta_prof_forget(ta_span_of(s, q), p)) {} /* the sample was at the old address */
+  } else if (ta_segmap_contains(s)) {
+    ta_prof_forget(ta_span_of(s, p), p);
+  }
+  if (ta_relaxed_load(&ta_prof_rate)) ta_prof_draw(q, ta_usable_size(q, "realloc: invalid pointer"));
+  return q;
+}
+#define REALLOC_PROF(p, q) (ta_unlikely(ta_relaxed_load(&ta_prof_rate) || ta_relaxed_load(&ta_prof_live_count)) ? realloc_prof(p, q) : (q))
+#else
+#define REALLOC_PROF(p, q) (q)
+#endif
+
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   if (!p) return trimalloc_malloc(n);
   if (n == 0) { /* glibc's behaviour: free, return NULL */
     trimalloc_free(p);
@@ -195,11 +269,11 @@ TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   }
   size_t have = ta_usable_size(p, "realloc: invalid pointer");
   ta_segment_t *s = ta_segment_of(p);
-  if (ta_segmap_contains(s) && s->huge && n > TA_LARGE_MAX) return ta_huge_realloc(s, n); /* mremap: no copy */
-  if (n <= have && n >= have / 2) return p;                        /* fits in place */
+  if (ta_segmap_contains(s) && s->huge && n > TA_LARGE_MAX) return REALLOC_PROF(p, ta_huge_realloc(s, n)); /* mremap */
+  if (n <= have && n >= have / 2) return REALLOC_PROF(p, p);               /* fits in place */
   if (n > have && n <= TA_LARGE_MAX && ta_segmap_contains(s)) {   /* a large block grows into */
     ta_span_t *sp = ta_span_of(s, p);                               /* the free slices after it */
-    if (sp->kind == TA_SPAN_LARGE && ta_large_grow(sp, n)) return p;
+    if (sp->kind == TA_SPAN_LARGE && ta_large_grow(sp, n)) return REALLOC_PROF(p, p);
   }
   void *q = trimalloc_malloc(n);
   if (!q) return NULL; /* p stays valid */
@@ -208,7 +282,7 @@ TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   return q;
 }
 
-TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
+TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;

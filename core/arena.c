@@ -331,6 +331,15 @@ void *ta_arena_alloc1(size_t cls) {
   return b;
 }
 
+/* The heap profiler marks (+1) or unmarks (-1) a slab holding a sampled
+ * block, under the slab's bin lock (ta_slab_take sets the same bound). */
+void ta_arena_prof_mark(ta_span_t *sp, int delta) {
+  ta_bin_t *bin = &sp->arena->bins[sp->cls];
+  ta_lock(&bin->lock);
+  ta_slab_prof_mark(sp, delta);
+  ta_unlock(&bin->lock);
+}
+
 void ta_arena_free1(ta_span_t *sp, void *p) {
   ta_arena_t *a = sp->arena;
   if (ta_unlikely(!a || sp->cls >= TA_CLASSES)) ta_error("free: invalid pointer", p);

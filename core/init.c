@@ -17,6 +17,7 @@ static __thread int in_init __attribute__((tls_model("initial-exec")));
  * No child needs it: ta_initialized is set before the handlers exist, and
  * init_lock is only taken while it is not. */
 static void fork_prepare(void) {
+  ta_prof_fork_prepare();
   ta_tcaches_fork_prepare();
   ta_purge_fork_prepare();
   ta_arenas_fork_prepare();
@@ -27,12 +28,14 @@ static void fork_parent(void) {
   ta_arenas_fork_parent();
   ta_purge_fork_parent();
   ta_tcaches_fork_parent();
+  ta_prof_fork_parent();
 }
 static void fork_child(void) {
   ta_huge_fork_child();
   ta_arenas_fork_child();
   ta_purge_fork_child();
   ta_tcaches_fork_child();
+  ta_prof_fork_child();
 }
 
 void ta_process_init(void) {
@@ -54,6 +57,7 @@ void ta_process_init(void) {
     ta_tcache_init();
     atomic_store_explicit(&ta_initialized, 1, memory_order_release);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
+    ta_prof_init(); /* after init: sampling may begin (TRIMALLOC_PROF) */
     if (ta_opt(TA_OPT_VERBOSE)) {
       char opts[256];
       ta_options_format(opts, sizeof opts);
@@ -76,6 +80,7 @@ __attribute__((constructor)) static void ta_constructor(void) {
 TRIMALLOC_API int trimalloc_option_set(const char *name, long long value) {
   int r = ta_option_set(name, value);
   if (r == 0 && !ta_opt(TA_OPT_BACKGROUND)) ta_purger_stop();
+  if (r == 0 && !strncmp(name, "prof", 4)) ta_prof_option_changed(name);
   return r;
 }
 

@@ -1,6 +1,6 @@
 /* trimalloc: cross-file internals, grouped under the file that defines them.
  * Calls go one way, down this list: the entry points (alloc, align, check),
- * init, stats, tcache, purge, huge, arena, slab, span, segment, delay, size,
+ * init, prof, prof_dump, prof_live, prof_stack, prof_meta, pprof, stats, tcache, purge, huge, arena, slab, span, segment, delay, size,
  * options, error, prim. */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
@@ -61,6 +61,100 @@ static inline bool ta_canary_ok(const void *b, size_t bsize, uintptr_t cookie) {
 #else
 #define ta_checked(x) (x)
 #endif
+
+/* ---- prof*.c: the heap profiler ------------------------------------------
+ * prof.c: the API, the sampling decisions (per-class countdowns in the thread
+ * cache bins, direct draws elsewhere), fork. prof_dump.c: dumps, file names,
+ * the growth thread, at exit. prof_live.c: the live set (sampled blocks by
+ * address), its estimates, the peak set. prof_stack.c: native unwinding, the
+ * interpreter-frame hook, interned call paths (traces) and frame names.
+ * prof_meta.c: the profiler's own mappings, within prof_max_bytes. pprof.c:
+ * the profile.proto writer. */
+#define TA_PROF_CLAMP (1u << 16) /* a countdown never exceeds this: each thread looks at the epoch that often */
+#define TA_PROF_MAX_FRAMES 64    /* native frames kept; as many interpreter frames again */
+/* Functions that can be on the stack between the program's call and the
+ * unwinder inside a sample: the unwinder skips frames in this section. The
+ * slow ones keep frame pointers, so that the frame-pointer walk
+ * (prof_unwind 2) gets through them: malloc's fast path tail-calls them,
+ * so the first record it finds past them is the program's. */
+#define TA_PROF_PATH __attribute__((section("ta_prof_text"), noinline, optimize("no-omit-frame-pointer")))
+#define TA_PROF_PATH_INLINE __attribute__((section("ta_prof_text")))
+TA_HIDDEN extern _Atomic uint32_t ta_prof_epoch;     /* bumped when sampling starts, stops or R changes */
+TA_HIDDEN extern _Atomic uint64_t ta_prof_rate;      /* R while sampling, else 0 */
+TA_HIDDEN extern _Atomic uint64_t ta_prof_live_count; /* sampled blocks live now */
+TA_HIDDEN extern _Atomic uint64_t ta_prof_live_bytes, ta_prof_samples, ta_prof_dropped, ta_prof_meta_bytes;
+/* A thread-cache allocation of class cls whose countdown ran out (malloc's
+ * fast path), or any allocation from a refill (counted here). */
+TA_HIDDEN void ta_prof_class_event(ta_tcache_t *tc, size_t cls, void *b);
+TA_HIDDEN void ta_prof_refill_event(size_t cls, void *b);
+/* An allocation outside the thread caches, `size` usable bytes: a draw. */
+TA_HIDDEN void ta_prof_draw(void *p, size_t size);
+static inline void ta_prof_maybe(void *p, size_t size) {
+  if (ta_unlikely(ta_relaxed_load(&ta_prof_rate)) && p) ta_prof_draw(p, size);
+}
+/* Removes p's sample if p (in span sp: a slab, large or huge span, or a
+ * far huge block's header span) is sampled. true: it was. */
+TA_HIDDEN bool ta_prof_forget(ta_span_t *sp, void *p);
+TA_HIDDEN void ta_prof_init(void); /* options at start */
+TA_HIDDEN void ta_prof_fork_prepare(void);
+TA_HIDDEN void ta_prof_fork_parent(void);
+TA_HIDDEN void ta_prof_fork_child(void);
+TA_HIDDEN void ta_prof_option_changed(const char *name); /* after trimalloc_option_set */
+
+/* prof_dump.c */
+TA_HIDDEN int ta_prof_dump(const char *path, int kind, const char *reason, char *written, size_t size);
+TA_HIDDEN void ta_prof_dump_kick(void); /* growth: wake (or start) the profiler thread */
+TA_HIDDEN extern _Atomic uint64_t ta_prof_last_rate; /* R of the last start: a dump's period */
+TA_HIDDEN void ta_prof_dump_fork_prepare(void);
+TA_HIDDEN void ta_prof_dump_fork_parent(void);
+TA_HIDDEN void ta_prof_dump_fork_child(void);
+
+/* prof_live.c: under its own lock (a leaf but for prof_meta's). */
+typedef struct ta_prof_row_s {
+  double alloc_objects, alloc_bytes, inuse_objects, inuse_bytes;
+} ta_prof_row_t;
+/* Adds a sample; false when the budget is full (counted as dropped).
+ * *grow: the growth trigger fired. */
+TA_HIDDEN bool ta_prof_live_add(void *p, uint32_t trace, double objects, double bytes, bool *grow);
+TA_HIDDEN bool ta_prof_live_remove(void *p);
+/* Per trace id < n: the totals, live set or peak set (kind). Returns the
+ * number of traces (rows needed); rows filled only when it is <= n. */
+TA_HIDDEN size_t ta_prof_live_snapshot(int kind, ta_prof_row_t *rows, size_t n);
+TA_HIDDEN void ta_prof_live_reset_peak(void);
+TA_HIDDEN extern _Atomic uint64_t ta_prof_snapshot_ns; /* the last snapshot's lock hold time */
+TA_HIDDEN void ta_prof_live_growth_reset(void); /* the next growth dump: live bytes + prof_growth */
+TA_HIDDEN void ta_prof_live_fork_prepare(void);
+TA_HIDDEN void ta_prof_live_fork_parent(void);
+
+/* prof_stack.c */
+TA_HIDDEN size_t ta_prof_capture(uint64_t *pcs, int32_t *lines, size_t max); /* frames, leaf first */
+TA_HIDDEN uint32_t ta_prof_intern(const uint64_t *pcs, const int32_t *lines, size_t n, const char *tag); /* UINT32_MAX: no room */
+TA_HIDDEN uint32_t ta_prof_traces(void); /* traces interned so far (ids 0..n-1) */
+typedef struct ta_prof_trace_s {
+  double alloc_objects, alloc_bytes; /* written under prof_live's lock */
+  const char *tag;                   /* NULL: none */
+  uint64_t hash;
+  uint32_t n;
+  int32_t *lines; /* lines[i] for an interpreter frame, else 0 */
+  uint64_t pcs[]; /* native: PC - 1; interpreter: key | TA_PROF_INTERP */
+} ta_prof_trace_t;
+#define TA_PROF_INTERP ((uint64_t)1 << 63)
+TA_HIDDEN ta_prof_trace_t *ta_prof_trace(uint32_t id);
+TA_HIDDEN bool ta_prof_frame_name(uint64_t key, const char **name, const char **file);
+TA_HIDDEN void ta_prof_warm(void); /* the unwinder's first call, outside malloc */
+TA_HIDDEN void ta_prof_stack_fork_prepare(void);
+TA_HIDDEN void ta_prof_stack_fork_parent(void);
+
+/* prof_meta.c: bytes that stay until exit (zeroed, 16-aligned), and
+ * mappings that come and go, all within prof_max_bytes. */
+TA_HIDDEN void *ta_prof_meta_alloc(size_t size); /* NULL: over the budget */
+TA_HIDDEN void *ta_prof_meta_map(size_t size);   /* page multiple; NULL: over the budget */
+TA_HIDDEN void ta_prof_meta_unmap(void *p, size_t size);
+TA_HIDDEN void ta_prof_meta_fork_prepare(void);
+TA_HIDDEN void ta_prof_meta_fork_parent(void);
+TA_HIDDEN double ta_prof_log(double x); /* natural log, x > 0 (no libm) */
+TA_HIDDEN double ta_prof_exp(double x); /* e^x for x <= 0 */
+
 
 /* ---- size.c: size classes ------------------------------------------------ */
 /* Classes 0..7: 16..128 by 16. Then 8 classes per doubling: for sizes in
@@ -197,6 +291,7 @@ TA_HIDDEN ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bi
 TA_HIDDEN void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d); /* bin lock; empty slab, before it is freed */
 TA_HIDDEN size_t ta_slab_purge(ta_span_t *sp);       /* bin lock; bytes */
 TA_HIDDEN bool ta_slab_is_valid(ta_span_t *sp);      /* bin lock */
+TA_HIDDEN void ta_slab_prof_mark(ta_span_t *sp, int delta); /* bin lock */
 
 /* ---- arena.c: arenas and their bins -------------------------------------- */
 TA_HIDDEN extern ta_arena_t ta_arenas[TA_ARENAS_MAX];
@@ -210,6 +305,7 @@ TA_HIDDEN size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, 
 TA_HIDDEN void ta_arena_flush(ta_block_t *first, size_t count, size_t cls, bool batch);
 TA_HIDDEN void *ta_arena_alloc1(size_t cls);      /* one block, no thread cache */
 TA_HIDDEN void ta_arena_free1(ta_span_t *sp, void *p); /* one block, no thread cache */
+TA_HIDDEN void ta_arena_prof_mark(ta_span_t *sp, int delta); /* takes the bin lock */
 /* Purges what has been free for the arena's delay; everything free with
  * `all` (trim), or when the arena has been idle since `idle_since` (0: not
  * known) for its delay, at most TA_IDLE_MS. Bytes released. */
@@ -282,11 +378,21 @@ typedef enum {
   TA_OPT_THP,
   TA_OPT_SHOW_STATS,
   TA_OPT_VERBOSE,
+  TA_OPT_PROF,
+  TA_OPT_PROF_INTERVAL,
+  TA_OPT_PROF_MAX_BYTES,
+  TA_OPT_PROF_GROWTH,
+  TA_OPT_PROF_AT_EXIT,
+  TA_OPT_PROF_KEEP,
+  TA_OPT_PROF_UNWIND,
   TA_OPT_COUNT
 } ta_opt_t;
 TA_HIDDEN extern _Atomic long long ta_options[TA_OPT_COUNT];
 static inline long long ta_opt(ta_opt_t o) { return ta_relaxed_load(&ta_options[o]); }
 TA_HIDDEN void ta_options_init(void);
+#define TA_PROF_INTERVAL_MAX ((long long)1 << 30)
+#define TA_PROF_UNWIND_LIBGCC 1 /* prof_unwind: 0 = the default for the libc (libgcc on glibc, frame pointers on musl) */
+#define TA_PROF_UNWIND_FP 2
 TA_HIDDEN size_t ta_options_format(char *buf, size_t size);
 TA_HIDDEN int ta_option_set(const char *name, long long value); /* 0, EINVAL or ERANGE */
 
@@ -298,6 +404,22 @@ TA_HIDDEN extern _Atomic int ta_initialized;
 TA_HIDDEN __attribute__((noreturn, cold)) void ta_error(const char *what, const void *p);
 TA_HIDDEN void ta_say(const char *a, const char *b, const char *c, const char *d, const char *e); /* one line */
 TA_HIDDEN size_t ta_fmt_u64(char *buf, uint64_t v); /* decimal, no allocation */
+
+/* core/pprof.c (branch prof-read): profile.proto writer. Memory from ta_prim mappings,
+ * never malloc. Sample types fixed: alloc_objects/count, alloc_space/bytes,
+ * inuse_objects/count, inuse_space/bytes; period_type space/bytes. */
+typedef struct ta_pprof_s ta_pprof_t;
+ta_pprof_t *ta_pprof_begin(uint64_t period, int64_t time_nanos); /* NULL: out of memory */
+uint64_t ta_pprof_mapping(ta_pprof_t *p, uint64_t start, uint64_t limit, uint64_t offset,
+                          const char *file);                         /* id, interned by start */
+uint64_t ta_pprof_function(ta_pprof_t *p, const char *name, const char *file); /* id, interned */
+uint64_t ta_pprof_location(ta_pprof_t *p, uint64_t address, uint64_t mapping_id,
+                           uint64_t function_id, int64_t line);     /* id, interned */
+void ta_pprof_sample(ta_pprof_t *p, const uint64_t *loc_ids, size_t n, const int64_t values[4],
+                     const char *tag);                              /* values in sample-type order */
+void ta_pprof_comment(ta_pprof_t *p, const char *text);
+int ta_pprof_finish(ta_pprof_t *p, int fd); /* encodes, gzips, writes, frees; 0 or an errno value */
+void ta_pprof_abort(ta_pprof_t *p);         /* frees without writing */
 
 /* ---- lock helpers -------------------------------------------------------- */
 /* Arena and bin locks are held for O(1) work or one batch: glibc's adaptive

@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 
 typedef struct {
@@ -26,11 +27,25 @@ static const ta_option_desc_t descs[TA_OPT_COUNT] = {
                     "1: transparent huge pages for heaps over 8 MiB; routine purges keep them whole"},
     [TA_OPT_SHOW_STATS] = {"show_stats", "TRIMALLOC_SHOW_STATS", 0, 0, 1, "print the stats to stderr at exit"},
     [TA_OPT_VERBOSE] = {"verbose", "TRIMALLOC_VERBOSE", 0, 0, 1, "say at start that trimalloc is active"},
+    [TA_OPT_PROF] = {"prof", "TRIMALLOC_PROF", 0, 0, 1, "heap profiler: sample allocations from the start"},
+    [TA_OPT_PROF_INTERVAL] = {"prof_interval", "TRIMALLOC_PROF_INTERVAL", 512 << 10, 1, TA_PROF_INTERVAL_MAX,
+                              "mean bytes between samples (per-byte Poisson sampling)"},
+    [TA_OPT_PROF_MAX_BYTES] = {"prof_max_bytes", "TRIMALLOC_PROF_MAX_BYTES", 64 << 20, 1 << 20, (long long)1 << 40,
+                               "bound on the profiler's own metadata (samples, stacks, names)"},
+    [TA_OPT_PROF_GROWTH] = {"prof_growth", "TRIMALLOC_PROF_GROWTH", 0, 0, (long long)1 << 50,
+                            "dump each time estimated live bytes pass the last growth dump's by this much (0: off)"},
+    [TA_OPT_PROF_AT_EXIT] = {"prof_at_exit", "TRIMALLOC_PROF_AT_EXIT", 0, 0, 1, "dump the live set at exit"},
+    [TA_OPT_PROF_KEEP] = {"prof_keep", "TRIMALLOC_PROF_KEEP", 20, 0, 4096,
+                          "profile files kept per process and reason (0: all)"},
+    [TA_OPT_PROF_UNWIND] = {"prof_unwind", "TRIMALLOC_PROF_UNWIND", 0, 0, 2,
+                            "native stacks: 0 default (libgcc on glibc, frame pointers on musl), 1 libgcc, 2 frame pointers"},
 };
 
 _Atomic long long ta_options[TA_OPT_COUNT] = {
     [TA_OPT_PURGE_DELAY_MS] = 100, [TA_OPT_UNMAP_DELAY_MS] = 1000, [TA_OPT_ARENAS] = 0,
-    [TA_OPT_TCACHE_BYTES] = 256 << 10, [TA_OPT_BACKGROUND] = 1, [TA_OPT_THP] = 0, [TA_OPT_SHOW_STATS] = 0, [TA_OPT_VERBOSE] = 0};
+    [TA_OPT_TCACHE_BYTES] = 256 << 10, [TA_OPT_BACKGROUND] = 1, [TA_OPT_THP] = 0, [TA_OPT_SHOW_STATS] = 0, [TA_OPT_VERBOSE] = 0,
+    [TA_OPT_PROF] = 0, [TA_OPT_PROF_INTERVAL] = 512 << 10, [TA_OPT_PROF_MAX_BYTES] = 64 << 20, [TA_OPT_PROF_GROWTH] = 0,
+    [TA_OPT_PROF_AT_EXIT] = 0, [TA_OPT_PROF_KEEP] = 20, [TA_OPT_PROF_UNWIND] = 0};
 
 static bool parse(const char *s, long long *out) {
   if (!s || !*s) return false;
@@ -39,7 +54,14 @@ static bool parse(const char *s, long long *out) {
   char *end;
   errno = 0;
   long long v = strtoll(s, &end, 10);
-  if (errno || end == s || *end) return false;
+  if (errno || end == s) return false;
+  int shift = *end == 'K' || *end == 'k' ? 10 : *end == 'M' || *end == 'm' ? 20 : *end == 'G' || *end == 'g' ? 30 : 0;
+  if (shift) { /* byte values: 512K, 64M, 1G */
+    end++;
+    if (v < 0 || v > (LLONG_MAX >> shift)) return false;
+    v <<= shift;
+  }
+  if (*end) return false;
   *out = v;
   return true;
 }

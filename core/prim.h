@@ -75,4 +75,15 @@ int ta_prim_thread_gone(int tid);
  * signals must never land on the allocator's thread), named `name`. */
 int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out);
 
+/* For the heap profiler's dumps: the real-time clock (ns since the epoch),
+ * the process id, a file created (truncated) for writing (0 or an errno
+ * value; *fd), closed, removed, and the executable's path (readlink of
+ * /proc/self/exe; "" if unknown). None allocates; errno is kept. */
+int64_t ta_prim_clock_real_ns(void);
+int ta_prim_pid(void);
+int ta_prim_create(const char *path, int *fd);
+int ta_prim_close(int fd);
+int ta_prim_remove(const char *path);
+size_t ta_prim_exe_path(char *buf, size_t size);
+
 #endif

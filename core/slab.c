@@ -35,6 +35,7 @@ void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d) {
   sp->scan = 0;
   sp->bucket = TA_BUCKET_NONE;
   sp->keyless = 0;
+  ta_relaxed_store(&sp->prof_sampled, 0);
   sp->freed_ms = 0;
   /* Whole OS pages past the last block are never used. A resident one would
    * be dirty in a full slab, which is on no list, so it is pinned (live 1)
@@ -84,9 +85,13 @@ static bool keyless_now(const ta_span_t *sp) {
 }
 
 /* The free fast path's bound (ta_span_t): carved * e, or 0 for a slab the
- * fast path must not take (not a thread-cache class, or keyless). */
+ * fast path must not take (not a thread-cache class, keyless, or holding a
+ * block the heap profiler sampled). */
+static uint64_t fast_free_bound(const ta_span_t *sp) {
+  return sp->cls < TA_TCLASSES && !sp->keyless && !ta_relaxed_load(&sp->prof_sampled) ? sp->carved * (sp->div_magic * sp->bsize) : 0;
+}
 static void fast_free_set(ta_span_t *sp) {
-  uint64_t below = sp->cls < TA_TCLASSES && !sp->keyless ? sp->carved * (sp->div_magic * sp->bsize) : 0;
+  uint64_t below = fast_free_bound(sp);
   ta_relaxed_store(&sp->fast_free_below, below);
 }
 
@@ -260,6 +265,13 @@ size_t ta_slab_purge(ta_span_t *sp) {
   return bytes;
 }
 
+/* A block of the slab was sampled (+1) or its sample removed (-1): while
+ * any is, its frees take the slow path (ta_span_t.prof_sampled). */
+void ta_slab_prof_mark(ta_span_t *sp, int delta) {
+  ta_relaxed_store(&sp->prof_sampled, (uint32_t)((int64_t)ta_relaxed_load(&sp->prof_sampled) + delta));
+  fast_free_set(sp);
+}
+
 /* Invariants (types.h): the bitmap holds exactly carved - used free blocks,
  * all block starts below carved; each OS page's live count is the number of
  * handed-out blocks overlapping it; dirty counts free resident pages. */
@@ -281,8 +293,7 @@ bool ta_slab_is_valid(ta_span_t *sp) {
   if (n > sizeof live / sizeof live[0]) return false;
   memset(live, 0, n * sizeof live[0]);
   if (sp->keyless != keyless_now(sp)) return false;
-  uint64_t below = sp->cls < TA_TCLASSES && !sp->keyless ? sp->carved * (sp->div_magic * sp->bsize) : 0;
-  if (ta_relaxed_load(&sp->fast_free_below) != below) return false;
+  if (ta_relaxed_load(&sp->fast_free_below) != fast_free_bound(sp)) return false;
   for (size_t k = 0; k < sp->carved; k++) {
     size_t so = (size_t)(sp->start - (uint8_t *)s) + k * sp->bsize, g = so >> TA_GRANULE_SHIFT;
     if ((bits->free[g / 64] >> (g % 64)) & 1) { /* free: its cookie, unless its page was purged */

@@ -66,6 +66,10 @@ static void stats_collect(trimalloc_stats_t *st) {
   st->tcache_bytes = held;
   st->dirty = ((uint64_t)(dirty_pages > 0 ? dirty_pages : 0) << ta_ospage_shift) + cached + xfer;
   st->background = (uint64_t)ta_purger_running();
+  st->prof_samples = ta_relaxed_load(&ta_prof_live_count);
+  st->prof_live_bytes = ta_relaxed_load(&ta_prof_live_bytes);
+  st->prof_meta_bytes = ta_relaxed_load(&ta_prof_meta_bytes);
+  st->prof_dropped = ta_relaxed_load(&ta_prof_dropped);
 }
 
 TRIMALLOC_API int trimalloc_stats(trimalloc_stats_t *out, size_t size) {

@@ -53,7 +53,8 @@ static ta_tcache_t *tcache_new(void) {
     chunk_left -= sz;
   }
   memset(tc, 0, sizeof *tc);
-  for (size_t c = 0; c < TA_TCLASSES; c++) tc->bins[c].bsize = (uint32_t)ta_class_size(c);
+  for (size_t c = 0; c < TA_TCLASSES; c++) tc->bins[c].sample_left = 1; /* a look at the profiler first */
+  tc->prof_clamped[0] = tc->prof_clamped[1] = ~(uint64_t)0;
   tc->limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
   tc->epoch = ta_relaxed_load(&ta_flush_epoch);
   tc->state = TA_TC_LIVE;
@@ -124,7 +125,7 @@ static void steal(ta_tcache_t *tc, size_t keep, uint64_t need) {
     if (v == keep || vb->max == 0) continue;
     uint16_t to = vb->max / 2;
     flush_bin(tc, v, to, true);
-    tc->budget -= (uint64_t)(vb->max - to) * vb->bsize;
+    tc->budget -= (uint64_t)(vb->max - to) * ta_class_size(v);
     vb->max = to;
   }
 }
@@ -137,12 +138,12 @@ static void grow(ta_tcache_t *tc, size_t c) {
   if (tb->max >= cap) return;
   uint32_t to = tb->max < 16 ? tb->max + 1u : tb->max + tb->max / 2u;
   if (to > cap) to = cap;
-  uint64_t more = (uint64_t)(to - tb->max) * tb->bsize;
+  uint64_t more = (uint64_t)(to - tb->max) * ta_class_size(c);
   if (tc->budget + more > tc->limit) steal(tc, c, more);
   if (tc->budget + more > tc->limit) {
-    if (tb->max || tc->budget + tb->bsize > tc->limit) return; /* not even one block */
+    if (tb->max || tc->budget + ta_class_size(c) > tc->limit) return; /* not even one block */
     to = 1;
-    more = tb->bsize;
+    more = ta_class_size(c);
   }
   tc->budget += more;
   tb->max = (uint16_t)to;
@@ -251,7 +252,7 @@ void ta_tcaches_stats(uint64_t *held, uint64_t *count) {
   uint64_t h = 0, n = 0;
   ta_lock(&tcaches_lock);
   for (ta_tcache_t *tc = tcaches; tc; tc = tc->next, n++)
-    for (size_t c = 0; c < TA_TCLASSES; c++) h += (uint64_t)ta_relaxed_load(&tc->bins[c].count) * tc->bins[c].bsize;
+    for (size_t c = 0; c < TA_TCLASSES; c++) h += (uint64_t)ta_relaxed_load(&tc->bins[c].count) * ta_class_size(c);
   ta_unlock(&tcaches_lock);
   *held = h;
   *count = n;
@@ -288,10 +289,8 @@ bool ta_tcache_is_valid(ta_tcache_t *tc) {
       ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
       if (sp->kind != TA_SPAN_SLAB || sp->cls != c || !ta_is_block_start(sp, b)) return false;
     }
-    if (n != ta_relaxed_load(&tb->count) || n > tb->max || tb->max > ta_class_tmax[c] ||
-        tb->bsize != ta_class_size(c))
-      return false;
-    budget += (uint64_t)tb->max * tb->bsize;
+    if (n != ta_relaxed_load(&tb->count) || n > tb->max || tb->max > ta_class_tmax[c]) return false;
+    budget += (uint64_t)tb->max * ta_class_size(c);
   }
   return budget == tc->budget && budget <= tc->limit;
 }

@@ -47,7 +47,11 @@ extern "C" {
   X(uint64_t, arenas, "count", "shared arenas in use")                                   \
   X(uint64_t, tcache_bytes, "bytes", "free blocks held in thread caches now")            \
   X(uint64_t, dirty, "bytes", "free and still resident: what a trim would return now (transfer caches counted at their blocks' size)") \
-  X(uint64_t, background, "bool", "1 while the background purger thread runs")
+  X(uint64_t, background, "bool", "1 while the background purger thread runs")             \
+  X(uint64_t, prof_samples, "count", "heap profiler: sampled blocks live now")            \
+  X(uint64_t, prof_live_bytes, "bytes", "heap profiler: estimated live bytes (sum of the live samples' weights)") \
+  X(uint64_t, prof_meta_bytes, "bytes", "heap profiler: its own metadata (samples, stacks, names)") \
+  X(uint64_t, prof_dropped, "count", "heap profiler: samples not recorded (metadata budget full)")
 
 typedef struct trimalloc_stats_s {
   uint32_t version; /* TRIMALLOC_STATS_VERSION */
@@ -111,6 +115,45 @@ TRIMALLOC_API int trimalloc_option_set(const char *name, long long value);
 TRIMALLOC_API const char *trimalloc_option_name(size_t i);
 
 TRIMALLOC_API const char *trimalloc_version(void);
+
+/* ---- Heap profiler ----
+ * Sampling: per-byte Poisson, mean interval R bytes: a block of Z < R bytes
+ * is sampled with probability p = 1 - e^(-Z/R) and weighs Z/p bytes and 1/p
+ * objects; Z >= R always, weight 1. Samples, their stacks and names live in
+ * the profiler's own mappings (prof_max_bytes); a sampled block's free
+ * removes it. 0 for interval keeps the current one (TRIMALLOC_PROF_INTERVAL
+ * or 512 KiB). Returns 0, or EINVAL (interval above 1 GiB). */
+TRIMALLOC_API int trimalloc_prof_start(size_t interval);
+TRIMALLOC_API int trimalloc_prof_stop(void);        /* live samples stay; their frees remove them */
+TRIMALLOC_API size_t trimalloc_prof_interval(void); /* 0 while sampling is off */
+#define TRIMALLOC_PROF_LIVE 0
+#define TRIMALLOC_PROF_PEAK 1
+/* Writes a gzipped pprof profile.proto of the live set (or of the peak set). path NULL:
+ * <prefix>.<pid>.<seq>.<reason>.pb.gz (reason "dump" or "peak"; prefix from
+ * TRIMALLOC_PROF_PREFIX, default /tmp/trimalloc). The path written is copied into
+ * written[size] (NUL-terminated) when written is not NULL. Returns 0 or an errno value.
+ * Encodes and writes on the calling thread outside every allocator lock. */
+TRIMALLOC_API int trimalloc_prof_dump(const char *path, int kind, char *written, size_t size);
+TRIMALLOC_API void trimalloc_prof_reset_peak(void);
+/* This thread's tag (job class, task name, route): a pprof label "tag" on its samples.
+ * Copied (at most 63 bytes); NULL or "" clears. Does not allocate. */
+TRIMALLOC_API void trimalloc_prof_set_tag(const char *tag);
+/* Interpreter frames. fn is called on the allocating thread inside a sample only, with the
+ * profiler's re-entry guard set; it must not allocate, block, or take any lock the program
+ * may hold; it writes up to max frames, leaf first: keys[i] (non-zero, the binding's
+ * identity of a function, e.g. a code object's address) and lines[i], and returns how many.
+ * eval_fn is an address inside the interpreter's eval function (Python
+ * _PyEval_EvalFrameDefault, Ruby rb_vm_exec): a sample keeps the native frames from the
+ * leaf up to (not including) the first one inside that function, then the interpreter
+ * frames as their callers. fn NULL unregisters. Returns 0 or EINVAL. Not called inside
+ * malloc itself (it may use dladdr). */
+typedef int (*trimalloc_prof_frames_fn)(uint64_t *keys, int32_t *lines, int max);
+TRIMALLOC_API int trimalloc_prof_set_frames_hook(trimalloc_prof_frames_fn fn, const void *eval_fn);
+/* Names an interpreter frame key: name ("Class#method", "module.function") and file are
+ * copied into the profiler's own metadata (no malloc), so it is safe inside the hook.
+ * The first name given for a key stays. Returns 0, EINVAL (key 0 or name NULL) or ENOMEM
+ * (budget full). A key never named is shown as "[interpreter frame 0x<key>]". */
+TRIMALLOC_API int trimalloc_prof_name_frame(uint64_t key, const char *name, const char *file);
 
 /* Checks the invariants of every arena (bins, slabs, free bitmaps, OS-page
  * counts, free spans, segments) and of the calling thread's cache; returns 1

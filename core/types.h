@@ -131,6 +131,11 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   uint16_t dirty;        /* OS pages free and resident */
   uint8_t bucket;        /* slab: fullness bucket, or TA_BUCKET_NONE */
   uint8_t keyless;       /* slab: a purged OS page holds a carved block's start (see above) */
+  /* slab: live blocks sampled by the heap profiler (prof_live.c). While
+   * nonzero, fast_free_below == 0: every free of the slab's blocks takes the
+   * slow path, which removes a sampled block from the live set. Written
+   * under the bin lock. */
+  _Atomic uint32_t prof_sampled; /* large/huge span: 1 while its block is sampled */
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
 } ta_span_t;
@@ -248,8 +253,13 @@ typedef struct ta_tbin_s {
   ta_block_t *head;
   _Atomic uint16_t count;
   uint16_t max;
-  uint32_t bsize;
+  /* Heap profiler (prof.c): allocations of this class left until the next
+   * sample (a geometric draw), or until the next look at the profiler's
+   * state when bit cls of ta_tcache_t.prof_clamped is set (sampling off, or
+   * a draw longer than TA_PROF_CLAMP). The owner alone writes it. */
+  uint32_t sample_left;
 } ta_tbin_t;
+_Static_assert(sizeof(ta_tbin_t) == 16, "a thread cache bin stays 16 bytes: four to a cache line");
 
 typedef enum { TA_TC_EMPTY = 0, TA_TC_LIVE, TA_TC_DONE } ta_tc_state_t;
 
@@ -270,6 +280,8 @@ typedef struct ta_tcache_s {
   uint32_t slow;         /* slow paths since the last maintenance */
   uint32_t victim;       /* the next bin a growing bin takes budget from */
   int state;             /* ta_tc_state_t */
+  uint32_t prof_epoch;   /* ta_prof_epoch when the countdowns were last drawn (prof.c) */
+  uint64_t prof_clamped[2]; /* bit c: bins[c].sample_left reaching 0 is no sample, only a look */
   struct ta_tcache_s *next, *prev; /* registry (under ta_tcaches_lock) */
 } ta_tcache_t;
 

@@ -283,3 +283,45 @@ void ta_prim_hugepage(void *p, size_t size) {
   madvise(p, size, MADV_HUGEPAGE);
   errno = saved;
 }
+
+/* ---- files, for the heap profiler's dumps (prof_dump.c) ---- */
+int64_t ta_prim_clock_real_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int ta_prim_pid(void) {
+  return (int)getpid();
+}
+
+int ta_prim_create(const char *path, int *fd) {
+  int saved = errno;
+  *fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int err = *fd < 0 ? errno : 0;
+  errno = saved;
+  return err;
+}
+
+int ta_prim_close(int fd) {
+  int saved = errno;
+  int err = close(fd) ? errno : 0;
+  errno = saved;
+  return err;
+}
+
+int ta_prim_remove(const char *path) {
+  int saved = errno;
+  int err = unlink(path) ? errno : 0;
+  errno = saved;
+  return err;
+}
+
+size_t ta_prim_exe_path(char *buf, size_t size) {
+  int saved = errno;
+  ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+  errno = saved;
+  if (n < 0) n = 0;
+  buf[n] = 0;
+  return (size_t)n;
+}

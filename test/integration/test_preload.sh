@@ -74,14 +74,19 @@ needed=$(readelf -d "$LIB" | grep NEEDED | grep -o '\[.*\]' | tr -d '[]' | sort 
 bad_needed=$(echo "$needed" | tr ' ' '\n' | grep -v -E '^(libc\.so\.6|ld-linux[-a-z0-9_.]*\.so\.[0-9]+)?$' || true)
 if [ -z "$bad_needed" ]; then ok "NEEDED names only libc ($needed)"; else fail "NEEDED names only libc: $needed"; fi
 
-exports=$(nm -D --defined-only "$LIB" | awk '$2 ~ /^[TWiV]$/ {print $3}' | sed 's/@.*//' | sort)
+# Defined dynamic symbols with default (or protected) visibility: ld 2.40
+# also lists the heap profiler's section bounds there (__start_ta_prof_text,
+# __stop_ta_prof_text) with HIDDEN visibility, which no other object can bind.
+exports=$(readelf -W --dyn-syms "$LIB" | awk '$7 != "UND" && $6 != "HIDDEN" && ($4 == "FUNC" || $4 == "IFUNC" || $4 == "OBJECT" || $4 == "NOTYPE") && $5 != "LOCAL" {print $8}' | sed 's/@.*//' | sort)
 std="malloc calloc realloc free reallocarray posix_memalign aligned_alloc memalign valloc pvalloc malloc_usable_size malloc_trim"
 # glibc's introspection, answered for trimalloc's heap (core/compat.c)
 compat="mallinfo mallinfo2 malloc_stats malloc_info mallopt cfree"
 missing=""
 for f in $std $compat; do echo "$exports" | grep -qx "$f" || missing="$missing $f"; done
 if [ -z "$missing" ]; then ok "exports the standard names"; else fail "exports the standard names: missing$missing"; fi
-api="trimalloc_malloc trimalloc_free trimalloc_trim trimalloc_stats trimalloc_stats_json trimalloc_option_get trimalloc_option_set trimalloc_option_name trimalloc_version"
+api="trimalloc_malloc trimalloc_free trimalloc_trim trimalloc_stats trimalloc_stats_json trimalloc_option_get trimalloc_option_set trimalloc_option_name trimalloc_version
+  trimalloc_prof_start trimalloc_prof_stop trimalloc_prof_interval trimalloc_prof_dump trimalloc_prof_reset_peak
+  trimalloc_prof_set_tag trimalloc_prof_set_frames_hook trimalloc_prof_name_frame"
 missing=""
 for f in $api; do echo "$exports" | grep -qx "$f" || missing="$missing $f"; done
 if [ -z "$missing" ]; then ok "exports the trimalloc_* API"; else fail "exports the trimalloc_* API: missing$missing"; fi

@@ -1,0 +1,379 @@
+/* The heap profiler's stacks: native frames (libgcc's unwinder, or a
+ * frame-pointer walk checked against the thread's stack bounds), the
+ * bindings' interpreter frames merged in, call paths interned once (with
+ * the thread's tag) as traces, and the names the bindings give interpreter
+ * frames. Everything here runs on the allocating thread inside a sample with
+ * the profiler's guard set, and allocates only from prof_meta.c.
+ *
+ * Why libgcc by default on glibc: Debian 12's libc, python3.11 and libruby
+ * are built without frame pointers, so a frame-pointer walk from malloc loses
+ * or invents callers there (test_prof checks a caller through libc's qsort);
+ * GCC 12's _Unwind_Backtrace finds each object's unwind tables with glibc
+ * 2.35's _dl_find_object, which takes no lock and does not allocate after
+ * its first call (ta_prof_warm makes that call when sampling starts). On
+ * musl the unwinder would find them with dl_iterate_phdr, which takes the
+ * loader's lock: frame pointers there. prof_unwind selects either. */
+#include "internal.h"
+
+#include <errno.h>
+#include <unistd.h>
+#include <unwind.h>
+
+#ifdef __GLIBC__
+#include <dlfcn.h>
+#include <link.h>
+#define TA_HAVE_LIBGCC 1
+extern void *__libc_stack_end;
+#else
+#define TA_HAVE_LIBGCC 0
+#endif
+
+/* The section of every function between the program's call and the
+ * unwinder (TA_PROF_PATH): its frames are skipped. */
+extern const char __start_ta_prof_text[] __attribute__((visibility("hidden")));
+extern const char __stop_ta_prof_text[] __attribute__((visibility("hidden")));
+static inline bool own_frame(uintptr_t pc) {
+  return pc >= (uintptr_t)__start_ta_prof_text && pc < (uintptr_t)__stop_ta_prof_text;
+}
+
+/* ---- the interpreter-frame hook ---- */
+static _Atomic(trimalloc_prof_frames_fn) frames_hook;
+static _Atomic uintptr_t eval_lo, eval_hi; /* the eval function's code: [lo, hi) */
+
+TRIMALLOC_API int trimalloc_prof_set_frames_hook(trimalloc_prof_frames_fn fn, const void *eval_fn) {
+  if (!fn) {
+    atomic_store(&frames_hook, NULL);
+    return 0;
+  }
+  if (!eval_fn) return EINVAL;
+  uintptr_t lo = (uintptr_t)eval_fn, hi = lo + 1;
+#ifdef __GLIBC__
+  Dl_info info;
+  const ElfW(Sym) *sym = NULL;
+  if (dladdr1(eval_fn, &info, (void **)&sym, RTLD_DL_SYMENT) && sym && info.dli_saddr && sym->st_size) {
+    lo = (uintptr_t)info.dli_saddr;
+    hi = lo + sym->st_size;
+  }
+#endif
+  atomic_store(&eval_lo, lo);
+  atomic_store(&eval_hi, hi);
+  atomic_store(&frames_hook, fn);
+  return 0;
+}
+
+/* ---- native frames ---- */
+typedef struct {
+  uint64_t *pcs;
+  size_t n, max;
+  bool skipping;
+} walk_t;
+
+static _Unwind_Reason_Code unwind_one(struct _Unwind_Context *ctx, void *arg) {
+  walk_t *w = arg;
+  int before = 0;
+  uintptr_t pc = (uintptr_t)_Unwind_GetIPInfo(ctx, &before);
+  if (!pc) return _URC_END_OF_STACK;
+  if (w->skipping && own_frame(pc)) return _URC_NO_REASON;
+  w->skipping = false;
+  w->pcs[w->n++] = before ? pc : pc - 1; /* a return address: the call is the byte before */
+  return w->n < w->max ? _URC_NO_REASON : _URC_END_OF_STACK;
+}
+
+TA_PROF_PATH static size_t unwind_libgcc(uint64_t *pcs, size_t max) {
+  walk_t w = {pcs, 0, max, true};
+  _Unwind_Backtrace(unwind_one, &w);
+  return w.n;
+}
+
+/* The calling thread's stack: [lo, hi), read once per thread. The main
+ * thread's top is __libc_stack_end (its size is not known: 8 MiB below);
+ * another thread's is pthread_getattr_np's (which may allocate: the guard
+ * is set, no lock is held). */
+static __thread uintptr_t stack_lo, stack_hi __attribute__((tls_model("initial-exec")));
+static void stack_bounds(void) {
+  if (stack_hi) return;
+#ifdef __GLIBC__
+  if (ta_prim_tid() == ta_prim_pid()) {
+    stack_hi = (uintptr_t)__libc_stack_end + 4096;
+    stack_lo = stack_hi > ((uintptr_t)8 << 20) ? stack_hi - ((uintptr_t)8 << 20) : 0;
+    return;
+  }
+#endif
+  pthread_attr_t at;
+  void *base;
+  size_t size;
+  if (pthread_getattr_np(pthread_self(), &at) == 0) {
+    if (pthread_attr_getstack(&at, &base, &size) == 0) {
+      stack_lo = (uintptr_t)base;
+      stack_hi = (uintptr_t)base + size;
+    }
+    pthread_attr_destroy(&at);
+  }
+  if (!stack_hi) stack_hi = 1, stack_lo = 0; /* unknown: no walk */
+}
+
+/* Each frame record is {caller's frame pointer, return address} on both
+ * x86-64 and aarch64. A record must lie above the last one, inside the
+ * stack, aligned: anything else ends the walk (a caller built without frame
+ * pointers ends it early or, if its register held a stack address that
+ * passes these tests, gives a wrong caller: why libgcc is the default). */
+__attribute__((optimize("no-omit-frame-pointer"))) TA_PROF_PATH static size_t unwind_fp(uint64_t *pcs, size_t max) {
+  stack_bounds();
+  uintptr_t *fp = __builtin_frame_address(0);
+  size_t n = 0;
+  bool skipping = true;
+  while (n < max) {
+    uintptr_t f = (uintptr_t)fp;
+    if (f < stack_lo || f + 2 * sizeof(uintptr_t) > stack_hi || (f & (sizeof(uintptr_t) - 1))) break;
+    uintptr_t next = fp[0], ret = fp[1];
+    if (!ret) break;
+    if (!(skipping && own_frame(ret))) {
+      skipping = false;
+      pcs[n++] = ret - 1;
+    }
+    if (next <= f) break;
+    fp = (uintptr_t *)next;
+  }
+  return n;
+}
+
+static int unwinder(void) {
+  long long u = ta_opt(TA_OPT_PROF_UNWIND);
+  if (u == TA_PROF_UNWIND_LIBGCC && TA_HAVE_LIBGCC) return TA_PROF_UNWIND_LIBGCC;
+  if (u == 0 && TA_HAVE_LIBGCC) return TA_PROF_UNWIND_LIBGCC;
+  return TA_PROF_UNWIND_FP;
+}
+
+/* Native frames, then the interpreter's in place of the native frames from
+ * the first one inside its eval function on. */
+TA_PROF_PATH size_t ta_prof_capture(uint64_t *pcs, int32_t *lines, size_t max) {
+  size_t n = unwinder() == TA_PROF_UNWIND_LIBGCC ? unwind_libgcc(pcs, TA_PROF_MAX_FRAMES) : unwind_fp(pcs, TA_PROF_MAX_FRAMES);
+  memset(lines, 0, n * sizeof *lines);
+  trimalloc_prof_frames_fn hook = atomic_load_explicit(&frames_hook, memory_order_acquire);
+  if (!hook || max <= n) return n;
+  uintptr_t lo = atomic_load_explicit(&eval_lo, memory_order_relaxed), hi = atomic_load_explicit(&eval_hi, memory_order_relaxed);
+  size_t keep = n;
+  for (size_t i = 0; i < n; i++)
+    if (pcs[i] >= lo && pcs[i] < hi) {
+      keep = i;
+      break;
+    }
+  uint64_t keys[TA_PROF_MAX_FRAMES];
+  int32_t ln[TA_PROF_MAX_FRAMES];
+  size_t room = max - keep < TA_PROF_MAX_FRAMES ? max - keep : TA_PROF_MAX_FRAMES;
+  int m = hook(keys, ln, (int)room);
+  if (m <= 0) return n;
+  if ((size_t)m > room) m = (int)room;
+  size_t out = keep;
+  for (int i = 0; i < m; i++) {
+    if (!keys[i]) continue;
+    pcs[out] = (keys[i] & ~TA_PROF_INTERP) | TA_PROF_INTERP;
+    lines[out++] = ln[i];
+  }
+  return out;
+}
+
+/* The unwinder's first call loads and sets up what it needs (it may
+ * allocate): made here, outside malloc, when sampling starts. */
+void ta_prof_warm(void) {
+  uint64_t pcs[8];
+  if (TA_HAVE_LIBGCC) unwind_libgcc(pcs, 8);
+  unwind_fp(pcs, 8);
+}
+
+/* ---- interned strings (tags, frame names) and traces ----
+ * Open addressing, linear probing; tables double at half full, in mappings
+ * of their own. Traces are numbered in order; ids index pages of pointers. */
+static ta_lock_t stack_lock = PTHREAD_MUTEX_INITIALIZER; /* traces and tags */
+#define TA_TRACE_PAGE 4096
+#define TA_TRACE_PAGES 4096 /* 16 M traces */
+static ta_prof_trace_t **trace_pages[TA_TRACE_PAGES];
+static _Atomic uint32_t ntraces;
+static uint32_t *trace_hash; /* trace id + 1, 0 empty */
+static size_t trace_cap;     /* entries, a power of two */
+
+static uint64_t mix(uint64_t h, uint64_t v) {
+  h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  return h * 0xff51afd7ed558ccdull;
+}
+static uint64_t hash_str(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+  return h;
+}
+
+static char *copy_str(const char *s, size_t max) {
+  size_t n = strnlen(s, max);
+  char *c = ta_prof_meta_alloc(n + 1);
+  if (c) memcpy(c, s, n);
+  return c;
+}
+
+/* Tags: a small table of strings (under stack_lock). */
+static const char **tag_tab;
+static size_t tag_cap, tag_n;
+static const char *tag_intern(const char *tag) {
+  if (!tag || !*tag) return NULL;
+  if (tag_n * 2 >= tag_cap) {
+    size_t cap = tag_cap ? tag_cap * 2 : 512, bytes = cap * sizeof(char *);
+    const char **t = ta_prof_meta_map(bytes);
+    if (!t) return NULL;
+    for (size_t i = 0; i < tag_cap; i++)
+      if (tag_tab[i])
+        for (size_t j = hash_str(tag_tab[i]) & (cap - 1);; j = (j + 1) & (cap - 1))
+          if (!t[j]) {
+            t[j] = tag_tab[i];
+            break;
+          }
+    ta_prof_meta_unmap(tag_tab, tag_cap * sizeof(char *));
+    tag_tab = t;
+    tag_cap = cap;
+  }
+  size_t j = hash_str(tag) & (tag_cap - 1);
+  for (; tag_tab[j]; j = (j + 1) & (tag_cap - 1))
+    if (!strcmp(tag_tab[j], tag)) return tag_tab[j];
+  const char *c = copy_str(tag, 63);
+  if (!c) return NULL;
+  tag_tab[j] = c;
+  tag_n++;
+  return c;
+}
+
+ta_prof_trace_t *ta_prof_trace(uint32_t id) {
+  return trace_pages[id / TA_TRACE_PAGE][id % TA_TRACE_PAGE];
+}
+
+uint32_t ta_prof_traces(void) {
+  return atomic_load_explicit(&ntraces, memory_order_acquire);
+}
+
+static bool same(const ta_prof_trace_t *t, uint64_t h, const uint64_t *pcs, const int32_t *lines, size_t n,
+                 const char *tag) {
+  return t->hash == h && t->n == n && t->tag == tag && !memcmp(t->pcs, pcs, n * sizeof *pcs) &&
+         !memcmp(t->lines, lines, n * sizeof *lines);
+}
+
+static bool trace_grow(void) { /* stack_lock held */
+  size_t cap = trace_cap ? trace_cap * 2 : 4096;
+  uint32_t *t = ta_prof_meta_map(cap * sizeof(uint32_t));
+  if (!t) return false;
+  for (size_t i = 0; i < trace_cap; i++)
+    if (trace_hash[i]) {
+      size_t j = ta_prof_trace(trace_hash[i] - 1)->hash & (cap - 1);
+      while (t[j]) j = (j + 1) & (cap - 1);
+      t[j] = trace_hash[i];
+    }
+  ta_prof_meta_unmap(trace_hash, trace_cap * sizeof(uint32_t));
+  trace_hash = t;
+  trace_cap = cap;
+  return true;
+}
+
+uint32_t ta_prof_intern(const uint64_t *pcs, const int32_t *lines, size_t n, const char *tag_in) {
+  ta_lock(&stack_lock);
+  const char *tag = tag_intern(tag_in);
+  uint64_t h = mix((uint64_t)(uintptr_t)tag, n);
+  for (size_t i = 0; i < n; i++) h = mix(h, pcs[i] ^ ((uint64_t)(uint32_t)lines[i] << 20));
+  uint32_t id = UINT32_MAX, count = ta_relaxed_load(&ntraces);
+  if ((size_t)(count + 1) * 2 > trace_cap && !trace_grow()) goto out;
+  size_t j = h & (trace_cap - 1);
+  for (; trace_hash[j]; j = (j + 1) & (trace_cap - 1))
+    if (same(ta_prof_trace(trace_hash[j] - 1), h, pcs, lines, n, tag)) {
+      id = trace_hash[j] - 1;
+      goto out;
+    }
+  if (count >= (size_t)TA_TRACE_PAGE * TA_TRACE_PAGES) goto out;
+  if (!trace_pages[count / TA_TRACE_PAGE]) {
+    trace_pages[count / TA_TRACE_PAGE] = ta_prof_meta_alloc(TA_TRACE_PAGE * sizeof(ta_prof_trace_t *));
+    if (!trace_pages[count / TA_TRACE_PAGE]) goto out;
+  }
+  ta_prof_trace_t *t = ta_prof_meta_alloc(sizeof *t + n * (sizeof *pcs + sizeof *lines));
+  if (!t) goto out;
+  t->tag = tag;
+  t->hash = h;
+  t->n = (uint32_t)n;
+  memcpy(t->pcs, pcs, n * sizeof *pcs);
+  t->lines = (int32_t *)(t->pcs + n);
+  memcpy(t->lines, lines, n * sizeof *lines);
+  trace_pages[count / TA_TRACE_PAGE][count % TA_TRACE_PAGE] = t;
+  trace_hash[j] = count + 1;
+  id = count;
+  atomic_store_explicit(&ntraces, count + 1, memory_order_release);
+out:
+  ta_unlock(&stack_lock);
+  return id;
+}
+
+/* ---- interpreter frame names (under names_lock, a leaf but for prof_meta) ---- */
+typedef struct {
+  uint64_t key;
+  const char *name, *file;
+} name_t;
+static ta_lock_t names_lock = PTHREAD_MUTEX_INITIALIZER;
+static name_t *names;
+static size_t names_cap, names_n;
+
+static size_t name_slot(name_t *tab, size_t cap, uint64_t key) {
+  size_t j = mix(0, key) & (cap - 1);
+  while (tab[j].key && tab[j].key != key) j = (j + 1) & (cap - 1);
+  return j;
+}
+
+TRIMALLOC_API int trimalloc_prof_name_frame(uint64_t key, const char *name, const char *file) {
+  if (!key || !name) return EINVAL;
+  key &= ~TA_PROF_INTERP;
+  int r = 0;
+  ta_lock(&names_lock);
+  if ((names_n + 1) * 2 > names_cap) {
+    size_t cap = names_cap ? names_cap * 2 : 1024;
+    name_t *t = ta_prof_meta_map(cap * sizeof(name_t));
+    if (!t) {
+      r = ENOMEM;
+      goto out;
+    }
+    for (size_t i = 0; i < names_cap; i++)
+      if (names[i].key) t[name_slot(t, cap, names[i].key)] = names[i];
+    ta_prof_meta_unmap(names, names_cap * sizeof(name_t));
+    names = t;
+    names_cap = cap;
+  }
+  size_t j = name_slot(names, names_cap, key);
+  if (names[j].key) goto out; /* the first name stays */
+  const char *n = copy_str(name, 1024), *f = file ? copy_str(file, 4096) : NULL;
+  if (!n || (file && !f)) {
+    r = ENOMEM;
+    goto out;
+  }
+  names[j].name = n;
+  names[j].file = f;
+  names[j].key = key;
+  names_n++;
+out:
+  ta_unlock(&names_lock);
+  return r;
+}
+
+bool ta_prof_frame_name(uint64_t key, const char **name, const char **file) {
+  key &= ~TA_PROF_INTERP;
+  bool found = false;
+  ta_lock(&names_lock);
+  if (names_cap) {
+    size_t j = name_slot(names, names_cap, key);
+    if (names[j].key) {
+      *name = names[j].name;
+      *file = names[j].file;
+      found = true;
+    }
+  }
+  ta_unlock(&names_lock);
+  return found;
+}
+
+void ta_prof_stack_fork_prepare(void) {
+  ta_lock(&stack_lock);
+  ta_lock(&names_lock);
+}
+void ta_prof_stack_fork_parent(void) {
+  ta_unlock(&names_lock);
+  ta_unlock(&stack_lock);
+}

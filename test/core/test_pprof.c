@@ -1,0 +1,489 @@
+/* core/pprof.c, the profile.proto writer: what it writes decodes to what was
+ * given (a decoder here, independent of the bindings' reader: a varint walker
+ * over the gunzipped bytes), ids are interned, big profiles span many deflate
+ * blocks, and `go tool pprof -raw` parses the file when Debian's golang-go is
+ * installed (skipped, never failed, when it is not). The gunzip is the
+ * bindings' (core/bind/bind_inflate.c, compiled in). */
+#include "check.h"
+#include "../../core/internal.h"
+#include "../../core/bind/bind_inflate.c"
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+/* ---- a protobuf walker ---- */
+
+typedef struct {
+  const uint8_t *p, *end;
+  int bad;
+} rd_t;
+
+static uint64_t rd_varint(rd_t *r) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (r->p >= r->end) break;
+    uint8_t b = *r->p++;
+    v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) return v;
+  }
+  r->bad = 1;
+  return 0;
+}
+
+/* The next field: its number, and a varint value or a sub-reader (wire type
+ * 2). 0 at the end or on bad input (r->bad). */
+static int rd_next(rd_t *r, unsigned *field, uint64_t *v, rd_t *sub) {
+  if (r->bad || r->p >= r->end) return 0;
+  uint64_t key = rd_varint(r);
+  *field = (unsigned)(key >> 3);
+  switch (key & 7) {
+  case 0: *v = rd_varint(r); break;
+  case 2: {
+    uint64_t n = rd_varint(r);
+    if (n > (uint64_t)(r->end - r->p)) r->bad = 1;
+    else *sub = (rd_t){r->p, r->p + n, 0}, r->p += n;
+    break;
+  }
+  default: r->bad = 1;
+  }
+  return !r->bad;
+}
+
+/* ---- the decoded profile ---- */
+
+#define MAXN 16384
+typedef struct {
+  uint64_t type, unit;
+} vt_t;
+typedef struct {
+  uint64_t id, start, limit, offset, file, has_functions;
+} dmap_t;
+typedef struct {
+  uint64_t id, mapping, address, nlines, function;
+  int64_t line;
+} dloc_t;
+typedef struct {
+  uint64_t id, name, system_name, file;
+} dfunc_t;
+typedef struct {
+  uint64_t locs[64];
+  size_t nlocs, nvals;
+  int64_t vals[8];
+  uint64_t label_key, label_str, nlabels;
+} dsample_t;
+
+typedef struct {
+  vt_t types[8], period_type;
+  size_t ntypes, nstr, nmap, nloc, nfunc, nsample, ncomment;
+  const uint8_t *str[MAXN];
+  size_t strlen_[MAXN];
+  dmap_t map[64];
+  dloc_t loc[MAXN];
+  dfunc_t func[MAXN];
+  dsample_t *sample; /* MAXN of them */
+  uint64_t comment[16], default_type, period;
+  int64_t time_nanos;
+  int bad;
+} prof_t;
+
+static void decode_vt(rd_t r, vt_t *t) {
+  unsigned f;
+  uint64_t v;
+  rd_t s;
+  while (rd_next(&r, &f, &v, &s))
+    if (f == 1) t->type = v;
+    else if (f == 2) t->unit = v;
+}
+
+static void decode_packed(rd_t r, uint64_t *out, size_t *n, size_t max) {
+  while (r.p < r.end && !r.bad) {
+    uint64_t v = rd_varint(&r);
+    if (*n < max) out[(*n)++] = v;
+  }
+}
+
+static int decode_profile(const uint8_t *buf, size_t len, prof_t *pr) {
+  rd_t r = {buf, buf + len, 0}, s, t;
+  unsigned f, g;
+  uint64_t v, w;
+  while (rd_next(&r, &f, &v, &s)) {
+    switch (f) {
+    case 1: if (pr->ntypes < 8) decode_vt(s, &pr->types[pr->ntypes++]); break;
+    case 2: {
+      if (pr->nsample >= MAXN) break;
+      dsample_t *d = &pr->sample[pr->nsample++];
+      memset(d, 0, sizeof *d);
+      while (rd_next(&s, &g, &w, &t)) {
+        if (g == 1) decode_packed(t, d->locs, &d->nlocs, 64);
+        else if (g == 2) {
+          uint64_t vals[8];
+          size_t n = 0;
+          decode_packed(t, vals, &n, 8);
+          for (size_t i = 0; i < n; i++) d->vals[d->nvals++] = (int64_t)vals[i];
+        } else if (g == 3) {
+          d->nlabels++;
+          unsigned h;
+          uint64_t x;
+          rd_t u;
+          while (rd_next(&t, &h, &x, &u))
+            if (h == 1) d->label_key = x;
+            else if (h == 2) d->label_str = x;
+        }
+      }
+      break;
+    }
+    case 3: {
+      dmap_t *m = &pr->map[pr->nmap < 63 ? pr->nmap++ : 63];
+      memset(m, 0, sizeof *m);
+      while (rd_next(&s, &g, &w, &t)) {
+        uint64_t *fld[] = {NULL, &m->id, &m->start, &m->limit, &m->offset, &m->file, NULL, &m->has_functions};
+        if (g < 8 && fld[g]) *fld[g] = w;
+      }
+      break;
+    }
+    case 4: {
+      dloc_t *l = &pr->loc[pr->nloc < MAXN - 1 ? pr->nloc++ : MAXN - 1];
+      memset(l, 0, sizeof *l);
+      while (rd_next(&s, &g, &w, &t)) {
+        if (g == 1) l->id = w;
+        else if (g == 2) l->mapping = w;
+        else if (g == 3) l->address = w;
+        else if (g == 4) {
+          l->nlines++;
+          unsigned h;
+          uint64_t x;
+          rd_t u;
+          while (rd_next(&t, &h, &x, &u))
+            if (h == 1) l->function = x;
+            else if (h == 2) l->line = (int64_t)x;
+        }
+      }
+      break;
+    }
+    case 5: {
+      dfunc_t *fn = &pr->func[pr->nfunc < MAXN - 1 ? pr->nfunc++ : MAXN - 1];
+      memset(fn, 0, sizeof *fn);
+      while (rd_next(&s, &g, &w, &t)) {
+        uint64_t *fld[] = {NULL, &fn->id, &fn->name, &fn->system_name, &fn->file};
+        if (g < 5) *fld[g] = w;
+      }
+      break;
+    }
+    case 6:
+      if (pr->nstr < MAXN) pr->str[pr->nstr] = s.p, pr->strlen_[pr->nstr++] = (size_t)(s.end - s.p);
+      break;
+    case 9: pr->time_nanos = (int64_t)v; break;
+    case 11: decode_vt(s, &pr->period_type); break;
+    case 12: pr->period = v; break;
+    case 13: decode_packed(s, pr->comment, &pr->ncomment, 16); break;
+    case 14: pr->default_type = v; break;
+    default: pr->bad = 1;
+    }
+  }
+  return !r.bad && !pr->bad;
+}
+
+/* The string at index i, NUL-terminated (static rotation of buffers). */
+static const char *S(const prof_t *pr, uint64_t i) {
+  static char bufs[8][512];
+  static int k;
+  char *b = bufs[k++ & 7];
+  if (i >= pr->nstr) return "<out of range>";
+  size_t n = pr->strlen_[i] < 511 ? pr->strlen_[i] : 511;
+  memcpy(b, pr->str[i], n);
+  b[n] = 0;
+  return b;
+}
+
+static const dloc_t *loc_by_id(const prof_t *pr, uint64_t id) {
+  for (size_t i = 0; i < pr->nloc; i++)
+    if (pr->loc[i].id == id) return &pr->loc[i];
+  return NULL;
+}
+static const dfunc_t *func_by_id(const prof_t *pr, uint64_t id) {
+  for (size_t i = 0; i < pr->nfunc; i++)
+    if (pr->func[i].id == id) return &pr->func[i];
+  return NULL;
+}
+static const dmap_t *map_by_id(const prof_t *pr, uint64_t id) {
+  for (size_t i = 0; i < pr->nmap; i++)
+    if (pr->map[i].id == id) return &pr->map[i];
+  return NULL;
+}
+
+/* ---- helpers ---- */
+
+static char tmpdir[64];
+
+static uint8_t *read_file(const char *path, size_t *n) {
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return NULL;
+  struct stat st;
+  fstat(fd, &st);
+  uint8_t *b = malloc((size_t)st.st_size + 1);
+  size_t got = 0;
+  while (got < (size_t)st.st_size) {
+    ssize_t r = read(fd, b + got, (size_t)st.st_size - got);
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  close(fd);
+  *n = got;
+  return b;
+}
+
+/* Gunzips `path` and decodes it into pr (pr->sample allocated). */
+static int load(const char *path, prof_t *pr, uint8_t **raw) {
+  size_t n = 0, len = 0;
+  uint8_t *z = read_file(path, &n);
+  const char *why = "";
+  memset(pr, 0, sizeof *pr);
+  pr->sample = calloc(MAXN, sizeof(dsample_t));
+  if (!CHECK(z && n > 18 && z[0] == 0x1f && z[1] == 0x8b, "%s is not gzip", path)) return 0;
+  int rc = ta_bind_gunzip(z, n, (size_t)1 << 30, raw, &len, &why);
+  int ok = CHECK(rc == 0, "gunzip: %s", why ? why : "");
+  free(z);
+  return ok && CHECK(decode_profile(*raw, len, pr), "the profile does not decode");
+}
+
+static void unload(prof_t *pr, uint8_t *raw) {
+  free(pr->sample);
+  free(raw);
+}
+
+static int open_out(const char *name, char *path) {
+  snprintf(path, 256, "%s/%s", tmpdir, name);
+  return open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+}
+
+/* ---- tests ---- */
+
+static const char *const cpp_name = "std::vector<int, std::allocator<int> >::push_back(int&&) & \"x\"";
+
+/* The written profile, decoded field by field. */
+static void test_roundtrip(void) {
+  ta_pprof_t *p = ta_pprof_begin(524288, 1700000000123456789ll);
+  if (!CHECK(p != NULL)) return;
+  uint64_t m1 = ta_pprof_mapping(p, 0x400000, 0x500000, 0, "/usr/bin/prog");
+  uint64_t m2 = ta_pprof_mapping(p, 0x7f0000000000ull, 0x7f0000200000ull, 0x1000, "/lib/libc.so.6");
+  uint64_t m3 = ta_pprof_mapping(p, 0x7f1000000000ull, 0x7f1000100000ull, 0, "/lib/unused.so");
+  CHECK(m1 == 1 && m2 == 2 && m3 == 3, "mapping ids %lu %lu %lu", (unsigned long)m1, (unsigned long)m2,
+        (unsigned long)m3);
+  CHECK(ta_pprof_mapping(p, 0x400000, 0x500000, 0, "/usr/bin/prog") == m1, "mapping interned by start");
+  uint64_t f_malloc = ta_pprof_function(p, "malloc", "/lib/libc.so.6");
+  uint64_t f_main = ta_pprof_function(p, "main", "/usr/bin/prog");
+  uint64_t f_cpp = ta_pprof_function(p, cpp_name, "/usr/bin/prog");
+  uint64_t f_rb = ta_pprof_function(p, "Foo#bar", "app/models/foo.rb");
+  uint64_t f_py = ta_pprof_function(p, "json.loads", "/usr/lib/python3.11/json/__init__.py");
+  uint64_t f_unknown = ta_pprof_function(p, "??", "/usr/bin/prog");
+  CHECK(f_malloc && f_main && f_cpp && f_rb && f_py && f_unknown);
+  CHECK(ta_pprof_function(p, "Foo#bar", "app/models/foo.rb") == f_rb, "function interned");
+  CHECK(ta_pprof_function(p, "Foo#bar", "app/models/other.rb") != f_rb, "file is part of a function");
+  uint64_t l_malloc = ta_pprof_location(p, 0x7f0000001234ull, m2, f_malloc, 0);
+  uint64_t l_cpp = ta_pprof_location(p, 0x401000, m1, f_cpp, 0);
+  uint64_t l_main = ta_pprof_location(p, 0x400800, m1, f_main, 0);
+  uint64_t l_rb = ta_pprof_location(p, 0, 0, f_rb, 42);
+  uint64_t l_rb2 = ta_pprof_location(p, 0, 0, f_rb, 43);
+  uint64_t l_py = ta_pprof_location(p, 0, 0, f_py, 7);
+  CHECK(ta_pprof_location(p, 0, 0, f_rb, 42) == l_rb, "location interned");
+  CHECK(l_rb2 != l_rb, "another line, another location");
+  uint64_t stack1[] = {l_malloc, l_cpp, l_main};
+  uint64_t stack2[] = {l_malloc, l_rb, l_rb2, l_py};
+  int64_t v1[4] = {1, 100, 1, 100};
+  int64_t v2[4] = {3, (int64_t)1 << 40, 2, 524288};
+  int64_t v3[4] = {0, 0, -5, -1}; /* negative values (a diff profile): 10-byte varints */
+  ta_pprof_sample(p, stack1, 3, v1, NULL);
+  ta_pprof_sample(p, stack2, 4, v2, "HardJob");
+  ta_pprof_sample(p, NULL, 0, v3, "");
+  ta_pprof_comment(p, "exact_allocated=123456");
+  ta_pprof_comment(p, "reason=dump");
+  char path[256];
+  int fd = open_out("rt.pb.gz", path);
+  errno = 1234;
+  int err = ta_pprof_finish(p, fd);
+  CHECK(err == 0, "finish: %d", err);
+  CHECK(errno == 1234, "finish keeps errno (%d)", errno);
+  close(fd);
+
+  static prof_t pr;
+  uint8_t *raw = NULL;
+  if (!load(path, &pr, &raw)) {
+    unload(&pr, raw);
+    return;
+  }
+  CHECK(pr.nstr > 0 && pr.strlen_[0] == 0, "string_table[0] is \"\"");
+  static const char *const types[4][2] = {
+      {"alloc_objects", "count"}, {"alloc_space", "bytes"}, {"inuse_objects", "count"}, {"inuse_space", "bytes"}};
+  CHECK(pr.ntypes == 4, "%zu sample types", pr.ntypes);
+  for (int i = 0; i < 4; i++)
+    CHECK(!strcmp(S(&pr, pr.types[i].type), types[i][0]) && !strcmp(S(&pr, pr.types[i].unit), types[i][1]),
+          "sample type %d: %s/%s", i, S(&pr, pr.types[i].type), S(&pr, pr.types[i].unit));
+  CHECK(!strcmp(S(&pr, pr.period_type.type), "space") && !strcmp(S(&pr, pr.period_type.unit), "bytes"));
+  CHECK(pr.period == 524288, "period %lu", (unsigned long)pr.period);
+  CHECK(pr.time_nanos == 1700000000123456789ll);
+  CHECK(!strcmp(S(&pr, pr.default_type), "inuse_space"));
+  CHECK(pr.ncomment == 2 && !strcmp(S(&pr, pr.comment[0]), "exact_allocated=123456") &&
+        !strcmp(S(&pr, pr.comment[1]), "reason=dump"), "comments");
+  for (size_t i = 1; i < pr.nstr; i++)
+    for (size_t j = 0; j < i; j++)
+      if (pr.strlen_[i] == pr.strlen_[j] && !memcmp(pr.str[i], pr.str[j], pr.strlen_[i]))
+        CHECK(0, "string %zu and %zu are the same (%s)", i, j, S(&pr, i));
+
+  CHECK(pr.nmap == 3, "%zu mappings", pr.nmap);
+  const dmap_t *dm = map_by_id(&pr, m2);
+  CHECK(dm && dm->start == 0x7f0000000000ull && dm->limit == 0x7f0000200000ull && dm->offset == 0x1000 &&
+        !strcmp(S(&pr, dm->file), "/lib/libc.so.6") && dm->has_functions == 1, "mapping 2");
+  dm = map_by_id(&pr, m3);
+  CHECK(dm && dm->has_functions == 0 && !strcmp(S(&pr, dm->file), "/lib/unused.so"), "a mapping without frames");
+
+  CHECK(pr.nloc == 6, "%zu locations", pr.nloc);
+  CHECK(pr.nfunc == 7, "%zu functions", pr.nfunc);
+  for (size_t i = 0; i < pr.nloc; i++) CHECK(pr.loc[i].id != 0, "location ids are not 0");
+  for (size_t i = 0; i < pr.nfunc; i++) {
+    CHECK(pr.func[i].id != 0, "function ids are not 0");
+    CHECK(pr.func[i].name == pr.func[i].system_name, "system_name = name");
+  }
+  const dloc_t *l = loc_by_id(&pr, l_malloc);
+  const dfunc_t *fn = l ? func_by_id(&pr, l->function) : NULL;
+  CHECK(l && l->address == 0x7f0000001234ull && l->mapping == m2 && l->nlines == 1 && l->line == 0 && fn &&
+        !strcmp(S(&pr, fn->name), "malloc") && !strcmp(S(&pr, fn->file), "/lib/libc.so.6"), "native location");
+  l = loc_by_id(&pr, l_cpp);
+  fn = l ? func_by_id(&pr, l->function) : NULL;
+  CHECK(fn && !strcmp(S(&pr, fn->name), cpp_name), "a C++ name, byte for byte");
+  l = loc_by_id(&pr, l_rb2);
+  fn = l ? func_by_id(&pr, l->function) : NULL;
+  CHECK(l && l->address == 0 && l->mapping == 0 && l->line == 43 && fn && !strcmp(S(&pr, fn->name), "Foo#bar") &&
+        !strcmp(S(&pr, fn->file), "app/models/foo.rb"), "interpreter location");
+  l = loc_by_id(&pr, l_py);
+  fn = l ? func_by_id(&pr, l->function) : NULL;
+  CHECK(l && l->line == 7 && fn && !strcmp(S(&pr, fn->name), "json.loads"), "Python location");
+
+  CHECK(pr.nsample == 3, "%zu samples", pr.nsample);
+  if (pr.nsample == 3) {
+    dsample_t *a = &pr.sample[0], *b = &pr.sample[1], *c = &pr.sample[2];
+    CHECK(a->nlocs == 3 && a->locs[0] == l_malloc && a->locs[1] == l_cpp && a->locs[2] == l_main,
+          "sample 1 stack, leaf first");
+    CHECK(a->nvals == 4 && !memcmp(a->vals, v1, sizeof v1) && a->nlabels == 0, "sample 1 values");
+    CHECK(b->nlocs == 4 && b->locs[0] == l_malloc && b->locs[1] == l_rb && b->locs[2] == l_rb2 &&
+          b->locs[3] == l_py, "sample 2 stack");
+    CHECK(b->nvals == 4 && !memcmp(b->vals, v2, sizeof v2), "sample 2 values");
+    CHECK(b->nlabels == 1 && !strcmp(S(&pr, b->label_key), "tag") && !strcmp(S(&pr, b->label_str), "HardJob"),
+          "sample 2 tag");
+    CHECK(c->nlocs == 0 && c->nvals == 4 && !memcmp(c->vals, v3, sizeof v3) && c->nlabels == 0,
+          "sample 3: no stack, negative values, \"\" tag is no tag");
+  }
+  unload(&pr, raw);
+}
+
+/* Many samples and locations: the tables grow, the data spans many deflate
+ * blocks (more than 64 KiB), and nothing is lost. */
+static void test_large(void) {
+  ta_pprof_t *p = ta_pprof_begin(4096, 1);
+  if (!CHECK(p != NULL)) return;
+  uint64_t m = ta_pprof_mapping(p, 0x1000, 0x100000000ull, 0, "/bin/big");
+  enum { N = 4000 };
+  char name[64];
+  int64_t total = 0;
+  for (int i = 0; i < N; i++) {
+    snprintf(name, sizeof name, "function_number_%d", i);
+    uint64_t f = ta_pprof_function(p, name, "/bin/big");
+    uint64_t ids[3] = {ta_pprof_location(p, 0x1000 + 16 * (uint64_t)i, m, f, 0),
+                       ta_pprof_location(p, 0, 0, f, i), ta_pprof_location(p, 0, 0, f, i + 1)};
+    int64_t v[4] = {i, 100 * i, i, 100 * i};
+    total += 100 * i;
+    snprintf(name, sizeof name, "tag%d", i % 7);
+    ta_pprof_sample(p, ids, 3, v, name);
+  }
+  char path[256];
+  int fd = open_out("large.pb.gz", path);
+  CHECK(ta_pprof_finish(p, fd) == 0);
+  close(fd);
+  struct stat st;
+  stat(path, &st);
+  CHECK(st.st_size > 65536 * 2, "%ld bytes: more than two deflate blocks' worth", (long)st.st_size);
+  static prof_t pr;
+  uint8_t *raw = NULL;
+  if (!load(path, &pr, &raw)) {
+    unload(&pr, raw);
+    return;
+  }
+  CHECK(pr.nsample == N && pr.nfunc == N && pr.nloc == 3 * N, "%zu samples %zu functions %zu locations",
+        pr.nsample, pr.nfunc, pr.nloc);
+  int64_t sum = 0;
+  int bad = 0;
+  for (size_t i = 0; i < pr.nsample; i++) {
+    sum += pr.sample[i].vals[3];
+    const dloc_t *l = loc_by_id(&pr, pr.sample[i].locs[2]);
+    const dfunc_t *fn = l ? func_by_id(&pr, l->function) : NULL;
+    snprintf(name, sizeof name, "function_number_%zu", i);
+    if (!fn || strcmp(S(&pr, fn->name), name) || l->line != (int64_t)i + 1) bad++;
+  }
+  CHECK(sum == total, "inuse_space sums to %lld, wrote %lld", (long long)sum, (long long)total);
+  CHECK(bad == 0, "%d samples with a wrong frame", bad);
+  unload(&pr, raw);
+}
+
+static void test_errors(void) {
+  ta_pprof_t *p = ta_pprof_begin(1, 0);
+  if (!CHECK(p != NULL)) return;
+  ta_pprof_location(p, 0, 0, ta_pprof_function(p, "f", NULL), 1);
+  CHECK(ta_pprof_finish(p, -1) == EBADF, "a bad fd: EBADF");
+  p = ta_pprof_begin(1, 0);
+  ta_pprof_abort(p); /* frees: nothing to see but that it returns (ASan: no leak to report, no error) */
+  ta_pprof_abort(NULL);
+  /* An empty profile is still a valid one. */
+  p = ta_pprof_begin(1, 0);
+  char path[256];
+  int fd = open_out("empty.pb.gz", path);
+  CHECK(ta_pprof_finish(p, fd) == 0);
+  close(fd);
+  static prof_t pr;
+  uint8_t *raw = NULL;
+  if (load(path, &pr, &raw)) CHECK(pr.nsample == 0 && pr.ntypes == 4 && pr.period == 1);
+  unload(&pr, raw);
+}
+
+/* `go tool pprof -raw` reads the file (when Go is installed). */
+static void test_go_pprof(void) {
+  ta_pprof_t *p = ta_pprof_begin(524288, 1700000000000000000ll);
+  uint64_t m = ta_pprof_mapping(p, 0x400000, 0x500000, 0, "/usr/bin/prog");
+  uint64_t a = ta_pprof_location(p, 0x401000, m, ta_pprof_function(p, cpp_name, "/usr/bin/prog"), 0);
+  uint64_t b = ta_pprof_location(p, 0, 0, ta_pprof_function(p, "Foo#bar", "app/foo.rb"), 42);
+  uint64_t c = ta_pprof_location(p, 0, 0, ta_pprof_function(p, "handler.run", "handler.py"), 9);
+  uint64_t s1[] = {a, b}, s2[] = {a, c};
+  int64_t v1[4] = {2, 2097152, 1, 1048576}, v2[4] = {1, 4096, 1, 4096};
+  ta_pprof_sample(p, s1, 2, v1, "SomeJob");
+  ta_pprof_sample(p, s2, 2, v2, NULL);
+  ta_pprof_comment(p, "exact_allocated=99");
+  char path[256], cmd[600], out[8192];
+  int fd = open_out("go.pb.gz", path);
+  CHECK(ta_pprof_finish(p, fd) == 0);
+  close(fd);
+  /* go needs a writable home for its caches */
+  snprintf(cmd, sizeof cmd, "HOME=%s GOCACHE=%s/gocache go tool pprof -raw %s 2>&1", tmpdir, tmpdir, path);
+  FILE *f = popen(cmd, "r");
+  size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
+  out[n] = 0;
+  int st = f ? pclose(f) : -1;
+  if (!CHECK(st == 0, "go tool pprof -raw failed (%d):\n%s", st, out)) return;
+  CHECK(strstr(out, "PeriodType: space bytes") && strstr(out, "Period: 524288"), "%s", out);
+  CHECK(strstr(out, "alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes"), "%s", out);
+  CHECK(strstr(out, "2    2097152          1    1048576") != NULL, "sample values:\n%s", out);
+  CHECK(strstr(out, "Foo#bar app/foo.rb:42") && strstr(out, "handler.run handler.py:9"), "frames:\n%s", out);
+  CHECK(strstr(out, "tag:[SomeJob]") != NULL, "label:\n%s", out);
+  CHECK(strstr(out, "exact_allocated=99") != NULL, "comment:\n%s", out);
+}
+
+int main(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/test_pprof.XXXXXX");
+  if (!mkdtemp(tmpdir)) return perror("mkdtemp"), 1;
+  RUN(test_roundtrip);
+  RUN(test_large);
+  RUN(test_errors);
+  if (access("/usr/bin/go", X_OK) == 0) RUN(test_go_pprof);
+  else SKIP(test_go_pprof, "no /usr/bin/go (golang-go)");
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+  if (system(cmd) != 0) fprintf(stdout, "could not remove %s\n", tmpdir);
+  return check_summary();
+}

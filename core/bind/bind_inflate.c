@@ -5,6 +5,9 @@
  * next to zlib, but profiles are a few MB and the extensions then need no
  * libz. Every read is bounds-checked; bad input gives a message, never a
  * crash, and the output is capped (a small file cannot inflate to gigabytes). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "bind_internal.h"
 
 #include <stdio.h>

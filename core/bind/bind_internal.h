@@ -14,4 +14,63 @@ int ta_bind_gunzip(const uint8_t *in, size_t n, size_t max, uint8_t **out, size_
                    const char **why);
 uint32_t ta_bind_crc32(const uint8_t *p, size_t n);
 
+/* bind_prof.c: a profile read into call paths, summed by (frames, tag).
+ * Frames are interned texts ("function (file:line)"); a path's frames are
+ * leaf first; values in the file's sample-type order. */
+#define TA_BIND_PROF_MAX_TYPES 64
+typedef struct {
+  size_t frame0, nframes; /* in path_frames */
+  int64_t tag;            /* a frames[] index holding the tag text, or -1 */
+  size_t value0;          /* in values, ntypes of them */
+} ta_bind_prof_path_t;
+
+typedef struct {
+  char *path;      /* the file, for messages */
+  char err[768];   /* "path: problem" */
+  int failed;      /* the errno value of the first failure, 0 while none */
+  size_t ntypes;
+  char *type_names[TA_BIND_PROF_MAX_TYPES], *type_units[TA_BIND_PROF_MAX_TYPES];
+  int64_t totals[TA_BIND_PROF_MAX_TYPES];
+  char *default_type, *period_type, *reason; /* or NULL */
+  int64_t period, period_type_index;
+  int64_t exact_allocated; /* the comment exact_allocated=, when has_exact */
+  int has_exact;
+  size_t nsamples;
+  char **frames;
+  unsigned char *frame_interp; /* 1: an interpreter frame (no mapping) */
+  size_t nframes, cap_frames, cap_frames2;
+  uint32_t *frame_slots;
+  size_t frame_mask;
+  ta_bind_prof_path_t *paths;
+  size_t npaths, cap_paths;
+  uint32_t *path_frames;
+  size_t npath_frames, cap_path_frames;
+  int64_t *values;
+  size_t nvalues, cap_values;
+  uint32_t *path_slots;
+  size_t path_mask;
+} ta_bind_prof_t;
+
+/* 0, or -1 with p->err set (then still call ta_bind_prof_free). */
+int ta_bind_prof_load(const char *path, ta_bind_prof_t *p);
+void ta_bind_prof_free(ta_bind_prof_t *p);
+/* The index of sample type `name` (NULL: inuse_space, else the file's
+ * default, else the last), or -1 with p->err set. */
+int ta_bind_prof_type(ta_bind_prof_t *p, const char *name);
+/* Copies p->err into err and sets errno (EINVAL for contents). */
+void ta_bind_prof_error(ta_bind_prof_t *p, char *err, size_t errlen);
+/* A growing string; oom set (and further output dropped) when out of memory. */
+typedef struct {
+  char *s;
+  size_t len, cap;
+  int oom;
+} ta_bind_sb_t;
+__attribute__((format(printf, 2, 3))) void ta_bind_sb_printf(ta_bind_sb_t *b, const char *fmt, ...);
+/* 1536 -> "1.5 KiB"; below 1 KiB "N B". */
+const char *ta_bind_human(char *buf, size_t size, int64_t v);
+/* A stable sort with a context argument; 0, or -1 when out of memory. */
+int ta_bind_sort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *, void *), void *ctx);
+/* Writes all of s to fd (a file, a pipe); 0 or -1 with errno. */
+int ta_bind_write_all(int fd, const char *s, size_t n);
+
 #endif

@@ -1,9 +1,12 @@
 /* The one piece of logic the Ruby and Python bindings share.
  *
- * Compiled into each extension (never into libtrimalloc.so), from three files:
+ * Compiled into each extension (never into libtrimalloc.so), from these files:
  *   bind_backend.c  finding the core, or driving glibc: trim, stats, free bytes
  *   bind_policy.c   when to trim: the rate limit, the trimmer (every N events,
  *                   min_free), coalescing, deferred trims, the clock
+ *   bind_prof.c     reading heap profiles (profile.proto) into call paths;
+ *                   bind_inflate.c its gunzip; bind_prof_top.c the top-N rows
+ *                   and table; bind_flame.c the SVG flame graph and collapsed stacks
  *   bind_launch.c   the launcher (exec with LD_PRELOAD) and the preload re-exec
  *   bind_sampler.c  the core's heap profiler (start, stop, dump, tags), found
  *                   at run time
@@ -173,6 +176,36 @@ void ta_bind_clock_advance(double seconds);
 void ta_bind_test_gate(int arm);
 void ta_bind_test_gate_open(void);
 int ta_bind_test_gate_state(void);
+
+/* ---- bind_prof.c, bind_prof_top.c, bind_flame.c: reading profiles ----
+ *
+ * Profiles as the core writes them (trimalloc_prof_dump), or any pprof
+ * profile.proto, gzipped or plain. Untrusted input: a truncated, non-gzip,
+ * non-proto or hostile file gives -1 and a one-line message naming the file
+ * and the problem in err, with errno EINVAL (bad contents or arguments) or
+ * the system's errno (the file could not be read or written). */
+typedef struct {
+  int64_t inuse_space, inuse_objects, alloc_space, alloc_objects;
+  size_t nframes;
+  const char *const *frames; /* leaf first: "function (file:line)", or "function" */
+  const char *tag;           /* the sample's "tag" label, or NULL */
+} ta_bind_prof_row_t;
+/* Reads a profile (profile.proto, gzipped or plain). Calls row() for the n call paths
+ * (same frames and same tag, summed) with the most `order` ("inuse_space" when NULL; any
+ * of the four sample types), largest first; n 0: all. Returns 0, or -1 with a one-line
+ * message naming the file and the problem in err. */
+int ta_bind_prof_top(const char *path, const char *order, size_t n,
+                     void (*row)(void *arg, const ta_bind_prof_row_t *r), void *arg,
+                     char *err, size_t errlen);
+/* `trimalloc top FILE`: the text table, written to fd. */
+int ta_bind_prof_top_text(const char *path, const char *order, size_t n, int fd, char *err, size_t errlen);
+/* The same table as a malloc'ed string in *out (the caller frees it). */
+int ta_bind_prof_top_str(const char *path, const char *order, size_t n, char **out, char *err, size_t errlen);
+/* `trimalloc flame FILE -o OUT`: a self-contained SVG flame graph of sample type `type`
+ * (NULL: inuse_space), or with collapsed != 0 collapsed stacks ("root;...;leaf value\n").
+ * out "-" is stdout. */
+int ta_bind_prof_flame(const char *path, const char *type, int collapsed, const char *out,
+                       char *err, size_t errlen);
 
 /* ---- bind_launch.c ---- */
 

@@ -10,7 +10,8 @@ module Trimalloc
       usage: trimalloc run [--profile DIR] [--] CMD [ARGS...]
                                                run CMD with trimalloc as its allocator (LD_PRELOAD);
                                                --profile DIR: sample its allocations from its start
-                                               (TRIMALLOC_PROF=1), profiles in DIR/<CMD's name>.<pid>.*.pb.gz
+                                               (TRIMALLOC_PROF=1), profiles in DIR/<CMD's name>.<pid>.*.pb.gz;
+                                               its Rubies load the gem's extension first (RUBYOPT) for Ruby frames
              trimalloc path                    print the path of the bundled libtrimalloc.so
              trimalloc info                    which allocator this process runs on, and the library
              trimalloc --help | --version (-V)
@@ -50,7 +51,10 @@ module Trimalloc
         return 2
       end
       begin
-        Trimalloc.send(:profile_env, profile, args.first) if profile
+        if profile
+          Trimalloc.send(:profile_env, profile, args.first)
+          ruby_frames_hook
+        end
       rescue SystemCallError => e
         err.puts "trimalloc: run: --profile #{profile.inspect}: #{e.message.sub(/ @ .*| - .*/, '')}"
         return 1
@@ -68,6 +72,16 @@ module Trimalloc
         err.puts "trimalloc: run: #{e.message}"
         1
       end
+    end
+
+    # Every Ruby the command runs loads the extension first (RUBYOPT), so
+    # that its samples carry Ruby frames whether or not it requires
+    # trimalloc. RUBYOPT cannot hold a path with a space: then it is not.
+    def ruby_frames_hook
+      hook = File.expand_path("profile_hook.rb", __dir__)
+      return if hook.match?(/\s/) || ENV["RUBYOPT"].to_s.include?(hook)
+
+      ENV["RUBYOPT"] = ["-r#{hook}", ENV.fetch("RUBYOPT", nil)].compact.join(" ")
     end
 
     # [--profile DIR or nil, the command], or [nil, exit status] on a bad option.

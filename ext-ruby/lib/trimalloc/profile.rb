@@ -68,7 +68,7 @@ module Trimalloc
 
         Dir.mktmpdir("trimalloc-top") do |dir|
           path = dump(File.join(dir, "top.pb.gz"), kind: kind)
-          Trimalloc.send(:__prof_top, path, order.to_s, n)
+          __top(path, order.to_s, n)
         end
       end
 

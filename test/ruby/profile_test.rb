@@ -239,11 +239,12 @@ class ProfileTest < Minitest::Test
   end
 
   # Every allocation sampled, on four threads, while the main thread
-  # compacts the heap: no crash, no deadlock (the timeout), and the frames
-  # named after the compactions are still the right methods (the keys are
-  # pinned).
+  # compacts the heap: no crash, no deadlock (the timeout), and the frames,
+  # named only at the end (after the compactions), are still the right
+  # methods (the keys are pinned).
   def test_interval_one_with_threads_and_compaction
     res, script, = profile_run(<<~'RUBY', timeout: 300)
+      Trimalloc::Profile.send(:__test_defer_naming, true)
       KEEP = []
       LOCK = Mutex.new
       def churn(t)
@@ -268,7 +269,9 @@ class ProfileTest < Minitest::Test
       rows = Trimalloc::Profile.top(0)
       report(rows: rows.first(200), compactions: compactions, held: held.size, stats: Trimalloc::Profile.frame_stats)
     RUBY
+    warn "interval 1: #{res[:compactions]} compactions, #{res[:stats]}" if ENV["TRIMALLOC_TEST_VERBOSE"]
     assert_operator res[:compactions], :>=, 1
+    assert_operator res[:stats][:samples], :>=, 4 * 400 * 40, "interval 1: every allocation of the threads sampled"
     churn = res[:rows].select { |r| frame_at(r[:frames], "Object#churn") }
     refute_empty churn, "the threads' samples name churn"
     churn.each do |r|

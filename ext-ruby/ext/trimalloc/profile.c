@@ -81,6 +81,7 @@ static struct {
   uint64_t samples;  /* hook calls that returned Ruby frames */
   _Atomic uint64_t skipped; /* hook calls without the GVL or in the GC (any thread) */
   int test_full;     /* tests: behave as if the table were full */
+  int test_defer;    /* tests: no postponed naming, only before a dump */
   VALUE holder;      /* the T_DATA whose mark function marks keys */
 } ft;
 
@@ -197,7 +198,7 @@ static int frames_hook(uint64_t *keys, int32_t *lines, int max) {
   }
   int n = read_frames(keys, lines, max);
   ft.samples += n > 0;
-  if (ft.named < ft.n) {
+  if (ft.named < ft.n && !ft.test_defer) {
 #if TA_PREREGISTERED_JOB
     rb_postponed_job_trigger(name_job_handle);
 #else
@@ -382,6 +383,13 @@ static VALUE p_frames_without_gvl(VALUE self) {
   return INT2NUM(n);
 }
 
+/* Profile.__test_defer_naming(bool) (tests): frames are named only before
+ * a dump, so that the GC may move things between a sample and its naming. */
+static VALUE p_test_defer_naming(VALUE self, VALUE on) {
+  ft.test_defer = RTEST(on);
+  return Qnil;
+}
+
 /* Profile.__hook_ns(n) (measurements): runs the hook n times here; the mean
  * nanoseconds per call (what a sample's Ruby frames cost at this depth). */
 static VALUE p_hook_ns(VALUE self, VALUE times) {
@@ -452,4 +460,5 @@ void ta_rb_init_profile(void) {
   rb_define_private_method(s, "__frames_without_gvl", p_frames_without_gvl, 0);
   rb_define_private_method(s, "__test_table_full", p_test_table_full, 1);
   rb_define_private_method(s, "__hook_ns", p_hook_ns, 1);
+  rb_define_private_method(s, "__test_defer_naming", p_test_defer_naming, 1);
 }

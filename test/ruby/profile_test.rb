@@ -358,6 +358,32 @@ class ProfileTest < Minitest::Test
     end
   end
 
+  # The Rack middleware tags a request's samples with its path (no query
+  # string) until the body is closed, and puts the thread's tag back after.
+  def test_rack_middleware_tags_samples_with_the_request_path
+    res, = profile_run(<<~'RUBY')
+      require "rack"
+      require "rack/mock"
+      require "trimalloc/rack"
+      KEEP = []
+      app = Trimalloc::Rack.new(lambda do |env|
+        4.times { KEEP << MALLOC_GVL.call(3 << 20) }
+        [200, {}, [Trimalloc::Profile.tag.to_s]]
+      end, every: 1000, min_free: nil)
+      Trimalloc::Profile.start(interval: 64 * 1024)
+      body = Rack::MockRequest.new(app).get("/orders/42?page=2").body
+      after = Trimalloc::Profile.tag
+      4.times { KEEP << MALLOC_GVL.call(5 << 20) }
+      report(body: body, after: after, rows: Trimalloc::Profile.top(0))
+    RUBY
+    assert_equal "/orders/42", res[:body], "the tag while the app runs"
+    assert_nil res[:after]
+    tagged = rows_of(res[:rows], 3 << 20)
+    assert_equal 4, tagged.sum { |r| r[:inuse_objects] }
+    tagged.each { |r| assert_equal "/orders/42", r[:tag] }
+    rows_of(res[:rows], 5 << 20).each { |r| assert_nil r[:tag] }
+  end
+
   # The launcher: `trimalloc run --profile DIR -- ruby ...` samples from the
   # start, and with TRIMALLOC_PROF_AT_EXIT=1 leaves a profile in DIR, named
   # after the command, whose frames name the script's methods although the

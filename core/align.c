@@ -44,7 +44,7 @@ TA_PROF_PATH static void *aligned(size_t align, size_t n) {
   return big(ta_huge_alloc(n, align, false));
 }
 
-TA_PROF_PATH_INLINE TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t align, size_t n) {
+TA_PROF_PATH_FP TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t align, size_t n) {
   if (!is_pow2(align) || align % sizeof(void *) != 0) return EINVAL;
   int saved = errno;
   void *p = aligned(align, n);
@@ -56,7 +56,7 @@ TA_PROF_PATH_INLINE TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_
   return 0;
 }
 
-TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_aligned_alloc(size_t align, size_t n) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_aligned_alloc(size_t align, size_t n) {
   if (!is_pow2(align)) {
     errno = EINVAL;
     return NULL;
@@ -65,7 +65,7 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_aligned_alloc(size_t align, si
 }
 
 /* glibc rounds an alignment that is not a power of two up to one. */
-TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_memalign(size_t align, size_t n) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_memalign(size_t align, size_t n) {
   if (align > ((size_t)1 << (sizeof(size_t) * 8 - 1))) {
     errno = EINVAL;
     return NULL;
@@ -74,11 +74,11 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_memalign(size_t align, size_t 
   return aligned(align, n);
 }
 
-TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_valloc(size_t n) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_valloc(size_t n) {
   return aligned(ta_prim_page_size(), n);
 }
 
-TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_pvalloc(size_t n) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_pvalloc(size_t n) {
   size_t ps = ta_prim_page_size();
   if (n > PTRDIFF_MAX - ps) {
     errno = ENOMEM;

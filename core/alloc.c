@@ -199,7 +199,7 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   free_slow(s, sp, p);
 }
 
-TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;
@@ -261,7 +261,7 @@ TA_PROF_PATH static void *realloc_prof(void *p, void *q) {
 #define REALLOC_PROF(p, q) (q)
 #endif
 
-TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   if (!p) return trimalloc_malloc(n);
   if (n == 0) { /* glibc's behaviour: free, return NULL */
     trimalloc_free(p);
@@ -282,7 +282,7 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   return q;
 }
 
-TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
+TA_PROF_PATH_FP TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;

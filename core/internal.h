@@ -76,9 +76,11 @@ static inline bool ta_canary_ok(const void *b, size_t bsize, uintptr_t cookie) {
  * unwinder inside a sample: the unwinder skips frames in this section. The
  * slow ones keep frame pointers, so that the frame-pointer walk
  * (prof_unwind 2) gets through them: malloc's fast path tail-calls them,
- * so the first record it finds past them is the program's. */
+ * so the first record it finds past them is the program's; calloc, realloc
+ * and the aligned entry points (which call on) keep theirs too. */
 #define TA_PROF_PATH __attribute__((section("ta_prof_text"), noinline, optimize("no-omit-frame-pointer")))
 #define TA_PROF_PATH_INLINE __attribute__((section("ta_prof_text")))
+#define TA_PROF_PATH_FP __attribute__((section("ta_prof_text"), optimize("no-omit-frame-pointer")))
 TA_HIDDEN extern _Atomic uint32_t ta_prof_epoch;     /* bumped when sampling starts, stops or R changes */
 TA_HIDDEN extern _Atomic uint64_t ta_prof_rate;      /* R while sampling, else 0 */
 TA_HIDDEN extern _Atomic uint64_t ta_prof_live_count; /* sampled blocks live now */

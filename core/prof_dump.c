@@ -10,10 +10,8 @@
 
 #include <errno.h>
 
-#ifdef __GLIBC__
 #include <dlfcn.h>
 #include <link.h>
-#endif
 
 _Atomic uint64_t ta_prof_last_rate;
 
@@ -95,7 +93,6 @@ typedef struct {
   char exe[4096];
 } segs_t;
 
-#ifdef __GLIBC__
 static int add_object(struct dl_phdr_info *info, size_t sz, void *arg) {
   (void)sz;
   segs_t *s = arg;
@@ -108,7 +105,6 @@ static int add_object(struct dl_phdr_info *info, size_t sz, void *arg) {
   }
   return 0;
 }
-#endif
 
 static seg_t *seg_of(segs_t *s, uintptr_t pc) {
   for (size_t i = 0; i < s->n; i++)
@@ -126,12 +122,16 @@ static uint64_t native_location(ta_pprof_t *pp, segs_t *segs, uint64_t pc) {
   const char *file = sg ? sg->path : "";
   const char *name = NULL;
   char unknown[4200];
-#ifdef __GLIBC__
   Dl_info info;
+#ifdef __GLIBC__
+  /* dladdr names the nearest dynamic symbol below pc; past its size the
+   * function is another (a static one): unknown */
   const ElfW(Sym) *sym = NULL;
   if (dladdr1((void *)(uintptr_t)pc, &info, (void **)&sym, RTLD_DL_SYMENT) && info.dli_sname && info.dli_saddr &&
       (!sym || !sym->st_size || pc < (uintptr_t)info.dli_saddr + sym->st_size))
     name = info.dli_sname;
+#else
+  if (dladdr((void *)(uintptr_t)pc, &info) && info.dli_sname && info.dli_saddr) name = info.dli_sname;
 #endif
   if (!name) {
     size_t len = put(unknown, 0, sizeof unknown, "?? ");
@@ -206,9 +206,7 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
   segs->segs = (seg_t *)(segs + 1);
   segs->cap = 8192;
   ta_prim_exe_path(segs->exe, sizeof segs->exe);
-#ifdef __GLIBC__
   dl_iterate_phdr(add_object, segs);
-#endif
   for (size_t t = 0; t < ntr; t++) frames += ta_prof_trace((uint32_t)t)->n;
   for (cache_cap = 1024; cache_cap < 2 * frames; cache_cap *= 2) {}
   if (ta_prim_map((cache_cap * sizeof *cache + 4095) & ~(size_t)4095, ta_prim_page_size(), &m) != 0) {

@@ -62,6 +62,7 @@ TRIMALLOC_API int trimalloc_prof_set_frames_hook(trimalloc_prof_frames_fn fn, co
 }
 
 /* ---- native frames ---- */
+#if TA_HAVE_LIBGCC
 typedef struct {
   uint64_t *pcs;
   size_t n, max;
@@ -84,6 +85,12 @@ TA_PROF_PATH static size_t unwind_libgcc(uint64_t *pcs, size_t max) {
   _Unwind_Backtrace(unwind_one, &w);
   return w.n;
 }
+#else
+static size_t unwind_libgcc(uint64_t *pcs, size_t max) { /* not used without glibc */
+  (void)pcs, (void)max;
+  return 0;
+}
+#endif
 
 /* The calling thread's stack: [lo, hi), read once per thread. The main
  * thread's top is __libc_stack_end (its size is not known: 8 MiB below);

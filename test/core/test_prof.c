@@ -275,8 +275,10 @@ static void test_stacks(void) {
     if (getenv("TEST_PROF_DEBUG")) print_leaves();
     const dsample_t *s = sample_with_leaf("cmp_allocating");
     if (CHECK(s != NULL, "no sample with leaf cmp_allocating")) {
+#ifdef __GLIBC__ /* musl: frame pointers, which stop at musl's qsort (built without them) */
       CHECK(has_frame(s, "via_qsort") && has_frame(s, "main"), "callers through qsort: %s <- %s <- %s <- %s",
             frame_name(s, 0), frame_name(s, 1), frame_name(s, 2), frame_name(s, 3));
+#endif
       const dloc_t *l = loc_by_id(&pr, s->locs[0]);
       const dmap_t *m = l ? map_by_id(&pr, l->mapping) : NULL;
       CHECK(m && l->address >= m->start && l->address < m->limit, "the leaf's mapping holds its address");
@@ -286,10 +288,17 @@ static void test_stacks(void) {
     if (CHECK(s != NULL) && CHECK(s->nlabels == 1))
       CHECK(!strcmp(S(&pr, s->label_key), "tag") && !strcmp(S(&pr, s->label_str), "SomeJob"));
     s = sample_with_leaf("native_under_eval");
-    if (CHECK(s != NULL, "no sample with leaf native_under_eval") && CHECK(s->nlocs == 3, "%zu frames", s->nlocs)) {
-      CHECK(!strcmp(frame_name(s, 1), "Orders#export"), "%s", frame_name(s, 1));
-      CHECK(!strcmp(frame_name(s, 2), "[interpreter frame 0x5678]"), "%s", frame_name(s, 2));
-      const dloc_t *l = loc_by_id(&pr, s->locs[1]);
+    /* glibc: the eval function's extent from its symbol (dladdr1), so the
+     * native frames stop below it; musl has no dladdr1: all native frames,
+     * then the interpreter's */
+    size_t k = s ? s->nlocs - 2 : 0;
+    if (CHECK(s != NULL, "no sample with leaf native_under_eval") && CHECK(s->nlocs >= 3, "%zu frames", s->nlocs)) {
+#ifdef __GLIBC__
+      CHECK(s->nlocs == 3, "%zu frames", s->nlocs);
+#endif
+      CHECK(!strcmp(frame_name(s, k), "Orders#export"), "%s", frame_name(s, k));
+      CHECK(!strcmp(frame_name(s, k + 1), "[interpreter frame 0x5678]"), "%s", frame_name(s, k + 1));
+      const dloc_t *l = loc_by_id(&pr, s->locs[k]);
       const dfunc_t *f = l ? func_by_id(&pr, l->function) : NULL;
       CHECK(l && l->mapping == 0 && l->line == 42 && f && !strcmp(S(&pr, f->file), "app/orders.rb"));
     }
@@ -303,6 +312,9 @@ static void test_stacks(void) {
 /* The frame-pointer walk (prof_unwind 2) finds this test's frames, which
  * are built with frame pointers. */
 static void test_unwind_fp(void) {
+  /* The ThreadSanitizer build is -O1: no tail calls, so malloc's own frame
+   * (no frame pointer) ends the walk there. */
+  if (TEST_TSAN) return;
   CHECK(trimalloc_option_set("prof_unwind", 2) == 0);
   CHECK(trimalloc_prof_start(1) == 0);
   void **v = site_medium(1, 3000);
@@ -574,6 +586,8 @@ int main(void) {
   snprintf(prefix, sizeof prefix, "%s/p", tmpdir);
   setenv("TRIMALLOC_PROF_PREFIX", prefix, 1);
   if (!getenv("TEST_RUNNER")) setenv("TEST_RUNNER", "", 1);
+  /* ThreadSanitizer cannot start a thread in a forked child: no purger */
+  if (TEST_TSAN || getenv("TEST_RUNNER")[0]) trimalloc_option_set("background", 0);
   RUN(test_off);
   RUN(test_accuracy);
   RUN(test_realloc);

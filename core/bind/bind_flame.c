@@ -19,7 +19,7 @@
 #define FRAME_H 16
 #define PAD 10.0
 #define TOP 44 /* title and subtitle */
-#define CHAR_W 7.0 /* 12px monospace */
+#define CHAR_W 7.4 /* 12px monospace, with room to spare */
 
 typedef struct {
   uint32_t frame;

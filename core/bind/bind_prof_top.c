@@ -203,8 +203,8 @@ static int table(const char *path, const char *order, size_t n, ta_bind_sb_t *b,
     ta_bind_sb_printf(b, "\n");
   }
   size_t count = n && n < p.npaths ? n : p.npaths;
-  ta_bind_sb_printf(b, "top %zu of %zu call paths by %s; frames leaf first (a < its caller), allocator frames left out\n\n",
-            count, p.npaths, p.type_names[k]);
+  ta_bind_sb_printf(b, "top %zu of %zu call paths by %s (%% of its total); frames leaf first (a < its caller), "
+                    "allocator frames left out\n\n", count, p.npaths, p.type_names[k]);
   ta_bind_sb_printf(b, "%10s %6s %10s %10s  %s\n", is >= 0 ? "live" : p.type_names[k], "%", "objects", "allocated", "where");
   int64_t total = p.totals[k], shown = 0;
   for (size_t r = 0; r < count; r++) {

@@ -3,12 +3,14 @@ import errno
 import os
 import platform
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import DEFAULT_PYTHONMALLOC, __version__, _trimalloc, active, library_path, stats
 
 USAGE = """\
 usage: trimalloc run [--pythonmalloc | --no-pythonmalloc] [--profile DIR] [--] CMD [ARGS...]
+       trimalloc top FILE [-n N] [--by TYPE]
+       trimalloc flame FILE -o OUT [--collapsed] [--type TYPE]
        trimalloc path
        trimalloc info
        trimalloc --version | --help
@@ -21,6 +23,15 @@ commands:
          Python's small objects live in trimalloc's pages (default: %s).
          --profile DIR makes DIR and samples CMD's allocations from its start
          (TRIMALLOC_PROF=1), its profiles written as DIR/<CMD's name>.<pid>.*.pb.gz.
+  top    the call paths holding the most memory in a heap profile (a .pb.gz
+         written by trimalloc.profile.dump(), or any pprof heap profile):
+         live bytes, share, objects, bytes allocated, and where (leaf first).
+         -n N rows (default 10, 0: all); --by inuse_space (default),
+         inuse_objects, alloc_space or alloc_objects
+  flame  write a heap profile as a flame graph: a self-contained SVG (opens in
+         a browser), or with --collapsed the collapsed stacks flamegraph.pl
+         and speedscope read ("root;...;leaf value" lines). -o - is stdout.
+         --type: the sample type (default inuse_space)
   path   print the bundled library's path, for a Dockerfile's
          ENV LD_PRELOAD=...
   info   say which allocator this process runs on and where the library is
@@ -102,6 +113,107 @@ def _run(args):
         _err("cannot run %r: %s" % (cmd[0], e.strerror))
         return 126
     return 1  # not reached: exec returns only by raising
+
+
+SAMPLE_TYPES = ("inuse_space", "inuse_objects", "alloc_space", "alloc_objects")
+
+
+def _options(cmd, args, takes_value, flags):
+    # type: (str, List[str], Dict[str, str], Dict[str, str]) -> Tuple[Optional[str], Dict[str, Any]]
+    """FILE and the options of `top`/`flame` (--opt VALUE, --opt=VALUE, -nVALUE).
+    Raises ValueError with the message for a usage error (exit status 2)."""
+    path = None  # type: Optional[str]
+    opts = {}  # type: Dict[str, Any]
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        if a == "--":
+            rest = args[i:]
+            if path is None and rest:
+                path, rest = rest[0], rest[1:]
+            if rest:
+                raise ValueError("%s: unexpected argument %r" % (cmd, rest[0]))
+            break
+        name, eq, value = a.partition("=")
+        if len(a) > 2 and a[:2] in takes_value and not a.startswith("--"):
+            name, eq, value = a[:2], "=", a[2:]  # -n5, -oout.svg
+        if name in takes_value:
+            if not eq:
+                if i == len(args):
+                    raise ValueError("%s: %s needs a value" % (cmd, name))
+                value = args[i]
+                i += 1
+            opts[takes_value[name]] = value
+        elif a in flags:
+            opts[flags[a]] = True
+        elif a.startswith("-") and a != "-":
+            raise ValueError("%s: unknown option %r (see trimalloc --help)" % (cmd, a))
+        elif path is None:
+            path = a
+        else:
+            raise ValueError("%s: unexpected argument %r (one FILE only)" % (cmd, a))
+    if path is None:
+        raise ValueError("%s: no profile FILE given" % cmd)
+    return path, opts
+
+
+def _top(args):
+    # type: (List[str]) -> int
+    if args[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(USAGE)
+        return 0
+    try:
+        path, opts = _options("top", args, {"-n": "n", "--by": "by"}, {})
+        n = opts.get("n", "10")
+        if not n.isdigit():
+            raise ValueError("top: -n wants a number of rows >= 0 (0: all), not %r" % n)
+        by = opts.get("by", "inuse_space")
+        if by not in SAMPLE_TYPES:
+            raise ValueError("top: --by wants one of %s, not %r" % (", ".join(SAMPLE_TYPES), by))
+    except ValueError as e:
+        _err(str(e))
+        return 2
+    try:
+        text = _trimalloc._prof_top_text(path, by, int(n))
+    except (ValueError, OSError) as e:
+        _err(_reason(e))
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+def _flame(args):
+    # type: (List[str]) -> int
+    if args[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(USAGE)
+        return 0
+    try:
+        path, opts = _options("flame", args, {"-o": "out", "--output": "out", "--type": "type"},
+                              {"--collapsed": "collapsed"})
+        if not opts.get("out"):
+            raise ValueError("flame: no output given: -o OUT.svg (or -o - for stdout)")
+    except ValueError as e:
+        _err(str(e))
+        return 2
+    sys.stdout.flush()  # "-o -": the C code writes to file descriptor 1
+    try:
+        _trimalloc._prof_flame(path, opts["out"], opts.get("type"), bool(opts.get("collapsed")))
+    except (ValueError, OSError) as e:
+        _err(_reason(e))
+        return 1
+    if opts["out"] != "-":
+        what = "collapsed stacks" if opts.get("collapsed") else "flame graph"
+        sys.stdout.write("wrote %s (%s of %s)\n" % (opts["out"], what, opts.get("type") or "inuse_space"))
+    return 0
+
+
+def _reason(e):
+    # type: (Exception) -> str
+    """The reader's one-line message, without OSError's "[Errno N]" prefix."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
 
 
 def _environment_bin():
@@ -236,6 +348,10 @@ def main(argv=None):
         return 0
     if cmd == "run":
         return _run(rest)
+    if cmd == "top":
+        return _top(rest)
+    if cmd == "flame":
+        return _flame(rest)
     if rest and cmd in ("path", "info"):
         _err("%s takes no arguments, got %r" % (cmd, rest))
         return 2

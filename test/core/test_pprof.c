@@ -529,7 +529,7 @@ static void test_read_top(void) {
     CHECK(strstr(text, "live: 1.1 KiB in 3 objects") && strstr(text, "exactly 1.2 MiB at the dump"), "totals:\n%s", text);
     CHECK(strstr(text, "[JobB] rb_str_new (prog) < Foo#bar (app/foo.rb:42) < <main> (app.rb:1)\n"),
           "the allocator frame left out, the object by its name:\n%s", text);
-    CHECK(strstr(text, "top 2 of 3 call paths by inuse_space") && strstr(text, "in the other 1 call paths"),
+    CHECK(strstr(text, "top 2 of 3 call paths by inuse_space (% of its total)") && strstr(text, "in the other 1 call paths"),
           "n and the rest:\n%s", text);
     CHECK(strstr(text, "87.0%") != NULL, "share of the total (1000 of 1150):\n%s", text);
     if (check_failed_n) fputs(text, stdout);

@@ -304,37 +304,6 @@ static VALUE p_dump(VALUE self, VALUE path, VALUE kind) {
 
 #define SYM(s) ID2SYM(rb_intern(s))
 
-/* One call path as a Hash (reader callback; raises only on no memory). */
-static void top_row(void *arg, const ta_bind_prof_row_t *r) {
-  VALUE h = rb_hash_new();
-  rb_hash_aset(h, SYM("inuse_space"), LL2NUM(r->inuse_space));
-  rb_hash_aset(h, SYM("inuse_objects"), LL2NUM(r->inuse_objects));
-  rb_hash_aset(h, SYM("alloc_space"), LL2NUM(r->alloc_space));
-  rb_hash_aset(h, SYM("alloc_objects"), LL2NUM(r->alloc_objects));
-  VALUE frames = rb_ary_new_capa((long)r->nframes);
-  for (size_t i = 0; i < r->nframes; i++) rb_ary_push(frames, rb_utf8_str_new_cstr(r->frames[i]));
-  rb_hash_aset(h, SYM("frames"), frames);
-  rb_hash_aset(h, SYM("tag"), r->tag ? rb_utf8_str_new_cstr(r->tag) : Qnil);
-  rb_ary_push((VALUE)arg, h);
-}
-
-/* Profile.__top(path, by, n) -> rows (the reader, ta_bind_prof_top), for
- * Profile.top over its own dump; Trimalloc::Error naming the file when it
- * cannot be read. */
-static VALUE p_top(VALUE self, VALUE path, VALUE by, VALUE n) {
-  FilePathValue(path);
-  path = rb_str_new_frozen(path);
-  by = rb_str_new_frozen(StringValue(by));
-  char err[512] = "";
-  VALUE rows = rb_ary_new();
-  if (ta_bind_prof_top(StringValueCStr(path), StringValueCStr(by), NUM2SIZET(n), top_row, (void *)rows, err,
-                       sizeof err) != 0)
-    rb_raise(ta_rb_eError, "%s", err);
-  RB_GC_GUARD(path);
-  RB_GC_GUARD(by);
-  return rows;
-}
-
 /* Profile.__name_frames: names the frames seen so far now (tests). */
 static VALUE p_name_frames(VALUE self) {
   name_pending();
@@ -455,7 +424,6 @@ void ta_rb_init_profile(void) {
   rb_define_private_method(s, "__dump", p_dump, 2);
   rb_define_private_method(s, "__set_tag", p_set_tag, 1);
   rb_define_private_method(s, "__name_frames", p_name_frames, 0);
-  rb_define_private_method(s, "__top", p_top, 3);
   rb_define_private_method(s, "__frames_now", p_frames_now, 0);
   rb_define_private_method(s, "__frames_without_gvl", p_frames_without_gvl, 0);
   rb_define_private_method(s, "__test_table_full", p_test_table_full, 1);

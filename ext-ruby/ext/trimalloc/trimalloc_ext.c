@@ -34,4 +34,5 @@ RUBY_FUNC_EXPORTED void Init_trimalloc_ext(void) {
   ta_rb_init_launcher();
   ta_rb_init_trimmer();
   ta_rb_init_profile();
+  ta_rb_init_prof_read();
 }

@@ -27,5 +27,6 @@ void ta_rb_init_gc_hook(void);  /* gc_hook.c:  Trimalloc::GC */
 void ta_rb_init_launcher(void); /* launcher.c: exec with the preload, re-exec */
 void ta_rb_init_trimmer(void);  /* trimmer.c:  Trimalloc::Trimmer (a hook's policy) */
 void ta_rb_init_profile(void);  /* profile.c:  Trimalloc::Profile, the Ruby frames of samples */
+void ta_rb_init_prof_read(void); /* prof_read.c: Trimalloc.__prof_top, __prof_top_text, __prof_flame */
 
 #endif

@@ -12,6 +12,16 @@ module Trimalloc
                                                --profile DIR: sample its allocations from its start
                                                (TRIMALLOC_PROF=1), profiles in DIR/<CMD's name>.<pid>.*.pb.gz;
                                                its Rubies load the gem's extension first (RUBYOPT) for Ruby frames
+             trimalloc top FILE [-n N] [--by TYPE]
+                                               the call paths holding the most memory in a heap
+                                               profile (.pb.gz from Trimalloc::Profile.dump, or any
+                                               pprof heap profile); N rows (10, 0: all), TYPE one of
+                                               inuse_space (default), inuse_objects, alloc_space,
+                                               alloc_objects
+             trimalloc flame FILE -o OUT [--collapsed] [--type TYPE]
+                                               the profile as a flame graph: a self-contained SVG,
+                                               or collapsed stacks for flamegraph.pl/speedscope
+                                               ("root;...;leaf value"); -o - is stdout
              trimalloc path                    print the path of the bundled libtrimalloc.so
              trimalloc info                    which allocator this process runs on, and the library
              trimalloc --help | --version (-V)
@@ -23,6 +33,8 @@ module Trimalloc
       cmd, *rest = argv
       case cmd
       when "run" then run(rest, err)
+      when "top" then top(rest, out, err)
+      when "flame" then flame(rest, out, err)
       when "path" then path(out, err)
       when "info" then info(out)
       when "-h", "--help", "help"
@@ -111,6 +123,98 @@ module Trimalloc
         end
       end
       [profile, args]
+    end
+
+    SAMPLE_TYPES = %w[inuse_space inuse_objects alloc_space alloc_objects].freeze
+
+    # A usage error: its message, exit status 2.
+    class UsageError < StandardError; end
+
+    # FILE and the options of top/flame: --opt VALUE, --opt=VALUE, -nVALUE.
+    def options(cmd, args, takes_value, flags)
+      file = nil
+      opts = {}
+      args = args.dup
+      until args.empty?
+        a = args.shift
+        if a == "--"
+          file ||= args.shift
+          raise UsageError, "#{cmd}: unexpected argument #{args.first.inspect}" unless args.empty?
+          break
+        end
+        name, eq, value = a.partition("=")
+        name, eq, value = a[0, 2], "=", a[2..] if a.length > 2 && !a.start_with?("--") && takes_value.key?(a[0, 2])
+        if takes_value.key?(name)
+          if eq.empty?
+            raise UsageError, "#{cmd}: #{name} needs a value" if args.empty?
+            value = args.shift
+          end
+          opts[takes_value[name]] = value
+        elsif flags.key?(a)
+          opts[flags[a]] = true
+        elsif a.start_with?("-") && a != "-"
+          raise UsageError, "#{cmd}: unknown option #{a.inspect} (see trimalloc --help)"
+        elsif file
+          raise UsageError, "#{cmd}: unexpected argument #{a.inspect} (one FILE only)"
+        else
+          file = a
+        end
+      end
+      raise UsageError, "#{cmd}: no profile FILE given" unless file
+      [file, opts]
+    end
+
+    def top(args, out, err)
+      return help(out) if %w[-h --help].include?(args.first)
+      file, opts = options("top", args, { "-n" => :n, "--by" => :by }, {})
+      n = opts.fetch(:n, "10")
+      raise UsageError, "top: -n wants a number of rows >= 0 (0: all), not #{n.inspect}" unless n.match?(/\A\d+\z/)
+      by = opts.fetch(:by, "inuse_space")
+      unless SAMPLE_TYPES.include?(by)
+        raise UsageError, "top: --by wants one of #{SAMPLE_TYPES.join(', ')}, not #{by.inspect}"
+      end
+      out.print Trimalloc.__prof_top_text(file, by, Integer(n, 10))
+      0
+    rescue UsageError => e
+      err.puts "trimalloc: error: #{e.message}"
+      2
+    rescue ArgumentError, SystemCallError => e
+      err.puts "trimalloc: error: #{reader_message(e)}"
+      1
+    end
+
+    def flame(args, out, err)
+      return help(out) if %w[-h --help].include?(args.first)
+      file, opts = options("flame", args, { "-o" => :out, "--output" => :out, "--type" => :type },
+                           { "--collapsed" => :collapsed })
+      raise UsageError, "flame: no output given: -o OUT.svg (or -o - for stdout)" if opts[:out].to_s.empty?
+      out.flush
+      $stdout.flush # "-o -": the C code writes to file descriptor 1
+      Trimalloc.__prof_flame(file, opts[:out], opts[:type], opts[:collapsed] || false)
+      unless opts[:out] == "-"
+        out.puts "wrote #{opts[:out]} (#{opts[:collapsed] ? 'collapsed stacks' : 'flame graph'} of " \
+                 "#{opts[:type] || 'inuse_space'})"
+      end
+      0
+    rescue UsageError => e
+      err.puts "trimalloc: error: #{e.message}"
+      2
+    rescue ArgumentError, SystemCallError => e
+      err.puts "trimalloc: error: #{reader_message(e)}"
+      1
+    end
+
+    # The reader's line, "FILE: what: strerror" for an Errno as for the rest
+    # (Ruby puts strerror first: "No such file or directory - FILE: what").
+    def reader_message(error)
+      return error.message unless error.is_a?(SystemCallError)
+
+      error.message.sub(/\A(.*?) - (.*)\z/m, '\2: \1')
+    end
+
+    def help(out)
+      out.print USAGE
+      0
     end
 
     def path(out, err)

@@ -1,0 +1,131 @@
+/* The heap-profile readers (core/bind/bind_prof*.c) for Ruby: the rows of
+ * Trimalloc::Profile.top and the `trimalloc top` / `trimalloc flame` CLI.
+ * A file that is not a profile, or a bad sample type: ArgumentError; a file
+ * that cannot be read or written: Errno::*; the message names the file. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ruby/thread.h>
+
+#include "trimalloc_ext.h"
+
+NORETURN(static void raise_prof(int err, const char *msg));
+static void raise_prof(int err, const char *msg) {
+  if (err == ENOMEM) rb_memerror();
+  if (err == EINVAL || err == 0) rb_raise(rb_eArgError, "%s", msg);
+  /* Errno::X's message already says strerror(err): the reader's line without it */
+  size_t n = strlen(msg), k = strlen(strerror(err));
+  if (n > k + 2 && !strcmp(msg + n - k, strerror(err)) && !strncmp(msg + n - k - 2, ": ", 2)) n -= k + 2;
+  rb_syserr_fail_str(err, rb_str_new(msg, (long)n));
+}
+
+/* nil -> NULL; a String or Symbol -> its text. */
+static const char *type_or_null(VALUE *v, const char *what) {
+  if (NIL_P(*v)) return NULL;
+  if (SYMBOL_P(*v)) *v = rb_sym2str(*v);
+  if (!RB_TYPE_P(*v, T_STRING))
+    rb_raise(rb_eTypeError, "%s must be a Symbol or String (given %" PRIsVALUE ")", what, rb_inspect(*v));
+  return StringValueCStr(*v);
+}
+
+static size_t rows_n(VALUE n) {
+  if (!RB_INTEGER_TYPE_P(n)) rb_raise(rb_eTypeError, "n must be an Integer (given %" PRIsVALUE ")", rb_inspect(n));
+  if (RTEST(rb_funcall(n, rb_intern("negative?"), 0))) rb_raise(rb_eArgError, "n must be >= 0, 0 for all (given %" PRIsVALUE ")", rb_inspect(n));
+  return NUM2SIZET(n);
+}
+
+static VALUE str_or_nil(const char *s) {
+  return s ? rb_utf8_str_new_cstr(s) : Qnil;
+}
+
+static void top_row(void *arg, const ta_bind_prof_row_t *r) {
+  VALUE rows = (VALUE)arg, h = rb_hash_new(), frames = rb_ary_new_capa((long)r->nframes);
+  for (size_t i = 0; i < r->nframes; i++) rb_ary_push(frames, str_or_nil(r->frames[i]));
+  rb_hash_aset(h, ID2SYM(rb_intern("inuse_space")), LL2NUM(r->inuse_space));
+  rb_hash_aset(h, ID2SYM(rb_intern("inuse_objects")), LL2NUM(r->inuse_objects));
+  rb_hash_aset(h, ID2SYM(rb_intern("alloc_space")), LL2NUM(r->alloc_space));
+  rb_hash_aset(h, ID2SYM(rb_intern("alloc_objects")), LL2NUM(r->alloc_objects));
+  rb_hash_aset(h, ID2SYM(rb_intern("frames")), frames);
+  rb_hash_aset(h, ID2SYM(rb_intern("tag")), str_or_nil(r->tag));
+  rb_ary_push(rows, h);
+}
+
+/* Trimalloc.__prof_top(path, by, n) -> [{inuse_space:, inuse_objects:,
+ * alloc_space:, alloc_objects:, frames: [leaf first], tag:}]: the call paths
+ * with the most `by` (nil: inuse_space), n of them (0: all). The rows are
+ * built with the GVL held, inside the reader's callback: only NoMemoryError
+ * can unwind through it (leaking the reader's buffers then). */
+static VALUE m_prof_top(VALUE self, VALUE path, VALUE by, VALUE n) {
+  (void)self;
+  FilePathValue(path);
+  const char *cby = type_or_null(&by, "by");
+  size_t cn = rows_n(n);
+  VALUE rows = rb_ary_new();
+  char err[1024];
+  if (ta_bind_prof_top(StringValueCStr(path), cby, cn, top_row, (void *)rows, err, sizeof err))
+    raise_prof(errno, err);
+  RB_GC_GUARD(path);
+  RB_GC_GUARD(by);
+  return rows;
+}
+
+typedef struct {
+  const char *path, *type, *out;
+  size_t n;
+  int collapsed;
+  char *text;
+  int rc, err;
+  char msg[1024];
+} job_t;
+
+static void *run_top_text(void *arg) {
+  job_t *j = arg;
+  j->rc = ta_bind_prof_top_str(j->path, j->type, j->n, &j->text, j->msg, sizeof j->msg);
+  j->err = errno;
+  return NULL;
+}
+
+static void *run_flame(void *arg) {
+  job_t *j = arg;
+  j->rc = ta_bind_prof_flame(j->path, j->type, j->collapsed, j->out, j->msg, sizeof j->msg);
+  j->err = errno;
+  return NULL;
+}
+
+/* Trimalloc.__prof_top_text(path, by, n) -> the `trimalloc top` table. */
+static VALUE m_prof_top_text(VALUE self, VALUE path, VALUE by, VALUE n) {
+  (void)self;
+  FilePathValue(path);
+  job_t j = {StringValueCStr(path), type_or_null(&by, "by"), NULL, rows_n(n), 0, NULL, 0, 0, ""};
+  rb_thread_call_without_gvl(run_top_text, &j, RUBY_UBF_IO, NULL); /* reads a file: no GVL */
+  RB_GC_GUARD(path);
+  RB_GC_GUARD(by);
+  if (j.rc) raise_prof(j.err, j.msg);
+  VALUE s = rb_utf8_str_new_cstr(j.text);
+  free(j.text);
+  return s;
+}
+
+/* Trimalloc.__prof_flame(path, out, type, collapsed) -> nil: writes the SVG
+ * flame graph, or collapsed stacks, of sample type `type` (nil: inuse_space)
+ * to out ("-": stdout). */
+static VALUE m_prof_flame(VALUE self, VALUE path, VALUE out, VALUE type, VALUE collapsed) {
+  (void)self;
+  FilePathValue(path);
+  FilePathValue(out);
+  job_t j = {StringValueCStr(path), type_or_null(&type, "type"), StringValueCStr(out), 0, RTEST(collapsed), NULL, 0,
+             0, ""};
+  rb_thread_call_without_gvl(run_flame, &j, RUBY_UBF_IO, NULL);
+  RB_GC_GUARD(path);
+  RB_GC_GUARD(out);
+  RB_GC_GUARD(type);
+  if (j.rc) raise_prof(j.err, j.msg);
+  return Qnil;
+}
+
+void ta_rb_init_prof_read(void) {
+  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_top", m_prof_top, 3);
+  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_top_text", m_prof_top_text, 3);
+  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_flame", m_prof_flame, 4);
+}

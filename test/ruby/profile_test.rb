@@ -283,6 +283,27 @@ class ProfileTest < Minitest::Test
     assert_equal 0, res[:stats][:dropped]
   end
 
+  # A full frame table: the frames it cannot pin are left out (counted),
+  # never handed to the core unpinned; the sample keeps its native frames.
+  def test_full_frame_table_drops_frames_and_counts_them
+    res, = profile_run(<<~'RUBY')
+      KEEP = []
+      def never_seen_site = 4.times { KEEP << MALLOC_GVL.call(3 << 20) }
+      Trimalloc::Profile.start(interval: 64 * 1024)
+      Trimalloc::Profile.send(:__test_table_full, true)
+      never_seen_site
+      Trimalloc::Profile.send(:__test_table_full, false)
+      report(rows: Trimalloc::Profile.top(0), stats: Trimalloc::Profile.frame_stats)
+    RUBY
+    rows = rows_of(res[:rows], 3 << 20)
+    assert_equal 4, rows.sum { |r| r[:inuse_objects] }
+    rows.each do |r|
+      refute frame_at(r[:frames], "Object#never_seen_site"), r[:frames].inspect
+      refute_empty r[:frames]
+    end
+    assert_operator res[:stats][:dropped], :>=, 4
+  end
+
   def test_bad_arguments_raise_naming_the_value
     pr = Trimalloc::Profile
     e = assert_raises(ArgumentError) { pr.start(interval: 0) }

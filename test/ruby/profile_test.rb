@@ -283,6 +283,33 @@ class ProfileTest < Minitest::Test
     assert_equal 0, res[:stats][:dropped]
   end
 
+  # Every allocation sampled while the process forks (each child reads its
+  # own profile, with Ruby frames) and takes signals whose handlers
+  # allocate: no deadlock (the timeout), every child done.
+  def test_interval_one_with_fork_and_signals
+    res, = profile_run(<<~'RUBY', timeout: 300)
+      Trimalloc::Profile.start(interval: 1)
+      hits = 0
+      Signal.trap("USR1") { hits += 1; $sig_kept = "t" * 1000 }
+      killer = Thread.new { 300.times { Process.kill("USR1", Process.pid); sleep 0.001 } }
+      def child_site = Array.new(2000) { |i| "f#{i}" * 10 }
+      statuses = Array.new(5) do
+        pid = fork do
+          kept = child_site
+          rows = Trimalloc::Profile.top(0)
+          exit!(rows.any? { |r| r[:frames].any? { |f| f.start_with?("Object#child_site") } } && kept.size == 2000 ? 0 : 3)
+        end
+        Array.new(500) { |i| "p#{i}" * 10 }
+        Process.wait2(pid)[1].exitstatus
+      end
+      killer.join
+      report(statuses: statuses, hits: hits, rows: Trimalloc::Profile.top(5).size)
+    RUBY
+    assert_equal [0] * 5, res[:statuses], "each child read its own profile with Ruby frames"
+    assert_operator res[:hits], :>, 0
+    assert_operator res[:rows], :>, 0
+  end
+
   # A full frame table: the frames it cannot pin are left out (counted),
   # never handed to the core unpinned; the sample keeps its native frames.
   def test_full_frame_table_drops_frames_and_counts_them

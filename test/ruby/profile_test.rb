@@ -455,5 +455,16 @@ class ProfileTest < Minitest::Test
     rows = Trimalloc.__prof_top(files[0], "inuse_space", 0)
     site = rows.select { |r| r[:frames].any? { |f| f.start_with?("Object#exit_site (#{script}:2)") } }
     assert_equal 8, site.sum { |r| r[:inuse_objects] }, rows.first(3).inspect
+
+    # a Ruby other than the one the extension was built for does not load it
+    probe = "print defined?(Trimalloc::Profile).inspect"
+    hook = "-r#{File.join(LIB_DIR, 'trimalloc', 'profile_hook.rb')}"
+    out, err, st = Open3.capture3(env.merge("RUBYOPT" => hook, "RUBYLIB" => nil, "TRIMALLOC_PROFILE_RUBY" => "other 0.0"),
+                                  RUBY, "-e", probe)
+    assert st.success?, err
+    assert_equal "nil", out, "another Ruby does not load the extension"
+    out, = Open3.capture3(env.merge("RUBYLIB" => nil), RUBY, "-I#{LIB_DIR}", EXE, "run", "--profile",
+                          File.join(dir, "other"), "--", RUBY, "-e", probe)
+    assert_equal '"constant"', out, "the gem's Ruby loads it"
   end
 end

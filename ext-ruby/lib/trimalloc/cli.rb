@@ -88,12 +88,14 @@ module Trimalloc
 
     # Every Ruby the command runs loads the extension first (RUBYOPT), so
     # that its samples carry Ruby frames whether or not it requires
-    # trimalloc. RUBYOPT cannot hold a path with a space: then it is not.
+    # trimalloc; only a Ruby of the version that runs this (see
+    # profile_hook.rb). RUBYOPT cannot hold a path with a space: then it is not.
     def ruby_frames_hook
       hook = File.expand_path("profile_hook.rb", __dir__)
       return if hook.match?(/\s/) || ENV["RUBYOPT"].to_s.include?(hook)
 
       ENV["RUBYOPT"] = ["-r#{hook}", ENV.fetch("RUBYOPT", nil)].compact.join(" ")
+      ENV["TRIMALLOC_PROFILE_RUBY"] = "#{RUBY_ENGINE} #{RUBY_VERSION} #{RUBY_PLATFORM}"
     end
 
     # [--profile DIR or nil, the command], or [nil, exit status] on a bad option.

@@ -37,12 +37,14 @@ TA_PROF_PATH static void *malloc_sample(ta_tcache_t *tc, size_t cls) {
 }
 #endif
 
+#ifndef TA_NO_PROF
 /* Usable size of a large or huge block just allocated (for the profiler). */
 static size_t big_usable(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   ta_span_t *sp = ta_span_of(s, p);
   return sp->kind == TA_SPAN_HUGE ? s->huge_size : sp->bsize;
 }
+#endif
 
 /* Beyond the size classes: up to 2 MiB from a page heap, above that a
  * mapping of its own. */
@@ -150,6 +152,17 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
   ta_purge_kick(); /* something may be left to purge */
 }
 
+/* A block aligned above 2 MiB (not in the segment map). Out of line, so
+ * that free's fast path keeps no register across a call for it. */
+static __attribute__((noinline)) void free_far(void *p) {
+  ta_segment_t *far = ta_huge_far_of(p);
+  if (!far) ta_error("free: invalid pointer", p);
+#ifndef TA_NO_PROF
+  ta_prof_forget(&far->spans[0], p);
+#endif
+  ta_huge_free(far);
+}
+
 /* Fast path budget: a segment-map bit test, the span descriptor's class and
  * one multiply and compare for "a thread-cache class, a block start, ever
  * handed out" (ta_span_t.fast_free_below), a TLS load, the block's cookie
@@ -160,12 +173,7 @@ TRIMALLOC_API void trimalloc_free(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   if (ta_unlikely(!ta_segmap_contains(s))) {
     if (p == NULL) return;
-    ta_segment_t *far = ta_huge_far_of(p); /* a block aligned above 2 MiB */
-    if (!far) ta_error("free: invalid pointer", p);
-#ifndef TA_NO_PROF
-    ta_prof_forget(&far->spans[0], p);
-#endif
-    ta_huge_free(far);
+    free_far(p);
     return;
   }
   ta_span_t *sp = ta_span_of(s, p);

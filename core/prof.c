@@ -204,8 +204,8 @@ TRIMALLOC_API void trimalloc_prof_reset_peak(void) {
 }
 
 TRIMALLOC_API void trimalloc_prof_set_tag(const char *t) {
-  size_t n = t ? strnlen(t, sizeof tag - 1) : 0;
-  memcpy(tag, t ? t : "", n);
+  size_t n = 0;
+  for (; t && n < sizeof tag - 1 && t[n]; n++) tag[n] = t[n]; /* a loop: qemu-aarch64 with 64 KiB pages faulted in libc's memcpy into TLS */
   tag[n] = 0;
 }
 

@@ -83,9 +83,10 @@ static void keep(int ri, uint64_t n) {
 /* ---- symbolizing ---- */
 typedef struct {
   uintptr_t start, limit, offset;
-  const char *path;
   uint64_t id; /* pprof mapping id, 0 until used */
+  char path[512]; /* copied: an object unloaded during the dump leaves no dangling name */
 } seg_t;
+#define TA_SEGS_MAX 1024
 
 typedef struct {
   seg_t *segs;
@@ -100,8 +101,12 @@ static int add_object(struct dl_phdr_info *info, size_t sz, void *arg) {
   for (int i = 0; i < info->dlpi_phnum && s->n < s->cap; i++) {
     const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
     if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X)) continue;
-    s->segs[s->n++] = (seg_t){info->dlpi_addr + ph->p_vaddr, info->dlpi_addr + ph->p_vaddr + ph->p_memsz,
-                              ph->p_offset, path, 0};
+    seg_t *g = &s->segs[s->n++];
+    g->start = info->dlpi_addr + ph->p_vaddr;
+    g->limit = g->start + ph->p_memsz;
+    g->offset = ph->p_offset;
+    g->id = 0;
+    put(g->path, 0, sizeof g->path, path);
   }
   return 0;
 }
@@ -166,6 +171,11 @@ static uint64_t interp_location(ta_pprof_t *pp, uint64_t key, int32_t line) {
   return ta_pprof_location(pp, 0, 0, ta_pprof_function(pp, name, file ? file : ""), line);
 }
 
+static size_t pages(size_t n) {
+  size_t ps = ta_prim_page_size();
+  return (n + ps - 1) & ~(ps - 1);
+}
+
 static int64_t round_i64(double v) {
   return (int64_t)(v < 0 ? v - 0.5 : v + 0.5);
 }
@@ -177,7 +187,7 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
   size_t rows_bytes = 0, ntr;
   for (;;) { /* the traces may grow between the count and the snapshot */
     size_t want = ta_prof_traces() + 64;
-    rows_bytes = (want * sizeof *rows + 4095) & ~(size_t)4095;
+    rows_bytes = pages(want * sizeof *rows);
     void *m;
     if (ta_prim_map(rows_bytes, ta_prim_page_size(), &m) != 0) return ENOMEM;
     rows = m;
@@ -196,7 +206,7 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
     err = ENOMEM;
     goto out;
   }
-  segs_bytes = (sizeof(segs_t) + 8192 * sizeof(seg_t) + 4095) & ~(size_t)4095;
+  segs_bytes = pages(sizeof(segs_t) + TA_SEGS_MAX * sizeof(seg_t));
   void *m;
   if (ta_prim_map(segs_bytes, ta_prim_page_size(), &m) != 0) {
     err = ENOMEM;
@@ -204,12 +214,12 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
   }
   segs = m;
   segs->segs = (seg_t *)(segs + 1);
-  segs->cap = 8192;
+  segs->cap = TA_SEGS_MAX;
   ta_prim_exe_path(segs->exe, sizeof segs->exe);
   dl_iterate_phdr(add_object, segs);
   for (size_t t = 0; t < ntr; t++) frames += ta_prof_trace((uint32_t)t)->n;
   for (cache_cap = 1024; cache_cap < 2 * frames; cache_cap *= 2) {}
-  if (ta_prim_map((cache_cap * sizeof *cache + 4095) & ~(size_t)4095, ta_prim_page_size(), &m) != 0) {
+  if (ta_prim_map(pages(cache_cap * sizeof *cache), ta_prim_page_size(), &m) != 0) {
     err = ENOMEM;
     goto out;
   }
@@ -264,7 +274,7 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
   if (path == name) keep(reason_index(reason), n);
 out:
   if (pp) ta_pprof_abort(pp);
-  if (cache) ta_prim_unmap(cache, (cache_cap * sizeof *cache + 4095) & ~(size_t)4095);
+  if (cache) ta_prim_unmap(cache, pages(cache_cap * sizeof *cache));
   if (segs) ta_prim_unmap(segs, segs_bytes);
   ta_prim_unmap(rows, rows_bytes);
   return err;

@@ -75,10 +75,10 @@ static uint32_t rec_new(void) {
 static void take_peak(void) {
   size_t n = ta_relaxed_load(&ta_prof_live_count);
   if (n > peak_cap) {
-    size_t c = (n + n / 2 + 1023) & ~(size_t)1023, bytes = (c * sizeof(peak_t) + 4095) & ~(size_t)4095;
+    size_t c = (n + n / 2 + 1023) & ~(size_t)1023, bytes = c * sizeof(peak_t);
     peak_t *p = ta_prof_meta_map(bytes);
     if (!p) return; /* the old peak stays */
-    ta_prof_meta_unmap(peak, (peak_cap * sizeof(peak_t) + 4095) & ~(size_t)4095);
+    ta_prof_meta_unmap(peak, peak_cap * sizeof(peak_t));
     peak = p;
     peak_cap = c;
   }

@@ -20,7 +20,14 @@ static bool charge(size_t size) { /* meta_lock held, or any thread: a relaxed ch
   return true;
 }
 
+/* Mappings are whole OS pages (4 to 64 KiB): sizes are rounded up here. */
+static size_t pages(size_t size) {
+  size_t ps = ta_prim_page_size();
+  return (size + ps - 1) & ~(ps - 1);
+}
+
 void *ta_prof_meta_map(size_t size) {
+  size = pages(size);
   if (!charge(size)) return NULL;
   void *p;
   if (ta_prim_map(size, ta_prim_page_size(), &p) != 0) {
@@ -33,6 +40,7 @@ void *ta_prof_meta_map(size_t size) {
 
 void ta_prof_meta_unmap(void *p, size_t size) {
   if (!p) return;
+  size = pages(size);
   ta_prim_unmap(p, size);
   ta_relaxed_sub(&ta_prof_meta_bytes, size);
   ta_relaxed_sub(&ta_meta_bytes, size);

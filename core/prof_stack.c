@@ -93,7 +93,8 @@ static size_t unwind_libgcc(uint64_t *pcs, size_t max) { /* not used without gli
 #endif
 
 /* The calling thread's stack: [lo, hi), read once per thread. The main
- * thread's top is __libc_stack_end (its size is not known: 8 MiB below);
+ * thread's frames are all below __libc_stack_end (its size is not known:
+ * 8 MiB below);
  * another thread's is pthread_getattr_np's (which may allocate: the guard
  * is set, no lock is held). */
 static __thread uintptr_t stack_lo, stack_hi __attribute__((tls_model("initial-exec")));
@@ -101,7 +102,7 @@ static void stack_bounds(void) {
   if (stack_hi) return;
 #ifdef __GLIBC__
   if (ta_prim_tid() == ta_prim_pid()) {
-    stack_hi = (uintptr_t)__libc_stack_end + 4096;
+    stack_hi = (uintptr_t)__libc_stack_end;
     stack_lo = stack_hi > ((uintptr_t)8 << 20) ? stack_hi - ((uintptr_t)8 << 20) : 0;
     return;
   }
@@ -184,8 +185,8 @@ TA_PROF_PATH size_t ta_prof_capture(uint64_t *pcs, int32_t *lines, size_t max) {
  * allocate): made here, outside malloc, when sampling starts. */
 void ta_prof_warm(void) {
   uint64_t pcs[8];
-  if (TA_HAVE_LIBGCC) unwind_libgcc(pcs, 8);
-  unwind_fp(pcs, 8);
+  if (unwinder() == TA_PROF_UNWIND_LIBGCC) unwind_libgcc(pcs, 8);
+  else unwind_fp(pcs, 8);
 }
 
 /* ---- interned strings (tags, frame names) and traces ----
@@ -212,7 +213,8 @@ static uint64_t hash_str(const char *s) {
 static char *copy_str(const char *s, size_t max) {
   size_t n = strnlen(s, max);
   char *c = ta_prof_meta_alloc(n + 1);
-  if (c) memcpy(c, s, n);
+  for (size_t i = 0; c && i < n; i++) c[i] = s[i]; /* not memcpy: qemu-aarch64 with 64 KiB pages faulted in
+                                                    * libc's memcpy reading the thread's tag (TLS) */
   return c;
 }
 

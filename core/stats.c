@@ -67,6 +67,7 @@ static void stats_collect(trimalloc_stats_t *st) {
   st->dirty = ((uint64_t)(dirty_pages > 0 ? dirty_pages : 0) << ta_ospage_shift) + cached + xfer;
   st->background = (uint64_t)ta_purger_running();
   st->prof_samples = ta_relaxed_load(&ta_prof_live_count);
+  st->prof_sampled = ta_relaxed_load(&ta_prof_samples);
   st->prof_live_bytes = ta_relaxed_load(&ta_prof_live_bytes);
   st->prof_meta_bytes = ta_relaxed_load(&ta_prof_meta_bytes);
   st->prof_dropped = ta_relaxed_load(&ta_prof_dropped);

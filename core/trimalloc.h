@@ -49,6 +49,7 @@ extern "C" {
   X(uint64_t, dirty, "bytes", "free and still resident: what a trim would return now (transfer caches counted at their blocks' size)") \
   X(uint64_t, background, "bool", "1 while the background purger thread runs")             \
   X(uint64_t, prof_samples, "count", "heap profiler: sampled blocks live now")            \
+  X(uint64_t, prof_sampled, "count", "heap profiler: samples taken since the process started") \
   X(uint64_t, prof_live_bytes, "bytes", "heap profiler: estimated live bytes (sum of the live samples' weights)") \
   X(uint64_t, prof_meta_bytes, "bytes", "heap profiler: its own metadata (samples, stacks, names)") \
   X(uint64_t, prof_dropped, "count", "heap profiler: samples not recorded (metadata budget full)")

@@ -131,7 +131,7 @@ static void collapsed(tree_t *t, ta_bind_sb_t *b) {
     if (nd->self > 0) {
       for (uint32_t d = 1; d <= nd->depth; d++) {
         if (d > 1) ta_bind_sb_printf(b, ";");
-        put_collapsed_frame(b, t->p->frames[t->nodes[stack[d]].frame]);
+        put_collapsed_frame(b, t->p->names[t->nodes[stack[d]].frame]);
       }
       ta_bind_sb_printf(b, " %lld\n", (long long)nd->self);
     }
@@ -213,7 +213,7 @@ static void put_node(svg_t *s, uint32_t i, double x) {
   node_t *nd = &t->nodes[i];
   double w = (double)nd->total * s->scale;
   double y = s->height - PAD - (double)(nd->depth + 1) * FRAME_H;
-  const char *name = i ? t->p->frames[nd->frame] : "all";
+  const char *name = i ? t->p->frames[nd->frame] : "all", *label = i ? t->p->names[nd->frame] : "all";
   char fill[32];
   if (i) colour(fill, sizeof fill, name, t->p->frame_interp[nd->frame]);
   else snprintf(fill, sizeof fill, "rgb(200,200,200)");
@@ -227,7 +227,7 @@ static void put_node(svg_t *s, uint32_t i, double x) {
   size_t chars = w > 3 * CHAR_W ? (size_t)((w - 6) / CHAR_W) : 0;
   if (chars >= 3) {
     ta_bind_sb_printf(b, "<text x=\"%.1f\" y=\"%.0f\">", x + 3, y + FRAME_H - 4);
-    put_xml(b, name, chars - 2);
+    put_xml(b, label, chars - 2);
     ta_bind_sb_printf(b, "</text>");
   }
   ta_bind_sb_printf(b, "</g>\n");

@@ -10,6 +10,7 @@
 #endif
 #include "bind_internal.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,19 +232,22 @@ static void inflate(inf_t *s) {
   s->bitcnt = 0;
 }
 
-uint32_t ta_bind_crc32(const uint8_t *p, size_t n) {
-  static uint32_t table[256];
-  static int ready; /* benign: every thread computes the same table */
-  if (!ready) {
-    for (uint32_t i = 0; i < 256; i++) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-      table[i] = c;
-    }
-    ready = 1;
+static uint32_t crc_table[256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_init(void) {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    crc_table[i] = c;
   }
+}
+
+/* The readers run on any thread (a binding releases its interpreter lock). */
+uint32_t ta_bind_crc32(const uint8_t *p, size_t n) {
+  pthread_once(&crc_once, crc_init);
   uint32_t c = 0xffffffffu;
-  for (size_t i = 0; i < n; i++) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+  for (size_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xff] ^ (c >> 8);
   return c ^ 0xffffffffu;
 }
 

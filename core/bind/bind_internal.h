@@ -36,9 +36,10 @@ typedef struct {
   int64_t exact_allocated; /* the comment exact_allocated=, when has_exact */
   int has_exact;
   size_t nsamples;
-  char **frames;
+  char **frames; /* "function (file:line)", "function (object)", for the table and tooltips */
+  char **names;  /* the rows' and collapsed stacks' text: "function (file:line)" or "function" */
   unsigned char *frame_interp; /* 1: an interpreter frame (no mapping) */
-  size_t nframes, cap_frames, cap_frames2;
+  size_t nframes, cap_frames, cap_frames2, cap_names;
   uint32_t *frame_slots;
   size_t frame_mask;
   ta_bind_prof_path_t *paths;

@@ -219,28 +219,38 @@ static uint64_t frame_hash(ta_bind_prof_t *p, uint32_t i) {
   return hash_bytes(p->frames[i], strlen(p->frames[i]), 0xcbf29ce484222325ull);
 }
 
-/* The id of frame text s (copied); -1 on failure. */
-static int64_t frame_id(ta_bind_prof_t *p, const char *s, int interp) {
+/* The id of frame text s (copied); -1 on failure. Its name for the rows
+ * and collapsed stacks is the first `name_len` bytes (all of s when longer):
+ * "function (file:line)" as it is, a native frame without the object. */
+static int64_t frame_id(ta_bind_prof_t *p, const char *s, size_t name_len, int interp) {
   if (table_grow(p, &p->frame_slots, &p->frame_mask, p->nframes, frame_hash)) return -1;
-  uint64_t h = hash_bytes(s, strlen(s), 0xcbf29ce484222325ull);
+  size_t len = strlen(s);
+  uint64_t h = hash_bytes(s, len, 0xcbf29ce484222325ull);
   size_t j = h & p->frame_mask;
   for (; p->frame_slots[j]; j = (j + 1) & p->frame_mask)
     if (!strcmp(p->frames[p->frame_slots[j] - 1], s)) return p->frame_slots[j] - 1;
-  char *copy = strdup(s);
+  if (name_len > len) name_len = len;
+  char *copy = malloc(len + name_len + 2); /* "text\0name\0" */
   if (!copy || grow(p, (void **)&p->frame_interp, &p->cap_frames2, p->nframes, 1) ||
-      grow(p, (void **)&p->frames, &p->cap_frames, p->nframes, sizeof(char *))) {
+      grow(p, (void **)&p->frames, &p->cap_frames, p->nframes, sizeof(char *)) ||
+      grow(p, (void **)&p->names, &p->cap_names, p->nframes, sizeof(char *))) {
     free(copy);
     return prof_fail(p, ENOMEM, "out of memory");
   }
+  memcpy(copy, s, len + 1);
+  memcpy(copy + len + 1, s, name_len);
+  copy[len + 1 + name_len] = 0;
   p->frames[p->nframes] = copy;
+  p->names[p->nframes] = name_len == len ? copy : copy + len + 1;
   p->frame_interp[p->nframes] = (unsigned char)interp;
   p->frame_slots[j] = (uint32_t)++p->nframes;
   return (int64_t)p->nframes - 1;
 }
 
 /* "function (file:line)", "function (file)" without a line (a native
- * frame's file is its object), "function" without a file, or
- * "0x<address> (object)" for an address nobody named. */
+ * frame's file is its object: its name is "function" alone, but for "??"),
+ * "function" without a file, or "0x<address> (object)" for an address
+ * nobody named. */
 static int render(dec_t *d, lc_t *l) {
   char buf[4096];
   l->frame0 = (int64_t)d->nloc_frames;
@@ -253,7 +263,7 @@ static int render(dec_t *d, lc_t *l) {
       snprintf(buf, sizeof buf, "0x%llx (%.*s)", (unsigned long long)l->address, (int)(mf.end - mf.p), mf.p);
     else
       snprintf(buf, sizeof buf, "0x%llx", (unsigned long long)l->address);
-    int64_t f = frame_id(d->p, buf, 0);
+    int64_t f = frame_id(d->p, buf, SIZE_MAX, 0);
     if (f < 0 || PUSH(d->p, d->loc_frames, d->nloc_frames, d->cap_loc_frames, (uint32_t)f)) return -1;
     l->nframes = 1;
     return 0;
@@ -265,6 +275,8 @@ static int render(dec_t *d, lc_t *l) {
     span_t file = fn ? d->strs[fn->file] : (span_t){NULL, NULL};
     int nn = (int)(name.end - name.p), nf = (int)(file.end - file.p);
     if (!nn) name = (span_t){(const uint8_t *)"??", (const uint8_t *)"??" + 2}, nn = 2;
+    size_t name_len = strnlen((const char *)name.p, (size_t)nn);
+    if (!(nf && ln->line <= 0) || (name_len == 2 && !memcmp(name.p, "??", 2))) name_len = SIZE_MAX;
     if (nf && ln->line > 0)
       snprintf(buf, sizeof buf, "%.*s (%.*s:%lld)", nn, name.p, nf, file.p, (long long)ln->line);
     else if (nf)
@@ -274,7 +286,7 @@ static int render(dec_t *d, lc_t *l) {
     /* a name with a NUL inside stops there; the text stays one line */
     for (char *c = buf; *c; c++)
       if (*c == '\n' || *c == '\r') *c = ' ';
-    int64_t f = frame_id(d->p, buf, interp);
+    int64_t f = frame_id(d->p, buf, name_len, interp);
     if (f < 0 || PUSH(d->p, d->loc_frames, d->nloc_frames, d->cap_loc_frames, (uint32_t)f)) return -1;
     l->nframes++;
   }
@@ -362,7 +374,7 @@ static int decode_sample(dec_t *d, span_t m, uint64_t **ids, size_t *cap_ids, ui
         span_t s = d->strs[str];
         char buf[256];
         snprintf(buf, sizeof buf, "%.*s", (int)(s.end - s.p), s.p);
-        tag = frame_id(p, buf, 0);
+        tag = frame_id(p, buf, SIZE_MAX, 0);
         if (tag < 0) return -1;
       }
     }
@@ -562,7 +574,7 @@ out:
 void ta_bind_prof_free(ta_bind_prof_t *p) {
   for (size_t i = 0; i < p->nframes; i++) free(p->frames[i]);
   for (size_t i = 0; i < p->ntypes; i++) free(p->type_names[i]), free(p->type_units[i]);
-  free(p->frames), free(p->frame_interp), free(p->frame_slots), free(p->paths), free(p->path_frames);
+  free(p->frames), free(p->names), free(p->frame_interp), free(p->frame_slots), free(p->paths), free(p->path_frames);
   free(p->values), free(p->path_slots), free(p->default_type), free(p->period_type), free(p->reason);
   free(p->path);
   memset(p, 0, sizeof *p);

@@ -94,7 +94,7 @@ int ta_bind_prof_top(const char *path, const char *order, size_t n,
   size_t count = n && n < p.npaths ? n : p.npaths;
   for (size_t r = 0; r < count; r++) {
     const ta_bind_prof_path_t *e = &p.paths[idx[r]];
-    for (size_t i = 0; i < e->nframes; i++) frames[i] = p.frames[p.path_frames[e->frame0 + i]];
+    for (size_t i = 0; i < e->nframes; i++) frames[i] = p.names[p.path_frames[e->frame0 + i]];
     ta_bind_prof_row_t out = {value_of(&p, e, is), value_of(&p, e, io), value_of(&p, e, as),
                               value_of(&p, e, ao), e->nframes, frames,
                               e->tag >= 0 ? p.frames[e->tag] : NULL};
@@ -127,35 +127,63 @@ static int allocator_frame(const char *f) {
   return 0;
 }
 
-/* A frame for the table: a native frame's object by its file name only. */
+/* A frame nobody could name: "?? object" (the core's), "??", an address. */
+static int unnamed(const ta_bind_prof_t *p, uint32_t f) {
+  const char *s = p->names[f];
+  return !strncmp(s, "??", 2) || !strncmp(s, "0x", 2);
+}
+
+/* The file name of a native frame's object ("" when none is known). */
+static const char *object_of(const ta_bind_prof_t *p, uint32_t f, size_t *len) {
+  const char *s = p->frames[f], *open = strrchr(s, '(');
+  size_t n = strlen(s);
+  *len = 0;
+  if (p->frame_interp[f] || !open || s[n - 1] != ')' || strchr(open, ':')) return "";
+  const char *obj = open + 1, *slash = memrchr(obj, '/', (size_t)(s + n - 1 - obj));
+  if (slash) obj = slash + 1;
+  *len = (size_t)(s + n - 1 - obj);
+  return obj;
+}
+
+static int same_object(const ta_bind_prof_t *p, uint32_t a, uint32_t b) {
+  size_t la, lb;
+  const char *oa = object_of(p, a, &la), *ob = object_of(p, b, &lb);
+  return la == lb && !memcmp(oa, ob, la);
+}
+
+/* A frame for the table: a native frame's object by its file name only
+ * ("rb_str_plus (libruby-3.1.so.3.1)", "?? (libruby-3.1.so.3.1)"). */
 static void put_frame(ta_bind_sb_t *b, const ta_bind_prof_t *p, uint32_t f) {
   const char *s = p->frames[f];
-  const char *open = strstr(s, " (");
+  const char *open = strrchr(s, '(');
   size_t n = strlen(s);
-  if (!p->frame_interp[f] && open && s[n - 1] == ')' && !strchr(open, ':')) {
-    const char *obj = open + 2, *slash = memrchr(obj, '/', (size_t)(s + n - 1 - obj));
-    if (slash) {
-      ta_bind_sb_printf(b, "%.*s (%s", (int)(open - s), s, slash + 1);
-      return;
-    }
+  if (!p->frame_interp[f] && open && open > s && open[-1] == ' ' && s[n - 1] == ')' && !strchr(open, ':')) {
+    const char *obj = open + 1, *slash = memrchr(obj, '/', (size_t)(s + n - 1 - obj));
+    size_t name = unnamed(p, f) && s[0] == '?' ? 2 : (size_t)(open - 1 - s);
+    ta_bind_sb_printf(b, "%.*s (%s", (int)name, s, slash ? slash + 1 : obj);
+    return;
   }
   ta_bind_sb_printf(b, "%s", s);
 }
 
-/* Where a call path allocated, in one line. */
+/* Where a call path allocated, in one line: the frames below the allocator
+ * (unnamed ones skipped), and when there are Ruby/Python frames, the native
+ * frame the interpreter called and then the interpreter's frames. */
 static void put_where(ta_bind_sb_t *b, const ta_bind_prof_t *p, const ta_bind_prof_path_t *e) {
   const uint32_t *fr = p->path_frames + e->frame0;
-  size_t n = e->nframes, i = 0, shown = 0;
+  size_t n = e->nframes, i = 0, shown = 0, last = 0;
   if (e->tag >= 0) ta_bind_sb_printf(b, "[%s] ", p->frames[e->tag]);
   if (!n) {
     ta_bind_sb_printf(b, "(no stack)");
     return;
   }
   while (i + 1 < n && allocator_frame(p->frames[fr[i]])) i++;
+  /* unnamed frames in the allocator's object (Ruby's static xmalloc and the like) */
+  for (size_t k = i; i + 1 < n && unnamed(p, fr[i]) && same_object(p, fr[i], fr[k]);) i++;
   size_t j = i; /* the first interpreter frame */
   while (j < n && !p->frame_interp[fr[j]]) j++;
-  if (j < n) { /* the native leaf (what the interpreter called), then the Ruby/Python frames */
-    if (j > i) {
+  if (j < n) {
+    if (j > i) { /* what the interpreter called */
       put_frame(b, p, fr[i]);
       shown++;
       if (j > i + 1) ta_bind_sb_printf(b, " < (%zu native)", j - i - 1);
@@ -164,14 +192,18 @@ static void put_where(ta_bind_sb_t *b, const ta_bind_prof_t *p, const ta_bind_pr
     for (i = j; i < n && shown < 4; i++, shown++) {
       if (i > j) ta_bind_sb_printf(b, " < ");
       put_frame(b, p, fr[i]);
+      last = i;
     }
-  } else { /* native only: the first four frames below the allocator */
-    for (size_t first = i; i < n && shown < 4; i++, shown++) {
-      if (i > first) ta_bind_sb_printf(b, " < ");
+  } else { /* native only: the first four frames, unnamed ones when they say which object */
+    for (last = i; i < n && shown < 4; i++) {
+      if (shown && unnamed(p, fr[i]) && same_object(p, fr[i], fr[last])) continue;
+      if (shown) ta_bind_sb_printf(b, " < ");
       put_frame(b, p, fr[i]);
+      shown++;
+      last = i;
     }
   }
-  if (i < n) ta_bind_sb_printf(b, " < +%zu", n - i);
+  if (last + 1 < n) ta_bind_sb_printf(b, " < +%zu", n - last - 1);
 }
 
 static int table(const char *path, const char *order, size_t n, ta_bind_sb_t *b, char *err, size_t errlen) {

@@ -181,8 +181,7 @@ def test_flame_collapsed(profile, tmp_path):
     stacks = collapsed_lines(p.stdout)
     assert sum(stacks.values()) == TOTAL_INUSE, "the lines sum to the total inuse_space"
     rb = ("ReportJob#perform (app/jobs/report_job.rb:3);Report#render (app/models/report.rb:7);"
-          "String#* (<internal:string>);rb_str_buf_new (/usr/lib/x86_64-linux-gnu/libruby-3.1.so.3.1);"
-          "ruby_xmalloc (/usr/lib/x86_64-linux-gnu/libruby-3.1.so.3.1);malloc (/lib/x86_64-linux-gnu/libc.so.6)")
+          "String#*;rb_str_buf_new;ruby_xmalloc;malloc")
     assert stacks[rb] == 9 * MiB + MiB // 2, "root first, the leaf last; tags merged"
     assert stacks["[no stack]"] == 1000
     out = tmp_path / "objects.folded"
@@ -209,9 +208,10 @@ def test_prof_top_rows(profile):
     rows = _trimalloc._prof_top(str(profile), None, 0)
     assert [r["inuse_space"] for r in rows] == [16 * MiB, 9 * MiB, 3 * MiB, MiB // 2, 1000, 0]
     assert set(rows[0]) == {"inuse_space", "inuse_objects", "alloc_space", "alloc_objects", "frames", "tag"}
-    assert rows[0]["frames"] == ["malloc (/lib/x86_64-linux-gnu/libc.so.6)",
-                                 "PyBytes_FromStringAndSize (/usr/bin/python3.11)",
-                                 "app.handlers.build_report (app/handlers.py:42)", "app.main.handle (app/main.py:10)"]
+    # leaf first; "function (file:line)", or "function" (native frames, a Ruby C method)
+    assert rows[0]["frames"] == ["malloc", "PyBytes_FromStringAndSize", "app.handlers.build_report (app/handlers.py:42)",
+                                 "app.main.handle (app/main.py:10)"]
+    assert rows[1]["frames"][2:4] == ["rb_str_buf_new", "String#*"]
     assert rows[0]["tag"] == "GET /reports"
     assert (rows[1]["tag"], rows[1]["inuse_objects"], rows[1]["alloc_space"], rows[1]["alloc_objects"]) == \
         ("ReportJob", 9, 12 * MiB, 12)

@@ -78,6 +78,7 @@ static struct {
   size_t n;          /* keys held */
   size_t named;      /* keys[0 .. named) were given their names */
   uint64_t dropped;  /* frames not returned because the table was full */
+  uint64_t unnamed;  /* keys the core refused a name (its budget full) */
   uint64_t samples;  /* hook calls that returned Ruby frames */
   _Atomic uint64_t skipped; /* hook calls without the GVL or in the GC (any thread) */
   int test_full;     /* tests: behave as if the table were full */
@@ -125,6 +126,8 @@ static size_t keys_memsize(const void *p) {
 static const rb_data_type_t keys_type = {
     .wrap_struct_name = "trimalloc_profile_frames",
     .function = {.dmark = mark_keys, .dsize = keys_memsize}, /* no dcompact: the keys are pinned */
+    /* not RUBY_TYPED_WB_PROTECTED: keys are added without a write barrier
+     * (inside malloc), so every GC, minor ones too, marks them all */
     .flags = RUBY_TYPED_FREE_IMMEDIATELY,
 };
 
@@ -152,7 +155,7 @@ static VALUE name_pending_body(VALUE unused) {
     int err = core.name_frame((uint64_t)key, StringValueCStr(label), file_of(path));
     RB_GC_GUARD(label);
     RB_GC_GUARD(path);
-    if (err == ENOMEM) break; /* the core's budget is full: names stay as keys */
+    ft.unnamed += err != 0; /* ENOMEM: the core's budget is full; the key stays unnamed */
     ft.named++;
   }
   return Qnil;
@@ -191,7 +194,7 @@ static int read_frames(uint64_t *keys, int32_t *lines, int max) {
 }
 
 static int frames_hook(uint64_t *keys, int32_t *lines, int max) {
-  if (max <= 0) return 0;
+  if (max <= 0 || !ft.slots) return 0;
   if (!ruby_native_thread_p() || !ruby_thread_has_gvl_p() || rb_during_gc()) {
     atomic_fetch_add_explicit(&ft.skipped, 1, memory_order_relaxed);
     return 0;
@@ -310,12 +313,17 @@ static VALUE p_name_frames(VALUE self) {
   return Qnil;
 }
 
-/* Profile.frame_stats -> {frames:, named:, dropped:, samples:, skipped:} */
+/* Profile.frame_stats -> {frames:, named:, dropped:, unnamed:, samples:,
+ * skipped:, hooked:}: the frame table's counters (frames seen, named, left
+ * out because the table was full, refused a name by the core), samples
+ * given Ruby frames, hook calls on a thread without the GVL or in the GC,
+ * and whether the hook is registered. */
 static VALUE p_frame_stats(VALUE self) {
   VALUE h = rb_hash_new();
   rb_hash_aset(h, SYM("frames"), SIZET2NUM(ft.n));
   rb_hash_aset(h, SYM("named"), SIZET2NUM(ft.named));
   rb_hash_aset(h, SYM("dropped"), ULL2NUM(ft.dropped));
+  rb_hash_aset(h, SYM("unnamed"), ULL2NUM(ft.unnamed));
   rb_hash_aset(h, SYM("samples"), ULL2NUM(ft.samples));
   rb_hash_aset(h, SYM("skipped"), ULL2NUM(atomic_load(&ft.skipped)));
   rb_hash_aset(h, SYM("hooked"), core.found ? Qtrue : Qfalse);
@@ -401,13 +409,15 @@ void ta_rb_init_profile(void) {
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   ft.slots = mmap(NULL, SLOTS * sizeof(uint32_t), PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (ft.keys == MAP_FAILED || ft.slots == MAP_FAILED) rb_raise(rb_eNoMemError, "trimalloc: no room for the frame table");
   ft.holder = TypedData_Wrap_Struct(rb_cObject, &keys_type, &ft);
   rb_gc_register_mark_object(ft.holder);
 #if TA_PREREGISTERED_JOB
   name_job_handle = rb_postponed_job_preregister(0, name_job, NULL);
 #endif
-  find_core();
+  if (ft.keys == MAP_FAILED || ft.slots == MAP_FAILED)
+    ft.keys = NULL, ft.slots = NULL; /* no table: native frames only */
+  else
+    find_core();
   if (core.found) {
     void *eval = dlsym(RTLD_DEFAULT, "rb_vm_exec");
     if (core.set_frames_hook(frames_hook, eval) == 0) rb_set_end_proc(unhook_at_end, Qnil);

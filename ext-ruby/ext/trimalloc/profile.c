@@ -296,7 +296,7 @@ static VALUE p_dump(VALUE self, VALUE path, VALUE kind) {
   }
   struct dump_args a = {NIL_P(path) ? NULL : RSTRING_PTR(path), NUM2INT(kind), 0, {0}};
   name_pending();
-  rb_thread_call_without_gvl(dump_nogvl, &a, RUBY_UBF_IO, NULL);
+  rb_thread_call_without_gvl(dump_nogvl, &a, NULL, NULL); /* not interruptible: a few ms */
   RB_GC_GUARD(path);
   if (a.err) {
     VALUE what = NIL_P(path) ? rb_str_new_cstr("trimalloc_prof_dump (TRIMALLOC_PROF_PREFIX)") : path;

@@ -27,6 +27,7 @@
 #   Trimalloc.free_source   where free_bytes comes from (:dirty, :resident,
 #                           :mallinfo2, :mallinfo, :unknown)
 #   Trimalloc.forked_child? a fork of a process running the same program?
+#   Trimalloc::Profile      the heap profiler: start, stop, dump, top, tags
 require "trimalloc/version"
 require "trimalloc/trimalloc_ext"
 
@@ -149,3 +150,4 @@ module Trimalloc
 end
 
 require "trimalloc/report"
+require "trimalloc/profile"

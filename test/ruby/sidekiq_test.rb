@@ -37,13 +37,13 @@ class SidekiqTest < Minitest::Test
 
   # Starts Sidekiq (-c concurrency) on its own redis-server; yields its pid,
   # a redis client, a job runner (push, then wait until done) and the log.
-  def with_sidekiq(trim:, preload: false, launcher: false, preload_in: nil, concurrency: 3)
+  def with_sidekiq(trim:, preload: false, launcher: false, preload_in: nil, concurrency: 3, env: {})
     with_redis do |url|
       Dir.mktmpdir("trimalloc-sidekiq") do |dir|
         redis = Redis.new(url: url)
         log = File.join(dir, "sidekiq.log")
         env = child_env(preload: preload, env: HOLD.merge("REDIS_URL" => url, "TRIM" => trim ? "1" : "0",
-                                                          "PRELOAD_IN" => preload_in.to_s))
+                                                          "PRELOAD_IN" => preload_in.to_s).merge(env))
         cmd = [RUBY, SIDEKIQ, "-r", File.join(SUPPORT, "sidekiq_app.rb"), "-c", concurrency.to_s,
                "-q", "default", "-t", "1"]
         cmd = [RUBY, EXE, "run", "--", *cmd] if launcher
@@ -142,6 +142,27 @@ class SidekiqTest < Minitest::Test
   def test_sidekiq_with_the_preload_line_in_its_required_file_runs_on_trimalloc_and_trims_after_a_burst
     with_sidekiq(trim: true, preload_in: "sidekiq_app.rb", concurrency: 2) do |pid, redis, run, log|
       check_burst(pid, redis, run, log)
+    end
+  end
+
+  # The middleware makes the job's class the thread's profiler tag: a real
+  # job's samples (sampling on from the start, TRIMALLOC_PROF=1) carry it as
+  # their "tag" label, with the job's perform as their Ruby caller; the job
+  # that reads the profile carries its own.
+  def test_sidekiq_job_samples_carry_the_job_class_as_their_tag
+    with_sidekiq(trim: true, preload: true, concurrency: 2,
+                 env: { "TRIMALLOC_PROF" => "1", "TRIMALLOC_PROF_INTERVAL" => "262144" }) do |_pid, redis, run, _log|
+      run.call([["ProfileJob", [8]]])
+      run.call([["ProfileTopJob", []]])
+      rows = JSON.parse(redis.get("trimalloc:profile"), symbolize_names: true)
+      job = rows.select { |r| r[:frames].any? { |f| f.start_with?("ProfileJob#perform") } }
+      refute_empty job, "ProfileJob#perform in the profile: #{rows.first(3)}"
+      job.each { |r| assert_equal "ProfileJob", r[:tag], r[:frames].inspect }
+      assert_equal 8, job.sum { |r| r[:inuse_objects] }, "8 strings of 2 MB, recorded exactly"
+      top_job = rows.select { |r| r[:frames].any? { |f| f.start_with?("ProfileTopJob#perform") } }
+      top_job.each { |r| assert_equal "ProfileTopJob", r[:tag] }
+      untagged = rows.reject { |r| r[:tag] }
+      assert untagged.none? { |r| r[:frames].any? { |f| f.start_with?("ProfileJob#perform") } }
     end
   end
 end

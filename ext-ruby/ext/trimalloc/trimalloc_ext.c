@@ -33,5 +33,7 @@ RUBY_FUNC_EXPORTED void Init_trimalloc_ext(void) {
   ta_rb_init_gc_hook();
   ta_rb_init_launcher();
   ta_rb_init_trimmer();
+  ta_rb_init_frames();
+  ta_rb_init_profile();
   ta_rb_init_prof_read();
 }

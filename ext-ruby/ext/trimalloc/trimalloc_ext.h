@@ -26,6 +26,12 @@ void ta_rb_init_stats(void);    /* stats.c:    Trimalloc.stats */
 void ta_rb_init_gc_hook(void);  /* gc_hook.c:  Trimalloc::GC */
 void ta_rb_init_launcher(void); /* launcher.c: exec with the preload, re-exec */
 void ta_rb_init_trimmer(void);  /* trimmer.c:  Trimalloc::Trimmer (a hook's policy) */
+void ta_rb_init_frames(void);   /* frames.c:   the Ruby frames of the profiler's samples */
+void ta_rb_init_profile(void);  /* profile.c:  Trimalloc::Profile (start, dump, tags) */
+
+/* frames.c: names the Ruby frames seen in samples and not yet named (the
+ * GVL held; allocates; never raises). Called before every dump. */
+void ta_rb_frames_name_pending(void);
 void ta_rb_init_prof_read(void); /* prof_read.c: Trimalloc.__prof_top, __prof_top_text, __prof_flame */
 
 #endif

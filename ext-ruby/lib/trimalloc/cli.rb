@@ -7,7 +7,11 @@ module Trimalloc
   # return: it becomes the command, so the command's status is the status).
   module CLI
     USAGE = <<~TEXT
-      usage: trimalloc run [--] CMD [ARGS...]  run CMD with trimalloc as its allocator (LD_PRELOAD)
+      usage: trimalloc run [--profile DIR] [--] CMD [ARGS...]
+                                               run CMD with trimalloc as its allocator (LD_PRELOAD);
+                                               --profile DIR: sample its allocations from its start
+                                               (TRIMALLOC_PROF=1), profiles in DIR/<CMD's name>.<pid>.*.pb.gz;
+                                               its Rubies load the gem's extension first (RUBYOPT) for Ruby frames
              trimalloc top FILE [-n N] [--by TYPE]
                                                the call paths holding the most memory in a heap
                                                profile (.pb.gz from Trimalloc::Profile.dump, or any
@@ -51,11 +55,21 @@ module Trimalloc
     end
 
     def run(args, err)
-      args = args.drop(1) if args.first == "--"
+      profile, args = run_options(args, err)
+      return args if args.is_a?(Integer)
       if args.empty?
         err.puts "trimalloc: run: no command given"
         err.print USAGE
         return 2
+      end
+      begin
+        if profile
+          Trimalloc.send(:profile_env, profile, args.first)
+          ruby_frames_hook
+        end
+      rescue SystemCallError => e
+        err.puts "trimalloc: run: --profile #{profile.inspect}: #{e.message.sub(/ @ .*| - .*/, '')}"
+        return 1
       end
       begin
         Trimalloc.exec(*args)
@@ -70,6 +84,47 @@ module Trimalloc
         err.puts "trimalloc: run: #{e.message}"
         1
       end
+    end
+
+    # Every Ruby the command runs loads the extension first (RUBYOPT), so
+    # that its samples carry Ruby frames whether or not it requires
+    # trimalloc; only a Ruby of the version that runs this (see
+    # profile_hook.rb). RUBYOPT cannot hold a path with a space: then it is not.
+    def ruby_frames_hook
+      hook = File.expand_path("profile_hook.rb", __dir__)
+      return if hook.match?(/\s/) || ENV["RUBYOPT"].to_s.include?(hook)
+
+      ENV["RUBYOPT"] = ["-r#{hook}", ENV.fetch("RUBYOPT", nil)].compact.join(" ")
+      ENV["TRIMALLOC_PROFILE_RUBY"] = "#{RUBY_ENGINE} #{RUBY_VERSION} #{RUBY_PLATFORM}"
+    end
+
+    # [--profile DIR or nil, the command], or [nil, exit status] on a bad option.
+    def run_options(args, err)
+      profile = nil
+      args = args.dup
+      while (a = args.first)
+        if a == "--"
+          args.shift
+          break
+        elsif a == "--profile" || a.start_with?("--profile=")
+          args.shift
+          if a == "--profile"
+            if args.empty?
+              err.puts "trimalloc: run: --profile needs a directory: trimalloc run --profile DIR -- CMD"
+              return [nil, 2]
+            end
+            a = "--profile=#{args.shift}"
+          end
+          profile = a.delete_prefix("--profile=")
+          if profile.empty?
+            err.puts "trimalloc: run: --profile needs a directory, got ''"
+            return [nil, 2]
+          end
+        else
+          break
+        end
+      end
+      [profile, args]
     end
 
     SAMPLE_TYPES = %w[inuse_space inuse_objects alloc_space alloc_objects].freeze

@@ -12,29 +12,60 @@ module Trimalloc
   # The policy is Trimalloc::Trimmer (core/bind, shared with the Python
   # package's WSGI middleware): deciding costs a few atomics and a clock read.
   #
+  # With tag: true (the default), the request's path (SCRIPT_NAME +
+  # PATH_INFO, no query string) is the thread's profiler tag until its body
+  # is closed: the samples taken meanwhile carry it as their "tag" label
+  # (Trimalloc::Profile). The route template (Rails' route, Sinatra's) is
+  # known only once the app has routed the request, after the allocations
+  # that matter began, so it is not used. tag: a Proc(env) -> String chooses
+  # another tag (a template from the path, a header).
+  #
   #   use Trimalloc::Rack, every: 100, min_free: 64 << 20, min_interval: 1.0
   class Rack
-    DEFAULTS = { every: 100, min_free: 64 << 20, min_interval: 1.0 }.freeze
+    DEFAULTS = { every: 100, min_free: 64 << 20, min_interval: 1.0, tag: true }.freeze
 
     attr_reader :trimmer
 
     def initialize(app, every: DEFAULTS[:every], min_free: DEFAULTS[:min_free],
-                   min_interval: DEFAULTS[:min_interval])
+                   min_interval: DEFAULTS[:min_interval], tag: DEFAULTS[:tag])
+      unless [true, false, nil].include?(tag) || tag.respond_to?(:call)
+        raise TypeError, "tag must be true, false or a Proc(env) (given #{tag.inspect})"
+      end
+
       @app = app
       @trimmer = Trimmer.new(every: every, min_free: min_free, min_interval: min_interval)
+      @tag = tag
     end
 
     def call(env)
+      before = tag_request(env)
       status, headers, body = @app.call(env)
-      [status, headers, ::Rack::BodyProxy.new(body) { @trimmer.event }]
+      [status, headers, ::Rack::BodyProxy.new(body) { request_ended(before) }]
     rescue Exception # rubocop:disable Lint/RescueException
-      @trimmer.event # the request ended, by raising
+      request_ended(before) # the request ended, by raising
       raise
     end
 
     # {events:, trims:, skipped:, coalesced:, trimmed_bytes:}
     def stats
       @trimmer.stats
+    end
+
+    private
+
+    # Sets the request's tag; returns the thread's tag before it (:none when
+    # tagging is off).
+    def tag_request(env)
+      return :none unless @tag
+
+      before = Profile.tag
+      Profile.tag = @tag == true ? "#{env['SCRIPT_NAME']}#{env['PATH_INFO']}" : @tag.call(env)
+      before
+    end
+
+    def request_ended(before)
+      Profile.tag = before unless before == :none
+      @trimmer.event
     end
   end
 end

@@ -9,12 +9,15 @@ module Trimalloc
   # many job threads trim at most once per interval). A trim skipped by the
   # rate limit runs when due on a background thread. Same policy and names as
   # the Python package's Celery integration (Trimalloc::Trimmer).
+  # With tag: true (the default), the job's class (an ActiveJob's wrapped
+  # class) is the thread's profiler tag while it runs: the samples it takes
+  # carry it as their "tag" label (Trimalloc::Profile).
   #
   #   Sidekiq.configure_server do |config|
   #     config.server_middleware { |chain| chain.add Trimalloc::Sidekiq, min_interval: 1.0 }
   #   end
   class Sidekiq
-    DEFAULTS = { every: nil, min_free: 0, min_interval: 1.0 }.freeze
+    DEFAULTS = { every: nil, min_free: 0, min_interval: 1.0, tag: true }.freeze
 
     attr_reader :trimmer
 
@@ -23,6 +26,7 @@ module Trimalloc
       unknown = opts.keys - DEFAULTS.keys
       raise ArgumentError, "unknown option(s) #{unknown.map(&:inspect).join(', ')}" unless unknown.empty?
 
+      @tag = opts.delete(:tag) ? true : false
       @trimmer = Trimalloc::Sidekiq.shared_trimmer(opts)
     end
 
@@ -38,8 +42,12 @@ module Trimalloc
       (@trimmers || {}).values
     end
 
-    def call(_worker, _job, _queue)
-      yield
+    def call(_worker, job, _queue)
+      if @tag
+        Profile.with_tag(job["wrapped"] || job["class"]) { yield }
+      else
+        yield
+      end
     ensure
       @trimmer.event
     end

@@ -91,3 +91,27 @@ class StatsJob
     Sidekiq.redis { |r| r.set("trimalloc:stats", JSON.generate(info)) }
   end
 end
+
+# The profiler's jobs (sidekiq_test.rb's profile test, TRIMALLOC_PROF=1):
+# ProfileJob keeps n strings of 2 MB, so its samples stay live with its class
+# as their tag; ProfileTopJob stores Trimalloc::Profile.top(0) (JSON) in redis.
+PROFILE_KEEP = []
+
+class ProfileJob
+  include Sidekiq::Worker
+  sidekiq_options retry: false
+
+  def perform(n)
+    n.times { PROFILE_KEEP << "p" * 2_000_000 }
+  end
+end
+
+class ProfileTopJob
+  include Sidekiq::Worker
+  sidekiq_options retry: false
+
+  def perform
+    require "trimalloc"
+    Sidekiq.redis { |r| r.set("trimalloc:profile", JSON.generate(Trimalloc::Profile.top(0))) }
+  end
+end

@@ -1,0 +1,337 @@
+/* The Ruby frames of the heap profiler's samples (DESIGN.md 10).
+ *
+ * The core samples allocations; at a sample it calls frames_hook (below),
+ * registered with trimalloc_prof_set_frames_hook, for the Ruby frames of the
+ * allocating thread. The hook runs inside malloc, so it:
+ *   - reads frames only when this thread is a Ruby thread that holds the GVL
+ *     (ruby_native_thread_p && ruby_thread_has_gvl_p) and is not inside the
+ *     GC (rb_during_gc: compaction moves objects); otherwise it returns no
+ *     frame, and never waits for the GVL (a native thread's malloc would
+ *     wait for a Ruby thread that may be joining it: scalene #395);
+ *   - reads them with rb_profile_frames, which fills VALUEs (a method entry
+ *     or an iseq) without allocating; the key given to the core is the VALUE;
+ *   - keeps every key ever given in a table of its own (mmap'ed once, fixed
+ *     size: it grows by touching pages, never by malloc), marked with
+ *     rb_gc_mark from a T_DATA object's mark function: the objects stay
+ *     alive and pinned against compaction, so a key's address never comes to
+ *     mean another method. A full table drops the frame and its callers
+ *     (counted) rather than hand the core a key it cannot pin;
+ *   - names nothing: rb_profile_frame_full_label allocates Ruby strings. New
+ *     keys are named later, on a Ruby thread, by a postponed job the hook
+ *     schedules (rb_postponed_job_register_one is async-signal safe), and all
+ *     of them before every dump (Profile.dump/top call the namer first).
+ * Every touch of the table is made with the GVL held (the hook, the namer,
+ * the mark function), so it needs no lock.
+ *
+ * The core's two frame entry points are looked up with dlsym(RTLD_DEFAULT),
+ * as core/bind/bind_backend.c finds the core: the extension never links it.
+ * Trimalloc::Profile itself (start, dump, tags) is profile.c. */
+#include "trimalloc_ext.h" /* first: ruby/config.h defines _GNU_SOURCE (RTLD_DEFAULT) */
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include <ruby/debug.h>
+#include <ruby/thread.h>
+
+/* Exported by libruby for years (ffi, fiddle, pycall use it); in a public
+ * header only from Ruby 4.0: 1 for a Ruby thread outside a blocking region. */
+int ruby_thread_has_gvl_p(void);
+
+#if defined(HAVE_RB_POSTPONED_JOB_PREREGISTER) && defined(HAVE_RB_POSTPONED_JOB_TRIGGER)
+#define TA_PREREGISTERED_JOB 1
+static rb_postponed_job_handle_t name_job_handle;
+#else
+#define TA_PREREGISTERED_JOB 0
+#endif
+
+/* ---- the core's frame entry points, found at run time ----
+ * (start, stop, dump, tags: core/bind/bind_sampler.c, shared with Python) */
+
+typedef int (*ta_frames_fn)(uint64_t *keys, int32_t *lines, int max);
+static struct {
+  int found; /* the profiler is there and the hook is registered */
+  int (*set_frames_hook)(ta_frames_fn, const void *);
+  int (*name_frame)(uint64_t, const char *, const char *);
+} core;
+
+static void find_core(void) {
+  if (!ta_bind_sampler_available()) return;
+  *(void **)&core.set_frames_hook = dlsym(RTLD_DEFAULT, "trimalloc_prof_set_frames_hook");
+  *(void **)&core.name_frame = dlsym(RTLD_DEFAULT, "trimalloc_prof_name_frame");
+  core.found = core.set_frames_hook && core.name_frame;
+}
+
+/* ---- the frame table ---- */
+
+#define KEYS_MAX (1u << 18)      /* distinct frames kept: 2 MiB of address space */
+#define SLOTS (2 * KEYS_MAX)     /* open addressing, at most half full */
+#define FRAMES_MAX 128           /* frames read per sample, at most */
+
+static struct {
+  VALUE *keys;       /* every frame VALUE handed to the core, in order */
+  uint32_t *slots;   /* index + 1 into keys, 0: empty */
+  size_t n;          /* keys held */
+  size_t named;      /* keys[0 .. named) were given their names */
+  uint64_t dropped;  /* frames not returned because the table was full */
+  uint64_t unnamed;  /* keys the core refused a name (its budget full) */
+  uint64_t samples;  /* hook calls that returned Ruby frames */
+  _Atomic uint64_t skipped; /* hook calls without the GVL or in the GC (any thread) */
+  int test_full;     /* tests: behave as if the table were full */
+  int test_defer;    /* tests: no postponed naming, only before a dump */
+  VALUE holder;      /* the T_DATA whose mark function marks keys */
+} ft;
+
+/* No thread-local re-entry guard here: the first touch of a __thread
+ * variable of a dlopen'ed object calls __tls_get_addr, which may malloc
+ * (inside malloc: memray #336). Nothing the hook calls allocates, and the
+ * core sets its own guard around the hook. */
+
+static size_t slot_of(VALUE v) {
+  uint64_t h = (uint64_t)v * 0x9E3779B97F4A7C15ull;
+  return (size_t)(h >> 40) & (SLOTS - 1);
+}
+
+/* Whether v is (now) in the table. Called only with the GVL held. */
+static int keep(VALUE v) {
+  size_t s = slot_of(v);
+  for (;; s = (s + 1) & (SLOTS - 1)) {
+    uint32_t i = ft.slots[s];
+    if (!i) break;
+    if (ft.keys[i - 1] == v) return 1;
+  }
+  if (ft.n >= KEYS_MAX || ft.test_full) {
+    ft.dropped++;
+    return 0;
+  }
+  ft.keys[ft.n] = v;
+  ft.slots[s] = (uint32_t)++ft.n;
+  return 1;
+}
+
+static void mark_keys(void *p) {
+  (void)p;
+  for (size_t i = 0; i < ft.n; i++) rb_gc_mark(ft.keys[i]); /* marks and pins */
+}
+
+static size_t keys_memsize(const void *p) {
+  (void)p;
+  return ft.n * (sizeof(VALUE) + 2 * sizeof(uint32_t));
+}
+
+static const rb_data_type_t keys_type = {
+    .wrap_struct_name = "trimalloc_profile_frames",
+    .function = {.dmark = mark_keys, .dsize = keys_memsize}, /* no dcompact: the keys are pinned */
+    /* not RUBY_TYPED_WB_PROTECTED: keys are added without a write barrier
+     * (inside malloc), so every GC, minor ones too, marks them all */
+    .flags = RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+/* ---- naming (a Ruby thread, the GVL held; allocates) ---- */
+
+/* The frame's file: "" for a C method (Ruby says "<cfunc>") or none. */
+static const char *file_of(VALUE path) {
+  if (!RB_TYPE_P(path, T_STRING)) return "";
+  const char *p = StringValueCStr(path);
+  return strcmp(p, "<cfunc>") == 0 ? "" : p;
+}
+
+static VALUE name_pending_body(VALUE unused) {
+  (void)unused;
+  /* keys appended meanwhile (the allocations below may be sampled) are named
+   * by this same loop */
+  while (ft.named < ft.n) {
+    VALUE key = ft.keys[ft.named];
+    VALUE label = rb_profile_frame_full_label(key);
+    VALUE path = rb_profile_frame_absolute_path(key);
+    if (NIL_P(path)) path = rb_profile_frame_path(key);
+    if (NIL_P(label)) label = rb_str_new_cstr("(unknown)");
+    label = rb_str_new_frozen(label);
+    if (!NIL_P(path)) path = rb_str_new_frozen(path);
+    int err = core.name_frame((uint64_t)key, StringValueCStr(label), file_of(path));
+    RB_GC_GUARD(label);
+    RB_GC_GUARD(path);
+    ft.unnamed += err != 0; /* ENOMEM: the core's budget is full; the key stays unnamed */
+    ft.named++;
+  }
+  return Qnil;
+}
+
+/* Names every key not yet named. Never raises (it runs in a postponed job). */
+void ta_rb_frames_name_pending(void) {
+  if (!core.found || ft.named >= ft.n) return;
+  int state = 0;
+  rb_protect(name_pending_body, Qnil, &state);
+  if (state) rb_set_errinfo(Qnil);
+}
+
+static void name_job(void *unused) {
+  (void)unused;
+  ta_rb_frames_name_pending();
+}
+
+/* ---- the hook (inside malloc: allocates nothing, takes no lock) ----
+ * Cost per sample: the three checks (a TLS read each), rb_profile_frames
+ * (a walk of the control frames, no allocation) and a probe of the table
+ * per frame. */
+
+static int read_frames(uint64_t *keys, int32_t *lines, int max) {
+  VALUE buf[FRAMES_MAX];
+  int lns[FRAMES_MAX];
+  if (max > FRAMES_MAX) max = FRAMES_MAX;
+  int n = rb_profile_frames(0, max, buf, lns);
+  int out = 0;
+  while (out < n && keep(buf[out])) {
+    keys[out] = (uint64_t)buf[out];
+    lines[out] = lns[out];
+    out++;
+  }
+  return out;
+}
+
+static int frames_hook(uint64_t *keys, int32_t *lines, int max) {
+  if (max <= 0 || !ft.slots) return 0;
+  if (!ruby_native_thread_p() || !ruby_thread_has_gvl_p() || rb_during_gc()) {
+    atomic_fetch_add_explicit(&ft.skipped, 1, memory_order_relaxed);
+    return 0;
+  }
+  int n = read_frames(keys, lines, max);
+  ft.samples += n > 0;
+  if (ft.named < ft.n && !ft.test_defer) {
+#if TA_PREREGISTERED_JOB
+    rb_postponed_job_trigger(name_job_handle);
+#else
+    rb_postponed_job_register_one(0, name_job, NULL);
+#endif
+  }
+  return n;
+}
+
+/* Ends frame reading before the VM is torn down: after the END procs,
+ * ruby_cleanup frees the threads whose state the hook reads. Registered
+ * first, so it runs after the program's own at_exit blocks. Names what the
+ * postponed job has not yet: the core's at-exit dump (TRIMALLOC_PROF_AT_EXIT)
+ * comes later, when Ruby can no longer name anything. */
+static void unhook_at_end(VALUE unused) {
+  (void)unused;
+  if (!core.found) return;
+  ta_rb_frames_name_pending();
+  core.set_frames_hook(NULL, NULL);
+}
+
+#define SYM(s) ID2SYM(rb_intern(s))
+
+/* Profile.__name_frames: names the frames seen so far now (tests). */
+static VALUE p_name_frames(VALUE self) {
+  ta_rb_frames_name_pending();
+  return Qnil;
+}
+
+/* Profile.frame_stats -> {frames:, named:, dropped:, unnamed:, samples:,
+ * skipped:, hooked:}: the frame table's counters (frames seen, named, left
+ * out because the table was full, refused a name by the core), samples
+ * given Ruby frames, hook calls on a thread without the GVL or in the GC,
+ * and whether the hook is registered. */
+static VALUE p_frame_stats(VALUE self) {
+  VALUE h = rb_hash_new();
+  rb_hash_aset(h, SYM("frames"), SIZET2NUM(ft.n));
+  rb_hash_aset(h, SYM("named"), SIZET2NUM(ft.named));
+  rb_hash_aset(h, SYM("dropped"), ULL2NUM(ft.dropped));
+  rb_hash_aset(h, SYM("unnamed"), ULL2NUM(ft.unnamed));
+  rb_hash_aset(h, SYM("samples"), ULL2NUM(ft.samples));
+  rb_hash_aset(h, SYM("skipped"), ULL2NUM(atomic_load(&ft.skipped)));
+  rb_hash_aset(h, SYM("hooked"), core.found ? Qtrue : Qfalse);
+  return h;
+}
+
+/* Profile.__frames_now (tests): runs the hook here, as a sample would, and
+ * returns [[label, path, line], ...] leaf first, named from the table's keys. */
+static VALUE p_frames_now(VALUE self) {
+  uint64_t keys[FRAMES_MAX];
+  int32_t lines[FRAMES_MAX];
+  int n = frames_hook(keys, lines, FRAMES_MAX);
+  VALUE out = rb_ary_new_capa(n);
+  for (int i = 0; i < n; i++) {
+    VALUE k = (VALUE)keys[i];
+    rb_ary_push(out, rb_ary_new_from_args(3, rb_profile_frame_full_label(k), rb_profile_frame_absolute_path(k),
+                                          INT2NUM(lines[i])));
+  }
+  return out;
+}
+
+/* Profile.__frames_without_gvl (tests): the hook run with the GVL released,
+ * as a malloc in a C extension's blocking region: its frame count. */
+static void *hook_nogvl(void *p) {
+  uint64_t keys[FRAMES_MAX];
+  int32_t lines[FRAMES_MAX];
+  *(int *)p = frames_hook(keys, lines, FRAMES_MAX);
+  return NULL;
+}
+
+static VALUE p_frames_without_gvl(VALUE self) {
+  int n = -1;
+  rb_thread_call_without_gvl(hook_nogvl, &n, NULL, NULL);
+  return INT2NUM(n);
+}
+
+/* Profile.__test_defer_naming(bool) (tests): frames are named only before
+ * a dump, so that the GC may move things between a sample and its naming. */
+static VALUE p_test_defer_naming(VALUE self, VALUE on) {
+  ft.test_defer = RTEST(on);
+  return Qnil;
+}
+
+/* Profile.__hook_ns(n) (measurements): runs the hook n times here; the mean
+ * nanoseconds per call (what a sample's Ruby frames cost at this depth). */
+static VALUE p_hook_ns(VALUE self, VALUE times) {
+  long n = NUM2LONG(times);
+  uint64_t keys[FRAMES_MAX];
+  int32_t lines[FRAMES_MAX];
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; i++) frames_hook(keys, lines, 64);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
+  return DBL2NUM(n > 0 ? ns / (double)n : 0);
+}
+
+/* Profile.__test_table_full(bool) (tests): the table refuses new keys. */
+static VALUE p_test_table_full(VALUE self, VALUE on) {
+  ft.test_full = RTEST(on);
+  return Qnil;
+}
+
+void ta_rb_init_frames(void) {
+  VALUE m = rb_define_module_under(ta_rb_mTrimalloc, "Profile");
+  ft.keys = mmap(NULL, KEYS_MAX * sizeof(VALUE), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ft.slots = mmap(NULL, SLOTS * sizeof(uint32_t), PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ft.holder = TypedData_Wrap_Struct(rb_cObject, &keys_type, &ft);
+  rb_gc_register_mark_object(ft.holder);
+#if TA_PREREGISTERED_JOB
+  name_job_handle = rb_postponed_job_preregister(0, name_job, NULL);
+#endif
+  if (ft.keys == MAP_FAILED || ft.slots == MAP_FAILED)
+    ft.keys = NULL, ft.slots = NULL; /* no table: native frames only */
+  else
+    find_core();
+  if (core.found) {
+    void *eval = dlsym(RTLD_DEFAULT, "rb_vm_exec");
+    if (core.set_frames_hook(frames_hook, eval) == 0) rb_set_end_proc(unhook_at_end, Qnil);
+    else core.found = 0;
+  }
+
+  VALUE s = rb_singleton_class(m);
+  rb_define_singleton_method(m, "frame_stats", p_frame_stats, 0);
+  rb_define_private_method(s, "__name_frames", p_name_frames, 0);
+  rb_define_private_method(s, "__frames_now", p_frames_now, 0);
+  rb_define_private_method(s, "__frames_without_gvl", p_frames_without_gvl, 0);
+  rb_define_private_method(s, "__test_table_full", p_test_table_full, 1);
+  rb_define_private_method(s, "__hook_ns", p_hook_ns, 1);
+  rb_define_private_method(s, "__test_defer_naming", p_test_defer_naming, 1);
+}

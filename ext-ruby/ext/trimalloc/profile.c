@@ -1,0 +1,118 @@
+/* Trimalloc::Profile: start, stop, dump, top's dump, tags, and `trimalloc
+ * run --profile`'s environment, over core/bind/bind_sampler.c (the core's
+ * profiler, shared with Python). The Ruby frames of the samples are
+ * frames.c's; a dump names the new ones first (with the GVL: it allocates
+ * Ruby strings), then encodes and writes without the GVL. */
+#include "trimalloc_ext.h"
+
+#include <errno.h>
+
+#include <ruby/thread.h>
+
+static VALUE mProfile;
+
+/* Trimalloc::Error saying why there is no profiler and how to run under
+ * trimalloc, unless there is one. */
+static void need_profiler(void) {
+  if (!ta_bind_sampler_available()) rb_raise(ta_rb_eError, "%s", ta_bind_sampler_unavailable());
+}
+
+/* Profile.__start(interval) (interval an Integer >= 0; 0 keeps the current) */
+static VALUE p_start(VALUE self, VALUE interval) {
+  need_profiler();
+  size_t r = NUM2SIZET(interval);
+  int err = ta_bind_sampler_start(r);
+  if (err == EINVAL) rb_raise(rb_eArgError, "interval must be 1 .. 1 GiB (given %" PRIsVALUE ")", interval);
+  if (err) ta_rb_raise_errno(err, rb_str_new_cstr("trimalloc_prof_start"));
+  return Qnil;
+}
+
+/* Profile.stop: stops sampling (the live samples stay until freed); nothing
+ * to stop when trimalloc is not the allocator. */
+static VALUE p_stop(VALUE self) {
+  int err = ta_bind_sampler_stop();
+  if (err) ta_rb_raise_errno(err, rb_str_new_cstr("trimalloc_prof_stop"));
+  return Qnil;
+}
+
+/* Profile.interval -> the mean sampling interval in bytes, 0 while off (and
+ * when trimalloc is not the allocator: nothing samples). */
+static VALUE p_interval(VALUE self) {
+  return SIZET2NUM(ta_bind_sampler_interval());
+}
+
+/* Profile.reset_peak: the peak profile starts again from now. */
+static VALUE p_reset_peak(VALUE self) {
+  ta_bind_sampler_reset_peak();
+  return Qnil;
+}
+
+/* Profile.__set_tag(tag or nil): this thread's tag; a no-op when trimalloc
+ * is not the allocator (the job integrations call it on every job). */
+static VALUE p_set_tag(VALUE self, VALUE tag) {
+  if (!NIL_P(tag)) StringValueCStr(tag);
+  ta_bind_sampler_set_tag(NIL_P(tag) ? NULL : RSTRING_PTR(tag));
+  return Qnil;
+}
+
+struct dump_args {
+  const char *path;
+  int kind;
+  int err;
+  char written[4096];
+};
+
+static void *dump_nogvl(void *p) {
+  struct dump_args *a = p;
+  a->err = ta_bind_sampler_dump(a->path, a->kind, a->written, sizeof a->written);
+  return NULL;
+}
+
+/* Profile.__dump(path or nil, kind 0/1) -> the path written. Names the new
+ * frames first (with the GVL: it allocates Ruby strings), then encodes and
+ * writes without it: a dump may take milliseconds. */
+static VALUE p_dump(VALUE self, VALUE path, VALUE kind) {
+  need_profiler();
+  if (!NIL_P(path)) {
+    FilePathValue(path);
+    path = rb_str_new_frozen(path);
+    StringValueCStr(path);
+  }
+  struct dump_args a = {NIL_P(path) ? NULL : RSTRING_PTR(path), NUM2INT(kind), 0, {0}};
+  ta_rb_frames_name_pending();
+  rb_thread_call_without_gvl(dump_nogvl, &a, NULL, NULL); /* not interruptible: a few ms */
+  RB_GC_GUARD(path);
+  if (a.err) {
+    VALUE what = NIL_P(path) ? rb_str_new_cstr("trimalloc_prof_dump (TRIMALLOC_PROF_PREFIX)") : path;
+    rb_syserr_fail_str(a.err, what);
+  }
+  return rb_str_new_cstr(a.written);
+}
+
+/* Trimalloc.profile_env(dir, cmd) (private): `trimalloc run --profile DIR`
+ * (ta_bind_profile_env): makes DIR, sets TRIMALLOC_PROF=1 and
+ * TRIMALLOC_PROF_PREFIX=DIR/<basename of cmd> in this process's environment
+ * (the exec that follows passes it on). Raises Errno::* naming DIR. */
+static VALUE m_profile_env(VALUE self, VALUE dir, VALUE cmd) {
+  FilePathValue(dir);
+  StringValue(cmd);
+  if (ta_bind_profile_env(StringValueCStr(dir), StringValueCStr(cmd)) != 0) {
+    if (errno == EINVAL)
+      rb_raise(rb_eArgError, "the directory and the command must not be empty (given %" PRIsVALUE " and %" PRIsVALUE ")",
+               rb_inspect(dir), rb_inspect(cmd));
+    rb_syserr_fail_str(errno, dir);
+  }
+  return Qnil;
+}
+
+void ta_rb_init_profile(void) {
+  mProfile = rb_define_module_under(ta_rb_mTrimalloc, "Profile");
+  rb_define_private_method(rb_singleton_class(ta_rb_mTrimalloc), "profile_env", m_profile_env, 2);
+  VALUE s = rb_singleton_class(mProfile);
+  rb_define_singleton_method(mProfile, "interval", p_interval, 0);
+  rb_define_singleton_method(mProfile, "stop", p_stop, 0);
+  rb_define_singleton_method(mProfile, "reset_peak", p_reset_peak, 0);
+  rb_define_private_method(s, "__start", p_start, 1);
+  rb_define_private_method(s, "__dump", p_dump, 2);
+  rb_define_private_method(s, "__set_tag", p_set_tag, 1);
+}

@@ -1,13 +1,16 @@
 /* A test-side reader of the core's profiles: gunzip (the bindings'
  * core/bind/bind_inflate.c, compiled in) and a protobuf varint walker that
  * decodes profile.proto into plain arrays, independent of pprof.c and of
- * the bindings' reader. From test_pprof.c (branch prof-read), shared here
- * so test_prof.c reads dumps the same way; test_pprof.c may include it. */
+ * the bindings' reader. test_prof.c and test_pprof.c read profiles with it. */
 #ifndef TRIMALLOC_TEST_PROF_DECODE_H
 #define TRIMALLOC_TEST_PROF_DECODE_H
 #include "check.h"
 #include "../../core/internal.h"
+#ifndef PROF_DECODE_INFLATE_LINKED /* test_pprof.c links it with the other readers */
 #include "../../core/bind/bind_inflate.c"
+#else
+#include "../../core/bind/bind_internal.h"
+#endif
 
 #include <sys/stat.h>
 

@@ -68,6 +68,12 @@ static bool buf_reserve(ta_pprof_t *p, buf_t *b, size_t need) {
   void *q;
   int err = b->cap ? ta_prim_remap(b->p, b->cap, cap, ta_prim_page_size(), &q)
                    : ta_prim_map(cap, ta_prim_page_size(), &q);
+  if (err && b->cap && ta_prim_map(cap, ta_prim_page_size(), &q) == 0) {
+    /* The move refused (mremap can, e.g. under qemu-user): a copy will do. */
+    memcpy(q, b->p, b->len);
+    ta_prim_unmap(b->p, b->cap);
+    err = 0;
+  }
   if (err) goto oom;
   b->p = q;
   b->cap = cap;

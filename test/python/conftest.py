@@ -358,7 +358,14 @@ def check_async_workers(port: int, workers: List[int], backend: str = "trimalloc
                                  on_worker(port, "/info", w)), timeout=10)
             h = after["hook"]
             assert h["trims"] >= 1, (w, h)
-            assert h["trimmed_bytes"] >= (BURST_MIB - 40) * MiB, ("the hook's trim returned it", w, h)
+            # glibc may give a burst back itself when it is freed (blocks
+            # above the mmap threshold are unmapped, a free heap top past
+            # M_TRIM_THRESHOLD is cut), and then the trim, whose bytes are
+            # the RSS drop across malloc_trim, finds little: CI saw 200 KiB
+            # once, with the RSS back in time. On trimalloc the trim is what
+            # returns it.
+            if backend == "trimalloc":
+                assert h["trimmed_bytes"] >= (BURST_MIB - 40) * MiB, ("the hook's trim returned it", w, h)
             assert after["stats"]["trims"] >= h["trims"]
             after["took"] = took
         else:

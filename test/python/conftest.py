@@ -362,10 +362,15 @@ def check_async_workers(port: int, workers: List[int], backend: str = "trimalloc
             # above the mmap threshold are unmapped, a free heap top past
             # M_TRIM_THRESHOLD is cut), and then the trim, whose bytes are
             # the RSS drop across malloc_trim, finds little: CI saw 200 KiB
-            # once, with the RSS back in time. On trimalloc the trim is what
-            # returns it.
+            # once, with the RSS back in time. On trimalloc the hook's trim
+            # and the background purger share the work: whichever reaches
+            # the freed pages first returns them (CI saw the purger take all
+            # but 2 MiB once), so what is asserted is that the two together
+            # returned the burst, counted by the allocator itself.
             if backend == "trimalloc":
-                assert h["trimmed_bytes"] >= (BURST_MIB - 40) * MiB, ("the hook's trim returned it", w, h)
+                s0, s1 = before["stats"], after["stats"]
+                returned = (s1["trimmed_bytes"] - s0["trimmed_bytes"]) + (s1["purged_bytes"] - s0["purged_bytes"])
+                assert returned >= (BURST_MIB - 40) * MiB, ("the hook's trim and the purger returned it", w, h, s0, s1)
             assert after["stats"]["trims"] >= h["trims"]
             after["took"] = took
         else:

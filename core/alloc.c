@@ -119,16 +119,30 @@ static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
 }
 #endif
 
-#ifndef TA_NO_PROF
-/* free's fast path for a block of a slab whose fast bound the profiler shut
- * (ta_span_t.prof_sampled): the same checks (a thread-cache class, carved,
- * not keyless, the double-free cookie) and the same push. false: take the
- * slab's own path. */
+/* A carved block whose first OS page is purged is free: a live block's
+ * pages are never purged (ta_segbits_t.purged, read without a lock like the
+ * purger's other readers). */
+static bool first_page_purged(void *p) {
+  ta_segment_t *s = ta_segment_of(p);
+  size_t pg = (size_t)((uint8_t *)p - (uint8_t *)s) >> ta_ospage_shift;
+  return (ta_relaxed_load(&ta_segbits(s)->purged[pg / 64]) >> (pg % 64)) & 1;
+}
+
+/* free's fast path for a block of a slab whose fast bound is shut: a slab
+ * holding a block the profiler sampled (ta_span_t.prof_sampled), or a
+ * keyless one (a purged page holds a free block's start, which reads 0
+ * there: the cookie cannot tell a second free of it). The same checks (a
+ * thread-cache class, carved, the double-free cookie) and the same push;
+ * on a keyless slab the block's first page is looked at first: purged
+ * means free, so a second free. A Python task that drops its objects after
+ * the purger took pages of their slabs freed 5% of its blocks through the
+ * slab's lock before this (68k of 1.4M, 265 instructions each). false:
+ * take the slab's own path. */
 static bool free_cached(ta_span_t *sp, void *p) {
   size_t cls = sp->cls;
-  if (cls >= TA_TCLASSES || ta_relaxed_load(&sp->keyless) ||
-      (uint32_t)((uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
+  if (cls >= TA_TCLASSES || (uint32_t)((uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
     return false;
+  if (ta_unlikely(ta_relaxed_load(&sp->keyless) && first_page_purged(p))) double_free(p);
   if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == ta_cookie))) double_free(p);
 #ifdef TA_HARDENED
   if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
@@ -147,7 +161,6 @@ static bool free_cached(ta_span_t *sp, void *p) {
   ta_tcache_overflow(tc, cls, p);
   return true;
 }
-#endif
 
 static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, void *p) {
   switch (sp->kind) {
@@ -166,12 +179,13 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
     break;
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
-#ifndef TA_NO_PROF
     /* a slab holding a sampled block sends its frees here: the sampled one
-     * leaves the live set, the others go to the thread cache as on the
-     * fast path (unless the slab is keyless: the bitmap then) */
-    if (ta_relaxed_load(&sp->prof_sampled) && !ta_prof_forget(sp, p) && free_cached(sp, p)) return;
+     * leaves the live set and goes to its slab, the others go to the thread
+     * cache as on the fast path; so do a keyless slab's */
+#ifndef TA_NO_PROF
+    if (!(ta_relaxed_load(&sp->prof_sampled) && ta_prof_forget(sp, p)))
 #endif
+      if (free_cached(sp, p)) return;
 #ifdef TA_HARDENED
     if ((uint32_t)((uint8_t *)p - sp->start) < ta_relaxed_load(&sp->carved_bytes) &&
         ((ta_block_t *)p)->key != ta_cookie && !ta_canary_ok(p, sp->bsize, ta_cookie))

@@ -8,7 +8,7 @@
  * budget goes to the classes the thread uses, the fast paths compare one
  * count, and a sleeping thread holds at most tcache_bytes. Thread exit
  * flushes the cache; a trim flushes the caller's and asks the others to flush
- * at their next maintenance (every 64th slow path). */
+ * at their next slow path (a refill or an overflow). */
 #include "internal.h"
 
 #include <errno.h>
@@ -163,11 +163,13 @@ static ta_tcache_t *tcache_get(void) {
   return tc;
 }
 
-/* Every 64th slow path: flush requests, a changed bound, the purge. */
+/* Every slow path: a flush request (one relaxed load and a compare; a trim
+ * promises the other threads flush at their next slow path, and v2 looked
+ * only every 64th). Every 64th: a changed bound, the purge. */
 static void maintain(ta_tcache_t *tc) {
+  if (ta_unlikely(tc->epoch != ta_relaxed_load(&ta_flush_epoch))) ta_tcache_flush_all(tc);
   if (ta_likely(++tc->slow % 64)) return;
   uint64_t limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
-  if (tc->epoch != ta_relaxed_load(&ta_flush_epoch)) ta_tcache_flush_all(tc);
   if (limit < tc->budget) reset(tc);
   tc->limit = limit;
   ta_purge_on_activity();

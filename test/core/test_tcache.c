@@ -16,6 +16,10 @@
  *    of 20 and 28 KiB) are served by the cache alone once its bins have
  *    grown to them (v2 capped a 28 KiB bin at 2 blocks: a refill a round),
  *    and the cache never holds more than the bound.
+ *  - A trim's flush request reaches another thread at its next slow path
+ *    (v2 looked every 64th): a thread holding blocks of 64 bytes makes
+ *    one refill of another class after the trim and holds nothing after
+ *    it, three times in a row.
  *  - Eight producers hand blocks through a queue to eight consumers that
  *    check and free them (every free a cross-thread free); the producer
  *    writes the fill pattern, the consumer checks it. */
@@ -399,6 +403,56 @@ static void test_cache_serves_working_set(void) {
   CHECK(trimalloc_check(), "heap invariants after the rounds");
 }
 
+/* ---- a flush request at the next slow path ---- */
+static atomic_int fr_step; /* main: odd -> the thread acts; thread: even -> done */
+
+static void fr_wait(int step) {
+  while (atomic_load(&fr_step) != step) usleep(200);
+}
+
+static void *flush_request_thread(void *arg) {
+  (void)arg;
+  static const size_t fresh[3] = {3000, 5000, 7000}; /* a class whose bin is empty: one refill */
+  void *keep[3];
+  for (int round = 0; round < 3; round++) {
+    void *p[32];
+    for (int k = 0; k < 8; k++) { /* the 64-byte bin grows and holds blocks */
+      for (int i = 0; i < 32; i++) p[i] = trimalloc_malloc(64);
+      for (int i = 0; i < 32; i++) trimalloc_free(p[i]);
+    }
+    atomic_store(&fr_step, 4 * round + 1); /* main: measure, trim */
+    fr_wait(4 * round + 2);
+    keep[round] = trimalloc_malloc(fresh[round]); /* one slow path */
+    atomic_store(&fr_step, 4 * round + 3); /* main: measure */
+    fr_wait(4 * round + 4);
+  }
+  for (int i = 0; i < 3; i++) trimalloc_free(keep[i]);
+  return NULL;
+}
+
+/* Run while the main thread holds nothing the thread's counts would hide. */
+static void test_flush_request_next_slow_path(void) {
+  pthread_t t;
+  int missed = 0;
+  atomic_store(&fr_step, 0);
+  pthread_create(&t, NULL, flush_request_thread, NULL);
+  for (int round = 0; round < 3; round++) {
+    fr_wait(4 * round + 1);
+    trimalloc_trim(); /* flushes the main thread's cache, asks the other's */
+    uint64_t held = stats_now().tcache_bytes;
+    CHECK(held >= 16 * 64, "round %d: the thread holds %llu bytes before its slow path", round, U(held));
+    atomic_store(&fr_step, 4 * round + 2);
+    fr_wait(4 * round + 3);
+    uint64_t after = stats_now().tcache_bytes;
+    if (after != 0) missed++;
+    CHECK(after == 0, "round %d: %llu bytes still cached after the thread's first slow path since the trim (%llu before)",
+          round, U(after), U(held));
+    atomic_store(&fr_step, 4 * round + 4);
+  }
+  pthread_join(t, NULL);
+  CHECK(missed == 0, "%d of 3 slow paths after a trim did not flush", missed);
+}
+
 int main(void) {
   RUN(test_cache_serves_working_set);
   RUN(test_trim_empties_callers_cache);
@@ -406,6 +460,7 @@ int main(void) {
   RUN(test_sleeping_thread_holds_at_most_bound);
   RUN(test_tcache_zero);
   RUN(test_thread_exit_flushes);
+  RUN(test_flush_request_next_slow_path);
   RUN(test_cross_thread_handoff);
   return check_summary();
 }

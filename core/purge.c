@@ -162,15 +162,30 @@ static void *purger_main(void *arg) {
   return NULL;
 }
 
+/* A start that failed (EAGAIN: a thread or memory limit reached for a
+ * moment; a seccomp filter) is tried again after a backoff, 1 s doubling to
+ * 64 s, and the allocator purges on its own slow paths meanwhile (v2 gave
+ * the purger up for good after one failure). */
+#define TA_PURGER_RETRY_MS 1000
+#define TA_PURGER_RETRY_MAX_MS 64000
+static _Atomic uint64_t retry_at_ms, retry_backoff_ms;
+
 static void purger_start(void) {
   int st = PURGER_OFF;
   if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_STARTING)) return;
   if (!cv_ready) cv_init();
   ta_relaxed_store(&purger_state, PURGER_RUNNING);
   if (ta_prim_thread_start(purger_main, NULL, "trimalloc-purge", &purger_tid) != 0) {
-    ta_relaxed_store(&purger_state, PURGER_DONE); /* no threads here: purge on activity */
+    uint64_t b = ta_relaxed_load(&retry_backoff_ms);
+    b = !b ? TA_PURGER_RETRY_MS : b * 2 > TA_PURGER_RETRY_MAX_MS ? TA_PURGER_RETRY_MAX_MS : b * 2;
+    ta_relaxed_store(&retry_backoff_ms, b);
+    ta_relaxed_store(&retry_at_ms, ta_prim_clock_ms() + b);
+    st = PURGER_RUNNING; /* off again, unless exit began meanwhile (then never) */
+    if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_OFF)) ta_relaxed_store(&purger_state, PURGER_DONE);
     return;
   }
+  ta_relaxed_store(&retry_backoff_ms, 0);
+  ta_relaxed_store(&retry_at_ms, 0);
   pthread_detach(purger_tid);
   if (ta_opt(TA_OPT_VERBOSE)) ta_say("background purger started", "", "", "", "");
 }
@@ -189,6 +204,8 @@ void ta_purge_kick(void) {
   }
   if (st != PURGER_OFF || !ta_opt(TA_OPT_BACKGROUND)) return;
   if (purge_work() < TA_PURGER_START) return;
+  uint64_t retry = ta_relaxed_load(&retry_at_ms);
+  if (retry && ta_prim_clock_ms() < retry) return;
   purger_start();
 }
 

@@ -243,8 +243,12 @@ void ta_tcache_ask_flush(void) {
 void ta_tcache_thread_done(void *arg) {
   ta_tcache_t *tc = arg;
   if (!tc || tc->state != TA_TC_LIVE) return;
+  /* First, before the flush: what this thread allocates or frees from now on
+   * goes straight to the arenas. The flush may start the purger, and (the
+   * preload library) pthread_create allocates on this thread: v2 refilled
+   * the dying cache there, and blocks of a bin already flushed left with it. */
+  ta_tls_tcache = &tcache_done;
   ta_tcache_flush_all(tc);
-  ta_tls_tcache = &tcache_done; /* what this thread frees from now on goes straight back */
   ta_lock(&tcaches_lock);
   tcache_unregister(tc);
   ta_unlock(&tcaches_lock);

@@ -10,7 +10,11 @@
  * stopped at exit, off with TRIMALLOC_BACKGROUND=0. With nothing left to
  * purge it sleeps if the program has threads of its own, and leaves if not
  * (a single-threaded program is single-threaded again once what it freed is
- * returned). Without it, the allocator purges on its own slow paths. */
+ * returned). Without it, the allocator purges on its own slow paths. It
+ * runs with default scheduling on the process's CPUs, not those of the
+ * thread that starts it (ta_prim_thread_defaults); that thread's seccomp
+ * filter it keeps: a filter is inherited at clone and no call removes one
+ * (README, TRIMALLOC_BACKGROUND). */
 #include "internal.h"
 
 #include <errno.h>
@@ -115,6 +119,7 @@ static void timed_wait(uint64_t ms) { /* purger_lock held; CLOCK_MONOTONIC */
 
 static void *purger_main(void *arg) {
   (void)arg;
+  ta_prim_thread_defaults(); /* not the starting thread's policy or CPUs */
   ta_relaxed_store(&purger_ktid, ta_prim_tid());
   ta_lock(&purger_lock);
   while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && ta_opt(TA_OPT_BACKGROUND)) {

@@ -8,12 +8,17 @@
  *  - A thread whose exit flush starts the purger, the start allocating 8
  *    blocks on that thread and freeing them, leaves no cache and no block
  *    behind: allocated and heaps as before it (v2 refilled the dying cache:
- *    384 bytes allocated for ever).
+ *    480 bytes allocated for ever).
+ *  - Started from a thread pinned to one CPU with SCHED_BATCH, the purger
+ *    runs with SCHED_OTHER on every CPU the process had at start (v2: the
+ *    starting thread's policy and CPU).
  *  - A huge buffer freed and taken again every ~60 ms while the arenas are
  *    idle stays in the huge cache: its pages are still resident at each
  *    malloc in at least 15 of 19 rounds (v2 emptied the whole cache at every
  *    tick once the arenas had been idle half a second: 8 hits in 19). */
+#include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 
@@ -122,9 +127,70 @@ static void test_huge_cache_by_age(void) {
   trimalloc_trim();
 }
 
+/* ---- the purger's scheduling and CPUs ---- */
+/* The kernel id of the thread named `name`, or 0. */
+static long thread_named(const char *name) {
+  DIR *d = opendir("/proc/self/task");
+  long found = 0;
+  for (struct dirent *e; d && !found && (e = readdir(d));) {
+    char path[300], comm[64];
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    if (read_proc(path, comm, sizeof comm) && !strncmp(comm, name, strlen(name))) found = atol(e->d_name);
+  }
+  if (d) closedir(d);
+  return found;
+}
+
+static cpu_set_t start_cpus;
+static atomic_int starter_done;
+
+static void *pinned_starter(void *arg) {
+  (void)arg;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  for (int c = 0; c < CPU_SETSIZE; c++)
+    if (CPU_ISSET(c, &start_cpus)) {
+      CPU_SET(c, &one);
+      break;
+    }
+  struct sched_param p = {0};
+  int a = sched_setaffinity(0, sizeof one, &one), b = pthread_setschedparam(pthread_self(), SCHED_BATCH, &p);
+  CHECK(a == 0 && b == 0, "pinning the starting thread: affinity %d, SCHED_BATCH %d", a, b);
+  CHECK(kick_until_running(2.0, 20), "the purger did not start"); /* from this thread */
+  atomic_store(&starter_done, 1);
+  return NULL;
+}
+
+static void test_purger_scheduling(void) {
+  CHECK(sched_getaffinity(0, sizeof start_cpus, &start_cpus) == 0);
+  trimalloc_option_set("background", 0); /* stopped and gone: the next start is the pinned thread's */
+  trimalloc_option_set("background", 1);
+  CHECK(stats_now().background == 0, "the purger runs with background just set back to 1");
+  pthread_t t;
+  pthread_create(&t, NULL, pinned_starter, NULL);
+  pthread_join(t, NULL);
+  long tid = 0;
+  for (double t0 = now_s(); !tid && now_s() - t0 < 2.0; usleep(10 * 1000)) {
+    trimalloc_free(trimalloc_malloc(16 * MiB)); /* keeps it busy (it leaves when idle) */
+    tid = thread_named("trimalloc-purge");
+  }
+  if (!CHECK(tid, "no thread named trimalloc-purge")) return;
+  cpu_set_t got;
+  CPU_ZERO(&got);
+  int policy = (int)syscall(SYS_sched_getscheduler, tid); /* musl's sched_getscheduler is ENOSYS */
+  CHECK(sched_getaffinity((pid_t)tid, sizeof got, &got) == 0);
+  CHECK(policy == SCHED_OTHER, "the purger's policy is %d (SCHED_OTHER %d, the starter's SCHED_BATCH %d)", policy,
+        SCHED_OTHER, SCHED_BATCH);
+  CHECK(CPU_EQUAL(&got, &start_cpus), "the purger may run on %d CPUs, the process on %d", CPU_COUNT(&got),
+        CPU_COUNT(&start_cpus));
+  trimalloc_trim();
+}
+
 int main(void) {
   RUN(test_failed_start_retried); /* first: the purger has not run yet */
   RUN(test_exit_flush_starts_purger);
   RUN(test_huge_cache_by_age);
+  RUN(test_purger_scheduling);
   return check_summary();
 }

@@ -110,7 +110,8 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
 /* Purges the free spans idle for `delay` ms (all: every one), then unmaps
  * empty segments that are purged and idle unmap_delay_ms (all: at once);
  * under mlock, where nothing can be purged, purged or not (v2 kept them for
- * ever). Returns the bytes released. */
+ * ever). Returns the bytes released. The madvise and munmap calls run under
+ * the arena lock: see ta_arena_purge (arena.c) for why and what it costs. */
 size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split) {
   size_t bytes = 0;
   for (uint64_t m = a->span_mask; m; m &= m - 1)

@@ -351,6 +351,7 @@ static size_t trim(bool all) {
   ta_process_init();
   ta_tcache_ask_flush(); /* first: the caller's flush then marks the request seen, so its */
   ta_tcache_flush_all(ta_tls_tcache); /* next slow paths do not empty a refilled cache again */
+  ta_tcaches_reap();
   return ta_purge_trim(all, t0);
 }
 

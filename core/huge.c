@@ -104,8 +104,12 @@ static bool cache_put(ta_segment_t *s) {
   return done;
 }
 
-/* Unmaps cached mappings idle since before `older_than` (all: UINT64_MAX).
- * Returns the bytes released. */
+/* Unmaps the cached mappings that have been in the cache for its delay
+ * (purge_delay_ms, lengthened when a miss follows an expiry), each by its
+ * own age; all: every one (a trim). Returns the bytes released. The delay is
+ * the purge delay, not unmap_delay_ms: unmapping a huge mapping is what
+ * returns its pages (segments keep their address space longer because their
+ * pages are purged first and their headers stay). */
 size_t ta_huge_cache_expire(uint64_t now, bool all) {
   if (!ta_relaxed_load(&ta_huge_cached)) return 0;
   ta_segment_t *drop[TA_HUGE_CACHE];

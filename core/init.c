@@ -54,6 +54,7 @@ void ta_process_init(void) {
     ta_cookie = (uintptr_t)ta_prim_random(); /* slab.c sets it in blocks, tcache.c and alloc.c check it */
     ta_link_secret = (uintptr_t)ta_prim_random() & ~(uintptr_t)(TA_ALIGN - 1); /* keeps links aligned */
     ta_options_init();
+    ta_prim_affinity_save(); /* the CPUs the purger gets (ta_prim_thread_defaults) */
     ta_tcache_init();
     atomic_store_explicit(&ta_initialized, 1, memory_order_release);
     pthread_atfork(fork_prepare, fork_parent, fork_child);

@@ -368,6 +368,7 @@ TA_HIDDEN void ta_tcache_flush_all(ta_tcache_t *tc);
 TA_HIDDEN void ta_tcache_ask_flush(void); /* every thread flushes at its next slow path */
 TA_HIDDEN void ta_tcache_init(void);
 TA_HIDDEN void ta_tcache_thread_done(void *tc);
+TA_HIDDEN void ta_tcaches_reap(void); /* flushes the caches of threads gone without (at most once a second) */
 TA_HIDDEN void ta_tcaches_stats(uint64_t *held, uint64_t *count); /* bytes cached, caches */
 TA_HIDDEN void ta_tcaches_fork_prepare(void);
 TA_HIDDEN void ta_tcaches_fork_parent(void);

@@ -72,8 +72,19 @@ int ta_prim_tid(void);
 int ta_prim_thread_gone(int tid);
 
 /* Starts fn(arg) on a new thread with every signal blocked (a process's
- * signals must never land on the allocator's thread), named `name`. */
+ * signals must never land on the allocator's thread), named `name`. fn
+ * calls ta_prim_thread_defaults() first. */
 int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out);
+
+/* On the allocator's own thread, at its start: default scheduling
+ * (SCHED_OTHER, priority 0) and the CPUs the process could use when
+ * trimalloc started (ta_prim_affinity_save), whatever the thread that
+ * started it had (a real-time policy, one pinned CPU). Where the kernel
+ * refuses (leaving SCHED_IDLE needs CAP_SYS_NICE), the thread keeps what it
+ * inherited. A seccomp filter cannot be shed: a thread inherits its
+ * creator's, and no call removes one. Keeps errno. */
+void ta_prim_thread_defaults(void);
+void ta_prim_affinity_save(void); /* at init: the process's CPUs, before the program pins threads */
 
 /* For the heap profiler's dumps: the real-time clock (ns since the epoch),
  * the process id, a file created (truncated) for writing (0 or an errno

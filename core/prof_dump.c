@@ -293,6 +293,7 @@ _Atomic uint64_t ta_prof_growth_dumps;
 
 static void *thread_main(void *arg) {
   (void)arg;
+  ta_prim_thread_defaults(); /* not the starting thread's policy or CPUs */
   for (;;) {
     ta_lock(&thread_lock);
     while (!pending) pthread_cond_wait(&thread_cv, &thread_lock);

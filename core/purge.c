@@ -10,7 +10,11 @@
  * stopped at exit, off with TRIMALLOC_BACKGROUND=0. With nothing left to
  * purge it sleeps if the program has threads of its own, and leaves if not
  * (a single-threaded program is single-threaded again once what it freed is
- * returned). Without it, the allocator purges on its own slow paths. */
+ * returned). Without it, the allocator purges on its own slow paths. It
+ * runs with default scheduling on the process's CPUs, not those of the
+ * thread that starts it (ta_prim_thread_defaults); that thread's seccomp
+ * filter it keeps: a filter is inherited at clone and no call removes one
+ * (README, TRIMALLOC_BACKGROUND). */
 #include "internal.h"
 
 #include <errno.h>
@@ -57,18 +61,20 @@ static uint64_t seen_activity[TA_ARENAS_MAX], seen_ms[TA_ARENAS_MAX];
 
 static void purger_tick(uint64_t now) {
   uint32_t n = ta_relaxed_load(&ta_arenas_used);
-  bool idle = true;
   for (uint32_t i = 0; i < n; i++) {
     uint64_t act = ta_relaxed_load(&ta_arenas[i].activity);
     if (act != seen_activity[i] || !seen_ms[i]) {
       seen_activity[i] = act;
       seen_ms[i] = now;
-      idle = false;
     }
     ta_arena_drain(&ta_arenas[i], now, false, seen_ms[i]);
   }
   for (uint32_t i = 0; i < n; i++) ta_arena_purge(&ta_arenas[i], now, false, seen_ms[i]);
-  ta_huge_cache_expire(now, idle && n && now - seen_ms[0] >= TA_IDLE_MS);
+  /* Huge mappings go by their own age, idle arenas or not: huge blocks are
+   * no arena activity, so a program that only reuses a big buffer looks
+   * idle, and v2 emptied the whole cache every tick then (a buffer reused
+   * every 100 ms missed 15 times in 20). */
+  ta_huge_cache_expire(now, false);
 }
 
 static _Atomic uint64_t activity_purge_ms;
@@ -113,6 +119,7 @@ static void timed_wait(uint64_t ms) { /* purger_lock held; CLOCK_MONOTONIC */
 
 static void *purger_main(void *arg) {
   (void)arg;
+  ta_prim_thread_defaults(); /* not the starting thread's policy or CPUs */
   ta_relaxed_store(&purger_ktid, ta_prim_tid());
   ta_lock(&purger_lock);
   while (ta_relaxed_load(&purger_state) == PURGER_RUNNING && ta_opt(TA_OPT_BACKGROUND)) {
@@ -160,15 +167,30 @@ static void *purger_main(void *arg) {
   return NULL;
 }
 
+/* A start that failed (EAGAIN: a thread or memory limit reached for a
+ * moment; a seccomp filter) is tried again after a backoff, 1 s doubling to
+ * 64 s, and the allocator purges on its own slow paths meanwhile (v2 gave
+ * the purger up for good after one failure). */
+#define TA_PURGER_RETRY_MS 1000
+#define TA_PURGER_RETRY_MAX_MS 64000
+static _Atomic uint64_t retry_at_ms, retry_backoff_ms;
+
 static void purger_start(void) {
   int st = PURGER_OFF;
   if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_STARTING)) return;
   if (!cv_ready) cv_init();
   ta_relaxed_store(&purger_state, PURGER_RUNNING);
   if (ta_prim_thread_start(purger_main, NULL, "trimalloc-purge", &purger_tid) != 0) {
-    ta_relaxed_store(&purger_state, PURGER_DONE); /* no threads here: purge on activity */
+    uint64_t b = ta_relaxed_load(&retry_backoff_ms);
+    b = !b ? TA_PURGER_RETRY_MS : b * 2 > TA_PURGER_RETRY_MAX_MS ? TA_PURGER_RETRY_MAX_MS : b * 2;
+    ta_relaxed_store(&retry_backoff_ms, b);
+    ta_relaxed_store(&retry_at_ms, ta_prim_clock_ms() + b);
+    st = PURGER_RUNNING; /* off again, unless exit began meanwhile (then never) */
+    if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_OFF)) ta_relaxed_store(&purger_state, PURGER_DONE);
     return;
   }
+  ta_relaxed_store(&retry_backoff_ms, 0);
+  ta_relaxed_store(&retry_at_ms, 0);
   pthread_detach(purger_tid);
   if (ta_opt(TA_OPT_VERBOSE)) ta_say("background purger started", "", "", "", "");
 }
@@ -187,6 +209,8 @@ void ta_purge_kick(void) {
   }
   if (st != PURGER_OFF || !ta_opt(TA_OPT_BACKGROUND)) return;
   if (purge_work() < TA_PURGER_START) return;
+  uint64_t retry = ta_relaxed_load(&retry_at_ms);
+  if (retry && ta_prim_clock_ms() < retry) return;
   purger_start();
 }
 

@@ -110,15 +110,18 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
 /* Purges the free spans idle for `delay` ms (all: every one), then unmaps
  * empty segments that are purged and idle unmap_delay_ms (all: at once);
  * under mlock, where nothing can be purged, purged or not (v2 kept them for
- * ever). Returns the bytes released. */
+ * ever). Returns the bytes released. The madvise and munmap calls run under
+ * the arena lock: see ta_arena_purge (arena.c) for why and what it costs. */
 size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split) {
   size_t bytes = 0;
   for (uint64_t m = a->span_mask; m; m &= m - 1)
     for (ta_span_t *sp = a->spans[__builtin_ctzll(m)]; sp; sp = sp->next) {
       if (!sp->dirty || !(all || sp->freed_ms + delay <= now)) continue;
       ta_segment_t *s = ta_segment_of(sp);
-      bytes += (split || !s->thp ? ta_pages_purge : ta_pages_purge_whole)(a, s, ta_span_first_page(sp),
-                                                                        ta_span_pages(sp), &sp->dirty);
+      if (s->thp) /* its whole huge pages first, each in one call (segment.c), then the rest if split */
+        bytes += ta_pages_purge_whole(a, s, ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+      if (!s->thp || (split && sp->dirty))
+        bytes += ta_pages_purge(a, s, ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
     }
   uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
   bool locked = ta_relaxed_load(&a->empty_segments) > 0 && ta_purge_blocked();

@@ -8,7 +8,7 @@
  * budget goes to the classes the thread uses, the fast paths compare one
  * count, and a sleeping thread holds at most tcache_bytes. Thread exit
  * flushes the cache; a trim flushes the caller's and asks the others to flush
- * at their next maintenance (every 64th slow path). */
+ * at their next slow path (a refill or an overflow). */
 #include "internal.h"
 
 #include <errno.h>
@@ -58,6 +58,8 @@ static ta_tcache_t *tcache_new(void) {
   tc->limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
   tc->epoch = ta_relaxed_load(&ta_flush_epoch);
   tc->state = TA_TC_LIVE;
+  tc->tid = ta_prim_tid();
+  tc->pid = ta_prim_pid();
   tc->next = tcaches;
   if (tcaches) tcaches->prev = tc;
   tcaches = tc;
@@ -160,14 +162,17 @@ static ta_tcache_t *tcache_get(void) {
   if (!tc) return NULL;
   ta_tls_tcache = tc; /* before setspecific, which may allocate */
   pthread_setspecific(tcache_key, tc);
+  ta_tcaches_reap(); /* a program that makes threads reuses the caches of those that left one */
   return tc;
 }
 
-/* Every 64th slow path: flush requests, a changed bound, the purge. */
+/* Every slow path: a flush request (one relaxed load and a compare; a trim
+ * promises the other threads flush at their next slow path, and v2 looked
+ * only every 64th). Every 64th: a changed bound, the purge. */
 static void maintain(ta_tcache_t *tc) {
+  if (ta_unlikely(tc->epoch != ta_relaxed_load(&ta_flush_epoch))) ta_tcache_flush_all(tc);
   if (ta_likely(++tc->slow % 64)) return;
   uint64_t limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
-  if (tc->epoch != ta_relaxed_load(&ta_flush_epoch)) ta_tcache_flush_all(tc);
   if (limit < tc->budget) reset(tc);
   tc->limit = limit;
   ta_purge_on_activity();
@@ -241,11 +246,57 @@ void ta_tcache_ask_flush(void) {
 void ta_tcache_thread_done(void *arg) {
   ta_tcache_t *tc = arg;
   if (!tc || tc->state != TA_TC_LIVE) return;
+  /* First, before the flush: what this thread allocates or frees from now on
+   * goes straight to the arenas. The flush may start the purger, and (the
+   * preload library) pthread_create allocates on this thread: v2 refilled
+   * the dying cache there, and blocks of a bin already flushed left with it. */
+  ta_tls_tcache = &tcache_done;
   ta_tcache_flush_all(tc);
-  ta_tls_tcache = &tcache_done; /* what this thread frees from now on goes straight back */
   ta_lock(&tcaches_lock);
   tcache_unregister(tc);
   ta_unlock(&tcaches_lock);
+}
+
+/* Caches whose thread is gone without flushing them: a thread whose first
+ * malloc comes in the last round of TLS destructors registers its cache
+ * after the round that would have run ours (glibc and musl run at most
+ * PTHREAD_DESTRUCTOR_ITERATIONS rounds), and nothing else can tell it is
+ * exiting. A cache of this process whose kernel thread id no longer exists
+ * here is flushed and reused; never the caller's (a fork child's thread has
+ * a new id: ta_tcaches_fork_child), nor one of another process (a child made
+ * without the fork handlers: those are left, not guessed at). A reused id
+ * only delays a reap. One tgkill per registered cache, so it runs at most
+ * once a second, from a trim and when a thread registers a cache. */
+static _Atomic uint64_t reaped_ms;
+
+void ta_tcaches_reap(void) {
+  uint64_t now = ta_prim_clock_ms(), last = ta_relaxed_load(&reaped_ms);
+  if (ta_relaxed_load(&ta_tcaches_live) <= (ta_tls_tcache->state == TA_TC_LIVE ? 1u : 0u)) return;
+  if ((last && now - last < 1000) || !atomic_compare_exchange_strong(&reaped_ms, &last, now ? now : 1)) return;
+  int pid = ta_prim_pid();
+  ta_tcache_t *dead = NULL;
+  ta_lock(&tcaches_lock);
+  for (ta_tcache_t *tc = tcaches, *next; tc; tc = next) {
+    next = tc->next;
+    if (tc == ta_tls_tcache || tc->pid != pid || !ta_prim_thread_gone(tc->tid)) continue;
+    if (tc->prev) tc->prev->next = tc->next; /* out of the registry, not yet spare: flushed first */
+    else tcaches = tc->next;
+    if (tc->next) tc->next->prev = tc->prev;
+    ta_relaxed_sub(&ta_tcaches_live, 1);
+    tc->prev = NULL;
+    tc->next = dead;
+    dead = tc;
+  }
+  ta_unlock(&tcaches_lock);
+  for (ta_tcache_t *tc = dead, *next; tc; tc = next) { /* outside the lock: a flush may start the purger */
+    next = tc->next;
+    ta_tcache_flush_all(tc);
+    ta_lock(&tcaches_lock);
+    tc->state = TA_TC_DONE;
+    tc->next = spare;
+    spare = tc;
+    ta_unlock(&tcaches_lock);
+  }
 }
 
 void ta_tcaches_stats(uint64_t *held, uint64_t *count) {
@@ -268,6 +319,10 @@ void ta_tcaches_fork_parent(void) {
  * memory stays in the shared arenas. */
 void ta_tcaches_fork_child(void) {
   ta_tcache_t *me = ta_tls_tcache;
+  if (me->state == TA_TC_LIVE) { /* this thread's ids in the child (never reaped as gone) */
+    me->tid = ta_prim_tid();
+    me->pid = ta_prim_pid();
+  }
   for (ta_tcache_t *tc = tcaches, *next; tc; tc = next) {
     next = tc->next;
     if (tc != me) tcache_unregister(tc);

@@ -289,6 +289,7 @@ typedef struct ta_tcache_s {
   int state;             /* ta_tc_state_t */
   uint32_t prof_epoch;   /* ta_prof_epoch when the countdowns were last drawn (prof.c) */
   uint64_t prof_clamped[2]; /* bit c: bins[c].sample_left reaching 0 is no sample, only a look */
+  int tid, pid;          /* the owner's kernel thread id and process (ta_tcaches_reap) */
   struct ta_tcache_s *next, *prev; /* registry (under ta_tcaches_lock) */
 } ta_tcache_t;
 

@@ -251,6 +251,28 @@ int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthre
   return err;
 }
 
+/* Set by the new thread itself rather than through its attributes
+ * (PTHREAD_EXPLICIT_SCHED): pthread_create fails when the policy cannot be
+ * set, and the purger must start in a SCHED_IDLE program too. */
+static cpu_set_t start_cpus;
+static _Atomic int start_cpus_saved;
+
+void ta_prim_affinity_save(void) {
+  int saved = errno;
+  if (sched_getaffinity(0, sizeof start_cpus, &start_cpus) == 0 && CPU_COUNT(&start_cpus) > 0)
+    atomic_store_explicit(&start_cpus_saved, 1, memory_order_release);
+  errno = saved;
+}
+
+void ta_prim_thread_defaults(void) {
+  int saved = errno;
+  struct sched_param param = {0};
+  pthread_setschedparam(pthread_self(), SCHED_OTHER, &param);
+  if (atomic_load_explicit(&start_cpus_saved, memory_order_acquire))
+    sched_setaffinity(0, sizeof start_cpus, &start_cpus);
+  errno = saved;
+}
+
 /* Reads a small sysfs file into buf (NUL-terminated) without allocating. */
 static size_t read_small(const char *path, char *buf, size_t size) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -32,6 +32,9 @@
  *    or never-handed-out block, of a stack or static address, a double free),
  *    only in a forked child, must abort with a `trimalloc: error:` line (at
  *    the latest at the trim that follows);
+ *  - short-lived threads come and go (the trimmer starts one now and then),
+ *    half of them allocating first in the last round of their TLS
+ *    destructors: their caches are reaped by trims while the others work;
  *  - fork from any thread while the others work (their caches full, a
  *    transfer cache draining, a trim or a purge under way): the child (its
  *    only thread) finds trimalloc_check() true, this thread's blocks as
@@ -1733,6 +1736,44 @@ static void *mt_thread(void *arg) {
   return NULL;
 }
 
+/* Short-lived threads, started by the trimmer now and then: one allocates,
+ * writes, checks and frees blocks of 16 B..8 KiB, then (not under TSan,
+ * which cannot run code there) mallocs again in the last round of its TLS
+ * destructors, so its cache is registered after the round that would flush
+ * it: the trims, and the next short thread registering its cache, reap it
+ * (flush it from another thread) while the workers run. */
+static pthread_key_t late_key;
+static atomic_long late_bad;
+
+static void late_blocks(uint64_t seed) {
+  uint8_t *p[8];
+  size_t n[8];
+  for (int i = 0; i < 8; i++) {
+    n[i] = 16 + (size_t)(mix64(seed + (uint64_t)i) % 8192);
+    p[i] = trimalloc_malloc(n[i]);
+    if (p[i]) memset(p[i], 0x40 + i, n[i]);
+  }
+  for (int i = 0; i < 8; i++) {
+    if (!p[i] || p[i][0] != 0x40 + i || p[i][n[i] - 1] != 0x40 + i) atomic_fetch_add(&late_bad, 1);
+    trimalloc_free(p[i]);
+  }
+}
+
+static void late_destructor(void *v) {
+  uintptr_t round = (uintptr_t)v;
+  if (round < PTHREAD_DESTRUCTOR_ITERATIONS) {
+    pthread_setspecific(late_key, (void *)(round + 1));
+    return;
+  }
+  late_blocks(round);
+}
+
+static void *short_thread(void *arg) {
+  if ((uintptr_t)arg & 1) late_blocks((uint64_t)(uintptr_t)arg); /* half of them: a cache made the usual way */
+  if (!TEST_TSAN) pthread_setspecific(late_key, (void *)1);
+  return NULL;
+}
+
 /* Multithreaded runs have one more thread that only trims, in a loop, as a
  * program's GC hook or a background trimmer would: trims then run while the
  * other threads free blocks into pages they are still putting back. */
@@ -1741,6 +1782,14 @@ static void *trimmer_thread(void *arg) {
   uint64_t r = stream_seed(cfg.seed, 1000);
   while (atomic_load(&workers_left) > 0 && !atomic_load(&stop)) {
     unsigned t = (unsigned)rnd(&r, 10);
+    if (rnd(&r, 32) == 0) {
+      pthread_t st;
+      if (pthread_create(&st, NULL, short_thread, (void *)(uintptr_t)rnd(&r, 1000)) == 0) pthread_join(st, NULL);
+      if (atomic_load(&late_bad)) {
+        fail(z, K_CONTENT, "a short-lived thread's blocks read wrong (%ld)", atomic_load(&late_bad));
+        break;
+      }
+    }
     if (!do_trim(z, t < 7 ? OP_TRIM : t < 9 ? OP_TRIM_IDLE : OP_MALLOC_TRIM, 0)) break;
     z->step++;
     if (rnd(&r, 4) == 0)
@@ -1780,6 +1829,7 @@ static void child_run(const op_t *ops, const uint64_t *idx, size_t n) {
     pthread_t th[MAX_THREADS], trimmer;
     fz_t tz;
     fz_init(&tz, cfg.threads, 1000);
+    pthread_key_create(&late_key, late_destructor);
     for (int t = 0; t < cfg.threads; t++) fz_init(&zs[t], t, t);
     atomic_store(&workers_left, cfg.threads);
 #if FUZZ_CHAOS

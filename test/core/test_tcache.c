@@ -16,9 +16,18 @@
  *    of 20 and 28 KiB) are served by the cache alone once its bins have
  *    grown to them (v2 capped a 28 KiB bin at 2 blocks: a refill a round),
  *    and the cache never holds more than the bound.
+ *  - A trim's flush request reaches another thread at its next slow path
+ *    (v2 looked every 64th): a thread holding blocks of 64 bytes makes
+ *    one refill of another class after the trim and holds nothing after
+ *    it, three times in a row.
+ *  - A thread whose first malloc comes in the last round of TLS destructors
+ *    (its cache registered after the round that would flush it) leaves no
+ *    cache behind: within 3 s of trims after its join, heaps, tcache_bytes
+ *    and allocated are back where they were (v2: one more cache for ever).
  *  - Eight producers hand blocks through a queue to eight consumers that
  *    check and free them (every free a cross-thread free); the producer
  *    writes the fill pattern, the consumer checks it. */
+#include <limits.h>
 #include <pthread.h>
 
 #include "check.h"
@@ -399,6 +408,100 @@ static void test_cache_serves_working_set(void) {
   CHECK(trimalloc_check(), "heap invariants after the rounds");
 }
 
+/* ---- a flush request at the next slow path ---- */
+static atomic_int fr_step; /* main: odd -> the thread acts; thread: even -> done */
+
+static void fr_wait(int step) {
+  while (atomic_load(&fr_step) != step) usleep(200);
+}
+
+static void *flush_request_thread(void *arg) {
+  (void)arg;
+  static const size_t fresh[3] = {3000, 5000, 7000}; /* a class whose bin is empty: one refill */
+  void *keep[3];
+  for (int round = 0; round < 3; round++) {
+    void *p[32];
+    for (int k = 0; k < 8; k++) { /* the 64-byte bin grows and holds blocks */
+      for (int i = 0; i < 32; i++) p[i] = trimalloc_malloc(64);
+      for (int i = 0; i < 32; i++) trimalloc_free(p[i]);
+    }
+    atomic_store(&fr_step, 4 * round + 1); /* main: measure, trim */
+    fr_wait(4 * round + 2);
+    keep[round] = trimalloc_malloc(fresh[round]); /* one slow path */
+    atomic_store(&fr_step, 4 * round + 3); /* main: measure */
+    fr_wait(4 * round + 4);
+  }
+  for (int i = 0; i < 3; i++) trimalloc_free(keep[i]);
+  return NULL;
+}
+
+/* Run while the main thread holds nothing the thread's counts would hide. */
+static void test_flush_request_next_slow_path(void) {
+  pthread_t t;
+  int missed = 0;
+  atomic_store(&fr_step, 0);
+  pthread_create(&t, NULL, flush_request_thread, NULL);
+  for (int round = 0; round < 3; round++) {
+    fr_wait(4 * round + 1);
+    trimalloc_trim(); /* flushes the main thread's cache, asks the other's */
+    uint64_t held = stats_now().tcache_bytes;
+    CHECK(held >= 4 * 64, "round %d: the thread holds %llu bytes before its slow path", round, U(held)); /* 8 blocks at most with 64 KiB pages */
+    atomic_store(&fr_step, 4 * round + 2);
+    fr_wait(4 * round + 3);
+    uint64_t after = stats_now().tcache_bytes;
+    if (after != 0) missed++;
+    CHECK(after == 0, "round %d: %llu bytes still cached after the thread's first slow path since the trim (%llu before)",
+          round, U(after), U(held));
+    atomic_store(&fr_step, 4 * round + 4);
+  }
+  pthread_join(t, NULL);
+  CHECK(missed == 0, "%d of 3 slow paths after a trim did not flush", missed);
+}
+
+/* ---- a cache made in the last round of TLS destructors ---- */
+static pthread_key_t late_key;
+static atomic_int late_rounds;
+
+static void late_destructor(void *v) {
+  int round = atomic_fetch_add(&late_rounds, 1) + 1;
+  if (round < PTHREAD_DESTRUCTOR_ITERATIONS) { /* once more, in the next round */
+    pthread_setspecific(late_key, v);
+    return;
+  }
+  void *p[8]; /* the last round: this thread's first malloc */
+  for (int i = 0; i < 8; i++) p[i] = trimalloc_malloc(100);
+  for (int i = 0; i < 8; i++) trimalloc_free(p[i]);
+}
+
+static void *late_thread(void *arg) {
+  pthread_setspecific(late_key, arg);
+  return NULL;
+}
+
+static void test_cache_made_in_last_destructor_round(void) {
+  trimalloc_trim();
+  trimalloc_stats_t s0 = stats_now();
+  pthread_key_create(&late_key, late_destructor);
+  atomic_store(&late_rounds, 0);
+  pthread_t t;
+  pthread_create(&t, NULL, late_thread, (void *)1);
+  pthread_join(t, NULL);
+  CHECK(atomic_load(&late_rounds) == PTHREAD_DESTRUCTOR_ITERATIONS, "the destructor ran %d rounds",
+        atomic_load(&late_rounds));
+  trimalloc_stats_t s = stats_now();
+  for (double t0 = now_s(); now_s() - t0 < 3.0; usleep(50 * 1000)) { /* the thread's id goes soon after the join */
+    trimalloc_trim();
+    s = stats_now();
+    if (s.heaps <= s0.heaps && s.tcache_bytes <= s0.tcache_bytes && s.allocated <= s0.allocated) break;
+  }
+  CHECK(s.heaps <= s0.heaps, "%llu thread caches registered after the thread left one, %llu before", U(s.heaps),
+        U(s0.heaps));
+  CHECK(s.tcache_bytes <= s0.tcache_bytes, "tcache_bytes %llu, %llu before the thread", U(s.tcache_bytes),
+        U(s0.tcache_bytes));
+  CHECK(s.allocated <= s0.allocated, "allocated %llu, %llu before the thread", U(s.allocated), U(s0.allocated));
+  pthread_key_delete(late_key);
+}
+
 int main(void) {
   RUN(test_cache_serves_working_set);
   RUN(test_trim_empties_callers_cache);
@@ -406,6 +509,11 @@ int main(void) {
   RUN(test_sleeping_thread_holds_at_most_bound);
   RUN(test_tcache_zero);
   RUN(test_thread_exit_flushes);
+  RUN(test_flush_request_next_slow_path);
+  if (TEST_TSAN) /* TSan finishes a thread in its own last-round destructor: a lock after it crashes TSan */
+    SKIP(test_cache_made_in_last_destructor_round, "TSan cannot run code in the last round of TLS destructors");
+  else
+    RUN(test_cache_made_in_last_destructor_round);
   RUN(test_cross_thread_handoff);
   return check_summary();
 }

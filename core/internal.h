@@ -1,5 +1,6 @@
 /* trimalloc: cross-file internals, grouped under the file that defines them.
- * Calls go one way, down this list: the entry points (alloc, align, check),
+ * Calls go one way, down this list: the entry points built on malloc and
+ * free (compat, align), the entry points (alloc, check),
  * init, prof, prof_dump, prof_live, prof_stack, prof_meta, pprof, stats, tcache, purge, huge, arena, slab, span, segment, delay, size,
  * options, error, prim. */
 #ifndef TA_INTERNAL_H

@@ -1,4 +1,4 @@
-/* Arenas: a few, shared by every thread (default: one per CPU). A thread's
+/* Arenas: a few, shared by every thread (default: one per 4 CPUs). A thread's
  * refills go to the arena of the CPU it runs on; a block always goes back to
  * the arena of its slab. Each arena has a bin per size class (its own lock)
  * whose partial slabs sit in fullness buckets, and a page heap (span.c, the

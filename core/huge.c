@@ -104,7 +104,7 @@ static bool cache_put(ta_segment_t *s) {
   return done;
 }
 
-/* Unmaps cached mappings idle since before `older_than` (all: UINT64_MAX).
+/* Unmaps the cached mappings idle for the cache's delay (all: every one).
  * Returns the bytes released. */
 size_t ta_huge_cache_expire(uint64_t now, bool all) {
   if (!ta_relaxed_load(&ta_huge_cached)) return 0;

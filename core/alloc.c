@@ -119,32 +119,37 @@ static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
 }
 #endif
 
+/* free's push, the fast path's and free_cached's: the double-free check
+ * (the block's cookie word), the hardened build's canary, then onto the
+ * thread's bin, or to the cache's slow path when the bin is full. */
+static inline __attribute__((always_inline)) void free_push(const ta_span_t *sp, size_t cls, void *p,
+                                                            uintptr_t cookie) {
+  if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == cookie))) double_free(p);
+#ifdef TA_HARDENED
+  if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
+#else
+  (void)sp;
+#endif
+  ta_tcache_t *tc = ta_tls_tcache;
+  ta_tbin_t *tb = &tc->bins[cls];
+  uint16_t count = ta_relaxed_load(&tb->count);
+  if (ta_likely(count < tb->max)) { /* the budget bounds the bytes: no byte count here */
+    ta_tbin_push(tb, p, count, cookie);
+    return;
+  }
+  ta_tcache_overflow(tc, cls, p);
+}
+
 #ifndef TA_NO_PROF
 /* free's fast path for a block of a slab whose fast bound the profiler shut
  * (ta_span_t.prof_sampled): the same checks (a thread-cache class, carved,
- * not keyless, the double-free cookie) and the same push. false: take the
- * slab's own path. */
+ * not keyless) and the same push. false: take the slab's own path. */
 static bool free_cached(ta_span_t *sp, void *p) {
   size_t cls = sp->cls;
   if (cls >= TA_TCLASSES || ta_relaxed_load(&sp->keyless) ||
       (uint32_t)((uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
     return false;
-  if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == ta_cookie))) double_free(p);
-#ifdef TA_HARDENED
-  if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
-#endif
-  ta_tcache_t *tc = ta_tls_tcache;
-  ta_tbin_t *tb = &tc->bins[cls];
-  uint16_t count = ta_relaxed_load(&tb->count);
-  if (count < tb->max) {
-    ta_block_t *b = p;
-    ta_link_set(b, tb->head);
-    b->key = ta_cookie;
-    tb->head = b;
-    ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
-    return true;
-  }
-  ta_tcache_overflow(tc, cls, p);
+  free_push(sp, cls, p, ta_cookie);
   return true;
 }
 #endif
@@ -219,22 +224,7 @@ TRIMALLOC_API void trimalloc_free(void *p) {
 #else
   if (ta_likely(off * magic < ta_relaxed_load(&sp->fast_free_below))) {
 #endif
-    if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == cookie))) double_free(p);
-#ifdef TA_HARDENED
-    if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
-#endif
-    ta_tcache_t *tc = ta_tls_tcache;
-    ta_tbin_t *tb = &tc->bins[cls];
-    uint16_t count = ta_relaxed_load(&tb->count);
-    if (ta_likely(count < tb->max)) { /* the budget bounds the bytes: no byte count here */
-      ta_block_t *b = p;
-      ta_link_set(b, tb->head);
-      b->key = cookie;
-      tb->head = b;
-      ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
-      return;
-    }
-    ta_tcache_overflow(tc, cls, p);
+    free_push(sp, cls, p, cookie);
     return;
   }
   free_slow(s, sp, p);

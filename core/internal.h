@@ -363,6 +363,16 @@ TA_HIDDEN int64_t ta_arenas_xfer_bytes(void);
 TA_HIDDEN extern __thread ta_tcache_t *ta_tls_tcache __attribute__((tls_model("initial-exec")));
 TA_HIDDEN extern _Atomic uint32_t ta_flush_epoch;
 TA_HIDDEN extern _Atomic uint32_t ta_tcaches_live; /* threads with a cache (the purger has none) */
+/* Pushes free block b onto a bin that holds count blocks: the link masked,
+ * the cookie in its second word (the double-free check's mark). free's fast
+ * path and the cache's slow paths push the same way. */
+static inline __attribute__((always_inline)) void ta_tbin_push(ta_tbin_t *tb, ta_block_t *b, uint16_t count,
+                                                               uintptr_t cookie) {
+  ta_link_set(b, tb->head);
+  b->key = cookie;
+  tb->head = b;
+  ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
+}
 TA_HIDDEN void *ta_tcache_refill(ta_tcache_t *tc, size_t cls); /* empty bin: refill and pop */
 TA_HIDDEN void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p); /* bin or bound full */
 TA_HIDDEN void ta_tcache_flush_all(ta_tcache_t *tc);

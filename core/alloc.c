@@ -93,10 +93,13 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   return malloc_refill(tc, cls);
 }
 
-/* A block of class cls exactly (aligned allocation picks the class). */
+/* A block of class cls exactly (aligned allocation picks the class). Every
+ * class has a thread-cache bin; a thread without a cache gets its block from
+ * the arena in ta_tcache_refill. */
+_Static_assert(TA_TCLASSES == TA_CLASSES, "ta_malloc_class refills a thread-cache bin for any class");
 TA_PROF_PATH void *ta_malloc_class(size_t cls) {
   ta_process_init();
-  void *b = cls < TA_TCLASSES ? ta_tcache_refill(ta_tls_tcache, cls) : ta_arena_alloc1(cls);
+  void *b = ta_tcache_refill(ta_tls_tcache, cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif

@@ -185,7 +185,9 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
         ((ta_block_t *)p)->key != ta_cookie && !ta_canary_ok(p, sp->bsize, ta_cookie))
       overflow(p);
 #endif
-    ta_arena_free1(sp, p); /* a thread without a cache (exiting, or tcache_bytes 0) */
+    /* the slab's own path: a block of a keyless slab, a sampled block, or one
+     * the fast bound refused as never handed out (ta_arena_free1 reports it) */
+    ta_arena_free1(sp, p);
     break;
   default:
     ta_error("free: invalid pointer (not allocated)", p);

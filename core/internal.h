@@ -238,6 +238,9 @@ static inline bool ta_is_block_start(const ta_span_t *sp, const void *p) {
   uint64_t off = (uint32_t)((const uint8_t *)p - sp->start);
   return off * sp->div_magic < sp->div_magic;
 }
+/* Sets or clears the bit of p's 4 MiB of address space in a map of
+ * TA_SEGMAP_WORDS words (the segment map; huge.c's map of far blocks). */
+TA_HIDDEN void ta_addrmap_set(_Atomic uint64_t *map, const void *p, bool on);
 TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
 TA_HIDDEN ta_segment_t *ta_segment_new(ta_arena_t *a);            /* a->lock held */
 TA_HIDDEN void ta_segment_free(ta_arena_t *a, ta_segment_t *s);    /* a->lock held */

@@ -9,6 +9,7 @@
  * Strings, mappings, functions and locations are interned (ids are index + 1,
  * never 0; string 0 is ""); samples are encoded as they come; finish writes
  * the Profile message in field order, then gzips it to the caller's fd. */
+#include "gzip.h"
 #include "internal.h"
 
 #include <errno.h>
@@ -440,11 +441,7 @@ static void encode(ta_pprof_t *p, buf_t *out) {
 
 static uint32_t crc32(const uint8_t *s, size_t n) {
   uint32_t table[256];
-  for (uint32_t i = 0; i < 256; i++) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-    table[i] = c;
-  }
+  for (uint32_t i = 0; i < 256; i++) table[i] = ta_crc32_entry(i);
   uint32_t c = 0xffffffffu;
   for (size_t i = 0; i < n; i++) c = table[(c ^ s[i]) & 0xff] ^ (c >> 8);
   return c ^ 0xffffffffu;
@@ -468,16 +465,6 @@ static void deflate_stored(ta_pprof_t *p, buf_t *z, const uint8_t *s, size_t n) 
  * profile 416 KB -> 209 KB (gzip -6, dynamic codes: 153 KB); 10,000 samples
  * of 24 frames 953 KB -> 671 KB (gzip -6: 577 KB) in about 17 ms of CPU;
  * test/prof/make_profile.c's 1328 -> 988 bytes (gzip -6: 878). */
-static const uint16_t len_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
-                                      31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
-static const uint8_t len_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
-                                      2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
-static const uint16_t dist_base[30] = {1,    2,    3,    4,    5,    7,     9,     13,    17,  25,
-                                       33,   49,   65,   97,   129,  193,   257,   385,   513, 769,
-                                       1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
-static const uint8_t dist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
-                                       6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
-
 #define WINDOW 32768
 #define HASH_BITS 15
 #define CHAIN 8
@@ -516,11 +503,11 @@ static uint32_t reverse(uint32_t code, unsigned len) {
 static void fixed_codes(bits_t *w) {
   for (unsigned sym = 0; sym < 288; sym++) {
     uint32_t code = sym < 144 ? 0x30 + sym : sym < 256 ? 0x190 + sym - 144 : sym < 280 ? sym - 256 : 0xc0 + sym - 280;
-    unsigned len = sym < 144 ? 8 : sym < 256 ? 9 : sym < 280 ? 7 : 8;
+    unsigned len = ta_deflate_fixed_len(sym);
     w->lit[sym] = (uint16_t)reverse(code, len);
     w->lit_len[sym] = (uint8_t)len;
   }
-  for (unsigned d = 0; d < 30; d++) w->dist[d] = (uint8_t)reverse(d, 5);
+  for (unsigned d = 0; d < 30; d++) w->dist[d] = (uint8_t)reverse(d, TA_DEFLATE_FIXED_DIST_LEN);
 }
 
 static void put_lit(bits_t *w, unsigned sym) {
@@ -529,13 +516,13 @@ static void put_lit(bits_t *w, unsigned sym) {
 
 static void put_match(bits_t *w, unsigned len, unsigned dist) {
   int k = 28;
-  while (len < len_base[k]) k--;
+  while (len < ta_deflate_len_base[k]) k--;
   put_lit(w, 257 + (unsigned)k);
-  put_bits(w, len - len_base[k], len_extra[k]);
+  put_bits(w, len - ta_deflate_len_base[k], ta_deflate_len_extra[k]);
   k = 29;
-  while (dist < dist_base[k]) k--;
-  put_bits(w, w->dist[k], 5);
-  put_bits(w, dist - dist_base[k], dist_extra[k]);
+  while (dist < ta_deflate_dist_base[k]) k--;
+  put_bits(w, w->dist[k], TA_DEFLATE_FIXED_DIST_LEN);
+  put_bits(w, dist - ta_deflate_dist_base[k], ta_deflate_dist_extra[k]);
 }
 
 static uint32_t hash3(const uint8_t *s) {

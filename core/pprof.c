@@ -118,6 +118,12 @@ static uint8_t *put_field(uint8_t *o, unsigned field, uint64_t v) {
   return put_varint(o, v);
 }
 
+/* Varint fields 1..n of a message, from v[0 .. n-1] (zeros left out). */
+static uint8_t *put_fields(uint8_t *o, const uint64_t *v, unsigned n) {
+  for (unsigned k = 0; k < n; k++) o = put_field(o, k + 1, v[k]);
+  return o;
+}
+
 /* tag + length + body of a sub-message or string (wire type 2) into b. */
 static void buf_put_ld(ta_pprof_t *p, buf_t *b, unsigned field, const void *body, size_t n) {
   uint8_t head[16], *o = put_varint(head, (uint64_t)field << 3 | 2);
@@ -369,8 +375,7 @@ ta_pprof_t *ta_pprof_begin(uint64_t period, int64_t time_nanos) {
 
 /* A ValueType {type, unit} as field `field` of Profile. */
 static void put_value_type(ta_pprof_t *p, buf_t *out, unsigned field, uint64_t type, uint64_t unit) {
-  uint8_t m[32], *o = put_field(m, 1, type);
-  o = put_field(o, 2, unit);
+  uint8_t m[32], *o = put_fields(m, (const uint64_t[]){type, unit}, 2);
   buf_put_ld(p, out, field, m, (size_t)(o - m));
 }
 
@@ -381,23 +386,17 @@ static void encode(ta_pprof_t *p, buf_t *out) {
   size_t nmap = p->maps.len / sizeof(map_t);
   for (size_t i = 0; i < nmap; i++) {
     const map_t *e = (const map_t *)p->maps.p + i;
-    o = put_field(m, 1, i + 1);
-    o = put_field(o, 2, e->start);
-    o = put_field(o, 3, e->limit);
-    o = put_field(o, 4, e->offset);
-    o = put_field(o, 5, e->file);
-    o = put_field(o, 7, (uint64_t)e->has_functions);
+    /* id, memory_start, memory_limit, file_offset, filename, build_id, has_functions */
+    const uint64_t f[7] = {i + 1, e->start, e->limit, e->offset, e->file, 0, (uint64_t)e->has_functions};
+    o = put_fields(m, f, 7);
     buf_put_ld(p, out, 3, m, (size_t)(o - m));
   }
   size_t nloc = p->locs.len / sizeof(loc_t);
   for (size_t i = 0; i < nloc; i++) {
     const loc_t *e = (const loc_t *)p->locs.p + i;
-    o = put_field(m, 1, i + 1);
-    o = put_field(o, 2, e->mapping);
-    o = put_field(o, 3, e->address);
+    o = put_fields(m, (const uint64_t[]){i + 1, e->mapping, e->address}, 3); /* id, mapping_id, address */
     if (e->function) {
-      uint8_t line[32], *l = put_field(line, 1, e->function);
-      l = put_field(l, 2, (uint64_t)e->line);
+      uint8_t line[32], *l = put_fields(line, (const uint64_t[]){e->function, (uint64_t)e->line}, 2);
       o = put_varint(o, 4 << 3 | 2);
       o = put_varint(o, (uint64_t)(l - line));
       memcpy(o, line, (size_t)(l - line));
@@ -408,10 +407,9 @@ static void encode(ta_pprof_t *p, buf_t *out) {
   size_t nfunc = p->funcs.len / sizeof(func_t);
   for (size_t i = 0; i < nfunc; i++) {
     const func_t *e = (const func_t *)p->funcs.p + i;
-    o = put_field(m, 1, i + 1);
-    o = put_field(o, 2, e->name);
-    o = put_field(o, 3, e->name); /* system_name: no demangling here */
-    o = put_field(o, 4, e->file);
+    /* id, name, system_name (no demangling here: the name), filename */
+    const uint64_t f[4] = {i + 1, e->name, e->name, e->file};
+    o = put_fields(m, f, 4);
     buf_put_ld(p, out, 5, m, (size_t)(o - m));
   }
   size_t nstr = p->strs.len / sizeof(str_t);

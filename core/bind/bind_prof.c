@@ -666,6 +666,21 @@ void ta_bind_prof_error(ta_bind_prof_t *p, char *err, size_t errlen) {
 
 /* ---- output helpers for bind_prof_top.c and bind_flame.c ---- */
 
+/* Room for n more bytes and the NUL; 0, or -1 (b->oom set). */
+static int sb_room(ta_bind_sb_t *b, size_t n) {
+  if (b->cap - b->len > n) return 0;
+  size_t cap = b->cap ? b->cap * 2 : 4096;
+  while (cap - b->len <= n) cap *= 2;
+  char *q = realloc(b->s, cap);
+  if (!q) {
+    b->oom = 1;
+    return -1;
+  }
+  b->s = q;
+  b->cap = cap;
+  return 0;
+}
+
 __attribute__((format(printf, 2, 3))) void ta_bind_sb_printf(ta_bind_sb_t *b, const char *fmt, ...) {
   if (b->oom) return;
   for (;;) {
@@ -678,31 +693,12 @@ __attribute__((format(printf, 2, 3))) void ta_bind_sb_printf(ta_bind_sb_t *b, co
       b->len += (size_t)n;
       return;
     }
-    size_t cap = b->cap ? b->cap * 2 : 4096;
-    while (cap - b->len <= (size_t)n) cap *= 2;
-    char *q = realloc(b->s, cap);
-    if (!q) {
-      b->oom = 1;
-      return;
-    }
-    b->s = q;
-    b->cap = cap;
+    if (sb_room(b, (size_t)n)) return;
   }
 }
 
 void ta_bind_sb_put(ta_bind_sb_t *b, const char *s, size_t n) {
-  if (b->oom) return;
-  if (b->cap - b->len <= n) {
-    size_t cap = b->cap ? b->cap * 2 : 4096;
-    while (cap - b->len <= n) cap *= 2;
-    char *q = realloc(b->s, cap);
-    if (!q) {
-      b->oom = 1;
-      return;
-    }
-    b->s = q;
-    b->cap = cap;
-  }
+  if (b->oom || sb_room(b, n)) return;
   memcpy(b->s + b->len, s, n);
   b->len += n;
   b->s[b->len] = 0;

@@ -93,10 +93,13 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   return malloc_refill(tc, cls);
 }
 
-/* A block of class cls exactly (aligned allocation picks the class). */
+/* A block of class cls exactly (aligned allocation picks the class). Every
+ * class has a thread-cache bin; a thread without a cache gets its block from
+ * the arena in ta_tcache_refill. */
+_Static_assert(TA_TCLASSES == TA_CLASSES, "ta_malloc_class refills a thread-cache bin for any class");
 TA_PROF_PATH void *ta_malloc_class(size_t cls) {
   ta_process_init();
-  void *b = cls < TA_TCLASSES ? ta_tcache_refill(ta_tls_tcache, cls) : ta_arena_alloc1(cls);
+  void *b = ta_tcache_refill(ta_tls_tcache, cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif
@@ -118,6 +121,27 @@ static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
   ta_error("free: heap overflow past the end of block", p);
 }
 #endif
+
+/* free's push, the fast path's and free_cached's: the double-free check
+ * (the block's cookie word), the hardened build's canary, then onto the
+ * thread's bin, or to the cache's slow path when the bin is full. */
+static inline __attribute__((always_inline)) void free_push(const ta_span_t *sp, size_t cls, void *p,
+                                                            uintptr_t cookie) {
+  if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == cookie))) double_free(p);
+#ifdef TA_HARDENED
+  if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
+#else
+  (void)sp;
+#endif
+  ta_tcache_t *tc = ta_tls_tcache;
+  ta_tbin_t *tb = &tc->bins[cls];
+  uint16_t count = ta_relaxed_load(&tb->count);
+  if (ta_likely(count < tb->max)) { /* the budget bounds the bytes: no byte count here */
+    ta_tbin_push(tb, p, count, cookie);
+    return;
+  }
+  ta_tcache_overflow(tc, cls, p);
+}
 
 /* A carved block whose first OS page is purged is free: a live block's
  * pages are never purged (ta_segbits_t.purged, read without a lock like the
@@ -143,22 +167,7 @@ static bool free_cached(ta_span_t *sp, void *p) {
   if (cls >= TA_TCLASSES || (uint32_t)((uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
     return false;
   if (ta_unlikely(ta_relaxed_load(&sp->keyless) && first_page_purged(p))) double_free(p);
-  if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == ta_cookie))) double_free(p);
-#ifdef TA_HARDENED
-  if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
-#endif
-  ta_tcache_t *tc = ta_tls_tcache;
-  ta_tbin_t *tb = &tc->bins[cls];
-  uint16_t count = ta_relaxed_load(&tb->count);
-  if (count < tb->max) {
-    ta_block_t *b = p;
-    ta_link_set(b, tb->head);
-    b->key = ta_cookie;
-    tb->head = b;
-    ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
-    return true;
-  }
-  ta_tcache_overflow(tc, cls, p);
+  free_push(sp, cls, p, ta_cookie);
   return true;
 }
 
@@ -191,7 +200,9 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
         ((ta_block_t *)p)->key != ta_cookie && !ta_canary_ok(p, sp->bsize, ta_cookie))
       overflow(p);
 #endif
-    ta_arena_free1(sp, p); /* a thread without a cache (exiting, or tcache_bytes 0) */
+    /* the slab's own path: a sampled block, or one the fast bound refused
+     * as never handed out (ta_arena_free1 reports it) */
+    ta_arena_free1(sp, p);
     break;
   default:
     ta_error("free: invalid pointer (not allocated)", p);
@@ -233,22 +244,7 @@ TRIMALLOC_API void trimalloc_free(void *p) {
 #else
   if (ta_likely(off * magic < ta_relaxed_load(&sp->fast_free_below))) {
 #endif
-    if (ta_unlikely(ta_checked(((ta_block_t *)p)->key == cookie))) double_free(p);
-#ifdef TA_HARDENED
-    if (ta_unlikely(!ta_canary_ok(p, sp->bsize, ta_cookie))) overflow(p);
-#endif
-    ta_tcache_t *tc = ta_tls_tcache;
-    ta_tbin_t *tb = &tc->bins[cls];
-    uint16_t count = ta_relaxed_load(&tb->count);
-    if (ta_likely(count < tb->max)) { /* the budget bounds the bytes: no byte count here */
-      ta_block_t *b = p;
-      ta_link_set(b, tb->head);
-      b->key = cookie;
-      tb->head = b;
-      ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
-      return;
-    }
-    ta_tcache_overflow(tc, cls, p);
+    free_push(sp, cls, p, cookie);
     return;
   }
   free_slow(s, sp, p);

@@ -1,4 +1,4 @@
-/* Arenas: a few, shared by every thread (default: one per CPU). A thread's
+/* Arenas: a few, shared by every thread (default: one per 4 CPUs). A thread's
  * refills go to the arena of the CPU it runs on; a block always goes back to
  * the arena of its slab. Each arena has a bin per size class (its own lock)
  * whose partial slabs sit in fullness buckets, and a page heap (span.c, the
@@ -37,7 +37,6 @@ static ta_arena_t *arena_ready(size_t i) {
       a->bins[c].xcap = TA_XFER_INLINE;
     }
     a->index = (uint32_t)i;
-    a->last_purge_ms = ta_prim_clock_ms();
     atomic_store_explicit(&a->ready, 1, memory_order_release);
     if (ta_relaxed_load(&ta_arenas_used) < i + 1) ta_relaxed_store(&ta_arenas_used, (uint32_t)(i + 1));
   }
@@ -410,7 +409,6 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since
   ta_lock(&a->lock);
   bytes += ta_spans_purge(a, now, delay, all, all);
   if (bytes && timed) ta_delay_released(&a->delay, now);
-  a->last_purge_ms = now;
   ta_unlock(&a->lock);
   return bytes;
 }

@@ -190,10 +190,7 @@ void *ta_huge_alloc(size_t size, size_t align, bool zero) {
 static _Atomic uint64_t farmap[TA_SEGMAP_WORDS];
 
 static void farmap_set(const void *p, bool on) {
-  uintptr_t i = (uintptr_t)p >> TA_SEGMENT_SHIFT;
-  uint64_t bit = (uint64_t)1 << (i % 64);
-  if (on) atomic_fetch_or_explicit(&farmap[i / 64], bit, memory_order_release);
-  else atomic_fetch_and_explicit(&farmap[i / 64], ~bit, memory_order_release);
+  ta_addrmap_set(farmap, p, on);
 }
 
 ta_segment_t *ta_huge_far_of(const void *p) {

@@ -1,5 +1,6 @@
 /* trimalloc: cross-file internals, grouped under the file that defines them.
- * Calls go one way, down this list: the entry points (alloc, align, check),
+ * Calls go one way, down this list: the entry points built on malloc and
+ * free (compat, align), the entry points (alloc, check),
  * init, prof, prof_dump, prof_live, prof_stack, prof_meta, pprof, stats, tcache, purge, huge, arena, slab, span, segment, delay, size,
  * options, error, prim. */
 #ifndef TA_INTERNAL_H
@@ -237,6 +238,9 @@ static inline bool ta_is_block_start(const ta_span_t *sp, const void *p) {
   uint64_t off = (uint32_t)((const uint8_t *)p - sp->start);
   return off * sp->div_magic < sp->div_magic;
 }
+/* Sets or clears the bit of p's 4 MiB of address space in a map of
+ * TA_SEGMAP_WORDS words (the segment map; huge.c's map of far blocks). */
+TA_HIDDEN void ta_addrmap_set(_Atomic uint64_t *map, const void *p, bool on);
 TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
 TA_HIDDEN ta_segment_t *ta_segment_new(ta_arena_t *a);            /* a->lock held */
 TA_HIDDEN void ta_segment_free(ta_arena_t *a, ta_segment_t *s);    /* a->lock held */
@@ -362,6 +366,16 @@ TA_HIDDEN int64_t ta_arenas_xfer_bytes(void);
 TA_HIDDEN extern __thread ta_tcache_t *ta_tls_tcache __attribute__((tls_model("initial-exec")));
 TA_HIDDEN extern _Atomic uint32_t ta_flush_epoch;
 TA_HIDDEN extern _Atomic uint32_t ta_tcaches_live; /* threads with a cache (the purger has none) */
+/* Pushes free block b onto a bin that holds count blocks: the link masked,
+ * the cookie in its second word (the double-free check's mark). free's fast
+ * path and the cache's slow paths push the same way. */
+static inline __attribute__((always_inline)) void ta_tbin_push(ta_tbin_t *tb, ta_block_t *b, uint16_t count,
+                                                               uintptr_t cookie) {
+  ta_link_set(b, tb->head);
+  b->key = cookie;
+  tb->head = b;
+  ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
+}
 TA_HIDDEN void *ta_tcache_refill(ta_tcache_t *tc, size_t cls); /* empty bin: refill and pop */
 TA_HIDDEN void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p); /* bin or bound full */
 TA_HIDDEN void ta_tcache_flush_all(ta_tcache_t *tc);

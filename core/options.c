@@ -6,46 +6,53 @@
 #include <limits.h>
 #include <stdlib.h>
 
+/* The one table: X(ID, name, default, min, max, doc); the variable is
+ * TRIMALLOC_<ID>, and the option's slot ta_options[TA_OPT_<ID>]. */
+#define TA_OPTIONS(X)                                                                                          \
+  X(PURGE_DELAY_MS, "purge_delay_ms", 100, 0, 3600000, "free pages idle this long are returned to the OS")     \
+  X(UNMAP_DELAY_MS, "unmap_delay_ms", 1000, 0, 3600000, "empty segments idle this long are unmapped")          \
+  X(ARENAS, "arenas", 0, 0, TA_ARENAS_MAX,                                                                     \
+    "shared arenas (0: one per 4 CPUs); refills go to the arena of the CPU")                                   \
+  X(TCACHE_BYTES, "tcache_bytes", 256 << 10, 0, 64 << 20,                                                      \
+    "bound on the free blocks one thread caches (0: no thread caches)")                                        \
+  X(BACKGROUND, "background", 1, 0, 1, "a background thread purges what stays free purge_delay_ms")            \
+  X(THP, "thp", 0, 0, 1, "1: transparent huge pages for heaps over 8 MiB; routine purges keep them whole")     \
+  X(SHOW_STATS, "show_stats", 0, 0, 1, "print the stats to stderr at exit")                                    \
+  X(VERBOSE, "verbose", 0, 0, 1, "say at start that trimalloc is active")                                      \
+  X(PROF, "prof", 0, 0, 1, "heap profiler: sample allocations from the start")                                 \
+  X(PROF_INTERVAL, "prof_interval", 512 << 10, 1, TA_PROF_INTERVAL_MAX,                                        \
+    "mean bytes between samples (per-byte Poisson sampling)")                                                  \
+  X(PROF_MAX_BYTES, "prof_max_bytes", 64 << 20, 1 << 20, (long long)1 << 40,                                   \
+    "bound on the profiler's own metadata (samples, stacks, names)")                                           \
+  X(PROF_GROWTH, "prof_growth", 0, 0, (long long)1 << 50,                                                      \
+    "dump each time estimated live bytes pass the last growth dump's by this much (0: off)")                   \
+  X(PROF_AT_EXIT, "prof_at_exit", 0, 0, 1, "dump the live set at exit")                                        \
+  X(PROF_KEEP, "prof_keep", 20, 0, 4096, "profile files kept per process and reason (0: all)")                 \
+  X(PROF_UNWIND, "prof_unwind", 0, 0, 2,                                                                       \
+    "native stacks: 0 default (libgcc on glibc, frame pointers on musl), 1 libgcc, 2 frame pointers")
+
+#define TA_COUNT_OPTION(ID, name, def, min, max, doc) +1
+_Static_assert(0 TA_OPTIONS(TA_COUNT_OPTION) == TA_OPT_COUNT, "one row of TA_OPTIONS per ta_opt_t");
+
 typedef struct {
   const char *name, *env;
-  long long def, min, max;
+  long long min, max;
   const char *doc;
 } ta_option_desc_t;
 
 static const ta_option_desc_t descs[TA_OPT_COUNT] = {
-    [TA_OPT_PURGE_DELAY_MS] = {"purge_delay_ms", "TRIMALLOC_PURGE_DELAY_MS", 100, 0, 3600000,
-                               "free pages idle this long are returned to the OS"},
-    [TA_OPT_UNMAP_DELAY_MS] = {"unmap_delay_ms", "TRIMALLOC_UNMAP_DELAY_MS", 1000, 0, 3600000,
-                               "empty segments idle this long are unmapped"},
-    [TA_OPT_ARENAS] = {"arenas", "TRIMALLOC_ARENAS", 0, 0, TA_ARENAS_MAX,
-                       "shared arenas (0: one per 4 CPUs); refills go to the arena of the CPU"},
-    [TA_OPT_TCACHE_BYTES] = {"tcache_bytes", "TRIMALLOC_TCACHE_BYTES", 256 << 10, 0, 64 << 20,
-                             "bound on the free blocks one thread caches (0: no thread caches)"},
-    [TA_OPT_BACKGROUND] = {"background", "TRIMALLOC_BACKGROUND", 1, 0, 1,
-                           "a background thread purges what stays free purge_delay_ms"},
-    [TA_OPT_THP] = {"thp", "TRIMALLOC_THP", 0, 0, 1,
-                    "1: transparent huge pages for heaps over 8 MiB; routine purges keep them whole"},
-    [TA_OPT_SHOW_STATS] = {"show_stats", "TRIMALLOC_SHOW_STATS", 0, 0, 1, "print the stats to stderr at exit"},
-    [TA_OPT_VERBOSE] = {"verbose", "TRIMALLOC_VERBOSE", 0, 0, 1, "say at start that trimalloc is active"},
-    [TA_OPT_PROF] = {"prof", "TRIMALLOC_PROF", 0, 0, 1, "heap profiler: sample allocations from the start"},
-    [TA_OPT_PROF_INTERVAL] = {"prof_interval", "TRIMALLOC_PROF_INTERVAL", 512 << 10, 1, TA_PROF_INTERVAL_MAX,
-                              "mean bytes between samples (per-byte Poisson sampling)"},
-    [TA_OPT_PROF_MAX_BYTES] = {"prof_max_bytes", "TRIMALLOC_PROF_MAX_BYTES", 64 << 20, 1 << 20, (long long)1 << 40,
-                               "bound on the profiler's own metadata (samples, stacks, names)"},
-    [TA_OPT_PROF_GROWTH] = {"prof_growth", "TRIMALLOC_PROF_GROWTH", 0, 0, (long long)1 << 50,
-                            "dump each time estimated live bytes pass the last growth dump's by this much (0: off)"},
-    [TA_OPT_PROF_AT_EXIT] = {"prof_at_exit", "TRIMALLOC_PROF_AT_EXIT", 0, 0, 1, "dump the live set at exit"},
-    [TA_OPT_PROF_KEEP] = {"prof_keep", "TRIMALLOC_PROF_KEEP", 20, 0, 4096,
-                          "profile files kept per process and reason (0: all)"},
-    [TA_OPT_PROF_UNWIND] = {"prof_unwind", "TRIMALLOC_PROF_UNWIND", 0, 0, 2,
-                            "native stacks: 0 default (libgcc on glibc, frame pointers on musl), 1 libgcc, 2 frame pointers"},
+#define TA_DESC(ID, name, def, min, max, doc) [TA_OPT_##ID] = {name, "TRIMALLOC_" #ID, min, max, doc},
+    TA_OPTIONS(TA_DESC)
+#undef TA_DESC
 };
 
+/* The defaults are in place before ta_options_init runs (an option read
+ * before the process is initialised sees its default). */
 _Atomic long long ta_options[TA_OPT_COUNT] = {
-    [TA_OPT_PURGE_DELAY_MS] = 100, [TA_OPT_UNMAP_DELAY_MS] = 1000, [TA_OPT_ARENAS] = 0,
-    [TA_OPT_TCACHE_BYTES] = 256 << 10, [TA_OPT_BACKGROUND] = 1, [TA_OPT_THP] = 0, [TA_OPT_SHOW_STATS] = 0, [TA_OPT_VERBOSE] = 0,
-    [TA_OPT_PROF] = 0, [TA_OPT_PROF_INTERVAL] = 512 << 10, [TA_OPT_PROF_MAX_BYTES] = 64 << 20, [TA_OPT_PROF_GROWTH] = 0,
-    [TA_OPT_PROF_AT_EXIT] = 0, [TA_OPT_PROF_KEEP] = 20, [TA_OPT_PROF_UNWIND] = 0};
+#define TA_DEFAULT(ID, name, def, min, max, doc) [TA_OPT_##ID] = def,
+    TA_OPTIONS(TA_DEFAULT)
+#undef TA_DEFAULT
+};
 
 static bool parse(const char *s, long long *out) {
   if (!s || !*s) return false;

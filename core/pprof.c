@@ -9,6 +9,7 @@
  * Strings, mappings, functions and locations are interned (ids are index + 1,
  * never 0; string 0 is ""); samples are encoded as they come; finish writes
  * the Profile message in field order, then gzips it to the caller's fd. */
+#include "gzip.h"
 #include "internal.h"
 
 #include <errno.h>
@@ -115,6 +116,12 @@ static uint8_t *put_field(uint8_t *o, unsigned field, uint64_t v) {
   if (!v) return o;
   o = put_varint(o, (uint64_t)field << 3);
   return put_varint(o, v);
+}
+
+/* Varint fields 1..n of a message, from v[0 .. n-1] (zeros left out). */
+static uint8_t *put_fields(uint8_t *o, const uint64_t *v, unsigned n) {
+  for (unsigned k = 0; k < n; k++) o = put_field(o, k + 1, v[k]);
+  return o;
 }
 
 /* tag + length + body of a sub-message or string (wire type 2) into b. */
@@ -368,8 +375,7 @@ ta_pprof_t *ta_pprof_begin(uint64_t period, int64_t time_nanos) {
 
 /* A ValueType {type, unit} as field `field` of Profile. */
 static void put_value_type(ta_pprof_t *p, buf_t *out, unsigned field, uint64_t type, uint64_t unit) {
-  uint8_t m[32], *o = put_field(m, 1, type);
-  o = put_field(o, 2, unit);
+  uint8_t m[32], *o = put_fields(m, (const uint64_t[]){type, unit}, 2);
   buf_put_ld(p, out, field, m, (size_t)(o - m));
 }
 
@@ -380,23 +386,17 @@ static void encode(ta_pprof_t *p, buf_t *out) {
   size_t nmap = p->maps.len / sizeof(map_t);
   for (size_t i = 0; i < nmap; i++) {
     const map_t *e = (const map_t *)p->maps.p + i;
-    o = put_field(m, 1, i + 1);
-    o = put_field(o, 2, e->start);
-    o = put_field(o, 3, e->limit);
-    o = put_field(o, 4, e->offset);
-    o = put_field(o, 5, e->file);
-    o = put_field(o, 7, (uint64_t)e->has_functions);
+    /* id, memory_start, memory_limit, file_offset, filename, build_id, has_functions */
+    const uint64_t f[7] = {i + 1, e->start, e->limit, e->offset, e->file, 0, (uint64_t)e->has_functions};
+    o = put_fields(m, f, 7);
     buf_put_ld(p, out, 3, m, (size_t)(o - m));
   }
   size_t nloc = p->locs.len / sizeof(loc_t);
   for (size_t i = 0; i < nloc; i++) {
     const loc_t *e = (const loc_t *)p->locs.p + i;
-    o = put_field(m, 1, i + 1);
-    o = put_field(o, 2, e->mapping);
-    o = put_field(o, 3, e->address);
+    o = put_fields(m, (const uint64_t[]){i + 1, e->mapping, e->address}, 3); /* id, mapping_id, address */
     if (e->function) {
-      uint8_t line[32], *l = put_field(line, 1, e->function);
-      l = put_field(l, 2, (uint64_t)e->line);
+      uint8_t line[32], *l = put_fields(line, (const uint64_t[]){e->function, (uint64_t)e->line}, 2);
       o = put_varint(o, 4 << 3 | 2);
       o = put_varint(o, (uint64_t)(l - line));
       memcpy(o, line, (size_t)(l - line));
@@ -407,10 +407,9 @@ static void encode(ta_pprof_t *p, buf_t *out) {
   size_t nfunc = p->funcs.len / sizeof(func_t);
   for (size_t i = 0; i < nfunc; i++) {
     const func_t *e = (const func_t *)p->funcs.p + i;
-    o = put_field(m, 1, i + 1);
-    o = put_field(o, 2, e->name);
-    o = put_field(o, 3, e->name); /* system_name: no demangling here */
-    o = put_field(o, 4, e->file);
+    /* id, name, system_name (no demangling here: the name), filename */
+    const uint64_t f[4] = {i + 1, e->name, e->name, e->file};
+    o = put_fields(m, f, 4);
     buf_put_ld(p, out, 5, m, (size_t)(o - m));
   }
   size_t nstr = p->strs.len / sizeof(str_t);
@@ -440,11 +439,7 @@ static void encode(ta_pprof_t *p, buf_t *out) {
 
 static uint32_t crc32(const uint8_t *s, size_t n) {
   uint32_t table[256];
-  for (uint32_t i = 0; i < 256; i++) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-    table[i] = c;
-  }
+  for (uint32_t i = 0; i < 256; i++) table[i] = ta_crc32_entry(i);
   uint32_t c = 0xffffffffu;
   for (size_t i = 0; i < n; i++) c = table[(c ^ s[i]) & 0xff] ^ (c >> 8);
   return c ^ 0xffffffffu;
@@ -468,16 +463,6 @@ static void deflate_stored(ta_pprof_t *p, buf_t *z, const uint8_t *s, size_t n) 
  * profile 416 KB -> 209 KB (gzip -6, dynamic codes: 153 KB); 10,000 samples
  * of 24 frames 953 KB -> 671 KB (gzip -6: 577 KB) in about 17 ms of CPU;
  * test/prof/make_profile.c's 1328 -> 988 bytes (gzip -6: 878). */
-static const uint16_t len_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
-                                      31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
-static const uint8_t len_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
-                                      2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
-static const uint16_t dist_base[30] = {1,    2,    3,    4,    5,    7,     9,     13,    17,  25,
-                                       33,   49,   65,   97,   129,  193,   257,   385,   513, 769,
-                                       1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
-static const uint8_t dist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
-                                       6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
-
 #define WINDOW 32768
 #define HASH_BITS 15
 #define CHAIN 8
@@ -516,11 +501,11 @@ static uint32_t reverse(uint32_t code, unsigned len) {
 static void fixed_codes(bits_t *w) {
   for (unsigned sym = 0; sym < 288; sym++) {
     uint32_t code = sym < 144 ? 0x30 + sym : sym < 256 ? 0x190 + sym - 144 : sym < 280 ? sym - 256 : 0xc0 + sym - 280;
-    unsigned len = sym < 144 ? 8 : sym < 256 ? 9 : sym < 280 ? 7 : 8;
+    unsigned len = ta_deflate_fixed_len(sym);
     w->lit[sym] = (uint16_t)reverse(code, len);
     w->lit_len[sym] = (uint8_t)len;
   }
-  for (unsigned d = 0; d < 30; d++) w->dist[d] = (uint8_t)reverse(d, 5);
+  for (unsigned d = 0; d < 30; d++) w->dist[d] = (uint8_t)reverse(d, TA_DEFLATE_FIXED_DIST_LEN);
 }
 
 static void put_lit(bits_t *w, unsigned sym) {
@@ -529,13 +514,13 @@ static void put_lit(bits_t *w, unsigned sym) {
 
 static void put_match(bits_t *w, unsigned len, unsigned dist) {
   int k = 28;
-  while (len < len_base[k]) k--;
+  while (len < ta_deflate_len_base[k]) k--;
   put_lit(w, 257 + (unsigned)k);
-  put_bits(w, len - len_base[k], len_extra[k]);
+  put_bits(w, len - ta_deflate_len_base[k], ta_deflate_len_extra[k]);
   k = 29;
-  while (dist < dist_base[k]) k--;
-  put_bits(w, w->dist[k], 5);
-  put_bits(w, dist - dist_base[k], dist_extra[k]);
+  while (dist < ta_deflate_dist_base[k]) k--;
+  put_bits(w, w->dist[k], TA_DEFLATE_FIXED_DIST_LEN);
+  put_bits(w, dist - ta_deflate_dist_base[k], ta_deflate_dist_extra[k]);
 }
 
 static uint32_t hash3(const uint8_t *s) {

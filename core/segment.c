@@ -39,11 +39,15 @@ uint64_t ta_active_peak(void) {
   return ta_relaxed_load(&active_peak);
 }
 
-void ta_segmap_set(const ta_segment_t *s, bool on) {
-  uintptr_t i = (uintptr_t)s >> TA_SEGMENT_SHIFT;
+void ta_addrmap_set(_Atomic uint64_t *map, const void *p, bool on) {
+  uintptr_t i = (uintptr_t)p >> TA_SEGMENT_SHIFT;
   uint64_t bit = (uint64_t)1 << (i % 64);
-  if (on) atomic_fetch_or_explicit(&ta_segmap[i / 64], bit, memory_order_release);
-  else atomic_fetch_and_explicit(&ta_segmap[i / 64], ~bit, memory_order_release);
+  if (on) atomic_fetch_or_explicit(&map[i / 64], bit, memory_order_release);
+  else atomic_fetch_and_explicit(&map[i / 64], ~bit, memory_order_release);
+}
+
+void ta_segmap_set(const ta_segment_t *s, bool on) {
+  ta_addrmap_set(ta_segmap, s, on);
 }
 
 uint64_t ta_segments_live(void) {

@@ -228,11 +228,7 @@ void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {
     ta_purge_kick();
     return;
   }
-  ta_block_t *b = p;
-  ta_link_set(b, tb->head);
-  b->key = ta_cookie;
-  tb->head = b;
-  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) + 1));
+  ta_tbin_push(tb, p, ta_relaxed_load(&tb->count), ta_cookie);
 }
 
 void ta_tcache_init(void) {

@@ -104,7 +104,9 @@ TRIMALLOC_API int trimalloc_stats(trimalloc_stats_t *out, size_t size);
 TRIMALLOC_API size_t trimalloc_stats_json(char *buf, size_t size);
 
 /* Options: purge_delay_ms, unmap_delay_ms, arenas, tcache_bytes, background,
- * show_stats, verbose. Each is read once from TRIMALLOC_<NAME upper-cased> at
+ * thp, show_stats, verbose, and the heap profiler's prof, prof_interval,
+ * prof_max_bytes, prof_growth, prof_at_exit, prof_keep, prof_unwind (the table
+ * in options.c; trimalloc_option_name lists them). Each is read once from TRIMALLOC_<NAME upper-cased> at
  * start; a bad value warns once and keeps the default. get/set return 0, or EINVAL for an unknown name (or a
  * NULL pointer) and ERANGE for a value out of the option's range. Setting
  * background to 0 stops a running purger thread before set returns; set back

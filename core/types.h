@@ -239,7 +239,6 @@ struct ta_arena_s {
   uint64_t span_mask;
   ta_segment_t *segments;
   ta_delay_t delay;     /* under lock */
-  uint64_t last_purge_ms;
   _Atomic int64_t dirty_pages, resident_pages;
   _Atomic int64_t xfer_bytes; /* in the bins' transfer caches */
   _Atomic int64_t empty_segments; /* segments with no span in use (written under lock) */

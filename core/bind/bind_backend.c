@@ -23,6 +23,7 @@
 typedef size_t (*trim_fn)(void);
 typedef int (*stats_fn)(trimalloc_stats_t *, size_t);
 typedef const char *(*version_fn)(void);
+typedef int (*option_get_fn)(const char *, long long *);
 typedef int (*glibc_trim_fn)(size_t);
 struct ta_mallinfo2 { /* glibc 2.33+ struct mallinfo2, looked up at run time */
   size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
@@ -39,6 +40,7 @@ static struct {
   trim_fn trim;
   stats_fn stats;
   version_fn version;
+  option_get_fn option_get; /* NULL in a core without options */
   glibc_trim_fn glibc_trim;
   mallinfo2_fn mallinfo2;
   mallinfo_fn mallinfo;
@@ -115,6 +117,7 @@ void ta_bind_init(void) {
     core.trim = (trim_fn)dlsym(RTLD_DEFAULT, "trimalloc_trim");
     core.stats = (stats_fn)dlsym(RTLD_DEFAULT, "trimalloc_stats");
     core.version = (version_fn)dlsym(RTLD_DEFAULT, "trimalloc_version");
+    core.option_get = (option_get_fn)dlsym(RTLD_DEFAULT, "trimalloc_option_get");
     if (core.trim && core.stats && core.version) {
       core.backend = TA_BACKEND_TRIMALLOC;
       Dl_info info;
@@ -156,6 +159,22 @@ const char *ta_bind_loaded_path(void) {
 const char *ta_bind_core_version(void) {
   ta_bind_init();
   return core.backend == TA_BACKEND_TRIMALLOC ? core.version() : NULL;
+}
+
+const char *ta_bind_purger_state(void) {
+  ta_bind_init();
+  if (core.backend != TA_BACKEND_TRIMALLOC) return "none (glibc: memory goes back only when something trims)";
+  trimalloc_stats_t s;
+  memset(&s, 0, sizeof s);
+  size_t off = field_offset("background");
+  uint64_t running = 0;
+  if (off && core.stats(&s, sizeof s) == 0 && s.size >= off + sizeof running)
+    memcpy(&running, (const char *)&s + off, sizeof running);
+  if (running) return "running (returns what stays free for the purge delay)";
+  long long on = 1; /* the core's own reading of TRIMALLOC_BACKGROUND, or its setting since */
+  if (core.option_get && core.option_get("background", &on) == 0 && on == 0)
+    return "off (TRIMALLOC_BACKGROUND=0: only allocator calls and trims purge)";
+  return "not started (starts when 4 MiB are left to purge)";
 }
 
 uint64_t ta_bind_rss(void) {

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #endif
 #include "bind_internal.h"
+#include "../gzip.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -111,16 +112,6 @@ static int decode(inf_t *s, const huff_t *h) {
   return -1;
 }
 
-static const short len_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
-                                   31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
-static const short len_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
-                                    2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
-static const short dist_base[30] = {1,   2,   3,   4,   5,   7,    9,    13,   17,   25,
-                                    33,  49,  65,  97,  129, 193,  257,  385,  513,  769,
-                                    1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
-static const short dist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
-                                     6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
-
 /* The literal/length and distance codes of one block, up to end-of-block. */
 static void codes(inf_t *s, const huff_t *lencode, const huff_t *distcode) {
   for (;;) {
@@ -134,11 +125,11 @@ static void codes(inf_t *s, const huff_t *lencode, const huff_t *distcode) {
     if (sym == 256) return;
     sym -= 257;
     if (sym >= 29) FAIL(s, "invalid length code in deflate data");
-    size_t len = (size_t)len_base[sym] + (size_t)bits(s, len_extra[sym]);
+    size_t len = (size_t)ta_deflate_len_base[sym] + (size_t)bits(s, ta_deflate_len_extra[sym]);
     int d = decode(s, distcode);
     if (d < 0) return;
     if (d >= 30) FAIL(s, "invalid distance code in deflate data");
-    size_t dist = (size_t)dist_base[d] + (size_t)bits(s, dist_extra[d]);
+    size_t dist = (size_t)ta_deflate_dist_base[d] + (size_t)bits(s, ta_deflate_dist_extra[d]);
     if (s->err) return;
     if (dist > s->outlen) FAIL(s, "deflate distance before the start of the data");
     if (!room(s, len)) return;
@@ -165,13 +156,9 @@ static void stored(inf_t *s) {
 static void fixed(inf_t *s) {
   huff_t lc, dc;
   short lengths[288];
-  int i = 0;
-  for (; i < 144; i++) lengths[i] = 8;
-  for (; i < 256; i++) lengths[i] = 9;
-  for (; i < 280; i++) lengths[i] = 7;
-  for (; i < 288; i++) lengths[i] = 8;
+  for (int i = 0; i < 288; i++) lengths[i] = (short)ta_deflate_fixed_len((unsigned)i);
   construct(&lc, lengths, 288);
-  for (i = 0; i < 30; i++) lengths[i] = 5;
+  for (int i = 0; i < 30; i++) lengths[i] = TA_DEFLATE_FIXED_DIST_LEN;
   construct(&dc, lengths, 30);
   codes(s, &lc, &dc);
 }
@@ -236,11 +223,7 @@ static uint32_t crc_table[256];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 static void crc_init(void) {
-  for (uint32_t i = 0; i < 256; i++) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-    crc_table[i] = c;
-  }
+  for (uint32_t i = 0; i < 256; i++) crc_table[i] = ta_crc32_entry(i);
 }
 
 /* The readers run on any thread (a binding releases its interpreter lock). */

@@ -117,6 +117,19 @@ static int next_field(span_t *m, unsigned *field, unsigned *wt, uint64_t *v, spa
   }
 }
 
+/* The varint fields 1..n of message m (wire type 0; a field seen twice: the
+ * last): field k into out[k - 1], which keeps its value when the field is
+ * absent. Other fields are skipped. 0, or -1 on malformed input. */
+static int varints(span_t m, uint64_t *out, unsigned n) {
+  unsigned f, wt;
+  uint64_t v;
+  span_t b;
+  int r;
+  while ((r = next_field(&m, &f, &wt, &v, &b)) > 0)
+    if (wt == 0 && f <= n) out[f - 1] = v;
+  return r;
+}
+
 /* A repeated integer field's values: packed (wire type 2) or one (type 0). */
 static int each_int(ta_bind_prof_t *p, unsigned wt, uint64_t v, span_t bytes, uint64_t **arr, size_t *n,
                     size_t *cap) {
@@ -360,14 +373,9 @@ static int decode_sample(dec_t *d, span_t m, uint64_t **ids, size_t *cap_ids, ui
     if (f == 1 && each_int(p, wt, v, b, ids, &nids, cap_ids)) return -1;
     if (f == 2 && each_int(p, wt, v, b, vals, &nvals, cap_vals)) return -1;
     if (f == 3 && wt == 2) { /* Label */
-      uint64_t key = 0, str = 0;
-      unsigned g, w2;
-      span_t c;
-      int r2;
-      while ((r2 = next_field(&b, &g, &w2, &v, &c)) > 0)
-        if (w2 == 0 && g == 1) key = v;
-        else if (w2 == 0 && g == 2) str = v;
-      if (r2 < 0) return BAD(d);
+      uint64_t ks[2] = {0, 0}, key, str; /* key, str */
+      if (varints(b, ks, 2) < 0) return BAD(d);
+      key = ks[0], str = ks[1];
       if (check_str(d, key, "a label") || check_str(d, str, "a label")) return -1;
       span_t k = d->strs[key];
       if (str && k.end - k.p == 3 && !memcmp(k.p, "tag", 3)) {
@@ -424,11 +432,9 @@ static int decode(ta_bind_prof_t *p, const uint8_t *buf, size_t len) {
     else if (f == 13) e = each_int(p, wt, v, b, &com, &ncom, &cap_com);
     else if (f == 14 && wt == 0) default_type = v;
     else if (f == 11 && wt == 2) {
-      span_t c;
-      unsigned g, w2;
-      uint64_t x;
-      while (next_field(&b, &g, &w2, &x, &c) > 0)
-        if (g == 1 && w2 == 0) p->period_type_index = (int64_t)x;
+      uint64_t type = (uint64_t)p->period_type_index;
+      varints(b, &type, 1); /* as far as it reads */
+      p->period_type_index = (int64_t)type;
     }
     if (e) goto out;
   }
@@ -447,16 +453,13 @@ static int decode(ta_bind_prof_t *p, const uint8_t *buf, size_t len) {
   }
   p->ntypes = ntypes;
   for (size_t i = 0; i < ntypes; i++) {
-    uint64_t t = 0, u = 0;
-    unsigned g, w2;
-    span_t c;
-    while ((r = next_field(&types[i], &g, &w2, &v, &c)) > 0)
-      if (g == 1 && w2 == 0) t = v;
-      else if (g == 2 && w2 == 0) u = v;
-    if (r < 0 || check_str(&d, t, "a sample type") || check_str(&d, u, "a sample type")) {
-      if (r < 0) BAD(&d);
+    uint64_t tu[2] = {0, 0}, t, u; /* type, unit */
+    if (varints(types[i], tu, 2) < 0) {
+      BAD(&d);
       goto out;
     }
+    t = tu[0], u = tu[1];
+    if (check_str(&d, t, "a sample type") || check_str(&d, u, "a sample type")) goto out;
     if (!(p->type_names[i] = span_dup(d.strs[t])) || !(p->type_units[i] = span_dup(d.strs[u]))) {
       prof_fail(p, ENOMEM, "out of memory");
       goto out;
@@ -489,31 +492,22 @@ static int decode(ta_bind_prof_t *p, const uint8_t *buf, size_t len) {
   }
   for (size_t i = 0; i < nfns; i++) {
     fn_t *fn = &d.fns[d.nfn++];
-    unsigned g, w2;
-    span_t c;
-    while ((r = next_field(&fns[i], &g, &w2, &v, &c)) > 0)
-      if (w2 != 0) continue;
-      else if (g == 1) fn->id = v;
-      else if (g == 2) fn->name = v;
-      else if (g == 4) fn->file = v;
-    if (r < 0) {
+    uint64_t x[4] = {0}; /* id, name, system_name, filename */
+    if (varints(fns[i], x, 4) < 0) {
       BAD(&d);
       goto out;
     }
+    *fn = (fn_t){x[0], x[1], x[3]};
     if (check_str(&d, fn->name, "a function") || check_str(&d, fn->file, "a function")) goto out;
   }
   for (size_t i = 0; i < nmaps; i++) {
     mp_t *mp = &d.maps[d.nmap++];
-    unsigned g, w2;
-    span_t c;
-    while ((r = next_field(&maps[i], &g, &w2, &v, &c)) > 0)
-      if (w2 != 0) continue;
-      else if (g == 1) mp->id = v;
-      else if (g == 5) mp->file = v;
-    if (r < 0) {
+    uint64_t x[5] = {0}; /* id, memory_start, memory_limit, file_offset, filename */
+    if (varints(maps[i], x, 5) < 0) {
       BAD(&d);
       goto out;
     }
+    *mp = (mp_t){x[0], x[4]};
     if (check_str(&d, mp->file, "a mapping")) goto out;
   }
   for (size_t i = 0; i < nlocs; i++) {
@@ -527,18 +521,12 @@ static int decode(ta_bind_prof_t *p, const uint8_t *buf, size_t len) {
       else if (g == 2 && w2 == 0) l->mapping = v;
       else if (g == 3 && w2 == 0) l->address = v;
       else if (g == 4 && w2 == 2) {
-        ln_t ln = {0, 0};
-        unsigned h, w3;
-        span_t e;
-        int r2;
-        while ((r2 = next_field(&c, &h, &w3, &v, &e)) > 0)
-          if (h == 1 && w3 == 0) ln.function = v;
-          else if (h == 2 && w3 == 0) ln.line = (int64_t)v;
-        if (r2 < 0) {
+        uint64_t x[2] = {0, 0}; /* function_id, line */
+        if (varints(c, x, 2) < 0) {
           BAD(&d);
           goto out;
         }
-        if (PUSH(p, d.lines, d.nlines, cap_lines, ln)) goto out;
+        if (PUSH(p, d.lines, d.nlines, cap_lines, ((ln_t){x[0], (int64_t)x[1]}))) goto out;
         l->nlines++;
       }
     }
@@ -678,6 +666,21 @@ void ta_bind_prof_error(ta_bind_prof_t *p, char *err, size_t errlen) {
 
 /* ---- output helpers for bind_prof_top.c and bind_flame.c ---- */
 
+/* Room for n more bytes and the NUL; 0, or -1 (b->oom set). */
+static int sb_room(ta_bind_sb_t *b, size_t n) {
+  if (b->cap - b->len > n) return 0;
+  size_t cap = b->cap ? b->cap * 2 : 4096;
+  while (cap - b->len <= n) cap *= 2;
+  char *q = realloc(b->s, cap);
+  if (!q) {
+    b->oom = 1;
+    return -1;
+  }
+  b->s = q;
+  b->cap = cap;
+  return 0;
+}
+
 __attribute__((format(printf, 2, 3))) void ta_bind_sb_printf(ta_bind_sb_t *b, const char *fmt, ...) {
   if (b->oom) return;
   for (;;) {
@@ -690,31 +693,12 @@ __attribute__((format(printf, 2, 3))) void ta_bind_sb_printf(ta_bind_sb_t *b, co
       b->len += (size_t)n;
       return;
     }
-    size_t cap = b->cap ? b->cap * 2 : 4096;
-    while (cap - b->len <= (size_t)n) cap *= 2;
-    char *q = realloc(b->s, cap);
-    if (!q) {
-      b->oom = 1;
-      return;
-    }
-    b->s = q;
-    b->cap = cap;
+    if (sb_room(b, (size_t)n)) return;
   }
 }
 
 void ta_bind_sb_put(ta_bind_sb_t *b, const char *s, size_t n) {
-  if (b->oom) return;
-  if (b->cap - b->len <= n) {
-    size_t cap = b->cap ? b->cap * 2 : 4096;
-    while (cap - b->len <= n) cap *= 2;
-    char *q = realloc(b->s, cap);
-    if (!q) {
-      b->oom = 1;
-      return;
-    }
-    b->s = q;
-    b->cap = cap;
-  }
+  if (b->oom || sb_room(b, n)) return;
   memcpy(b->s + b->len, s, n);
   b->len += n;
   b->s[b->len] = 0;

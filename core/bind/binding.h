@@ -58,6 +58,11 @@ const char *ta_bind_loaded_path(void);
 /* The core's version string when active, else NULL. */
 const char *ta_bind_core_version(void);
 
+/* The background purger in this process, in words (`trimalloc info`): none
+ * (glibc), running, off (the core's background option is 0), or not started.
+ * Asks the core; never reads the environment itself. */
+const char *ta_bind_purger_state(void);
+
 /* Trims now. trimalloc: trimalloc_trim(). glibc: malloc_trim(0), and the bytes
  * released measured as the drop in RSS (/proc/self/statm) across the call,
  * clamped at 0. Counted (trims, trimmed_bytes, trim_ns) either way. May take

@@ -99,6 +99,11 @@ static PyObject *py_core_version(PyObject *m, PyObject *unused) {
   return PyUnicode_FromString(v);
 }
 
+static PyObject *py_purger_state(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyUnicode_FromString(ta_bind_purger_state());
+}
+
 static PyObject *py_trim(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
   uint64_t released;
@@ -991,6 +996,8 @@ static PyMethodDef methods[] = {
      "loaded_path() -> path of the loaded core, or None when it is not active"},
     {"core_version", py_core_version, METH_NOARGS,
      "core_version() -> the loaded core's version, or None when it is not active"},
+    {"purger_state", py_purger_state, METH_NOARGS,
+     "purger_state() -> the background purger in this process, in words (from the core)"},
     {"trim", py_trim, METH_NOARGS, "trim() -> bytes returned to the OS now"},
     {"trim_if_due", (PyCFunction)(void (*)(void))py_trim_if_due, METH_VARARGS | METH_KEYWORDS,
      "trim_if_due(min_interval, min_free=0) -> bytes released, or None when skipped"},

@@ -18,6 +18,7 @@
 #   Trimalloc.stats         Hash, keys from the core's stats field list
 #   Trimalloc.rss           this process's resident set size, bytes
 #   Trimalloc.core_version, Trimalloc.loaded_path (nil unless active)
+#   Trimalloc.purger_state  the background purger in this process, in words
 #   Trimalloc::GC.enable(major_only: true, min_interval: 1.0), .disable,
 #                 .enabled?, .stats
 #   Trimalloc::Trimmer.new(every: nil, min_free: 0, min_interval: 1.0)

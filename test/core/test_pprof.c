@@ -28,9 +28,22 @@
 
 static char tmpdir[64];
 
-static int open_out(const char *name, char *path) {
+/* tmpdir/name, into path (256 bytes). */
+static char *out_path(const char *name, char *path) {
   snprintf(path, 256, "%s/%s", tmpdir, name);
-  return open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  return path;
+}
+
+static int open_out(const char *name, char *path) {
+  return open(out_path(name, path), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+}
+
+/* Writes p to the file at path; false (and reported) when the writer fails. */
+static bool finish_at(ta_pprof_t *p, const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  int err = ta_pprof_finish(p, fd);
+  close(fd);
+  return CHECK(err == 0, "finish %s: %d", path, err);
 }
 
 /* ---- tests ---- */
@@ -172,11 +185,7 @@ static void test_large(void) {
     ta_pprof_sample(p, ids, 3, v, name);
   }
   char path[256];
-  int fd = open_out("large.pb.gz", path);
-  CHECK(ta_pprof_finish(p, fd) == 0);
-  close(fd);
-  struct stat st;
-  stat(path, &st);
+  finish_at(p, out_path("large.pb.gz", path));
   if (access("/bin/gzip", X_OK) == 0) { /* another inflater agrees */
     char cmd[600];
     snprintf(cmd, sizeof cmd, "/bin/gzip -t %s", path);
@@ -231,9 +240,7 @@ static void test_incompressible(void) {
     ta_pprof_sample(p, &loc, 1, v, NULL);
   }
   char path[256];
-  int fd = open_out("random.pb.gz", path);
-  CHECK(ta_pprof_finish(p, fd) == 0);
-  close(fd);
+  finish_at(p, out_path("random.pb.gz", path));
   struct stat st;
   stat(path, &st);
   static prof_t pr;
@@ -261,9 +268,7 @@ static void test_errors(void) {
   /* An empty profile is still a valid one. */
   p = ta_pprof_begin(1, 0);
   char path[256];
-  int fd = open_out("empty.pb.gz", path);
-  CHECK(ta_pprof_finish(p, fd) == 0);
-  close(fd);
+  finish_at(p, out_path("empty.pb.gz", path));
   static prof_t pr;
   uint8_t *raw = NULL;
   if (load(path, &pr, &raw)) CHECK(pr.nsample == 0 && pr.ntypes == 4 && pr.period == 1);
@@ -308,9 +313,7 @@ static void write_reader_profile(const char *path, int with_comment) {
   ta_pprof_sample(p, native, 2, d, NULL);
   if (with_comment) ta_pprof_comment(p, "exact_allocated=1234567");
   ta_pprof_comment(p, "reason=peak");
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  CHECK(ta_pprof_finish(p, fd) == 0);
-  close(fd);
+  finish_at(p, path);
 }
 
 static void test_read_top(void) {
@@ -377,9 +380,7 @@ static void test_read_names(void) {
   int64_t v[4] = {1, 1, 1, 1};
   ta_pprof_sample(p, ids, 6, v, NULL);
   char path[256], err[800];
-  int fd = open_out("names.pb.gz", path);
-  CHECK(ta_pprof_finish(p, fd) == 0);
-  close(fd);
+  finish_at(p, out_path("names.pb.gz", path));
   rows_t rs;
   memset(&rs, 0, sizeof rs);
   if (!CHECK(ta_bind_prof_top(path, NULL, 0, collect, &rs, err, sizeof err) == 0 && rs.n == 1, "%s", err)) return;
@@ -403,9 +404,7 @@ static void test_read_names(void) {
                     ta_pprof_location(p, 0x100600, mr, ta_pprof_function(p, "ruby_run_node", ruby), 0),
                     ta_pprof_location(p, 0x100700, mr, ta_pprof_function(p, "main", ruby), 0)};
   ta_pprof_sample(p, nat, 9, v, NULL);
-  fd = open_out("names.pb.gz", path);
-  CHECK(ta_pprof_finish(p, fd) == 0);
-  close(fd);
+  finish_at(p, path);
   char *text = NULL;
   if (CHECK(ta_bind_prof_top_str(path, NULL, 0, &text, err, sizeof err) == 0, "%s", err))
     CHECK(strstr(text, "  ?? (generator.so) < rb_funcall (libruby.so) < rb_vm_exec (libruby.so) < ruby_run_node (libruby.so) "
@@ -655,9 +654,7 @@ static void test_go_pprof(void) {
   ta_pprof_sample(p, s2, 2, v2, NULL);
   ta_pprof_comment(p, "exact_allocated=99");
   char path[256], cmd[1200], out[8192];
-  int fd = open_out("go.pb.gz", path);
-  CHECK(ta_pprof_finish(p, fd) == 0);
-  close(fd);
+  finish_at(p, out_path("go.pb.gz", path));
   /* go needs a writable home for its caches */
   snprintf(cmd, sizeof cmd, "HOME=%s GOCACHE=%s/gocache go tool pprof -raw %s 2>&1", tmpdir, tmpdir, path);
   FILE *f = popen(cmd, "r");

@@ -65,38 +65,21 @@ static int64_t comment_value(const char *key) {
 }
 
 /* ---- allocation sites (their names are what the dump's leaf shows; the
- * test is linked with -rdynamic so that dladdr finds them) ---- */
+ * test is linked with -rdynamic so that dladdr finds them). Each returns n
+ * blocks, every one made by the site's own call. ---- */
 #define SITE __attribute__((noinline, used))
-SITE void **site_small(size_t n, size_t size) {
-  void **v = calloc(n, sizeof *v);
-  for (size_t i = 0; i < n; i++) v[i] = trimalloc_malloc(size);
-  return v;
-}
-SITE void **site_medium(size_t n, size_t size) {
-  void **v = calloc(n, sizeof *v);
-  for (size_t i = 0; i < n; i++) v[i] = trimalloc_malloc(size);
-  return v;
-}
-SITE void **site_calloc(size_t n, size_t size) {
-  void **v = calloc(n, sizeof *v);
-  for (size_t i = 0; i < n; i++) v[i] = trimalloc_calloc(1, size);
-  return v;
-}
-SITE void **site_large(size_t n, size_t size) {
-  void **v = calloc(n, sizeof *v);
-  for (size_t i = 0; i < n; i++) v[i] = trimalloc_malloc(size);
-  return v;
-}
-SITE void **site_aligned(size_t n, size_t size) {
-  void **v = calloc(n, sizeof *v);
-  for (size_t i = 0; i < n; i++) v[i] = trimalloc_aligned_alloc(4096, size);
-  return v;
-}
-SITE void **site_huge(size_t n, size_t size) {
-  void **v = calloc(n, sizeof *v);
-  for (size_t i = 0; i < n; i++) v[i] = trimalloc_malloc(size);
-  return v;
-}
+#define ALLOC_SITE(name, make)                    \
+  SITE void **name(size_t n, size_t size) {       \
+    void **v = calloc(n, sizeof *v);              \
+    for (size_t i = 0; i < n; i++) v[i] = (make); \
+    return v;                                     \
+  }
+ALLOC_SITE(site_small, trimalloc_malloc(size))
+ALLOC_SITE(site_medium, trimalloc_malloc(size))
+ALLOC_SITE(site_calloc, trimalloc_calloc(1, size))
+ALLOC_SITE(site_large, trimalloc_malloc(size))
+ALLOC_SITE(site_aligned, trimalloc_aligned_alloc(4096, size))
+ALLOC_SITE(site_huge, trimalloc_malloc(size))
 
 static void free_all(void **v, size_t n) {
   for (size_t i = 0; i < n; i++) trimalloc_free(v[i]);

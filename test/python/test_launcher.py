@@ -201,6 +201,10 @@ def test_path_info_help_version():
     env = child_env(True)
     env["TRIMALLOC_BACKGROUND"] = "0"
     assert "purger:       off (TRIMALLOC_BACKGROUND=0" in launch("module", "info", env=env).stdout
+    # the core's reading of the variable, not the CLI's own: "FALSE" is not a
+    # value the core takes (it warns and keeps the purger on)
+    env["TRIMALLOC_BACKGROUND"] = "FALSE"
+    assert "purger:       not started" in launch("module", "info", env=env).stdout
     p = launch("module", "--help")
     assert p.returncode == 0 and "trimalloc run" in p.stdout and "path" in p.stdout
     p = launch("module", "--version")

@@ -126,6 +126,12 @@ class LauncherTest < Minitest::Test
     assert_match(/^allocator:\s+trimalloc/, out)
     assert_match(/^purger:\s+not started/, out) # nothing left to purge yet
     assert_match(/^core:\s+#{Regexp.escape(Trimalloc::VERSION)} at /, out)
+    out, = trimalloc("run", "--", RUBY, EXE, "info", env: { "TRIMALLOC_BACKGROUND" => "0" })
+    assert_match(/^purger:\s+off \(TRIMALLOC_BACKGROUND=0/, out)
+    # the core's reading of the variable, not the CLI's own: "FALSE" is not a
+    # value the core takes (it warns and keeps the purger on)
+    out, = trimalloc("run", "--", RUBY, EXE, "info", env: { "TRIMALLOC_BACKGROUND" => "FALSE" })
+    assert_match(/^purger:\s+not started/, out)
   end
 
   def test_exec_rejects_wrong_arguments

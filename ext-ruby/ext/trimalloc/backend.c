@@ -26,6 +26,11 @@ static VALUE m_loaded_path(VALUE self) {
   return cstr_or_nil(ta_bind_loaded_path());
 }
 
+/* The background purger in this process, in words (asked of the core). */
+static VALUE m_purger_state(VALUE self) {
+  return rb_str_new_cstr(ta_bind_purger_state());
+}
+
 static VALUE m_rss(VALUE self) {
   return ULL2NUM(ta_bind_rss());
 }
@@ -131,6 +136,7 @@ void ta_rb_init_backend(void) {
   rb_define_singleton_method(m, "backend", m_backend, 0);
   rb_define_singleton_method(m, "core_version", m_core_version, 0);
   rb_define_singleton_method(m, "loaded_path", m_loaded_path, 0);
+  rb_define_singleton_method(m, "purger_state", m_purger_state, 0);
   rb_define_singleton_method(m, "rss", m_rss, 0);
   rb_define_singleton_method(m, "free_bytes", m_free_bytes, 0);
   rb_define_singleton_method(m, "trim", m_trim, 0);

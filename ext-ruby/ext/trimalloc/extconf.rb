@@ -24,7 +24,7 @@ $srcs = Dir.glob(File.join($srcdir || __dir__, "*.c")).map { |f| File.basename(f
 create_makefile("trimalloc/trimalloc_ext")
 
 core_build = File.join(Dir.pwd, "core-build")
-headers = [File.join(core_dir, "trimalloc.h"), *Dir.glob(File.join(bind_dir, "*.h")).sort,
+headers = [File.join(core_dir, "trimalloc.h"), File.join(core_dir, "gzip.h"), *Dir.glob(File.join(bind_dir, "*.h")).sort,
            *Dir.glob(File.join($srcdir || __dir__, "*.h")).sort]
 File.open("Makefile", "a") do |mk|
   mk.puts <<~MAKE

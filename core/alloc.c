@@ -14,6 +14,11 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
  * The allocation counts toward the class's sampling countdown here. */
 TA_PROF_PATH static void *malloc_refill(ta_tcache_t *tc, size_t cls) {
   ta_process_init();
+  if (cls == TA_ZERO_CLASS) { /* malloc(0): a no-access address of its own (zero.c) */
+    void *z = ta_zero_alloc();
+    if (z) return z;
+    cls = 0;
+  }
   void *b = ta_tcache_refill(tc, cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
@@ -42,7 +47,7 @@ TA_PROF_PATH static void *malloc_sample(ta_tcache_t *tc, size_t cls) {
 static size_t big_usable(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   ta_span_t *sp = ta_span_of(s, p);
-  return sp->kind == TA_SPAN_HUGE ? s->huge_size : sp->bsize;
+  return sp->kind == TA_SPAN_HUGE ? s->huge_size : ta_large_usable(sp);
 }
 #endif
 
@@ -50,7 +55,11 @@ static size_t big_usable(void *p) {
  * mapping of its own. */
 TA_PROF_PATH static void *malloc_big(size_t n) {
   ta_process_init();
+#ifdef TA_HARDENED
+  void *p = n <= TA_LARGE_MAX ? ta_large_alloc_guarded(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
+#else
   void *p = n <= TA_LARGE_MAX ? ta_large_alloc(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
+#endif
 #ifndef TA_NO_PROF
   if (p) ta_prof_maybe(p, big_usable(p));
 #endif
@@ -67,8 +76,8 @@ TA_PROF_PATH static void *malloc_big(size_t n) {
 TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   size_t cls;
 #ifdef TA_HARDENED
-  if (n <= TA_TCACHE_MAX - TA_CANARY) n += TA_CANARY; /* room for the canary */
-  else return malloc_big(n);
+  if (n - 1 < TA_TCACHE_MAX - TA_CANARY) n += TA_CANARY; /* room for the canary (0 stays 0: zero.c) */
+  else if (n) return malloc_big(n);
 #endif
   if (ta_likely(n <= TA_SMALL_MAX)) cls = ta_small_class[(n + TA_ALIGN - 1) / TA_ALIGN];
   else if (n <= TA_TCACHE_MAX) cls = ta_class_of(n);
@@ -160,10 +169,13 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
     break;
   case TA_SPAN_LARGE:
 #ifndef TA_NO_PROF
-    if (ta_is_block_start(sp, p)) ta_prof_forget(sp, p);
+    if ((uint8_t *)p == ta_large_block(sp)) ta_prof_forget(sp, p);
 #endif
     ta_large_free(sp, p);
     break;
+  case TA_SPAN_ZERO:
+    ta_zero_free(s, p);
+    return;
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
 #ifndef TA_NO_PROF
@@ -267,14 +279,19 @@ size_t ta_usable_size(const void *p, const char *what) {
     return far->huge_size;
   }
   ta_span_t *sp = ta_span_of(s, p);
+  if (sp->kind == TA_SPAN_ZERO) return ta_zero_usable(s, p, what);
   if (sp->kind == TA_SPAN_HUGE) {
     if ((const uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error(what, p);
     return s->huge_size;
   }
-  if ((sp->kind != TA_SPAN_SLAB && sp->kind != TA_SPAN_LARGE) || !ta_is_block_start(sp, p)) ta_error(what, p);
+  if (sp->kind == TA_SPAN_LARGE) {
+    if ((const uint8_t *)p != ta_large_block(sp)) ta_error(what, p);
+    return ta_large_usable(sp);
+  }
+  if (sp->kind != TA_SPAN_SLAB || !ta_is_block_start(sp, p)) ta_error(what, p);
   if (sp->kind == TA_SPAN_SLAB && (uint32_t)((const uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
     ta_error(what, p); /* never handed out */
-  return sp->kind == TA_SPAN_SLAB ? sp->bsize - TA_CANARY : sp->bsize;
+  return sp->bsize - TA_CANARY;
 }
 
 TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p) {

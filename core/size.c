@@ -5,8 +5,10 @@
 /* ta_class_of((n + 15) / 16 * 16), written out: malloc reads it before the
  * process is initialised (a library's constructor may call malloc before
  * ours runs), so it cannot be filled in at start. ta_size_init checks it. */
+/* By (n + 15) / 16; entry 0 (n == 0 only) is the zero-size class, whose
+ * thread-cache bin stays empty: malloc(0) takes the slow path (zero.c). */
 const uint8_t ta_small_class[TA_SMALL_MAX / TA_ALIGN + 1] = {
-    0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+    TA_ZERO_CLASS, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
     15, 16, 16, 17, 17, 18, 18, 19, 19, 20, 20, 21, 21, 22, 22, 23,
     23, 24, 24, 24, 24, 25, 25, 25, 25, 26, 26, 26, 26, 27, 27, 27,
     27, 28, 28, 28, 28, 29, 29, 29, 29, 30, 30, 30, 30, 31, 31, 31,
@@ -16,7 +18,7 @@ uint8_t ta_class_slices[TA_CLASSES];
 uint16_t ta_class_tmax[TA_TCLASSES];
 
 void ta_size_init(void) {
-  for (size_t d = 0; d <= TA_SMALL_MAX / TA_ALIGN; d++)
+  for (size_t d = 1; d <= TA_SMALL_MAX / TA_ALIGN; d++)
     if (ta_small_class[d] != ta_class_of(d * TA_ALIGN)) ta_error("size class table is wrong at", (void *)d);
   for (size_t c = 0; c < TA_CLASSES; c++) {
     /* One slice for blocks up to 8 KiB (at least 8 per slab), else enough

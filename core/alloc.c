@@ -126,6 +126,36 @@ static __attribute__((noinline, noreturn, cold)) void double_free(void *p) {
 static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
   ta_error("free: heap overflow past the end of block", p);
 }
+
+/* The hardened build does not hand a block just freed straight back to the
+ * next malloc of its class (a use after free would then find the new
+ * object in it): the block goes in behind 1 to 4 of the bin's blocks, how
+ * many drawn from its address and the secret cookie; an empty bin is
+ * filled first. The links walked are checked as malloc's pop checks them.
+ * Pre: count < tb->max. */
+static void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint16_t count, uintptr_t cookie) {
+  ta_tbin_t *tb = &tc->bins[cls];
+  if (count == 0) {
+    ta_block_t *h = ta_tcache_refill(tc, cls); /* pops one of a fresh batch: put it back */
+    if (h) ta_tcache_overflow(tc, cls, h);
+    count = ta_relaxed_load(&tb->count);
+    if (count == 0 || count >= tb->max) {
+      ta_tcache_overflow(tc, cls, b);
+      return;
+    }
+  }
+  ta_block_t *at = tb->head;
+  size_t depth = (size_t)((((uintptr_t)b ^ cookie) * 0x9e3779b97f4a7c15ull) >> 62) % count;
+  for (size_t i = 0; i < depth; i++) {
+    ta_block_t *next = ta_link_get(at);
+    if (((uintptr_t)next & (TA_ALIGN - 1)) || !next || next->key != cookie) corrupt(at);
+    at = next;
+  }
+  b->key = cookie;
+  b->next = at->next; /* masked as it is */
+  ta_link_set(at, b);
+  ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
+}
 #endif
 
 #ifndef TA_NO_PROF
@@ -147,6 +177,10 @@ static bool free_cached(ta_span_t *sp, void *p) {
   uint16_t count = ta_relaxed_load(&tb->count);
   if (count < tb->max) {
     ta_block_t *b = p;
+#ifdef TA_HARDENED
+    push_delayed(tc, cls, b, count, ta_cookie);
+    return true;
+#endif
     ta_link_set(b, tb->head);
     b->key = ta_cookie;
     tb->head = b;
@@ -240,6 +274,10 @@ TRIMALLOC_API void trimalloc_free(void *p) {
     uint16_t count = ta_relaxed_load(&tb->count);
     if (ta_likely(count < tb->max)) { /* the budget bounds the bytes: no byte count here */
       ta_block_t *b = p;
+#ifdef TA_HARDENED
+      push_delayed(tc, cls, b, count, cookie);
+      return;
+#endif
       ta_link_set(b, tb->head);
       b->key = cookie;
       tb->head = b;

@@ -529,10 +529,31 @@ static void test_free_sized_valid(void) {
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
 }
 
+#ifdef TEST_HARDENED
+/* The hardened build does not give the block just freed to the next malloc
+ * of its class (mimalloc-bench's malloc_reuse), even when its bin held no
+ * other block. */
+static void test_no_immediate_reuse(void) {
+  static const size_t sizes[] = {8, 64, 4096, 20 * KiB, 100 * KiB};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    for (int k = 0; k < 3; k++) {
+      void *p = trimalloc_malloc(sizes[i]);
+      trimalloc_free(p);
+      void *q = trimalloc_malloc(sizes[i]);
+      CHECK(q != p, "%zu bytes: the block just freed came back (round %d)", sizes[i], k);
+      trimalloc_free(q);
+    }
+  }
+}
+#endif
+
 int main(void) {
   RUN(test_valid_use_does_not_abort);
   RUN(test_zero_size_blocks);
   RUN(test_free_sized_valid);
+#ifdef TEST_HARDENED
+  RUN(test_no_immediate_reuse);
+#endif
   RUN(test_misuse_aborts_with_one_line);
   return check_summary();
 }

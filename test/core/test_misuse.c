@@ -240,6 +240,21 @@ static void case_free_sized_larger(void) {
   trimalloc_free_sized(p, 72);
 }
 
+/* The end of a huge block's header, just before the block, stays zero: a
+ * write there is reported at the free. */
+static void huge_underflow_of(size_t by) {
+  uint8_t *p = trimalloc_malloc(5 * MiB);
+  announce(p);
+  p[-(ptrdiff_t)by] ^= 'A';
+  trimalloc_free(p);
+}
+static void case_huge_underflow_1(void) {
+  huge_underflow_of(1);
+}
+static void case_huge_underflow_32(void) {
+  huge_underflow_of(32);
+}
+
 #ifdef TEST_HARDENED
 /* The hardened build puts a large block between two inaccessible pages and
  * keeps a freed one inaccessible until its span is taken again. */
@@ -367,6 +382,8 @@ static const misuse_t cases[] = {
     {"double free of a zero-size block", "free", case_zero_size_double_free, 0},
     {"free_sized with a smaller size than the block's class", "free_sized", case_free_sized_smaller, 0},
     {"free_sized with a size larger than the block", "free_sized", case_free_sized_larger, 0},
+    {"write one byte before a huge block", "free", case_huge_underflow_1, 0},
+    {"write 32 bytes before a huge block", "free", case_huge_underflow_32, 0},
     /* Faults: the sanitizers catch SIGSEGV themselves (main skips these there). */
     {"read of a zero-size block", "", case_zero_size_read, 1},
     {"write to a zero-size block", "", case_zero_size_write, 1},
@@ -472,6 +489,15 @@ static void test_valid_use_does_not_abort(void) {
     }
     void *q = trimalloc_realloc(trimalloc_malloc(10), 100000);
     trimalloc_free(q);
+    /* huge blocks whose header end is checked at free: aligned (a gap
+     * before the block), reusing a dirty cached mapping, grown by mremap */
+    for (size_t align = 64; align <= 64 * KiB; align *= 4) {
+      uint8_t *h = trimalloc_malloc(6 * MiB);
+      memset(h, 0x5a, 6 * MiB);
+      trimalloc_free(h);
+      void *a = NULL;
+      if (trimalloc_posix_memalign(&a, align, 5 * MiB) == 0) trimalloc_free(trimalloc_realloc(a, 9 * MiB));
+    }
     _exit(0);
   }
   waitpid(pid, &st, 0);

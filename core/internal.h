@@ -240,7 +240,7 @@ static inline bool ta_is_block_start(const ta_span_t *sp, const void *p) {
 TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
 TA_HIDDEN ta_segment_t *ta_segment_new(ta_arena_t *a);            /* a->lock held */
 TA_HIDDEN void ta_segment_free(ta_arena_t *a, ta_segment_t *s);    /* a->lock held */
-/* Slices [idx, idx + n) go into use: read-write (ta_segment_t.rw_slices).
+/* Slices [idx, idx + n) go into use: read-write (ta_segbits_t.rw_slices).
  * false: the OS refused (too many mappings); a->lock held. */
 TA_HIDDEN bool ta_segment_commit(ta_segment_t *s, size_t idx, size_t n);
 TA_HIDDEN uint64_t ta_segments_live(void);

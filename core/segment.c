@@ -81,9 +81,9 @@ ta_segment_t *ta_segment_new(ta_arena_t *a) {
   /* Past the header, no access until a span takes the slices (a huge page
    * needs its whole range alike: a THP segment stays read-write). */
   if (s->thp || ta_prim_protect((uint8_t *)p + TA_SLICE_SIZE, TA_SEGMENT_SIZE - TA_SLICE_SIZE, false) != 0)
-    s->rw_slices = ~(uint64_t)0;
+    bits->rw_slices = ~(uint64_t)0;
   else
-    s->rw_slices = 1;
+    bits->rw_slices = 1;
   size_t hdr_pages = ta_segment_header_bytes() >> ta_ospage_shift;
   size_t pages = TA_SEGMENT_SIZE >> ta_ospage_shift, slice0 = TA_SLICE_SIZE >> ta_ospage_shift;
   s->arena = a;
@@ -110,9 +110,10 @@ ta_segment_t *ta_segment_new(ta_arena_t *a) {
  * life, and the read-write part stays one mapping). */
 bool ta_segment_commit(ta_segment_t *s, size_t idx, size_t n) {
   uint64_t mask = (n >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << idx;
-  if (ta_likely((s->rw_slices & mask) == mask)) return true;
+  ta_segbits_t *bits = ta_segbits(s);
+  if (ta_likely((bits->rw_slices & mask) == mask)) return true;
   if (ta_prim_protect((uint8_t *)s + idx * TA_SLICE_SIZE, n * TA_SLICE_SIZE, true) != 0) return false;
-  s->rw_slices |= mask;
+  bits->rw_slices |= mask;
   return true;
 }
 

@@ -191,8 +191,8 @@ void *ta_large_alloc_guarded(ta_arena_t *a, size_t n) {
   sp->block_off = (uint32_t)(p - start);
   size_t front = (size_t)(tail - pages - ps - start), idx = ta_span_index(sp);
   uint64_t mask = ((uint64_t)1 << sp->slices) - 1;
-  if (ta_prim_protect(start + front, ps, false) == 0) s->rw_slices &= ~(mask << idx);
-  if (ta_prim_protect(tail, ps, false) == 0) s->rw_slices &= ~(mask << idx);
+  if (ta_prim_protect(start + front, ps, false) == 0) ta_segbits(s)->rw_slices &= ~(mask << idx);
+  if (ta_prim_protect(tail, ps, false) == 0) ta_segbits(s)->rw_slices &= ~(mask << idx);
   ta_unlock(&a->lock);
   return p;
 }
@@ -208,7 +208,7 @@ void ta_large_free(ta_span_t *sp, void *p) {
   /* Inaccessible until taken again: a use after free faults. */
   if (ta_prim_protect(sp->start, sp->bsize, false) == 0) {
     uint64_t mask = sp->slices >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << sp->slices) - 1;
-    ta_segment_of(sp)->rw_slices &= ~(mask << ta_span_index(sp));
+    ta_segbits(ta_segment_of(sp))->rw_slices &= ~(mask << ta_span_index(sp));
   }
 #endif
   uint32_t bytes = sp->bsize;

@@ -170,11 +170,6 @@ typedef struct ta_segment_s {
   uint32_t used_slices;
   uint16_t huge; /* 1: huge mapping */
   uint16_t thp;  /* 1: backed by transparent huge pages (routine purges keep them whole) */
-  /* bit i: slice i is read-write. A segment's slices stay PROT_NONE until a
-   * span first takes them (ta_segment_commit), so a stray access past the
-   * part of the heap in use faults, as past glibc's heap top (all ones for
-   * a THP segment, and for a huge mapping). Under the arena lock. */
-  uint64_t rw_slices;
   ta_span_t spans[TA_SLICES];
 } ta_segment_t;
 
@@ -195,6 +190,12 @@ typedef struct ta_segbits_s {
   uint16_t live[TA_OSPAGES_MAX];
   _Atomic uint64_t purged[TA_OSPAGES_MAX / 64];
   _Atomic uint64_t touched[TA_OSPAGES_MAX / 64];
+  /* bit i: slice i is read-write. A segment's slices stay PROT_NONE until a
+   * span first takes them (ta_segment_commit), so a stray access past the
+   * part of the heap in use faults, as past glibc's heap top (all ones for
+   * a THP segment). Under the arena lock. Here, not in ta_segment_t: the
+   * descriptors stay at offset 64, which free's fast path computes with. */
+  uint64_t rw_slices;
 } ta_segbits_t;
 
 #define TA_SEGBITS_OFFSET ((sizeof(ta_segment_t) + 63) & ~(size_t)63)

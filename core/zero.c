@@ -31,7 +31,6 @@ static ta_segment_t *zero_segment(void) {
   }
   s = p; /* zeroed by the OS */
   s->map_size = TA_SEGMENT_SIZE;
-  s->rw_slices = 1;
   for (size_t i = 0; i < TA_SLICES; i++) {
     s->spans[i].head_off = (uint16_t)(i ? i - 1 : 0); /* every slice past 0 belongs to span 1 */
     s->spans[i].cls = TA_NO_CLASS;                     /* fast_free_below 0: free's slow path */

@@ -10,6 +10,20 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
   ta_error("malloc: heap corruption (double free or write after free) of block", b);
 }
 
+#ifdef TA_HARDENED
+/* The hardened build's malloc also checks the two blocks its pop leaves at
+ * the head of the bin (their cookies and links): free holds a block back
+ * behind one or two others (push_delayed), and a write after free into it
+ * is still reported at the next malloc of its class. */
+static inline void check_ahead(ta_block_t *b, uintptr_t cookie) {
+  for (int i = 0; i < 2 && b; i++) {
+    ta_block_t *next = ta_link_get(b);
+    if (ta_unlikely(b->key != cookie || ((uintptr_t)next & (TA_ALIGN - 1)))) corrupt(b);
+    b = next;
+  }
+}
+#endif
+
 /* An empty thread-cache bin (and a thread's first call: its cache is made).
  * The allocation counts toward the class's sampling countdown here. */
 TA_PROF_PATH static void *malloc_refill(ta_tcache_t *tc, size_t cls) {
@@ -95,6 +109,7 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
     b->key = 0;
     ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
 #ifdef TA_HARDENED
+    check_ahead(next, ta_cookie);
     ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif
     return b;
@@ -129,9 +144,10 @@ static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
 
 /* The hardened build does not hand a block just freed straight back to the
  * next malloc of its class (a use after free would then find the new
- * object in it): the block goes in behind 1 to 4 of the bin's blocks, how
- * many drawn from its address and the secret cookie; an empty bin is
- * filled first. The links walked are checked as malloc's pop checks them.
+ * object in it): the block goes in behind 1 or 2 of the bin's blocks, which
+ * drawn from its address and the secret cookie; an empty bin is filled
+ * first. The links walked are checked as malloc's pop checks them, and
+ * malloc the two blocks after the one it pops (check_ahead).
  * Pre: count < tb->max. */
 static void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint16_t count, uintptr_t cookie) {
   ta_tbin_t *tb = &tc->bins[cls];
@@ -145,7 +161,7 @@ static void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint16_t co
     }
   }
   ta_block_t *at = tb->head;
-  size_t depth = (size_t)((((uintptr_t)b ^ cookie) * 0x9e3779b97f4a7c15ull) >> 62) % count;
+  size_t depth = (size_t)((((uintptr_t)b ^ cookie) * 0x9e3779b97f4a7c15ull) >> 63) % count;
   for (size_t i = 0; i < depth; i++) {
     ta_block_t *next = ta_link_get(at);
     if (((uintptr_t)next & (TA_ALIGN - 1)) || !next || next->key != cookie) corrupt(at);
@@ -156,6 +172,7 @@ static void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint16_t co
   ta_link_set(at, b);
   ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
 }
+
 #endif
 
 #ifndef TA_NO_PROF

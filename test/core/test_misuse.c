@@ -194,6 +194,18 @@ static void case_overflow_past_usable(void) {
 }
 #endif
 
+/* ... and the very next malloc of the class reports it (the hardened build
+ * holds a freed block back behind others, and checks them at the pop). */
+static void case_write_after_free_next_malloc(void) {
+  void *keep = trimalloc_malloc(4096);
+  uint8_t *p = trimalloc_malloc(4096);
+  announce(p);
+  trimalloc_free(p);
+  memset(p, 'A', 4096);
+  (void)trimalloc_malloc(4096);
+  (void)keep;
+}
+
 /* Blocks of size 0 live in memory no access reaches (zero.c): a read or a
  * write of one faults at once (it went into a 16-byte block unnoticed). */
 static volatile char sink;
@@ -380,6 +392,7 @@ static const misuse_t cases[] = {
     {"realloc of a stack pointer", "realloc", case_realloc_stack_pointer, 0},
     {"realloc of a freed block", "realloc", case_realloc_freed_block, 0},
     {"double free of a zero-size block", "free", case_zero_size_double_free, 0},
+    {"write after free, then one malloc of its class", "malloc", case_write_after_free_next_malloc, 0},
     {"free_sized with a smaller size than the block's class", "free_sized", case_free_sized_smaller, 0},
     {"free_sized with a size larger than the block", "free_sized", case_free_sized_larger, 0},
     {"write one byte before a huge block", "free", case_huge_underflow_1, 0},

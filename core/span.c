@@ -228,8 +228,11 @@ void ta_large_free(ta_span_t *sp, void *p) {
  * purge populated in one call per run). */
 bool ta_large_grow(ta_span_t *sp, size_t n) {
   ta_arena_t *a = sp->arena;
-  size_t need = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
-  if (!a || need >= TA_SLICES || sp->block_off) return false; /* guarded: moved instead */
+  /* a guarded block (hardened) keeps its offset, and its tail guard moves
+   * to the new end: the last slice is made read-write with the new ones */
+  size_t ps = (size_t)1 << ta_ospage_shift, guarded = sp->block_off != 0;
+  size_t need = (n + (guarded ? sp->block_off + ps : 0) + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
+  if (!a || need >= TA_SLICES) return false;
   ta_pagedelta_t d = {0};
   ta_pagerun_t run[TA_REFAULT_RUNS];
   size_t added = 0, runs = 0;
@@ -239,7 +242,8 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
   if (sp->kind == TA_SPAN_LARGE && need > have && idx + need <= TA_SLICES) {
     ta_span_t *nx = &s->spans[idx + have];
     size_t extra = need - have;
-    if (nx->kind == TA_SPAN_FREE && nx->slices >= extra && ta_segment_commit(s, idx + have, extra)) {
+    if (nx->kind == TA_SPAN_FREE && nx->slices >= extra &&
+        ta_segment_commit(s, idx + have - guarded, extra + guarded)) {
       size_t per = TA_SLICE_SIZE >> ta_ospage_shift, rest = nx->slices - extra, dirty = nx->dirty;
       uint64_t freed_ms = nx->freed_ms;
       list_remove(a, nx);
@@ -257,6 +261,8 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
       sp->div_magic = ta_div_magic(sp->bsize);
       s->used_slices += (uint32_t)extra;
       added = extra * TA_SLICE_SIZE;
+      if (guarded && ta_prim_protect(sp->start + sp->bsize - ps, ps, false) == 0)
+        ta_segbits(s)->rw_slices &= ~((((uint64_t)1 << need) - 1) << idx);
     }
   }
   ta_unlock(&a->lock);

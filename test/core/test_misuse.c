@@ -282,6 +282,13 @@ static void case_large_underflow_guard(void) {
   uint8_t *page = (uint8_t *)((uintptr_t)p & ~(uintptr_t)(ps - 1));
   page[-1] ^= 'A';
 }
+/* grown in place by realloc: the tail guard moved to the new end */
+static void case_large_overflow_after_growth(void) {
+  uint8_t *p = trimalloc_malloc(200 * KiB);
+  uint8_t *q = trimalloc_realloc(p, 330 * KiB);
+  announce(q);
+  q[trimalloc_malloc_usable_size(q)] ^= 'A';
+}
 static void case_large_write_after_free(void) {
   uint8_t *p = trimalloc_malloc(256 * KiB);
   announce(p);
@@ -405,6 +412,7 @@ static const misuse_t cases[] = {
     {"write one byte past a large block (hardened build)", "", case_large_overflow_guard, 1},
     {"write before a large block's first page (hardened build)", "", case_large_underflow_guard, 1},
     {"write to a freed large block (hardened build)", "", case_large_write_after_free, 1},
+    {"write one byte past a large block grown in place (hardened build)", "", case_large_overflow_after_growth, 1},
 #endif
 };
 
@@ -586,12 +594,32 @@ static void test_no_immediate_reuse(void) {
 }
 #endif
 
+#ifdef TEST_HARDENED
+/* A large block between guard pages still grows in place (its tail guard
+ * moves to the new end), and all of its usable size is writable after. */
+static void test_large_growth_in_place(void) {
+  int in_place = 0;
+  for (int k = 0; k < 8; k++) {
+    uint8_t *p = trimalloc_malloc(150 * KiB + 16 * (size_t)k);
+    memset(p, 7, trimalloc_malloc_usable_size(p));
+    uint8_t *q = trimalloc_realloc(p, 400 * KiB);
+    in_place += q == p;
+    size_t u = trimalloc_malloc_usable_size(q);
+    CHECK(u >= 400 * KiB && q[150 * KiB - 1] == 7, "usable %zu, kept %d", u, q[150 * KiB - 1]);
+    memset(q, 8, u); /* the old guard page is inside the block now */
+    trimalloc_free(q);
+  }
+  CHECK(in_place > 0, "no growth in place of 8");
+}
+#endif
+
 int main(void) {
   RUN(test_valid_use_does_not_abort);
   RUN(test_zero_size_blocks);
   RUN(test_free_sized_valid);
 #ifdef TEST_HARDENED
   RUN(test_no_immediate_reuse);
+  RUN(test_large_growth_in_place);
 #endif
   RUN(test_misuse_aborts_with_one_line);
   return check_summary();

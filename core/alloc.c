@@ -149,22 +149,32 @@ static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
  * first. The links walked are checked as malloc's pop checks them, and
  * malloc the two blocks after the one it pops (check_ahead).
  * Pre: count < tb->max. */
-static void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint16_t count, uintptr_t cookie) {
+/* An empty bin: filled first, so that there is a block to go behind. */
+static __attribute__((noinline)) void push_delayed_empty(ta_tcache_t *tc, size_t cls, ta_block_t *b) {
   ta_tbin_t *tb = &tc->bins[cls];
-  if (count == 0) {
-    ta_block_t *h = ta_tcache_refill(tc, cls); /* pops one of a fresh batch: put it back */
-    if (h) ta_tcache_overflow(tc, cls, h);
-    count = ta_relaxed_load(&tb->count);
-    if (count == 0 || count >= tb->max) {
-      ta_tcache_overflow(tc, cls, b);
-      return;
-    }
+  ta_block_t *h = ta_tcache_refill(tc, cls); /* pops one of a fresh batch: put it back */
+  if (h) ta_tcache_overflow(tc, cls, h);
+  uint16_t count = ta_relaxed_load(&tb->count);
+  if (count == 0 || count >= tb->max) {
+    ta_tcache_overflow(tc, cls, b);
+    return;
+  }
+  ta_link_set(b, ta_link_get(tb->head)); /* behind the head */
+  b->key = ta_cookie;
+  ta_link_set(tb->head, b);
+  ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
+}
+
+static inline void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint16_t count, uintptr_t cookie) {
+  ta_tbin_t *tb = &tc->bins[cls];
+  if (ta_unlikely(count == 0)) {
+    push_delayed_empty(tc, cls, b);
+    return;
   }
   ta_block_t *at = tb->head;
-  size_t depth = (size_t)((((uintptr_t)b ^ cookie) * 0x9e3779b97f4a7c15ull) >> 63) % count;
-  for (size_t i = 0; i < depth; i++) {
+  if (count > 1 && ((((uintptr_t)b ^ cookie) * 0x9e3779b97f4a7c15ull) >> 63)) { /* behind the second */
     ta_block_t *next = ta_link_get(at);
-    if (((uintptr_t)next & (TA_ALIGN - 1)) || !next || next->key != cookie) corrupt(at);
+    if (ta_unlikely(((uintptr_t)next & (TA_ALIGN - 1)) || !next || next->key != cookie)) corrupt(at);
     at = next;
   }
   b->key = cookie;
@@ -172,7 +182,6 @@ static void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint16_t co
   ta_link_set(at, b);
   ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
 }
-
 #endif
 
 #ifndef TA_NO_PROF

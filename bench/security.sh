@@ -47,7 +47,7 @@ fi
 
 lib_of() {
   case $1 in
-  *=*) echo "${1#*=}" ;;
+  *=*) realpath -m -- "${1#*=}" ;; # absolute: the probes run in the build directory
   glibc) echo "" ;;
   trimalloc) echo "$ROOT/core/build/libtrimalloc.so" ;;
   trimalloc-hardened) echo "$ROOT/core/build-hardened/libtrimalloc.so" ;;

@@ -10,10 +10,29 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
   ta_error("malloc: heap corruption (double free or write after free) of block", b);
 }
 
+#ifdef TA_HARDENED
+/* The hardened build's malloc also checks the two blocks its pop leaves at
+ * the head of the bin (their cookies and links): free holds a block back
+ * behind one or two others (push_delayed), and a write after free into it
+ * is still reported at the next malloc of its class. */
+static inline void check_ahead(ta_block_t *b, uintptr_t cookie) {
+  for (int i = 0; i < 2 && b; i++) {
+    ta_block_t *next = ta_link_get(b);
+    if (ta_unlikely(b->key != cookie || ((uintptr_t)next & (TA_ALIGN - 1)))) corrupt(b);
+    b = next;
+  }
+}
+#endif
+
 /* An empty thread-cache bin (and a thread's first call: its cache is made).
  * The allocation counts toward the class's sampling countdown here. */
 TA_PROF_PATH static void *malloc_refill(ta_tcache_t *tc, size_t cls) {
   ta_process_init();
+  if (cls == TA_ZERO_CLASS) { /* malloc(0): a no-access address of its own (zero.c) */
+    void *z = ta_zero_alloc();
+    if (z) return z;
+    cls = 0;
+  }
   void *b = ta_tcache_refill(tc, cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
@@ -42,7 +61,7 @@ TA_PROF_PATH static void *malloc_sample(ta_tcache_t *tc, size_t cls) {
 static size_t big_usable(void *p) {
   ta_segment_t *s = ta_segment_of(p);
   ta_span_t *sp = ta_span_of(s, p);
-  return sp->kind == TA_SPAN_HUGE ? s->huge_size : sp->bsize;
+  return sp->kind == TA_SPAN_HUGE ? s->huge_size : ta_large_usable(sp);
 }
 #endif
 
@@ -50,7 +69,11 @@ static size_t big_usable(void *p) {
  * mapping of its own. */
 TA_PROF_PATH static void *malloc_big(size_t n) {
   ta_process_init();
+#ifdef TA_HARDENED
+  void *p = n <= TA_LARGE_MAX ? ta_large_alloc_guarded(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
+#else
   void *p = n <= TA_LARGE_MAX ? ta_large_alloc(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
+#endif
 #ifndef TA_NO_PROF
   if (p) ta_prof_maybe(p, big_usable(p));
 #endif
@@ -67,8 +90,8 @@ TA_PROF_PATH static void *malloc_big(size_t n) {
 TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   size_t cls;
 #ifdef TA_HARDENED
-  if (n <= TA_TCACHE_MAX - TA_CANARY) n += TA_CANARY; /* room for the canary */
-  else return malloc_big(n);
+  if (n - 1 < TA_TCACHE_MAX - TA_CANARY) n += TA_CANARY; /* room for the canary (0 stays 0: zero.c) */
+  else if (n) return malloc_big(n);
 #endif
   if (ta_likely(n <= TA_SMALL_MAX)) cls = ta_small_class[(n + TA_ALIGN - 1) / TA_ALIGN];
   else if (n <= TA_TCACHE_MAX) cls = ta_class_of(n);
@@ -86,6 +109,7 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
     b->key = 0;
     ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
 #ifdef TA_HARDENED
+    check_ahead(next, ta_cookie);
     ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif
     return b;
@@ -120,6 +144,47 @@ static __attribute__((noinline, noreturn, cold)) void double_free(void *p) {
 static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
   ta_error("free: heap overflow past the end of block", p);
 }
+
+/* The hardened build does not hand a block just freed straight back to the
+ * next malloc of its class (a use after free would then find the new
+ * object in it): the block goes in behind 1 or 2 of the bin's blocks, which
+ * drawn from its address and the secret cookie; an empty bin is filled
+ * first. The links walked are checked as malloc's pop checks them, and
+ * malloc the two blocks after the one it pops (check_ahead).
+ * Pre: count < tb->max. */
+/* An empty bin: filled first, so that there is a block to go behind. */
+static __attribute__((noinline)) void push_delayed_empty(ta_tcache_t *tc, size_t cls, ta_block_t *b) {
+  ta_tbin_t *tb = &tc->bins[cls];
+  ta_block_t *h = ta_tcache_refill(tc, cls); /* pops one of a fresh batch: put it back */
+  if (h) ta_tcache_overflow(tc, cls, h);
+  uint16_t count = ta_relaxed_load(&tb->count);
+  if (count == 0 || count >= tb->max) {
+    ta_tcache_overflow(tc, cls, b);
+    return;
+  }
+  ta_link_set(b, ta_link_get(tb->head)); /* behind the head */
+  b->key = ta_cookie;
+  ta_link_set(tb->head, b);
+  ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
+}
+
+static inline void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint16_t count, uintptr_t cookie) {
+  ta_tbin_t *tb = &tc->bins[cls];
+  if (ta_unlikely(count == 0)) {
+    push_delayed_empty(tc, cls, b);
+    return;
+  }
+  ta_block_t *at = tb->head;
+  if (count > 1 && ((((uintptr_t)b ^ cookie) * 0x9e3779b97f4a7c15ull) >> 63)) { /* behind the second */
+    ta_block_t *next = ta_link_get(at);
+    if (ta_unlikely(((uintptr_t)next & (TA_ALIGN - 1)) || !next || next->key != cookie)) corrupt(at);
+    at = next;
+  }
+  b->key = cookie;
+  b->next = at->next; /* masked as it is */
+  ta_link_set(at, b);
+  ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
+}
 #endif
 
 /* free's push, the fast path's and free_cached's: the double-free check
@@ -137,7 +202,11 @@ static inline __attribute__((always_inline)) void free_push(const ta_span_t *sp,
   ta_tbin_t *tb = &tc->bins[cls];
   uint16_t count = ta_relaxed_load(&tb->count);
   if (ta_likely(count < tb->max)) { /* the budget bounds the bytes: no byte count here */
+#ifdef TA_HARDENED
+    push_delayed(tc, cls, p, count, cookie); /* not straight back to the next malloc */
+#else
     ta_tbin_push(tb, p, count, cookie);
+#endif
     return;
   }
   ta_tcache_overflow(tc, cls, p);
@@ -182,10 +251,13 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
     break;
   case TA_SPAN_LARGE:
 #ifndef TA_NO_PROF
-    if (ta_is_block_start(sp, p)) ta_prof_forget(sp, p);
+    if ((uint8_t *)p == ta_large_block(sp)) ta_prof_forget(sp, p);
 #endif
     ta_large_free(sp, p);
     break;
+  case TA_SPAN_ZERO:
+    ta_zero_free(s, p);
+    return;
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
     /* a slab holding a sampled block sends its frees here: the sampled one
@@ -277,14 +349,19 @@ size_t ta_usable_size(const void *p, const char *what) {
     return far->huge_size;
   }
   ta_span_t *sp = ta_span_of(s, p);
+  if (sp->kind == TA_SPAN_ZERO) return ta_zero_usable(s, p, what);
   if (sp->kind == TA_SPAN_HUGE) {
     if ((const uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error(what, p);
     return s->huge_size;
   }
-  if ((sp->kind != TA_SPAN_SLAB && sp->kind != TA_SPAN_LARGE) || !ta_is_block_start(sp, p)) ta_error(what, p);
+  if (sp->kind == TA_SPAN_LARGE) {
+    if ((const uint8_t *)p != ta_large_block(sp)) ta_error(what, p);
+    return ta_large_usable(sp);
+  }
+  if (sp->kind != TA_SPAN_SLAB || !ta_is_block_start(sp, p)) ta_error(what, p);
   if (sp->kind == TA_SPAN_SLAB && (uint32_t)((const uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
     ta_error(what, p); /* never handed out */
-  return sp->kind == TA_SPAN_SLAB ? sp->bsize - TA_CANARY : sp->bsize;
+  return sp->bsize - TA_CANARY;
 }
 
 TRIMALLOC_API size_t trimalloc_malloc_usable_size(const void *p) {

@@ -154,9 +154,9 @@ void *ta_huge_alloc(size_t size, size_t align, bool zero) {
   }
   size_t map = round_up(off + size, ps);
   void *p = cache_take(map);
-  if (p) { /* dirty: clear the header (and the block for calloc) */
+  if (p) { /* dirty: clear the header and what is before the block (and the block for calloc) */
     size_t have = ((ta_segment_t *)p)->map_size;
-    memset(p, 0, sizeof(ta_segment_t));
+    memset(p, 0, off);
     if (zero) memset((uint8_t *)p + off, 0, map - off);
     map = have;
   } else if (ta_prim_map(map, TA_SEGMENT_SIZE, &p) != 0) {
@@ -233,7 +233,20 @@ void *ta_huge_alloc_far(size_t size, size_t align, bool zero) {
   return (void *)p;
 }
 
+/* The bytes just before a huge block are the end of its header (the last,
+ * unused slice descriptor, or the gap an alignment leaves), all zero while
+ * nothing writes there: anything else is a write before the block (an
+ * underflow), reported at the free. */
+#define TA_HUGE_HEADER_CHECK 32
+static void check_header(ta_segment_t *s) {
+  const uint64_t *w = (const uint64_t *)((uint8_t *)s + s->huge_off - TA_HUGE_HEADER_CHECK);
+  uint64_t any = 0;
+  for (size_t i = 0; i < TA_HUGE_HEADER_CHECK / 8; i++) any |= w[i];
+  if (any) ta_error("free: heap underflow (the header before the block is overwritten) of block", (uint8_t *)s + s->huge_off);
+}
+
 void ta_huge_free(ta_segment_t *s) {
+  check_header(s);
   if (s->huge == 2) { /* far: never cached */
     huge_account(s, -1);
     farmap_set((uint8_t *)s + s->huge_off, false);

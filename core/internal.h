@@ -1,7 +1,7 @@
 /* trimalloc: cross-file internals, grouped under the file that defines them.
  * Calls go one way, down this list: the entry points built on malloc and
- * free (compat, align), the entry points (alloc, check),
- * init, prof, prof_dump, prof_live, prof_stack, prof_meta, pprof, stats, tcache, purge, huge, arena, slab, span, segment, delay, size,
+ * free (compat, sized, align), the entry points (alloc, check),
+ * init, prof, prof_dump, prof_live, prof_stack, prof_meta, pprof, stats, tcache, purge, huge, zero, arena, slab, span, segment, delay, size,
  * options, error, prim. */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
@@ -244,6 +244,9 @@ TA_HIDDEN void ta_addrmap_set(_Atomic uint64_t *map, const void *p, bool on);
 TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
 TA_HIDDEN ta_segment_t *ta_segment_new(ta_arena_t *a);            /* a->lock held */
 TA_HIDDEN void ta_segment_free(ta_arena_t *a, ta_segment_t *s);    /* a->lock held */
+/* Slices [idx, idx + n) go into use: read-write (ta_segbits_t.rw_slices).
+ * false: the OS refused (too many mappings); a->lock held. */
+TA_HIDDEN bool ta_segment_commit(ta_segment_t *s, size_t idx, size_t n);
 TA_HIDDEN uint64_t ta_segments_live(void);
 TA_HIDDEN size_t ta_segment_header_bytes(void);
 /* OS pages [first, first + n) of s go into use / out of use (the lock of the
@@ -295,6 +298,16 @@ TA_HIDDEN void ta_span_free(ta_arena_t *a, ta_span_t *sp);                      
  * segment only whole huge pages unless `split`. a->lock held. */
 TA_HIDDEN size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split);
 TA_HIDDEN void *ta_large_alloc(ta_arena_t *a, size_t size);
+/* The hardened build's large blocks from malloc: an inaccessible OS page
+ * right after the block and another before its first page; freed, the span
+ * stays inaccessible until it is taken again. NULL: as ta_large_alloc. */
+TA_HIDDEN void *ta_large_alloc_guarded(ta_arena_t *a, size_t size);
+static inline uint8_t *ta_large_block(const ta_span_t *sp) {
+  return sp->start + sp->block_off;
+}
+static inline size_t ta_large_usable(const ta_span_t *sp) {
+  return sp->block_off ? sp->bsize - sp->block_off - ((size_t)1 << ta_ospage_shift) : sp->bsize;
+}
 TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
 TA_HIDDEN bool ta_large_grow(ta_span_t *sp, size_t n); /* in place into the free span after it */
 
@@ -416,6 +429,11 @@ TA_HIDDEN void *ta_huge_alloc_far(size_t size, size_t align, bool zero); /* alig
 TA_HIDDEN ta_segment_t *ta_huge_far_of(const void *p); /* the header of such a block, or NULL */
 TA_HIDDEN void *ta_huge_realloc(ta_segment_t *s, size_t size);
 TA_HIDDEN extern _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, ta_huge_total, ta_huge_cached;
+
+/* ---- zero.c: blocks of size 0, in memory no access reaches ---------------- */
+TA_HIDDEN void *ta_zero_alloc(void); /* NULL: none left (or no mapping): take a 16-byte block */
+TA_HIDDEN void ta_zero_free(ta_segment_t *s, void *p); /* reports a double free or a bad pointer */
+TA_HIDDEN size_t ta_zero_usable(ta_segment_t *s, const void *p, const char *what); /* 0 */
 
 /* ---- alloc.c: the entry points -------------------------------------------- */
 TA_HIDDEN void *ta_malloc_class(size_t cls);

@@ -19,6 +19,11 @@ int ta_prim_map(size_t size, size_t align, void **out);
 /* Pre: p and size as returned by / passed to ta_prim_map (or a page-aligned part). */
 int ta_prim_unmap(void *p, size_t size);
 
+/* Makes [p, p + size) read-write (access) or inaccessible (PROT_NONE: any
+ * access faults). Fails (ENOMEM) when the process has too many mappings.
+ * Pre: p and size page-aligned, inside mappings made by ta_prim_map. */
+int ta_prim_protect(void *p, size_t size, bool access);
+
 /* Returns the pages to the OS now (RSS drops); they read as zero afterwards.
  * Pre: p and size page-aligned. */
 int ta_prim_purge(void *p, size_t size);

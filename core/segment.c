@@ -87,6 +87,12 @@ ta_segment_t *ta_segment_new(ta_arena_t *a) {
     ta_prim_hugepage((uint8_t *)p + hp, TA_SEGMENT_SIZE - hp);
     s->thp = 1;
   }
+  /* Past the header, no access until a span takes the slices (a huge page
+   * needs its whole range alike: a THP segment stays read-write). */
+  if (s->thp || ta_prim_protect((uint8_t *)p + TA_SLICE_SIZE, TA_SEGMENT_SIZE - TA_SLICE_SIZE, false) != 0)
+    bits->rw_slices = ~(uint64_t)0;
+  else
+    bits->rw_slices = 1;
   size_t hdr_pages = ta_segment_header_bytes() >> ta_ospage_shift;
   size_t pages = TA_SEGMENT_SIZE >> ta_ospage_shift, slice0 = TA_SLICE_SIZE >> ta_ospage_shift;
   s->arena = a;
@@ -106,6 +112,18 @@ ta_segment_t *ta_segment_new(ta_arena_t *a) {
   ta_segmap_set(s, true);
   ta_relaxed_add(&segments_live, 1);
   return s;
+}
+
+/* One mprotect when a span first reaches slices past those in use so far
+ * (they then stay read-write: at most one call per slice of a segment's
+ * life, and the read-write part stays one mapping). */
+bool ta_segment_commit(ta_segment_t *s, size_t idx, size_t n) {
+  uint64_t mask = (n >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << idx;
+  ta_segbits_t *bits = ta_segbits(s);
+  if (ta_likely((bits->rw_slices & mask) == mask)) return true;
+  if (ta_prim_protect((uint8_t *)s + idx * TA_SLICE_SIZE, n * TA_SLICE_SIZE, true) != 0) return false;
+  bits->rw_slices |= mask;
+  return true;
 }
 
 void ta_segment_free(ta_arena_t *a, ta_segment_t *s) {

@@ -5,8 +5,20 @@
 /* ta_class_of((n + 15) / 16 * 16), written out: malloc reads it before the
  * process is initialised (a library's constructor may call malloc before
  * ours runs), so it cannot be filled in at start. ta_size_init checks it. */
+/* By (n + 15) / 16. In the hardened build entry 0 (n == 0 only) is the
+ * zero-size class, whose thread-cache bin stays empty: malloc(0) takes the
+ * slow path to a block no access reaches (zero.c). The default build gives
+ * malloc(0) a 16-byte block, as glibc (24 bytes), jemalloc and mimalloc give
+ * a small one: a program that writes a terminating NUL into malloc(strlen(s))
+ * for an empty s is wrong, but runs under all of them, and a preloaded
+ * allocator must not be what stops it. */
 const uint8_t ta_small_class[TA_SMALL_MAX / TA_ALIGN + 1] = {
-    0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+#ifdef TA_HARDENED
+    TA_ZERO_CLASS,
+#else
+    0,
+#endif
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
     15, 16, 16, 17, 17, 18, 18, 19, 19, 20, 20, 21, 21, 22, 22, 23,
     23, 24, 24, 24, 24, 25, 25, 25, 25, 26, 26, 26, 26, 27, 27, 27,
     27, 28, 28, 28, 28, 29, 29, 29, 29, 30, 30, 30, 30, 31, 31, 31,
@@ -16,7 +28,7 @@ uint8_t ta_class_slices[TA_CLASSES];
 uint16_t ta_class_tmax[TA_TCLASSES];
 
 void ta_size_init(void) {
-  for (size_t d = 0; d <= TA_SMALL_MAX / TA_ALIGN; d++)
+  for (size_t d = 1; d <= TA_SMALL_MAX / TA_ALIGN; d++)
     if (ta_small_class[d] != ta_class_of(d * TA_ALIGN)) ta_error("size class table is wrong at", (void *)d);
   for (size_t c = 0; c < TA_CLASSES; c++) {
     /* One slice for blocks up to 8 KiB (at least 8 per slab), else enough

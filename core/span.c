@@ -54,6 +54,7 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   ta_span_t *sp = a->spans[__builtin_ctzll(fit)];
   ta_segment_t *s = ta_segment_of(sp);
   size_t idx = ta_span_index(sp), have = sp->slices, dirty = sp->dirty;
+  if (!ta_segment_commit(s, idx, n)) return NULL;
   list_remove(a, sp);
   if (have > n) {
     size_t per = TA_SLICE_SIZE >> ta_ospage_shift;
@@ -154,6 +155,7 @@ void *ta_large_alloc(ta_arena_t *a, size_t n) {
     sp->bsize = (uint32_t)(slices * TA_SLICE_SIZE);
     sp->div_magic = ta_div_magic(sp->bsize);
     sp->used = sp->reserved = sp->carved = 1;
+    sp->block_off = 0;
     runs = ta_pages_refaults(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), run, TA_REFAULT_RUNS);
     ta_pages_live(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty, &d);
   }
@@ -172,13 +174,46 @@ void *ta_large_alloc(ta_arena_t *a, size_t n) {
   return sp->start;
 }
 
+/* The block ends at the last OS page of its span, which becomes
+ * inaccessible, and so does the page before the block's first one: a
+ * read or write past either end faults at once (Electric Fence's guard
+ * pages, for blocks big enough that one page more is little). The pages
+ * go back to read-write when the span is taken again (ta_segment_commit).
+ * Without the guards (the OS refused: too many mappings) the block is a
+ * plain large one, placed the same way. */
+void *ta_large_alloc_guarded(ta_arena_t *a, size_t n) {
+  size_t ps = (size_t)1 << ta_ospage_shift, body = (n + TA_ALIGN - 1) & ~(size_t)(TA_ALIGN - 1);
+  size_t pages = (body + ps - 1) & ~(ps - 1);
+  if (pages + 2 * ps > TA_LARGE_MAX) return ta_large_alloc(a, n); /* no room in a segment for both */
+  uint8_t *start = ta_large_alloc(a, pages + 2 * ps);
+  if (!start) return NULL;
+  ta_segment_t *s = ta_segment_of(start);
+  ta_span_t *sp = ta_span_of(s, start);
+  uint8_t *tail = start + sp->bsize - ps, *p = tail - body;
+  ta_lock(&a->lock);
+  sp->block_off = (uint32_t)(p - start);
+  size_t front = (size_t)(tail - pages - ps - start), idx = ta_span_index(sp);
+  uint64_t mask = ((uint64_t)1 << sp->slices) - 1;
+  if (ta_prim_protect(start + front, ps, false) == 0) ta_segbits(s)->rw_slices &= ~(mask << idx);
+  if (ta_prim_protect(tail, ps, false) == 0) ta_segbits(s)->rw_slices &= ~(mask << idx);
+  ta_unlock(&a->lock);
+  return p;
+}
+
 void ta_large_free(ta_span_t *sp, void *p) {
   ta_arena_t *a = sp->arena;
   ta_lock(&a->lock);
-  if (sp->kind != TA_SPAN_LARGE || sp->start != p) {
+  if (sp->kind != TA_SPAN_LARGE || ta_large_block(sp) != p) {
     ta_unlock(&a->lock);
     ta_error("free: double free or invalid pointer", p);
   }
+#ifdef TA_HARDENED
+  /* Inaccessible until taken again: a use after free faults. */
+  if (ta_prim_protect(sp->start, sp->bsize, false) == 0) {
+    uint64_t mask = sp->slices >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << sp->slices) - 1;
+    ta_segbits(ta_segment_of(sp))->rw_slices &= ~(mask << ta_span_index(sp));
+  }
+#endif
   uint32_t bytes = sp->bsize;
   ta_pagedelta_t d = {0};
   ta_pages_dead(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty, &d);
@@ -196,7 +231,10 @@ void ta_large_free(ta_span_t *sp, void *p) {
  * purge populated in one call per run). */
 bool ta_large_grow(ta_span_t *sp, size_t n) {
   ta_arena_t *a = sp->arena;
-  size_t need = (n + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
+  /* a guarded block (hardened) keeps its offset, and its tail guard moves
+   * to the new end: the last slice is made read-write with the new ones */
+  size_t ps = (size_t)1 << ta_ospage_shift, guarded = sp->block_off != 0;
+  size_t need = (n + (guarded ? sp->block_off + ps : 0) + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
   if (!a || need >= TA_SLICES) return false;
   ta_pagedelta_t d = {0};
   ta_pagerun_t run[TA_REFAULT_RUNS];
@@ -207,7 +245,8 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
   if (sp->kind == TA_SPAN_LARGE && need > have && idx + need <= TA_SLICES) {
     ta_span_t *nx = &s->spans[idx + have];
     size_t extra = need - have;
-    if (nx->kind == TA_SPAN_FREE && nx->slices >= extra) {
+    if (nx->kind == TA_SPAN_FREE && nx->slices >= extra &&
+        ta_segment_commit(s, idx + have - guarded, extra + guarded)) {
       size_t per = TA_SLICE_SIZE >> ta_ospage_shift, rest = nx->slices - extra, dirty = nx->dirty;
       uint64_t freed_ms = nx->freed_ms;
       list_remove(a, nx);
@@ -225,6 +264,8 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
       sp->div_magic = ta_div_magic(sp->bsize);
       s->used_slices += (uint32_t)extra;
       added = extra * TA_SLICE_SIZE;
+      if (guarded && ta_prim_protect(sp->start + sp->bsize - ps, ps, false) == 0)
+        ta_segbits(s)->rw_slices &= ~((((uint64_t)1 << need) - 1) << idx);
     }
   }
   ta_unlock(&a->lock);

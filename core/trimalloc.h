@@ -69,6 +69,10 @@ TRIMALLOC_API void *trimalloc_calloc(size_t count, size_t size);
 TRIMALLOC_API void *trimalloc_realloc(void *p, size_t size);
 TRIMALLOC_API void *trimalloc_reallocarray(void *p, size_t count, size_t size);
 TRIMALLOC_API void trimalloc_free(void *p);
+/* C23's free_sized (and C++'s sized delete, which the preload library
+ * replaces): n must be the size p was allocated (or realloc'ed) with; one
+ * that malloc could not have answered with p is reported, and aborts. */
+TRIMALLOC_API void trimalloc_free_sized(void *p, size_t n);
 TRIMALLOC_API int trimalloc_posix_memalign(void **out, size_t alignment, size_t size);
 TRIMALLOC_API void *trimalloc_aligned_alloc(size_t alignment, size_t size);
 TRIMALLOC_API void *trimalloc_memalign(size_t alignment, size_t size);

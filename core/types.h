@@ -43,6 +43,7 @@
 #define TA_TCACHE_MAX TA_MEDIUM_MAX /* largest size a thread cache holds: every class */
 #define TA_TCLASSES TA_CLASSES
 #define TA_TBIN_BYTES (64 * 1024)   /* a thread cache bin grows to about this much at most (4..128 blocks) */
+#define TA_ZERO_CLASS TA_TCLASSES /* malloc(0): a thread-cache bin that stays empty (zero.c) */
 #define TA_NO_CLASS 0xff           /* span->cls of anything the free fast path must not take */
 #define TA_LARGE_MAX (TA_SEGMENT_SIZE / 2) /* beyond: huge, own mapping */
 #define TA_MAX_ALIGN (TA_SEGMENT_SIZE / 2) /* larger alignments: ENOMEM */
@@ -79,7 +80,8 @@ typedef enum {
   TA_SPAN_META,     /* slice 0 of a segment */
   TA_SPAN_SLAB,     /* blocks of one size class */
   TA_SPAN_LARGE,    /* one block */
-  TA_SPAN_HUGE      /* descriptor of a huge mapping */
+  TA_SPAN_HUGE,     /* descriptor of a huge mapping */
+  TA_SPAN_ZERO      /* the blocks of size 0 (zero.c): no access */
 } ta_span_kind_t;
 
 /* One slice descriptor. Only the head of a span carries data; the others have
@@ -145,6 +147,10 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   _Atomic uint8_t prof_spill;
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
+  /* large: the block's offset from start. 0, but in the hardened build,
+   * where a block from malloc sits between two guard pages (span.c): then
+   * it ends one OS page before the span does. */
+  uint32_t block_off;
 } ta_span_t;
 
 _Static_assert(offsetof(ta_span_t, arena) <= 64 && sizeof(ta_span_t) == 128,
@@ -184,6 +190,12 @@ typedef struct ta_segbits_s {
   uint16_t live[TA_OSPAGES_MAX];
   _Atomic uint64_t purged[TA_OSPAGES_MAX / 64];
   _Atomic uint64_t touched[TA_OSPAGES_MAX / 64];
+  /* bit i: slice i is read-write. A segment's slices stay PROT_NONE until a
+   * span first takes them (ta_segment_commit), so a stray access past the
+   * part of the heap in use faults, as past glibc's heap top (all ones for
+   * a THP segment). Under the arena lock. Here, not in ta_segment_t: the
+   * descriptors stay at offset 64, which free's fast path computes with. */
+  uint64_t rw_slices;
 } ta_segbits_t;
 
 #define TA_SEGBITS_OFFSET ((sizeof(ta_segment_t) + 63) & ~(size_t)63)
@@ -279,7 +291,7 @@ typedef enum { TA_TC_EMPTY = 0, TA_TC_LIVE, TA_TC_DONE } ta_tc_state_t;
  * byte counter. A bin that wants to grow past the budget takes it from the
  * others (halving their max, flushing what is over). */
 typedef struct ta_tcache_s {
-  ta_tbin_t bins[TA_TCLASSES];
+  ta_tbin_t bins[TA_TCLASSES + 1]; /* and TA_ZERO_CLASS's, always empty */
   uint64_t budget;       /* sum of max * bsize */
   uint64_t limit;        /* option tcache_bytes when last read */
   uint32_t epoch;        /* flush requests seen (ta_flush_epoch) */

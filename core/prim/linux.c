@@ -63,6 +63,12 @@ int ta_prim_unmap(void *p, size_t size) {
   return rc;
 }
 
+int ta_prim_protect(void *p, size_t size, bool access) {
+  int saved = errno, rc = mprotect(p, size, access ? PROT_READ | PROT_WRITE : PROT_NONE) == 0 ? 0 : errno;
+  errno = saved;
+  return rc;
+}
+
 int ta_prim_purge(void *p, size_t size) {
   int saved = errno, rc;
   do rc = madvise(p, size, MADV_DONTNEED);

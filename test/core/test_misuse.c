@@ -194,6 +194,109 @@ static void case_overflow_past_usable(void) {
 }
 #endif
 
+/* ... and the very next malloc of the class reports it (the hardened build
+ * holds a freed block back behind others, and checks them at the pop). */
+static void case_write_after_free_next_malloc(void) {
+  void *keep = trimalloc_malloc(4096);
+  uint8_t *p = trimalloc_malloc(4096);
+  announce(p);
+  trimalloc_free(p);
+  memset(p, 'A', 4096);
+  (void)trimalloc_malloc(4096);
+  (void)keep;
+}
+
+/* Blocks of size 0 live in memory no access reaches (zero.c): a read or a
+ * write of one faults at once (it went into a 16-byte block unnoticed). */
+static volatile char sink;
+static void case_zero_size_read(void) {
+  char *p = trimalloc_malloc(0);
+  announce(p);
+  sink = *(volatile char *)p;
+}
+static void case_zero_size_write(void) {
+  char *p = trimalloc_calloc(0, 8);
+  announce(p);
+  *(volatile char *)p = 'A';
+}
+static void case_zero_size_double_free(void) {
+  void *keep = trimalloc_malloc(0);
+  void *p = trimalloc_malloc(0);
+  announce(p);
+  trimalloc_free(p);
+  trimalloc_free(p);
+  (void)keep;
+}
+
+/* A segment's slices stay inaccessible until a span takes them
+ * (ta_segment_commit): a stray write far past the blocks in use faults, as
+ * past glibc's heap top (a write 1 MiB past a block went into unused heap). */
+static void case_past_heap_in_use(void) {
+  uint8_t *p = trimalloc_malloc(64);
+  uint8_t *end = (uint8_t *)((uintptr_t)p | (uintptr_t)(4 * MiB - 1)); /* the segment's last byte */
+  announce(end);
+  *(volatile uint8_t *)end ^= 'A';
+}
+
+/* A sized free (C23 free_sized, C++'s sized delete) whose size malloc could
+ * not have answered with the block: delete of an array as an object, or
+ * through the wrong type. */
+static void case_free_sized_smaller(void) {
+  void *p = trimalloc_malloc(4096);
+  announce(p);
+  trimalloc_free_sized(p, 1);
+}
+static void case_free_sized_larger(void) {
+  void *p = trimalloc_malloc(8);
+  announce(p);
+  trimalloc_free_sized(p, 72);
+}
+
+/* The end of a huge block's header, just before the block, stays zero: a
+ * write there is reported at the free. */
+static void huge_underflow_of(size_t by) {
+  uint8_t *p = trimalloc_malloc(5 * MiB);
+  announce(p);
+  p[-(ptrdiff_t)by] ^= 'A';
+  trimalloc_free(p);
+}
+static void case_huge_underflow_1(void) {
+  huge_underflow_of(1);
+}
+static void case_huge_underflow_32(void) {
+  huge_underflow_of(32);
+}
+
+#ifdef TEST_HARDENED
+/* The hardened build puts a large block between two inaccessible pages and
+ * keeps a freed one inaccessible until its span is taken again. */
+static void case_large_overflow_guard(void) {
+  uint8_t *p = trimalloc_malloc(256 * KiB);
+  announce(p);
+  p[trimalloc_malloc_usable_size(p)] ^= 'A';
+}
+static void case_large_underflow_guard(void) {
+  uint8_t *p = trimalloc_malloc(200 * KiB + 48);
+  announce(p);
+  size_t ps = page_size();
+  uint8_t *page = (uint8_t *)((uintptr_t)p & ~(uintptr_t)(ps - 1));
+  page[-1] ^= 'A';
+}
+/* grown in place by realloc: the tail guard moved to the new end */
+static void case_large_overflow_after_growth(void) {
+  uint8_t *p = trimalloc_malloc(200 * KiB);
+  uint8_t *q = trimalloc_realloc(p, 330 * KiB);
+  announce(q);
+  q[trimalloc_malloc_usable_size(q)] ^= 'A';
+}
+static void case_large_write_after_free(void) {
+  uint8_t *p = trimalloc_malloc(256 * KiB);
+  announce(p);
+  trimalloc_free(p);
+  memset(p, 'A', 256 * KiB);
+}
+#endif
+
 /* A pointer into the segment header (descriptors and bitmaps). */
 static void case_metadata_pointer(void) {
   uint8_t *p = trimalloc_malloc(64);
@@ -262,38 +365,61 @@ static void case_realloc_freed_block(void) {
 typedef struct misuse_s {
   const char *name, *call;
   void (*fn)(void);
+  int fault; /* 1: the access itself faults (SIGSEGV, no line); else SIGABRT after one line */
 } misuse_t;
 
 static const misuse_t cases[] = {
-    {"double free, 64 B", "free", case_double_free_small},
-    {"double free, 20 KiB", "free", case_double_free_medium},
-    {"double free, 300 KiB", "free", case_double_free_large},
-    {"double free, 5 MiB", "free", case_double_free_huge},
-    {"double free after other frees", "free", case_double_free_after_other_frees},
-    {"double free from another thread", "free", case_double_free_from_other_thread},
-    {"double free after the block's page was purged, 64 B", "free", case_double_free_after_purge},
-    {"double free after the block's page was purged, 3000 B", "free", case_double_free_after_purge_medium},
-    {"interior pointer, small block", "free", case_interior_small},
-    {"interior pointer, unaligned", "free", case_interior_small_unaligned},
-    {"interior pointer, large block", "free", case_interior_large},
-    {"interior pointer, huge block", "free", case_interior_huge},
-    {"write after free over a cached link", "malloc", case_write_after_free_link},
-    {"write after free over a cached cookie", "malloc", case_write_after_free_cookie},
-    {"never-carved block in a slab", "free", case_never_carved},
-    {"never-carved block in a slab of 8 KiB blocks", "free", case_never_carved_pow2},
+    {"double free, 64 B", "free", case_double_free_small, 0},
+    {"double free, 20 KiB", "free", case_double_free_medium, 0},
+    {"double free, 300 KiB", "free", case_double_free_large, 0},
+    {"double free, 5 MiB", "free", case_double_free_huge, 0},
+    {"double free after other frees", "free", case_double_free_after_other_frees, 0},
+    {"double free from another thread", "free", case_double_free_from_other_thread, 0},
+    {"double free after the block's page was purged, 64 B", "free", case_double_free_after_purge, 0},
+    {"double free after the block's page was purged, 3000 B", "free", case_double_free_after_purge_medium, 0},
+    {"interior pointer, small block", "free", case_interior_small, 0},
+    {"interior pointer, unaligned", "free", case_interior_small_unaligned, 0},
+    {"interior pointer, large block", "free", case_interior_large, 0},
+    {"interior pointer, huge block", "free", case_interior_huge, 0},
+    {"write after free over a cached link", "malloc", case_write_after_free_link, 0},
+    {"write after free over a cached cookie", "malloc", case_write_after_free_cookie, 0},
+    {"never-carved block in a slab", "free", case_never_carved, 0},
+    {"never-carved block in a slab of 8 KiB blocks", "free", case_never_carved_pow2, 0},
 #ifdef TEST_HARDENED
-    {"write past the usable size (hardened build)", "free", case_overflow_past_usable},
+    {"write past the usable size (hardened build)", "free", case_overflow_past_usable, 0},
 #endif
-    {"realloc of a never-carved block", "realloc", case_realloc_never_carved},
-    {"pointer into a segment header", "free", case_metadata_pointer},
-    {"stack pointer", "free", case_stack_pointer},
-    {"pointer to a global", "free", case_global_pointer},
-    {"pointer into a foreign mmap", "free", case_mmap_pointer},
-    {"pointer from glibc malloc", "free", case_glibc_pointer},
-    {"pointer near the top of the address space", "free", case_wild_pointers},
-    {"pointer 0x10", "free", case_low_pointer},
-    {"realloc of a stack pointer", "realloc", case_realloc_stack_pointer},
-    {"realloc of a freed block", "realloc", case_realloc_freed_block},
+    {"realloc of a never-carved block", "realloc", case_realloc_never_carved, 0},
+    {"pointer into a segment header", "free", case_metadata_pointer, 0},
+    {"stack pointer", "free", case_stack_pointer, 0},
+    {"pointer to a global", "free", case_global_pointer, 0},
+    {"pointer into a foreign mmap", "free", case_mmap_pointer, 0},
+    {"pointer from glibc malloc", "free", case_glibc_pointer, 0},
+    {"pointer near the top of the address space", "free", case_wild_pointers, 0},
+    {"pointer 0x10", "free", case_low_pointer, 0},
+    {"realloc of a stack pointer", "realloc", case_realloc_stack_pointer, 0},
+    {"realloc of a freed block", "realloc", case_realloc_freed_block, 0},
+#ifdef TEST_HARDENED /* the default build gives malloc(0) a 16-byte block (core/size.c) */
+    {"double free of a zero-size block", "free", case_zero_size_double_free, 0},
+#endif
+    {"write after free, then one malloc of its class", "malloc", case_write_after_free_next_malloc, 0},
+    {"free_sized with a smaller size than the block's class", "free_sized", case_free_sized_smaller, 0},
+    {"free_sized with a size larger than the block", "free_sized", case_free_sized_larger, 0},
+    {"write one byte before a huge block", "free", case_huge_underflow_1, 0},
+    {"write 32 bytes before a huge block", "free", case_huge_underflow_32, 0},
+    /* Faults: the sanitizers catch SIGSEGV themselves (main skips these there). */
+#ifdef TEST_HARDENED /* the default build gives malloc(0) a 16-byte block (core/size.c) */
+    {"read of a zero-size block", "", case_zero_size_read, 1},
+#endif
+#ifdef TEST_HARDENED /* the default build gives malloc(0) a 16-byte block (core/size.c) */
+    {"write to a zero-size block", "", case_zero_size_write, 1},
+#endif
+    {"write far past the blocks in use", "", case_past_heap_in_use, 1},
+#ifdef TEST_HARDENED
+    {"write one byte past a large block (hardened build)", "", case_large_overflow_guard, 1},
+    {"write before a large block's first page (hardened build)", "", case_large_underflow_guard, 1},
+    {"write to a freed large block (hardened build)", "", case_large_write_after_free, 1},
+    {"write one byte past a large block grown in place (hardened build)", "", case_large_overflow_after_growth, 1},
+#endif
 };
 
 static ssize_t read_all(int fd, char *buf, size_t len) {
@@ -351,6 +477,12 @@ static void run_case(const misuse_t *c) {
   waitpid(pid, &st, 0);
   char *nl = strchr(addr, '\n');
   if (nl) *nl = 0;
+  if (c->fault) {
+    CHECK(WIFSIGNALED(st) && (WTERMSIG(st) == SIGSEGV || WTERMSIG(st) == SIGBUS), "%s: child %s %d, stderr: %s",
+          c->name, WIFSIGNALED(st) ? "got signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+          text[0] ? text : "(nothing)\n");
+    return;
+  }
   int aborted = WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
   int one_line = strlen(text) > 0 && strchr(text, '\n') == text + strlen(text) - 1;
   int prefix = !strncmp(text, "trimalloc: error: ", 18);
@@ -364,7 +496,8 @@ static void run_case(const misuse_t *c) {
 }
 
 static void test_misuse_aborts_with_one_line(void) {
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    if (!cases[i].fault || !TEST_SANITIZED) run_case(&cases[i]);
 }
 
 /* The checks are not false alarms: the same calls on valid pointers pass. */
@@ -383,14 +516,119 @@ static void test_valid_use_does_not_abort(void) {
     }
     void *q = trimalloc_realloc(trimalloc_malloc(10), 100000);
     trimalloc_free(q);
+    /* huge blocks whose header end is checked at free: aligned (a gap
+     * before the block), reusing a dirty cached mapping, grown by mremap */
+    for (size_t align = 64; align <= 64 * KiB; align *= 4) {
+      uint8_t *h = trimalloc_malloc(6 * MiB);
+      memset(h, 0x5a, 6 * MiB);
+      trimalloc_free(h);
+      void *a = NULL;
+      if (trimalloc_posix_memalign(&a, align, 5 * MiB) == 0) trimalloc_free(trimalloc_realloc(a, 9 * MiB));
+    }
     _exit(0);
   }
   waitpid(pid, &st, 0);
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
 }
 
+/* Size 0: a distinct address each time, usable size 0, and realloc, free
+ * and calloc take them as any block. */
+static void test_zero_size_blocks(void) {
+  enum { N = 1000 };
+  static void *z[N];
+  int null = 0, usable = 0, misaligned = 0, twice = 0;
+  for (int i = 0; i < N; i++) {
+    z[i] = i % 2 ? trimalloc_malloc(0) : trimalloc_calloc(0, 16);
+    null += z[i] == NULL;
+    usable += z[i] && trimalloc_malloc_usable_size(z[i]) != 0;
+    misaligned += ((uintptr_t)z[i] & 15) != 0;
+    twice += i && z[i] == z[i - 1];
+  }
+  CHECK(!null && !misaligned && !twice, "of %d: %d NULL, %d misaligned, %d the same as the one before", N, null,
+        misaligned, twice);
+  CHECK(!usable, "%d of %d had a usable size (%zu) other than 0", usable, N, trimalloc_malloc_usable_size(z[1]));
+  uint8_t *r = trimalloc_realloc(z[0], 100);
+  CHECK(r != NULL && r != z[0], "realloc of a zero-size block: %p", (void *)r);
+  memset(r, 1, 100);
+  trimalloc_free(r);
+  for (int i = 1; i < N; i++) trimalloc_free(z[i]);
+  void *again = trimalloc_malloc(0);
+  CHECK(again != NULL, "malloc(0) after the frees");
+  trimalloc_free(again);
+  CHECK(trimalloc_check(), "heap check");
+}
+
+/* free_sized with the size each block was allocated (or shrunk in place)
+ * with is never reported, at every kind of block. */
+static void test_free_sized_valid(void) {
+  int st = 0;
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20);
+    static const size_t sizes[] = {0,        1,         8,         16,        17,       100,     1000,
+                                   4096,     20 * KiB,  128 * KiB - 8, 128 * KiB, 200 * KiB, 256 * KiB,
+                                   MiB,      2 * MiB,   3 * MiB,   5 * MiB};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+      trimalloc_free_sized(trimalloc_malloc(sizes[i]), sizes[i]);
+      trimalloc_free_sized(trimalloc_calloc(1, sizes[i]), sizes[i]);
+      size_t half = sizes[i] / 2 + sizes[i] / 4; /* realloc keeps the block */
+      trimalloc_free_sized(trimalloc_realloc(trimalloc_malloc(sizes[i]), half ? half : 1), half ? half : 1);
+    }
+    trimalloc_free_sized(NULL, 5);
+    _exit(0);
+  }
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+}
+
+#ifdef TEST_HARDENED
+/* The hardened build does not give the block just freed to the next malloc
+ * of its class (mimalloc-bench's malloc_reuse), even when its bin held no
+ * other block. */
+static void test_no_immediate_reuse(void) {
+  static const size_t sizes[] = {8, 64, 4096, 20 * KiB, 100 * KiB};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    for (int k = 0; k < 3; k++) {
+      void *p = trimalloc_malloc(sizes[i]);
+      trimalloc_free(p);
+      void *q = trimalloc_malloc(sizes[i]);
+      CHECK(q != p, "%zu bytes: the block just freed came back (round %d)", sizes[i], k);
+      trimalloc_free(q);
+    }
+  }
+}
+#endif
+
+#ifdef TEST_HARDENED
+/* A large block between guard pages still grows in place (its tail guard
+ * moves to the new end), and all of its usable size is writable after. */
+static void test_large_growth_in_place(void) {
+  int in_place = 0;
+  for (int k = 0; k < 8; k++) {
+    uint8_t *p = trimalloc_malloc(150 * KiB + 16 * (size_t)k);
+    memset(p, 7, trimalloc_malloc_usable_size(p));
+    uint8_t *q = trimalloc_realloc(p, 400 * KiB);
+    in_place += q == p;
+    size_t u = trimalloc_malloc_usable_size(q);
+    CHECK(u >= 400 * KiB && q[150 * KiB - 1] == 7, "usable %zu, kept %d", u, q[150 * KiB - 1]);
+    memset(q, 8, u); /* the old guard page is inside the block now */
+    trimalloc_free(q);
+  }
+  CHECK(in_place > 0, "no growth in place of 8");
+}
+#endif
+
 int main(void) {
   RUN(test_valid_use_does_not_abort);
+#ifdef TEST_HARDENED
+  RUN(test_zero_size_blocks);
+#endif
+  RUN(test_free_sized_valid);
+#ifdef TEST_HARDENED
+  RUN(test_no_immediate_reuse);
+  RUN(test_large_growth_in_place);
+#endif
   RUN(test_misuse_aborts_with_one_line);
   return check_summary();
 }

@@ -81,6 +81,9 @@ exports=$(readelf -W --dyn-syms "$LIB" | awk '$7 != "UND" && $6 != "HIDDEN" && (
 std="malloc calloc realloc free reallocarray posix_memalign aligned_alloc memalign valloc pvalloc malloc_usable_size malloc_trim"
 # glibc's introspection, answered for trimalloc's heap (core/compat.c)
 compat="mallinfo mallinfo2 malloc_stats malloc_info mallopt cfree"
+# sized frees, checked against the block (core/sized.c): C23's, and C++'s operator
+# delete(void *, size_t) and delete[](void *, size_t)
+compat="$compat free_sized _ZdlPvm _ZdaPvm"
 missing=""
 for f in $std $compat; do echo "$exports" | grep -qx "$f" || missing="$missing $f"; done
 if [ -z "$missing" ]; then ok "exports the standard names"; else fail "exports the standard names: missing$missing"; fi

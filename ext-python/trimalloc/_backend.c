@@ -44,7 +44,7 @@ static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
                                    &free_obj))
     return NULL;
   double interval;
-  uint64_t min_free = 0;
+  uint64_t min_free = (uint64_t)ta_bind_defaults_for("trimmer")->min_free;
   if (ta_py_interval(interval_obj, "min_interval", &interval) < 0) return NULL;
   if (free_obj && ta_py_bytes(free_obj, "min_free", &min_free) < 0) return NULL;
   /* decided with the GIL (a clock read), trimmed without it */
@@ -76,44 +76,31 @@ static PyObject *py_rss(PyObject *m, PyObject *unused) {
   return PyLong_FromUnsignedLongLong(ta_bind_rss());
 }
 static PyObject *py_stats(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
+  (void)unused;
   ta_bind_field_t fields[TA_NFIELDS];
   if (ta_bind_stats(fields) != 0) {
     PyErr_SetString(ta_py_state(m)->error, "the allocator could not report its stats");
     return NULL;
   }
-  PyObject *d = PyDict_New();
-  if (!d) return NULL;
-  for (size_t i = 0; i < TA_NFIELDS; i++) {
-    const ta_bind_field_t *f = &fields[i];
-    if (!f->present) continue; /* not measured by this backend: left out */
-    PyObject *v = f->type == 'd' ? PyFloat_FromDouble(f->v.d)
-                                 : PyLong_FromUnsignedLongLong(f->v.u);
-    if (ta_py_set_item(d, f->name, v) < 0) goto fail;
-  }
-  if (ta_py_set_item(d, "backend", PyUnicode_FromString(ta_bind_backend_name())) < 0) goto fail;
+  PyObject *d = ta_py_fields_dict(fields, TA_NFIELDS);
+  if (d && ta_py_set_item(d, "backend", PyUnicode_FromString(ta_bind_backend_name())) < 0) Py_CLEAR(d);
   return d;
-fail:
-  Py_DECREF(d);
-  return NULL;
 }
 
 static PyObject *py_policy_stats(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
-  ta_bind_policy_stats_t p;
-  ta_bind_policy_stats(&p);
-  return Py_BuildValue("{sOsOsKsKsK}", "pending", p.pending ? Py_True : Py_False, "busy",
-                       p.busy ? Py_True : Py_False, "deferred", (unsigned long long)p.deferred,
-                       "coalesced",
-                       (unsigned long long)p.coalesced, "free_reads",
-                       (unsigned long long)p.free_reads);
+  ta_bind_field_t f[TA_BIND_POLICY_NFIELDS];
+  return ta_py_fields_dict(f, ta_bind_policy_fields(f));
 }
 
 static PyObject *py_free_source(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
-  static const char *names[] = {"unknown", "dirty", "resident", "mallinfo2", "mallinfo"};
-  int s = ta_bind_free_source();
-  return PyUnicode_FromString(names[s >= 0 && s <= 4 ? s : 0]);
+  return PyUnicode_FromString(ta_bind_free_source_name(ta_bind_free_source()));
+}
+
+static PyObject *py_purger_state(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return PyUnicode_FromString(ta_bind_purger_state());
 }
 
 static PyObject *py_test_gate(PyObject *m, PyObject *arg) {
@@ -154,6 +141,8 @@ PyMethodDef ta_py_backend_methods[] = {
      "policy_stats() -> {deferred, coalesced, free_reads}: the trim policy's counters"},
     {"free_source", py_free_source, METH_NOARGS,
      "free_source() -> where free_bytes() comes from: dirty, resident, mallinfo2, mallinfo, unknown"},
+    {"purger_state", py_purger_state, METH_NOARGS,
+     "purger_state() -> the core's background purger in this process, in words"},
     {"_test_gate", py_test_gate, METH_O, "_test_gate(on): for tests (see binding.h)"},
     {"_test_gate_open", py_test_gate_open, METH_NOARGS, "_test_gate_open(): for tests"},
     {"_test_gate_state", py_test_gate_state, METH_NOARGS, "_test_gate_state() -> int: for tests"},

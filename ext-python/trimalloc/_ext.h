@@ -33,6 +33,10 @@ int ta_py_bytes(PyObject *obj, const char *what, uint64_t *out);
 /* d[key] = value, stealing value (NULL: fails). 0 or -1. */
 int ta_py_set_item(PyObject *d, const char *key, PyObject *value);
 
+/* {name: value} for the present fields of f[0..n-1] ('b' as a bool); a new
+ * reference, or NULL with an exception set. */
+PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n);
+
 extern PyMethodDef ta_py_backend_methods[];   /* _backend.c: trims, stats, the policy's counters */
 extern PyMethodDef ta_py_launch_methods[];    /* _launch.c: exec, preload, search path */
 extern PyMethodDef ta_py_sampler_methods[];   /* _sampler.c: the heap profiler */

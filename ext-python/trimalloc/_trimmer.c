@@ -28,14 +28,16 @@ static int parse_bytes_or_none(PyObject *obj, const char *what, int64_t *out) {
 
 static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"every", "min_free", "min_interval", NULL};
-  PyObject *every_obj = Py_None, *free_obj = NULL, *interval_obj = NULL;
+  PyObject *every_obj = NULL, *free_obj = NULL, *interval_obj = NULL;
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOO:Trimmer", kwlist, &every_obj, &free_obj,
                                    &interval_obj))
     return NULL;
-  uint64_t every = 0;
-  int64_t min_free = 0;
-  double interval = 1.0;
-  if (every_obj != Py_None) {
+  const ta_bind_defaults_t *dflt = ta_bind_defaults_for("trimmer");
+  uint64_t every = dflt->every;
+  int64_t min_free = dflt->min_free;
+  double interval = dflt->min_interval;
+  if (every_obj == Py_None) every = 0;
+  if (every_obj && every_obj != Py_None) {
     if (PyBool_Check(every_obj) || !PyLong_Check(every_obj)) {
       PyErr_Format(PyExc_TypeError, "every must be an int or None, not %R", every_obj);
       return NULL;
@@ -106,12 +108,8 @@ static PyObject *trimmer_run(PyObject *self, PyObject *unused) {
 
 static PyObject *trimmer_stats(PyObject *self, PyObject *unused) {
   (void)unused;
-  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  return Py_BuildValue("{sKsKsKsKsK}", "events", (unsigned long long)atomic_load(&t->events),
-                       "trims", (unsigned long long)atomic_load(&t->trims), "skipped",
-                       (unsigned long long)atomic_load(&t->skipped), "coalesced",
-                       (unsigned long long)atomic_load(&t->coalesced), "trimmed_bytes",
-                       (unsigned long long)atomic_load(&t->trimmed_bytes));
+  ta_bind_field_t f[TA_BIND_TRIMMER_NFIELDS];
+  return ta_py_fields_dict(f, ta_bind_trimmer_fields(&((trimmer_object *)self)->t, f));
 }
 
 static PyObject *trimmer_get_every(PyObject *self, void *unused) {
@@ -157,8 +155,8 @@ static PyType_Slot trimmer_slots[] = {
     {Py_tp_dealloc, (void *)trimmer_dealloc},
     {Py_tp_methods, trimmer_methods},
     {Py_tp_getset, trimmer_getset},
-    {Py_tp_doc, (void *)"Trimmer(every=None, min_free=0, min_interval=1.0): one hook's trim policy "
-                        "(core/bind, the same as the Ruby gem's Trimalloc::Trimmer)."},
+    {Py_tp_doc, (void *)"Trimmer(every, min_free, min_interval): one hook's trim policy (core/bind, "
+                        "the same as the Ruby gem's Trimalloc::Trimmer); defaults: DEFAULTS['trimmer']."},
     {0, NULL},
 };
 

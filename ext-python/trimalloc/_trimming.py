@@ -3,15 +3,19 @@ import contextlib
 import functools
 from typing import Any, Callable, Optional, TypeVar
 
-from . import _hooks
+from . import _hooks, _trimalloc
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# after every block, at most once a second: core/bind's defaults for a trimmer
+_MIN_INTERVAL = _trimalloc.DEFAULTS["trimmer"]["min_interval"]  # type: float
+_MIN_FREE = _trimalloc.DEFAULTS["trimmer"]["min_free"]  # type: int
 
 
 class _Trimming(contextlib.ContextDecorator):
     """Context manager and decorator; see trimming()."""
 
-    def __init__(self, min_interval=1.0, min_free=0):
+    def __init__(self, min_interval=_MIN_INTERVAL, min_free=_MIN_FREE):
         # type: (float, int) -> None
         self.min_interval = _hooks.check_interval(min_interval)
         self.min_free = _hooks.check_bytes(min_free, "min_free")
@@ -27,7 +31,7 @@ class _Trimming(contextlib.ContextDecorator):
         return False
 
 
-def trimming(min_interval=1.0, min_free=0):
+def trimming(min_interval=_MIN_INTERVAL, min_free=_MIN_FREE):
     # type: (Any, int) -> Any
     """Trim when the block ends, rate-limited; also a decorator.
 

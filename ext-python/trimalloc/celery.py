@@ -35,12 +35,14 @@ from . import _hooks, _trimalloc
 logger = logging.getLogger("trimalloc.celery")
 
 _UNSET = object()
-DEFAULT_MIN_INTERVAL = 1.0
-DEFAULT_MIN_FREE = 0
-DEFAULT_EVERY = None
+# after every task, at most once a second: core/bind's defaults for job hooks
+# (the same as the Ruby gem's Sidekiq middleware)
+DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["job"]["min_interval"]
+DEFAULT_MIN_FREE = _trimalloc.DEFAULTS["job"]["min_free"]
+DEFAULT_EVERY = _trimalloc.DEFAULTS["job"]["every"]
 
 _settings = {"app": None, "trimmer": None}  # type: Dict[str, Any]
-_COUNTS = ("events", "trims", "skipped", "coalesced", "trimmed_bytes")
+_COUNTS = _trimalloc.TRIMMER_COUNTS  # the keys of a trimmer's stats()
 _before = dict.fromkeys(_COUNTS, 0)  # the counts of trimmers replaced by a later install()
 
 

@@ -5,7 +5,7 @@ import platform
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import DEFAULT_PYTHONMALLOC, __version__, _trimalloc, active, library_path, stats
+from . import DEFAULT_PYTHONMALLOC, __version__, _trimalloc, library_path
 
 USAGE = """\
 usage: trimalloc run [--pythonmalloc | --no-pythonmalloc] [--profile DIR] [--] CMD [ARGS...]
@@ -309,18 +309,6 @@ def _warn_other_python(cmd, found, first, path):
                      % (found, interp, _suggestion(cmd, module, path, first)))
 
 
-def _purger_state():
-    # type: () -> str
-    """Whether the core's background purger runs in this process."""
-    if not active():
-        return "none (glibc: memory goes back only when something trims)"
-    if stats().get("background"):
-        return "running (returns what stays free for the purge delay)"
-    if os.environ.get("TRIMALLOC_BACKGROUND", "1").strip().lower() in ("0", "false", "no", "off"):
-        return "off (TRIMALLOC_BACKGROUND=0: only allocator calls and trims purge)"
-    return "not started (starts when 4 MiB are left to purge)"
-
-
 def _info():
     # type: () -> int
     lib = library_path()
@@ -332,7 +320,7 @@ def _info():
     )
     out.write("library:      %s%s\n" % (lib, "" if os.path.isfile(lib) else " (missing!)"))
     out.write("loaded core:  %s\n" % (_trimalloc.loaded_path() or "none"))
-    out.write("purger:       %s\n" % _purger_state())
+    out.write("purger:       %s\n" % _trimalloc.purger_state())
     out.write("LD_PRELOAD:   %s\n" % os.environ.get("LD_PRELOAD", ""))
     out.write(
         "PYTHONMALLOC: %s (`trimalloc run` sets malloc unless --no-pythonmalloc: %s)\n"

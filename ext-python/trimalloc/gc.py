@@ -12,12 +12,15 @@ import gc as _gc
 import threading
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from . import _hooks
+from . import _hooks, _trimalloc
+
+# at most once a second: core/bind's default for GC hooks (as Trimalloc::GC's)
+DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["gc"]["min_interval"]  # type: float
 
 _lock = threading.Lock()
 _state = {
     "enabled": False,
-    "min_interval": 1.0,
+    "min_interval": DEFAULT_MIN_INTERVAL,
     "generations": (2,),
     "collections": 0,
     "trims": 0,
@@ -51,7 +54,7 @@ def _check_generations(generations):
     return gens
 
 
-def enable(min_interval=1.0, generations=(2,)):
+def enable(min_interval=DEFAULT_MIN_INTERVAL, generations=(2,)):
     # type: (float, Iterable[int]) -> None
     """Trim after collections of `generations`, at most once per `min_interval` s.
 

@@ -91,16 +91,18 @@ def _preload():
     except OSError as e:  # returns only when not re-executing
         _warn("cannot re-execute with %s preloaded (%s)" % (lib, e))
         return "failed"
-    if code == 0:
+    codes = _trimalloc.PRELOAD  # core/bind's result codes, by name
+    if code == codes["active"]:
         return "active"
-    if code == 1:
+    if code == codes["guard"]:
         _warn("%s (library: %s)" % (reason, lib))
         return "not active"
-    if code == 5:
+    if code == codes["no_library"]:
         _warn("cannot re-execute with %s preloaded (%s)" % (lib, reason))
         return "failed"
     _warn("%s; %s" % (reason, HINT))
-    return {2: "forked", 3: "rewritten", 4: "not a file"}.get(code, "refused")
+    refusals = {codes["forked"]: "forked", codes["rewritten"]: "rewritten", codes["not_a_file"]: "not a file"}
+    return refusals.get(code, "refused")
 
 
 # After the re-exec the extension gave the process its name back (from this

@@ -24,9 +24,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from . import _hooks, _trimalloc
 
-DEFAULT_EVERY = 100
-DEFAULT_MIN_FREE = 64 << 20
-DEFAULT_MIN_INTERVAL = 1.0
+# every 100 requests, or sooner once 64 MiB are free, at most once a second:
+# core/bind's defaults for request hooks (the same as the Ruby gem's Rack middleware)
+DEFAULT_EVERY = _trimalloc.DEFAULTS["request"]["every"]
+DEFAULT_MIN_FREE = _trimalloc.DEFAULTS["request"]["min_free"]
+DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["request"]["min_interval"]
 DEFAULT_FREE_THRESHOLD = DEFAULT_MIN_FREE  # the old name
 
 _UNSET = object()

@@ -88,7 +88,9 @@ module Trimalloc
       argv, title = bundle_exec_load
       script = argv ? $0 : Process.argv0
       code, reason = preload_reexec(lib, script, !argv && $0 != Process.argv0, argv, title)
-      code.zero? || preload_warn(code == 1 ? reason : "#{reason}; #{preload_hint(caller_locations)}")
+      return true if code == Native::PRELOAD[:active]
+
+      preload_warn(code == Native::PRELOAD[:guard] ? reason : "#{reason}; #{preload_hint(caller_locations)}")
     rescue SystemCallError => e
       preload_warn("re-exec with LD_PRELOAD failed (#{e.message})")
     end

@@ -56,7 +56,8 @@ static void *run_nogvl(void *p) {
   return NULL;
 }
 
-/* Trimalloc.trim_if_due(min_interval: 1.0, min_free: 0) -> Integer or nil
+/* Trimalloc.trim_if_due(min_interval:, min_free:) -> Integer or nil (defaults:
+ * Native::DEFAULTS[:trimmer])
  * (nil: skipped, too soon or too little free). */
 static VALUE m_trim_if_due(int argc, VALUE *argv, VALUE self) {
   static ID kw[2];
@@ -67,8 +68,9 @@ static VALUE m_trim_if_due(int argc, VALUE *argv, VALUE self) {
   }
   rb_scan_args(argc, argv, ":", &opts);
   if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 2, vals);
-  double min_interval = 1.0;
-  uint64_t min_free = 0;
+  const ta_bind_defaults_t *dflt = ta_bind_defaults_for("trimmer");
+  double min_interval = dflt->min_interval;
+  uint64_t min_free = (uint64_t)dflt->min_free;
   if (vals[0] != Qundef) min_interval = ta_rb_nonneg_double(vals[0], "min_interval");
   if (vals[1] != Qundef) {
     if (NIL_P(vals[1])) rb_raise(rb_eTypeError, "min_free must be an Integer (given nil)");
@@ -91,23 +93,19 @@ static VALUE m_advance_clock(VALUE self, VALUE seconds) {
 
 /* Trimalloc.policy_stats -> process-wide counters of the trim policy. */
 static VALUE m_policy_stats(VALUE self) {
-  ta_bind_policy_stats_t p;
-  ta_bind_policy_stats(&p);
-  VALUE h = rb_hash_new();
-  rb_hash_aset(h, SYM("pending"), p.pending ? Qtrue : Qfalse);
-  rb_hash_aset(h, SYM("busy"), p.busy ? Qtrue : Qfalse);
-  rb_hash_aset(h, SYM("deferred"), ULL2NUM(p.deferred));
-  rb_hash_aset(h, SYM("coalesced"), ULL2NUM(p.coalesced));
-  rb_hash_aset(h, SYM("free_reads"), ULL2NUM(p.free_reads));
-  return h;
+  ta_bind_field_t f[TA_BIND_POLICY_NFIELDS];
+  return ta_rb_fields_hash(f, ta_bind_policy_fields(f));
 }
 
 /* Trimalloc.free_source -> where free_bytes comes from: :dirty (the core's
  * counter), :resident (resident - allocated), :mallinfo2, :mallinfo, :unknown */
 static VALUE m_free_source(VALUE self) {
-  static const char *names[] = {"unknown", "dirty", "resident", "mallinfo2", "mallinfo"};
-  int s = ta_bind_free_source();
-  return SYM(names[s >= 0 && s <= 4 ? s : 0]);
+  return SYM(ta_bind_free_source_name(ta_bind_free_source()));
+}
+
+/* Native.purger_state -> the core's background purger here, in words. */
+static VALUE m_purger_state(VALUE self) {
+  return rb_str_new_cstr(ta_bind_purger_state());
 }
 
 /* The test gate (private): see ta_bind_test_gate in binding.h. */
@@ -137,6 +135,7 @@ void ta_rb_init_backend(void) {
   rb_define_singleton_method(m, "trim_if_due", m_trim_if_due, -1);
   rb_define_singleton_method(m, "policy_stats", m_policy_stats, 0);
   rb_define_singleton_method(m, "free_source", m_free_source, 0);
+  rb_define_module_function(ta_rb_mNative, "purger_state", m_purger_state, 0);
   VALUE s = rb_singleton_class(m);
   rb_define_private_method(s, "advance_clock", m_advance_clock, 1);
   rb_define_private_method(s, "test_gate", m_test_gate, 1);

@@ -144,7 +144,7 @@ static void on_sweep_end(VALUE tpval, void *unused) {
 #endif
 }
 
-/* Trimalloc::GC.enable(major_only: true, min_interval: 1.0) -> true */
+/* Trimalloc::GC.enable(major_only: true, min_interval: Native::DEFAULTS[:gc]) -> true */
 static VALUE hook_enable(int argc, VALUE *argv, VALUE self) {
   static ID kw[2];
   VALUE opts = Qnil, vals[2] = {Qundef, Qundef};
@@ -155,7 +155,7 @@ static VALUE hook_enable(int argc, VALUE *argv, VALUE self) {
   rb_scan_args(argc, argv, ":", &opts);
   if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 2, vals);
   int major_only = 1;
-  double min_interval = 1.0;
+  double min_interval = ta_bind_defaults_for("gc")->min_interval;
   if (vals[0] != Qundef) {
     if (vals[0] != Qtrue && vals[0] != Qfalse)
       rb_raise(rb_eTypeError, "major_only must be true or false (given %" PRIsVALUE ")",
@@ -215,7 +215,7 @@ static VALUE hook_stats(VALUE self) {
 void ta_rb_init_gc_hook(void) {
   VALUE m = rb_define_module_under(ta_rb_mTrimalloc, "GC");
   hook.major_only = 1;
-  hook.min_interval = 1.0;
+  hook.min_interval = ta_bind_defaults_for("gc")->min_interval;
   sym_major_by = SYM("major_by");
   sym_force = SYM("force");
   sym_gc_by = SYM("gc_by");

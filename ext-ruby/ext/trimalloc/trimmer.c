@@ -31,7 +31,8 @@ static const rb_data_type_t trimmer_type = {
 static VALUE trimmer_alloc(VALUE klass) {
   ta_bind_trimmer_t *t;
   VALUE obj = TypedData_Make_Struct(klass, ta_bind_trimmer_t, &trimmer_type, t);
-  ta_bind_trimmer_init(t, 0, 0, 1.0);
+  const ta_bind_defaults_t *d = ta_bind_defaults_for("trimmer");
+  ta_bind_trimmer_init(t, d->every, d->min_free, d->min_interval);
   return obj;
 }
 
@@ -41,18 +42,7 @@ static ta_bind_trimmer_t *get(VALUE self) {
   return t;
 }
 
-int64_t ta_rb_bytes_or_nil(VALUE v, const char *name) {
-  if (NIL_P(v)) return -1;
-  if (!RB_INTEGER_TYPE_P(v))
-    rb_raise(rb_eTypeError, "%s must be an Integer (bytes) or nil (given %" PRIsVALUE ")", name,
-             rb_inspect(v));
-  if (RTEST(rb_funcall(v, '<', 1, INT2FIX(0))))
-    rb_raise(rb_eArgError, "%s must be >= 0 (given %" PRIsVALUE ")", name, rb_inspect(v));
-  if (RB_TYPE_P(v, T_BIGNUM) && rb_big_cmp(v, LL2NUM(INT64_MAX)) == INT2FIX(1)) return INT64_MAX;
-  return (int64_t)NUM2LL(v);
-}
-
-/* Trimmer.new(every: nil, min_free: 0, min_interval: 1.0) */
+/* Trimmer.new(every:, min_free:, min_interval:); defaults: Native::DEFAULTS[:trimmer] */
 static VALUE trimmer_initialize(int argc, VALUE *argv, VALUE self) {
   static ID kw[3];
   VALUE opts = Qnil, vals[3] = {Qundef, Qundef, Qundef};
@@ -63,9 +53,10 @@ static VALUE trimmer_initialize(int argc, VALUE *argv, VALUE self) {
   }
   rb_scan_args(argc, argv, ":", &opts);
   if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 3, vals);
-  uint64_t every = 0;
-  int64_t min_free = 0;
-  double min_interval = 1.0;
+  const ta_bind_defaults_t *dflt = ta_bind_defaults_for("trimmer");
+  uint64_t every = vals[0] == Qundef ? dflt->every : 0;
+  int64_t min_free = dflt->min_free;
+  double min_interval = dflt->min_interval;
   if (vals[0] != Qundef && !NIL_P(vals[0])) {
     if (!RB_INTEGER_TYPE_P(vals[0]) || !RTEST(rb_funcall(vals[0], '>', 1, INT2FIX(0))))
       rb_raise(RB_INTEGER_TYPE_P(vals[0]) ? rb_eArgError : rb_eTypeError,
@@ -98,17 +89,10 @@ static VALUE trimmer_event(VALUE self) {
   return a.released < 0 ? Qnil : LL2NUM(a.released);
 }
 
-#define SYM(s) ID2SYM(rb_intern(s))
-
+/* #stats -> {events:, trims:, ...}: the keys of Native::TRIMMER_COUNTS */
 static VALUE trimmer_stats(VALUE self) {
-  ta_bind_trimmer_t *t = get(self);
-  VALUE h = rb_hash_new();
-  rb_hash_aset(h, SYM("events"), ULL2NUM(atomic_load(&t->events)));
-  rb_hash_aset(h, SYM("trims"), ULL2NUM(atomic_load(&t->trims)));
-  rb_hash_aset(h, SYM("skipped"), ULL2NUM(atomic_load(&t->skipped)));
-  rb_hash_aset(h, SYM("coalesced"), ULL2NUM(atomic_load(&t->coalesced)));
-  rb_hash_aset(h, SYM("trimmed_bytes"), ULL2NUM(atomic_load(&t->trimmed_bytes)));
-  return h;
+  ta_bind_field_t f[TA_BIND_TRIMMER_NFIELDS];
+  return ta_rb_fields_hash(f, ta_bind_trimmer_fields(get(self), f));
 }
 
 static VALUE trimmer_every(VALUE self) {

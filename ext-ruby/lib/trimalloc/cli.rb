@@ -234,19 +234,9 @@ module Trimalloc
       out.puts "library:    #{Trimalloc.library_path || 'not found'}"
       out.puts "allocator:  #{Trimalloc.backend} (this process)"
       out.puts "core:       #{Trimalloc.core_version} at #{Trimalloc.loaded_path}" if Trimalloc.active?
-      out.puts "purger:     #{purger_state}"
+      out.puts "purger:     #{Native.purger_state}"
       out.puts "LD_PRELOAD: #{ENV.fetch('LD_PRELOAD', '')}"
       0
-    end
-
-    # Whether the core's background purger runs in this process.
-    def purger_state
-      return "none (glibc: memory goes back only when something trims)" unless Trimalloc.active?
-      return "running (returns what stays free for the purge delay)" if Trimalloc.stats[:background].to_i == 1
-      if %w[0 false no off].include?(ENV.fetch("TRIMALLOC_BACKGROUND", "1").strip.downcase)
-        return "off (TRIMALLOC_BACKGROUND=0: only allocator calls and trims purge)"
-      end
-      "not started (starts when 4 MiB are left to purge)"
     end
   end
 end

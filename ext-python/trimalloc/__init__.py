@@ -12,6 +12,7 @@ Everything works on either backend: when trimalloc is not the process allocator
 Run a program on trimalloc with `trimalloc run -- CMD...`, or put
 `import trimalloc.preload` first in it.
 """
+import errno
 import os
 from typing import Dict, Union
 
@@ -64,7 +65,14 @@ def backend():
 
 def library_path():
     # type: () -> str
-    """The path of the libtrimalloc.so bundled with this package (for LD_PRELOAD)."""
+    """The path of the libtrimalloc.so bundled with this package (for LD_PRELOAD).
+
+    Raises FileNotFoundError, naming the path, when the file is missing (a
+    package installed without its native part): a path that does not exist
+    would only fail later, in the dynamic loader of another process."""
+    if not os.path.isfile(_LIBRARY):
+        raise FileNotFoundError(errno.ENOENT, "the bundled libtrimalloc.so is missing (reinstall trimalloc)",
+                                _LIBRARY)
     return _LIBRARY
 
 

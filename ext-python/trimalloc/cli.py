@@ -81,9 +81,10 @@ def _run(args):
     if not cmd:
         _err("run: no command given: trimalloc run -- CMD [ARGS...]")
         return 2
-    lib = library_path()
-    if not os.path.isfile(lib):
-        _err("the bundled library is missing: %s (reinstall trimalloc)" % lib)
+    try:
+        lib = library_path()
+    except FileNotFoundError as e:
+        _err("the bundled library is missing: %s (reinstall trimalloc)" % e.filename)
         return 1
     if profile is not None:
         try:
@@ -311,14 +312,17 @@ def _warn_other_python(cmd, found, first, path):
 
 def _info():
     # type: () -> int
-    lib = library_path()
+    try:
+        lib, missing = library_path(), ""
+    except FileNotFoundError as e:
+        lib, missing = e.filename, " (missing!)"
     out = sys.stdout
     out.write("trimalloc %s\n" % __version__)
     out.write(
         "backend:      %s (this process: %s %s, pid %d)\n"
         % (_trimalloc.backend(), platform.python_implementation(), platform.python_version(), os.getpid())
     )
-    out.write("library:      %s%s\n" % (lib, "" if os.path.isfile(lib) else " (missing!)"))
+    out.write("library:      %s%s\n" % (lib, missing))
     out.write("loaded core:  %s\n" % (_trimalloc.loaded_path() or "none"))
     out.write("purger:       %s\n" % _trimalloc.purger_state())
     out.write("LD_PRELOAD:   %s\n" % os.environ.get("LD_PRELOAD", ""))
@@ -349,7 +353,11 @@ def main(argv=None):
         _err("%s takes no arguments, got %r" % (cmd, rest))
         return 2
     if cmd == "path":
-        sys.stdout.write(library_path() + "\n")
+        try:
+            sys.stdout.write(library_path() + "\n")
+        except FileNotFoundError as e:
+            _err("the bundled library is missing: %s (reinstall trimalloc)" % e.filename)
+            return 1
         return 0
     if cmd == "info":
         return _info()

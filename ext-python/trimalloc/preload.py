@@ -81,7 +81,11 @@ def _script():
 
 def _preload():
     # type: () -> str
-    lib = library_path()
+    try:
+        lib = library_path()
+    except FileNotFoundError as e:
+        _warn("cannot re-execute with %s preloaded (%s)" % (e.filename, e.strerror))
+        return "failed"
     sys.stdout.flush()
     sys.stderr.flush()
     argv = getattr(sys, "orig_argv", None)  # Python 3.10+; before, the C runtime's argv

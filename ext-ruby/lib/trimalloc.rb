@@ -41,12 +41,17 @@ module Trimalloc
 
     # The bundled preload library: next to the loaded extension (an installed
     # gem, or `rake compile` in a checkout), else a checkout's core/build.
-    # nil when none is found.
+    # Raises Errno::ENOENT naming the places it looked when there is none (a
+    # gem installed without its native part): a path that does not exist
+    # would only fail later, in the dynamic loader of another process.
     def library_path
       ext = $LOADED_FEATURES.find { |f| f.end_with?("/trimalloc/trimalloc_ext.so") }
       dirs = [ext && File.dirname(ext), File.join(__dir__, "trimalloc"),
               File.expand_path("../../core/build", __dir__)]
-      dirs.compact.map { |d| File.join(d, LIBRARY_NAME) }.find { |p| File.file?(p) }
+      paths = dirs.compact.uniq.map { |d| File.join(d, LIBRARY_NAME) }
+      paths.find { |p| File.file?(p) } or
+        raise Errno::ENOENT, "the bundled #{LIBRARY_NAME} is missing (looked for #{paths.join(', ')}; " \
+                             "build it with `rake compile`, or reinstall the gem)"
     end
 
     # Replaces this process with cmd, run with the library prepended to
@@ -56,7 +61,11 @@ module Trimalloc
     def exec(*cmd)
       raise ArgumentError, "no command given" if cmd.empty?
 
-      lib = library_path or raise Error, "#{LIBRARY_NAME} not found (build it with `make -C core`)"
+      lib = begin
+        library_path
+      rescue Errno::ENOENT => e
+        raise Error, e.message.sub(/\A.*? - /, "") # without strerror: the message says it
+      end
       $stdout.flush
       $stderr.flush
       exec_preloaded(lib, cmd)
@@ -80,8 +89,11 @@ module Trimalloc
     def preload!
       return true if active?
 
-      lib = library_path
-      return preload_warn("#{LIBRARY_NAME} not found") unless lib
+      lib = begin
+        library_path
+      rescue Errno::ENOENT => e
+        return preload_warn(e.message.sub(/\A.*? - /, ""))
+      end
 
       $stdout.flush
       $stderr.flush

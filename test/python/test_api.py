@@ -70,6 +70,22 @@ def test_library_path_is_the_bundled_library():
         assert f.read(4) == b"\x7fELF"
 
 
+def test_library_path_raises_when_the_library_is_missing(monkeypatch, capsys):
+    from trimalloc import cli
+    missing = "/nonexistent/libtrimalloc.so"
+    monkeypatch.setattr(trimalloc, "_LIBRARY", missing)
+    with pytest.raises(FileNotFoundError, match=missing) as e:
+        trimalloc.library_path()
+    assert e.value.filename == missing
+    # every caller says so and stops, instead of handing a bad path on
+    assert cli.main(["path"]) == 1
+    assert cli.main(["run", "--", "true"]) == 1
+    assert cli.main(["info"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("the bundled library is missing: %s" % missing) == 2, err
+    assert "library:      %s (missing!)" % missing in out
+
+
 def test_version_is_the_core_version():
     from importlib.metadata import version
     assert trimalloc.__version__ == core_version() == "0.1.0"

@@ -7,7 +7,7 @@
 # process's malloc, everything here drives glibc instead (malloc_trim,
 # mallinfo2), and Trimalloc.backend says so.
 #
-# From the extension:
+# From the extension (arguments checked in trimalloc/native.rb, the C only converts):
 #   Trimalloc.active?       true when this process's malloc is trimalloc's
 #   Trimalloc.backend       :trimalloc or :glibc
 #   Trimalloc.trim          bytes released to the OS now (glibc: the RSS drop
@@ -30,9 +30,11 @@
 #   Trimalloc::Profile      the heap profiler: start, stop, dump, top, tags
 require "trimalloc/version"
 require "trimalloc/trimalloc_ext"
+require "trimalloc/native"
 
 module Trimalloc
   LIBRARY_NAME = "libtrimalloc.so"
+  private_constant :LIBRARY_NAME
 
   class << self
     def version
@@ -107,17 +109,6 @@ module Trimalloc
       preload_warn("re-exec with LD_PRELOAD failed (#{e.message})")
     end
 
-    # Warns once, on first use, about an option name kept for one release.
-    def deprecated_option(old, new, where)
-      @deprecated ||= {}
-      key = [old, where]
-      return if @deprecated[key]
-
-      @deprecated[key] = true
-      warn "trimalloc: #{where}: #{old} is deprecated, use #{new} (the old name goes in the next release)",
-           uplevel: 2
-    end
-
     private
 
     # `bundle exec CMD` with CMD a Ruby script: Bundler loads it in its own
@@ -137,6 +128,7 @@ module Trimalloc
     # frame that loads it: a refused line there is already where
     # PRELOAD_HINT would put it.
     SERVER_LOADERS = { %r{/puma/dsl\.rb\z} => "puma", %r{/sidekiq/cli\.rb\z} => "sidekiq" }.freeze
+    private_constant :SERVER_LOADERS
 
     # What to do about a refusal, for the line at `locations` (the caller of
     # preload!): PRELOAD_HINT, unless the line already is in the server's

@@ -1,4 +1,4 @@
-/* Trimalloc.active?, .backend, .trim, .trim_if_due, .free_bytes, .rss:
+/* Trimalloc.active?, .backend, .trim, .free_bytes, .rss, Native.trim_if_due:
  * which allocator answers, and trimming it. */
 #include "trimalloc_ext.h"
 
@@ -56,36 +56,21 @@ static void *run_nogvl(void *p) {
   return NULL;
 }
 
-/* Trimalloc.trim_if_due(min_interval:, min_free:) -> Integer or nil (defaults:
- * Native::DEFAULTS[:trimmer])
- * (nil: skipped, too soon or too little free). */
-static VALUE m_trim_if_due(int argc, VALUE *argv, VALUE self) {
-  static ID kw[2];
-  VALUE opts = Qnil, vals[2] = {Qundef, Qundef};
-  if (!kw[0]) {
-    kw[0] = rb_intern("min_interval");
-    kw[1] = rb_intern("min_free");
-  }
-  rb_scan_args(argc, argv, ":", &opts);
-  if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 2, vals);
-  const ta_bind_defaults_t *dflt = ta_bind_defaults_for("trimmer");
-  double min_interval = dflt->min_interval;
-  uint64_t min_free = (uint64_t)dflt->min_free;
-  if (vals[0] != Qundef) min_interval = ta_rb_nonneg_double(vals[0], "min_interval");
-  if (vals[1] != Qundef) {
-    if (NIL_P(vals[1])) rb_raise(rb_eTypeError, "min_free must be an Integer (given nil)");
-    min_free = (uint64_t)ta_rb_bytes_or_nil(vals[1], "min_free");
-  }
+/* Native.trim_if_due(min_interval, min_free) -> Integer or nil (nil:
+ * skipped, too soon or too little free): Trimalloc.trim_if_due (native.rb)
+ * checks the arguments and calls this. */
+static VALUE m_trim_if_due(VALUE self, VALUE min_interval, VALUE min_free) {
   /* decided with the GVL (a clock read), trimmed without it */
   struct run_args a = {-1};
-  if (ta_bind_due(min_interval, min_free, NULL)) rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
+  if (ta_bind_due(NUM2DBL(min_interval), NUM2ULL(min_free), NULL))
+    rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
   return a.released < 0 ? Qnil : LL2NUM(a.released);
 }
 
 /* Trimalloc.advance_clock(seconds) (private, for tests): moves the clock of
  * the rate limit and of deferred trims forward. */
 static VALUE m_advance_clock(VALUE self, VALUE seconds) {
-  ta_bind_clock_advance(ta_rb_nonneg_double(seconds, "seconds"));
+  ta_bind_clock_advance(NUM2DBL(seconds));
   return Qnil;
 }
 
@@ -132,7 +117,7 @@ void ta_rb_init_backend(void) {
   rb_define_singleton_method(m, "rss", m_rss, 0);
   rb_define_singleton_method(m, "free_bytes", m_free_bytes, 0);
   rb_define_singleton_method(m, "trim", m_trim, 0);
-  rb_define_singleton_method(m, "trim_if_due", m_trim_if_due, -1);
+  rb_define_module_function(ta_rb_mNative, "trim_if_due", m_trim_if_due, 2);
   rb_define_singleton_method(m, "policy_stats", m_policy_stats, 0);
   rb_define_singleton_method(m, "free_source", m_free_source, 0);
   rb_define_module_function(ta_rb_mNative, "purger_state", m_purger_state, 0);

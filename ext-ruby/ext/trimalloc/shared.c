@@ -1,5 +1,6 @@
 /* The Trimalloc module, its Error class, Trimalloc::Native and the
- * conversions every file of the extension uses (shared.h). */
+ * conversions every file of the extension uses (shared.h). Arguments are
+ * checked in Ruby (native.rb): the C only converts them. */
 #include <string.h>
 
 #include "shared.h"
@@ -13,26 +14,6 @@ void ta_rb_raise_errno(int err, VALUE what) {
   VALUE exc = rb_exc_new_str(ta_rb_eError, msg);
   rb_ivar_set(exc, rb_intern("@errno"), INT2NUM(err));
   rb_exc_raise(exc);
-}
-
-double ta_rb_nonneg_double(VALUE v, const char *name) {
-  if (!rb_obj_is_kind_of(v, rb_cNumeric))
-    rb_raise(rb_eTypeError, "%s must be Numeric (given %" PRIsVALUE ")", name, rb_inspect(v));
-  double d = NUM2DBL(v);
-  if (!(d >= 0)) /* also rejects NaN */
-    rb_raise(rb_eArgError, "%s must be >= 0 (given %" PRIsVALUE ")", name, rb_inspect(v));
-  return d;
-}
-
-int64_t ta_rb_bytes_or_nil(VALUE v, const char *name) {
-  if (NIL_P(v)) return -1;
-  if (!RB_INTEGER_TYPE_P(v))
-    rb_raise(rb_eTypeError, "%s must be an Integer (bytes) or nil (given %" PRIsVALUE ")", name,
-             rb_inspect(v));
-  if (RTEST(rb_funcall(v, '<', 1, INT2FIX(0))))
-    rb_raise(rb_eArgError, "%s must be >= 0 (given %" PRIsVALUE ")", name, rb_inspect(v));
-  if (RB_TYPE_P(v, T_BIGNUM) && rb_big_cmp(v, LL2NUM(INT64_MAX)) == INT2FIX(1)) return INT64_MAX;
-  return (int64_t)NUM2LL(v);
 }
 
 VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n) {

@@ -9,7 +9,7 @@
 #include "binding.h"
 
 extern VALUE ta_rb_mTrimalloc; /* Trimalloc */
-extern VALUE ta_rb_mNative;    /* Trimalloc::Native: internals (private_constant) */
+extern VALUE ta_rb_mNative;    /* Trimalloc::Native: internals (private_constant, native.rb) */
 extern VALUE ta_rb_eError;     /* Trimalloc::Error */
 
 /* Defines the three above and Native's constants (core/bind's facts:
@@ -18,14 +18,6 @@ void ta_rb_init_shared(void);
 
 /* Raises Trimalloc::Error "<what>: <strerror(err)>", with #errno set. */
 NORETURN(void ta_rb_raise_errno(int err, VALUE what));
-
-/* Converts a Numeric to a double >= 0, raising TypeError or ArgumentError
- * naming `name` and the value. */
-double ta_rb_nonneg_double(VALUE v, const char *name);
-
-/* nil -> -1; an Integer >= 0 -> itself (clamped to INT64_MAX); raises
- * TypeError or ArgumentError naming `name` and the value otherwise. */
-int64_t ta_rb_bytes_or_nil(VALUE v, const char *name);
 
 /* {name: value} (symbol keys) for the present fields of f[0..n-1]. */
 VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n);

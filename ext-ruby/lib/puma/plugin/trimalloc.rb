@@ -69,7 +69,7 @@ module Trimalloc
         opts = DEFAULTS.merge(options || {})
         legacy = PUMA_OPTIONS.reject { |k, v| DEFAULTS[k] == v }
         unless legacy.empty?
-          Trimalloc.deprecated_option("Trimalloc::PUMA_OPTIONS", "the `trimalloc` line of the Puma config",
+          Native.deprecated_option("Trimalloc::PUMA_OPTIONS", "the `trimalloc` line of the Puma config",
                                       "Puma plugin")
           opts = opts.merge(legacy)
         end

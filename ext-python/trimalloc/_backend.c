@@ -36,17 +36,18 @@ static PyObject *py_trim(PyObject *m, PyObject *unused) {
   return PyLong_FromUnsignedLongLong(released);
 }
 
+/* trim_if_due(min_interval, min_free=0): the callers (trimalloc._hooks)
+ * check the arguments; this converts them. */
 static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
   (void)m;
   static char *kwlist[] = {"min_interval", "min_free", NULL};
-  PyObject *interval_obj, *free_obj = NULL;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:trim_if_due", kwlist, &interval_obj,
-                                   &free_obj))
-    return NULL;
   double interval;
-  uint64_t min_free = (uint64_t)ta_bind_defaults_for("trimmer")->min_free;
-  if (ta_py_interval(interval_obj, "min_interval", &interval) < 0) return NULL;
-  if (free_obj && ta_py_bytes(free_obj, "min_free", &min_free) < 0) return NULL;
+  PyObject *free_obj = NULL;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "d|O:trim_if_due", kwlist, &interval, &free_obj))
+    return NULL;
+  uint64_t min_free = free_obj ? PyLong_AsUnsignedLongLong(free_obj)
+                               : (uint64_t)ta_bind_defaults_for("trimmer")->min_free;
+  if (PyErr_Occurred()) return NULL;
   /* decided with the GIL (a clock read), trimmed without it */
   int64_t released = -1;
   if (ta_bind_due(interval, min_free, NULL)) {
@@ -65,8 +66,8 @@ static PyObject *py_free_bytes(PyObject *m, PyObject *unused) {
 
 static PyObject *py_advance_clock(PyObject *m, PyObject *arg) {
   (void)m;
-  double seconds;
-  if (ta_py_interval(arg, "seconds", &seconds) < 0) return NULL;
+  double seconds = PyFloat_AsDouble(arg);
+  if (seconds == -1.0 && PyErr_Occurred()) return NULL;
   ta_bind_clock_advance(seconds);
   Py_RETURN_NONE;
 }

@@ -23,13 +23,6 @@ typedef struct {
 /* The state of the module (the functions' `self`). */
 ta_py_state_t *ta_py_state(PyObject *module);
 
-/* A number of seconds, finite and >= 0; TypeError/ValueError naming `what`
- * and the value otherwise. 0 or -1. */
-int ta_py_interval(PyObject *obj, const char *what, double *out);
-
-/* A byte count: an int >= 0 that fits in 64 bits. 0 or -1. */
-int ta_py_bytes(PyObject *obj, const char *what, uint64_t *out);
-
 /* d[key] = value, stealing value (NULL: fails). 0 or -1. */
 int ta_py_set_item(PyObject *d, const char *key, PyObject *value);
 

@@ -1,8 +1,10 @@
 """What every trim hook shares: argument checks, the rate-limited trim, listeners.
 
 The rate limit and the free-bytes threshold are decided in C
-(ta_bind_trim_if_due, shared with the Ruby gem); this module only checks
-arguments and tells listeners (for example trimalloc.prometheus) what happened.
+(ta_bind_trim_if_due, shared with the Ruby gem); this module checks the
+arguments (the extension only converts them: these checks are the only ones,
+and their messages name the value) and tells listeners (for example
+trimalloc.prometheus) what happened.
 """
 from __future__ import annotations
 
@@ -44,19 +46,27 @@ def check_interval(value: object, name: str = "min_interval") -> float:
     return float(value)
 
 
-def check_bytes(value: object, name: str) -> int:
+def check_bytes(value: object, name: str, none: bool = False) -> Optional[int]:
+    """A byte count: an int >= 0 that fits in 64 bits (or None, with none=True)."""
+    if none and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("%s must be an int (bytes), not %r" % (name, value))
+        raise TypeError("%s must be an int (bytes)%s, not %r" % (name, " or None" if none else "", value))
     if value < 0:
         raise ValueError("%s must be >= 0, not %r" % (name, value))
+    if value >> 64:
+        raise ValueError("%s is too large: %r" % (name, value))
     return value
 
 
-def check_count(value: object, name: str) -> int:
+def check_count(value: object, name: str, none: bool = False) -> Optional[int]:
+    """An int >= 1 (or None, with none=True)."""
+    if none and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("%s must be an int, not %r" % (name, value))
+        raise TypeError("%s must be an int%s, not %r" % (name, " or None" if none else "", value))
     if value < 1:
-        raise ValueError("%s must be >= 1, not %r" % (name, value))
+        raise ValueError("%s must be >= 1%s, not %r" % (name, " or None" if none else "", value))
     return value
 
 
@@ -69,8 +79,14 @@ def renamed(old: str, new: str, value: object, where: str, stacklevel: int = 3) 
 
 
 def new_trimmer(every: Optional[int], min_free: Optional[int], min_interval: float) -> Any:
-    """The shared policy (core/bind's ta_bind_trimmer_t, trimalloc._trimalloc.Trimmer)."""
-    return _trimalloc.Trimmer(every=every, min_free=min_free, min_interval=min_interval)
+    """The shared policy (core/bind's ta_bind_trimmer_t, trimalloc._trimalloc.Trimmer),
+    its settings checked here: every >= 1 or None, min_free >= 0 or None, not both None."""
+    every = check_count(every, "every", none=True)
+    min_free = check_bytes(min_free, "min_free", none=True)
+    interval = check_interval(min_interval)
+    if every is None and min_free is None:
+        raise ValueError("every and min_free are both None: nothing would ever trim")
+    return _trimalloc.Trimmer(every=every, min_free=min_free, min_interval=interval)
 
 
 def event(source: str, trimmer: Any) -> Optional[int]:

@@ -16,52 +16,11 @@
  * Multi-phase init (PEP 489); the exception type lives in the module state, so
  * re-imports and subinterpreters each get their own. Written against the
  * limited API of CPython 3.8. */
-#include <math.h>
-
 #include "_ext.h"
 #include "_prof.h"
 
 ta_py_state_t *ta_py_state(PyObject *module) {
   return (ta_py_state_t *)PyModule_GetState(module);
-}
-
-int ta_py_interval(PyObject *obj, const char *what, double *out) {
-  if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj))) {
-    PyErr_Format(PyExc_TypeError, "%s must be a number of seconds, not %R", what, obj);
-    return -1;
-  }
-  double v = PyFloat_AsDouble(obj);
-  if (v == -1.0 && PyErr_Occurred()) return -1;
-  if (!isfinite(v) || v < 0) {
-    PyErr_Format(PyExc_ValueError, "%s must be finite and >= 0, not %R", what, obj);
-    return -1;
-  }
-  *out = v;
-  return 0;
-}
-
-int ta_py_bytes(PyObject *obj, const char *what, uint64_t *out) {
-  if (PyBool_Check(obj) || !PyLong_Check(obj)) {
-    PyErr_Format(PyExc_TypeError, "%s must be an int (bytes), not %R", what, obj);
-    return -1;
-  }
-  PyObject *zero = PyLong_FromLong(0);
-  if (!zero) return -1;
-  int neg = PyObject_RichCompareBool(obj, zero, Py_LT);
-  Py_DECREF(zero);
-  if (neg < 0) return -1;
-  if (neg) {
-    PyErr_Format(PyExc_ValueError, "%s must be >= 0, not %R", what, obj);
-    return -1;
-  }
-  unsigned long long v = PyLong_AsUnsignedLongLong(obj);
-  if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-    PyErr_Clear();
-    PyErr_Format(PyExc_ValueError, "%s is too large: %R", what, obj);
-    return -1;
-  }
-  *out = (uint64_t)v;
-  return 0;
 }
 
 int ta_py_set_item(PyObject *d, const char *key, PyObject *value) {

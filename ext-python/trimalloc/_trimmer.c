@@ -10,53 +10,33 @@ typedef struct {
   ta_bind_trimmer_t t;
 } trimmer_object;
 
-/* None -> -1, else a byte count >= 0 (clamped to INT64_MAX). */
-static int parse_bytes_or_none(PyObject *obj, const char *what, int64_t *out) {
-  if (obj == Py_None) {
-    *out = -1;
-    return 0;
-  }
-  uint64_t v;
-  if (PyBool_Check(obj) || !PyLong_Check(obj)) {
-    PyErr_Format(PyExc_TypeError, "%s must be an int (bytes) or None, not %R", what, obj);
-    return -1;
-  }
-  if (ta_py_bytes(obj, what, &v) < 0) return -1;
-  *out = v > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v;
-  return 0;
-}
-
+/* Trimmer(every=None, min_free=0, min_interval=1.0), defaults from
+ * DEFAULTS['trimmer']. trimalloc._hooks.new_trimmer checks the settings, with
+ * messages naming the value; this converts them (every None: 0, off;
+ * min_free None: -1, off, else clamped to INT64_MAX). */
 static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"every", "min_free", "min_interval", NULL};
-  PyObject *every_obj = NULL, *free_obj = NULL, *interval_obj = NULL;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOO:Trimmer", kwlist, &every_obj, &free_obj,
-                                   &interval_obj))
-    return NULL;
   const ta_bind_defaults_t *dflt = ta_bind_defaults_for("trimmer");
-  uint64_t every = dflt->every;
-  int64_t min_free = dflt->min_free;
+  PyObject *every_obj = NULL, *free_obj = NULL;
   double interval = dflt->min_interval;
-  if (every_obj == Py_None) every = 0;
-  if (every_obj && every_obj != Py_None) {
-    if (PyBool_Check(every_obj) || !PyLong_Check(every_obj)) {
-      PyErr_Format(PyExc_TypeError, "every must be an int or None, not %R", every_obj);
-      return NULL;
-    }
-    long long e = PyLong_AsLongLong(every_obj);
-    if (e == -1 && PyErr_Occurred()) return NULL;
-    if (e < 1) {
-      PyErr_Format(PyExc_ValueError, "every must be >= 1 or None, not %R", every_obj);
-      return NULL;
-    }
-    every = (uint64_t)e;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOd:Trimmer", kwlist, &every_obj, &free_obj, &interval))
+    return NULL;
+  uint64_t every = dflt->every, v;
+  int64_t min_free = dflt->min_free;
+  if (every_obj) every = every_obj == Py_None ? 0 : PyLong_AsUnsignedLongLong(every_obj);
+  if (free_obj && free_obj != Py_None) {
+    v = PyLong_AsUnsignedLongLong(free_obj);
+    min_free = v > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v;
+  } else if (free_obj) {
+    min_free = -1;
   }
-  if (free_obj && parse_bytes_or_none(free_obj, "min_free", &min_free) < 0) return NULL;
-  if (interval_obj && ta_py_interval(interval_obj, "min_interval", &interval) < 0) return NULL;
+  if (PyErr_Occurred()) return NULL;
   trimmer_object *self = (trimmer_object *)PyType_GenericAlloc(type, 0);
   if (!self) return NULL;
   if (ta_bind_trimmer_init(&self->t, every, min_free, interval) != 0) {
     Py_DECREF(self);
-    PyErr_SetString(PyExc_ValueError, "every and min_free are both None: nothing would ever trim");
+    PyErr_Format(PyExc_ValueError, "Trimmer settings refused: every=%R and min_free=%R (both off), or a "
+                 "negative min_interval", every_obj ? every_obj : Py_None, free_obj ? free_obj : Py_None);
     return NULL;
   }
   return (PyObject *)self;

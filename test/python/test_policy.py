@@ -215,15 +215,25 @@ def test_old_option_names_warn_once():
 
 
 def test_wrong_arguments_name_the_value():
+    # checked in Python (trimalloc._hooks.new_trimmer, which every hook uses);
+    # the extension's Trimmer only converts
+    from trimalloc import _hooks
+
+    def trimmer(**kw):
+        settings = dict(_trimalloc.DEFAULTS["trimmer"], **kw)
+        return _hooks.new_trimmer(settings["every"], settings["min_free"], settings["min_interval"])
+
     with pytest.raises(ValueError, match="both None"):
-        _trimalloc.Trimmer(every=None, min_free=None)
+        trimmer(every=None, min_free=None)
     with pytest.raises(ValueError, match="0"):
-        _trimalloc.Trimmer(every=0)
+        trimmer(every=0)
     with pytest.raises(TypeError, match="'3'"):
-        _trimalloc.Trimmer(every="3")
+        trimmer(every="3")
     with pytest.raises(ValueError, match="-1"):
-        _trimalloc.Trimmer(min_free=-1)
+        trimmer(min_free=-1)
     with pytest.raises(TypeError, match="1.5"):
-        _trimalloc.Trimmer(min_free=1.5)
+        trimmer(min_free=1.5)
     with pytest.raises(ValueError, match="-2"):
-        _trimalloc.Trimmer(min_interval=-2)
+        trimmer(min_interval=-2)
+    with pytest.raises(ValueError, match=str(1 << 70)):
+        trimmer(min_free=1 << 70)

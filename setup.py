@@ -1,13 +1,14 @@
 """The two native targets of the trimalloc Python package.
 
 Metadata lives in pyproject.toml. This file declares:
-- trimalloc._trimalloc: the CPython extension (its own C file plus the glue
+- trimalloc._trimalloc: the CPython extension (its own C files plus the glue
   shared with the Ruby gem, core/bind/bind_*.c). It finds the allocator among
   the loaded objects at run time and never compiles the allocator in.
 - trimalloc/libtrimalloc.so: the preload library, built from core/ by the core's
   own Makefile (the one place that knows its flags) and copied into the package.
   It needs only libc; it does not link libpython.
 """
+import glob
 import os
 import re
 import shutil
@@ -23,6 +24,11 @@ CORE = os.path.join(HERE, "core")
 def core_version():
     with open(os.path.join(CORE, "trimalloc.h")) as f:
         return re.search(r'#define TRIMALLOC_VERSION "([^"]+)"', f.read()).group(1)
+
+
+def sources(pattern):
+    """The files matching pattern, relative to this directory, sorted."""
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
 class CoreLibrary(Extension):
@@ -65,10 +71,9 @@ setup(
     ext_modules=[
         Extension(
             "trimalloc._trimalloc",
-            sources=["ext-python/trimalloc/_trimalloc.c", "ext-python/trimalloc/_prof.c",
-                     "core/bind/bind_backend.c", "core/bind/bind_policy.c", "core/bind/bind_launch.c",
-                     "core/bind/bind_sampler.c", "core/bind/bind_prof.c", "core/bind/bind_prof_top.c",
-                     "core/bind/bind_flame.c", "core/bind/bind_inflate.c"],
+            # every C file of the package, and the glue shared with the Ruby gem
+            # (the gem's extconf.rb takes core/bind/bind_*.c the same way)
+            sources=sources("ext-python/trimalloc/_*.c") + sources("core/bind/bind_*.c"),
             include_dirs=["core", "core/bind", "ext-python/trimalloc"],
             define_macros=[("Py_LIMITED_API", "0x03080000")],
             py_limited_api=True,

@@ -10,6 +10,8 @@
  *   bind_launch.c   the launcher (exec with LD_PRELOAD) and the preload re-exec
  *   bind_sampler.c  the core's heap profiler (start, stop, dump, tags), found
  *                   at run time
+ *   bind_facts.c    what both languages tell their users: hook defaults,
+ *                   counter names, result codes, the purger's state
  * It finds the trimalloc core among the objects already loaded
  * (dlsym(RTLD_DEFAULT)), never dlopens it, and falls back to glibc when the core
  * is not the process allocator. The bindings only convert types and map errors.
@@ -31,7 +33,7 @@ typedef enum { TA_BACKEND_GLIBC = 0, TA_BACKEND_TRIMALLOC = 1 } ta_backend_t;
  * never report it as 0. */
 typedef struct ta_bind_field_s {
   const char *name;
-  char type; /* 'u': uint64_t in v.u, 'd': double in v.d */
+  char type; /* 'u': uint64_t in v.u, 'd': double in v.d, 'b': a bool in v.u */
   int present;
   union {
     uint64_t u;
@@ -328,5 +330,40 @@ void ta_bind_sampler_reset_peak(void);
 void ta_bind_sampler_set_tag(const char *tag);
 
 #define TA_BIND_GUARD_ENV "TRIMALLOC_PRELOAD_GUARD"
+
+/* ---- bind_facts.c: what both languages tell their users, written once ----
+ * Each extension exposes these at run time; the Python and Ruby code reads
+ * them there instead of spelling them again. */
+
+/* A hook's default policy (see ta_bind_trimmer_t). */
+typedef struct {
+  const char *hook;    /* "trimmer", "gc", "job", "request", "out_of_band" */
+  uint64_t every;      /* 0: off (None / nil) */
+  int64_t min_free;    /* -1: off (None / nil) */
+  double min_interval; /* seconds */
+} ta_bind_defaults_t;
+/* Every hook's defaults, ending with {NULL}. */
+extern const ta_bind_defaults_t ta_bind_defaults[];
+/* The defaults of `hook`, or NULL when there is no such hook. */
+const ta_bind_defaults_t *ta_bind_defaults_for(const char *hook);
+
+/* A trimmer's counters ('u' fields): events, trims, skipped, coalesced,
+ * trimmed_bytes. Fills out[0 .. TA_BIND_TRIMMER_NFIELDS-1]; returns the count. */
+#define TA_BIND_TRIMMER_NFIELDS 5
+size_t ta_bind_trimmer_fields(ta_bind_trimmer_t *t, ta_bind_field_t *out);
+
+/* ta_bind_policy_stats as fields: pending and busy ('b': v.u 0 or 1),
+ * deferred, coalesced, free_reads ('u'). Returns the count. */
+#define TA_BIND_POLICY_NFIELDS 5
+size_t ta_bind_policy_fields(ta_bind_field_t *out);
+
+/* ta_bind_free_source's value as a name: "unknown", "dirty", "resident",
+ * "mallinfo2", "mallinfo". */
+const char *ta_bind_free_source_name(int source);
+
+/* A TA_PRELOAD_* code's name ("failed", "active", "guard", "forked",
+ * "rewritten", "not_a_file", "no_library"), or NULL for any other int. */
+const char *ta_bind_preload_name(int code);
+
 
 #endif

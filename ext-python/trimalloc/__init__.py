@@ -12,6 +12,9 @@ Everything works on either backend: when trimalloc is not the process allocator
 Run a program on trimalloc with `trimalloc run -- CMD...`, or put
 `import trimalloc.preload` first in it.
 """
+from __future__ import annotations
+
+import errno
 import os
 from typing import Dict, Union
 
@@ -50,34 +53,36 @@ DEFAULT_PYTHONMALLOC = True
 _LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libtrimalloc.so")
 
 
-def active():
-    # type: () -> bool
+def active() -> bool:
     """True when the process's malloc is trimalloc's (not merely loaded)."""
     return _trimalloc.active()
 
 
-def backend():
-    # type: () -> str
+def backend() -> str:
     """"trimalloc" when trimalloc is the process allocator, else "glibc"."""
     return _trimalloc.backend()
 
 
-def library_path():
-    # type: () -> str
-    """The path of the libtrimalloc.so bundled with this package (for LD_PRELOAD)."""
+def library_path() -> str:
+    """The path of the libtrimalloc.so bundled with this package (for LD_PRELOAD).
+
+    Raises FileNotFoundError, naming the path, when the file is missing (a
+    package installed without its native part): a path that does not exist
+    would only fail later, in the dynamic loader of another process."""
+    if not os.path.isfile(_LIBRARY):
+        raise FileNotFoundError(errno.ENOENT, "the bundled libtrimalloc.so is missing (reinstall trimalloc)",
+                                _LIBRARY)
     return _LIBRARY
 
 
-def trim():
-    # type: () -> int
+def trim() -> int:
     """Return every free page to the OS now; returns the bytes released.
 
     On glibc: malloc_trim(0), the bytes being the drop in RSS across the call."""
     return _trimalloc.trim()
 
 
-def stats():
-    # type: () -> Dict[str, Union[int, float, str]]
+def stats() -> Dict[str, Union[int, float, str]]:
     """The allocator's numbers, keyed by the core's field list, plus "backend".
 
     Fields the backend cannot measure are left out (glibc has no "resident")."""

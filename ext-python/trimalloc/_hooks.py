@@ -1,9 +1,13 @@
 """What every trim hook shares: argument checks, the rate-limited trim, listeners.
 
 The rate limit and the free-bytes threshold are decided in C
-(ta_bind_trim_if_due, shared with the Ruby gem); this module only checks
-arguments and tells listeners (for example trimalloc.prometheus) what happened.
+(ta_bind_trim_if_due, shared with the Ruby gem); this module checks the
+arguments (the extension only converts them: these checks are the only ones,
+and their messages name the value) and tells listeners (for example
+trimalloc.prometheus) what happened.
 """
+from __future__ import annotations
+
 import math
 import sys
 import threading
@@ -16,12 +20,11 @@ from . import _trimalloc
 # is the bytes a trim released, or None when the trim was skipped (not due).
 # The async hooks call it from the executor thread that trimmed.
 Listener = Callable[[str, Optional[int]], None]
-_listeners = []  # type: List[Listener]
+_listeners: List[Listener] = []
 _lock = threading.Lock()
 
 
-def add_listener(fn):
-    # type: (Listener) -> None
+def add_listener(fn: Listener) -> None:
     if not callable(fn):
         raise TypeError("listener must be callable, not %r" % (fn,))
     with _lock:
@@ -29,15 +32,13 @@ def add_listener(fn):
             _listeners.append(fn)
 
 
-def remove_listener(fn):
-    # type: (Listener) -> None
+def remove_listener(fn: Listener) -> None:
     with _lock:
         if fn in _listeners:
             _listeners.remove(fn)
 
 
-def check_interval(value, name="min_interval"):
-    # type: (object, str) -> float
+def check_interval(value: object, name: str = "min_interval") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("%s must be a number of seconds, not %r" % (name, value))
     if not math.isfinite(value) or value < 0:
@@ -45,26 +46,31 @@ def check_interval(value, name="min_interval"):
     return float(value)
 
 
-def check_bytes(value, name):
-    # type: (object, str) -> int
+def check_bytes(value: object, name: str, none: bool = False) -> Optional[int]:
+    """A byte count: an int >= 0 that fits in 64 bits (or None, with none=True)."""
+    if none and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("%s must be an int (bytes), not %r" % (name, value))
+        raise TypeError("%s must be an int (bytes)%s, not %r" % (name, " or None" if none else "", value))
     if value < 0:
         raise ValueError("%s must be >= 0, not %r" % (name, value))
+    if value >> 64:
+        raise ValueError("%s is too large: %r" % (name, value))
     return value
 
 
-def check_count(value, name):
-    # type: (object, str) -> int
+def check_count(value: object, name: str, none: bool = False) -> Optional[int]:
+    """An int >= 1 (or None, with none=True)."""
+    if none and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("%s must be an int, not %r" % (name, value))
+        raise TypeError("%s must be an int%s, not %r" % (name, " or None" if none else "", value))
     if value < 1:
-        raise ValueError("%s must be >= 1, not %r" % (name, value))
+        raise ValueError("%s must be >= 1%s, not %r" % (name, " or None" if none else "", value))
     return value
 
 
-def renamed(old, new, value, where, stacklevel=3):
-    # type: (str, str, object, str, int) -> object
+def renamed(old: str, new: str, value: object, where: str, stacklevel: int = 3) -> object:
     """An option given under its old name: warn (DeprecationWarning), return the value."""
     import warnings
     warnings.warn("%s: %s is deprecated, use %s (the old name goes in the next release)"
@@ -72,22 +78,25 @@ def renamed(old, new, value, where, stacklevel=3):
     return value
 
 
-def new_trimmer(every, min_free, min_interval):
-    # type: (Optional[int], Optional[int], float) -> Any
-    """The shared policy (core/bind's ta_bind_trimmer_t, trimalloc._trimalloc.Trimmer)."""
-    return _trimalloc.Trimmer(every=every, min_free=min_free, min_interval=min_interval)
+def new_trimmer(every: Optional[int], min_free: Optional[int], min_interval: float) -> Any:
+    """The shared policy (core/bind's ta_bind_trimmer_t, trimalloc._trimalloc.Trimmer),
+    its settings checked here: every >= 1 or None, min_free >= 0 or None, not both None."""
+    every = check_count(every, "every", none=True)
+    min_free = check_bytes(min_free, "min_free", none=True)
+    interval = check_interval(min_interval)
+    if every is None and min_free is None:
+        raise ValueError("every and min_free are both None: nothing would ever trim")
+    return _trimalloc.Trimmer(every=every, min_free=min_free, min_interval=interval)
 
 
-def event(source, trimmer):
-    # type: (str, Any) -> Optional[int]
+def event(source: str, trimmer: Any) -> Optional[int]:
     """One event for `trimmer` (decided with the GIL, trimmed without it); tells listeners."""
     released = trimmer.event()
     notify(source, released)
     return released
 
 
-def event_off_loop(source, trimmer):
-    # type: (str, Any) -> Optional[Any]
+def event_off_loop(source: str, trimmer: Any) -> Optional[Any]:
     """One event in async code (trimalloc.aiohttp, trimalloc.asgi): decided on
     the event loop (a few atomics), and a due trim run in the running loop's
     default executor, where it releases the GIL, so the loop goes on serving
@@ -109,22 +118,19 @@ def event_off_loop(source, trimmer):
     return None
 
 
-def _run(source, trimmer):
-    # type: (str, Any) -> Optional[int]
+def _run(source: str, trimmer: Any) -> Optional[int]:
     released = trimmer.run()
     notify(source, released)
     return released
 
 
-def trim_if_due(source, min_interval, min_free=0):
-    # type: (str, float, int) -> Optional[int]
+def trim_if_due(source: str, min_interval: float, min_free: int = 0) -> Optional[int]:
     """The rate-limited trim every hook uses; returns bytes released or None."""
     released = _trimalloc.trim_if_due(min_interval, min_free)
     notify(source, released)
     return released
 
 
-def notify(source, released):
-    # type: (str, Optional[int]) -> None
+def notify(source: str, released: Optional[int]) -> None:
     for fn in list(_listeners):
         fn(source, released)

@@ -10,6 +10,8 @@ lines. Anything another thread writes to fd 2 meanwhile ends up in that file.
 With PYTHONMALLOC=malloc there is no pymalloc: the Python section says so, and
 the objects are counted by the allocator section instead.
 """
+from __future__ import annotations
+
 import os
 import re
 import sys
@@ -32,8 +34,7 @@ _ARENA_LINE = r"^(\d+) arenas \* (\d+) bytes/arena\s*=\s*([\d,]+)"
 _POOL_LINE = r"^(\d+) unused pools \* (\d+) bytes\s*=\s*([\d,]+)"
 
 
-def _debugmallocstats_text():
-    # type: () -> str
+def _debugmallocstats_text() -> str:
     with _capture_lock:
         try:
             sys.stderr.flush()
@@ -56,15 +57,13 @@ def _debugmallocstats_text():
             return f.read().decode("utf-8", "replace")
 
 
-def _int(s):
-    # type: (str) -> int
+def _int(s: str) -> int:
     return int(s.replace(",", ""))
 
 
-def parse_debugmallocstats(text):
-    # type: (str) -> Dict[str, Any]
+def parse_debugmallocstats(text: str) -> Dict[str, Any]:
     """The pymalloc numbers from sys._debugmallocstats() output (see module doc)."""
-    out = {"pymalloc": False}  # type: Dict[str, Any]
+    out: Dict[str, Any] = {"pymalloc": False}
     m = re.search(_ARENA_LINE, text, re.M)
     if not m:
         return out
@@ -85,8 +84,7 @@ def parse_debugmallocstats(text):
     return out
 
 
-def _proc_status(key):
-    # type: (str) -> Optional[int]
+def _proc_status(key: str) -> Optional[int]:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -97,8 +95,7 @@ def _proc_status(key):
     return None
 
 
-def _mib(n):
-    # type: (Optional[float]) -> str
+def _mib(n: Optional[float]) -> str:
     """A byte count for people: KiB below 1 MiB, GiB from 1 GiB."""
     if n is None:
         return "?"
@@ -112,8 +109,7 @@ def _mib(n):
 class Report(dict):  # type: ignore[type-arg]
     """A dict with three sections, "python", "allocator" and "kernel"; str() is a table."""
 
-    def __str__(self):
-        # type: () -> str
+    def __str__(self) -> str:
         py, al, k = self["python"], self["allocator"], self["kernel"]
         lines = ["trimalloc report (backend: %s, pid %d)" % (al["backend"], k["pid"])]
         if py.get("pymalloc"):
@@ -150,8 +146,7 @@ class Report(dict):  # type: ignore[type-arg]
         return "\n".join(lines)
 
 
-def report():
-    # type: () -> Report
+def report() -> Report:
     """Python's allocator, the C allocator and the kernel, side by side.
 
     report()["python"]: pymalloc arenas ("arenas", "arena_bytes", "block_bytes",

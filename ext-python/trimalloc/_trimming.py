@@ -1,34 +1,36 @@
 """trimalloc.trimming(): trim when a block or a function call ends."""
+from __future__ import annotations
+
 import contextlib
 import functools
 from typing import Any, Callable, Optional, TypeVar
 
-from . import _hooks
+from . import _hooks, _trimalloc
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# after every block, at most once a second: core/bind's defaults for a trimmer
+_MIN_INTERVAL: float = _trimalloc.DEFAULTS["trimmer"]["min_interval"]
+_MIN_FREE: int = _trimalloc.DEFAULTS["trimmer"]["min_free"]
 
 
 class _Trimming(contextlib.ContextDecorator):
     """Context manager and decorator; see trimming()."""
 
-    def __init__(self, min_interval=1.0, min_free=0):
-        # type: (float, int) -> None
+    def __init__(self, min_interval: float = _MIN_INTERVAL, min_free: int = _MIN_FREE) -> None:
         self.min_interval = _hooks.check_interval(min_interval)
         self.min_free = _hooks.check_bytes(min_free, "min_free")
-        self.released = None  # type: Optional[int]
+        self.released: Optional[int] = None
 
-    def __enter__(self):
-        # type: () -> _Trimming
+    def __enter__(self) -> _Trimming:
         return self
 
-    def __exit__(self, *exc):
-        # type: (Any) -> bool
+    def __exit__(self, *exc: Any) -> bool:
         self.released = _hooks.trim_if_due("trimming", self.min_interval, self.min_free)
         return False
 
 
-def trimming(min_interval=1.0, min_free=0):
-    # type: (Any, int) -> Any
+def trimming(min_interval: Any = _MIN_INTERVAL, min_free: int = _MIN_FREE) -> Any:
     """Trim when the block ends, rate-limited; also a decorator.
 
         with trimalloc.trimming():            # trims at most once a second
@@ -48,7 +50,7 @@ def trimming(min_interval=1.0, min_free=0):
         settings = _Trimming()
 
         @functools.wraps(func)
-        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             with _Trimming(settings.min_interval, settings.min_free):
                 return func(*args, **kwargs)
 

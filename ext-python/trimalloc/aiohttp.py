@@ -27,6 +27,8 @@ route's template (e.g. "/users/{id}", else the request's path) while the
 handler runs. Requests share the event loop's thread, so a sample taken while
 a handler awaits something else may carry another request's route.
 """
+from __future__ import annotations
+
 from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
@@ -41,13 +43,12 @@ class TrimMiddleware(RequestTrimmer):
 
     __middleware_version__ = 1  # a new-style middleware: called as (request, handler)
 
-    def __init__(self, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL):
-        # type: (Optional[int], Any, float) -> None
+    def __init__(self, every: Optional[int] = DEFAULT_EVERY, min_free: Any = _UNSET,
+                 min_interval: float = DEFAULT_MIN_INTERVAL) -> None:
         RequestTrimmer.__init__(self, every, min_free, min_interval, "aiohttp")
 
     @classmethod
-    def sharing(cls, requests):
-        # type: (RequestTrimmer) -> TrimMiddleware
+    def sharing(cls, requests: RequestTrimmer) -> TrimMiddleware:
         """A middleware that counts in `requests`'s policy (gunicorn's post_request hook)."""
         if not isinstance(requests, RequestTrimmer):
             raise TypeError("requests must be a trimalloc RequestTrimmer, not %r" % (requests,))
@@ -56,8 +57,7 @@ class TrimMiddleware(RequestTrimmer):
         self.trimmer = requests.trimmer
         return self
 
-    async def __call__(self, request, handler):
-        # type: (Any, Callable[[Any], Awaitable[Any]]) -> Any
+    async def __call__(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
         _trimalloc._prof_set_tag(_route(request))
         try:
             resp = await handler(request)
@@ -70,13 +70,11 @@ class TrimMiddleware(RequestTrimmer):
             self._done()
         return resp
 
-    def _done(self):
-        # type: () -> None
+    def _done(self) -> None:
         _hooks.event_off_loop(self.source, self.trimmer)
 
 
-def _route(request):
-    # type: (Any) -> Optional[str]
+def _route(request: Any) -> Optional[str]:
     """The matched route's template ("/users/{id}"), else the path."""
     try:
         canonical = request.match_info.route.resource.canonical
@@ -88,8 +86,7 @@ def _route(request):
     return path if isinstance(path, str) and path else None
 
 
-def _after_send(resp, done):
-    # type: (Any, Callable[[], None]) -> bool
+def _after_send(resp: Any, done: Callable[[], None]) -> bool:
     """Arranges for done() once aiohttp has sent resp (its write_eof returned
     or raised) or failed to (its prepare raised); False when resp was sent
     already or cannot be followed (then the caller counts now)."""
@@ -98,22 +95,21 @@ def _after_send(resp, done):
     own_prepare, own_eof = resp.prepare, resp.write_eof
     fired = []
 
-    def fire():
-        # type: () -> None
+    def fire() -> None:
         if not fired:
             fired.append(True)
             for name in ("prepare", "write_eof"):  # resp back to its own methods
                 resp.__dict__.pop(name, None)
             done()
 
-    async def prepare(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def prepare(*args: Any, **kwargs: Any) -> Any:
         try:
             return await own_prepare(*args, **kwargs)
         except BaseException:
             fire()
             raise
 
-    async def write_eof(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def write_eof(*args: Any, **kwargs: Any) -> Any:
         try:
             return await own_eof(*args, **kwargs)
         finally:
@@ -129,16 +125,15 @@ def _after_send(resp, done):
     return True
 
 
-def install(app, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL):
-    # type: (Any, Optional[int], Any, float) -> TrimMiddleware
+def install(app: Any, every: Optional[int] = DEFAULT_EVERY, min_free: Any = _UNSET,
+            min_interval: float = DEFAULT_MIN_INTERVAL) -> TrimMiddleware:
     """Puts a TrimMiddleware first in app's middlewares (before the app starts); returns it."""
     mw = TrimMiddleware(every, min_free, min_interval)
     add(app, mw)
     return mw
 
 
-def add(app, mw):
-    # type: (Any, TrimMiddleware) -> None
+def add(app: Any, mw: TrimMiddleware) -> None:
     """Puts mw first in app's middlewares: the outermost, so that it sees the
     response every other middleware made."""
     if not isinstance(app, web.Application):
@@ -151,8 +146,7 @@ def add(app, mw):
     app.middlewares.insert(0, mw)
 
 
-def installed(app):
-    # type: (Any) -> Optional[TrimMiddleware]
+def installed(app: Any) -> Optional[TrimMiddleware]:
     """The TrimMiddleware in app's middlewares, or None."""
     for m in getattr(app, "middlewares", ()):
         if isinstance(m, TrimMiddleware):

@@ -25,6 +25,8 @@ again each time it comes back from receive() or send(), cleared when it ends.
 Requests share the event loop's thread, so a sample taken while a request
 awaits something else (a database) may carry another request's path.
 """
+from __future__ import annotations
+
 from typing import Any, Awaitable, Callable, Dict, Optional
 
 from . import _hooks, _trimalloc
@@ -38,16 +40,15 @@ class TrimMiddleware(RequestTrimmer):
     """ASGI middleware: trims, off the event loop, after every `every`
     responses or past `min_free` free bytes; .stats() has its counters."""
 
-    def __init__(self, app, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL):
-        # type: (Any, Optional[int], Any, float) -> None
+    def __init__(self, app: Any, every: Optional[int] = DEFAULT_EVERY, min_free: Any = _UNSET,
+                 min_interval: float = DEFAULT_MIN_INTERVAL) -> None:
         if not callable(app):
             raise TypeError("app must be an ASGI application, not %r" % (app,))
         RequestTrimmer.__init__(self, every, min_free, min_interval, "asgi")
         self.app = app
 
     @classmethod
-    def sharing(cls, app, requests):
-        # type: (Any, RequestTrimmer) -> TrimMiddleware
+    def sharing(cls, app: Any, requests: RequestTrimmer) -> TrimMiddleware:
         """app wrapped in a middleware that counts in `requests`'s policy
         (gunicorn's post_request hook)."""
         if not callable(app):
@@ -60,8 +61,8 @@ class TrimMiddleware(RequestTrimmer):
         self.app = app
         return self
 
-    async def __call__(self, scope, receive, send):
-        # type: (Message, Callable[[], Awaitable[Message]], Send) -> None
+    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]],
+                       send: Send) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
@@ -70,21 +71,18 @@ class TrimMiddleware(RequestTrimmer):
         tag = path if isinstance(path, str) and path else None
         set_tag = _trimalloc._prof_set_tag
 
-        def done():
-            # type: () -> None
+        def done() -> None:
             if not counted:
                 counted.append(True)
                 _hooks.event_off_loop(self.source, self.trimmer)
 
-        async def send_then_count(message):
-            # type: (Message) -> None
+        async def send_then_count(message: Message) -> None:
             await send(message)
             set_tag(tag)
             if message.get("type") == "http.response.body" and not message.get("more_body", False):
                 done()
 
-        async def receive_tagged():
-            # type: () -> Message
+        async def receive_tagged() -> Message:
             message = await receive()
             set_tag(tag)
             return message

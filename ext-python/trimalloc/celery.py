@@ -24,6 +24,8 @@ takes; a no-op when trimalloc is not the allocator). With the eventlet and
 gevent pools, tasks share a thread: a sample then carries the tag of the task
 that started last on it.
 """
+from __future__ import annotations
+
 import logging
 import os
 from typing import Any, Dict, Optional
@@ -35,23 +37,23 @@ from . import _hooks, _trimalloc
 logger = logging.getLogger("trimalloc.celery")
 
 _UNSET = object()
-DEFAULT_MIN_INTERVAL = 1.0
-DEFAULT_MIN_FREE = 0
-DEFAULT_EVERY = None
+# after every task, at most once a second: core/bind's defaults for job hooks
+# (the same as the Ruby gem's Sidekiq middleware)
+DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["job"]["min_interval"]
+DEFAULT_MIN_FREE = _trimalloc.DEFAULTS["job"]["min_free"]
+DEFAULT_EVERY = _trimalloc.DEFAULTS["job"]["every"]
 
-_settings = {"app": None, "trimmer": None}  # type: Dict[str, Any]
-_COUNTS = ("events", "trims", "skipped", "coalesced", "trimmed_bytes")
+_settings: Dict[str, Any] = {"app": None, "trimmer": None}
+_COUNTS = _trimalloc.TRIMMER_COUNTS  # the keys of a trimmer's stats()
 _before = dict.fromkeys(_COUNTS, 0)  # the counts of trimmers replaced by a later install()
 
 
-def _task_prerun(sender=None, **kwargs):
-    # type: (Any, Any) -> None
+def _task_prerun(sender: Any = None, **kwargs: Any) -> None:
     name = getattr(sender, "name", None)
     _trimalloc._prof_set_tag(name if isinstance(name, str) else None)
 
 
-def _task_postrun(sender=None, **kwargs):
-    # type: (Any, Any) -> None
+def _task_postrun(sender: Any = None, **kwargs: Any) -> None:
     _trimalloc._prof_set_tag(None)
     app = _settings["app"]
     if app is not None and getattr(sender, "app", app) is not app:
@@ -61,8 +63,7 @@ def _task_postrun(sender=None, **kwargs):
         _hooks.event("celery", trimmer)
 
 
-def backend_line(kind="pool process"):
-    # type: (str) -> str
+def backend_line(kind: str = "pool process") -> str:
     """The line logged by each process that runs tasks."""
     if _trimalloc.active():
         return "trimalloc: %s %d runs on trimalloc (%s)" % (kind, os.getpid(), _trimalloc.loaded_path())
@@ -72,28 +73,25 @@ def backend_line(kind="pool process"):
     )
 
 
-def _pool_name(worker):
-    # type: (Any) -> str
+def _pool_name(worker: Any) -> str:
     cls = getattr(worker, "pool_cls", None)
     name = getattr(cls, "__module__", "") if not isinstance(cls, str) else cls
     return name.rsplit(".", 1)[-1] or "?"
 
 
-def _worker_process_init(**kwargs):
-    # type: (Any) -> None
+def _worker_process_init(**kwargs: Any) -> None:
     logger.info(backend_line())  # a prefork child
 
 
-def _worker_init(sender=None, **kwargs):
-    # type: (Any, Any) -> None
+def _worker_init(sender: Any = None, **kwargs: Any) -> None:
     pool = _pool_name(sender)
     if pool != "prefork":  # tasks run in this process: say it here
         logger.info(backend_line("worker process (%s pool)" % pool))
 
 
-def install(app=None, min_interval=DEFAULT_MIN_INTERVAL, min_free=_UNSET, every=DEFAULT_EVERY,
-            min_freed=_UNSET):
-    # type: (Optional[Any], float, Any, Optional[int], Any) -> None
+def install(app: Optional[Any] = None, min_interval: float = DEFAULT_MIN_INTERVAL,
+            min_free: Any = _UNSET, every: Optional[int] = DEFAULT_EVERY,
+            min_freed: Any = _UNSET) -> None:
     """Connect the trim to task_postrun and the log line to worker_process_init / worker_init.
 
     app: trim only after this app's tasks (None: any task). Calling install()
@@ -122,8 +120,7 @@ def install(app=None, min_interval=DEFAULT_MIN_INTERVAL, min_free=_UNSET, every=
     signals.worker_init.connect(_worker_init, weak=False, dispatch_uid="trimalloc.worker_init")
 
 
-def uninstall():
-    # type: () -> None
+def uninstall() -> None:
     signals.task_prerun.disconnect(_task_prerun, dispatch_uid="trimalloc.task_prerun")
     signals.task_postrun.disconnect(_task_postrun, dispatch_uid="trimalloc.task_postrun")
     signals.worker_process_init.disconnect(
@@ -132,8 +129,7 @@ def uninstall():
     signals.worker_init.disconnect(_worker_init, dispatch_uid="trimalloc.worker_init")
 
 
-def stats():
-    # type: () -> Dict[str, int]
+def stats() -> Dict[str, int]:
     """Tasks seen, trims run and bytes they released, in this process."""
     t = _settings["trimmer"]
     now = t.stats() if t is not None else {}

@@ -1,4 +1,6 @@
 """The `trimalloc` command (also `python -m trimalloc`)."""
+from __future__ import annotations
+
 import errno
 import os
 import platform
@@ -38,15 +40,13 @@ commands:
 """ % ("on" if DEFAULT_PYTHONMALLOC else "off")
 
 
-def _err(msg):
-    # type: (str) -> None
+def _err(msg: str) -> None:
     sys.stderr.write("trimalloc: error: %s\n" % msg)
 
 
-def _run(args):
-    # type: (List[str]) -> int
+def _run(args: List[str]) -> int:
     pythonmalloc = DEFAULT_PYTHONMALLOC
-    profile = None  # type: Optional[str]
+    profile: Optional[str] = None
     i = 0
     while i < len(args):
         a = args[i]
@@ -81,9 +81,10 @@ def _run(args):
     if not cmd:
         _err("run: no command given: trimalloc run -- CMD [ARGS...]")
         return 2
-    lib = library_path()
-    if not os.path.isfile(lib):
-        _err("the bundled library is missing: %s (reinstall trimalloc)" % lib)
+    try:
+        lib = library_path()
+    except FileNotFoundError as e:
+        _err("the bundled library is missing: %s (reinstall trimalloc)" % e.filename)
         return 1
     if profile is not None:
         try:
@@ -123,12 +124,12 @@ def _run(args):
 SAMPLE_TYPES = ("inuse_space", "inuse_objects", "alloc_space", "alloc_objects")
 
 
-def _options(cmd, args, takes_value, flags):
-    # type: (str, List[str], Dict[str, str], Dict[str, str]) -> Tuple[Optional[str], Dict[str, Any]]
+def _options(cmd: str, args: List[str], takes_value: Dict[str, str],
+             flags: Dict[str, str]) -> Tuple[Optional[str], Dict[str, Any]]:
     """FILE and the options of `top`/`flame` (--opt VALUE, --opt=VALUE, -nVALUE).
     Raises ValueError with the message for a usage error (exit status 2)."""
-    path = None  # type: Optional[str]
-    opts = {}  # type: Dict[str, Any]
+    path: Optional[str] = None
+    opts: Dict[str, Any] = {}
     i = 0
     while i < len(args):
         a = args[i]
@@ -163,8 +164,7 @@ def _options(cmd, args, takes_value, flags):
     return path, opts
 
 
-def _top(args):
-    # type: (List[str]) -> int
+def _top(args: List[str]) -> int:
     if args[:1] in (["-h"], ["--help"]):
         sys.stdout.write(USAGE)
         return 0
@@ -188,8 +188,7 @@ def _top(args):
     return 0
 
 
-def _flame(args):
-    # type: (List[str]) -> int
+def _flame(args: List[str]) -> int:
     if args[:1] in (["-h"], ["--help"]):
         sys.stdout.write(USAGE)
         return 0
@@ -213,16 +212,14 @@ def _flame(args):
     return 0
 
 
-def _reason(e):
-    # type: (Exception) -> str
+def _reason(e: Exception) -> str:
     """The reader's one-line message, without OSError's "[Errno N]" prefix."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e)
 
 
-def _environment_bin():
-    # type: () -> Optional[str]
+def _environment_bin() -> Optional[str]:
     """The bin directory of the venv this interpreter runs in, or None (not
     in a venv). `trimalloc run` searches it first and puts it in front of
     PATH, as activating the venv would."""
@@ -232,8 +229,7 @@ def _environment_bin():
     return d if os.path.isdir(d) else None
 
 
-def _runnable_module(name):
-    # type: (str) -> Optional[str]
+def _runnable_module(name: str) -> Optional[str]:
     """The module `python -m` would run for a command name, when this Python
     has it (found, not imported): celery, gunicorn, pytest..."""
     import importlib.util
@@ -252,8 +248,7 @@ def _runnable_module(name):
     return None
 
 
-def _python_name(path, first):
-    # type: (str, Optional[str]) -> str
+def _python_name(path: str, first: Optional[str]) -> str:
     """How to name this interpreter on the launcher's command line: python3
     when the launcher finds this environment's under that name, else its path."""
     found = _trimalloc.which("python3", path)
@@ -266,21 +261,18 @@ def _python_name(path, first):
     return sys.executable
 
 
-def _suggestion(cmd, module, path, first):
-    # type: (List[str], str, str, Optional[str]) -> str
+def _suggestion(cmd: List[str], module: str, path: str, first: Optional[str]) -> str:
     import shlex
     args = [_python_name(path, first), "-m", module] + cmd[1:]
     return "trimalloc run -- " + " ".join(shlex.quote(a) for a in args)
 
 
-def _hint(cmd, module, path, first):
-    # type: (List[str], str, str, Optional[str]) -> None
+def _hint(cmd: List[str], module: str, path: str, first: Optional[str]) -> None:
     sys.stderr.write("trimalloc: this Python has the module %r; run it with: %s\n"
                      % (module, _suggestion(cmd, module, path, first)))
 
 
-def _warn_other_python(cmd, found, first, path):
-    # type: (List[str], str, Optional[str], str) -> None
+def _warn_other_python(cmd: List[str], found: str, first: Optional[str], path: str) -> None:
     """In a venv, a script found outside it whose #! names another Python
     (Debian's /usr/bin/gunicorn: #!/usr/bin/python3) cannot import the venv's
     packages: says so, and how to run the module in the venv, once."""
@@ -309,16 +301,18 @@ def _warn_other_python(cmd, found, first, path):
                      % (found, interp, _suggestion(cmd, module, path, first)))
 
 
-def _info():
-    # type: () -> int
-    lib = library_path()
+def _info() -> int:
+    try:
+        lib, missing = library_path(), ""
+    except FileNotFoundError as e:
+        lib, missing = e.filename, " (missing!)"
     out = sys.stdout
     out.write("trimalloc %s\n" % __version__)
     out.write(
         "backend:      %s (this process: %s %s, pid %d)\n"
         % (_trimalloc.backend(), platform.python_implementation(), platform.python_version(), os.getpid())
     )
-    out.write("library:      %s%s\n" % (lib, "" if os.path.isfile(lib) else " (missing!)"))
+    out.write("library:      %s%s\n" % (lib, missing))
     out.write("loaded core:  %s\n" % (_trimalloc.loaded_path() or "none"))
     out.write("purger:       %s\n" % _trimalloc.purger_state())
     out.write("LD_PRELOAD:   %s\n" % os.environ.get("LD_PRELOAD", ""))
@@ -329,8 +323,7 @@ def _info():
     return 0
 
 
-def main(argv=None):
-    # type: (Optional[List[str]]) -> int
+def main(argv: Optional[List[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
@@ -349,7 +342,11 @@ def main(argv=None):
         _err("%s takes no arguments, got %r" % (cmd, rest))
         return 2
     if cmd == "path":
-        sys.stdout.write(library_path() + "\n")
+        try:
+            sys.stdout.write(library_path() + "\n")
+        except FileNotFoundError as e:
+            _err("the bundled library is missing: %s (reinstall trimalloc)" % e.filename)
+            return 1
         return 0
     if cmd == "info":
         return _info()

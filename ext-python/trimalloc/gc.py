@@ -8,25 +8,29 @@ of the named generations it runs the rate-limited trim (ta_bind_trim_if_due).
 The objects a collection frees are freed by then, so the trim can return their
 pages. On glibc this is malloc_trim(0) after full collections.
 """
+from __future__ import annotations
+
 import gc as _gc
 import threading
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from . import _hooks
+from . import _hooks, _trimalloc
+
+# at most once a second: core/bind's default for GC hooks (as Trimalloc::GC's)
+DEFAULT_MIN_INTERVAL: float = _trimalloc.DEFAULTS["gc"]["min_interval"]
 
 _lock = threading.Lock()
-_state = {
+_state: Dict[str, Any] = {
     "enabled": False,
-    "min_interval": 1.0,
+    "min_interval": DEFAULT_MIN_INTERVAL,
     "generations": (2,),
     "collections": 0,
     "trims": 0,
     "trimmed_bytes": 0,
-}  # type: Dict[str, Any]
+}
 
 
-def _callback(phase, info):
-    # type: (str, Dict[str, Any]) -> None
+def _callback(phase: str, info: Dict[str, Any]) -> None:
     if phase != "stop" or info.get("generation") not in _state["generations"]:
         return
     _state["collections"] += 1
@@ -36,8 +40,7 @@ def _callback(phase, info):
         _state["trimmed_bytes"] += released
 
 
-def _check_generations(generations):
-    # type: (object) -> Tuple[int, ...]
+def _check_generations(generations: object) -> Tuple[int, ...]:
     if isinstance(generations, (str, bytes)) or not isinstance(generations, Iterable):
         raise TypeError("generations must be a tuple of ints in 0..2, not %r" % (generations,))
     gens = tuple(generations)
@@ -51,8 +54,7 @@ def _check_generations(generations):
     return gens
 
 
-def enable(min_interval=1.0, generations=(2,)):
-    # type: (float, Iterable[int]) -> None
+def enable(min_interval: float = DEFAULT_MIN_INTERVAL, generations: Iterable[int] = (2,)) -> None:
     """Trim after collections of `generations`, at most once per `min_interval` s.
 
     Calling it again changes the settings; the hook is installed once."""
@@ -66,8 +68,7 @@ def enable(min_interval=1.0, generations=(2,)):
         _state["enabled"] = True
 
 
-def disable():
-    # type: () -> None
+def disable() -> None:
     """Remove the hook (no error when it is not installed)."""
     with _lock:
         while _callback in _gc.callbacks:
@@ -75,13 +76,11 @@ def disable():
         _state["enabled"] = False
 
 
-def enabled():
-    # type: () -> bool
+def enabled() -> bool:
     return _callback in _gc.callbacks
 
 
-def stats():
-    # type: () -> Dict[str, Any]
+def stats() -> Dict[str, Any]:
     """What the hook did: collections seen, trims run, bytes they released."""
     d = dict(_state)
     d["enabled"] = enabled()

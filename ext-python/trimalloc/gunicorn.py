@@ -24,6 +24,8 @@ pre_request (optional: `from trimalloc.gunicorn import pre_request`) sets the
 worker thread's heap-profiler tag (trimalloc.profile) to the request's path,
 which post_request clears; it also logs gunicorn's own debug line.
 """
+from __future__ import annotations
+
 import logging
 import sys
 from typing import Any, Callable, Optional, Tuple
@@ -32,14 +34,13 @@ from . import _trimalloc
 from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
 
 
-def make_post_request(every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL,
-                      free_threshold=_UNSET):
-    # type: (Optional[int], Any, float, Any) -> Callable[..., None]
+def make_post_request(every: Optional[int] = DEFAULT_EVERY, min_free: Any = _UNSET,
+                      min_interval: float = DEFAULT_MIN_INTERVAL,
+                      free_threshold: Any = _UNSET) -> Callable[..., None]:
     """A post_request hook with its own RequestTrimmer (free_threshold: the old name of min_free)."""
     trimmer = RequestTrimmer(every, min_free, min_interval, "gunicorn", free_threshold)
 
-    def post_request(worker, req, environ, resp):
-        # type: (Any, Any, Any, Any) -> None
+    def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
         _trimalloc._prof_set_tag(None)
         trimmer.request_done()
 
@@ -50,8 +51,7 @@ def make_post_request(every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT
 post_request = make_post_request()
 
 
-def pre_request(worker, req):
-    # type: (Any, Any) -> None
+def pre_request(worker: Any, req: Any) -> None:
     """gunicorn's pre_request: its debug line, and the request's path as this
     thread's heap-profiler tag (post_request clears it)."""
     worker.log.debug("%s %s", req.method, req.path)
@@ -59,8 +59,7 @@ def pre_request(worker, req):
     _trimalloc._prof_set_tag(path if isinstance(path, str) and path else None)
 
 
-def backend_line(pid):
-    # type: (object) -> str
+def backend_line(pid: object) -> str:
     """The line post_worker_init logs, saying which allocator the worker runs on
     (and, on glibc, how to change that)."""
     msg = "trimalloc: worker %s runs on %s" % (pid, _trimalloc.backend())
@@ -80,18 +79,15 @@ _AIOHTTP_WORKER = ("aiohttp.worker", "GunicornWebWorker")
 _UVICORN_WORKER = ("uvicorn.workers", "UvicornWorker")
 
 
-def _is(worker, classes):
-    # type: (Any, Any) -> bool
+def _is(worker: Any, classes: Any) -> bool:
     return any((c.__module__, c.__name__) in classes for c in type(worker).__mro__)
 
 
-def _class_name(worker):
-    # type: (Any) -> str
+def _class_name(worker: Any) -> str:
     return "%s.%s" % (type(worker).__module__, type(worker).__name__)
 
 
-def _aiohttp_app(obj):
-    # type: (Any) -> Any
+def _aiohttp_app(obj: Any) -> Any:
     """The aiohttp Application in obj (an Application or an AppRunner), or None."""
     web = sys.modules.get("aiohttp.web")
     if web is None:
@@ -101,8 +97,7 @@ def _aiohttp_app(obj):
     return obj if isinstance(obj, web.Application) else None
 
 
-def _into_aiohttp(app, requests):
-    # type: (Any, RequestTrimmer) -> str
+def _into_aiohttp(app: Any, requests: RequestTrimmer) -> str:
     """Puts trimalloc.aiohttp's middleware, counting in `requests`, into app;
     what happened, as the end of a log line."""
     from . import aiohttp as ta_aiohttp
@@ -112,8 +107,7 @@ def _into_aiohttp(app, requests):
     return "trimalloc.aiohttp's middleware trims instead, with post_request's policy and counters"
 
 
-def reach_app(worker):
-    # type: (Any) -> Optional[Tuple[str, str]]
+def reach_app(worker: Any) -> Optional[Tuple[str, str]]:
     """For a worker whose class never calls post_request (aiohttp's, uvicorn's),
     while the config's post_request is trimalloc's: puts the same policy into
     the worker's application (loaded before post_worker_init runs). Returns
@@ -130,7 +124,7 @@ def reach_app(worker):
         if _is(worker, {_AIOHTTP_WORKER}) and sys.modules["asyncio"].iscoroutinefunction(app):
             factory = app
 
-            async def app_with_trim():  # type: ignore[no-untyped-def]
+            async def app_with_trim() -> Any:
                 made = await factory()
                 level, line = "warning", head + _INSTEAD
                 try:
@@ -158,8 +152,7 @@ _INSTEAD = ("trimalloc.gunicorn.post_request will not trim in it: use trimalloc.
             "in the application instead")
 
 
-def post_worker_init(worker):
-    # type: (Any) -> None
+def post_worker_init(worker: Any) -> None:
     """Logs which allocator the worker runs on; where the worker class never
     calls post_request, gives its application the same trim (reach_app)."""
     log = getattr(worker, "log", None)

@@ -20,6 +20,8 @@ Import it before anything else: what ran before the re-exec runs again.
 The logic is core/bind/bind_launch.c's ta_bind_preload_req, shared with the
 Ruby gem.
 """
+from __future__ import annotations
+
 import os
 import sys
 import warnings
@@ -31,14 +33,12 @@ HINT = ("put `import trimalloc.preload` first in gunicorn.conf.py (gunicorn), in
         "that creates the Celery app (Celery), or start the program with `trimalloc run --`")
 
 
-def _warn(msg):
-    # type: (str) -> None
+def _warn(msg: str) -> None:
     warnings.warn("trimalloc.preload: %s; continuing on %s" % (msg, _trimalloc.backend()),
                   RuntimeWarning, stacklevel=4)  # the line that imports this module
 
 
-def _started_with(args):
-    # type: (List[str]) -> Optional[str]
+def _started_with(args: List[str]) -> Optional[str]:
     """"-c" or "-" when the interpreter's own command line (its options, then
     what it runs) says it runs a command string or standard input, else None."""
     i = 0
@@ -63,8 +63,7 @@ def _started_with(args):
     return None
 
 
-def _script():
-    # type: () -> str
+def _script() -> str:
     """What the program runs, for the refusal of -c and standard input. A
     multiprocessing child started by spawn or forkserver (uvicorn's --workers)
     runs `python -c ...` but is given its parent's sys.argv: the interpreter's
@@ -79,9 +78,12 @@ def _script():
     return _started_with(orig[1:]) or (sys.argv[0] if sys.argv else "")
 
 
-def _preload():
-    # type: () -> str
-    lib = library_path()
+def _preload() -> str:
+    try:
+        lib = library_path()
+    except FileNotFoundError as e:
+        _warn("cannot re-execute with %s preloaded (%s)" % (e.filename, e.strerror))
+        return "failed"
     sys.stdout.flush()
     sys.stderr.flush()
     argv = getattr(sys, "orig_argv", None)  # Python 3.10+; before, the C runtime's argv
@@ -91,16 +93,18 @@ def _preload():
     except OSError as e:  # returns only when not re-executing
         _warn("cannot re-execute with %s preloaded (%s)" % (lib, e))
         return "failed"
-    if code == 0:
+    codes = _trimalloc.PRELOAD  # core/bind's result codes, by name
+    if code == codes["active"]:
         return "active"
-    if code == 1:
+    if code == codes["guard"]:
         _warn("%s (library: %s)" % (reason, lib))
         return "not active"
-    if code == 5:
+    if code == codes["no_library"]:
         _warn("cannot re-execute with %s preloaded (%s)" % (lib, reason))
         return "failed"
     _warn("%s; %s" % (reason, HINT))
-    return {2: "forked", 3: "rewritten", 4: "not a file"}.get(code, "refused")
+    refusals = {codes["forked"]: "forked", codes["rewritten"]: "rewritten", codes["not_a_file"]: "not a file"}
+    return refusals.get(code, "refused")
 
 
 # After the re-exec the extension gave the process its name back (from this

@@ -19,6 +19,8 @@ and top raise trimalloc.Error (a RuntimeError) saying so otherwise, while
 set_tag and tag() do nothing, so that job and request hooks may call them
 anywhere.
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import tempfile
@@ -36,20 +38,17 @@ _MAX_INTERVAL = 1 << 30
 _local = threading.local()  # this thread's tag, for tag() to restore
 
 
-def _need():
-    # type: () -> None
+def _need() -> None:
     why = _trimalloc._prof_available()
     if why is not None:
         raise _trimalloc.Error(why)
 
 
-def _is_int(v):
-    # type: (Any) -> bool
+def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def start(interval=None):
-    # type: (Optional[int]) -> None
+def start(interval: Optional[int] = None) -> None:
     """Starts sampling: on average one sample every `interval` bytes
     allocated (None: keep the current interval, TRIMALLOC_PROF_INTERVAL or
     512 KiB). Smaller is more precise and costs more; 1 samples everything."""
@@ -65,27 +64,23 @@ def start(interval=None):
     _trimalloc._prof_start(value)
 
 
-def stop():
-    # type: () -> None
+def stop() -> None:
     """Stops sampling. What was sampled stays in the live set until freed."""
     _trimalloc._prof_stop()
 
 
-def interval():
-    # type: () -> int
+def interval() -> int:
     """The mean sampling interval in bytes; 0 while sampling is off."""
     return _trimalloc._prof_interval()
 
 
-def _kind(kind):
-    # type: (Any) -> int
+def _kind(kind: Any) -> int:
     if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError("kind must be 'live' or 'peak', not %r" % (kind,))
     return _KINDS[kind]
 
 
-def dump(path=None, kind="live"):
-    # type: (Optional[str], str) -> str
+def dump(path: Optional[str] = None, kind: str = "live") -> str:
     """Writes a profile (gzipped pprof) of the sampled memory that is live
     now ("live") or was live at the highest point since start or reset_peak()
     ("peak"); returns the path written. path None: TRIMALLOC_PROF_PREFIX
@@ -101,8 +96,7 @@ def dump(path=None, kind="live"):
     return _trimalloc._prof_dump(path, k)
 
 
-def top(n=10, by="inuse_space", kind="live"):
-    # type: (int, str, str) -> List[Dict[str, Any]]
+def top(n: int = 10, by: str = "inuse_space", kind: str = "live") -> List[Dict[str, Any]]:
     """The n call paths holding the most `by` (inuse_space, inuse_objects,
     alloc_space or alloc_objects), largest first, as dicts with those four
     numbers, "frames" (leaf first: "function (file:line)") and "tag" (or
@@ -127,15 +121,13 @@ def top(n=10, by="inuse_space", kind="live"):
             pass
 
 
-def reset_peak():
-    # type: () -> None
+def reset_peak() -> None:
     """Starts a new peak: the peak profile is the highest point from now
     (e.g. after each job)."""
     _trimalloc._prof_reset_peak()
 
 
-def set_tag(tag):
-    # type: (Optional[str]) -> None
+def set_tag(tag: Optional[str]) -> None:
     """This thread's tag (a task name, a route): a "tag" label on its
     samples (at most 63 bytes kept). None or "" clears it."""
     if tag is not None and not isinstance(tag, str):
@@ -145,8 +137,7 @@ def set_tag(tag):
 
 
 @contextlib.contextmanager
-def tag(name):
-    # type: (Optional[str]) -> Iterator[None]
+def tag(name: Optional[str]) -> Iterator[None]:
     """with profile.tag("nightly-report"): ... -- the samples of this thread
     inside the block carry the tag; the previous tag comes back after."""
     previous = getattr(_local, "tag", None)

@@ -26,6 +26,8 @@ master that already counted (trims, allocations) does not report the
 master's counts again, so sums over workers are right. (When trimalloc was
 first imported after the fork, a worker counts from that import.)
 """
+from __future__ import annotations
+
 import os
 import threading
 from typing import Any, Dict, Iterator, List, Optional
@@ -44,8 +46,7 @@ COUNTER_FIELDS = frozenset(
 )
 
 
-def _base_name(prefix, name, unit):
-    # type: (str, str, str) -> Any
+def _base_name(prefix: str, name: str, unit: str) -> Any:
     """(metric name, scale) in Prometheus' base units: bytes, seconds, ratio."""
     if unit == "ns":
         base = name[:-3] if name.endswith("_ns") else name
@@ -57,14 +58,13 @@ def _base_name(prefix, name, unit):
     return "%s_%s" % (prefix, name), 1
 
 
-def metric_names(prefix="trimalloc"):
-    # type: (str) -> Dict[str, Any]
+def metric_names(prefix: str = "trimalloc") -> Dict[str, Any]:
     """field -> (metric name, scale, is_counter) for every field of the core's list.
 
     A gauge whose name would clash with a counter's (the gauge "purged", in
     bytes, and the counter "purged_bytes") gets "_now" before its unit:
     trimalloc_purged_now_bytes next to trimalloc_purged_bytes_total."""
-    out = {}  # type: Dict[str, Any]
+    out: Dict[str, Any] = {}
     counters = set()
     for name, _type, unit, _doc in _trimalloc.FIELDS:
         if name in COUNTER_FIELDS:
@@ -81,12 +81,11 @@ def metric_names(prefix="trimalloc"):
 
 # Counter values this process inherited (from the master it was forked from):
 # subtracted, so that every process counts from its own start.
-_baseline = {}  # type: Dict[str, float]
+_baseline: Dict[str, float] = {}
 _baseline_lock = threading.Lock()
 
 
-def _take_baseline():
-    # type: () -> None
+def _take_baseline() -> None:
     s = _trimalloc.stats()
     with _baseline_lock:
         _baseline.clear()
@@ -95,8 +94,7 @@ def _take_baseline():
                 _baseline[name] = s[name]
 
 
-def _since_start(s):
-    # type: (Dict[str, Any]) -> Dict[str, Any]
+def _since_start(s: Dict[str, Any]) -> Dict[str, Any]:
     with _baseline_lock:
         return {k: (max(v - _baseline.get(k, 0), 0) if k in COUNTER_FIELDS else v) for k, v in s.items()}
 
@@ -110,16 +108,14 @@ if _trimalloc.forked_child():  # imported first in a fork: count from here
 class TrimallocCollector:
     """A prometheus_client collector reading trimalloc.stats() at each scrape."""
 
-    def __init__(self, prefix="trimalloc"):
-        # type: (str) -> None
+    def __init__(self, prefix: str = "trimalloc") -> None:
         if not isinstance(prefix, str) or not prefix:
             raise TypeError("prefix must be a non-empty str, not %r" % (prefix,))
         self.prefix = prefix
-        self._high = {}  # type: Dict[str, float]
+        self._high: Dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def collect(self):
-        # type: () -> Iterator[Any]
+    def collect(self) -> Iterator[Any]:
         s = _since_start(_trimalloc.stats())
         info = GaugeMetricFamily(self.prefix + "_info", "trimalloc backend and version",
                                  labels=["backend", "version"])
@@ -141,8 +137,7 @@ class TrimallocCollector:
                                 value=_trimalloc.rss())
 
 
-def register(registry=REGISTRY, prefix="trimalloc"):
-    # type: (Any, str) -> TrimallocCollector
+def register(registry: Any = REGISTRY, prefix: str = "trimalloc") -> TrimallocCollector:
     """Register a TrimallocCollector with registry (default: the global one)."""
     c = TrimallocCollector(prefix)
     registry.register(c)
@@ -157,18 +152,18 @@ class MultiprocessMetrics:
     Counters add each process's growth (past its high-water mark) since its
     own start."""
 
-    def __init__(self, prefix="trimalloc", registry=REGISTRY, gauge_mode="liveall"):
-        # type: (str, Any, str) -> None
+    def __init__(self, prefix: str = "trimalloc", registry: Any = REGISTRY,
+                 gauge_mode: str = "liveall") -> None:
         if not isinstance(prefix, str) or not prefix:
             raise TypeError("prefix must be a non-empty str, not %r" % (prefix,))
         modes = ("all", "liveall", "livesum", "sum", "min", "max")
         if gauge_mode not in modes:
             raise ValueError("gauge_mode must be one of %s, not %r" % (", ".join(modes), gauge_mode))
         self._lock = threading.Lock()
-        self._gauges = {}  # type: Dict[str, Any]
-        self._counters = {}  # type: Dict[str, Any]
-        self._scales = {}  # type: Dict[str, float]
-        self._last = {}  # type: Dict[str, float]
+        self._gauges: Dict[str, Any] = {}
+        self._counters: Dict[str, Any] = {}
+        self._scales: Dict[str, float] = {}
+        self._last: Dict[str, float] = {}
         self._pid = os.getpid()
         names = metric_names(prefix)
         for name, _type, _unit, doc in _trimalloc.FIELDS:
@@ -182,8 +177,7 @@ class MultiprocessMetrics:
         self._rss = Gauge(prefix + "_rss_bytes", "resident set size of the process",
                           registry=registry, multiprocess_mode=gauge_mode)
 
-    def update(self):
-        # type: () -> None
+    def update(self) -> None:
         """Write the current stats into the metrics."""
         s = _since_start(_trimalloc.stats())
         with self._lock:
@@ -203,27 +197,24 @@ class MultiprocessMetrics:
                     self._last[name] = v
             self._rss.set(_trimalloc.rss())
 
-    def _on_hook(self, source, released):
-        # type: (str, Optional[int]) -> None
+    def _on_hook(self, source: str, released: Optional[int]) -> None:
         self.update()
 
-    def install(self):
-        # type: () -> MultiprocessMetrics
+    def install(self) -> MultiprocessMetrics:
         """Update after every trimalloc hook run (and now)."""
         _hooks.add_listener(self._on_hook)
         self.update()
         return self
 
-    def uninstall(self):
-        # type: () -> None
+    def uninstall(self) -> None:
         _hooks.remove_listener(self._on_hook)
 
 
-_multiprocess = []  # type: List[MultiprocessMetrics]
+_multiprocess: List[MultiprocessMetrics] = []
 
 
-def enable_multiprocess(prefix="trimalloc", registry=REGISTRY, gauge_mode="liveall"):
-    # type: (str, Any, str) -> MultiprocessMetrics
+def enable_multiprocess(prefix: str = "trimalloc", registry: Any = REGISTRY,
+                        gauge_mode: str = "liveall") -> MultiprocessMetrics:
     """Create the multiprocess metrics once per process and update them from the hooks."""
     if not _multiprocess:
         _multiprocess.append(MultiprocessMetrics(prefix, registry, gauge_mode).install())

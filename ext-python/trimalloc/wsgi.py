@@ -20,13 +20,17 @@ For the heap profiler (trimalloc.profile), the thread's tag is the request's
 path (PATH_INFO: WSGI has no route template) from the call until the body is
 closed: a "tag" label on the samples the request takes.
 """
+from __future__ import annotations
+
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from . import _hooks, _trimalloc
 
-DEFAULT_EVERY = 100
-DEFAULT_MIN_FREE = 64 << 20
-DEFAULT_MIN_INTERVAL = 1.0
+# every 100 requests, or sooner once 64 MiB are free, at most once a second:
+# core/bind's defaults for request hooks (the same as the Ruby gem's Rack middleware)
+DEFAULT_EVERY = _trimalloc.DEFAULTS["request"]["every"]
+DEFAULT_MIN_FREE = _trimalloc.DEFAULTS["request"]["min_free"]
+DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["request"]["min_interval"]
 DEFAULT_FREE_THRESHOLD = DEFAULT_MIN_FREE  # the old name
 
 _UNSET = object()
@@ -35,9 +39,9 @@ _UNSET = object()
 class RequestTrimmer:
     """Counts finished requests and trims when due (shared by WSGI and gunicorn)."""
 
-    def __init__(self, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL,
-                 source="wsgi", free_threshold=_UNSET):
-        # type: (Optional[int], Any, float, str, Any) -> None
+    def __init__(self, every: Optional[int] = DEFAULT_EVERY, min_free: Any = _UNSET,
+                 min_interval: float = DEFAULT_MIN_INTERVAL, source: str = "wsgi",
+                 free_threshold: Any = _UNSET) -> None:
         if free_threshold is not _UNSET:
             if min_free is not _UNSET:
                 raise TypeError("give min_free or its old name free_threshold, not both")
@@ -56,29 +60,24 @@ class RequestTrimmer:
     trims = property(lambda self: self.trimmer.stats()["trims"])
     trimmed_bytes = property(lambda self: self.trimmer.stats()["trimmed_bytes"])
 
-    def stats(self):
-        # type: () -> Dict[str, int]
+    def stats(self) -> Dict[str, int]:
         """{events, trims, skipped, coalesced, trimmed_bytes}"""
         return self.trimmer.stats()
 
-    def request_done(self):
-        # type: () -> Optional[int]
+    def request_done(self) -> Optional[int]:
         """Call once per finished request; returns bytes released or None."""
         return _hooks.event(self.source, self.trimmer)
 
 
 class _ClosingBody:
-    def __init__(self, body, on_close):
-        # type: (Iterable[bytes], Callable[[], Any]) -> None
+    def __init__(self, body: Iterable[bytes], on_close: Callable[[], Any]) -> None:
         self._body = body
         self._on_close = on_close
 
-    def __iter__(self):
-        # type: () -> Iterator[bytes]
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self._body)
 
-    def close(self):
-        # type: () -> None
+    def close(self) -> None:
         try:
             close = getattr(self._body, "close", None)
             if close is not None:
@@ -87,14 +86,12 @@ class _ClosingBody:
             self._on_close()
 
 
-def _close_then(body, on_close):
-    # type: (Any, Callable[[], Any]) -> Optional[Any]
+def _close_then(body: Any, on_close: Callable[[], Any]) -> Optional[Any]:
     """The same body object with on_close run after its own close(), or None
     when its close cannot be replaced."""
     own = getattr(body, "close", None)
 
-    def close():
-        # type: () -> None
+    def close() -> None:
         try:
             if own is not None:
                 own()
@@ -111,16 +108,15 @@ def _close_then(body, on_close):
 class TrimMiddleware(RequestTrimmer):
     """WSGI middleware: trims after every `every` requests or past `min_free` free bytes."""
 
-    def __init__(self, app, every=DEFAULT_EVERY, min_free=_UNSET, min_interval=DEFAULT_MIN_INTERVAL,
-                 free_threshold=_UNSET):
-        # type: (Callable[..., Iterable[bytes]], Optional[int], Any, float, Any) -> None
+    def __init__(self, app: Callable[..., Iterable[bytes]], every: Optional[int] = DEFAULT_EVERY,
+                 min_free: Any = _UNSET, min_interval: float = DEFAULT_MIN_INTERVAL,
+                 free_threshold: Any = _UNSET) -> None:
         if not callable(app):
             raise TypeError("app must be a WSGI callable, not %r" % (app,))
         RequestTrimmer.__init__(self, every, min_free, min_interval, "wsgi", free_threshold)
         self.app = app
 
-    def __call__(self, environ, start_response):
-        # type: (Any, Any) -> Iterable[bytes]
+    def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") if isinstance(environ, dict) else None
         _trimalloc._prof_set_tag(path if isinstance(path, str) and path else None)
         try:
@@ -135,7 +131,6 @@ class TrimMiddleware(RequestTrimmer):
                 return kept
         return _ClosingBody(body, self._ended)
 
-    def _ended(self):
-        # type: () -> None
+    def _ended(self) -> None:
         _trimalloc._prof_set_tag(None)
         self.request_done()

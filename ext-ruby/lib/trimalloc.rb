@@ -7,7 +7,7 @@
 # process's malloc, everything here drives glibc instead (malloc_trim,
 # mallinfo2), and Trimalloc.backend says so.
 #
-# From the extension:
+# From the extension (arguments checked in trimalloc/native.rb, the C only converts):
 #   Trimalloc.active?       true when this process's malloc is trimalloc's
 #   Trimalloc.backend       :trimalloc or :glibc
 #   Trimalloc.trim          bytes released to the OS now (glibc: the RSS drop
@@ -18,7 +18,6 @@
 #   Trimalloc.stats         Hash, keys from the core's stats field list
 #   Trimalloc.rss           this process's resident set size, bytes
 #   Trimalloc.core_version, Trimalloc.loaded_path (nil unless active)
-#   Trimalloc.purger_state  the background purger in this process, in words
 #   Trimalloc::GC.enable(major_only: true, min_interval: 1.0), .disable,
 #                 .enabled?, .stats
 #   Trimalloc::Trimmer.new(every: nil, min_free: 0, min_interval: 1.0)
@@ -31,9 +30,11 @@
 #   Trimalloc::Profile      the heap profiler: start, stop, dump, top, tags
 require "trimalloc/version"
 require "trimalloc/trimalloc_ext"
+require "trimalloc/native"
 
 module Trimalloc
   LIBRARY_NAME = "libtrimalloc.so"
+  private_constant :LIBRARY_NAME
 
   class << self
     def version
@@ -42,12 +43,17 @@ module Trimalloc
 
     # The bundled preload library: next to the loaded extension (an installed
     # gem, or `rake compile` in a checkout), else a checkout's core/build.
-    # nil when none is found.
+    # Raises Errno::ENOENT naming the places it looked when there is none (a
+    # gem installed without its native part): a path that does not exist
+    # would only fail later, in the dynamic loader of another process.
     def library_path
       ext = $LOADED_FEATURES.find { |f| f.end_with?("/trimalloc/trimalloc_ext.so") }
       dirs = [ext && File.dirname(ext), File.join(__dir__, "trimalloc"),
               File.expand_path("../../core/build", __dir__)]
-      dirs.compact.map { |d| File.join(d, LIBRARY_NAME) }.find { |p| File.file?(p) }
+      paths = dirs.compact.uniq.map { |d| File.join(d, LIBRARY_NAME) }
+      paths.find { |p| File.file?(p) } or
+        raise Errno::ENOENT, "the bundled #{LIBRARY_NAME} is missing (looked for #{paths.join(', ')}; " \
+                             "build it with `rake compile`, or reinstall the gem)"
     end
 
     # Replaces this process with cmd, run with the library prepended to
@@ -57,7 +63,11 @@ module Trimalloc
     def exec(*cmd)
       raise ArgumentError, "no command given" if cmd.empty?
 
-      lib = library_path or raise Error, "#{LIBRARY_NAME} not found (build it with `make -C core`)"
+      lib = begin
+        library_path
+      rescue Errno::ENOENT => e
+        raise Error, e.message.sub(/\A.*? - /, "") # without strerror: the message says it
+      end
       $stdout.flush
       $stderr.flush
       exec_preloaded(lib, cmd)
@@ -81,28 +91,22 @@ module Trimalloc
     def preload!
       return true if active?
 
-      lib = library_path
-      return preload_warn("#{LIBRARY_NAME} not found") unless lib
+      lib = begin
+        library_path
+      rescue Errno::ENOENT => e
+        return preload_warn(e.message.sub(/\A.*? - /, ""))
+      end
 
       $stdout.flush
       $stderr.flush
       argv, title = bundle_exec_load
       script = argv ? $0 : Process.argv0
       code, reason = preload_reexec(lib, script, !argv && $0 != Process.argv0, argv, title)
-      code.zero? || preload_warn(code == 1 ? reason : "#{reason}; #{preload_hint(caller_locations)}")
+      return true if code == Native::PRELOAD[:active]
+
+      preload_warn(code == Native::PRELOAD[:guard] ? reason : "#{reason}; #{preload_hint(caller_locations)}")
     rescue SystemCallError => e
       preload_warn("re-exec with LD_PRELOAD failed (#{e.message})")
-    end
-
-    # Warns once, on first use, about an option name kept for one release.
-    def deprecated_option(old, new, where)
-      @deprecated ||= {}
-      key = [old, where]
-      return if @deprecated[key]
-
-      @deprecated[key] = true
-      warn "trimalloc: #{where}: #{old} is deprecated, use #{new} (the old name goes in the next release)",
-           uplevel: 2
     end
 
     private
@@ -124,6 +128,7 @@ module Trimalloc
     # frame that loads it: a refused line there is already where
     # PRELOAD_HINT would put it.
     SERVER_LOADERS = { %r{/puma/dsl\.rb\z} => "puma", %r{/sidekiq/cli\.rb\z} => "sidekiq" }.freeze
+    private_constant :SERVER_LOADERS
 
     # What to do about a refusal, for the line at `locations` (the caller of
     # preload!): PRELOAD_HINT, unless the line already is in the server's

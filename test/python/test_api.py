@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import trimalloc
+import trimalloc.wsgi
 from trimalloc import _trimalloc
 from conftest import MiB, core_fields, core_version, run_py
 
@@ -68,6 +69,22 @@ def test_library_path_is_the_bundled_library():
     assert os.path.dirname(path) == os.path.dirname(os.path.abspath(trimalloc.__file__))
     with open(path, "rb") as f:
         assert f.read(4) == b"\x7fELF"
+
+
+def test_library_path_raises_when_the_library_is_missing(monkeypatch, capsys):
+    from trimalloc import cli
+    missing = "/nonexistent/libtrimalloc.so"
+    monkeypatch.setattr(trimalloc, "_LIBRARY", missing)
+    with pytest.raises(FileNotFoundError, match=missing) as e:
+        trimalloc.library_path()
+    assert e.value.filename == missing
+    # every caller says so and stops, instead of handing a bad path on
+    assert cli.main(["path"]) == 1
+    assert cli.main(["run", "--", "true"]) == 1
+    assert cli.main(["info"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("the bundled library is missing: %s" % missing) == 2, err
+    assert "library:      %s (missing!)" % missing in out
 
 
 def test_version_is_the_core_version():
@@ -172,13 +189,14 @@ def test_error_lives_in_module_state():
 @pytest.mark.parametrize(
     "call, exc, text",
     [
-        (lambda: _trimalloc.trim_if_due("1"), TypeError, "'1'"),
-        (lambda: _trimalloc.trim_if_due(True), TypeError, "True"),
-        (lambda: _trimalloc.trim_if_due(-1), ValueError, "-1"),
-        (lambda: _trimalloc.trim_if_due(float("nan")), ValueError, "nan"),
-        (lambda: _trimalloc.trim_if_due(0, -5), ValueError, "-5"),
-        (lambda: _trimalloc.trim_if_due(0, 1.5), TypeError, "1.5"),
-        (lambda: _trimalloc.trim_if_due(0, 1 << 70), ValueError, str(1 << 70)),
+        # the checks live in Python (trimalloc._hooks); the extension only converts
+        (lambda: trimalloc.trimming(min_interval="1"), TypeError, "'1'"),
+        (lambda: trimalloc.trimming(min_interval=True), TypeError, "True"),
+        (lambda: trimalloc.trimming(min_interval=float("nan")), ValueError, "nan"),
+        (lambda: trimalloc.trimming(min_free=-5), ValueError, "-5"),
+        (lambda: trimalloc.trimming(min_free=1.5), TypeError, "1.5"),
+        (lambda: trimalloc.trimming(min_free=1 << 70), ValueError, str(1 << 70)),
+        (lambda: trimalloc.wsgi.TrimMiddleware(lambda e, s: [], min_free=1 << 70), ValueError, str(1 << 70)),
         (lambda: _trimalloc.exec(trimalloc.library_path(), []), ValueError, "[]"),
         (lambda: _trimalloc.exec(trimalloc.library_path(), "ls"), TypeError, "'ls'"),
         (lambda: _trimalloc.exec(trimalloc.library_path(), ["ls", 3]), TypeError, "3"),

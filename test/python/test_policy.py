@@ -161,23 +161,40 @@ def test_free_figure_is_the_cores_dirty_counter(fields):
     assert run_py(code, preload=True).stdout.strip() == want
 
 
-def test_defaults_match_the_other_language():
-    # The same table as test/ruby/policy_test.rb.
-    requests = {"every": 100, "min_free": 64 << 20, "min_interval": 1.0}
-    jobs = {"every": None, "min_free": 0, "min_interval": 1.0}
-    w = TrimMiddleware(lambda e, s: [])
-    g = trimalloc.gunicorn.post_request.trimmer
-    for hook in (w, g):
-        assert {"every": hook.every, "min_free": hook.min_free,
-                "min_interval": hook.min_interval} == requests
+def test_defaults_are_core_binds():
+    # One table, core/bind/bind_facts.c, read by both languages (the Ruby
+    # suite checks its hooks against the same table, Trimalloc::Native::DEFAULTS):
+    # a default spelled again in Python and changed there fails here.
+    d = _trimalloc.DEFAULTS
+    assert set(d) == {"trimmer", "gc", "job", "request", "out_of_band"}, d
+
+    def settings(h):
+        return {"every": h.every, "min_free": h.min_free, "min_interval": h.min_interval}
+
+    assert settings(TrimMiddleware(lambda e, s: [])) == d["request"]
+    assert settings(trimalloc.gunicorn.post_request.trimmer) == d["request"]
+    assert settings(trimalloc.gunicorn.make_post_request().trimmer) == d["request"]
     trimalloc.celery.install()
     try:
-        c = trimalloc.celery._settings["trimmer"]
-        assert {"every": c.every, "min_free": c.min_free, "min_interval": c.min_interval} == jobs
+        assert settings(trimalloc.celery._settings["trimmer"]) == d["job"]
     finally:
         trimalloc.celery.uninstall()
-    t = _trimalloc.Trimmer()
-    assert (t.every, t.min_free, t.min_interval) == (None, 0, 1.0)
+    assert settings(_trimalloc.Trimmer()) == d["trimmer"]
+    block = trimalloc.trimming()
+    assert (block.min_interval, block.min_free) == (d["trimmer"]["min_interval"], d["trimmer"]["min_free"])
+    trimalloc.gc.enable()
+    try:
+        assert trimalloc.gc.stats()["min_interval"] == d["gc"]["min_interval"]
+    finally:
+        trimalloc.gc.disable()
+
+
+def test_counter_names_are_core_binds():
+    assert tuple(_trimalloc.Trimmer(every=1).stats()) == _trimalloc.TRIMMER_COUNTS
+    assert set(trimalloc.celery.stats()) == set(_trimalloc.TRIMMER_COUNTS) | {"tasks"}
+    assert set(_trimalloc.policy_stats()) == {"pending", "busy", "deferred", "coalesced", "free_reads"}
+    assert _trimalloc.PRELOAD == {"failed": -1, "active": 0, "guard": 1, "forked": 2, "rewritten": 3,
+                                  "not_a_file": 4, "no_library": 5}
 
 
 def test_old_option_names_warn_once():
@@ -198,15 +215,25 @@ def test_old_option_names_warn_once():
 
 
 def test_wrong_arguments_name_the_value():
+    # checked in Python (trimalloc._hooks.new_trimmer, which every hook uses);
+    # the extension's Trimmer only converts
+    from trimalloc import _hooks
+
+    def trimmer(**kw):
+        settings = dict(_trimalloc.DEFAULTS["trimmer"], **kw)
+        return _hooks.new_trimmer(settings["every"], settings["min_free"], settings["min_interval"])
+
     with pytest.raises(ValueError, match="both None"):
-        _trimalloc.Trimmer(every=None, min_free=None)
+        trimmer(every=None, min_free=None)
     with pytest.raises(ValueError, match="0"):
-        _trimalloc.Trimmer(every=0)
+        trimmer(every=0)
     with pytest.raises(TypeError, match="'3'"):
-        _trimalloc.Trimmer(every="3")
+        trimmer(every="3")
     with pytest.raises(ValueError, match="-1"):
-        _trimalloc.Trimmer(min_free=-1)
+        trimmer(min_free=-1)
     with pytest.raises(TypeError, match="1.5"):
-        _trimalloc.Trimmer(min_free=1.5)
+        trimmer(min_free=1.5)
     with pytest.raises(ValueError, match="-2"):
-        _trimalloc.Trimmer(min_interval=-2)
+        trimmer(min_interval=-2)
+    with pytest.raises(ValueError, match=str(1 << 70)):
+        trimmer(min_free=1 << 70)

@@ -131,6 +131,22 @@ class BackendTest < Minitest::Test
     check_skipped_trim_runs_when_due(true)
   end
 
+  def test_internals_are_private
+    # Trimalloc::Native holds the extension's internals (core/bind's facts,
+    # the converting C functions, the argument checks): not API.
+    e = assert_raises(NameError) { Trimalloc::Native }
+    assert_match(/private constant/, e.message)
+    assert_raises(NameError) { Trimalloc::LIBRARY_NAME }
+    refute_respond_to Trimalloc, :deprecated_option
+    refute_respond_to Trimalloc::GC, :gc_enable
+    refute_respond_to Trimalloc::Trimmer.new, :setup
+    # what stays public: the documented API (trimalloc.rb's header), and the
+    # profile readers the CLI and the tests call
+    documented = %i[active? backend core_version exec forked_child? free_bytes free_source library_path
+                    loaded_path policy_stats preload! report rss stats trim trim_if_due version]
+    assert_equal (documented + %i[__prof_flame __prof_top __prof_top_text]).sort, Trimalloc.singleton_methods.sort
+  end
+
   def test_wrong_arguments_raise_type_and_argument_errors
     e = assert_raises(TypeError) { Trimalloc.trim_if_due(min_interval: "1") }
     assert_match(/min_interval.*"1"/, e.message)

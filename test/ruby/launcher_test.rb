@@ -134,9 +134,34 @@ class LauncherTest < Minitest::Test
     assert_match(/^purger:\s+not started/, out)
   end
 
+  def test_library_path_raises_when_the_library_is_missing
+    r = ruby_json(<<~'RUBY')
+      require "trimalloc"
+      require "trimalloc/cli"
+      require "stringio"
+      def File.file?(p) = p.end_with?("/libtrimalloc.so") ? false : super # no library anywhere
+      e = (Trimalloc.library_path rescue $!)
+      out, err = StringIO.new, StringIO.new
+      codes = [Trimalloc::CLI.main(["path"], out: out, err: err), Trimalloc::CLI.main(["info"], out: out, err: err),
+               Trimalloc::CLI.main(["run", "--", "true"], out: out, err: err)]
+      exec_error = (Trimalloc.exec("true") rescue $!)
+      puts JSON.generate(error: e.class.name, message: e.message, codes: codes, out: out.string, err: err.string,
+                         exec_error: exec_error.class.name)
+    RUBY
+    assert_equal "Errno::ENOENT", r[:error]
+    # it names where it looked: the extension's directory first
+    assert_match(%r{the bundled libtrimalloc.so is missing \(looked for /\S+/trimalloc/libtrimalloc.so}, r[:message])
+    assert_equal [1, 0, 1], r[:codes]
+    assert_equal 2, r[:err].scan("trimalloc: ").size, r[:err]
+    assert_match(/\Atrimalloc: the bundled libtrimalloc.so is missing \(looked for /, r[:err])
+    assert_match(/^trimalloc: run: the bundled libtrimalloc.so is missing/, r[:err])
+    assert_match(/^library: +the bundled libtrimalloc.so is missing/, r[:out])
+    assert_equal "Trimalloc::Error", r[:exec_error]
+  end
+
   def test_exec_rejects_wrong_arguments
     assert_raises(ArgumentError) { Trimalloc.exec }
-    e = assert_raises(TypeError) { Trimalloc.exec("ls", 3) } if Trimalloc.library_path
-    assert_match(/Integer/, e.message) if e
+    e = assert_raises(TypeError) { Trimalloc.exec("ls", 3) }
+    assert_match(/Integer/, e.message)
   end
 end

@@ -160,19 +160,31 @@ class PolicyTest < Minitest::Test
     assert_equal want, r[:source]
   end
 
-  def test_defaults_match_the_other_language
-    # The same table as test/python/test_policy.py.
-    requests = { every: 100, min_free: 64 << 20, min_interval: 1.0 }
-    jobs = { every: nil, min_free: 0, min_interval: 1.0 }
+  def test_defaults_are_core_binds
+    # One table, core/bind/bind_facts.c, read by both languages (the Python
+    # suite checks its hooks against the same table, _trimalloc.DEFAULTS): a
+    # default spelled again in Ruby and changed there fails here.
+    d = Trimalloc.const_get(:Native)::DEFAULTS
+    assert_equal %i[trimmer gc job request out_of_band].sort, d.keys.sort
     settings = ->(t) { { every: t.every, min_free: t.min_free, min_interval: t.min_interval } }
-    assert_equal requests, settings.call(Trimalloc::Rack.new(->(_) {}).trimmer)
-    assert_equal jobs, settings.call(Trimalloc::Sidekiq.new.trimmer)
-    assert_equal jobs, settings.call(Trimalloc::Trimmer.new)
+    assert_equal d[:request], settings.call(Trimalloc::Rack.new(->(_) {}).trimmer)
+    assert_equal d[:job], settings.call(Trimalloc::Sidekiq.new.trimmer)
+    assert_equal d[:trimmer], settings.call(Trimalloc::Trimmer.new)
     require "puma"
     require "puma/plugin/trimalloc"
-    # Puma's (no counterpart in Python): its watch trims busy workers, so it
-    # waits for 16 MiB free
-    assert_equal jobs.merge(min_free: 16 << 20, watch: true), Trimalloc::Puma::DEFAULTS
+    assert_equal d[:out_of_band].merge(watch: true), Trimalloc::Puma::DEFAULTS
+    assert_equal d[:out_of_band], settings.call(Trimalloc::Puma.trimmer.tap { Trimalloc::Puma.reset! })
+    out, err, st = run_ruby('require "trimalloc"; Trimalloc::GC.enable; print Trimalloc::GC.stats[:min_interval]')
+    assert st.success?, err
+    assert_equal d[:gc][:min_interval].to_s, out
+  end
+
+  def test_counter_names_are_core_binds
+    native = Trimalloc.const_get(:Native)
+    assert_equal native::TRIMMER_COUNTS, Trimalloc::Trimmer.new(every: 1).stats.keys
+    assert_equal %i[pending busy deferred coalesced free_reads], Trimalloc.policy_stats.keys
+    assert_equal({ failed: -1, active: 0, guard: 1, forked: 2, rewritten: 3, not_a_file: 4, no_library: 5 },
+                 native::PRELOAD)
   end
 
   def test_old_option_names_warn_once

@@ -278,9 +278,15 @@ class ProfileTest < Minitest::Test
       i = frame_at(r[:frames], "Object#churn")
       assert_match(/\(#{Regexp.escape(script)}:\d+\)\z/, r[:frames][i])
     end
-    # the strings' buffers (String#* under compact_site; the array that holds
-    # them and the enumerator's garbage are other rows of compact_site)
-    held = res[:rows].select { |r| frame_at(r[:frames], "Object#compact_site") && frame_at(r[:frames], "String#*") }
+    # the strings' buffers (String#* under compact_site, 300 kB each; the
+    # array that holds them and the enumerator's garbage are other rows of
+    # compact_site, and so is, in some runs, a heap page's 352-byte header that
+    # Ruby mallocs when String#* needs a new object slot: whether it does
+    # depends on how many objects were live before, e.g. the gem's own)
+    held = res[:rows].select do |r|
+      frame_at(r[:frames], "Object#compact_site") && frame_at(r[:frames], "String#*") &&
+        r[:inuse_space] >= r[:inuse_objects] * 300_000
+    end
     assert_equal 32, held.sum { |r| r[:inuse_objects] }, "32 strings of 300 kB: #{held}"
     assert_equal 0, res[:stats][:dropped]
   end

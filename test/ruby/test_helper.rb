@@ -35,9 +35,9 @@ module TrimallocTest
   end
 
   def library
-    lib = Trimalloc.library_path
-    flunk "libtrimalloc.so not built (run `make -C core` and `rake compile`)" unless lib
-    lib
+    Trimalloc.library_path
+  rescue Errno::ENOENT => e
+    flunk "#{e.message} (run `rake compile`)"
   end
 
   def child_env(preload: false, env: {})

@@ -5,6 +5,8 @@ that never imports trimalloc still gets its Python functions in the
 profiles. Then runs the sitecustomize this one hides (Debian ships one), as
 if this one were not there. Never fails the program: a Python without
 trimalloc, or another version, just profiles without Python frames."""
+from __future__ import annotations
+
 import os
 import sys
 
@@ -14,8 +16,7 @@ except Exception:  # pragma: no cover - another interpreter, or a broken install
     pass
 
 
-def _chain():
-    # type: () -> None
+def _chain() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     me = sys.modules.pop("sitecustomize", None)
     import importlib.util

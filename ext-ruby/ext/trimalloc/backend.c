@@ -1,4 +1,4 @@
-/* Trimalloc.active?, .backend, .trim, .trim_if_due, .free_bytes, .rss:
+/* Trimalloc.active?, .backend, .trim, .free_bytes, .rss, Native.trim_if_due:
  * which allocator answers, and trimming it. */
 #include "trimalloc_ext.h"
 
@@ -24,11 +24,6 @@ static VALUE m_core_version(VALUE self) {
 /* Path of the core this process runs on, else nil. */
 static VALUE m_loaded_path(VALUE self) {
   return cstr_or_nil(ta_bind_loaded_path());
-}
-
-/* The background purger in this process, in words (asked of the core). */
-static VALUE m_purger_state(VALUE self) {
-  return rb_str_new_cstr(ta_bind_purger_state());
 }
 
 static VALUE m_rss(VALUE self) {
@@ -61,34 +56,21 @@ static void *run_nogvl(void *p) {
   return NULL;
 }
 
-/* Trimalloc.trim_if_due(min_interval: 1.0, min_free: 0) -> Integer or nil
- * (nil: skipped, too soon or too little free). */
-static VALUE m_trim_if_due(int argc, VALUE *argv, VALUE self) {
-  static ID kw[2];
-  VALUE opts = Qnil, vals[2] = {Qundef, Qundef};
-  if (!kw[0]) {
-    kw[0] = rb_intern("min_interval");
-    kw[1] = rb_intern("min_free");
-  }
-  rb_scan_args(argc, argv, ":", &opts);
-  if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 2, vals);
-  double min_interval = 1.0;
-  uint64_t min_free = 0;
-  if (vals[0] != Qundef) min_interval = ta_rb_nonneg_double(vals[0], "min_interval");
-  if (vals[1] != Qundef) {
-    if (NIL_P(vals[1])) rb_raise(rb_eTypeError, "min_free must be an Integer (given nil)");
-    min_free = (uint64_t)ta_rb_bytes_or_nil(vals[1], "min_free");
-  }
+/* Native.trim_if_due(min_interval, min_free) -> Integer or nil (nil:
+ * skipped, too soon or too little free): Trimalloc.trim_if_due (native.rb)
+ * checks the arguments and calls this. */
+static VALUE m_trim_if_due(VALUE self, VALUE min_interval, VALUE min_free) {
   /* decided with the GVL (a clock read), trimmed without it */
   struct run_args a = {-1};
-  if (ta_bind_due(min_interval, min_free, NULL)) rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
+  if (ta_bind_due(NUM2DBL(min_interval), NUM2ULL(min_free), NULL))
+    rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
   return a.released < 0 ? Qnil : LL2NUM(a.released);
 }
 
 /* Trimalloc.advance_clock(seconds) (private, for tests): moves the clock of
  * the rate limit and of deferred trims forward. */
 static VALUE m_advance_clock(VALUE self, VALUE seconds) {
-  ta_bind_clock_advance(ta_rb_nonneg_double(seconds, "seconds"));
+  ta_bind_clock_advance(NUM2DBL(seconds));
   return Qnil;
 }
 
@@ -96,23 +78,19 @@ static VALUE m_advance_clock(VALUE self, VALUE seconds) {
 
 /* Trimalloc.policy_stats -> process-wide counters of the trim policy. */
 static VALUE m_policy_stats(VALUE self) {
-  ta_bind_policy_stats_t p;
-  ta_bind_policy_stats(&p);
-  VALUE h = rb_hash_new();
-  rb_hash_aset(h, SYM("pending"), p.pending ? Qtrue : Qfalse);
-  rb_hash_aset(h, SYM("busy"), p.busy ? Qtrue : Qfalse);
-  rb_hash_aset(h, SYM("deferred"), ULL2NUM(p.deferred));
-  rb_hash_aset(h, SYM("coalesced"), ULL2NUM(p.coalesced));
-  rb_hash_aset(h, SYM("free_reads"), ULL2NUM(p.free_reads));
-  return h;
+  ta_bind_field_t f[TA_BIND_POLICY_NFIELDS];
+  return ta_rb_fields_hash(f, ta_bind_policy_fields(f));
 }
 
 /* Trimalloc.free_source -> where free_bytes comes from: :dirty (the core's
  * counter), :resident (resident - allocated), :mallinfo2, :mallinfo, :unknown */
 static VALUE m_free_source(VALUE self) {
-  static const char *names[] = {"unknown", "dirty", "resident", "mallinfo2", "mallinfo"};
-  int s = ta_bind_free_source();
-  return SYM(names[s >= 0 && s <= 4 ? s : 0]);
+  return SYM(ta_bind_free_source_name(ta_bind_free_source()));
+}
+
+/* Native.purger_state -> the core's background purger here, in words. */
+static VALUE m_purger_state(VALUE self) {
+  return rb_str_new_cstr(ta_bind_purger_state());
 }
 
 /* The test gate (private): see ta_bind_test_gate in binding.h. */
@@ -136,13 +114,13 @@ void ta_rb_init_backend(void) {
   rb_define_singleton_method(m, "backend", m_backend, 0);
   rb_define_singleton_method(m, "core_version", m_core_version, 0);
   rb_define_singleton_method(m, "loaded_path", m_loaded_path, 0);
-  rb_define_singleton_method(m, "purger_state", m_purger_state, 0);
   rb_define_singleton_method(m, "rss", m_rss, 0);
   rb_define_singleton_method(m, "free_bytes", m_free_bytes, 0);
   rb_define_singleton_method(m, "trim", m_trim, 0);
-  rb_define_singleton_method(m, "trim_if_due", m_trim_if_due, -1);
+  rb_define_module_function(ta_rb_mNative, "trim_if_due", m_trim_if_due, 2);
   rb_define_singleton_method(m, "policy_stats", m_policy_stats, 0);
   rb_define_singleton_method(m, "free_source", m_free_source, 0);
+  rb_define_module_function(ta_rb_mNative, "purger_state", m_purger_state, 0);
   VALUE s = rb_singleton_class(m);
   rb_define_private_method(s, "advance_clock", m_advance_clock, 1);
   rb_define_private_method(s, "test_gate", m_test_gate, 1);

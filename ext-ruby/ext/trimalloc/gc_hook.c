@@ -144,25 +144,11 @@ static void on_sweep_end(VALUE tpval, void *unused) {
 #endif
 }
 
-/* Trimalloc::GC.enable(major_only: true, min_interval: 1.0) -> true */
-static VALUE hook_enable(int argc, VALUE *argv, VALUE self) {
-  static ID kw[2];
-  VALUE opts = Qnil, vals[2] = {Qundef, Qundef};
-  if (!kw[0]) {
-    kw[0] = rb_intern("major_only");
-    kw[1] = rb_intern("min_interval");
-  }
-  rb_scan_args(argc, argv, ":", &opts);
-  if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 2, vals);
-  int major_only = 1;
-  double min_interval = 1.0;
-  if (vals[0] != Qundef) {
-    if (vals[0] != Qtrue && vals[0] != Qfalse)
-      rb_raise(rb_eTypeError, "major_only must be true or false (given %" PRIsVALUE ")",
-               rb_inspect(vals[0]));
-    major_only = vals[0] == Qtrue;
-  }
-  if (vals[1] != Qundef) min_interval = ta_rb_nonneg_double(vals[1], "min_interval");
+/* Native.gc_enable(major_only, min_interval) -> true: Trimalloc::GC.enable
+ * (native.rb) checks the arguments and calls this. */
+static VALUE hook_enable(VALUE self, VALUE major_only_v, VALUE min_interval_v) {
+  int major_only = RTEST(major_only_v);
+  double min_interval = NUM2DBL(min_interval_v);
   hook.major_only = major_only;
   hook.min_interval = min_interval;
   if (!hook.tracepoint) {
@@ -215,7 +201,7 @@ static VALUE hook_stats(VALUE self) {
 void ta_rb_init_gc_hook(void) {
   VALUE m = rb_define_module_under(ta_rb_mTrimalloc, "GC");
   hook.major_only = 1;
-  hook.min_interval = 1.0;
+  hook.min_interval = ta_bind_defaults_for("gc")->min_interval;
   sym_major_by = SYM("major_by");
   sym_force = SYM("force");
   sym_gc_by = SYM("gc_by");
@@ -227,7 +213,7 @@ void ta_rb_init_gc_hook(void) {
 #if TA_PREREGISTERED_JOB
   job_handle = rb_postponed_job_preregister(0, trim_job, NULL);
 #endif
-  rb_define_singleton_method(m, "enable", hook_enable, -1);
+  rb_define_module_function(ta_rb_mNative, "gc_enable", hook_enable, 2);
   rb_define_singleton_method(m, "disable", hook_disable, 0);
   rb_define_singleton_method(m, "enabled?", hook_enabled_p, 0);
   rb_define_singleton_method(m, "stats", hook_stats, 0);

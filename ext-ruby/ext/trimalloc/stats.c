@@ -8,12 +8,7 @@ static VALUE m_stats(VALUE self) {
   ta_bind_field_t *f = ALLOCA_N(ta_bind_field_t, n);
   int err = ta_bind_stats(f);
   if (err) ta_rb_raise_errno(err, rb_str_new_cstr("trimalloc_stats"));
-  VALUE h = rb_hash_new();
-  for (size_t i = 0; i < n; i++) {
-    if (!f[i].present) continue;
-    VALUE v = f[i].type == 'd' ? DBL2NUM(f[i].v.d) : ULL2NUM(f[i].v.u);
-    rb_hash_aset(h, ID2SYM(rb_intern(f[i].name)), v);
-  }
+  VALUE h = ta_rb_fields_hash(f, n);
   rb_hash_aset(h, ID2SYM(rb_intern("backend")), ID2SYM(rb_intern(ta_bind_backend_name())));
   return h;
 }

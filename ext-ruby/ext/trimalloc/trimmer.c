@@ -6,7 +6,8 @@
  *   t.stats   # -> {events:, trims:, skipped:, coalesced:, trimmed_bytes:}
  *
  * every: nil or a positive Integer; min_free: nil or an Integer >= 0 (bytes);
- * min_interval: seconds >= 0. The trim runs without the GVL. */
+ * min_interval: seconds >= 0, checked by #initialize (native.rb). The trim
+ * runs without the GVL. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <ruby/thread.h>
@@ -31,7 +32,8 @@ static const rb_data_type_t trimmer_type = {
 static VALUE trimmer_alloc(VALUE klass) {
   ta_bind_trimmer_t *t;
   VALUE obj = TypedData_Make_Struct(klass, ta_bind_trimmer_t, &trimmer_type, t);
-  ta_bind_trimmer_init(t, 0, 0, 1.0);
+  const ta_bind_defaults_t *d = ta_bind_defaults_for("trimmer");
+  ta_bind_trimmer_init(t, d->every, d->min_free, d->min_interval);
   return obj;
 }
 
@@ -41,41 +43,13 @@ static ta_bind_trimmer_t *get(VALUE self) {
   return t;
 }
 
-int64_t ta_rb_bytes_or_nil(VALUE v, const char *name) {
-  if (NIL_P(v)) return -1;
-  if (!RB_INTEGER_TYPE_P(v))
-    rb_raise(rb_eTypeError, "%s must be an Integer (bytes) or nil (given %" PRIsVALUE ")", name,
-             rb_inspect(v));
-  if (RTEST(rb_funcall(v, '<', 1, INT2FIX(0))))
-    rb_raise(rb_eArgError, "%s must be >= 0 (given %" PRIsVALUE ")", name, rb_inspect(v));
-  if (RB_TYPE_P(v, T_BIGNUM) && rb_big_cmp(v, LL2NUM(INT64_MAX)) == INT2FIX(1)) return INT64_MAX;
-  return (int64_t)NUM2LL(v);
-}
-
-/* Trimmer.new(every: nil, min_free: 0, min_interval: 1.0) */
-static VALUE trimmer_initialize(int argc, VALUE *argv, VALUE self) {
-  static ID kw[3];
-  VALUE opts = Qnil, vals[3] = {Qundef, Qundef, Qundef};
-  if (!kw[0]) {
-    kw[0] = rb_intern("every");
-    kw[1] = rb_intern("min_free");
-    kw[2] = rb_intern("min_interval");
-  }
-  rb_scan_args(argc, argv, ":", &opts);
-  if (!NIL_P(opts)) rb_get_kwargs(opts, kw, 0, 3, vals);
-  uint64_t every = 0;
-  int64_t min_free = 0;
-  double min_interval = 1.0;
-  if (vals[0] != Qundef && !NIL_P(vals[0])) {
-    if (!RB_INTEGER_TYPE_P(vals[0]) || !RTEST(rb_funcall(vals[0], '>', 1, INT2FIX(0))))
-      rb_raise(RB_INTEGER_TYPE_P(vals[0]) ? rb_eArgError : rb_eTypeError,
-               "every must be a positive Integer or nil (given %" PRIsVALUE ")", rb_inspect(vals[0]));
-    every = NUM2ULL(vals[0]);
-  }
-  if (vals[1] != Qundef) min_free = ta_rb_bytes_or_nil(vals[1], "min_free");
-  if (vals[2] != Qundef) min_interval = ta_rb_nonneg_double(vals[2], "min_interval");
-  if (ta_bind_trimmer_init(get(self), every, min_free, min_interval) != 0)
-    rb_raise(rb_eArgError, "every and min_free are both nil: nothing would ever trim");
+/* #setup(every, min_free, min_interval) (private): Trimmer#initialize
+ * (native.rb) checks and converts the settings (every 0: off, min_free -1:
+ * off); this only stores them. */
+static VALUE trimmer_setup(VALUE self, VALUE every, VALUE min_free, VALUE min_interval) {
+  if (ta_bind_trimmer_init(get(self), NUM2ULL(every), NUM2LL(min_free), NUM2DBL(min_interval)) != 0)
+    rb_raise(rb_eArgError, "trimmer settings refused (every %" PRIsVALUE ", min_free %" PRIsVALUE
+             ", min_interval %" PRIsVALUE ")", rb_inspect(every), rb_inspect(min_free), rb_inspect(min_interval));
   return self;
 }
 
@@ -98,17 +72,10 @@ static VALUE trimmer_event(VALUE self) {
   return a.released < 0 ? Qnil : LL2NUM(a.released);
 }
 
-#define SYM(s) ID2SYM(rb_intern(s))
-
+/* #stats -> {events:, trims:, ...}: the keys of Native::TRIMMER_COUNTS */
 static VALUE trimmer_stats(VALUE self) {
-  ta_bind_trimmer_t *t = get(self);
-  VALUE h = rb_hash_new();
-  rb_hash_aset(h, SYM("events"), ULL2NUM(atomic_load(&t->events)));
-  rb_hash_aset(h, SYM("trims"), ULL2NUM(atomic_load(&t->trims)));
-  rb_hash_aset(h, SYM("skipped"), ULL2NUM(atomic_load(&t->skipped)));
-  rb_hash_aset(h, SYM("coalesced"), ULL2NUM(atomic_load(&t->coalesced)));
-  rb_hash_aset(h, SYM("trimmed_bytes"), ULL2NUM(atomic_load(&t->trimmed_bytes)));
-  return h;
+  ta_bind_field_t f[TA_BIND_TRIMMER_NFIELDS];
+  return ta_rb_fields_hash(f, ta_bind_trimmer_fields(get(self), f));
 }
 
 static VALUE trimmer_every(VALUE self) {
@@ -128,7 +95,7 @@ static VALUE trimmer_min_interval(VALUE self) {
 void ta_rb_init_trimmer(void) {
   cTrimmer = rb_define_class_under(ta_rb_mTrimalloc, "Trimmer", rb_cObject);
   rb_define_alloc_func(cTrimmer, trimmer_alloc);
-  rb_define_method(cTrimmer, "initialize", trimmer_initialize, -1);
+  rb_define_private_method(cTrimmer, "setup", trimmer_setup, 3);
   rb_define_method(cTrimmer, "event", trimmer_event, 0);
   rb_define_method(cTrimmer, "stats", trimmer_stats, 0);
   rb_define_method(cTrimmer, "every", trimmer_every, 0);

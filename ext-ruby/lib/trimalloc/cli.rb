@@ -220,21 +220,25 @@ module Trimalloc
     end
 
     def path(out, err)
-      lib = Trimalloc.library_path
-      unless lib
-        err.puts "trimalloc: #{LIBRARY_NAME} not found"
-        return 1
-      end
-      out.puts lib
+      out.puts Trimalloc.library_path
       0
+    rescue Errno::ENOENT => e
+      err.puts "trimalloc: #{e.message.sub(/\A.*? - /, '')}"
+      1
+    end
+
+    def library_or_why
+      Trimalloc.library_path
+    rescue Errno::ENOENT => e
+      e.message.sub(/\A.*? - /, "")
     end
 
     def info(out)
       out.puts "trimalloc #{VERSION}"
-      out.puts "library:    #{Trimalloc.library_path || 'not found'}"
+      out.puts "library:    #{library_or_why}"
       out.puts "allocator:  #{Trimalloc.backend} (this process)"
       out.puts "core:       #{Trimalloc.core_version} at #{Trimalloc.loaded_path}" if Trimalloc.active?
-      out.puts "purger:     #{Trimalloc.purger_state}"
+      out.puts "purger:     #{Native.purger_state}"
       out.puts "LD_PRELOAD: #{ENV.fetch('LD_PRELOAD', '')}"
       0
     end

@@ -22,7 +22,9 @@ module Trimalloc
   #
   #   use Trimalloc::Rack, every: 100, min_free: 64 << 20, min_interval: 1.0
   class Rack
-    DEFAULTS = { every: 100, min_free: 64 << 20, min_interval: 1.0, tag: true }.freeze
+    # every 100 requests, or sooner once 64 MiB are free, at most once a
+    # second: core/bind's defaults for request hooks (as the Python WSGI's)
+    DEFAULTS = Native::DEFAULTS[:request].merge(tag: true).freeze
 
     attr_reader :trimmer
 

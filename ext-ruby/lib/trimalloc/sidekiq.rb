@@ -17,7 +17,9 @@ module Trimalloc
   #     config.server_middleware { |chain| chain.add Trimalloc::Sidekiq, min_interval: 1.0 }
   #   end
   class Sidekiq
-    DEFAULTS = { every: nil, min_free: 0, min_interval: 1.0, tag: true }.freeze
+    # after every job, at most once a second: core/bind's defaults for job
+    # hooks (as the Python Celery integration's)
+    DEFAULTS = Native::DEFAULTS[:job].merge(tag: true).freeze
 
     attr_reader :trimmer
 

@@ -12,7 +12,11 @@ quiet
 
 if ENV["TRIM"] == "1"
   plugin :trimalloc
-  trimalloc min_interval: 0, watch: false # the plugin's Puma DSL option; the out-of-band trim alone
+  # the plugin's Puma DSL option; the out-of-band trim alone, at every idle
+  # moment (min_free 0): with the default 16 MiB a round's garbage counts
+  # only once a GC has freed it, and whether a GC runs within a round
+  # depends on how full Ruby's heap was before (the gem's own objects too)
+  trimalloc min_interval: 0, min_free: 0, watch: false
 elsif ENV["TRIM"] == "watch"
   plugin :trimalloc
   trimalloc min_interval: 1.0, min_free: 32 << 20

@@ -20,12 +20,9 @@ require "trimalloc"
 module Trimalloc
   # The plugin's settings, as the `trimalloc` line of the Puma config sets them.
   module Puma
-    # min_free 16 MiB, not 0 as for jobs: the watch trims a busy worker, whose
-    # next requests fault back in what a trim returns. In a Rails app (2
-    # workers x 5 threads, 4000 requests, bench/rails_puma.rb) a trim every
-    # second made 424,000 minor faults in the workers, 16 MiB 330,000, and
-    # the workers ended no higher (245-251 MiB against 232-239).
-    DEFAULTS = { every: nil, min_free: 16 << 20, min_interval: 1.0, watch: true }.freeze
+    # core/bind's defaults for the out-of-band hook (bind_facts.c says why
+    # min_free is 16 MiB there, not 0 as for jobs), and the watch on.
+    DEFAULTS = Native::DEFAULTS[:out_of_band].merge(watch: true).freeze
     # The watch looks at most this often (min_interval 0 means "no limit").
     WATCH_PERIOD_MIN = 0.1
 
@@ -72,7 +69,7 @@ module Trimalloc
         opts = DEFAULTS.merge(options || {})
         legacy = PUMA_OPTIONS.reject { |k, v| DEFAULTS[k] == v }
         unless legacy.empty?
-          Trimalloc.deprecated_option("Trimalloc::PUMA_OPTIONS", "the `trimalloc` line of the Puma config",
+          Native.deprecated_option("Trimalloc::PUMA_OPTIONS", "the `trimalloc` line of the Puma config",
                                       "Puma plugin")
           opts = opts.merge(legacy)
         end
@@ -95,14 +92,15 @@ module Trimalloc
 
   # Deprecated: set the options with `trimalloc min_interval: ...` in the Puma
   # config instead. Still read (with a warning) for one release.
-  PUMA_OPTIONS = { min_interval: 1.0, min_free: 16 << 20 } # rubocop:disable Style/MutableConstant
+  PUMA_OPTIONS = Puma::DEFAULTS.slice(:min_interval, :min_free) # rubocop:disable Style/MutableConstant
 end
 
 module Puma
   class DSL
     # `trimalloc every: nil, min_free: 16 << 20, min_interval: 1.0, watch: true` in a
     # Puma config (after `plugin :trimalloc`): the plugin's settings.
-    def trimalloc(every: nil, min_free: Trimalloc::Puma::DEFAULTS[:min_free], min_interval: 1.0, watch: true)
+    def trimalloc(every: Trimalloc::Puma::DEFAULTS[:every], min_free: Trimalloc::Puma::DEFAULTS[:min_free],
+                  min_interval: Trimalloc::Puma::DEFAULTS[:min_interval], watch: Trimalloc::Puma::DEFAULTS[:watch])
       opts = { every: every, min_free: min_free, min_interval: min_interval }
       Trimalloc::Trimmer.new(**opts) # checks them now, at config load
       unless [true, false].include?(watch)

@@ -1,0 +1,87 @@
+/* What both languages tell their users, written once: each hook's default
+ * policy, the names of the counters the bindings report, where the
+ * free-bytes figure comes from, the preload's result codes, and the
+ * background purger's state in words. Each extension exposes these at run
+ * time (Python: trimalloc._trimalloc.DEFAULTS, PRELOAD, TRIMMER_COUNTS and
+ * purger_state(); Ruby: the same names under Trimalloc::Native), and the
+ * Python and Ruby code reads them there. See binding.h for the contract. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* RTLD_DEFAULT */
+#endif
+#include "bind_internal.h"
+
+#include <dlfcn.h>
+#include <stdatomic.h>
+#include <string.h>
+
+/* min_interval 1 s everywhere: a trim costs a walk over the free pages, and a
+ * server that trims after every request of a burst gains nothing over one
+ * trim at its end. */
+const ta_bind_defaults_t ta_bind_defaults[] = {
+    /* Trimmer.new, trim_if_due, trimalloc.trimming: after every event */
+    {"trimmer", 0, 0, 1.0},
+    /* GC hooks (Trimalloc::GC, trimalloc.gc): after every (major) collection */
+    {"gc", 0, 0, 1.0},
+    /* jobs (Sidekiq, Celery): after every job; a job is long next to a trim */
+    {"job", 0, 0, 1.0},
+    /* requests (Rack, WSGI, gunicorn, aiohttp, ASGI): every 100 requests, or
+     * sooner once 64 MiB are free; a trim after each short request would
+     * return pages the next one faults back in */
+    {"request", 100, (int64_t)64 << 20, 1.0},
+    /* Puma's out-of-band hook and its watch: 16 MiB, not 0 as for jobs: the
+     * watch trims a busy worker, whose next requests fault back in what a
+     * trim returns. In a Rails app (2 workers x 5 threads, 4000 requests,
+     * bench/rails_puma.rb) a trim every second made 424,000 minor faults in
+     * the workers, 16 MiB 330,000, and the workers ended no higher (245-251
+     * MiB against 232-239). */
+    {"out_of_band", 0, (int64_t)16 << 20, 1.0},
+    {NULL, 0, 0, 0},
+};
+
+const ta_bind_defaults_t *ta_bind_defaults_for(const char *hook) {
+  for (const ta_bind_defaults_t *d = ta_bind_defaults; d->hook; d++)
+    if (strcmp(d->hook, hook) == 0) return d;
+  return NULL;
+}
+
+size_t ta_bind_trimmer_fields(ta_bind_trimmer_t *t, ta_bind_field_t *out) {
+  const struct {
+    const char *name;
+    _Atomic uint64_t *v;
+  } counts[TA_BIND_TRIMMER_NFIELDS] = {
+      {"events", &t->events},       {"trims", &t->trims},         {"skipped", &t->skipped},
+      {"coalesced", &t->coalesced}, {"trimmed_bytes", &t->trimmed_bytes},
+  };
+  for (size_t i = 0; i < TA_BIND_TRIMMER_NFIELDS; i++)
+    out[i] = (ta_bind_field_t){counts[i].name, 'u', 1, {.u = atomic_load(counts[i].v)}};
+  return TA_BIND_TRIMMER_NFIELDS;
+}
+
+size_t ta_bind_policy_fields(ta_bind_field_t *out) {
+  ta_bind_policy_stats_t p;
+  ta_bind_policy_stats(&p);
+  out[0] = (ta_bind_field_t){"pending", 'b', 1, {.u = (uint64_t)p.pending}};
+  out[1] = (ta_bind_field_t){"busy", 'b', 1, {.u = (uint64_t)p.busy}};
+  out[2] = (ta_bind_field_t){"deferred", 'u', 1, {.u = p.deferred}};
+  out[3] = (ta_bind_field_t){"coalesced", 'u', 1, {.u = p.coalesced}};
+  out[4] = (ta_bind_field_t){"free_reads", 'u', 1, {.u = p.free_reads}};
+  return TA_BIND_POLICY_NFIELDS;
+}
+
+const char *ta_bind_free_source_name(int source) {
+  static const char *const names[] = {"unknown", "dirty", "resident", "mallinfo2", "mallinfo"};
+  return source >= 0 && source < (int)(sizeof names / sizeof *names) ? names[source] : names[0];
+}
+
+const char *ta_bind_preload_name(int code) {
+  switch (code) {
+  case TA_PRELOAD_FAILED: return "failed";
+  case TA_PRELOAD_ACTIVE: return "active";
+  case TA_PRELOAD_GUARD: return "guard";
+  case TA_PRELOAD_FORKED: return "forked";
+  case TA_PRELOAD_REWRITTEN: return "rewritten";
+  case TA_PRELOAD_NOT_A_FILE: return "not_a_file";
+  case TA_PRELOAD_NO_LIBRARY: return "no_library";
+  default: return NULL;
+  }
+}

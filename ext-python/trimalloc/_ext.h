@@ -1,0 +1,39 @@
+/* What the files of trimalloc._trimalloc share: the module state, argument
+ * conversions, and each file's function table (added to the module by
+ * _trimalloc.c). Written against the limited API of CPython 3.8; _prof.c,
+ * which leaves it, does not include this header. */
+#ifndef TRIMALLOC_PY_EXT_H
+#define TRIMALLOC_PY_EXT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "binding.h"
+
+/* Number of stats fields, from the core's one field list. */
+#define TA_COUNT_FIELD(type, name, unit, doc) +1
+enum { TA_NFIELDS = 0 TRIMALLOC_STATS_FIELDS(TA_COUNT_FIELD) };
+#undef TA_COUNT_FIELD
+
+typedef struct {
+  PyObject *error;        /* trimalloc.Error */
+  PyObject *trimmer_type; /* trimalloc._trimalloc.Trimmer */
+} ta_py_state_t;
+
+/* The state of the module (the functions' `self`). */
+ta_py_state_t *ta_py_state(PyObject *module);
+
+/* d[key] = value, stealing value (NULL: fails). 0 or -1. */
+int ta_py_set_item(PyObject *d, const char *key, PyObject *value);
+
+/* {name: value} for the present fields of f[0..n-1] ('b' as a bool); a new
+ * reference, or NULL with an exception set. */
+PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n);
+
+extern PyMethodDef ta_py_backend_methods[];   /* _backend.c: trims, stats, the policy's counters */
+extern PyMethodDef ta_py_launch_methods[];    /* _launch.c: exec, preload, search path */
+extern PyMethodDef ta_py_sampler_methods[];   /* _sampler.c: the heap profiler */
+extern PyMethodDef ta_py_prof_read_methods[]; /* _prof_read.c: top, flame */
+extern PyType_Spec ta_py_trimmer_spec;        /* _trimmer.c: Trimmer */
+
+#endif

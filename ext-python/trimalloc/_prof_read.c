@@ -1,0 +1,197 @@
+/* trimalloc._trimalloc: the profile readers (core/bind/bind_prof*.c,
+ * bind_flame.c): the top call paths, the `trimalloc top` table, flame graphs.
+ * trimalloc/profile.py and the CLI call these. */
+#include "_ext.h" /* first: Python.h sets the feature macros */
+
+#include <errno.h>
+#include <string.h>
+
+/* A reader's failure: ValueError for the file's contents or a bad argument
+ * (errno EINVAL), OSError (FileNotFoundError, ...) when a file cannot be read
+ * or written; the message names the file. */
+static PyObject *prof_error(const char *err) {
+  int e = errno;
+  if (e == EINVAL || e == 0) {
+    PyErr_SetString(PyExc_ValueError, err);
+  } else if (e == ENOMEM) {
+    PyErr_NoMemory();
+  } else {
+    PyObject *args = Py_BuildValue("(is)", e, err);
+    if (args) {
+      PyErr_SetObject(PyExc_OSError, args);
+      Py_DECREF(args);
+    }
+  }
+  return NULL;
+}
+
+/* by: a str or None (*keep holds its UTF-8 bytes: the caller releases
+ * it); n: an int >= 0 (0: all). */
+static int prof_args(PyObject *by, const char **by_s, PyObject **keep, PyObject *n_obj, size_t *n) {
+  *by_s = NULL;
+  *keep = NULL;
+  if (by != Py_None) {
+    if (!PyUnicode_Check(by)) {
+      PyErr_Format(PyExc_TypeError, "the sample type must be a str, not %R", by);
+      return -1;
+    }
+    if (!(*keep = PyUnicode_AsUTF8String(by)) || !(*by_s = PyBytes_AsString(*keep))) return -1;
+  }
+  if (!n_obj) {
+    *n = 0;
+    return 0;
+  }
+  if (PyBool_Check(n_obj) || !PyLong_Check(n_obj)) {
+    PyErr_Format(PyExc_TypeError, "n must be an int, not %R", n_obj);
+    return -1;
+  }
+  long long v = PyLong_AsLongLong(n_obj);
+  if (v == -1 && PyErr_Occurred()) return -1;
+  if (v < 0) {
+    PyErr_Format(PyExc_ValueError, "n must be >= 0 (0: all), not %R", n_obj);
+    return -1;
+  }
+  *n = (size_t)v;
+  return 0;
+}
+
+static PyObject *str_or_none(const char *s) {
+  if (!s) Py_RETURN_NONE;
+  return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
+}
+
+typedef struct {
+  PyObject *list;
+  int failed;
+} top_rows_t;
+
+static void top_row(void *arg, const ta_bind_prof_row_t *r) {
+  top_rows_t *t = arg;
+  if (t->failed) return;
+  PyObject *d = PyDict_New(), *frames = PyList_New((Py_ssize_t)r->nframes);
+  if (!d || !frames) goto fail;
+  for (size_t i = 0; i < r->nframes; i++) {
+    PyObject *f = str_or_none(r->frames[i]);
+    if (!f) goto fail;
+    PyList_SetItem(frames, (Py_ssize_t)i, f); /* steals */
+  }
+  if (ta_py_set_item(d, "inuse_space", PyLong_FromLongLong(r->inuse_space)) ||
+      ta_py_set_item(d, "inuse_objects", PyLong_FromLongLong(r->inuse_objects)) ||
+      ta_py_set_item(d, "alloc_space", PyLong_FromLongLong(r->alloc_space)) ||
+      ta_py_set_item(d, "alloc_objects", PyLong_FromLongLong(r->alloc_objects)) || PyDict_SetItemString(d, "frames", frames) ||
+      ta_py_set_item(d, "tag", str_or_none(r->tag)) || PyList_Append(t->list, d))
+    goto fail;
+  Py_DECREF(frames);
+  Py_DECREF(d);
+  return;
+fail:
+  Py_XDECREF(frames);
+  Py_XDECREF(d);
+  t->failed = 1;
+}
+
+/* _prof_top(path, by=None, n=10) -> [{inuse_space, inuse_objects, alloc_space,
+ * alloc_objects, frames (leaf first), tag}], the call paths with the most `by`. */
+static PyObject *py_prof_top(PyObject *m, PyObject *args) {
+  (void)m;
+  PyObject *path = NULL, *by = Py_None, *n_obj = NULL;
+  if (!PyArg_ParseTuple(args, "O&|OO:_prof_top", PyUnicode_FSConverter, &path, &by, &n_obj)) return NULL;
+  const char *by_s;
+  size_t n;
+  PyObject *keep = NULL;
+  top_rows_t t = {PyList_New(0), 0};
+  if (!t.list || prof_args(by, &by_s, &keep, n_obj, &n)) {
+    Py_XDECREF(t.list);
+    Py_XDECREF(keep);
+    Py_DECREF(path);
+    return NULL;
+  }
+  if (!n_obj) n = 10;
+  char err[1024];
+  int rc = ta_bind_prof_top(PyBytes_AsString(path), by_s, n, top_row, &t, err, sizeof err);
+  int e = errno;
+  Py_DECREF(path);
+  Py_XDECREF(keep);
+  if (rc || t.failed) {
+    Py_DECREF(t.list);
+    if (t.failed) return NULL; /* the Python error set while building a row */
+    errno = e;
+    return prof_error(err);
+  }
+  return t.list;
+}
+
+/* _prof_top_text(path, by=None, n=10) -> the `trimalloc top` table (str). */
+static PyObject *py_prof_top_text(PyObject *m, PyObject *args) {
+  (void)m;
+  PyObject *path = NULL, *by = Py_None, *n_obj = NULL;
+  if (!PyArg_ParseTuple(args, "O&|OO:_prof_top_text", PyUnicode_FSConverter, &path, &by, &n_obj)) return NULL;
+  const char *by_s;
+  size_t n;
+  PyObject *keep = NULL;
+  if (prof_args(by, &by_s, &keep, n_obj, &n)) {
+    Py_XDECREF(keep);
+    Py_DECREF(path);
+    return NULL;
+  }
+  if (!n_obj) n = 10;
+  char err[1024], *out = NULL;
+  int rc, e;
+  Py_BEGIN_ALLOW_THREADS;
+  rc = ta_bind_prof_top_str(PyBytes_AsString(path), by_s, n, &out, err, sizeof err);
+  e = errno;
+  Py_END_ALLOW_THREADS;
+  Py_DECREF(path);
+  Py_XDECREF(keep);
+  if (rc) {
+    errno = e;
+    return prof_error(err);
+  }
+  PyObject *r = PyUnicode_DecodeUTF8(out, (Py_ssize_t)strlen(out), "replace");
+  free(out);
+  return r;
+}
+
+/* _prof_flame(path, out, type=None, collapsed=False): writes the SVG flame
+ * graph (or collapsed stacks) of sample type `type` to out ("-": stdout). */
+static PyObject *py_prof_flame(PyObject *m, PyObject *args) {
+  (void)m;
+  PyObject *path = NULL, *out = NULL, *type = Py_None;
+  int collapsed = 0;
+  if (!PyArg_ParseTuple(args, "O&O&|Op:_prof_flame", PyUnicode_FSConverter, &path, PyUnicode_FSConverter, &out,
+                        &type, &collapsed))
+    return NULL;
+  const char *type_s;
+  size_t unused;
+  PyObject *result = NULL, *keep = NULL;
+  if (prof_args(type, &type_s, &keep, NULL, &unused) == 0) {
+    char err[1024];
+    int rc, e;
+    Py_BEGIN_ALLOW_THREADS;
+    rc = ta_bind_prof_flame(PyBytes_AsString(path), type_s, collapsed, PyBytes_AsString(out), err, sizeof err);
+    e = errno;
+    Py_END_ALLOW_THREADS;
+    if (rc) {
+      errno = e;
+      prof_error(err);
+    } else {
+      result = Py_None;
+      Py_INCREF(result);
+    }
+  }
+  Py_XDECREF(keep);
+  Py_DECREF(path);
+  Py_DECREF(out);
+  return result;
+}
+PyMethodDef ta_py_prof_read_methods[] = {
+    {"_prof_top", py_prof_top, METH_VARARGS,
+     "_prof_top(path, by=None, n=10) -> list of dicts (inuse_space, inuse_objects, alloc_space, "
+     "alloc_objects, frames leaf first, tag): the profile's call paths with the most `by`; n 0: all"},
+    {"_prof_top_text", py_prof_top_text, METH_VARARGS,
+     "_prof_top_text(path, by=None, n=10) -> str: the `trimalloc top` table"},
+    {"_prof_flame", py_prof_flame, METH_VARARGS,
+     "_prof_flame(path, out, type=None, collapsed=False): writes an SVG flame graph (or collapsed "
+     "stacks) of the profile to out ('-': stdout)"},
+    {NULL, NULL, 0, NULL},
+};

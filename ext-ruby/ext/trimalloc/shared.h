@@ -1,0 +1,25 @@
+/* What the Ruby extension's files share: the Trimalloc module, its Error
+ * class, Trimalloc::Native (the internals), and the conversions. Defined in
+ * shared.c, which depends on no other file of the extension. */
+#ifndef TRIMALLOC_RB_SHARED_H
+#define TRIMALLOC_RB_SHARED_H
+
+#include <ruby.h>
+
+#include "binding.h"
+
+extern VALUE ta_rb_mTrimalloc; /* Trimalloc */
+extern VALUE ta_rb_mNative;    /* Trimalloc::Native: internals (private_constant, native.rb) */
+extern VALUE ta_rb_eError;     /* Trimalloc::Error */
+
+/* Defines the three above and Native's constants (core/bind's facts:
+ * DEFAULTS, PRELOAD, TRIMMER_COUNTS). First of the inits. */
+void ta_rb_init_shared(void);
+
+/* Raises Trimalloc::Error "<what>: <strerror(err)>", with #errno set. */
+NORETURN(void ta_rb_raise_errno(int err, VALUE what));
+
+/* {name: value} (symbol keys) for the present fields of f[0..n-1]. */
+VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n);
+
+#endif

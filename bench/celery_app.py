@@ -11,7 +11,8 @@ worker on it). Broker and result backend: the redis-server the driver starts
                  (e.g. {"min_interval": 0}) to measure other settings
 The task `bench.work` builds 20..50 MiB of Python objects and drops them
 (bench/py_work.py) and returns the pool process's pid, the allocator that
-serves its malloc (bench/alloc.py), a checksum and its PYTHONMALLOC."""
+serves its malloc (bench/alloc.py), a checksum, its PYTHONMALLOC and, under
+trimalloc.celery, the hook's counts so far (celery_bench.trim_counts)."""
 import os
 import sys
 
@@ -52,4 +53,4 @@ def ping():
 def work(i):
     check = py_work.build(py_work.task_mib(i), i)
     return [os.getpid(), _allocator[0] if _allocator else alloc.allocator(), check,
-            os.environ.get("PYTHONMALLOC", "")]
+            os.environ.get("PYTHONMALLOC", ""), celery_bench.trim_counts(TRIM)]

@@ -108,3 +108,18 @@ def install_trim(app, who):
     elif mode != "none":
         sys.exit("%s: unknown BENCH_CELERY_TRIM %r" % (who, mode))
     return mode
+
+
+def trim_counts(mode):
+    """In a task: trimalloc.celery's counts in this process so far (the
+    tasks before this one, its trims and the ones its refault budget held
+    back) and the fault cost that budget uses; None without the hook."""
+    if mode != "trimalloc":
+        return None
+    import trimalloc.celery
+    from trimalloc import _trimalloc
+
+    c = trimalloc.celery.stats()
+    p = _trimalloc.policy_stats()
+    return {"events": c["events"], "trims": c["trims"], "refault_skips": c.get("refault_skips", 0),
+            "deferred": p["deferred"], "fault_ns": p.get("fault_ns")}

@@ -171,6 +171,16 @@ def main():
                 "wall_work_s": t1 - t0,
                 "cpu_work_s": sum(s1[p][0] - s0[p][0] for p in pool),
                 "minflt_work": sum(s1[p][1] - s0[p][1] for p in pool)}
+        counts = {}  # pid -> trimalloc.celery's counts at the start of its last task
+        for g in got:
+            if len(g) > 4 and g[4] and g[4]["events"] >= counts.get(g[0], {"events": -1})["events"]:
+                counts[g[0]] = g[4]
+        if counts:
+            for k in ("trims", "refault_skips", "deferred"):
+                line[k] = sum(c[k] for c in counts.values())
+            line["hook_trims"] = line["trims"]
+            line["trims"] += line["deferred"]  # the policy's background trims too
+            line["fault_ns"] = [c["fault_ns"] for c in counts.values()]
         print("BENCH " + json.dumps(line), flush=True)
     finally:
         if worker is not None:

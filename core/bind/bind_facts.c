@@ -17,25 +17,28 @@
 /* min_interval 1 s everywhere: a trim costs a walk over the free pages, and a
  * server that trims after every request of a burst gains nothing over one
  * trim at its end. */
+/* refault_share 0 everywhere: the refault budget (binding.h) is opt-in; the
+ * one-second clock stays the default until the budget has been measured on
+ * more than celery-300 (bench/results-2026-12-06-celery-refault.txt). */
 const ta_bind_defaults_t ta_bind_defaults[] = {
     /* Trimmer.new, trim_if_due, trimalloc.trimming: after every event */
-    {"trimmer", 0, 0, 1.0},
+    {"trimmer", 0, 0, 1.0, 0},
     /* GC hooks (Trimalloc::GC, trimalloc.gc): after every (major) collection */
-    {"gc", 0, 0, 1.0},
+    {"gc", 0, 0, 1.0, 0},
     /* jobs (Sidekiq, Celery): after every job; a job is long next to a trim */
-    {"job", 0, 0, 1.0},
+    {"job", 0, 0, 1.0, 0},
     /* requests (Rack, WSGI, gunicorn, aiohttp, ASGI): every 100 requests, or
      * sooner once 64 MiB are free; a trim after each short request would
      * return pages the next one faults back in */
-    {"request", 100, (int64_t)64 << 20, 1.0},
+    {"request", 100, (int64_t)64 << 20, 1.0, 0},
     /* Puma's out-of-band hook and its watch: 16 MiB, not 0 as for jobs: the
      * watch trims a busy worker, whose next requests fault back in what a
      * trim returns. In a Rails app (2 workers x 5 threads, 4000 requests,
      * bench/rails_puma.rb) a trim every second made 424,000 minor faults in
      * the workers, 16 MiB 330,000, and the workers ended no higher (245-251
      * MiB against 232-239). */
-    {"out_of_band", 0, (int64_t)16 << 20, 1.0},
-    {NULL, 0, 0, 0},
+    {"out_of_band", 0, (int64_t)16 << 20, 1.0, 0},
+    {NULL, 0, 0, 0, 0},
 };
 
 const ta_bind_defaults_t *ta_bind_defaults_for(const char *hook) {
@@ -51,6 +54,7 @@ size_t ta_bind_trimmer_fields(ta_bind_trimmer_t *t, ta_bind_field_t *out) {
   } counts[TA_BIND_TRIMMER_NFIELDS] = {
       {"events", &t->events},       {"trims", &t->trims},         {"skipped", &t->skipped},
       {"coalesced", &t->coalesced}, {"trimmed_bytes", &t->trimmed_bytes},
+      {"refault_skips", &t->refault_skips},
   };
   for (size_t i = 0; i < TA_BIND_TRIMMER_NFIELDS; i++)
     out[i] = (ta_bind_field_t){counts[i].name, 'u', 1, {.u = atomic_load(counts[i].v)}};
@@ -65,6 +69,9 @@ size_t ta_bind_policy_fields(ta_bind_field_t *out) {
   out[2] = (ta_bind_field_t){"deferred", 'u', 1, {.u = p.deferred}};
   out[3] = (ta_bind_field_t){"coalesced", 'u', 1, {.u = p.coalesced}};
   out[4] = (ta_bind_field_t){"free_reads", 'u', 1, {.u = p.free_reads}};
+  out[5] = (ta_bind_field_t){"refault_skips", 'u', 1, {.u = p.refault_skips}};
+  out[6] = (ta_bind_field_t){"idle_trims", 'u', 1, {.u = p.idle_trims}};
+  out[7] = (ta_bind_field_t){"fault_ns", 'd', 1, {.d = p.fault_ns}};
   return TA_BIND_POLICY_NFIELDS;
 }
 

@@ -7,6 +7,20 @@
 /* bind_backend.c: CLOCK_MONOTONIC in ns (the real clock, no test offset). */
 uint64_t ta_bind_mono_ns(void);
 
+/* bind_refault.c: the process's CPU time in ns (with the test offset), the
+ * cost of a fault (measured once; ta_bind_test_fault_ns's when set), and the
+ * price of returning free_bytes: pages times that cost, in ns of CPU. */
+uint64_t ta_bind_cpu_ns(void);
+double ta_bind_fault_ns(void);
+double ta_bind_refault_price(uint64_t free_bytes);
+
+/* bind_policy.c, for bind_trimmer.c: the decision (the rate limit, then the
+ * free-bytes guard when min_free > 0, then the refault budget when share > 0
+ * and min_free >= 0; a skip for the first or the last schedules the deferred
+ * trim), and a budgeted trimmer's event (the idle trim waits for quiet). */
+int ta_bind_policy_due(double min_interval, int64_t min_free, double share, ta_bind_skip_t *why);
+void ta_bind_policy_event(void);
+
 /* bind_inflate.c: gzip members (RFC 1952, concatenated members too) with
  * deflate (RFC 1951) inside. *out (malloc'ed, the caller frees) gets the
  * data, at most `max` bytes. 0, or -1 with *why a static phrase. */

@@ -4,7 +4,6 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -22,6 +21,9 @@ static uint64_t now_ns(void) {
 }
 
 static _Atomic uint64_t last_trim_ns; /* the last trim through the policy; 0: none yet */
+static _Atomic uint64_t last_trim_cpu; /* ta_bind_cpu_ns() then; 0: none yet (since the start) */
+/* a budgeted trimmer's last event, and the CPU clock then (for the idle trim) */
+static _Atomic uint64_t last_event_ns, last_event_cpu;
 static atomic_flag trim_busy = ATOMIC_FLAG_INIT;
 static _Atomic uint64_t coalesced, free_reads;
 static _Atomic int trimming_now; /* a trim is running (tests wait for quiet) */
@@ -32,8 +34,18 @@ static _Atomic int trimming_now; /* a trim is running (tests wait for quiet) */
  * limit would let a trim run. A trim invalidates it. */
 static _Atomic uint64_t free_sample_at, free_sample;
 static _Atomic int free_sample_known;
+static _Atomic int64_t free_pinned = -1; /* tests: ta_bind_test_free_bytes */
+
+void ta_bind_test_free_bytes(int64_t bytes) {
+  atomic_store(&free_pinned, bytes < 0 ? -1 : bytes);
+}
 
 static int free_now(uint64_t now, uint64_t *out) {
+  int64_t pinned = atomic_load_explicit(&free_pinned, memory_order_relaxed);
+  if (pinned >= 0) {
+    *out = (uint64_t)pinned;
+    return 1;
+  }
   uint64_t at = atomic_load_explicit(&free_sample_at, memory_order_acquire);
   if (at != 0 && now - at < TA_BIND_FREE_SAMPLE_NS) {
     *out = atomic_load_explicit(&free_sample, memory_order_relaxed);
@@ -105,6 +117,8 @@ static int64_t run_trim(ta_bind_skip_t *why) {
   gate_pass();
   int64_t released = (int64_t)ta_bind_trim(); /* full: the rate limit bounds the churn */
   atomic_store(&last_trim_ns, now_ns());
+  uint64_t cpu = ta_bind_cpu_ns();
+  atomic_store(&last_trim_cpu, cpu ? cpu : 1);
   atomic_store(&trimming_now, 0);
   atomic_store_explicit(&free_sample_at, 0, memory_order_release);
   atomic_flag_clear(&trim_busy);
@@ -124,13 +138,23 @@ static pthread_cond_t defer_cv;
 static int defer_started, defer_running;
 static uint64_t defer_at_ns; /* 0: nothing scheduled */
 static int64_t defer_min_free;
-static _Atomic uint64_t deferred_trims;
+static double defer_share;
+/* The trim the refault budget held back: looked at when no trimmer event
+ * came for TA_BIND_IDLE_NS (and idle_interval_ns after the last trim, and
+ * not before idle_not_before). */
+static int idle_armed;
+static int64_t idle_min_free;
+static uint64_t idle_interval_ns, idle_not_before;
+static double idle_share;
+static _Atomic uint64_t deferred_trims, idle_trims, refault_skips;
 
 static void defer_child(void) {
   pthread_mutex_init(&defer_mu, NULL);
   defer_started = 0;
   defer_at_ns = 0;
   defer_running = 0;
+  idle_armed = 0;
+  idle_not_before = 0;
 }
 
 /* A fork child has only the forking thread: a trim that another thread was
@@ -141,6 +165,8 @@ static void policy_child(void) {
   atomic_flag_clear(&trim_busy);
   atomic_store(&trimming_now, 0);
   atomic_store_explicit(&free_sample_at, 0, memory_order_release);
+  atomic_store(&last_trim_cpu, 0); /* the child's CPU clock starts again at 0 */
+  atomic_store(&last_event_cpu, 0);
   pthread_mutex_init(&gate_mu, NULL);
   pthread_cond_init(&gate_cv, NULL);
   defer_child();
@@ -150,14 +176,34 @@ static void atfork_register(void) {
   pthread_atfork(NULL, NULL, policy_child);
 }
 
-static int64_t trim_checked(double min_interval, int64_t min_free, ta_bind_skip_t *why);
+static int64_t trim_checked(double min_interval, int64_t min_free, double share, ta_bind_skip_t *why);
+
+/* When to look at the held-back trim again (defer_mu held). */
+static uint64_t idle_due(void) {
+  uint64_t a = atomic_load(&last_event_ns) + TA_BIND_IDLE_NS;
+  uint64_t last = atomic_load(&last_trim_ns), b = last ? last + idle_interval_ns : 0;
+  if (b > a) a = b;
+  return idle_not_before > a ? idle_not_before : a;
+}
+
+/* No trimmer event for TA_BIND_IDLE_NS: idle, or inside a long job? Idle
+ * when the process spent at most TA_BIND_IDLE_CPU of that time on a CPU (a
+ * worker waiting for its next job spends next to none; one in a long job,
+ * even on a loaded machine, a good part). */
+static int quiet_since_event(uint64_t now) {
+  uint64_t ev = atomic_load(&last_event_ns), ev_cpu = atomic_load(&last_event_cpu);
+  uint64_t cpu = ta_bind_cpu_ns();
+  return cpu <= ev_cpu || now <= ev || (double)(cpu - ev_cpu) <= TA_BIND_IDLE_CPU * (double)(now - ev);
+}
 
 static void *defer_main(void *unused) {
   (void)unused;
   pthread_mutex_lock(&defer_mu);
   for (;;) {
-    while (defer_at_ns == 0) pthread_cond_wait(&defer_cv, &defer_mu);
-    uint64_t at = defer_at_ns, now = now_ns();
+    while (defer_at_ns == 0 && !idle_armed) pthread_cond_wait(&defer_cv, &defer_mu);
+    uint64_t idle_at = idle_armed ? idle_due() : 0;
+    int idle = defer_at_ns == 0 || (idle_armed && idle_at < defer_at_ns);
+    uint64_t at = idle ? idle_at : defer_at_ns, now = now_ns();
     if (now < at) {
       /* the condvar waits on CLOCK_MONOTONIC, without the test offset */
       uint64_t real = ta_bind_mono_ns() + (at - now);
@@ -165,20 +211,34 @@ static void *defer_main(void *unused) {
       pthread_cond_timedwait(&defer_cv, &defer_mu, &ts);
       continue;
     }
-    int64_t min_free = defer_min_free;
+    int64_t min_free = idle ? idle_min_free : defer_min_free;
+    double share = defer_share;
+    int quiet = 0;
+    if (idle) {
+      /* idle: no budget (an idle worker refaults nothing); in a long job:
+       * priced, and looked at again TA_BIND_IDLE_NS later if still too dear */
+      quiet = quiet_since_event(now);
+      share = quiet ? 0 : idle_share;
+      idle_armed = 0;
+      idle_not_before = now + TA_BIND_IDLE_NS;
+    } else {
+      defer_at_ns = 0;
+    }
     defer_running = 1;
-    defer_at_ns = 0;
     pthread_mutex_unlock(&defer_mu);
     ta_bind_skip_t why;
-    if (trim_checked(0, min_free, &why) >= 0) atomic_fetch_add(&deferred_trims, 1);
+    if (trim_checked(0, min_free, share, &why) >= 0) {
+      atomic_fetch_add(&deferred_trims, 1);
+      if (quiet) atomic_fetch_add(&idle_trims, 1);
+    }
     pthread_mutex_lock(&defer_mu);
     defer_running = 0;
   }
   return NULL;
 }
 
-static void defer_trim(uint64_t at, int64_t min_free) {
-  pthread_mutex_lock(&defer_mu);
+/* Starts the background thread (defer_mu held); 1 when it runs. */
+static int defer_start(void) {
   if (!defer_started) {
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -194,18 +254,44 @@ static void defer_trim(uint64_t at, int64_t min_free) {
     defer_started = pthread_create(&t, &a, defer_main, NULL) == 0;
     pthread_attr_destroy(&a);
   }
-  if (defer_started && (defer_at_ns == 0 || at < defer_at_ns)) {
+  return defer_started;
+}
+
+/* A larger share lets more through; 0 (no budget) the most. */
+static int less_demanding(double share, double than) {
+  return than > 0 && (share <= 0 || share > than);
+}
+
+static void defer_trim(uint64_t at, int64_t min_free, double share) {
+  pthread_mutex_lock(&defer_mu);
+  if (defer_start() && (defer_at_ns == 0 || at < defer_at_ns)) {
     defer_at_ns = at;
     defer_min_free = min_free;
+    defer_share = share;
     pthread_cond_signal(&defer_cv);
-  } else if (defer_started && at == defer_at_ns && min_free < defer_min_free) {
-    defer_min_free = min_free; /* the least demanding of the requests for that moment */
+  } else if (defer_started && at == defer_at_ns) {
+    /* the least demanding of the requests for that moment */
+    if (min_free < defer_min_free) defer_min_free = min_free;
+    if (less_demanding(share, defer_share)) defer_share = share;
+  }
+  pthread_mutex_unlock(&defer_mu);
+}
+
+/* The trim the refault budget held back, for when the worker goes idle. */
+static void defer_idle(uint64_t interval, int64_t min_free, double share) {
+  pthread_mutex_lock(&defer_mu);
+  if (defer_start()) {
+    if (!idle_armed || min_free < idle_min_free) idle_min_free = min_free;
+    if (!idle_armed || interval < idle_interval_ns) idle_interval_ns = interval;
+    if (!idle_armed || less_demanding(share, idle_share)) idle_share = share;
+    if (!idle_armed) pthread_cond_signal(&defer_cv);
+    idle_armed = 1;
   }
   pthread_mutex_unlock(&defer_mu);
 }
 
 void ta_bind_trim_soon(void) {
-  defer_trim(now_ns(), 0);
+  defer_trim(now_ns(), 0, 0);
 }
 
 void ta_bind_clock_advance(double seconds) {
@@ -222,31 +308,44 @@ uint64_t ta_bind_deferred_trims(void) {
 
 void ta_bind_policy_stats(ta_bind_policy_stats_t *out) {
   pthread_mutex_lock(&defer_mu);
-  out->pending = defer_at_ns != 0 || defer_running;
+  out->pending = defer_at_ns != 0 || idle_armed || defer_running;
   pthread_mutex_unlock(&defer_mu);
   out->busy = atomic_load(&trimming_now);
   out->deferred = atomic_load(&deferred_trims);
   out->coalesced = atomic_load(&coalesced);
   out->free_reads = atomic_load(&free_reads);
+  out->refault_skips = atomic_load(&refault_skips);
+  out->idle_trims = atomic_load(&idle_trims);
+  out->fault_ns = ta_bind_fault_ns();
 }
 
-/* The rate limit, then the free-bytes guard (min_free > 0): 1 when a trim
- * should run now. min_free < 0: no guard (a count-triggered trim). When the
- * free bytes cannot be measured at all, the guard lets the trim run: a hook
- * must never go silent because of what the platform cannot tell. */
-static int due_checked(double min_interval, int64_t min_free, ta_bind_skip_t *why) {
+/* The rate limit, then the free-bytes guard (min_free > 0), then the refault
+ * budget (share > 0, min_free >= 0): 1 when a trim should run now. min_free
+ * < 0: no guard and no budget (a count-triggered trim). When the free bytes
+ * cannot be measured at all, guard and budget let the trim run: a hook must
+ * never go silent because of what the platform cannot tell. */
+static int due_checked(double min_interval, int64_t min_free, double share, ta_bind_skip_t *why) {
   uint64_t now = now_ns();
   uint64_t last = atomic_load(&last_trim_ns);
   uint64_t interval = min_interval > 0 ? (uint64_t)(min_interval * 1e9) : 0;
   if (last != 0 && now - last < interval) {
-    defer_trim(last + interval, min_free); /* runs it when due */
+    defer_trim(last + interval, min_free, share); /* runs it when due */
     *why = TA_SKIP_INTERVAL;
     return 0;
   }
-  if (min_free > 0) {
-    uint64_t free_bytes;
-    if (free_now(now, &free_bytes) && free_bytes < (uint64_t)min_free) {
-      *why = TA_SKIP_FREE;
+  uint64_t free_bytes;
+  int known = (min_free > 0 || (min_free == 0 && share > 0)) && free_now(now, &free_bytes);
+  if (known && min_free > 0 && free_bytes < (uint64_t)min_free) {
+    *why = TA_SKIP_FREE;
+    return 0;
+  }
+  if (known && share > 0) {
+    uint64_t cpu = ta_bind_cpu_ns(), at = atomic_load(&last_trim_cpu);
+    double since = cpu > at ? (double)(cpu - at) : 0;
+    if (ta_bind_refault_price(free_bytes) > share * since) {
+      atomic_fetch_add_explicit(&refault_skips, 1, memory_order_relaxed);
+      defer_idle(interval, min_free, share);
+      *why = TA_SKIP_REFAULT;
       return 0;
     }
   }
@@ -254,8 +353,8 @@ static int due_checked(double min_interval, int64_t min_free, ta_bind_skip_t *wh
   return 1;
 }
 
-static int64_t trim_checked(double min_interval, int64_t min_free, ta_bind_skip_t *why) {
-  return due_checked(min_interval, min_free, why) ? run_trim(why) : -1;
+static int64_t trim_checked(double min_interval, int64_t min_free, double share, ta_bind_skip_t *why) {
+  return due_checked(min_interval, min_free, share, why) ? run_trim(why) : -1;
 }
 
 static int64_t clamp_free(uint64_t min_free) {
@@ -264,7 +363,7 @@ static int64_t clamp_free(uint64_t min_free) {
 
 int ta_bind_due(double min_interval, uint64_t min_free, ta_bind_skip_t *why) {
   ta_bind_skip_t w;
-  return due_checked(min_interval, clamp_free(min_free), why ? why : &w);
+  return due_checked(min_interval, clamp_free(min_free), 0, why ? why : &w);
 }
 
 int64_t ta_bind_run_trim(ta_bind_skip_t *why) {
@@ -274,66 +373,19 @@ int64_t ta_bind_run_trim(ta_bind_skip_t *why) {
 
 int64_t ta_bind_trim_if_due2(double min_interval, uint64_t min_free, ta_bind_skip_t *why) {
   ta_bind_skip_t w;
-  return trim_checked(min_interval, clamp_free(min_free), why ? why : &w);
+  return trim_checked(min_interval, clamp_free(min_free), 0, why ? why : &w);
 }
 
 int64_t ta_bind_trim_if_due(double min_interval, uint64_t min_free) {
   return ta_bind_trim_if_due2(min_interval, min_free, NULL);
 }
 
-/* ---- the trimmer: a hook's policy ---- */
-
-int ta_bind_trimmer_init(ta_bind_trimmer_t *t, uint64_t every, int64_t min_free, double min_interval) {
-  if (every == 0 && min_free < 0) return EINVAL;
-  if (!(min_interval >= 0) || isinf(min_interval)) return EINVAL;
-  t->every = every;
-  t->min_free = min_free;
-  t->min_interval = min_interval;
-  atomic_init(&t->events, 0);
-  atomic_init(&t->since, 0);
-  atomic_init(&t->trims, 0);
-  atomic_init(&t->trimmed_bytes, 0);
-  atomic_init(&t->skipped, 0);
-  atomic_init(&t->coalesced, 0);
-  return 0;
+/* For bind_trimmer.c: a trimmer's decision, and its event (the idle trim). */
+int ta_bind_policy_due(double min_interval, int64_t min_free, double share, ta_bind_skip_t *why) {
+  return due_checked(min_interval, min_free, share, why);
 }
 
-int ta_bind_trimmer_decide(ta_bind_trimmer_t *t, ta_bind_skip_t *why) {
-  ta_bind_skip_t w;
-  if (!why) why = &w;
-  atomic_fetch_add_explicit(&t->events, 1, memory_order_relaxed);
-  uint64_t since = atomic_fetch_add_explicit(&t->since, 1, memory_order_relaxed) + 1;
-  int by_count = t->every > 0 && since >= t->every;
-  int due;
-  if (!by_count && t->min_free < 0) {
-    *why = TA_SKIP_NOT_DUE;
-    due = 0;
-  } else {
-    /* a count-triggered trim needs no free-bytes guard; one skipped by the
-     * rate limit is tried again at the next event */
-    due = due_checked(t->min_interval, by_count ? -1 : t->min_free, why);
-  }
-  if (!due) atomic_fetch_add_explicit(&t->skipped, 1, memory_order_relaxed);
-  return due;
-}
-
-int64_t ta_bind_trimmer_run(ta_bind_trimmer_t *t, ta_bind_skip_t *why) {
-  ta_bind_skip_t w;
-  if (!why) why = &w;
-  int64_t released = run_trim(why);
-  if (released >= 0) {
-    atomic_store_explicit(&t->since, 0, memory_order_relaxed);
-    atomic_fetch_add_explicit(&t->trims, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&t->trimmed_bytes, (uint64_t)released, memory_order_relaxed);
-  } else {
-    atomic_fetch_add_explicit(&t->skipped, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&t->coalesced, 1, memory_order_relaxed);
-  }
-  return released;
-}
-
-int64_t ta_bind_trimmer_event(ta_bind_trimmer_t *t, ta_bind_skip_t *why) {
-  ta_bind_skip_t w;
-  if (!why) why = &w;
-  return ta_bind_trimmer_decide(t, why) ? ta_bind_trimmer_run(t, why) : -1;
+void ta_bind_policy_event(void) {
+  atomic_store_explicit(&last_event_ns, now_ns(), memory_order_relaxed);
+  atomic_store_explicit(&last_event_cpu, ta_bind_cpu_ns(), memory_order_relaxed);
 }

@@ -3,7 +3,9 @@
  * Compiled into each extension (never into libtrimalloc.so), from these files:
  *   bind_backend.c  finding the core, or driving glibc: trim, stats, free bytes
  *   bind_policy.c   when to trim: the rate limit, the trimmer (every N events,
- *                   min_free), coalescing, deferred trims, the clock
+ *                   min_free), coalescing, deferred trims, the clock;
+ *                   bind_refault.c the refault budget's fault cost and CPU clock;
+ *                   bind_trimmer.c a hook's trimmer over that policy
  *   bind_prof.c     reading heap profiles (profile.proto) into call paths;
  *                   bind_inflate.c its gunzip; bind_prof_top.c the top-N rows
  *                   and table; bind_flame.c the SVG flame graph and collapsed stacks
@@ -105,9 +107,35 @@ uint64_t ta_bind_rss(void);
  *     returns at once; nothing is queued);
  *   - the free-bytes figure is read only when the rate limit would allow a
  *     trim, and at most once per TA_BIND_FREE_SAMPLE_NS: a decision costs one
- *     clock read and a few atomics, whatever the backend. */
+ *     clock read and a few atomics, whatever the backend;
+ *   - the refault budget (a trimmer with refault_share > 0; bind_refault.c):
+ *     a trim its free-bytes trigger asks for runs only when the pages free,
+ *     priced at what a page faulted back in costs (fault_ns, measured once
+ *     per process: MADV_DONTNEED and a write, 3 x 32 pages), come to at most
+ *     refault_share of the CPU time the process spent since the last trim:
+ *         free_bytes / page * fault_ns <= refault_share * cpu_since_last_trim
+ *     The next jobs fault back what they use, so this bounds the share of
+ *     CPU spent refaulting. A job that frees little, or faults that are
+ *     cheap, trim after every job; big frees on a VM whose faults are dear
+ *     wait until the process has worked enough. min_interval stays a floor
+ *     under it. A trim the budget holds back runs when the worker goes idle,
+ *     on the background thread: when no trimmer event came for
+ *     TA_BIND_IDLE_NS (and min_interval after the last trim) and the process
+ *     spent at most TA_BIND_IDLE_CPU of that time on a CPU, it trims without
+ *     the budget (an idle worker refaults nothing until its next job); a
+ *     process that did (in a long job) is priced again, and looked at again
+ *     TA_BIND_IDLE_NS later. It counts CPU time, not the clock: on a loaded
+ *     machine a job takes longer but costs the same, and a one-second limit
+ *     let a trim through after nearly every Celery task there (0.85-0.92 a
+ *     task, 6-7k faults each) where refault_share 0.25 with min_interval 0
+ *     let 0.15 through (1.5k faults; bench/results-2026-12-06-celery-refault.txt).
+ *     Off by default (refault_share 0). A count-triggered trim (`every`)
+ *     and the GC hooks' trims (ta_bind_due, ta_bind_trim_if_due) are not
+ *     priced. */
 
 #define TA_BIND_FREE_SAMPLE_NS 10000000ull /* 10 ms */
+#define TA_BIND_IDLE_NS 1000000000ull      /* 1 s without a trimmer event ... */
+#define TA_BIND_IDLE_CPU 0.05              /* ... and at most 5% of it on a CPU: idle */
 
 /* Why a trim did not run (the return value of the trimming calls is the
  * bytes released, or -1 with *why set). */
@@ -117,6 +145,7 @@ typedef enum {
   TA_SKIP_INTERVAL,  /* within min_interval of the last trim (deferred) */
   TA_SKIP_FREE,      /* less than min_free bytes free but resident */
   TA_SKIP_COALESCED, /* another trim was running */
+  TA_SKIP_REFAULT,   /* over the refault budget (deferred to the next idle time) */
 } ta_bind_skip_t;
 
 /* Rate-limited trim: a full trim when at least min_interval seconds passed
@@ -144,12 +173,20 @@ typedef struct ta_bind_trimmer_s {
   uint64_t every;      /* 0: no count trigger */
   int64_t min_free;    /* -1: no free-bytes trigger; 0: every event */
   double min_interval; /* seconds */
+  double refault_share; /* 0: no refault budget */
   _Atomic uint64_t events, since, trims, trimmed_bytes, skipped, coalesced;
+  _Atomic uint64_t refault_skips; /* skipped (and deferred) by the refault budget */
 } ta_bind_trimmer_t;
 
 /* Returns 0, or EINVAL when nothing could ever trigger (every == 0 and
- * min_free < 0) or min_interval is negative or not a number. */
+ * min_free < 0) or min_interval is negative or not a number. refault_share
+ * starts at 0 (no budget). */
 int ta_bind_trimmer_init(ta_bind_trimmer_t *t, uint64_t every, int64_t min_free, double min_interval);
+
+/* Sets the refault budget: the share of the process's CPU time that the
+ * refaults of this trimmer's trims may cost (0: no budget). EINVAL when
+ * negative or not finite. Call before the trimmer is shared. */
+int ta_bind_trimmer_set_share(ta_bind_trimmer_t *t, double refault_share);
 
 /* One event (a GC, a job, a request ended). Returns the bytes released, or
  * -1 (why, if not NULL, says why). Call it without the GVL/GIL. */
@@ -168,6 +205,9 @@ typedef struct {
   uint64_t deferred;  /* trims run by the background thread when due */
   uint64_t coalesced; /* requests folded into a running trim */
   uint64_t free_reads;/* free-bytes figures read (the rest came from the sample) */
+  uint64_t refault_skips; /* trims held back by the refault budget */
+  uint64_t idle_trims;    /* of `deferred`: the ones run because the worker went idle */
+  double fault_ns;        /* the cost of a fault the budget uses (measured on first read) */
 } ta_bind_policy_stats_t;
 void ta_bind_policy_stats(ta_bind_policy_stats_t *out);
 uint64_t ta_bind_deferred_trims(void);
@@ -175,6 +215,14 @@ uint64_t ta_bind_deferred_trims(void);
 /* For tests: moves the policy's clock (rate limit, deferred trims) forward
  * by `seconds`, and wakes the deferred-trim thread. */
 void ta_bind_clock_advance(double seconds);
+
+/* For tests: moves the refault budget's CPU clock forward by `seconds`;
+ * sets the cost of a fault (ns > 0; <= 0: back to the measured one); pins
+ * the free-bytes figure every policy decision reads (bytes >= 0; -1: the
+ * backend's again). */
+void ta_bind_cpu_advance(double seconds);
+void ta_bind_test_fault_ns(double ns);
+void ta_bind_test_free_bytes(int64_t bytes);
 
 /* For tests: a gate in the next trim, to show that the thread that trims
  * holds no interpreter lock. ta_bind_test_gate(1) arms it; the next trim
@@ -341,6 +389,7 @@ typedef struct {
   uint64_t every;      /* 0: off (None / nil) */
   int64_t min_free;    /* -1: off (None / nil) */
   double min_interval; /* seconds */
+  double refault_share; /* 0: no refault budget (ta_bind_trimmer_set_share) */
 } ta_bind_defaults_t;
 /* Every hook's defaults, ending with {NULL}. */
 extern const ta_bind_defaults_t ta_bind_defaults[];
@@ -348,13 +397,15 @@ extern const ta_bind_defaults_t ta_bind_defaults[];
 const ta_bind_defaults_t *ta_bind_defaults_for(const char *hook);
 
 /* A trimmer's counters ('u' fields): events, trims, skipped, coalesced,
- * trimmed_bytes. Fills out[0 .. TA_BIND_TRIMMER_NFIELDS-1]; returns the count. */
-#define TA_BIND_TRIMMER_NFIELDS 5
+ * trimmed_bytes, refault_skips. Fills out[0 .. TA_BIND_TRIMMER_NFIELDS-1];
+ * returns the count. */
+#define TA_BIND_TRIMMER_NFIELDS 6
 size_t ta_bind_trimmer_fields(ta_bind_trimmer_t *t, ta_bind_field_t *out);
 
 /* ta_bind_policy_stats as fields: pending and busy ('b': v.u 0 or 1),
- * deferred, coalesced, free_reads ('u'). Returns the count. */
-#define TA_BIND_POLICY_NFIELDS 5
+ * deferred, coalesced, free_reads, refault_skips, idle_trims ('u'), fault_ns
+ * ('d'). Returns the count. */
+#define TA_BIND_POLICY_NFIELDS 8
 size_t ta_bind_policy_fields(ta_bind_field_t *out);
 
 /* ta_bind_free_source's value as a name: "unknown", "dirty", "resident",

@@ -72,6 +72,25 @@ static PyObject *py_advance_clock(PyObject *m, PyObject *arg) {
   Py_RETURN_NONE;
 }
 
+static PyObject *py_advance_cpu(PyObject *m, PyObject *arg) {
+  (void)m;
+  double seconds = PyFloat_AsDouble(arg);
+  if (seconds == -1.0 && PyErr_Occurred()) return NULL;
+  ta_bind_cpu_advance(seconds);
+  Py_RETURN_NONE;
+}
+
+/* _test_refault(fault_ns, free_bytes): 0 / -1 give back the measured ones. */
+static PyObject *py_test_refault(PyObject *m, PyObject *args) {
+  (void)m;
+  double fault_ns;
+  long long free_bytes;
+  if (!PyArg_ParseTuple(args, "dL:_test_refault", &fault_ns, &free_bytes)) return NULL;
+  ta_bind_test_fault_ns(fault_ns);
+  ta_bind_test_free_bytes(free_bytes);
+  Py_RETURN_NONE;
+}
+
 static PyObject *py_rss(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
   return PyLong_FromUnsignedLongLong(ta_bind_rss());
@@ -136,10 +155,16 @@ PyMethodDef ta_py_backend_methods[] = {
      "free_bytes() -> bytes free but still resident in the allocator"},
     {"_advance_clock", py_advance_clock, METH_O,
      "_advance_clock(seconds): for tests, moves the rate limit's clock forward"},
+    {"_advance_cpu", py_advance_cpu, METH_O,
+     "_advance_cpu(seconds): for tests, moves the refault budget's CPU clock forward"},
+    {"_test_refault", py_test_refault, METH_VARARGS,
+     "_test_refault(fault_ns, free_bytes): for tests, sets the fault cost (0: measured) and pins "
+     "the free-bytes figure (-1: the backend's)"},
     {"rss", py_rss, METH_NOARGS, "rss() -> the process's resident set size in bytes"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict of the fields this backend measures"},
     {"policy_stats", py_policy_stats, METH_NOARGS,
-     "policy_stats() -> {deferred, coalesced, free_reads}: the trim policy's counters"},
+     "policy_stats() -> {pending, busy, deferred, coalesced, free_reads, refault_skips, idle_trims, "
+     "fault_ns}: the trim policy's counters and the fault cost its refault budget uses"},
     {"free_source", py_free_source, METH_NOARGS,
      "free_source() -> where free_bytes() comes from: dirty, resident, mallinfo2, mallinfo, unknown"},
     {"purger_state", py_purger_state, METH_NOARGS,

@@ -46,6 +46,15 @@ def check_interval(value: object, name: str = "min_interval") -> float:
     return float(value)
 
 
+def check_share(value: object, name: str = "refault_share") -> float:
+    """A share of CPU time: a number, finite and >= 0 (0: no refault budget)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number, not %r" % (name, value))
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("%s must be finite and >= 0, not %r" % (name, value))
+    return float(value)
+
+
 def check_bytes(value: object, name: str, none: bool = False) -> Optional[int]:
     """A byte count: an int >= 0 that fits in 64 bits (or None, with none=True)."""
     if none and value is None:
@@ -78,15 +87,18 @@ def renamed(old: str, new: str, value: object, where: str, stacklevel: int = 3) 
     return value
 
 
-def new_trimmer(every: Optional[int], min_free: Optional[int], min_interval: float) -> Any:
+def new_trimmer(every: Optional[int], min_free: Optional[int], min_interval: float,
+                refault_share: float = _trimalloc.DEFAULTS["trimmer"]["refault_share"]) -> Any:
     """The shared policy (core/bind's ta_bind_trimmer_t, trimalloc._trimalloc.Trimmer),
-    its settings checked here: every >= 1 or None, min_free >= 0 or None, not both None."""
+    its settings checked here: every >= 1 or None, min_free >= 0 or None, not both None,
+    refault_share a finite number >= 0 (0: no refault budget; core/bind/binding.h)."""
     every = check_count(every, "every", none=True)
     min_free = check_bytes(min_free, "min_free", none=True)
     interval = check_interval(min_interval)
+    share = check_share(refault_share)
     if every is None and min_free is None:
         raise ValueError("every and min_free are both None: nothing would ever trim")
-    return _trimalloc.Trimmer(every=every, min_free=min_free, min_interval=interval)
+    return _trimalloc.Trimmer(every=every, min_free=min_free, min_interval=interval, refault_share=share)
 
 
 def event(source: str, trimmer: Any) -> Optional[int]:

@@ -48,12 +48,14 @@ static PyObject *int_or_none(long long v, long long off) {
   return PyLong_FromLongLong(v);
 }
 
-/* DEFAULTS: {hook: {"every", "min_free", "min_interval"}} (core/bind's table). */
+/* DEFAULTS: {hook: {"every", "min_free", "min_interval", "refault_share"}}
+ * (core/bind's table). */
 static PyObject *make_defaults(void) {
   PyObject *d = PyDict_New();
   for (const ta_bind_defaults_t *h = ta_bind_defaults; d && h->hook; h++) {
-    PyObject *e = Py_BuildValue("{sNsNsd}", "every", int_or_none((long long)h->every, 0), "min_free",
-                                int_or_none(h->min_free, -1), "min_interval", h->min_interval);
+    PyObject *e = Py_BuildValue("{sNsNsdsd}", "every", int_or_none((long long)h->every, 0), "min_free",
+                                int_or_none(h->min_free, -1), "min_interval", h->min_interval,
+                                "refault_share", h->refault_share);
     if (ta_py_set_item(d, h->hook, e) < 0) Py_CLEAR(d);
   }
   return d;

@@ -10,17 +10,19 @@ typedef struct {
   ta_bind_trimmer_t t;
 } trimmer_object;
 
-/* Trimmer(every=None, min_free=0, min_interval=1.0), defaults from
- * DEFAULTS['trimmer']. trimalloc._hooks.new_trimmer checks the settings, with
- * messages naming the value; this converts them (every None: 0, off;
- * min_free None: -1, off, else clamped to INT64_MAX). */
+/* Trimmer(every=None, min_free=0, min_interval=1.0, refault_share=0),
+ * defaults from DEFAULTS['trimmer']. trimalloc._hooks.new_trimmer checks the
+ * settings, with messages naming the value; this converts them (every None:
+ * 0, off; min_free None: -1, off, else clamped to INT64_MAX). */
 static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-  static char *kwlist[] = {"every", "min_free", "min_interval", NULL};
+  static char *kwlist[] = {"every", "min_free", "min_interval", "refault_share", NULL};
   const ta_bind_defaults_t *dflt = ta_bind_defaults_for("trimmer");
-  PyObject *every_obj = NULL, *free_obj = NULL;
-  double interval = dflt->min_interval;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOd:Trimmer", kwlist, &every_obj, &free_obj, &interval))
+  PyObject *every_obj = NULL, *free_obj = NULL, *share_obj = NULL;
+  double interval = dflt->min_interval, share = dflt->refault_share;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOdO:Trimmer", kwlist, &every_obj, &free_obj, &interval,
+                                   &share_obj))
     return NULL;
+  if (share_obj) share = PyFloat_AsDouble(share_obj);
   uint64_t every = dflt->every, v;
   int64_t min_free = dflt->min_free;
   if (every_obj) every = every_obj == Py_None ? 0 : PyLong_AsUnsignedLongLong(every_obj);
@@ -37,6 +39,12 @@ static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     Py_DECREF(self);
     PyErr_Format(PyExc_ValueError, "Trimmer settings refused: every=%R and min_free=%R (both off), or a "
                  "negative min_interval", every_obj ? every_obj : Py_None, free_obj ? free_obj : Py_None);
+    return NULL;
+  }
+  if (ta_bind_trimmer_set_share(&self->t, share) != 0) {
+    Py_DECREF(self);
+    PyErr_Format(PyExc_ValueError, "Trimmer settings refused: refault_share=%R (negative or not finite)",
+                 share_obj);
     return NULL;
   }
   return (PyObject *)self;
@@ -111,6 +119,11 @@ static PyObject *trimmer_get_min_interval(PyObject *self, void *unused) {
   return PyFloat_FromDouble(((trimmer_object *)self)->t.min_interval);
 }
 
+static PyObject *trimmer_get_refault_share(PyObject *self, void *unused) {
+  (void)unused;
+  return PyFloat_FromDouble(((trimmer_object *)self)->t.refault_share);
+}
+
 static PyMethodDef trimmer_methods[] = {
     {"event", trimmer_event, METH_NOARGS,
      "event() -> bytes released, or None: one GC, job or request ended"},
@@ -119,7 +132,7 @@ static PyMethodDef trimmer_methods[] = {
     {"run", trimmer_run, METH_NOARGS,
      "run() -> bytes released, or None (coalesced): the trim decide() asked for, without the GIL"},
     {"stats", trimmer_stats, METH_NOARGS,
-     "stats() -> {events, trims, skipped, coalesced, trimmed_bytes}"},
+     "stats() -> {events, trims, skipped, coalesced, trimmed_bytes, refault_skips}"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -127,6 +140,8 @@ static PyGetSetDef trimmer_getset[] = {
     {"every", trimmer_get_every, NULL, "trim every this many events (None: off)", NULL},
     {"min_free", trimmer_get_min_free, NULL, "trim when this many bytes are free (None: off)", NULL},
     {"min_interval", trimmer_get_min_interval, NULL, "seconds between trims, at least", NULL},
+    {"refault_share", trimmer_get_refault_share, NULL,
+     "share of the CPU time the refaults of trims may cost (0: no refault budget)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -135,7 +150,7 @@ static PyType_Slot trimmer_slots[] = {
     {Py_tp_dealloc, (void *)trimmer_dealloc},
     {Py_tp_methods, trimmer_methods},
     {Py_tp_getset, trimmer_getset},
-    {Py_tp_doc, (void *)"Trimmer(every, min_free, min_interval): one hook's trim policy (core/bind, "
+    {Py_tp_doc, (void *)"Trimmer(every, min_free, min_interval, refault_share): one hook's trim policy (core/bind, "
                         "the same as the Ruby gem's Trimalloc::Trimmer); defaults: DEFAULTS['trimmer']."},
     {0, NULL},
 };

@@ -12,6 +12,10 @@ task_postrun: the shared policy (core/bind, the same as the Ruby gem's
 Sidekiq middleware): trim when at least min_free bytes are free but resident
 (0: after every task) or every `every` tasks (None: off), at most once per
 min_interval seconds per process; a trim skipped by that limit runs when due.
+refault_share > 0 prices each trim by the refault (core/bind/binding.h): it
+runs when the pages free, at the measured cost of faulting one back in, come
+to at most that share of the CPU time the process spent since its last trim;
+one held back runs when the worker goes idle (1 s without a task ending).
 One INFO line from the logger "trimalloc.celery" per process that runs tasks,
 whatever the pool: each prefork child (worker_process_init), or the worker
 itself for the solo, threads, eventlet and gevent pools (worker_init), e.g.
@@ -42,6 +46,7 @@ _UNSET = object()
 DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["job"]["min_interval"]
 DEFAULT_MIN_FREE = _trimalloc.DEFAULTS["job"]["min_free"]
 DEFAULT_EVERY = _trimalloc.DEFAULTS["job"]["every"]
+DEFAULT_REFAULT_SHARE = _trimalloc.DEFAULTS["job"]["refault_share"]  # 0: no refault budget
 
 _settings: Dict[str, Any] = {"app": None, "trimmer": None}
 _COUNTS = _trimalloc.TRIMMER_COUNTS  # the keys of a trimmer's stats()
@@ -91,7 +96,7 @@ def _worker_init(sender: Any = None, **kwargs: Any) -> None:
 
 def install(app: Optional[Any] = None, min_interval: float = DEFAULT_MIN_INTERVAL,
             min_free: Any = _UNSET, every: Optional[int] = DEFAULT_EVERY,
-            min_freed: Any = _UNSET) -> None:
+            min_freed: Any = _UNSET, refault_share: float = DEFAULT_REFAULT_SHARE) -> None:
     """Connect the trim to task_postrun and the log line to worker_process_init / worker_init.
 
     app: trim only after this app's tasks (None: any task). Calling install()
@@ -105,7 +110,7 @@ def install(app: Optional[Any] = None, min_interval: float = DEFAULT_MIN_INTERVA
         min_free = DEFAULT_MIN_FREE
     if app is not None and not hasattr(app, "tasks"):
         raise TypeError("app must be a Celery app, not %r" % (app,))
-    trimmer = _hooks.new_trimmer(every, min_free, min_interval)
+    trimmer = _hooks.new_trimmer(every, min_free, min_interval, refault_share)
     old = _settings["trimmer"]
     if old is not None:
         for k, v in old.stats().items():

@@ -66,9 +66,11 @@ def run_py(code: str, preload: bool = False, env: Optional[Dict[str, str]] = Non
 
 def fresh_rate_limit() -> None:
     """The last trim an hour ago, in this process: the rate limit lets the next
-    trim run. A deferred trim this wakes up is waited for (then the clock is
-    moved past it too), so that it cannot land in the middle of a test."""
+    trim run (and an hour of CPU time ago: so does a refault budget). A
+    deferred trim this wakes up is waited for (then the clock is moved past it
+    too), so that it cannot land in the middle of a test."""
     from trimalloc import _trimalloc
+    _trimalloc._advance_cpu(3600)
     _trimalloc._advance_clock(3600)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@ behaviour names as test/ruby/policy_test.rb. Nothing here depends on the
 machine's speed: the rate limit's clock is moved by the test, and the
 interpreter-lock tests use a gate the trim waits at."""
 import json
+import os
 import threading
 import time
 
@@ -139,6 +140,73 @@ def test_free_figure_is_sampled_not_read_per_event():
     assert 1 <= reads <= elapsed // 10_000_000 + 2, (reads, elapsed)  # at most one per 10 ms
 
 
+@pytest.fixture
+def refault():
+    """Sets the refault budget's fault cost (ns a page) and pins the free
+    bytes every decision reads; both back to the real ones after the test."""
+    yield _trimalloc._test_refault
+    _trimalloc._test_refault(0, -1)
+    fresh()
+
+
+PAGE = os.sysconf("SC_PAGESIZE")
+
+
+def test_cheap_faults_let_back_to_back_jobs_each_trim(refault):
+    fresh()
+    refault(1e-9, 64 << 20)  # 64 MiB free after every job, faults all but free
+    t = _trimalloc.Trimmer(min_interval=0, refault_share=0.1)
+    got = []
+    for _ in range(5):
+        _trimalloc._advance_cpu(1e-6)  # each job runs (at least) a microsecond
+        got.append(t.event() is not None)
+    assert got == [True] * 5
+    assert t.stats()["trims"] == 5 and t.stats()["refault_skips"] == 0
+
+
+def test_dear_faults_wait_until_the_job_spent_enough_cpu(refault):
+    fresh()
+    refault(1e6, 1000 * PAGE)  # 1000 pages free at 1 ms each: a trim costs 1 s of refaults
+    t = _trimalloc.Trimmer(min_interval=0, refault_share=0.1)  # so it needs 10 s of CPU
+    before = _trimalloc.policy_stats()["refault_skips"]
+    assert t.event() is not None  # an hour of CPU since the last trim (fresh)
+    assert t.event() is None  # back to back: held back
+    _trimalloc._advance_cpu(5)
+    assert t.event() is None  # 0.5 s of budget for 1 s of refaults
+    _trimalloc._advance_cpu(6)
+    assert t.event() is not None  # 11 s of CPU: 1.1 s of budget
+    assert t.stats()["refault_skips"] == 2 and t.stats()["trims"] == 2
+    assert _trimalloc.policy_stats()["refault_skips"] == before + 2
+    refault(1e6, 0)
+    assert t.event() is not None  # nothing free: nothing to refault
+
+
+def test_trim_held_back_by_the_budget_runs_when_the_worker_goes_idle(refault):
+    fresh()
+    refault(1e6, 1000 * PAGE)
+    t = _trimalloc.Trimmer(min_interval=0, refault_share=0.1)
+    assert t.event() is not None
+    idle = _trimalloc.policy_stats()["idle_trims"]
+    assert t.event() is None and _trimalloc.policy_stats()["pending"]
+    _trimalloc._advance_clock(2)  # no job for 2 s: idle, and an idle worker refaults nothing
+    deadline = time.monotonic() + 60
+    while _trimalloc.policy_stats()["idle_trims"] == idle and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert _trimalloc.policy_stats()["idle_trims"] == idle + 1
+
+
+def test_count_trigger_and_no_share_are_not_priced(refault):
+    fresh()
+    refault(1e6, 1000 * PAGE)
+    counted = _trimalloc.Trimmer(every=1, min_free=None, min_interval=0, refault_share=0.1)
+    plain = _trimalloc.Trimmer(min_interval=0)  # refault_share 0: no budget
+    assert [counted.event() is not None, plain.event() is not None] * 2 == [True, True] * 2
+
+
+def test_fault_cost_is_measured():
+    assert _trimalloc.policy_stats()["fault_ns"] > 0
+
+
 OLD_GLIBC = r'''
 import json
 from trimalloc import _trimalloc
@@ -169,8 +237,12 @@ def test_defaults_are_core_binds():
     assert set(d) == {"trimmer", "gc", "job", "request", "out_of_band"}, d
 
     def settings(h):
-        return {"every": h.every, "min_free": h.min_free, "min_interval": h.min_interval}
+        t = getattr(h, "trimmer", h)  # TrimMiddleware holds its trimmer
+        return {"every": h.every, "min_free": h.min_free, "min_interval": h.min_interval,
+                "refault_share": t.refault_share}
 
+    # the refault budget is opt-in: no hook has one unless asked
+    assert {h["refault_share"] for h in d.values()} == {0.0}
     assert settings(TrimMiddleware(lambda e, s: [])) == d["request"]
     assert settings(trimalloc.gunicorn.post_request.trimmer) == d["request"]
     assert settings(trimalloc.gunicorn.make_post_request().trimmer) == d["request"]
@@ -192,7 +264,9 @@ def test_defaults_are_core_binds():
 def test_counter_names_are_core_binds():
     assert tuple(_trimalloc.Trimmer(every=1).stats()) == _trimalloc.TRIMMER_COUNTS
     assert set(trimalloc.celery.stats()) == set(_trimalloc.TRIMMER_COUNTS) | {"tasks"}
-    assert set(_trimalloc.policy_stats()) == {"pending", "busy", "deferred", "coalesced", "free_reads"}
+    assert "refault_skips" in _trimalloc.TRIMMER_COUNTS
+    assert set(_trimalloc.policy_stats()) == {"pending", "busy", "deferred", "coalesced", "free_reads",
+                                              "refault_skips", "idle_trims", "fault_ns"}
     assert _trimalloc.PRELOAD == {"failed": -1, "active": 0, "guard": 1, "forked": 2, "rewritten": 3,
                                   "not_a_file": 4, "no_library": 5}
 
@@ -221,7 +295,8 @@ def test_wrong_arguments_name_the_value():
 
     def trimmer(**kw):
         settings = dict(_trimalloc.DEFAULTS["trimmer"], **kw)
-        return _hooks.new_trimmer(settings["every"], settings["min_free"], settings["min_interval"])
+        return _hooks.new_trimmer(settings["every"], settings["min_free"], settings["min_interval"],
+                                  settings["refault_share"])
 
     with pytest.raises(ValueError, match="both None"):
         trimmer(every=None, min_free=None)
@@ -237,3 +312,19 @@ def test_wrong_arguments_name_the_value():
         trimmer(min_interval=-2)
     with pytest.raises(ValueError, match=str(1 << 70)):
         trimmer(min_free=1 << 70)
+    with pytest.raises(ValueError, match="refault_share.*-0.5"):
+        trimmer(refault_share=-0.5)
+    with pytest.raises(ValueError, match="refault_share.*inf"):
+        trimmer(refault_share=float("inf"))
+    with pytest.raises(TypeError, match="refault_share.*'lots'"):
+        trimmer(refault_share="lots")
+    with pytest.raises(TypeError, match="refault_share.*True"):
+        trimmer(refault_share=True)
+    with pytest.raises(TypeError, match="refault_share.*'lots'"):
+        trimalloc.celery.install(refault_share="lots")
+    assert trimmer(refault_share=0.25).refault_share == 0.25
+    trimalloc.celery.install(refault_share=0.25)
+    try:
+        assert trimalloc.celery._settings["trimmer"].refault_share == 0.25
+    finally:
+        trimalloc.celery.uninstall()

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "test_helper"
+require "etc"
 require "trimalloc/rack"
 require "trimalloc/sidekiq"
 
@@ -140,6 +141,87 @@ class PolicyTest < Minitest::Test
     assert_includes 1..(elapsed / 10_000_000 + 2), reads, "at most one read per 10 ms (#{elapsed} ns)"
   end
 
+  PAGE = Etc.sysconf(Etc::SC_PAGESIZE)
+
+  # The refault budget's fault cost (ns a page) and a pinned free-bytes
+  # figure for the block; the real ones again after it.
+  def with_refault(fault_ns, free_bytes)
+    refault(fault_ns, free_bytes)
+    yield
+  ensure
+    refault(0, -1)
+    fresh
+  end
+
+  def refault(fault_ns, free_bytes)
+    Trimalloc.send(:test_refault, fault_ns, free_bytes)
+  end
+
+  def cpu(seconds)
+    Trimalloc.send(:advance_cpu, seconds)
+  end
+
+  def test_cheap_faults_let_back_to_back_jobs_each_trim
+    fresh
+    with_refault(1e-9, 64 << 20) do # 64 MiB free after every job, faults all but free
+      t = Trimalloc::Trimmer.new(min_interval: 0, refault_share: 0.1)
+      got = Array.new(5) do
+        cpu(1e-6) # each job runs (at least) a microsecond
+        !t.event.nil?
+      end
+      assert_equal [true] * 5, got
+      assert_equal 5, t.stats[:trims]
+      assert_equal 0, t.stats[:refault_skips]
+    end
+  end
+
+  def test_dear_faults_wait_until_the_job_spent_enough_cpu
+    fresh
+    # 1000 pages free at 1 ms each: a trim costs 1 s of refaults, so it needs 10 s of CPU
+    with_refault(1e6, 1000 * PAGE) do
+      t = Trimalloc::Trimmer.new(min_interval: 0, refault_share: 0.1)
+      before = Trimalloc.policy_stats[:refault_skips]
+      assert t.event, "an hour of CPU since the last trim (fresh)"
+      assert_nil t.event, "back to back: held back"
+      cpu(5)
+      assert_nil t.event, "0.5 s of budget for 1 s of refaults"
+      cpu(6)
+      assert t.event, "11 s of CPU: 1.1 s of budget"
+      assert_equal 2, t.stats[:refault_skips]
+      assert_equal 2, t.stats[:trims]
+      assert_equal before + 2, Trimalloc.policy_stats[:refault_skips]
+      refault(1e6, 0)
+      assert t.event, "nothing free: nothing to refault"
+    end
+  end
+
+  def test_trim_held_back_by_the_budget_runs_when_the_worker_goes_idle
+    fresh
+    with_refault(1e6, 1000 * PAGE) do
+      t = Trimalloc::Trimmer.new(min_interval: 0, refault_share: 0.1)
+      assert t.event
+      idle = Trimalloc.policy_stats[:idle_trims]
+      assert_nil t.event
+      assert Trimalloc.policy_stats[:pending]
+      clock(2) # no job for 2 s: idle, and an idle worker refaults nothing
+      wait_for { Trimalloc.policy_stats[:idle_trims] > idle }
+      assert_equal idle + 1, Trimalloc.policy_stats[:idle_trims]
+    end
+  end
+
+  def test_count_trigger_and_no_share_are_not_priced
+    fresh
+    with_refault(1e6, 1000 * PAGE) do
+      counted = Trimalloc::Trimmer.new(every: 1, min_free: nil, min_interval: 0, refault_share: 0.1)
+      plain = Trimalloc::Trimmer.new(min_interval: 0) # refault_share 0: no budget
+      assert_equal [true, true] * 2, Array.new(2) { [!counted.event.nil?, !plain.event.nil?] }.flatten
+    end
+  end
+
+  def test_fault_cost_is_measured
+    assert_operator Trimalloc.policy_stats[:fault_ns], :>, 0
+  end
+
   OLD_GLIBC = <<~RUBY
     require "trimalloc"
     t = Trimalloc::Trimmer.new(every: nil, min_free: 1, min_interval: 0)
@@ -166,7 +248,11 @@ class PolicyTest < Minitest::Test
     # default spelled again in Ruby and changed there fails here.
     d = Trimalloc.const_get(:Native)::DEFAULTS
     assert_equal %i[trimmer gc job request out_of_band].sort, d.keys.sort
-    settings = ->(t) { { every: t.every, min_free: t.min_free, min_interval: t.min_interval } }
+    settings = lambda do |t|
+      { every: t.every, min_free: t.min_free, min_interval: t.min_interval, refault_share: t.refault_share }
+    end
+    # the refault budget is opt-in: no hook has one unless asked
+    assert_equal [0.0], d.values.map { |h| h[:refault_share] }.uniq
     assert_equal d[:request], settings.call(Trimalloc::Rack.new(->(_) {}).trimmer)
     assert_equal d[:job], settings.call(Trimalloc::Sidekiq.new.trimmer)
     assert_equal d[:trimmer], settings.call(Trimalloc::Trimmer.new)
@@ -182,7 +268,9 @@ class PolicyTest < Minitest::Test
   def test_counter_names_are_core_binds
     native = Trimalloc.const_get(:Native)
     assert_equal native::TRIMMER_COUNTS, Trimalloc::Trimmer.new(every: 1).stats.keys
-    assert_equal %i[pending busy deferred coalesced free_reads], Trimalloc.policy_stats.keys
+    assert_includes native::TRIMMER_COUNTS, :refault_skips
+    assert_equal %i[pending busy deferred coalesced free_reads refault_skips idle_trims fault_ns],
+                 Trimalloc.policy_stats.keys
     assert_equal({ failed: -1, active: 0, guard: 1, forked: 2, rewritten: 3, not_a_file: 4, no_library: 5 },
                  native::PRELOAD)
   end
@@ -212,6 +300,17 @@ class PolicyTest < Minitest::Test
     assert_match(/-1/, e.message)
     assert_raises(TypeError) { Trimalloc::Trimmer.new(min_free: 1.5) }
     assert_raises(ArgumentError) { Trimalloc::Trimmer.new(min_interval: -2) }
+    e = assert_raises(ArgumentError) { Trimalloc::Trimmer.new(refault_share: -0.5) }
+    assert_match(/refault_share.*-0.5/, e.message)
+    e = assert_raises(ArgumentError) { Trimalloc::Trimmer.new(refault_share: Float::INFINITY) }
+    assert_match(/refault_share.*Infinity/, e.message)
+    e = assert_raises(TypeError) { Trimalloc::Trimmer.new(refault_share: "lots") }
+    assert_match(/refault_share.*"lots"/, e.message)
+    e = assert_raises(TypeError) { Trimalloc::Trimmer.new(refault_share: nil) }
+    assert_match(/refault_share.*nil/, e.message)
+    # Sidekiq takes the job hooks' settings, refault_share among them (Celery's install(refault_share=))
+    assert_equal 0.25, Trimalloc::Sidekiq.new(refault_share: 0.25, min_interval: 0.5).trimmer.refault_share
+    assert_raises(TypeError) { Trimalloc::Sidekiq.new(refault_share: "lots") }
     assert_raises(ArgumentError) { Trimalloc::Trimmer.new(bogus: 1) }
     assert_raises(ArgumentError) { Trimalloc::Sidekiq.new(bogus: 1) }
   end

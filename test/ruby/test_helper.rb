@@ -60,9 +60,11 @@ module TrimallocTest
   end
 
   # The last trim an hour ago, in this process: the rate limit lets the next
-  # trim run. A deferred trim this wakes up is waited for (then the clock is
-  # moved past it too), so that it cannot land in the middle of a test.
+  # trim run (and an hour of CPU time ago: so does a refault budget). A
+  # deferred trim this wakes up is waited for (then the clock is moved past it
+  # too), so that it cannot land in the middle of a test.
   def fresh_rate_limit
+    Trimalloc.send(:advance_cpu, 3600)
     Trimalloc.send(:advance_clock, 3600)
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
     loop do

@@ -74,6 +74,20 @@ static VALUE m_advance_clock(VALUE self, VALUE seconds) {
   return Qnil;
 }
 
+/* Trimalloc.advance_cpu(seconds), Trimalloc.test_refault(fault_ns, free_bytes)
+ * (private, for tests): the refault budget's CPU clock; the fault cost (0:
+ * the measured one) and a pinned free-bytes figure (-1: the backend's). */
+static VALUE m_advance_cpu(VALUE self, VALUE seconds) {
+  ta_bind_cpu_advance(NUM2DBL(seconds));
+  return Qnil;
+}
+
+static VALUE m_test_refault(VALUE self, VALUE fault_ns, VALUE free_bytes) {
+  ta_bind_test_fault_ns(NUM2DBL(fault_ns));
+  ta_bind_test_free_bytes((int64_t)NUM2LL(free_bytes));
+  return Qnil;
+}
+
 #define SYM(s) ID2SYM(rb_intern(s))
 
 /* Trimalloc.policy_stats -> process-wide counters of the trim policy. */
@@ -123,6 +137,8 @@ void ta_rb_init_backend(void) {
   rb_define_module_function(ta_rb_mNative, "purger_state", m_purger_state, 0);
   VALUE s = rb_singleton_class(m);
   rb_define_private_method(s, "advance_clock", m_advance_clock, 1);
+  rb_define_private_method(s, "advance_cpu", m_advance_cpu, 1);
+  rb_define_private_method(s, "test_refault", m_test_refault, 2);
   rb_define_private_method(s, "test_gate", m_test_gate, 1);
   rb_define_private_method(s, "test_gate_open", m_test_gate_open, 0);
   rb_define_private_method(s, "test_gate_state", m_test_gate_state, 0);

@@ -28,7 +28,8 @@ VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n) {
 
 #define SYM(s) ID2SYM(rb_intern(s))
 
-/* Native::DEFAULTS: {hook: {every:, min_free:, min_interval:}}, frozen (nil: off). */
+/* Native::DEFAULTS: {hook: {every:, min_free:, min_interval:, refault_share:}},
+ * frozen (nil: off). */
 static VALUE make_defaults(void) {
   VALUE all = rb_hash_new();
   for (const ta_bind_defaults_t *d = ta_bind_defaults; d->hook; d++) {
@@ -36,6 +37,7 @@ static VALUE make_defaults(void) {
     rb_hash_aset(h, SYM("every"), d->every ? ULL2NUM(d->every) : Qnil);
     rb_hash_aset(h, SYM("min_free"), d->min_free < 0 ? Qnil : LL2NUM(d->min_free));
     rb_hash_aset(h, SYM("min_interval"), DBL2NUM(d->min_interval));
+    rb_hash_aset(h, SYM("refault_share"), DBL2NUM(d->refault_share));
     rb_hash_aset(all, SYM(d->hook), rb_obj_freeze(h));
   }
   return rb_obj_freeze(all);

@@ -3,11 +3,12 @@
  *
  *   t = Trimalloc::Trimmer.new(every: 100, min_free: 64 << 20, min_interval: 1.0)
  *   t.event   # -> bytes released, or nil when no trim ran
- *   t.stats   # -> {events:, trims:, skipped:, coalesced:, trimmed_bytes:}
+ *   t.stats   # -> {events:, trims:, skipped:, coalesced:, trimmed_bytes:, refault_skips:}
  *
  * every: nil or a positive Integer; min_free: nil or an Integer >= 0 (bytes);
- * min_interval: seconds >= 0, checked by #initialize (native.rb). The trim
- * runs without the GVL. */
+ * min_interval: seconds >= 0; refault_share: >= 0, the share of the CPU time
+ * the refaults of trims may cost (0: no refault budget; binding.h); checked by
+ * #initialize (native.rb). The trim runs without the GVL. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <ruby/thread.h>
@@ -34,6 +35,7 @@ static VALUE trimmer_alloc(VALUE klass) {
   VALUE obj = TypedData_Make_Struct(klass, ta_bind_trimmer_t, &trimmer_type, t);
   const ta_bind_defaults_t *d = ta_bind_defaults_for("trimmer");
   ta_bind_trimmer_init(t, d->every, d->min_free, d->min_interval);
+  ta_bind_trimmer_set_share(t, d->refault_share);
   return obj;
 }
 
@@ -43,13 +45,15 @@ static ta_bind_trimmer_t *get(VALUE self) {
   return t;
 }
 
-/* #setup(every, min_free, min_interval) (private): Trimmer#initialize
- * (native.rb) checks and converts the settings (every 0: off, min_free -1:
- * off); this only stores them. */
-static VALUE trimmer_setup(VALUE self, VALUE every, VALUE min_free, VALUE min_interval) {
+/* #setup(every, min_free, min_interval, refault_share) (private):
+ * Trimmer#initialize (native.rb) checks and converts the settings (every 0:
+ * off, min_free -1: off); this only stores them. */
+static VALUE trimmer_setup(VALUE self, VALUE every, VALUE min_free, VALUE min_interval, VALUE refault_share) {
   if (ta_bind_trimmer_init(get(self), NUM2ULL(every), NUM2LL(min_free), NUM2DBL(min_interval)) != 0)
     rb_raise(rb_eArgError, "trimmer settings refused (every %" PRIsVALUE ", min_free %" PRIsVALUE
              ", min_interval %" PRIsVALUE ")", rb_inspect(every), rb_inspect(min_free), rb_inspect(min_interval));
+  if (ta_bind_trimmer_set_share(get(self), NUM2DBL(refault_share)) != 0)
+    rb_raise(rb_eArgError, "trimmer settings refused (refault_share %" PRIsVALUE ")", rb_inspect(refault_share));
   return self;
 }
 
@@ -92,13 +96,18 @@ static VALUE trimmer_min_interval(VALUE self) {
   return DBL2NUM(get(self)->min_interval);
 }
 
+static VALUE trimmer_refault_share(VALUE self) {
+  return DBL2NUM(get(self)->refault_share);
+}
+
 void ta_rb_init_trimmer(void) {
   cTrimmer = rb_define_class_under(ta_rb_mTrimalloc, "Trimmer", rb_cObject);
   rb_define_alloc_func(cTrimmer, trimmer_alloc);
-  rb_define_private_method(cTrimmer, "setup", trimmer_setup, 3);
+  rb_define_private_method(cTrimmer, "setup", trimmer_setup, 4);
   rb_define_method(cTrimmer, "event", trimmer_event, 0);
   rb_define_method(cTrimmer, "stats", trimmer_stats, 0);
   rb_define_method(cTrimmer, "every", trimmer_every, 0);
   rb_define_method(cTrimmer, "min_free", trimmer_min_free, 0);
   rb_define_method(cTrimmer, "min_interval", trimmer_min_interval, 0);
+  rb_define_method(cTrimmer, "refault_share", trimmer_refault_share, 0);
 }

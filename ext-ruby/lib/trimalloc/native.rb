@@ -18,6 +18,16 @@ module Trimalloc
         value.to_f
       end
 
+      # A share of CPU time (refault_share): a Numeric, finite and >= 0.
+      def share(value, name)
+        raise TypeError, "#{name} must be Numeric (given #{value.inspect})" unless value.is_a?(Numeric)
+        unless value.to_f >= 0 && value.to_f.finite?
+          raise ArgumentError, "#{name} must be finite and >= 0 (given #{value.inspect})"
+        end
+
+        value.to_f
+      end
+
       # A byte count, Integer >= 0 (clamped to INT64_MAX); nil -> -1 (off).
       def bytes_or_nil(value, name)
         return -1 if value.nil?
@@ -53,14 +63,17 @@ module Trimalloc
   # One hook's trim policy (core/bind's trimmer); see trimmer.c.
   class Trimmer
     # every: a positive Integer or nil (off); min_free: bytes, or nil (off);
-    # min_interval: seconds. Defaults: core/bind's for a trimmer.
+    # min_interval: seconds; refault_share: the share of the CPU time the
+    # refaults of its trims may cost (0: no refault budget; binding.h).
+    # Defaults: core/bind's for a trimmer.
     def initialize(every: Native::DEFAULTS[:trimmer][:every], min_free: Native::DEFAULTS[:trimmer][:min_free],
-                   min_interval: Native::DEFAULTS[:trimmer][:min_interval])
+                   min_interval: Native::DEFAULTS[:trimmer][:min_interval],
+                   refault_share: Native::DEFAULTS[:trimmer][:refault_share])
       every = Native.count_or_nil(every, "every")
       min_free = Native.bytes_or_nil(min_free, "min_free")
       raise ArgumentError, "every and min_free are both nil: nothing would ever trim" if every.zero? && min_free.negative?
 
-      setup(every, min_free, Native.seconds(min_interval, "min_interval"))
+      setup(every, min_free, Native.seconds(min_interval, "min_interval"), Native.share(refault_share, "refault_share"))
     end
   end
 

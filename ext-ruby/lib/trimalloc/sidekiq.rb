@@ -8,7 +8,8 @@ module Trimalloc
   # (nil: off); never twice within min_interval seconds (process-wide, so
   # many job threads trim at most once per interval). A trim skipped by the
   # rate limit runs when due on a background thread. Same policy and names as
-  # the Python package's Celery integration (Trimalloc::Trimmer).
+  # the Python package's Celery integration (Trimalloc::Trimmer), the refault
+  # budget too (refault_share:, 0 by default: off; see core/bind/binding.h).
   # With tag: true (the default), the job's class (an ActiveJob's wrapped
   # class) is the thread's profiler tag while it runs: the samples it takes
   # carry it as their "tag" label (Trimalloc::Profile).

@@ -147,10 +147,10 @@ static __attribute__((noinline, noreturn, cold)) void overflow(void *p) {
 
 /* The hardened build does not hand a block just freed straight back to the
  * next malloc of its class (a use after free would then find the new
- * object in it): the block goes in behind 1 or 2 of the bin's blocks, which
- * drawn from its address and the secret cookie; an empty bin is filled
+ * object in it): the block goes in behind 1 or 2 of the bin's blocks (which one is
+ * drawn from its address and the secret cookie); an empty bin is filled
  * first. The links walked are checked as malloc's pop checks them, and
- * malloc the two blocks after the one it pops (check_ahead).
+ * malloc checks the two blocks after the one it pops (check_ahead).
  * Pre: count < tb->max. */
 /* An empty bin: filled first, so that there is a block to go behind. */
 static __attribute__((noinline)) void push_delayed_empty(ta_tcache_t *tc, size_t cls, ta_block_t *b) {

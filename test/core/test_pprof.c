@@ -225,8 +225,6 @@ static void test_large(void) {
 /* Names of random bytes do not shrink: the writer falls back to stored
  * blocks, and the names come back byte for byte. */
 static void test_incompressible(void) {
-  ta_pprof_t *p = ta_pprof_begin(1, 0);
-  if (!CHECK(p != NULL)) return;
   static char names[64][2001];
   uint64_t x = 88172645463325252ull;
   for (int i = 0; i < 64; i++) {
@@ -235,12 +233,31 @@ static void test_incompressible(void) {
       names[i][k] = (char)(1 + x % 255);
     }
     names[i][2000] = 0;
-    uint64_t loc = ta_pprof_location(p, 0, 0, ta_pprof_function(p, names[i], NULL), i + 1);
-    int64_t v[4] = {1, 1, 1, 1};
-    ta_pprof_sample(p, &loc, 1, v, NULL);
   }
   char path[256];
-  finish_at(p, out_path("random.pb.gz", path));
+  /* Under qemu-user (test_runner), CI saw ta_pprof_finish give ENOMEM here
+   * twice in about ten aarch64 16k runs (a mapping the emulator refused;
+   * not reproduced in 8 runs alone, never seen natively): there the case
+   * gets one more try, and must pass it. */
+  for (int attempt = 0;; attempt++) {
+    ta_pprof_t *p = ta_pprof_begin(1, 0);
+    if (!CHECK(p != NULL)) return;
+    for (int i = 0; i < 64; i++) {
+      uint64_t loc = ta_pprof_location(p, 0, 0, ta_pprof_function(p, names[i], NULL), i + 1);
+      int64_t v[4] = {1, 1, 1, 1};
+      ta_pprof_sample(p, &loc, 1, v, NULL);
+    }
+    out_path("random.pb.gz", path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int err = ta_pprof_finish(p, fd);
+    close(fd);
+    if (err == ENOMEM && attempt == 0 && test_runner()) {
+      fprintf(stdout, "   %s: ta_pprof_finish gave ENOMEM; once more\n", test_runner());
+      continue;
+    }
+    if (!CHECK(err == 0, "finish %s: %d", path, err)) return;
+    break;
+  }
   struct stat st;
   stat(path, &st);
   static prof_t pr;

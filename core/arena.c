@@ -132,18 +132,20 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
   return got;
 }
 
+/* A put into a slab failed (bin lock held): one line, and the process ends. */
+static __attribute__((noreturn, cold)) void put_failed(ta_bin_t *bin, ta_put_t put, void *p) {
+  ta_unlock(&bin->lock);
+  ta_error(put == TA_PUT_FREE    ? "free: double free"
+           : put == TA_PUT_NEVER ? "free: invalid pointer (never allocated)"
+                                 : "free: invalid pointer",
+           p);
+}
+
 /* Puts one block back in its slab's bitmap (bin lock held). The slab's
- * bucket and the bin's dirty count are brought up to date by slab_settle,
- * once per run of blocks of one slab. */
+ * bucket and the bin's dirty count are brought up to date by slab_settle. */
 static inline void put_block(ta_bin_t *bin, ta_span_t *sp, void *p, size_t cls, ta_pagedelta_t *d) {
   ta_put_t put = sp->kind == TA_SPAN_SLAB && sp->cls == cls ? ta_slab_put(sp, p, d) : TA_PUT_NOT_BLOCK;
-  if (ta_unlikely(put != TA_PUT_OK)) {
-    ta_unlock(&bin->lock);
-    ta_error(put == TA_PUT_FREE    ? "free: double free"
-             : put == TA_PUT_NEVER ? "free: invalid pointer (never allocated)"
-                                   : "free: invalid pointer",
-             p);
-  }
+  if (ta_unlikely(put != TA_PUT_OK)) put_failed(bin, put, p);
 }
 
 /* After blocks went back to slab sp (bin lock held; d0: its dirty count
@@ -173,10 +175,10 @@ static void flush_to_slabs(ta_block_t *b, size_t cls) {
   ta_bin_t *bin = NULL;
   ta_span_t *cur = NULL;
   uint16_t d0 = 0;
-  uint64_t now = ta_prim_clock_ms(), n = 0, bsize = ta_class_size(cls);
+  uint64_t now = ta_prim_clock_ms(), bsize = ta_class_size(cls);
+  size_t n = 0;
   ta_pagedelta_t d = {0};
   while (b) {
-    ta_block_t *next = ta_link_get(b);
     ta_span_t *sp = ta_span_of(ta_segment_of(b), b);
     if (sp != cur) {
       if (cur) slab_settle(a, bin, cur, d0, now, &d);
@@ -197,9 +199,9 @@ static void flush_to_slabs(ta_block_t *b, size_t cls) {
       cur = sp;
       d0 = sp->dirty;
     }
-    put_block(bin, sp, b, cls, &d);
-    n++;
-    b = next;
+    /* the run of blocks of this slab that starts at b */
+    ta_put_t put = sp->kind == TA_SPAN_SLAB && sp->cls == cls ? ta_slab_put_run(sp, &b, &n, &d) : TA_PUT_NOT_BLOCK;
+    if (ta_unlikely(put != TA_PUT_OK)) put_failed(bin, put, b);
   }
   if (bin) {
     slab_settle(a, bin, cur, d0, now, &d);

@@ -324,16 +324,25 @@ TA_HIDDEN extern uintptr_t ta_link_secret; /* low 4 bits zero */
 #else
 #define TA_LINK_MASK ta_link_secret
 #endif
+/* With the mask passed in: loops that store into blocks keep it in a
+ * register (the stores could alias ta_link_secret, so it would be reloaded). */
+static inline ta_block_t *ta_link_get_m(const ta_block_t *b, uintptr_t mask) {
+  return (ta_block_t *)((uintptr_t)b->next ^ mask);
+}
+static inline void ta_link_set_m(ta_block_t *b, const ta_block_t *n, uintptr_t mask) {
+  b->next = (ta_block_t *)((uintptr_t)n ^ mask);
+}
 static inline ta_block_t *ta_link_get(const ta_block_t *b) {
-  return (ta_block_t *)((uintptr_t)b->next ^ TA_LINK_MASK);
+  return ta_link_get_m(b, TA_LINK_MASK);
 }
 static inline void ta_link_set(ta_block_t *b, const ta_block_t *n) {
-  b->next = (ta_block_t *)((uintptr_t)n ^ TA_LINK_MASK);
+  ta_link_set_m(b, n, TA_LINK_MASK);
 }
 TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d); /* bin lock */
 typedef enum { TA_PUT_OK, TA_PUT_NOT_BLOCK, TA_PUT_NEVER, TA_PUT_FREE } ta_put_t;
 TA_HIDDEN ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bin lock */
+TA_HIDDEN ta_put_t ta_slab_put_run(ta_span_t *sp, ta_block_t **bp, size_t *n, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d); /* bin lock; empty slab, before it is freed */
 TA_HIDDEN size_t ta_slab_purge(ta_span_t *sp);       /* bin lock; bytes */
 TA_HIDDEN bool ta_slab_is_valid(ta_span_t *sp);      /* bin lock */

@@ -110,13 +110,14 @@ static void rekey_page(ta_span_t *sp, ta_segment_t *s, size_t p) {
   }
 }
 
-/* Block [p, p + bsize) goes into / out of use: its OS pages' live counts.
- * Inline when the block sits on one page that stays in use (the common case
- * for small blocks); the transitions are counted in segment.c. */
-static inline void block_live(ta_span_t *sp, ta_segment_t *s, uint8_t *p, ta_pagedelta_t *d) {
-  size_t off = (size_t)(p - (uint8_t *)s);
-  size_t first = off >> ta_ospage_shift, last = (off + sp->bsize - 1) >> ta_ospage_shift;
-  uint16_t *live = ta_segbits(s)->live;
+/* The block at segment offset so, bsize bytes, goes into use: its OS pages'
+ * live counts. Inline when the block sits on one page already in use (the
+ * common case for small blocks); the transitions are counted in segment.c.
+ * The slab's fields come in registers (the stores into the blocks and the
+ * counts could alias them). put_run does the reverse. */
+static inline __attribute__((always_inline)) void block_live(ta_span_t *sp, ta_segment_t *s, uint16_t *live, unsigned shift,
+                                                             size_t bsize, size_t so, ta_pagedelta_t *d) {
+  size_t first = so >> shift, last = (so + bsize - 1) >> shift;
   if (first == last && live[first]) {
     live[first]++;
     return;
@@ -125,13 +126,6 @@ static inline void block_live(ta_span_t *sp, ta_segment_t *s, uint8_t *p, ta_pag
     for (size_t i = first; i <= last; i++)
       if (page_purged(ta_segbits(s), i)) rekey_page(sp, s, i);
   ta_pages_live(s, first, last - first + 1, &sp->dirty, d);
-}
-static inline void block_dead(ta_span_t *sp, ta_segment_t *s, uint8_t *p, ta_pagedelta_t *d) {
-  size_t off = (size_t)(p - (uint8_t *)s);
-  size_t first = off >> ta_ospage_shift, last = (off + sp->bsize - 1) >> ta_ospage_shift;
-  uint16_t *live = ta_segbits(s)->live;
-  if (first == last && live[first] > 1) live[first]--;
-  else ta_pages_dead(s, first, last - first + 1, &sp->dirty, d);
 }
 
 /* Faults in the pages of the slab's bytes [lo, hi) (offsets from its start)
@@ -175,7 +169,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   ta_segment_t *s = ta_segment_of(sp);
   uint64_t *words = ta_segbits(s)->free + word_base(sp);
   size_t nw = word_count(sp), taken = 0, w = sp->scan;
-  uintptr_t cookie = ta_cookie;
+  uintptr_t cookie = ta_cookie, mask = (uintptr_t)TA_LINK_MASK; /* in registers: the stores below could alias them */
   ta_block_t *head = *out;
   /* 1. free blocks, lowest address first (their pages populated first when
    * they were purged: a page whose blocks were all free) */
@@ -191,13 +185,19 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
     size_t so = (size_t)(sp->start - (uint8_t *)s);
     if (n) populate(sp, s, lo - so, hi - so, d);
   }
+  /* per block (budget about 15 instructions): its address, its page's live
+   * count, its link and cookie */
+  uint16_t *live = ta_segbits(s)->live;
+  unsigned shift = (unsigned)ta_ospage_shift;
+  size_t bsize = sp->bsize, wb = word_base(sp);
   for (; w < nw && taken < want; w++) {
     uint64_t x = words[w];
     while (x && taken < want) {
-      ta_block_t *b = (ta_block_t *)((uint8_t *)s + ((word_base(sp) + w) * 64 + (size_t)__builtin_ctzll(x)) * TA_ALIGN);
+      size_t so = ((wb + w) * 64 + (size_t)__builtin_ctzll(x)) * TA_ALIGN;
+      ta_block_t *b = (ta_block_t *)((uint8_t *)s + so);
       x &= x - 1;
-      block_live(sp, s, (uint8_t *)b, d);
-      ta_link_set(b, head);
+      block_live(sp, s, live, shift, bsize, so, d);
+      ta_link_set_m(b, head, mask);
       b->key = cookie;
       head = b;
       taken++;
@@ -207,16 +207,20 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   }
   sp->scan = (uint16_t)w;
   /* 2. blocks never handed out (their pages populated first) */
-  if (taken < want && sp->carved < sp->reserved)
-    populate(sp, s, (size_t)sp->carved * sp->bsize, (size_t)(sp->carved + want - taken) * sp->bsize, d);
-  while (taken < want && sp->carved < sp->reserved) {
-    ta_block_t *b = (ta_block_t *)(sp->start + (size_t)sp->carved * sp->bsize);
-    sp->carved++;
-    block_live(sp, s, (uint8_t *)b, d);
-    ta_link_set(b, head);
-    b->key = cookie;
-    head = b;
-    taken++;
+  size_t carve = sp->reserved - sp->carved;
+  if (carve > want - taken) carve = want - taken;
+  if (carve) {
+    size_t so = (size_t)(sp->start - (uint8_t *)s) + (size_t)sp->carved * bsize;
+    populate(sp, s, (size_t)sp->carved * bsize, (size_t)(sp->carved + carve) * bsize, d);
+    for (size_t i = 0; i < carve; i++, so += bsize) {
+      ta_block_t *b = (ta_block_t *)((uint8_t *)s + so);
+      block_live(sp, s, live, shift, bsize, so, d);
+      ta_link_set_m(b, head, mask);
+      b->key = cookie;
+      head = b;
+    }
+    sp->carved += (uint32_t)carve;
+    taken += carve;
   }
   *out = head;
   ta_relaxed_store(&sp->carved_bytes, sp->carved * sp->bsize);
@@ -226,20 +230,69 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   return taken;
 }
 
-ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d) {
+/* Puts back into slab sp the blocks at the head of the list *bp that lie in
+ * it, or only the first when `one` (a thread cache's flush is mostly runs of one slab: 20
+ * blocks on average in a Python run). Per block (budget about 30
+ * instructions, the slab's fields held in registers): the carved and
+ * block-start tests, its bit (a set bit is a double free), its page's live
+ * count, the next link. Returns TA_PUT_OK with *bp the first block not put
+ * (one of another slab, or NULL: at the list's end, or after the one block
+ * of `one`, whose link is not read), or the failure with *bp the
+ * offending block; *n grows by the blocks put either way. */
+static inline __attribute__((always_inline)) ta_put_t put_run(ta_span_t *sp, ta_block_t **bp, bool one, size_t *n, ta_pagedelta_t *d) {
   ta_segment_t *s = ta_segment_of(sp);
-  size_t off = (size_t)((uint8_t *)p - sp->start);
-  if (!ta_is_block_start(sp, p)) return TA_PUT_NOT_BLOCK;
-  if (off >= (size_t)sp->carved * sp->bsize) return TA_PUT_NEVER;
-  size_t g = (size_t)((uint8_t *)p - (uint8_t *)s) >> TA_GRANULE_SHIFT;
-  uint64_t *word = &ta_segbits(s)->free[g / 64], bit = (uint64_t)1 << (g % 64);
-  if (*word & bit) return TA_PUT_FREE; /* already free: a double free */
-  *word |= bit;
-  size_t rel = g / 64 - word_base(sp);
-  if (rel < sp->scan) sp->scan = (uint16_t)rel;
-  sp->used--;
-  block_dead(sp, s, p, d);
-  return TA_PUT_OK;
+  uint8_t *base = (uint8_t *)s + ta_span_index(sp) * TA_SLICE_SIZE, *start = sp->start;
+  size_t span_bytes = (size_t)sp->slices * TA_SLICE_SIZE, bsize = sp->bsize, carved = (size_t)sp->carved * bsize;
+  uint64_t magic = sp->div_magic;
+  uintptr_t mask = (uintptr_t)TA_LINK_MASK; /* in a register: the stores below could alias it */
+  unsigned shift = ta_ospage_shift;
+  ta_segbits_t *bits = ta_segbits(s);
+  uint64_t *free = bits->free;
+  uint16_t *live = bits->live;
+  size_t lowest = SIZE_MAX, k = 0;
+  ta_put_t put = TA_PUT_OK;
+  ta_block_t *b = *bp;
+  while (b) {
+    size_t off = (size_t)((uint8_t *)b - start);
+    if (ta_unlikely(off >= carved || (uint64_t)off * magic >= magic)) {
+      if ((size_t)((uint8_t *)b - base) >= span_bytes) break; /* another slab's: the run ends */
+      put = ta_is_block_start(sp, b) ? TA_PUT_NEVER : TA_PUT_NOT_BLOCK;
+      break;
+    }
+    size_t so = (size_t)((uint8_t *)b - (uint8_t *)s), g = so >> TA_GRANULE_SHIFT;
+    uint64_t bit = (uint64_t)1 << (g % 64);
+    if (ta_unlikely(free[g / 64] & bit)) { /* already free */
+      put = TA_PUT_FREE;
+      break;
+    }
+    ta_block_t *next = one ? NULL : ta_link_get_m(b, mask);
+    free[g / 64] |= bit;
+    if (g / 64 < lowest) lowest = g / 64;
+    size_t first = so >> shift, last = (so + bsize - 1) >> shift; /* block_dead, with the fields at hand */
+    if (first == last && live[first] > 1) live[first]--;
+    else ta_pages_dead(s, first, last - first + 1, &sp->dirty, d);
+    k++;
+    b = next;
+  }
+  if (k) {
+    size_t rel = lowest - word_base(sp);
+    if (rel < sp->scan) sp->scan = (uint16_t)rel;
+    sp->used -= (uint32_t)k;
+    *n += k;
+  }
+  *bp = b;
+  return put;
+}
+
+ta_put_t ta_slab_put_run(ta_span_t *sp, ta_block_t **bp, size_t *n, ta_pagedelta_t *d) {
+  return put_run(sp, bp, false, n, d);
+}
+
+ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d) {
+  ta_block_t *b = p;
+  size_t n = 0;
+  ta_put_t put = put_run(sp, &b, true, &n, d);
+  return put == TA_PUT_OK && !n ? TA_PUT_NOT_BLOCK : put; /* p outside the slab */
 }
 
 void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d) {

@@ -6,7 +6,7 @@
 
 #include <errno.h>
 
-static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
+__attribute__((noinline)) void ta_heap_corrupt(ta_block_t *b) {
   ta_error("malloc: heap corruption (double free or write after free) of block", b);
 }
 
@@ -18,7 +18,7 @@ static __attribute__((noinline, noreturn, cold)) void corrupt(ta_block_t *b) {
 static inline void check_ahead(ta_block_t *b, uintptr_t cookie) {
   for (int i = 0; i < 2 && b; i++) {
     ta_block_t *next = ta_link_get(b);
-    if (ta_unlikely(b->key != cookie || ((uintptr_t)next & (TA_ALIGN - 1)))) corrupt(b);
+    if (ta_unlikely(b->key != cookie || ((uintptr_t)next & (TA_ALIGN - 1)))) ta_heap_corrupt(b);
     b = next;
   }
 }
@@ -103,13 +103,9 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
 #ifndef TA_NO_PROF
     if (ta_unlikely(--tb->sample_left == 0)) return malloc_sample(tc, cls);
 #endif
-    ta_block_t *next = ta_link_get(b);
-    if (ta_unlikely(ta_checked(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))) corrupt(b);
-    tb->head = next;
-    b->key = 0;
-    ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
+    ta_tbin_pop(tb, b, ta_checked(true));
 #ifdef TA_HARDENED
-    check_ahead(next, ta_cookie);
+    check_ahead(tb->head, ta_cookie);
     ta_canary_set(b, ta_class_size(cls), ta_cookie);
 #endif
     return b;
@@ -177,7 +173,7 @@ static inline void push_delayed(ta_tcache_t *tc, size_t cls, ta_block_t *b, uint
   ta_block_t *at = tb->head;
   if (count > 1 && ((((uintptr_t)b ^ cookie) * 0x9e3779b97f4a7c15ull) >> 63)) { /* behind the second */
     ta_block_t *next = ta_link_get(at);
-    if (ta_unlikely(((uintptr_t)next & (TA_ALIGN - 1)) || !next || next->key != cookie)) corrupt(at);
+    if (ta_unlikely(((uintptr_t)next & (TA_ALIGN - 1)) || !next || next->key != cookie)) ta_heap_corrupt(at);
     at = next;
   }
   b->key = cookie;

@@ -398,6 +398,21 @@ static inline __attribute__((always_inline)) void ta_tbin_push(ta_tbin_t *tb, ta
   tb->head = b;
   ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
 }
+/* Pops b, the head of a bin (not NULL): its link unmasked and, when
+ * `checked`, checked with the cookie (a write after free or a double free
+ * shows here: the cookie is the free mark, the link 16-byte aligned), the
+ * cookie cleared (a live block has 0 there). malloc's fast path and
+ * ta_tcache_refill pop the same way; only the unchecked build's fast path
+ * passes false (ta_checked). */
+TA_HIDDEN __attribute__((noreturn, cold)) void ta_heap_corrupt(ta_block_t *b); /* alloc.c */
+static inline __attribute__((always_inline)) void *ta_tbin_pop(ta_tbin_t *tb, ta_block_t *b, bool checked) {
+  ta_block_t *next = ta_link_get(b);
+  if (ta_unlikely(checked && (b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))) ta_heap_corrupt(b);
+  tb->head = next;
+  b->key = 0;
+  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
+  return b;
+}
 TA_HIDDEN void *ta_tcache_refill(ta_tcache_t *tc, size_t cls); /* empty bin: refill and pop */
 TA_HIDDEN void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p); /* bin or bound full */
 TA_HIDDEN void ta_tcache_flush_all(ta_tcache_t *tc);

@@ -203,13 +203,7 @@ void *ta_tcache_refill(ta_tcache_t *tc, size_t cls) {
     tb->head = b;
     ta_relaxed_store(&tb->count, (uint16_t)got);
   }
-  ta_block_t *next = ta_link_get(b);
-  if (ta_unlikely(b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))
-    ta_error("malloc: heap corruption (double free or write after free) of block", b);
-  tb->head = next;
-  b->key = 0;
-  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
-  return b;
+  return ta_tbin_pop(tb, b, true);
 }
 
 void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p) {

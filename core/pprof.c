@@ -36,7 +36,7 @@ typedef struct {
   int has_functions;
 } map_t;
 typedef struct {
-  uint64_t name, file;
+  uint64_t name, system_name, file;
 } func_t;
 typedef struct {
   uint64_t address, mapping, function;
@@ -259,17 +259,32 @@ uint64_t ta_pprof_mapping(ta_pprof_t *p, uint64_t start, uint64_t limit, uint64_
 
 static bool func_eq(const ta_pprof_t *p, size_t i, const void *key) {
   const func_t *a = (const func_t *)p->funcs.p + i, *b = key;
-  return a->name == b->name && a->file == b->file;
+  return a->name == b->name && a->system_name == b->system_name && a->file == b->file;
 }
 
-uint64_t ta_pprof_function(ta_pprof_t *p, const char *name, const char *file) {
+static uint64_t function(ta_pprof_t *p, const char *name, bool native, const char *file) {
   if (p->oom || !tab_grow(p, &p->tfunc)) return 0;
-  func_t e = {intern(p, name), intern(p, file)};
+  func_t e = {intern(p, name), 0, intern(p, file)};
+  if (native) e.system_name = e.name;
   if (p->oom) return 0;
-  uint32_t h = (uint32_t)mix(mix(0, e.name), e.file);
+  uint32_t h = (uint32_t)mix(mix(mix(0, e.name), e.system_name), e.file);
   size_t at = 0;
   uint64_t id = tab_find(p, &p->tfunc, h, func_eq, &e, &at);
   return id ? id : tab_add(p, &p->tfunc, &p->funcs, h, at, &e, sizeof e);
+}
+
+/* A linker symbol: system_name is the name, which pprof may demangle or
+ * shorten (a C++ name loses its template and parameter lists). */
+uint64_t ta_pprof_function(ta_pprof_t *p, const char *name, const char *file) {
+  return function(p, name, true, file);
+}
+
+/* A Ruby or Python name: no system_name, so pprof takes the name as already
+ * demangled and leaves it as it is. (With system_name = name it would take
+ * "block in <main>" or "Foo#<=>" for C++ and cut what is between < and >:
+ * "block in ", "<unknown>".) */
+uint64_t ta_pprof_interp_function(ta_pprof_t *p, const char *name, const char *file) {
+  return function(p, name, false, file);
 }
 
 static bool loc_eq(const ta_pprof_t *p, size_t i, const void *key) {
@@ -407,8 +422,9 @@ static void encode(ta_pprof_t *p, buf_t *out) {
   size_t nfunc = p->funcs.len / sizeof(func_t);
   for (size_t i = 0; i < nfunc; i++) {
     const func_t *e = (const func_t *)p->funcs.p + i;
-    /* id, name, system_name (no demangling here: the name), filename */
-    const uint64_t f[4] = {i + 1, e->name, e->name, e->file};
+    /* id, name, system_name (native: the name, no demangling here; 0 for
+     * an interpreter's frame), filename */
+    const uint64_t f[4] = {i + 1, e->name, e->system_name, e->file};
     o = put_fields(m, f, 4);
     buf_put_ld(p, out, 5, m, (size_t)(o - m));
   }

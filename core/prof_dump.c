@@ -168,7 +168,7 @@ static uint64_t interp_location(ta_pprof_t *pp, uint64_t key, int32_t line) {
     name = buf;
     file = "";
   }
-  return ta_pprof_location(pp, 0, 0, ta_pprof_function(pp, name, file ? file : ""), line);
+  return ta_pprof_location(pp, 0, 0, ta_pprof_interp_function(pp, name, file ? file : ""), line);
 }
 
 static size_t pages(size_t n) {

@@ -75,12 +75,13 @@ static void test_roundtrip(void) {
   uint64_t f_malloc = ta_pprof_function(p, "malloc", "/lib/libc.so.6");
   uint64_t f_main = ta_pprof_function(p, "main", "/usr/bin/prog");
   uint64_t f_cpp = ta_pprof_function(p, cpp_name, "/usr/bin/prog");
-  uint64_t f_rb = ta_pprof_function(p, "Foo#bar", "app/models/foo.rb");
-  uint64_t f_py = ta_pprof_function(p, "json.loads", "/usr/lib/python3.11/json/__init__.py");
+  uint64_t f_rb = ta_pprof_interp_function(p, "Foo#bar", "app/models/foo.rb");
+  uint64_t f_py = ta_pprof_interp_function(p, "json.loads", "/usr/lib/python3.11/json/__init__.py");
   uint64_t f_unknown = ta_pprof_function(p, "??", "/usr/bin/prog");
   CHECK(f_malloc && f_main && f_cpp && f_rb && f_py && f_unknown);
-  CHECK(ta_pprof_function(p, "Foo#bar", "app/models/foo.rb") == f_rb, "function interned");
-  CHECK(ta_pprof_function(p, "Foo#bar", "app/models/other.rb") != f_rb, "file is part of a function");
+  CHECK(ta_pprof_interp_function(p, "Foo#bar", "app/models/foo.rb") == f_rb, "function interned");
+  CHECK(ta_pprof_interp_function(p, "Foo#bar", "app/models/other.rb") != f_rb, "file is part of a function");
+  CHECK(ta_pprof_function(p, "Foo#bar", "app/models/foo.rb") != f_rb, "a native name is another function");
   uint64_t l_malloc = ta_pprof_location(p, 0x7f0000001234ull, m2, f_malloc, 0);
   uint64_t l_cpp = ta_pprof_location(p, 0x401000, m1, f_cpp, 0);
   uint64_t l_main = ta_pprof_location(p, 0x400800, m1, f_main, 0);
@@ -139,11 +140,14 @@ static void test_roundtrip(void) {
   CHECK(dm && dm->has_functions == 0 && !strcmp(S(&pr, dm->file), "/lib/unused.so"), "a mapping without frames");
 
   CHECK(pr.nloc == 6, "%zu locations", pr.nloc);
-  CHECK(pr.nfunc == 7, "%zu functions", pr.nfunc);
+  CHECK(pr.nfunc == 8, "%zu functions", pr.nfunc);
   for (size_t i = 0; i < pr.nloc; i++) CHECK(pr.loc[i].id != 0, "location ids are not 0");
   for (size_t i = 0; i < pr.nfunc; i++) {
     CHECK(pr.func[i].id != 0, "function ids are not 0");
-    CHECK(pr.func[i].name == pr.func[i].system_name, "system_name = name");
+    /* native: system_name = name; Ruby's and Python's: none (pprof then leaves the name alone) */
+    bool interp = pr.func[i].id == f_rb || pr.func[i].id == f_py || !strcmp(S(&pr, pr.func[i].file), "app/models/other.rb");
+    CHECK(interp ? pr.func[i].system_name == 0 : pr.func[i].name == pr.func[i].system_name, "system_name of %s",
+          S(&pr, pr.func[i].name));
   }
   const dloc_t *l = loc_by_id(&pr, l_malloc);
   const dfunc_t *fn = l ? func_by_id(&pr, l->function) : NULL;
@@ -331,8 +335,8 @@ static void write_reader_profile(const char *path, int with_comment) {
   uint64_t mb = ta_pprof_mapping(p, 0x400000, 0x500000, 0, "/usr/bin/prog");
   uint64_t l_malloc = ta_pprof_location(p, 0x7f0000000010ull, m, ta_pprof_function(p, "malloc", "/lib/libc.so.6"), 0);
   uint64_t l_new = ta_pprof_location(p, 0x401000, mb, ta_pprof_function(p, "rb_str_new", "/usr/bin/prog"), 0);
-  uint64_t l_cpp = ta_pprof_location(p, 0x402000, mb, ta_pprof_function(p, cpp_name, "/usr/bin/prog"), 0);
-  uint64_t l_bar = ta_pprof_location(p, 0, 0, ta_pprof_function(p, "Foo#bar", "app/foo.rb"), 42);
+  uint64_t l_cpp = ta_pprof_location(p, 0x402000, mb, ta_pprof_interp_function(p, cpp_name, "/usr/bin/prog"), 0);
+  uint64_t l_bar = ta_pprof_location(p, 0, 0, ta_pprof_interp_function(p, "Foo#bar", "app/foo.rb"), 42);
   uint64_t l_top = ta_pprof_location(p, 0, 0, ta_pprof_function(p, "<main>", "app.rb"), 1);
   uint64_t rb[] = {l_malloc, l_new, l_bar, l_top}, native[] = {l_malloc, l_cpp};
   int64_t a[4] = {1, 100, 1, 100}, b[4] = {2, 200, 1, 50}, c[4] = {1, 1000, 1, 1000}, d[4] = {5, 5000, 0, 0};
@@ -400,8 +404,8 @@ static void test_read_top(void) {
 static void test_read_names(void) {
   ta_pprof_t *p = ta_pprof_begin(1, 0);
   uint64_t m = ta_pprof_mapping(p, 0x1000, 0x2000, 0, "/lib/libx.so");
-  uint64_t ids[] = {ta_pprof_location(p, 0x1100, m, ta_pprof_function(p, "??", "/lib/libx.so"), 0),
-                    ta_pprof_location(p, 0x1200, m, ta_pprof_function(p, "x_fn", "/lib/libx.so"), 0),
+  uint64_t ids[] = {ta_pprof_location(p, 0x1100, m, ta_pprof_interp_function(p, "??", "/lib/libx.so"), 0),
+                    ta_pprof_location(p, 0x1200, m, ta_pprof_interp_function(p, "x_fn", "/lib/libx.so"), 0),
                     ta_pprof_location(p, 0x1300, m, 0, 0),
                     ta_pprof_location(p, 0, 0, ta_pprof_function(p, "String#*", "<internal:string>"), 0),
                     ta_pprof_location(p, 0, 0, ta_pprof_function(p, "Kernel#loop", NULL), 0),
@@ -670,33 +674,64 @@ static void test_read_bad(void) {
   read_fails(bad, "a string index out of range");
 }
 
-/* `go tool pprof -raw` reads the file (when Go is installed). */
+/* `go tool pprof FLAG file` (HOME and GOCACHE in tmpdir: go needs a writable
+ * home for its caches), stdout and stderr into out; its exit status. */
+static int go_pprof(const char *flag, const char *path, char *out, size_t size) {
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "HOME=%s GOCACHE=%s/gocache go tool pprof %s %s 2>&1", tmpdir, tmpdir, flag, path);
+  FILE *f = popen(cmd, "r");
+  size_t n = f ? fread(out, 1, size - 1, f) : 0;
+  out[n] = 0;
+  return f ? pclose(f) : -1;
+}
+
+/* `go tool pprof` reads the file with no flags (when Go is installed): -raw,
+ * -top and -traces, with no binary at hand (/usr/bin/prog does not exist, so
+ * pprof must not try to symbolize it) and Ruby's and Python's names as they
+ * are (pprof cuts what is between < and > out of a name it takes for C++
+ * unless it was given demangled: "block in <main>" must not become
+ * "block in "). */
 static void test_go_pprof(void) {
   ta_pprof_t *p = ta_pprof_begin(524288, 1700000000000000000ll);
   uint64_t m = ta_pprof_mapping(p, 0x400000, 0x500000, 0, "/usr/bin/prog");
   uint64_t a = ta_pprof_location(p, 0x401000, m, ta_pprof_function(p, cpp_name, "/usr/bin/prog"), 0);
-  uint64_t b = ta_pprof_location(p, 0, 0, ta_pprof_function(p, "Foo#bar", "app/foo.rb"), 42);
-  uint64_t c = ta_pprof_location(p, 0, 0, ta_pprof_function(p, "handler.run", "handler.py"), 9);
-  uint64_t s1[] = {a, b}, s2[] = {a, c};
-  int64_t v1[4] = {2, 2097152, 1, 1048576}, v2[4] = {1, 4096, 1, 4096};
-  ta_pprof_sample(p, s1, 2, v1, "SomeJob");
-  ta_pprof_sample(p, s2, 2, v2, NULL);
+  uint64_t b = ta_pprof_location(p, 0, 0, ta_pprof_interp_function(p, "Foo#bar", "app/foo.rb"), 42);
+  uint64_t c = ta_pprof_location(p, 0, 0, ta_pprof_interp_function(p, "handler.run", "handler.py"), 9);
+  uint64_t d = ta_pprof_location(p, 0, 0, ta_pprof_interp_function(p, "block in <class:Foo>", "app/foo.rb"), 7);
+  uint64_t e = ta_pprof_location(p, 0, 0, ta_pprof_interp_function(p, "<main>", "app/main.rb"), 1);
+  uint64_t f = ta_pprof_location(p, 0, 0, ta_pprof_interp_function(p, "handler.<module>", "handler.py"), 1);
+  uint64_t s1[] = {a, b, d, e}, s2[] = {a, c, f};
+  int64_t v1[4] = {2, 2097152, 1, 1048576}, v2[4] = {1, 524288, 1, 524288}; /* -top leaves out < 0.5% */
+  ta_pprof_sample(p, s1, 4, v1, "SomeJob");
+  ta_pprof_sample(p, s2, 3, v2, NULL);
   ta_pprof_comment(p, "exact_allocated=99");
   char path[256], cmd[1200], out[8192];
   if (!finish_at(p, out_path("go.pb.gz", path))) return;
-  /* go needs a writable home for its caches */
-  snprintf(cmd, sizeof cmd, "HOME=%s GOCACHE=%s/gocache go tool pprof -raw %s 2>&1", tmpdir, tmpdir, path);
-  FILE *f = popen(cmd, "r");
-  size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
-  out[n] = 0;
-  int st = f ? pclose(f) : -1;
+  int st = go_pprof("-raw", path, out, sizeof out);
   if (!CHECK(st == 0, "go tool pprof -raw failed (%d):\n%s", st, out)) return;
+  CHECK(!strstr(out, "symboliz") && !strstr(out, "binary"), "pprof tried to symbolize:\n%s", out);
   CHECK(strstr(out, "PeriodType: space bytes") && strstr(out, "Period: 524288"), "%s", out);
   CHECK(strstr(out, "alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes"), "%s", out);
   CHECK(strstr(out, "2    2097152          1    1048576") != NULL, "sample values:\n%s", out);
   CHECK(strstr(out, "Foo#bar app/foo.rb:42") && strstr(out, "handler.run handler.py:9"), "frames:\n%s", out);
+  CHECK(strstr(out, "block in <class:Foo> app/foo.rb:7") && strstr(out, "<main> app/main.rb:1") &&
+        strstr(out, "handler.<module> handler.py:1"), "names with <>:\n%s", out);
   CHECK(strstr(out, "tag:[SomeJob]") != NULL, "label:\n%s", out);
   CHECK(strstr(out, "exact_allocated=99") != NULL, "comment:\n%s", out);
+  st = go_pprof("-top", path, out, sizeof out);
+  if (CHECK(st == 0, "go tool pprof -top failed (%d):\n%s", st, out)) {
+    CHECK(!strstr(out, "symboliz") && !strstr(out, "binary"), "pprof tried to symbolize:\n%s", out);
+    CHECK(strstr(out, "Type: inuse_space") && strstr(out, "block in <class:Foo>\n") && strstr(out, "<main>\n") &&
+          strstr(out, "Foo#bar\n") && strstr(out, "handler.<module>\n"), "-top:\n%s", out);
+  }
+  st = go_pprof("-traces", path, out, sizeof out);
+  if (CHECK(st == 0, "go tool pprof -traces failed (%d):\n%s", st, out)) {
+    CHECK(!strstr(out, "symboliz") && !strstr(out, "binary"), "pprof tried to symbolize:\n%s", out);
+    CHECK(strstr(out, "    1MB   std::vector") && strstr(out, "             block in <class:Foo>\n") &&
+          strstr(out, "             <main>\n") && strstr(out, "  512kB   std::vector") &&
+          strstr(out, "             handler.<module>\n") && strstr(out, "tag:  SomeJob\n"),
+          "-traces:\n%s", out);
+  }
 
   /* Go re-encodes it (gzip with real deflate: dynamic Huffman blocks); the
    * readers see the same rows in that file as in ours (but for the C++ name,
@@ -714,16 +749,19 @@ static void test_go_pprof(void) {
   free(z);
   CHECK(dynamic, "Go's gzip starts with a dynamic Huffman block");
   rows_t ra, rb;
-  memset(&ra, 0, sizeof a);
-  memset(&rb, 0, sizeof b);
+  memset(&ra, 0, sizeof ra);
+  memset(&rb, 0, sizeof rb);
   CHECK(ta_bind_prof_top(path, "alloc_space", 0, collect, &ra, err, sizeof err) == 0, "%s", err);
   CHECK(ta_bind_prof_top(again, "alloc_space", 0, collect, &rb, err, sizeof err) == 0, "%s", err);
   int same = ra.n == 2 && rb.n == 2;
-  for (int i = 0; same && i < 2; i++)
+  for (int i = 0; same && i < 2; i++) {
     same = ra.r[i].alloc_space == rb.r[i].alloc_space && ra.r[i].inuse_objects == rb.r[i].inuse_objects &&
            ra.r[i].nframes == rb.r[i].nframes && !strncmp(rb.frames[i][0], "std::vector", 11) &&
-           !strcmp(ra.frames[i][1], rb.frames[i][1]) && !strcmp(ra.tag[i], rb.tag[i]);
-  CHECK(same, "rows differ: %s | %s vs %s | %s", ra.frames[0][0], ra.frames[0][1], rb.frames[0][0], rb.frames[0][1]);
+           !strcmp(ra.tag[i], rb.tag[i]);
+    for (size_t k = 1; same && k < ra.r[i].nframes && k < 8; k++) same = !strcmp(ra.frames[i][k], rb.frames[i][k]);
+  }
+  CHECK(same, "rows differ: %s | %s | %s vs %s | %s | %s", ra.frames[0][0], ra.frames[0][1], ra.frames[0][2],
+        rb.frames[0][0], rb.frames[0][1], rb.frames[0][2]);
 }
 
 int main(void) {

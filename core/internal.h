@@ -508,6 +508,7 @@ ta_pprof_t *ta_pprof_begin(uint64_t period, int64_t time_nanos); /* NULL: out of
 uint64_t ta_pprof_mapping(ta_pprof_t *p, uint64_t start, uint64_t limit, uint64_t offset,
                           const char *file);                         /* id, interned by start */
 uint64_t ta_pprof_function(ta_pprof_t *p, const char *name, const char *file); /* id, interned */
+uint64_t ta_pprof_interp_function(ta_pprof_t *p, const char *name, const char *file); /* no system_name */
 uint64_t ta_pprof_location(ta_pprof_t *p, uint64_t address, uint64_t mapping_id,
                            uint64_t function_id, int64_t line);     /* id, interned */
 void ta_pprof_sample(ta_pprof_t *p, const uint64_t *loc_ids, size_t n, const int64_t values[4],

@@ -36,7 +36,7 @@ typedef struct {
   int has_functions;
 } map_t;
 typedef struct {
-  uint64_t name, file;
+  uint64_t name, system_name, file;
 } func_t;
 typedef struct {
   uint64_t address, mapping, function;
@@ -259,17 +259,32 @@ uint64_t ta_pprof_mapping(ta_pprof_t *p, uint64_t start, uint64_t limit, uint64_
 
 static bool func_eq(const ta_pprof_t *p, size_t i, const void *key) {
   const func_t *a = (const func_t *)p->funcs.p + i, *b = key;
-  return a->name == b->name && a->file == b->file;
+  return a->name == b->name && a->system_name == b->system_name && a->file == b->file;
 }
 
-uint64_t ta_pprof_function(ta_pprof_t *p, const char *name, const char *file) {
+static uint64_t function(ta_pprof_t *p, const char *name, bool native, const char *file) {
   if (p->oom || !tab_grow(p, &p->tfunc)) return 0;
-  func_t e = {intern(p, name), intern(p, file)};
+  func_t e = {intern(p, name), 0, intern(p, file)};
+  if (native) e.system_name = e.name;
   if (p->oom) return 0;
-  uint32_t h = (uint32_t)mix(mix(0, e.name), e.file);
+  uint32_t h = (uint32_t)mix(mix(mix(0, e.name), e.system_name), e.file);
   size_t at = 0;
   uint64_t id = tab_find(p, &p->tfunc, h, func_eq, &e, &at);
   return id ? id : tab_add(p, &p->tfunc, &p->funcs, h, at, &e, sizeof e);
+}
+
+/* A linker symbol: system_name is the name, which pprof may demangle or
+ * shorten (a C++ name loses its template and parameter lists). */
+uint64_t ta_pprof_function(ta_pprof_t *p, const char *name, const char *file) {
+  return function(p, name, true, file);
+}
+
+/* A Ruby or Python name: no system_name, so pprof takes the name as already
+ * demangled and leaves it as it is. (With system_name = name it would take
+ * "block in <main>" or "Foo#<=>" for C++ and cut what is between < and >:
+ * "block in ", "<unknown>".) */
+uint64_t ta_pprof_interp_function(ta_pprof_t *p, const char *name, const char *file) {
+  return function(p, name, false, file);
 }
 
 static bool loc_eq(const ta_pprof_t *p, size_t i, const void *key) {
@@ -407,8 +422,9 @@ static void encode(ta_pprof_t *p, buf_t *out) {
   size_t nfunc = p->funcs.len / sizeof(func_t);
   for (size_t i = 0; i < nfunc; i++) {
     const func_t *e = (const func_t *)p->funcs.p + i;
-    /* id, name, system_name (no demangling here: the name), filename */
-    const uint64_t f[4] = {i + 1, e->name, e->name, e->file};
+    /* id, name, system_name (native: the name, no demangling here; 0 for
+     * an interpreter's frame), filename */
+    const uint64_t f[4] = {i + 1, e->name, e->system_name, e->file};
     o = put_fields(m, f, 4);
     buf_put_ld(p, out, 5, m, (size_t)(o - m));
   }
@@ -437,11 +453,22 @@ static void encode(ta_pprof_t *p, buf_t *out) {
 
 /* ---- gzip (RFC 1952) around deflate (RFC 1951) ----------------------------- */
 
+/* Slicing by 8: eight bytes a step through eight tables (t[k][b]: the CRC of
+ * byte b followed by k zero bytes), a third of the time of a byte a step. */
 static uint32_t crc32(const uint8_t *s, size_t n) {
-  uint32_t table[256];
-  for (uint32_t i = 0; i < 256; i++) table[i] = ta_crc32_entry(i);
+  uint32_t t[8][256];
+  for (uint32_t i = 0; i < 256; i++) t[0][i] = ta_crc32_entry(i);
+  for (int k = 1; k < 8; k++)
+    for (uint32_t i = 0; i < 256; i++) t[k][i] = t[0][t[k - 1][i] & 0xff] ^ (t[k - 1][i] >> 8);
   uint32_t c = 0xffffffffu;
-  for (size_t i = 0; i < n; i++) c = table[(c ^ s[i]) & 0xff] ^ (c >> 8);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint32_t a = c ^ ((uint32_t)s[i] | (uint32_t)s[i + 1] << 8 | (uint32_t)s[i + 2] << 16 | (uint32_t)s[i + 3] << 24);
+    uint32_t b = (uint32_t)s[i + 4] | (uint32_t)s[i + 5] << 8 | (uint32_t)s[i + 6] << 16 | (uint32_t)s[i + 7] << 24;
+    c = t[7][a & 0xff] ^ t[6][a >> 8 & 0xff] ^ t[5][a >> 16 & 0xff] ^ t[4][a >> 24] ^ t[3][b & 0xff] ^
+        t[2][b >> 8 & 0xff] ^ t[1][b >> 16 & 0xff] ^ t[0][b >> 24];
+  }
+  for (; i < n; i++) c = t[0][(c ^ s[i]) & 0xff] ^ (c >> 8);
   return c ^ 0xffffffffu;
 }
 
@@ -476,20 +503,26 @@ typedef struct {
   uint16_t lit[288]; /* the fixed codes, bit-reversed (Huffman codes go most significant bit first) */
   uint8_t lit_len[288];
   uint8_t dist[30];
+  uint8_t len_code[259];   /* match length 3..258 -> length code - 257 */
+  uint8_t dist_code[512];  /* distance - 1 < 256 -> its code; 256 + (distance - 1 >> 7) for the rest */
 } bits_t;
 
-/* n (<= 32) bits of v, least significant first. */
-static void put_bits(bits_t *w, uint32_t v, unsigned n) {
+/* n (<= 32) bits of v, least significant first. The room was reserved by
+ * deflate_fixed: 4 bytes go out whenever 32 bits are waiting. */
+static inline void put_bits(bits_t *w, uint32_t v, unsigned n) {
   w->bits |= (uint64_t)v << w->n;
   w->n += n;
   if (w->n < 32) return;
-  if (!buf_reserve(w->p, w->z, 8)) {
-    w->n = 0; /* out of memory: finish reports it */
-    return;
-  }
   uint8_t *o = w->z->p + w->z->len;
-  for (; w->n >= 8; w->n -= 8, w->bits >>= 8) *o++ = (uint8_t)w->bits;
-  w->z->len = (size_t)(o - w->z->p);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  uint32_t lo = (uint32_t)w->bits;
+  memcpy(o, &lo, 4);
+#else
+  for (int k = 0; k < 4; k++) o[k] = (uint8_t)(w->bits >> 8 * k);
+#endif
+  w->z->len += 4;
+  w->bits >>= 32;
+  w->n -= 32;
 }
 
 static uint32_t reverse(uint32_t code, unsigned len) {
@@ -506,6 +539,19 @@ static void fixed_codes(bits_t *w) {
     w->lit_len[sym] = (uint8_t)len;
   }
   for (unsigned d = 0; d < 30; d++) w->dist[d] = (uint8_t)reverse(d, TA_DEFLATE_FIXED_DIST_LEN);
+  /* codes by table, not by a search per match (most matches are short) */
+  for (unsigned len = 3, k = 0; len <= 258; len++) {
+    while (k < 28 && len >= ta_deflate_len_base[k + 1]) k++;
+    w->len_code[len] = (uint8_t)k;
+  }
+  for (unsigned d = 1, k = 0; d <= 256; d++) {
+    while (d >= ta_deflate_dist_base[k + 1]) k++;
+    w->dist_code[d - 1] = (uint8_t)k;
+  }
+  for (unsigned j = 2, k = 0; j < 256; j++) { /* distances 257..32768 by (distance - 1) >> 7 */
+    while (k < 29 && (j << 7) + 1 >= ta_deflate_dist_base[k + 1]) k++;
+    w->dist_code[256 + j] = (uint8_t)k;
+  }
 }
 
 static void put_lit(bits_t *w, unsigned sym) {
@@ -513,14 +559,31 @@ static void put_lit(bits_t *w, unsigned sym) {
 }
 
 static void put_match(bits_t *w, unsigned len, unsigned dist) {
-  int k = 28;
-  while (len < ta_deflate_len_base[k]) k--;
-  put_lit(w, 257 + (unsigned)k);
+  unsigned k = w->len_code[len];
+  put_lit(w, 257 + k);
   put_bits(w, len - ta_deflate_len_base[k], ta_deflate_len_extra[k]);
-  k = 29;
-  while (dist < ta_deflate_dist_base[k]) k--;
+  k = dist <= 256 ? w->dist_code[dist - 1] : w->dist_code[256 + ((dist - 1) >> 7)];
   put_bits(w, w->dist[k], TA_DEFLATE_FIXED_DIST_LEN);
   put_bits(w, dist - ta_deflate_dist_base[k], ta_deflate_dist_extra[k]);
+}
+
+/* How many of the first max bytes of a and b agree, 8 at a time. */
+static inline size_t match_len(const uint8_t *a, const uint8_t *b, size_t max) {
+  size_t len = 0;
+  for (; len + 8 <= max; len += 8) {
+    uint64_t x, y;
+    memcpy(&x, a + len, 8);
+    memcpy(&y, b + len, 8);
+    if (x != y) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+      return len + (size_t)__builtin_ctzll(x ^ y) / 8;
+#else
+      return len + (size_t)__builtin_clzll(x ^ y) / 8;
+#endif
+    }
+  }
+  while (len < max && a[len] == b[len]) len++;
+  return len;
 }
 
 static uint32_t hash3(const uint8_t *s) {
@@ -537,6 +600,13 @@ static bool deflate_fixed(ta_pprof_t *p, buf_t *z, const uint8_t *s, size_t n) {
     return false;
   }
   uint32_t *head = hq, *prev = pq; /* position + 1; 0: none */
+  /* the most it can write, so that put_bits need not check: 9 bits a byte
+   * (a literal; a match costs less a byte), the block's head and end */
+  if (!buf_reserve(p, z, n + n / 8 + 16)) {
+    ta_prim_unmap(hq, head_size);
+    ta_prim_unmap(pq, prev_size);
+    return false;
+  }
   bits_t w = {.p = p, .z = z};
   fixed_codes(&w);
   put_bits(&w, 1, 1); /* BFINAL */
@@ -551,8 +621,7 @@ static bool deflate_fixed(ta_pprof_t *p, buf_t *z, const uint8_t *s, size_t n) {
         size_t c = cand - 1;
         if (i - c > WINDOW) break;
         if (s[c + best] == s[i + best]) { /* could beat the best: measure */
-          size_t len = 0;
-          while (len < max && s[c + len] == s[i + len]) len++;
+          size_t len = match_len(s + c, s + i, max);
           if (len > best) best = len, dist = i - c;
           if (len >= NICE) break; /* long enough: looking further costs more than it saves */
         }

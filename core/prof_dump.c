@@ -117,10 +117,46 @@ static seg_t *seg_of(segs_t *s, uintptr_t pc) {
   return NULL;
 }
 
-/* pc -> location id, for the frames of one dump. */
+/* (pc or interpreter frame key, line) -> location id, for the frames of one
+ * dump: a frame seen again costs one probe here instead of naming it,
+ * interning its strings and looking up its function and location. */
 typedef struct {
   uint64_t pc, loc;
+  int64_t line;
 } pcloc_t;
+typedef struct {
+  pcloc_t *slot;
+  size_t cap, count; /* cap a power of two, at most half full */
+} pccache_t;
+
+static size_t pages(size_t n);
+
+static size_t pc_hash(const pccache_t *c, uint64_t pc, int64_t line) {
+  uint64_t h = (pc + (uint64_t)line * 0xff51afd7ed558ccdull) * 0x9e3779b97f4a7c15ull;
+  return (size_t)(h >> 32) & (c->cap - 1); /* the high bits: they depend on every bit of pc and line */
+}
+
+/* The slot of (pc, line): its entry, or the empty slot where it goes. */
+static pcloc_t *pc_slot(pccache_t *c, uint64_t pc, int64_t line) {
+  size_t j = pc_hash(c, pc, line);
+  while (c->slot[j].loc && (c->slot[j].pc != pc || c->slot[j].line != line)) j = (j + 1) & (c->cap - 1);
+  return &c->slot[j];
+}
+
+/* Sized by the frames seen, not by the frames of all traces (which can be
+ * millions: a table that large costs a page fault per entry). false: no
+ * memory (the old table stays). */
+static bool pc_cache_grow(pccache_t *c) {
+  pccache_t n = {NULL, c->cap ? c->cap * 2 : 4096, c->count};
+  void *m;
+  if (ta_prim_map(pages(n.cap * sizeof *n.slot), ta_prim_page_size(), &m) != 0) return false;
+  n.slot = m;
+  for (size_t i = 0; i < c->cap; i++)
+    if (c->slot[i].loc) *pc_slot(&n, c->slot[i].pc, c->slot[i].line) = c->slot[i];
+  if (c->slot) ta_prim_unmap(c->slot, pages(c->cap * sizeof *c->slot));
+  *c = n;
+  return true;
+}
 
 static uint64_t native_location(ta_pprof_t *pp, segs_t *segs, uint64_t pc) {
   seg_t *sg = seg_of(segs, (uintptr_t)pc);
@@ -168,7 +204,7 @@ static uint64_t interp_location(ta_pprof_t *pp, uint64_t key, int32_t line) {
     name = buf;
     file = "";
   }
-  return ta_pprof_location(pp, 0, 0, ta_pprof_function(pp, name, file ? file : ""), line);
+  return ta_pprof_location(pp, 0, 0, ta_pprof_interp_function(pp, name, file ? file : ""), line);
 }
 
 static size_t pages(size_t n) {
@@ -199,8 +235,8 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
   trimalloc_stats(&st, sizeof st); /* the exact counter, as near the snapshot as can be */
 
   segs_t *segs = NULL;
-  pcloc_t *cache = NULL;
-  size_t segs_bytes = 0, cache_cap = 0, frames = 0;
+  pccache_t cache = {0};
+  size_t segs_bytes = 0;
   ta_pprof_t *pp = ta_pprof_begin(ta_relaxed_load(&ta_prof_last_rate), ta_prim_clock_real_ns());
   if (!pp) {
     err = ENOMEM;
@@ -217,13 +253,10 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
   segs->cap = TA_SEGS_MAX;
   ta_prim_exe_path(segs->exe, sizeof segs->exe);
   dl_iterate_phdr(add_object, segs);
-  for (size_t t = 0; t < ntr; t++) frames += ta_prof_trace((uint32_t)t)->n;
-  for (cache_cap = 1024; cache_cap < 2 * frames; cache_cap *= 2) {}
-  if (ta_prim_map(pages(cache_cap * sizeof *cache), ta_prim_page_size(), &m) != 0) {
+  if (!pc_cache_grow(&cache)) {
     err = ENOMEM;
     goto out;
   }
-  cache = m;
   uint64_t locs[2 * TA_PROF_MAX_FRAMES];
   for (size_t t = 0; t < ntr; t++) {
     ta_prof_row_t *r = &rows[t];
@@ -233,14 +266,16 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
     ta_prof_trace_t *tr = ta_prof_trace((uint32_t)t);
     for (uint32_t i = 0; i < tr->n; i++) {
       uint64_t pc = tr->pcs[i];
-      if (pc & TA_PROF_INTERP) {
-        locs[i] = interp_location(pp, pc, tr->lines[i]);
+      int64_t line = pc & TA_PROF_INTERP ? tr->lines[i] : 0;
+      pcloc_t *c = pc_slot(&cache, pc, line);
+      if (c->loc) {
+        locs[i] = c->loc;
         continue;
       }
-      size_t j = (size_t)((pc * 0x9e3779b97f4a7c15ull) >> 17) & (cache_cap - 1);
-      while (cache[j].loc && cache[j].pc != pc) j = (j + 1) & (cache_cap - 1);
-      if (!cache[j].loc) cache[j] = (pcloc_t){pc, native_location(pp, segs, pc)};
-      locs[i] = cache[j].loc;
+      locs[i] = pc & TA_PROF_INTERP ? interp_location(pp, pc, (int32_t)line) : native_location(pp, segs, pc);
+      if (!locs[i] || ((cache.count + 1) * 2 > cache.cap && !pc_cache_grow(&cache))) continue; /* no memory: not kept */
+      *pc_slot(&cache, pc, line) = (pcloc_t){pc, locs[i], line};
+      cache.count++;
     }
     ta_pprof_sample(pp, locs, tr->n, v, tr->tag);
   }
@@ -274,7 +309,7 @@ static int dump(const char *path, int kind, const char *reason, char *written, s
   if (path == name) keep(reason_index(reason), n);
 out:
   if (pp) ta_pprof_abort(pp);
-  if (cache) ta_prim_unmap(cache, pages(cache_cap * sizeof *cache));
+  if (cache.slot) ta_prim_unmap(cache.slot, pages(cache.cap * sizeof *cache.slot));
   if (segs) ta_prim_unmap(segs, segs_bytes);
   ta_prim_unmap(rows, rows_bytes);
   return err;

@@ -322,6 +322,12 @@ static void test_stacks(void) {
       const dloc_t *l = loc_by_id(&pr, s->locs[k]);
       const dfunc_t *f = l ? func_by_id(&pr, l->function) : NULL;
       CHECK(l && l->mapping == 0 && l->line == 42 && f && !strcmp(S(&pr, f->file), "app/orders.rb"));
+      /* an interpreter's name has no system_name (pprof then shows it as it
+       * is, "<main>" included); a native one is its own system_name */
+      CHECK(f && f->system_name == 0, "system_name %s", f ? S(&pr, f->system_name) : "");
+      l = loc_by_id(&pr, s->locs[0]);
+      f = l ? func_by_id(&pr, l->function) : NULL;
+      CHECK(f && f->system_name == f->name, "native system_name %s", f ? S(&pr, f->system_name) : "");
     }
   }
   trimalloc_free(qsort_block);

@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
   uint64_t m_app = ta_pprof_mapping(p, 0x10000, 0x20000, 0, app);
   uint64_t m_cxx = ta_pprof_mapping(p, 0x7f2000000000ull, 0x7f2000100000ull, 0, cxx);
 #define NATIVE(addr, map, name, file) ta_pprof_location(p, addr, map, ta_pprof_function(p, name, file), 0)
-#define INTERP(name, file, line) ta_pprof_location(p, 0, 0, ta_pprof_function(p, name, file), line)
+#define INTERP(name, file, line) ta_pprof_location(p, 0, 0, ta_pprof_interp_function(p, name, file), line)
   uint64_t l_malloc = NATIVE(0x7f0000001000ull, m_libc, "malloc", libc);
   uint64_t py_stack[] = {l_malloc, NATIVE(0x401000, m_py, "PyBytes_FromStringAndSize", py),
                          INTERP("app.handlers.build_report", "app/handlers.py", 42),

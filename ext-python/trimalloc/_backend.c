@@ -36,7 +36,7 @@ static PyObject *py_trim(PyObject *m, PyObject *unused) {
   return PyLong_FromUnsignedLongLong(released);
 }
 
-/* trim_if_due(min_interval, min_free=0): the callers (trimalloc._hooks)
+/* trim_if_due(min_interval, min_free=DEFAULTS['trimmer']['min_free']): the callers (trimalloc._hooks)
  * check the arguments; this converts them. */
 static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
   (void)m;
@@ -49,14 +49,8 @@ static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
                                : (uint64_t)ta_bind_defaults_for("trimmer")->min_free;
   if (PyErr_Occurred()) return NULL;
   /* decided with the GIL (a clock read), trimmed without it */
-  int64_t released = -1;
-  if (ta_bind_due(interval, min_free, NULL)) {
-    Py_BEGIN_ALLOW_THREADS
-    released = ta_bind_run_trim(NULL);
-    Py_END_ALLOW_THREADS
-  }
-  if (released < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(released);
+  if (!ta_bind_due(interval, min_free, NULL)) Py_RETURN_NONE;
+  return ta_py_run_trim(NULL);
 }
 
 static PyObject *py_free_bytes(PyObject *m, PyObject *unused) {
@@ -64,20 +58,22 @@ static PyObject *py_free_bytes(PyObject *m, PyObject *unused) {
   return PyLong_FromUnsignedLongLong(ta_bind_free_bytes());
 }
 
-static PyObject *py_advance_clock(PyObject *m, PyObject *arg) {
-  (void)m;
+/* fn(arg as a float); None. */
+static PyObject *with_seconds(PyObject *arg, void (*fn)(double)) {
   double seconds = PyFloat_AsDouble(arg);
   if (seconds == -1.0 && PyErr_Occurred()) return NULL;
-  ta_bind_clock_advance(seconds);
+  fn(seconds);
   Py_RETURN_NONE;
+}
+
+static PyObject *py_advance_clock(PyObject *m, PyObject *arg) {
+  (void)m;
+  return with_seconds(arg, ta_bind_clock_advance);
 }
 
 static PyObject *py_advance_cpu(PyObject *m, PyObject *arg) {
   (void)m;
-  double seconds = PyFloat_AsDouble(arg);
-  if (seconds == -1.0 && PyErr_Occurred()) return NULL;
-  ta_bind_cpu_advance(seconds);
-  Py_RETURN_NONE;
+  return with_seconds(arg, ta_bind_cpu_advance);
 }
 
 /* _test_refault(fault_ns, free_bytes): 0 / -1 give back the measured ones. */
@@ -150,7 +146,8 @@ PyMethodDef ta_py_backend_methods[] = {
      "core_version() -> the loaded core's version, or None when it is not active"},
     {"trim", py_trim, METH_NOARGS, "trim() -> bytes returned to the OS now"},
     {"trim_if_due", (PyCFunction)(void (*)(void))py_trim_if_due, METH_VARARGS | METH_KEYWORDS,
-     "trim_if_due(min_interval, min_free=0) -> bytes released, or None when skipped"},
+     "trim_if_due(min_interval, min_free=DEFAULTS['trimmer']['min_free']) -> bytes released, or None "
+     "when skipped"},
     {"free_bytes", py_free_bytes, METH_NOARGS,
      "free_bytes() -> bytes free but still resident in the allocator"},
     {"_advance_clock", py_advance_clock, METH_O,

@@ -30,6 +30,11 @@ int ta_py_set_item(PyObject *d, const char *key, PyObject *value);
  * reference, or NULL with an exception set. */
 PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n);
 
+/* _trimmer.c: the trim a decision asked for, without the GIL: t's
+ * (ta_bind_trimmer_run) or, t NULL, the policy's (ta_bind_run_trim). The
+ * bytes released, or None when it was coalesced into a running trim. */
+PyObject *ta_py_run_trim(ta_bind_trimmer_t *t);
+
 extern PyMethodDef ta_py_backend_methods[];   /* _backend.c: trims, stats, the policy's counters */
 extern PyMethodDef ta_py_launch_methods[];    /* _launch.c: exec, preload, search path */
 extern PyMethodDef ta_py_sampler_methods[];   /* _sampler.c: the heap profiler */

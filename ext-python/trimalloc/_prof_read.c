@@ -60,6 +60,22 @@ static PyObject *str_or_none(const char *s) {
   return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
 }
 
+/* (path, by=None, n=10) of _prof_top and _prof_top_text: 0, or -1 with an
+ * exception set and nothing held. */
+static int top_args(PyObject *args, const char *fmt, PyObject **path, const char **by_s, PyObject **keep,
+                    size_t *n) {
+  PyObject *by = Py_None, *n_obj = NULL;
+  *path = *keep = NULL;
+  if (!PyArg_ParseTuple(args, fmt, PyUnicode_FSConverter, path, &by, &n_obj)) return -1;
+  if (prof_args(by, by_s, keep, n_obj, n)) {
+    Py_XDECREF(*keep);
+    Py_DECREF(*path);
+    return -1;
+  }
+  if (!n_obj) *n = 10;
+  return 0;
+}
+
 typedef struct {
   PyObject *list;
   int failed;
@@ -68,18 +84,16 @@ typedef struct {
 static void top_row(void *arg, const ta_bind_prof_row_t *r) {
   top_rows_t *t = arg;
   if (t->failed) return;
-  PyObject *d = PyDict_New(), *frames = PyList_New((Py_ssize_t)r->nframes);
+  ta_bind_field_t f[TA_BIND_PROF_ROW_NFIELDS];
+  PyObject *d = ta_py_fields_dict(f, ta_bind_prof_row_fields(r, f)), *frames = PyList_New((Py_ssize_t)r->nframes);
   if (!d || !frames) goto fail;
   for (size_t i = 0; i < r->nframes; i++) {
     PyObject *f = str_or_none(r->frames[i]);
     if (!f) goto fail;
     PyList_SetItem(frames, (Py_ssize_t)i, f); /* steals */
   }
-  if (ta_py_set_item(d, "inuse_space", PyLong_FromLongLong(r->inuse_space)) ||
-      ta_py_set_item(d, "inuse_objects", PyLong_FromLongLong(r->inuse_objects)) ||
-      ta_py_set_item(d, "alloc_space", PyLong_FromLongLong(r->alloc_space)) ||
-      ta_py_set_item(d, "alloc_objects", PyLong_FromLongLong(r->alloc_objects)) || PyDict_SetItemString(d, "frames", frames) ||
-      ta_py_set_item(d, "tag", str_or_none(r->tag)) || PyList_Append(t->list, d))
+  if (PyDict_SetItemString(d, "frames", frames) || ta_py_set_item(d, "tag", str_or_none(r->tag)) ||
+      PyList_Append(t->list, d))
     goto fail;
   Py_DECREF(frames);
   Py_DECREF(d);
@@ -94,19 +108,16 @@ fail:
  * alloc_objects, frames (leaf first), tag}], the call paths with the most `by`. */
 static PyObject *py_prof_top(PyObject *m, PyObject *args) {
   (void)m;
-  PyObject *path = NULL, *by = Py_None, *n_obj = NULL;
-  if (!PyArg_ParseTuple(args, "O&|OO:_prof_top", PyUnicode_FSConverter, &path, &by, &n_obj)) return NULL;
+  PyObject *path, *keep;
   const char *by_s;
   size_t n;
-  PyObject *keep = NULL;
+  if (top_args(args, "O&|OO:_prof_top", &path, &by_s, &keep, &n)) return NULL;
   top_rows_t t = {PyList_New(0), 0};
-  if (!t.list || prof_args(by, &by_s, &keep, n_obj, &n)) {
-    Py_XDECREF(t.list);
+  if (!t.list) {
     Py_XDECREF(keep);
     Py_DECREF(path);
     return NULL;
   }
-  if (!n_obj) n = 10;
   char err[1024];
   int rc = ta_bind_prof_top(PyBytes_AsString(path), by_s, n, top_row, &t, err, sizeof err);
   int e = errno;
@@ -124,17 +135,10 @@ static PyObject *py_prof_top(PyObject *m, PyObject *args) {
 /* _prof_top_text(path, by=None, n=10) -> the `trimalloc top` table (str). */
 static PyObject *py_prof_top_text(PyObject *m, PyObject *args) {
   (void)m;
-  PyObject *path = NULL, *by = Py_None, *n_obj = NULL;
-  if (!PyArg_ParseTuple(args, "O&|OO:_prof_top_text", PyUnicode_FSConverter, &path, &by, &n_obj)) return NULL;
+  PyObject *path, *keep;
   const char *by_s;
   size_t n;
-  PyObject *keep = NULL;
-  if (prof_args(by, &by_s, &keep, n_obj, &n)) {
-    Py_XDECREF(keep);
-    Py_DECREF(path);
-    return NULL;
-  }
-  if (!n_obj) n = 10;
+  if (top_args(args, "O&|OO:_prof_top_text", &path, &by_s, &keep, &n)) return NULL;
   char err[1024], *out = NULL;
   int rc, e;
   Py_BEGIN_ALLOW_THREADS;

@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <time.h>
 
 #include "_prof.h"
 
@@ -22,6 +21,13 @@ static PyObject *py_prof_available(PyObject *m, PyObject *unused) {
   return PyUnicode_FromString(ta_bind_sampler_unavailable());
 }
 
+/* None, or OSError for a profiler call's error code. */
+static PyObject *none_or_oserror(int rc) {
+  if (!rc) Py_RETURN_NONE;
+  errno = rc;
+  return PyErr_SetFromErrno(PyExc_OSError);
+}
+
 /* _prof_start(interval): 0 keeps the current interval. */
 static PyObject *py_prof_start(PyObject *m, PyObject *arg) {
   unsigned long long interval = PyLong_AsUnsignedLongLong(arg);
@@ -32,21 +38,12 @@ static PyObject *py_prof_start(PyObject *m, PyObject *arg) {
     PyErr_Format(PyExc_ValueError, "interval must be 1 .. 1 GiB (bytes), not %R", arg);
     return NULL;
   }
-  if (rc) {
-    errno = rc;
-    return PyErr_SetFromErrno(PyExc_OSError);
-  }
-  Py_RETURN_NONE;
+  return none_or_oserror(rc);
 }
 
 static PyObject *py_prof_stop(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
-  int rc = ta_bind_sampler_stop();
-  if (rc) {
-    errno = rc;
-    return PyErr_SetFromErrno(PyExc_OSError);
-  }
-  Py_RETURN_NONE;
+  return none_or_oserror(ta_bind_sampler_stop());
 }
 
 static PyObject *py_prof_interval(PyObject *m, PyObject *unused) {
@@ -175,14 +172,8 @@ static PyObject *py_prof_frames_cost(PyObject *m, PyObject *arg) {
     PyErr_Format(PyExc_ValueError, "n must be >= 1, not %R", arg);
     return NULL;
   }
-  uint64_t keys[128];
-  int32_t lines[128];
-  int got = 0;
-  struct timespec a, b;
-  clock_gettime(CLOCK_MONOTONIC, &a);
-  for (long i = 0; i < n; i++) got = ta_py_frames_hook(keys, lines, 128);
-  clock_gettime(CLOCK_MONOTONIC, &b);
-  double ns = ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n;
+  int got;
+  double ns = ta_bind_frames_cost(ta_py_frames_hook, n, 128, &got);
   return Py_BuildValue("(id)", got, ns);
 }
 

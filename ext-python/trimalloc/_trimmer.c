@@ -10,8 +10,8 @@ typedef struct {
   ta_bind_trimmer_t t;
 } trimmer_object;
 
-/* Trimmer(every=None, min_free=0, min_interval=1.0, refault_share=0),
- * defaults from DEFAULTS['trimmer']. trimalloc._hooks.new_trimmer checks the
+/* Trimmer(every, min_free, min_interval, refault_share), each defaulting to
+ * DEFAULTS['trimmer']'s (core/bind/bind_facts.c). trimalloc._hooks.new_trimmer checks the
  * settings, with messages naming the value; this converts them (every None:
  * 0, off; min_free None: -1, off, else clamped to INT64_MAX). */
 static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
@@ -57,19 +57,22 @@ static void trimmer_dealloc(PyObject *self) {
   Py_DECREF(tp);
 }
 
+PyObject *ta_py_run_trim(ta_bind_trimmer_t *t) {
+  int64_t released;
+  Py_BEGIN_ALLOW_THREADS
+  released = t ? ta_bind_trimmer_run(t, NULL) : ta_bind_run_trim(NULL);
+  Py_END_ALLOW_THREADS
+  if (released < 0) Py_RETURN_NONE;
+  return PyLong_FromLongLong(released);
+}
+
 /* event() -> bytes released, or None. Decided with the GIL (a few atomics,
  * at most one clock read); only a trim releases it. */
 static PyObject *trimmer_event(PyObject *self, PyObject *unused) {
   (void)unused;
   ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  int64_t released = -1;
-  if (ta_bind_trimmer_decide(t, NULL)) {
-    Py_BEGIN_ALLOW_THREADS
-    released = ta_bind_trimmer_run(t, NULL);
-    Py_END_ALLOW_THREADS
-  }
-  if (released < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(released);
+  if (!ta_bind_trimmer_decide(t, NULL)) Py_RETURN_NONE;
+  return ta_py_run_trim(t);
 }
 
 /* decide() -> bool: counts one event and says whether a trim is due now
@@ -85,13 +88,7 @@ static PyObject *trimmer_decide(PyObject *self, PyObject *unused) {
  * trim decide() asked for, counted in this trimmer, without the GIL. */
 static PyObject *trimmer_run(PyObject *self, PyObject *unused) {
   (void)unused;
-  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  int64_t released;
-  Py_BEGIN_ALLOW_THREADS
-  released = ta_bind_trimmer_run(t, NULL);
-  Py_END_ALLOW_THREADS
-  if (released < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(released);
+  return ta_py_run_trim(&((trimmer_object *)self)->t);
 }
 
 static PyObject *trimmer_stats(PyObject *self, PyObject *unused) {

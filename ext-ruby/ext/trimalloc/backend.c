@@ -47,24 +47,12 @@ static VALUE m_trim(VALUE self) {
   return ULL2NUM(released);
 }
 
-struct run_args {
-  int64_t released;
-};
-
-static void *run_nogvl(void *p) {
-  ((struct run_args *)p)->released = ta_bind_run_trim(NULL);
-  return NULL;
-}
-
 /* Native.trim_if_due(min_interval, min_free) -> Integer or nil (nil:
  * skipped, too soon or too little free): Trimalloc.trim_if_due (native.rb)
  * checks the arguments and calls this. */
 static VALUE m_trim_if_due(VALUE self, VALUE min_interval, VALUE min_free) {
   /* decided with the GVL (a clock read), trimmed without it */
-  struct run_args a = {-1};
-  if (ta_bind_due(NUM2DBL(min_interval), NUM2ULL(min_free), NULL))
-    rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
-  return a.released < 0 ? Qnil : LL2NUM(a.released);
+  return ta_bind_due(NUM2DBL(min_interval), NUM2ULL(min_free), NULL) ? ta_rb_run_trim(NULL) : Qnil;
 }
 
 /* Trimalloc.advance_clock(seconds) (private, for tests): moves the clock of

@@ -12,21 +12,8 @@
  * ...), naming the command. */
 static VALUE m_exec_preloaded(VALUE self, VALUE lib, VALUE argv) {
   const char *clib = StringValueCStr(lib);
-  Check_Type(argv, T_ARRAY);
-  long argc = RARRAY_LEN(argv);
-  if (argc == 0) rb_raise(rb_eArgError, "no command given");
-  VALUE held = rb_ary_new_capa(argc); /* keeps the C strings alive */
-  VALUE buf;
-  char **cargv = ALLOCV_N(char *, buf, argc + 1);
-  for (long i = 0; i < argc; i++) {
-    VALUE s = rb_ary_entry(argv, i);
-    StringValue(s);
-    s = rb_str_new_frozen(s);
-    rb_ary_push(held, s);
-    cargv[i] = (char *)StringValueCStr(s);
-  }
-  cargv[argc] = NULL;
-  ta_bind_exec(clib, cargv, 0);
+  VALUE held, buf;
+  ta_bind_exec(clib, ta_rb_argv(argv, &held, &buf), 0);
   int err = errno;
   RB_GC_GUARD(lib);
   RB_GC_GUARD(buf);
@@ -55,22 +42,9 @@ static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_c
                               VALUE title) {
   ta_bind_preload_req_t req = {StringValueCStr(lib), 0, NULL, NULL, RTEST(title_changed), NULL};
   if (!NIL_P(script)) req.script = StringValueCStr(script);
-  VALUE held = Qnil, buf = 0;
+  VALUE held = Qnil, buf = Qnil;
   if (!NIL_P(argv)) {
-    Check_Type(argv, T_ARRAY);
-    long argc = RARRAY_LEN(argv);
-    if (argc == 0) rb_raise(rb_eArgError, "empty command line");
-    held = rb_ary_new_capa(argc); /* keeps the C strings alive */
-    char **cargv = ALLOCV_N(char *, buf, argc + 1);
-    for (long i = 0; i < argc; i++) {
-      VALUE s = RARRAY_AREF(argv, i);
-      StringValue(s);
-      s = rb_str_new_frozen(s);
-      rb_ary_push(held, s);
-      cargv[i] = (char *)StringValueCStr(s);
-    }
-    cargv[argc] = NULL;
-    req.argv = cargv;
+    req.argv = ta_rb_argv(argv, &held, &buf);
     if (!NIL_P(title)) req.title = StringValueCStr(title);
   }
   int rc = ta_bind_preload_req(&req);
@@ -82,7 +56,7 @@ static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_c
   RB_GC_GUARD(script);
   RB_GC_GUARD(held);
   RB_GC_GUARD(title);
-  if (buf) ALLOCV_END(buf);
+  RB_GC_GUARD(buf);
   return rb_assoc_new(INT2FIX(rc), rb_str_new_cstr(ta_bind_preload_reason(rc)));
 }
 

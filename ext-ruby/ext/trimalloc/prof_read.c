@@ -40,12 +40,10 @@ static VALUE str_or_nil(const char *s) {
 }
 
 static void top_row(void *arg, const ta_bind_prof_row_t *r) {
-  VALUE rows = (VALUE)arg, h = rb_hash_new(), frames = rb_ary_new_capa((long)r->nframes);
+  ta_bind_field_t f[TA_BIND_PROF_ROW_NFIELDS];
+  VALUE rows = (VALUE)arg, h = ta_rb_fields_hash(f, ta_bind_prof_row_fields(r, f));
+  VALUE frames = rb_ary_new_capa((long)r->nframes);
   for (size_t i = 0; i < r->nframes; i++) rb_ary_push(frames, str_or_nil(r->frames[i]));
-  rb_hash_aset(h, ID2SYM(rb_intern("inuse_space")), LL2NUM(r->inuse_space));
-  rb_hash_aset(h, ID2SYM(rb_intern("inuse_objects")), LL2NUM(r->inuse_objects));
-  rb_hash_aset(h, ID2SYM(rb_intern("alloc_space")), LL2NUM(r->alloc_space));
-  rb_hash_aset(h, ID2SYM(rb_intern("alloc_objects")), LL2NUM(r->alloc_objects));
   rb_hash_aset(h, ID2SYM(rb_intern("frames")), frames);
   rb_hash_aset(h, ID2SYM(rb_intern("tag")), str_or_nil(r->tag));
   rb_ary_push(rows, h);

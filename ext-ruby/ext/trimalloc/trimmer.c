@@ -11,7 +11,6 @@
  * #initialize (native.rb). The trim runs without the GVL. */
 #include <errno.h>
 #include <stdatomic.h>
-#include <ruby/thread.h>
 
 #include "trimalloc_ext.h"
 
@@ -57,23 +56,11 @@ static VALUE trimmer_setup(VALUE self, VALUE every, VALUE min_free, VALUE min_in
   return self;
 }
 
-struct run_args {
-  ta_bind_trimmer_t *t;
-  int64_t released;
-};
-
-static void *run_nogvl(void *p) {
-  struct run_args *a = p;
-  a->released = ta_bind_trimmer_run(a->t, NULL);
-  return NULL;
-}
-
 /* #event -> bytes released, or nil. The decision is taken with the GVL (a
  * few atomics, at most one clock read); only a trim releases it. */
 static VALUE trimmer_event(VALUE self) {
-  struct run_args a = {get(self), -1};
-  if (ta_bind_trimmer_decide(a.t, NULL)) rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
-  return a.released < 0 ? Qnil : LL2NUM(a.released);
+  ta_bind_trimmer_t *t = get(self);
+  return ta_bind_trimmer_decide(t, NULL) ? ta_rb_run_trim(t) : Qnil;
 }
 
 /* #stats -> {events:, trims:, ...}: the keys of Native::TRIMMER_COUNTS */

@@ -391,6 +391,34 @@ void ta_bind_sampler_set_tag(const char *tag);
 
 #define TA_BIND_GUARD_ENV "TRIMALLOC_PRELOAD_GUARD"
 
+/* ---- the calls without arguments both bindings expose as they are ----
+ * X(name, kind, expression, where, doc), expanded by each binding into its
+ * wrappers and its method table (_backend.c, backend.c): each call's name,
+ * what it returns and its doc are written here once. kind, how the result
+ * converts: bool (a predicate: Ruby's name ends in '?'), name (Python str,
+ * Ruby Symbol), str and path (NULL: None / nil), u64, int, none (nothing:
+ * None / nil). where: api (Ruby: Trimalloc.name), internal (Ruby:
+ * Trimalloc::Native.name), test (Python: _name; Ruby: private on Trimalloc),
+ * profile (Python: _prof_name; Ruby: Trimalloc::Profile.name). */
+#define TA_BIND_CALLS(X)                                                                              \
+  X(active, bool, ta_bind_backend() == TA_BACKEND_TRIMALLOC, api,                                     \
+    "whether the process's malloc is trimalloc's")                                                    \
+  X(backend, name, ta_bind_backend_name(), api, "the allocator that answers: trimalloc or glibc")     \
+  X(loaded_path, path, ta_bind_loaded_path(), api, "the path of the loaded core; none when not active") \
+  X(core_version, str, ta_bind_core_version(), api, "the loaded core's version; none when not active") \
+  X(free_bytes, u64, ta_bind_free_bytes(), api, "bytes free but still resident in the allocator")     \
+  X(rss, u64, ta_bind_rss(), api, "the process's resident set size in bytes")                         \
+  X(free_source, name, ta_bind_free_source_name(ta_bind_free_source()), api,                          \
+    "where free_bytes comes from: dirty, resident, mallinfo2, mallinfo or unknown")                   \
+  X(forked_child, bool, ta_bind_forked_child(), api,                                                  \
+    "whether this process is a fork of one running the same program (a server's worker)")            \
+  X(purger_state, str, ta_bind_purger_state(), internal,                                              \
+    "the core's background purger in this process, in words")                                         \
+  X(interval, u64, ta_bind_sampler_interval(), profile, "the heap profiler's mean sampling interval in bytes, 0 while off") \
+  X(reset_peak, none, ta_bind_sampler_reset_peak(), profile, "the peak profile starts again from now") \
+  X(test_gate_open, none, ta_bind_test_gate_open(), test, "for tests: opens the gate (ta_bind_test_gate)") \
+  X(test_gate_state, int, ta_bind_test_gate_state(), test, "for tests: the gate's state (ta_bind_test_gate)")
+
 /* ---- bind_facts.c: what both languages tell their users, written once ----
  * Each extension exposes these at run time; the Python and Ruby code reads
  * them there instead of spelling them again. */

@@ -169,10 +169,6 @@ done:
   return result;
 }
 
-static PyObject *py_forked_child(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyBool_FromLong(ta_bind_forked_child());
-}
 PyMethodDef ta_py_launch_methods[] = {
     {"exec", (PyCFunction)(void (*)(void))py_exec, METH_VARARGS | METH_KEYWORDS,
      "exec(lib, argv, pythonmalloc=False, first=None): exec argv with lib preloaded, searched "
@@ -188,7 +184,5 @@ PyMethodDef ta_py_launch_methods[] = {
      "preload(lib, pythonmalloc=False, argv=None, script=None, title_changed=False) -> "
      "(code, reason): re-execs argv with lib preloaded, or says why not (0: already active); "
      "raises OSError when the re-exec fails"},
-    {"forked_child", py_forked_child, METH_NOARGS,
-     "forked_child() -> is this process a fork of one running the same program?"},
     {NULL, NULL, 0, NULL},
 };

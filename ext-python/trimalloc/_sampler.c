@@ -1,6 +1,8 @@
 /* trimalloc._trimalloc: the core's heap profiler (core/bind/bind_sampler.c:
  * start, stop, dump, tags) and the tests' view of the Python frames hook
- * (_prof.c). trimalloc/profile.py checks the arguments and calls these. */
+ * (_prof.c). trimalloc/profile.py checks the arguments and calls these.
+ * _prof_interval and _prof_reset_peak are core/bind's argument-free calls
+ * (TA_BIND_CALLS, _backend.c). */
 #include "_ext.h" /* first: Python.h sets the feature macros */
 
 #include <errno.h>
@@ -46,11 +48,6 @@ static PyObject *py_prof_stop(PyObject *m, PyObject *unused) {
   return none_or_oserror(ta_bind_sampler_stop());
 }
 
-static PyObject *py_prof_interval(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyLong_FromSize_t(ta_bind_sampler_interval());
-}
-
 /* _prof_dump(path or None, kind) -> the path written. Encodes and writes
  * without the GIL (it may take milliseconds). */
 static PyObject *py_prof_dump(PyObject *m, PyObject *args) {
@@ -80,12 +77,6 @@ static PyObject *py_prof_dump(PyObject *m, PyObject *args) {
   }
   Py_XDECREF(path_b);
   return r;
-}
-
-static PyObject *py_prof_reset_peak(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  ta_bind_sampler_reset_peak();
-  Py_RETURN_NONE;
 }
 
 /* _prof_set_tag(str or None): this thread's tag (the core copies it, at most
@@ -186,10 +177,8 @@ PyMethodDef ta_py_sampler_methods[] = {
      "_prof_available() -> None when the heap profiler is there, else why not"},
     {"_prof_start", py_prof_start, METH_O, "_prof_start(interval): 0 keeps the current one"},
     {"_prof_stop", py_prof_stop, METH_NOARGS, "_prof_stop()"},
-    {"_prof_interval", py_prof_interval, METH_NOARGS, "_prof_interval() -> bytes, 0 while off"},
     {"_prof_dump", py_prof_dump, METH_VARARGS,
      "_prof_dump(path, kind) -> the path written (kind 0 live, 1 peak)"},
-    {"_prof_reset_peak", py_prof_reset_peak, METH_NOARGS, "_prof_reset_peak()"},
     {"_prof_set_tag", py_prof_set_tag, METH_O, "_prof_set_tag(tag): this thread's tag, None clears"},
     {"_prof_frames_now", py_prof_frames_now, METH_VARARGS,
      "_prof_frames_now(max=64) -> [(name, file, line)]: the profiler's Python frames here, leaf first"},

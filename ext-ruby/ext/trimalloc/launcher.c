@@ -60,16 +60,9 @@ static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_c
   return rb_assoc_new(INT2FIX(rc), rb_str_new_cstr(ta_bind_preload_reason(rc)));
 }
 
-/* Trimalloc.forked_child? -> whether this process is a fork of one running
- * the same program (a server's worker). */
-static VALUE m_forked_child_p(VALUE self) {
-  return ta_bind_forked_child() ? Qtrue : Qfalse;
-}
-
 void ta_rb_init_launcher(void) {
   VALUE s = rb_singleton_class(ta_rb_mTrimalloc);
   rb_define_private_method(s, "exec_preloaded", m_exec_preloaded, 2);
   rb_define_private_method(s, "preload_reexec", m_preload_reexec, 5);
   rb_define_private_method(s, "search_path", m_search_path, 0);
-  rb_define_singleton_method(ta_rb_mTrimalloc, "forked_child?", m_forked_child_p, 0);
 }

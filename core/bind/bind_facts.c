@@ -58,6 +58,11 @@ size_t ta_bind_defaults_fields(const ta_bind_defaults_t *d, ta_bind_field_t *out
   return TA_BIND_DEFAULTS_NFIELDS;
 }
 
+size_t ta_bind_trimmer_settings(const ta_bind_trimmer_t *t, ta_bind_field_t *out) {
+  ta_bind_defaults_t d = {NULL, t->every, t->min_free, t->min_interval, t->refault_share};
+  return ta_bind_defaults_fields(&d, out);
+}
+
 const char *const ta_bind_trimmer_counts[TA_BIND_TRIMMER_NFIELDS] = {
     "events", "trims", "skipped", "coalesced", "trimmed_bytes", "refault_skips",
 };

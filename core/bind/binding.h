@@ -441,6 +441,10 @@ const ta_bind_defaults_t *ta_bind_defaults_for(const char *hook);
 #define TA_BIND_DEFAULTS_NFIELDS 4
 size_t ta_bind_defaults_fields(const ta_bind_defaults_t *d, ta_bind_field_t *out);
 
+/* A trimmer's settings as fields, as ta_bind_defaults_fields gives a hook's
+ * defaults (every, min_free, min_interval, refault_share; 'n': off). */
+size_t ta_bind_trimmer_settings(const ta_bind_trimmer_t *t, ta_bind_field_t *out);
+
 /* A trimmer's counters ('u' fields), named in ta_bind_trimmer_counts:
  * events, trims, skipped, coalesced, trimmed_bytes, refault_skips. Fills
  * out[0 .. TA_BIND_TRIMMER_NFIELDS-1]; returns the count. */

@@ -26,6 +26,9 @@ ta_py_state_t *ta_py_state(PyObject *module);
 /* d[key] = value, stealing value (NULL: fails). 0 or -1. */
 int ta_py_set_item(PyObject *d, const char *key, PyObject *value);
 
+/* A field's value: float, bool, int, or None ('n'); a new reference. */
+PyObject *ta_py_field(const ta_bind_field_t *f);
+
 /* {name: value} for the present fields of f[0..n-1] ('b' as a bool); a new
  * reference, or NULL with an exception set. */
 PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n);

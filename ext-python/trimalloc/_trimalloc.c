@@ -30,16 +30,21 @@ int ta_py_set_item(PyObject *d, const char *key, PyObject *value) {
   return rc;
 }
 
+PyObject *ta_py_field(const ta_bind_field_t *f) {
+  switch (f->type) {
+  case 'd': return PyFloat_FromDouble(f->v.d);
+  case 'b': return PyBool_FromLong(f->v.u != 0);
+  case 'i': return PyLong_FromLongLong(f->v.i);
+  case 'n': Py_RETURN_NONE;
+  default: return PyLong_FromUnsignedLongLong(f->v.u);
+  }
+}
+
 PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n) {
   PyObject *d = PyDict_New();
   for (size_t i = 0; d && i < n; i++) {
     if (!f[i].present) continue; /* not measured by this backend: left out */
-    PyObject *v = f[i].type == 'd'   ? PyFloat_FromDouble(f[i].v.d)
-                  : f[i].type == 'b' ? PyBool_FromLong(f[i].v.u != 0)
-                  : f[i].type == 'i' ? PyLong_FromLongLong(f[i].v.i)
-                  : f[i].type == 'n' ? (Py_INCREF(Py_None), Py_None)
-                                     : PyLong_FromUnsignedLongLong(f[i].v.u);
-    if (ta_py_set_item(d, f[i].name, v) < 0) Py_CLEAR(d);
+    if (ta_py_set_item(d, f[i].name, ta_py_field(&f[i])) < 0) Py_CLEAR(d);
   }
   return d;
 }

@@ -97,28 +97,12 @@ static PyObject *trimmer_stats(PyObject *self, PyObject *unused) {
   return ta_py_fields_dict(f, ta_bind_trimmer_fields(&((trimmer_object *)self)->t, f));
 }
 
-static PyObject *trimmer_get_every(PyObject *self, void *unused) {
-  (void)unused;
-  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  if (!t->every) Py_RETURN_NONE;
-  return PyLong_FromUnsignedLongLong(t->every);
-}
-
-static PyObject *trimmer_get_min_free(PyObject *self, void *unused) {
-  (void)unused;
-  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  if (t->min_free < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(t->min_free);
-}
-
-static PyObject *trimmer_get_min_interval(PyObject *self, void *unused) {
-  (void)unused;
-  return PyFloat_FromDouble(((trimmer_object *)self)->t.min_interval);
-}
-
-static PyObject *trimmer_get_refault_share(PyObject *self, void *unused) {
-  (void)unused;
-  return PyFloat_FromDouble(((trimmer_object *)self)->t.refault_share);
+/* every, min_free, min_interval, refault_share (closure: its index in
+ * ta_bind_trimmer_settings' fields; None: off). */
+static PyObject *trimmer_get(PyObject *self, void *index) {
+  ta_bind_field_t f[TA_BIND_DEFAULTS_NFIELDS];
+  ta_bind_trimmer_settings(&((trimmer_object *)self)->t, f);
+  return ta_py_field(&f[(intptr_t)index]);
 }
 
 static PyMethodDef trimmer_methods[] = {
@@ -134,11 +118,11 @@ static PyMethodDef trimmer_methods[] = {
 };
 
 static PyGetSetDef trimmer_getset[] = {
-    {"every", trimmer_get_every, NULL, "trim every this many events (None: off)", NULL},
-    {"min_free", trimmer_get_min_free, NULL, "trim when this many bytes are free (None: off)", NULL},
-    {"min_interval", trimmer_get_min_interval, NULL, "seconds between trims, at least", NULL},
-    {"refault_share", trimmer_get_refault_share, NULL,
-     "share of the CPU time the refaults of trims may cost (0: no refault budget)", NULL},
+    {"every", trimmer_get, NULL, "trim every this many events (None: off)", (void *)0},
+    {"min_free", trimmer_get, NULL, "trim when this many bytes are free (None: off)", (void *)1},
+    {"min_interval", trimmer_get, NULL, "seconds between trims, at least", (void *)2},
+    {"refault_share", trimmer_get, NULL,
+     "share of the CPU time the refaults of trims may cost (0: no refault budget)", (void *)3},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -69,22 +69,11 @@ static VALUE trimmer_stats(VALUE self) {
   return ta_rb_fields_hash(f, ta_bind_trimmer_fields(get(self), f));
 }
 
-static VALUE trimmer_every(VALUE self) {
-  ta_bind_trimmer_t *t = get(self);
-  return t->every ? ULL2NUM(t->every) : Qnil;
-}
-
-static VALUE trimmer_min_free(VALUE self) {
-  ta_bind_trimmer_t *t = get(self);
-  return t->min_free < 0 ? Qnil : LL2NUM(t->min_free);
-}
-
-static VALUE trimmer_min_interval(VALUE self) {
-  return DBL2NUM(get(self)->min_interval);
-}
-
-static VALUE trimmer_refault_share(VALUE self) {
-  return DBL2NUM(get(self)->refault_share);
+/* #settings (private) -> {every:, min_free:, min_interval:, refault_share:}
+ * (nil: off); the readers of the same names are native.rb's. */
+static VALUE trimmer_settings(VALUE self) {
+  ta_bind_field_t f[TA_BIND_DEFAULTS_NFIELDS];
+  return ta_rb_fields_hash(f, ta_bind_trimmer_settings(get(self), f));
 }
 
 void ta_rb_init_trimmer(void) {
@@ -93,8 +82,5 @@ void ta_rb_init_trimmer(void) {
   rb_define_private_method(cTrimmer, "setup", trimmer_setup, 4);
   rb_define_method(cTrimmer, "event", trimmer_event, 0);
   rb_define_method(cTrimmer, "stats", trimmer_stats, 0);
-  rb_define_method(cTrimmer, "every", trimmer_every, 0);
-  rb_define_method(cTrimmer, "min_free", trimmer_min_free, 0);
-  rb_define_method(cTrimmer, "min_interval", trimmer_min_interval, 0);
-  rb_define_method(cTrimmer, "refault_share", trimmer_refault_share, 0);
+  rb_define_private_method(cTrimmer, "settings", trimmer_settings, 0);
 }

@@ -4,7 +4,9 @@
  * background purger's state in words. Each extension exposes these at run
  * time (Python: trimalloc._trimalloc.DEFAULTS, PRELOAD, TRIMMER_COUNTS and
  * purger_state(); Ruby: the same names under Trimalloc::Native), and the
- * Python and Ruby code reads them there. See binding.h for the contract. */
+ * Python and Ruby code reads them there; the tests of both suites read them
+ * there too, and test/python/test_readme_defaults.py holds the README's
+ * quoted defaults to this table. See binding.h for the contract. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* RTLD_DEFAULT */
 #endif
@@ -47,17 +49,31 @@ const ta_bind_defaults_t *ta_bind_defaults_for(const char *hook) {
   return NULL;
 }
 
+/* every 0 and min_free -1 mean off: None / nil in both languages */
+size_t ta_bind_defaults_fields(const ta_bind_defaults_t *d, ta_bind_field_t *out) {
+  out[0] = (ta_bind_field_t){"every", d->every ? 'u' : 'n', 1, {.u = d->every}};
+  out[1] = (ta_bind_field_t){"min_free", d->min_free >= 0 ? 'i' : 'n', 1, {.i = d->min_free}};
+  out[2] = (ta_bind_field_t){"min_interval", 'd', 1, {.d = d->min_interval}};
+  out[3] = (ta_bind_field_t){"refault_share", 'd', 1, {.d = d->refault_share}};
+  return TA_BIND_DEFAULTS_NFIELDS;
+}
+
+size_t ta_bind_trimmer_settings(const ta_bind_trimmer_t *t, ta_bind_field_t *out) {
+  ta_bind_defaults_t d = {NULL, t->every, t->min_free, t->min_interval, t->refault_share};
+  return ta_bind_defaults_fields(&d, out);
+}
+
+const char *const ta_bind_trimmer_counts[TA_BIND_TRIMMER_NFIELDS] = {
+    "events", "trims", "skipped", "coalesced", "trimmed_bytes", "refault_skips",
+};
+
 size_t ta_bind_trimmer_fields(ta_bind_trimmer_t *t, ta_bind_field_t *out) {
-  const struct {
-    const char *name;
-    _Atomic uint64_t *v;
-  } counts[TA_BIND_TRIMMER_NFIELDS] = {
-      {"events", &t->events},       {"trims", &t->trims},         {"skipped", &t->skipped},
-      {"coalesced", &t->coalesced}, {"trimmed_bytes", &t->trimmed_bytes},
-      {"refault_skips", &t->refault_skips},
+  /* in ta_bind_trimmer_counts' order */
+  _Atomic uint64_t *counts[TA_BIND_TRIMMER_NFIELDS] = {
+      &t->events, &t->trims, &t->skipped, &t->coalesced, &t->trimmed_bytes, &t->refault_skips,
   };
   for (size_t i = 0; i < TA_BIND_TRIMMER_NFIELDS; i++)
-    out[i] = (ta_bind_field_t){counts[i].name, 'u', 1, {.u = atomic_load(counts[i].v)}};
+    out[i] = (ta_bind_field_t){ta_bind_trimmer_counts[i], 'u', 1, {.u = atomic_load(counts[i])}};
   return TA_BIND_TRIMMER_NFIELDS;
 }
 
@@ -91,4 +107,19 @@ const char *ta_bind_preload_name(int code) {
   case TA_PRELOAD_NO_LIBRARY: return "no_library";
   default: return NULL;
   }
+}
+
+size_t ta_bind_preload_fields(ta_bind_field_t *out) {
+  size_t n = 0;
+  for (int code = TA_PRELOAD_FAILED; n < TA_BIND_PRELOAD_NCODES && ta_bind_preload_name(code); code++)
+    out[n++] = (ta_bind_field_t){ta_bind_preload_name(code), 'i', 1, {.i = code}};
+  return n;
+}
+
+size_t ta_bind_prof_row_fields(const ta_bind_prof_row_t *r, ta_bind_field_t *out) {
+  out[0] = (ta_bind_field_t){"inuse_space", 'i', 1, {.i = r->inuse_space}};
+  out[1] = (ta_bind_field_t){"inuse_objects", 'i', 1, {.i = r->inuse_objects}};
+  out[2] = (ta_bind_field_t){"alloc_space", 'i', 1, {.i = r->alloc_space}};
+  out[3] = (ta_bind_field_t){"alloc_objects", 'i', 1, {.i = r->alloc_objects}};
+  return TA_BIND_PROF_ROW_NFIELDS;
 }

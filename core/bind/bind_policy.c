@@ -371,6 +371,21 @@ int64_t ta_bind_run_trim(ta_bind_skip_t *why) {
   return run_trim(why ? why : &w);
 }
 
+int64_t ta_bind_run_trim_after(int wait_ms, const _Atomic int *stop) {
+  int64_t released = ta_bind_run_trim(NULL);
+  for (int waited = 0; released < 0 && waited < wait_ms;) {
+    if (atomic_load(&trimming_now)) {
+      if (stop && atomic_load(stop)) break;
+      struct timespec ms = {0, 1000000};
+      nanosleep(&ms, NULL);
+      waited++;
+      continue;
+    }
+    released = ta_bind_run_trim(NULL);
+  }
+  return released;
+}
+
 int64_t ta_bind_trim_if_due2(double min_interval, uint64_t min_free, ta_bind_skip_t *why) {
   ta_bind_skip_t w;
   return trim_checked(min_interval, clamp_free(min_free), 0, why ? why : &w);

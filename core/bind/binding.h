@@ -14,6 +14,8 @@
  *                   at run time
  *   bind_facts.c    what both languages tell their users: hook defaults,
  *                   counter names, result codes, the purger's state
+ *   bind_frames.c   what the two interpreters' frame walkers share: the
+ *                   hook's registration, the table of keys, its cost
  * It finds the trimalloc core among the objects already loaded
  * (dlsym(RTLD_DEFAULT)), never dlopens it, and falls back to glibc when the core
  * is not the process allocator. The bindings only convert types and map errors.
@@ -35,10 +37,13 @@ typedef enum { TA_BACKEND_GLIBC = 0, TA_BACKEND_TRIMALLOC = 1 } ta_backend_t;
  * never report it as 0. */
 typedef struct ta_bind_field_s {
   const char *name;
-  char type; /* 'u': uint64_t in v.u, 'd': double in v.d, 'b': a bool in v.u */
+  /* 'u': uint64_t in v.u, 'i': int64_t in v.i, 'd': double in v.d, 'b': a
+   * bool in v.u, 'n': a setting that is off (None / nil) */
+  char type;
   int present;
   union {
     uint64_t u;
+    int64_t i;
     double d;
   } v;
 } ta_bind_field_t;
@@ -160,6 +165,13 @@ int64_t ta_bind_trim_if_due2(double min_interval, uint64_t min_free, ta_bind_ski
  * then ta_bind_run_trim (the trim, or -1 when coalesced into a running one). */
 int ta_bind_due(double min_interval, uint64_t min_free, ta_bind_skip_t *why);
 int64_t ta_bind_run_trim(ta_bind_skip_t *why);
+
+/* ta_bind_run_trim for a trim the program asked for at a quiet moment
+ * (Ruby's GC.start): when it was coalesced into a running trim, which may
+ * have started before this memory was freed, waits for that one to end
+ * (polling each millisecond, at most wait_ms, or until *stop is set by the
+ * interpreter's interrupt) and trims after it. Without the GVL/GIL. */
+int64_t ta_bind_run_trim_after(int wait_ms, const _Atomic int *stop);
 
 /* A trim the caller cannot run on its own thread now (Ruby: a postponed job
  * with an interrupt pending may not release the GVL), run as soon as
@@ -379,6 +391,34 @@ void ta_bind_sampler_set_tag(const char *tag);
 
 #define TA_BIND_GUARD_ENV "TRIMALLOC_PRELOAD_GUARD"
 
+/* ---- the calls without arguments both bindings expose as they are ----
+ * X(name, kind, expression, where, doc), expanded by each binding into its
+ * wrappers and its method table (_backend.c, backend.c): each call's name,
+ * what it returns and its doc are written here once. kind, how the result
+ * converts: bool (a predicate: Ruby's name ends in '?'), name (Python str,
+ * Ruby Symbol), str and path (NULL: None / nil), u64, int, none (nothing:
+ * None / nil). where: api (Ruby: Trimalloc.name), internal (Ruby:
+ * Trimalloc::Native.name), test (Python: _name; Ruby: private on Trimalloc),
+ * profile (Python: _prof_name; Ruby: Trimalloc::Profile.name). */
+#define TA_BIND_CALLS(X)                                                                              \
+  X(active, bool, ta_bind_backend() == TA_BACKEND_TRIMALLOC, api,                                     \
+    "whether the process's malloc is trimalloc's")                                                    \
+  X(backend, name, ta_bind_backend_name(), api, "the allocator that answers: trimalloc or glibc")     \
+  X(loaded_path, path, ta_bind_loaded_path(), api, "the path of the loaded core; none when not active") \
+  X(core_version, str, ta_bind_core_version(), api, "the loaded core's version; none when not active") \
+  X(free_bytes, u64, ta_bind_free_bytes(), api, "bytes free but still resident in the allocator")     \
+  X(rss, u64, ta_bind_rss(), api, "the process's resident set size in bytes")                         \
+  X(free_source, name, ta_bind_free_source_name(ta_bind_free_source()), api,                          \
+    "where free_bytes comes from: dirty, resident, mallinfo2, mallinfo or unknown")                   \
+  X(forked_child, bool, ta_bind_forked_child(), api,                                                  \
+    "whether this process is a fork of one running the same program (a server's worker)")            \
+  X(purger_state, str, ta_bind_purger_state(), internal,                                              \
+    "the core's background purger in this process, in words")                                         \
+  X(interval, u64, ta_bind_sampler_interval(), profile, "the heap profiler's mean sampling interval in bytes, 0 while off") \
+  X(reset_peak, none, ta_bind_sampler_reset_peak(), profile, "the peak profile starts again from now") \
+  X(test_gate_open, none, ta_bind_test_gate_open(), test, "for tests: opens the gate (ta_bind_test_gate)") \
+  X(test_gate_state, int, ta_bind_test_gate_state(), test, "for tests: the gate's state (ta_bind_test_gate)")
+
 /* ---- bind_facts.c: what both languages tell their users, written once ----
  * Each extension exposes these at run time; the Python and Ruby code reads
  * them there instead of spelling them again. */
@@ -396,10 +436,20 @@ extern const ta_bind_defaults_t ta_bind_defaults[];
 /* The defaults of `hook`, or NULL when there is no such hook. */
 const ta_bind_defaults_t *ta_bind_defaults_for(const char *hook);
 
-/* A trimmer's counters ('u' fields): events, trims, skipped, coalesced,
- * trimmed_bytes, refault_skips. Fills out[0 .. TA_BIND_TRIMMER_NFIELDS-1];
- * returns the count. */
+/* A hook's defaults as fields: every ('u', 'n' when off), min_free ('i', 'n'
+ * when off), min_interval and refault_share ('d'). Returns the count. */
+#define TA_BIND_DEFAULTS_NFIELDS 4
+size_t ta_bind_defaults_fields(const ta_bind_defaults_t *d, ta_bind_field_t *out);
+
+/* A trimmer's settings as fields, as ta_bind_defaults_fields gives a hook's
+ * defaults (every, min_free, min_interval, refault_share; 'n': off). */
+size_t ta_bind_trimmer_settings(const ta_bind_trimmer_t *t, ta_bind_field_t *out);
+
+/* A trimmer's counters ('u' fields), named in ta_bind_trimmer_counts:
+ * events, trims, skipped, coalesced, trimmed_bytes, refault_skips. Fills
+ * out[0 .. TA_BIND_TRIMMER_NFIELDS-1]; returns the count. */
 #define TA_BIND_TRIMMER_NFIELDS 6
+extern const char *const ta_bind_trimmer_counts[TA_BIND_TRIMMER_NFIELDS];
 size_t ta_bind_trimmer_fields(ta_bind_trimmer_t *t, ta_bind_field_t *out);
 
 /* ta_bind_policy_stats as fields: pending and busy ('b': v.u 0 or 1),
@@ -415,6 +465,64 @@ const char *ta_bind_free_source_name(int source);
 /* A TA_PRELOAD_* code's name ("failed", "active", "guard", "forked",
  * "rewritten", "not_a_file", "no_library"), or NULL for any other int. */
 const char *ta_bind_preload_name(int code);
+
+/* Every TA_PRELOAD_* code as a field {name, 'i', code}. Returns the count. */
+#define TA_BIND_PRELOAD_NCODES 7
+size_t ta_bind_preload_fields(ta_bind_field_t *out);
+
+/* A profile row's four numbers as 'i' fields, named as the sample types:
+ * inuse_space, inuse_objects, alloc_space, alloc_objects. Returns 4. */
+#define TA_BIND_PROF_ROW_NFIELDS 4
+size_t ta_bind_prof_row_fields(const ta_bind_prof_row_t *r, ta_bind_field_t *out);
+
+/* ---- bind_frames.c: what the interpreters' frame walkers share ----
+ * Each extension walks its own interpreter's frames (the part that is per
+ * language: _prof.c, frames.c). The rest is here: registering the walker
+ * with the core's profiler, naming keys, the table of the keys handed to
+ * the core, and the walker's cost. */
+
+/* A walker: this thread's frames, leaf first, as the core's frames hook
+ * (trimalloc_prof_frames_fn): keys[i] names a function, lines[i] its line. */
+typedef int (*ta_bind_frames_fn)(uint64_t *keys, int32_t *lines, int max);
+
+/* Registers fn (NULL: none) as the core's frames hook, eval_fn being the
+ * interpreter's eval loop (trimalloc_prof_set_frames_hook). 0, ENOSYS when
+ * the core is not the allocator or has no profiler, or the core's error. */
+int ta_bind_frames_set_hook(ta_bind_frames_fn fn, const void *eval_fn);
+
+/* trimalloc_prof_name_frame: 0, ENOSYS (no hook was registered yet), or
+ * ENOMEM (the core's budget for names is full). Safe inside the hook: it
+ * only calls the core, which copies the strings. */
+int ta_bind_frames_name(uint64_t key, const char *name, const char *file);
+
+/* The keys a walker handed to the core, each to be kept alive (and fixed
+ * in place) by the binding so that its address never comes to mean another
+ * function. Open addressing over mmap'ed memory, touched as it fills (never
+ * malloc: keys are added inside malloc). No lock: each binding touches it
+ * only with its interpreter lock held. */
+typedef struct {
+  uint64_t *keys;  /* keys[0 .. n), in the order added */
+  uint32_t *slots; /* index + 1 into keys, 0: empty */
+  size_t n, max, mask;
+} ta_bind_keys_t;
+/* Room for max keys. 0, or the errno of mmap (the table then refuses
+ * every key, as a full one). */
+int ta_bind_keys_init(ta_bind_keys_t *k, size_t max);
+enum { TA_BIND_KEY_FULL = 0, TA_BIND_KEY_HELD = 1, TA_BIND_KEY_ADDED = 2 };
+/* Adds key: TA_BIND_KEY_HELD (it was there), TA_BIND_KEY_ADDED, or
+ * TA_BIND_KEY_FULL (not there, and no room). */
+int ta_bind_keys_add(ta_bind_keys_t *k, uint64_t key);
+/* Whether key is in the table. */
+int ta_bind_keys_has(const ta_bind_keys_t *k, uint64_t key);
+
+/* fn(keys, lines, max) run n times (n >= 1, max at most 1024) on this
+ * thread: the mean ns of a call, *got the frames of the last. What a
+ * sample's interpreter frames cost at this depth. */
+double ta_bind_frames_cost(ta_bind_frames_fn fn, long n, int max, int *got);
+
+/* Code point c as UTF-8 into out (1 to 4 bytes; a surrogate, which UTF-8
+ * cannot hold, as '?'). Returns the length. */
+size_t ta_bind_utf8_put(uint32_t c, char out[4]);
 
 
 #endif

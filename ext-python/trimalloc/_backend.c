@@ -3,29 +3,38 @@
  * bind_policy.c). */
 #include "_ext.h"
 
-static PyObject *py_active(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyBool_FromLong(ta_bind_backend() == TA_BACKEND_TRIMALLOC);
+static PyObject *str_or_none(const char *s) {
+  if (!s) Py_RETURN_NONE;
+  return PyUnicode_FromString(s);
 }
 
-static PyObject *py_backend(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyUnicode_FromString(ta_bind_backend_name());
+static PyObject *path_or_none(const char *s) {
+  if (!s) Py_RETURN_NONE;
+  return PyUnicode_DecodeFSDefault(s);
 }
 
-static PyObject *py_loaded_path(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  const char *p = ta_bind_loaded_path();
-  if (!p) Py_RETURN_NONE;
-  return PyUnicode_DecodeFSDefault(p);
-}
+static PyObject *none(void) { Py_RETURN_NONE; }
 
-static PyObject *py_core_version(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  const char *v = ta_bind_core_version();
-  if (!v) Py_RETURN_NONE;
-  return PyUnicode_FromString(v);
-}
+/* core/bind's argument-free calls (TA_BIND_CALLS, binding.h): a wrapper each,
+ * converting the result by its kind. */
+#define TA_PY_bool(e) PyBool_FromLong(e)
+#define TA_PY_name(e) PyUnicode_FromString(e)
+#define TA_PY_str(e) str_or_none(e)
+#define TA_PY_path(e) path_or_none(e)
+#define TA_PY_u64(e) PyLong_FromUnsignedLongLong(e)
+#define TA_PY_int(e) PyLong_FromLong(e)
+#define TA_PY_none(e) ((e), none())
+#define TA_PY_CALL(name, kind, expr, where, doc)                       \
+  static PyObject *call_##name(PyObject *m, PyObject *unused) {       \
+    (void)m, (void)unused;                                             \
+    return TA_PY_##kind(expr);                                         \
+  }
+TA_BIND_CALLS(TA_PY_CALL)
+#define TA_PY_NAME_api(name) #name
+#define TA_PY_NAME_internal(name) #name
+#define TA_PY_NAME_test(name) "_" #name
+#define TA_PY_NAME_profile(name) "_prof_" #name
+#define TA_PY_DEF(name, kind, expr, where, doc) {TA_PY_NAME_##where(name), call_##name, METH_NOARGS, doc},
 
 static PyObject *py_trim(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
@@ -36,7 +45,7 @@ static PyObject *py_trim(PyObject *m, PyObject *unused) {
   return PyLong_FromUnsignedLongLong(released);
 }
 
-/* trim_if_due(min_interval, min_free=0): the callers (trimalloc._hooks)
+/* trim_if_due(min_interval, min_free=DEFAULTS['trimmer']['min_free']): the callers (trimalloc._hooks)
  * check the arguments; this converts them. */
 static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
   (void)m;
@@ -49,35 +58,26 @@ static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
                                : (uint64_t)ta_bind_defaults_for("trimmer")->min_free;
   if (PyErr_Occurred()) return NULL;
   /* decided with the GIL (a clock read), trimmed without it */
-  int64_t released = -1;
-  if (ta_bind_due(interval, min_free, NULL)) {
-    Py_BEGIN_ALLOW_THREADS
-    released = ta_bind_run_trim(NULL);
-    Py_END_ALLOW_THREADS
-  }
-  if (released < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(released);
+  if (!ta_bind_due(interval, min_free, NULL)) Py_RETURN_NONE;
+  return ta_py_run_trim(NULL);
 }
 
-static PyObject *py_free_bytes(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyLong_FromUnsignedLongLong(ta_bind_free_bytes());
+/* fn(arg as a float); None. */
+static PyObject *with_seconds(PyObject *arg, void (*fn)(double)) {
+  double seconds = PyFloat_AsDouble(arg);
+  if (seconds == -1.0 && PyErr_Occurred()) return NULL;
+  fn(seconds);
+  Py_RETURN_NONE;
 }
 
 static PyObject *py_advance_clock(PyObject *m, PyObject *arg) {
   (void)m;
-  double seconds = PyFloat_AsDouble(arg);
-  if (seconds == -1.0 && PyErr_Occurred()) return NULL;
-  ta_bind_clock_advance(seconds);
-  Py_RETURN_NONE;
+  return with_seconds(arg, ta_bind_clock_advance);
 }
 
 static PyObject *py_advance_cpu(PyObject *m, PyObject *arg) {
   (void)m;
-  double seconds = PyFloat_AsDouble(arg);
-  if (seconds == -1.0 && PyErr_Occurred()) return NULL;
-  ta_bind_cpu_advance(seconds);
-  Py_RETURN_NONE;
+  return with_seconds(arg, ta_bind_cpu_advance);
 }
 
 /* _test_refault(fault_ns, free_bytes): 0 / -1 give back the measured ones. */
@@ -91,10 +91,6 @@ static PyObject *py_test_refault(PyObject *m, PyObject *args) {
   Py_RETURN_NONE;
 }
 
-static PyObject *py_rss(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyLong_FromUnsignedLongLong(ta_bind_rss());
-}
 static PyObject *py_stats(PyObject *m, PyObject *unused) {
   (void)unused;
   ta_bind_field_t fields[TA_NFIELDS];
@@ -113,16 +109,6 @@ static PyObject *py_policy_stats(PyObject *m, PyObject *unused) {
   return ta_py_fields_dict(f, ta_bind_policy_fields(f));
 }
 
-static PyObject *py_free_source(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyUnicode_FromString(ta_bind_free_source_name(ta_bind_free_source()));
-}
-
-static PyObject *py_purger_state(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyUnicode_FromString(ta_bind_purger_state());
-}
-
 static PyObject *py_test_gate(PyObject *m, PyObject *arg) {
   (void)m;
   int on = PyObject_IsTrue(arg);
@@ -131,28 +117,12 @@ static PyObject *py_test_gate(PyObject *m, PyObject *arg) {
   Py_RETURN_NONE;
 }
 
-static PyObject *py_test_gate_open(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  ta_bind_test_gate_open();
-  Py_RETURN_NONE;
-}
-
-static PyObject *py_test_gate_state(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyLong_FromLong(ta_bind_test_gate_state());
-}
 PyMethodDef ta_py_backend_methods[] = {
-    {"active", py_active, METH_NOARGS, "active() -> bool: is the process's malloc trimalloc's?"},
-    {"backend", py_backend, METH_NOARGS, "backend() -> 'trimalloc' or 'glibc'"},
-    {"loaded_path", py_loaded_path, METH_NOARGS,
-     "loaded_path() -> path of the loaded core, or None when it is not active"},
-    {"core_version", py_core_version, METH_NOARGS,
-     "core_version() -> the loaded core's version, or None when it is not active"},
+    TA_BIND_CALLS(TA_PY_DEF)
     {"trim", py_trim, METH_NOARGS, "trim() -> bytes returned to the OS now"},
     {"trim_if_due", (PyCFunction)(void (*)(void))py_trim_if_due, METH_VARARGS | METH_KEYWORDS,
-     "trim_if_due(min_interval, min_free=0) -> bytes released, or None when skipped"},
-    {"free_bytes", py_free_bytes, METH_NOARGS,
-     "free_bytes() -> bytes free but still resident in the allocator"},
+     "trim_if_due(min_interval, min_free=DEFAULTS['trimmer']['min_free']) -> bytes released, or None "
+     "when skipped"},
     {"_advance_clock", py_advance_clock, METH_O,
      "_advance_clock(seconds): for tests, moves the rate limit's clock forward"},
     {"_advance_cpu", py_advance_cpu, METH_O,
@@ -160,17 +130,10 @@ PyMethodDef ta_py_backend_methods[] = {
     {"_test_refault", py_test_refault, METH_VARARGS,
      "_test_refault(fault_ns, free_bytes): for tests, sets the fault cost (0: measured) and pins "
      "the free-bytes figure (-1: the backend's)"},
-    {"rss", py_rss, METH_NOARGS, "rss() -> the process's resident set size in bytes"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict of the fields this backend measures"},
     {"policy_stats", py_policy_stats, METH_NOARGS,
      "policy_stats() -> {pending, busy, deferred, coalesced, free_reads, refault_skips, idle_trims, "
      "fault_ns}: the trim policy's counters and the fault cost its refault budget uses"},
-    {"free_source", py_free_source, METH_NOARGS,
-     "free_source() -> where free_bytes() comes from: dirty, resident, mallinfo2, mallinfo, unknown"},
-    {"purger_state", py_purger_state, METH_NOARGS,
-     "purger_state() -> the core's background purger in this process, in words"},
     {"_test_gate", py_test_gate, METH_O, "_test_gate(on): for tests (see binding.h)"},
-    {"_test_gate_open", py_test_gate_open, METH_NOARGS, "_test_gate_open(): for tests"},
-    {"_test_gate_state", py_test_gate_state, METH_NOARGS, "_test_gate_state() -> int: for tests"},
     {NULL, NULL, 0, NULL},
 };

@@ -26,9 +26,17 @@ ta_py_state_t *ta_py_state(PyObject *module);
 /* d[key] = value, stealing value (NULL: fails). 0 or -1. */
 int ta_py_set_item(PyObject *d, const char *key, PyObject *value);
 
+/* A field's value: float, bool, int, or None ('n'); a new reference. */
+PyObject *ta_py_field(const ta_bind_field_t *f);
+
 /* {name: value} for the present fields of f[0..n-1] ('b' as a bool); a new
  * reference, or NULL with an exception set. */
 PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n);
+
+/* _trimmer.c: the trim a decision asked for, without the GIL: t's
+ * (ta_bind_trimmer_run) or, t NULL, the policy's (ta_bind_run_trim). The
+ * bytes released, or None when it was coalesced into a running trim. */
+PyObject *ta_py_run_trim(ta_bind_trimmer_t *t);
 
 extern PyMethodDef ta_py_backend_methods[];   /* _backend.c: trims, stats, the policy's counters */
 extern PyMethodDef ta_py_launch_methods[];    /* _launch.c: exec, preload, search path */

@@ -48,6 +48,14 @@ fail:
   return -1;
 }
 
+/* A malloc'ed path as a str (freed); NULL: MemoryError. */
+static PyObject *take_path(char *p) {
+  if (!p) return PyErr_NoMemory();
+  PyObject *r = PyUnicode_DecodeFSDefault(p);
+  free(p);
+  return r;
+}
+
 /* exec(lib, argv, pythonmalloc=False, first=None): ta_bind_exec_in. */
 static PyObject *py_exec(PyObject *m, PyObject *args, PyObject *kwargs) {
   (void)m;
@@ -88,10 +96,7 @@ static PyObject *py_search_path(PyObject *m, PyObject *args) {
   if (first != Py_None && !PyUnicode_FSConverter(first, &first_b)) return NULL;
   char *p = ta_bind_search_path(first_b ? PyBytes_AsString(first_b) : NULL);
   Py_XDECREF(first_b);
-  if (!p) return PyErr_NoMemory();
-  PyObject *r = PyUnicode_DecodeFSDefault(p);
-  free(p);
-  return r;
+  return take_path(p);
 }
 
 /* profile_env(dir, cmd): `run --profile DIR` (ta_bind_profile_env): makes
@@ -129,12 +134,7 @@ static PyObject *py_which(PyObject *m, PyObject *args) {
   int e = errno;
   Py_DECREF(cmd);
   Py_DECREF(path);
-  if (f) {
-    PyObject *r = PyUnicode_DecodeFSDefault(f);
-    free(f);
-    return r;
-  }
-  if (e == ENOMEM) return PyErr_NoMemory();
+  if (f || e == ENOMEM) return take_path(f);
   Py_RETURN_NONE;
 }
 
@@ -169,10 +169,6 @@ done:
   return result;
 }
 
-static PyObject *py_forked_child(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyBool_FromLong(ta_bind_forked_child());
-}
 PyMethodDef ta_py_launch_methods[] = {
     {"exec", (PyCFunction)(void (*)(void))py_exec, METH_VARARGS | METH_KEYWORDS,
      "exec(lib, argv, pythonmalloc=False, first=None): exec argv with lib preloaded, searched "
@@ -188,7 +184,5 @@ PyMethodDef ta_py_launch_methods[] = {
      "preload(lib, pythonmalloc=False, argv=None, script=None, title_changed=False) -> "
      "(code, reason): re-execs argv with lib preloaded, or says why not (0: already active); "
      "raises OSError when the re-exec fails"},
-    {"forked_child", py_forked_child, METH_NOARGS,
-     "forked_child() -> is this process a fork of one running the same program?"},
     {NULL, NULL, 0, NULL},
 };

@@ -7,9 +7,11 @@
  * chain as the interpreter left it, reads each frame's code object and line,
  * and names a code object the first time it sees one (copying its strings by
  * hand into stack buffers, then into the core's metadata with
- * trimalloc_prof_name_frame). Keys are code objects' addresses; each code
- * object named is kept alive (Py_INCREF, never released), so its address
- * never comes back as another function's.
+ * ta_bind_frames_name). Keys are code objects' addresses, held in core/bind's
+ * key table (ta_bind_keys_t, shared with the Ruby walker); each code object
+ * named is kept alive (Py_INCREF, never released), so its address never
+ * comes back as another function's. Registering the hook and timing it are
+ * core/bind's too (bind_frames.c): what stays here is what reads Python.
  *
  * Why this file leaves the limited API that the rest of the extension keeps:
  * the frame chain is not in it (3.11+ keeps it in internal structs). The
@@ -39,6 +41,7 @@
 #endif
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -52,10 +55,6 @@
 #define TA_PY_WALKER 1
 #endif
 
-typedef int (*frames_fn)(uint64_t *keys, int32_t *lines, int max);
-typedef int (*set_hook_fn)(frames_fn fn, const void *eval_fn);
-typedef int (*name_frame_fn)(uint64_t key, const char *name, const char *file);
-
 static struct {
   int ready; /* everything below resolved: the hook may run */
   int (*gil_check)(void);
@@ -63,9 +62,8 @@ static struct {
   int (*finalizing)(void);
   PyThreadState *(*tstate)(void);
   int (*addr2line)(PyCodeObject *, int);
-  name_frame_fn name_frame; /* NULL until the core is found */
   const char *status;
-} py = {0, NULL, NULL, NULL, NULL, NULL, NULL, "not installed"};
+} py = {0, NULL, NULL, NULL, NULL, NULL, "not installed"};
 
 /* The re-entry guard. A plain int, not a thread-local (a dlopen'ed module's
  * TLS may be allocated, with malloc, on first touch): it is only read and
@@ -73,16 +71,14 @@ static struct {
 static int busy;
 
 /* ---- the per-code cache: code objects seen, kept alive ----
- * Open addressing over code addresses, touched only with the GIL held.
- * Bounded: after CODE_MAX distinct code objects, the rest share one key
- * (OVERFLOW_KEY, named "[python: frame cache full]") rather than reuse an
- * address some other function might get. 32768 slots of 8 bytes = 256 KiB of
- * .bss, resident only as far as touched. */
-#define CODE_SLOTS 32768u
-#define CODE_MAX (CODE_SLOTS / 4 * 3)
+ * core/bind's key table, touched only with the GIL held. Bounded: after
+ * CODE_MAX distinct code objects, the rest share one key (OVERFLOW_KEY,
+ * named "[python: frame cache full]") rather than reuse an address some
+ * other function might get. Mapped at install, resident only as far as
+ * touched. */
+#define CODE_MAX 24576u
 #define OVERFLOW_KEY 1u
-static PyCodeObject *seen[CODE_SLOTS];
-static unsigned nseen;
+static ta_bind_keys_t seen;
 static int overflow_named;
 
 #define NAME_MAX_LEN 256
@@ -108,31 +104,8 @@ static size_t utf8_copy(PyObject *s, char *out, size_t cap) {
   int kind = PyUnicode_KIND(s);
   const void *data = PyUnicode_DATA(s);
   for (Py_ssize_t i = 0; i < len; i++) {
-    Py_UCS4 c = PyUnicode_READ(kind, data, i);
     char b[4];
-    size_t k;
-    if (c < 0x80) {
-      b[0] = (char)c;
-      k = 1;
-    } else if (c < 0x800) {
-      b[0] = (char)(0xC0 | (c >> 6));
-      b[1] = (char)(0x80 | (c & 0x3F));
-      k = 2;
-    } else if (c >= 0xD800 && c <= 0xDFFF) {
-      b[0] = '?';
-      k = 1;
-    } else if (c < 0x10000) {
-      b[0] = (char)(0xE0 | (c >> 12));
-      b[1] = (char)(0x80 | ((c >> 6) & 0x3F));
-      b[2] = (char)(0x80 | (c & 0x3F));
-      k = 3;
-    } else {
-      b[0] = (char)(0xF0 | (c >> 18));
-      b[1] = (char)(0x80 | ((c >> 12) & 0x3F));
-      b[2] = (char)(0x80 | ((c >> 6) & 0x3F));
-      b[3] = (char)(0x80 | (c & 0x3F));
-      k = 4;
-    }
+    size_t k = ta_bind_utf8_put(PyUnicode_READ(kind, data, i), b);
     if (n + k >= cap) break;
     memcpy(out + n, b, k);
     n += k;
@@ -200,32 +173,20 @@ static void describe_code(PyCodeObject *code, char *name, size_t namelen, char *
   else snprintf(name, namelen, "%s", qual[0] ? qual : "?");
 }
 
-static unsigned slot_of(const void *p) {
-  uint64_t h = (uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ull;
-  return (unsigned)(h >> 40) & (CODE_SLOTS - 1);
-}
-
 /* The key of a code object; the first time: kept alive and named. */
 static uint64_t code_key(PyCodeObject *code) {
-  unsigned i = slot_of(code);
-  while (seen[i]) {
-    if (seen[i] == code) return (uint64_t)(uintptr_t)code;
-    i = (i + 1) & (CODE_SLOTS - 1);
-  }
-  if (nseen >= CODE_MAX) {
-    if (!overflow_named && py.name_frame)
-      overflow_named = py.name_frame(OVERFLOW_KEY, "[python: frame cache full]", "") == 0;
+  uint64_t key = (uint64_t)(uintptr_t)code;
+  int r = ta_bind_keys_add(&seen, key);
+  if (r == TA_BIND_KEY_HELD) return key;
+  if (r == TA_BIND_KEY_FULL) {
+    if (!overflow_named) overflow_named = ta_bind_frames_name(OVERFLOW_KEY, "[python: frame cache full]", "") == 0;
     return OVERFLOW_KEY;
   }
   Py_INCREF(code); /* never released: the address stays this function's */
-  seen[i] = code;
-  nseen++;
-  if (py.name_frame) {
-    char name[NAME_MAX_LEN], file[FILE_MAX_LEN];
-    describe_code(code, name, sizeof name, file, sizeof file);
-    py.name_frame((uint64_t)(uintptr_t)code, name, file); /* ENOMEM: shown by address */
-  }
-  return (uint64_t)(uintptr_t)code;
+  char name[NAME_MAX_LEN], file[FILE_MAX_LEN];
+  describe_code(code, name, sizeof name, file, sizeof file);
+  ta_bind_frames_name(key, name, file); /* ENOMEM: shown by address */
+  return key;
 }
 
 /* Frames the walkers stop at: a chain this long is not a real one. */
@@ -291,18 +252,14 @@ int ta_py_frames_hook(uint64_t *keys, int32_t *lines, int max) {
 }
 
 int ta_py_frames_describe(uint64_t key, char *name, size_t namelen, char *file, size_t filelen) {
-  if (key == OVERFLOW_KEY && nseen >= CODE_MAX) {
+  if (key == OVERFLOW_KEY && seen.n >= seen.max) {
     snprintf(name, namelen, "[python: frame cache full]");
     file[0] = 0;
     return 0;
   }
-  for (unsigned i = slot_of((void *)(uintptr_t)key); seen[i]; i = (i + 1) & (CODE_SLOTS - 1)) {
-    if ((uint64_t)(uintptr_t)seen[i] == key) {
-      describe_code(seen[i], name, namelen, file, filelen);
-      return 0;
-    }
-  }
-  return -1;
+  if (!ta_bind_keys_has(&seen, key)) return -1;
+  describe_code((PyCodeObject *)(uintptr_t)key, name, namelen, file, filelen);
+  return 0;
 }
 
 const char *ta_py_frames_status(void) { return py.status; }
@@ -341,26 +298,25 @@ int ta_py_frames_install(void) {
       py.status = "no Python frames: this interpreter does not export what the walker needs";
       return 0;
     }
-    py.ready = 1;
+    py.ready = ta_bind_keys_init(&seen, CODE_MAX) == 0;
+    if (!py.ready) {
+      py.status = "no Python frames: no memory for the table of code objects";
+      return 0;
+    }
   }
   if (ta_bind_backend() != TA_BACKEND_TRIMALLOC) {
     py.status = "not registered: trimalloc is not the process's allocator";
     return 0;
   }
-  set_hook_fn set_hook = (set_hook_fn)dlsym(RTLD_DEFAULT, "trimalloc_prof_set_frames_hook");
-  name_frame_fn name_frame = (name_frame_fn)dlsym(RTLD_DEFAULT, "trimalloc_prof_name_frame");
   const void *eval = dlsym(RTLD_DEFAULT, "_PyEval_EvalFrameDefault");
-  if (!set_hook || !name_frame) {
-    py.status = "not registered: the loaded trimalloc core has no profiler";
-    return 0;
-  }
   if (!eval) {
     py.status = "not registered: _PyEval_EvalFrameDefault is not exported by this interpreter";
     return 0;
   }
-  py.name_frame = name_frame; /* before the hook can run */
-  if (set_hook(ta_py_frames_hook, eval) != 0) {
-    py.status = "not registered: trimalloc_prof_set_frames_hook refused the hook";
+  int rc = ta_bind_frames_set_hook(ta_py_frames_hook, eval);
+  if (rc) {
+    py.status = rc == ENOSYS ? "not registered: the loaded trimalloc core has no profiler"
+                             : "not registered: trimalloc_prof_set_frames_hook refused the hook";
     return 0;
   }
   py.status = "registered";

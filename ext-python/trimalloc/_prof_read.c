@@ -1,6 +1,7 @@
 /* trimalloc._trimalloc: the profile readers (core/bind/bind_prof*.c,
  * bind_flame.c): the top call paths, the `trimalloc top` table, flame graphs.
- * trimalloc/profile.py and the CLI call these. */
+ * trimalloc/profile.py and the CLI call these, and check the arguments:
+ * this converts them (n < 0 has no size_t). */
 #include "_ext.h" /* first: Python.h sets the feature macros */
 
 #include <errno.h>
@@ -25,39 +26,26 @@ static PyObject *prof_error(const char *err) {
   return NULL;
 }
 
-/* by: a str or None (*keep holds its UTF-8 bytes: the caller releases
- * it); n: an int >= 0 (0: all). */
-static int prof_args(PyObject *by, const char **by_s, PyObject **keep, PyObject *n_obj, size_t *n) {
-  *by_s = NULL;
-  *keep = NULL;
-  if (by != Py_None) {
-    if (!PyUnicode_Check(by)) {
-      PyErr_Format(PyExc_TypeError, "the sample type must be a str, not %R", by);
-      return -1;
-    }
-    if (!(*keep = PyUnicode_AsUTF8String(by)) || !(*by_s = PyBytes_AsString(*keep))) return -1;
-  }
-  if (!n_obj) {
-    *n = 0;
-    return 0;
-  }
-  if (PyBool_Check(n_obj) || !PyLong_Check(n_obj)) {
-    PyErr_Format(PyExc_TypeError, "n must be an int, not %R", n_obj);
-    return -1;
-  }
-  long long v = PyLong_AsLongLong(n_obj);
-  if (v == -1 && PyErr_Occurred()) return -1;
-  if (v < 0) {
-    PyErr_Format(PyExc_ValueError, "n must be >= 0 (0: all), not %R", n_obj);
-    return -1;
-  }
-  *n = (size_t)v;
-  return 0;
-}
-
 static PyObject *str_or_none(const char *s) {
   if (!s) Py_RETURN_NONE;
   return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
+}
+
+/* (path, by=None, n=10) of _prof_top and _prof_top_text, converted: the
+ * callers (trimalloc.profile, the CLI) check them; by: a str or None (a
+ * type the reader does not know: its ValueError), n >= 0 (0: all). 0, or -1
+ * with an exception set and nothing held. */
+static int top_args(PyObject *args, const char *fmt, PyObject **path, const char **by, size_t *n) {
+  Py_ssize_t rows = 10;
+  *by = NULL;
+  if (!PyArg_ParseTuple(args, fmt, PyUnicode_FSConverter, path, by, &rows)) return -1;
+  if (rows < 0) {
+    Py_DECREF(*path);
+    PyErr_Format(PyExc_ValueError, "n must be >= 0 (0: all), not %zd", rows);
+    return -1;
+  }
+  *n = (size_t)rows;
+  return 0;
 }
 
 typedef struct {
@@ -68,18 +56,16 @@ typedef struct {
 static void top_row(void *arg, const ta_bind_prof_row_t *r) {
   top_rows_t *t = arg;
   if (t->failed) return;
-  PyObject *d = PyDict_New(), *frames = PyList_New((Py_ssize_t)r->nframes);
+  ta_bind_field_t f[TA_BIND_PROF_ROW_NFIELDS];
+  PyObject *d = ta_py_fields_dict(f, ta_bind_prof_row_fields(r, f)), *frames = PyList_New((Py_ssize_t)r->nframes);
   if (!d || !frames) goto fail;
   for (size_t i = 0; i < r->nframes; i++) {
     PyObject *f = str_or_none(r->frames[i]);
     if (!f) goto fail;
     PyList_SetItem(frames, (Py_ssize_t)i, f); /* steals */
   }
-  if (ta_py_set_item(d, "inuse_space", PyLong_FromLongLong(r->inuse_space)) ||
-      ta_py_set_item(d, "inuse_objects", PyLong_FromLongLong(r->inuse_objects)) ||
-      ta_py_set_item(d, "alloc_space", PyLong_FromLongLong(r->alloc_space)) ||
-      ta_py_set_item(d, "alloc_objects", PyLong_FromLongLong(r->alloc_objects)) || PyDict_SetItemString(d, "frames", frames) ||
-      ta_py_set_item(d, "tag", str_or_none(r->tag)) || PyList_Append(t->list, d))
+  if (PyDict_SetItemString(d, "frames", frames) || ta_py_set_item(d, "tag", str_or_none(r->tag)) ||
+      PyList_Append(t->list, d))
     goto fail;
   Py_DECREF(frames);
   Py_DECREF(d);
@@ -94,24 +80,19 @@ fail:
  * alloc_objects, frames (leaf first), tag}], the call paths with the most `by`. */
 static PyObject *py_prof_top(PyObject *m, PyObject *args) {
   (void)m;
-  PyObject *path = NULL, *by = Py_None, *n_obj = NULL;
-  if (!PyArg_ParseTuple(args, "O&|OO:_prof_top", PyUnicode_FSConverter, &path, &by, &n_obj)) return NULL;
+  PyObject *path;
   const char *by_s;
   size_t n;
-  PyObject *keep = NULL;
+  if (top_args(args, "O&|zn:_prof_top", &path, &by_s, &n)) return NULL;
   top_rows_t t = {PyList_New(0), 0};
-  if (!t.list || prof_args(by, &by_s, &keep, n_obj, &n)) {
-    Py_XDECREF(t.list);
-    Py_XDECREF(keep);
+  if (!t.list) {
     Py_DECREF(path);
     return NULL;
   }
-  if (!n_obj) n = 10;
   char err[1024];
   int rc = ta_bind_prof_top(PyBytes_AsString(path), by_s, n, top_row, &t, err, sizeof err);
   int e = errno;
   Py_DECREF(path);
-  Py_XDECREF(keep);
   if (rc || t.failed) {
     Py_DECREF(t.list);
     if (t.failed) return NULL; /* the Python error set while building a row */
@@ -124,17 +105,10 @@ static PyObject *py_prof_top(PyObject *m, PyObject *args) {
 /* _prof_top_text(path, by=None, n=10) -> the `trimalloc top` table (str). */
 static PyObject *py_prof_top_text(PyObject *m, PyObject *args) {
   (void)m;
-  PyObject *path = NULL, *by = Py_None, *n_obj = NULL;
-  if (!PyArg_ParseTuple(args, "O&|OO:_prof_top_text", PyUnicode_FSConverter, &path, &by, &n_obj)) return NULL;
+  PyObject *path;
   const char *by_s;
   size_t n;
-  PyObject *keep = NULL;
-  if (prof_args(by, &by_s, &keep, n_obj, &n)) {
-    Py_XDECREF(keep);
-    Py_DECREF(path);
-    return NULL;
-  }
-  if (!n_obj) n = 10;
+  if (top_args(args, "O&|zn:_prof_top_text", &path, &by_s, &n)) return NULL;
   char err[1024], *out = NULL;
   int rc, e;
   Py_BEGIN_ALLOW_THREADS;
@@ -142,7 +116,6 @@ static PyObject *py_prof_top_text(PyObject *m, PyObject *args) {
   e = errno;
   Py_END_ALLOW_THREADS;
   Py_DECREF(path);
-  Py_XDECREF(keep);
   if (rc) {
     errno = e;
     return prof_error(err);
@@ -156,33 +129,25 @@ static PyObject *py_prof_top_text(PyObject *m, PyObject *args) {
  * graph (or collapsed stacks) of sample type `type` to out ("-": stdout). */
 static PyObject *py_prof_flame(PyObject *m, PyObject *args) {
   (void)m;
-  PyObject *path = NULL, *out = NULL, *type = Py_None;
+  PyObject *path = NULL, *out = NULL;
+  const char *type = NULL; /* a str or None: the callers check it */
   int collapsed = 0;
-  if (!PyArg_ParseTuple(args, "O&O&|Op:_prof_flame", PyUnicode_FSConverter, &path, PyUnicode_FSConverter, &out,
+  if (!PyArg_ParseTuple(args, "O&O&|zp:_prof_flame", PyUnicode_FSConverter, &path, PyUnicode_FSConverter, &out,
                         &type, &collapsed))
     return NULL;
-  const char *type_s;
-  size_t unused;
-  PyObject *result = NULL, *keep = NULL;
-  if (prof_args(type, &type_s, &keep, NULL, &unused) == 0) {
-    char err[1024];
-    int rc, e;
-    Py_BEGIN_ALLOW_THREADS;
-    rc = ta_bind_prof_flame(PyBytes_AsString(path), type_s, collapsed, PyBytes_AsString(out), err, sizeof err);
-    e = errno;
-    Py_END_ALLOW_THREADS;
-    if (rc) {
-      errno = e;
-      prof_error(err);
-    } else {
-      result = Py_None;
-      Py_INCREF(result);
-    }
-  }
-  Py_XDECREF(keep);
+  char err[1024];
+  int rc, e;
+  Py_BEGIN_ALLOW_THREADS;
+  rc = ta_bind_prof_flame(PyBytes_AsString(path), type, collapsed, PyBytes_AsString(out), err, sizeof err);
+  e = errno;
+  Py_END_ALLOW_THREADS;
   Py_DECREF(path);
   Py_DECREF(out);
-  return result;
+  if (rc) {
+    errno = e;
+    return prof_error(err);
+  }
+  Py_RETURN_NONE;
 }
 PyMethodDef ta_py_prof_read_methods[] = {
     {"_prof_top", py_prof_top, METH_VARARGS,

@@ -1,11 +1,12 @@
 /* trimalloc._trimalloc: the core's heap profiler (core/bind/bind_sampler.c:
  * start, stop, dump, tags) and the tests' view of the Python frames hook
- * (_prof.c). trimalloc/profile.py checks the arguments and calls these. */
+ * (_prof.c). trimalloc/profile.py checks the arguments and calls these.
+ * _prof_interval and _prof_reset_peak are core/bind's argument-free calls
+ * (TA_BIND_CALLS, _backend.c). */
 #include "_ext.h" /* first: Python.h sets the feature macros */
 
 #include <errno.h>
 #include <pthread.h>
-#include <time.h>
 
 #include "_prof.h"
 
@@ -22,6 +23,13 @@ static PyObject *py_prof_available(PyObject *m, PyObject *unused) {
   return PyUnicode_FromString(ta_bind_sampler_unavailable());
 }
 
+/* None, or OSError for a profiler call's error code. */
+static PyObject *none_or_oserror(int rc) {
+  if (!rc) Py_RETURN_NONE;
+  errno = rc;
+  return PyErr_SetFromErrno(PyExc_OSError);
+}
+
 /* _prof_start(interval): 0 keeps the current interval. */
 static PyObject *py_prof_start(PyObject *m, PyObject *arg) {
   unsigned long long interval = PyLong_AsUnsignedLongLong(arg);
@@ -32,26 +40,12 @@ static PyObject *py_prof_start(PyObject *m, PyObject *arg) {
     PyErr_Format(PyExc_ValueError, "interval must be 1 .. 1 GiB (bytes), not %R", arg);
     return NULL;
   }
-  if (rc) {
-    errno = rc;
-    return PyErr_SetFromErrno(PyExc_OSError);
-  }
-  Py_RETURN_NONE;
+  return none_or_oserror(rc);
 }
 
 static PyObject *py_prof_stop(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
-  int rc = ta_bind_sampler_stop();
-  if (rc) {
-    errno = rc;
-    return PyErr_SetFromErrno(PyExc_OSError);
-  }
-  Py_RETURN_NONE;
-}
-
-static PyObject *py_prof_interval(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  return PyLong_FromSize_t(ta_bind_sampler_interval());
+  return none_or_oserror(ta_bind_sampler_stop());
 }
 
 /* _prof_dump(path or None, kind) -> the path written. Encodes and writes
@@ -83,12 +77,6 @@ static PyObject *py_prof_dump(PyObject *m, PyObject *args) {
   }
   Py_XDECREF(path_b);
   return r;
-}
-
-static PyObject *py_prof_reset_peak(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  ta_bind_sampler_reset_peak();
-  Py_RETURN_NONE;
 }
 
 /* _prof_set_tag(str or None): this thread's tag (the core copies it, at most
@@ -175,14 +163,8 @@ static PyObject *py_prof_frames_cost(PyObject *m, PyObject *arg) {
     PyErr_Format(PyExc_ValueError, "n must be >= 1, not %R", arg);
     return NULL;
   }
-  uint64_t keys[128];
-  int32_t lines[128];
-  int got = 0;
-  struct timespec a, b;
-  clock_gettime(CLOCK_MONOTONIC, &a);
-  for (long i = 0; i < n; i++) got = ta_py_frames_hook(keys, lines, 128);
-  clock_gettime(CLOCK_MONOTONIC, &b);
-  double ns = ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n;
+  int got;
+  double ns = ta_bind_frames_cost(ta_py_frames_hook, n, 128, &got);
   return Py_BuildValue("(id)", got, ns);
 }
 
@@ -195,10 +177,8 @@ PyMethodDef ta_py_sampler_methods[] = {
      "_prof_available() -> None when the heap profiler is there, else why not"},
     {"_prof_start", py_prof_start, METH_O, "_prof_start(interval): 0 keeps the current one"},
     {"_prof_stop", py_prof_stop, METH_NOARGS, "_prof_stop()"},
-    {"_prof_interval", py_prof_interval, METH_NOARGS, "_prof_interval() -> bytes, 0 while off"},
     {"_prof_dump", py_prof_dump, METH_VARARGS,
      "_prof_dump(path, kind) -> the path written (kind 0 live, 1 peak)"},
-    {"_prof_reset_peak", py_prof_reset_peak, METH_NOARGS, "_prof_reset_peak()"},
     {"_prof_set_tag", py_prof_set_tag, METH_O, "_prof_set_tag(tag): this thread's tag, None clears"},
     {"_prof_frames_now", py_prof_frames_now, METH_VARARGS,
      "_prof_frames_now(max=64) -> [(name, file, line)]: the profiler's Python frames here, leaf first"},

@@ -30,53 +30,40 @@ int ta_py_set_item(PyObject *d, const char *key, PyObject *value) {
   return rc;
 }
 
+PyObject *ta_py_field(const ta_bind_field_t *f) {
+  switch (f->type) {
+  case 'd': return PyFloat_FromDouble(f->v.d);
+  case 'b': return PyBool_FromLong(f->v.u != 0);
+  case 'i': return PyLong_FromLongLong(f->v.i);
+  case 'n': Py_RETURN_NONE;
+  default: return PyLong_FromUnsignedLongLong(f->v.u);
+  }
+}
+
 PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n) {
   PyObject *d = PyDict_New();
   for (size_t i = 0; d && i < n; i++) {
     if (!f[i].present) continue; /* not measured by this backend: left out */
-    PyObject *v = f[i].type == 'd'   ? PyFloat_FromDouble(f[i].v.d)
-                  : f[i].type == 'b' ? PyBool_FromLong(f[i].v.u != 0)
-                                     : PyLong_FromUnsignedLongLong(f[i].v.u);
-    if (ta_py_set_item(d, f[i].name, v) < 0) Py_CLEAR(d);
+    if (ta_py_set_item(d, f[i].name, ta_py_field(&f[i])) < 0) Py_CLEAR(d);
   }
   return d;
-}
-
-/* None for a policy setting that is off (every 0, min_free -1). */
-static PyObject *int_or_none(long long v, long long off) {
-  if (v == off) Py_RETURN_NONE;
-  return PyLong_FromLongLong(v);
 }
 
 /* DEFAULTS: {hook: {"every", "min_free", "min_interval", "refault_share"}}
- * (core/bind's table). */
+ * (core/bind's table; None: off). */
 static PyObject *make_defaults(void) {
   PyObject *d = PyDict_New();
-  for (const ta_bind_defaults_t *h = ta_bind_defaults; d && h->hook; h++) {
-    PyObject *e = Py_BuildValue("{sNsNsdsd}", "every", int_or_none((long long)h->every, 0), "min_free",
-                                int_or_none(h->min_free, -1), "min_interval", h->min_interval,
-                                "refault_share", h->refault_share);
-    if (ta_py_set_item(d, h->hook, e) < 0) Py_CLEAR(d);
-  }
-  return d;
-}
-
-/* PRELOAD: {name: code} for ta_bind_preload_req's results. */
-static PyObject *make_preload_codes(void) {
-  PyObject *d = PyDict_New();
-  for (int code = TA_PRELOAD_FAILED; d && ta_bind_preload_name(code); code++)
-    if (ta_py_set_item(d, ta_bind_preload_name(code), PyLong_FromLong(code)) < 0) Py_CLEAR(d);
+  ta_bind_field_t f[TA_BIND_DEFAULTS_NFIELDS];
+  for (const ta_bind_defaults_t *h = ta_bind_defaults; d && h->hook; h++)
+    if (ta_py_set_item(d, h->hook, ta_py_fields_dict(f, ta_bind_defaults_fields(h, f))) < 0) Py_CLEAR(d);
   return d;
 }
 
 /* TRIMMER_COUNTS: the keys of Trimmer.stats(), in order. */
 static PyObject *make_trimmer_counts(void) {
-  ta_bind_trimmer_t t;
-  ta_bind_field_t f[TA_BIND_TRIMMER_NFIELDS];
-  ta_bind_trimmer_init(&t, 1, -1, 0);
   PyObject *names = PyTuple_New(TA_BIND_TRIMMER_NFIELDS);
-  for (size_t i = 0; names && i < ta_bind_trimmer_fields(&t, f); i++) {
-    PyObject *s = PyUnicode_FromString(f[i].name);
+  for (size_t i = 0; names && i < TA_BIND_TRIMMER_NFIELDS; i++) {
+    PyObject *s = PyUnicode_FromString(ta_bind_trimmer_counts[i]);
     if (!s) Py_CLEAR(names);
     else PyTuple_SetItem(names, (Py_ssize_t)i, s); /* steals */
   }
@@ -126,7 +113,8 @@ static int module_exec(PyObject *m) {
   if (add_object(m, "FIELDS", make_fields()) < 0) return -1;
   if (add_object(m, "GUARD_ENV", PyUnicode_FromString(TA_BIND_GUARD_ENV)) < 0) return -1;
   if (add_object(m, "DEFAULTS", make_defaults()) < 0) return -1;
-  if (add_object(m, "PRELOAD", make_preload_codes()) < 0) return -1;
+  ta_bind_field_t codes[TA_BIND_PRELOAD_NCODES]; /* PRELOAD: {name: code} of preload()'s results */
+  if (add_object(m, "PRELOAD", ta_py_fields_dict(codes, ta_bind_preload_fields(codes))) < 0) return -1;
   if (add_object(m, "TRIMMER_COUNTS", make_trimmer_counts()) < 0) return -1;
   PyMethodDef *tables[] = {ta_py_backend_methods, ta_py_launch_methods, ta_py_sampler_methods,
                            ta_py_prof_read_methods};

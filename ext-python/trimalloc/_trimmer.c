@@ -10,8 +10,8 @@ typedef struct {
   ta_bind_trimmer_t t;
 } trimmer_object;
 
-/* Trimmer(every=None, min_free=0, min_interval=1.0, refault_share=0),
- * defaults from DEFAULTS['trimmer']. trimalloc._hooks.new_trimmer checks the
+/* Trimmer(every, min_free, min_interval, refault_share), each defaulting to
+ * DEFAULTS['trimmer']'s (core/bind/bind_facts.c). trimalloc._hooks.new_trimmer checks the
  * settings, with messages naming the value; this converts them (every None:
  * 0, off; min_free None: -1, off, else clamped to INT64_MAX). */
 static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
@@ -57,19 +57,22 @@ static void trimmer_dealloc(PyObject *self) {
   Py_DECREF(tp);
 }
 
+PyObject *ta_py_run_trim(ta_bind_trimmer_t *t) {
+  int64_t released;
+  Py_BEGIN_ALLOW_THREADS
+  released = t ? ta_bind_trimmer_run(t, NULL) : ta_bind_run_trim(NULL);
+  Py_END_ALLOW_THREADS
+  if (released < 0) Py_RETURN_NONE;
+  return PyLong_FromLongLong(released);
+}
+
 /* event() -> bytes released, or None. Decided with the GIL (a few atomics,
  * at most one clock read); only a trim releases it. */
 static PyObject *trimmer_event(PyObject *self, PyObject *unused) {
   (void)unused;
   ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  int64_t released = -1;
-  if (ta_bind_trimmer_decide(t, NULL)) {
-    Py_BEGIN_ALLOW_THREADS
-    released = ta_bind_trimmer_run(t, NULL);
-    Py_END_ALLOW_THREADS
-  }
-  if (released < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(released);
+  if (!ta_bind_trimmer_decide(t, NULL)) Py_RETURN_NONE;
+  return ta_py_run_trim(t);
 }
 
 /* decide() -> bool: counts one event and says whether a trim is due now
@@ -85,13 +88,7 @@ static PyObject *trimmer_decide(PyObject *self, PyObject *unused) {
  * trim decide() asked for, counted in this trimmer, without the GIL. */
 static PyObject *trimmer_run(PyObject *self, PyObject *unused) {
   (void)unused;
-  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  int64_t released;
-  Py_BEGIN_ALLOW_THREADS
-  released = ta_bind_trimmer_run(t, NULL);
-  Py_END_ALLOW_THREADS
-  if (released < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(released);
+  return ta_py_run_trim(&((trimmer_object *)self)->t);
 }
 
 static PyObject *trimmer_stats(PyObject *self, PyObject *unused) {
@@ -100,28 +97,12 @@ static PyObject *trimmer_stats(PyObject *self, PyObject *unused) {
   return ta_py_fields_dict(f, ta_bind_trimmer_fields(&((trimmer_object *)self)->t, f));
 }
 
-static PyObject *trimmer_get_every(PyObject *self, void *unused) {
-  (void)unused;
-  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  if (!t->every) Py_RETURN_NONE;
-  return PyLong_FromUnsignedLongLong(t->every);
-}
-
-static PyObject *trimmer_get_min_free(PyObject *self, void *unused) {
-  (void)unused;
-  ta_bind_trimmer_t *t = &((trimmer_object *)self)->t;
-  if (t->min_free < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(t->min_free);
-}
-
-static PyObject *trimmer_get_min_interval(PyObject *self, void *unused) {
-  (void)unused;
-  return PyFloat_FromDouble(((trimmer_object *)self)->t.min_interval);
-}
-
-static PyObject *trimmer_get_refault_share(PyObject *self, void *unused) {
-  (void)unused;
-  return PyFloat_FromDouble(((trimmer_object *)self)->t.refault_share);
+/* every, min_free, min_interval, refault_share (closure: its index in
+ * ta_bind_trimmer_settings' fields; None: off). */
+static PyObject *trimmer_get(PyObject *self, void *index) {
+  ta_bind_field_t f[TA_BIND_DEFAULTS_NFIELDS];
+  ta_bind_trimmer_settings(&((trimmer_object *)self)->t, f);
+  return ta_py_field(&f[(intptr_t)index]);
 }
 
 static PyMethodDef trimmer_methods[] = {
@@ -137,11 +118,11 @@ static PyMethodDef trimmer_methods[] = {
 };
 
 static PyGetSetDef trimmer_getset[] = {
-    {"every", trimmer_get_every, NULL, "trim every this many events (None: off)", NULL},
-    {"min_free", trimmer_get_min_free, NULL, "trim when this many bytes are free (None: off)", NULL},
-    {"min_interval", trimmer_get_min_interval, NULL, "seconds between trims, at least", NULL},
-    {"refault_share", trimmer_get_refault_share, NULL,
-     "share of the CPU time the refaults of trims may cost (0: no refault budget)", NULL},
+    {"every", trimmer_get, NULL, "trim every this many events (None: off)", (void *)0},
+    {"min_free", trimmer_get, NULL, "trim when this many bytes are free (None: off)", (void *)1},
+    {"min_interval", trimmer_get, NULL, "seconds between trims, at least", (void *)2},
+    {"refault_share", trimmer_get, NULL,
+     "share of the CPU time the refaults of trims may cost (0: no refault budget)", (void *)3},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -9,7 +9,7 @@ from . import _hooks, _trimalloc
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# after every block, at most once a second: core/bind's defaults for a trimmer
+# core/bind's defaults for a trimmer (core/bind/bind_facts.c)
 _MIN_INTERVAL: float = _trimalloc.DEFAULTS["trimmer"]["min_interval"]
 _MIN_FREE: int = _trimalloc.DEFAULTS["trimmer"]["min_free"]
 

@@ -3,7 +3,7 @@
     from aiohttp import web
     import trimalloc.aiohttp
     app = web.Application()
-    trimalloc.aiohttp.install(app)    # every=100, min_free=64 << 20, min_interval=1.0
+    trimalloc.aiohttp.install(app)    # the request hooks' defaults: _trimalloc.DEFAULTS["request"]
 
 or web.Application(middlewares=[trimalloc.aiohttp.TrimMiddleware(), ...]), first
 in the list. It works under web.run_app and under gunicorn's

@@ -1,7 +1,7 @@
 """trimalloc.asgi: trim between requests of any ASGI 3 application.
 
     from trimalloc.asgi import TrimMiddleware
-    app = TrimMiddleware(app)              # every=100, min_free=64 << 20, min_interval=1.0
+    app = TrimMiddleware(app)              # the request hooks' defaults: _trimalloc.DEFAULTS["request"]
     # Starlette / FastAPI: app.add_middleware(TrimMiddleware)
 
 Served by uvicorn, hypercorn, daphne, or gunicorn's uvicorn.workers.UvicornWorker

@@ -3,7 +3,7 @@
     # in the module that creates the Celery app
     import trimalloc.preload         # optional, first: the worker (and its pool) on trimalloc
     import trimalloc.celery
-    trimalloc.celery.install(app)    # min_interval=1.0, min_free=0, every=None
+    trimalloc.celery.install(app)    # the job hooks' defaults: _trimalloc.DEFAULTS["job"]
 
 or start the worker with `trimalloc run -- celery -A proj worker`. Without
 either, the trims drive glibc's malloc_trim, which already helps.
@@ -15,7 +15,8 @@ min_interval seconds per process; a trim skipped by that limit runs when due.
 refault_share > 0 prices each trim by the refault (core/bind/binding.h): it
 runs when the pages free, at the measured cost of faulting one back in, come
 to at most that share of the CPU time the process spent since its last trim;
-one held back runs when the worker goes idle (1 s without a task ending).
+one held back runs when the worker goes idle (no task ending for
+TA_BIND_IDLE_NS, core/bind/binding.h).
 One INFO line from the logger "trimalloc.celery" per process that runs tasks,
 whatever the pool: each prefork child (worker_process_init), or the worker
 itself for the solo, threads, eventlet and gevent pools (worker_init), e.g.
@@ -41,8 +42,8 @@ from . import _hooks, _trimalloc
 logger = logging.getLogger("trimalloc.celery")
 
 _UNSET = object()
-# after every task, at most once a second: core/bind's defaults for job hooks
-# (the same as the Ruby gem's Sidekiq middleware)
+# core/bind's defaults for job hooks (core/bind/bind_facts.c, which says why;
+# the same as the Ruby gem's Sidekiq middleware)
 DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["job"]["min_interval"]
 DEFAULT_MIN_FREE = _trimalloc.DEFAULTS["job"]["min_free"]
 DEFAULT_EVERY = _trimalloc.DEFAULTS["job"]["every"]

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 from . import _hooks, _trimalloc
 
-# at most once a second: core/bind's default for GC hooks (as Trimalloc::GC's)
+# core/bind's default for GC hooks (core/bind/bind_facts.c; as Trimalloc::GC's)
 DEFAULT_MIN_INTERVAL: float = _trimalloc.DEFAULTS["gc"]["min_interval"]
 
 _lock = threading.Lock()

@@ -5,9 +5,11 @@
     from trimalloc.gunicorn import post_request, post_worker_init
 
 or start gunicorn with `trimalloc run -- gunicorn -c gunicorn.conf.py app:app`.
-post_request trims every 100 requests, or sooner past 64 MiB free but
-resident, at most once a second (the policy of trimalloc.wsgi, shared with the
-Ruby gem's Rack middleware); build one with other settings with
+post_request trims every `every` requests, or sooner past `min_free` bytes free
+but resident, at most once per `min_interval` seconds, with the request hooks'
+defaults (_trimalloc.DEFAULTS["request"], from core/bind/bind_facts.c; the
+policy of trimalloc.wsgi, shared with the Ruby gem's Rack middleware); build
+one with other settings with
 make_post_request(every=..., min_free=..., min_interval=...). post_worker_init
 logs which allocator the worker runs on.
 

@@ -1,7 +1,7 @@
 """trimalloc.wsgi: trim between requests.
 
     from trimalloc.wsgi import TrimMiddleware
-    application = TrimMiddleware(application, every=100, min_free=64 << 20, min_interval=1.0)
+    application = TrimMiddleware(application)  # the request hooks' defaults: _trimalloc.DEFAULTS["request"]
 
 After a response is closed (PEP 3333: the server calls close() on the body),
 the middleware trims when `every` requests have ended since its last trim, or
@@ -26,8 +26,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from . import _hooks, _trimalloc
 
-# every 100 requests, or sooner once 64 MiB are free, at most once a second:
-# core/bind's defaults for request hooks (the same as the Ruby gem's Rack middleware)
+# core/bind's defaults for request hooks (core/bind/bind_facts.c, which says
+# why; the same as the Ruby gem's Rack middleware)
 DEFAULT_EVERY = _trimalloc.DEFAULTS["request"]["every"]
 DEFAULT_MIN_FREE = _trimalloc.DEFAULTS["request"]["min_free"]
 DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["request"]["min_interval"]

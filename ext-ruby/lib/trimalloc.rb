@@ -12,17 +12,20 @@
 #   Trimalloc.backend       :trimalloc or :glibc
 #   Trimalloc.trim          bytes released to the OS now (glibc: the RSS drop
 #                           across malloc_trim(0))
-#   Trimalloc.trim_if_due(min_interval: 1.0, min_free: 0)
+#   Trimalloc.trim_if_due(min_interval:, min_free:)
 #                           rate-limited trim (process-wide); nil when skipped
 #   Trimalloc.free_bytes    free but resident bytes held by the allocator
 #   Trimalloc.stats         Hash, keys from the core's stats field list
 #   Trimalloc.rss           this process's resident set size, bytes
 #   Trimalloc.core_version, Trimalloc.loaded_path (nil unless active)
-#   Trimalloc::GC.enable(major_only: true, min_interval: 1.0), .disable,
+#   Trimalloc::GC.enable(major_only: true, min_interval:), .disable,
 #                 .enabled?, .stats
-#   Trimalloc::Trimmer.new(every: nil, min_free: 0, min_interval: 1.0)
+#   Trimalloc::Trimmer.new(every:, min_free:, min_interval:, refault_share:)
 #                           one hook's policy (#event, #stats); every
 #                           integration holds one (see README, "Integrations")
+# The policy's defaults (every hook's) are core/bind's, one table in
+# core/bind/bind_facts.c, read here as Native::DEFAULTS: trim_if_due and
+# Trimmer take its :trimmer row, GC.enable its :gc row.
 #   Trimalloc.policy_stats  deferred and coalesced trims, free-bytes reads
 #   Trimalloc.free_source   where free_bytes comes from (:dirty, :resident,
 #                           :mallinfo2, :mallinfo, :unknown)

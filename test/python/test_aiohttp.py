@@ -135,7 +135,9 @@ def test_middleware_arguments():
     with pytest.raises(TypeError, match="42"):
         trimalloc.aiohttp.install(42)
     default = trimalloc.aiohttp.TrimMiddleware()
-    assert (default.every, default.min_free, default.min_interval) == (100, 64 << 20, 1.0)
+    want = trimalloc._trimalloc.DEFAULTS["request"]  # core/bind/bind_facts.c
+    assert (default.every, default.min_free, default.min_interval) == (
+        want["every"], want["min_free"], want["min_interval"])
     app = web.Application()
     app.freeze()
     with pytest.raises(ValueError, match="frozen"):

@@ -112,7 +112,8 @@ def test_middleware_arguments():
     with pytest.raises(ValueError, match="both None"):
         TrimMiddleware(streaming, every=None, min_free=None)
     d = TrimMiddleware(streaming)
-    assert (d.every, d.min_free, d.min_interval) == (100, 64 << 20, 1.0)
+    want = _trimalloc.DEFAULTS["request"]  # core/bind/bind_facts.c
+    assert (d.every, d.min_free, d.min_interval) == (want["every"], want["min_free"], want["min_interval"])
 
 
 def test_starlette_add_middleware():

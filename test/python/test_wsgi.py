@@ -129,7 +129,9 @@ def test_gunicorn_post_request_trims_every_n():
     assert hook.trimmer.requests == 5 and hook.trimmer.trims == 2
     # the ready-made hook has the documented defaults
     default = trimalloc.gunicorn.post_request.trimmer
-    assert (default.every, default.min_free, default.min_interval) == (100, 64 << 20, 1.0)
+    want = _trimalloc.DEFAULTS["request"]  # core/bind/bind_facts.c
+    assert (default.every, default.min_free, default.min_interval) == (
+        want["every"], want["min_free"], want["min_interval"])
 
 
 def test_gunicorn_post_worker_init_logs_the_backend():

@@ -161,11 +161,11 @@ class ProfCliTest < Minitest::Test
                   "ReportJob#perform (app/jobs/report_job.rb:3)"], rows[1][:frames]
     assert_equal ["ReportJob", 9, 12 * MiB, 12], rows[1].values_at(:tag, :inuse_objects, :alloc_space, :alloc_objects)
     assert_nil rows[2][:tag]
-    assert_equal [20, 12], Trimalloc.__prof_top(profile, :alloc_objects, 2).map { |r| r[:alloc_objects] }
+    assert_equal [20, 12], Trimalloc.__prof_top(profile, "alloc_objects", 2).map { |r| r[:alloc_objects] }
   end
 
   def test_prof_top_errors
-    assert_raises(ArgumentError) { Trimalloc.__prof_top(profile, :cpu, 1) }
+    assert_raises(ArgumentError) { Trimalloc.__prof_top(profile, "cpu", 1) }
     e = assert_raises(Errno::ENOENT) { Trimalloc.__prof_top("/nonexistent/p.pb.gz", nil, 1) }
     assert_includes e.message, "/nonexistent/p.pb.gz"
     e = assert_raises(ArgumentError) { Trimalloc.__prof_top(__FILE__, nil, 1) }

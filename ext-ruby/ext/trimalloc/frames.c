@@ -10,8 +10,9 @@
  *     wait for a Ruby thread that may be joining it: scalene #395);
  *   - reads them with rb_profile_frames, which fills VALUEs (a method entry
  *     or an iseq) without allocating; the key given to the core is the VALUE;
- *   - keeps every key ever given in a table of its own (mmap'ed once, fixed
- *     size: it grows by touching pages, never by malloc), marked with
+ *   - keeps every key ever given in a table of its own (core/bind's
+ *     ta_bind_keys_t: mmap'ed once, fixed size, it grows by touching pages,
+ *     never by malloc), marked with
  *     rb_gc_mark from a T_DATA object's mark function: the objects stay
  *     alive and pinned against compaction, so a key's address never comes to
  *     mean another method. A full table drops the frame and its callers
@@ -23,17 +24,15 @@
  * Every touch of the table is made with the GVL held (the hook, the namer,
  * the mark function), so it needs no lock.
  *
- * The core's two frame entry points are looked up with dlsym(RTLD_DEFAULT),
- * as core/bind/bind_backend.c finds the core: the extension never links it.
- * Trimalloc::Profile itself (start, dump, tags) is profile.c. */
+ * The hook is registered, and keys named, through core/bind/bind_frames.c,
+ * which finds the core as bind_backend.c does: the extension never links
+ * it. Trimalloc::Profile itself (start, dump, tags) is profile.c. */
 #include "trimalloc_ext.h" /* first: ruby/config.h defines _GNU_SOURCE (RTLD_DEFAULT) */
 
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <time.h>
 
 #include <ruby/debug.h>
 #include <ruby/thread.h>
@@ -49,34 +48,18 @@ static rb_postponed_job_handle_t name_job_handle;
 #define TA_PREREGISTERED_JOB 0
 #endif
 
-/* ---- the core's frame entry points, found at run time ----
- * (start, stop, dump, tags: core/bind/bind_sampler.c, shared with Python) */
-
-typedef int (*ta_frames_fn)(uint64_t *keys, int32_t *lines, int max);
-static struct {
-  int found; /* the profiler is there and the hook is registered */
-  int (*set_frames_hook)(ta_frames_fn, const void *);
-  int (*name_frame)(uint64_t, const char *, const char *);
-} core;
-
-static void find_core(void) {
-  if (!ta_bind_sampler_available()) return;
-  *(void **)&core.set_frames_hook = dlsym(RTLD_DEFAULT, "trimalloc_prof_set_frames_hook");
-  *(void **)&core.name_frame = dlsym(RTLD_DEFAULT, "trimalloc_prof_name_frame");
-  core.found = core.set_frames_hook && core.name_frame;
-}
+/* The profiler is there and the hook is registered (ta_bind_frames_set_hook;
+ * start, stop, dump, tags: core/bind/bind_sampler.c, shared with Python). */
+static int hooked;
 
 /* ---- the frame table ---- */
 
 #define KEYS_MAX (1u << 18)      /* distinct frames kept: 2 MiB of address space */
-#define SLOTS (2 * KEYS_MAX)     /* open addressing, at most half full */
 #define FRAMES_MAX 128           /* frames read per sample, at most */
 
 static struct {
-  VALUE *keys;       /* every frame VALUE handed to the core, in order */
-  uint32_t *slots;   /* index + 1 into keys, 0: empty */
-  size_t n;          /* keys held */
-  size_t named;      /* keys[0 .. named) were given their names */
+  ta_bind_keys_t table; /* every frame VALUE handed to the core, in order */
+  size_t named;      /* table.keys[0 .. named) were given their names */
   uint64_t dropped;  /* frames not returned because the table was full */
   uint64_t unnamed;  /* keys the core refused a name (its budget full) */
   uint64_t samples;  /* hook calls that returned Ruby frames */
@@ -91,36 +74,21 @@ static struct {
  * (inside malloc: memray #336). Nothing the hook calls allocates, and the
  * core sets its own guard around the hook. */
 
-static size_t slot_of(VALUE v) {
-  uint64_t h = (uint64_t)v * 0x9E3779B97F4A7C15ull;
-  return (size_t)(h >> 40) & (SLOTS - 1);
-}
-
 /* Whether v is (now) in the table. Called only with the GVL held. */
 static int keep(VALUE v) {
-  size_t s = slot_of(v);
-  for (;; s = (s + 1) & (SLOTS - 1)) {
-    uint32_t i = ft.slots[s];
-    if (!i) break;
-    if (ft.keys[i - 1] == v) return 1;
-  }
-  if (ft.n >= KEYS_MAX || ft.test_full) {
-    ft.dropped++;
-    return 0;
-  }
-  ft.keys[ft.n] = v;
-  ft.slots[s] = (uint32_t)++ft.n;
-  return 1;
+  int r = ft.test_full && !ta_bind_keys_has(&ft.table, v) ? TA_BIND_KEY_FULL : ta_bind_keys_add(&ft.table, v);
+  ft.dropped += r == TA_BIND_KEY_FULL;
+  return r != TA_BIND_KEY_FULL;
 }
 
 static void mark_keys(void *p) {
   (void)p;
-  for (size_t i = 0; i < ft.n; i++) rb_gc_mark(ft.keys[i]); /* marks and pins */
+  for (size_t i = 0; i < ft.table.n; i++) rb_gc_mark((VALUE)ft.table.keys[i]); /* marks and pins */
 }
 
 static size_t keys_memsize(const void *p) {
   (void)p;
-  return ft.n * (sizeof(VALUE) + 2 * sizeof(uint32_t));
+  return ft.table.n * (sizeof(VALUE) + 2 * sizeof(uint32_t));
 }
 
 static const rb_data_type_t keys_type = {
@@ -144,15 +112,15 @@ static VALUE name_pending_body(VALUE unused) {
   (void)unused;
   /* keys appended meanwhile (the allocations below may be sampled) are named
    * by this same loop */
-  while (ft.named < ft.n) {
-    VALUE key = ft.keys[ft.named];
+  while (ft.named < ft.table.n) {
+    VALUE key = (VALUE)ft.table.keys[ft.named];
     VALUE label = rb_profile_frame_full_label(key);
     VALUE path = rb_profile_frame_absolute_path(key);
     if (NIL_P(path)) path = rb_profile_frame_path(key);
     if (NIL_P(label)) label = rb_str_new_cstr("(unknown)");
     label = rb_str_new_frozen(label);
     if (!NIL_P(path)) path = rb_str_new_frozen(path);
-    int err = core.name_frame((uint64_t)key, StringValueCStr(label), file_of(path));
+    int err = ta_bind_frames_name((uint64_t)key, StringValueCStr(label), file_of(path));
     RB_GC_GUARD(label);
     RB_GC_GUARD(path);
     ft.unnamed += err != 0; /* ENOMEM: the core's budget is full; the key stays unnamed */
@@ -163,7 +131,7 @@ static VALUE name_pending_body(VALUE unused) {
 
 /* Names every key not yet named. Never raises (it runs in a postponed job). */
 void ta_rb_frames_name_pending(void) {
-  if (!core.found || ft.named >= ft.n) return;
+  if (!hooked || ft.named >= ft.table.n) return;
   int state = 0;
   rb_protect(name_pending_body, Qnil, &state);
   if (state) rb_set_errinfo(Qnil);
@@ -194,14 +162,14 @@ static int read_frames(uint64_t *keys, int32_t *lines, int max) {
 }
 
 static int frames_hook(uint64_t *keys, int32_t *lines, int max) {
-  if (max <= 0 || !ft.slots) return 0;
+  if (max <= 0 || !ft.table.slots) return 0;
   if (!ruby_native_thread_p() || !ruby_thread_has_gvl_p() || rb_during_gc()) {
     atomic_fetch_add_explicit(&ft.skipped, 1, memory_order_relaxed);
     return 0;
   }
   int n = read_frames(keys, lines, max);
   ft.samples += n > 0;
-  if (ft.named < ft.n && !ft.test_defer) {
+  if (ft.named < ft.table.n && !ft.test_defer) {
 #if TA_PREREGISTERED_JOB
     rb_postponed_job_trigger(name_job_handle);
 #else
@@ -218,9 +186,9 @@ static int frames_hook(uint64_t *keys, int32_t *lines, int max) {
  * comes later, when Ruby can no longer name anything. */
 static void unhook_at_end(VALUE unused) {
   (void)unused;
-  if (!core.found) return;
+  if (!hooked) return;
   ta_rb_frames_name_pending();
-  core.set_frames_hook(NULL, NULL);
+  ta_bind_frames_set_hook(NULL, NULL);
 }
 
 #define SYM(s) ID2SYM(rb_intern(s))
@@ -238,13 +206,13 @@ static VALUE p_name_frames(VALUE self) {
  * and whether the hook is registered. */
 static VALUE p_frame_stats(VALUE self) {
   VALUE h = rb_hash_new();
-  rb_hash_aset(h, SYM("frames"), SIZET2NUM(ft.n));
+  rb_hash_aset(h, SYM("frames"), SIZET2NUM(ft.table.n));
   rb_hash_aset(h, SYM("named"), SIZET2NUM(ft.named));
   rb_hash_aset(h, SYM("dropped"), ULL2NUM(ft.dropped));
   rb_hash_aset(h, SYM("unnamed"), ULL2NUM(ft.unnamed));
   rb_hash_aset(h, SYM("samples"), ULL2NUM(ft.samples));
   rb_hash_aset(h, SYM("skipped"), ULL2NUM(atomic_load(&ft.skipped)));
-  rb_hash_aset(h, SYM("hooked"), core.found ? Qtrue : Qfalse);
+  rb_hash_aset(h, SYM("hooked"), hooked ? Qtrue : Qfalse);
   return h;
 }
 
@@ -288,15 +256,8 @@ static VALUE p_test_defer_naming(VALUE self, VALUE on) {
 /* Profile.__hook_ns(n) (measurements): runs the hook n times here; the mean
  * nanoseconds per call (what a sample's Ruby frames cost at this depth). */
 static VALUE p_hook_ns(VALUE self, VALUE times) {
-  long n = NUM2LONG(times);
-  uint64_t keys[FRAMES_MAX];
-  int32_t lines[FRAMES_MAX];
-  struct timespec a, b;
-  clock_gettime(CLOCK_MONOTONIC, &a);
-  for (long i = 0; i < n; i++) frames_hook(keys, lines, 64);
-  clock_gettime(CLOCK_MONOTONIC, &b);
-  double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
-  return DBL2NUM(n > 0 ? ns / (double)n : 0);
+  int got;
+  return DBL2NUM(ta_bind_frames_cost(frames_hook, NUM2LONG(times), 64, &got));
 }
 
 /* Profile.__test_table_full(bool) (tests): the table refuses new keys. */
@@ -307,23 +268,16 @@ static VALUE p_test_table_full(VALUE self, VALUE on) {
 
 void ta_rb_init_frames(void) {
   VALUE m = rb_define_module_under(ta_rb_mTrimalloc, "Profile");
-  ft.keys = mmap(NULL, KEYS_MAX * sizeof(VALUE), PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  ft.slots = mmap(NULL, SLOTS * sizeof(uint32_t), PROT_READ | PROT_WRITE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   ft.holder = TypedData_Wrap_Struct(rb_cObject, &keys_type, &ft);
   rb_gc_register_mark_object(ft.holder);
 #if TA_PREREGISTERED_JOB
   name_job_handle = rb_postponed_job_preregister(0, name_job, NULL);
 #endif
-  if (ft.keys == MAP_FAILED || ft.slots == MAP_FAILED)
-    ft.keys = NULL, ft.slots = NULL; /* no table: native frames only */
-  else
-    find_core();
-  if (core.found) {
+  /* no table (mmap failed): native frames only */
+  if (ta_bind_keys_init(&ft.table, KEYS_MAX) == 0) {
     void *eval = dlsym(RTLD_DEFAULT, "rb_vm_exec");
-    if (core.set_frames_hook(frames_hook, eval) == 0) rb_set_end_proc(unhook_at_end, Qnil);
-    else core.found = 0;
+    hooked = ta_bind_frames_set_hook(frames_hook, eval) == 0;
+    if (hooked) rb_set_end_proc(unhook_at_end, Qnil);
   }
 
   VALUE s = rb_singleton_class(m);

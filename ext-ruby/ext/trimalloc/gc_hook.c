@@ -22,7 +22,6 @@
 #include "trimalloc_ext.h"
 
 #include <stdatomic.h>
-#include <time.h>
 
 #include <ruby/debug.h>
 #include <ruby/thread.h>
@@ -66,23 +65,12 @@ struct run_args {
  * started before this collection freed its memory; after GC.start (a quiet
  * moment the program chose: often the last GC before an idle time) no other
  * GC may come to trim it. So GC.start's trim waits for the running one to end
- * and trims after it, without the GVL, for at most FORCED_WAIT_MS. */
+ * and trims after it (ta_bind_run_trim_after), without the GVL, for at most
+ * FORCED_WAIT_MS. */
 static void *run_nogvl(void *p) {
   struct run_args *a = p;
   a->ran = 1;
-  a->released = ta_bind_run_trim(NULL);
-  for (int waited = 0; a->forced && a->released < 0 && waited < FORCED_WAIT_MS;) {
-    ta_bind_policy_stats_t ps;
-    ta_bind_policy_stats(&ps);
-    if (ps.busy) {
-      if (atomic_load(&a->stop)) break;
-      struct timespec ms = {0, 1000000};
-      nanosleep(&ms, NULL);
-      waited++;
-      continue;
-    }
-    a->released = ta_bind_run_trim(NULL);
-  }
+  a->released = ta_bind_run_trim_after(a->forced ? FORCED_WAIT_MS : 0, &a->stop);
   return NULL;
 }
 

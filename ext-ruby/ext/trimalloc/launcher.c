@@ -12,21 +12,8 @@
  * ...), naming the command. */
 static VALUE m_exec_preloaded(VALUE self, VALUE lib, VALUE argv) {
   const char *clib = StringValueCStr(lib);
-  Check_Type(argv, T_ARRAY);
-  long argc = RARRAY_LEN(argv);
-  if (argc == 0) rb_raise(rb_eArgError, "no command given");
-  VALUE held = rb_ary_new_capa(argc); /* keeps the C strings alive */
-  VALUE buf;
-  char **cargv = ALLOCV_N(char *, buf, argc + 1);
-  for (long i = 0; i < argc; i++) {
-    VALUE s = rb_ary_entry(argv, i);
-    StringValue(s);
-    s = rb_str_new_frozen(s);
-    rb_ary_push(held, s);
-    cargv[i] = (char *)StringValueCStr(s);
-  }
-  cargv[argc] = NULL;
-  ta_bind_exec(clib, cargv, 0);
+  VALUE held, buf;
+  ta_bind_exec(clib, ta_rb_argv(argv, &held, &buf), 0);
   int err = errno;
   RB_GC_GUARD(lib);
   RB_GC_GUARD(buf);
@@ -55,22 +42,9 @@ static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_c
                               VALUE title) {
   ta_bind_preload_req_t req = {StringValueCStr(lib), 0, NULL, NULL, RTEST(title_changed), NULL};
   if (!NIL_P(script)) req.script = StringValueCStr(script);
-  VALUE held = Qnil, buf = 0;
+  VALUE held = Qnil, buf = Qnil;
   if (!NIL_P(argv)) {
-    Check_Type(argv, T_ARRAY);
-    long argc = RARRAY_LEN(argv);
-    if (argc == 0) rb_raise(rb_eArgError, "empty command line");
-    held = rb_ary_new_capa(argc); /* keeps the C strings alive */
-    char **cargv = ALLOCV_N(char *, buf, argc + 1);
-    for (long i = 0; i < argc; i++) {
-      VALUE s = RARRAY_AREF(argv, i);
-      StringValue(s);
-      s = rb_str_new_frozen(s);
-      rb_ary_push(held, s);
-      cargv[i] = (char *)StringValueCStr(s);
-    }
-    cargv[argc] = NULL;
-    req.argv = cargv;
+    req.argv = ta_rb_argv(argv, &held, &buf);
     if (!NIL_P(title)) req.title = StringValueCStr(title);
   }
   int rc = ta_bind_preload_req(&req);
@@ -82,14 +56,8 @@ static VALUE m_preload_reexec(VALUE self, VALUE lib, VALUE script, VALUE title_c
   RB_GC_GUARD(script);
   RB_GC_GUARD(held);
   RB_GC_GUARD(title);
-  if (buf) ALLOCV_END(buf);
+  RB_GC_GUARD(buf);
   return rb_assoc_new(INT2FIX(rc), rb_str_new_cstr(ta_bind_preload_reason(rc)));
-}
-
-/* Trimalloc.forked_child? -> whether this process is a fork of one running
- * the same program (a server's worker). */
-static VALUE m_forked_child_p(VALUE self) {
-  return ta_bind_forked_child() ? Qtrue : Qfalse;
 }
 
 void ta_rb_init_launcher(void) {
@@ -97,5 +65,4 @@ void ta_rb_init_launcher(void) {
   rb_define_private_method(s, "exec_preloaded", m_exec_preloaded, 2);
   rb_define_private_method(s, "preload_reexec", m_preload_reexec, 5);
   rb_define_private_method(s, "search_path", m_search_path, 0);
-  rb_define_singleton_method(ta_rb_mTrimalloc, "forked_child?", m_forked_child_p, 0);
 }

@@ -2,7 +2,9 @@
  * run --profile`'s environment, over core/bind/bind_sampler.c (the core's
  * profiler, shared with Python). The Ruby frames of the samples are
  * frames.c's; a dump names the new ones first (with the GVL: it allocates
- * Ruby strings), then encodes and writes without the GVL. */
+ * Ruby strings), then encodes and writes without the GVL. Profile.interval
+ * and .reset_peak are core/bind's argument-free calls (TA_BIND_CALLS,
+ * defined by backend.c). */
 #include "trimalloc_ext.h"
 
 #include <errno.h>
@@ -32,18 +34,6 @@ static VALUE p_start(VALUE self, VALUE interval) {
 static VALUE p_stop(VALUE self) {
   int err = ta_bind_sampler_stop();
   if (err) ta_rb_raise_errno(err, rb_str_new_cstr("trimalloc_prof_stop"));
-  return Qnil;
-}
-
-/* Profile.interval -> the mean sampling interval in bytes, 0 while off (and
- * when trimalloc is not the allocator: nothing samples). */
-static VALUE p_interval(VALUE self) {
-  return SIZET2NUM(ta_bind_sampler_interval());
-}
-
-/* Profile.reset_peak: the peak profile starts again from now. */
-static VALUE p_reset_peak(VALUE self) {
-  ta_bind_sampler_reset_peak();
   return Qnil;
 }
 
@@ -109,9 +99,7 @@ void ta_rb_init_profile(void) {
   mProfile = rb_define_module_under(ta_rb_mTrimalloc, "Profile");
   rb_define_private_method(rb_singleton_class(ta_rb_mTrimalloc), "profile_env", m_profile_env, 2);
   VALUE s = rb_singleton_class(mProfile);
-  rb_define_singleton_method(mProfile, "interval", p_interval, 0);
   rb_define_singleton_method(mProfile, "stop", p_stop, 0);
-  rb_define_singleton_method(mProfile, "reset_peak", p_reset_peak, 0);
   rb_define_private_method(s, "__start", p_start, 1);
   rb_define_private_method(s, "__dump", p_dump, 2);
   rb_define_private_method(s, "__set_tag", p_set_tag, 1);

@@ -3,6 +3,8 @@
  * checked in Ruby (native.rb): the C only converts them. */
 #include <string.h>
 
+#include <ruby/thread.h>
+
 #include "shared.h"
 
 VALUE ta_rb_mTrimalloc;
@@ -20,10 +22,49 @@ VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n) {
   VALUE h = rb_hash_new();
   for (size_t i = 0; i < n; i++) {
     if (!f[i].present) continue; /* not measured by this backend: left out */
-    VALUE v = f[i].type == 'd' ? DBL2NUM(f[i].v.d) : f[i].type == 'b' ? (f[i].v.u ? Qtrue : Qfalse) : ULL2NUM(f[i].v.u);
+    VALUE v = f[i].type == 'd'   ? DBL2NUM(f[i].v.d)
+              : f[i].type == 'b' ? (f[i].v.u ? Qtrue : Qfalse)
+              : f[i].type == 'i' ? LL2NUM(f[i].v.i)
+              : f[i].type == 'n' ? Qnil
+                                 : ULL2NUM(f[i].v.u);
     rb_hash_aset(h, ID2SYM(rb_intern(f[i].name)), v);
   }
   return h;
+}
+
+struct run_args {
+  ta_bind_trimmer_t *t;
+  int64_t released;
+};
+
+static void *run_nogvl(void *p) {
+  struct run_args *a = p;
+  a->released = a->t ? ta_bind_trimmer_run(a->t, NULL) : ta_bind_run_trim(NULL);
+  return NULL;
+}
+
+VALUE ta_rb_run_trim(ta_bind_trimmer_t *t) {
+  struct run_args a = {t, -1};
+  rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
+  return a.released < 0 ? Qnil : LL2NUM(a.released);
+}
+
+char **ta_rb_argv(VALUE argv, VALUE *held, VALUE *buf) {
+  Check_Type(argv, T_ARRAY);
+  long argc = RARRAY_LEN(argv);
+  if (argc == 0) rb_raise(rb_eArgError, "no command given (an empty Array)");
+  *held = rb_ary_new_capa(argc);
+  *buf = rb_str_new(NULL, (long)((size_t)(argc + 1) * sizeof(char *))); /* not alloca: it outlives this call */
+  char **cargv = (char **)RSTRING_PTR(*buf);
+  for (long i = 0; i < argc; i++) {
+    VALUE s = rb_ary_entry(argv, i);
+    StringValue(s);
+    s = rb_str_new_frozen(s);
+    rb_ary_push(*held, s);
+    cargv[i] = (char *)StringValueCStr(s);
+  }
+  cargv[argc] = NULL;
+  return cargv;
 }
 
 #define SYM(s) ID2SYM(rb_intern(s))
@@ -32,33 +73,16 @@ VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n) {
  * frozen (nil: off). */
 static VALUE make_defaults(void) {
   VALUE all = rb_hash_new();
-  for (const ta_bind_defaults_t *d = ta_bind_defaults; d->hook; d++) {
-    VALUE h = rb_hash_new();
-    rb_hash_aset(h, SYM("every"), d->every ? ULL2NUM(d->every) : Qnil);
-    rb_hash_aset(h, SYM("min_free"), d->min_free < 0 ? Qnil : LL2NUM(d->min_free));
-    rb_hash_aset(h, SYM("min_interval"), DBL2NUM(d->min_interval));
-    rb_hash_aset(h, SYM("refault_share"), DBL2NUM(d->refault_share));
-    rb_hash_aset(all, SYM(d->hook), rb_obj_freeze(h));
-  }
+  ta_bind_field_t f[TA_BIND_DEFAULTS_NFIELDS];
+  for (const ta_bind_defaults_t *d = ta_bind_defaults; d->hook; d++)
+    rb_hash_aset(all, SYM(d->hook), rb_obj_freeze(ta_rb_fields_hash(f, ta_bind_defaults_fields(d, f))));
   return rb_obj_freeze(all);
-}
-
-/* Native::PRELOAD: {name: code} for the preload's results. */
-static VALUE make_preload_codes(void) {
-  VALUE h = rb_hash_new();
-  for (int code = TA_PRELOAD_FAILED; ta_bind_preload_name(code); code++)
-    rb_hash_aset(h, SYM(ta_bind_preload_name(code)), INT2FIX(code));
-  return rb_obj_freeze(h);
 }
 
 /* Native::TRIMMER_COUNTS: the keys of Trimmer#stats, in order. */
 static VALUE make_trimmer_counts(void) {
-  ta_bind_trimmer_t t;
-  ta_bind_field_t f[TA_BIND_TRIMMER_NFIELDS];
-  ta_bind_trimmer_init(&t, 1, -1, 0);
-  size_t n = ta_bind_trimmer_fields(&t, f);
-  VALUE a = rb_ary_new_capa((long)n);
-  for (size_t i = 0; i < n; i++) rb_ary_push(a, SYM(f[i].name));
+  VALUE a = rb_ary_new_capa(TA_BIND_TRIMMER_NFIELDS);
+  for (size_t i = 0; i < TA_BIND_TRIMMER_NFIELDS; i++) rb_ary_push(a, SYM(ta_bind_trimmer_counts[i]));
   return rb_obj_freeze(a);
 }
 
@@ -69,6 +93,7 @@ void ta_rb_init_shared(void) {
   rb_define_attr(ta_rb_eError, "errno", 1, 0);
   ta_rb_mNative = rb_define_module_under(ta_rb_mTrimalloc, "Native");
   rb_define_const(ta_rb_mNative, "DEFAULTS", make_defaults());
-  rb_define_const(ta_rb_mNative, "PRELOAD", make_preload_codes());
+  ta_bind_field_t codes[TA_BIND_PRELOAD_NCODES]; /* PRELOAD: {name: code} of the preload's results */
+  rb_define_const(ta_rb_mNative, "PRELOAD", rb_obj_freeze(ta_rb_fields_hash(codes, ta_bind_preload_fields(codes))));
   rb_define_const(ta_rb_mNative, "TRIMMER_COUNTS", make_trimmer_counts());
 }

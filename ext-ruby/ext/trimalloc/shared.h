@@ -22,4 +22,14 @@ NORETURN(void ta_rb_raise_errno(int err, VALUE what));
 /* {name: value} (symbol keys) for the present fields of f[0..n-1]. */
 VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n);
 
+/* The trim a decision asked for, without the GVL: t's (ta_bind_trimmer_run)
+ * or, t NULL, the policy's (ta_bind_run_trim). Bytes released, or nil when
+ * it was coalesced into a running trim. */
+VALUE ta_rb_run_trim(ta_bind_trimmer_t *t);
+
+/* argv (an Array of Strings) as a NULL-terminated char *[], held in the
+ * String *buf, the frozen copies holding the strings in *held (the caller
+ * RB_GC_GUARDs both). ArgumentError when empty. */
+char **ta_rb_argv(VALUE argv, VALUE *held, VALUE *buf);
+
 #endif

@@ -11,7 +11,6 @@
  * #initialize (native.rb). The trim runs without the GVL. */
 #include <errno.h>
 #include <stdatomic.h>
-#include <ruby/thread.h>
 
 #include "trimalloc_ext.h"
 
@@ -57,23 +56,11 @@ static VALUE trimmer_setup(VALUE self, VALUE every, VALUE min_free, VALUE min_in
   return self;
 }
 
-struct run_args {
-  ta_bind_trimmer_t *t;
-  int64_t released;
-};
-
-static void *run_nogvl(void *p) {
-  struct run_args *a = p;
-  a->released = ta_bind_trimmer_run(a->t, NULL);
-  return NULL;
-}
-
 /* #event -> bytes released, or nil. The decision is taken with the GVL (a
  * few atomics, at most one clock read); only a trim releases it. */
 static VALUE trimmer_event(VALUE self) {
-  struct run_args a = {get(self), -1};
-  if (ta_bind_trimmer_decide(a.t, NULL)) rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
-  return a.released < 0 ? Qnil : LL2NUM(a.released);
+  ta_bind_trimmer_t *t = get(self);
+  return ta_bind_trimmer_decide(t, NULL) ? ta_rb_run_trim(t) : Qnil;
 }
 
 /* #stats -> {events:, trims:, ...}: the keys of Native::TRIMMER_COUNTS */
@@ -82,22 +69,11 @@ static VALUE trimmer_stats(VALUE self) {
   return ta_rb_fields_hash(f, ta_bind_trimmer_fields(get(self), f));
 }
 
-static VALUE trimmer_every(VALUE self) {
-  ta_bind_trimmer_t *t = get(self);
-  return t->every ? ULL2NUM(t->every) : Qnil;
-}
-
-static VALUE trimmer_min_free(VALUE self) {
-  ta_bind_trimmer_t *t = get(self);
-  return t->min_free < 0 ? Qnil : LL2NUM(t->min_free);
-}
-
-static VALUE trimmer_min_interval(VALUE self) {
-  return DBL2NUM(get(self)->min_interval);
-}
-
-static VALUE trimmer_refault_share(VALUE self) {
-  return DBL2NUM(get(self)->refault_share);
+/* #settings (private) -> {every:, min_free:, min_interval:, refault_share:}
+ * (nil: off); the readers of the same names are native.rb's. */
+static VALUE trimmer_settings(VALUE self) {
+  ta_bind_field_t f[TA_BIND_DEFAULTS_NFIELDS];
+  return ta_rb_fields_hash(f, ta_bind_trimmer_settings(get(self), f));
 }
 
 void ta_rb_init_trimmer(void) {
@@ -106,8 +82,5 @@ void ta_rb_init_trimmer(void) {
   rb_define_private_method(cTrimmer, "setup", trimmer_setup, 4);
   rb_define_method(cTrimmer, "event", trimmer_event, 0);
   rb_define_method(cTrimmer, "stats", trimmer_stats, 0);
-  rb_define_method(cTrimmer, "every", trimmer_every, 0);
-  rb_define_method(cTrimmer, "min_free", trimmer_min_free, 0);
-  rb_define_method(cTrimmer, "min_interval", trimmer_min_interval, 0);
-  rb_define_method(cTrimmer, "refault_share", trimmer_refault_share, 0);
+  rb_define_private_method(cTrimmer, "settings", trimmer_settings, 0);
 }

@@ -75,6 +75,10 @@ module Trimalloc
 
       setup(every, min_free, Native.seconds(min_interval, "min_interval"), Native.share(refault_share, "refault_share"))
     end
+
+    # #every, #min_free, #min_interval, #refault_share: the settings as
+    # core/bind holds them (nil: off), named as its defaults are.
+    Native::DEFAULTS[:trimmer].each_key { |name| define_method(name) { settings[name] } }
   end
 
   # Rate-limited trim (process-wide): bytes released, or nil when skipped

@@ -20,10 +20,10 @@ module Trimalloc
   # that matter began, so it is not used. tag: a Proc(env) -> String chooses
   # another tag (a template from the path, a header).
   #
-  #   use Trimalloc::Rack, every: 100, min_free: 64 << 20, min_interval: 1.0
+  #   use Trimalloc::Rack  # or with every:, min_free:, min_interval:, tag: (DEFAULTS below)
   class Rack
-    # every 100 requests, or sooner once 64 MiB are free, at most once a
-    # second: core/bind's defaults for request hooks (as the Python WSGI's)
+    # core/bind's defaults for request hooks (core/bind/bind_facts.c, which
+    # says why; as the Python WSGI's)
     DEFAULTS = Native::DEFAULTS[:request].merge(tag: true).freeze
 
     attr_reader :trimmer

@@ -18,8 +18,8 @@ module Trimalloc
   #     config.server_middleware { |chain| chain.add Trimalloc::Sidekiq, min_interval: 1.0 }
   #   end
   class Sidekiq
-    # after every job, at most once a second: core/bind's defaults for job
-    # hooks (as the Python Celery integration's)
+    # core/bind's defaults for job hooks (core/bind/bind_facts.c, which says
+    # why; as the Python Celery integration's)
     DEFAULTS = Native::DEFAULTS[:job].merge(tag: true).freeze
 
     attr_reader :trimmer

@@ -10,7 +10,7 @@
 #
 #   # config/puma.rb
 #   plugin :trimalloc
-#   trimalloc min_interval: 1.0, min_free: 16 << 20   # optional; these are the defaults
+#   trimalloc min_free: 32 << 20   # optional; the others stay Trimalloc::Puma::DEFAULTS
 #
 # In cluster mode each worker trims its own memory.
 require "puma/configuration" # Puma::DSL
@@ -97,8 +97,9 @@ end
 
 module Puma
   class DSL
-    # `trimalloc every: nil, min_free: 16 << 20, min_interval: 1.0, watch: true` in a
-    # Puma config (after `plugin :trimalloc`): the plugin's settings.
+    # `trimalloc every:, min_free:, min_interval:, watch:` in a Puma config
+    # (after `plugin :trimalloc`): the plugin's settings, each defaulting to
+    # Trimalloc::Puma::DEFAULTS' (core/bind/bind_facts.c's :out_of_band row).
     def trimalloc(every: Trimalloc::Puma::DEFAULTS[:every], min_free: Trimalloc::Puma::DEFAULTS[:min_free],
                   min_interval: Trimalloc::Puma::DEFAULTS[:min_interval], watch: Trimalloc::Puma::DEFAULTS[:watch])
       opts = { every: every, min_free: min_free, min_interval: min_interval }

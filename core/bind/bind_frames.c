@@ -1,0 +1,122 @@
+/* What the Python and Ruby frame walkers share (DESIGN.md 10): registering
+ * the walker as the core's frames hook, naming keys, the table of the keys
+ * handed to the core, and the walker's cost. The walkers themselves read
+ * their interpreter's frames and stay in each extension (_prof.c,
+ * frames.c). See binding.h ("bind_frames.c"). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* RTLD_DEFAULT */
+#endif
+#include "bind_internal.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+#include <time.h>
+
+typedef int (*set_hook_fn)(ta_bind_frames_fn fn, const void *eval_fn);
+typedef int (*name_fn)(uint64_t key, const char *name, const char *file);
+
+/* Found once, by the first registration; read inside malloc by the hook
+ * (ta_bind_frames_name), so never looked up there. */
+static _Atomic(name_fn) name_frame;
+
+int ta_bind_frames_set_hook(ta_bind_frames_fn fn, const void *eval_fn) {
+  if (!ta_bind_sampler_available()) return ENOSYS;
+  set_hook_fn set_hook = (set_hook_fn)dlsym(RTLD_DEFAULT, "trimalloc_prof_set_frames_hook");
+  name_fn name = (name_fn)dlsym(RTLD_DEFAULT, "trimalloc_prof_name_frame");
+  if (!set_hook || !name) return ENOSYS;
+  atomic_store(&name_frame, name); /* before the hook can run */
+  return set_hook(fn, eval_fn);
+}
+
+int ta_bind_frames_name(uint64_t key, const char *name, const char *file) {
+  name_fn f = atomic_load_explicit(&name_frame, memory_order_relaxed);
+  return f ? f(key, name, file) : ENOSYS;
+}
+
+/* ---- the key table ---- */
+
+static void *map(size_t bytes) {
+  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+int ta_bind_keys_init(ta_bind_keys_t *k, size_t max) {
+  size_t slots = 2;
+  while (slots < 2 * max) slots *= 2; /* at most half full */
+  *k = (ta_bind_keys_t){map(max * sizeof *k->keys), map(slots * sizeof *k->slots), 0, max, slots - 1};
+  if (k->keys && k->slots) return 0;
+  int err = errno;
+  if (k->keys) munmap(k->keys, max * sizeof *k->keys);
+  if (k->slots) munmap(k->slots, slots * sizeof *k->slots);
+  *k = (ta_bind_keys_t){NULL, NULL, 0, 0, 0};
+  return err;
+}
+
+static size_t slot_of(const ta_bind_keys_t *k, uint64_t key) {
+  return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & k->mask;
+}
+
+/* The slot holding key, or the empty one where it would go. */
+static size_t probe(const ta_bind_keys_t *k, uint64_t key) {
+  size_t s = slot_of(k, key);
+  while (k->slots[s] && k->keys[k->slots[s] - 1] != key) s = (s + 1) & k->mask;
+  return s;
+}
+
+int ta_bind_keys_has(const ta_bind_keys_t *k, uint64_t key) {
+  return k->slots && k->slots[probe(k, key)] != 0;
+}
+
+int ta_bind_keys_add(ta_bind_keys_t *k, uint64_t key) {
+  if (!k->slots) return TA_BIND_KEY_FULL;
+  size_t s = probe(k, key);
+  if (k->slots[s]) return TA_BIND_KEY_HELD;
+  if (k->n >= k->max) return TA_BIND_KEY_FULL;
+  k->keys[k->n] = key;
+  k->slots[s] = (uint32_t)++k->n;
+  return TA_BIND_KEY_ADDED;
+}
+
+/* ---- measuring a walker, UTF-8 ---- */
+
+double ta_bind_frames_cost(ta_bind_frames_fn fn, long n, int max, int *got) {
+  uint64_t keys[1024];
+  int32_t lines[1024];
+  if (max > 1024) max = 1024;
+  *got = 0;
+  if (n < 1) return 0;
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; i++) *got = fn(keys, lines, max);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  return ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n;
+}
+
+size_t ta_bind_utf8_put(uint32_t c, char out[4]) {
+  if (c < 0x80) {
+    out[0] = (char)c;
+    return 1;
+  }
+  if (c < 0x800) {
+    out[0] = (char)(0xC0 | (c >> 6));
+    out[1] = (char)(0x80 | (c & 0x3F));
+    return 2;
+  }
+  if ((c >= 0xD800 && c <= 0xDFFF) || c > 0x10FFFF) {
+    out[0] = '?';
+    return 1;
+  }
+  if (c < 0x10000) {
+    out[0] = (char)(0xE0 | (c >> 12));
+    out[1] = (char)(0x80 | ((c >> 6) & 0x3F));
+    out[2] = (char)(0x80 | (c & 0x3F));
+    return 3;
+  }
+  out[0] = (char)(0xF0 | (c >> 18));
+  out[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+  out[2] = (char)(0x80 | ((c >> 6) & 0x3F));
+  out[3] = (char)(0x80 | (c & 0x3F));
+  return 4;
+}

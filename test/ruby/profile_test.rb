@@ -112,9 +112,13 @@ class ProfileTest < Minitest::Test
       refute ruby_frame?(f[0]), "the leaf is a native frame: #{f}"
     end
     # 16 strings of 1_000_000 bytes (+1 for the NUL): each above R, recorded
-    # exactly, as the allocator rounds them (to 1 MiB here)
-    assert_equal 16, rows.sum { |r| r[:inuse_objects] }
-    assert_includes 16_000_016..(16 << 20), rows.sum { |r| r[:inuse_space] }, rows.inspect
+    # exactly, as the allocator rounds them (to 1 MiB here). A small block
+    # that String#* allocates on another path (a GC it triggers, say) may be
+    # sampled too, weighted R / size: such rows (under 1 MB an object) are
+    # left out (the full suite on a loaded machine once counted 2747 objects).
+    big = rows.select { |r| r[:inuse_objects].positive? && r[:inuse_space] / r[:inuse_objects] >= 1_000_000 }
+    assert_equal 16, big.sum { |r| r[:inuse_objects] }, rows.inspect
+    assert_includes 16_000_016..(16 << 20), big.sum { |r| r[:inuse_space] }, rows.inspect
     assert_operator res[:stats][:samples], :>=, 16
   end
 

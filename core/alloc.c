@@ -72,7 +72,7 @@ TA_PROF_PATH static void *malloc_big(size_t n) {
 #ifdef TA_HARDENED
   void *p = n <= TA_LARGE_MAX ? ta_large_alloc_guarded(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
 #else
-  void *p = n <= TA_LARGE_MAX ? ta_large_alloc(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
+  void *p = n <= TA_LARGE_MAX ? ta_large_alloc_front(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
 #endif
 #ifndef TA_NO_PROF
   if (p) ta_prof_maybe(p, big_usable(p));

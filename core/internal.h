@@ -438,10 +438,12 @@ TA_HIDDEN ta_segment_t *ta_huge_far_of(const void *p); /* the header of such a b
 TA_HIDDEN void *ta_huge_realloc(ta_segment_t *s, size_t size);
 TA_HIDDEN extern _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, ta_huge_total, ta_huge_cached;
 
-/* ---- zero.c: blocks of size 0, in memory no access reaches ---------------- */
+/* ---- zero.c: blocks of size 0, in memory no access reaches (hardened) ----- */
+#ifdef TA_HARDENED
 TA_HIDDEN void *ta_zero_alloc(void); /* NULL: none left (or no mapping): take a 16-byte block */
 TA_HIDDEN void ta_zero_free(ta_segment_t *s, void *p); /* reports a double free or a bad pointer */
 TA_HIDDEN size_t ta_zero_usable(ta_segment_t *s, const void *p, const char *what); /* 0 */
+#endif
 
 /* ---- alloc.c: the entry points -------------------------------------------- */
 TA_HIDDEN void *ta_malloc_class(size_t cls);

@@ -43,7 +43,7 @@
 #define TA_TCACHE_MAX TA_MEDIUM_MAX /* largest size a thread cache holds: every class */
 #define TA_TCLASSES TA_CLASSES
 #define TA_TBIN_BYTES (64 * 1024)   /* a thread cache bin grows to about this much at most (4..128 blocks) */
-#define TA_ZERO_CLASS TA_TCLASSES /* malloc(0): a thread-cache bin that stays empty (zero.c) */
+#define TA_ZERO_CLASS TA_TCLASSES /* hardened malloc(0): a thread-cache bin that stays empty (zero.c) */
 #define TA_NO_CLASS 0xff           /* span->cls of anything the free fast path must not take */
 #define TA_LARGE_MAX (TA_SEGMENT_SIZE / 2) /* beyond: huge, own mapping */
 #define TA_MAX_ALIGN (TA_SEGMENT_SIZE / 2) /* larger alignments: ENOMEM */

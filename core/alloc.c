@@ -28,11 +28,13 @@ static inline void check_ahead(ta_block_t *b, uintptr_t cookie) {
  * The allocation counts toward the class's sampling countdown here. */
 TA_PROF_PATH static void *malloc_refill(ta_tcache_t *tc, size_t cls) {
   ta_process_init();
+#ifdef TA_HARDENED
   if (cls == TA_ZERO_CLASS) { /* malloc(0): a no-access address of its own (zero.c) */
     void *z = ta_zero_alloc();
     if (z) return z;
     cls = 0;
   }
+#endif
   void *b = ta_tcache_refill(tc, cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
@@ -72,7 +74,7 @@ TA_PROF_PATH static void *malloc_big(size_t n) {
 #ifdef TA_HARDENED
   void *p = n <= TA_LARGE_MAX ? ta_large_alloc_guarded(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
 #else
-  void *p = n <= TA_LARGE_MAX ? ta_large_alloc(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
+  void *p = n <= TA_LARGE_MAX ? ta_large_alloc_front(ta_arena_pick(), n) : ta_huge_alloc(n, 0, false);
 #endif
 #ifndef TA_NO_PROF
   if (p) ta_prof_maybe(p, big_usable(p));
@@ -220,17 +222,18 @@ static bool first_page_purged(void *p) {
 /* free's fast path for a block of a slab whose fast bound is shut: a slab
  * holding a block the profiler sampled (ta_span_t.prof_sampled), or a
  * keyless one (a purged page holds a free block's start, which reads 0
- * there: the cookie cannot tell a second free of it). The same checks (a
- * thread-cache class, carved, the double-free cookie) and the same push;
+ * there: the cookie cannot tell a second free of it). The same checks
+ * (carved, the double-free cookie; every slab's class has a thread-cache
+ * bin) and the same push;
  * on a keyless slab the block's first page is looked at first: purged
  * means free, so a second free. A Python task that drops its objects after
  * the purger took pages of their slabs freed 5% of its blocks through the
  * slab's lock before this (68k of 1.4M, 265 instructions each). false:
  * take the slab's own path. */
+_Static_assert(TA_TCLASSES == TA_CLASSES, "free_cached: a slab's class always has a thread-cache bin");
 static bool free_cached(ta_span_t *sp, void *p) {
   size_t cls = sp->cls;
-  if (cls >= TA_TCLASSES || (uint32_t)((uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes))
-    return false;
+  if ((uint32_t)((uint8_t *)p - sp->start) >= ta_relaxed_load(&sp->carved_bytes)) return false;
   if (ta_unlikely(ta_relaxed_load(&sp->keyless) && first_page_purged(p))) double_free(p);
   free_push(sp, cls, p, ta_cookie);
   return true;
@@ -251,9 +254,11 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
 #endif
     ta_large_free(sp, p);
     break;
+#ifdef TA_HARDENED
   case TA_SPAN_ZERO:
     ta_zero_free(s, p);
     return;
+#endif
   case TA_SPAN_SLAB:
     if (!ta_is_block_start(sp, p)) ta_error("free: invalid pointer (not the start of a block)", p);
     /* a slab holding a sampled block sends its frees here: the sampled one
@@ -345,7 +350,9 @@ size_t ta_usable_size(const void *p, const char *what) {
     return far->huge_size;
   }
   ta_span_t *sp = ta_span_of(s, p);
+#ifdef TA_HARDENED
   if (sp->kind == TA_SPAN_ZERO) return ta_zero_usable(s, p, what);
+#endif
   if (sp->kind == TA_SPAN_HUGE) {
     if ((const uint8_t *)p != (uint8_t *)s + s->huge_off) ta_error(what, p);
     return s->huge_size;

@@ -293,7 +293,7 @@ static inline size_t ta_span_pages(const ta_span_t *sp) {
 
 /* ---- span.c: an arena's page heap (free spans) and large blocks ---------- */
 TA_HIDDEN ta_span_t *ta_span_alloc(ta_arena_t *a, size_t slices, ta_span_kind_t kind); /* a->lock */
-TA_HIDDEN void ta_span_free(ta_arena_t *a, ta_span_t *sp);                             /* a->lock */
+TA_HIDDEN ta_span_t *ta_span_free(ta_arena_t *a, ta_span_t *sp); /* a->lock; the free span it is now part of */
 /* all: every free span now (else those idle for delay), and in a huge-page
  * segment only whole huge pages unless `split`. a->lock held. */
 TA_HIDDEN size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split);
@@ -305,8 +305,16 @@ TA_HIDDEN void *ta_large_alloc_guarded(ta_arena_t *a, size_t size);
 static inline uint8_t *ta_large_block(const ta_span_t *sp) {
   return sp->start + sp->block_off;
 }
+/* The default build's large blocks from malloc: the block ends with its
+ * span, a canary in the 32 bytes before it, checked at free. NULL: as
+ * ta_large_alloc. */
+TA_HIDDEN void *ta_large_alloc_front(ta_arena_t *a, size_t size);
 static inline size_t ta_large_usable(const ta_span_t *sp) {
+#ifdef TA_HARDENED
   return sp->block_off ? sp->bsize - sp->block_off - ((size_t)1 << ta_ospage_shift) : sp->bsize;
+#else
+  return sp->bsize - sp->block_off;
+#endif
 }
 TA_HIDDEN void ta_large_free(ta_span_t *sp, void *p);
 TA_HIDDEN bool ta_large_grow(ta_span_t *sp, size_t n); /* in place into the free span after it */
@@ -454,10 +462,12 @@ TA_HIDDEN ta_segment_t *ta_huge_far_of(const void *p); /* the header of such a b
 TA_HIDDEN void *ta_huge_realloc(ta_segment_t *s, size_t size);
 TA_HIDDEN extern _Atomic uint64_t ta_huge_bytes, ta_huge_mapped, ta_huge_count, ta_huge_total, ta_huge_cached;
 
-/* ---- zero.c: blocks of size 0, in memory no access reaches ---------------- */
+/* ---- zero.c: blocks of size 0, in memory no access reaches (hardened) ----- */
+#ifdef TA_HARDENED
 TA_HIDDEN void *ta_zero_alloc(void); /* NULL: none left (or no mapping): take a 16-byte block */
 TA_HIDDEN void ta_zero_free(ta_segment_t *s, void *p); /* reports a double free or a bad pointer */
 TA_HIDDEN size_t ta_zero_usable(ta_segment_t *s, const void *p, const char *what); /* 0 */
+#endif
 
 /* ---- alloc.c: the entry points -------------------------------------------- */
 TA_HIDDEN void *ta_malloc_class(size_t cls);

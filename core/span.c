@@ -38,9 +38,37 @@ static ta_span_t *make_free(ta_arena_t *a, ta_segment_t *s, size_t idx, size_t n
   sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
   sp->freed_ms = freed_ms;
   sp->dirty = (uint16_t)dirty;
+  sp->freed_mark = 0;
   list_insert(a, sp);
   return sp;
 }
+
+/* A freed large block's first 16 bytes hold a mark (ta_large_free) until
+ * its span is taken again or merged into another free span: a mark changed
+ * by then was written after the free (a use after free that a later owner
+ * of the memory would see). Not looked at where the OS took the page back
+ * (purged: it reads 0) or the slice is inaccessible (hardened: a freed
+ * large span stays so). `what`: the call that found it. a->lock held;
+ * released before the report. */
+static uint64_t mark_of(const uint8_t *p) {
+  return ((uintptr_t)p ^ ta_cookie) * 0x9e3779b97f4a7c15ull;
+}
+
+static void mark_check(ta_arena_t *a, ta_span_t *sp, const char *what) {
+  if (!sp->freed_mark) return;
+  uint8_t *p = sp->start + sp->freed_mark - 1;
+  sp->freed_mark = 0;
+  ta_segment_t *s = ta_segment_of(p);
+  size_t pg = (size_t)(p - (uint8_t *)s) >> ta_ospage_shift, slice = (size_t)(p - (uint8_t *)s) >> TA_SLICE_SHIFT;
+  ta_segbits_t *bits = ta_segbits(s);
+  if (!((bits->rw_slices >> slice) & 1) || ((ta_relaxed_load(&bits->purged[pg / 64]) >> (pg % 64)) & 1)) return;
+  const uint64_t *w = (const uint64_t *)p;
+  if (ta_likely(w[0] == mark_of(p) && w[1] == ~mark_of(p))) return;
+  ta_unlock(&a->lock);
+  ta_error(what, p);
+}
+#define MARK_MALLOC "malloc: heap corruption (write after free) of large block"
+#define MARK_FREE "free: heap corruption (write after free) of large block"
 
 ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   ta_assert(n >= 1 && n < TA_SLICES);
@@ -55,6 +83,7 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   ta_segment_t *s = ta_segment_of(sp);
   size_t idx = ta_span_index(sp), have = sp->slices, dirty = sp->dirty;
   if (!ta_segment_commit(s, idx, n)) return NULL;
+  mark_check(a, sp, MARK_MALLOC);
   list_remove(a, sp);
   if (have > n) {
     size_t per = TA_SLICE_SIZE >> ta_ospage_shift;
@@ -74,7 +103,7 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   return sp;
 }
 
-void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
+ta_span_t *ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   ta_segment_t *s = ta_segment_of(sp);
   size_t idx = ta_span_index(sp), n = sp->slices, dirty = sp->dirty;
   ta_assert(sp->kind == TA_SPAN_SLAB || sp->kind == TA_SPAN_LARGE);
@@ -85,6 +114,7 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   if (idx + n < TA_SLICES) { /* coalesce with the next span */
     ta_span_t *nx = &s->spans[idx + n];
     if (nx->kind == TA_SPAN_FREE) {
+      mark_check(a, nx, MARK_FREE);
       list_remove(a, nx);
       n += nx->slices;
       dirty += nx->dirty;
@@ -94,6 +124,7 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
     ta_span_t *pv = &s->spans[idx - 1];
     pv -= pv->head_off;
     if (pv->kind == TA_SPAN_FREE) {
+      mark_check(a, pv, MARK_FREE);
       list_remove(a, pv);
       n += pv->slices;
       dirty += pv->dirty;
@@ -101,11 +132,12 @@ void ta_span_free(ta_arena_t *a, ta_span_t *sp) {
     }
   }
   uint64_t now = ta_prim_clock_ms();
-  make_free(a, s, idx, n, now, dirty);
+  ta_span_t *head = make_free(a, s, idx, n, now, dirty);
   if (s->used_slices == 0) {
     s->empty_since_ms = now;
     ta_relaxed_add(&a->empty_segments, 1);
   }
+  return head;
 }
 
 /* Purges the free spans idle for `delay` ms (all: every one), then unmaps
@@ -174,6 +206,36 @@ void *ta_large_alloc(ta_arena_t *a, size_t n) {
   return sp->start;
 }
 
+#ifndef TA_HARDENED
+/* The default build's large blocks from malloc end where their span does (a
+ * write past one reaches the next span, or faults in slices no span has
+ * taken yet), and the 32 bytes before each hold a canary (its address ^ the
+ * cookie), checked at its free: a write before the block (an underflow), as
+ * the huge blocks' header check. The slack the rounding to slices leaves is
+ * before the block, never touched; a size within 32 bytes of a slice
+ * multiple takes one slice more, of which only the canary's OS page is
+ * written. */
+#define TA_LARGE_FRONT 32
+void *ta_large_alloc_front(ta_arena_t *a, size_t n) {
+  size_t body = (n + TA_ALIGN - 1) & ~(size_t)(TA_ALIGN - 1);
+  uint8_t *start = ta_large_alloc(a, body + TA_LARGE_FRONT);
+  if (!start) return NULL;
+  ta_span_t *sp = ta_span_of(ta_segment_of(start), start);
+  uint8_t *p = start + sp->bsize - body;
+  sp->block_off = (uint32_t)(p - start); /* the block is not handed out yet: no other reader */
+  uintptr_t *w = (uintptr_t *)(p - TA_LARGE_FRONT);
+  for (size_t i = 0; i < TA_LARGE_FRONT / sizeof *w; i++) w[i] = (uintptr_t)p ^ ta_cookie;
+  return p;
+}
+
+static bool front_ok(const uint8_t *p) {
+  const uintptr_t *w = (const uintptr_t *)(p - TA_LARGE_FRONT);
+  uintptr_t bad = 0;
+  for (size_t i = 0; i < TA_LARGE_FRONT / sizeof *w; i++) bad |= w[i] ^ ((uintptr_t)p ^ ta_cookie);
+  return bad == 0;
+}
+#endif
+
 /* The block ends at the last OS page of its span, which becomes
  * inaccessible, and so does the page before the block's first one: a
  * read or write past either end faults at once (Electric Fence's guard
@@ -207,6 +269,16 @@ void ta_large_free(ta_span_t *sp, void *p) {
     ta_unlock(&a->lock);
     ta_error("free: double free or invalid pointer", p);
   }
+#ifndef TA_HARDENED
+  if (sp->block_off && !front_ok(p)) {
+    ta_unlock(&a->lock);
+    ta_error("free: heap underflow (the 32 bytes before the block are overwritten) of block", p);
+  }
+#endif
+  uint64_t *mark = p; /* the mark, before the hardened build's guard makes the span inaccessible */
+  mark[0] = mark_of(p);
+  mark[1] = ~mark_of(p);
+  size_t mark_off = (size_t)((uint8_t *)p - sp->start);
 #ifdef TA_HARDENED
   /* Inaccessible until taken again: a use after free faults. */
   if (ta_prim_protect(sp->start, sp->bsize, false) == 0) {
@@ -218,7 +290,9 @@ void ta_large_free(ta_span_t *sp, void *p) {
   ta_pagedelta_t d = {0};
   ta_pages_dead(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty, &d);
   ta_pagedelta_apply(a, &d);
-  ta_span_free(a, sp);
+  uint8_t *start = sp->start;
+  ta_span_t *head = ta_span_free(a, sp); /* merged with a free span before it: the mark moves off its start */
+  head->freed_mark = (uint32_t)(start - head->start + mark_off + 1);
   ta_unlock(&a->lock);
   ta_relaxed_sub(&a->large_bytes, bytes);
   ta_relaxed_sub(&a->large_count, 1);
@@ -233,8 +307,12 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
   ta_arena_t *a = sp->arena;
   /* a guarded block (hardened) keeps its offset, and its tail guard moves
    * to the new end: the last slice is made read-write with the new ones */
+#ifdef TA_HARDENED
   size_t ps = (size_t)1 << ta_ospage_shift, guarded = sp->block_off != 0;
-  size_t need = (n + (guarded ? sp->block_off + ps : 0) + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
+#else
+  size_t ps = (size_t)1 << ta_ospage_shift, guarded = 0; /* a front canary stays where it is */
+#endif
+  size_t need = (n + sp->block_off + (guarded ? ps : 0) + TA_SLICE_SIZE - 1) / TA_SLICE_SIZE;
   if (!a || need >= TA_SLICES) return false;
   ta_pagedelta_t d = {0};
   ta_pagerun_t run[TA_REFAULT_RUNS];
@@ -249,6 +327,7 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
         ta_segment_commit(s, idx + have - guarded, extra + guarded)) {
       size_t per = TA_SLICE_SIZE >> ta_ospage_shift, rest = nx->slices - extra, dirty = nx->dirty;
       uint64_t freed_ms = nx->freed_ms;
+      mark_check(a, nx, "realloc: heap corruption (write after free) of large block");
       list_remove(a, nx);
       if (rest) {
         size_t tail_dirty = ta_pages_unpurged(s, (idx + need) * per, rest * per);

@@ -43,7 +43,7 @@
 #define TA_TCACHE_MAX TA_MEDIUM_MAX /* largest size a thread cache holds: every class */
 #define TA_TCLASSES TA_CLASSES
 #define TA_TBIN_BYTES (64 * 1024)   /* a thread cache bin grows to about this much at most (4..128 blocks) */
-#define TA_ZERO_CLASS TA_TCLASSES /* malloc(0): a thread-cache bin that stays empty (zero.c) */
+#define TA_ZERO_CLASS TA_TCLASSES /* hardened malloc(0): a thread-cache bin that stays empty (zero.c) */
 #define TA_NO_CLASS 0xff           /* span->cls of anything the free fast path must not take */
 #define TA_LARGE_MAX (TA_SEGMENT_SIZE / 2) /* beyond: huge, own mapping */
 #define TA_MAX_ALIGN (TA_SEGMENT_SIZE / 2) /* larger alignments: ENOMEM */
@@ -147,10 +147,15 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   _Atomic uint8_t prof_spill;
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
-  /* large: the block's offset from start. 0, but in the hardened build,
-   * where a block from malloc sits between two guard pages (span.c): then
-   * it ends one OS page before the span does. */
+  /* large: the block's offset from start. 0 for an aligned block; a block
+   * from malloc ends where its span does, after the 32 bytes of its front
+   * canary (span.c), but in the hardened build, where it sits between two
+   * guard pages and ends one OS page before the span does. */
   uint32_t block_off;
+  /* free span: 1 + the offset from start of the mark a freed large block
+   * left at its first bytes (ta_large_free), checked when the span is taken
+   * or merged (a write after free); 0: none. */
+  uint32_t freed_mark;
 } ta_span_t;
 
 _Static_assert(offsetof(ta_span_t, arena) <= 64 && sizeof(ta_span_t) == 128,

@@ -12,6 +12,7 @@
  * take). When they are all live, malloc(0) gets a 16-byte block again. */
 #include "internal.h"
 
+#ifdef TA_HARDENED /* the default build gives malloc(0) a 16-byte block (size.c) */
 #define ZERO_SLICES 16
 #define ZERO_COUNT (ZERO_SLICES * TA_SLICE_SIZE / TA_ALIGN)
 #define ZERO_WORDS (ZERO_COUNT / 64) /* 1024: 8 KiB of .bss */
@@ -92,3 +93,4 @@ size_t ta_zero_usable(ta_segment_t *s, const void *p, const char *what) {
   if (!((ta_relaxed_load(&zero_used[i / 64]) >> (i % 64)) & 1)) ta_error(what, p); /* freed */
   return 0;
 }
+#endif

@@ -283,6 +283,47 @@ static void case_huge_underflow_32(void) {
   huge_underflow_of(32);
 }
 
+#ifndef TEST_HARDENED
+/* The default build's large block from malloc ends with its span, after a
+ * canary of 32 bytes checked at its free: a write before the block is
+ * reported there (mimalloc-bench's one_byte_underflow_large and
+ * 32_byte_underflow_large). 256 KiB: whole slices, the canary takes one
+ * more; 200 KiB + 48: in the slack of the rounding. */
+static void large_underflow_of(size_t n, size_t by) {
+  uint8_t *p = trimalloc_malloc(n);
+  announce(p);
+  p[-(ptrdiff_t)by] ^= 'A';
+  trimalloc_free(p);
+}
+static void case_large_underflow_1(void) {
+  large_underflow_of(256 * KiB, 1);
+}
+static void case_large_underflow_32(void) {
+  large_underflow_of(200 * KiB + 48, 32);
+}
+
+/* A freed large block keeps a mark in its first 16 bytes until its span is
+ * taken again or merged with a span freed next to it: a write after the
+ * free is reported then (mimalloc-bench's write_after_free_reuse_large).
+ * The hardened build keeps a freed large span inaccessible instead. */
+static void case_large_write_after_free_reuse(void) {
+  uint8_t *p = trimalloc_malloc(256 * KiB);
+  announce(p);
+  trimalloc_free(p);
+  memset(p, 'A', 256 * KiB);
+  for (int i = 0; i < 64; i++) trimalloc_malloc(256 * KiB); /* until its span is taken */
+}
+static void case_large_write_after_free_merge(void) {
+  uint8_t *p = trimalloc_malloc(300 * KiB), *q = trimalloc_malloc(300 * KiB);
+  void *keep = trimalloc_malloc(300 * KiB); /* q's span has a live one after it */
+  announce(p);
+  trimalloc_free(p);
+  p[8] ^= 'A';
+  trimalloc_free(q); /* merges with p's free span */
+  (void)keep;
+}
+#endif
+
 #ifdef TEST_HARDENED
 /* The hardened build puts a large block between two inaccessible pages and
  * keeps a freed one inaccessible until its span is taken again. */
@@ -425,6 +466,12 @@ static const misuse_t cases[] = {
     {"free_sized with a size larger than the block", "free_sized", case_free_sized_larger, 0},
     {"write one byte before a huge block", "free", case_huge_underflow_1, 0},
     {"write 32 bytes before a huge block", "free", case_huge_underflow_32, 0},
+#ifndef TEST_HARDENED /* the hardened build's guard pages make these faults */
+    {"write one byte before a large block of whole slices", "free", case_large_underflow_1, 0},
+    {"write 32 bytes before a large block", "free", case_large_underflow_32, 0},
+    {"write after free into a large block, then mallocs of its size", "malloc", case_large_write_after_free_reuse, 0},
+    {"write after free into a large block, then the free of its neighbour", "free", case_large_write_after_free_merge, 0},
+#endif
     /* Faults: the sanitizers catch SIGSEGV themselves (main skips these there). */
 #ifdef TEST_HARDENED /* the default build gives malloc(0) a 16-byte block (core/size.c) */
     {"read of a zero-size block", "", case_zero_size_read, 1},
@@ -535,6 +582,17 @@ static void test_valid_use_does_not_abort(void) {
     }
     void *q = trimalloc_realloc(trimalloc_malloc(10), 100000);
     trimalloc_free(q);
+    /* large blocks (a front canary, a mark when freed): all of the usable
+     * size written, freed next to free spans (the marks checked at the
+     * merges), taken again */
+    uint8_t *l[6];
+    for (int i = 0; i < 6; i++) {
+      l[i] = trimalloc_malloc(i % 2 ? 256 * KiB : 200 * KiB + 48);
+      memset(l[i], 0x5a, trimalloc_malloc_usable_size(l[i]));
+    }
+    for (int i = 0; i < 6; i += 2) trimalloc_free(l[i]);
+    for (int i = 1; i < 6; i += 2) trimalloc_free(l[i]);
+    for (int i = 0; i < 6; i++) trimalloc_free(trimalloc_malloc(256 * KiB));
     /* huge blocks whose header end is checked at free: aligned (a gap
      * before the block), reusing a dirty cached mapping, grown by mremap */
     for (size_t align = 64; align <= 64 * KiB; align *= 4) {
@@ -619,9 +677,9 @@ static void test_no_immediate_reuse(void) {
 }
 #endif
 
-#ifdef TEST_HARDENED
-/* A large block between guard pages still grows in place (its tail guard
- * moves to the new end), and all of its usable size is writable after. */
+/* A large block still grows in place: between guard pages (hardened: its
+ * tail guard moves to the new end), or after its front canary (default:
+ * checked at the free), and all of its usable size is writable after. */
 static void test_large_growth_in_place(void) {
   int in_place = 0;
   for (int k = 0; k < 8; k++) {
@@ -636,7 +694,6 @@ static void test_large_growth_in_place(void) {
   }
   CHECK(in_place > 0, "no growth in place of 8");
 }
-#endif
 
 int main(void) {
   RUN(test_valid_use_does_not_abort);
@@ -646,8 +703,8 @@ int main(void) {
   RUN(test_free_sized_valid);
 #ifdef TEST_HARDENED
   RUN(test_no_immediate_reuse);
-  RUN(test_large_growth_in_place);
 #endif
+  RUN(test_large_growth_in_place);
   RUN(test_misuse_aborts_with_one_line);
   return check_summary();
 }

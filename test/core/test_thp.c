@@ -37,12 +37,15 @@ static bool kernel_gives_huge_pages(void) {
 static void test_huge_page_segment(void) {
   trimalloc_option_set("background", 0); /* only the trim below returns anything */
   trimalloc_option_set("thp", 1);
-  /* Three full segments of large blocks (32 + 31 slices each): the next
-   * segment is a huge-page one (past the first two) and gets the next slab. */
+  /* Three full segments of large blocks (32 + 31 slices each; FRONT: the
+   * 32 bytes of a large block's front canary, which a size of whole slices
+   * would take one slice more for): the next segment is a huge-page one
+   * (past the first two) and gets the next slab. */
+  enum { FRONT = 64 };
   void *big[6];
   for (int i = 0; i < 3; i++) {
-    big[2 * i] = trimalloc_malloc(2 * MiB);
-    big[2 * i + 1] = trimalloc_malloc(31 * 64 * KiB);
+    big[2 * i] = trimalloc_malloc(2 * MiB - FRONT);
+    big[2 * i + 1] = trimalloc_malloc(31 * 64 * KiB - FRONT);
   }
   uint8_t *a = trimalloc_malloc(3000); /* a class no block of this program had: a new slab */
   memset(a, 1, 3000);
@@ -53,7 +56,7 @@ static void test_huge_page_segment(void) {
   CHECK(head <= 256 * KiB, "%zu KiB of the header's huge page resident for one small block", head / KiB);
   /* Slices 2..31 taken by a large block, the next slab goes to slice 32: the
    * second huge page, faulted in whole at its first write. */
-  void *fill = trimalloc_malloc(30 * 64 * KiB);
+  void *fill = trimalloc_malloc(30 * 64 * KiB - FRONT);
   uint8_t *b = trimalloc_malloc(5000);
   if (!CHECK(b >= seg + HUGE_PAGE && b < seg + 4 * MiB, "the second slab is not in the second huge page")) return;
   memset(b, 2, 5000);

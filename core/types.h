@@ -93,6 +93,8 @@ typedef enum {
  *   0 < used  (an empty slab goes back to the page heap at once)
  *   used == reserved  <=>  bucket == TA_BUCKET_NONE (full: on no list)
  *   otherwise on bin->buckets[bucket], bucket == min(used * bucket_mul >> 20, TA_FULLNESS - 1)
+ *   (all of this but while purging: then on no list, bucket == TA_BUCKET_NONE,
+ *   used may reach 0, and the purge places it when its madvise calls are done)
  *   (bucket_mul = (TA_FULLNESS << 20) / reserved: fullness without a division)
  *   carved <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
  *   dirty = |OS pages p of the span with live[p] == 0 and not purged|
@@ -105,7 +107,8 @@ typedef enum {
  *   path, which tests the free bitmap. A page coming back into use gets the
  *   cookie written into its free blocks (ta_slab_take).
  * Free span (kind == FREE, under the arena lock): linked in
- *   arena->spans[slices]; dirty as above; freed_ms = when it became free.
+ *   arena->spans[slices] (but while purging: on no list, and no neighbour
+ *   joins it); dirty as above; freed_ms = when it became free.
  * Large span (kind == LARGE): live[p] == 1 for each of its OS pages. */
 typedef struct __attribute__((aligned(64))) ta_span_s {
   /* First cache line: what the free fast path reads (cls, start, div_magic). */
@@ -145,12 +148,18 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
    * again, every free looks there). Written under the bin lock. */
   _Atomic uint32_t prof_offs[4];
   _Atomic uint8_t prof_spill;
+  /* slab or free span: 1 while a purge's madvise calls run on its pages
+   * without the bin or arena lock (arena.c, span.c): it is then on no list,
+   * so no refill or allocation takes its pages, a free that empties the
+   * slab leaves it to the purge, and no free span joins the free one. */
+  uint8_t purging;
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
   /* large: the block's offset from start. 0, but in the hardened build,
    * where a block from malloc sits between two guard pages (span.c): then
    * it ends one OS page before the span does. */
   uint32_t block_off;
+  uint32_t purge_pass; /* slab, free span: the last purge pass that took it (arena.c) */
 } ta_span_t;
 
 _Static_assert(offsetof(ta_span_t, arena) <= 64 && sizeof(ta_span_t) == 128,

@@ -387,32 +387,18 @@ static void *bin_user(void *arg) {
   return NULL;
 }
 
-/* A try's verdict: 1 the other thread's longest call under a quarter of the
- * trim, 0 not, -1 a trim under 100 ms (64 KiB pages under qemu: 51 ms),
- * too short to tell from the preemptions of a loaded VM (up to 24 ms seen). */
-static int lock_verdict(uint64_t trim_ns, uint64_t worst_ns) {
-  if (trim_ns < 100000000u) return -1;
-  return worst_ns < trim_ns / 4;
-}
-
-/* Up to three tries, one of which must pass; before, each waited nearly the
- * whole trim. None long enough to tell: said on stdout, not checked. */
-static void lock_tries(int (*one)(double *, double *), const char *what) {
+/* Up to three tries, one of which must pass: the other thread's longest
+ * call under a quarter of the trim (a loaded VM preempts a thread for up to
+ * 24 ms now and then; before, each try waited nearly the whole trim, 46 of
+ * 46 ms on a quiet machine, 364 of 410 on a loaded one). */
+static void lock_tries(bool (*one)(double *, double *), const char *what) {
   double trim_ms = 0, worst_ms = 0;
-  int v = -1;
-  bool told = false;
-  for (int i = 0; i < 3 && v != 1; i++) {
-    v = one(&trim_ms, &worst_ms);
-    told = told || v >= 0;
-  }
-  if (!told) {
-    printf("  %s: every trim took under 100 ms, too short to tell: not checked\n", what);
-    return;
-  }
-  CHECK(v == 1, "%s: waited %.1f ms in a trim of %.1f ms (the last of 3 tries)", what, worst_ms, trim_ms);
+  bool ok = false;
+  for (int i = 0; i < 3 && !ok; i++) ok = one(&trim_ms, &worst_ms);
+  CHECK(ok, "%s: waited %.1f ms in a trim of %.1f ms (the last of 3 tries)", what, worst_ms, trim_ms);
 }
 
-static int bin_try(double *trim_ms, double *worst_ms) {
+static bool bin_try(double *trim_ms, double *worst_ms) {
   const size_t n = 48 * MiB / 64, ps = page_size();
   uint8_t **p = mmap(NULL, n * sizeof *p, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) abort();
@@ -454,10 +440,14 @@ static int bin_try(double *trim_ms, double *worst_ms) {
   for (size_t i = 0; i < got; i++) trimalloc_free(p[i]);
   munmap(p, n * sizeof *p);
   trimalloc_trim();
-  return lock_verdict(trim_ns, worst);
+  return worst < trim_ns / 4;
 }
 
 static void test_trim_leaves_bin_free(void) {
+  if (page_size() > 4096) { /* 48 MiB hold too few runs of 3 pages in 4 (192 at 64 KiB: a 51 ms trim) */
+    printf("  OS pages of %zu KiB: too few madvise calls to time, not checked\n", page_size() / KiB);
+    return;
+  }
   long long old = set_purge_delay(60000);
   lock_tries(bin_try, "64-byte blocks");
   trimalloc_option_set("purge_delay_ms", old);
@@ -469,7 +459,7 @@ static void test_trim_leaves_bin_free(void) {
  * thread allocates and frees large blocks. */
 #define HEAP_BLOCKS ((TEST_TSAN ? 160 : 256) * MiB / (192 * KiB))
 
-static int page_heap_try(double *trim_ms, double *worst_ms) {
+static bool page_heap_try(double *trim_ms, double *worst_ms) {
   static uint8_t *p[HEAP_BLOCKS];
   const size_t size = 192 * KiB - 64;
   size_t got = 0;
@@ -504,7 +494,7 @@ static int page_heap_try(double *trim_ms, double *worst_ms) {
   CHECK(trimalloc_check());
   for (size_t i = 0; i < got; i++) trimalloc_free(p[i]);
   trimalloc_trim();
-  return lock_verdict(trim_ns, worst);
+  return worst < trim_ns / 4;
 }
 
 static void test_trim_leaves_page_heap_free(void) {

@@ -460,7 +460,9 @@ static bool purge_lock_take(bool wait) {
 }
 
 size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since) {
-  if (!atomic_load_explicit(&a->ready, memory_order_acquire) || ta_relaxed_load(&a->dirty_pages) <= 0) return 0;
+  if (!atomic_load_explicit(&a->ready, memory_order_acquire) ||
+      (ta_relaxed_load(&a->dirty_pages) <= 0 && ta_relaxed_load(&a->empty_segments) <= 0))
+    return 0;
   bool timed = !all; /* a release the hysteresis learns from; a routine purge leaves a busy lock */
   uint64_t delay = purge_rule(a, now, &all, idle_since);
   uint32_t pass = atomic_fetch_add_explicit(&purge_passes, 1, memory_order_relaxed) + 1;
@@ -486,8 +488,14 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since
     bytes += ta_spans_purge_chunk(a, now, delay, all, all, pass, &more);
     ta_unlock(&purge_lock);
   }
+  /* Empty segments wait unmap_delay_ms in an idle arena too (all from
+   * purge_rule): an idle process that allocates again within the delay
+   * reuses them instead of mapping them again (v2 unmapped them at once,
+   * and test_fork's child mapped again 32 MiB its parent had just
+   * unmapped). The purger counts them as work until then (purge.c). An
+   * explicit trim unmaps them at once. */
   if (!busy && purge_lock_take(!timed)) {
-    bytes += ta_segments_unmap(a, now, all);
+    bytes += ta_segments_unmap(a, now, !timed);
     ta_unlock(&purge_lock);
   }
   if (bytes && timed) {

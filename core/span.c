@@ -165,8 +165,8 @@ size_t ta_spans_purge_chunk(ta_arena_t *a, uint64_t now, uint64_t delay, bool al
   return bytes;
 }
 
-/* Unmaps the empty segments that are purged and idle unmap_delay_ms (all: at
- * once); under mlock, where nothing can be purged, purged or not (v2 kept
+/* Unmaps the empty segments that are purged and idle unmap_delay_ms (all, a
+ * trim: at once); under mlock, where nothing can be purged, purged or not (v2 kept
  * them for ever). They leave every structure under the arena lock and are
  * unmapped after it, a few at a time. */
 size_t ta_segments_unmap(ta_arena_t *a, uint64_t now, bool all) {

@@ -294,6 +294,9 @@ TA_HIDDEN extern _Atomic uint64_t ta_meta_bytes; /* mappings of the allocator's 
 TA_HIDDEN size_t ta_pages_purge_plan_whole(ta_segment_t *s, size_t first, size_t n, bool split, ta_pagerun_t *runs,
                                           size_t max);
 TA_HIDDEN size_t ta_pages_unpurged(ta_segment_t *s, size_t first, size_t n);
+/* OS pages resident in huge pages of huge-page segments beyond those counted
+ * (segment.c): stats' resident adds them. */
+TA_HIDDEN int64_t ta_thp_hidden_pages(void);
 TA_HIDDEN bool ta_segment_is_valid(ta_segment_t *s);
 static inline size_t ta_span_first_page(const ta_span_t *sp) {
   return ta_span_index(sp) << (TA_SLICE_SHIFT - ta_ospage_shift);

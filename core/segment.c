@@ -70,6 +70,58 @@ static inline void bit_clear(_Atomic uint64_t *w, size_t i) {
   atomic_fetch_and_explicit(&w[i / 64], ~((uint64_t)1 << (i % 64)), memory_order_relaxed);
 }
 
+/* Huge-page segments (issue 17, 8(h)): the kernel faults a huge page in
+ * whole at its first touch, so the OS pages counted resident in it (not
+ * purged) are fewer than what it holds: one small block made 2 MiB resident
+ * and 8 KiB counted. Each huge page past the header's with a page not purged
+ * is flagged (ta_segbits_t.thp_resident) and stats' resident counts it
+ * whole: thp_flagged huge pages less the thp_unpurged pages in them already
+ * counted. An upper bound: a huge page the kernel did not give (no free 2 MiB
+ * of memory) or that a purge of part of it split counts whole too. A flag is
+ * cleared only with every page of its huge page purged, and set again if a
+ * page came back meanwhile (under another bin's lock). */
+static _Atomic int64_t thp_flagged, thp_unpurged;
+
+static inline size_t thp_per(const ta_segment_t *s) {
+  return s->thp ? ta_prim_hugepage_size() >> ta_ospage_shift : 0;
+}
+
+static void thp_flag(ta_segbits_t *bits, size_t h) {
+  uint64_t bit = (uint64_t)1 << h;
+  if (!(atomic_fetch_or(&bits->thp_resident, bit) & bit)) atomic_fetch_add(&thp_flagged, 1);
+}
+
+/* Page p of s is no longer purged. */
+static void thp_unpurge(ta_segment_t *s, size_t p) {
+  size_t per = thp_per(s);
+  if (!per || p < per) return;
+  atomic_fetch_add(&thp_unpurged, 1);
+  thp_flag(ta_segbits(s), p / per);
+}
+
+/* Pages [first, first + n) were purged: a huge page now wholly purged is
+ * no longer counted. */
+static void thp_purged(ta_segment_t *s, size_t first, size_t n) {
+  size_t per = thp_per(s);
+  if (!per || first + n <= per) return;
+  ta_segbits_t *bits = ta_segbits(s);
+  size_t lo = first < per ? per : first;
+  for (size_t h = lo / per; h <= (first + n - 1) / per; h++) {
+    uint64_t bit = (uint64_t)1 << h;
+    if (ta_pages_unpurged(s, h * per, per)) continue;
+    if (atomic_fetch_and(&bits->thp_resident, ~bit) & bit) {
+      atomic_fetch_sub(&thp_flagged, 1);
+      if (ta_pages_unpurged(s, h * per, per)) thp_flag(bits, h); /* a page came back meanwhile */
+    }
+  }
+}
+
+int64_t ta_thp_hidden_pages(void) {
+  size_t per = ta_prim_hugepage_size() >> ta_ospage_shift;
+  int64_t extra = atomic_load(&thp_flagged) * (int64_t)per - atomic_load(&thp_unpurged);
+  return extra > 0 ? extra : 0;
+}
+
 ta_segment_t *ta_segment_new(ta_arena_t *a) {
   void *p;
   if (ta_prim_map(TA_SEGMENT_SIZE, TA_SEGMENT_SIZE, &p) != 0) return NULL;
@@ -132,6 +184,11 @@ void ta_segment_unlink(ta_arena_t *a, ta_segment_t *s) {
   int64_t resident = (int64_t)(ta_segment_header_bytes() >> ta_ospage_shift), dirty = 0;
   for (size_t i = slice0; i < pages; i++)
     if (!bit_get(bits->purged, i)) resident++, dirty++;
+  size_t per = thp_per(s);
+  for (size_t h = 1; per && h < (TA_SEGMENT_SIZE >> ta_ospage_shift) / per; h++) { /* out of the huge-page counts */
+    atomic_fetch_sub(&thp_unpurged, (int64_t)ta_pages_unpurged(s, h * per, per));
+    if (atomic_load(&bits->thp_resident) & ((uint64_t)1 << h)) atomic_fetch_sub(&thp_flagged, 1);
+  }
   if (s->prev) s->prev->next = s->next;
   else a->segments = s->next;
   if (s->next) s->next->prev = s->prev;
@@ -149,6 +206,7 @@ void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_
     if (bits->live[i]++ != 0) continue;
     if (bit_get(bits->purged, i)) {
       bit_clear(bits->purged, i);
+      if (s->thp) thp_unpurge(s, i);
       d->resident++;
       if (bit_get(bits->touched, i)) d->refault += (size_t)1 << ta_ospage_shift;
       else bit_set(bits->touched, i);
@@ -184,6 +242,7 @@ size_t ta_pages_populate(ta_segment_t *s, size_t first, size_t n, uint16_t *dirt
     if (ta_prim_populate((uint8_t *)s + (i << ta_ospage_shift), (j - i) << ta_ospage_shift)) {
       for (size_t k = i; k < j; k++) {
         bit_clear(bits->purged, k);
+        if (s->thp) thp_unpurge(s, k);
         if (bit_get(bits->touched, k)) d->refault += (size_t)1 << ta_ospage_shift;
         else bit_set(bits->touched, k);
       }
@@ -278,11 +337,16 @@ size_t ta_pages_purge_end(ta_arena_t *a, ta_segment_t *s, const ta_pagerun_t *ru
   ta_segbits_t *bits = ta_segbits(s);
   int64_t pages = 0;
   for (size_t r = 0; r < count; r++) {
+    int64_t newly = 0;
     for (size_t k = runs[r].first; k < (size_t)runs[r].first + runs[r].n; k++) {
       ta_assert(!bits->live[k]); /* kept out of use since the plan */
       uint64_t bit = (uint64_t)1 << (k % 64); /* a whole huge page's run holds purged pages too */
-      pages += !(atomic_fetch_or_explicit(&bits->purged[k / 64], bit, memory_order_relaxed) & bit);
+      int now = !(atomic_fetch_or_explicit(&bits->purged[k / 64], bit, memory_order_relaxed) & bit);
+      newly += now;
+      if (now && s->thp && k >= thp_per(s)) atomic_fetch_sub(&thp_unpurged, 1);
     }
+    if (s->thp && runs[r].n) thp_purged(s, runs[r].first, runs[r].n);
+    pages += newly;
   }
   if (pages) {
     *dirty = (uint16_t)(*dirty - pages);

@@ -205,6 +205,9 @@ typedef struct ta_segbits_s {
    * a THP segment). Under the arena lock. Here, not in ta_segment_t: the
    * descriptors stay at offset 64, which free's fast path computes with. */
   uint64_t rw_slices;
+  /* bit h: huge page h of a huge-page segment holds a page not purged, so
+   * the kernel holds all of it (segment.c, ta_thp_hidden_pages). */
+  _Atomic uint64_t thp_resident;
 } ta_segbits_t;
 
 #define TA_SEGBITS_OFFSET ((sizeof(ta_segment_t) + 63) & ~(size_t)63)

@@ -148,12 +148,9 @@ static inline void put_block(ta_bin_t *bin, ta_span_t *sp, void *p, size_t cls, 
   if (ta_unlikely(put != TA_PUT_OK)) put_failed(bin, put, p);
 }
 
-/* After blocks went back to slab sp (bin lock held; d0: its dirty count
- * before): its bucket, or, emptied, back to the page heap at once (its pages
- * stay resident until purged). */
-static void slab_settle(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, uint16_t d0, uint64_t now, ta_pagedelta_t *d) {
-  dirty_moved(bin, d0, sp->dirty);
-  sp->freed_ms = now;
+/* A slab whose blocks changed (bin lock held): its bucket, or, emptied, back
+ * to the page heap at once (its pages stay resident until purged). */
+static void slab_place(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, ta_pagedelta_t *d) {
   if (sp->used) {
     rebucket(bin, sp);
     return;
@@ -165,6 +162,16 @@ static void slab_settle(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, uint16_t d0
   ta_lock(&a->lock);
   ta_span_free(a, sp);
   ta_unlock(&a->lock);
+}
+
+/* After blocks went back to slab sp (bin lock held; d0: its dirty count
+ * before). A slab being purged stays off the lists: the purge places it
+ * when its madvise calls are done (ta_arena_purge). */
+static void slab_settle(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, uint16_t d0, uint64_t now, ta_pagedelta_t *d) {
+  dirty_moved(bin, d0, sp->dirty);
+  sp->freed_ms = now;
+  if (ta_unlikely(sp->purging)) return;
+  slab_place(a, bin, sp, d);
 }
 
 /* Each block of a list back to its own slab: one lock per run of blocks of
@@ -377,47 +384,134 @@ void ta_arena_drain(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since) 
     if (ta_relaxed_load(&a->bins[c].xfer_count)) xfer_drain(&a->bins[c], c, a, now, delay, all);
 }
 
-/* The madvise calls run under the bin lock (slabs) and the arena lock (free
- * spans, span.c): a refill must not hand out a block on a page being purged
- * (its contents would be zeroed under the program), and nothing marks pages
- * "being purged" today. Measured (issue 17, item 8): a trim of 48 MiB of
- * 64-byte blocks with 3 OS pages in 4 free (4,096 madvise calls in one bin)
- * held that bin's lock for the whole purge, 210-227 ms of CPU (mostly the
- * TLB flushes of madvise) and 0.8-0.9 s of wall time on this shared,
- * loaded 2-CPU VM, and a thread doing malloc/free of that class waited as
- * long. Routine purges cover only what stayed free for the delay, so their
- * holds are shorter. Moving the calls out needs the free blocks of those
- * pages taken out of the bitmap under the lock (as a refill takes them),
- * purged outside it, put back after, and a fork handler for blocks in
- * flight: left for the fast-path work on the bins, not done here. */
-size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since) {
-  if (!atomic_load_explicit(&a->ready, memory_order_acquire) || ta_relaxed_load(&a->dirty_pages) <= 0) return 0;
-  bool timed = !all; /* a release the hysteresis learns from */
-  uint64_t delay = purge_rule(a, now, &all, idle_since);
-  size_t bytes = 0;
-  for (size_t c = 0; c < TA_CLASSES; c++) {
-    ta_bin_t *bin = &a->bins[c];
-    if (!ta_relaxed_load(&bin->dirty)) continue;
-    ta_lock(&bin->lock);
-    for (unsigned k = 0; k < TA_FULLNESS; k++)
-      for (ta_span_t *sp = bin->buckets[k]; sp; sp = sp->next)
-        if (sp->dirty && (all || (sp->freed_ms + delay <= now && !ta_segment_of(sp)->thp))) {
-          uint16_t d0 = sp->dirty; /* a slab's free pages split its huge page: only when all must go */
-          bytes += ta_slab_purge(sp);
-          dirty_moved(bin, d0, sp->dirty);
-        }
-    ta_unlock(&bin->lock);
+/* A purge's madvise calls run without the bin lock: a refill must not hand
+ * out a block on a page being purged (its contents would be zeroed under the
+ * program), so the slabs to purge are taken off their bucket lists and
+ * marked purging under the lock, a chunk at a time (ta_slab_purge_begin
+ * plans their runs of free pages: those pages hold no block in use, and no
+ * refill can reach them now), purged with no lock held, and placed back
+ * under the lock (a free meanwhile only sets bits and counts; one that
+ * empties the slab leaves it to the purge: slab_settle). Before (issue 17,
+ * item 8), a trim of 48 MiB of 64-byte blocks with 3 OS pages in 4 free
+ * (4,096 madvise calls in one bin) held that bin's lock for the whole purge,
+ * 210-227 ms of CPU and 0.8-0.9 s of wall time on the shared 2-CPU VM, and
+ * a thread doing malloc/free of that class waited as long (test_trim's
+ * test_trim_leaves_bin_free).
+ *
+ * purge_lock is held from a chunk's first slab taken off its list to its
+ * last placed back: the fork handlers and the invariant checker take it
+ * first, so neither sees a slab on no list (lock order: purge_lock, then
+ * bin and arena locks). A routine purge that finds it taken (a trim, or
+ * another thread's purge) leaves the slabs to that one. Each pass stamps
+ * the slabs it took (purge_pass), so a slab dirtied again meanwhile is not
+ * taken twice in one pass. Free spans go the same way under the arena lock
+ * (span.c). */
+static ta_lock_t purge_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint32_t purge_passes;
+
+enum { PURGE_SLABS = 32, PURGE_RUNS = 1024 };
+
+/* One chunk of a bin's purge; more: slabs were left for the next chunk. */
+static size_t bin_purge_chunk(ta_arena_t *a, ta_bin_t *bin, uint64_t now, uint64_t delay, bool all, uint32_t pass,
+                              bool *more) {
+  ta_span_t *slabs[PURGE_SLABS];
+  size_t nruns[PURGE_SLABS], ns = 0, nr = 0, bytes = 0;
+  ta_pagerun_t runs[PURGE_RUNS];
+  *more = false;
+  ta_lock(&bin->lock);
+  for (unsigned k = 0; k < TA_FULLNESS && !*more; k++)
+    for (ta_span_t *sp = bin->buckets[k], *next; sp; sp = next) {
+      next = sp->next;
+      /* a slab's free pages split its huge page: only when all must go */
+      if (!sp->dirty || sp->purge_pass == pass || !(all || (sp->freed_ms + delay <= now && !ta_segment_of(sp)->thp)))
+        continue;
+      if (ns == PURGE_SLABS || nr + ta_span_pages(sp) / 2 + 1 > PURGE_RUNS) {
+        *more = true;
+        break;
+      }
+      sp->purge_pass = pass;
+      bucket_remove(bin, sp);
+      nruns[ns] = ta_slab_purge_begin(sp, runs + nr, PURGE_RUNS - nr);
+      nr += nruns[ns];
+      slabs[ns++] = sp;
+    }
+  ta_unlock(&bin->lock);
+  if (!ns) return 0;
+  for (size_t i = 0, r = 0; i < ns; r += nruns[i++]) ta_pages_purge_runs(ta_segment_of(slabs[i]), runs + r, nruns[i]);
+  ta_pagedelta_t d = {0};
+  ta_lock(&bin->lock);
+  for (size_t i = 0, r = 0; i < ns; r += nruns[i++]) {
+    uint16_t d0 = slabs[i]->dirty;
+    bytes += ta_slab_purge_end(slabs[i], runs + r, nruns[i]);
+    dirty_moved(bin, d0, slabs[i]->dirty);
+    slab_place(a, bin, slabs[i], &d);
   }
-  ta_lock(&a->lock);
-  bytes += ta_spans_purge(a, now, delay, all, all);
-  if (bytes && timed) ta_delay_released(&a->delay, now);
-  ta_unlock(&a->lock);
+  ta_unlock(&bin->lock);
+  ta_pagedelta_apply(a, &d);
+  return bytes;
+}
+
+/* purge_lock for one chunk: a routine purge (wait false) does not wait for
+ * another's chunk, as it may run on a thread's slow path (purge.c). */
+static bool purge_lock_take(bool wait) {
+  if (wait) {
+    ta_lock(&purge_lock);
+    return true;
+  }
+  return pthread_mutex_trylock(&purge_lock) == 0;
+}
+
+size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t idle_since) {
+  if (!atomic_load_explicit(&a->ready, memory_order_acquire) ||
+      (ta_relaxed_load(&a->dirty_pages) <= 0 && ta_relaxed_load(&a->empty_segments) <= 0))
+    return 0;
+  bool timed = !all; /* a release the hysteresis learns from; a routine purge leaves a busy lock */
+  uint64_t delay = purge_rule(a, now, &all, idle_since);
+  uint32_t pass = atomic_fetch_add_explicit(&purge_passes, 1, memory_order_relaxed) + 1;
+  if (!pass) pass = atomic_fetch_add_explicit(&purge_passes, 1, memory_order_relaxed) + 1; /* 0: never taken */
+  size_t bytes = 0;
+  bool busy = false, more;
+  for (size_t c = 0; c < TA_CLASSES && !busy; c++) {
+    ta_bin_t *bin = &a->bins[c];
+    for (more = true; more && ta_relaxed_load(&bin->dirty);) {
+      if (!purge_lock_take(!timed)) {
+        busy = true;
+        break;
+      }
+      bytes += bin_purge_chunk(a, bin, now, delay, all, pass, &more);
+      ta_unlock(&purge_lock);
+    }
+  }
+  for (more = true; more && !busy;) {
+    if (!purge_lock_take(!timed)) {
+      busy = true;
+      break;
+    }
+    bytes += ta_spans_purge_chunk(a, now, delay, all, all, pass, &more);
+    ta_unlock(&purge_lock);
+  }
+  /* Empty segments wait unmap_delay_ms in an idle arena too (all from
+   * purge_rule): an idle process that allocates again within the delay
+   * reuses them instead of mapping them again (v2 unmapped them at once,
+   * and test_fork's child mapped again 32 MiB its parent had just
+   * unmapped). The purger counts them as work until then (purge.c). An
+   * explicit trim unmaps them at once. */
+  if (!busy && purge_lock_take(!timed)) {
+    bytes += ta_segments_unmap(a, now, !timed);
+    ta_unlock(&purge_lock);
+  }
+  if (bytes && timed) {
+    ta_lock(&a->lock);
+    ta_delay_released(&a->delay, now);
+    ta_unlock(&a->lock);
+  }
   return bytes;
 }
 
 /* ---- fork: every lock taken before, released (parent) or reset (child) ---- */
 void ta_arenas_fork_prepare(void) {
   ta_lock(&drain_lock); /* no batch in flight between a transfer cache and its slabs */
+  ta_lock(&purge_lock); /* no slab off its list for a purge */
   ta_lock(&arenas_lock);
   for (size_t i = 0; i < TA_ARENAS_MAX; i++) {
     ta_arena_t *a = &ta_arenas[i];
@@ -435,6 +529,7 @@ void ta_arenas_fork_parent(void) {
     for (size_t c = TA_CLASSES; c-- > 0;) ta_unlock(&a->bins[c].lock);
   }
   ta_unlock(&arenas_lock);
+  ta_unlock(&purge_lock);
   ta_unlock(&drain_lock);
 }
 
@@ -448,6 +543,7 @@ void ta_arenas_fork_child(void) {
 bool ta_arena_is_valid(ta_arena_t *a) {
   if (!atomic_load_explicit(&a->ready, memory_order_acquire)) return true;
   bool ok = true;
+  ta_lock(&purge_lock); /* no slab off its list for a purge */
   for (size_t c = 0; c < TA_CLASSES && ok; c++) {
     ta_bin_t *bin = &a->bins[c];
     ta_lock(&bin->lock);
@@ -485,5 +581,6 @@ bool ta_arena_is_valid(ta_arena_t *a) {
   }
   for (ta_segment_t *s = a->segments; s && ok; s = s->next) ok = s->arena == a && ta_segment_is_valid(s);
   ta_unlock(&a->lock);
+  ta_unlock(&purge_lock);
   return ok;
 }

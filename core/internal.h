@@ -243,7 +243,9 @@ static inline bool ta_is_block_start(const ta_span_t *sp, const void *p) {
 TA_HIDDEN void ta_addrmap_set(_Atomic uint64_t *map, const void *p, bool on);
 TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
 TA_HIDDEN ta_segment_t *ta_segment_new(ta_arena_t *a);            /* a->lock held */
-TA_HIDDEN void ta_segment_free(ta_arena_t *a, ta_segment_t *s);    /* a->lock held */
+/* An empty segment out of every structure and count (a->lock held); the
+ * caller unmaps it (map_size bytes) after the lock. */
+TA_HIDDEN void ta_segment_unlink(ta_arena_t *a, ta_segment_t *s);
 /* Slices [idx, idx + n) go into use: read-write (ta_segbits_t.rw_slices).
  * false: the OS refused (too many mappings); a->lock held. */
 TA_HIDDEN bool ta_segment_commit(ta_segment_t *s, size_t idx, size_t n);
@@ -272,17 +274,29 @@ typedef struct ta_pagerun_s {
 } ta_pagerun_t;
 TA_HIDDEN size_t ta_pages_refaults(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *runs, size_t max);
 TA_HIDDEN void ta_pages_populate_runs(ta_segment_t *s, const ta_pagerun_t *runs, size_t count);
-/* Returns the dirty OS pages among [first, first + n) to the OS; bytes released.
- * Under mlock (MADV_DONTNEED fails with EINVAL) nothing can be purged: after a
- * failure, purges are skipped for TA_LOCKED_RETRY_MS, then tried again. */
+/* Returning the dirty OS pages among [first, first + n) to the OS, in three
+ * steps so that the madvise calls need no lock: plan, their runs, at most
+ * max (the owner's lock held; the caller then keeps the pages out of use
+ * until end); runs, the madvise calls (no lock; a run that failed gets
+ * n = 0); end, the runs marked purged and counted (the owner's lock again;
+ * bytes released). Under mlock (MADV_DONTNEED fails with EINVAL) nothing can
+ * be purged: after a failure, purges are skipped for TA_LOCKED_RETRY_MS,
+ * then tried again. */
 #define TA_LOCKED_RETRY_MS 10000
 TA_HIDDEN bool ta_purge_blocked(void);
-TA_HIDDEN size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
+TA_HIDDEN size_t ta_pages_purge_plan(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *runs, size_t max);
+TA_HIDDEN void ta_pages_purge_runs(ta_segment_t *s, ta_pagerun_t *runs, size_t count);
+TA_HIDDEN size_t ta_pages_purge_end(ta_arena_t *a, ta_segment_t *s, const ta_pagerun_t *runs, size_t count,
+                                    uint16_t *dirty);
 TA_HIDDEN void ta_active_add(int64_t delta); /* spans and huge blocks in use */
 TA_HIDDEN uint64_t ta_active_peak(void);
 TA_HIDDEN extern _Atomic uint64_t ta_meta_bytes; /* mappings of the allocator's own */
-TA_HIDDEN size_t ta_pages_purge_whole(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty);
+TA_HIDDEN size_t ta_pages_purge_plan_whole(ta_segment_t *s, size_t first, size_t n, bool split, ta_pagerun_t *runs,
+                                          size_t max);
 TA_HIDDEN size_t ta_pages_unpurged(ta_segment_t *s, size_t first, size_t n);
+/* OS pages resident in huge pages of huge-page segments beyond those counted
+ * (segment.c): stats' resident adds them. */
+TA_HIDDEN int64_t ta_thp_hidden_pages(void);
 TA_HIDDEN bool ta_segment_is_valid(ta_segment_t *s);
 static inline size_t ta_span_first_page(const ta_span_t *sp) {
   return ta_span_index(sp) << (TA_SLICE_SHIFT - ta_ospage_shift);
@@ -294,9 +308,15 @@ static inline size_t ta_span_pages(const ta_span_t *sp) {
 /* ---- span.c: an arena's page heap (free spans) and large blocks ---------- */
 TA_HIDDEN ta_span_t *ta_span_alloc(ta_arena_t *a, size_t slices, ta_span_kind_t kind); /* a->lock */
 TA_HIDDEN ta_span_t *ta_span_free(ta_arena_t *a, ta_span_t *sp); /* a->lock; the free span it is now part of */
-/* all: every free span now (else those idle for delay), and in a huge-page
- * segment only whole huge pages unless `split`. a->lock held. */
-TA_HIDDEN size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split);
+/* A chunk of the page heap's purge: free spans not taken yet in this pass
+ * (all: every one, else those idle for delay; in a huge-page segment only
+ * whole huge pages unless `split`); more: some were left for the next
+ * chunk. Then the empty segments' unmapping. Both with the caller's
+ * purge_lock held (arena.c), not the arena lock: they take it themselves
+ * and make their madvise and munmap calls without it. Bytes released. */
+TA_HIDDEN size_t ta_spans_purge_chunk(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split,
+                                      uint32_t pass, bool *more);
+TA_HIDDEN size_t ta_segments_unmap(ta_arena_t *a, uint64_t now, bool all);
 TA_HIDDEN void *ta_large_alloc(ta_arena_t *a, size_t size);
 /* The hardened build's large blocks from malloc: an inaccessible OS page
  * right after the block and another before its first page; freed, the span
@@ -352,7 +372,12 @@ typedef enum { TA_PUT_OK, TA_PUT_NOT_BLOCK, TA_PUT_NEVER, TA_PUT_FREE } ta_put_t
 TA_HIDDEN ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN ta_put_t ta_slab_put_run(ta_span_t *sp, ta_block_t **bp, size_t *n, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d); /* bin lock; empty slab, before it is freed */
-TA_HIDDEN size_t ta_slab_purge(ta_span_t *sp);       /* bin lock; bytes */
+/* A slab's purge without the bin lock across its madvise calls (arena.c):
+ * begin (bin lock; the caller took the slab off its bucket list) marks it
+ * purging and plans the runs; ta_pages_purge_runs, no lock; end (bin lock)
+ * counts them (bytes) and clears the mark. */
+TA_HIDDEN size_t ta_slab_purge_begin(ta_span_t *sp, ta_pagerun_t *runs, size_t max);
+TA_HIDDEN size_t ta_slab_purge_end(ta_span_t *sp, const ta_pagerun_t *runs, size_t count);
 TA_HIDDEN bool ta_slab_is_valid(ta_span_t *sp);      /* bin lock */
 TA_HIDDEN void ta_slab_prof_mark(ta_span_t *sp, void *p, int delta); /* bin lock */
 /* May block p of slab sp be sampled? false: certainly not (any thread). */

@@ -27,10 +27,12 @@ _Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
 
 /* ---- purging ---- */
 /* Free memory the purger may return: dirty pages, the transfer caches'
- * blocks (which go back to their slabs when nobody takes them) and freed
- * huge mappings. Under mlock no page can be purged: then only what can be
- * unmapped counts (empty segments, at a segment each), so the purger sleeps
- * instead of trying every 50 ms for ever. */
+ * blocks (which go back to their slabs when nobody takes them), freed huge
+ * mappings, and empty segments (their headers: all that is resident of one
+ * once purged), which wait unmap_delay_ms and would stay mapped if the
+ * purger slept for want of dirty pages. Under mlock no page can be purged:
+ * then only what can be unmapped counts (empty segments, at a segment
+ * each), so the purger sleeps instead of trying every 50 ms for ever. */
 static uint64_t purge_work(void) {
   int64_t pages = 0, xfer = 0, empty = 0;
   uint32_t n = ta_relaxed_load(&ta_arenas_used);
@@ -39,9 +41,10 @@ static uint64_t purge_work(void) {
     xfer += ta_relaxed_load(&ta_arenas[i].xfer_bytes);
     empty += ta_relaxed_load(&ta_arenas[i].empty_segments);
   }
+  uint64_t headers = empty > 0 ? (uint64_t)empty * ta_segment_header_bytes() : 0;
   if (pages > 0 && ta_purge_blocked()) pages = empty > 0 ? empty * (int64_t)(TA_SEGMENT_SIZE >> ta_ospage_shift) : 0;
   return ((uint64_t)(pages > 0 ? pages : 0) << ta_ospage_shift) + (uint64_t)(xfer > 0 ? xfer : 0) +
-         ta_relaxed_load(&ta_huge_cached);
+         ta_relaxed_load(&ta_huge_cached) + headers;
 }
 
 static size_t purge_arenas(uint64_t now, bool all) {

@@ -70,6 +70,58 @@ static inline void bit_clear(_Atomic uint64_t *w, size_t i) {
   atomic_fetch_and_explicit(&w[i / 64], ~((uint64_t)1 << (i % 64)), memory_order_relaxed);
 }
 
+/* Huge-page segments (issue 17, 8(h)): the kernel faults a huge page in
+ * whole at its first touch, so the OS pages counted resident in it (not
+ * purged) are fewer than what it holds: one small block made 2 MiB resident
+ * and 8 KiB counted. Each huge page past the header's with a page not purged
+ * is flagged (ta_segbits_t.thp_resident) and stats' resident counts it
+ * whole: thp_flagged huge pages less the thp_unpurged pages in them already
+ * counted. An upper bound: a huge page the kernel did not give (no free 2 MiB
+ * of memory) or that a purge of part of it split counts whole too. A flag is
+ * cleared only with every page of its huge page purged, and set again if a
+ * page came back meanwhile (under another bin's lock). */
+static _Atomic int64_t thp_flagged, thp_unpurged;
+
+static inline size_t thp_per(const ta_segment_t *s) {
+  return s->thp ? ta_prim_hugepage_size() >> ta_ospage_shift : 0;
+}
+
+static void thp_flag(ta_segbits_t *bits, size_t h) {
+  uint64_t bit = (uint64_t)1 << h;
+  if (!(atomic_fetch_or(&bits->thp_resident, bit) & bit)) atomic_fetch_add(&thp_flagged, 1);
+}
+
+/* Page p of s is no longer purged. */
+static void thp_unpurge(ta_segment_t *s, size_t p) {
+  size_t per = thp_per(s);
+  if (!per || p < per) return;
+  atomic_fetch_add(&thp_unpurged, 1);
+  thp_flag(ta_segbits(s), p / per);
+}
+
+/* Pages [first, first + n) were purged: a huge page now wholly purged is
+ * no longer counted. */
+static void thp_purged(ta_segment_t *s, size_t first, size_t n) {
+  size_t per = thp_per(s);
+  if (!per || first + n <= per) return;
+  ta_segbits_t *bits = ta_segbits(s);
+  size_t lo = first < per ? per : first;
+  for (size_t h = lo / per; h <= (first + n - 1) / per; h++) {
+    uint64_t bit = (uint64_t)1 << h;
+    if (ta_pages_unpurged(s, h * per, per)) continue;
+    if (atomic_fetch_and(&bits->thp_resident, ~bit) & bit) {
+      atomic_fetch_sub(&thp_flagged, 1);
+      if (ta_pages_unpurged(s, h * per, per)) thp_flag(bits, h); /* a page came back meanwhile */
+    }
+  }
+}
+
+int64_t ta_thp_hidden_pages(void) {
+  size_t per = ta_prim_hugepage_size() >> ta_ospage_shift;
+  int64_t extra = atomic_load(&thp_flagged) * (int64_t)per - atomic_load(&thp_unpurged);
+  return extra > 0 ? extra : 0;
+}
+
 ta_segment_t *ta_segment_new(ta_arena_t *a) {
   void *p;
   if (ta_prim_map(TA_SEGMENT_SIZE, TA_SEGMENT_SIZE, &p) != 0) return NULL;
@@ -126,17 +178,21 @@ bool ta_segment_commit(ta_segment_t *s, size_t idx, size_t n) {
   return true;
 }
 
-void ta_segment_free(ta_arena_t *a, ta_segment_t *s) {
+void ta_segment_unlink(ta_arena_t *a, ta_segment_t *s) {
   ta_segbits_t *bits = ta_segbits(s);
   size_t pages = TA_SEGMENT_SIZE >> ta_ospage_shift, slice0 = TA_SLICE_SIZE >> ta_ospage_shift;
   int64_t resident = (int64_t)(ta_segment_header_bytes() >> ta_ospage_shift), dirty = 0;
   for (size_t i = slice0; i < pages; i++)
     if (!bit_get(bits->purged, i)) resident++, dirty++;
+  size_t per = thp_per(s);
+  for (size_t h = 1; per && h < (TA_SEGMENT_SIZE >> ta_ospage_shift) / per; h++) { /* out of the huge-page counts */
+    atomic_fetch_sub(&thp_unpurged, (int64_t)ta_pages_unpurged(s, h * per, per));
+    if (atomic_load(&bits->thp_resident) & ((uint64_t)1 << h)) atomic_fetch_sub(&thp_flagged, 1);
+  }
   if (s->prev) s->prev->next = s->next;
   else a->segments = s->next;
   if (s->next) s->next->prev = s->prev;
   ta_segmap_set(s, false);
-  ta_prim_unmap(s, s->map_size);
   ta_relaxed_sub(&a->resident_pages, resident);
   ta_relaxed_sub(&a->dirty_pages, dirty);
   ta_relaxed_sub(&a->empty_segments, 1);
@@ -150,6 +206,7 @@ void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_
     if (bits->live[i]++ != 0) continue;
     if (bit_get(bits->purged, i)) {
       bit_clear(bits->purged, i);
+      if (s->thp) thp_unpurge(s, i);
       d->resident++;
       if (bit_get(bits->touched, i)) d->refault += (size_t)1 << ta_ospage_shift;
       else bit_set(bits->touched, i);
@@ -185,6 +242,7 @@ size_t ta_pages_populate(ta_segment_t *s, size_t first, size_t n, uint16_t *dirt
     if (ta_prim_populate((uint8_t *)s + (i << ta_ospage_shift), (j - i) << ta_ospage_shift)) {
       for (size_t k = i; k < j; k++) {
         bit_clear(bits->purged, k);
+        if (s->thp) thp_unpurge(s, k);
         if (bit_get(bits->touched, k)) d->refault += (size_t)1 << ta_ospage_shift;
         else bit_set(bits->touched, k);
       }
@@ -235,19 +293,28 @@ void ta_pagedelta_apply(ta_arena_t *a, ta_pagedelta_t *d) {
   d->refault = 0;
 }
 
-size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty) {
+size_t ta_pages_purge_plan(ta_segment_t *s, size_t first, size_t n, ta_pagerun_t *runs, size_t max) {
   ta_segbits_t *bits = ta_segbits(s);
-  size_t bytes = 0, end = first + n;
-  int64_t pages = 0;
-  if (ta_purge_blocked()) return 0;
-  for (size_t i = first; i < end;) {
+  size_t count = 0, end = first + n;
+  for (size_t i = first; i < end && count < max;) {
     if (bits->live[i] || bit_get(bits->purged, i)) {
       i++;
       continue;
     }
     size_t j = i + 1;
     while (j < end && !bits->live[j] && !bit_get(bits->purged, j)) j++;
-    size_t len = (j - i) << ta_ospage_shift;
+    runs[count].first = (uint32_t)i;
+    runs[count].n = (uint32_t)(j - i);
+    count++;
+    i = j;
+  }
+  return count;
+}
+
+void ta_pages_purge_runs(ta_segment_t *s, ta_pagerun_t *runs, size_t count) {
+  ta_segbits_t *bits = ta_segbits(s);
+  for (size_t r = 0; r < count; r++) {
+    size_t i = runs[r].first, j = i + runs[r].n, len = (size_t)runs[r].n << ta_ospage_shift;
     uint8_t *at = (uint8_t *)s + (i << ta_ospage_shift);
     if (len >= TA_SLICE_SIZE) { /* pages in use but never written (a large block's tail) were not */
       unsigned char vec[TA_OSPAGES_MAX]; /* resident: taking them back is no refault */
@@ -258,63 +325,65 @@ size_t ta_pages_purge(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, ui
     int err = ta_prim_purge(at, len);
     if (err == EINVAL) { /* locked (mlock, mlockall): nothing here can be purged */
       ta_relaxed_store(&locked_ms, ta_prim_clock_ms() | 1);
+      for (; r < count; r++) runs[r].n = 0;
       break;
     }
-    if (err == 0) {
-      for (size_t k = i; k < j; k++) bit_set(bits->purged, k);
-      pages += (int64_t)(j - i);
-      bytes += len;
-      if (ta_relaxed_load(&locked_ms)) ta_relaxed_store(&locked_ms, 0); /* unlocked again */
+    if (err) runs[r].n = 0;
+    else if (ta_relaxed_load(&locked_ms)) ta_relaxed_store(&locked_ms, 0); /* unlocked again */
+  }
+}
+
+size_t ta_pages_purge_end(ta_arena_t *a, ta_segment_t *s, const ta_pagerun_t *runs, size_t count, uint16_t *dirty) {
+  ta_segbits_t *bits = ta_segbits(s);
+  int64_t pages = 0;
+  for (size_t r = 0; r < count; r++) {
+    int64_t newly = 0;
+    for (size_t k = runs[r].first; k < (size_t)runs[r].first + runs[r].n; k++) {
+      ta_assert(!bits->live[k]); /* kept out of use since the plan */
+      uint64_t bit = (uint64_t)1 << (k % 64); /* a whole huge page's run holds purged pages too */
+      int now = !(atomic_fetch_or_explicit(&bits->purged[k / 64], bit, memory_order_relaxed) & bit);
+      newly += now;
+      if (now && s->thp && k >= thp_per(s)) atomic_fetch_sub(&thp_unpurged, 1);
     }
-    i = j;
+    if (s->thp && runs[r].n) thp_purged(s, runs[r].first, runs[r].n);
+    pages += newly;
   }
   if (pages) {
     *dirty = (uint16_t)(*dirty - pages);
     ta_relaxed_sub(&a->dirty_pages, pages);
     ta_relaxed_sub(&a->resident_pages, pages);
     ta_relaxed_add(&a->purges, 1);
-    ta_relaxed_add(&a->purged_bytes, bytes);
+    ta_relaxed_add(&a->purged_bytes, (uint64_t)pages << ta_ospage_shift);
   }
-  return bytes;
+  return (size_t)pages << ta_ospage_shift;
 }
 
-/* Returns huge page [r, r + per) of a huge-page segment whole, in one call
- * (every page of it free: inside a free span), when it holds a dirty page.
- * Whole, not its dirty runs: the kernel faulted the huge page in whole at
- * its first touch, so pages counted as purged (never touched) are resident
- * too, and returning only the dirty runs split it and kept them (v2 kept up
- * to 2 MiB less a page per huge page that neither the stats nor a trim saw).
- * They stay counted as purged; the dirty ones become so. */
-static size_t purge_huge_page(ta_arena_t *a, ta_segment_t *s, size_t r, size_t per, uint16_t *dirty) {
-  ta_segbits_t *bits = ta_segbits(s);
-  int64_t pages = 0;
-  for (size_t k = r; k < r + per; k++) pages += !bit_get(bits->purged, k);
-  if (!pages || ta_purge_blocked()) return 0;
-  uint8_t *at = (uint8_t *)s + (r << ta_ospage_shift);
-  int err = ta_prim_purge(at, per << ta_ospage_shift);
-  if (err == EINVAL) ta_relaxed_store(&locked_ms, ta_prim_clock_ms() | 1);
-  if (err) return 0;
-  if (ta_relaxed_load(&locked_ms)) ta_relaxed_store(&locked_ms, 0);
-  for (size_t k = r; k < r + per; k++) bit_set(bits->purged, k); /* a touched bit stays: taking it back is a refault */
-  size_t bytes = (size_t)pages << ta_ospage_shift;
-  *dirty = (uint16_t)(*dirty - pages);
-  ta_relaxed_sub(&a->dirty_pages, pages);
-  ta_relaxed_sub(&a->resident_pages, pages);
-  ta_relaxed_add(&a->purges, 1);
-  ta_relaxed_add(&a->purged_bytes, bytes);
-  return bytes;
-}
-
-/* The same for the huge pages wholly inside [first, first + n) only (the
- * rest stays dirty): returning part of a huge page splits it, and what is
- * faulted back in then comes 4 KiB at a time. In a huge-page segment each
- * goes whole (purge_huge_page); the range is free (a free span). */
-size_t ta_pages_purge_whole(ta_arena_t *a, ta_segment_t *s, size_t first, size_t n, uint16_t *dirty) {
-  size_t per = ta_prim_hugepage_size() >> ta_ospage_shift, bytes = 0;
-  if (!per) return ta_pages_purge(a, s, first, n, dirty);
-  for (size_t r = (first + per - 1) / per * per; r + per <= first + n; r += per)
-    bytes += s->thp ? purge_huge_page(a, s, r, per, dirty) : ta_pages_purge(a, s, r, per, dirty);
-  return bytes;
+/* The plan (ta_pages_purge_plan) of free range [first, first + n) of a
+ * huge-page segment: each huge page wholly inside it that holds a dirty
+ * page, whole, as one run; with split, the dirty runs of the rest too. Whole,
+ * not its dirty runs: the kernel faulted the huge page in whole at its first
+ * touch, so pages counted as purged (never touched) are resident too, and
+ * returning only the dirty runs split it and kept them (v2 kept up to 2 MiB
+ * less a page per huge page that neither the stats nor a trim saw); and
+ * without split the rest stays dirty, as returning part of a huge page
+ * splits it (what is faulted back in then comes 4 KiB at a time). Pages
+ * counted as purged stay so; the dirty ones become so (ta_pages_purge_end).
+ * A touched bit stays: taking the page back is a refault. */
+size_t ta_pages_purge_plan_whole(ta_segment_t *s, size_t first, size_t n, bool split, ta_pagerun_t *runs, size_t max) {
+  size_t per = ta_prim_hugepage_size() >> ta_ospage_shift, end = first + n, count = 0;
+  if (!per || !s->thp) return ta_pages_purge_plan(s, first, n, runs, max);
+  if (ta_purge_blocked()) return 0;
+  size_t lo = (first + per - 1) / per * per, hi = lo;
+  if (lo + per > end) return split ? ta_pages_purge_plan(s, first, n, runs, max) : 0;
+  if (split) count += ta_pages_purge_plan(s, first, lo - first, runs, max);
+  for (; hi + per <= end && count < max; hi += per)
+    if (ta_pages_unpurged(s, hi, per)) {
+      runs[count].first = (uint32_t)hi;
+      runs[count].n = (uint32_t)per;
+      count++;
+    }
+  if (split && count < max) count += ta_pages_purge_plan(s, hi, end - hi, runs + count, max - count);
+  return count;
 }
 
 /* Invariants of one segment (the arena lock held; tests call it through

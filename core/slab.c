@@ -35,6 +35,7 @@ void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d) {
   sp->scan = 0;
   sp->bucket = TA_BUCKET_NONE;
   sp->keyless = 0;
+  sp->purging = 0;
   ta_relaxed_store(&sp->prof_sampled, 0);
   ta_relaxed_store(&sp->prof_spill, 0);
   for (size_t i = 0; i < 4; i++) ta_relaxed_store(&sp->prof_offs[i], 0);
@@ -90,7 +91,9 @@ static bool keyless_now(const ta_span_t *sp) {
  * fast path must not take (not a thread-cache class, keyless, or holding a
  * block the heap profiler sampled). */
 static uint64_t fast_free_bound(const ta_span_t *sp) {
-  return sp->cls < TA_TCLASSES && !sp->keyless && !ta_relaxed_load(&sp->prof_sampled) ? sp->carved * (sp->div_magic * sp->bsize) : 0;
+  return sp->cls < TA_TCLASSES && !sp->keyless && !ta_relaxed_load(&sp->prof_sampled) && !sp->purging
+             ? sp->carved * (sp->div_magic * sp->bsize)
+             : 0;
 }
 static void fast_free_set(ta_span_t *sp) {
   uint64_t below = fast_free_bound(sp);
@@ -308,13 +311,20 @@ void ta_slab_clear(ta_span_t *sp, ta_pagedelta_t *d) {
 /* A purged page reads 0, cookies included: a second free of a block on it
  * would pass the fast path's test, so the slab's frees take the slow path
  * (the bitmap) until every such page is back in use. The fast path is shut
- * before the pages are purged; a double free racing with the purge itself
- * may still pass. */
-size_t ta_slab_purge(ta_span_t *sp) {
-  if (!sp->dirty) return 0;
+ * before the pages are purged, and stays shut while the slab is purging
+ * (fast_free_bound); a double free racing with the purge itself may still
+ * pass. */
+size_t ta_slab_purge_begin(ta_span_t *sp, ta_pagerun_t *runs, size_t max) {
   ta_relaxed_store(&sp->fast_free_below, 0);
   atomic_thread_fence(memory_order_seq_cst);
-  size_t bytes = ta_pages_purge(sp->arena, ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
+  sp->purging = 1;
+  if (!sp->dirty || ta_purge_blocked()) return 0;
+  return ta_pages_purge_plan(ta_segment_of(sp), ta_span_first_page(sp), ta_span_pages(sp), runs, max);
+}
+
+size_t ta_slab_purge_end(ta_span_t *sp, const ta_pagerun_t *runs, size_t count) {
+  size_t bytes = ta_pages_purge_end(sp->arena, ta_segment_of(sp), runs, count, &sp->dirty);
+  sp->purging = 0;
   if (bytes) sp->keyless = keyless_now(sp); /* nothing purged: as it was */
   fast_free_set(sp);
   return bytes;

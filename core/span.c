@@ -2,7 +2,8 @@
  * freed first, so reuse finds warm pages), split on allocation and coalesced
  * on free; their purge after purge_delay_ms; empty segments unmapped after
  * unmap_delay_ms. And large blocks: one block per span, up to TA_LARGE_MAX.
- * Everything here runs under the arena lock. */
+ * Everything here runs under the arena lock, but the purge's madvise and
+ * munmap calls (ta_spans_purge_chunk, ta_segments_unmap). */
 #include "internal.h"
 
 #include <errno.h>
@@ -39,6 +40,7 @@ static ta_span_t *make_free(ta_arena_t *a, ta_segment_t *s, size_t idx, size_t n
   sp->freed_ms = freed_ms;
   sp->dirty = (uint16_t)dirty;
   sp->freed_mark = 0;
+  sp->purging = 0;
   list_insert(a, sp);
   return sp;
 }
@@ -103,6 +105,35 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   return sp;
 }
 
+/* Slices [idx, idx + n) become one free span with its free neighbours (not
+ * one being purged: that one joins when its purge places it back); the
+ * write-after-free mark of a neighbour that joins is checked. The span. */
+static ta_span_t *coalesce(ta_arena_t *a, ta_segment_t *s, size_t idx, size_t n, size_t dirty, uint64_t freed_ms) {
+  if (idx + n < TA_SLICES) { /* the next span */
+    ta_span_t *nx = &s->spans[idx + n];
+    if (nx->kind == TA_SPAN_FREE && !nx->purging) {
+      mark_check(a, nx, MARK_FREE);
+      list_remove(a, nx);
+      n += nx->slices;
+      dirty += nx->dirty;
+      if (nx->freed_ms > freed_ms) freed_ms = nx->freed_ms;
+    }
+  }
+  if (idx > 1) { /* and the previous one */
+    ta_span_t *pv = &s->spans[idx - 1];
+    pv -= pv->head_off;
+    if (pv->kind == TA_SPAN_FREE && !pv->purging) {
+      mark_check(a, pv, MARK_FREE);
+      list_remove(a, pv);
+      n += pv->slices;
+      dirty += pv->dirty;
+      idx = ta_span_index(pv);
+      if (pv->freed_ms > freed_ms) freed_ms = pv->freed_ms;
+    }
+  }
+  return make_free(a, s, idx, n, freed_ms, dirty);
+}
+
 ta_span_t *ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   ta_segment_t *s = ta_segment_of(sp);
   size_t idx = ta_span_index(sp), n = sp->slices, dirty = sp->dirty;
@@ -111,28 +142,8 @@ ta_span_t *ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   sp->kind = TA_SPAN_FREE;
   sp->cls = TA_NO_CLASS;
   ta_relaxed_store(&sp->fast_free_below, 0);
-  if (idx + n < TA_SLICES) { /* coalesce with the next span */
-    ta_span_t *nx = &s->spans[idx + n];
-    if (nx->kind == TA_SPAN_FREE) {
-      mark_check(a, nx, MARK_FREE);
-      list_remove(a, nx);
-      n += nx->slices;
-      dirty += nx->dirty;
-    }
-  }
-  if (idx > 1) { /* and with the previous one */
-    ta_span_t *pv = &s->spans[idx - 1];
-    pv -= pv->head_off;
-    if (pv->kind == TA_SPAN_FREE) {
-      mark_check(a, pv, MARK_FREE);
-      list_remove(a, pv);
-      n += pv->slices;
-      dirty += pv->dirty;
-      idx = ta_span_index(pv);
-    }
-  }
   uint64_t now = ta_prim_clock_ms();
-  ta_span_t *head = make_free(a, s, idx, n, now, dirty);
+  ta_span_t *head = coalesce(a, s, idx, n, dirty, now);
   if (s->used_slices == 0) {
     s->empty_since_ms = now;
     ta_relaxed_add(&a->empty_segments, 1);
@@ -140,33 +151,80 @@ ta_span_t *ta_span_free(ta_arena_t *a, ta_span_t *sp) {
   return head;
 }
 
-/* Purges the free spans idle for `delay` ms (all: every one), then unmaps
- * empty segments that are purged and idle unmap_delay_ms (all: at once);
- * under mlock, where nothing can be purged, purged or not (v2 kept them for
- * ever). Returns the bytes released. The madvise and munmap calls run under
- * the arena lock: see ta_arena_purge (arena.c) for why and what it costs. */
-size_t ta_spans_purge(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split) {
-  size_t bytes = 0;
-  for (uint64_t m = a->span_mask; m; m &= m - 1)
-    for (ta_span_t *sp = a->spans[__builtin_ctzll(m)]; sp; sp = sp->next) {
-      if (!sp->dirty || !(all || sp->freed_ms + delay <= now)) continue;
-      ta_segment_t *s = ta_segment_of(sp);
-      if (s->thp) /* its whole huge pages first, each in one call (segment.c), then the rest if split */
-        bytes += ta_pages_purge_whole(a, s, ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
-      if (!s->thp || (split && sp->dirty))
-        bytes += ta_pages_purge(a, s, ta_span_first_page(sp), ta_span_pages(sp), &sp->dirty);
-    }
-  uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
-  bool locked = ta_relaxed_load(&a->empty_segments) > 0 && ta_purge_blocked();
-  for (ta_segment_t *s = a->segments, *next; s; s = next) {
-    next = s->next;
-    ta_span_t *sp = &s->spans[1]; /* an empty segment is one free span */
-    if (s->used_slices == 0 && (sp->dirty == 0 || locked) && (all || s->empty_since_ms + unmap_delay <= now)) {
+/* The madvise calls run without the arena lock, as a slab's do (arena.c):
+ * the spans of a chunk are taken off the page heap's lists and marked
+ * purging under the lock, so no allocation takes them and no free joins
+ * them (coalesce), purged with no lock held, and placed back, joined with
+ * the neighbours freed meanwhile, under the lock again. The caller holds
+ * purge_lock (arena.c) across the chunk. */
+enum { SPANS_CHUNK = 16, SPANS_RUNS = 512 };
+
+size_t ta_spans_purge_chunk(ta_arena_t *a, uint64_t now, uint64_t delay, bool all, bool split, uint32_t pass,
+                            bool *more) {
+  ta_span_t *spans[SPANS_CHUNK];
+  size_t nruns[SPANS_CHUNK], ns = 0, nr = 0, bytes = 0;
+  ta_pagerun_t runs[SPANS_RUNS];
+  *more = false;
+  ta_lock(&a->lock);
+  for (uint64_t m = a->span_mask; m && !*more; m &= m - 1)
+    for (ta_span_t *sp = a->spans[__builtin_ctzll(m)], *next; sp; sp = next) {
+      next = sp->next;
+      if (!sp->dirty || sp->purge_pass == pass || !(all || sp->freed_ms + delay <= now)) continue;
+      if (ns == SPANS_CHUNK || nr + ta_span_pages(sp) / 2 + 1 > SPANS_RUNS) {
+        *more = true;
+        break;
+      }
       list_remove(a, sp);
-      bytes += ta_segment_header_bytes() + ((size_t)sp->dirty << ta_ospage_shift);
-      ta_segment_free(a, s);
+      sp->purging = 1;
+      sp->purge_pass = pass;
+      nruns[ns] = ta_purge_blocked() ? 0
+                                     : ta_pages_purge_plan_whole(ta_segment_of(sp), ta_span_first_page(sp),
+                                                                 ta_span_pages(sp), split, runs + nr, SPANS_RUNS - nr);
+      nr += nruns[ns];
+      spans[ns++] = sp;
     }
+  ta_unlock(&a->lock);
+  if (!ns) return 0;
+  for (size_t i = 0, r = 0; i < ns; r += nruns[i++]) ta_pages_purge_runs(ta_segment_of(spans[i]), runs + r, nruns[i]);
+  ta_lock(&a->lock);
+  for (size_t i = 0, r = 0; i < ns; r += nruns[i++]) {
+    ta_span_t *sp = spans[i];
+    ta_segment_t *s = ta_segment_of(sp);
+    bytes += ta_pages_purge_end(a, s, runs + r, nruns[i], &sp->dirty);
+    sp->purging = 0;
+    coalesce(a, s, ta_span_index(sp), sp->slices, sp->dirty, sp->freed_ms);
   }
+  ta_unlock(&a->lock);
+  return bytes;
+}
+
+/* Unmaps the empty segments that are purged and idle unmap_delay_ms (all, a
+ * trim: at once); under mlock, where nothing can be purged, purged or not (v2 kept
+ * them for ever). They leave every structure under the arena lock and are
+ * unmapped after it, a few at a time. */
+size_t ta_segments_unmap(ta_arena_t *a, uint64_t now, bool all) {
+  enum { MAX = 16 };
+  ta_segment_t *gone[MAX];
+  size_t n, bytes = 0;
+  uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
+  do {
+    n = 0;
+    ta_lock(&a->lock);
+    bool locked = ta_relaxed_load(&a->empty_segments) > 0 && ta_purge_blocked();
+    for (ta_segment_t *s = a->segments, *next; s && n < MAX; s = next) {
+      next = s->next;
+      ta_span_t *sp = &s->spans[1]; /* an empty segment is one free span */
+      if (s->used_slices == 0 && sp->slices == TA_SLICES - 1 && !sp->purging && (sp->dirty == 0 || locked) &&
+          (all || s->empty_since_ms + unmap_delay <= now)) {
+        list_remove(a, sp);
+        bytes += ta_segment_header_bytes() + ((size_t)sp->dirty << ta_ospage_shift);
+        ta_segment_unlink(a, s);
+        gone[n++] = s;
+      }
+    }
+    ta_unlock(&a->lock);
+    for (size_t i = 0; i < n; i++) ta_prim_unmap(gone[i], gone[i]->map_size);
+  } while (n == MAX);
   return bytes;
 }
 
@@ -323,7 +381,7 @@ bool ta_large_grow(ta_span_t *sp, size_t n) {
   if (sp->kind == TA_SPAN_LARGE && need > have && idx + need <= TA_SLICES) {
     ta_span_t *nx = &s->spans[idx + have];
     size_t extra = need - have;
-    if (nx->kind == TA_SPAN_FREE && nx->slices >= extra &&
+    if (nx->kind == TA_SPAN_FREE && !nx->purging && nx->slices >= extra &&
         ta_segment_commit(s, idx + have - guarded, extra + guarded)) {
       size_t per = TA_SLICE_SIZE >> ta_ospage_shift, rest = nx->slices - extra, dirty = nx->dirty;
       uint64_t freed_ms = nx->freed_ms;

@@ -43,7 +43,9 @@ static void stats_collect(trimalloc_stats_t *st) {
    * free (dirty) nor segment headers */
   int64_t live_pages = resident_pages - dirty_pages - (int64_t)(segs * (ta_segment_header_bytes() >> ta_ospage_shift));
   st->active = ((uint64_t)(live_pages > 0 ? live_pages : 0) << ta_ospage_shift) + huge_bytes;
-  st->resident = ((uint64_t)(resident_pages > 0 ? resident_pages : 0) << ta_ospage_shift) + huge_mapped + cached + meta;
+  /* huge pages of huge-page segments whole (segment.c): an upper bound */
+  int64_t counted = resident_pages + ta_thp_hidden_pages();
+  st->resident = ((uint64_t)(counted > 0 ? counted : 0) << ta_ospage_shift) + huge_mapped + cached + meta;
   st->mapped = segs * TA_SEGMENT_SIZE + huge_mapped + cached + meta;
   if (st->resident > st->mapped) st->resident = st->mapped;
   st->metadata = segs * ta_segment_header_bytes() + meta;

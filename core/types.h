@@ -93,6 +93,8 @@ typedef enum {
  *   0 < used  (an empty slab goes back to the page heap at once)
  *   used == reserved  <=>  bucket == TA_BUCKET_NONE (full: on no list)
  *   otherwise on bin->buckets[bucket], bucket == min(used * bucket_mul >> 20, TA_FULLNESS - 1)
+ *   (all of this but while purging: then on no list, bucket == TA_BUCKET_NONE,
+ *   used may reach 0, and the purge places it when its madvise calls are done)
  *   (bucket_mul = (TA_FULLNESS << 20) / reserved: fullness without a division)
  *   carved <= reserved;  reserved * bsize <= slices * TA_SLICE_SIZE
  *   dirty = |OS pages p of the span with live[p] == 0 and not purged|
@@ -105,7 +107,8 @@ typedef enum {
  *   path, which tests the free bitmap. A page coming back into use gets the
  *   cookie written into its free blocks (ta_slab_take).
  * Free span (kind == FREE, under the arena lock): linked in
- *   arena->spans[slices]; dirty as above; freed_ms = when it became free.
+ *   arena->spans[slices] (but while purging: on no list, and no neighbour
+ *   joins it); dirty as above; freed_ms = when it became free.
  * Large span (kind == LARGE): live[p] == 1 for each of its OS pages. */
 typedef struct __attribute__((aligned(64))) ta_span_s {
   /* First cache line: what the free fast path reads (cls, start, div_magic). */
@@ -134,6 +137,12 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   uint8_t bucket;        /* slab: fullness bucket, or TA_BUCKET_NONE */
   _Atomic uint8_t keyless; /* slab: a purged OS page holds a carved block's start (see above); atomic:
                             * a free of a slab holding a sampled block reads it without the lock */
+  _Atomic uint8_t prof_spill; /* slab: see prof_offs */
+  /* slab or free span: 1 while a purge's madvise calls run on its pages
+   * without the bin or arena lock (arena.c, span.c): it is then on no list,
+   * so no refill or allocation takes its pages, a free that empties the
+   * slab leaves it to the purge, and no free span joins the free one. */
+  uint8_t purging;
   /* slab: live blocks sampled by the heap profiler (prof_live.c). While
    * nonzero, fast_free_below == 0: every free of the slab's blocks takes the
    * slow path, which removes a sampled block from the live set. Written
@@ -141,10 +150,10 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   _Atomic uint32_t prof_sampled; /* large/huge span: 1 while its block is sampled */
   /* slab: where its sampled blocks are (offset from start + 1; 0 empty), so
    * that the slow-path free of any other block of the slab needs no look at
-   * the live set; prof_spill: a sample did not fit (until prof_sampled is 0
+   * the live set; prof_spill (above): a sample did not fit (until prof_sampled is 0
    * again, every free looks there). Written under the bin lock. */
   _Atomic uint32_t prof_offs[4];
-  _Atomic uint8_t prof_spill;
+  uint32_t purge_pass; /* slab, free span: the last purge pass that took it (arena.c) */
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
   uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
   /* large: the block's offset from start. 0 for an aligned block; a block
@@ -201,6 +210,9 @@ typedef struct ta_segbits_s {
    * a THP segment). Under the arena lock. Here, not in ta_segment_t: the
    * descriptors stay at offset 64, which free's fast path computes with. */
   uint64_t rw_slices;
+  /* bit h: huge page h of a huge-page segment holds a page not purged, so
+   * the kernel holds all of it (segment.c, ta_thp_hidden_pages). */
+  _Atomic uint64_t thp_resident;
 } ta_segbits_t;
 
 #define TA_SEGBITS_OFFSET ((sizeof(ta_segment_t) + 63) & ~(size_t)63)

@@ -728,6 +728,47 @@ static void child_no_background(void) {
   check_single_threaded("with TRIMALLOC_BACKGROUND=0, 16 MiB freed");
 }
 
+/* An idle arena's purge returns every free page at once but leaves its
+ * empty segments mapped for unmap_delay_ms, as a busy one does (issue 17,
+ * item 8: the idle purge unmapped them at once), and the purger keeps at
+ * them with no dirty page left and no allocator call, until they go. */
+static void test_idle_waits_unmap_delay(void) {
+  long long old = option_value("unmap_delay_ms"), old_delay = option_value("purge_delay_ms");
+  CHECK(trimalloc_option_set("unmap_delay_ms", 2500) == 0);
+  /* the purger ticks every 500 ms and the idle purge (after 500 ms), not
+   * the timed one (after 1 s), returns the pages */
+  CHECK(trimalloc_option_set("purge_delay_ms", 1000) == 0);
+  trimalloc_trim();
+  const size_t n = 64 * MiB / 1024;
+  void **p = mmap(NULL, n * sizeof *p, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) abort();
+  memset(p, 0, n * sizeof *p);
+  trimalloc_stats_t s0 = stats_now();
+  for (size_t i = 0; i < n; i++) {
+    p[i] = trimalloc_malloc(1000);
+    if (p[i]) memset(p[i], 1, 1000);
+  }
+  for (size_t i = 0; i < n; i++) trimalloc_free(p[i]);
+  double t0 = now_s();
+  sleep_ms(1500); /* idle (500 ms) and purged, not yet unmap_delay_ms */
+  trimalloc_stats_t s1 = stats_now();
+  double t1 = now_s() - t0, t2 = 0;
+  trimalloc_stats_t s2 = s1;
+  while ((t2 = now_s() - t0) < 6.0 && (s2 = stats_now()).mapped > s0.mapped + 16 * MiB) sleep_ms(20);
+  fprintf(stdout, "   mapped %llu KiB before, %llu KiB %.3f s after freeing 64 MiB (resident +%lld KiB), %llu KiB at %.3f s\n",
+          U(s0.mapped / KiB), U(s1.mapped / KiB), t1, (long long)(s1.resident - s0.resident) / 1024,
+          U(s2.mapped / KiB), t2);
+  CHECK(s1.resident <= s0.resident + 16 * MiB, "not purged %.3f s after the frees: resident %llu -> %llu KiB", t1,
+        U(s0.resident / KiB), U(s1.resident / KiB));
+  CHECK(s1.mapped >= s0.mapped + 32 * MiB, "unmapped %.3f s after the frees, before unmap_delay_ms (2.5 s): %llu -> %llu KiB",
+        t1, U(s0.mapped / KiB), U(s1.mapped / KiB));
+  CHECK(s2.mapped <= s0.mapped + 16 * MiB, "still mapped %.3f s after the frees: %llu -> %llu KiB", t2,
+        U(s0.mapped / KiB), U(s2.mapped / KiB));
+  munmap(p, n * sizeof *p);
+  trimalloc_option_set("unmap_delay_ms", old);
+  trimalloc_option_set("purge_delay_ms", old_delay);
+}
+
 static void test_single_threaded_program_stays_so(void) {
   static const char *const off[] = {"TRIMALLOC_BACKGROUND=0", NULL};
   check_child("--child-single", NULL);
@@ -772,6 +813,7 @@ int main(int argc, char **argv) {
   ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
   self_path[n > 0 ? n : 0] = 0;
   RUN(test_idle_return);
+  RUN(test_idle_waits_unmap_delay);
   RUN(test_background_starts_lazily);
   RUN(test_background_off_keeps_until_trim);
   RUN(test_trim_with_two_arenas_leaves_nothing);

@@ -234,11 +234,11 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
 }
 
 /* Puts back into slab sp the blocks at the head of the list *bp that lie in
- * it, or only the first when `one` (a thread cache's flush is mostly runs of one slab: 20
- * blocks on average in a Python run). Per block (budget about 30
- * instructions, the slab's fields held in registers): the carved and
- * block-start tests, its bit (a set bit is a double free), its page's live
- * count, the next link. Returns TA_PUT_OK with *bp the first block not put
+ * it, or only the first when `one` (a thread cache's flush is mostly runs of
+ * one slab: 21 blocks on average in a Python run). Per block, with the
+ * slab's fields held in registers (about 50 instructions in all under
+ * callgrind, 94 before): the carved and block-start tests, its bit (a set
+ * bit is a double free), its page's live count, the next link. Returns TA_PUT_OK with *bp the first block not put
  * (one of another slab, or NULL: at the list's end, or after the one block
  * of `one`, whose link is not read), or the failure with *bp the
  * offending block; *n grows by the blocks put either way. */

@@ -387,6 +387,26 @@ static void *bin_user(void *arg) {
   return NULL;
 }
 
+/* A trim while another thread mallocs and frees blocks of `size` (bin_user,
+ * warmed up first): the trim's time and bytes, and the other thread's
+ * longest call during it, in ms. */
+static size_t trim_beside_user(size_t size, double *trim_ms, double *worst_ms) {
+  atomic_store(&user_go, 0);
+  atomic_store(&user_stop, 0);
+  atomic_store(&user_calls, 0);
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, bin_user, (void *)(uintptr_t)size) == 0);
+  atomic_store(&user_go, 1);
+  while (atomic_load(&user_calls) < 2000) sched_yield();
+  uint64_t t0 = ns_now();
+  size_t released = trimalloc_trim();
+  *trim_ms = (ns_now() - t0) / 1e6;
+  atomic_store(&user_stop, 1);
+  pthread_join(t, NULL);
+  *worst_ms = atomic_load(&user_max_ns) / 1e6;
+  return released;
+}
+
 /* Up to three tries, one of which must pass: the other thread's longest
  * call under a quarter of the trim (a loaded VM preempts a thread for up to
  * 24 ms now and then; before, each try waited nearly the whole trim, 46 of
@@ -417,22 +437,8 @@ static bool bin_try(double *trim_ms, double *worst_ms) {
   long long tcache = -1;
   trimalloc_option_get("tcache_bytes", &tcache);
   trimalloc_option_set("tcache_bytes", 0); /* the thread started now has no cache: every call takes the bin lock */
-  atomic_store(&user_go, 0);
-  atomic_store(&user_stop, 0);
-  atomic_store(&user_calls, 0);
-  pthread_t t;
-  CHECK(pthread_create(&t, NULL, bin_user, (void *)(uintptr_t)64) == 0);
-  atomic_store(&user_go, 1);
-  while (atomic_load(&user_calls) < 2000) sched_yield();
-  uint64_t t0 = ns_now();
-  size_t released = trimalloc_trim();
-  uint64_t trim_ns = ns_now() - t0;
-  atomic_store(&user_stop, 1);
-  pthread_join(t, NULL);
+  size_t released = trim_beside_user(64, trim_ms, worst_ms);
   trimalloc_option_set("tcache_bytes", tcache);
-  uint64_t worst = atomic_load(&user_max_ns);
-  *trim_ms = trim_ns / 1e6;
-  *worst_ms = worst / 1e6;
   printf("  trim of %zu KiB: %.1f ms; the other thread's longest malloc or free: %.1f ms (%llu calls)\n",
          released >> 10, *trim_ms, *worst_ms, (unsigned long long)atomic_load(&user_calls));
   CHECK(released >= 24 * MiB, "released %zu bytes", released);
@@ -440,7 +446,7 @@ static bool bin_try(double *trim_ms, double *worst_ms) {
   for (size_t i = 0; i < got; i++) trimalloc_free(p[i]);
   munmap(p, n * sizeof *p);
   trimalloc_trim();
-  return worst < trim_ns / 4;
+  return *worst_ms < *trim_ms / 4;
 }
 
 static void test_trim_leaves_bin_free(void) {
@@ -473,28 +479,14 @@ static bool page_heap_try(double *trim_ms, double *worst_ms) {
     trimalloc_free(p[i]);
     p[i] = NULL;
   }
-  atomic_store(&user_go, 0);
-  atomic_store(&user_stop, 0);
-  atomic_store(&user_calls, 0);
-  pthread_t t;
-  CHECK(pthread_create(&t, NULL, bin_user, (void *)(uintptr_t)(200 * KiB)) == 0);
-  atomic_store(&user_go, 1);
-  while (atomic_load(&user_calls) < 2000) sched_yield();
-  uint64_t t0 = ns_now();
-  size_t released = trimalloc_trim();
-  uint64_t trim_ns = ns_now() - t0;
-  atomic_store(&user_stop, 1);
-  pthread_join(t, NULL);
-  uint64_t worst = atomic_load(&user_max_ns);
-  *trim_ms = trim_ns / 1e6;
-  *worst_ms = worst / 1e6;
+  size_t released = trim_beside_user(200 * KiB, trim_ms, worst_ms);
   printf("  trim of %zu KiB: %.1f ms; the other thread's longest large malloc or free: %.1f ms (%llu calls)\n",
          released >> 10, *trim_ms, *worst_ms, (unsigned long long)atomic_load(&user_calls));
   CHECK(released >= HEAP_BLOCKS / 3 * 192 * KiB, "released %zu bytes", released);
   CHECK(trimalloc_check());
   for (size_t i = 0; i < got; i++) trimalloc_free(p[i]);
   trimalloc_trim();
-  return worst < trim_ns / 4;
+  return *worst_ms < *trim_ms / 4;
 }
 
 static void test_trim_leaves_page_heap_free(void) {

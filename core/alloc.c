@@ -46,9 +46,13 @@ TA_PROF_PATH static void *malloc_refill(ta_tcache_t *tc, size_t cls) {
 }
 
 #ifndef TA_NO_PROF
-/* The class's sampling countdown ran out: the pop (from a bin known not to
- * be empty), then the profiler (a sample, or a fresh draw). */
+/* The class's sampling skip was 0: the pop (from a bin known not to be
+ * empty, whose count ta_tbin_count_pop already took one from: given back
+ * here, refill's pop takes it), then the profiler (a sample, or a fresh
+ * draw; either arms the skip again). */
 TA_PROF_PATH static void *malloc_sample(ta_tcache_t *tc, size_t cls) {
+  ta_tbin_t *tb = &tc->bins[cls];
+  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) + 1));
   void *b = ta_tcache_refill(tc, cls);
 #ifdef TA_HARDENED
   if (b) ta_canary_set(b, ta_class_size(cls), ta_cookie);
@@ -84,8 +88,8 @@ TA_PROF_PATH static void *malloc_big(size_t n) {
 
 /* Fast path budget: a class lookup (one table load up to 1 KiB, a few ALU
  * operations up to 128 KiB), a TLS load, the heap profiler's countdown (a
- * decrement and a branch, in the bin's cache line: ta_tbin_t.sample_left;
- * none with -DTA_NO_PROF), a pop from the bin's list with its link unmasked
+ * branch on the borrow of the subtraction that counts the pop:
+ * ta_tbin_count_pop; none with -DTA_NO_PROF), a pop from the bin's list with its link unmasked
  * (one XOR) and checked with the cookie (which shares the cache line of the
  * link just read), and three stores. No lock, no atomic read-modify-write,
  * no stats, no byte count (the cache's budget bounds it). */
@@ -103,7 +107,9 @@ TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_malloc(size_t n) {
   ta_block_t *b = tb->head;
   if (ta_likely(b != NULL)) {
 #ifndef TA_NO_PROF
-    if (ta_unlikely(--tb->sample_left == 0)) return malloc_sample(tc, cls);
+    if (ta_unlikely(ta_tbin_count_pop(tb))) return malloc_sample(tc, cls);
+#else
+    (void)ta_tbin_count_pop(tb); /* false */
 #endif
     ta_tbin_pop(tb, b, ta_checked(true));
 #ifdef TA_HARDENED

@@ -431,7 +431,7 @@ static inline __attribute__((always_inline)) void ta_tbin_push(ta_tbin_t *tb, ta
   tb->head = b;
   ta_relaxed_store(&tb->count, (uint16_t)(count + 1));
 }
-/* Pops b, the head of a bin (not NULL): its link unmasked and, when
+/* Unlinks b, the head of a bin (not NULL): its link unmasked and, when
  * `checked`, checked with the cookie (a write after free or a double free
  * shows here: the cookie is the free mark, the link 16-byte aligned), the
  * cookie cleared (a live block has 0 there). malloc's fast path and
@@ -443,8 +443,33 @@ static inline __attribute__((always_inline)) void *ta_tbin_pop(ta_tbin_t *tb, ta
   if (ta_unlikely(checked && (b->key != ta_cookie || ((uintptr_t)next & (TA_ALIGN - 1))))) ta_heap_corrupt(b);
   tb->head = next;
   b->key = 0;
-  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
   return b;
+}
+/* The count's half of a pop (ta_tbin_pop is the list's half): count down by
+ * one, and with the profiler, the class's sampling skip too. True when the
+ * skip was 0: this allocation is the profiler's (a sample or a look), the
+ * skip has wrapped and the count is already down. On x86-64 both take one
+ * subtraction, whose borrow out of the skip is the answer: count >= 1 (the
+ * bin is not empty), so the count's half never borrows. Budget: 2
+ * instructions with the profiler (sub, jc), 1 without. */
+static inline __attribute__((always_inline)) bool ta_tbin_count_pop(ta_tbin_t *tb) {
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#ifdef TA_NO_PROF
+  __asm__("subw $1, %0" : "+m"(tb->count_skip));
+  return false;
+#else
+  bool due;
+  __asm__("subl $0x10001, %0" : "+m"(tb->count_skip), "=@ccc"(due));
+  return due;
+#endif
+#else
+  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
+#ifdef TA_NO_PROF
+  return false;
+#else
+  return tb->sample_skip-- == 0;
+#endif
+#endif
 }
 TA_HIDDEN void *ta_tcache_refill(ta_tcache_t *tc, size_t cls); /* empty bin: refill and pop */
 TA_HIDDEN void ta_tcache_overflow(ta_tcache_t *tc, size_t cls, void *p); /* bin or bound full */

@@ -3,11 +3,12 @@
  * A block of Z bytes is sampled with probability p = 1 - e^(-Z/R) and then
  * weighs 1/p objects and Z/p bytes (Z >= R: always, weight 1), so sums of
  * the weights are unbiased. For thread-cache classes the decision is a
- * countdown per class in the thread's bin (ta_tbin_t.sample_left): the
+ * countdown per class in the thread's bin (ta_tbin_t.sample_skip): the
  * number of allocations of that class up to and including the next sampled
  * one is geometric, k = ceil(ln u / ln(1 - p)) = ceil(-R ln(u) / Z), so
- * counting down k is exactly a Bernoulli(p) trial per allocation, and the
- * fast path pays a decrement and a branch. A draw longer than TA_PROF_CLAMP
+ * letting k - 1 pass is exactly a Bernoulli(p) trial per allocation, and the
+ * fast path pays one branch (ta_tbin_count_pop: the skip shares the
+ * subtraction that counts the pop). A draw longer than TA_PROF_CLAMP
  * (and sampling off) arms the countdown at TA_PROF_CLAMP with the bin's
  * clamped bit set: reaching 0 then samples nothing but looks at the epoch and
  * draws again (the geometric distribution has no memory, so the rest of a
@@ -55,24 +56,30 @@ static void arm(ta_tcache_t *tc, size_t cls, uint64_t r) {
   ta_tbin_t *tb = &tc->bins[cls];
   double z = (double)(ta_class_size(cls) - TA_CANARY);
   if (!r) {
-    tb->sample_left = TA_PROF_CLAMP;
+    tb->sample_skip = TA_PROF_CLAMP - 1;
     set_clamped(tc, cls, true);
     return;
   }
   if (z >= (double)r) {
-    tb->sample_left = 1;
+    tb->sample_skip = 0; /* every one */
     set_clamped(tc, cls, false);
     return;
   }
   double k = -ta_prof_log(uniform()) * (double)r / z;
   if (k >= TA_PROF_CLAMP) {
-    tb->sample_left = TA_PROF_CLAMP;
+    tb->sample_skip = TA_PROF_CLAMP - 1;
     set_clamped(tc, cls, true);
   } else {
     uint32_t n = (uint32_t)k;
-    tb->sample_left = n + (n < k || n == 0); /* ceil, at least 1 */
+    tb->sample_skip = (uint16_t)(n + (n < k || n == 0) - 1); /* ceil, at least 1, less the sampled one */
     set_clamped(tc, cls, false);
   }
+}
+
+/* One allocation of the bin's class off the fast path: true when the skip
+ * was 0 (the profiler's), as ta_tbin_count_pop's answer. */
+static inline bool skip_done(ta_tbin_t *tb) {
+  return tb->sample_skip-- == 0;
 }
 
 static void rearm(ta_tcache_t *tc, uint32_t epoch) {
@@ -138,7 +145,7 @@ TA_PROF_PATH void ta_prof_class_event(ta_tcache_t *tc, size_t cls, void *b) {
   }
   if (tc->prof_epoch != epoch) { /* a change since the last draw: this allocation is the first of the new countdown */
     rearm(tc, epoch);
-    if (--tc->bins[cls].sample_left != 0) return;
+    if (!skip_done(&tc->bins[cls])) return;
   }
   bool clamped = (tc->prof_clamped[cls / 64] >> (cls % 64)) & 1;
   uint64_t r = ta_relaxed_load(&ta_prof_rate);
@@ -153,7 +160,7 @@ TA_PROF_PATH void ta_prof_refill_event(size_t cls, void *b) {
     ta_prof_maybe(b, ta_class_size(cls) - TA_CANARY); /* no cache: a draw */
     return;
   }
-  if (tc->prof_epoch != ta_relaxed_load(&ta_prof_epoch) || --tc->bins[cls].sample_left == 0)
+  if (tc->prof_epoch != ta_relaxed_load(&ta_prof_epoch) || skip_done(&tc->bins[cls]))
     ta_prof_class_event(tc, cls, b);
 }
 

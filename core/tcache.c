@@ -53,7 +53,7 @@ static ta_tcache_t *tcache_new(void) {
     chunk_left -= sz;
   }
   memset(tc, 0, sizeof *tc);
-  for (size_t c = 0; c < TA_TCLASSES; c++) tc->bins[c].sample_left = 1; /* a look at the profiler first */
+  for (size_t c = 0; c < TA_TCLASSES; c++) tc->bins[c].sample_skip = 0; /* a look at the profiler first */
   tc->prof_clamped[0] = tc->prof_clamped[1] = ~(uint64_t)0;
   tc->limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
   tc->epoch = ta_relaxed_load(&ta_flush_epoch);
@@ -203,6 +203,7 @@ void *ta_tcache_refill(ta_tcache_t *tc, size_t cls) {
     tb->head = b;
     ta_relaxed_store(&tb->count, (uint16_t)got);
   }
+  ta_relaxed_store(&tb->count, (uint16_t)(ta_relaxed_load(&tb->count) - 1));
   return ta_tbin_pop(tb, b, true);
 }
 

@@ -286,13 +286,22 @@ struct ta_arena_s {
  * written by the owner alone, with relaxed stores (stats read it). */
 typedef struct ta_tbin_s {
   ta_block_t *head;
-  _Atomic uint16_t count;
+  union {
+    struct {
+      _Atomic uint16_t count;
+      /* Heap profiler (prof.c): allocations of this class to let pass
+       * before the next sampled one (a geometric draw less one), or before
+       * the next look at the profiler's state when bit cls of
+       * ta_tcache_t.prof_clamped is set (sampling off, or a draw longer
+       * than TA_PROF_CLAMP). The owner alone writes it. */
+      uint16_t sample_skip;
+    };
+    /* both, little-endian: malloc's fast path takes one from each in one
+     * subtraction, whose borrow says the skip was 0 (ta_tbin_count_pop) */
+    uint32_t count_skip;
+  };
   uint16_t max;
-  /* Heap profiler (prof.c): allocations of this class left until the next
-   * sample (a geometric draw), or until the next look at the profiler's
-   * state when bit cls of ta_tcache_t.prof_clamped is set (sampling off, or
-   * a draw longer than TA_PROF_CLAMP). The owner alone writes it. */
-  uint32_t sample_left;
+  uint16_t unused;
 } ta_tbin_t;
 _Static_assert(sizeof(ta_tbin_t) == 16, "a thread cache bin stays 16 bytes: four to a cache line");
 
@@ -316,7 +325,7 @@ typedef struct ta_tcache_s {
   uint32_t victim;       /* the next bin a growing bin takes budget from */
   int state;             /* ta_tc_state_t */
   uint32_t prof_epoch;   /* ta_prof_epoch when the countdowns were last drawn (prof.c) */
-  uint64_t prof_clamped[2]; /* bit c: bins[c].sample_left reaching 0 is no sample, only a look */
+  uint64_t prof_clamped[2]; /* bit c: bins[c].sample_skip running out is no sample, only a look */
   int tid, pid;          /* the owner's kernel thread id and process (ta_tcaches_reap) */
   struct ta_tcache_s *next, *prev; /* registry (under ta_tcaches_lock) */
 } ta_tcache_t;

@@ -245,6 +245,7 @@ TA_HIDDEN void ta_segmap_set(const ta_segment_t *s, bool on);
 TA_HIDDEN ta_segment_t *ta_segment_new(ta_arena_t *a);            /* a->lock held */
 /* An empty segment out of every structure and count (a->lock held); the
  * caller unmaps it (map_size bytes) after the lock. */
+TA_HIDDEN size_t ta_segment_bits_pages(ta_segment_t *s, uint8_t **first); /* of its free bitmap */
 TA_HIDDEN void ta_segment_unlink(ta_arena_t *a, ta_segment_t *s);
 /* Slices [idx, idx + n) go into use: read-write (ta_segbits_t.rw_slices).
  * false: the OS refused (too many mappings); a->lock held. */

@@ -60,6 +60,18 @@ size_t ta_segment_header_bytes(void) {
   return (TA_SEGBITS_OFFSET + sizeof(ta_segbits_t) + ps - 1) & ~(ps - 1);
 }
 
+/* The OS pages that lie wholly in a segment's free bitmap (none at 64 KiB
+ * pages): their first byte, and their count. An empty segment's bitmap is
+ * all zero, so they may go back to the OS while it waits to be unmapped. */
+size_t ta_segment_bits_pages(ta_segment_t *s, uint8_t **first) {
+  size_t ps = (size_t)1 << ta_ospage_shift;
+  uintptr_t lo = (uintptr_t)ta_segbits(s)->free, hi = lo + sizeof(ta_segbits(s)->free);
+  lo = (lo + ps - 1) & ~(uintptr_t)(ps - 1);
+  hi &= ~(uintptr_t)(ps - 1);
+  *first = (uint8_t *)lo;
+  return hi > lo ? (hi - lo) >> ta_ospage_shift : 0;
+}
+
 static inline bool bit_get(_Atomic uint64_t *w, size_t i) {
   return (ta_relaxed_load(&w[i / 64]) >> (i % 64)) & 1;
 }
@@ -181,7 +193,9 @@ bool ta_segment_commit(ta_segment_t *s, size_t idx, size_t n) {
 void ta_segment_unlink(ta_arena_t *a, ta_segment_t *s) {
   ta_segbits_t *bits = ta_segbits(s);
   size_t pages = TA_SEGMENT_SIZE >> ta_ospage_shift, slice0 = TA_SLICE_SIZE >> ta_ospage_shift;
+  uint8_t *unused;
   int64_t resident = (int64_t)(ta_segment_header_bytes() >> ta_ospage_shift), dirty = 0;
+  if (s->bits_out) resident -= (int64_t)ta_segment_bits_pages(s, &unused);
   for (size_t i = slice0; i < pages; i++)
     if (!bit_get(bits->purged, i)) resident++, dirty++;
   size_t per = thp_per(s);

@@ -100,7 +100,14 @@ ta_span_t *ta_span_alloc(ta_arena_t *a, size_t n, ta_span_kind_t kind) {
   sp->dirty = (uint16_t)dirty;
   sp->arena = a;
   sp->start = (uint8_t *)s + idx * TA_SLICE_SIZE;
-  if (s->used_slices == 0) ta_relaxed_sub(&a->empty_segments, 1);
+  if (s->used_slices == 0) {
+    ta_relaxed_sub(&a->empty_segments, 1);
+    if (s->bits_out) { /* its bitmap's pages fault back in as slabs write them: resident again */
+      uint8_t *unused;
+      ta_relaxed_add(&a->resident_pages, (int64_t)ta_segment_bits_pages(s, &unused));
+      s->bits_out = 0;
+    }
+  }
   s->used_slices += (uint32_t)n;
   return sp;
 }
@@ -201,30 +208,61 @@ size_t ta_spans_purge_chunk(ta_arena_t *a, uint64_t now, uint64_t delay, bool al
 /* Unmaps the empty segments that are purged and idle unmap_delay_ms (all, a
  * trim: at once); under mlock, where nothing can be purged, purged or not (v2 kept
  * them for ever). They leave every structure under the arena lock and are
- * unmapped after it, a few at a time. */
+ * unmapped after it, a few at a time. One still waiting returns the pages
+ * of its header that its free bitmap fills (all zero in an empty segment:
+ * 28 of a header's 44 KiB at 4 KiB pages), its free span off the lists and
+ * marked purging meanwhile, as a purge's (so no span is taken from it and
+ * no slab writes the bitmap while the pages go). */
 size_t ta_segments_unmap(ta_arena_t *a, uint64_t now, bool all) {
   enum { MAX = 16 };
-  ta_segment_t *gone[MAX];
-  size_t n, bytes = 0;
+  ta_segment_t *gone[MAX], *wait[MAX];
+  size_t n, nw, bytes = 0;
+  bool again;
   uint64_t unmap_delay = (uint64_t)ta_opt(TA_OPT_UNMAP_DELAY_MS);
+  uint8_t *first;
   do {
-    n = 0;
+    n = nw = 0;
     ta_lock(&a->lock);
     bool locked = ta_relaxed_load(&a->empty_segments) > 0 && ta_purge_blocked();
-    for (ta_segment_t *s = a->segments, *next; s && n < MAX; s = next) {
+    for (ta_segment_t *s = a->segments, *next; s && n < MAX && nw < MAX; s = next) {
       next = s->next;
       ta_span_t *sp = &s->spans[1]; /* an empty segment is one free span */
-      if (s->used_slices == 0 && sp->slices == TA_SLICES - 1 && !sp->purging && (sp->dirty == 0 || locked) &&
-          (all || s->empty_since_ms + unmap_delay <= now)) {
+      if (s->used_slices != 0 || sp->slices != TA_SLICES - 1 || sp->purging || (sp->dirty != 0 && !locked)) continue;
+      if (all || s->empty_since_ms + unmap_delay <= now) {
         list_remove(a, sp);
         bytes += ta_segment_header_bytes() + ((size_t)sp->dirty << ta_ospage_shift);
+        if (s->bits_out) bytes -= ta_segment_bits_pages(s, &first) << ta_ospage_shift;
         ta_segment_unlink(a, s);
         gone[n++] = s;
+      } else if (!s->bits_out && !locked && ta_segment_bits_pages(s, &first)) {
+        list_remove(a, sp);
+        sp->purging = 1;
+        wait[nw++] = s;
       }
     }
     ta_unlock(&a->lock);
     for (size_t i = 0; i < n; i++) ta_prim_unmap(gone[i], gone[i]->map_size);
-  } while (n == MAX);
+    again = n == MAX;
+    if (!nw) continue;
+    size_t out[MAX];
+    for (size_t i = 0; i < nw; i++) {
+      out[i] = ta_segment_bits_pages(wait[i], &first);
+      if (ta_prim_purge(first, out[i] << ta_ospage_shift) != 0) out[i] = 0;
+    }
+    ta_lock(&a->lock);
+    for (size_t i = 0; i < nw; i++) {
+      ta_span_t *sp = &wait[i]->spans[1];
+      sp->purging = 0;
+      if (out[i]) {
+        wait[i]->bits_out = 1;
+        ta_relaxed_sub(&a->resident_pages, (int64_t)out[i]);
+        bytes += out[i] << ta_ospage_shift;
+        again |= nw == MAX; /* more may wait; a failed madvise is not tried again here */
+      }
+      coalesce(a, wait[i], 1, sp->slices, sp->dirty, sp->freed_ms);
+    }
+    ta_unlock(&a->lock);
+  } while (again);
   return bytes;
 }
 

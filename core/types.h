@@ -183,7 +183,11 @@ typedef struct ta_segment_s {
   uint64_t empty_since_ms;
   uint32_t used_slices;
   uint16_t huge; /* 1: huge mapping */
-  uint16_t thp;  /* 1: backed by transparent huge pages (routine purges keep them whole) */
+  uint8_t thp;   /* 1: backed by transparent huge pages (routine purges keep them whole) */
+  /* 1: empty and waiting unmap_delay_ms, with the OS pages that lie wholly
+   * in its free bitmap (all zero while no slab is in it) returned to the OS
+   * and out of the arena's resident_pages (span.c, ta_segments_unmap) */
+  uint8_t bits_out;
   ta_span_t spans[TA_SLICES];
 } ta_segment_t;
 

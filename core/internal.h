@@ -175,11 +175,11 @@ TA_HIDDEN void ta_prof_warm(void); /* the unwinder's first call, outside malloc 
 TA_HIDDEN void ta_prof_stack_fork_prepare(void);
 TA_HIDDEN void ta_prof_stack_fork_parent(void);
 
-/* prof_sym.c: the dynamic symbol (function or object) holding pc: its
- * address and size (0: none recorded; then it is the nearest below pc), its
- * name copied to name[name_size] (may be 0). false: pc is in no object, in
- * one without dynamic symbols, or past the end of the nearest symbol (a
- * static function). No allocation; dl_iterate_phdr's lock only. */
+/* prof_sym.c: the dynamic symbol holding pc (as glibc's dladdr1 finds it):
+ * its address and size (0: none recorded, pc is its address), its name
+ * copied to name[name_size] (name_size may be 0). false: pc is in no object,
+ * in one without dynamic symbols, or in none of its symbols (a static
+ * function). No allocation; dl_iterate_phdr's lock only. */
 typedef struct ta_prof_sym_s {
   uintptr_t start, size;
 } ta_prof_sym_t;

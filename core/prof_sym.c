@@ -60,10 +60,12 @@ static size_t gnu_hash_count(const struct dl_phdr_info *info, const uint32_t *h)
   return (size_t)last + 1;
 }
 
+/* Code and data symbols, as dladdr takes them (not TLS offsets, absolute
+ * values or undefined ones). */
 static bool wanted(const ElfW(Sym) *s) {
   int type = s->st_info & 0xf; /* ELF32_ST_TYPE and ELF64_ST_TYPE alike */
-  return (type == STT_FUNC || type == STT_GNU_IFUNC || type == STT_OBJECT) && s->st_shndx != SHN_UNDEF &&
-         s->st_value;
+  return (type == STT_FUNC || type == STT_GNU_IFUNC || type == STT_OBJECT || type == STT_NOTYPE) &&
+         s->st_shndx != SHN_UNDEF && s->st_shndx != SHN_ABS;
 }
 
 static int find(struct dl_phdr_info *info, size_t size, void *arg) {
@@ -91,18 +93,23 @@ static int find(struct dl_phdr_info *info, size_t size, void *arg) {
   if (!symtab || !strtab || syment < sizeof(ElfW(Sym))) return 1;
   size_t n = hash ? ((const uint32_t *)hash)[1] : gnu_hash ? gnu_hash_count(info, (const uint32_t *)gnu_hash) : 0;
   if (!in_object(info, symtab - info->dlpi_addr, n * syment)) return 1;
-  /* The nearest symbol at or below pc (a sized one before an unsized alias
-   * at the same address); past its size, pc is in a function with no
-   * dynamic symbol (a static one): none. An unsized one (assembly without
-   * .size) is taken at any distance, as dladdr does. */
+  /* The symbol holding pc: off in [value, value + size), or off == value
+   * for one without a size (assembly without .size: where it ends is not
+   * known, so past its first byte pc is not named after it; glibc's dladdr
+   * does the same, musl's names it at any distance). Past the nearest
+   * symbol's end, pc is in a function without a dynamic symbol (a static
+   * one): none. Nested ones: the innermost; aliases: the first. */
   const ElfW(Sym) *best = NULL;
+  uintptr_t best_value = 0;
   for (size_t i = 0; i < n; i++) {
     const ElfW(Sym) *s = (const ElfW(Sym) *)(symtab + i * syment);
-    if (!wanted(s) || s->st_value > off) continue;
-    if (!best || s->st_value > best->st_value || (s->st_value == best->st_value && !best->st_size && s->st_size))
-      best = s;
+    if (s->st_value > off || s->st_value <= best_value) continue; /* most symbols: one test */
+    if (s->st_size ? off - s->st_value >= s->st_size : off != s->st_value) continue;
+    if (!wanted(s)) continue;
+    best = s;
+    best_value = s->st_value;
   }
-  if (!best || (best->st_size && off - best->st_value >= best->st_size) || best->st_name >= strsz) return 1;
+  if (!best || best->st_name >= strsz) return 1;
   l->out->start = info->dlpi_addr + best->st_value;
   l->out->size = best->st_size;
   const char *name = (const char *)strtab + best->st_name;

@@ -1,7 +1,7 @@
 /* trimalloc: cross-file internals, grouped under the file that defines them.
  * Calls go one way, down this list: the entry points built on malloc and
  * free (compat, sized, align), the entry points (alloc, check),
- * init, prof, prof_dump, prof_live, prof_stack, prof_meta, pprof, stats, tcache, purge, huge, zero, arena, slab, span, segment, delay, size,
+ * init, prof, prof_dump, prof_live, prof_stack, prof_sym, prof_meta, pprof, stats, tcache, purge, huge, zero, arena, slab, span, segment, delay, size,
  * options, error, prim. */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
@@ -74,7 +74,7 @@ static inline bool ta_canary_ok(const void *b, size_t bsize, uintptr_t cookie) {
  * the growth thread, at exit. prof_live.c: the live set (sampled blocks by
  * address), its estimates, the peak set. prof_stack.c: native unwinding, the
  * interpreter-frame hook, interned call paths (traces) and frame names.
- * prof_meta.c: the profiler's own mappings, within prof_max_bytes. pprof.c:
+ * prof_sym.c: the dynamic symbol holding an address. prof_meta.c: the profiler's own mappings, within prof_max_bytes. pprof.c:
  * the profile.proto writer. */
 #define TA_PROF_CLAMP 4096u /* a countdown never exceeds this: each thread looks at the epoch that often
   (per class: a start or stop reaches a thread within 4096 allocations of a class, or at its next refill) */
@@ -174,6 +174,16 @@ TA_HIDDEN bool ta_prof_frame_name(uint64_t key, const char **name, const char **
 TA_HIDDEN void ta_prof_warm(void); /* the unwinder's first call, outside malloc */
 TA_HIDDEN void ta_prof_stack_fork_prepare(void);
 TA_HIDDEN void ta_prof_stack_fork_parent(void);
+
+/* prof_sym.c: the dynamic symbol holding pc (as glibc's dladdr1 finds it):
+ * its address and size (0: none recorded, pc is its address), its name
+ * copied to name[name_size] (name_size may be 0). false: pc is in no object,
+ * in one without dynamic symbols, or in none of its symbols (a static
+ * function). No allocation; dl_iterate_phdr's lock only. */
+typedef struct ta_prof_sym_s {
+  uintptr_t start, size;
+} ta_prof_sym_t;
+TA_HIDDEN bool ta_prof_sym(uintptr_t pc, ta_prof_sym_t *sym, char *name, size_t name_size);
 
 /* prof_meta.c: bytes that stay until exit (zeroed, 16-aligned), and
  * mappings that come and go, all within prof_max_bytes. */

@@ -1,6 +1,6 @@
 /* Heap profile dumps: a snapshot of the live (or peak) set summed per trace
  * under the live set's lock, then, with no allocator or profiler lock held,
- * symbolized (dladdr, dl_iterate_phdr for the mappings), encoded by pprof.c
+ * symbolized (prof_sym.c; dl_iterate_phdr for the mappings), encoded by pprof.c
  * and written. Files are <prefix>.<pid>.<seq>.<reason>.pb.gz, at most
  * prof_keep per reason kept (the oldest of this process's removed); a fork
  * child numbers its own from 0. Growth dumps are made by the profiler's own
@@ -10,7 +10,6 @@
 
 #include <errno.h>
 
-#include <dlfcn.h>
 #include <link.h>
 
 _Atomic uint64_t ta_prof_last_rate;
@@ -161,23 +160,13 @@ static bool pc_cache_grow(pccache_t *c) {
 static uint64_t native_location(ta_pprof_t *pp, segs_t *segs, uint64_t pc) {
   seg_t *sg = seg_of(segs, (uintptr_t)pc);
   const char *file = sg ? sg->path : "";
-  const char *name = NULL;
-  char unknown[4200];
-  Dl_info info;
-#ifdef __GLIBC__
-  /* dladdr names the nearest dynamic symbol below pc; past its size the
-   * function is another (a static one): unknown */
-  const ElfW(Sym) *sym = NULL;
-  if (dladdr1((void *)(uintptr_t)pc, &info, (void **)&sym, RTLD_DL_SYMENT) && info.dli_sname && info.dli_saddr &&
-      (!sym || !sym->st_size || pc < (uintptr_t)info.dli_saddr + sym->st_size))
-    name = info.dli_sname;
-#else
-  if (dladdr((void *)(uintptr_t)pc, &info) && info.dli_sname && info.dli_saddr) name = info.dli_sname;
-#endif
-  if (!name) {
-    size_t len = put(unknown, 0, sizeof unknown, "?? ");
-    put(unknown, len, sizeof unknown, *file ? file : "[unknown object]");
-    name = unknown;
+  char name[4200];
+  ta_prof_sym_t sym;
+  /* past the nearest dynamic symbol's size, pc is in a function without
+   * one (a static one): unknown, not that symbol's */
+  if (!ta_prof_sym((uintptr_t)pc, &sym, name, sizeof name) || !name[0]) {
+    size_t len = put(name, 0, sizeof name, "?? ");
+    put(name, len, sizeof name, *file ? file : "[unknown object]");
   }
   uint64_t mapping = 0;
   if (sg) {

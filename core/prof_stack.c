@@ -20,8 +20,6 @@
 #include <unwind.h>
 
 #ifdef __GLIBC__
-#include <dlfcn.h>
-#include <link.h>
 extern void *__libc_stack_end;
 #endif
 
@@ -43,15 +41,15 @@ TRIMALLOC_API int trimalloc_prof_set_frames_hook(trimalloc_prof_frames_fn fn, co
     return 0;
   }
   if (!eval_fn) return EINVAL;
+  /* Its extent from its dynamic symbol (prof_sym.c, either libc); without
+   * one, one byte: no return address is there, so the walk never stops at
+   * it and the interpreter's frames follow all the native ones. */
   uintptr_t lo = (uintptr_t)eval_fn, hi = lo + 1;
-#ifdef __GLIBC__
-  Dl_info info;
-  const ElfW(Sym) *sym = NULL;
-  if (dladdr1(eval_fn, &info, (void **)&sym, RTLD_DL_SYMENT) && sym && info.dli_saddr && sym->st_size) {
-    lo = (uintptr_t)info.dli_saddr;
-    hi = lo + sym->st_size;
+  ta_prof_sym_t sym;
+  if (ta_prof_sym((uintptr_t)eval_fn, &sym, NULL, 0) && sym.size) {
+    lo = sym.start;
+    hi = sym.start + sym.size;
   }
-#endif
   atomic_store(&eval_lo, lo);
   atomic_store(&eval_hi, hi);
   atomic_store(&frames_hook, fn);

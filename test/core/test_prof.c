@@ -9,6 +9,7 @@
  *  - stacks: the site is the leaf, its callers follow (through libc's qsort
  *    with libgcc's unwinder); interpreter frames from a hook replace the
  *    native frames from the eval function up, named by name_frame; the tag;
+ *    a static function's frame is not named after an exported one below it;
  *  - interval 1 (every allocation) in threads, with signals and forks, no
  *    deadlock; growth dumps at the right points; keep; a fork child's
  *    numbering; the peak set; a dump of 10,000 samples from a second thread
@@ -309,14 +310,13 @@ static void test_stacks(void) {
     if (CHECK(s != NULL) && CHECK(s->nlabels == 1))
       CHECK(!strcmp(S(&pr, s->label_key), "tag") && !strcmp(S(&pr, s->label_str), "SomeJob"));
     s = sample_with_leaf("native_under_eval");
-    /* glibc: the eval function's extent from its symbol (dladdr1), so the
-     * native frames stop below it; musl has no dladdr1: all native frames,
-     * then the interpreter's */
+    /* the eval function's extent from its dynamic symbol (fake_eval's size,
+     * -rdynamic), so the native frames stop below it and the interpreter's
+     * follow, on musl too (no dladdr1 there: prof_sym.c) */
     size_t k = s ? s->nlocs - 2 : 0;
     if (CHECK(s != NULL, "no sample with leaf native_under_eval") && CHECK(s->nlocs >= 3, "%zu frames", s->nlocs)) {
-#ifdef __GLIBC__
-      CHECK(s->nlocs == 3, "%zu frames", s->nlocs);
-#endif
+      CHECK(s->nlocs == 3, "%zu frames: %s <- %s <- %s <- %s", s->nlocs, frame_name(s, 0), frame_name(s, 1),
+            frame_name(s, 2), frame_name(s, 3));
       CHECK(!strcmp(frame_name(s, k), "Orders#export"), "%s", frame_name(s, k));
       CHECK(!strcmp(frame_name(s, k + 1), "[interpreter frame 0x5678]"), "%s", frame_name(s, k + 1));
       const dloc_t *l = loc_by_id(&pr, s->locs[k]);
@@ -333,6 +333,43 @@ static void test_stacks(void) {
   trimalloc_free(qsort_block);
   trimalloc_free(tagged);
   trimalloc_free(interp);
+  trimalloc_prof_stop();
+}
+
+/* A function with no dynamic symbol (static) after one with: its frame is
+ * named "?? <program>", not after the exported function below it (what the
+ * nearest symbol below pc, taken past its size, would give). */
+#define STAY __asm__ volatile("" ::: "memory") /* no tail call: the frame stays */
+SITE void *exported_before_static(size_t n) {
+  void *p = trimalloc_malloc(n + 1);
+  STAY;
+  return p;
+}
+static __attribute__((noinline, noclone)) void *static_site(size_t n) {
+  void *p = trimalloc_malloc(n);
+  STAY;
+  return p;
+}
+SITE void *calls_static_site(size_t n) {
+  void *p = static_site(n);
+  STAY;
+  return p;
+}
+
+static void test_static_frame(void) {
+  CHECK((uintptr_t)exported_before_static < (uintptr_t)static_site, "the exported function lies below the static one");
+  CHECK(trimalloc_prof_start(512 << 10) == 0);
+  void *p = calls_static_site(1 << 20); /* >= R: sampled */
+  char path[256];
+  snprintf(path, sizeof path, "%s/static.pb.gz", tmpdir);
+  if (dump_and_load(TRIMALLOC_PROF_LIVE, path)) {
+    const dsample_t *s = NULL;
+    for (size_t i = 0; i < pr.nsample && !s; i++)
+      if (!strcmp(frame_name(&pr.sample[i], 1), "calls_static_site") && pr.sample[i].vals[3] > 0) s = &pr.sample[i];
+    if (CHECK(s != NULL, "no sample called from calls_static_site"))
+      CHECK(!strncmp(frame_name(s, 0), "?? ", 3), "the static function's frame: %s", frame_name(s, 0));
+  }
+  trimalloc_free(p);
   trimalloc_prof_stop();
 }
 
@@ -652,6 +689,7 @@ int main(void) {
   RUN(test_realloc);
   RUN(test_marked_slab);
   RUN(test_stacks);
+  RUN(test_static_frame);
   RUN(test_unwind_fp);
   RUN(test_growth);
   RUN(test_keep);

@@ -95,14 +95,15 @@ def _ints(wt: int, v) -> List[int]:
 
 
 def read_profile(path: str) -> Dict[str, Any]:
-    """{types, samples: [{values, frames: [(kind, name, file, line)], tags}],
-    comments}; frames leaf first, kind "py" for a location without a mapping
+    """{types, default, samples: [{values, frames: [(kind, name, file, line)],
+    tags}], comments}; default the default sample type's name; frames leaf first, kind "py" for a location without a mapping
     (an interpreter frame), "native" otherwise."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     strings, raw_samples, functions, locations, types, comments = [], [], {}, {}, [], []
+    default = 0
     for num, wt, v in _fields(data):
         if num == 6:
             strings.append(v.decode("utf-8", "replace"))
@@ -126,6 +127,8 @@ def read_profile(path: str) -> Dict[str, Any]:
             locations[loc.get("id", 0)] = loc
         elif num == 13:
             comments.extend(_ints(wt, v))
+        elif num == 14:
+            default = v
     s = lambda i: strings[i] if i < len(strings) else "?"  # noqa: E731
     type_names = []
     for t in types:
@@ -150,7 +153,8 @@ def read_profile(path: str) -> Dict[str, Any]:
                 fn = functions.get(fid, {})
                 frames.append((kind, s(fn.get(2, 0)), s(fn.get(4, 0)), line))
         samples.append({"values": dict(zip(type_names, values)), "frames": frames, "tags": tags})
-    return {"types": type_names, "samples": samples, "comments": [s(i) for i in comments]}
+    return {"types": type_names, "default": s(default), "samples": samples,
+            "comments": [s(i) for i in comments]}
 
 
 def py_names(sample: Dict[str, Any]) -> List[str]:

@@ -154,14 +154,16 @@ TA_PROF_PATH void ta_prof_class_event(ta_tcache_t *tc, size_t cls, void *b) {
   sample(b, span_of(b), (double)(ta_class_size(cls) - TA_CANARY), r);
 }
 
+/* ta_prof_refill_count found the skip out (and took it), a new epoch (the
+ * skip not taken: class_event draws again and counts this one), or no
+ * live cache (a draw of its own). */
 TA_PROF_PATH void ta_prof_refill_event(size_t cls, void *b) {
   ta_tcache_t *tc = ta_tls_tcache;
   if (tc->state != TA_TC_LIVE) {
     ta_prof_maybe(b, ta_class_size(cls) - TA_CANARY); /* no cache: a draw */
     return;
   }
-  if (tc->prof_epoch != ta_relaxed_load(&ta_prof_epoch) || skip_done(&tc->bins[cls]))
-    ta_prof_class_event(tc, cls, b);
+  ta_prof_class_event(tc, cls, b);
 }
 
 TA_PROF_PATH void ta_prof_draw(void *p, size_t size) {

@@ -81,6 +81,7 @@ ALLOC_SITE(site_calloc, trimalloc_calloc(1, size))
 ALLOC_SITE(site_large, trimalloc_malloc(size))
 ALLOC_SITE(site_aligned, trimalloc_aligned_alloc(4096, size))
 ALLOC_SITE(site_huge, trimalloc_malloc(size))
+ALLOC_SITE(site_realloc, trimalloc_realloc(trimalloc_malloc(16), size)) /* moved: sampled inside realloc */
 
 static void free_all(void **v, size_t n) {
   for (size_t i = 0; i < n; i++) trimalloc_free(v[i]);
@@ -287,6 +288,7 @@ static void test_stacks(void) {
   trimalloc_prof_set_tag("SomeJob");
   void *tagged = site_large(1, 1 << 20)[0];
   trimalloc_prof_set_tag(NULL);
+  void **moved = site_realloc(1, 1 << 20);
   CHECK(trimalloc_prof_set_frames_hook(fake_frames, NULL) == EINVAL);
   CHECK(trimalloc_prof_name_frame(0, "x", "y") == EINVAL && trimalloc_prof_name_frame(1, NULL, "y") == EINVAL);
   CHECK(trimalloc_prof_set_frames_hook(fake_frames, (const void *)fake_eval) == 0);
@@ -309,6 +311,10 @@ static void test_stacks(void) {
     s = sample_with_leaf("site_large");
     if (CHECK(s != NULL) && CHECK(s->nlabels == 1))
       CHECK(!strcmp(S(&pr, s->label_key), "tag") && !strcmp(S(&pr, s->label_str), "SomeJob"));
+    /* realloc's move samples in realloc's slow path, entered by a tail
+     * call (core/alloc.c), so the walk finds realloc's caller next */
+    s = sample_with_leaf("site_realloc");
+    CHECK(s != NULL, "no sample with leaf site_realloc (the block realloc moved to 1 MiB)");
     s = sample_with_leaf("native_under_eval");
     /* the eval function's extent from its dynamic symbol (fake_eval's size,
      * -rdynamic), so the native frames stop below it and the interpreter's
@@ -332,6 +338,7 @@ static void test_stacks(void) {
   }
   trimalloc_free(qsort_block);
   trimalloc_free(tagged);
+  free_all(moved, 1);
   trimalloc_free(interp);
   trimalloc_prof_stop();
 }

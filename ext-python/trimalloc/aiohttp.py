@@ -22,10 +22,13 @@ seconds) runs in the loop's default executor, where it releases the GIL: the
 loop goes on serving other requests while the pages go back. A handler that
 raises counts when it raises.
 
-For the heap profiler (trimalloc.profile), the thread's tag is the matched
-route's template (e.g. "/users/{id}", else the request's path) while the
-handler runs. Requests share the event loop's thread, so a sample taken while
-a handler awaits something else may carry another request's route.
+For the heap profiler (trimalloc.profile), the handler's samples carry the
+matched route's template as their tag (e.g. "/users/{id}", else the request's
+path): the handler runs under profile.tagged, which sets the thread's tag at
+each of its steps, so requests taking turns on the event loop's thread each
+label their own samples (and profile.tag() in a handler holds across awaits).
+Tasks the handler starts (asyncio.create_task, gather) run untagged unless
+wrapped in profile.tagged themselves.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from . import _hooks, _trimalloc
+from . import _hooks
 from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
 
 
@@ -58,14 +61,11 @@ class TrimMiddleware(RequestTrimmer):
         return self
 
     async def __call__(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
-        _trimalloc._prof_set_tag(_route(request))
         try:
-            resp = await handler(request)
+            resp = await _hooks.Tagged(handler(request), _route(request))
         except BaseException:  # an HTTPException, an error, a cancelled request
             self._done()
             raise
-        finally:
-            _trimalloc._prof_set_tag(None)
         if not _after_send(resp, self._done):
             self._done()
         return resp

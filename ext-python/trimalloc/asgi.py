@@ -18,18 +18,20 @@ on serving while the pages go back. A request whose application raises, or
 that ends without a complete response, counts when it ends. Lifespan and
 websocket scopes pass through uncounted.
 
-For the heap profiler (trimalloc.profile), the thread's tag is the request's
-path (scope["path"], without the query string: the route template is only
-known inside the application) while the request runs: set when it starts and
-again each time it comes back from receive() or send(), cleared when it ends.
-Requests share the event loop's thread, so a sample taken while a request
-awaits something else (a database) may carry another request's path.
+For the heap profiler (trimalloc.profile), the request's samples carry its
+path as their tag (scope["path"], without the query string: the route template
+is only known inside the application): the application runs under
+profile.tagged, which sets the thread's tag at each of its steps, so requests
+taking turns on the event loop's thread each label their own samples (and
+profile.tag() in the application holds across awaits). Tasks the application
+starts (asyncio.create_task, gather) run untagged unless wrapped in
+profile.tagged themselves.
 """
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Dict, Optional
 
-from . import _hooks, _trimalloc
+from . import _hooks
 from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
 
 Message = Dict[str, Any]
@@ -69,7 +71,6 @@ class TrimMiddleware(RequestTrimmer):
         counted = []
         path = scope.get("path")
         tag = path if isinstance(path, str) and path else None
-        set_tag = _trimalloc._prof_set_tag
 
         def done() -> None:
             if not counted:
@@ -78,18 +79,10 @@ class TrimMiddleware(RequestTrimmer):
 
         async def send_then_count(message: Message) -> None:
             await send(message)
-            set_tag(tag)
             if message.get("type") == "http.response.body" and not message.get("more_body", False):
                 done()
 
-        async def receive_tagged() -> Message:
-            message = await receive()
-            set_tag(tag)
-            return message
-
-        set_tag(tag)
         try:
-            await self.app(scope, receive_tagged, send_then_count)
+            await _hooks.Tagged(self.app(scope, receive, send_then_count), tag)
         finally:
-            set_tag(None)
             done()

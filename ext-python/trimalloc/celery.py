@@ -56,11 +56,11 @@ _before = dict.fromkeys(_COUNTS, 0)  # the counts of trimmers replaced by a late
 
 def _task_prerun(sender: Any = None, **kwargs: Any) -> None:
     name = getattr(sender, "name", None)
-    _trimalloc._prof_set_tag(name if isinstance(name, str) else None)
+    _hooks.set_tag(name if isinstance(name, str) else None)
 
 
 def _task_postrun(sender: Any = None, **kwargs: Any) -> None:
-    _trimalloc._prof_set_tag(None)
+    _hooks.set_tag(None)
     app = _settings["app"]
     if app is not None and getattr(sender, "app", app) is not app:
         return

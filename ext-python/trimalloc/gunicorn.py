@@ -32,7 +32,7 @@ import logging
 import sys
 from typing import Any, Callable, Optional, Tuple
 
-from . import _trimalloc
+from . import _hooks, _trimalloc
 from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
 
 
@@ -43,7 +43,7 @@ def make_post_request(every: Optional[int] = DEFAULT_EVERY, min_free: Any = _UNS
     trimmer = RequestTrimmer(every, min_free, min_interval, "gunicorn", free_threshold)
 
     def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
-        _trimalloc._prof_set_tag(None)
+        _hooks.set_tag(None)
         trimmer.request_done()
 
     post_request.trimmer = trimmer  # type: ignore[attr-defined]
@@ -58,7 +58,7 @@ def pre_request(worker: Any, req: Any) -> None:
     thread's heap-profiler tag (post_request clears it)."""
     worker.log.debug("%s %s", req.method, req.path)
     path = getattr(req, "path", None)
-    _trimalloc._prof_set_tag(path if isinstance(path, str) and path else None)
+    _hooks.set_tag(path if isinstance(path, str) and path else None)
 
 
 def backend_line(pid: object) -> str:

@@ -118,7 +118,7 @@ class TrimMiddleware(RequestTrimmer):
 
     def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") if isinstance(environ, dict) else None
-        _trimalloc._prof_set_tag(path if isinstance(path, str) and path else None)
+        _hooks.set_tag(path if isinstance(path, str) and path else None)
         try:
             body = self.app(environ, start_response)
         except BaseException:
@@ -132,5 +132,5 @@ class TrimMiddleware(RequestTrimmer):
         return _ClosingBody(body, self._ended)
 
     def _ended(self) -> None:
-        _trimalloc._prof_set_tag(None)
+        _hooks.set_tag(None)
         self.request_done()

@@ -534,6 +534,129 @@ def test_aiohttp_tags_with_the_route_template_and_gunicorn_pre_request_with_the_
     assert tags_of("after_stop") == {None}
 
 
+def test_tagged_sets_its_tag_at_every_step_and_puts_the_loop_s_back_between():
+    # the bookkeeping alone (on glibc the core has no tag; the package's copy is what moves)
+    import asyncio
+    from trimalloc import _hooks
+    seen = []
+
+    async def job(name, n):
+        for i in range(n):
+            seen.append((name, _hooks.current_tag()))
+            await asyncio.sleep(0)
+            if name == "a" and i == 0:
+                profile.set_tag("a-set-inside")  # kept for a's later steps
+        with profile.tag("block"):
+            await asyncio.sleep(0)
+            seen.append((name, _hooks.current_tag()))
+        seen.append((name, _hooks.current_tag()))
+        return name * 2
+
+    async def cancelled():
+        try:
+            await asyncio.sleep(10)
+        finally:
+            seen.append(("c", _hooks.current_tag()))  # CancelledError thrown in: tagged
+
+    async def main():
+        seen.append(("loop", _hooks.current_tag()))
+        c = asyncio.ensure_future(profile.tagged(cancelled(), "/c"))
+        results = await asyncio.gather(profile.tagged(job("a", 3), "/a"),
+                                       _hooks.Tagged(job("b", 3), "/b"))
+        seen.append(("loop", _hooks.current_tag()))
+        c.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await c
+        return results
+
+    profile.set_tag("loop-thread")
+    try:
+        assert asyncio.run(main()) == ["aa", "bb"]
+        assert _hooks.current_tag() == "loop-thread"
+    finally:
+        profile.set_tag(None)
+    assert [t for n, t in seen if n == "a"] == ["/a", "a-set-inside", "a-set-inside", "block",
+                                                "a-set-inside"], seen
+    assert [t for n, t in seen if n == "b"] == ["/b", "/b", "/b", "block", "/b"], seen
+    assert [t for n, t in seen if n in ("loop", "c")] == ["loop-thread", "loop-thread", "/c"], seen
+    co = job("a", 1)
+    with pytest.raises(TypeError, match="42"):
+        profile.tagged(co, 42)
+    co.close()
+    with pytest.raises(TypeError, match="42"):
+        profile.tagged(42, "x")
+
+
+def assert_interleaved_tags(rows, tag_a, tag_b):
+    """prof_app.Interleaving's allocations, each under its own request's tag."""
+    def held(fn):
+        mine = [r for r in rows if any(f.startswith("prof_app.%s (" % fn) for f in r["frames"])]
+        by_tag = {}
+        for r in mine:
+            by_tag[r["tag"]] = by_tag.get(r["tag"], 0) + r["inuse_space"]
+        return by_tag
+
+    for fn, tag, mib in (("for_request_a", tag_a, 8), ("for_request_b", tag_b, 5),
+                         ("inside_tag_block", "a-block", 3)):
+        by_tag = held(fn)
+        assert set(by_tag) == {tag}, (fn, by_tag)  # every sample: its own request's tag
+        assert mib * MiB <= by_tag[tag] <= mib * MiB * 1.13, (fn, by_tag)
+
+
+def test_aiohttp_requests_interleaved_on_one_loop_each_tag_their_own_samples():
+    # two requests on a real socket: each resumes after the other ran (and set its tag)
+    rows = child_json(
+        "import asyncio, json, prof_app; from trimalloc import profile\n"
+        "from aiohttp import web\n"
+        "from aiohttp.test_utils import TestClient, TestServer\n"
+        "import trimalloc.aiohttp\n"
+        "profile.start(64 << 10)\n"
+        "async def a(request):\n"
+        "    await request.app['scene'].a()\n"
+        "    return web.Response(text='a')\n"
+        "async def b(request):\n"
+        "    await request.app['scene'].b()\n"
+        "    return web.Response(text='b')\n"
+        "app = web.Application()\n"
+        "app.router.add_get('/a/{id}', a)\n"
+        "app.router.add_get('/b/{id}', b)\n"
+        "trimalloc.aiohttp.install(app, every=None, min_free=1 << 40)\n"
+        "async def main():\n"
+        "    app['scene'] = prof_app.Interleaving()\n"
+        "    async with TestClient(TestServer(app)) as c:\n"
+        "        ra, rb = await asyncio.gather(c.get('/a/1'), c.get('/b/2'))\n"
+        "        assert (await ra.text(), await rb.text()) == ('a', 'b')\n"
+        "asyncio.run(main())\n"
+        "print(json.dumps(profile.top(0)))\n")
+    assert_interleaved_tags(rows, "/a/{id}", "/b/{id}")
+
+
+def test_asgi_requests_interleaved_on_one_loop_each_tag_their_own_samples():
+    rows = child_json(
+        "import asyncio, json, prof_app; from trimalloc import profile\n"
+        "from trimalloc.asgi import TrimMiddleware\n"
+        "profile.start(64 << 10)\n"
+        "async def app(scope, receive, send):\n"
+        "    await receive()\n"
+        "    await getattr(scene, scope['path'][1])()\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+        "mw = TrimMiddleware(app, every=None, min_free=1 << 40)\n"
+        "async def call(path):\n"
+        "    sent = []\n"
+        "    async def receive(): return {'type': 'http.request', 'body': b''}\n"
+        "    async def send(m): sent.append(m)\n"
+        "    await mw({'type': 'http', 'path': path}, receive, send)\n"
+        "    return sent[-1]['body']\n"
+        "async def main():\n"
+        "    global scene\n"
+        "    scene = prof_app.Interleaving()\n"
+        "    assert await asyncio.gather(call('/a/1'), call('/b/2')) == [b'ok', b'ok']\n"
+        "asyncio.run(main())\n"
+        "print(json.dumps(profile.top(0)))\n")
+    assert_interleaved_tags(rows, "/a/1", "/b/2")
+
+
 # ---- a real Celery worker: the task's name as the tag ----
 
 def test_celery_task_samples_carry_the_task_name_tag(redis_url, tmp_path, monkeypatch):

@@ -76,6 +76,10 @@ module Trimalloc
       # samples it takes, `trimalloc top` shows it. nil or "" clears. At most
       # 63 bytes are kept. Works (and does nothing) when trimalloc is not
       # the allocator, so the job integrations can always call it.
+      # The tag belongs to the thread, shared by its fibers: a fiber that a
+      # Fiber scheduler (Falcon) suspends and resumes keeps whatever tag the
+      # fibers that ran meanwhile left (Trimalloc::Rack says what that means
+      # for requests); an Enumerator's fiber carries its caller's tag.
       def tag=(tag)
         unless tag.nil? || tag.is_a?(String) || tag.is_a?(Symbol)
           raise TypeError, "tag must be a String, Symbol or nil (given #{tag.inspect})"

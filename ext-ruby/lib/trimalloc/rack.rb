@@ -20,6 +20,19 @@ module Trimalloc
   # that matter began, so it is not used. tag: a Proc(env) -> String chooses
   # another tag (a template from the path, a header).
   #
+  # The tag is the thread's, not the fiber's. On a threaded server (Puma,
+  # Unicorn) that is exact. On a server that runs requests as fibers of one
+  # thread under a Fiber scheduler (Falcon), it is not: once a request's fiber
+  # waits on IO and another request starts or ends, the first one's later
+  # samples carry the tag that other request set or put back, and a request's
+  # end puts back the tag its start found, which may be another request's
+  # (left on the thread until a request sets one again). Making it exact needs
+  # the tag set at every fiber switch (a TracePoint on :fiber_switch): that
+  # hook then runs on every switch in the process, Enumerator#next included
+  # (two switches each, measured 0.6-1.0 us bare, +0.45-0.9 us with a hook
+  # that reads a fiber-local), and Ruby 3.1 has no inheritable fiber storage,
+  # so an Enumerator's fiber would lose its caller's tag; it is not done.
+  #
   #   use Trimalloc::Rack  # or with every:, min_free:, min_interval:, tag: (DEFAULTS below)
   class Rack
     # core/bind's defaults for request hooks (core/bind/bind_facts.c, which

@@ -5,7 +5,10 @@ turn, and the instructions of the functions in the allocator's own shared
 object are summed (callgrind attributes every function to its object:
 `ob=` lines), beside the whole program's. Counted, not timed: the same on a
 busy machine. glibc has no row of its own: its malloc lives in libc.so.6
-with everything else.
+with everything else. Functions callgrind places in no object ("???", as
+it does trimalloc's ta_prof_text section: malloc, realloc, calloc) count
+for the library that defines them (nm); before 2026-12-06 they were left
+out, so the earlier results files undercount trimalloc by its malloc.
 
     bench/alloc_instr.py [--lib NAME=PATH ...] [--env K=V ...] -- CMD ARGS...
 
@@ -46,14 +49,17 @@ def parse(argv):
     return libs or DEFAULT_LIBS, env, cmd
 
 
-def self_cost_by_object(path):
+def self_cost_by_object(path, unknown=None):
     """{object: instructions} from a callgrind output file (self cost only:
     the cost lines that follow an fn= line belong to that function, and the
     function to the last ob= named; calls= lines are followed by one line of
     inclusive cost, which is skipped). Names may be compressed: "(N) name"
-    defines N, "(N)" refers to it."""
+    defines N, "(N)" refers to it. Functions callgrind could not place in an
+    object (ob "???": trimalloc's code in its own ta_prof_text section, which
+    holds malloc, realloc and calloc) add their cost to unknown[function]."""
     names, out = {}, {}
-    ob, skip = None, False
+    fnames = {}
+    ob, fn, skip = None, None, False
     events = None
     with open(path) as f:
         for line in f:
@@ -70,6 +76,16 @@ def self_cost_by_object(path):
                 if line.startswith("ob="):
                     ob = val
                 continue
+            if line.startswith(("fn=", "cfn=")):
+                val = line.split("=", 1)[1].strip()
+                if val.startswith("("):
+                    key, _, rest = val.partition(")")
+                    if rest.strip():
+                        fnames[key] = rest.strip()
+                    val = fnames.get(key, val)
+                if line.startswith("fn="):
+                    fn = val
+                continue
             if line.startswith("calls="):
                 skip = True
                 continue
@@ -82,9 +98,24 @@ def self_cost_by_object(path):
             if events and len(parts) >= 2 and ob is not None:
                 try:
                     out[ob] = out.get(ob, 0) + int(parts[1])
+                    if unknown is not None and ob == "???" and fn:
+                        name = fn.split(":", 1)[1] if fn.startswith("???:") else fn
+                        unknown[name] = unknown.get(name, 0) + int(parts[1])
                 except ValueError:
                     pass
     return out
+
+
+def defined_functions(lib):
+    """The names of the functions lib defines (its symbol tables, nm)."""
+    names = set()
+    for flags in (["--defined-only"], ["-D", "--defined-only"]):
+        r = subprocess.run(["nm"] + flags + [lib], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] in "TtWi":
+                names.add(parts[2].split("@", 1)[0])
+    return names
 
 
 def main():
@@ -107,13 +138,17 @@ def main():
             if r.returncode != 0 or not outs:
                 print("NOTE: %s failed: %s" % (name, r.stderr.strip().splitlines()[-1:]), file=sys.stderr)
                 continue
-            cost = {}
+            cost, unknown = {}, {}
             for out in outs:
-                for k, v in self_cost_by_object(out).items():
+                for k, v in self_cost_by_object(out, unknown).items():
                     cost[k] = cost.get(k, 0) + v
         total = sum(cost.values())
         mine = sum(v for k, v in cost.items() if os.path.realpath(k) == lib or os.path.basename(k) ==
                    os.path.basename(lib))
+        # and the functions callgrind left without an object that the library
+        # defines (before 2026-12-06 these were left out: malloc among them)
+        own = defined_functions(lib)
+        mine += sum(v for f, v in unknown.items() if f in own)
         rows.append((name, total, mine))
     if not rows:
         raise SystemExit("alloc_instr.py: no allocator ran")

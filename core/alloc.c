@@ -441,7 +441,7 @@ TA_PROF_PATH static void *realloc_slow(void *p, size_t n) {
 
 /* Fast path budget: free's lookup and its one-compare test of a cached slab
  * block (ta_span_t.fast_free_below), the fit (at most the class's size, at
- * least half of it), the profiler's two flags when it is built in; no call
+ * least half of it), the sampling rate (one load) when the profiler is built in; no call
  * and no frame of its own. Python reallocs 1 in 7 of its blocks, most of
  * them in place. */
 TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {

@@ -401,6 +401,14 @@ TA_PROF_PATH static void *realloc_prof(void *p, void *q) {
 #define REALLOC_PROF(p, q) (q)
 #endif
 
+/* The usable size of p, a block of span sp, when it is a thread-cache
+ * slab's block as free's fast path tells it (a block start, handed out, its
+ * slab neither sampled nor keyless: ta_span_t.fast_free_below); else 0. */
+static inline size_t cached_usable(const ta_span_t *sp, const void *p) {
+  uint64_t off = (uint32_t)((const uint8_t *)p - sp->start);
+  return off * sp->div_magic < ta_relaxed_load(&sp->fast_free_below) ? (size_t)sp->bsize - TA_CANARY : 0;
+}
+
 /* Everything realloc does but keep a cached slab block in place: NULL,
  * 0, huge (mremap), large (grown into free slices), a move, and every block
  * while the profiler has something to say about it. Called as realloc's
@@ -412,20 +420,11 @@ TA_PROF_PATH static void *realloc_slow(void *p, size_t n) {
     trimalloc_free(p);
     return NULL;
   }
-  /* A thread-cache slab's block, as free's fast path tells it (a block
-   * start, handed out, its slab neither sampled nor keyless): its class's
-   * size, with no call; any other block, ta_usable_size's checks. Python
-   * reallocs 1 in 7 of its blocks (bench/py_tasks.py). */
+  /* a cached slab block's size with no call; any other block,
+   * ta_usable_size's checks */
   ta_segment_t *s = ta_segment_of(p);
-  size_t have;
-  if (ta_likely(ta_segmap_contains(s))) {
-    ta_span_t *sp = ta_span_of(s, p);
-    uint64_t off = (uint32_t)((uint8_t *)p - sp->start);
-    have = ta_likely(off * sp->div_magic < ta_relaxed_load(&sp->fast_free_below))
-               ? (size_t)sp->bsize - TA_CANARY
-               : ta_usable_size(p, "realloc: invalid pointer");
-  } else
-    have = ta_usable_size(p, "realloc: invalid pointer");
+  size_t have = ta_segmap_contains(s) ? cached_usable(ta_span_of(s, p), p) : 0;
+  if (!have) have = ta_usable_size(p, "realloc: invalid pointer");
   if (ta_segmap_contains(s) && s->huge && n > TA_LARGE_MAX) return REALLOC_PROF(p, ta_huge_realloc(s, n)); /* mremap */
   if (n <= have && n >= have / 2) return REALLOC_PROF(p, p);               /* fits in place */
   if (n > have && n <= TA_LARGE_MAX && ta_segmap_contains(s)) {   /* a large block grows into */
@@ -447,11 +446,8 @@ TA_PROF_PATH static void *realloc_slow(void *p, size_t n) {
 TA_PROF_PATH_INLINE TRIMALLOC_API void *trimalloc_realloc(void *p, size_t n) {
   ta_segment_t *s = ta_segment_of(p);
   if (ta_likely(ta_segmap_contains(s))) { /* (NULL is in no segment) */
-    ta_span_t *sp = ta_span_of(s, p);
-    uint64_t off = (uint32_t)((uint8_t *)p - sp->start), have = sp->bsize - TA_CANARY;
-    if (ta_likely(off * sp->div_magic < ta_relaxed_load(&sp->fast_free_below)) && n <= have && n >= have / 2 &&
-        n != 0 && !REALLOC_PROF_RATE())
-      return p;
+    size_t have = cached_usable(ta_span_of(s, p), p);
+    if (ta_likely(n <= have && n >= have / 2 && n != 0) && !REALLOC_PROF_RATE()) return p;
   }
   return realloc_slow(p, n);
 }

@@ -468,6 +468,11 @@ static inline __attribute__((always_inline)) void *ta_tbin_pop(ta_tbin_t *tb, ta
  * subtraction, whose borrow out of the skip is the answer: count >= 1 (the
  * bin is not empty), so the count's half never borrows. Budget: 2
  * instructions with the profiler (sub, jc), 1 without. */
+/* One allocation counted against the bin's sampling skip in C: true when the
+ * skip was 0 (this allocation is the profiler's; the skip wraps). */
+static inline bool ta_tbin_skip_done(ta_tbin_t *tb) {
+  return tb->sample_skip-- == 0;
+}
 static inline __attribute__((always_inline)) bool ta_tbin_count_pop(ta_tbin_t *tb) {
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
 #ifdef TA_NO_PROF
@@ -483,14 +488,14 @@ static inline __attribute__((always_inline)) bool ta_tbin_count_pop(ta_tbin_t *t
 #ifdef TA_NO_PROF
   return false;
 #else
-  return tb->sample_skip-- == 0;
+  return ta_tbin_skip_done(tb);
 #endif
 #endif
 }
 static inline void ta_prof_refill_count(size_t cls, void *b) {
   ta_tcache_t *tc = ta_tls_tcache;
   if (ta_likely(tc->state == TA_TC_LIVE) && ta_likely(tc->prof_epoch == ta_relaxed_load(&ta_prof_epoch)) &&
-      ta_likely(tc->bins[cls].sample_skip-- != 0))
+      ta_likely(!ta_tbin_skip_done(&tc->bins[cls])))
     return;
   ta_prof_refill_event(cls, b); /* the skip was 0 (now wrapped), or a new epoch (not counted yet), or no cache */
 }

@@ -76,12 +76,6 @@ static void arm(ta_tcache_t *tc, size_t cls, uint64_t r) {
   }
 }
 
-/* One allocation of the bin's class off the fast path: true when the skip
- * was 0 (the profiler's), as ta_tbin_count_pop's answer. */
-static inline bool skip_done(ta_tbin_t *tb) {
-  return tb->sample_skip-- == 0;
-}
-
 static void rearm(ta_tcache_t *tc, uint32_t epoch) {
   uint64_t r = ta_relaxed_load(&ta_prof_rate);
   for (size_t c = 0; c < TA_TCLASSES; c++) arm(tc, c, r);
@@ -145,7 +139,7 @@ TA_PROF_PATH void ta_prof_class_event(ta_tcache_t *tc, size_t cls, void *b) {
   }
   if (tc->prof_epoch != epoch) { /* a change since the last draw: this allocation is the first of the new countdown */
     rearm(tc, epoch);
-    if (!skip_done(&tc->bins[cls])) return;
+    if (!ta_tbin_skip_done(&tc->bins[cls])) return;
   }
   bool clamped = (tc->prof_clamped[cls / 64] >> (cls % 64)) & 1;
   uint64_t r = ta_relaxed_load(&ta_prof_rate);

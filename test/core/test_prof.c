@@ -311,8 +311,8 @@ static void test_stacks(void) {
     s = sample_with_leaf("site_large");
     if (CHECK(s != NULL) && CHECK(s->nlabels == 1))
       CHECK(!strcmp(S(&pr, s->label_key), "tag") && !strcmp(S(&pr, s->label_str), "SomeJob"));
-    /* realloc's move samples in realloc's slow path, entered by a tail
-     * call (core/alloc.c), so the walk finds realloc's caller next */
+    /* realloc's move samples in realloc_slow (core/alloc.c); the walk
+     * skips the allocator's own frames and names realloc's caller */
     s = sample_with_leaf("site_realloc");
     CHECK(s != NULL, "no sample with leaf site_realloc (the block realloc moved to 1 MiB)");
     s = sample_with_leaf("native_under_eval");

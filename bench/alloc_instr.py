@@ -49,6 +49,17 @@ def parse(argv):
     return libs or DEFAULT_LIBS, env, cmd
 
 
+def name_of(line, table):
+    """The name a "key=(N) name" or "key=(N)" line gives, remembering N in table."""
+    val = line.split("=", 1)[1].strip()
+    if val.startswith("("):
+        key, _, rest = val.partition(")")
+        if rest.strip():
+            table[key] = rest.strip()
+        val = table.get(key, val)
+    return val
+
+
 def self_cost_by_object(path, unknown=None):
     """{object: instructions} from a callgrind output file (self cost only:
     the cost lines that follow an fn= line belong to that function, and the
@@ -67,22 +78,12 @@ def self_cost_by_object(path, unknown=None):
                 events = line.split()[1:]
                 continue
             if line.startswith(("ob=", "cob=")):
-                val = line.split("=", 1)[1].strip()
-                if val.startswith("("):
-                    key, _, rest = val.partition(")")
-                    if rest.strip():
-                        names[key] = rest.strip()
-                    val = names.get(key, val)
+                val = name_of(line, names)
                 if line.startswith("ob="):
                     ob = val
                 continue
             if line.startswith(("fn=", "cfn=")):
-                val = line.split("=", 1)[1].strip()
-                if val.startswith("("):
-                    key, _, rest = val.partition(")")
-                    if rest.strip():
-                        fnames[key] = rest.strip()
-                    val = fnames.get(key, val)
+                val = name_of(line, fnames)
                 if line.startswith("fn="):
                     fn = val
                 continue

@@ -223,8 +223,8 @@ class Tagged:
         return self
 
     # A resumption with None (what asyncio's tasks send) comes through
-    # __next__, other values through send: the same step, written out twice
-    # because it is the per-resumption path.
+    # __next__: _step written out, because it is the per-resumption path (a
+    # call less); other values (send), throw and close go through _step.
     def __next__(self) -> Any:
         try:
             cell = _tag.cell
@@ -243,21 +243,7 @@ class Tagged:
                 cell[0] = outer
 
     def send(self, value: Any) -> Any:
-        try:
-            cell = _tag.cell
-        except AttributeError:
-            cell = _cell()
-        outer = cell[0]
-        if self._tag is not outer:
-            _set_tag(self._tag)
-            cell[0] = self._tag
-        try:
-            return self._it.send(value)
-        finally:
-            self._tag = left = cell[0]
-            if left is not outer:
-                _set_tag(outer)
-                cell[0] = outer
+        return self._step(self._it.send, value)
 
     def throw(self, *exc: Any) -> Any:
         return self._step(self._it.throw, *exc)

@@ -181,7 +181,12 @@ static _Atomic uint64_t retry_at_ms, retry_backoff_ms;
 static void purger_start(void) {
   int st = PURGER_OFF;
   if (!atomic_compare_exchange_strong(&purger_state, &st, PURGER_STARTING)) return;
+  /* under the lock that every wait and wake holds: a thread that sees the
+   * purger running (a relaxed load) and wakes it is ordered after this
+   * (TSan saw ta_purger_stop's broadcast race with the init) */
+  ta_lock(&purger_lock);
   if (!cv_ready) cv_init();
+  ta_unlock(&purger_lock);
   ta_relaxed_store(&purger_state, PURGER_RUNNING);
   if (ta_prim_thread_start(purger_main, NULL, "trimalloc-purge", &purger_tid) != 0) {
     uint64_t b = ta_relaxed_load(&retry_backoff_ms);

@@ -1,8 +1,11 @@
-/* Arenas: a few, shared by every thread (default: one per 4 CPUs). A thread's
- * refills go to the arena of the CPU it runs on; a block always goes back to
- * the arena of its slab. Each arena has a bin per size class (its own lock)
- * whose partial slabs sit in fullness buckets, and a page heap (span.c, the
- * arena lock). Lock order: bin, then arena. */
+/* Arenas: a few, shared by every thread. By default a thread starts on
+ * arena 0 and moves to another only when its refills keep waiting for their
+ * bin's lock (threads allocating at the same moment), up to one arena per
+ * CPU; with the option arenas set to N, refills go to the arena of the CPU
+ * the thread runs on, of N. A block always goes back to the arena of its
+ * slab. Each arena has a bin per size class (its own lock) whose partial
+ * slabs sit in fullness buckets, and a page heap (span.c, the arena lock).
+ * Lock order: bin, then arena. */
 #include "internal.h"
 
 #include <errno.h>
@@ -12,14 +15,18 @@ _Atomic uint32_t ta_arenas_used;
 static ta_lock_t arenas_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic unsigned ncpus;
 
-/* The default: one arena per 4 CPUs. Thread caches take most calls off the
- * arenas, and every extra arena multiplies the partly used slabs (measured: a
- * 6-thread Ruby program peaks at 109 MiB with one arena, 152-161 with two, on
- * 2 CPUs). */
-static unsigned default_arenas(void) {
+/* The most arenas the default spreads threads over: one per CPU the process
+ * may use. Every arena in use multiplies the partly used slabs (a 6-thread
+ * Ruby program peaked at 109 MiB with one arena, 152-161 with two taken by
+ * CPU, on 2 CPUs), so a thread takes another only under contention, which
+ * a program whose threads take turns (Ruby's GVL, Python's GIL) does not
+ * have. */
+static unsigned cpu_arenas(void) {
   unsigned n = ta_relaxed_load(&ncpus);
   if (!n) {
-    n = (ta_prim_ncpus() + 3) / 4;
+    n = ta_prim_ncpus();
+    if (n < 1) n = 1;
+    if (n > TA_ARENAS_MAX) n = TA_ARENAS_MAX;
     ta_relaxed_store(&ncpus, n);
   }
   return n;
@@ -44,11 +51,45 @@ static ta_arena_t *arena_ready(size_t i) {
   return a;
 }
 
+/* The calling thread's arena under the default (option arenas 0), and its
+ * count of refills and of those that found another thread's there before. */
+static __thread uint8_t tls_arena __attribute__((tls_model("initial-exec")));
+static __thread uint8_t tls_refills __attribute__((tls_model("initial-exec")));
+static __thread uint8_t tls_shared __attribute__((tls_model("initial-exec")));
+static _Atomic uint32_t arena_turn = 1; /* the next arena a thread moves to */
+
 ta_arena_t *ta_arena_pick(void) {
   long long n = ta_opt(TA_OPT_ARENAS);
-  if (n <= 0) n = default_arenas();
+  if (n <= 0) return arena_ready(tls_arena < cpu_arenas() ? tls_arena : 0);
   if (n > TA_ARENAS_MAX) n = TA_ARENAS_MAX;
   return arena_ready(n == 1 ? 0 : ta_prim_cpu() % (unsigned)n);
+}
+
+/* A refill takes its bin's lock, and notes whether another thread's cache
+ * refilled from the bin last. Two threads allocating at the same moment
+ * from one arena share its slabs, so their blocks share cache lines and
+ * every bin line moves between their CPUs: with one arena, two threads of
+ * bench/mt_mix took 1.6-2x the CPU of one doing the same work, though
+ * their refills almost never waited for a lock (0.2%). Threads that take
+ * turns (Ruby's GVL, Python's GIL) refill many times in a row each. So when
+ * half of a thread's last 64 refills found another thread's there, the
+ * thread moves on to the next arena in turn, for good (two that collide
+ * part: the first to move takes arena 1, the second arena 0). Under the
+ * default only (option arenas 0), with more than one CPU. */
+#define TA_MOVE_WINDOW 64
+#define TA_MOVE_SHARED 16
+static void refill_lock(ta_arena_t *a, ta_bin_t *bin) {
+  ta_lock(&bin->lock);
+  const void *me = ta_tls_tcache, *last = atomic_load_explicit(&a->last_refill, memory_order_relaxed);
+  if (last != me) {
+    tls_shared++;
+    atomic_store_explicit(&a->last_refill, me, memory_order_relaxed);
+  }
+  if (ta_likely(++tls_refills < TA_MOVE_WINDOW)) return;
+  unsigned n = cpu_arenas();
+  if (tls_shared >= TA_MOVE_SHARED && n > 1 && a->index == tls_arena && ta_opt(TA_OPT_ARENAS) <= 0)
+    tls_arena = (uint8_t)(atomic_fetch_add(&arena_turn, 1) % n);
+  tls_refills = tls_shared = 0;
 }
 
 /* ---- fullness buckets ---- */
@@ -103,7 +144,7 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
   ta_bin_t *bin = &a->bins[cls];
   size_t got = 0;
   ta_pagedelta_t d = {0};
-  ta_lock(&bin->lock);
+  refill_lock(a, bin);
   /* From the transfer cache first: a whole batch in O(1) (batches are what
    * thread caches flush, and they ask as much); short batches (a bin halved
    * to give budget to another) are joined until `want`. Still counted as

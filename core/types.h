@@ -278,6 +278,7 @@ struct ta_arena_s {
   _Atomic uint64_t large_bytes, large_count, large_allocs;
   _Atomic uint64_t purges, purged_bytes;
   _Atomic uint64_t activity; /* refills, flushes and large blocks, ever: the purger's idle test */
+  const void *_Atomic last_refill; /* the thread cache that refilled last (arena.c's refill_lock) */
   _Atomic int ready;
   uint32_t index;
   ta_bin_t bins[TA_CLASSES];

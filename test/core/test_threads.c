@@ -3,6 +3,9 @@
  * freeable, and the memory comes back afterwards. Contents are checked
  * everywhere: a block handed out twice shows up as a wrong pattern. */
 #include <pthread.h>
+#include <sched.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -244,7 +247,97 @@ static void test_cross_thread_free_same_class(void) {
   CHECK(atomic_load(&null_blocks) == 0);
 }
 
+/* ---- arenas (the default): a thread moves to a second arena only when
+ * threads allocate at the same moment ---- */
+static atomic_int arena_stop;
+static pthread_mutex_t gvl = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct arena_worker_s {
+  uint64_t seed;
+  bool turns; /* take turns under `gvl` (as Ruby's and Python's threads do) */
+  double seconds;
+} arena_worker_t;
+
+static void *arena_worker(void *arg) {
+  arena_worker_t *w = arg;
+  local_t l = {0};
+  uint64_t rng = w->seed;
+  double t0 = now_s();
+  while (!atomic_load(&arena_stop) && now_s() - t0 < w->seconds) {
+    if (w->turns) pthread_mutex_lock(&gvl);
+    for (int i = 0; i < 4096; i++) local_step(&l, &rng);
+    if (w->turns) {
+      pthread_mutex_unlock(&gvl);
+      sched_yield();
+    }
+    if (stats_now().arenas > 1) atomic_store(&arena_stop, 1);
+  }
+  local_drain(&l);
+  return NULL;
+}
+
+/* Two threads, each churning blocks of up to 64 KiB of its own: the arenas
+ * in use at the end (the process's first two threads: a fresh child). */
+static uint64_t arenas_after(bool turns, double seconds) {
+  atomic_store(&arena_stop, 0);
+  arena_worker_t w[2] = {{11, turns, seconds}, {22, turns, seconds}};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, arena_worker, &w[i]);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  return stats_now().arenas;
+}
+
+static void in_child(void (*fn)(void), const char *name) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    fn();
+    fflush(stdout);
+    _exit(atomic_load(&check_failed_n) ? 1 : 0);
+  }
+  int st = 0;
+  CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+        "%s: the child failed (exit %d; its FAIL lines are above)", name, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+/* Taking turns, the threads stay on one arena: a second one would hold a
+ * second set of partly used slabs (a 6-thread Ruby program's peak went
+ * from 116 to 154-194 MiB with two arenas by CPU) and buy nothing. */
+static void child_turns(void) {
+  uint64_t n = arenas_after(true, TEST_SANITIZED ? 1.5 : 1.0);
+  CHECK(n == 1, "threads taking turns spread over %llu arenas", (unsigned long long)n);
+}
+
+/* At the same moment, on two CPUs, they part: one moves to a second arena
+ * (one arena: bench/mt_mix's two threads took 1.2-2x the CPU of one). */
+static void child_concurrent(void) {
+  uint64_t n = arenas_after(false, 5.0);
+  CHECK(n == 2, "two threads allocating at once stayed on %llu arena(s) for 5 s", (unsigned long long)n);
+}
+
+/* With the option set, the arenas go by CPU, as before. */
+static void child_option(void) {
+  CHECK(trimalloc_option_set("arenas", 1) == 0);
+  uint64_t n = arenas_after(false, 1.0);
+  CHECK(n == 1, "arenas = 1, yet %llu in use", (unsigned long long)n);
+}
+
+static void test_arena_moves(void) {
+  in_child(child_turns, "turns");
+  in_child(child_option, "arenas=1");
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = CPU_COUNT(&set);
+  if (cpus < 2) {
+    fprintf(stdout, "   one CPU: threads never allocate at the same moment (concurrent case skipped)\n");
+    return;
+  }
+  in_child(child_concurrent, "concurrent");
+}
+
 int main(void) {
+  RUN(test_arena_moves); /* first: the children start with one arena */
   RUN(test_producer_consumer);
   RUN(test_blocks_of_exited_thread);
   RUN(test_cross_thread_free_same_class);

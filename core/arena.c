@@ -65,17 +65,17 @@ ta_arena_t *ta_arena_pick(void) {
   return arena_ready(n == 1 ? 0 : ta_prim_cpu() % (unsigned)n);
 }
 
-/* A refill takes its bin's lock, and notes whether another thread's cache
- * refilled from the bin last. Two threads allocating at the same moment
- * from one arena share its slabs, so their blocks share cache lines and
- * every bin line moves between their CPUs: with one arena, two threads of
- * bench/mt_mix took 1.6-2x the CPU of one doing the same work, though
- * their refills almost never waited for a lock (0.2%). Threads that take
- * turns (Ruby's GVL, Python's GIL) refill many times in a row each. So when
- * half of a thread's last 64 refills found another thread's there, the
- * thread moves on to the next arena in turn, for good (two that collide
- * part: the first to move takes arena 1, the second arena 0). Under the
- * default only (option arenas 0), with more than one CPU. */
+/* A refill takes its bin's lock, and notes whether the arena's previous
+ * refill was another thread's. Two threads allocating at the same moment
+ * from one arena share its slabs, bins and counters, whose cache lines move
+ * between their CPUs: with one arena, two threads of bench/mt_mix took
+ * 1.2-2x the CPU of one doing the same work, though their refills almost
+ * never waited for a lock (0.2%). Threads that take turns (Ruby's GVL,
+ * Python's GIL) refill many times in a row each (six Ruby threads: at most
+ * 4 in 64 after another's). So when 16 of a thread's last 64 refills follow
+ * another thread's, the thread moves on to the next arena in turn, for good
+ * (two that collide part: the first to move takes arena 1, the second arena
+ * 0). Under the default only (option arenas 0), with more than one CPU. */
 #define TA_MOVE_WINDOW 64
 #define TA_MOVE_SHARED 16
 static void refill_lock(ta_arena_t *a, ta_bin_t *bin) {

@@ -12,7 +12,7 @@
   X(PURGE_DELAY_MS, "purge_delay_ms", 100, 0, 3600000, "free pages idle this long are returned to the OS")     \
   X(UNMAP_DELAY_MS, "unmap_delay_ms", 1000, 0, 3600000, "empty segments idle this long are unmapped")          \
   X(ARENAS, "arenas", 0, 0, TA_ARENAS_MAX,                                                                     \
-    "shared arenas (0: one per 4 CPUs); refills go to the arena of the CPU")                                   \
+    "shared arenas (0: one, and more up to one per CPU for threads that allocate at once; N: by CPU)")          \
   X(TCACHE_BYTES, "tcache_bytes", 256 << 10, 0, 64 << 20,                                                      \
     "bound on the free blocks one thread caches (0: no thread caches)")                                        \
   X(BACKGROUND, "background", 1, 0, 1, "a background thread purges what stays free purge_delay_ms")            \

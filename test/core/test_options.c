@@ -292,7 +292,7 @@ static void test_env_verbose_says_active(void) {
         r.err);
 }
 
-/* The default arena count (one per 4 CPUs) counts the CPUs the process may
+/* The default arena limit (one per CPU) counts the CPUs the process may
  * run on: with its affinity set to one CPU, one CPU (the host's count
  * before). The cgroup v2 quota (cpu.max) is read the same way; this machine's
  * hybrid cgroups cannot show it. */

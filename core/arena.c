@@ -127,7 +127,6 @@ static inline void dirty_moved(ta_bin_t *bin, uint16_t before, uint16_t after) {
 }
 
 static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want, uint64_t now);
-static void xfer_give_back(ta_arena_t *a, size_t cls);
 
 static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_pagedelta_t *d) {
   ta_lock(&a->lock);
@@ -155,10 +154,9 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
     while (got < want && bin->nxfer) got += xfer_take(a, bin, cls, first, want - got, now);
   }
   size_t reused = got;
-  bool grew_slab = false; /* a new slab: the arena grows if its pages were not resident */
   while (got < want) {
     ta_span_t *sp = bin->bucket_mask ? bin->buckets[31 - __builtin_clz(bin->bucket_mask)] /* fullest */
-                                     : (grew_slab = true, slab_new(a, bin, cls, &d));
+                                     : slab_new(a, bin, cls, &d);
     if (!sp) break;
     uint16_t d0 = sp->dirty;
     got += ta_slab_take(sp, first, want - got, &d);
@@ -171,9 +169,7 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
     ta_relaxed_add(&bin->allocs, got);
   }
   ta_unlock(&bin->lock);
-  bool grew = grew_slab && d.resident > 0; /* d is zeroed by the apply */
   ta_pagedelta_apply(a, &d);
-  if (grew && ta_relaxed_load(&a->xfer_bytes) > (int64_t)TA_XFER_KEEP) xfer_give_back(a, cls);
   return got;
 }
 
@@ -364,27 +360,6 @@ static void xfer_drain(ta_bin_t *bin, size_t cls, ta_arena_t *a, uint64_t now, u
     }
     ta_unlock(&drain_lock);
     if (!n) return;
-  }
-}
-
-/* A refill made a new slab and faulted pages in for it (the arena grows)
- * while the transfer caches hold more than TA_XFER_KEEP: 2 MiB of the other
- * classes' batches go back to their slabs (whole bins, the largest classes
- * first: the most bytes per block put back), so slabs they empty give their
- * pages to the next new ones. A program that frees much of some classes and
- * then allocates others (a phase change: 64 MiB of 64 B-2 KiB blocks freed,
- * then 64 MiB of 2.5-4 KiB allocated) peaked at 101 MiB with no such rule,
- * 76 with it, 76 with the old 4 MiB cache. Each give-back is 2 MiB, not all
- * above the floor: a Python program building its next structure takes
- * most of the rest back (4 tasks of bench/py_tasks.py: 367 M allocator
- * instructions; 384 M when all above the floor went, 452 M at the old
- * size). No lock held. */
-static void xfer_give_back(ta_arena_t *a, size_t cls) {
-  uint64_t now = ta_prim_clock_ms();
-  int64_t to = ta_relaxed_load(&a->xfer_bytes) - (int64_t)(2 << 20);
-  if (to < (int64_t)TA_XFER_KEEP) to = (int64_t)TA_XFER_KEEP;
-  for (size_t c = TA_CLASSES; c-- > 0 && ta_relaxed_load(&a->xfer_bytes) > to;) { /* the largest first */
-    if (c != cls && ta_relaxed_load(&a->bins[c].xfer_count)) xfer_drain(&a->bins[c], c, a, now, 0, true);
   }
 }
 

@@ -234,19 +234,10 @@ typedef struct ta_xfer_s {
 } ta_xfer_t;
 
 #define TA_XFER_INLINE 4 /* batches a bin holds before its stack moves to a mapping of its own */
-/* Bytes a bin's transfer cache holds at most, and all of an arena's bins
- * together (v2's 4 slots a bin kept medium classes to a few blocks). A
- * Python program that drops a big structure flushes its blocks here a batch
- * at a time and takes them back the same way as it builds the next one. At
- * 256 KiB and 4 MiB (sessions 9-20) most of a 20-50 MiB drop went through
- * the slabs' bitmaps block by block: 4 Python tasks took 452 M allocator
- * instructions, 367 M at 4 and 32 MiB (bench/alloc_instr.py). Above
- * TA_XFER_KEEP, batches go back to the slabs as the arena grows (arena.c,
- * xfer_give_back): 256 KiB in each of 88 bins with no such rule held 20 MiB
- * more in realloc growth (bench/realloc_grow.c). */
-#define TA_XFER_BYTES ((size_t)4 << 20)
-#define TA_XFER_ARENA_BYTES ((size_t)32 << 20)
-#define TA_XFER_KEEP ((size_t)4 << 20)
+#define TA_XFER_BYTES ((size_t)256 << 10) /* bytes a bin's transfer cache holds at most */
+#define TA_XFER_ARENA_BYTES ((size_t)4 << 20) /* and all of an arena's bins together (v2's 4 slots
+   a bin kept medium classes to a few blocks; 256 KiB in each of 88 bins held 20 MiB more in
+   realloc growth, bench/realloc_grow.c) */
 
 typedef struct __attribute__((aligned(64))) ta_bin_s {
   ta_lock_t lock;

@@ -1,5 +1,5 @@
 /* Transfer caches: the batches a thread cache flushes wait in a stack per
- * arena and class (4 MiB of blocks, 32 MiB an arena), which grows past its inline slots into
+ * arena and class (256 KiB of blocks), which grows past its inline slots into
  * a mapping of its own.
  *  - 20,000 blocks of 16 B freed in a row fill the stack with hundreds of
  *    batches: the heap stays valid (trimalloc_check walks every batch), the
@@ -11,7 +11,6 @@
  *    allocated, round after round, the other allocates again; every block is
  *    stamped and checked, none is handed out twice. */
 #include <pthread.h>
-#include <sys/mman.h>
 
 #include "check.h"
 
@@ -130,98 +129,8 @@ static void test_batches_between_threads(void) {
   trimalloc_trim();
 }
 
-/* A program that drops a structure of several classes (16 MiB, 2 MiB of
- * each of 8) finds it again in the transfer caches when it builds the next
- * one: the blocks wait there, their pages in use (before session 21 a bin
- * kept 256 KiB and an arena 4 MiB, and the rest went back through the
- * slabs' bitmaps block by block), come back without new memory, and a trim
- * still reaches them. The purger is kept out (background off). */
-static const size_t drop_sizes[8] = {96, 192, 320, 448, 640, 896, 1280, 1792};
-enum { DROP = 16 << 20 };
-
-static size_t drop_fill(void **p, size_t max) {
-  size_t n = 0, bytes = 0;
-  while (bytes < DROP && n < max) {
-    size_t sz = drop_sizes[n % 8];
-    p[n] = trimalloc_malloc(sz);
-    memset(p[n], (int)(n & 0xff), sz);
-    bytes += sz;
-    n++;
-  }
-  return n;
-}
-
-static void test_drop_waits_in_batches(void) {
-  enum { MAX = 40000 };
-  static void *p[MAX];
-  long long bg = option_swap("background", 0), delay = option_swap("purge_delay_ms", 60000);
-  trimalloc_trim();
-  trimalloc_stats_t s0 = stats_now();
-  size_t n = drop_fill(p, MAX);
-  for (size_t i = 0; i < n; i++) trimalloc_free(p[i]);
-  trimalloc_stats_t s1 = stats_now();
-  CHECK(s1.active >= s0.active + 12 * MiB, "after a 16 MiB drop of 8 classes, active %llu -> %llu KiB: the blocks "
-        "did not wait in the transfer caches", U(s0.active / KiB), U(s1.active / KiB));
-  CHECK(trimalloc_check(), "heap invariants with the drop in transfer batches");
-  size_t m = drop_fill(p, MAX);
-  trimalloc_stats_t s2 = stats_now();
-  CHECK(s2.resident <= s1.resident + 1 * MiB, "the rebuild took new memory: resident %llu -> %llu KiB",
-        U(s1.resident / KiB), U(s2.resident / KiB));
-  for (size_t i = 0; i < m; i++) trimalloc_free(p[i]);
-  trimalloc_trim();
-  trimalloc_stats_t s3 = stats_now();
-  CHECK(s3.dirty == 0, "%llu bytes free and resident after a trim", U(s3.dirty));
-  CHECK(s3.active <= s0.active + 1 * MiB, "active %llu -> %llu KiB after a trim", U(s0.active / KiB),
-        U(s3.active / KiB));
-  option_swap("background", bg);
-  option_swap("purge_delay_ms", delay);
-}
-
-/* The transfer caches give back as the arena grows: 64 MiB of 64 B-2 KiB
- * blocks freed, then 64 MiB of 2.5-4 KiB allocated, peaks at most 16 MiB
- * above the first phase (76 MiB against 70 here; 101 with 32 MiB held in
- * the caches until the purger drains them). Purger off, as above. */
-static void test_phase_change_gives_back(void) {
-  enum { MAX = 1 << 20 };
-  void **p = mmap(NULL, MAX * sizeof *p, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) abort();
-  long long bg = option_swap("background", 0), delay = option_swap("purge_delay_ms", 60000);
-  trimalloc_trim();
-  uint64_t r = 1;
-  size_t n = 0, bytes = 0;
-  while (bytes < (64u << 20)) {
-    r = r * 6364136223846793005ull + 1442695040888963407ull;
-    size_t sz = 64 + (size_t)((r >> 33) % 31) * 64;
-    p[n] = trimalloc_malloc(sz);
-    memset(p[n++], 1, sz);
-    bytes += sz;
-  }
-  trimalloc_stats_t s1 = stats_now();
-  for (size_t i = 0; i < n; i++) trimalloc_free(p[i]);
-  n = bytes = 0;
-  while (bytes < (64u << 20)) {
-    r = r * 6364136223846793005ull + 1442695040888963407ull;
-    size_t sz = 2500 + (size_t)((r >> 33) % 1500);
-    p[n] = trimalloc_malloc(sz);
-    memset(p[n++], 2, sz);
-    bytes += sz;
-  }
-  trimalloc_stats_t s2 = stats_now();
-  fprintf(stdout, "   resident %llu KiB after the first phase, %llu after the second\n", U(s1.resident / KiB),
-          U(s2.resident / KiB));
-  CHECK(s2.resident <= s1.resident + 16 * MiB, "the second phase grew resident %llu -> %llu KiB: the first "
-        "phase's blocks stayed in the transfer caches", U(s1.resident / KiB), U(s2.resident / KiB));
-  for (size_t i = 0; i < n; i++) trimalloc_free(p[i]);
-  trimalloc_trim();
-  munmap(p, MAX * sizeof *p);
-  option_swap("background", bg);
-  option_swap("purge_delay_ms", delay);
-}
-
 int main(void) {
   RUN(test_stack_grows_and_drains);
   RUN(test_batches_between_threads);
-  RUN(test_drop_waits_in_batches);
-  RUN(test_phase_change_gives_back);
   return check_summary();
 }

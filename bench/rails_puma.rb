@@ -125,7 +125,7 @@ def run_row(row, requests)
         r = JSON.parse(Net::HTTP.get(URI("http://127.0.0.1:#{port}/probe")), symbolize_names: true)
         probes[r[:pid]] = r
       end
-      trims = probes.values.map { |r| "oob #{r.dig(:plugin, :trims).inspect} watch #{r.dig(:watch, :trims).inspect} gc #{r.dig(:gc, :trims)} all #{r[:trims]}" }
+      trims = probes.values.map { |r| "oob #{r.dig(:plugin, :trims).inspect} watch #{r.dig(:watch, :trims).inspect} gc #{r.dig(:gc, :trims)} all #{r[:trims]} arenas #{r[:arenas].inspect}" }
       warn "  #{row}: #{trims.join('; ')}" if ENV["BENCH_VERBOSE"]
       raise "#{row}: #{bad} requests failed" unless bad.zero?
 

@@ -15,7 +15,7 @@ class ProbeController < ApplicationController
       gc_hook: Trimalloc::GC.enabled?, gc: Trimalloc::GC.stats,
       plugin: defined?(Trimalloc::Puma) ? Trimalloc::Puma.stats : nil,
       watch: defined?(Trimalloc::Puma) && Trimalloc::Puma.respond_to?(:watch_stats) ? Trimalloc::Puma.watch_stats : nil,
-      trims: Trimalloc.stats[:trims], dirty: Trimalloc.stats[:dirty],
+      trims: Trimalloc.stats[:trims], dirty: Trimalloc.stats[:dirty], arenas: Trimalloc.stats[:arenas],
       major_gcs: GC.stat(:major_gc_count), minor_gcs: GC.stat(:minor_gc_count),
       heap_pages: GC.stat(:heap_allocated_pages), malloc_bytes: GC.stat(:malloc_increase_bytes),
       rss: status[/^VmRSS:\s+(\d+)/, 1].to_i * 1024, hwm: status[/^VmHWM:\s+(\d+)/, 1].to_i * 1024

@@ -1,8 +1,8 @@
 /* Arenas: a few, shared by every thread. By default a thread starts on
- * arena 0 and moves to another only when its refills keep waiting for their
- * bin's lock (threads allocating at the same moment), up to one arena per
- * CPU; with the option arenas set to N, refills go to the arena of the CPU
- * the thread runs on, of N. A block always goes back to the arena of its
+ * arena 0 and moves to another only when its refills keep following another
+ * thread's (threads allocating at the same moment: refill_lock), up to one
+ * arena per CPU; with the option arenas set to N, refills go to the arena of
+ * the CPU the thread runs on, of N. A block always goes back to the arena of its
  * slab. Each arena has a bin per size class (its own lock) whose partial
  * slabs sit in fullness buckets, and a page heap (span.c, the arena lock).
  * Lock order: bin, then arena. */

@@ -19,7 +19,10 @@ Default libraries: mimalloc (Debian's libmimalloc2.0) and trimalloc
         /usr/bin/python3 bench/py_tasks.py --tasks 4 --idle-ms 0
 
 Prints one table: per allocator, the program's instructions, the
-allocator's, its share, and the ratio of the allocator's to each other's."""
+allocator's, its share, and the ratio of the allocator's to each other's. Runs of one library differ by about 3%
+(the purger thread and the allocator's clock-driven decisions run under
+callgrind too): compare within one run, and take small differences as
+noise. PYTHONHASHSEED is 0 unless --env sets it."""
 import os
 import subprocess
 import sys
@@ -130,6 +133,10 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             env = dict(os.environ, **extra_env)
             env.pop("LD_PRELOAD", None)
+            # Python's string hashes are random per process, and with them the
+            # order dicts and sets allocate in: fixed unless --env sets it
+            # (two runs of one library spread 3-5% without, ~3% with).
+            env.setdefault("PYTHONHASHSEED", "0")
             # The preload goes to the program, not to valgrind: `env` sets it
             # and execs the program, which valgrind follows.
             argv = ["valgrind", "--tool=callgrind", "--trace-children=yes",

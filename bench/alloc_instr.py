@@ -19,10 +19,11 @@ Default libraries: mimalloc (Debian's libmimalloc2.0) and trimalloc
         /usr/bin/python3 bench/py_tasks.py --tasks 4 --idle-ms 0
 
 Prints one table: per allocator, the program's instructions, the
-allocator's, its share, and the ratio of the allocator's to each other's. Runs of one library differ by about 3%
-(the purger thread and the allocator's clock-driven decisions run under
-callgrind too): compare within one run, and take small differences as
-noise. PYTHONHASHSEED is 0 unless --env sets it."""
+allocator's, its share, and the ratio of the allocator's to each other's.
+Runs of one library differ by about 3% (the purger thread and the
+allocator's clock-driven decisions run under callgrind too): compare within
+one run, and take small differences as noise. PYTHONHASHSEED is 0 unless
+--env sets it."""
 import os
 import subprocess
 import sys

@@ -128,10 +128,14 @@ static inline void dirty_moved(ta_bin_t *bin, uint16_t before, uint16_t after) {
 
 static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want, uint64_t now);
 
+__thread ta_lock_t *ta_bin_lock_held __attribute__((tls_model("initial-exec")));
+
 static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_pagedelta_t *d) {
+  ta_bin_lock_held = &bin->lock;
   ta_lock(&a->lock);
   ta_span_t *sp = ta_span_alloc(a, ta_class_slices[cls], TA_SPAN_SLAB);
   ta_unlock(&a->lock);
+  ta_bin_lock_held = NULL;
   if (!sp) return NULL;
   uint16_t d0 = sp->dirty;
   ta_slab_init(sp, cls, d);
@@ -200,9 +204,11 @@ static void slab_place(ta_arena_t *a, ta_bin_t *bin, ta_span_t *sp, ta_pagedelta
   ta_relaxed_store(&bin->dirty, ta_relaxed_load(&bin->dirty) - sp->dirty); /* the span's from now on */
   ta_slab_clear(sp, d);
   ta_pagedelta_apply(a, d); /* the page heap's counts are the arena's */
+  ta_bin_lock_held = &bin->lock;
   ta_lock(&a->lock);
   ta_span_free(a, sp);
   ta_unlock(&a->lock);
+  ta_bin_lock_held = NULL;
 }
 
 /* After blocks went back to slab sp (bin lock held; d0: its dirty count

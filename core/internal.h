@@ -435,6 +435,11 @@ TA_HIDDEN int64_t ta_arenas_xfer_bytes(void);
 
 /* ---- tcache.c: thread caches --------------------------------------------- */
 TA_HIDDEN extern __thread ta_tcache_t *ta_tls_tcache __attribute__((tls_model("initial-exec")));
+/* The bin lock this thread holds while it takes its arena's lock for a span
+ * (arena.c: a new slab, an emptied one going back). A heap-corruption report
+ * made under both (span.c's mark check) releases both first, so that a
+ * SIGABRT handler that allocates from that class does not hang on it. */
+TA_HIDDEN extern __thread ta_lock_t *ta_bin_lock_held __attribute__((tls_model("initial-exec")));
 TA_HIDDEN extern _Atomic uint32_t ta_flush_epoch;
 TA_HIDDEN extern _Atomic uint32_t ta_tcaches_live; /* threads with a cache (the purger has none) */
 /* Pushes free block b onto a bin that holds count blocks: the link masked,

@@ -313,6 +313,25 @@ static void case_large_write_after_free_reuse(void) {
   memset(p, 'A', 256 * KiB);
   for (int i = 0; i < 64; i++) trimalloc_malloc(256 * KiB); /* until its span is taken */
 }
+/* The same, the span taken by a new slab (32 KiB blocks, 4 slices) under
+ * its bin's lock, with a SIGABRT handler that allocates from that class (a
+ * crash reporter's buffer): the report releases the bin lock as well as the
+ * arena's, so the handler's malloc refills and the process ends on its
+ * SIGABRT, where it hung on the bin lock until the alarm before. */
+static void abort_handler_mallocs(int sig) {
+  void *volatile q = trimalloc_malloc(32 * KiB);
+  (void)q;
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+static void case_large_write_after_free_slab(void) {
+  signal(SIGABRT, abort_handler_mallocs);
+  uint8_t *p = trimalloc_malloc(256 * KiB);
+  announce(p);
+  trimalloc_free(p);
+  memset(p, 'A', 256 * KiB);
+  for (int i = 0; i < 4096; i++) trimalloc_malloc(32 * KiB); /* until a slab takes its span */
+}
 static void case_large_write_after_free_merge(void) {
   uint8_t *p = trimalloc_malloc(300 * KiB), *q = trimalloc_malloc(300 * KiB);
   void *keep = trimalloc_malloc(300 * KiB); /* q's span has a live one after it */
@@ -471,6 +490,8 @@ static const misuse_t cases[] = {
     {"write 32 bytes before a large block", "free", case_large_underflow_32, 0},
     {"write after free into a large block, then mallocs of its size", "malloc", case_large_write_after_free_reuse, 0},
     {"write after free into a large block, then the free of its neighbour", "free", case_large_write_after_free_merge, 0},
+    {"write after free into a large block, then a slab takes it, a SIGABRT handler allocating", "malloc",
+     case_large_write_after_free_slab, 0},
 #endif
     /* Faults: the sanitizers catch SIGSEGV themselves (main skips these there). */
 #ifdef TEST_HARDENED /* the default build gives malloc(0) a 16-byte block (core/size.c) */

@@ -187,9 +187,13 @@ static void test_idle_return(void) {
   fprintf(stdout, "   %s: baseline %zu KiB, peak %zu KiB, back under +16 MiB after %.3f s (lowest %zu KiB)\n",
           TEST_TSAN ? "resident" : "RSS", base / KiB, peak / KiB, under_at, lowest / KiB);
   CHECK(peak >= base + IDLE_BURST / 2, "the burst did not show: %zu -> %zu KiB", base / KiB, peak / KiB);
-  CHECK(under_at >= 0 && under_at <= 1.0,
-        "idle with every thread asleep: %zu KiB after %.3f s, baseline %zu KiB (want within 16 MiB in 1 s)",
-        m / KiB, t, base / KiB);
+  /* The product's bound, 1 s, in the plain build; the sanitizers' builds
+   * purge several times slower, and on a loaded machine their purger came
+   * back at 1.58-1.70 s (twice in session 21, with other test runs beside) */
+  const double within = TEST_SANITIZED ? 2.0 : 1.0;
+  CHECK(under_at >= 0 && under_at <= within,
+        "idle with every thread asleep: %zu KiB after %.3f s, baseline %zu KiB (want within 16 MiB in %.0f s)",
+        m / KiB, t, base / KiB, within);
   CHECK(s1.trims == s0.trims, "something called trim");
   CHECK(s1.background == 1, "the background purger does not say it runs (background = %llu)", U(s1.background));
   CHECK(s1.tcache_bytes <= s0.tcache_bytes + 4 * (uint64_t)option_value("tcache_bytes"),

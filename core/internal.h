@@ -74,6 +74,7 @@ static inline bool ta_canary_ok(const void *b, size_t bsize, uintptr_t cookie) {
  * the growth thread, at exit. prof_live.c: the live set (sampled blocks by
  * address), its estimates, the peak set. prof_stack.c: native unwinding, the
  * interpreter-frame hook, interned call paths (traces) and frame names.
+ * prof_fde.c: the unwind tables the unwinder reads, from the objects' files.
  * prof_sym.c: the dynamic symbol holding an address. prof_meta.c: the profiler's own mappings, within prof_max_bytes. pprof.c:
  * the profile.proto writer. */
 #define TA_PROF_CLAMP 4096u /* a countdown never exceeds this: each thread looks at the epoch that often
@@ -165,6 +166,11 @@ TA_HIDDEN void ta_prof_unwind_fp(ta_prof_walk_t *w);
 TA_HIDDEN size_t ta_prof_merge(ta_prof_walk_t *w, int32_t *lines, size_t max);
 TA_HIDDEN uint32_t ta_prof_intern(const uint64_t *pcs, const int32_t *lines, size_t n, const char *tag); /* UINT32_MAX: no room */
 TA_HIDDEN uint32_t ta_prof_traces(void); /* traces interned so far (ids 0..n-1) */
+/* prof_fde.c: the unwinder's FDE lookup (_Unwind_Find_FDE), from the objects'
+ * files; its lock is a leaf but for prof_meta's. */
+TA_HIDDEN extern _Atomic uint64_t ta_prof_fde_reads; /* preads of unwind tables so far */
+TA_HIDDEN void ta_prof_fde_fork_prepare(void);
+TA_HIDDEN void ta_prof_fde_fork_parent(void);
 typedef struct ta_prof_trace_s {
   double alloc_objects, alloc_bytes; /* written under prof_live's lock */
   const char *tag;                   /* NULL: none */

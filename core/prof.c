@@ -265,12 +265,14 @@ void ta_prof_fork_prepare(void) {
   ta_lock(&api_lock);
   ta_prof_dump_fork_prepare();
   ta_prof_stack_fork_prepare();
+  ta_prof_fde_fork_prepare();
   ta_prof_live_fork_prepare();
   ta_prof_meta_fork_prepare();
 }
 void ta_prof_fork_parent(void) {
   ta_prof_meta_fork_parent();
   ta_prof_live_fork_parent();
+  ta_prof_fde_fork_parent();
   ta_prof_stack_fork_parent();
   ta_prof_dump_fork_parent();
   ta_unlock(&api_lock);
@@ -278,6 +280,7 @@ void ta_prof_fork_parent(void) {
 void ta_prof_fork_child(void) {
   ta_prof_meta_fork_parent();
   ta_prof_live_fork_parent();
+  ta_prof_fde_fork_parent();
   ta_prof_stack_fork_parent();
   ta_prof_dump_fork_child();
   ta_unlock(&api_lock);

@@ -10,7 +10,9 @@
  * or invents callers there (test_prof checks a caller through libc's qsort);
  * GCC 12's _Unwind_Backtrace finds each object's unwind tables with glibc
  * 2.35's _dl_find_object, which takes no lock and does not allocate after
- * its first call (ta_prof_warm makes that call when sampling starts). On
+ * its first call (ta_prof_warm makes that call when sampling starts); the
+ * FDE lookup it calls for each frame is prof_fde.c's, which reads the tables
+ * from the objects' files rather than through their mappings. On
  * musl the unwinder would find them with dl_iterate_phdr, which takes the
  * loader's lock: frame pointers there. prof_unwind selects either. */
 #include "internal.h"

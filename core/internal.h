@@ -151,6 +151,17 @@ TA_HIDDEN void ta_prof_live_fork_parent(void);
 #else
 #define TA_PROF_HAVE_LIBGCC 0
 #endif
+/* prof_fde.c's lookup needs glibc 2.35's _dl_find_object; on an older glibc
+ * (a pip build from source on an older distribution) libgcc's own stays,
+ * reading the tables through the mappings. */
+#if TA_PROF_HAVE_LIBGCC && defined(__GLIBC_PREREQ)
+#if __GLIBC_PREREQ(2, 35)
+#define TA_PROF_FDE_FILES 1
+#endif
+#endif
+#ifndef TA_PROF_FDE_FILES
+#define TA_PROF_FDE_FILES 0
+#endif
 typedef struct ta_prof_walk_s {
   uint64_t *pcs;
   size_t n, max;

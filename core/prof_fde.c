@@ -16,7 +16,7 @@
  * is read through the mapping as libgcc would. */
 #include "internal.h"
 
-#if TA_PROF_HAVE_LIBGCC
+#if TA_PROF_FDE_FILES
 #include <dlfcn.h>
 #include <elf.h>
 #include <fcntl.h>

@@ -187,10 +187,11 @@ static void test_idle_return(void) {
   fprintf(stdout, "   %s: baseline %zu KiB, peak %zu KiB, back under +16 MiB after %.3f s (lowest %zu KiB)\n",
           TEST_TSAN ? "resident" : "RSS", base / KiB, peak / KiB, under_at, lowest / KiB);
   CHECK(peak >= base + IDLE_BURST / 2, "the burst did not show: %zu -> %zu KiB", base / KiB, peak / KiB);
-  /* The product's bound, 1 s, in the plain build; the sanitizers' builds
-   * purge several times slower, and on a loaded machine their purger came
-   * back at 1.58-1.70 s (twice in session 21, with other test runs beside) */
-  const double within = TEST_SANITIZED ? 2.0 : 1.0;
+  /* The product's bound, 1 s, in the plain build on the machine itself; the
+   * sanitizers' builds purge several times slower (on a loaded machine their
+   * purger came back at 1.58-1.70 s, twice in session 21), and under qemu
+   * at 64 KiB pages it came back at 1.026 s once */
+  const double within = TEST_SANITIZED || test_runner() ? 2.0 : 1.0;
   CHECK(under_at >= 0 && under_at <= within,
         "idle with every thread asleep: %zu KiB after %.3f s, baseline %zu KiB (want within 16 MiB in %.0f s)",
         m / KiB, t, base / KiB, within);

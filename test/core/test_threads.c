@@ -134,8 +134,12 @@ static void test_producer_consumer(void) {
   trimalloc_stats_t after = stats_now();
   CHECK(after.allocated <= before.allocated + 2 * MiB, "allocated %llu -> %llu",
         (unsigned long long)before.allocated, (unsigned long long)after.allocated);
-  CHECK(after.resident <= before.resident + 8 * MiB, "resident %llu -> %llu after trim",
-        (unsigned long long)before.resident, (unsigned long long)after.resident);
+  /* 8 MiB an arena: six threads at once may take a second one (arena.c's
+   * refill_lock), with its own segment headers and partly used pages (at
+   * 64 KiB pages under qemu, 8.1 MiB with two arenas once) */
+  uint64_t slack = 8 * MiB * (after.arenas > 1 ? 2 : 1);
+  CHECK(after.resident <= before.resident + slack, "resident %llu -> %llu after trim (%llu arenas)",
+        (unsigned long long)before.resident, (unsigned long long)after.resident, (unsigned long long)after.arenas);
 }
 
 /* A thread allocates and exits; main frees its blocks later (the heap is

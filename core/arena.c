@@ -56,6 +56,9 @@ static ta_arena_t *arena_ready(size_t i) {
 static __thread uint8_t tls_arena __attribute__((tls_model("initial-exec")));
 static __thread uint8_t tls_refills __attribute__((tls_model("initial-exec")));
 static __thread uint8_t tls_shared __attribute__((tls_model("initial-exec")));
+/* The clocks at its last refill that followed another thread's */
+static __thread uint64_t tls_follow_ns __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_follow_cpu_ns __attribute__((tls_model("initial-exec")));
 static _Atomic uint32_t arena_turn = 1; /* the next arena a thread moves to */
 
 ta_arena_t *ta_arena_pick(void) {
@@ -75,15 +78,34 @@ ta_arena_t *ta_arena_pick(void) {
  * 4 in 64 after another's). So when 16 of a thread's last 64 refills follow
  * another thread's, the thread moves on to the next arena in turn, for good
  * (two that collide part: the first to move takes arena 1, the second arena
- * 0). Under the default only (option arenas 0), with more than one CPU. */
+ * 0). Under the default only (option arenas 0), with more than one CPU.
+ *
+ * Threads that take turns with few refills a turn look the same by count:
+ * with caches shared out (tcache.c thread_limit), two threads alternating
+ * under a mutex every 4096 operations made 16 such refills in 64 and moved.
+ * What tells them apart is whether the thread ran while the other refilled:
+ * a refill after another's counts only when the thread was on a CPU for at
+ * least half of the time since its previous one (its CPU clock, a system
+ * call, read only then: once a turn when taking turns). A thread waiting
+ * for the GVL, the GIL or a mutex sleeps. */
 #define TA_MOVE_WINDOW 64
 #define TA_MOVE_SHARED 16
+static bool ran_since_last_follow(void) {
+  uint64_t now = ta_prim_clock_ns(), cpu = ta_prim_thread_cpu_ns();
+  bool ran = tls_follow_ns && now > tls_follow_ns && cpu >= tls_follow_cpu_ns &&
+             2 * (cpu - tls_follow_cpu_ns) >= now - tls_follow_ns;
+  tls_follow_ns = now;
+  tls_follow_cpu_ns = cpu;
+  return ran;
+}
+
 static void refill_lock(ta_arena_t *a, ta_bin_t *bin) {
   ta_lock(&bin->lock);
   const void *me = ta_tls_tcache, *last = atomic_load_explicit(&a->last_refill, memory_order_relaxed);
   if (last != me) {
-    tls_shared++;
     atomic_store_explicit(&a->last_refill, me, memory_order_relaxed);
+    if (a->index == tls_arena && cpu_arenas() > 1 && ta_opt(TA_OPT_ARENAS) <= 0 && ran_since_last_follow())
+      tls_shared++;
   }
   if (ta_likely(++tls_refills < TA_MOVE_WINDOW)) return;
   unsigned n = cpu_arenas();

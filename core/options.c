@@ -14,7 +14,9 @@
   X(ARENAS, "arenas", 0, 0, TA_ARENAS_MAX,                                                                     \
     "shared arenas (0: one, and more up to one per CPU for threads that allocate at once; N: by CPU)")          \
   X(TCACHE_BYTES, "tcache_bytes", 256 << 10, 0, 64 << 20,                                                      \
-    "bound on the free blocks one thread caches (0: no thread caches)")                                        \
+    "least bound on the free blocks one thread caches (0: no thread caches)")                                  \
+  X(TCACHE_TOTAL, "tcache_total", 4 << 20, 0, 1 << 30,                                                         \
+    "thread caches' bytes shared out: each takes this / threads (to a power of two), at least tcache_bytes")   \
   X(BACKGROUND, "background", 1, 0, 1, "a background thread purges what stays free purge_delay_ms")            \
   X(THP, "thp", 0, 0, 1, "1: transparent huge pages for heaps over 8 MiB; routine purges keep them whole")     \
   X(SHOW_STATS, "show_stats", 0, 0, 1, "print the stats to stderr at exit")                                    \

@@ -35,6 +35,7 @@ int ta_prim_remap(void *p, size_t old_size, size_t new_size, size_t align, void 
 
 uint64_t ta_prim_clock_ns(void); /* monotonic */
 uint64_t ta_prim_clock_ms(void); /* monotonic, coarse (cheap) */
+uint64_t ta_prim_thread_cpu_ns(void); /* the calling thread's CPU time (a system call on x86-64) */
 
 /* Writes to stderr, without allocating. */
 void ta_prim_write_err(const char *s, size_t n);

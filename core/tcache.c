@@ -3,10 +3,11 @@
  * thread allocated it; an empty bin refills a batch from an arena, a full one
  * flushes half to the blocks' arenas. A bin's length starts at 0 and grows
  * each time it runs empty or full (slow start: +1 up to 16, then by half, up
- * to ta_class_tmax), within the cache's byte budget (option tcache_bytes); a
+ * to ta_class_tmax), within the cache's byte budget (thread_limit: the
+ * option tcache_total shared among the threads, at least tcache_bytes); a
  * bin that needs more takes it from the others, halving them in turn. So the
  * budget goes to the classes the thread uses, the fast paths compare one
- * count, and a sleeping thread holds at most tcache_bytes. Thread exit
+ * count, and a sleeping thread holds at most its limit. Thread exit
  * flushes the cache; a trim flushes the caller's and asks the others to flush
  * at their next slow path (a refill or an overflow). */
 #include "internal.h"
@@ -30,6 +31,26 @@ static uint8_t *chunk;           /* fresh structs are cut from here */
 static size_t chunk_left;
 #define TA_TCACHE_CHUNK ((size_t)64 << 10)
 #define TA_REFILL_MAX 64 /* blocks a refill asks an arena for */
+
+/* A thread's byte bound: tcache_total divided by the threads that have a
+ * cache, rounded up to a power of two (so a thread pool whose count moves by
+ * one rarely changes it), and never below tcache_bytes; 0 when tcache_bytes
+ * is 0 (no caches). Read at the cache's start and every 64th slow path, so
+ * a sleeping thread keeps the share it last read: the caches of n sleeping
+ * threads hold at most tcache_total * (1 + log2(n) / 2), or n * tcache_bytes
+ * when that is more. Why shared out: blocks of 1-64 KiB spread over ~48
+ * classes, and 256 KiB holds about one of each, so a thread that uses them
+ * missed its cache on most calls (bench/results-2026-12-06-tcache-bytes.txt:
+ * 4.4x mimalloc's instructions at 256 KiB, 1.17x at 4 MiB); a single busy
+ * thread gets 4 MiB, sixteen get today's 256 KiB. */
+static uint64_t thread_limit(void) {
+  uint64_t least = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES), total = (uint64_t)ta_opt(TA_OPT_TCACHE_TOTAL);
+  uint32_t n = ta_relaxed_load(&ta_tcaches_live);
+  if (least == 0) return 0;
+  unsigned shift = n <= 1 ? 0 : 32u - (unsigned)__builtin_clz(n - 1); /* log2 of n rounded up */
+  uint64_t share = total >> shift;
+  return share > least ? share : least;
+}
 
 static ta_tcache_t *tcache_new(void) {
   ta_lock(&tcaches_lock);
@@ -55,7 +76,6 @@ static ta_tcache_t *tcache_new(void) {
   memset(tc, 0, sizeof *tc);
   for (size_t c = 0; c < TA_TCLASSES; c++) tc->bins[c].sample_skip = 0; /* a look at the profiler first */
   tc->prof_clamped[0] = tc->prof_clamped[1] = ~(uint64_t)0;
-  tc->limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
   tc->epoch = ta_relaxed_load(&ta_flush_epoch);
   tc->state = TA_TC_LIVE;
   tc->tid = ta_prim_tid();
@@ -65,6 +85,7 @@ static ta_tcache_t *tcache_new(void) {
   tcaches = tc;
   ta_relaxed_add(&ta_tcaches_live, 1);
   ta_unlock(&tcaches_lock);
+  tc->limit = thread_limit(); /* counting itself */
   return tc;
 }
 
@@ -168,13 +189,16 @@ static ta_tcache_t *tcache_get(void) {
 
 /* Every slow path: a flush request (one relaxed load and a compare; a trim
  * promises the other threads flush at their next slow path, and v2 looked
- * only every 64th). Every 64th: a changed bound, the purge. */
+ * only every 64th). Every 64th: a changed bound (an option, or the number of
+ * threads sharing tcache_total), the purge. A smaller bound halves the bins
+ * in turn until the budget fits (the bins the thread uses most grow back
+ * first); one pass not enough, or caching off, empties them all. */
 static void maintain(ta_tcache_t *tc) {
   if (ta_unlikely(tc->epoch != ta_relaxed_load(&ta_flush_epoch))) ta_tcache_flush_all(tc);
   if (ta_likely(++tc->slow % 64)) return;
-  uint64_t limit = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES);
-  if (limit < tc->budget) reset(tc);
-  tc->limit = limit;
+  tc->limit = thread_limit();
+  if (tc->limit < tc->budget) steal(tc, TA_TCLASSES, 0);
+  if (tc->limit < tc->budget) reset(tc);
   ta_purge_on_activity();
 }
 

@@ -107,7 +107,7 @@ TRIMALLOC_API int trimalloc_stats(trimalloc_stats_t *out, size_t size);
  * snprintf. Does not allocate. */
 TRIMALLOC_API size_t trimalloc_stats_json(char *buf, size_t size);
 
-/* Options: purge_delay_ms, unmap_delay_ms, arenas, tcache_bytes, background,
+/* Options: purge_delay_ms, unmap_delay_ms, arenas, tcache_bytes, tcache_total, background,
  * thp, show_stats, verbose, and the heap profiler's prof, prof_interval,
  * prof_max_bytes, prof_growth, prof_at_exit, prof_keep, prof_unwind (the table
  * in options.c; trimalloc_option_name lists them). Each is read once from TRIMALLOC_<NAME upper-cased> at

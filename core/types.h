@@ -317,14 +317,14 @@ typedef enum { TA_TC_EMPTY = 0, TA_TC_LIVE, TA_TC_DONE } ta_tc_state_t;
  * gives it one), and ends on the static done cache (after its exit flush:
  * straight to the arenas).
  *   budget = sum over bins of max * bsize <= limit
- * so the bytes it holds, sum of count * bsize, never exceed limit (option
- * tcache_bytes) and the fast paths need only count < max and count > 0: no
+ * so the bytes it holds, sum of count * bsize, never exceed limit (its share
+ * of option tcache_total, at least tcache_bytes: tcache.c thread_limit) and the fast paths need only count < max and count > 0: no
  * byte counter. A bin that wants to grow past the budget takes it from the
  * others (halving their max, flushing what is over). */
 typedef struct ta_tcache_s {
   ta_tbin_t bins[TA_TCLASSES + 1]; /* and TA_ZERO_CLASS's, always empty */
   uint64_t budget;       /* sum of max * bsize */
-  uint64_t limit;        /* option tcache_bytes when last read */
+  uint64_t limit;        /* thread_limit() when last read (every 64th slow path) */
   uint32_t epoch;        /* flush requests seen (ta_flush_epoch) */
   uint32_t slow;         /* slow paths since the last maintenance */
   uint32_t victim;       /* the next bin a growing bin takes budget from */

@@ -285,6 +285,18 @@ static inline long long option_value(const char *name) {
   return v;
 }
 
+/* The most one thread's cache may hold once it has read its bound with
+ * `caches` thread caches registered (core/tcache.c thread_limit):
+ * tcache_total over the caches rounded up to a power of two, at least
+ * tcache_bytes; 0 when tcache_bytes is 0. */
+static inline uint64_t thread_cache_bound(uint64_t caches) {
+  uint64_t least = (uint64_t)option_value("tcache_bytes"), total = (uint64_t)option_value("tcache_total");
+  if (least == 0) return 0;
+  unsigned shift = 0;
+  while (((uint64_t)1 << shift) < caches) shift++;
+  return (total >> shift) > least ? total >> shift : least;
+}
+
 static inline void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {

@@ -73,7 +73,8 @@
  *   TEST_FUZZ_BIG_ALIGN_ENOMEM=1 or -DFUZZ_BIG_ALIGN_ENOMEM: alignments above
  *     2 MiB may fail with ENOMEM (cores before they were served);
  *   TEST_FUZZ_OLD_CORE=1 or -DFUZZ_OLD_CORE: option_set may answer EINVAL for
- *     tcache_bytes, arenas and background (the v1 core has none of them), and
+ *     tcache_bytes, arenas, background and tcache_total (the v1 core has none
+ *     of them; v2 before 2026-12-06 none of the last), and
  *     trimalloc_stats may fill an older, shorter struct.
  */
 #include <limits.h>
@@ -204,9 +205,12 @@ enum { AL_POSIX, AL_ALIGNED_ALLOC, AL_MEMALIGN, AL_VALLOC, AL_PVALLOC, AL_KINDS 
 static const char *const al_names[AL_KINDS] = {"posix_memalign", "aligned_alloc", "memalign", "valloc",
                                                "pvalloc"};
 
-static const char *const opt_names[4] = {"purge_delay_ms", "tcache_bytes", "arenas", "background"};
-static const long long opt_values[4][5] = {
-    {0, 1, 10, 100, 1000}, {0, 4096, 65536, 262144, 1 << 20}, {0, 1, 2, 4, 0}, {0, 1, 1, 0, 1}};
+enum { OPTS = 5 };
+static const char *const opt_names[OPTS] = {"purge_delay_ms", "tcache_bytes", "arenas", "background",
+                                            "tcache_total"};
+static const long long opt_values[OPTS][5] = {{0, 1, 10, 100, 1000},   {0, 4096, 65536, 262144, 1 << 20},
+                                              {0, 1, 2, 4, 0},         {0, 1, 1, 0, 1},
+                                              {0, 65536, 1 << 20, 4 << 20, 16 << 20}};
 
 /* Blocks by tier: a few slots may hold huge blocks, some large ones, the
  * rest medium and small (so memory stays bounded); the last 128 take bursts
@@ -347,8 +351,8 @@ static op_t gen_op(uint64_t *r) {
       if (rnd(r, 20) == 0) op.b = 0;
       break;
     case OP_OPTION:
-      op.sub = (uint8_t)rnd(r, 12); /* 0..3: an option; 10: an unknown name; 11: out of range */
-      if (op.sub >= 4 && op.sub < 10) op.sub = (uint8_t)(op.sub % 4);
+      op.sub = (uint8_t)rnd(r, 12); /* 0..4: an option; 10: an unknown name; 11: out of range */
+      if (op.sub >= OPTS && op.sub < 10) op.sub = (uint8_t)(op.sub % OPTS);
       op.a = rnd(r, 5);
       break;
     case OP_PUT:
@@ -462,7 +466,7 @@ static void op_format(const op_t *op, char *buf, size_t n) {
       snprintf(buf, n, "malloc_trim(%llu)", (unsigned long long)op->a);
       break;
     case OP_OPTION:
-      if (op->sub < 4)
+      if (op->sub < OPTS)
         snprintf(buf, n, "option_set(%s, %lld)", opt_names[op->sub], opt_values[op->sub][op->a % 5]);
       else if (op->sub == 10)
         snprintf(buf, n, "option_set(no_such_option, 1)");
@@ -1135,7 +1139,7 @@ static bool do_option(fz_t *z, const op_t *op) {
   const char *name;
   long long v;
   int want = 0;
-  if (op->sub < 4)
+  if (op->sub < OPTS)
     name = opt_names[op->sub], v = opt_values[op->sub][op->a % 5];
   else if (op->sub == 10)
     name = "no_such_option", v = 1, want = EINVAL;
@@ -1650,14 +1654,14 @@ static bool exec_op(fz_t *z, const op_t *op) {
 }
 
 /* ---- runs (in a child) ---- */
-static long long opt_saved[4];
-static int opt_saved_ok[4];
+static long long opt_saved[OPTS];
+static int opt_saved_ok[OPTS];
 
 static void options_save(void) {
-  for (int i = 0; i < 4; i++) opt_saved_ok[i] = trimalloc_option_get(opt_names[i], &opt_saved[i]) == 0;
+  for (int i = 0; i < OPTS; i++) opt_saved_ok[i] = trimalloc_option_get(opt_names[i], &opt_saved[i]) == 0;
 }
 static void options_restore(fz_t *z) {
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < OPTS; i++)
     if (opt_saved_ok[i] && trimalloc_option_set(opt_names[i], opt_saved[i]) != 0)
       fail(z, K_RESULT, "option_set(%s, %lld) (restoring it) failed", opt_names[i], opt_saved[i]);
 }

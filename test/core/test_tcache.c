@@ -1,9 +1,13 @@
 /* Thread caches (tcache): bounded per thread, flushed at thread exit, and
  * blind to which thread allocated a block.
  *  - A thread that mallocs and frees a million blocks of mixed small classes
- *    and then sleeps holds at most tcache_bytes (the stats' tcache_bytes,
- *    read while it sleeps, minus the main thread's own), with the default
- *    bound and with a smaller one.
+ *    and then sleeps holds at most its bound (the stats' tcache_bytes, read
+ *    while it sleeps, minus the main thread's own): its share of
+ *    tcache_total, which for a thread of two is more than tcache_bytes and
+ *    used (v2: tcache_bytes alone); with tcache_total 0, tcache_bytes.
+ *  - The share shrinks as threads come: a thread that filled its cache
+ *    alone holds at most the share of 17 caches after churning again among
+ *    them, and its cache checks valid.
  *  - tcache_bytes = 0 works: blocks keep their contents and a sleeping
  *    thread holds nothing.
  *  - A thread's exit flushes its cache: tcache_bytes and the count of
@@ -79,10 +83,12 @@ static int stamp_ok(const uint8_t *p, size_t n) {
   return 1;
 }
 
-/* A thread that churns, frees everything, reports, sleeps until released. */
+/* A thread that churns, frees everything, reports, sleeps until released;
+ * `rounds` times (wake reaching r releases round r), then exits. */
 typedef struct churner_s {
   long ops;
   uint64_t seed;
+  int rounds;
   gate_t asleep, wake;
   long bad, nulls;
   int valid;
@@ -93,6 +99,8 @@ static void *churn_then_sleep(void *arg) {
   uint8_t *win[WINDOW] = {0};
   size_t wn[WINDOW] = {0};
   uint64_t rng = c->seed;
+  for (int r = 1; r <= c->rounds; r++) {
+  memset(win, 0, sizeof win);
   for (long i = 0; i < c->ops; i++) {
     unsigned k = (unsigned)(i % WINDOW);
     if (win[k]) {
@@ -113,7 +121,8 @@ static void *churn_then_sleep(void *arg) {
   }
   c->valid = trimalloc_check();
   gate_add(&c->asleep, 1);
-  gate_wait(&c->wake, 1); /* asleep: no allocator call until released */
+  gate_wait(&c->wake, r); /* asleep: no allocator call until released */
+  }
   return NULL;
 }
 
@@ -121,6 +130,7 @@ static void churner_init(churner_t *c, long ops, uint64_t seed) {
   memset(c, 0, sizeof *c);
   c->ops = ops;
   c->seed = seed;
+  c->rounds = 1;
   pthread_mutex_init(&c->asleep.mu, NULL);
   pthread_cond_init(&c->asleep.cv, NULL);
   pthread_mutex_init(&c->wake.mu, NULL);
@@ -154,28 +164,82 @@ static void finish(churner_t *c, pthread_t t, const char *what) {
 }
 
 static void test_sleeping_thread_holds_at_most_bound(void) {
-  long long bound = option_value("tcache_bytes");
-  CHECK(getenv("TRIMALLOC_TCACHE_BYTES") || bound == 262144, "default tcache_bytes is %lld", bound);
+  long long least = option_value("tcache_bytes"), total = option_value("tcache_total");
+  CHECK(getenv("TRIMALLOC_TCACHE_BYTES") || least == 262144, "default tcache_bytes is %lld", least);
+  CHECK(getenv("TRIMALLOC_TCACHE_TOTAL") || total == 4 << 20, "default tcache_total is %lld", total);
   churner_t c;
   pthread_t t;
   uint64_t base;
   churner_init(&c, CHURN, 1);
   uint64_t held = start_and_measure(&c, &t, &base);
-  fprintf(stdout, "   a sleeping thread after %ld malloc/free pairs holds %llu bytes (bound %lld)\n", CHURN,
-          U(held), bound);
-  CHECK(held <= (uint64_t)bound, "a sleeping thread holds %llu bytes in its cache, bound %lld (main's own %llu)",
-        U(held), bound, U(base));
+  uint64_t caches = stats_now().heaps, bound = thread_cache_bound(caches);
+  fprintf(stdout, "   a sleeping thread after %ld malloc/free pairs holds %llu bytes (bound %llu: %llu caches)\n",
+          CHURN, U(held), U(bound), U(caches));
+  CHECK(held <= bound, "a sleeping thread holds %llu bytes in its cache, bound %llu (main's own %llu)", U(held),
+        U(bound), U(base));
+  /* Its share of tcache_total, not tcache_bytes, bounds it: blocks of up to
+   * 32 KiB in ~40 classes fill more than 256 KiB (v2: at most 256 KiB). */
+  if (bound >= 4 * (uint64_t)least)
+    CHECK(held > (uint64_t)least, "a busy thread of few kept only %llu bytes (tcache_bytes %lld, its share %llu)",
+          U(held), least, U(bound));
   finish(&c, t, "default bound");
   churner_destroy(&c);
 
-  /* A smaller bound, for a thread started after it was set. */
-  long long old = option_swap("tcache_bytes", 64 * 1024);
+  /* A smaller bound, for a thread started after it was set, with nothing
+   * shared out. */
+  long long old = option_swap("tcache_bytes", 64 * 1024), old_total = option_swap("tcache_total", 0);
   churner_init(&c, CHURN / 4, 2);
   held = start_and_measure(&c, &t, &base);
   CHECK(held <= 64 * 1024, "with tcache_bytes = 65536 a sleeping thread holds %llu bytes", U(held));
   finish(&c, t, "64 KiB bound");
   churner_destroy(&c);
   trimalloc_option_set("tcache_bytes", old);
+  trimalloc_option_set("tcache_total", old_total);
+}
+
+/* The share shrinks as threads come: a thread that filled its cache alone,
+ * then churns again after fifteen more threads registered theirs, holds at
+ * most the share of seventeen caches once asleep, and its cache checks
+ * valid (budget within the new bound) in the middle of it. */
+enum { SHARERS = 15 };
+static gate_t sharers_go = GATE_INIT, sharers_in = GATE_INIT;
+static void *register_and_sleep(void *arg) {
+  (void)arg;
+  trimalloc_free(trimalloc_malloc(100));
+  gate_add(&sharers_in, 1);
+  gate_wait(&sharers_go, 1);
+  return NULL;
+}
+
+static void test_share_shrinks_with_threads(void) {
+  long long old_total = option_swap("tcache_total", 4 << 20);
+  churner_t c;
+  pthread_t t, others[SHARERS];
+  uint64_t base;
+  churner_init(&c, CHURN / 2, 6);
+  c.rounds = 2;
+  uint64_t alone = start_and_measure(&c, &t, &base);
+  uint64_t bound_alone = thread_cache_bound(stats_now().heaps);
+  for (int i = 0; i < SHARERS; i++) pthread_create(&others[i], NULL, register_and_sleep, NULL);
+  gate_wait(&sharers_in, SHARERS);
+  uint64_t caches = stats_now().heaps, bound = thread_cache_bound(caches);
+  uint64_t before = stats_now().tcache_bytes;
+  gate_set(&c.wake, 1); /* its second round */
+  gate_wait(&c.asleep, 2);
+  uint64_t after = stats_now().tcache_bytes, shrunk = after > before - alone ? after - (before - alone) : 0;
+  fprintf(stdout, "   one thread's cache: %llu bytes alone (bound %llu), %llu among %llu caches (bound %llu)\n",
+          U(alone), U(bound_alone), U(shrunk), U(caches), U(bound));
+  CHECK(alone > bound, "alone it held %llu bytes, no more than the share of %llu caches (%llu)", U(alone), U(caches),
+        U(bound));
+  CHECK(shrunk <= bound, "among %llu caches it holds %llu bytes, bound %llu", U(caches), U(shrunk), U(bound));
+  gate_set(&c.wake, 2);
+  pthread_join(t, NULL);
+  CHECK(c.bad == 0 && c.nulls == 0, "shares: %ld blocks with wrong contents, %ld NULL", c.bad, c.nulls);
+  CHECK(c.valid, "shares: trimalloc_check failed in the thread");
+  gate_set(&sharers_go, 1);
+  for (int i = 0; i < SHARERS; i++) pthread_join(others[i], NULL);
+  churner_destroy(&c);
+  trimalloc_option_set("tcache_total", old_total);
 }
 
 static void test_tcache_zero(void) {
@@ -507,6 +571,7 @@ int main(void) {
   RUN(test_trim_empties_callers_cache);
   RUN(test_free_then_malloc_reuses_block);
   RUN(test_sleeping_thread_holds_at_most_bound);
+  RUN(test_share_shrinks_with_threads);
   RUN(test_tcache_zero);
   RUN(test_thread_exit_flushes);
   RUN(test_flush_request_next_slow_path);

@@ -42,13 +42,17 @@ static size_t chunk_left;
  * classes, and 256 KiB holds about one of each, so a thread that uses them
  * missed its cache on most calls (bench/results-2026-12-06-tcache-bytes.txt:
  * 4.4x mimalloc's instructions at 256 KiB, 1.17x at 4 MiB); a single busy
- * thread gets 4 MiB, sixteen get today's 256 KiB. */
+ * thread gets 4 MiB, sixteen get v2's 256 KiB. With bigger OS pages the
+ * total shrinks as the bins' lengths do (size.c): every cached block keeps
+ * its page resident, and at 64 KiB pages four sleeping threads with a 1 MiB
+ * share each kept 24.8 MiB of a freed burst (test_purge, under qemu; the
+ * bound is 16). 16 KiB pages: a quarter, 64 KiB: a sixteenth. */
 static uint64_t thread_limit(void) {
   uint64_t least = (uint64_t)ta_opt(TA_OPT_TCACHE_BYTES), total = (uint64_t)ta_opt(TA_OPT_TCACHE_TOTAL);
   uint32_t n = ta_relaxed_load(&ta_tcaches_live);
   if (least == 0) return 0;
   unsigned shift = n <= 1 ? 0 : 32u - (unsigned)__builtin_clz(n - 1); /* log2 of n rounded up */
-  uint64_t share = total >> shift;
+  uint64_t share = total >> shift >> (ta_ospage_shift - TA_OSPAGE_MIN_SHIFT);
   return share > least ? share : least;
 }
 

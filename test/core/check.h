@@ -287,13 +287,14 @@ static inline long long option_value(const char *name) {
 
 /* The most one thread's cache may hold once it has read its bound with
  * `caches` thread caches registered (core/tcache.c thread_limit):
- * tcache_total over the caches rounded up to a power of two, at least
- * tcache_bytes; 0 when tcache_bytes is 0. */
+ * tcache_total over the caches rounded up to a power of two (and over the
+ * OS page size / 4 KiB), at least tcache_bytes; 0 when tcache_bytes is 0. */
 static inline uint64_t thread_cache_bound(uint64_t caches) {
   uint64_t least = (uint64_t)option_value("tcache_bytes"), total = (uint64_t)option_value("tcache_total");
   if (least == 0) return 0;
   unsigned shift = 0;
   while (((uint64_t)1 << shift) < caches) shift++;
+  total /= (uint64_t)sysconf(_SC_PAGESIZE) / 4096;
   return (total >> shift) > least ? total >> shift : least;
 }
 

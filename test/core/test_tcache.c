@@ -213,6 +213,12 @@ static void *register_and_sleep(void *arg) {
 
 static void test_share_shrinks_with_threads(void) {
   long long old_total = option_swap("tcache_total", 4 << 20);
+  if (thread_cache_bound(2) < 2 * thread_cache_bound(SHARERS + 2)) { /* 64 KiB pages: 256 KiB each anyway */
+    fprintf(stdout, "   skipped: at %ld-byte pages two caches' share (%llu) is no bigger than seventeen's\n",
+            sysconf(_SC_PAGESIZE), U(thread_cache_bound(2)));
+    trimalloc_option_set("tcache_total", old_total);
+    return;
+  }
   churner_t c;
   pthread_t t, others[SHARERS];
   uint64_t base;

@@ -100,13 +100,15 @@ static bool ran_since_last_follow(void) {
 }
 
 static void refill_lock(ta_arena_t *a, ta_bin_t *bin) {
-  ta_lock(&bin->lock);
+  /* (the arena's last refiller is one word for all its bins, which no bin
+   * lock guards: read and noted before the lock, the clocks outside it) */
   const void *me = ta_tls_tcache, *last = atomic_load_explicit(&a->last_refill, memory_order_relaxed);
   if (last != me) {
     atomic_store_explicit(&a->last_refill, me, memory_order_relaxed);
     if (a->index == tls_arena && cpu_arenas() > 1 && ta_opt(TA_OPT_ARENAS) <= 0 && ran_since_last_follow())
       tls_shared++;
   }
+  ta_lock(&bin->lock);
   if (ta_likely(++tls_refills < TA_MOVE_WINDOW)) return;
   unsigned n = cpu_arenas();
   if (tls_shared >= TA_MOVE_SHARED && n > 1 && a->index == tls_arena && ta_opt(TA_OPT_ARENAS) <= 0)

@@ -16,6 +16,8 @@
 #   launcher    the same app started with `trimalloc run -- bundle exec puma`
 #
 #   ruby bench/rails_puma.rb [--requests 4000] [--repeat 3] [--rows glibc,trimalloc]
+# BENCH_VERBOSE=1 prints each worker's trims (the GC hook's skips too);
+# BENCH_GC_ENABLE="min_free: 0" (or "off") changes the app's GC hook.
 # Needs `rake compile` (the Gemfile takes trimalloc from this checkout) and
 # Debian's ruby-rails, ruby-sqlite3, bundler, puma, libjemalloc2.
 require "optparse"
@@ -47,6 +49,10 @@ end
 def cpu(pid)
   f = stat(pid)
   (f[11].to_i + f[12].to_i) / CLK_TCK
+end
+
+def sys_cpu(pid)
+  stat(pid)[12].to_i / CLK_TCK
 end
 
 def minflt(pid)
@@ -86,6 +92,13 @@ def run_row(row, requests)
     strip_trimalloc(app, keep_hooks: row == "hooks") unless %w[trimalloc launcher].include?(row)
     # BENCH_PUMA_LINE: a line added to config/puma.rb (e.g. a `trimalloc ...` setting)
     File.write(File.join(app, "config", "puma.rb"), "#{ENV['BENCH_PUMA_LINE']}\n", mode: "a") if ENV["BENCH_PUMA_LINE"]
+    # BENCH_GC_ENABLE: the initializer's GC hook with these arguments (e.g.
+    # "min_free: 0"), or "off" for none
+    init = File.join(app, "config", "initializers", "trimalloc.rb")
+    if ENV["BENCH_GC_ENABLE"] && File.exist?(init)
+      line = ENV["BENCH_GC_ENABLE"] == "off" ? "" : "Trimalloc::GC.enable(#{ENV['BENCH_GC_ENABLE']})"
+      File.write(init, File.read(init).sub(/^Trimalloc::GC\.enable.*$/, line))
+    end
     env["MALLOC_ARENA_MAX"] = "2" if row == "arena2"
     env["LD_PRELOAD"] = JEMALLOC if row == "jemalloc"
     port = free_port
@@ -116,6 +129,7 @@ def run_row(row, requests)
       master_cpu = cpu(pid)
       faults = workers.sum { |w| minflt(w) }
       cpu_s = master_cpu + workers.sum { |p| cpu(p) }
+      sys_s = workers.sum { |p| sys_cpu(p) }
       sleep 3
       idle = workers.sum { |w| rss(w) }
       probes = {}
@@ -125,12 +139,12 @@ def run_row(row, requests)
         r = JSON.parse(Net::HTTP.get(URI("http://127.0.0.1:#{port}/probe")), symbolize_names: true)
         probes[r[:pid]] = r
       end
-      trims = probes.values.map { |r| "oob #{r.dig(:plugin, :trims).inspect} watch #{r.dig(:watch, :trims).inspect} gc #{r.dig(:gc, :trims)} all #{r[:trims]} arenas #{r[:arenas].inspect}" }
+      trims = probes.values.map { |r| "oob #{r.dig(:plugin, :trims).inspect} watch #{r.dig(:watch, :trims).inspect} gc #{r.dig(:gc, :trims)} (skipped #{r.dig(:gc, :skipped)}, for min_free #{r.dig(:gc, :skipped_free).inspect}, #{r.dig(:gc, :trimmed_bytes).to_i >> 20} MiB) all #{r[:trims]} arenas #{r[:arenas].inspect}" }
       warn "  #{row}: #{trims.join('; ')}" if ENV["BENCH_VERBOSE"]
       raise "#{row}: #{bad} requests failed" unless bad.zero?
 
       { row: row, at10: at10, end: at_end, idle: idle, cpu: cpu_s, master_cpu: master_cpu, wall: wall,
-        faults: faults }
+        faults: faults, sys: sys_s }
     ensure
       begin
         Process.kill("TERM", pid)
@@ -147,9 +161,9 @@ results = Hash.new { |h, k| h[k] = [] }
 opts[:repeat].times do |rep|
   opts[:rows].each do |row|
     r = run_row(row, opts[:requests])
-    warn format("run %d %-9s  10%%: %5d MiB  end: %5d MiB  +3s: %5d MiB  cpu %6.1f s (master %.1f)  " \
-                "wall %5.1f s  workers' minor faults %d", rep + 1, row, r[:at10] / MiB, r[:end] / MiB,
-                r[:idle] / MiB, r[:cpu], r[:master_cpu], r[:wall], r[:faults])
+    warn format("run %d %-9s  10%%: %5d MiB  end: %5d MiB  +3s: %5d MiB  cpu %6.1f s (master %.1f, " \
+                "workers' system %.1f)  wall %5.1f s  workers' minor faults %d", rep + 1, row, r[:at10] / MiB,
+                r[:end] / MiB, r[:idle] / MiB, r[:cpu], r[:master_cpu], r[:sys], r[:wall], r[:faults])
     results[row] << r
   end
 end

@@ -25,8 +25,12 @@
 const ta_bind_defaults_t ta_bind_defaults[] = {
     /* Trimmer.new, trim_if_due, trimalloc.trimming: after every event */
     {"trimmer", 0, 0, 1.0, 0},
-    /* GC hooks (Trimalloc::GC, trimalloc.gc): after every (major) collection */
-    {"gc", 0, 0, 1.0, 0},
+    /* GC hooks (Trimalloc::GC, trimalloc.gc): after every (major) collection.
+     * min_free is Trimalloc::GC's on the trimalloc backend, whose purger
+     * returns free pages by itself: there a trim of less only makes Ruby's
+     * next allocations fault back in what it returned. On glibc (no purger)
+     * Trimalloc::GC uses 0; trimalloc.gc (Python) always does. */
+    {"gc", 0, (int64_t)16 << 20, 1.0, 0},
     /* jobs (Sidekiq, Celery): after every job; a job is long next to a trim */
     {"job", 0, 0, 1.0, 0},
     /* requests (Rack, WSGI, gunicorn, aiohttp, ASGI): every 100 requests, or

@@ -18,7 +18,7 @@
 #   Trimalloc.stats         Hash, keys from the core's stats field list
 #   Trimalloc.rss           this process's resident set size, bytes
 #   Trimalloc.core_version, Trimalloc.loaded_path (nil unless active)
-#   Trimalloc::GC.enable(major_only: true, min_interval:), .disable,
+#   Trimalloc::GC.enable(major_only: true, min_interval:, min_free:), .disable,
 #                 .enabled?, .stats
 #   Trimalloc::Trimmer.new(every:, min_free:, min_interval:, refault_share:)
 #                           one hook's policy (#event, #stats); every

@@ -309,12 +309,67 @@ class GcHookTest < Minitest::Test
     assert_equal 1, r[:hook][:trims], r.inspect
   end
 
+  # Collections the program did not force (minor GCs, major_only: false:
+  # GC.start(full_mark: false) is not :force) with the free-bytes figure
+  # pinned at `free` MiB; the hook's counters. ARGV: free MiB, then
+  # GC.enable's arguments as JSON ({} for the defaults).
+  MIN_FREE = <<~RUBY
+    require "trimalloc"
+    Trimalloc.send(:advance_clock, 3600)
+    Trimalloc.send(:test_refault, 0, Integer(ARGV[0]) << 20)
+    opts = JSON.parse(ARGV[1], symbolize_names: true)
+    Trimalloc::GC.enable(major_only: false, min_interval: 0, **opts)
+    3.times { GC.start(full_mark: false); [] }
+    GC.start; [] # the program's own full GC: trims whatever is free
+    puts JSON.generate(backend: Trimalloc.backend, hook: Trimalloc::GC.stats,
+                       default: Trimalloc.const_get(:Native)::DEFAULTS[:gc][:min_free])
+  RUBY
+
+  def min_free_run(free_mib, opts, preload:)
+    ruby_json(MIN_FREE, preload: preload, args: [free_mib.to_s, JSON.generate(opts)])
+  end
+
+  # On the trimalloc backend the purger returns free pages by itself: a GC
+  # that leaves less than min_free (core/bind's :gc row) free does not trim,
+  # where a trim only made Ruby fault the pages back in (Rails under Puma:
+  # the hook's trims refaulted 35-80k pages a worker).
+  def test_gc_hook_on_trimalloc_skips_a_trim_with_little_free
+    r = min_free_run(1, {}, preload: true)
+    assert_equal "trimalloc", r[:backend]
+    assert_operator r[:default], :>, 1 << 20, r.inspect
+    assert_equal r[:default], r[:hook][:min_free], r.inspect
+    assert_equal 3, r[:hook][:skipped_free], "1 MiB free: the GCs' trims were skipped: #{r.inspect}"
+    assert_equal 3, r[:hook][:skipped], r.inspect
+    assert_equal 1, r[:hook][:trims], "GC.start's trim is not held back by min_free: #{r.inspect}"
+  end
+
+  def test_gc_hook_on_trimalloc_trims_with_enough_free_or_min_free_0
+    enough = min_free_run(64, {}, preload: true)
+    assert_equal [4, 0], [enough[:hook][:trims], enough[:hook][:skipped]], enough.inspect
+    zero = min_free_run(1, { min_free: 0 }, preload: true)
+    assert_equal [0, 4, 0], [zero[:hook][:min_free], zero[:hook][:trims], zero[:hook][:skipped]], zero.inspect
+  end
+
+  # glibc has no purger (and its free figure counts memory a trim already
+  # returned): every GC trims, whatever is free.
+  def test_gc_hook_on_glibc_trims_after_every_gc_by_default
+    r = min_free_run(1, {}, preload: false)
+    assert_equal "glibc", r[:backend]
+    assert_equal 0, r[:hook][:min_free], r.inspect
+    assert_equal [4, 0, 0], [r[:hook][:trims], r[:hook][:skipped], r[:hook][:skipped_free]], r.inspect
+  end
+
   def test_gc_hook_enable_rejects_wrong_arguments
     e = assert_raises(TypeError) { Trimalloc::GC.enable(major_only: "yes") }
     assert_match(/major_only.*"yes"/, e.message)
     e = assert_raises(ArgumentError) { Trimalloc::GC.enable(min_interval: -1) }
     assert_match(/min_interval.*-1/, e.message)
     assert_raises(TypeError) { Trimalloc::GC.enable(min_interval: nil) }
+    e = assert_raises(ArgumentError) { Trimalloc::GC.enable(min_free: -1) }
+    assert_match(/min_free.*-1/, e.message)
+    e = assert_raises(TypeError) { Trimalloc::GC.enable(min_free: 1.5) }
+    assert_match(/min_free.*1\.5/, e.message)
+    assert_raises(TypeError) { Trimalloc::GC.enable(min_free: nil) }
     assert_raises(ArgumentError) { Trimalloc::GC.enable(interval: 1) }
     assert_raises(ArgumentError) { Trimalloc::GC.enable(true) }
     refute Trimalloc::GC.enabled?, "a rejected call does not enable the hook"

@@ -12,6 +12,13 @@
  * it. The job allocates no Ruby object, so the hook cannot cause a GC. All
  * of the hook's state is touched with the GVL held.
  *
+ * On the trimalloc backend the core's purger returns free pages by itself
+ * (within about a second, longer for pages that keep being reused): a trim
+ * after a GC that freed little returns what Ruby's next allocations fault
+ * straight back in. There the hook trims only when at least min_free bytes
+ * are free but resident (core/bind's :gc row; GC.start's trim excepted); on
+ * glibc, which has no purger, min_free is 0 (native.rb picks the default).
+ *
  * Nor does it change how often Ruby collects (issue 18): on a six-thread
  * churn nearly every major GC is :nofree, and their count follows the heap
  * size Ruby reaches in its first GCs (GC.stat heap_allocated_pages: about
@@ -38,10 +45,12 @@ static struct {
   int enabled;
   int major_only;
   double min_interval;
+  uint64_t min_free;   /* trim only with this many bytes free but resident (0: always) */
   uint64_t sweeps;     /* GC cycles whose sweep ended while enabled */
   uint64_t scheduled;  /* postponed jobs registered */
   uint64_t trims;      /* trims done by the job */
   uint64_t skipped;    /* jobs that found the trim not due */
+  uint64_t skipped_free; /* of skipped: less than min_free free (the purger returns it) */
   uint64_t coalesced;  /* due, but another trim was running: folded into it */
   uint64_t handed;     /* GC.start's trims handed to the policy's thread (interrupt pending) */
   uint64_t trimmed_bytes;
@@ -83,8 +92,10 @@ static void trim_job(void *unused) {
   if (!hook.enabled) return;
   struct run_args a = {0, hook.forced, 0, -1};
   double interval = hook.forced ? 0.0 : hook.min_interval;
+  uint64_t min_free = hook.forced ? 0 : hook.min_free;
   hook.forced = 0;
-  if (ta_bind_due(interval, 0, NULL)) {
+  ta_bind_skip_t why = TA_SKIP_NONE;
+  if (ta_bind_due(interval, min_free, &why)) {
     /* _gvl2: checks no interrupt after the call (a postponed job must not
      * raise); with one pending it does not call run_nogvl: the next GC tries,
      * but GC.start's trim (there may be no next GC before an idle time) goes
@@ -103,6 +114,7 @@ static void trim_job(void *unused) {
   }
   if (a.released < 0) {
     hook.skipped++;
+    if (why == TA_SKIP_FREE) hook.skipped_free++;
   } else {
     hook.trims++;
     hook.trimmed_bytes += (uint64_t)a.released;
@@ -132,13 +144,16 @@ static void on_sweep_end(VALUE tpval, void *unused) {
 #endif
 }
 
-/* Native.gc_enable(major_only, min_interval) -> true: Trimalloc::GC.enable
- * (native.rb) checks the arguments and calls this. */
-static VALUE hook_enable(VALUE self, VALUE major_only_v, VALUE min_interval_v) {
+/* Native.gc_enable(major_only, min_interval, min_free) -> true:
+ * Trimalloc::GC.enable (native.rb) checks the arguments, picks min_free's
+ * default by backend, and calls this. */
+static VALUE hook_enable(VALUE self, VALUE major_only_v, VALUE min_interval_v, VALUE min_free_v) {
   int major_only = RTEST(major_only_v);
   double min_interval = NUM2DBL(min_interval_v);
+  uint64_t min_free = NUM2ULL(min_free_v);
   hook.major_only = major_only;
   hook.min_interval = min_interval;
+  hook.min_free = min_free;
   if (!hook.tracepoint) {
     hook.tracepoint = rb_tracepoint_new(0, RUBY_INTERNAL_EVENT_GC_END_SWEEP, on_sweep_end, NULL);
     rb_gc_register_mark_object(hook.tracepoint);
@@ -175,11 +190,13 @@ static VALUE hook_stats(VALUE self) {
   rb_hash_aset(h, SYM("enabled"), hook.enabled ? Qtrue : Qfalse);
   rb_hash_aset(h, SYM("major_only"), hook.major_only ? Qtrue : Qfalse);
   rb_hash_aset(h, SYM("min_interval"), DBL2NUM(hook.min_interval));
+  rb_hash_aset(h, SYM("min_free"), ULL2NUM(hook.min_free));
   rb_hash_aset(h, SYM("events"), ULL2NUM(hook.sweeps));
   rb_hash_aset(h, SYM("sweeps"), ULL2NUM(hook.sweeps));
   rb_hash_aset(h, SYM("scheduled"), ULL2NUM(hook.scheduled));
   rb_hash_aset(h, SYM("trims"), ULL2NUM(hook.trims));
   rb_hash_aset(h, SYM("skipped"), ULL2NUM(hook.skipped));
+  rb_hash_aset(h, SYM("skipped_free"), ULL2NUM(hook.skipped_free));
   rb_hash_aset(h, SYM("coalesced"), ULL2NUM(hook.coalesced));
   rb_hash_aset(h, SYM("handed"), ULL2NUM(hook.handed));
   rb_hash_aset(h, SYM("trimmed_bytes"), ULL2NUM(hook.trimmed_bytes));
@@ -201,7 +218,7 @@ void ta_rb_init_gc_hook(void) {
 #if TA_PREREGISTERED_JOB
   job_handle = rb_postponed_job_preregister(0, trim_job, NULL);
 #endif
-  rb_define_module_function(ta_rb_mNative, "gc_enable", hook_enable, 2);
+  rb_define_module_function(ta_rb_mNative, "gc_enable", hook_enable, 3);
   rb_define_singleton_method(m, "disable", hook_disable, 0);
   rb_define_singleton_method(m, "enabled?", hook_enabled_p, 0);
   rb_define_singleton_method(m, "stats", hook_stats, 0);

@@ -92,13 +92,28 @@ module Trimalloc
 
   module GC
     # Trims after the GC's sweep (major GCs only, unless major_only: false),
-    # at most once per min_interval seconds. Returns true.
-    def self.enable(major_only: true, min_interval: Native::DEFAULTS[:gc][:min_interval])
+    # at most once per min_interval seconds, when at least min_free bytes are
+    # free but resident (0: after every GC; GC.start's trim ignores it).
+    # min_free's default is core/bind's :gc row on the trimalloc backend,
+    # whose purger returns free pages by itself: a trim of a few MiB there
+    # only makes Ruby's next allocations fault them back in. On glibc (no
+    # purger, and a free figure that counts memory already returned) it is 0:
+    # every major GC trims. Returns true.
+    def self.enable(major_only: true, min_interval: Native::DEFAULTS[:gc][:min_interval],
+                    min_free: default_min_free)
       unless [true, false].include?(major_only)
         raise TypeError, "major_only must be true or false (given #{major_only.inspect})"
       end
+      raise TypeError, "min_free must be an Integer (bytes) (given nil)" if min_free.nil?
 
-      Native.gc_enable(major_only, Native.seconds(min_interval, "min_interval"))
+      Native.gc_enable(major_only, Native.seconds(min_interval, "min_interval"),
+                       Native.bytes_or_nil(min_free, "min_free"))
     end
+
+    # The min_free GC.enable takes by default on this process's backend.
+    def self.default_min_free
+      Trimalloc.backend == :trimalloc ? Native::DEFAULTS[:gc][:min_free] : 0
+    end
+    private_class_method :default_min_free
   end
 end

@@ -202,8 +202,9 @@ def clear_tag() -> None:
         cell = _tag.cell
     except AttributeError:  # once per thread (a raise each time would cost ~0.3 us)
         cell = _cell()
-    if cell[0] is not None:
-        set_tag(None)
+    if cell[0] is not None:  # set_tag(None) written out: one thread-local lookup, not two
+        _set_tag(None)
+        cell[0] = None
 
 
 class Tagged:

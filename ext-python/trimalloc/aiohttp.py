@@ -22,13 +22,16 @@ seconds) runs in the loop's default executor, where it releases the GIL: the
 loop goes on serving other requests while the pages go back. A handler that
 raises counts when it raises.
 
-For the heap profiler (trimalloc.profile), the handler's samples carry the
-matched route's template as their tag (e.g. "/users/{id}", else the request's
-path): the handler runs under profile.tagged, which sets the thread's tag at
-each of its steps, so requests taking turns on the event loop's thread each
-label their own samples (and profile.tag() in a handler holds across awaits).
-Tasks the handler starts (asyncio.create_task, gather) run untagged unless
-wrapped in profile.tagged themselves.
+For the heap profiler (trimalloc.profile), while it samples, the handler's
+samples carry the matched route's template as their tag (e.g. "/users/{id}",
+else the request's path): the handler runs under profile.tagged, which sets
+the thread's tag at each of its steps, so requests taking turns on the event
+loop's thread each label their own samples (and profile.tag() in a handler
+holds across awaits). Tasks the handler starts (asyncio.create_task, gather)
+run untagged unless wrapped in profile.tagged themselves. With the profiler
+off (the default) the handler's coroutine is awaited directly, with no
+wrapper and no tag calls; a request that began before the profiler was
+switched on runs untagged to its end.
 """
 from __future__ import annotations
 
@@ -62,7 +65,10 @@ class TrimMiddleware(RequestTrimmer):
 
     async def __call__(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
         try:
-            resp = await _hooks.Tagged(handler(request), _route(request))
+            if _hooks.profiling():
+                resp = await _hooks.Tagged(handler(request), _route(request))
+            else:  # the profiler off: the handler's coroutine awaited as it is
+                resp = await handler(request)
         except BaseException:  # an HTTPException, an error, a cancelled request
             self._done()
             raise

@@ -18,14 +18,18 @@ on serving while the pages go back. A request whose application raises, or
 that ends without a complete response, counts when it ends. Lifespan and
 websocket scopes pass through uncounted.
 
-For the heap profiler (trimalloc.profile), the request's samples carry its
-path as their tag (scope["path"], without the query string: the route template
-is only known inside the application): the application runs under
-profile.tagged, which sets the thread's tag at each of its steps, so requests
-taking turns on the event loop's thread each label their own samples (and
-profile.tag() in the application holds across awaits). Tasks the application
-starts (asyncio.create_task, gather) run untagged unless wrapped in
-profile.tagged themselves.
+For the heap profiler (trimalloc.profile), while it samples, the request's
+samples carry its path as their tag (scope["path"], without the query string:
+the route template is only known inside the application): the application
+runs under profile.tagged, which sets the thread's tag at each of its steps,
+so requests taking turns on the event loop's thread each label their own
+samples (and profile.tag() in the application holds across awaits). Tasks the
+application starts (asyncio.create_task, gather) run untagged unless wrapped
+in profile.tagged themselves. With the profiler off (the default) the
+application's coroutine is awaited directly, with no wrapper and no tag
+calls; a request that began before the profiler was switched on runs
+untagged to its end (and a profile.tag() block in it is the thread's, as
+outside any request).
 """
 from __future__ import annotations
 
@@ -69,8 +73,6 @@ class TrimMiddleware(RequestTrimmer):
             await self.app(scope, receive, send)
             return
         counted = []
-        path = scope.get("path")
-        tag = path if isinstance(path, str) and path else None
 
         def done() -> None:
             if not counted:
@@ -83,6 +85,11 @@ class TrimMiddleware(RequestTrimmer):
                 done()
 
         try:
-            await _hooks.Tagged(self.app(scope, receive, send_then_count), tag)
+            if _hooks.profiling():
+                path = scope.get("path")
+                tag = path if isinstance(path, str) and path else None
+                await _hooks.Tagged(self.app(scope, receive, send_then_count), tag)
+            else:  # the profiler off: the application's coroutine awaited as it is
+                await self.app(scope, receive, send_then_count)
         finally:
             done()

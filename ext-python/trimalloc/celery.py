@@ -24,8 +24,10 @@ itself for the solo, threads, eventlet and gevent pools (worker_init), e.g.
 (`min_freed` is the old name of `min_free`, accepted with a DeprecationWarning
 for one release.)
 task_prerun/task_postrun also set the thread's heap-profiler tag to the task's
-name for the task (trimalloc.profile: a "tag" label on the samples the task
-takes; a no-op when trimalloc is not the allocator). With the eventlet and
+name for the task while the profiler samples (trimalloc.profile: a "tag"
+label on the samples the task takes; off, the default, or when trimalloc is
+not the allocator, no tag calls; a task begun while it was off stays
+untagged). With the eventlet and
 gevent pools, tasks share a thread: a sample then carries the tag of the task
 that started last on it.
 """
@@ -55,12 +57,13 @@ _before = dict.fromkeys(_COUNTS, 0)  # the counts of trimmers replaced by a late
 
 
 def _task_prerun(sender: Any = None, **kwargs: Any) -> None:
-    name = getattr(sender, "name", None)
-    _hooks.set_tag(name if isinstance(name, str) else None)
+    if _hooks.profiling():  # off: no tag calls (a task begun while off stays untagged)
+        name = getattr(sender, "name", None)
+        _hooks.set_tag(name if isinstance(name, str) else None)
 
 
 def _task_postrun(sender: Any = None, **kwargs: Any) -> None:
-    _hooks.set_tag(None)
+    _hooks.clear_tag()  # what prerun set, even if the profiler was stopped since
     app = _settings["app"]
     if app is not None and getattr(sender, "app", app) is not app:
         return

@@ -23,8 +23,9 @@ application already started), it logs one warning at worker start naming what
 to use instead.
 
 pre_request (optional: `from trimalloc.gunicorn import pre_request`) sets the
-worker thread's heap-profiler tag (trimalloc.profile) to the request's path,
-which post_request clears; it also logs gunicorn's own debug line.
+worker thread's heap-profiler tag (trimalloc.profile) to the request's path
+while the profiler samples, which post_request clears; it also logs
+gunicorn's own debug line.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def make_post_request(every: Optional[int] = DEFAULT_EVERY, min_free: Any = _UNS
     trimmer = RequestTrimmer(every, min_free, min_interval, "gunicorn", free_threshold)
 
     def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
-        _hooks.set_tag(None)
+        _hooks.clear_tag()  # what pre_request set, even if the profiler was stopped since
         trimmer.request_done()
 
     post_request.trimmer = trimmer  # type: ignore[attr-defined]
@@ -57,8 +58,9 @@ def pre_request(worker: Any, req: Any) -> None:
     """gunicorn's pre_request: its debug line, and the request's path as this
     thread's heap-profiler tag (post_request clears it)."""
     worker.log.debug("%s %s", req.method, req.path)
-    path = getattr(req, "path", None)
-    _hooks.set_tag(path if isinstance(path, str) and path else None)
+    if _hooks.profiling():  # off: no tag calls (a request begun while off stays untagged)
+        path = getattr(req, "path", None)
+        _hooks.set_tag(path if isinstance(path, str) and path else None)
 
 
 def backend_line(pid: object) -> str:

@@ -139,8 +139,9 @@ def tag(name: Optional[str]) -> Iterator[None]:
 
     In a coroutine, the tag holds across awaits only where the coroutine runs
     under tagged() -- as every request handler under trimalloc.aiohttp's and
-    trimalloc.asgi's middlewares does: elsewhere a tag is the thread's, and
-    whatever the event loop runs while the block awaits carries it too."""
+    trimalloc.asgi's middlewares does when its request began while the
+    profiler sampled: elsewhere a tag is the thread's, and whatever the event
+    loop runs while the block awaits carries it too."""
     previous = _hooks.current_tag()
     set_tag(name)
     try:

@@ -16,9 +16,11 @@ sending it with sendfile): its close() is wrapped in place.
 (`free_threshold` is the old name of `min_free`, accepted with a
 DeprecationWarning for one release.)
 
-For the heap profiler (trimalloc.profile), the thread's tag is the request's
-path (PATH_INFO: WSGI has no route template) from the call until the body is
-closed: a "tag" label on the samples the request takes.
+For the heap profiler (trimalloc.profile), while it samples, the thread's tag
+is the request's path (PATH_INFO: WSGI has no route template) from the call
+until the body is closed: a "tag" label on the samples the request takes.
+With the profiler off (the default) the middleware sets no tag; a request
+that began before the profiler was switched on stays untagged.
 """
 from __future__ import annotations
 
@@ -117,19 +119,26 @@ class TrimMiddleware(RequestTrimmer):
         self.app = app
 
     def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") if isinstance(environ, dict) else None
-        _hooks.set_tag(path if isinstance(path, str) and path else None)
+        # Tagged only while the profiler samples (_hooks.profiling): off, the
+        # request makes no tag calls. A request tagged here is untagged when
+        # its body closes, even if the profiler was stopped meanwhile.
+        if _hooks.profiling():
+            path = environ.get("PATH_INFO") if isinstance(environ, dict) else None
+            _hooks.set_tag(path if isinstance(path, str) and path else None)
+            ended = self._ended
+        else:
+            ended = self.request_done
         try:
             body = self.app(environ, start_response)
         except BaseException:
-            self._ended()
+            ended()
             raise
         wrapper = environ.get("wsgi.file_wrapper") if isinstance(environ, dict) else None
         if isinstance(wrapper, type) and isinstance(body, wrapper):
-            kept = _close_then(body, self._ended)  # still a file_wrapper: sendfile works
+            kept = _close_then(body, ended)  # still a file_wrapper: sendfile works
             if kept is not None:
                 return kept
-        return _ClosingBody(body, self._ended)
+        return _ClosingBody(body, ended)
 
     def _ended(self) -> None:
         _hooks.set_tag(None)

@@ -12,10 +12,17 @@ module Trimalloc
   # The policy is Trimalloc::Trimmer (core/bind, shared with the Python
   # package's WSGI middleware): deciding costs a few atomics and a clock read.
   #
-  # With tag: true (the default), the request's path (SCRIPT_NAME +
-  # PATH_INFO, no query string) is the thread's profiler tag until its body
-  # is closed: the samples taken meanwhile carry it as their "tag" label
-  # (Trimalloc::Profile). The route template (Rails' route, Sinatra's) is
+  # With tag: true (the default), while the heap profiler samples, the
+  # request's path (SCRIPT_NAME + PATH_INFO, no query string) is the thread's
+  # profiler tag until its body is closed: the samples taken meanwhile carry
+  # it as their "tag" label (Trimalloc::Profile). With the profiler off (the
+  # default) a request makes no tag calls: whether it samples is asked of the
+  # core (Profile.interval, one C call, as cheap as reading a Ruby flag, and
+  # it sees sampling however it started: Profile.start, TRIMALLOC_PROF=1,
+  # `trimalloc run --profile`). A request that began while it was off stays
+  # untagged if it is switched on before the request ends; one that began
+  # tagged has the tag before it put back when it ends, whatever happened to
+  # the profiler meanwhile. The route template (Rails' route, Sinatra's) is
   # known only once the app has routed the request, after the allocations
   # that matter began, so it is not used. tag: a Proc(env) -> String chooses
   # another tag (a template from the path, a header).
@@ -69,9 +76,9 @@ module Trimalloc
     private
 
     # Sets the request's tag; returns the thread's tag before it (:none when
-    # tagging is off).
+    # tagging is off, or the profiler is).
     def tag_request(env)
-      return :none unless @tag
+      return :none unless @tag && Profile.interval != 0
 
       before = Profile.tag
       Profile.tag = @tag == true ? "#{env['SCRIPT_NAME']}#{env['PATH_INFO']}" : @tag.call(env)

@@ -10,9 +10,13 @@ module Trimalloc
   # rate limit runs when due on a background thread. Same policy and names as
   # the Python package's Celery integration (Trimalloc::Trimmer), the refault
   # budget too (refault_share:, 0 by default: off; see core/bind/binding.h).
-  # With tag: true (the default), the job's class (an ActiveJob's wrapped
-  # class) is the thread's profiler tag while it runs: the samples it takes
-  # carry it as their "tag" label (Trimalloc::Profile).
+  # With tag: true (the default), while the heap profiler samples, the job's
+  # class (an ActiveJob's wrapped class) is the thread's profiler tag while it
+  # runs: the samples it takes carry it as their "tag" label
+  # (Trimalloc::Profile). With the profiler off (the default) a job makes no
+  # tag calls; a job that began while it was off stays untagged if it is
+  # switched on before the job ends; one that began tagged has the tag before
+  # it put back when it ends, whatever happened to the profiler meanwhile.
   #
   #   Sidekiq.configure_server do |config|
   #     config.server_middleware { |chain| chain.add Trimalloc::Sidekiq, min_interval: 1.0 }
@@ -46,7 +50,7 @@ module Trimalloc
     end
 
     def call(_worker, job, _queue)
-      if @tag
+      if @tag && Profile.interval != 0 # the core's answer: sampling however started
         Profile.with_tag(job["wrapped"] || job["class"]) { yield }
       else
         yield

@@ -195,8 +195,8 @@ static ta_tcache_t *tcache_get(void) {
  * promises the other threads flush at their next slow path, and v2 looked
  * only every 64th). Every 64th: a changed bound (an option, or the number of
  * threads sharing tcache_total), the purge. A smaller bound halves the bins
- * in turn until the budget fits (the bins the thread uses most grow back
- * first); one pass not enough, or caching off, empties them all. */
+ * in turn until the budget fits (the ones the thread uses grow back as it
+ * uses them); one pass not enough, or caching off, empties them all. */
 static void maintain(ta_tcache_t *tc) {
   if (ta_unlikely(tc->epoch != ta_relaxed_load(&ta_flush_epoch))) ta_tcache_flush_all(tc);
   if (ta_likely(++tc->slow % 64)) return;

@@ -19,9 +19,16 @@
 /* min_interval 1 s everywhere: a trim costs a walk over the free pages, and a
  * server that trims after every request of a burst gains nothing over one
  * trim at its end. */
-/* refault_share 0 everywhere: the refault budget (binding.h) is opt-in; the
- * one-second clock stays the default until the budget has been measured on
- * more than celery-300 (bench/results-2026-12-06-celery-refault.txt). */
+/* refault_share: the refault budget (binding.h) is the job hooks' default
+ * (0.1: the refaults a trim causes may cost at most a tenth of the worker's
+ * CPU), and off (0) elsewhere. A job frees what the next job allocates
+ * again, and a page given back costs a fault when it is taken back: 25-35 us
+ * on this project's VM, where a one-second clock trimmed after every task of
+ * a loaded machine (0.92 a task, 5.5x glibc's CPU); the budget measures the
+ * fault's price in each process, so where faults are cheap it trims after
+ * every job as the clock did. Celery on Redis, 300 tasks, and on RabbitMQ,
+ * 3000 (bench/results-2026-12-06-job-share.txt): faults 0.54x and 0.59x the
+ * clock's, CPU 0.86x, mean RSS +2% and +8%, the same idle RSS. */
 const ta_bind_defaults_t ta_bind_defaults[] = {
     /* Trimmer.new, trim_if_due, trimalloc.trimming: after every event */
     {"trimmer", 0, 0, 1.0, 0},
@@ -31,8 +38,10 @@ const ta_bind_defaults_t ta_bind_defaults[] = {
      * next allocations fault back in what it returned. On glibc (no purger)
      * Trimalloc::GC uses 0; trimalloc.gc (Python) always does. */
     {"gc", 0, (int64_t)16 << 20, 1.0, 0},
-    /* jobs (Sidekiq, Celery): after every job; a job is long next to a trim */
-    {"job", 0, 0, 1.0, 0},
+    /* jobs (Sidekiq, Celery): after every job (a job is long next to a trim),
+     * within the refault budget; a trim it holds back runs when the worker
+     * goes idle */
+    {"job", 0, 0, 1.0, 0.1},
     /* requests (Rack, WSGI, gunicorn, aiohttp, ASGI): every 100 requests, or
      * sooner once 64 MiB are free; a trim after each short request would
      * return pages the next one faults back in */

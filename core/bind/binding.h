@@ -134,9 +134,9 @@ uint64_t ta_bind_rss(void);
  *     let a trim through after nearly every Celery task there (0.85-0.92 a
  *     task, 6-7k faults each) where refault_share 0.25 with min_interval 0
  *     let 0.15 through (1.5k faults; bench/results-2026-12-06-celery-refault.txt).
- *     Off by default (refault_share 0). A count-triggered trim (`every`)
- *     and the GC hooks' trims (ta_bind_due, ta_bind_trim_if_due) are not
- *     priced. */
+ *     On for the job hooks by default (0.1, bind_facts.c), off elsewhere.
+ *     A count-triggered trim (`every`) and the GC hooks' trims (ta_bind_due,
+ *     ta_bind_trim_if_due) are not priced. */
 
 #define TA_BIND_FREE_SAMPLE_NS 10000000ull /* 10 ms */
 #define TA_BIND_IDLE_NS 1000000000ull      /* 1 s without a trimmer event ... */

@@ -12,11 +12,11 @@ task_postrun: the shared policy (core/bind, the same as the Ruby gem's
 Sidekiq middleware): trim when at least min_free bytes are free but resident
 (0: after every task) or every `every` tasks (None: off), at most once per
 min_interval seconds per process; a trim skipped by that limit runs when due.
-refault_share > 0 prices each trim by the refault (core/bind/binding.h): it
-runs when the pages free, at the measured cost of faulting one back in, come
-to at most that share of the CPU time the process spent since its last trim;
-one held back runs when the worker goes idle (no task ending for
-TA_BIND_IDLE_NS, core/bind/binding.h).
+refault_share (0.1 by default; 0: off) prices each trim by the refault
+(core/bind/binding.h): it runs when the pages free, at the measured cost of
+faulting one back in, come to at most that share of the CPU time the process
+spent since its last trim; one held back runs when the worker goes idle (no
+task ending for TA_BIND_IDLE_NS, core/bind/binding.h).
 One INFO line from the logger "trimalloc.celery" per process that runs tasks,
 whatever the pool: each prefork child (worker_process_init), or the worker
 itself for the solo, threads, eventlet and gevent pools (worker_init), e.g.
@@ -49,7 +49,7 @@ _UNSET = object()
 DEFAULT_MIN_INTERVAL = _trimalloc.DEFAULTS["job"]["min_interval"]
 DEFAULT_MIN_FREE = _trimalloc.DEFAULTS["job"]["min_free"]
 DEFAULT_EVERY = _trimalloc.DEFAULTS["job"]["every"]
-DEFAULT_REFAULT_SHARE = _trimalloc.DEFAULTS["job"]["refault_share"]  # 0: no refault budget
+DEFAULT_REFAULT_SHARE = _trimalloc.DEFAULTS["job"]["refault_share"]  # 0.1 (0: no refault budget)
 
 _settings: Dict[str, Any] = {"app": None, "trimmer": None}
 _COUNTS = _trimalloc.TRIMMER_COUNTS  # the keys of a trimmer's stats()

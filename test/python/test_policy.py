@@ -241,8 +241,9 @@ def test_defaults_are_core_binds():
         return {"every": h.every, "min_free": h.min_free, "min_interval": h.min_interval,
                 "refault_share": t.refault_share}
 
-    # the refault budget is opt-in: no hook has one unless asked
-    assert {h["refault_share"] for h in d.values()} == {0.0}
+    # the refault budget is the job hooks' default, and no other hook has one unless asked
+    assert {k: h["refault_share"] for k, h in d.items()} == {
+        "trimmer": 0.0, "gc": 0.0, "job": 0.1, "request": 0.0, "out_of_band": 0.0}
     assert settings(TrimMiddleware(lambda e, s: [])) == d["request"]
     assert settings(trimalloc.gunicorn.post_request.trimmer) == d["request"]
     assert settings(trimalloc.gunicorn.make_post_request().trimmer) == d["request"]

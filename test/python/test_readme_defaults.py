@@ -15,10 +15,11 @@ MiB = 1 << 20
 
 
 def settings(text):
-    """{name: value} of the `every`/`min_free`/`min_interval` settings written in
-    text, Ruby (`every: 100`) or Python (`every=100`); nil/None is None."""
+    """{name: value} of the `every`/`min_free`/`min_interval`/`refault_share`
+    settings written in text, Ruby (`every: 100`) or Python (`every=100`);
+    nil/None is None."""
     out = {}
-    for name, value in re.findall(r"\b(every|min_free|min_interval)\s*[:=]\s*([^,)`#\n]+)", text):
+    for name, value in re.findall(r"\b(every|min_free|min_interval|refault_share)\s*[:=]\s*([^,)`#\n]+)", text):
         value = value.strip()
         if value in ("nil", "None"):
             out[name] = None

@@ -251,8 +251,9 @@ class PolicyTest < Minitest::Test
     settings = lambda do |t|
       { every: t.every, min_free: t.min_free, min_interval: t.min_interval, refault_share: t.refault_share }
     end
-    # the refault budget is opt-in: no hook has one unless asked
-    assert_equal [0.0], d.values.map { |h| h[:refault_share] }.uniq
+    # the refault budget is the job hooks' default, and no other hook has one unless asked
+    assert_equal({ trimmer: 0.0, gc: 0.0, job: 0.1, request: 0.0, out_of_band: 0.0 },
+                 d.transform_values { |h| h[:refault_share] })
     assert_equal d[:request], settings.call(Trimalloc::Rack.new(->(_) {}).trimmer)
     assert_equal d[:job], settings.call(Trimalloc::Sidekiq.new.trimmer)
     assert_equal d[:trimmer], settings.call(Trimalloc::Trimmer.new)

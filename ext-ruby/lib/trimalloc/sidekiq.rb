@@ -9,7 +9,9 @@ module Trimalloc
   # many job threads trim at most once per interval). A trim skipped by the
   # rate limit runs when due on a background thread. Same policy and names as
   # the Python package's Celery integration (Trimalloc::Trimmer), the refault
-  # budget too (refault_share:, 0 by default: off; see core/bind/binding.h).
+  # budget too (refault_share:, 0.1 by default: a trim whose refaults would
+  # cost more than that share of the CPU spent since the last one waits, and
+  # runs when the worker goes idle; 0: off; see core/bind/binding.h).
   # With tag: true (the default), while the heap profiler samples, the job's
   # class (an ActiveJob's wrapped class) is the thread's profiler tag while it
   # runs: the samples it takes carry it as their "tag" label

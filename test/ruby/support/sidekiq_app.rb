@@ -27,7 +27,10 @@ Sidekiq.configure_server do |config|
     chain.add DoneCounter
     if ENV["TRIM"] == "1"
       require "trimalloc/sidekiq"
-      chain.add Trimalloc::Sidekiq, min_interval: 0
+      # the middleware's own mechanics: a trim after every job, unpriced (the
+      # refault budget, the job hooks' default, would hold some back; its
+      # logic is policy_test.rb's, end to end test_celery.py's)
+      chain.add Trimalloc::Sidekiq, min_interval: 0, refault_share: 0
     end
   end
 end

@@ -41,8 +41,12 @@ static inline size_t slot_of(uintptr_t a, size_t c) {
   return ((a >> 4) * 0x9e3779b97f4a7c15ull) >> 20 & (c - 1);
 }
 
+/* The table starts at one 4 KiB page and doubles at half full: a record's
+ * slot is anywhere in it, so a table mapped larger than its use is resident
+ * all the same after a few dozen samples (8192 slots at first were 32 KiB
+ * for the 0-20 sampled blocks live at 512 KiB in bench/'s workloads). */
 static bool grow(void) {
-  size_t c = cap ? cap * 2 : 8192;
+  size_t c = cap ? cap * 2 : 1024;
   uint32_t *t = ta_prof_meta_map(c * sizeof(uint32_t));
   if (!t) return false;
   for (size_t i = 0; i < cap; i++)

@@ -186,7 +186,11 @@ void ta_prof_warm(void) {
 
 /* ---- interned strings (tags, frame names) and traces ----
  * Open addressing, linear probing; tables double at half full, in mappings
- * of their own. Traces are numbered in order; ids index pages of pointers. */
+ * of their own, from one 4 KiB page: an entry's slot is anywhere in its
+ * table, so every page of a table is resident after a few entries (the
+ * first sizes were 16 and 24 KiB for the 50-70 traces and 35-41 names of
+ * bench/'s Ruby and Python runs at 512 KiB). Traces are numbered in order;
+ * ids index pages of pointers. */
 static ta_lock_t stack_lock = PTHREAD_MUTEX_INITIALIZER; /* traces and tags */
 #define TA_TRACE_PAGE 4096
 #define TA_TRACE_PAGES 4096 /* 16 M traces */
@@ -258,7 +262,7 @@ static bool same(const ta_prof_trace_t *t, uint64_t h, const uint64_t *pcs, cons
 }
 
 static bool trace_grow(void) { /* stack_lock held */
-  size_t cap = trace_cap ? trace_cap * 2 : 4096;
+  size_t cap = trace_cap ? trace_cap * 2 : 1024;
   uint32_t *t = ta_prof_meta_map(cap * sizeof(uint32_t));
   if (!t) return false;
   for (size_t i = 0; i < trace_cap; i++)
@@ -329,7 +333,7 @@ TRIMALLOC_API int trimalloc_prof_name_frame(uint64_t key, const char *name, cons
   int r = 0;
   ta_lock(&names_lock);
   if ((names_n + 1) * 2 > names_cap) {
-    size_t cap = names_cap ? names_cap * 2 : 1024;
+    size_t cap = names_cap ? names_cap * 2 : 128; /* 24-byte entries: 3 KiB */
     name_t *t = ta_prof_meta_map(cap * sizeof(name_t));
     if (!t) {
       r = ENOMEM;

@@ -498,12 +498,14 @@ int ta_bind_frames_name(uint64_t key, const char *name, const char *file);
 /* The keys a walker handed to the core, each to be kept alive (and fixed
  * in place) by the binding so that its address never comes to mean another
  * function. Open addressing over mmap'ed memory, touched as it fills (never
- * malloc: keys are added inside malloc). No lock: each binding touches it
+ * malloc: keys are added inside malloc): the slots in use are a prefix of
+ * the mapping that doubles when half full. No lock: each binding touches it
  * only with its interpreter lock held. */
 typedef struct {
-  uint64_t *keys;  /* keys[0 .. n), in the order added */
-  uint32_t *slots; /* index + 1 into keys, 0: empty */
+  uint64_t *keys;   /* keys[0 .. n), in the order added */
+  uint32_t *slots;  /* index + 1 into keys, 0: empty; slots[0 .. mask] in use */
   size_t n, max, mask;
+  size_t slots_max; /* slots mapped: mask + 1 grows up to this */
 } ta_bind_keys_t;
 /* Room for max keys. 0, or the errno of mmap (the table then refuses
  * every key, as a full one). */

@@ -440,7 +440,7 @@ void ta_arena_free1(ta_span_t *sp, void *p) {
 /* The arena's delay, and whether everything free goes now (see internal.h). */
 static uint64_t purge_rule(ta_arena_t *a, uint64_t now, bool *all, uint64_t idle_since) {
   ta_lock(&a->lock);
-  uint64_t delay = ta_delay_get(&a->delay, now);
+  uint64_t delay = ta_delay_get(&a->delay, now, true);
   ta_unlock(&a->lock);
   if (!*all && idle_since && now - idle_since >= (delay < TA_IDLE_MS ? delay : TA_IDLE_MS)) *all = true;
   return delay;

@@ -116,7 +116,7 @@ size_t ta_huge_cache_expire(uint64_t now, bool all) {
   size_t n = 0, bytes = 0;
   ta_lock(&expire_lock);
   ta_lock(&cache_lock);
-  uint64_t delay = ta_delay_get(&cache_delay, now);
+  uint64_t delay = ta_delay_get(&cache_delay, now, false);
   for (size_t i = 0; i < TA_HUGE_CACHE; i++)
     if (cache[i].seg && (all || cache[i].freed_ms + delay <= now)) {
       drop[n++] = cache[i].seg;

@@ -546,7 +546,7 @@ TA_HIDDEN void ta_purge_fork_child(void);
 TA_HIDDEN extern _Atomic uint64_t ta_trims, ta_trimmed_bytes, ta_trim_ns;
 
 /* ---- delay.c: purge hysteresis (a leaf) ----------------------------------- */
-TA_HIDDEN uint64_t ta_delay_get(ta_delay_t *d, uint64_t now_ms);    /* the owner's lock */
+TA_HIDDEN uint64_t ta_delay_get(ta_delay_t *d, uint64_t now_ms, bool arena); /* the owner's lock; arena: the arenas' cap (delay.c) */
 TA_HIDDEN void ta_delay_released(ta_delay_t *d, uint64_t now_ms);   /* the owner's lock */
 TA_HIDDEN void ta_delay_refault(ta_delay_t *d, uint64_t now_ms);    /* any thread; now 0: the clock */
 

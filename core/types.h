@@ -57,8 +57,9 @@ typedef struct ta_arena_s ta_arena_t;
 typedef pthread_mutex_t ta_lock_t;
 
 /* Purge hysteresis (purge.c): memory that stays idle `delay_ms` is returned;
- * taking returned memory back soon after doubles the delay (up to 10x the
- * option, at most 1 s), a calm period halves it again. */
+ * taking returned memory back soon after doubles the delay (an arena's up to
+ * 100x the option, at most 10 s; the huge-mapping cache's up to 10x, at most
+ * 1 s: delay.c), a calm period halves it again. */
 typedef struct ta_delay_s {
   uint64_t delay_ms;    /* current delay (under the owner's lock) */
   uint64_t released_ms; /* last release of memory (under the owner's lock) */

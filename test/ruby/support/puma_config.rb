@@ -24,6 +24,7 @@ end
 
 cache = []
 lock = Mutex.new
+held = 0 # requests inside /hold now (the steady-load test waits for its own)
 plugin_stats = -> { defined?(Trimalloc::Puma) ? Trimalloc::Puma.stats : nil }
 watch_stats = -> { defined?(Trimalloc::Puma) ? Trimalloc::Puma.watch_stats : nil }
 
@@ -40,10 +41,15 @@ app do |env|
     [200, { "Content-Type" => "application/json" }, [JSON.generate(plugin: plugin_stats.call)]]
   when "/stats"
     require "trimalloc"
-    body = Trimalloc.stats.merge(plugin: plugin_stats.call, watch: watch_stats.call)
+    body = Trimalloc.stats.merge(plugin: plugin_stats.call, watch: watch_stats.call, held: lock.synchronize { held })
     [200, { "Content-Type" => "application/json" }, [JSON.generate(body)]]
   when "/hold" # keeps a thread busy for QUERY_STRING seconds (never all idle)
-    sleep Float(env["QUERY_STRING"])
+    lock.synchronize { held += 1 }
+    begin
+      sleep Float(env["QUERY_STRING"])
+    ensure
+      lock.synchronize { held -= 1 }
+    end
     [200, { "Content-Type" => "text/plain" }, ["held\n"]]
   else
     [404, {}, []]

@@ -183,6 +183,12 @@ static inline double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static inline double thread_cpu_s(void) { /* the calling thread's CPU time */
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static inline trimalloc_stats_t stats_now(void) {
   trimalloc_stats_t s;
   memset(&s, 0, sizeof s);

@@ -218,25 +218,25 @@ run_one() {
   [ -n "$lib" ] && env_args=(LD_PRELOAD="$lib")
   if [ "$prog" = ruby ]; then cmd=/usr/bin/ruby; else cmd=./$prog; fi
   [ "$prog" = barnes ] && in=$SRC/barnes/input
-  local out=$TMP/out tf=$TMP/time
+  local outf=$TMP/out tf=$TMP/time wall rss user sys minflt
   rm -f "$tf"
   # shellcheck disable=SC2086 # args: bench.sh's word list
   { (cd "$BUILD" && exec /usr/bin/time -o "$tf" -f '%e %M %U %S %R' \
-    timeout -k 5 "$TIMEOUT" env "${env_args[@]}" "$cmd" $args <"$in" >"$out" 2>&1); } 2>/dev/null
+    timeout -k 5 "$TIMEOUT" env "${env_args[@]}" "$cmd" $args <"$in" >"$outf" 2>&1); } 2>/dev/null
   rc=$?
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then status="timeout(${TIMEOUT}s)"
   elif [ "$rc" -gt 128 ]; then status=$(kill -l $((rc - 128)) 2>/dev/null || echo "sig$((rc - 128))")
   elif [ "$rc" != 0 ]; then status="exit$rc"
   else status=ok
   fi
-  if grep -a -q 'trimalloc: error:' "$out"; then status="$status,msg"; fi
+  if grep -a -q 'trimalloc: error:' "$outf"; then status="$status,msg"; fi
   read -r wall rss user sys minflt < <(tail -1 "$tf" 2>/dev/null) || true
   [ -n "${minflt:-}" ] || { wall=- rss=- user=0 sys=0 minflt=-; [ "$status" = ok ] && status="no-time"; }
-  t=$(bench_time "$row" "$out" "$wall")
+  t=$(bench_time "$row" "$outf" "$wall")
   [ "$t" = - ] && [ "$status" = ok ] && status="no-result"
   if [ "$status" != ok ]; then
     mkdir -p "$BUILD/failed"
-    cp "$out" "$BUILD/failed/$row.$alloc.$run.out"
+    cp "$outf" "$BUILD/failed/$row.${alloc%%=*}.$run.out"
   fi
   echo "$row ${alloc%%=*} $run $status $t $wall $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') $rss $minflt" >>"$RAW"
   echo "  $row ${alloc%%=*} run $run: $status time $t wall $wall rss ${rss}K" >&2
@@ -284,6 +284,7 @@ echo "each figure: median of $RUNS run(s), allocators interleaved; ${ELAPSED} s 
 echo "load before: $LOAD_BEFORE"
 echo "load after:  $LOAD_AFTER"
 ALLOCS_SHOWN=$(for a in "${ALLOC_LIST[@]}"; do printf '%s ' "${a%%=*}"; done)
+# shellcheck disable=SC2086 # one argument per allocator
 /usr/bin/python3 - "$RAW" $ALLOCS_SHOWN <<'EOF'
 import math, statistics, sys
 raw, allocs = sys.argv[1], sys.argv[2:]

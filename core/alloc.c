@@ -271,7 +271,7 @@ static __attribute__((noinline)) void free_slow(ta_segment_t *s, ta_span_t *sp, 
      * leaves the live set and goes to its slab, the others go to the thread
      * cache as on the fast path; so do a keyless slab's */
 #ifndef TA_NO_PROF
-    if (!(ta_relaxed_load(&sp->prof_sampled) && ta_prof_forget(sp, p)))
+    if (!(ta_slab_prof_maybe(sp, p) && ta_prof_forget(sp, p))) /* the check inline: no call for the others */
 #endif
       if (free_cached(sp, p)) return;
 #ifdef TA_HARDENED

@@ -390,7 +390,7 @@ TA_PROF_PATH static void *realloc_prof(void *p, void *q, size_t have) {
   else if ((far = ta_huge_far_of(q)) != NULL) ta_prof_forget(&far->spans[0], p);
   /* have: q's usable size when the caller knows it (kept in place: every
    * in-place realloc comes here while sampling is on, and ta_usable_size's
-   * checks were 0.9% of bench/py_tasks.py's instructions at 512 KiB) */
+   * checks were 0.87% of preloaded bench/py_tasks.py's instructions at 512 KiB) */
   if (ta_relaxed_load(&ta_prof_rate)) ta_prof_draw(q, have ? have : ta_usable_size(q, "realloc: invalid pointer"));
   return q;
 }

@@ -420,7 +420,7 @@ static inline bool ta_slab_prof_maybe(ta_span_t *sp, const void *p) {
   uint32_t off = (uint32_t)((const uint8_t *)p - sp->start) + 1;
   /* unrolled by hand (the loads are atomic: the compiler kept the loop):
    * every free of the slab's other blocks comes here while it holds a
-   * sample (300-440 frees a sample in bench/py_tasks.py at 512 KiB) */
+   * sample (300-640 frees a sample in bench/py_tasks.py at 512 KiB) */
   return (ta_relaxed_load(&sp->prof_offs[0]) == off) | (ta_relaxed_load(&sp->prof_offs[1]) == off) |
          (ta_relaxed_load(&sp->prof_offs[2]) == off) | (ta_relaxed_load(&sp->prof_offs[3]) == off);
 }

@@ -192,10 +192,37 @@ static uint64_t code_key(PyCodeObject *code) {
 /* Frames the walkers stop at: a chain this long is not a real one. */
 #define WALK_LIMIT 100000
 
+/* ---- lines: (code object, offset) -> line, cached ----
+ * PyCode_Addr2Line decodes the code object's line table from its start on
+ * every call: 2.7 K instructions a frame on bench/py_tasks.py under 3.11,
+ * 20 K of a sample's 65 K (callgrind, bench/results-2026-12-06-prof-sample-
+ * cost.txt). A direct-mapped cache in front of it, touched only with the GIL
+ * held (like `seen`). Only a kept code object's lines are cached: its
+ * address is never another code object's, and its line table never changes;
+ * a frame under OVERFLOW_KEY is looked up every time. 16 KiB, zero pages
+ * until touched. */
+#define LINE_CACHE 1024u
+static struct {
+  uint64_t key; /* a code object's key, 0 empty */
+  int32_t off, line;
+} line_cache[LINE_CACHE];
+
+static int32_t line_of(PyCodeObject *code, uint64_t key, int byte_offset) {
+  if (key == OVERFLOW_KEY) return py.addr2line(code, byte_offset);
+  uint64_t h = (key ^ ((uint64_t)(uint32_t)byte_offset << 32)) * 0x9e3779b97f4a7c15ull;
+  size_t i = (size_t)(h >> 54) & (LINE_CACHE - 1);
+  if (line_cache[i].key == key && line_cache[i].off == byte_offset) return line_cache[i].line;
+  int32_t line = py.addr2line(code, byte_offset);
+  line_cache[i].key = key;
+  line_cache[i].off = byte_offset;
+  line_cache[i].line = line;
+  return line;
+}
+
 /* One frame: its key and line into keys[n], lines[n]. */
 static void put(PyCodeObject *code, int byte_offset, uint64_t *keys, int32_t *lines, int n) {
   keys[n] = code_key(code);
-  lines[n] = py.addr2line(code, byte_offset);
+  lines[n] = line_of(code, keys[n], byte_offset);
 }
 
 static int walk(PyThreadState *ts, uint64_t *keys, int32_t *lines, int max) {

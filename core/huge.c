@@ -58,6 +58,15 @@ static ta_segment_t *cache_take_fit(size_t map) {
   return best;
 }
 
+/* How much bigger than its block a reused mapping may be (cache_take); the
+ * hardened build keeps every huge block ending where its mapping ends, so
+ * that an overflow past it faults instead of writing into slack. */
+#ifdef TA_HARDENED
+#define TA_HUGE_SLACK 1
+#else
+#define TA_HUGE_SLACK 2
+#endif
+
 static ta_segment_t *cache_take(size_t map) {
   ta_segment_t *best = cache_take_fit(map);
   if (!best) { /* a miss soon after expiring mappings: keep them longer */
@@ -76,7 +85,7 @@ static ta_segment_t *cache_take(size_t map) {
    * (5-25 MiB blocks, 20 live, each replaced by one of another size) fault
    * 1.79M times against glibc's 0.51M: each cut tail was faulted in again by
    * the next bigger block. */
-  if (best && best->map_size > 2 * map) {
+  if (best && best->map_size > TA_HUGE_SLACK * map) {
     ta_prim_unmap((uint8_t *)best + map, best->map_size - map);
     best->map_size = map;
   } else if (best && best->map_size < map) {
@@ -161,7 +170,7 @@ void *ta_huge_alloc(size_t size, size_t align, bool zero) {
   size_t map = round_up(off + size, ps), have = map;
   void *p = cache_take(map);
   if (p) { /* dirty: clear the header and what is before the block (and the block for calloc) */
-    have = ((ta_segment_t *)p)->map_size; /* at most twice map (cache_take) */
+    have = ((ta_segment_t *)p)->map_size; /* at most TA_HUGE_SLACK x map (cache_take) */
     memset(p, 0, off);
     if (zero) memset((uint8_t *)p + off, 0, map - off);
   } else if (ta_prim_map(map, TA_SEGMENT_SIZE, &p) != 0) {
@@ -271,7 +280,7 @@ void *ta_huge_realloc(ta_segment_t *s, size_t size) {
     return NULL;
   }
   size_t map = round_up(off + size, ps);
-  if (map <= s->map_size && s->map_size <= 2 * map) { /* within the mapping (at most twice the block: ta_huge_alloc) */
+  if (map <= s->map_size && s->map_size <= TA_HUGE_SLACK * map) { /* within the mapping (cache_take's bound) */
     huge_account(s, -1);
     s->huge_size = map - off;
     huge_account(s, 1);

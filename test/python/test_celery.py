@@ -145,6 +145,21 @@ def test_celery_worker_rss_lower_on_trimalloc_with_the_integration(redis_url, tm
     assert max(trim_rss.values()) < min(glibc_rss.values()) - TASK_MIB * MiB // 2, detail
 
 
+def burst_then_fall(w, before, pool, when, timeout=60.0):
+    """A 100 MiB burst in each pool process, resident at its end; then waits
+    until each one's RSS is 60 MiB under its peak."""
+    bursts = w.on_each_pool_process("burst", BURST_MIB)
+    assert sorted(b["pid"] for b in bursts) == pool
+    for b in bursts:
+        start = next(i for i in before if i["pid"] == b["pid"])
+        assert b["rss"] - start["rss"] >= 70 * MiB, ("the burst was resident at its end", b)
+    for pid in pool:
+        def fell():
+            st = proc_status(pid)
+            return st["hwm"] - st["rss"] >= 60 * MiB
+        wait_for("pool process %d's RSS to fall %s (%s)" % (pid, when, proc_status(pid)), fell, timeout=timeout)
+
+
 def check_burst(w):
     """What the launcher and preload tests check: every pool process runs on
     trimalloc, says so in the log once, the integration's trim after a
@@ -158,16 +173,7 @@ def check_burst(w):
         assert (i["ppid"], i["active"], i["backend"]) == (w.pid, True, "trimalloc"), i
         assert w.log().count("trimalloc: pool process %d runs on trimalloc (" % i["pid"]) == 1, w.log()
 
-    bursts = w.on_each_pool_process("burst", BURST_MIB)
-    assert sorted(b["pid"] for b in bursts) == pool
-    for b in bursts:
-        start = next(i for i in before if i["pid"] == b["pid"])
-        assert b["rss"] - start["rss"] >= 70 * MiB, ("the burst was resident at its end", b)
-    for pid in pool:
-        def fell():
-            st = proc_status(pid)
-            return st["hwm"] - st["rss"] >= 60 * MiB
-        wait_for("pool process %d's RSS to fall after the burst (%s)" % (pid, proc_status(pid)), fell)
+    burst_then_fall(w, before, pool, "after the burst")
     after = w.on_each_pool_process("hook_stats")
     for i in after:
         start = next(b for b in before if b["pid"] == i["pid"])
@@ -207,17 +213,7 @@ def test_celery_with_the_default_refault_budget_returns_a_burst_once_the_worker_
         share = _trimalloc.DEFAULTS["job"]["refault_share"]
         assert share > 0
         assert {i["refault_share"] for i in before} == {share}, before
-        pool = sorted(children_of(w.pid))
-        bursts = w.on_each_pool_process("burst", BURST_MIB)
-        for b in bursts:
-            start = next(i for i in before if i["pid"] == b["pid"])
-            assert b["rss"] - start["rss"] >= 70 * MiB, ("the burst was resident at its end", b)
-        for pid in pool:
-            def fell():
-                st = proc_status(pid)
-                return st["hwm"] - st["rss"] >= 60 * MiB
-            wait_for("pool process %d's RSS to fall once idle (%s)" % (pid, proc_status(pid)), fell,
-                     timeout=20)
+        burst_then_fall(w, before, sorted(children_of(w.pid)), "once idle", timeout=20)
         def returned():
             # a trim gave the burst back (the purger is held off): the hook's
             # own after the burst, or the one the budget held back, run by the

@@ -5,10 +5,9 @@
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>
-#include <sys/wait.h>
-
 #include <sys/resource.h>
 #include <sys/wait.h>
+
 #include "check.h"
 
 #define U(x) ((unsigned long long)(x))

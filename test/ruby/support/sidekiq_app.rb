@@ -25,12 +25,16 @@ Sidekiq.configure_server do |config|
   config.redis = { url: ENV.fetch("REDIS_URL") }
   config.server_middleware do |chain|
     chain.add DoneCounter
-    if ENV["TRIM"] == "1"
+    case ENV["TRIM"]
+    when "1"
       require "trimalloc/sidekiq"
       # the middleware's own mechanics: a trim after every job, unpriced (the
       # refault budget, the job hooks' default, would hold some back; its
-      # logic is policy_test.rb's, end to end test_celery.py's)
+      # logic is policy_test.rb's, end to end the default-budget test's)
       chain.add Trimalloc::Sidekiq, min_interval: 0, refault_share: 0
+    when "defaults"
+      require "trimalloc/sidekiq"
+      chain.add Trimalloc::Sidekiq # as the README writes it
     end
   end
 end
@@ -80,17 +84,20 @@ class BurstJob
   end
 end
 
-# Stores what this process runs on, Trimalloc.stats and the middleware's
-# counters (JSON) in redis, for the test to read.
+# Stores what this process runs on, Trimalloc.stats, the middleware's
+# counters and refault_share, and the policy's counters (JSON) in redis, for
+# the test to read.
 class StatsJob
   include Sidekiq::Worker
   sidekiq_options retry: false
 
   def perform
     require "trimalloc"
-    hook = defined?(Trimalloc::Sidekiq) ? Trimalloc::Sidekiq.trimmers.map(&:stats) : []
+    trimmers = defined?(Trimalloc::Sidekiq) ? Trimalloc::Sidekiq.trimmers : []
+    hook = trimmers.map { |t| t.stats.merge(refault_share: t.refault_share) }
     info = Trimalloc.stats.merge(rss: Trimalloc.rss, pid: Process.pid, active: Trimalloc.active?,
-                                 comm: File.read("/proc/self/comm").chomp, hook: hook)
+                                 comm: File.read("/proc/self/comm").chomp, hook: hook,
+                                 policy: Trimalloc.policy_stats)
     Sidekiq.redis { |r| r.set("trimalloc:stats", JSON.generate(info)) }
   end
 end

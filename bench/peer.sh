@@ -7,7 +7,7 @@
 #   bench/peer.sh [options] PATH-TO-MIMALLOC-BENCH
 #     --build DIR         where the benchmarks are built (default bench/build/peer)
 #     --allocators LIST   glibc,jemalloc,mimalloc,tcmalloc,trimalloc (the default);
-#                         NAME=PATH preloads the library at PATH (another build)
+#                         names as in bench/lib.sh; NAME=PATH: the library at PATH
 #     --runs N            runs of each benchmark under each allocator (default 2),
 #                         interleaved: run 1 under every allocator, then run 2, ...
 #     --only LIST         these rows only (names as below, e.g. larsonN,rptestN)
@@ -62,27 +62,10 @@ fi
 SRC=$(cd "$SRC" && pwd)
 case $RUNS in '' | *[!0-9]* | 0) echo "--runs: a positive integer, not '$RUNS'" >&2; exit 2 ;; esac
 
-LIBDIR=/usr/lib/x86_64-linux-gnu
-lib_of() {
-  case $1 in
-  *=*) realpath -m -- "${1#*=}" ;;
-  glibc) echo "" ;;
-  jemalloc) echo "$LIBDIR/libjemalloc.so.2" ;;
-  mimalloc) echo "$LIBDIR/libmimalloc.so.2" ;;
-  tcmalloc) echo "$LIBDIR/libtcmalloc_minimal.so.4" ;;
-  trimalloc) echo "$ROOT/core/build/libtrimalloc.so" ;;
-  *) echo "unknown allocator $1" >&2; exit 2 ;;
-  esac
-}
-IFS=, read -r -a ALLOC_LIST <<<"$ALLOCS"
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+allocators "$ALLOCS"
 [ "${ALLOC_LIST[0]%%=*}" = glibc ] || { echo "--allocators: glibc first (the ratios' base)" >&2; exit 2; }
-for a in "${ALLOC_LIST[@]}"; do
-  lib=$(lib_of "$a") || exit 2
-  if [ -n "$lib" ] && [ ! -f "$lib" ]; then
-    echo "$lib missing (trimalloc: make -C core; tcmalloc: apt-get install libtcmalloc-minimal4)" >&2
-    exit 2
-  fi
-done
 
 # ---- build (bench/CMakeLists.txt, Release) ----
 CC=${CC:-cc}

@@ -7,7 +7,7 @@
 #   bench/security.sh [options] PATH-TO-MIMALLOC-BENCH
 #     --build DIR         where the probes are built (default bench/build/security)
 #     --allocators LIST   glibc,trimalloc,trimalloc-hardened (default: all three);
-#                         NAME=PATH preloads the library at PATH (another build)
+#                         names as in bench/lib.sh; NAME=PATH: the library at PATH
 #     --timeout S         per probe (default 1, as mimalloc-bench's bench.sh)
 #
 # Built as mimalloc-bench builds them (bench/CMakeLists.txt, Release, and
@@ -45,23 +45,9 @@ if [ -z "$MB" ] || [ ! -f "$SRC/common.h" ]; then
   exit 2
 fi
 
-lib_of() {
-  case $1 in
-  *=*) realpath -m -- "${1#*=}" ;; # absolute: the probes run in the build directory
-  glibc) echo "" ;;
-  trimalloc) echo "$ROOT/core/build/libtrimalloc.so" ;;
-  trimalloc-hardened) echo "$ROOT/core/build-hardened/libtrimalloc.so" ;;
-  *) echo "unknown allocator $1" >&2; exit 2 ;;
-  esac
-}
-IFS=, read -r -a ALLOC_LIST <<<"$ALLOCS"
-for a in "${ALLOC_LIST[@]}"; do
-  lib=$(lib_of "$a") || exit 2
-  if [ -n "$lib" ] && [ ! -f "$lib" ]; then
-    echo "$lib missing: make -C core (or make -C core hardened)" >&2
-    exit 2
-  fi
-done
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+allocators "$ALLOCS"
 
 # ---- build (bench/CMakeLists.txt: Release, warnings off) ----
 CC=${CC:-cc}

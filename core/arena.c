@@ -177,8 +177,8 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
    * thread caches flush, and they ask as much); short batches (a bin halved
    * to give budget to another) are joined until `want`. Still counted as
    * handed out in the slabs. */
+  uint64_t now = ta_prim_clock_ms();
   if (bin->nxfer) {
-    uint64_t now = ta_prim_clock_ms();
     while (got < want && bin->nxfer) got += xfer_take(a, bin, cls, first, want - got, now);
   }
   size_t reused = got;
@@ -188,6 +188,7 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
     if (!sp) break;
     uint16_t d0 = sp->dirty;
     got += ta_slab_take(sp, first, want - got, &d);
+    sp->freed_ms = now; /* in use: its free pages are what the next refill takes */
     dirty_moved(bin, d0, sp->dirty);
     rebucket(bin, sp);
   }

@@ -156,7 +156,7 @@ typedef struct __attribute__((aligned(64))) ta_span_s {
   _Atomic uint32_t prof_offs[4];
   uint32_t purge_pass; /* slab, free span: the last purge pass that took it (arena.c) */
   struct ta_span_s *next, *prev; /* bucket list / page-heap list */
-  uint64_t freed_ms;     /* slab: last block returned; free span: when freed */
+  uint64_t freed_ms;     /* slab: last block returned or taken; free span: when freed */
   /* large: the block's offset from start. 0 for an aligned block; a block
    * from malloc ends where its span does, after the 32 bytes of its front
    * canary (span.c), but in the hardened build, where it sits between two

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,9 +83,16 @@ __attribute__((format(printf, 5, 6))) static int check_report(int ok, const char
 /* Evaluates to 1 when cond holds, so a test can stop early on failure. */
 #define CHECK(cond, ...) check_report(!!(cond), #cond, __FILE__, __LINE__, "" __VA_ARGS__)
 
-/* Runs one test, then checks the calling thread's heap invariants. */
+/* Runs one test, then checks the calling thread's heap invariants. With
+ * TEST_ONLY=part set, only the tests whose names hold it run (a test being
+ * worked on, without the rest of its file). */
+static inline bool test_selected(const char *name) {
+  const char *only = getenv("TEST_ONLY");
+  return !only || strstr(name, only);
+}
 #define RUN(fn)                                                  \
   do {                                                           \
+    if (!test_selected(#fn)) break;                              \
     fprintf(stdout, "-- %s\n", #fn);                             \
     fflush(stdout);                                              \
     fn();                                                        \
@@ -302,6 +310,13 @@ static inline uint64_t thread_cache_bound(uint64_t caches) {
   while (((uint64_t)1 << shift) < caches) shift++;
   total /= (uint64_t)sysconf(_SC_PAGESIZE) / 4096;
   return (total >> shift) > least ? total >> shift : least;
+}
+
+/* The process's minor page faults so far. */
+static inline long minor_faults(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
 }
 
 static inline void sleep_ms(long ms) {

@@ -325,12 +325,6 @@ static void test_stats_huge_reuse_counts_request(void) {
  * fault nothing in (mimalloc-bench's malloc-large: each cut tail was faulted
  * in again by the next bigger block, 1.79M faults against glibc's 0.51M);
  * what is allocated is the request. */
-static long minor_faults(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_minflt;
-}
-
 static void test_stats_huge_reuse_whole_within_twice(void) {
 #ifdef TEST_HARDENED
   return; /* the hardened build cuts every reused mapping to its block (huge.c, TA_HUGE_SLACK) */

@@ -599,6 +599,37 @@ static void test_refault_populates_what_was_resident(void) {
   option_swap("background", bg);
 }
 
+/* Resident pages first (session 24). A large block whose best-fitting
+ * free span was purged takes a bigger span's resident slices instead: its
+ * pages need no fault (a Celery pool process took 28k of its 34k refaults
+ * carving new slabs on purged slices while resident ones waited). Spans
+ * here: A (4 slices) purged by a trim, B (8 slices) freed after it,
+ * resident; live guards keep them apart. */
+static void test_span_alloc_takes_resident_slices_first(void) {
+  const size_t ka = 200 * KiB, kb = 450 * KiB, kg = 150 * KiB;
+  long long bg = option_swap("background", 0); /* no purge but the trim below */
+  trimalloc_trim();
+  uint8_t *a = trimalloc_malloc(ka), *g1 = trimalloc_malloc(kg), *b = trimalloc_malloc(kb),
+          *g2 = trimalloc_malloc(kg);
+  CHECK(a && g1 && b && g2, "allocations failed");
+  memset(a, 0x11, ka);
+  memset(b, 0x22, kb);
+  trimalloc_free(a);
+  trimalloc_trim(); /* A's span purged; B is live */
+  trimalloc_free(b); /* B's span free and resident */
+  uint8_t *c = trimalloc_malloc(ka);
+  uint8_t *b_span = (uint8_t *)((uintptr_t)b & ~(uintptr_t)(64 * KiB - 1));
+  bool in_b = c >= b_span && c < b + kb, in_a = c >= a - 64 * KiB && c < a + ka;
+  fprintf(stdout, "   A %p (purged), B %p (resident), the next %zu KiB block %p: %s\n", (void *)a, (void *)b,
+          ka / KiB, (void *)c, in_b ? "in B" : in_a ? "in A" : "elsewhere");
+  CHECK(in_b, "a %zu KiB block went to %p, not to the resident span at %p (the purged one at %p)", ka / KiB,
+        (void *)c, (void *)b, (void *)a);
+  trimalloc_free(c);
+  trimalloc_free(g1);
+  trimalloc_free(g2);
+  option_swap("background", bg);
+}
+
 /* A slab the program keeps taking blocks from keeps its resident free
  * pages: its age starts at each refill, not only at a free (session 24: a
  * new slab on slices freed a moment before was "free since 0", so the
@@ -904,6 +935,7 @@ int main(int argc, char **argv) {
     SKIP(test_refault_populates_what_was_resident, "qemu-user ignores MADV_POPULATE_WRITE");
   else
     RUN(test_refault_populates_what_was_resident);
+  RUN(test_span_alloc_takes_resident_slices_first);
   RUN(test_slab_in_use_keeps_its_pages);
   RUN(test_single_threaded_program_stays_so);
   if (test_runner())

@@ -101,6 +101,37 @@ int ta_bind_keys_add(ta_bind_keys_t *k, uint64_t key) {
   return TA_BIND_KEY_ADDED;
 }
 
+/* ---- a walker's keys and counters ---- */
+
+int ta_bind_walker_keep(ta_bind_walker_t *w, uint64_t key) {
+  int r = w->test_full && !ta_bind_keys_has(&w->table, key) ? TA_BIND_KEY_FULL : ta_bind_keys_add(&w->table, key);
+  w->dropped += r == TA_BIND_KEY_FULL;
+  return r != TA_BIND_KEY_FULL;
+}
+
+int ta_bind_walker_next(const ta_bind_walker_t *w, uint64_t *key) {
+  if (w->named >= w->table.n) return 0;
+  *key = w->table.keys[w->named];
+  return 1;
+}
+
+void ta_bind_walker_name(ta_bind_walker_t *w, const char *name, const char *file) {
+  w->unnamed += ta_bind_frames_name(w->table.keys[w->named], name, file) != 0;
+  w->named++;
+}
+
+size_t ta_bind_walker_fields(ta_bind_walker_t *w, ta_bind_field_t *out) {
+  size_t n = 0;
+  out[n++] = (ta_bind_field_t){"frames", 'u', 1, {.u = w->table.n}};
+  out[n++] = (ta_bind_field_t){"named", 'u', 1, {.u = w->named}};
+  out[n++] = (ta_bind_field_t){"dropped", 'u', 1, {.u = w->dropped}};
+  out[n++] = (ta_bind_field_t){"unnamed", 'u', 1, {.u = w->unnamed}};
+  out[n++] = (ta_bind_field_t){"samples", 'u', 1, {.u = w->samples}};
+  out[n++] = (ta_bind_field_t){"skipped", 'u', 1, {.u = atomic_load(&w->skipped)}};
+  out[n++] = (ta_bind_field_t){"hooked", 'b', 1, {.u = (uint64_t)w->hooked}};
+  return n;
+}
+
 /* ---- measuring a walker, UTF-8 ---- */
 
 double ta_bind_frames_cost(ta_bind_frames_fn fn, long n, int max, int *got) {

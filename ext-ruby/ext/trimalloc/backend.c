@@ -41,15 +41,10 @@ TA_BIND_CALLS(TA_RB_CALL)
 
 /* Trims run without the GVL: they touch no Ruby object, and glibc's
  * malloc_trim can take milliseconds on a large heap. */
-static void *trim_nogvl(void *out) {
-  *(uint64_t *)out = ta_bind_trim();
-  return NULL;
-}
-
 static VALUE m_trim(VALUE self) {
-  uint64_t released = 0;
-  rb_thread_call_without_gvl(trim_nogvl, &released, NULL, NULL);
-  return ULL2NUM(released);
+  ta_bind_job_t j = {.kind = TA_JOB_TRIM};
+  rb_thread_call_without_gvl(ta_bind_job_run, &j, NULL, NULL);
+  return ULL2NUM((uint64_t)j.released);
 }
 
 /* Native.trim_if_due(min_interval, min_free) -> Integer or nil (nil:

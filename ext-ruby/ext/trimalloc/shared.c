@@ -32,21 +32,10 @@ VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n) {
   return h;
 }
 
-struct run_args {
-  ta_bind_trimmer_t *t;
-  int64_t released;
-};
-
-static void *run_nogvl(void *p) {
-  struct run_args *a = p;
-  a->released = a->t ? ta_bind_trimmer_run(a->t, NULL) : ta_bind_run_trim(NULL);
-  return NULL;
-}
-
 VALUE ta_rb_run_trim(ta_bind_trimmer_t *t) {
-  struct run_args a = {t, -1};
-  rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
-  return a.released < 0 ? Qnil : LL2NUM(a.released);
+  ta_bind_job_t j = {.kind = TA_JOB_RUN, .trimmer = t, .released = -1};
+  rb_thread_call_without_gvl(ta_bind_job_run, &j, NULL, NULL);
+  return j.released < 0 ? Qnil : LL2NUM(j.released);
 }
 
 char **ta_rb_argv(VALUE argv, VALUE *held, VALUE *buf) {

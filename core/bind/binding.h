@@ -543,10 +543,19 @@ const char *ta_bind_preload_name(int code);
 #define TA_BIND_PRELOAD_NCODES 7
 size_t ta_bind_preload_fields(ta_bind_field_t *out);
 
-/* A profile row's four numbers as 'i' fields, named as the sample types:
- * inuse_space, inuse_objects, alloc_space, alloc_objects. Returns 4. */
+/* The four sample types a profile row carries, in its order (bind_prof_top.c:
+ * the readers' `by`/`type`): inuse_space, inuse_objects, alloc_space,
+ * alloc_objects. A row's numbers as 'i' fields named so; returns 4. */
 #define TA_BIND_PROF_ROW_NFIELDS 4
+extern const char *const ta_bind_prof_types[TA_BIND_PROF_ROW_NFIELDS];
 size_t ta_bind_prof_row_fields(const ta_bind_prof_row_t *r, ta_bind_field_t *out);
+
+/* The dump kinds by name: live (TRIMALLOC_PROF_LIVE), peak (..._PEAK), 'i'. */
+#define TA_BIND_PROF_NKINDS 2
+size_t ta_bind_prof_kind_fields(ta_bind_field_t *out);
+
+/* The largest sampling interval the core takes (trimalloc_prof_start), bytes. */
+#define TA_BIND_PROF_MAX_INTERVAL (1ull << 30)
 
 /* ---- bind_frames.c: what the interpreters' frame walkers share ----
  * Each extension walks its own interpreter's frames (the part that is per

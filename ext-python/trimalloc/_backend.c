@@ -38,11 +38,9 @@ TA_BIND_CALLS(TA_PY_CALL)
 
 static PyObject *py_trim(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
-  uint64_t released;
-  Py_BEGIN_ALLOW_THREADS
-  released = ta_bind_trim();
-  Py_END_ALLOW_THREADS
-  return PyLong_FromUnsignedLongLong(released);
+  ta_bind_job_t j = {.kind = TA_JOB_TRIM};
+  ta_py_job(&j);
+  return PyLong_FromUnsignedLongLong((uint64_t)j.released);
 }
 
 /* trim_if_due(min_interval, min_free=DEFAULTS['trimmer']['min_free']): the callers (trimalloc._hooks)

@@ -59,19 +59,15 @@ static PyObject *py_prof_dump(PyObject *m, PyObject *args) {
     Py_XDECREF(path_b);
     return NULL;
   }
-  char written[4096];
-  const char *path = path_b ? PyBytes_AsString(path_b) : NULL;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = ta_bind_sampler_dump(path, kind, written, sizeof written);
-  Py_END_ALLOW_THREADS
+  ta_bind_job_t j = {.kind = TA_JOB_DUMP, .path = path_b ? PyBytes_AsString(path_b) : NULL, .dump_kind = kind};
+  ta_py_job(&j);
   PyObject *r = NULL;
-  if (rc == 0) {
-    r = PyUnicode_DecodeFSDefault(written);
-  } else if (rc == EINVAL && kind != TRIMALLOC_PROF_LIVE && kind != TRIMALLOC_PROF_PEAK) {
+  if (j.rc == 0) {
+    r = PyUnicode_DecodeFSDefault(j.msg);
+  } else if (j.rc == EINVAL && kind != TRIMALLOC_PROF_LIVE && kind != TRIMALLOC_PROF_PEAK) {
     PyErr_Format(PyExc_ValueError, "kind must be live or peak, not %d", kind);
   } else {
-    errno = rc;
+    errno = j.rc;
     if (path_b) PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
     else PyErr_SetFromErrno(PyExc_OSError);
   }

@@ -49,6 +49,19 @@ PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n) {
   return d;
 }
 
+void ta_py_job(ta_bind_job_t *j) {
+  Py_BEGIN_ALLOW_THREADS
+  ta_bind_job_run(j);
+  Py_END_ALLOW_THREADS
+}
+
+PyObject *ta_py_run_trim(ta_bind_trimmer_t *t) {
+  ta_bind_job_t j = {.kind = TA_JOB_RUN, .trimmer = t, .released = -1};
+  ta_py_job(&j);
+  if (j.released < 0) Py_RETURN_NONE;
+  return PyLong_FromLongLong(j.released);
+}
+
 /* DEFAULTS: {hook: {"every", "min_free", "min_interval", "refault_share"}}
  * (core/bind's table; None: off). */
 static PyObject *make_defaults(void) {
@@ -59,15 +72,16 @@ static PyObject *make_defaults(void) {
   return d;
 }
 
-/* TRIMMER_COUNTS: the keys of Trimmer.stats(), in order. */
-static PyObject *make_trimmer_counts(void) {
-  PyObject *names = PyTuple_New(TA_BIND_TRIMMER_NFIELDS);
-  for (size_t i = 0; names && i < TA_BIND_TRIMMER_NFIELDS; i++) {
-    PyObject *s = PyUnicode_FromString(ta_bind_trimmer_counts[i]);
-    if (!s) Py_CLEAR(names);
-    else PyTuple_SetItem(names, (Py_ssize_t)i, s); /* steals */
+/* A tuple of the names[0 .. n) (TRIMMER_COUNTS: the keys of Trimmer.stats();
+ * SAMPLE_TYPES: a profile's, in a row's order). */
+static PyObject *names_tuple(const char *const *names, size_t n) {
+  PyObject *t = PyTuple_New((Py_ssize_t)n);
+  for (size_t i = 0; t && i < n; i++) {
+    PyObject *s = PyUnicode_FromString(names[i]);
+    if (!s) Py_CLEAR(t);
+    else PyTuple_SetItem(t, (Py_ssize_t)i, s); /* steals */
   }
-  return names;
+  return t;
 }
 
 /* (name, type, unit, doc) for every field of the core's list, in order. */
@@ -115,7 +129,11 @@ static int module_exec(PyObject *m) {
   if (add_object(m, "DEFAULTS", make_defaults()) < 0) return -1;
   ta_bind_field_t codes[TA_BIND_PRELOAD_NCODES]; /* PRELOAD: {name: code} of preload()'s results */
   if (add_object(m, "PRELOAD", ta_py_fields_dict(codes, ta_bind_preload_fields(codes))) < 0) return -1;
-  if (add_object(m, "TRIMMER_COUNTS", make_trimmer_counts()) < 0) return -1;
+  if (add_object(m, "TRIMMER_COUNTS", names_tuple(ta_bind_trimmer_counts, TA_BIND_TRIMMER_NFIELDS)) < 0) return -1;
+  if (add_object(m, "SAMPLE_TYPES", names_tuple(ta_bind_prof_types, TA_BIND_PROF_ROW_NFIELDS)) < 0) return -1;
+  ta_bind_field_t kinds[TA_BIND_PROF_NKINDS]; /* PROF_KINDS: {"live": 0, "peak": 1}, dump's kinds */
+  if (add_object(m, "PROF_KINDS", ta_py_fields_dict(kinds, ta_bind_prof_kind_fields(kinds))) < 0) return -1;
+  if (add_object(m, "PROF_MAX_INTERVAL", PyLong_FromUnsignedLongLong(TA_BIND_PROF_MAX_INTERVAL)) < 0) return -1;
   PyMethodDef *tables[] = {ta_py_backend_methods, ta_py_launch_methods, ta_py_sampler_methods,
                            ta_py_prof_read_methods};
   for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)

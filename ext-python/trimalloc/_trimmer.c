@@ -3,8 +3,6 @@
  * Trimalloc::Trimmer. Every integration (gc aside) holds one. */
 #include "_ext.h" /* first: Python.h sets the feature macros */
 
-#include <stdatomic.h>
-
 typedef struct {
   PyObject_HEAD
   ta_bind_trimmer_t t;
@@ -55,15 +53,6 @@ static void trimmer_dealloc(PyObject *self) {
   freefunc f = (freefunc)PyType_GetSlot(tp, Py_tp_free);
   f(self);
   Py_DECREF(tp);
-}
-
-PyObject *ta_py_run_trim(ta_bind_trimmer_t *t) {
-  int64_t released;
-  Py_BEGIN_ALLOW_THREADS
-  released = t ? ta_bind_trimmer_run(t, NULL) : ta_bind_run_trim(NULL);
-  Py_END_ALLOW_THREADS
-  if (released < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(released);
 }
 
 /* event() -> bytes released, or None. Decided with the GIL (a few atomics,

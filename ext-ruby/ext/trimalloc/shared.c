@@ -68,10 +68,11 @@ static VALUE make_defaults(void) {
   return rb_obj_freeze(all);
 }
 
-/* Native::TRIMMER_COUNTS: the keys of Trimmer#stats, in order. */
-static VALUE make_trimmer_counts(void) {
-  VALUE a = rb_ary_new_capa(TA_BIND_TRIMMER_NFIELDS);
-  for (size_t i = 0; i < TA_BIND_TRIMMER_NFIELDS; i++) rb_ary_push(a, SYM(ta_bind_trimmer_counts[i]));
+/* A frozen Array of the names[0 .. n) as symbols (TRIMMER_COUNTS: the keys
+ * of Trimmer#stats; SAMPLE_TYPES: a profile's, in a row's order). */
+static VALUE names_array(const char *const *names, size_t n) {
+  VALUE a = rb_ary_new_capa((long)n);
+  for (size_t i = 0; i < n; i++) rb_ary_push(a, SYM(names[i]));
   return rb_obj_freeze(a);
 }
 
@@ -84,5 +85,9 @@ void ta_rb_init_shared(void) {
   rb_define_const(ta_rb_mNative, "DEFAULTS", make_defaults());
   ta_bind_field_t codes[TA_BIND_PRELOAD_NCODES]; /* PRELOAD: {name: code} of the preload's results */
   rb_define_const(ta_rb_mNative, "PRELOAD", rb_obj_freeze(ta_rb_fields_hash(codes, ta_bind_preload_fields(codes))));
-  rb_define_const(ta_rb_mNative, "TRIMMER_COUNTS", make_trimmer_counts());
+  rb_define_const(ta_rb_mNative, "TRIMMER_COUNTS", names_array(ta_bind_trimmer_counts, TA_BIND_TRIMMER_NFIELDS));
+  rb_define_const(ta_rb_mNative, "SAMPLE_TYPES", names_array(ta_bind_prof_types, TA_BIND_PROF_ROW_NFIELDS));
+  ta_bind_field_t kinds[TA_BIND_PROF_NKINDS]; /* PROF_KINDS: {live: 0, peak: 1}, dump's kinds */
+  rb_define_const(ta_rb_mNative, "PROF_KINDS", rb_obj_freeze(ta_rb_fields_hash(kinds, ta_bind_prof_kind_fields(kinds))));
+  rb_define_const(ta_rb_mNative, "PROF_MAX_INTERVAL", ULL2NUM(TA_BIND_PROF_MAX_INTERVAL));
 }

@@ -127,7 +127,7 @@ module Trimalloc
       [profile, args]
     end
 
-    SAMPLE_TYPES = %w[inuse_space inuse_objects alloc_space alloc_objects].freeze
+    SAMPLE_TYPES = Native::SAMPLE_TYPES.map(&:to_s).freeze # core/bind's
 
     # A usage error: its message, exit status 2.
     class UsageError < StandardError; end

@@ -10,6 +10,8 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -34,6 +36,42 @@ int ta_bind_frames_set_hook(ta_bind_frames_fn fn, const void *eval_fn) {
 int ta_bind_frames_name(uint64_t key, const char *name, const char *file) {
   name_fn f = atomic_load_explicit(&name_frame, memory_order_relaxed);
   return f ? f(key, name, file) : ENOSYS;
+}
+
+const char *ta_bind_frames_register(ta_bind_frames_fn fn, const char *eval_symbol, int eval_needed) {
+  static char why[160];
+  if (ta_bind_backend() != TA_BACKEND_TRIMALLOC) return "not registered: trimalloc is not the process's allocator";
+  const void *eval = dlsym(RTLD_DEFAULT, eval_symbol);
+  if (!eval && eval_needed) {
+    snprintf(why, sizeof why, "not registered: %s is not exported by this interpreter", eval_symbol);
+    return why;
+  }
+  int rc = ta_bind_frames_set_hook(fn, eval);
+  if (rc == ENOSYS) return "not registered: the loaded trimalloc core has no profiler";
+  if (rc) return "not registered: trimalloc_prof_set_frames_hook refused the hook";
+  return TA_BIND_FRAMES_REGISTERED;
+}
+
+struct on_thread {
+  ta_bind_frames_fn fn;
+  int max, n;
+};
+
+static void *walk_on_thread(void *p) {
+  struct on_thread *t = p;
+  uint64_t keys[1024];
+  int32_t lines[1024];
+  t->n = t->fn(keys, lines, t->max);
+  return NULL;
+}
+
+int ta_bind_frames_on_thread(ta_bind_frames_fn fn, int max) {
+  struct on_thread t = {fn, max > 1024 ? 1024 : max, 0};
+  pthread_t th;
+  int err = pthread_create(&th, NULL, walk_on_thread, &t);
+  if (err) return -err;
+  pthread_join(th, NULL);
+  return t.n;
 }
 
 /* ---- the key table ---- */

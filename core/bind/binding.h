@@ -572,6 +572,17 @@ typedef int (*ta_bind_frames_fn)(uint64_t *keys, int32_t *lines, int max);
  * the core is not the allocator or has no profiler, or the core's error. */
 int ta_bind_frames_set_hook(ta_bind_frames_fn fn, const void *eval_fn);
 
+/* ta_bind_frames_set_hook once trimalloc is the allocator, eval_fn being
+ * the address of eval_symbol in the process (the interpreter's eval loop;
+ * not found: NULL, or with eval_needed not registered):
+ * TA_BIND_FRAMES_REGISTERED, or one line saying why not (static storage). */
+#define TA_BIND_FRAMES_REGISTERED "registered"
+const char *ta_bind_frames_register(ta_bind_frames_fn fn, const char *eval_symbol, int eval_needed);
+
+/* fn run once on a new native thread (one the interpreter never saw): the
+ * frames it found (0 expected), or -errno when no thread could start. */
+int ta_bind_frames_on_thread(ta_bind_frames_fn fn, int max);
+
 /* trimalloc_prof_name_frame: 0, ENOSYS (no hook was registered yet), or
  * ENOMEM (the core's budget for names is full). Safe inside the hook: it
  * only calls the core, which copies the strings. */

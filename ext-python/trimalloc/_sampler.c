@@ -6,7 +6,6 @@
 #include "_ext.h" /* first: Python.h sets the feature macros */
 
 #include <errno.h>
-#include <pthread.h>
 
 #include "_prof.h"
 
@@ -99,14 +98,6 @@ static PyObject *py_prof_set_tag(PyObject *m, PyObject *arg) {
  * caller of this function first). released=1: called with the GIL released;
  * released=2: called on a new native thread, returns how many frames it got.
  * For tests of the hook without a sample. */
-static void *hook_thread(void *arg) {
-  int *n = arg;
-  uint64_t keys[64];
-  int32_t lines[64];
-  *n = ta_py_frames_hook(keys, lines, 64);
-  return NULL;
-}
-
 static PyObject *py_prof_frames_now(PyObject *m, PyObject *args) {
   (void)m;
   int max = 64, released = 0;
@@ -123,14 +114,11 @@ static PyObject *py_prof_frames_now(PyObject *m, PyObject *args) {
     n = ta_py_frames_hook(keys, lines, max);
     Py_END_ALLOW_THREADS
   } else if (released == 2) { /* a thread Python never saw */
-    pthread_t th;
-    int err;
     Py_BEGIN_ALLOW_THREADS
-    err = pthread_create(&th, NULL, hook_thread, &n);
-    if (err == 0) pthread_join(th, NULL);
+    n = ta_bind_frames_on_thread(ta_py_frames_hook, 64);
     Py_END_ALLOW_THREADS
-    if (err) {
-      errno = err;
+    if (n < 0) {
+      errno = -n;
       return PyErr_SetFromErrno(PyExc_OSError);
     }
     return PyLong_FromLong(n); /* its keys are not this thread's to describe */

@@ -29,7 +29,6 @@
  * it. Trimalloc::Profile itself (start, dump, tags) is profile.c. */
 #include "trimalloc_ext.h" /* first: ruby/config.h defines _GNU_SOURCE (RTLD_DEFAULT) */
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -247,8 +246,7 @@ void ta_rb_init_frames(void) {
 #endif
   /* no table (mmap failed): native frames only */
   if (ta_bind_keys_init(&ft.table, KEYS_MAX) == 0) {
-    void *eval = dlsym(RTLD_DEFAULT, "rb_vm_exec");
-    ft.hooked = ta_bind_frames_set_hook(frames_hook, eval) == 0;
+    ft.hooked = strcmp(ta_bind_frames_register(frames_hook, "rb_vm_exec", 0), TA_BIND_FRAMES_REGISTERED) == 0;
     if (ft.hooked) rb_set_end_proc(unhook_at_end, Qnil);
   }
 

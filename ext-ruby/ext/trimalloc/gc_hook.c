@@ -7,7 +7,8 @@
  * schedules a postponed job (rb_postponed_job_trigger on a preregistered job
  * where Ruby has it, 3.3+; rb_postponed_job_register_one before). The job
  * runs at the next safe point, decides with the GVL held (a clock read: the
- * shared policy, ta_bind_due) and, when a trim is due, trims with the GVL
+ * shared policy, through core/bind/bind_gc_hook.c, which also keeps the
+ * settings and counters) and, when a trim is due, trims with the GVL
  * released (rb_thread_call_without_gvl2), so no other Ruby thread waits for
  * it. The job allocates no Ruby object, so the hook cannot cause a GC. All
  * of the hook's state is touched with the GVL held.

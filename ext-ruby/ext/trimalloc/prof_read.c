@@ -46,7 +46,7 @@ static void top_row(void *arg, const ta_bind_prof_row_t *r) {
   rb_ary_push(rows, h);
 }
 
-/* Trimalloc.__prof_top(path, by, n) -> [{inuse_space:, inuse_objects:,
+/* Native.prof_top(path, by, n) -> [{inuse_space:, inuse_objects:,
  * alloc_space:, alloc_objects:, frames: [leaf first], tag:}]: the call paths
  * with the most `by` (nil: inuse_space), n of them (0: all). The rows are
  * built with the GVL held, inside the reader's callback: only NoMemoryError
@@ -65,7 +65,7 @@ static VALUE m_prof_top(VALUE self, VALUE path, VALUE by, VALUE n) {
   return rows;
 }
 
-/* Trimalloc.__prof_top_text(path, by, n) -> the `trimalloc top` table. */
+/* Native.prof_top_text(path, by, n) -> the `trimalloc top` table. */
 static VALUE m_prof_top_text(VALUE self, VALUE path, VALUE by, VALUE n) {
   (void)self;
   FilePathValue(path);
@@ -79,7 +79,7 @@ static VALUE m_prof_top_text(VALUE self, VALUE path, VALUE by, VALUE n) {
   return s;
 }
 
-/* Trimalloc.__prof_flame(path, out, type, collapsed) -> nil: writes the SVG
+/* Native.prof_flame(path, out, type, collapsed) -> nil: writes the SVG
  * flame graph, or collapsed stacks, of sample type `type` (nil: inuse_space)
  * to out ("-": stdout). */
 static VALUE m_prof_flame(VALUE self, VALUE path, VALUE out, VALUE type, VALUE collapsed) {
@@ -97,7 +97,7 @@ static VALUE m_prof_flame(VALUE self, VALUE path, VALUE out, VALUE type, VALUE c
 }
 
 void ta_rb_init_prof_read(void) {
-  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_top", m_prof_top, 3);
-  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_top_text", m_prof_top_text, 3);
-  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_flame", m_prof_flame, 4);
+  rb_define_module_function(ta_rb_mNative, "prof_top", m_prof_top, 3);
+  rb_define_module_function(ta_rb_mNative, "prof_top_text", m_prof_top_text, 3);
+  rb_define_module_function(ta_rb_mNative, "prof_flame", m_prof_flame, 4);
 }

@@ -69,7 +69,7 @@ module Trimalloc
 
         Dir.mktmpdir("trimalloc-top") do |dir|
           path = dump(File.join(dir, "top.pb.gz"), kind: kind)
-          Trimalloc.__prof_top(path, order.to_s, n) # core/bind's reader (prof_read.c)
+          Native.prof_top(path, order.to_s, n) # core/bind's reader (prof_read.c)
         end
       end
 

@@ -557,6 +557,13 @@ size_t ta_bind_prof_kind_fields(ta_bind_field_t *out);
 /* The largest sampling interval the core takes (trimalloc_prof_start), bytes. */
 #define TA_BIND_PROF_MAX_INTERVAL (1ull << 30)
 
+/* What both extensions say when core/bind refuses a converted argument
+ * (EINVAL); each adds the value, in its language's words. */
+#define TA_BIND_MSG_INTERVAL "interval must be 1 .. 1 GiB (bytes)"                  /* ta_bind_sampler_start */
+#define TA_BIND_MSG_PROFILE_ENV "the directory and the command must not be empty"   /* ta_bind_profile_env */
+#define TA_BIND_MSG_ROWS "n must be >= 0 (0: all)"                                   /* the profile readers' n */
+#define TA_BIND_MSG_TRIMMER "trimmer settings refused"                               /* ta_bind_trimmer_init, _set_share */
+
 /* ---- bind_frames.c: what the interpreters' frame walkers share ----
  * Each extension walks its own interpreter's frames (the part that is per
  * language: _prof.c, frames.c). The rest is here: registering the walker

@@ -40,7 +40,7 @@ static int top_args(PyObject *args, const char *fmt, PyObject **path, const char
   if (!PyArg_ParseTuple(args, fmt, PyUnicode_FSConverter, path, by, &rows)) return -1;
   if (rows < 0) {
     Py_DECREF(*path);
-    PyErr_Format(PyExc_ValueError, "n must be >= 0 (0: all), not %zd", rows);
+    PyErr_Format(PyExc_ValueError, TA_BIND_MSG_ROWS ", not %zd", rows);
     return -1;
   }
   *n = (size_t)rows;

@@ -36,7 +36,7 @@ static PyObject *py_prof_start(PyObject *m, PyObject *arg) {
   if (need_sampler(m) < 0) return NULL;
   int rc = ta_bind_sampler_start((size_t)interval);
   if (rc == EINVAL) {
-    PyErr_Format(PyExc_ValueError, "interval must be 1 .. 1 GiB (bytes), not %R", arg);
+    PyErr_Format(PyExc_ValueError, TA_BIND_MSG_INTERVAL ", not %R", arg);
     return NULL;
   }
   return none_or_oserror(rc);

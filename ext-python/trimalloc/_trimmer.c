@@ -35,13 +35,13 @@ static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
   if (!self) return NULL;
   if (ta_bind_trimmer_init(&self->t, every, min_free, interval) != 0) {
     Py_DECREF(self);
-    PyErr_Format(PyExc_ValueError, "Trimmer settings refused: every=%R and min_free=%R (both off), or a "
+    PyErr_Format(PyExc_ValueError, TA_BIND_MSG_TRIMMER ": every=%R and min_free=%R (both off), or a "
                  "negative min_interval", every_obj ? every_obj : Py_None, free_obj ? free_obj : Py_None);
     return NULL;
   }
   if (ta_bind_trimmer_set_share(&self->t, share) != 0) {
     Py_DECREF(self);
-    PyErr_Format(PyExc_ValueError, "Trimmer settings refused: refault_share=%R (negative or not finite)",
+    PyErr_Format(PyExc_ValueError, TA_BIND_MSG_TRIMMER ": refault_share=%R (negative or not finite)",
                  share_obj);
     return NULL;
   }

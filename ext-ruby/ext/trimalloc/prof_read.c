@@ -28,7 +28,7 @@ static const char *type_or_null(VALUE *v) {
 
 /* n: an Integer >= 0 (checked by the callers; a negative one has no size_t) */
 static size_t rows_n(VALUE n) {
-  if (NUM2LL(n) < 0) rb_raise(rb_eArgError, "n must be >= 0, 0 for all (given %" PRIsVALUE ")", rb_inspect(n));
+  if (NUM2LL(n) < 0) rb_raise(rb_eArgError, TA_BIND_MSG_ROWS " (given %" PRIsVALUE ")", rb_inspect(n));
   return NUM2SIZET(n);
 }
 

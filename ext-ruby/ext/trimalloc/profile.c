@@ -24,7 +24,7 @@ static VALUE p_start(VALUE self, VALUE interval) {
   need_profiler();
   size_t r = NUM2SIZET(interval);
   int err = ta_bind_sampler_start(r);
-  if (err == EINVAL) rb_raise(rb_eArgError, "interval must be 1 .. 1 GiB (given %" PRIsVALUE ")", interval);
+  if (err == EINVAL) rb_raise(rb_eArgError, TA_BIND_MSG_INTERVAL " (given %" PRIsVALUE ")", interval);
   if (err) ta_rb_raise_errno(err, rb_str_new_cstr("trimalloc_prof_start"));
   return Qnil;
 }
@@ -75,7 +75,7 @@ static VALUE m_profile_env(VALUE self, VALUE dir, VALUE cmd) {
   StringValue(cmd);
   if (ta_bind_profile_env(StringValueCStr(dir), StringValueCStr(cmd)) != 0) {
     if (errno == EINVAL)
-      rb_raise(rb_eArgError, "the directory and the command must not be empty (given %" PRIsVALUE " and %" PRIsVALUE ")",
+      rb_raise(rb_eArgError, TA_BIND_MSG_PROFILE_ENV " (given %" PRIsVALUE " and %" PRIsVALUE ")",
                rb_inspect(dir), rb_inspect(cmd));
     rb_syserr_fail_str(errno, dir);
   }

@@ -492,6 +492,21 @@ size_t ta_bind_gc_hook_fields(const ta_bind_gc_hook_t *h, ta_bind_field_t *out);
   X(test_gate_open, none, ta_bind_test_gate_open(), test, "for tests: opens the gate (ta_bind_test_gate)") \
   X(test_gate_state, int, ta_bind_test_gate_state(), test, "for tests: the gate's state (ta_bind_test_gate)")
 
+/* ---- the tests' hooks that take numbers, both bindings expose them ----
+ * X(name, nargs, expression over double a[0 .. nargs), doc), expanded by each
+ * binding (_backend.c, backend.c): Python _name(...), Ruby's private
+ * Trimalloc.name(...); each argument converts to a double (a bool to 0 or 1). */
+#define TA_BIND_TEST_CALLS(X)                                                                         \
+  X(advance_clock, 1, ta_bind_clock_advance(a[0]),                                                    \
+    "(seconds): for tests, moves the rate limit's clock forward")                                     \
+  X(advance_cpu, 1, ta_bind_cpu_advance(a[0]),                                                        \
+    "(seconds): for tests, moves the refault budget's CPU clock forward")                             \
+  X(test_refault, 2, (ta_bind_test_fault_ns(a[0]), ta_bind_test_free_bytes((int64_t)a[1])),           \
+    "(fault_ns, free_bytes): for tests, sets the fault cost (0: measured) and pins the free-bytes "   \
+    "figure (-1: the backend's)")                                                                     \
+  X(test_gate, 1, ta_bind_test_gate(a[0] != 0), "(on): for tests, arms the gate in the next trim (ta_bind_test_gate)")
+#define TA_BIND_TEST_MAXARGS 2
+
 /* ---- bind_facts.c: what both languages tell their users, written once ----
  * Each extension exposes these at run time; the Python and Ruby code reads
  * them there instead of spelling them again. */

@@ -492,6 +492,21 @@ size_t ta_bind_gc_hook_fields(const ta_bind_gc_hook_t *h, ta_bind_field_t *out);
   X(test_gate_open, none, ta_bind_test_gate_open(), test, "for tests: opens the gate (ta_bind_test_gate)") \
   X(test_gate_state, int, ta_bind_test_gate_state(), test, "for tests: the gate's state (ta_bind_test_gate)")
 
+/* ---- the facts both extensions expose as constants (DEFAULTS aside) ----
+ * X(NAME, kind, value, count), expanded by each extension (_trimalloc.c:
+ * module attributes; shared.c: Trimalloc::Native's frozen constants). kind:
+ * fields (value fills a ta_bind_field_t[count]: a dict / Hash of name ->
+ * value), names (value[0 .. count): a tuple of str / an Array of Symbols),
+ * u64, str. */
+#define TA_BIND_FACTS_MAXFIELDS 16
+#define TA_BIND_FACTS(X)                                                                    \
+  X(PRELOAD, fields, ta_bind_preload_fields, TA_BIND_PRELOAD_NCODES) /* the preload's results */ \
+  X(TRIMMER_COUNTS, names, ta_bind_trimmer_counts, TA_BIND_TRIMMER_NFIELDS) /* a trimmer's stats */ \
+  X(SAMPLE_TYPES, names, ta_bind_prof_types, TA_BIND_PROF_ROW_NFIELDS) /* a profile's, a row's order */ \
+  X(PROF_KINDS, fields, ta_bind_prof_kind_fields, TA_BIND_PROF_NKINDS) /* dump's kinds: live, peak */ \
+  X(PROF_MAX_INTERVAL, u64, TA_BIND_PROF_MAX_INTERVAL, 1) /* bytes */                      \
+  X(GUARD_ENV, str, TA_BIND_GUARD_ENV, 1) /* the preload's re-exec guard */
+
 /* ---- the tests' hooks that take numbers, both bindings expose them ----
  * X(name, nargs, expression over double a[0 .. nargs), doc), expanded by each
  * binding (_backend.c, backend.c): Python _name(...), Ruby's private

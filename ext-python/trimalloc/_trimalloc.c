@@ -72,8 +72,7 @@ static PyObject *make_defaults(void) {
   return d;
 }
 
-/* A tuple of the names[0 .. n) (TRIMMER_COUNTS: the keys of Trimmer.stats();
- * SAMPLE_TYPES: a profile's, in a row's order). */
+/* A tuple of the names[0 .. n). */
 static PyObject *names_tuple(const char *const *names, size_t n) {
   PyObject *t = PyTuple_New((Py_ssize_t)n);
   for (size_t i = 0; t && i < n; i++) {
@@ -103,6 +102,18 @@ fail:
   return NULL;
 }
 
+/* core/bind's facts (TA_BIND_FACTS) by kind. */
+static PyObject *fields_dict(size_t (*fill)(ta_bind_field_t *)) {
+  ta_bind_field_t f[TA_BIND_FACTS_MAXFIELDS];
+  return ta_py_fields_dict(f, fill(f));
+}
+#define TA_PY_FACT_fields(v, n) fields_dict(v)
+#define TA_PY_FACT_names(v, n) names_tuple(v, n)
+#define TA_PY_FACT_u64(v, n) PyLong_FromUnsignedLongLong(v)
+#define TA_PY_FACT_str(v, n) PyUnicode_FromString(v)
+#define TA_PY_FACT(name, kind, v, n) \
+  if (add_object(m, #name, TA_PY_FACT_##kind(v, n)) < 0) return -1;
+
 static int add_object(PyObject *m, const char *name, PyObject *value) {
   if (!value) return -1;
   if (PyModule_AddObject(m, name, value) < 0) { /* steals only on success */
@@ -125,15 +136,8 @@ static int module_exec(PyObject *m) {
   if (add_object(m, "VERSION", PyUnicode_FromString(TRIMALLOC_VERSION)) < 0) return -1;
   if (add_object(m, "STATS_VERSION", PyLong_FromLong(TRIMALLOC_STATS_VERSION)) < 0) return -1;
   if (add_object(m, "FIELDS", make_fields()) < 0) return -1;
-  if (add_object(m, "GUARD_ENV", PyUnicode_FromString(TA_BIND_GUARD_ENV)) < 0) return -1;
   if (add_object(m, "DEFAULTS", make_defaults()) < 0) return -1;
-  ta_bind_field_t codes[TA_BIND_PRELOAD_NCODES]; /* PRELOAD: {name: code} of preload()'s results */
-  if (add_object(m, "PRELOAD", ta_py_fields_dict(codes, ta_bind_preload_fields(codes))) < 0) return -1;
-  if (add_object(m, "TRIMMER_COUNTS", names_tuple(ta_bind_trimmer_counts, TA_BIND_TRIMMER_NFIELDS)) < 0) return -1;
-  if (add_object(m, "SAMPLE_TYPES", names_tuple(ta_bind_prof_types, TA_BIND_PROF_ROW_NFIELDS)) < 0) return -1;
-  ta_bind_field_t kinds[TA_BIND_PROF_NKINDS]; /* PROF_KINDS: {"live": 0, "peak": 1}, dump's kinds */
-  if (add_object(m, "PROF_KINDS", ta_py_fields_dict(kinds, ta_bind_prof_kind_fields(kinds))) < 0) return -1;
-  if (add_object(m, "PROF_MAX_INTERVAL", PyLong_FromUnsignedLongLong(TA_BIND_PROF_MAX_INTERVAL)) < 0) return -1;
+  TA_BIND_FACTS(TA_PY_FACT)
   PyMethodDef *tables[] = {ta_py_backend_methods, ta_py_launch_methods, ta_py_sampler_methods,
                            ta_py_prof_read_methods};
   for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)

@@ -68,13 +68,22 @@ static VALUE make_defaults(void) {
   return rb_obj_freeze(all);
 }
 
-/* A frozen Array of the names[0 .. n) as symbols (TRIMMER_COUNTS: the keys
- * of Trimmer#stats; SAMPLE_TYPES: a profile's, in a row's order). */
+/* core/bind's facts (TA_BIND_FACTS) by kind, frozen. */
 static VALUE names_array(const char *const *names, size_t n) {
   VALUE a = rb_ary_new_capa((long)n);
   for (size_t i = 0; i < n; i++) rb_ary_push(a, SYM(names[i]));
   return rb_obj_freeze(a);
 }
+
+static VALUE fields_hash(size_t (*fill)(ta_bind_field_t *)) {
+  ta_bind_field_t f[TA_BIND_FACTS_MAXFIELDS];
+  return rb_obj_freeze(ta_rb_fields_hash(f, fill(f)));
+}
+#define TA_RB_FACT_fields(v, n) fields_hash(v)
+#define TA_RB_FACT_names(v, n) names_array(v, n)
+#define TA_RB_FACT_u64(v, n) ULL2NUM(v)
+#define TA_RB_FACT_str(v, n) rb_obj_freeze(rb_str_new_cstr(v))
+#define TA_RB_FACT(name, kind, v, n) rb_define_const(ta_rb_mNative, #name, TA_RB_FACT_##kind(v, n));
 
 void ta_rb_init_shared(void) {
   ta_bind_init();
@@ -83,11 +92,5 @@ void ta_rb_init_shared(void) {
   rb_define_attr(ta_rb_eError, "errno", 1, 0);
   ta_rb_mNative = rb_define_module_under(ta_rb_mTrimalloc, "Native");
   rb_define_const(ta_rb_mNative, "DEFAULTS", make_defaults());
-  ta_bind_field_t codes[TA_BIND_PRELOAD_NCODES]; /* PRELOAD: {name: code} of the preload's results */
-  rb_define_const(ta_rb_mNative, "PRELOAD", rb_obj_freeze(ta_rb_fields_hash(codes, ta_bind_preload_fields(codes))));
-  rb_define_const(ta_rb_mNative, "TRIMMER_COUNTS", names_array(ta_bind_trimmer_counts, TA_BIND_TRIMMER_NFIELDS));
-  rb_define_const(ta_rb_mNative, "SAMPLE_TYPES", names_array(ta_bind_prof_types, TA_BIND_PROF_ROW_NFIELDS));
-  ta_bind_field_t kinds[TA_BIND_PROF_NKINDS]; /* PROF_KINDS: {live: 0, peak: 1}, dump's kinds */
-  rb_define_const(ta_rb_mNative, "PROF_KINDS", rb_obj_freeze(ta_rb_fields_hash(kinds, ta_bind_prof_kind_fields(kinds))));
-  rb_define_const(ta_rb_mNative, "PROF_MAX_INTERVAL", ULL2NUM(TA_BIND_PROF_MAX_INTERVAL));
+  TA_BIND_FACTS(TA_RB_FACT)
 }

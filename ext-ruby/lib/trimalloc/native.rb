@@ -2,8 +2,8 @@
 
 module Trimalloc
   # The extension's internals, not API (private_constant below): core/bind's
-  # facts (DEFAULTS, PRELOAD, TRIMMER_COUNTS, SAMPLE_TYPES, PROF_KINDS,
-  # PROF_MAX_INTERVAL, purger_state, from the C extension), the profile
+  # facts (DEFAULTS and the constants TA_BIND_FACTS in core/bind/binding.h
+  # lists, purger_state, from the C extension), the profile
   # readers (prof_top, prof_top_text, prof_flame) and what the public
   # methods are built on. The C functions
   # here only convert (NUM2DBL, NUM2LL): the argument checks, each naming the

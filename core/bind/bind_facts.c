@@ -130,9 +130,14 @@ size_t ta_bind_preload_fields(ta_bind_field_t *out) {
 }
 
 size_t ta_bind_prof_row_fields(const ta_bind_prof_row_t *r, ta_bind_field_t *out) {
-  out[0] = (ta_bind_field_t){"inuse_space", 'i', 1, {.i = r->inuse_space}};
-  out[1] = (ta_bind_field_t){"inuse_objects", 'i', 1, {.i = r->inuse_objects}};
-  out[2] = (ta_bind_field_t){"alloc_space", 'i', 1, {.i = r->alloc_space}};
-  out[3] = (ta_bind_field_t){"alloc_objects", 'i', 1, {.i = r->alloc_objects}};
+  const int64_t v[TA_BIND_PROF_ROW_NFIELDS] = {r->inuse_space, r->inuse_objects, r->alloc_space, r->alloc_objects};
+  for (size_t i = 0; i < TA_BIND_PROF_ROW_NFIELDS; i++)
+    out[i] = (ta_bind_field_t){ta_bind_prof_types[i], 'i', 1, {.i = v[i]}};
   return TA_BIND_PROF_ROW_NFIELDS;
+}
+
+size_t ta_bind_prof_kind_fields(ta_bind_field_t *out) {
+  out[0] = (ta_bind_field_t){"live", 'i', 1, {.i = TRIMALLOC_PROF_LIVE}};
+  out[1] = (ta_bind_field_t){"peak", 'i', 1, {.i = TRIMALLOC_PROF_PEAK}};
+  return TA_BIND_PROF_NKINDS;
 }

@@ -10,6 +10,8 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -34,6 +36,42 @@ int ta_bind_frames_set_hook(ta_bind_frames_fn fn, const void *eval_fn) {
 int ta_bind_frames_name(uint64_t key, const char *name, const char *file) {
   name_fn f = atomic_load_explicit(&name_frame, memory_order_relaxed);
   return f ? f(key, name, file) : ENOSYS;
+}
+
+const char *ta_bind_frames_register(ta_bind_frames_fn fn, const char *eval_symbol, int eval_needed) {
+  static char why[160];
+  if (ta_bind_backend() != TA_BACKEND_TRIMALLOC) return "not registered: trimalloc is not the process's allocator";
+  const void *eval = dlsym(RTLD_DEFAULT, eval_symbol);
+  if (!eval && eval_needed) {
+    snprintf(why, sizeof why, "not registered: %s is not exported by this interpreter", eval_symbol);
+    return why;
+  }
+  int rc = ta_bind_frames_set_hook(fn, eval);
+  if (rc == ENOSYS) return "not registered: the loaded trimalloc core has no profiler";
+  if (rc) return "not registered: trimalloc_prof_set_frames_hook refused the hook";
+  return TA_BIND_FRAMES_REGISTERED;
+}
+
+struct on_thread {
+  ta_bind_frames_fn fn;
+  int max, n;
+};
+
+static void *walk_on_thread(void *p) {
+  struct on_thread *t = p;
+  uint64_t keys[1024];
+  int32_t lines[1024];
+  t->n = t->fn(keys, lines, t->max);
+  return NULL;
+}
+
+int ta_bind_frames_on_thread(ta_bind_frames_fn fn, int max) {
+  struct on_thread t = {fn, max > 1024 ? 1024 : max, 0};
+  pthread_t th;
+  int err = pthread_create(&th, NULL, walk_on_thread, &t);
+  if (err) return -err;
+  pthread_join(th, NULL);
+  return t.n;
 }
 
 /* ---- the key table ---- */
@@ -99,6 +137,37 @@ int ta_bind_keys_add(ta_bind_keys_t *k, uint64_t key) {
   k->keys[k->n] = key;
   k->slots[s] = (uint32_t)++k->n;
   return TA_BIND_KEY_ADDED;
+}
+
+/* ---- a walker's keys and counters ---- */
+
+int ta_bind_walker_keep(ta_bind_walker_t *w, uint64_t key) {
+  int r = w->test_full && !ta_bind_keys_has(&w->table, key) ? TA_BIND_KEY_FULL : ta_bind_keys_add(&w->table, key);
+  w->dropped += r == TA_BIND_KEY_FULL;
+  return r != TA_BIND_KEY_FULL;
+}
+
+int ta_bind_walker_next(const ta_bind_walker_t *w, uint64_t *key) {
+  if (w->named >= w->table.n) return 0;
+  *key = w->table.keys[w->named];
+  return 1;
+}
+
+void ta_bind_walker_name(ta_bind_walker_t *w, const char *name, const char *file) {
+  w->unnamed += ta_bind_frames_name(w->table.keys[w->named], name, file) != 0;
+  w->named++;
+}
+
+size_t ta_bind_walker_fields(ta_bind_walker_t *w, ta_bind_field_t *out) {
+  size_t n = 0;
+  out[n++] = (ta_bind_field_t){"frames", 'u', 1, {.u = w->table.n}};
+  out[n++] = (ta_bind_field_t){"named", 'u', 1, {.u = w->named}};
+  out[n++] = (ta_bind_field_t){"dropped", 'u', 1, {.u = w->dropped}};
+  out[n++] = (ta_bind_field_t){"unnamed", 'u', 1, {.u = w->unnamed}};
+  out[n++] = (ta_bind_field_t){"samples", 'u', 1, {.u = w->samples}};
+  out[n++] = (ta_bind_field_t){"skipped", 'u', 1, {.u = atomic_load(&w->skipped)}};
+  out[n++] = (ta_bind_field_t){"hooked", 'b', 1, {.u = (uint64_t)w->hooked}};
+  return n;
 }
 
 /* ---- measuring a walker, UTF-8 ---- */

@@ -15,12 +15,13 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const four[4] = {"inuse_space", "inuse_objects", "alloc_space", "alloc_objects"};
+const char *const ta_bind_prof_types[TA_BIND_PROF_ROW_NFIELDS] = {"inuse_space", "inuse_objects", "alloc_space",
+                                                                    "alloc_objects"};
 
 static int check_order(const char *path, const char *order, char *err, size_t errlen) {
   if (!order) return 0;
   for (int i = 0; i < 4; i++)
-    if (!strcmp(order, four[i])) return 0;
+    if (!strcmp(order, ta_bind_prof_types[i])) return 0;
   snprintf(err, errlen, "%s: unknown sample type '%s' (inuse_space, inuse_objects, alloc_space or alloc_objects)",
            path, order);
   errno = EINVAL;

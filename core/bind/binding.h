@@ -15,7 +15,9 @@
  *   bind_facts.c    what both languages tell their users: hook defaults,
  *                   counter names, result codes, the purger's state
  *   bind_frames.c   what the two interpreters' frame walkers share: the
- *                   hook's registration, the table of keys, its cost
+ *                   hook's registration, the table of keys, its counters, its cost
+ *   bind_jobs.c     the work the bindings run without their interpreter lock
+ *   bind_gc_hook.c  a GC hook's policy and counters (Ruby's Trimalloc::GC)
  * It finds the trimalloc core among the objects already loaded
  * (dlsym(RTLD_DEFAULT)), never dlopens it, and falls back to glibc when the core
  * is not the process allocator. The bindings only convert types and map errors.
@@ -391,6 +393,77 @@ void ta_bind_sampler_set_tag(const char *tag);
 
 #define TA_BIND_GUARD_ENV "TRIMALLOC_PRELOAD_GUARD"
 
+/* ---- bind_jobs.c: the work a binding runs without its interpreter lock ----
+ * One struct for every such call: the binding fills the inputs of a kind,
+ * runs ta_bind_job_run (the signature of Ruby's rb_thread_call_without_gvl
+ * function; Python calls it between Py_BEGIN/END_ALLOW_THREADS), and converts
+ * the outputs. It touches no interpreter object. */
+enum {
+  TA_JOB_TRIM,      /* ta_bind_trim: released */
+  TA_JOB_RUN,       /* the trim a decision asked for: trimmer's, or (NULL) the policy's; released (-1 coalesced) */
+  TA_JOB_RUN_AFTER, /* ta_bind_run_trim_after(wait_ms, &stop): released */
+  TA_JOB_DUMP,      /* ta_bind_sampler_dump(path, dump_kind): rc (an errno value), msg the path written */
+  TA_JOB_TOP_TEXT,  /* ta_bind_prof_top_str(path, type, n): rc, text (malloc'ed), msg, err */
+  TA_JOB_FLAME,     /* ta_bind_prof_flame(path, type, collapsed, out): rc, msg, err */
+};
+typedef struct {
+  int kind;
+  ta_bind_trimmer_t *trimmer;
+  int wait_ms;
+  _Atomic int stop; /* set by ta_bind_job_stop (Ruby's unblocking function) */
+  const char *path, *type, *out;
+  size_t n;
+  int collapsed, dump_kind;
+  int ran;          /* set by ta_bind_job_run: the work ran */
+  int64_t released; /* bytes, or -1 */
+  int rc, err;      /* the call's return and errno after it */
+  char *text;
+  char msg[4096];
+} ta_bind_job_t;
+void *ta_bind_job_run(void *job);
+void ta_bind_job_stop(void *job);
+
+/* How a binding reports an errno value from core/bind: TA_ERR_ARGUMENT (0 or
+ * EINVAL: bad contents or a bad argument: ValueError / ArgumentError),
+ * TA_ERR_MEMORY (ENOMEM), TA_ERR_SYSTEM (any other: OSError / Errno::*). */
+enum { TA_ERR_ARGUMENT, TA_ERR_MEMORY, TA_ERR_SYSTEM };
+int ta_bind_error_kind(int err);
+
+/* ---- bind_gc_hook.c: a GC hook's policy and counters (Ruby's Trimalloc::GC) ----
+ * The binding owns the interpreter's side: it sees a collection end (inside
+ * the GC: no allocation), schedules a job when ta_bind_gc_hook_collected
+ * says so (counting it in `scheduled`), and in the job calls
+ * ta_bind_gc_hook_job with its way of running a ta_bind_job_t without the
+ * interpreter lock (which may decline: then the job's `ran` stays 0). The
+ * job decides with the lock held (ta_bind_due: a clock read) and trims
+ * without it. A forced collection (one the program asked for, GC.start)
+ * trims regardless of min_interval and min_free, waiting for a running trim
+ * up to TA_BIND_GC_FORCED_WAIT_MS; when the binding could not release its
+ * lock, that trim is handed to the policy's thread (ta_bind_trim_soon). */
+#define TA_BIND_GC_FORCED_WAIT_MS 1000
+typedef struct {
+  int enabled, major_only;
+  double min_interval;
+  uint64_t min_free;  /* trim only with this many bytes free but resident (0: always) */
+  uint64_t sweeps;    /* collections that ended while enabled */
+  uint64_t scheduled; /* jobs scheduled (by the binding) */
+  uint64_t trims, skipped, trimmed_bytes;
+  uint64_t skipped_free; /* of skipped: less than min_free free */
+  uint64_t coalesced;    /* due, but another trim was running: folded into it */
+  uint64_t handed;       /* forced trims handed to the policy's thread */
+  int forced;            /* the pending job's collection was forced */
+} ta_bind_gc_hook_t;
+/* major_only 1, min_interval the "gc" defaults', the rest 0. */
+void ta_bind_gc_hook_init(ta_bind_gc_hook_t *h);
+/* A collection ended: 1 when the binding should schedule the job. */
+int ta_bind_gc_hook_collected(ta_bind_gc_hook_t *h, int major, int forced);
+void ta_bind_gc_hook_job(ta_bind_gc_hook_t *h, void (*unlocked)(ta_bind_job_t *job));
+/* enabled, major_only ('b'), min_interval ('d'), min_free, events (= sweeps),
+ * sweeps, scheduled, trims, skipped, skipped_free, coalesced, handed,
+ * trimmed_bytes ('u'). Returns the count. */
+#define TA_BIND_GC_HOOK_NFIELDS 13
+size_t ta_bind_gc_hook_fields(const ta_bind_gc_hook_t *h, ta_bind_field_t *out);
+
 /* ---- the calls without arguments both bindings expose as they are ----
  * X(name, kind, expression, where, doc), expanded by each binding into its
  * wrappers and its method table (_backend.c, backend.c): each call's name,
@@ -418,6 +491,36 @@ void ta_bind_sampler_set_tag(const char *tag);
   X(reset_peak, none, ta_bind_sampler_reset_peak(), profile, "the peak profile starts again from now") \
   X(test_gate_open, none, ta_bind_test_gate_open(), test, "for tests: opens the gate (ta_bind_test_gate)") \
   X(test_gate_state, int, ta_bind_test_gate_state(), test, "for tests: the gate's state (ta_bind_test_gate)")
+
+/* ---- the facts both extensions expose as constants (DEFAULTS aside) ----
+ * X(NAME, kind, value, count), expanded by each extension (_trimalloc.c:
+ * module attributes; shared.c: Trimalloc::Native's frozen constants). kind:
+ * fields (value fills a ta_bind_field_t[count]: a dict / Hash of name ->
+ * value), names (value[0 .. count): a tuple of str / an Array of Symbols),
+ * u64, str. */
+#define TA_BIND_FACTS_MAXFIELDS 16
+#define TA_BIND_FACTS(X)                                                                    \
+  X(PRELOAD, fields, ta_bind_preload_fields, TA_BIND_PRELOAD_NCODES) /* the preload's results */ \
+  X(TRIMMER_COUNTS, names, ta_bind_trimmer_counts, TA_BIND_TRIMMER_NFIELDS) /* a trimmer's stats */ \
+  X(SAMPLE_TYPES, names, ta_bind_prof_types, TA_BIND_PROF_ROW_NFIELDS) /* a profile's, a row's order */ \
+  X(PROF_KINDS, fields, ta_bind_prof_kind_fields, TA_BIND_PROF_NKINDS) /* dump's kinds: live, peak */ \
+  X(PROF_MAX_INTERVAL, u64, TA_BIND_PROF_MAX_INTERVAL, 1) /* bytes */                      \
+  X(GUARD_ENV, str, TA_BIND_GUARD_ENV, 1) /* the preload's re-exec guard */
+
+/* ---- the tests' hooks that take numbers, both bindings expose them ----
+ * X(name, nargs, expression over double a[0 .. nargs), doc), expanded by each
+ * binding (_backend.c, backend.c): Python _name(...), Ruby's private
+ * Trimalloc.name(...); each argument converts to a double (a bool to 0 or 1). */
+#define TA_BIND_TEST_CALLS(X)                                                                         \
+  X(advance_clock, 1, ta_bind_clock_advance(a[0]),                                                    \
+    "(seconds): for tests, moves the rate limit's clock forward")                                     \
+  X(advance_cpu, 1, ta_bind_cpu_advance(a[0]),                                                        \
+    "(seconds): for tests, moves the refault budget's CPU clock forward")                             \
+  X(test_refault, 2, (ta_bind_test_fault_ns(a[0]), ta_bind_test_free_bytes((int64_t)a[1])),           \
+    "(fault_ns, free_bytes): for tests, sets the fault cost (0: measured) and pins the free-bytes "   \
+    "figure (-1: the backend's)")                                                                     \
+  X(test_gate, 1, ta_bind_test_gate(a[0] != 0), "(on): for tests, arms the gate in the next trim (ta_bind_test_gate)")
+#define TA_BIND_TEST_MAXARGS 2
 
 /* ---- bind_facts.c: what both languages tell their users, written once ----
  * Each extension exposes these at run time; the Python and Ruby code reads
@@ -470,10 +573,26 @@ const char *ta_bind_preload_name(int code);
 #define TA_BIND_PRELOAD_NCODES 7
 size_t ta_bind_preload_fields(ta_bind_field_t *out);
 
-/* A profile row's four numbers as 'i' fields, named as the sample types:
- * inuse_space, inuse_objects, alloc_space, alloc_objects. Returns 4. */
+/* The four sample types a profile row carries, in its order (bind_prof_top.c:
+ * the readers' `by`/`type`): inuse_space, inuse_objects, alloc_space,
+ * alloc_objects. A row's numbers as 'i' fields named so; returns 4. */
 #define TA_BIND_PROF_ROW_NFIELDS 4
+extern const char *const ta_bind_prof_types[TA_BIND_PROF_ROW_NFIELDS];
 size_t ta_bind_prof_row_fields(const ta_bind_prof_row_t *r, ta_bind_field_t *out);
+
+/* The dump kinds by name: live (TRIMALLOC_PROF_LIVE), peak (..._PEAK), 'i'. */
+#define TA_BIND_PROF_NKINDS 2
+size_t ta_bind_prof_kind_fields(ta_bind_field_t *out);
+
+/* The largest sampling interval the core takes (trimalloc_prof_start), bytes. */
+#define TA_BIND_PROF_MAX_INTERVAL (1ull << 30)
+
+/* What both extensions say when core/bind refuses a converted argument
+ * (EINVAL); each adds the value, in its language's words. */
+#define TA_BIND_MSG_INTERVAL "interval must be 1 .. 1 GiB (bytes)"                  /* ta_bind_sampler_start */
+#define TA_BIND_MSG_PROFILE_ENV "the directory and the command must not be empty"   /* ta_bind_profile_env */
+#define TA_BIND_MSG_ROWS "n must be >= 0 (0: all)"                                   /* the profile readers' n */
+#define TA_BIND_MSG_TRIMMER "trimmer settings refused"                               /* ta_bind_trimmer_init, _set_share */
 
 /* ---- bind_frames.c: what the interpreters' frame walkers share ----
  * Each extension walks its own interpreter's frames (the part that is per
@@ -489,6 +608,17 @@ typedef int (*ta_bind_frames_fn)(uint64_t *keys, int32_t *lines, int max);
  * interpreter's eval loop (trimalloc_prof_set_frames_hook). 0, ENOSYS when
  * the core is not the allocator or has no profiler, or the core's error. */
 int ta_bind_frames_set_hook(ta_bind_frames_fn fn, const void *eval_fn);
+
+/* ta_bind_frames_set_hook once trimalloc is the allocator, eval_fn being
+ * the address of eval_symbol in the process (the interpreter's eval loop;
+ * not found: NULL, or with eval_needed not registered):
+ * TA_BIND_FRAMES_REGISTERED, or one line saying why not (static storage). */
+#define TA_BIND_FRAMES_REGISTERED "registered"
+const char *ta_bind_frames_register(ta_bind_frames_fn fn, const char *eval_symbol, int eval_needed);
+
+/* fn run once on a new native thread (one the interpreter never saw): the
+ * frames it found (0 expected), or -errno when no thread could start. */
+int ta_bind_frames_on_thread(ta_bind_frames_fn fn, int max);
 
 /* trimalloc_prof_name_frame: 0, ENOSYS (no hook was registered yet), or
  * ENOMEM (the core's budget for names is full). Safe inside the hook: it
@@ -516,6 +646,29 @@ enum { TA_BIND_KEY_FULL = 0, TA_BIND_KEY_HELD = 1, TA_BIND_KEY_ADDED = 2 };
 int ta_bind_keys_add(ta_bind_keys_t *k, uint64_t key);
 /* Whether key is in the table. */
 int ta_bind_keys_has(const ta_bind_keys_t *k, uint64_t key);
+
+/* A walker's keys and counters: the table, how many of its keys were named
+ * (keys[0 .. named)), and what was dropped, refused a name, sampled and
+ * skipped. Touched with the interpreter lock held (skipped: by any thread). */
+typedef struct {
+  ta_bind_keys_t table;
+  size_t named;
+  uint64_t dropped;         /* frames left out: the table was full */
+  uint64_t unnamed;         /* keys the core refused a name (its budget full) */
+  uint64_t samples;         /* walks that returned frames */
+  _Atomic uint64_t skipped; /* walks on a thread without the lock (or in the GC) */
+  int hooked;               /* registered as the core's frames hook */
+  int test_full;            /* tests: refuse new keys, as a full table */
+} ta_bind_walker_t;
+/* Whether key is (now) in the table; a refused one is counted in dropped. */
+int ta_bind_walker_keep(ta_bind_walker_t *w, uint64_t key);
+/* The next key not yet named (1), or 0 when all are. */
+int ta_bind_walker_next(const ta_bind_walker_t *w, uint64_t *key);
+/* Names that key (ta_bind_frames_name; a refusal counted in unnamed). */
+void ta_bind_walker_name(ta_bind_walker_t *w, const char *name, const char *file);
+/* frames, named, dropped, unnamed, samples, skipped ('u'), hooked ('b'). */
+#define TA_BIND_WALKER_NFIELDS 7
+size_t ta_bind_walker_fields(ta_bind_walker_t *w, ta_bind_field_t *out);
 
 /* fn(keys, lines, max) run n times (n >= 1, max at most 1024) on this
  * thread: the mean ns of a call, *got the frames of the last. What a

@@ -38,11 +38,9 @@ TA_BIND_CALLS(TA_PY_CALL)
 
 static PyObject *py_trim(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
-  uint64_t released;
-  Py_BEGIN_ALLOW_THREADS
-  released = ta_bind_trim();
-  Py_END_ALLOW_THREADS
-  return PyLong_FromUnsignedLongLong(released);
+  ta_bind_job_t j = {.kind = TA_JOB_TRIM};
+  ta_py_job(&j);
+  return PyLong_FromUnsignedLongLong((uint64_t)j.released);
 }
 
 /* trim_if_due(min_interval, min_free=DEFAULTS['trimmer']['min_free']): the callers (trimalloc._hooks)
@@ -62,34 +60,27 @@ static PyObject *py_trim_if_due(PyObject *m, PyObject *args, PyObject *kwargs) {
   return ta_py_run_trim(NULL);
 }
 
-/* fn(arg as a float); None. */
-static PyObject *with_seconds(PyObject *arg, void (*fn)(double)) {
-  double seconds = PyFloat_AsDouble(arg);
-  if (seconds == -1.0 && PyErr_Occurred()) return NULL;
-  fn(seconds);
-  Py_RETURN_NONE;
+/* args, a tuple of n numbers, as doubles into a[] (TA_BIND_TEST_CALLS). */
+static int numbers(PyObject *args, Py_ssize_t n, double *a, const char *name) {
+  if (PyTuple_Size(args) != n) {
+    PyErr_Format(PyExc_TypeError, "_%s() takes %zd arguments (%zd given)", name, n, PyTuple_Size(args));
+    return -1;
+  }
+  for (Py_ssize_t i = 0; i < n; i++)
+    if ((a[i] = PyFloat_AsDouble(PyTuple_GetItem(args, i))) == -1.0 && PyErr_Occurred()) return -1;
+  return 0;
 }
 
-static PyObject *py_advance_clock(PyObject *m, PyObject *arg) {
-  (void)m;
-  return with_seconds(arg, ta_bind_clock_advance);
-}
-
-static PyObject *py_advance_cpu(PyObject *m, PyObject *arg) {
-  (void)m;
-  return with_seconds(arg, ta_bind_cpu_advance);
-}
-
-/* _test_refault(fault_ns, free_bytes): 0 / -1 give back the measured ones. */
-static PyObject *py_test_refault(PyObject *m, PyObject *args) {
-  (void)m;
-  double fault_ns;
-  long long free_bytes;
-  if (!PyArg_ParseTuple(args, "dL:_test_refault", &fault_ns, &free_bytes)) return NULL;
-  ta_bind_test_fault_ns(fault_ns);
-  ta_bind_test_free_bytes(free_bytes);
-  Py_RETURN_NONE;
-}
+#define TA_PY_TEST(name, n, expr, doc)                                 \
+  static PyObject *test_##name(PyObject *m, PyObject *args) {          \
+    (void)m;                                                           \
+    double a[TA_BIND_TEST_MAXARGS];                                    \
+    if (numbers(args, n, a, #name) < 0) return NULL;                   \
+    expr;                                                              \
+    Py_RETURN_NONE;                                                    \
+  }
+TA_BIND_TEST_CALLS(TA_PY_TEST)
+#define TA_PY_TEST_DEF(name, n, expr, doc) {"_" #name, test_##name, METH_VARARGS, "_" #name doc},
 
 static PyObject *py_stats(PyObject *m, PyObject *unused) {
   (void)unused;
@@ -109,31 +100,16 @@ static PyObject *py_policy_stats(PyObject *m, PyObject *unused) {
   return ta_py_fields_dict(f, ta_bind_policy_fields(f));
 }
 
-static PyObject *py_test_gate(PyObject *m, PyObject *arg) {
-  (void)m;
-  int on = PyObject_IsTrue(arg);
-  if (on < 0) return NULL;
-  ta_bind_test_gate(on);
-  Py_RETURN_NONE;
-}
-
 PyMethodDef ta_py_backend_methods[] = {
     TA_BIND_CALLS(TA_PY_DEF)
     {"trim", py_trim, METH_NOARGS, "trim() -> bytes returned to the OS now"},
     {"trim_if_due", (PyCFunction)(void (*)(void))py_trim_if_due, METH_VARARGS | METH_KEYWORDS,
      "trim_if_due(min_interval, min_free=DEFAULTS['trimmer']['min_free']) -> bytes released, or None "
      "when skipped"},
-    {"_advance_clock", py_advance_clock, METH_O,
-     "_advance_clock(seconds): for tests, moves the rate limit's clock forward"},
-    {"_advance_cpu", py_advance_cpu, METH_O,
-     "_advance_cpu(seconds): for tests, moves the refault budget's CPU clock forward"},
-    {"_test_refault", py_test_refault, METH_VARARGS,
-     "_test_refault(fault_ns, free_bytes): for tests, sets the fault cost (0: measured) and pins "
-     "the free-bytes figure (-1: the backend's)"},
+    TA_BIND_TEST_CALLS(TA_PY_TEST_DEF)
     {"stats", py_stats, METH_NOARGS, "stats() -> dict of the fields this backend measures"},
     {"policy_stats", py_policy_stats, METH_NOARGS,
      "policy_stats() -> {pending, busy, deferred, coalesced, free_reads, refault_skips, idle_trims, "
      "fault_ns}: the trim policy's counters and the fault cost its refault budget uses"},
-    {"_test_gate", py_test_gate, METH_O, "_test_gate(on): for tests (see binding.h)"},
     {NULL, NULL, 0, NULL},
 };

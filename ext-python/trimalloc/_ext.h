@@ -33,9 +33,12 @@ PyObject *ta_py_field(const ta_bind_field_t *f);
  * reference, or NULL with an exception set. */
 PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n);
 
-/* _trimmer.c: the trim a decision asked for, without the GIL: t's
- * (ta_bind_trimmer_run) or, t NULL, the policy's (ta_bind_run_trim). The
- * bytes released, or None when it was coalesced into a running trim. */
+/* Runs core/bind's job without the GIL (ta_bind_job_run). */
+void ta_py_job(ta_bind_job_t *j);
+
+/* The trim a decision asked for, without the GIL: t's (ta_bind_trimmer_run)
+ * or, t NULL, the policy's (ta_bind_run_trim). The bytes released, or None
+ * when it was coalesced into a running trim. */
 PyObject *ta_py_run_trim(ta_bind_trimmer_t *t);
 
 extern PyMethodDef ta_py_backend_methods[];   /* _backend.c: trims, stats, the policy's counters */

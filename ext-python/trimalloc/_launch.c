@@ -111,8 +111,8 @@ static PyObject *py_profile_env(PyObject *m, PyObject *args) {
   PyObject *r = NULL;
   if (ta_bind_profile_env(PyBytes_AsString(dir), PyBytes_AsString(cmd)) != 0) {
     if (errno == EINVAL)
-      PyErr_Format(PyExc_ValueError, "profile_env: the directory and the command must not be empty, "
-                   "got %R and %R", PyTuple_GetItem(args, 0), PyTuple_GetItem(args, 1));
+      PyErr_Format(PyExc_ValueError, "profile_env: " TA_BIND_MSG_PROFILE_ENV ", got %R and %R",
+                   PyTuple_GetItem(args, 0), PyTuple_GetItem(args, 1));
     else
       PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyTuple_GetItem(args, 0));
   } else {

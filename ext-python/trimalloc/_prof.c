@@ -331,21 +331,6 @@ int ta_py_frames_install(void) {
       return 0;
     }
   }
-  if (ta_bind_backend() != TA_BACKEND_TRIMALLOC) {
-    py.status = "not registered: trimalloc is not the process's allocator";
-    return 0;
-  }
-  const void *eval = dlsym(RTLD_DEFAULT, "_PyEval_EvalFrameDefault");
-  if (!eval) {
-    py.status = "not registered: _PyEval_EvalFrameDefault is not exported by this interpreter";
-    return 0;
-  }
-  int rc = ta_bind_frames_set_hook(ta_py_frames_hook, eval);
-  if (rc) {
-    py.status = rc == ENOSYS ? "not registered: the loaded trimalloc core has no profiler"
-                             : "not registered: trimalloc_prof_set_frames_hook refused the hook";
-    return 0;
-  }
-  py.status = "registered";
-  return 1;
+  py.status = ta_bind_frames_register(ta_py_frames_hook, "_PyEval_EvalFrameDefault", 1);
+  return strcmp(py.status, TA_BIND_FRAMES_REGISTERED) == 0;
 }

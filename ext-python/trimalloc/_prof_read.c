@@ -10,11 +10,10 @@
 /* A reader's failure: ValueError for the file's contents or a bad argument
  * (errno EINVAL), OSError (FileNotFoundError, ...) when a file cannot be read
  * or written; the message names the file. */
-static PyObject *prof_error(const char *err) {
-  int e = errno;
-  if (e == EINVAL || e == 0) {
+static PyObject *prof_error(int e, const char *err) {
+  if (ta_bind_error_kind(e) == TA_ERR_ARGUMENT) {
     PyErr_SetString(PyExc_ValueError, err);
-  } else if (e == ENOMEM) {
+  } else if (ta_bind_error_kind(e) == TA_ERR_MEMORY) {
     PyErr_NoMemory();
   } else {
     PyObject *args = Py_BuildValue("(is)", e, err);
@@ -41,7 +40,7 @@ static int top_args(PyObject *args, const char *fmt, PyObject **path, const char
   if (!PyArg_ParseTuple(args, fmt, PyUnicode_FSConverter, path, by, &rows)) return -1;
   if (rows < 0) {
     Py_DECREF(*path);
-    PyErr_Format(PyExc_ValueError, "n must be >= 0 (0: all), not %zd", rows);
+    PyErr_Format(PyExc_ValueError, TA_BIND_MSG_ROWS ", not %zd", rows);
     return -1;
   }
   *n = (size_t)rows;
@@ -96,8 +95,7 @@ static PyObject *py_prof_top(PyObject *m, PyObject *args) {
   if (rc || t.failed) {
     Py_DECREF(t.list);
     if (t.failed) return NULL; /* the Python error set while building a row */
-    errno = e;
-    return prof_error(err);
+    return prof_error(e, err);
   }
   return t.list;
 }
@@ -109,19 +107,12 @@ static PyObject *py_prof_top_text(PyObject *m, PyObject *args) {
   const char *by_s;
   size_t n;
   if (top_args(args, "O&|zn:_prof_top_text", &path, &by_s, &n)) return NULL;
-  char err[1024], *out = NULL;
-  int rc, e;
-  Py_BEGIN_ALLOW_THREADS;
-  rc = ta_bind_prof_top_str(PyBytes_AsString(path), by_s, n, &out, err, sizeof err);
-  e = errno;
-  Py_END_ALLOW_THREADS;
+  ta_bind_job_t j = {.kind = TA_JOB_TOP_TEXT, .path = PyBytes_AsString(path), .type = by_s, .n = n};
+  ta_py_job(&j);
   Py_DECREF(path);
-  if (rc) {
-    errno = e;
-    return prof_error(err);
-  }
-  PyObject *r = PyUnicode_DecodeUTF8(out, (Py_ssize_t)strlen(out), "replace");
-  free(out);
+  if (j.rc) return prof_error(j.err, j.msg);
+  PyObject *r = PyUnicode_DecodeUTF8(j.text, (Py_ssize_t)strlen(j.text), "replace");
+  free(j.text);
   return r;
 }
 
@@ -135,18 +126,12 @@ static PyObject *py_prof_flame(PyObject *m, PyObject *args) {
   if (!PyArg_ParseTuple(args, "O&O&|zp:_prof_flame", PyUnicode_FSConverter, &path, PyUnicode_FSConverter, &out,
                         &type, &collapsed))
     return NULL;
-  char err[1024];
-  int rc, e;
-  Py_BEGIN_ALLOW_THREADS;
-  rc = ta_bind_prof_flame(PyBytes_AsString(path), type, collapsed, PyBytes_AsString(out), err, sizeof err);
-  e = errno;
-  Py_END_ALLOW_THREADS;
+  ta_bind_job_t j = {.kind = TA_JOB_FLAME, .path = PyBytes_AsString(path), .type = type, .out = PyBytes_AsString(out),
+                     .collapsed = collapsed};
+  ta_py_job(&j);
   Py_DECREF(path);
   Py_DECREF(out);
-  if (rc) {
-    errno = e;
-    return prof_error(err);
-  }
+  if (j.rc) return prof_error(j.err, j.msg);
   Py_RETURN_NONE;
 }
 PyMethodDef ta_py_prof_read_methods[] = {

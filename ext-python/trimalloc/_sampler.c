@@ -6,7 +6,6 @@
 #include "_ext.h" /* first: Python.h sets the feature macros */
 
 #include <errno.h>
-#include <pthread.h>
 
 #include "_prof.h"
 
@@ -37,7 +36,7 @@ static PyObject *py_prof_start(PyObject *m, PyObject *arg) {
   if (need_sampler(m) < 0) return NULL;
   int rc = ta_bind_sampler_start((size_t)interval);
   if (rc == EINVAL) {
-    PyErr_Format(PyExc_ValueError, "interval must be 1 .. 1 GiB (bytes), not %R", arg);
+    PyErr_Format(PyExc_ValueError, TA_BIND_MSG_INTERVAL ", not %R", arg);
     return NULL;
   }
   return none_or_oserror(rc);
@@ -59,19 +58,15 @@ static PyObject *py_prof_dump(PyObject *m, PyObject *args) {
     Py_XDECREF(path_b);
     return NULL;
   }
-  char written[4096];
-  const char *path = path_b ? PyBytes_AsString(path_b) : NULL;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = ta_bind_sampler_dump(path, kind, written, sizeof written);
-  Py_END_ALLOW_THREADS
+  ta_bind_job_t j = {.kind = TA_JOB_DUMP, .path = path_b ? PyBytes_AsString(path_b) : NULL, .dump_kind = kind};
+  ta_py_job(&j);
   PyObject *r = NULL;
-  if (rc == 0) {
-    r = PyUnicode_DecodeFSDefault(written);
-  } else if (rc == EINVAL && kind != TRIMALLOC_PROF_LIVE && kind != TRIMALLOC_PROF_PEAK) {
+  if (j.rc == 0) {
+    r = PyUnicode_DecodeFSDefault(j.msg);
+  } else if (j.rc == EINVAL && kind != TRIMALLOC_PROF_LIVE && kind != TRIMALLOC_PROF_PEAK) {
     PyErr_Format(PyExc_ValueError, "kind must be live or peak, not %d", kind);
   } else {
-    errno = rc;
+    errno = j.rc;
     if (path_b) PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
     else PyErr_SetFromErrno(PyExc_OSError);
   }
@@ -103,14 +98,6 @@ static PyObject *py_prof_set_tag(PyObject *m, PyObject *arg) {
  * caller of this function first). released=1: called with the GIL released;
  * released=2: called on a new native thread, returns how many frames it got.
  * For tests of the hook without a sample. */
-static void *hook_thread(void *arg) {
-  int *n = arg;
-  uint64_t keys[64];
-  int32_t lines[64];
-  *n = ta_py_frames_hook(keys, lines, 64);
-  return NULL;
-}
-
 static PyObject *py_prof_frames_now(PyObject *m, PyObject *args) {
   (void)m;
   int max = 64, released = 0;
@@ -127,14 +114,11 @@ static PyObject *py_prof_frames_now(PyObject *m, PyObject *args) {
     n = ta_py_frames_hook(keys, lines, max);
     Py_END_ALLOW_THREADS
   } else if (released == 2) { /* a thread Python never saw */
-    pthread_t th;
-    int err;
     Py_BEGIN_ALLOW_THREADS
-    err = pthread_create(&th, NULL, hook_thread, &n);
-    if (err == 0) pthread_join(th, NULL);
+    n = ta_bind_frames_on_thread(ta_py_frames_hook, 64);
     Py_END_ALLOW_THREADS
-    if (err) {
-      errno = err;
+    if (n < 0) {
+      errno = -n;
       return PyErr_SetFromErrno(PyExc_OSError);
     }
     return PyLong_FromLong(n); /* its keys are not this thread's to describe */

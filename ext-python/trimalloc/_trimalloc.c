@@ -49,6 +49,19 @@ PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n) {
   return d;
 }
 
+void ta_py_job(ta_bind_job_t *j) {
+  Py_BEGIN_ALLOW_THREADS
+  ta_bind_job_run(j);
+  Py_END_ALLOW_THREADS
+}
+
+PyObject *ta_py_run_trim(ta_bind_trimmer_t *t) {
+  ta_bind_job_t j = {.kind = TA_JOB_RUN, .trimmer = t, .released = -1};
+  ta_py_job(&j);
+  if (j.released < 0) Py_RETURN_NONE;
+  return PyLong_FromLongLong(j.released);
+}
+
 /* DEFAULTS: {hook: {"every", "min_free", "min_interval", "refault_share"}}
  * (core/bind's table; None: off). */
 static PyObject *make_defaults(void) {
@@ -59,15 +72,15 @@ static PyObject *make_defaults(void) {
   return d;
 }
 
-/* TRIMMER_COUNTS: the keys of Trimmer.stats(), in order. */
-static PyObject *make_trimmer_counts(void) {
-  PyObject *names = PyTuple_New(TA_BIND_TRIMMER_NFIELDS);
-  for (size_t i = 0; names && i < TA_BIND_TRIMMER_NFIELDS; i++) {
-    PyObject *s = PyUnicode_FromString(ta_bind_trimmer_counts[i]);
-    if (!s) Py_CLEAR(names);
-    else PyTuple_SetItem(names, (Py_ssize_t)i, s); /* steals */
+/* A tuple of the names[0 .. n). */
+static PyObject *names_tuple(const char *const *names, size_t n) {
+  PyObject *t = PyTuple_New((Py_ssize_t)n);
+  for (size_t i = 0; t && i < n; i++) {
+    PyObject *s = PyUnicode_FromString(names[i]);
+    if (!s) Py_CLEAR(t);
+    else PyTuple_SetItem(t, (Py_ssize_t)i, s); /* steals */
   }
-  return names;
+  return t;
 }
 
 /* (name, type, unit, doc) for every field of the core's list, in order. */
@@ -88,6 +101,18 @@ fail:
   Py_DECREF(t);
   return NULL;
 }
+
+/* core/bind's facts (TA_BIND_FACTS) by kind. */
+static PyObject *fields_dict(size_t (*fill)(ta_bind_field_t *)) {
+  ta_bind_field_t f[TA_BIND_FACTS_MAXFIELDS];
+  return ta_py_fields_dict(f, fill(f));
+}
+#define TA_PY_FACT_fields(v, n) fields_dict(v)
+#define TA_PY_FACT_names(v, n) names_tuple(v, n)
+#define TA_PY_FACT_u64(v, n) PyLong_FromUnsignedLongLong(v)
+#define TA_PY_FACT_str(v, n) PyUnicode_FromString(v)
+#define TA_PY_FACT(name, kind, v, n) \
+  if (add_object(m, #name, TA_PY_FACT_##kind(v, n)) < 0) return -1;
 
 static int add_object(PyObject *m, const char *name, PyObject *value) {
   if (!value) return -1;
@@ -111,11 +136,8 @@ static int module_exec(PyObject *m) {
   if (add_object(m, "VERSION", PyUnicode_FromString(TRIMALLOC_VERSION)) < 0) return -1;
   if (add_object(m, "STATS_VERSION", PyLong_FromLong(TRIMALLOC_STATS_VERSION)) < 0) return -1;
   if (add_object(m, "FIELDS", make_fields()) < 0) return -1;
-  if (add_object(m, "GUARD_ENV", PyUnicode_FromString(TA_BIND_GUARD_ENV)) < 0) return -1;
   if (add_object(m, "DEFAULTS", make_defaults()) < 0) return -1;
-  ta_bind_field_t codes[TA_BIND_PRELOAD_NCODES]; /* PRELOAD: {name: code} of preload()'s results */
-  if (add_object(m, "PRELOAD", ta_py_fields_dict(codes, ta_bind_preload_fields(codes))) < 0) return -1;
-  if (add_object(m, "TRIMMER_COUNTS", make_trimmer_counts()) < 0) return -1;
+  TA_BIND_FACTS(TA_PY_FACT)
   PyMethodDef *tables[] = {ta_py_backend_methods, ta_py_launch_methods, ta_py_sampler_methods,
                            ta_py_prof_read_methods};
   for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)

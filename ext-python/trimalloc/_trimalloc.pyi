@@ -13,8 +13,14 @@ GUARD_ENV: str
 DEFAULTS: Dict[str, Dict[str, Any]]
 # {name: code} of preload()'s results ("active": 0, "guard", "forked", ...);
 PRELOAD: Dict[str, int]
-# the keys of Trimmer.stats(), in order.
+# the keys of Trimmer.stats(), in order;
 TRIMMER_COUNTS: Tuple[str, ...]
+# a profile's sample types, in a row's order (the readers' `by` / `type`);
+SAMPLE_TYPES: Tuple[str, ...]
+# profile dumps' kinds by name ({"live": 0, "peak": 1});
+PROF_KINDS: Dict[str, int]
+# the largest sampling interval the core takes, in bytes.
+PROF_MAX_INTERVAL: int
 
 class Error(RuntimeError): ...
 

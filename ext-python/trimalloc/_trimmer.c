@@ -3,8 +3,6 @@
  * Trimalloc::Trimmer. Every integration (gc aside) holds one. */
 #include "_ext.h" /* first: Python.h sets the feature macros */
 
-#include <stdatomic.h>
-
 typedef struct {
   PyObject_HEAD
   ta_bind_trimmer_t t;
@@ -37,13 +35,13 @@ static PyObject *trimmer_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
   if (!self) return NULL;
   if (ta_bind_trimmer_init(&self->t, every, min_free, interval) != 0) {
     Py_DECREF(self);
-    PyErr_Format(PyExc_ValueError, "Trimmer settings refused: every=%R and min_free=%R (both off), or a "
+    PyErr_Format(PyExc_ValueError, TA_BIND_MSG_TRIMMER ": every=%R and min_free=%R (both off), or a "
                  "negative min_interval", every_obj ? every_obj : Py_None, free_obj ? free_obj : Py_None);
     return NULL;
   }
   if (ta_bind_trimmer_set_share(&self->t, share) != 0) {
     Py_DECREF(self);
-    PyErr_Format(PyExc_ValueError, "Trimmer settings refused: refault_share=%R (negative or not finite)",
+    PyErr_Format(PyExc_ValueError, TA_BIND_MSG_TRIMMER ": refault_share=%R (negative or not finite)",
                  share_obj);
     return NULL;
   }
@@ -55,15 +53,6 @@ static void trimmer_dealloc(PyObject *self) {
   freefunc f = (freefunc)PyType_GetSlot(tp, Py_tp_free);
   f(self);
   Py_DECREF(tp);
-}
-
-PyObject *ta_py_run_trim(ta_bind_trimmer_t *t) {
-  int64_t released;
-  Py_BEGIN_ALLOW_THREADS
-  released = t ? ta_bind_trimmer_run(t, NULL) : ta_bind_run_trim(NULL);
-  Py_END_ALLOW_THREADS
-  if (released < 0) Py_RETURN_NONE;
-  return PyLong_FromLongLong(released);
 }
 
 /* event() -> bytes released, or None. Decided with the GIL (a few atomics,

@@ -121,7 +121,7 @@ def _run(args: List[str]) -> int:
     return 1  # not reached: exec returns only by raising
 
 
-SAMPLE_TYPES = ("inuse_space", "inuse_objects", "alloc_space", "alloc_objects")
+SAMPLE_TYPES: Tuple[str, ...] = _trimalloc.SAMPLE_TYPES  # core/bind's
 
 
 def _options(cmd: str, args: List[str], takes_value: Dict[str, str],

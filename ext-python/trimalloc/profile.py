@@ -24,15 +24,16 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any, Coroutine, Dict, Iterator, List, Optional
+from typing import Any, Coroutine, Dict, Iterator, List, Optional, Tuple
 
 from . import _hooks, _trimalloc
 
 __all__ = ["start", "stop", "interval", "dump", "top", "reset_peak", "set_tag", "tag", "tagged"]
 
-_KINDS = {"live": 0, "peak": 1}
-_ORDERS = ("inuse_space", "inuse_objects", "alloc_space", "alloc_objects")
-_MAX_INTERVAL = 1 << 30
+# core/bind's (bind_facts.c): dump's kinds, the sample types, the interval's bound
+_KINDS: Dict[str, int] = _trimalloc.PROF_KINDS
+_ORDERS: Tuple[str, ...] = _trimalloc.SAMPLE_TYPES
+_MAX_INTERVAL: int = _trimalloc.PROF_MAX_INTERVAL
 
 
 def _need() -> None:

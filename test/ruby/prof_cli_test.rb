@@ -1,7 +1,7 @@
 # frozen_string_literal: true
 
 # `trimalloc top` and `trimalloc flame`, and the reader behind
-# Trimalloc::Profile.top (Trimalloc.__prof_top), on a profile of known
+# Trimalloc::Profile.top (Trimalloc::Native.prof_top, private), on a profile of known
 # contents written by the core's own encoder (test/prof/make_profile.c, built
 # here; its comment lists what it holds).
 require_relative "test_helper"
@@ -9,6 +9,8 @@ require "rexml/document"
 require "zlib"
 
 class ProfCliTest < Minitest::Test
+  NATIVE = Trimalloc.const_get(:Native) # private: the readers the CLI calls
+
   include TrimallocTest
 
   TOTAL_INUSE = (28 * MiB) + (MiB / 2) + 1000
@@ -153,7 +155,7 @@ class ProfCliTest < Minitest::Test
   end
 
   def test_prof_top_rows
-    rows = Trimalloc.__prof_top(profile, nil, 0)
+    rows = NATIVE.prof_top(profile, nil, 0)
     assert_equal [16 * MiB, 9 * MiB, 3 * MiB, MiB / 2, 1000, 0], rows.map { |r| r[:inuse_space] }
     assert_equal %i[inuse_space inuse_objects alloc_space alloc_objects frames tag].sort, rows[0].keys.sort
     # leaf first; "function (file:line)", or "function" (native frames, a Ruby C method)
@@ -161,17 +163,17 @@ class ProfCliTest < Minitest::Test
                   "ReportJob#perform (app/jobs/report_job.rb:3)"], rows[1][:frames]
     assert_equal ["ReportJob", 9, 12 * MiB, 12], rows[1].values_at(:tag, :inuse_objects, :alloc_space, :alloc_objects)
     assert_nil rows[2][:tag]
-    assert_equal [20, 12], Trimalloc.__prof_top(profile, "alloc_objects", 2).map { |r| r[:alloc_objects] }
+    assert_equal [20, 12], NATIVE.prof_top(profile, "alloc_objects", 2).map { |r| r[:alloc_objects] }
   end
 
   def test_prof_top_errors
-    assert_raises(ArgumentError) { Trimalloc.__prof_top(profile, "cpu", 1) }
-    e = assert_raises(Errno::ENOENT) { Trimalloc.__prof_top("/nonexistent/p.pb.gz", nil, 1) }
+    assert_raises(ArgumentError) { NATIVE.prof_top(profile, "cpu", 1) }
+    e = assert_raises(Errno::ENOENT) { NATIVE.prof_top("/nonexistent/p.pb.gz", nil, 1) }
     assert_includes e.message, "/nonexistent/p.pb.gz"
-    e = assert_raises(ArgumentError) { Trimalloc.__prof_top(__FILE__, nil, 1) }
+    e = assert_raises(ArgumentError) { NATIVE.prof_top(__FILE__, nil, 1) }
     assert_includes e.message, "#{__FILE__}: not a profile"
-    assert_raises(ArgumentError) { Trimalloc.__prof_top(profile, nil, -1) }
-    assert_raises(TypeError) { Trimalloc.__prof_top(profile, 3, 1) }
-    assert_raises(Errno::ENOENT) { Trimalloc.__prof_flame(profile, "/nonexistent/x.svg", nil, false) }
+    assert_raises(ArgumentError) { NATIVE.prof_top(profile, nil, -1) }
+    assert_raises(TypeError) { NATIVE.prof_top(profile, 3, 1) }
+    assert_raises(Errno::ENOENT) { NATIVE.prof_flame(profile, "/nonexistent/x.svg", nil, false) }
   end
 end

@@ -464,7 +464,7 @@ class ProfileTest < Minitest::Test
     files = Dir.glob(File.join(out_dir, "*.pb.gz"))
     assert_equal 1, files.size, "one profile at exit: #{files}"
     assert_match(/\A#{Regexp.escape(File.basename(RUBY))}\.\d+\.\d+\.\w+\.pb\.gz\z/, File.basename(files[0]))
-    rows = Trimalloc.__prof_top(files[0], "inuse_space", 0)
+    rows = Trimalloc.const_get(:Native).prof_top(files[0], "inuse_space", 0)
     site = rows.select { |r| r[:frames].any? { |f| f.start_with?("Object#exit_site (#{script}:2)") } }
     assert_equal 8, site.sum { |r| r[:inuse_objects] }, rows.first(3).inspect
 

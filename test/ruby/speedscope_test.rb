@@ -68,7 +68,7 @@ class SpeedscopeTest < Minitest::Test
       assert_equal ["Importing as protobuf encoded pprof file"], view["log"]
       assert_equal "bytes", view["unit"]
 
-      rows = Trimalloc.__prof_top(path, "inuse_space", 0)
+      rows = Trimalloc.const_get(:Native).prof_top(path, "inuse_space", 0)
       inuse = rows.sum { |r| r[:inuse_space] }
       refute_equal rows.sum { |r| r[:alloc_space] }, inuse # the freed junk
       assert_equal inuse, view["total"]

@@ -41,15 +41,10 @@ TA_BIND_CALLS(TA_RB_CALL)
 
 /* Trims run without the GVL: they touch no Ruby object, and glibc's
  * malloc_trim can take milliseconds on a large heap. */
-static void *trim_nogvl(void *out) {
-  *(uint64_t *)out = ta_bind_trim();
-  return NULL;
-}
-
 static VALUE m_trim(VALUE self) {
-  uint64_t released = 0;
-  rb_thread_call_without_gvl(trim_nogvl, &released, NULL, NULL);
-  return ULL2NUM(released);
+  ta_bind_job_t j = {.kind = TA_JOB_TRIM};
+  rb_thread_call_without_gvl(ta_bind_job_run, &j, NULL, NULL);
+  return ULL2NUM((uint64_t)j.released);
 }
 
 /* Native.trim_if_due(min_interval, min_free) -> Integer or nil (nil:
@@ -60,37 +55,26 @@ static VALUE m_trim_if_due(VALUE self, VALUE min_interval, VALUE min_free) {
   return ta_bind_due(NUM2DBL(min_interval), NUM2ULL(min_free), NULL) ? ta_rb_run_trim(NULL) : Qnil;
 }
 
-/* Trimalloc.advance_clock(seconds) (private, for tests): moves the clock of
- * the rate limit and of deferred trims forward. */
-static VALUE m_advance_clock(VALUE self, VALUE seconds) {
-  ta_bind_clock_advance(NUM2DBL(seconds));
-  return Qnil;
+/* The tests' hooks that take numbers (TA_BIND_TEST_CALLS): private. */
+static double number(VALUE v) {
+  return v == Qtrue ? 1 : v == Qfalse || NIL_P(v) ? 0 : NUM2DBL(v);
 }
 
-/* Trimalloc.advance_cpu(seconds), Trimalloc.test_refault(fault_ns, free_bytes)
- * (private, for tests): the refault budget's CPU clock; the fault cost (0:
- * the measured one) and a pinned free-bytes figure (-1: the backend's). */
-static VALUE m_advance_cpu(VALUE self, VALUE seconds) {
-  ta_bind_cpu_advance(NUM2DBL(seconds));
-  return Qnil;
-}
-
-static VALUE m_test_refault(VALUE self, VALUE fault_ns, VALUE free_bytes) {
-  ta_bind_test_fault_ns(NUM2DBL(fault_ns));
-  ta_bind_test_free_bytes((int64_t)NUM2LL(free_bytes));
-  return Qnil;
-}
+#define TA_RB_TEST(name, n, expr, doc)                          \
+  static VALUE test_##name(int argc, VALUE *argv, VALUE self) { \
+    double a[TA_BIND_TEST_MAXARGS];                             \
+    rb_check_arity(argc, n, n);                                 \
+    for (int i = 0; i < n; i++) a[i] = number(argv[i]);         \
+    expr;                                                       \
+    return Qnil;                                                \
+  }
+TA_BIND_TEST_CALLS(TA_RB_TEST)
+#define TA_RB_TEST_DEF(name, n, expr, doc) rb_define_private_method(rb_singleton_class(m), #name, test_##name, -1);
 
 /* Trimalloc.policy_stats -> process-wide counters of the trim policy. */
 static VALUE m_policy_stats(VALUE self) {
   ta_bind_field_t f[TA_BIND_POLICY_NFIELDS];
   return ta_rb_fields_hash(f, ta_bind_policy_fields(f));
-}
-
-/* The test gate (private): see ta_bind_test_gate in binding.h. */
-static VALUE m_test_gate(VALUE self, VALUE arm) {
-  ta_bind_test_gate(RTEST(arm));
-  return Qnil;
 }
 
 void ta_rb_init_backend(void) {
@@ -99,9 +83,5 @@ void ta_rb_init_backend(void) {
   rb_define_singleton_method(m, "trim", m_trim, 0);
   rb_define_module_function(ta_rb_mNative, "trim_if_due", m_trim_if_due, 2);
   rb_define_singleton_method(m, "policy_stats", m_policy_stats, 0);
-  VALUE s = rb_singleton_class(m);
-  rb_define_private_method(s, "advance_clock", m_advance_clock, 1);
-  rb_define_private_method(s, "advance_cpu", m_advance_cpu, 1);
-  rb_define_private_method(s, "test_refault", m_test_refault, 2);
-  rb_define_private_method(s, "test_gate", m_test_gate, 1);
+  TA_BIND_TEST_CALLS(TA_RB_TEST_DEF)
 }

@@ -29,7 +29,6 @@
  * it. Trimalloc::Profile itself (start, dump, tags) is profile.c. */
 #include "trimalloc_ext.h" /* first: ruby/config.h defines _GNU_SOURCE (RTLD_DEFAULT) */
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -48,38 +47,20 @@ static rb_postponed_job_handle_t name_job_handle;
 #define TA_PREREGISTERED_JOB 0
 #endif
 
-/* The profiler is there and the hook is registered (ta_bind_frames_set_hook;
- * start, stop, dump, tags: core/bind/bind_sampler.c, shared with Python). */
-static int hooked;
-
-/* ---- the frame table ---- */
-
 #define KEYS_MAX (1u << 18)      /* distinct frames kept: 2 MiB of address space */
 #define FRAMES_MAX 128           /* frames read per sample, at most */
 
-static struct {
-  ta_bind_keys_t table; /* every frame VALUE handed to the core, in order */
-  size_t named;      /* table.keys[0 .. named) were given their names */
-  uint64_t dropped;  /* frames not returned because the table was full */
-  uint64_t unnamed;  /* keys the core refused a name (its budget full) */
-  uint64_t samples;  /* hook calls that returned Ruby frames */
-  _Atomic uint64_t skipped; /* hook calls without the GVL or in the GC (any thread) */
-  int test_full;     /* tests: behave as if the table were full */
-  int test_defer;    /* tests: no postponed naming, only before a dump */
-  VALUE holder;      /* the T_DATA whose mark function marks keys */
-} ft;
+/* Every frame VALUE handed to the core, in order, and the counters
+ * (core/bind's ta_bind_walker_t); hooked: the profiler is there and the hook
+ * is registered (ta_bind_frames_set_hook). */
+static ta_bind_walker_t ft;
+static int test_defer; /* tests: no postponed naming, only before a dump */
+static VALUE holder;   /* the T_DATA whose mark function marks the keys */
 
 /* No thread-local re-entry guard here: the first touch of a __thread
  * variable of a dlopen'ed object calls __tls_get_addr, which may malloc
  * (inside malloc: memray #336). Nothing the hook calls allocates, and the
  * core sets its own guard around the hook. */
-
-/* Whether v is (now) in the table. Called only with the GVL held. */
-static int keep(VALUE v) {
-  int r = ft.test_full && !ta_bind_keys_has(&ft.table, v) ? TA_BIND_KEY_FULL : ta_bind_keys_add(&ft.table, v);
-  ft.dropped += r == TA_BIND_KEY_FULL;
-  return r != TA_BIND_KEY_FULL;
-}
 
 static void mark_keys(void *p) {
   (void)p;
@@ -112,26 +93,25 @@ static VALUE name_pending_body(VALUE unused) {
   (void)unused;
   /* keys appended meanwhile (the allocations below may be sampled) are named
    * by this same loop */
-  while (ft.named < ft.table.n) {
-    VALUE key = (VALUE)ft.table.keys[ft.named];
+  uint64_t k;
+  while (ta_bind_walker_next(&ft, &k)) {
+    VALUE key = (VALUE)k;
     VALUE label = rb_profile_frame_full_label(key);
     VALUE path = rb_profile_frame_absolute_path(key);
     if (NIL_P(path)) path = rb_profile_frame_path(key);
     if (NIL_P(label)) label = rb_str_new_cstr("(unknown)");
     label = rb_str_new_frozen(label);
     if (!NIL_P(path)) path = rb_str_new_frozen(path);
-    int err = ta_bind_frames_name((uint64_t)key, StringValueCStr(label), file_of(path));
+    ta_bind_walker_name(&ft, StringValueCStr(label), file_of(path)); /* refused: stays unnamed */
     RB_GC_GUARD(label);
     RB_GC_GUARD(path);
-    ft.unnamed += err != 0; /* ENOMEM: the core's budget is full; the key stays unnamed */
-    ft.named++;
   }
   return Qnil;
 }
 
 /* Names every key not yet named. Never raises (it runs in a postponed job). */
 void ta_rb_frames_name_pending(void) {
-  if (!hooked || ft.named >= ft.table.n) return;
+  if (!ft.hooked || ft.named >= ft.table.n) return;
   int state = 0;
   rb_protect(name_pending_body, Qnil, &state);
   if (state) rb_set_errinfo(Qnil);
@@ -153,7 +133,7 @@ static int read_frames(uint64_t *keys, int32_t *lines, int max) {
   if (max > FRAMES_MAX) max = FRAMES_MAX;
   int n = rb_profile_frames(0, max, buf, lns);
   int out = 0;
-  while (out < n && keep(buf[out])) {
+  while (out < n && ta_bind_walker_keep(&ft, buf[out])) {
     keys[out] = (uint64_t)buf[out];
     lines[out] = lns[out];
     out++;
@@ -169,7 +149,7 @@ static int frames_hook(uint64_t *keys, int32_t *lines, int max) {
   }
   int n = read_frames(keys, lines, max);
   ft.samples += n > 0;
-  if (ft.named < ft.table.n && !ft.test_defer) {
+  if (ft.named < ft.table.n && !test_defer) {
 #if TA_PREREGISTERED_JOB
     rb_postponed_job_trigger(name_job_handle);
 #else
@@ -186,12 +166,10 @@ static int frames_hook(uint64_t *keys, int32_t *lines, int max) {
  * comes later, when Ruby can no longer name anything. */
 static void unhook_at_end(VALUE unused) {
   (void)unused;
-  if (!hooked) return;
+  if (!ft.hooked) return;
   ta_rb_frames_name_pending();
   ta_bind_frames_set_hook(NULL, NULL);
 }
-
-#define SYM(s) ID2SYM(rb_intern(s))
 
 /* Profile.__name_frames: names the frames seen so far now (tests). */
 static VALUE p_name_frames(VALUE self) {
@@ -205,15 +183,8 @@ static VALUE p_name_frames(VALUE self) {
  * given Ruby frames, hook calls on a thread without the GVL or in the GC,
  * and whether the hook is registered. */
 static VALUE p_frame_stats(VALUE self) {
-  VALUE h = rb_hash_new();
-  rb_hash_aset(h, SYM("frames"), SIZET2NUM(ft.table.n));
-  rb_hash_aset(h, SYM("named"), SIZET2NUM(ft.named));
-  rb_hash_aset(h, SYM("dropped"), ULL2NUM(ft.dropped));
-  rb_hash_aset(h, SYM("unnamed"), ULL2NUM(ft.unnamed));
-  rb_hash_aset(h, SYM("samples"), ULL2NUM(ft.samples));
-  rb_hash_aset(h, SYM("skipped"), ULL2NUM(atomic_load(&ft.skipped)));
-  rb_hash_aset(h, SYM("hooked"), hooked ? Qtrue : Qfalse);
-  return h;
+  ta_bind_field_t f[TA_BIND_WALKER_NFIELDS];
+  return ta_rb_fields_hash(f, ta_bind_walker_fields(&ft, f));
 }
 
 /* Profile.__frames_now (tests): runs the hook here, as a sample would, and
@@ -249,7 +220,7 @@ static VALUE p_frames_without_gvl(VALUE self) {
 /* Profile.__test_defer_naming(bool) (tests): frames are named only before
  * a dump, so that the GC may move things between a sample and its naming. */
 static VALUE p_test_defer_naming(VALUE self, VALUE on) {
-  ft.test_defer = RTEST(on);
+  test_defer = RTEST(on);
   return Qnil;
 }
 
@@ -268,16 +239,15 @@ static VALUE p_test_table_full(VALUE self, VALUE on) {
 
 void ta_rb_init_frames(void) {
   VALUE m = rb_define_module_under(ta_rb_mTrimalloc, "Profile");
-  ft.holder = TypedData_Wrap_Struct(rb_cObject, &keys_type, &ft);
-  rb_gc_register_mark_object(ft.holder);
+  holder = TypedData_Wrap_Struct(rb_cObject, &keys_type, &ft);
+  rb_gc_register_mark_object(holder);
 #if TA_PREREGISTERED_JOB
   name_job_handle = rb_postponed_job_preregister(0, name_job, NULL);
 #endif
   /* no table (mmap failed): native frames only */
   if (ta_bind_keys_init(&ft.table, KEYS_MAX) == 0) {
-    void *eval = dlsym(RTLD_DEFAULT, "rb_vm_exec");
-    hooked = ta_bind_frames_set_hook(frames_hook, eval) == 0;
-    if (hooked) rb_set_end_proc(unhook_at_end, Qnil);
+    ft.hooked = strcmp(ta_bind_frames_register(frames_hook, "rb_vm_exec", 0), TA_BIND_FRAMES_REGISTERED) == 0;
+    if (ft.hooked) rb_set_end_proc(unhook_at_end, Qnil);
   }
 
   VALUE s = rb_singleton_class(m);

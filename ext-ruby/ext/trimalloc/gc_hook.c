@@ -7,7 +7,8 @@
  * schedules a postponed job (rb_postponed_job_trigger on a preregistered job
  * where Ruby has it, 3.3+; rb_postponed_job_register_one before). The job
  * runs at the next safe point, decides with the GVL held (a clock read: the
- * shared policy, ta_bind_due) and, when a trim is due, trims with the GVL
+ * shared policy, through core/bind/bind_gc_hook.c, which also keeps the
+ * settings and counters) and, when a trim is due, trims with the GVL
  * released (rb_thread_call_without_gvl2), so no other Ruby thread waits for
  * it. The job allocates no Ruby object, so the hook cannot cause a GC. All
  * of the hook's state is touched with the GVL held.
@@ -28,8 +29,6 @@
  * same (gc_hook_test, bench/ruby_gc_churn.rb). */
 #include "trimalloc_ext.h"
 
-#include <stdatomic.h>
-
 #include <ruby/debug.h>
 #include <ruby/thread.h>
 
@@ -40,102 +39,41 @@ static rb_postponed_job_handle_t job_handle;
 #define TA_PREREGISTERED_JOB 0
 #endif
 
-static struct {
-  VALUE tracepoint;
-  int enabled;
-  int major_only;
-  double min_interval;
-  uint64_t min_free;   /* trim only with this many bytes free but resident (0: always) */
-  uint64_t sweeps;     /* GC cycles whose sweep ended while enabled */
-  uint64_t scheduled;  /* postponed jobs registered */
-  uint64_t trims;      /* trims done by the job */
-  uint64_t skipped;    /* jobs that found the trim not due */
-  uint64_t skipped_free; /* of skipped: less than min_free free (the purger returns it) */
-  uint64_t coalesced;  /* due, but another trim was running: folded into it */
-  uint64_t handed;     /* GC.start's trims handed to the policy's thread (interrupt pending) */
-  uint64_t trimmed_bytes;
-  int forced;          /* the cycle was GC.start's: trim regardless of min_interval */
-  int test_interrupt;  /* tests: the next job finds an interrupt pending */
-} hook;
-
+static ta_bind_gc_hook_t hook; /* the policy and counters (core/bind/bind_gc_hook.c) */
+static VALUE tracepoint;
+static int test_interrupt; /* tests: the next job finds an interrupt pending */
 static VALUE sym_major_by, sym_force, sym_gc_by, sym_method;
 
-struct run_args {
-  int ran;
-  int forced;       /* GC.start's trim: waits for one already running */
-  atomic_int stop;  /* set by Ruby's unblocking function: stop waiting */
-  int64_t released;
-};
-
-/* How long GC.start's trim waits for another trim to end, at most. */
-#define FORCED_WAIT_MS 1000
-
-/* A trim already running (the policy's deferred one, a Trimmer's) may have
- * started before this collection freed its memory; after GC.start (a quiet
- * moment the program chose: often the last GC before an idle time) no other
- * GC may come to trim it. So GC.start's trim waits for the running one to end
- * and trims after it (ta_bind_run_trim_after), without the GVL, for at most
- * FORCED_WAIT_MS. */
-static void *run_nogvl(void *p) {
-  struct run_args *a = p;
-  a->ran = 1;
-  a->released = ta_bind_run_trim_after(a->forced ? FORCED_WAIT_MS : 0, &a->stop);
-  return NULL;
-}
-
-static void stop_waiting(void *p) {
-  atomic_store(&((struct run_args *)p)->stop, 1);
+/* The trim without the GVL. _gvl2 checks no interrupt after the call (a
+ * postponed job must not raise); with one pending it does not run the trim
+ * (the job's `ran` stays 0): the next GC tries, but GC.start's trim (there
+ * may be no next GC before an idle time) goes to the policy's background
+ * thread, which trims at once. On issue 18's churn the final GC.start's job
+ * found an interrupt pending in 3 runs of 12 (RSS after it 68-77 MiB, not 16,
+ * until trimalloc's own purge). */
+static void run_unlocked(ta_bind_job_t *j) {
+  if (test_interrupt) test_interrupt = 0; /* as when _gvl2 finds an interrupt pending */
+  else rb_thread_call_without_gvl2(ta_bind_job_run, j, ta_bind_job_stop, j);
 }
 
 static void trim_job(void *unused) {
   (void)unused;
-  if (!hook.enabled) return;
-  struct run_args a = {0, hook.forced, 0, -1};
-  double interval = hook.forced ? 0.0 : hook.min_interval;
-  uint64_t min_free = hook.forced ? 0 : hook.min_free;
-  hook.forced = 0;
-  ta_bind_skip_t why = TA_SKIP_NONE;
-  if (ta_bind_due(interval, min_free, &why)) {
-    /* _gvl2: checks no interrupt after the call (a postponed job must not
-     * raise); with one pending it does not call run_nogvl: the next GC tries,
-     * but GC.start's trim (there may be no next GC before an idle time) goes
-     * to the policy's background thread, which trims at once. On issue 18's
-     * churn the final GC.start's job found an interrupt pending in 3 runs of
-     * 12 (RSS after it 68-77 MiB, not 16, until trimalloc's own purge). */
-    if (hook.test_interrupt)
-      hook.test_interrupt = 0; /* as when _gvl2 finds an interrupt pending */
-    else
-      rb_thread_call_without_gvl2(run_nogvl, &a, stop_waiting, &a);
-    if (a.ran && a.released < 0) hook.coalesced++;
-    if (!a.ran && a.forced) {
-      ta_bind_trim_soon();
-      hook.handed++;
-    }
-  }
-  if (a.released < 0) {
-    hook.skipped++;
-    if (why == TA_SKIP_FREE) hook.skipped_free++;
-  } else {
-    hook.trims++;
-    hook.trimmed_bytes += (uint64_t)a.released;
-  }
+  ta_bind_gc_hook_job(&hook, run_unlocked);
 }
 
 /* Inside the GC: no allocation, no Ruby calls. rb_gc_latest_gc_info with a
  * symbol only reads the last cycle's flags (primed at init, see below); its
- * :major_by is nil for a minor GC. */
+ * :major_by is nil for a minor GC. GC.start asks for a full collection at a
+ * moment the program chose (out of band, between jobs): its trim is not
+ * rate-limited. Its :major_by is :force unless Ruby had a major GC pending
+ * anyway (then :nofree, :oldgen, ...: on a churn that keeps the heap short,
+ * most of the time); :gc_by is :method either way. */
 static void on_sweep_end(VALUE tpval, void *unused) {
   (void)tpval;
   (void)unused;
-  hook.sweeps++;
   VALUE by = rb_gc_latest_gc_info(sym_major_by);
-  if (hook.major_only && NIL_P(by)) return;
-  /* GC.start asks for a full collection at a moment the program chose (out
-   * of band, between jobs): its trim is not rate-limited. Its :major_by is
-   * :force unless Ruby had a major GC pending anyway (then :nofree, :oldgen,
-   * ...: on a churn that keeps the heap short, most of the time); :gc_by is
-   * :method either way. */
-  if (by == sym_force || (!NIL_P(by) && rb_gc_latest_gc_info(sym_gc_by) == sym_method)) hook.forced = 1;
+  int forced = by == sym_force || (!NIL_P(by) && rb_gc_latest_gc_info(sym_gc_by) == sym_method);
+  if (!ta_bind_gc_hook_collected(&hook, !NIL_P(by), forced)) return;
 #if TA_PREREGISTERED_JOB
   rb_postponed_job_trigger(job_handle); /* a job already pending runs once */
   hook.scheduled++;
@@ -154,11 +92,11 @@ static VALUE hook_enable(VALUE self, VALUE major_only_v, VALUE min_interval_v, V
   hook.major_only = major_only;
   hook.min_interval = min_interval;
   hook.min_free = min_free;
-  if (!hook.tracepoint) {
-    hook.tracepoint = rb_tracepoint_new(0, RUBY_INTERNAL_EVENT_GC_END_SWEEP, on_sweep_end, NULL);
-    rb_gc_register_mark_object(hook.tracepoint);
+  if (!tracepoint) {
+    tracepoint = rb_tracepoint_new(0, RUBY_INTERNAL_EVENT_GC_END_SWEEP, on_sweep_end, NULL);
+    rb_gc_register_mark_object(tracepoint);
   }
-  if (!hook.enabled) rb_tracepoint_enable(hook.tracepoint);
+  if (!hook.enabled) rb_tracepoint_enable(tracepoint);
   hook.enabled = 1;
   return Qtrue;
 }
@@ -166,7 +104,7 @@ static VALUE hook_enable(VALUE self, VALUE major_only_v, VALUE min_interval_v, V
 /* Trimalloc::GC.disable -> whether it was enabled */
 static VALUE hook_disable(VALUE self) {
   int was = hook.enabled;
-  if (was) rb_tracepoint_disable(hook.tracepoint);
+  if (was) rb_tracepoint_disable(tracepoint);
   hook.enabled = 0;
   return was ? Qtrue : Qfalse;
 }
@@ -178,7 +116,7 @@ static VALUE hook_enabled_p(VALUE self) {
 /* Trimalloc::GC.test_interrupt_next_job (private, tests): the next job's
  * trim finds an interrupt pending, as a time slice ending can make it. */
 static VALUE hook_test_interrupt(VALUE self) {
-  hook.test_interrupt = 1;
+  test_interrupt = 1;
   return Qnil;
 }
 
@@ -186,27 +124,13 @@ static VALUE hook_test_interrupt(VALUE self) {
 
 /* Trimalloc::GC.stats -> the hook's settings and counters */
 static VALUE hook_stats(VALUE self) {
-  VALUE h = rb_hash_new();
-  rb_hash_aset(h, SYM("enabled"), hook.enabled ? Qtrue : Qfalse);
-  rb_hash_aset(h, SYM("major_only"), hook.major_only ? Qtrue : Qfalse);
-  rb_hash_aset(h, SYM("min_interval"), DBL2NUM(hook.min_interval));
-  rb_hash_aset(h, SYM("min_free"), ULL2NUM(hook.min_free));
-  rb_hash_aset(h, SYM("events"), ULL2NUM(hook.sweeps));
-  rb_hash_aset(h, SYM("sweeps"), ULL2NUM(hook.sweeps));
-  rb_hash_aset(h, SYM("scheduled"), ULL2NUM(hook.scheduled));
-  rb_hash_aset(h, SYM("trims"), ULL2NUM(hook.trims));
-  rb_hash_aset(h, SYM("skipped"), ULL2NUM(hook.skipped));
-  rb_hash_aset(h, SYM("skipped_free"), ULL2NUM(hook.skipped_free));
-  rb_hash_aset(h, SYM("coalesced"), ULL2NUM(hook.coalesced));
-  rb_hash_aset(h, SYM("handed"), ULL2NUM(hook.handed));
-  rb_hash_aset(h, SYM("trimmed_bytes"), ULL2NUM(hook.trimmed_bytes));
-  return h;
+  ta_bind_field_t f[TA_BIND_GC_HOOK_NFIELDS];
+  return ta_rb_fields_hash(f, ta_bind_gc_hook_fields(&hook, f));
 }
 
 void ta_rb_init_gc_hook(void) {
   VALUE m = rb_define_module_under(ta_rb_mTrimalloc, "GC");
-  hook.major_only = 1;
-  hook.min_interval = ta_bind_defaults_for("gc")->min_interval;
+  ta_bind_gc_hook_init(&hook);
   sym_major_by = SYM("major_by");
   sym_force = SYM("force");
   sym_gc_by = SYM("gc_by");

@@ -12,8 +12,8 @@
 
 NORETURN(static void raise_prof(int err, const char *msg));
 static void raise_prof(int err, const char *msg) {
-  if (err == ENOMEM) rb_memerror();
-  if (err == EINVAL || err == 0) rb_raise(rb_eArgError, "%s", msg);
+  if (ta_bind_error_kind(err) == TA_ERR_MEMORY) rb_memerror();
+  if (ta_bind_error_kind(err) == TA_ERR_ARGUMENT) rb_raise(rb_eArgError, "%s", msg);
   /* Errno::X's message already says strerror(err): the reader's line without it */
   size_t n = strlen(msg), k = strlen(strerror(err));
   if (n > k + 2 && !strcmp(msg + n - k, strerror(err)) && !strncmp(msg + n - k - 2, ": ", 2)) n -= k + 2;
@@ -28,7 +28,7 @@ static const char *type_or_null(VALUE *v) {
 
 /* n: an Integer >= 0 (checked by the callers; a negative one has no size_t) */
 static size_t rows_n(VALUE n) {
-  if (NUM2LL(n) < 0) rb_raise(rb_eArgError, "n must be >= 0, 0 for all (given %" PRIsVALUE ")", rb_inspect(n));
+  if (NUM2LL(n) < 0) rb_raise(rb_eArgError, TA_BIND_MSG_ROWS " (given %" PRIsVALUE ")", rb_inspect(n));
   return NUM2SIZET(n);
 }
 
@@ -46,7 +46,7 @@ static void top_row(void *arg, const ta_bind_prof_row_t *r) {
   rb_ary_push(rows, h);
 }
 
-/* Trimalloc.__prof_top(path, by, n) -> [{inuse_space:, inuse_objects:,
+/* Native.prof_top(path, by, n) -> [{inuse_space:, inuse_objects:,
  * alloc_space:, alloc_objects:, frames: [leaf first], tag:}]: the call paths
  * with the most `by` (nil: inuse_space), n of them (0: all). The rows are
  * built with the GVL held, inside the reader's callback: only NoMemoryError
@@ -65,35 +65,12 @@ static VALUE m_prof_top(VALUE self, VALUE path, VALUE by, VALUE n) {
   return rows;
 }
 
-typedef struct {
-  const char *path, *type, *out;
-  size_t n;
-  int collapsed;
-  char *text;
-  int rc, err;
-  char msg[1024];
-} job_t;
-
-static void *run_top_text(void *arg) {
-  job_t *j = arg;
-  j->rc = ta_bind_prof_top_str(j->path, j->type, j->n, &j->text, j->msg, sizeof j->msg);
-  j->err = errno;
-  return NULL;
-}
-
-static void *run_flame(void *arg) {
-  job_t *j = arg;
-  j->rc = ta_bind_prof_flame(j->path, j->type, j->collapsed, j->out, j->msg, sizeof j->msg);
-  j->err = errno;
-  return NULL;
-}
-
-/* Trimalloc.__prof_top_text(path, by, n) -> the `trimalloc top` table. */
+/* Native.prof_top_text(path, by, n) -> the `trimalloc top` table. */
 static VALUE m_prof_top_text(VALUE self, VALUE path, VALUE by, VALUE n) {
   (void)self;
   FilePathValue(path);
-  job_t j = {StringValueCStr(path), type_or_null(&by), NULL, rows_n(n), 0, NULL, 0, 0, ""};
-  rb_thread_call_without_gvl(run_top_text, &j, RUBY_UBF_IO, NULL); /* reads a file: no GVL */
+  ta_bind_job_t j = {.kind = TA_JOB_TOP_TEXT, .path = StringValueCStr(path), .type = type_or_null(&by), .n = rows_n(n)};
+  rb_thread_call_without_gvl(ta_bind_job_run, &j, RUBY_UBF_IO, NULL); /* reads a file: no GVL */
   RB_GC_GUARD(path);
   RB_GC_GUARD(by);
   if (j.rc) raise_prof(j.err, j.msg);
@@ -102,16 +79,16 @@ static VALUE m_prof_top_text(VALUE self, VALUE path, VALUE by, VALUE n) {
   return s;
 }
 
-/* Trimalloc.__prof_flame(path, out, type, collapsed) -> nil: writes the SVG
+/* Native.prof_flame(path, out, type, collapsed) -> nil: writes the SVG
  * flame graph, or collapsed stacks, of sample type `type` (nil: inuse_space)
  * to out ("-": stdout). */
 static VALUE m_prof_flame(VALUE self, VALUE path, VALUE out, VALUE type, VALUE collapsed) {
   (void)self;
   FilePathValue(path);
   FilePathValue(out);
-  job_t j = {StringValueCStr(path), type_or_null(&type), StringValueCStr(out), 0, RTEST(collapsed), NULL, 0,
-             0, ""};
-  rb_thread_call_without_gvl(run_flame, &j, RUBY_UBF_IO, NULL);
+  ta_bind_job_t j = {.kind = TA_JOB_FLAME, .path = StringValueCStr(path), .type = type_or_null(&type),
+                     .out = StringValueCStr(out), .collapsed = RTEST(collapsed)};
+  rb_thread_call_without_gvl(ta_bind_job_run, &j, RUBY_UBF_IO, NULL);
   RB_GC_GUARD(path);
   RB_GC_GUARD(out);
   RB_GC_GUARD(type);
@@ -120,7 +97,7 @@ static VALUE m_prof_flame(VALUE self, VALUE path, VALUE out, VALUE type, VALUE c
 }
 
 void ta_rb_init_prof_read(void) {
-  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_top", m_prof_top, 3);
-  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_top_text", m_prof_top_text, 3);
-  rb_define_singleton_method(ta_rb_mTrimalloc, "__prof_flame", m_prof_flame, 4);
+  rb_define_module_function(ta_rb_mNative, "prof_top", m_prof_top, 3);
+  rb_define_module_function(ta_rb_mNative, "prof_top_text", m_prof_top_text, 3);
+  rb_define_module_function(ta_rb_mNative, "prof_flame", m_prof_flame, 4);
 }

@@ -24,7 +24,7 @@ static VALUE p_start(VALUE self, VALUE interval) {
   need_profiler();
   size_t r = NUM2SIZET(interval);
   int err = ta_bind_sampler_start(r);
-  if (err == EINVAL) rb_raise(rb_eArgError, "interval must be 1 .. 1 GiB (given %" PRIsVALUE ")", interval);
+  if (err == EINVAL) rb_raise(rb_eArgError, TA_BIND_MSG_INTERVAL " (given %" PRIsVALUE ")", interval);
   if (err) ta_rb_raise_errno(err, rb_str_new_cstr("trimalloc_prof_start"));
   return Qnil;
 }
@@ -45,19 +45,6 @@ static VALUE p_set_tag(VALUE self, VALUE tag) {
   return Qnil;
 }
 
-struct dump_args {
-  const char *path;
-  int kind;
-  int err;
-  char written[4096];
-};
-
-static void *dump_nogvl(void *p) {
-  struct dump_args *a = p;
-  a->err = ta_bind_sampler_dump(a->path, a->kind, a->written, sizeof a->written);
-  return NULL;
-}
-
 /* Profile.__dump(path or nil, kind 0/1) -> the path written. Names the new
  * frames first (with the GVL: it allocates Ruby strings), then encodes and
  * writes without it: a dump may take milliseconds. */
@@ -68,15 +55,15 @@ static VALUE p_dump(VALUE self, VALUE path, VALUE kind) {
     path = rb_str_new_frozen(path);
     StringValueCStr(path);
   }
-  struct dump_args a = {NIL_P(path) ? NULL : RSTRING_PTR(path), NUM2INT(kind), 0, {0}};
+  ta_bind_job_t j = {.kind = TA_JOB_DUMP, .path = NIL_P(path) ? NULL : RSTRING_PTR(path), .dump_kind = NUM2INT(kind)};
   ta_rb_frames_name_pending();
-  rb_thread_call_without_gvl(dump_nogvl, &a, NULL, NULL); /* not interruptible: a few ms */
+  rb_thread_call_without_gvl(ta_bind_job_run, &j, NULL, NULL); /* not interruptible: a few ms */
   RB_GC_GUARD(path);
-  if (a.err) {
+  if (j.rc) {
     VALUE what = NIL_P(path) ? rb_str_new_cstr("trimalloc_prof_dump (TRIMALLOC_PROF_PREFIX)") : path;
-    rb_syserr_fail_str(a.err, what);
+    rb_syserr_fail_str(j.rc, what);
   }
-  return rb_str_new_cstr(a.written);
+  return rb_str_new_cstr(j.msg);
 }
 
 /* Trimalloc.profile_env(dir, cmd) (private): `trimalloc run --profile DIR`
@@ -88,7 +75,7 @@ static VALUE m_profile_env(VALUE self, VALUE dir, VALUE cmd) {
   StringValue(cmd);
   if (ta_bind_profile_env(StringValueCStr(dir), StringValueCStr(cmd)) != 0) {
     if (errno == EINVAL)
-      rb_raise(rb_eArgError, "the directory and the command must not be empty (given %" PRIsVALUE " and %" PRIsVALUE ")",
+      rb_raise(rb_eArgError, TA_BIND_MSG_PROFILE_ENV " (given %" PRIsVALUE " and %" PRIsVALUE ")",
                rb_inspect(dir), rb_inspect(cmd));
     rb_syserr_fail_str(errno, dir);
   }

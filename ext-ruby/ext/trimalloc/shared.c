@@ -32,21 +32,10 @@ VALUE ta_rb_fields_hash(const ta_bind_field_t *f, size_t n) {
   return h;
 }
 
-struct run_args {
-  ta_bind_trimmer_t *t;
-  int64_t released;
-};
-
-static void *run_nogvl(void *p) {
-  struct run_args *a = p;
-  a->released = a->t ? ta_bind_trimmer_run(a->t, NULL) : ta_bind_run_trim(NULL);
-  return NULL;
-}
-
 VALUE ta_rb_run_trim(ta_bind_trimmer_t *t) {
-  struct run_args a = {t, -1};
-  rb_thread_call_without_gvl(run_nogvl, &a, NULL, NULL);
-  return a.released < 0 ? Qnil : LL2NUM(a.released);
+  ta_bind_job_t j = {.kind = TA_JOB_RUN, .trimmer = t, .released = -1};
+  rb_thread_call_without_gvl(ta_bind_job_run, &j, NULL, NULL);
+  return j.released < 0 ? Qnil : LL2NUM(j.released);
 }
 
 char **ta_rb_argv(VALUE argv, VALUE *held, VALUE *buf) {
@@ -79,12 +68,22 @@ static VALUE make_defaults(void) {
   return rb_obj_freeze(all);
 }
 
-/* Native::TRIMMER_COUNTS: the keys of Trimmer#stats, in order. */
-static VALUE make_trimmer_counts(void) {
-  VALUE a = rb_ary_new_capa(TA_BIND_TRIMMER_NFIELDS);
-  for (size_t i = 0; i < TA_BIND_TRIMMER_NFIELDS; i++) rb_ary_push(a, SYM(ta_bind_trimmer_counts[i]));
+/* core/bind's facts (TA_BIND_FACTS) by kind, frozen. */
+static VALUE names_array(const char *const *names, size_t n) {
+  VALUE a = rb_ary_new_capa((long)n);
+  for (size_t i = 0; i < n; i++) rb_ary_push(a, SYM(names[i]));
   return rb_obj_freeze(a);
 }
+
+static VALUE fields_hash(size_t (*fill)(ta_bind_field_t *)) {
+  ta_bind_field_t f[TA_BIND_FACTS_MAXFIELDS];
+  return rb_obj_freeze(ta_rb_fields_hash(f, fill(f)));
+}
+#define TA_RB_FACT_fields(v, n) fields_hash(v)
+#define TA_RB_FACT_names(v, n) names_array(v, n)
+#define TA_RB_FACT_u64(v, n) ULL2NUM(v)
+#define TA_RB_FACT_str(v, n) rb_obj_freeze(rb_str_new_cstr(v))
+#define TA_RB_FACT(name, kind, v, n) rb_define_const(ta_rb_mNative, #name, TA_RB_FACT_##kind(v, n));
 
 void ta_rb_init_shared(void) {
   ta_bind_init();
@@ -93,7 +92,5 @@ void ta_rb_init_shared(void) {
   rb_define_attr(ta_rb_eError, "errno", 1, 0);
   ta_rb_mNative = rb_define_module_under(ta_rb_mTrimalloc, "Native");
   rb_define_const(ta_rb_mNative, "DEFAULTS", make_defaults());
-  ta_bind_field_t codes[TA_BIND_PRELOAD_NCODES]; /* PRELOAD: {name: code} of the preload's results */
-  rb_define_const(ta_rb_mNative, "PRELOAD", rb_obj_freeze(ta_rb_fields_hash(codes, ta_bind_preload_fields(codes))));
-  rb_define_const(ta_rb_mNative, "TRIMMER_COUNTS", make_trimmer_counts());
+  TA_BIND_FACTS(TA_RB_FACT)
 }

@@ -13,7 +13,7 @@ extern VALUE ta_rb_mNative;    /* Trimalloc::Native: internals (private_constant
 extern VALUE ta_rb_eError;     /* Trimalloc::Error */
 
 /* Defines the three above and Native's constants (core/bind's facts:
- * DEFAULTS, PRELOAD, TRIMMER_COUNTS). First of the inits. */
+ * DEFAULTS and TA_BIND_FACTS). First of the inits. */
 void ta_rb_init_shared(void);
 
 /* Raises Trimalloc::Error "<what>: <strerror(err)>", with #errno set. */

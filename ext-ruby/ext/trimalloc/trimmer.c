@@ -49,10 +49,10 @@ static ta_bind_trimmer_t *get(VALUE self) {
  * off, min_free -1: off); this only stores them. */
 static VALUE trimmer_setup(VALUE self, VALUE every, VALUE min_free, VALUE min_interval, VALUE refault_share) {
   if (ta_bind_trimmer_init(get(self), NUM2ULL(every), NUM2LL(min_free), NUM2DBL(min_interval)) != 0)
-    rb_raise(rb_eArgError, "trimmer settings refused (every %" PRIsVALUE ", min_free %" PRIsVALUE
+    rb_raise(rb_eArgError, TA_BIND_MSG_TRIMMER " (every %" PRIsVALUE ", min_free %" PRIsVALUE
              ", min_interval %" PRIsVALUE ")", rb_inspect(every), rb_inspect(min_free), rb_inspect(min_interval));
   if (ta_bind_trimmer_set_share(get(self), NUM2DBL(refault_share)) != 0)
-    rb_raise(rb_eArgError, "trimmer settings refused (refault_share %" PRIsVALUE ")", rb_inspect(refault_share));
+    rb_raise(rb_eArgError, TA_BIND_MSG_TRIMMER " (refault_share %" PRIsVALUE ")", rb_inspect(refault_share));
   return self;
 }
 

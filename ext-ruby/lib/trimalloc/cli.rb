@@ -127,7 +127,7 @@ module Trimalloc
       [profile, args]
     end
 
-    SAMPLE_TYPES = %w[inuse_space inuse_objects alloc_space alloc_objects].freeze
+    SAMPLE_TYPES = Native::SAMPLE_TYPES.map(&:to_s).freeze # core/bind's
 
     # A usage error: its message, exit status 2.
     class UsageError < StandardError; end
@@ -175,7 +175,7 @@ module Trimalloc
       unless SAMPLE_TYPES.include?(by)
         raise UsageError, "top: --by wants one of #{SAMPLE_TYPES.join(', ')}, not #{by.inspect}"
       end
-      out.print Trimalloc.__prof_top_text(file, by, Integer(n, 10))
+      out.print Native.prof_top_text(file, by, Integer(n, 10))
       0
     rescue UsageError => e
       err.puts "trimalloc: error: #{e.message}"
@@ -192,7 +192,7 @@ module Trimalloc
       raise UsageError, "flame: no output given: -o OUT.svg (or -o - for stdout)" if opts[:out].to_s.empty?
       out.flush
       $stdout.flush # "-o -": the C code writes to file descriptor 1
-      Trimalloc.__prof_flame(file, opts[:out], opts[:type], opts[:collapsed] || false)
+      Native.prof_flame(file, opts[:out], opts[:type], opts[:collapsed] || false)
       unless opts[:out] == "-"
         out.puts "wrote #{opts[:out]} (#{opts[:collapsed] ? 'collapsed stacks' : 'flame graph'} of " \
                  "#{opts[:type] || 'inuse_space'})"

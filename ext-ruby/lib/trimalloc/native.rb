@@ -2,8 +2,10 @@
 
 module Trimalloc
   # The extension's internals, not API (private_constant below): core/bind's
-  # facts (DEFAULTS, PRELOAD, TRIMMER_COUNTS, purger_state, from the C
-  # extension) and what the public methods are built on. The C functions
+  # facts (DEFAULTS and the constants TA_BIND_FACTS in core/bind/binding.h
+  # lists, purger_state, from the C extension), the profile
+  # readers (prof_top, prof_top_text, prof_flame) and what the public
+  # methods are built on. The C functions
   # here only convert (NUM2DBL, NUM2LL): the argument checks, each naming the
   # value, are the Ruby methods below, and the public methods call them first.
   module Native

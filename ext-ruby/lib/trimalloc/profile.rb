@@ -23,9 +23,10 @@ module Trimalloc
   # Trimalloc::Error when trimalloc is not this process's allocator (saying
   # how to run under it); the rest answer (nothing samples).
   module Profile
-    KINDS = { live: 0, peak: 1 }.freeze # TRIMALLOC_PROF_LIVE, TRIMALLOC_PROF_PEAK
-    ORDERS = %i[inuse_space inuse_objects alloc_space alloc_objects].freeze
-    MAX_INTERVAL = 1 << 30
+    # core/bind's (bind_facts.c): dump's kinds, the sample types, the interval's bound
+    KINDS = Native::PROF_KINDS
+    ORDERS = Native::SAMPLE_TYPES
+    MAX_INTERVAL = Native::PROF_MAX_INTERVAL
 
     class << self
       # Starts sampling (allocations made while it is off are not seen).
@@ -68,7 +69,7 @@ module Trimalloc
 
         Dir.mktmpdir("trimalloc-top") do |dir|
           path = dump(File.join(dir, "top.pb.gz"), kind: kind)
-          Trimalloc.__prof_top(path, order.to_s, n) # core/bind's reader (prof_read.c)
+          Native.prof_top(path, order.to_s, n) # core/bind's reader (prof_read.c)
         end
       end
 

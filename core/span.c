@@ -121,6 +121,10 @@ static ta_span_t *warm_pick(ta_arena_t *a, uint64_t fit, size_t n, size_t *off) 
   for (uint64_t m = fit; m && looked < WARM_LOOK; m &= m - 1)
     for (ta_span_t *sp = a->spans[__builtin_ctzll(m)]; sp && looked < WARM_LOOK; sp = sp->next, looked++) {
       if (sp->dirty <= best_warm) continue; /* cannot hold a warmer window */
+      if (sp->dirty == (size_t)sp->slices * (TA_SLICE_SIZE >> ta_ospage_shift)) { /* all resident: no scan */
+        *off = 0;
+        return sp;
+      }
       size_t w, j = warm_window(sp, n, &w);
       if (w <= best_warm) continue;
       best = sp, best_warm = w, *off = j;

@@ -104,6 +104,12 @@ static void stack_bounds(void) {
   if (!stack_hi) stack_hi = 1, stack_lo = 0; /* unknown: no walk */
 }
 
+void ta_prof_stack_bounds(uintptr_t *lo, uintptr_t *hi) {
+  stack_bounds();
+  *lo = stack_lo;
+  *hi = stack_hi;
+}
+
 /* Each frame record is {caller's frame pointer, return address} on both
  * x86-64 and aarch64. A record must lie above the last one, inside the
  * stack, aligned: anything else ends the walk (a caller built without frame
@@ -143,7 +149,7 @@ void ta_prof_walk_init(ta_prof_walk_t *w, uint64_t *pcs, size_t max) {
 
 bool ta_prof_use_libgcc(void) {
   long long u = ta_opt(TA_OPT_PROF_UNWIND);
-  return TA_PROF_HAVE_LIBGCC && (u == 0 || u == TA_PROF_UNWIND_LIBGCC);
+  return TA_PROF_HAVE_LIBGCC && (u == 0 || u == TA_PROF_UNWIND_LIBGCC || u == TA_PROF_UNWIND_LIBGCC_ONLY);
 }
 
 /* The interpreter's frames in place of the native frames from the first one
@@ -178,6 +184,8 @@ void ta_prof_warm(void) {
 #if TA_PROF_HAVE_LIBGCC
   if (ta_prof_use_libgcc()) {
     _Unwind_Backtrace((_Unwind_Trace_Fn)ta_prof_unwind_step, &w);
+    ta_prof_walk_init(&w, pcs, 8);
+    ta_prof_unwind_cfa(&w); /* the thread's stack bounds (which may allocate) */
     return;
   }
 #endif

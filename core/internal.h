@@ -1,7 +1,7 @@
 /* trimalloc: cross-file internals, grouped under the file that defines them.
  * Calls go one way, down this list: the entry points built on malloc and
  * free (compat, sized, align), the entry points (alloc, check),
- * init, prof, prof_dump, prof_live, prof_stack, prof_sym, prof_meta, pprof, stats, tcache, purge, huge, zero, arena, slab, span, segment, delay, size,
+ * init, prof, prof_dump, prof_live, prof_cfa, prof_stack, prof_sym, prof_meta, pprof, stats, tcache, purge, huge, zero, arena, slab, span, segment, delay, size,
  * options, error, prim. */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
@@ -175,6 +175,38 @@ TA_HIDDEN bool ta_prof_use_libgcc(void);
 TA_HIDDEN int ta_prof_unwind_step(struct _Unwind_Context *ctx, void *walk); /* an _Unwind_Reason_Code */
 TA_HIDDEN void ta_prof_unwind_fp(ta_prof_walk_t *w);
 TA_HIDDEN size_t ta_prof_merge(ta_prof_walk_t *w, int32_t *lines, size_t max);
+TA_HIDDEN void ta_prof_stack_bounds(uintptr_t *lo, uintptr_t *hi); /* the calling thread's stack */
+/* One frame of a walk, given its return address: false when the walk ends
+ * (the eval function met, or w full). The profiler's own frames are skipped. */
+static inline bool ta_prof_walk_add(ta_prof_walk_t *w, uintptr_t ret) {
+  extern const char __start_ta_prof_text[] __attribute__((visibility("hidden")));
+  extern const char __stop_ta_prof_text[] __attribute__((visibility("hidden")));
+  if (w->skipping && ret >= (uintptr_t)__start_ta_prof_text && ret < (uintptr_t)__stop_ta_prof_text) return true;
+  w->skipping = false;
+  uintptr_t pc = ret - 1; /* a return address: the call is the byte before */
+  if (pc >= w->eval_lo && pc < w->eval_hi) {
+    w->at_eval = true;
+    return false;
+  }
+  w->pcs[w->n++] = pc;
+  return w->n < w->max;
+}
+/* prof_cfa.c: the x86-64 walk from cached unwind rules, in place of
+ * _Unwind_Backtrace; false when it gave up (w is as ta_prof_walk_init left
+ * it: the caller runs libgcc's). Other builds: always false. */
+#if TA_PROF_FDE_FILES && defined(__x86_64__)
+#define TA_PROF_CFA 1
+TA_HIDDEN bool ta_prof_unwind_cfa(ta_prof_walk_t *w);
+#else
+#define TA_PROF_CFA 0
+static inline bool ta_prof_unwind_cfa(ta_prof_walk_t *w) {
+  (void)w;
+  return false;
+}
+#endif
+TA_HIDDEN extern _Atomic uint64_t ta_prof_cfa_walks, ta_prof_cfa_giveups, ta_prof_cfa_rules; /* walks tried, given up; rules cached */
+TA_HIDDEN void ta_prof_cfa_fork_prepare(void);
+TA_HIDDEN void ta_prof_cfa_fork_parent(void);
 TA_HIDDEN uint32_t ta_prof_intern(const uint64_t *pcs, const int32_t *lines, size_t n, const char *tag); /* UINT32_MAX: no room */
 TA_HIDDEN uint32_t ta_prof_traces(void); /* traces interned so far (ids 0..n-1) */
 /* prof_fde.c: the unwinder's FDE lookup (_Unwind_Find_FDE), from the objects'
@@ -601,6 +633,7 @@ TA_HIDDEN void ta_options_init(void);
 #define TA_PROF_INTERVAL_MAX ((long long)1 << 30)
 #define TA_PROF_UNWIND_LIBGCC 1 /* prof_unwind: 0 = the default for the libc (libgcc on glibc, frame pointers on musl) */
 #define TA_PROF_UNWIND_FP 2
+#define TA_PROF_UNWIND_LIBGCC_ONLY 3 /* libgcc's _Unwind_Backtrace without prof_cfa.c's cached rules */
 TA_HIDDEN size_t ta_options_format(char *buf, size_t size);
 TA_HIDDEN int ta_option_set(const char *name, long long value); /* 0, EINVAL or ERANGE */
 

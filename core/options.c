@@ -30,8 +30,9 @@
     "dump each time estimated live bytes pass the last growth dump's by this much (0: off)")                   \
   X(PROF_AT_EXIT, "prof_at_exit", 0, 0, 1, "dump the live set at exit")                                        \
   X(PROF_KEEP, "prof_keep", 20, 0, 4096, "profile files kept per process and reason (0: all)")                 \
-  X(PROF_UNWIND, "prof_unwind", 0, 0, 2,                                                                       \
-    "native stacks: 0 default (libgcc on glibc, frame pointers on musl), 1 libgcc, 2 frame pointers")
+  X(PROF_UNWIND, "prof_unwind", 0, 0, 3,                                                                       \
+    "native stacks: 0 default (libgcc on glibc, frame pointers on musl), 1 libgcc, 2 frame pointers, "         \
+    "3 libgcc without the x86-64 rule cache")
 
 #define TA_COUNT_OPTION(ID, name, def, min, max, doc) +1
 _Static_assert(0 TA_OPTIONS(TA_COUNT_OPTION) == TA_OPT_COUNT, "one row of TA_OPTIONS per ta_opt_t");

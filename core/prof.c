@@ -105,8 +105,9 @@ static inline __attribute__((always_inline)) void sample(void *b, ta_span_t *sp,
   ta_prof_walk_t w;
   ta_prof_walk_init(&w, pcs, TA_PROF_MAX_FRAMES);
 #if TA_PROF_HAVE_LIBGCC
-  if (ta_prof_use_libgcc()) _Unwind_Backtrace((_Unwind_Trace_Fn)ta_prof_unwind_step, &w);
-  else
+  if (ta_prof_use_libgcc()) {
+    if (!ta_prof_unwind_cfa(&w)) _Unwind_Backtrace((_Unwind_Trace_Fn)ta_prof_unwind_step, &w);
+  } else
 #endif
     ta_prof_unwind_fp(&w);
   size_t n = ta_prof_merge(&w, lines, 2 * TA_PROF_MAX_FRAMES);
@@ -265,6 +266,7 @@ void ta_prof_fork_prepare(void) {
   ta_lock(&api_lock);
   ta_prof_dump_fork_prepare();
   ta_prof_stack_fork_prepare();
+  ta_prof_cfa_fork_prepare();
   ta_prof_fde_fork_prepare();
   ta_prof_live_fork_prepare();
   ta_prof_meta_fork_prepare();
@@ -273,6 +275,7 @@ void ta_prof_fork_parent(void) {
   ta_prof_meta_fork_parent();
   ta_prof_live_fork_parent();
   ta_prof_fde_fork_parent();
+  ta_prof_cfa_fork_parent();
   ta_prof_stack_fork_parent();
   ta_prof_dump_fork_parent();
   ta_unlock(&api_lock);
@@ -281,6 +284,7 @@ void ta_prof_fork_child(void) {
   ta_prof_meta_fork_parent();
   ta_prof_live_fork_parent();
   ta_prof_fde_fork_parent();
+  ta_prof_cfa_fork_parent();
   ta_prof_stack_fork_parent();
   ta_prof_dump_fork_child();
   ta_unlock(&api_lock);

@@ -18,6 +18,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <unwind.h>
 
@@ -79,9 +80,66 @@ int ta_prof_unwind_step(struct _Unwind_Context *ctx, void *arg) {
 
 /* The calling thread's stack: [lo, hi), read once per thread. The main
  * thread's frames are all below __libc_stack_end (its size is not known:
- * 8 MiB below); another thread's is pthread_getattr_np's (which may allocate: the guard
- * is set, no lock is held). */
+ * 8 MiB below). Another thread's, on glibc: the mapping that holds its
+ * stack pointer, from /proc/self/maps (open, read, close: no allocation,
+ * no lock of the program's). Not glibc's pthread_getattr_np: it holds the
+ * thread's lock while it calls realloc, so a sample in that realloc would
+ * wait on the lock its own thread holds (a Ruby thread's start did:
+ * test/ruby/profile_test.rb hung). musl's reads the thread's fields. */
 static __thread uintptr_t stack_lo, stack_hi __attribute__((tls_model("initial-exec")));
+
+#ifdef __GLIBC__
+static int hexval(char c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+/* The line at p, "start-end perms ...": false if it is not one. */
+static bool maps_line(const char *p, const char *end, uintptr_t *lo, uintptr_t *hi) {
+  uintptr_t v[2] = {0, 0};
+  for (int k = 0; k < 2; k++) {
+    int d, n = 0;
+    for (; p < end && (d = hexval(*p)) >= 0; p++, n++) v[k] = v[k] << 4 | (uintptr_t)d;
+    if (!n || p == end || *p++ != (k ? ' ' : '-')) return false;
+  }
+  *lo = v[0];
+  *hi = v[1];
+  return true;
+}
+static bool maps_bounds(uintptr_t sp) {
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[4096];
+  size_t have = 0, pos = 0;
+  bool found = false, skip = false; /* skip: the rest of a line longer than buf */
+  for (;;) {
+    char *nl = memchr(buf + pos, '\n', have - pos);
+    if (!nl) {
+      if (skip || pos == 0) { /* a line longer than buf: drop what is here, find its end */
+        skip = skip || have == sizeof buf;
+        if (skip) have = pos = 0;
+      }
+      memmove(buf, buf + pos, have - pos);
+      have -= pos;
+      pos = 0;
+      ssize_t n = read(fd, buf + have, sizeof buf - have);
+      if (n <= 0) break;
+      have += (size_t)n;
+      continue;
+    }
+    uintptr_t lo, hi;
+    if (!skip && maps_line(buf + pos, nl, &lo, &hi) && lo <= sp && sp < hi) {
+      stack_lo = lo;
+      stack_hi = hi;
+      found = true;
+      break;
+    }
+    skip = false;
+    pos = (size_t)(nl + 1 - buf);
+  }
+  close(fd);
+  return found;
+}
+#endif
+
 static void stack_bounds(void) {
   if (stack_hi) return;
 #ifdef __GLIBC__
@@ -90,7 +148,8 @@ static void stack_bounds(void) {
     stack_lo = stack_hi > ((uintptr_t)8 << 20) ? stack_hi - ((uintptr_t)8 << 20) : 0;
     return;
   }
-#endif
+  if (!maps_bounds((uintptr_t)__builtin_frame_address(0))) stack_hi = 1, stack_lo = 0; /* unknown: no walk */
+#else
   pthread_attr_t at;
   void *base;
   size_t size;
@@ -102,6 +161,13 @@ static void stack_bounds(void) {
     pthread_attr_destroy(&at);
   }
   if (!stack_hi) stack_hi = 1, stack_lo = 0; /* unknown: no walk */
+#endif
+}
+
+void ta_prof_stack_bounds(uintptr_t *lo, uintptr_t *hi) {
+  stack_bounds();
+  *lo = stack_lo;
+  *hi = stack_hi;
 }
 
 /* Each frame record is {caller's frame pointer, return address} on both
@@ -143,7 +209,7 @@ void ta_prof_walk_init(ta_prof_walk_t *w, uint64_t *pcs, size_t max) {
 
 bool ta_prof_use_libgcc(void) {
   long long u = ta_opt(TA_OPT_PROF_UNWIND);
-  return TA_PROF_HAVE_LIBGCC && (u == 0 || u == TA_PROF_UNWIND_LIBGCC);
+  return TA_PROF_HAVE_LIBGCC && (u == 0 || u == TA_PROF_UNWIND_LIBGCC || u == TA_PROF_UNWIND_LIBGCC_ONLY);
 }
 
 /* The interpreter's frames in place of the native frames from the first one
@@ -178,6 +244,8 @@ void ta_prof_warm(void) {
 #if TA_PROF_HAVE_LIBGCC
   if (ta_prof_use_libgcc()) {
     _Unwind_Backtrace((_Unwind_Trace_Fn)ta_prof_unwind_step, &w);
+    ta_prof_walk_init(&w, pcs, 8);
+    ta_prof_unwind_cfa(&w); /* the thread's stack bounds (which may allocate) */
     return;
   }
 #endif

@@ -167,6 +167,45 @@ else
   fail "build test_preload_api.c" "$(cat "$TMP/cc.err")"
 fi
 
+# ---- the heap profiler inside pthread_getattr_np (glibc: it calls realloc
+# holding the thread's lock; a sample there must not ask glibc for the
+# thread's stack again), every allocation sampled, on new threads ----
+cat >"$TMP/getattr.c" <<'EOF_GETATTR'
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+static void *run(void *arg) {
+  for (int i = 0; i < 50; i++) {
+    pthread_attr_t at;
+    if (pthread_getattr_np(pthread_self(), &at) != 0) return arg;
+    pthread_attr_destroy(&at);
+    free(malloc(100));
+  }
+  return NULL;
+}
+int main(void) {
+  for (int r = 0; r < 20; r++) {
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++) pthread_create(&th[t], NULL, run, NULL);
+    for (int t = 0; t < 4; t++) pthread_join(th[t], NULL);
+  }
+  puts("ok");
+  return 0;
+}
+EOF_GETATTR
+if cc -O1 -pthread -o "$TMP/getattr" "$TMP/getattr.c" 2>"$TMP/cc.err"; then
+  LIMIT_SAVED=$LIMIT LIMIT=30
+  TRIMALLOC_PROF=1 TRIMALLOC_PROF_INTERVAL=1 preloaded "$TMP/getattr"
+  rc=$?
+  LIMIT=$LIMIT_SAVED
+  if [ $rc -eq 0 ] && [ "$(cat "$TMP/out")" = ok ] && [ "$(stat_max prof_sampled)" -gt 0 ]; then
+    ok "sampling every allocation on threads calling pthread_getattr_np ($(stat_max prof_sampled) samples)"
+  else fail "sampling every allocation on threads calling pthread_getattr_np (status $rc: 124 is a hang)" "$(cat "$TMP/err")"; fi
+else
+  fail "building the pthread_getattr_np test" "$(cat "$TMP/cc.err")"
+fi
+
 # ---- python3 with PYTHONMALLOC=malloc: every object through trimalloc ----
 if [ -x "$PY" ]; then
   cat >"$TMP/work.py" <<'EOF'

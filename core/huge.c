@@ -45,9 +45,10 @@ static void huge_account(ta_segment_t *s, int sign) {
  * back, so every request either cuts it (its tail unmapped) or grows it:
  * mimalloc-bench's malloc-large (5-25 MiB blocks, 20 live, each replaced
  * by one of another size) faulted 1.37M times, 2.7 MiB a block (glibc
- * 0.51M). The bound on the cached bytes keeps what the cache holds within
- * what is live (a program with two 1-32 MiB blocks: peak RSS 65 -> ~90 MiB,
- * glibc 95, not the ~130 of a cache filled to its 8 slots). */
+ * 0.51M); now 0.29-0.38M. The bound on the cached bytes keeps what the
+ * cache holds within what is live (bench/'s large-blocks, two 1-32 MiB
+ * blocks: peak RSS 64 -> 90 MiB, glibc 93; 124 without the bound, the
+ * cache filled to its 8 slots). bench/results-2026-12-07-large.txt. */
 static ta_segment_t *cache_take_fit(size_t map) {
   if (!ta_relaxed_load(&ta_huge_cached)) return NULL;
   ta_segment_t *best = NULL, *largest = NULL;

@@ -209,6 +209,20 @@ TA_HIDDEN void ta_prof_cfa_fork_prepare(void);
 TA_HIDDEN void ta_prof_cfa_fork_parent(void);
 TA_HIDDEN uint32_t ta_prof_intern(const uint64_t *pcs, const int32_t *lines, size_t n, const char *tag); /* UINT32_MAX: no room */
 TA_HIDDEN uint32_t ta_prof_traces(void); /* traces interned so far (ids 0..n-1) */
+/* A DWARF unsigned LEB128 at p, before end (prof_fde.c, prof_cfa.c): the
+ * byte after it, or NULL when it does not end there or overflows. */
+static inline const uint8_t *ta_uleb(const uint8_t *p, const uint8_t *end, uint64_t *v) {
+  uint64_t r = 0;
+  for (unsigned sh = 0; p < end && sh < 64; sh += 7) {
+    uint8_t b = *p++;
+    r |= (uint64_t)(b & 0x7f) << sh;
+    if (!(b & 0x80)) {
+      *v = r;
+      return p;
+    }
+  }
+  return NULL;
+}
 /* prof_fde.c: the unwinder's FDE lookup (_Unwind_Find_FDE), from the objects'
  * files; its lock is a leaf but for prof_meta's. */
 TA_HIDDEN extern _Atomic uint64_t ta_prof_fde_reads; /* preads of unwind tables so far */

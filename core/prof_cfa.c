@@ -115,18 +115,6 @@ typedef struct {
   uint8_t cfa_reg, rbp_how, ra_how;
 } row_t;
 
-static const uint8_t *uleb(const uint8_t *p, const uint8_t *end, uint64_t *v) {
-  uint64_t r = 0;
-  for (unsigned sh = 0; p < end && sh < 64; sh += 7) {
-    uint8_t b = *p++;
-    r |= (uint64_t)(b & 0x7f) << sh;
-    if (!(b & 0x80)) {
-      *v = r;
-      return p;
-    }
-  }
-  return NULL;
-}
 static const uint8_t *sleb(const uint8_t *p, const uint8_t *end, int64_t *v) {
   uint64_t r = 0;
   unsigned sh = 0;
@@ -176,15 +164,15 @@ static bool parse_cie(const uint8_t *c, cie_t *ci) {
   if (p + alen >= end) return false;
   p += alen + 1;
   uint64_t ra;
-  if (!(p = uleb(p, end, &ci->code_align)) || !(p = sleb(p, end, &ci->data_align))) return false;
+  if (!(p = ta_uleb(p, end, &ci->code_align)) || !(p = sleb(p, end, &ci->data_align))) return false;
   if (ver == 1) ra = p < end ? *p++ : 0xff;
-  else if (!(p = uleb(p, end, &ra))) return false;
+  else if (!(p = ta_uleb(p, end, &ra))) return false;
   if (ra != REG_RA) return false;
   uint8_t fenc = 0; /* absptr */
   ci->zaug = alen && aug[0] == 'z';
   if (ci->zaug) {
     uint64_t dlen;
-    if (!(p = uleb(p, end, &dlen)) || dlen > (uint64_t)(end - p)) return false;
+    if (!(p = ta_uleb(p, end, &dlen)) || dlen > (uint64_t)(end - p)) return false;
     const uint8_t *d = p, *dend = p + dlen;
     for (size_t i = 1; i < alen; i++) {
       if (aug[i] == 'R' && d < dend) fenc = *d++;
@@ -216,7 +204,7 @@ static uint64_t interpret(const uint8_t *fde, uintptr_t func, uintptr_t ra) {
   if (p > fend) return R_GIVE_UP;
   if (ci.zaug) {
     uint64_t alen;
-    if (!(p = uleb(p, fend, &alen)) || alen > (uint64_t)(fend - p)) return R_GIVE_UP;
+    if (!(p = ta_uleb(p, fend, &alen)) || alen > (uint64_t)(fend - p)) return R_GIVE_UP;
     p += alen;
   }
   row_t row = {0, 0, 0, 0xff, H_SAME, H_SAME}, init = row, saved[STATES];
@@ -235,7 +223,7 @@ static uint64_t interpret(const uint8_t *fde, uintptr_t func, uintptr_t ra) {
       case 1: delta = op & 0x3f; break;
       case 2:
         reg = op & 0x3f;
-        if (!(q = uleb(q, end, &u))) return R_GIVE_UP;
+        if (!(q = ta_uleb(q, end, &u))) return R_GIVE_UP;
         how = H_OFFSET, off = (int64_t)u * ci.data_align;
         break;
       case 3:
@@ -245,7 +233,7 @@ static uint64_t interpret(const uint8_t *fde, uintptr_t func, uintptr_t ra) {
       default:
         switch (op) {
         case 0x00: case 0x2e: /* nop; GNU_args_size (for landing pads) */
-          if (op && !(q = uleb(q, end, &u))) return R_GIVE_UP;
+          if (op && !(q = ta_uleb(q, end, &u))) return R_GIVE_UP;
           break;
         case 0x02: case 0x03: case 0x04: { /* advance_loc1, 2, 4 */
           int n = op == 0x02 ? 1 : op == 0x03 ? 2 : 4;
@@ -255,31 +243,31 @@ static uint64_t interpret(const uint8_t *fde, uintptr_t func, uintptr_t ra) {
           break;
         }
         case 0x05: /* offset_extended */
-          if (!(q = uleb(q, end, &reg)) || !(q = uleb(q, end, &u))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg)) || !(q = ta_uleb(q, end, &u))) return R_GIVE_UP;
           how = H_OFFSET, off = (int64_t)u * ci.data_align;
           break;
         case 0x11: /* offset_extended_sf */
-          if (!(q = uleb(q, end, &reg)) || !(q = sleb(q, end, &s))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg)) || !(q = sleb(q, end, &s))) return R_GIVE_UP;
           how = H_OFFSET, off = s * ci.data_align;
           break;
         case 0x06: /* restore_extended */
-          if (!(q = uleb(q, end, &reg))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg))) return R_GIVE_UP;
           how = 3;
           break;
         case 0x07: /* undefined */
-          if (!(q = uleb(q, end, &reg))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg))) return R_GIVE_UP;
           how = H_UNDEF;
           break;
         case 0x08: /* same_value */
-          if (!(q = uleb(q, end, &reg))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg))) return R_GIVE_UP;
           how = H_SAME;
           break;
         case 0x09: case 0x14: case 0x15: /* register, val_offset(_sf): a rule this file cannot hold */
-          if (!(q = uleb(q, end, &reg)) || !(q = uleb(q, end, &u))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg)) || !(q = ta_uleb(q, end, &u))) return R_GIVE_UP;
           how = 4;
           break;
         case 0x10: case 0x16: /* expression, val_expression */
-          if (!(q = uleb(q, end, &reg)) || !(q = uleb(q, end, &u)) || u > (uint64_t)(end - q)) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg)) || !(q = ta_uleb(q, end, &u)) || u > (uint64_t)(end - q)) return R_GIVE_UP;
           q += u;
           how = 4;
           break;
@@ -292,19 +280,19 @@ static uint64_t interpret(const uint8_t *fde, uintptr_t func, uintptr_t ra) {
           row = saved[--depth];
           break;
         case 0x0c: /* def_cfa */
-          if (!(q = uleb(q, end, &reg)) || !(q = uleb(q, end, &u))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg)) || !(q = ta_uleb(q, end, &u))) return R_GIVE_UP;
           row.cfa_reg = reg < 0xff ? (uint8_t)reg : 0xff, row.cfa_off = (int64_t)u;
           break;
         case 0x12: /* def_cfa_sf */
-          if (!(q = uleb(q, end, &reg)) || !(q = sleb(q, end, &s))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg)) || !(q = sleb(q, end, &s))) return R_GIVE_UP;
           row.cfa_reg = reg < 0xff ? (uint8_t)reg : 0xff, row.cfa_off = s * ci.data_align;
           break;
         case 0x0d: /* def_cfa_register */
-          if (!(q = uleb(q, end, &reg))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &reg))) return R_GIVE_UP;
           row.cfa_reg = reg < 0xff ? (uint8_t)reg : 0xff;
           break;
         case 0x0e: /* def_cfa_offset */
-          if (!(q = uleb(q, end, &u))) return R_GIVE_UP;
+          if (!(q = ta_uleb(q, end, &u))) return R_GIVE_UP;
           row.cfa_off = (int64_t)u;
           break;
         case 0x13: /* def_cfa_offset_sf */

@@ -142,18 +142,6 @@ static void obj_check(fde_obj_t *o, int fd) {
   o->file = hdr && id;
 }
 
-static const uint8_t *uleb(const uint8_t *p, const uint8_t *end, uint64_t *v) {
-  uint64_t r = 0;
-  for (unsigned sh = 0; p < end && sh < 64; sh += 7) {
-    uint8_t b = *p++;
-    r |= (uint64_t)(b & 0x7f) << sh;
-    if (!(b & 0x80)) {
-      *v = r;
-      return p;
-    }
-  }
-  return NULL;
-}
 static int enc_size(uint8_t e) { /* DW_EH_PE_* value formats; -1: not handled */
   switch (e & 0x0f) {
   case 0x00: return sizeof(void *);
@@ -196,11 +184,11 @@ static bool parse_cie(const uint8_t *c, size_t n, cie_t *ci) {
   p += alen + 1;
   ci->fixed = p;
   uint64_t v, dlen;
-  if (!(p = uleb(p, end, &v)) || !(p = uleb(p, end, &v))) return false;
+  if (!(p = ta_uleb(p, end, &v)) || !(p = ta_uleb(p, end, &v))) return false;
   if (c[8] == 1) p++;
-  else if (!(p = uleb(p, end, &v))) return false;
+  else if (!(p = ta_uleb(p, end, &v))) return false;
   ci->fixed_end = p;
-  if (!(p = uleb(p, end, &dlen)) || dlen > (uint64_t)(end - p)) return false;
+  if (!(p = ta_uleb(p, end, &dlen)) || dlen > (uint64_t)(end - p)) return false;
   const uint8_t *d = p;
   ci->prog = p + dlen;
   ci->fenc = 0;
@@ -227,7 +215,7 @@ static int has_set_loc(const uint8_t *p, const uint8_t *end) {
   while (p < end) {
     uint8_t op = *p++;
     if (op >> 6 == 2) { /* offset: one operand */
-      if (!(p = uleb(p, end, &v))) return -1;
+      if (!(p = ta_uleb(p, end, &v))) return -1;
       continue;
     }
     if (op >> 6) continue; /* advance_loc, restore */
@@ -238,17 +226,17 @@ static int has_set_loc(const uint8_t *p, const uint8_t *end) {
     case 0x03: p += 2; break;
     case 0x04: p += 4; break;
     case 0x05: case 0x09: case 0x0c: case 0x11: case 0x12: case 0x14: case 0x15: case 0x2f: /* two operands */
-      if (!(p = uleb(p, end, &v)) || !(p = uleb(p, end, &v))) return -1;
+      if (!(p = ta_uleb(p, end, &v)) || !(p = ta_uleb(p, end, &v))) return -1;
       break;
     case 0x06: case 0x07: case 0x08: case 0x0d: case 0x0e: case 0x13: case 0x2e: /* one */
-      if (!(p = uleb(p, end, &v))) return -1;
+      if (!(p = ta_uleb(p, end, &v))) return -1;
       break;
     case 0x0f: /* def_cfa_expression: a block */
-      if (!(p = uleb(p, end, &v)) || v > (uint64_t)(end - p)) return -1;
+      if (!(p = ta_uleb(p, end, &v)) || v > (uint64_t)(end - p)) return -1;
       p += v;
       break;
     case 0x10: case 0x16: /* expression, val_expression: register, block */
-      if (!(p = uleb(p, end, &v)) || !(p = uleb(p, end, &v)) || v > (uint64_t)(end - p)) return -1;
+      if (!(p = ta_uleb(p, end, &v)) || !(p = ta_uleb(p, end, &v)) || v > (uint64_t)(end - p)) return -1;
       p += v;
       break;
     default: return -1;
@@ -320,7 +308,7 @@ static const void *copy_fde(const fde_src_t *s, uintptr_t fde) {
   if (!src_read(s, fde, f, fh[0] + 4)) return NULL; /* the copy stays unused, counted in the budget */
   const uint8_t *fend = f + 4 + fh[0], *fa = f + 8 + 2 * ci.psz;
   uint64_t falen;
-  if (!(fa = uleb(fa, fend, &falen)) || falen > (uint64_t)(fend - fa)) return NULL;
+  if (!(fa = ta_uleb(fa, fend, &falen)) || falen > (uint64_t)(fend - fa)) return NULL;
   const uint8_t *fprog = fa + falen;
   if (has_set_loc(fprog, fend) != 0) return NULL;
   /* CIE: length, id 0, version, "zR[S][B]", alignments and return column,

@@ -341,8 +341,9 @@ int main(void) {
   return check_summary();
 }
 #else
-/* No cached walk in this build: the stub gives up at once and libgcc's
- * walk (glibc) or the frame pointers (musl) are what samples use. */
+/* No cached walk in this build (not x86-64, or no FDE files): internal.h's
+ * inline ta_prof_unwind_cfa returns false at once, and libgcc's walk
+ * (glibc) or the frame pointers (musl) are what samples use. */
 static walks_t one;
 static __attribute__((noinline, noclone)) void test_no_cache(void) {
   walk_both(&one);

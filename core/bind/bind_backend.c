@@ -190,20 +190,38 @@ uint64_t ta_bind_rss(void) {
   return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
+static uint64_t (*_Atomic host_trim)(int), (*_Atomic host_free)(int);
+
+void ta_bind_set_host(uint64_t (*trim)(int), uint64_t (*free_bytes)(int)) {
+  atomic_store(&host_trim, trim);
+  atomic_store(&host_free, free_bytes);
+}
+
 uint64_t ta_bind_trim(void) {
   ta_bind_init();
-  if (core.backend == TA_BACKEND_TRIMALLOC) return core.trim();
+  uint64_t (*host)(int) = atomic_load(&host_trim);
+  uint64_t hosted = host ? host(ta_bind_on_policy_thread()) : 0; /* first: the pages it frees are not the allocator's */
+  if (core.backend == TA_BACKEND_TRIMALLOC) return hosted + core.trim();
   uint64_t t0 = ta_bind_mono_ns(), before = ta_bind_rss();
   if (core.glibc_trim) core.glibc_trim(0);
   uint64_t after = ta_bind_rss(), released = before > after ? before - after : 0;
   atomic_fetch_add(&g_trims, 1);
   atomic_fetch_add(&g_trimmed, released);
   atomic_fetch_add(&g_trim_ns, ta_bind_mono_ns() - t0);
-  return released;
+  return hosted + released;
 }
+
+static int allocator_free_known(uint64_t *out);
 
 int ta_bind_free_known(uint64_t *out) {
   ta_bind_init();
+  int known = allocator_free_known(out);
+  uint64_t (*host)(int) = atomic_load(&host_free);
+  if (known && host) *out += host(ta_bind_on_policy_thread()); /* unknown stays unknown: the trim runs */
+  return known;
+}
+
+static int allocator_free_known(uint64_t *out) {
   *out = 0;
   if (core.backend == TA_BACKEND_TRIMALLOC) {
     trimalloc_stats_t s;

@@ -21,6 +21,10 @@ double ta_bind_refault_price(uint64_t free_bytes);
 int ta_bind_policy_due(double min_interval, int64_t min_free, double share, ta_bind_skip_t *why);
 void ta_bind_policy_event(void);
 
+/* bind_policy.c: 1 on the policy's own thread (deferred and idle trims),
+ * which holds no interpreter lock, for the host functions (ta_bind_set_host). */
+int ta_bind_on_policy_thread(void);
+
 /* bind_inflate.c: gzip members (RFC 1952, concatenated members too) with
  * deflate (RFC 1951) inside. *out (malloc'ed, the caller frees) gets the
  * data, at most `max` bytes. 0, or -1 with *why a static phrase. */

@@ -80,6 +80,19 @@ const char *ta_bind_purger_state(void);
  * milliseconds: call it without the GVL/GIL. */
 uint64_t ta_bind_trim(void);
 
+/* The host language's own free memory, given back by every trim: the Python
+ * binding registers pymalloc's empty pools (ext-python/trimalloc/_pools.c).
+ * `trim` runs first in every ta_bind_trim (each hook's trim, the policy
+ * thread's deferred and idle trims, an explicit trim()) and returns the bytes
+ * it released, added to the allocator's; `free_bytes` (what it could release
+ * now) is added to ta_bind_free_known's figure, so the free-bytes guard and
+ * the refault budget price it. Both are called with no lock of core/bind
+ * held, and told where: policy_thread 1 on the policy's own thread, which
+ * holds no interpreter lock (the host takes it); 0 on the host's own thread
+ * that called into core/bind (holding its interpreter lock, or having
+ * released it for a job: the host knows which). NULL, NULL: none (Ruby). */
+void ta_bind_set_host(uint64_t (*trim)(int policy_thread), uint64_t (*free_bytes)(int policy_thread));
+
 /* Free-but-resident bytes: what a trim could return now.
  *   trimalloc with core v2: the core's `dirty` counter (exact, O(1));
  *   older core: resident - allocated;

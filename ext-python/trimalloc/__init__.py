@@ -14,6 +14,7 @@ Run a program on trimalloc with `trimalloc run -- CMD...`, or put
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 from typing import Dict, Union
@@ -40,15 +41,20 @@ __version__ = _trimalloc.VERSION  # TRIMALLOC_VERSION, compiled in from core/tri
 
 Error = _trimalloc.Error
 
+# Trims give back pymalloc's empty pools (_pools.c) with the GIL, from any
+# thread; at exit they stop first, so that none asks a finalizing interpreter
+# for it.
+atexit.register(_trimalloc._pymalloc_pools_off)
+
 # Whether `trimalloc run` (and `import trimalloc.preload`) also set
 # PYTHONMALLOC=malloc, so that small objects live in trimalloc's pages instead
-# of pymalloc's arenas (which trimalloc can neither purge nor trim, and which
-# only go back to the OS when completely empty). The memory benchmark decides
-# this default (bench/py_pythonmalloc.py: RSS after building and dropping many
-# small objects, with and without PYTHONMALLOC=malloc; after a trim it was
-# lower in every workload, and faster, see the README). `--pythonmalloc`
-# / `--no-pythonmalloc` override it per run.
-DEFAULT_PYTHONMALLOC = True
+# of pymalloc's arenas. Off: pymalloc stays, and every trim gives back its
+# empty pools (_pools.c), which was what the arenas had kept. A Celery worker
+# (bench/celery_run.py, 300 tasks, README's "Why pymalloc by default") spends
+# 0.78x the CPU of PYTHONMALLOC=malloc on trimalloc, at glibc's, for the same
+# mean RSS, and idles 20 MiB higher (still 0.69x glibc's). `--pythonmalloc` /
+# `--no-pythonmalloc` override it per run.
+DEFAULT_PYTHONMALLOC = False
 
 _LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libtrimalloc.so")
 

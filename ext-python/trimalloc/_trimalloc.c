@@ -12,6 +12,7 @@
  *   _sampler.c   the heap profiler (start, stop, dump, tags)
  *   _prof_read.c the profile readers (top, flame)
  *   _prof.c      the Python frames of the profiler's samples
+ *   _pools.c     pymalloc's empty pools, given back by every trim
  *
  * Multi-phase init (PEP 489); the exception type lives in the module state, so
  * re-imports and subinterpreters each get their own. Written against the
@@ -50,9 +51,11 @@ PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n) {
 }
 
 void ta_py_job(ta_bind_job_t *j) {
+  ta_py_pools_job(1, j->kind == TA_JOB_TRIM || j->kind == TA_JOB_RUN || j->kind == TA_JOB_RUN_AFTER);
   Py_BEGIN_ALLOW_THREADS
   ta_bind_job_run(j);
   Py_END_ALLOW_THREADS
+  ta_py_pools_job(0, 0);
 }
 
 PyObject *ta_py_run_trim(ta_bind_trimmer_t *t) {
@@ -127,6 +130,7 @@ static int module_exec(PyObject *m) {
   ta_py_state_t *st = ta_py_state(m);
   ta_bind_init();
   ta_py_frames_install(); /* no Python frames in profiles when it cannot: not an import error */
+  ta_py_pools_install();  /* another CPython: trims leave pymalloc's pools alone */
   st->error = PyErr_NewExceptionWithDoc(
       "trimalloc.Error", "An operation of the allocator failed (not a wrong argument).",
       PyExc_RuntimeError, NULL);
@@ -139,7 +143,7 @@ static int module_exec(PyObject *m) {
   if (add_object(m, "DEFAULTS", make_defaults()) < 0) return -1;
   TA_BIND_FACTS(TA_PY_FACT)
   PyMethodDef *tables[] = {ta_py_backend_methods, ta_py_launch_methods, ta_py_sampler_methods,
-                           ta_py_prof_read_methods};
+                           ta_py_prof_read_methods, ta_py_pools_methods};
   for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)
     if (PyModule_AddFunctions(m, tables[i]) < 0) return -1;
   st->trimmer_type = PyType_FromSpec(&ta_py_trimmer_spec);

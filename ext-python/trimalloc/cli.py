@@ -317,9 +317,15 @@ def _info() -> int:
     out.write("purger:       %s\n" % _trimalloc.purger_state())
     out.write("LD_PRELOAD:   %s\n" % os.environ.get("LD_PRELOAD", ""))
     out.write(
-        "PYTHONMALLOC: %s (`trimalloc run` sets malloc unless --no-pythonmalloc: %s)\n"
-        % (os.environ.get("PYTHONMALLOC", ""), "yes" if DEFAULT_PYTHONMALLOC else "no")
+        "PYTHONMALLOC: %s (`trimalloc run` sets malloc: %s)\n"
+        % (os.environ.get("PYTHONMALLOC", ""),
+           "yes, unless --no-pythonmalloc" if DEFAULT_PYTHONMALLOC else "only with --pythonmalloc")
     )
+    pools = _trimalloc._pymalloc_pools()
+    out.write("pymalloc:     %s\n" % (
+        "trims give back its empty pools (%d arenas known, %d pools given back)"
+        % (pools["arenas"], pools["pools_released"]) if pools["on"] else
+        "trims leave its pools alone (pools of one page on this Python, or a version trimalloc does not know)"))
     return 0
 
 

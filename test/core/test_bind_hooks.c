@@ -10,7 +10,11 @@
  *  - the jobs (bind_jobs.c): a profile reader's failure comes back with its
  *    errno and message, sorted into argument, memory and system errors;
  *  - a walker's table and counters (bind_frames.c): a full table drops and
- *    counts, every key is named once, in order, a refused name is counted. */
+ *    counts, every key is named once, in order, a refused name is counted;
+ *  - the host's own free memory (ta_bind_set_host, pymalloc's pools for
+ *    Python): every trim runs the host's first and adds its bytes, the
+ *    free-bytes figure adds the host's, and each is told whether it runs on
+ *    the policy's own thread (which holds no interpreter lock). */
 #include "check.h"
 #include "../../core/bind/binding.h"
 
@@ -103,6 +107,40 @@ static void test_jobs(void) {
   CHECK(t.ran && t.released >= 0, "a trim job: %lld", (long long)t.released);
 }
 
+static _Atomic int host_trims, host_trims_on_policy, host_frees;
+
+static uint64_t host_trim(int policy_thread) {
+  host_trims++;
+  host_trims_on_policy += policy_thread;
+  return 12345;
+}
+
+static uint64_t host_free(int policy_thread) {
+  (void)policy_thread;
+  host_frees++;
+  return 1 << 20;
+}
+
+static void test_host(void) {
+  uint64_t before = ta_bind_free_bytes();
+  ta_bind_set_host(host_trim, host_free);
+  uint64_t with = ta_bind_free_bytes();
+  CHECK(host_frees == 1 && with >= before + (1 << 20) - (256 << 10), "the free figure adds the host's: %llu -> %llu",
+        (unsigned long long)before, (unsigned long long)with);
+  uint64_t released = ta_bind_trim();
+  CHECK(host_trims == 1 && host_trims_on_policy == 0 && released >= 12345,
+        "a trim on this thread runs the host's first and adds it: %d %d %llu", host_trims, host_trims_on_policy,
+        (unsigned long long)released);
+  uint64_t deferred = ta_bind_deferred_trims();
+  ta_bind_trim_soon(); /* on the policy's thread */
+  for (int i = 0; i < 2000 && ta_bind_deferred_trims() == deferred; i++) usleep(1000);
+  CHECK(host_trims == 2 && host_trims_on_policy == 1, "the policy thread's trim says where it runs: %d %d",
+        host_trims, host_trims_on_policy);
+  ta_bind_set_host(NULL, NULL);
+  ta_bind_trim();
+  CHECK(host_trims == 2, "unregistered: not called");
+}
+
 static void test_walker(void) {
   ta_bind_walker_t w = {0};
   CHECK(ta_bind_keys_init(&w.table, 4) == 0, "init: %s", strerror(errno));
@@ -131,5 +169,6 @@ int main(void) {
   RUN(test_gc_hook);
   RUN(test_jobs);
   RUN(test_walker);
+  RUN(test_host);
   return check_summary();
 }

@@ -98,7 +98,7 @@ def test_readme_runs_programs_with_python3_m():
     assert "python3 -m celery" in run_line("celery") and "python3 -m gunicorn" in run_line("gunicorn")
 
 
-@pytest.mark.parametrize("word", ["python3 -m trimalloc", "--no-pythonmalloc"])
+@pytest.mark.parametrize("word", ["python3 -m trimalloc", "--pythonmalloc"])
 def test_readme_job_lines_run_the_job_on_trimalloc_in_the_environment(mode, word, tmp_path):
     job = tmp_path / "job.py"
     job.write_text("import os, sys, trimalloc\n"
@@ -108,7 +108,7 @@ def test_readme_job_lines_run_the_job_on_trimalloc_in_the_environment(mode, word
                        stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     assert p.returncode == 0, (argv, p.stderr)
     assert p.stderr == "", p.stderr
-    pythonmalloc = "None" if "--no-pythonmalloc" in word else "malloc"
+    pythonmalloc = "malloc" if "--pythonmalloc" in word else "None"  # pymalloc by default
     assert p.stdout.split() == [expected_prefix(mode), "trimalloc", pythonmalloc], argv
 
 
@@ -134,7 +134,7 @@ def test_readme_celery_line_starts_a_worker_on_trimalloc(mode, tmp_path, redis_u
         assert maps_trimalloc(w.pid)
         for pid in [w.pid] + pool:
             environ = os.fsdecode(Path("/proc/%d/environ" % pid).read_bytes()).split("\0")
-            assert "PYTHONMALLOC=malloc" in environ
+            assert not [e for e in environ if e.startswith("PYTHONMALLOC=")]  # pymalloc by default
             path = [e for e in environ if e.startswith("PATH=")]
             if mode != "system":  # the venv's interpreter found itself through PATH
                 assert path[0].startswith("PATH=%s:" % VENV_BIN), path

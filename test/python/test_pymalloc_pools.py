@@ -1,0 +1,117 @@
+"""pymalloc's empty pools given back by trims (_pools.c): what they release,
+that pymalloc's objects stay intact through it, and that the policy's own
+thread (the idle trim) releases them too, taking the GIL."""
+import json
+
+import pytest
+
+from conftest import MiB, run_py
+
+# A child-process snippet: churn(n) builds n small dicts and strings (pymalloc's
+# sizes), keeps one object in 500 alive (pinning their arenas, as a worker's
+# caches do) and drops the rest; check() reads every survivor back.
+CHURN = r'''
+import json, os, sys, time
+import trimalloc
+from trimalloc import _trimalloc
+keep = []
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def churn(n, seed):
+    objs = [{"k": i, "s": "v%d-%d" % (seed, i), "t": (i, seed)} for i in range(n)]
+    keep.extend(objs[::500])
+    del objs
+def check():
+    for o in keep:
+        assert o["s"] == "v%d-%d" % (o["t"][1], o["k"]) and o["t"][0] == o["k"], o
+'''
+
+KNOWN = pytest.mark.skipif(
+    __import__("sys").version_info[:2] > (3, 13), reason="the pool header is known for CPython 3.8-3.13")
+
+
+def pools(out):
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@KNOWN
+@pytest.mark.parametrize("preload", [True, False], ids=["trimalloc", "glibc"])
+def test_trim_gives_back_empty_pools_that_survivors_pin(preload):
+    code = CHURN + r'''
+churn(400000, 1)
+before = rss()
+released = trimalloc.trim()
+after = rss()
+check()
+churn(400000, 2)  # the released pools are used again, their free lists rebuilt
+check()
+p = _trimalloc._pymalloc_pools()
+print(json.dumps(dict(p, before=before, after=after, trim=released)))
+'''
+    p = pools(run_py(code, preload=preload).stdout)
+    assert p["on"] and p["arenas"] >= 20, p
+    assert p["pools_released"] >= 500 and p["released_bytes"] >= 20 * MiB, p
+    # pools that keep a survivor give back their pages without one
+    assert p["sparse_pools_trimmed"] >= 100, p
+    # the survivors pin every arena: only the pools' release brings RSS down
+    assert p["before"] - p["after"] >= 20 * MiB, p
+    assert p["trim"] >= p["released_bytes"], p
+
+
+@KNOWN
+def test_pools_stay_intact_under_pymalloc_debug_hooks():
+    # the debug hooks check every block's guard bytes on free and on realloc:
+    # a pool given back while a block in it was live, or a free list followed
+    # into a page given back, breaks them (or crashes)
+    code = CHURN + r'''
+for r in range(6):
+    churn(150000, r)
+    trimalloc.trim()
+    check()
+p = _trimalloc._pymalloc_pools()
+print(json.dumps(p))
+'''
+    p = pools(run_py(code, preload=True, PYTHONMALLOC="pymalloc_debug").stdout)
+    assert p["pools_released"] > 0, p
+
+
+@KNOWN
+def test_no_pools_under_pythonmalloc_malloc():
+    p = pools(run_py(CHURN + "churn(100000, 1)\ntrimalloc.trim()\nprint(json.dumps(_trimalloc._pymalloc_pools()))",
+                     preload=True, PYTHONMALLOC="malloc").stdout)
+    assert p["arenas"] == 0 and p["pools_released"] == 0, p
+
+
+@KNOWN
+def test_idle_trim_from_the_policy_thread_releases_pools():
+    # a job hook's trim held back by its refault budget runs on core/bind's
+    # thread when the worker goes idle: that thread takes the GIL for the pools
+    code = CHURN + r'''
+t = _trimalloc.Trimmer(None, 0, 0.0, 1e-9)  # every trim too dear while jobs run: deferred to idle
+for r in range(3):
+    churn(200000, r)
+    t.event()
+before = _trimalloc._pymalloc_pools()["pools_released"]
+time.sleep(3.5)  # idle: no event for 1 s; the main thread holds no GIL while it sleeps
+after = _trimalloc._pymalloc_pools()["pools_released"]
+check()
+print(json.dumps(dict(_trimalloc.policy_stats(), before=before, after=after)))
+'''
+    p = pools(run_py(code, preload=True).stdout)
+    assert p["idle_trims"] >= 1 and p["after"] > p["before"], p
+
+
+@KNOWN
+def test_exit_with_a_pending_idle_trim_is_clean():
+    # atexit turns the pools' release off before the interpreter finalizes: the
+    # policy thread never asks a finalizing interpreter for the GIL
+    code = CHURN + r'''
+t = _trimalloc.Trimmer(None, 0, 0.0, 1e-9)
+churn(200000, 1)
+t.event()
+print("{}")
+'''
+    for _ in range(5):
+        r = run_py(code, preload=True)
+        assert r.stderr == "", r.stderr

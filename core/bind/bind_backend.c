@@ -211,17 +211,13 @@ uint64_t ta_bind_trim(void) {
   return hosted + released;
 }
 
-static int allocator_free_known(uint64_t *out);
+uint64_t ta_bind_host_free(void) {
+  uint64_t (*host)(int) = atomic_load(&host_free);
+  return host ? host(ta_bind_on_policy_thread()) : 0;
+}
 
 int ta_bind_free_known(uint64_t *out) {
   ta_bind_init();
-  int known = allocator_free_known(out);
-  uint64_t (*host)(int) = atomic_load(&host_free);
-  if (known && host) *out += host(ta_bind_on_policy_thread()); /* unknown stays unknown: the trim runs */
-  return known;
-}
-
-static int allocator_free_known(uint64_t *out) {
   *out = 0;
   if (core.backend == TA_BACKEND_TRIMALLOC) {
     trimalloc_stats_t s;

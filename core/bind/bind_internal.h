@@ -7,6 +7,10 @@
 /* bind_backend.c: CLOCK_MONOTONIC in ns (the real clock, no test offset). */
 uint64_t ta_bind_mono_ns(void);
 
+/* bind_backend.c: what the host's own trim would give back now (ta_bind_set_host's
+ * free_bytes; 0 without one), for the policy's free-bytes figure. */
+uint64_t ta_bind_host_free(void);
+
 /* bind_refault.c: the process's CPU time in ns (with the test offset), the
  * cost of a fault (measured once; ta_bind_test_fault_ns's when set), and the
  * price of returning free_bytes: pages times that cost, in ns of CPU. */

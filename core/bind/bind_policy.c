@@ -53,6 +53,7 @@ static int free_now(uint64_t now, uint64_t *out) {
   }
   uint64_t v;
   int known = ta_bind_free_known(&v);
+  if (known) v += ta_bind_host_free(); /* pymalloc's pools; unknown stays unknown: the trim runs */
   atomic_fetch_add_explicit(&free_reads, 1, memory_order_relaxed);
   atomic_store_explicit(&free_sample, v, memory_order_relaxed);
   atomic_store_explicit(&free_sample_known, known, memory_order_relaxed);

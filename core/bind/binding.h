@@ -85,8 +85,9 @@ uint64_t ta_bind_trim(void);
  * `trim` runs first in every ta_bind_trim (each hook's trim, the policy
  * thread's deferred and idle trims, an explicit trim()) and returns the bytes
  * it released, added to the allocator's; `free_bytes` (what it could release
- * now) is added to ta_bind_free_known's figure, so the free-bytes guard and
- * the refault budget price it. Both are called with no lock of core/bind
+ * now) is added to the policy's free-bytes figure (not to ta_bind_free_known,
+ * which stays the allocator's), so the free-bytes guard and the refault
+ * budget price it. Both are called with no lock of core/bind
  * held, and told where: policy_thread 1 on the policy's own thread, which
  * holds no interpreter lock (the host takes it); 0 on the host's own thread
  * that called into core/bind (holding its interpreter lock, or having

@@ -49,11 +49,12 @@ atexit.register(_trimalloc._pymalloc_pools_off)
 # Whether `trimalloc run` (and `import trimalloc.preload`) also set
 # PYTHONMALLOC=malloc, so that small objects live in trimalloc's pages instead
 # of pymalloc's arenas. Off: pymalloc stays, and every trim gives back its
-# empty pools (_pools.c), which was what the arenas had kept. A Celery worker
-# (bench/celery_run.py, 300 tasks, README's "Why pymalloc by default") spends
-# 0.78x the CPU of PYTHONMALLOC=malloc on trimalloc, at glibc's, for the same
-# mean RSS, and idles 20 MiB higher (still 0.69x glibc's). `--pythonmalloc` /
-# `--no-pythonmalloc` override it per run.
+# empty pools and the pages of its sparse ones (_pools.c), which was what the
+# arenas had kept. A Celery worker (bench/, 300 tasks; README, "Why pymalloc by
+# default") spends 0.84x the CPU it spends with PYTHONMALLOC=malloc (1.12x
+# glibc's against 1.34x) for the same mean RSS, and idles 15 MiB higher (0.63x
+# glibc's against 0.55x). `--pythonmalloc` / `--no-pythonmalloc` override it
+# per run.
 DEFAULT_PYTHONMALLOC = False
 
 _LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libtrimalloc.so")

@@ -127,6 +127,9 @@ class Report(dict):  # type: ignore[type-arg]
                     py["allocated_blocks"],
                 )
             )
+            if py.get("pools_free_bytes") is not None:  # one line a level: the pools on python's
+                lines[-1] += "; a trim gives back %s of its pools now (%s so far)" % (
+                    _mib(py["pools_free_bytes"]), _mib(py["pools_released_bytes"]))
         else:
             lines.append(
                 "  python     no pymalloc (PYTHONMALLOC=malloc?): objects are counted by the"
@@ -150,13 +153,20 @@ def report() -> Report:
     """Python's allocator, the C allocator and the kernel, side by side.
 
     report()["python"]: pymalloc arenas ("arenas", "arena_bytes", "block_bytes",
-    "free_block_bytes", "free_pool_bytes", "fragmentation") and
-    "allocated_blocks" (sys.getallocatedblocks()); report()["allocator"]: the
+    "free_block_bytes", "free_pool_bytes", "fragmentation"), what trims give back
+    of its pools ("pools_free_bytes" now, "pools_released", "sparse_pools_trimmed",
+    "pools_released_bytes" so far) and "allocated_blocks" (sys.getallocatedblocks()); report()["allocator"]: the
     stats() fields that say how much is live and held ("allocated", "resident",
     "fragmentation", ...) plus "free_bytes"; report()["kernel"]: "rss" and
     "rss_peak" of this process. print(report()) shows them as a table."""
     py = parse_debugmallocstats(_debugmallocstats_text())
     py["allocated_blocks"] = sys.getallocatedblocks()
+    pools = _trimalloc._pymalloc_pools()
+    if py.get("pymalloc") and pools["on"]:  # trims give back pymalloc's pools (_pools.c)
+        py["pools_free_bytes"] = pools["free_bytes"]
+        py["pools_released"] = pools["pools_released"]
+        py["sparse_pools_trimmed"] = pools["sparse_pools_trimmed"]
+        py["pools_released_bytes"] = pools["released_bytes"]
     s = _trimalloc.stats()
     al = {k: s[k] for k in ("backend", "allocated", "resident", "mapped", "fragmentation") if k in s}
     al["free_bytes"] = _trimalloc.free_bytes()

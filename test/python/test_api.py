@@ -252,6 +252,8 @@ def test_report_shows_three_levels(preload):
     assert text[0].startswith("trimalloc report (backend: %s" % al["backend"])
     assert [line.split()[0] for line in text[1:]] == ["python", "allocator", "kernel"]
     assert "arenas" in text[1] and "rss" in text[3]
+    # every trim gives back pymalloc's free pools: the report says how much it would now
+    assert "of its pools now" in text[1] and py["pools_free_bytes"] >= 0 and py["pools_released"] >= 0
 
 
 def test_report_without_pymalloc_says_so():

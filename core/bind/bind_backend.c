@@ -191,6 +191,15 @@ uint64_t ta_bind_rss(void) {
 }
 
 static uint64_t (*_Atomic host_trim)(int), (*_Atomic host_free)(int);
+static _Thread_local int policy_thread;
+
+void ta_bind_mark_policy_thread(void) {
+  policy_thread = 1;
+}
+
+int ta_bind_on_policy_thread(void) {
+  return policy_thread;
+}
 
 void ta_bind_set_host(uint64_t (*trim)(int), uint64_t (*free_bytes)(int)) {
   atomic_store(&host_trim, trim);

@@ -25,8 +25,10 @@ double ta_bind_refault_price(uint64_t free_bytes);
 int ta_bind_policy_due(double min_interval, int64_t min_free, double share, ta_bind_skip_t *why);
 void ta_bind_policy_event(void);
 
-/* bind_policy.c: 1 on the policy's own thread (deferred and idle trims),
- * which holds no interpreter lock, for the host functions (ta_bind_set_host). */
+/* bind_backend.c: 1 on the policy's own thread (deferred and idle trims;
+ * bind_policy.c marks it when it starts), which holds no interpreter lock,
+ * for the host functions (ta_bind_set_host). */
+void ta_bind_mark_policy_thread(void);
 int ta_bind_on_policy_thread(void);
 
 /* bind_inflate.c: gzip members (RFC 1952, concatenated members too) with

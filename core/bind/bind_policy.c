@@ -197,15 +197,9 @@ static int quiet_since_event(uint64_t now) {
   return cpu <= ev_cpu || now <= ev || (double)(cpu - ev_cpu) <= TA_BIND_IDLE_CPU * (double)(now - ev);
 }
 
-static _Thread_local int policy_thread;
-
-int ta_bind_on_policy_thread(void) {
-  return policy_thread;
-}
-
 static void *defer_main(void *unused) {
   (void)unused;
-  policy_thread = 1;
+  ta_bind_mark_policy_thread();
   pthread_mutex_lock(&defer_mu);
   for (;;) {
     while (defer_at_ns == 0 && !idle_armed) pthread_cond_wait(&defer_cv, &defer_mu);

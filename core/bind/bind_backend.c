@@ -209,7 +209,8 @@ void ta_bind_set_host(uint64_t (*trim)(int), uint64_t (*free_bytes)(int)) {
 uint64_t ta_bind_trim(void) {
   ta_bind_init();
   uint64_t (*host)(int) = atomic_load(&host_trim);
-  uint64_t hosted = host ? host(ta_bind_on_policy_thread()) : 0; /* first: the pages it frees are not the allocator's */
+  /* first: the pages it frees are not the allocator's */
+  uint64_t hosted = host ? host(ta_bind_on_policy_thread()) : 0;
   if (core.backend == TA_BACKEND_TRIMALLOC) return hosted + core.trim();
   uint64_t t0 = ta_bind_mono_ns(), before = ta_bind_rss();
   if (core.glibc_trim) core.glibc_trim(0);

@@ -48,8 +48,8 @@ extern PyMethodDef ta_py_prof_read_methods[]; /* _prof_read.c: top, flame */
 extern PyMethodDef ta_py_pools_methods[];     /* _pools.c: pymalloc's empty pools */
 extern PyType_Spec ta_py_trimmer_spec;        /* _trimmer.c: Trimmer */
 
-/* _pools.c: every trim gives back pymalloc's empty pools (ta_bind_set_host_trim)
- * from now on; 1 when installed (a CPython it knows), else 0. With the GIL, once. */
+/* _pools.c: every trim gives back pymalloc's empty and sparse pools
+ * (ta_bind_set_host) from now on; 1 when installed (a CPython it knows), else 0. With the GIL, once. */
 int ta_py_pools_install(void);
 
 /* _pools.c, for ta_py_job: begin (1) before it lets go of the GIL, the

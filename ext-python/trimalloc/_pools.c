@@ -68,19 +68,19 @@ static struct {
                            * 3.12's per-interpreter GILs, under several) */
   arena_allocator_t prev; /* maps and frees the arenas that are not in the table */
   struct {
-    void *at;             /* NULL: a free slot */
-    size_t size;          /* the arena size, or another: the allocator also maps
-                           * the interpreter's frame stacks (_PyObject_VirtualAlloc) */
-    void *interp;         /* the interpreter whose thread asked for it */
+    void *at;     /* NULL: a free slot */
+    size_t size;  /* the arena size, or another: the allocator also maps
+                   * the interpreter's frame stacks (_PyObject_VirtualAlloc) */
+    void *interp; /* the interpreter whose thread asked for it */
   } arena[MAX_ARENAS];
-  size_t n;               /* slots in use up to n */
-  size_t size, pool;      /* pymalloc's arena and pool sizes on this interpreter */
+  size_t n;          /* slots in use up to n */
+  size_t size, pool; /* pymalloc's arena and pool sizes on this interpreter */
   size_t page;
-  void *interp;           /* the interpreter that imported trimalloc: trims walk its arenas
-                           * only (PyGILState_Ensure takes its GIL) */
-  void *(*tstate_get)(void);      /* the thread state, NULL when none: no fatal error */
-  void *(*tstate_interp)(void *); /* PyThreadState_GetInterpreter (3.9+) */
-  _Atomic int on;         /* trims walk the pools */
+  void *interp;                            /* the interpreter that imported trimalloc: trims walk its arenas
+                                            * only (PyGILState_Ensure takes its GIL) */
+  void *(*tstate_get)(void);               /* the thread state, NULL when none: no fatal error */
+  void *(*tstate_interp)(void *);          /* PyThreadState_GetInterpreter (3.9+) */
+  _Atomic int on;                          /* trims walk the pools */
   uint64_t trims, pools, sparse, released; /* counters, under mu */
 } st = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -122,8 +122,10 @@ static void arena_free(void *ctx, void *p, size_t size) {
     while (st.n && !st.arena[st.n - 1].at) st.n--;
   }
   pthread_mutex_unlock(&st.mu);
-  if (ours) munmap(p, size);
-  else st.prev.free(st.prev.ctx, p, size); /* mapped before the install, or past the table */
+  if (ours)
+    munmap(p, size);
+  else
+    st.prev.free(st.prev.ctx, p, size); /* mapped before the install, or past the table */
 }
 
 /* pymalloc's POOL_OVERHEAD: the header rounded up to its block alignment. */
@@ -158,7 +160,8 @@ static uint64_t sparse_pool(pool_header_t *h, size_t ps, const unsigned char *ve
   size_t nfree = 0;
   for (uint8_t *b = h->freeblock; b; b = *(uint8_t **)b) {
     size_t off = (size_t)(b - (uint8_t *)h);
-    if (b < (uint8_t *)h || off < POOL_OVERHEAD || off >= carved_end || (off - POOL_OVERHEAD) % size) return 0;
+    if (b < (uint8_t *)h || off < POOL_OVERHEAD || off >= carved_end || (off - POOL_OVERHEAD) % size)
+      return 0;
     size_t i = (off - POOL_OVERHEAD) / size;
     if (freebits[i / 8] & (1u << (i % 8)) || ++nfree > carved) return 0;
     freebits[i / 8] |= (uint8_t)(1u << (i % 8));
@@ -325,8 +328,10 @@ int ta_py_pools_install(void) {
   int minor = known_python();
   if (tried || !minor) return atomic_load(&st.on);
   tried = 1;
-  void (*get)(arena_allocator_t *) = (void (*)(arena_allocator_t *))dlsym(RTLD_DEFAULT, "PyObject_GetArenaAllocator");
-  void (*set)(arena_allocator_t *) = (void (*)(arena_allocator_t *))dlsym(RTLD_DEFAULT, "PyObject_SetArenaAllocator");
+  void (*get)(arena_allocator_t *) =
+      (void (*)(arena_allocator_t *))dlsym(RTLD_DEFAULT, "PyObject_GetArenaAllocator");
+  void (*set)(arena_allocator_t *) =
+      (void (*)(arena_allocator_t *))dlsym(RTLD_DEFAULT, "PyObject_SetArenaAllocator");
   if (!get || !set) return 0;
   st.page = (size_t)sysconf(_SC_PAGESIZE);
   st.tstate_get = (void *(*)(void))dlsym(RTLD_DEFAULT, "PyThreadState_GetUnchecked"); /* 3.13 */
@@ -385,7 +390,8 @@ static PyObject *py_pools(PyObject *m, PyObject *unused) {
 
 PyMethodDef ta_py_pools_methods[] = {
     {"_pymalloc_pools", py_pools, METH_NOARGS,
-     "_pymalloc_pools() -> {on, arenas, arena_bytes, free_bytes, trims, pools_released, sparse_pools_trimmed, released_bytes}: "
+     "_pymalloc_pools() -> {on, arenas, arena_bytes, free_bytes, trims, pools_released, "
+     "sparse_pools_trimmed, released_bytes}: "
      "the arenas trims walk for pymalloc's empty pools"},
     {"_pymalloc_pools_off", py_pools_off, METH_NOARGS, "_pymalloc_pools_off(): trims leave pymalloc alone"},
     {NULL, NULL, 0, NULL},

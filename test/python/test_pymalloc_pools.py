@@ -115,3 +115,40 @@ print("{}")
     for _ in range(5):
         r = run_py(code, preload=True)
         assert r.stderr == "", r.stderr
+
+
+@KNOWN
+def test_policy_thread_walks_pools_while_threads_churn():
+    # 4 threads build and drop objects (checking the ones they keep) while
+    # their trimmer's trims, held back by min_interval, run on the policy's
+    # thread: that thread takes the GIL and walks the pools between the
+    # threads' turns. The debug hooks check every block pymalloc hands out.
+    code = r'''
+import json, random, threading, time
+import trimalloc
+from trimalloc import _trimalloc
+stop, errors = [], []
+def worker(seed):
+    rnd, live = random.Random(seed), {}
+    t = _trimalloc.Trimmer(None, 0, 0.2, 0.0)
+    while not stop:
+        for i in range(rnd.randint(1000, 20000)):
+            k = rnd.getrandbits(40)
+            live[k] = (k, "s%d" % k, [k] * rnd.randint(1, 30))
+        for k in list(live):
+            if rnd.random() < 0.95:
+                del live[k]
+        t.event()
+        errors.extend((k, v) for k, v in live.items() if v[0] != k or v[1] != "s%d" % k or v[2][0] != k)
+threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+for th in threads:
+    th.start()
+time.sleep(4)
+stop.append(1)
+for th in threads:
+    th.join()
+print(json.dumps(dict(_trimalloc._pymalloc_pools(), deferred=_trimalloc.policy_stats()["deferred"],
+                      errors=len(errors))))
+'''
+    p = pools(run_py(code, preload=True, PYTHONMALLOC="pymalloc_debug").stdout)
+    assert p["errors"] == 0 and p["deferred"] >= 5 and p["pools_released"] > 0, p

@@ -1,4 +1,4 @@
-"""Memory benchmark for the PYTHONMALLOC=malloc default of `trimalloc run`.
+"""Memory benchmark for the choice between pymalloc and PYTHONMALLOC=malloc under `trimalloc run`.
 
 Not a test (pytest does not collect it): it prints RSS figures. For each
 workload it runs a child Python under glibc and under trimalloc (LD_PRELOAD of

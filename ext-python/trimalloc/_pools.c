@@ -1,4 +1,4 @@
-/* pymalloc's empty pools, given back by every trim.
+/* pymalloc's empty and sparse pools, given back by every trim.
  *
  * With pymalloc (Python's default small-object allocator) the objects of
  * 512 B and less live in 16 KiB pools inside 1 MiB arenas that pymalloc maps

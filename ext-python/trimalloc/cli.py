@@ -323,7 +323,7 @@ def _info() -> int:
     )
     pools = _trimalloc._pymalloc_pools()
     out.write("pymalloc:     %s\n" % (
-        "trims give back its empty pools (%d arenas known, %d pools given back)"
+        "trims give back its empty and sparse pools' pages (%d arenas known, %d pools emptied so far)"
         % (pools["arenas"], pools["pools_released"]) if pools["on"] else
         "trims leave its pools alone (pools of one page on this Python, or a version trimalloc does not know)"))
     return 0

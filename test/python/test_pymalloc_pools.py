@@ -103,18 +103,27 @@ print(json.dumps(dict(_trimalloc.policy_stats(), before=before, after=after)))
 
 
 @KNOWN
-def test_exit_with_a_pending_idle_trim_is_clean():
-    # atexit turns the pools' release off before the interpreter finalizes: the
-    # policy thread never asks a finalizing interpreter for the GIL
-    code = CHURN + r'''
-t = _trimalloc.Trimmer(None, 0, 0.0, 1e-9)
-churn(200000, 1)
+def test_exit_turns_the_pools_off_before_finalizing():
+    # trimalloc's atexit handler stops the pools' release before the
+    # interpreter finalizes, so that the policy thread never asks a finalizing
+    # interpreter for the GIL. atexit runs its handlers last registered first:
+    # one registered before `import trimalloc` runs after trimalloc's.
+    code = r'''
+import atexit, sys
+def after_trimallocs():
+    from trimalloc import _trimalloc
+    sys.stdout.write("on at exit: %s\n" % _trimalloc._pymalloc_pools()["on"])
+atexit.register(after_trimallocs)
+import trimalloc
+from trimalloc import _trimalloc
+t = _trimalloc.Trimmer(None, 0, 0.0, 1e-9)  # an idle trim pending as the process exits
+keep = [{"k": i} for i in range(200000)][::500]
 t.event()
-print("{}")
+print("on before exit: %s" % _trimalloc._pymalloc_pools()["on"])
 '''
-    for _ in range(5):
-        r = run_py(code, preload=True)
-        assert r.stderr == "", r.stderr
+    r = run_py(code, preload=True)
+    assert r.stdout.split("\n")[:2] == ["on before exit: True", "on at exit: False"], r.stdout
+    assert r.stderr == "", r.stderr
 
 
 @KNOWN

@@ -60,6 +60,17 @@ static inline bool page_purged(ta_segbits_t *bits, size_t p) {
   return (ta_relaxed_load(&bits->purged[p / 64]) >> (p % 64)) & 1;
 }
 
+/* Is any of the segment's OS pages [first, last] purged? */
+static inline bool any_purged(ta_segbits_t *bits, size_t first, size_t last) {
+  for (size_t w = first / 64; w <= last / 64; w++) {
+    uint64_t m = ta_relaxed_load(&bits->purged[w]);
+    if (w == first / 64) m &= ~(uint64_t)0 << (first % 64);
+    if (w == last / 64) m &= ~(uint64_t)0 >> (63 - last % 64);
+    if (m) return true;
+  }
+  return false;
+}
+
 /* The carved blocks that start on OS page p of the segment: [*k0, k1). */
 static void page_blocks(const ta_span_t *sp, size_t p, size_t *k0, size_t *k1) {
   size_t so = (size_t)(sp->start - (uint8_t *)ta_segment_of(sp));
@@ -121,8 +132,14 @@ static void rekey_page(ta_span_t *sp, ta_segment_t *s, size_t p) {
 static inline __attribute__((always_inline)) void block_live(ta_span_t *sp, ta_segment_t *s, uint16_t *live, unsigned shift,
                                                              size_t bsize, size_t so, ta_pagedelta_t *d) {
   size_t first = so >> shift, last = (so + bsize - 1) >> shift;
-  if (first == last && live[first]) {
+  if (first == last) {
+    if (live[first]) {
+      live[first]++;
+      return;
+    }
+  } else if (last == first + 1 && live[first] && live[last]) { /* across two pages in use */
     live[first]++;
+    live[last]++;
     return;
   }
   if (sp->keyless)
@@ -146,6 +163,8 @@ static void populate(ta_span_t *sp, ta_segment_t *s, size_t lo, size_t hi, ta_pa
   if (hi <= lo) return;
   size_t so = (size_t)(sp->start - (uint8_t *)s);
   size_t first = (so + lo) >> ta_ospage_shift, last = (so + hi - 1) >> ta_ospage_shift;
+  ta_segbits_t *bits = ta_segbits(s);
+  if (!any_purged(bits, first, last)) return; /* the common case: a word or two of the bitmap */
   if (!sp->keyless) {
     ta_pages_populate(s, first, last - first + 1, &sp->dirty, d);
     return;
@@ -153,7 +172,6 @@ static void populate(ta_span_t *sp, ta_segment_t *s, size_t lo, size_t hi, ta_pa
   /* A keyless slab: a purged page it takes back gets the cookie into its
    * free blocks (rekey_page), which block_live does only for pages still
    * purged when their block goes live: here, once populated. */
-  ta_segbits_t *bits = ta_segbits(s);
   for (size_t c = first; c <= last; c += 64) {
     size_t e = last + 1 - c < 64 ? last + 1 : c + 64;
     uint64_t was = 0;
@@ -168,45 +186,44 @@ static void populate(ta_span_t *sp, ta_segment_t *s, size_t lo, size_t hi, ta_pa
   }
 }
 
+#define TAKE_CHUNK 64
+
 size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d) {
   ta_segment_t *s = ta_segment_of(sp);
   uint64_t *words = ta_segbits(s)->free + word_base(sp);
   size_t nw = word_count(sp), taken = 0, w = sp->scan;
   uintptr_t cookie = ta_cookie, mask = (uintptr_t)TA_LINK_MASK; /* in registers: the stores below could alias them */
   ta_block_t *head = *out;
-  /* 1. free blocks, lowest address first (their pages populated first when
-   * they were purged: a page whose blocks were all free) */
-  if (w < nw) { /* [lo, hi): from the first to the end of the last block to take, in segment offsets */
-    size_t lo = 0, hi = 0, n = 0;
-    for (size_t v = w; v < nw && n < want; v++)
-      if (words[v]) {
-        size_t g = (word_base(sp) + v) * 64;
-        if (!n) lo = (g + (size_t)__builtin_ctzll(words[v])) * TA_ALIGN;
-        hi = (g + 63 - (size_t)__builtin_clzll(words[v])) * TA_ALIGN + sp->bsize;
-        n += (size_t)__builtin_popcountll(words[v]);
-      }
-    size_t so = (size_t)(sp->start - (uint8_t *)s);
-    if (n) populate(sp, s, lo - so, hi - so, d);
-  }
-  /* per block (budget about 15 instructions): its address, its page's live
-   * count, its link and cookie */
   uint16_t *live = ta_segbits(s)->live;
   unsigned shift = (unsigned)ta_ospage_shift;
-  size_t bsize = sp->bsize, wb = word_base(sp);
-  for (; w < nw && taken < want; w++) {
-    uint64_t x = words[w];
-    while (x && taken < want) {
-      size_t so = ((wb + w) * 64 + (size_t)__builtin_ctzll(x)) * TA_ALIGN;
-      ta_block_t *b = (ta_block_t *)((uint8_t *)s + so);
-      x &= x - 1;
-      block_live(sp, s, live, shift, bsize, so, d);
+  size_t bsize = sp->bsize, wb = word_base(sp), so0 = (size_t)(sp->start - (uint8_t *)s);
+  /* 1. free blocks, lowest address first, up to TAKE_CHUNK at a time: one
+   * scan of the bitmap gathers their offsets (and clears their bits), one
+   * call populates their pages (a page whose blocks were all free may have
+   * been purged), then each goes into use (budget about 15 instructions a
+   * block: its page's live count, its link and cookie). */
+  while (w < nw && taken < want) {
+    uint32_t got[TAKE_CHUNK]; /* segment offsets */
+    size_t k = 0, lim = want - taken < TAKE_CHUNK ? want - taken : TAKE_CHUNK;
+    for (; w < nw && k < lim; w++) {
+      uint64_t x = words[w];
+      while (x && k < lim) {
+        got[k++] = (uint32_t)(((wb + w) * 64 + (size_t)__builtin_ctzll(x)) * TA_ALIGN);
+        x &= x - 1;
+      }
+      words[w] = x;
+      if (x) break; /* w keeps free bits */
+    }
+    if (!k) break;
+    populate(sp, s, got[0] - so0, got[k - 1] + bsize - so0, d);
+    for (size_t i = 0; i < k; i++) {
+      ta_block_t *b = (ta_block_t *)((uint8_t *)s + got[i]);
+      block_live(sp, s, live, shift, bsize, got[i], d);
       ta_link_set_m(b, head, mask);
       b->key = cookie;
       head = b;
-      taken++;
     }
-    words[w] = x;
-    if (x) break; /* w keeps free bits */
+    taken += k;
   }
   sp->scan = (uint16_t)w;
   /* 2. blocks never handed out (their pages populated first) */
@@ -273,6 +290,7 @@ static inline __attribute__((always_inline)) ta_put_t put_run(ta_span_t *sp, ta_
     if (g / 64 < lowest) lowest = g / 64;
     size_t first = so >> shift, last = (so + bsize - 1) >> shift; /* block_dead, with the fields at hand */
     if (first == last && live[first] > 1) live[first]--;
+    else if (last == first + 1 && live[first] > 1 && live[last] > 1) live[first]--, live[last]--;
     else ta_pages_dead(s, first, last - first + 1, &sp->dirty, d);
     k++;
     b = next;

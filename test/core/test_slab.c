@@ -421,6 +421,58 @@ static void *populates(void *unused) {
   return NULL;
 }
 
+/* A refill of several blocks populates the pages of them all before it
+ * writes their links (one call, not a fault per page): a slab filled, then
+ * emptied but for its lowest block and trimmed, has its free pages purged;
+ * one malloc takes a batch of its lowest free blocks, and every page of
+ * every block of the batch is resident, those of the blocks left free not. */
+static void *populates_batch(void *unused) {
+  (void)unused;
+  size_t ps = page_size();
+  enum { N = (int)(SLAB / PA_SIZE) };
+  void *b[N];
+  int res[64], want[64] = {0};
+  trimalloc_trim();
+  int same = 1, low = 0;
+  for (int i = 0; i < N; i++) {
+    b[i] = trimalloc_malloc(PA_REQ);
+    same &= slab_of(b[i]) == slab_of(b[0]);
+    if ((uintptr_t)b[i] < (uintptr_t)b[low]) low = i;
+  }
+  CHECK(same, "the slab's %d blocks all come from it", N);
+  uintptr_t slab = slab_of(b[0]);
+  for (int i = 0; i < N; i++)
+    if (i != low) trimalloc_free(b[i]);
+  trimalloc_trim();
+  uint64_t cached0 = stats_now().tcache_bytes;
+  void *q = trimalloc_malloc(PA_REQ);
+  uint64_t cached = (stats_now().tcache_bytes - cached0) / PA_SIZE;
+  CHECK(cached >= 2, "the refill took a batch of blocks (%llu left in the cache)", U(cached));
+  /* in use: the lowest block and the batch, the next 1 + cached blocks */
+  size_t first = ((uintptr_t)b[low] - slab) / PA_SIZE, pages = pa_resident(slab, SLAB, res);
+  for (size_t j = first; j <= first + 1 + cached && j < (size_t)N; j++)
+    for (size_t pg = j * PA_SIZE / ps; pg <= ((j + 1) * PA_SIZE - 1) / ps; pg++) want[pg] = 1;
+  size_t bad = 0;
+  for (size_t k = 0; k < pages; k++) bad += res[k] != want[k];
+  CHECK(bad == 0 || !populate_works(), "a batch of %llu blocks taken from purged pages: %zu of %zu pages not as expected",
+        U(cached + 1), bad, pages);
+  CHECK(heap_valid(), "trimalloc_check after populating a batch");
+  trimalloc_free(q);
+  trimalloc_free(b[low]);
+  trimalloc_trim();
+  return NULL;
+}
+
+static void test_refill_populates_its_batch(void) {
+  if (page_size() >= PA_SIZE) {
+    fprintf(stdout, "   skipped: a %d-byte block is on one OS page of %zu bytes\n", PA_SIZE, page_size());
+    return;
+  }
+  pthread_t t;
+  pthread_create(&t, NULL, populates_batch, NULL);
+  pthread_join(t, NULL);
+}
+
 /* On a new thread, which starts with an empty cache and takes the bound set
  * just before: tcache_bytes 0, so every malloc is a refill of one block. */
 static void test_refill_populates_its_pages(void) {
@@ -444,5 +496,6 @@ int main(void) {
   RUN(test_exact_purge_in_live_slabs);
   RUN(test_keyless_slab_frees_are_cached);
   RUN(test_refill_populates_its_pages);
+  RUN(test_refill_populates_its_batch);
   return check_summary();
 }

@@ -34,6 +34,12 @@ _ARENA_LINE = r"^(\d+) arenas \* (\d+) bytes/arena\s*=\s*([\d,]+)"
 _POOL_LINE = r"^(\d+) unused pools \* (\d+) bytes\s*=\s*([\d,]+)"
 
 
+def pymalloc_in_use() -> bool:
+    """Does pymalloc serve this interpreter's objects? Not under
+    PYTHONMALLOC=malloc (or malloc_debug), where it counts no block."""
+    return sys.getallocatedblocks() > 0
+
+
 def _debugmallocstats_text() -> str:
     with _capture_lock:
         try:

@@ -8,6 +8,7 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import DEFAULT_PYTHONMALLOC, __version__, _trimalloc, library_path
+from ._report import pymalloc_in_use
 
 USAGE = """\
 usage: trimalloc run [--pythonmalloc | --no-pythonmalloc] [--profile DIR] [--] CMD [ARGS...]
@@ -323,6 +324,7 @@ def _info() -> int:
     )
     pools = _trimalloc._pymalloc_pools()
     out.write("pymalloc:     %s\n" % (
+        "not in use: every object is in malloc" if not pymalloc_in_use() else
         "trims give back its empty and sparse pools' pages (%d arenas known, %d pools emptied so far)"
         % (pools["arenas"], pools["pools_released"]) if pools["on"] else
         "trims leave its pools alone (pools of one page on this Python, or a version trimalloc does not know)"))

@@ -19,6 +19,12 @@ creates those Gauges and Counters and updates them whenever a trimalloc hook
 runs (trimalloc.gc, trimalloc.celery, the WSGI middleware, gunicorn's
 post_request, trimalloc.trimming); call .update() yourself for more.
 
+While trims reach pymalloc's pools (pymalloc, the default; not under
+PYTHONMALLOC=malloc) the arenas whose pools trims walk (those pymalloc mapped since trimalloc was
+imported) are exported too: trimalloc_pymalloc_arena_bytes and _arenas, _free_bytes (what a trim would
+give back of them now) and the counters _released_bytes, _pools_released and
+_sparse_pools_trimmed.
+
 Counters never go down: a field of the core's list that can lag behind
 (`frees` is allocations minus live blocks) is exported as its high-water
 mark. And each process counts from its own start: a worker forked from a
@@ -36,6 +42,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import _hooks, _trimalloc
+from ._report import pymalloc_in_use
 
 # The fields (from the core's list, _trimalloc.FIELDS) that only ever grow,
 # exported as counters; every other field is a gauge, so a field added to the
@@ -44,6 +51,34 @@ COUNTER_FIELDS = frozenset(
     ["allocations", "frees", "huge_allocations", "purges", "purged_bytes", "trims",
      "trimmed_bytes", "trim_ns"]
 )
+
+
+# pymalloc's arenas, exported while trims reach its pools (the package's
+# arena allocator, _pools.c; not under PYTHONMALLOC=malloc, where every
+# object is in the fields above): name, is_counter, help.
+POOL_METRICS = (
+    ("pymalloc_arenas", False, "pymalloc arenas that trims walk (those mapped since trimalloc was imported)"),
+    ("pymalloc_arena_bytes", False, "bytes of the pymalloc arenas that trims walk"),
+    ("pymalloc_free_bytes", False, "bytes of pymalloc's pool pages that a trim would give back now"),
+    ("pymalloc_released_bytes", True, "bytes of pymalloc's pool pages given back by trims"),
+    ("pymalloc_pools_released", True, "empty pymalloc pools whose pages trims gave back"),
+    ("pymalloc_sparse_pools_trimmed", True, "sparse pymalloc pools whose free pages trims gave back"),
+)
+_COUNTERS = COUNTER_FIELDS | {name for name, is_counter, _doc in POOL_METRICS if is_counter}
+
+
+def _pools_raw() -> Dict[str, Any]:
+    """POOL_METRICS' values as counted since the interpreter started, or {}
+    when trims leave pymalloc's pools alone."""
+    if not pymalloc_in_use():
+        return {}
+    p = _trimalloc._pymalloc_pools()
+    if not p["on"]:
+        return {}
+    return {"pymalloc_arenas": p["arenas"], "pymalloc_arena_bytes": p["arenas"] * p["arena_bytes"],
+            "pymalloc_free_bytes": p["free_bytes"], "pymalloc_released_bytes": p["released_bytes"],
+            "pymalloc_pools_released": p["pools_released"],
+            "pymalloc_sparse_pools_trimmed": p["sparse_pools_trimmed"]}
 
 
 def _base_name(prefix: str, name: str, unit: str) -> Any:
@@ -86,17 +121,22 @@ _baseline_lock = threading.Lock()
 
 
 def _take_baseline() -> None:
-    s = _trimalloc.stats()
+    s = dict(_trimalloc.stats(), **_pools_raw())
     with _baseline_lock:
         _baseline.clear()
-        for name in COUNTER_FIELDS:
+        for name in _COUNTERS:
             if name in s:
                 _baseline[name] = s[name]
 
 
 def _since_start(s: Dict[str, Any]) -> Dict[str, Any]:
     with _baseline_lock:
-        return {k: (max(v - _baseline.get(k, 0), 0) if k in COUNTER_FIELDS else v) for k, v in s.items()}
+        return {k: (max(v - _baseline.get(k, 0), 0) if k in _COUNTERS else v) for k, v in s.items()}
+
+
+def _pools() -> Dict[str, Any]:
+    """POOL_METRICS' values now, counters since this process's start."""
+    return _since_start(_pools_raw())
 
 
 if hasattr(os, "register_at_fork"):
@@ -133,6 +173,17 @@ class TrimallocCollector:
                 yield CounterMetricFamily(metric, doc, value=value)
             else:
                 yield GaugeMetricFamily(metric, doc, value=value)
+        pools = _pools()
+        for name, is_counter, doc in POOL_METRICS:
+            if name not in pools:
+                continue
+            metric = "%s_%s" % (self.prefix, name)
+            if is_counter:
+                with self._lock:
+                    value = self._high[name] = max(pools[name], self._high.get(name, 0))
+                yield CounterMetricFamily(metric, doc, value=value)
+            else:
+                yield GaugeMetricFamily(metric, doc, value=pools[name])
         yield GaugeMetricFamily(self.prefix + "_rss_bytes", "resident set size of the process",
                                 value=_trimalloc.rss())
 
@@ -174,12 +225,20 @@ class MultiprocessMetrics:
             else:
                 self._gauges[name] = Gauge(metric, doc, registry=registry,
                                            multiprocess_mode=gauge_mode)
+        if _pools_raw():  # trims reach pymalloc's pools in this process (decided at import)
+            for name, is_counter, doc in POOL_METRICS:
+                self._scales[name] = 1
+                metric = "%s_%s" % (prefix, name)
+                if is_counter:
+                    self._counters[name] = Counter(metric, doc, registry=registry)
+                else:
+                    self._gauges[name] = Gauge(metric, doc, registry=registry, multiprocess_mode=gauge_mode)
         self._rss = Gauge(prefix + "_rss_bytes", "resident set size of the process",
                           registry=registry, multiprocess_mode=gauge_mode)
 
     def update(self) -> None:
         """Write the current stats into the metrics."""
-        s = _since_start(_trimalloc.stats())
+        s = _since_start(dict(_trimalloc.stats(), **_pools_raw()))
         with self._lock:
             if self._pid != os.getpid():  # forked since the last update: start again
                 self._pid = os.getpid()

@@ -205,6 +205,11 @@ def test_path_info_help_version():
     # value the core takes (it warns and keeps the purger on)
     env["TRIMALLOC_BACKGROUND"] = "FALSE"
     assert "purger:       not started" in launch("module", "info", env=env).stdout
+    # pymalloc's pools: walked by trims on pymalloc, nothing to walk under PYTHONMALLOC=malloc
+    if (3, 10) <= sys.version_info[:2] <= (3, 13) and sys.maxsize > 2**32:
+        assert "pymalloc:     trims give back" in launch("module", "info", env=child_env(True)).stdout
+    malloc_env = child_env(True, PYTHONMALLOC="malloc")
+    assert "pymalloc:     not in use" in launch("module", "info", env=malloc_env).stdout
     p = launch("module", "--help")
     assert p.returncode == 0 and "trimalloc run" in p.stdout and "path" in p.stdout
     p = launch("module", "--version")

@@ -1,13 +1,18 @@
 """trimalloc.prometheus: the collector, and gauges for multiprocess mode."""
 import json
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import trimalloc
 from trimalloc import _trimalloc
-from trimalloc.prometheus import COUNTER_FIELDS, TrimallocCollector, register
-from conftest import core_fields, fresh_rate_limit, run_py
+from trimalloc.prometheus import COUNTER_FIELDS, POOL_METRICS, TrimallocCollector, register
+from conftest import MiB, core_fields, fresh_rate_limit, run_py
+
+
+# Trims reach pymalloc's pools on this Python (CPython 3.10-3.13, 64 bits: pools of 16 KiB).
+POOLS_KNOWN = (3, 10) <= sys.version_info[:2] <= (3, 13) and sys.maxsize > 2**32
 
 
 def samples(registry):
@@ -31,7 +36,8 @@ def test_collector_exports_every_stats_field():
     assert got["trimalloc_allocated_bytes"] > 0 and got["trimalloc_rss_bytes"] > 0
     assert "trimalloc_trims_total" in got and "trimalloc_trim_seconds_total" in got
     n = len([k for k in s if k != "backend"])
-    assert len(got) == n + 2  # one sample per measured field, plus info and rss
+    pools = len(POOL_METRICS) if POOLS_KNOWN and sys.getallocatedblocks() else 0
+    assert len(got) == n + 2 + pools  # one sample per measured field, plus info and rss (and pymalloc's)
     text = generate_latest(reg).decode()
     assert "# TYPE trimalloc_trims_total counter" in text
     assert "# TYPE trimalloc_allocated_bytes gauge" in text
@@ -57,8 +63,44 @@ trimalloc.prometheus.register(reg)
 print(json.dumps(sorted(m.name for m in reg.collect())))
 '''
     names = json.loads(run_py(code, preload=True).stdout)
-    assert len(names) == len(core_fields()) + 2
+    assert len(names) == len(core_fields()) + 2 + (len(POOL_METRICS) if POOLS_KNOWN else 0)
     assert "trimalloc_fragmentation_ratio" in names and "trimalloc_resident_bytes" in names
+
+
+# pymalloc's arenas with one object in 500 kept: a scrape before and after a trim.
+POOLS = r'''
+import json
+from prometheus_client import CollectorRegistry
+import trimalloc, trimalloc.prometheus
+reg = CollectorRegistry()
+trimalloc.prometheus.register(reg)
+def scrape():
+    return {s.name: s.value for fam in reg.collect() for s in fam.samples}
+objs = [{"k": i, "s": "v%d" % i, "t": (i, 1)} for i in range(400000)]
+keep = objs[::500]
+del objs
+before = scrape()
+trimalloc.trim()
+print(json.dumps({"before": before, "after": scrape()}))
+'''
+
+
+@pytest.mark.parametrize("pythonmalloc", ["pymalloc", "malloc"])
+def test_collector_exports_pymalloc_arenas_while_trims_reach_them(pythonmalloc):
+    r = json.loads(run_py(POOLS, preload=True, PYTHONMALLOC=pythonmalloc).stdout)
+    b, a = r["before"], r["after"]
+    exported = [k for k in a if "pymalloc" in k]
+    if pythonmalloc == "malloc" or not POOLS_KNOWN:  # every object in malloc, or pools of one page
+        assert not exported, a
+        return
+    assert len(exported) == len(POOL_METRICS), exported
+    assert b["trimalloc_pymalloc_arenas"] >= 20 and b["trimalloc_pymalloc_arena_bytes"] >= 20 * MiB, b
+    # the free pages the trim is about to give back, then given back and counted
+    assert b["trimalloc_pymalloc_free_bytes"] >= 10 * MiB, b
+    gave = a["trimalloc_pymalloc_released_bytes_total"] - b["trimalloc_pymalloc_released_bytes_total"]
+    assert gave >= b["trimalloc_pymalloc_free_bytes"] // 2, (b, a)
+    assert a["trimalloc_pymalloc_free_bytes"] < b["trimalloc_pymalloc_free_bytes"] // 4, (b, a)
+    assert a["trimalloc_pymalloc_pools_released_total"] > b["trimalloc_pymalloc_pools_released_total"], (b, a)
 
 
 MULTI = r'''
@@ -90,6 +132,10 @@ def test_multiprocess_gauges_follow_the_hooks(tmp_path, preload):
     value, labels = s["trimalloc_rss_bytes"]
     assert value > 0 and labels == {"pid": str(r["pid"])}  # liveall: per process
     assert s["trimalloc_allocated_bytes"][0] > 0
+    if POOLS_KNOWN:  # pymalloc's arenas, through the same files
+        assert "trimalloc_pymalloc_arena_bytes" in s and "trimalloc_pymalloc_released_bytes_total" in s, s
+    else:
+        assert not [k for k in s if "pymalloc" in k], s
 
 
 def test_metric_names_are_unique_and_in_base_units():

@@ -53,7 +53,9 @@ extern PyType_Spec ta_py_trimmer_spec;        /* _trimmer.c: Trimmer */
 int ta_py_pools_install(void);
 
 /* _pools.c, for ta_py_job: begin (1) before it lets go of the GIL, the
- * pools released then when the job trims; end (0) after it has it back. */
+ * pools released then when the job trims (trims 2: every sparse pool
+ * weighed, trimalloc.trim(); 1: a bounded walk, a hook's); end (0) after it
+ * has the GIL back. */
 void ta_py_pools_job(int begin, int trims);
 
 #endif

@@ -18,9 +18,10 @@
  * arena's free pools through it. The header's size class is set to
  * pymalloc's DUMMY_SIZE_IDX, so that the pool's next use rebuilds its free
  * list instead of following links that were on the pages given back. A pool
- * with few live blocks gives back its pages that hold none (sparse_pool). The
- * policy's free-bytes figure counts the same pages, so the refault budget
- * prices them.
+ * with few live blocks gives back its pages that hold none (sparse_pool):
+ * at most SPARSE_BUDGET of them are weighed per walk, and one whose header has
+ * not changed since it was weighed is not weighed again. The policy's
+ * free-bytes figure counts the same pages, so the refault budget prices them.
  *
  * What it reads of pymalloc: the pool header (struct pool_header in
  * Objects/obmalloc.c, the same from 2.x to 3.13) and the pool size that goes
@@ -36,6 +37,7 @@
 #include "_ext.h"
 
 #include <dlfcn.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -62,6 +64,27 @@ typedef struct {
 #define DUMMY_SIZE_IDX 0xffff
 
 #define MAX_ARENAS 16384 /* 16 GiB of 1 MiB arenas; past that, arenas are not tracked */
+#define ARENA_POOLS 64   /* pools of a 1 MiB arena (16 KiB each) */
+/* Sparse pools a walk weighs, at most, when a hook or the policy asks:
+ * weighing one follows its free list (up to 2,000 blocks), 2-3 us with the
+ * GIL held; 205 arenas of sparse pools took 16-26 ms to weigh
+ * (bench/results-2026-12-07-session26.txt). Such a walk starts where the
+ * last one ran out. trimalloc.trim() and _pymalloc_pools() weigh them all. */
+#define READ_BUDGET 512  /* the policy's free-bytes figure */
+#define TRIM_BUDGET 2048 /* a hook's or the policy thread's trim */
+#define ALL INT_MAX
+
+/* What the last weighing of a sparse pool found (sparse_pool), and the
+ * header it found: while the header is the same (free list head, blocks in
+ * use, blocks carved, size class), so are the free list and the pages it
+ * leaves, so the pool is not weighed again. pymalloc changes the head or the
+ * count with every block it hands out or takes back. */
+typedef struct {
+  void *freeblock;
+  uint32_t count, nextoffset, szidx;
+  uint32_t bytes; /* what a trim would give back of it; valid != 0 */
+  uint8_t valid;
+} pool_memo_t;
 
 static struct {
   pthread_mutex_t mu;     /* the table (arenas come and go under the GIL; with
@@ -76,12 +99,15 @@ static struct {
   size_t n;          /* slots in use up to n */
   size_t size, pool; /* pymalloc's arena and pool sizes on this interpreter */
   size_t page;
+  unsigned page_shift;
   void *interp;                            /* the interpreter that imported trimalloc: trims walk its arenas
                                             * only (PyGILState_Ensure takes its GIL) */
   void *(*tstate_get)(void);               /* the thread state, NULL when none: no fatal error */
   void *(*tstate_interp)(void *);          /* PyThreadState_GetInterpreter (3.9+) */
   _Atomic int on;                          /* trims walk the pools */
   uint64_t trims, pools, sparse, released; /* counters, under mu */
+  pool_memo_t (*memo)[ARENA_POOLS];        /* per table slot (a mapping of its own, touched as used) */
+  size_t cursor;                           /* the slot whose sparse pools are weighed first next time */
 } st = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* The interpreter of this thread's thread state (NULL: none, or 3.8). */
@@ -103,6 +129,7 @@ static void *arena_alloc(void *ctx, size_t size) {
       st.arena[i].at = p;
       st.arena[i].size = size;
       st.arena[i].interp = current_interp();
+      memset(st.memo[i], 0, sizeof st.memo[i]);
       if (i == st.n) st.n++;
     }
   }
@@ -132,10 +159,34 @@ static void arena_free(void *ctx, void *p, size_t size) {
 #define POOL_OVERHEAD ((sizeof(pool_header_t) + 2 * sizeof(void *) - 1) & ~(2 * sizeof(void *) - 1))
 #define MAX_BLOCKS (16384 / 16) /* a 16 KiB pool's blocks at pymalloc's smallest size */
 
-/* The pages of a pool (bit j: page j) that block i of `size` bytes lies on. */
-static uint32_t block_pages(size_t i, size_t size) {
-  size_t off = POOL_OVERHEAD + i * size, first = off / st.page, last = (off + size - 1) / st.page;
-  return (uint32_t)(((2u << last) - 1) & ~((1u << first) - 1));
+/* Are bits [lo, hi) of bits all set? */
+static int all_set(const uint8_t *bits, size_t lo, size_t hi) {
+  for (; lo < hi && lo % 8; lo++)
+    if (!(bits[lo / 8] & (1u << (lo % 8)))) return 0;
+  for (; lo + 8 <= hi; lo += 8)
+    if (bits[lo / 8] != 0xff) return 0;
+  for (; lo < hi; lo++)
+    if (!(bits[lo / 8] & (1u << (lo % 8)))) return 0;
+  return 1;
+}
+
+/* The lowest set bit of bits [lo, hi), or hi. */
+static size_t first_set(const uint8_t *bits, size_t lo, size_t hi) {
+  for (; lo < hi; lo++) {
+    if (lo % 8 == 0 && !bits[lo / 8]) {
+      lo += 7;
+      continue;
+    }
+    if (bits[lo / 8] & (1u << (lo % 8))) return lo;
+  }
+  return hi;
+}
+
+/* Does block i lie on a page of give (bit j: page j, its blocks [lo[j], hi[j]))? */
+static int on_given(uint32_t give, const size_t *lo, const size_t *hi, size_t per, size_t i) {
+  for (size_t j = 1; j < per; j++)
+    if ((give >> j & 1) && lo[j] <= i && i < hi[j]) return 1;
+  return 0;
 }
 
 /* A used pool h (ps bytes; its pages' residency in vec[0..per)) with few
@@ -150,53 +201,86 @@ static uint32_t block_pages(size_t i, size_t size) {
  * checked against the header (inside the pool, on a block's start, no block
  * twice, ref.count blocks left live) before anything is written: a pool that
  * does not add up is left as it is. Bytes given back (or, !release, that
- * would be). */
-static uint64_t sparse_pool(pool_header_t *h, size_t ps, const unsigned char *vec, size_t per, int release) {
+ * would be). No division per block: a block's index comes from a multiply
+ * (exact for offsets under 2^23), and pages are weighed as block ranges. */
+static uint64_t weigh_pool(pool_header_t *h, size_t ps, const unsigned char *vec, size_t per, int release) {
   size_t size = ps - h->maxnextoffset, carved_end = h->nextoffset;
-  if (h->szidx == DUMMY_SIZE_IDX) return 0;
   size_t carved = (carved_end - POOL_OVERHEAD) / size; /* blocks handed out at least once */
-  if (carved > MAX_BLOCKS || (size_t)h->ref.count * size > ps / 2) return 0; /* not sparse */
+  uint64_t inv = ((1ull << 32) + size - 1) / size;   /* (n * inv) >> 32 == n / size */
   uint8_t freebits[MAX_BLOCKS / 8] = {0};
   size_t nfree = 0;
   for (uint8_t *b = h->freeblock; b; b = *(uint8_t **)b) {
     size_t off = (size_t)(b - (uint8_t *)h);
-    if (b < (uint8_t *)h || off < POOL_OVERHEAD || off >= carved_end || (off - POOL_OVERHEAD) % size)
-      return 0;
-    size_t i = (off - POOL_OVERHEAD) / size;
+    if (b < (uint8_t *)h || off < POOL_OVERHEAD || off >= carved_end) return 0;
+    size_t i = (size_t)(((off - POOL_OVERHEAD) * inv) >> 32);
+    if (i * size != off - POOL_OVERHEAD) return 0; /* not a block's start */
     if (freebits[i / 8] & (1u << (i % 8)) || ++nfree > carved) return 0;
     freebits[i / 8] |= (uint8_t)(1u << (i % 8));
   }
   if (carved - nfree != h->ref.count) return 0; /* not the layout this file knows */
-  /* the pages to give back: resident, after the first, no live block on them */
-  uint32_t give = 0; /* bit j: page j */
-  for (size_t j = 1; j < per; j++) give |= (uint32_t)(vec[j] & 1) << j;
-  for (size_t i = 0; i < carved; i++)
-    if (!(freebits[i / 8] & (1u << (i % 8)))) give &= ~block_pages(i, size);
-  /* a pool with a free block keeps one: the lowest one's pages stay */
-  size_t lowest = carved;
-  for (size_t i = 0; i < carved && lowest == carved; i++)
-    if (freebits[i / 8] & (1u << (i % 8))) lowest = i;
-  if (lowest < carved) {
-    int kept = 0;
-    for (size_t i = lowest; i < carved && !kept; i++)
-      kept = (freebits[i / 8] & (1u << (i % 8))) && !(give & block_pages(i, size));
-    if (!kept) give &= ~block_pages(lowest, size);
+  /* the carved blocks on page j: [lo[j], hi[j]) */
+  size_t lo[32], hi[32];
+  for (size_t j = 0; j < per; j++) {
+    size_t a = j << st.page_shift, e = (j + 1) << st.page_shift;
+    lo[j] = a <= POOL_OVERHEAD ? 0 : (size_t)(((a - POOL_OVERHEAD) * inv) >> 32);
+    hi[j] = e <= POOL_OVERHEAD ? 0 : (size_t)((((e - POOL_OVERHEAD) + size - 1) * inv) >> 32);
+    if (hi[j] > carved) hi[j] = carved;
+    if (lo[j] > hi[j]) lo[j] = hi[j];
   }
+  /* the pages to give back: resident, after the first, every carved block on them free */
+  uint32_t give = 0; /* bit j: page j */
+  for (size_t j = 1; j < per; j++)
+    if ((vec[j] & 1) && all_set(freebits, lo[j], hi[j])) give |= 1u << j;
+  /* a pool with a free block keeps one (a free block on no page given back):
+   * else the lowest one's pages stay */
+  size_t lowest = first_set(freebits, 0, carved), i = lowest;
+  while (give && i < carved && on_given(give, lo, hi, per, i)) i = first_set(freebits, i + 1, carved);
+  if (give && lowest < carved && i >= carved)
+    for (size_t j = 1; j < per; j++)
+      if (lo[j] <= lowest && lowest < hi[j]) give &= ~(1u << j);
   if (!give) return 0;
-  uint64_t bytes = (uint64_t)__builtin_popcount(give) * st.page;
+  uint64_t bytes = (uint64_t)__builtin_popcount(give) << st.page_shift;
   if (!release) return bytes;
   /* the free list again: the free blocks that stay, in address order */
   uint8_t *head = NULL, **link = &head;
-  for (size_t i = 0; i < carved; i++) {
-    if (!(freebits[i / 8] & (1u << (i % 8))) || (give & block_pages(i, size))) continue;
+  for (i = lowest; i < carved; i = first_set(freebits, i + 1, carved)) {
+    if (on_given(give, lo, hi, per, i)) continue;
     uint8_t *b = (uint8_t *)h + POOL_OVERHEAD + i * size;
     *link = b;
     link = (uint8_t **)b;
   }
   *link = NULL;
   h->freeblock = head;
-  for (size_t j = 1; j < per; j++)
-    if ((give >> j) & 1) madvise((uint8_t *)h + j * st.page, st.page, MADV_DONTNEED);
+  for (size_t j = 1; j < per;) { /* one call a run of pages */
+    size_t e = j;
+    while (e < per && (give >> e & 1)) e++;
+    if (e > j) madvise((uint8_t *)h + (j << st.page_shift), (e - j) << st.page_shift, MADV_DONTNEED);
+    j = e + 1;
+  }
+  return bytes;
+}
+
+static int memo_same(const pool_memo_t *m, const pool_header_t *h) {
+  return m->valid && m->freeblock == h->freeblock && m->count == h->ref.count && m->nextoffset == h->nextoffset &&
+         m->szidx == h->szidx;
+}
+
+/* A used pool with few live blocks (at most half its bytes): weigh_pool's
+ * answer, or what the memo m says of a pool unchanged since it was weighed
+ * (a trim weighs again a pool that had pages to give). *budget counts the
+ * weighings: with none left, a changed pool counts 0 this time, and a later
+ * walk, which starts where this one ran out, weighs it. */
+static uint64_t sparse_pool(pool_header_t *h, size_t ps, const unsigned char *vec, size_t per, int release,
+                            pool_memo_t *m, int *budget) {
+  if (h->szidx == DUMMY_SIZE_IDX) return 0;
+  size_t size = ps - h->maxnextoffset, carved = (h->nextoffset - POOL_OVERHEAD) / size;
+  if (carved > MAX_BLOCKS || (size_t)h->ref.count * size > ps / 2) return 0; /* not sparse */
+  int same = memo_same(m, h);
+  if (same && (!m->bytes || !release)) return m->bytes;
+  if (*budget <= 0) return 0; /* weighed by a later walk */
+  --*budget;
+  uint64_t bytes = weigh_pool(h, ps, vec, per, release);
+  *m = (pool_memo_t){h->freeblock, h->ref.count, h->nextoffset, h->szidx, release ? 0 : (uint32_t)bytes, 1};
   return bytes;
 }
 
@@ -214,19 +298,20 @@ static int header_ok(const pool_header_t *h, size_t ps) {
  * pages after the first of every used, empty pool, and those of sparse pools
  * with no live block (sparse_pool), given back when `release`. Their bytes.
  * Holds the GIL and st.mu. */
-static uint64_t arena_pools(uint8_t *a, size_t ps, int release) {
+static uint64_t arena_pools(size_t slot, size_t ps, int release, int *budget) {
   unsigned char vec[(1u << 20) / 4096];
+  uint8_t *a = st.arena[slot].at;
   size_t pages = st.size / st.page, per = ps / st.page;
   if (pages > sizeof vec || per > 31 || mincore(a, st.size, vec) != 0) return 0;
   uint64_t released = 0;
   uintptr_t first = ((uintptr_t)a + ps - 1) & ~(uintptr_t)(ps - 1);
   for (uintptr_t p = first; p + ps <= (uintptr_t)a + st.size; p += ps) {
-    size_t k = (p - (uintptr_t)a) / st.page, resident = 0;
-    if (!(vec[k] & 1)) continue; /* never used, or given back whole with its arena */
+    size_t k = (p - (uintptr_t)a) / st.page, resident = 0, idx = (p - first) / ps;
+    if (!(vec[k] & 1) || idx >= ARENA_POOLS) continue; /* never used, or given back whole with its arena */
     pool_header_t *h = (pool_header_t *)p;
     if (!header_ok(h, ps)) continue; /* never carved (all zero), or not a pool header */
     if (h->ref.count != 0) {
-      uint64_t b = sparse_pool(h, ps, vec + k, per, release);
+      uint64_t b = sparse_pool(h, ps, vec + k, per, release, &st.memo[slot][idx], budget);
       released += b;
       st.sparse += release && b;
       continue;
@@ -246,14 +331,23 @@ static uint64_t arena_pools(uint8_t *a, size_t ps, int release) {
   return released;
 }
 
-/* Every arena's pools (arena_pools). Holds the GIL. */
-static uint64_t all_pools(int release) {
+/* Every arena's pools (arena_pools), weighing at most `budget` sparse pools
+ * (ALL: every one) from the slot where the last bounded walk ran out. Holds
+ * the GIL. */
+static uint64_t all_pools(int release, int budget) {
   uint64_t bytes = 0;
+  int bounded = budget != ALL;
   pthread_mutex_lock(&st.mu);
-  if (atomic_load(&st.on)) /* on again: off at exit while the policy thread waited for the GIL */
-    for (size_t i = 0; i < st.n; i++)
+  if (atomic_load(&st.on) && st.n) { /* on again: off at exit while the policy thread waited for the GIL */
+    size_t start = st.cursor < st.n ? st.cursor : 0, next = start;
+    for (size_t j = 0; j < st.n; j++) {
+      size_t i = (start + j) % st.n;
+      if (budget > 0) next = i; /* the last slot that had sparse pools weighed this time */
       if (st.arena[i].at && st.arena[i].size == st.size && st.arena[i].interp == st.interp)
-        bytes += arena_pools(st.arena[i].at, st.pool, release);
+        bytes += arena_pools(i, st.pool, release, &budget);
+    }
+    if (bounded) st.cursor = budget > 0 ? 0 : next;
+  }
   if (release) {
     st.trims++;
     st.released += bytes;
@@ -278,7 +372,7 @@ void ta_py_pools_job(int begin, int trims) {
     return;
   }
   in_job = 1;
-  job_released = trims && our_interpreter() ? all_pools(1) : 0; /* with the GIL, still */
+  job_released = trims && our_interpreter() ? all_pools(1, trims == 2 ? ALL : TRIM_BUDGET) : 0; /* GIL held */
 }
 
 /* ta_bind_set_host's functions. On core/bind's policy thread, which holds no
@@ -288,28 +382,28 @@ void ta_py_pools_job(int begin, int trims) {
  * a job, which did its pools before it let go of the GIL. Taking the GIL
  * with PyGILState_Ensure on a thread that holds it under another thread
  * state (a subinterpreter's) would wait for itself. */
-static uint64_t on_policy_thread(int release) {
+static uint64_t on_policy_thread(int release, int budget) {
   if (!atomic_load(&st.on) || !Py_IsInitialized()) return 0;
   PyGILState_STATE g = PyGILState_Ensure();
-  uint64_t bytes = all_pools(release);
+  uint64_t bytes = all_pools(release, budget);
   PyGILState_Release(g);
   return bytes;
 }
 
 static uint64_t release_pools(int policy_thread) {
-  if (policy_thread) return on_policy_thread(1);
+  if (policy_thread) return on_policy_thread(1, TRIM_BUDGET);
   if (in_job) {
     uint64_t b = job_released;
     job_released = 0;
     return b;
   }
-  return our_interpreter() ? all_pools(1) : 0;
+  return our_interpreter() ? all_pools(1, TRIM_BUDGET) : 0;
 }
 
 static uint64_t pools_free(int policy_thread) {
-  if (policy_thread) return on_policy_thread(0);
+  if (policy_thread) return on_policy_thread(0, READ_BUDGET);
   if (in_job) return 0;
-  return our_interpreter() ? all_pools(0) : 0;
+  return our_interpreter() ? all_pools(0, READ_BUDGET) : 0;
 }
 
 static void child_after_fork(void) {
@@ -334,6 +428,8 @@ int ta_py_pools_install(void) {
       (void (*)(arena_allocator_t *))dlsym(RTLD_DEFAULT, "PyObject_SetArenaAllocator");
   if (!get || !set) return 0;
   st.page = (size_t)sysconf(_SC_PAGESIZE);
+  if (!st.page || (st.page & (st.page - 1))) return 0;
+  st.page_shift = (unsigned)__builtin_ctzl(st.page);
   st.tstate_get = (void *(*)(void))dlsym(RTLD_DEFAULT, "PyThreadState_GetUnchecked"); /* 3.13 */
   if (!st.tstate_get) st.tstate_get = (void *(*)(void))dlsym(RTLD_DEFAULT, "_PyThreadState_UncheckedGet");
   st.tstate_interp = (void *(*)(void *))dlsym(RTLD_DEFAULT, "PyThreadState_GetInterpreter"); /* 3.9+ */
@@ -346,6 +442,10 @@ int ta_py_pools_install(void) {
   if (st.pool <= st.page || st.pool / st.page > 31) return 0;
   get(&st.prev);
   if (st.prev.alloc == arena_alloc) return 0; /* a second copy of this module: the first one has it */
+  void *memo = mmap(NULL, sizeof(pool_memo_t[MAX_ARENAS][ARENA_POOLS]), PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (memo == MAP_FAILED) return 0;
+  st.memo = memo;
   arena_allocator_t mine = {NULL, arena_alloc, arena_free};
   set(&mine);
   pthread_atfork(NULL, NULL, child_after_fork);
@@ -370,7 +470,7 @@ static PyObject *py_pools_off(PyObject *m, PyObject *unused) {
  * released_bytes} */
 static PyObject *py_pools(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
-  uint64_t free_bytes = pools_free(0);
+  uint64_t free_bytes = our_interpreter() ? all_pools(0, ALL) : 0;
   pthread_mutex_lock(&st.mu);
   size_t arenas = 0;
   for (size_t i = 0; i < st.n; i++) arenas += st.arena[i].at != NULL;

@@ -51,7 +51,9 @@ PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n) {
 }
 
 void ta_py_job(ta_bind_job_t *j) {
-  ta_py_pools_job(1, j->kind == TA_JOB_TRIM || j->kind == TA_JOB_RUN || j->kind == TA_JOB_RUN_AFTER);
+  /* pymalloc's pools first, with the GIL: all of them for trimalloc.trim(),
+   * a bounded walk for a hook's trim (_pools.c) */
+  ta_py_pools_job(1, j->kind == TA_JOB_TRIM ? 2 : j->kind == TA_JOB_RUN || j->kind == TA_JOB_RUN_AFTER);
   Py_BEGIN_ALLOW_THREADS
   ta_bind_job_run(j);
   Py_END_ALLOW_THREADS

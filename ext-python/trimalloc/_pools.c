@@ -19,9 +19,10 @@
  * pymalloc's DUMMY_SIZE_IDX, so that the pool's next use rebuilds its free
  * list instead of following links that were on the pages given back. A pool
  * with few live blocks gives back its pages that hold none (sparse_pool):
- * at most SPARSE_BUDGET of them are weighed per walk, and one whose header has
- * not changed since it was weighed is not weighed again. The policy's
- * free-bytes figure counts the same pages, so the refault budget prices them.
+ * one whose header has not changed since it was weighed is not weighed
+ * again, and a hook's trim weighs at most TRIM_BUDGET of those that changed
+ * (trimalloc.trim() every one). The policy's free-bytes figure counts the
+ * same pages, so the refault budget prices them.
  *
  * What it reads of pymalloc: the pool header (struct pool_header in
  * Objects/obmalloc.c, the same from 2.x to 3.13) and the pool size that goes

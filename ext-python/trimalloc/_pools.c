@@ -467,11 +467,13 @@ static PyObject *py_pools_off(PyObject *m, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
-/* _pymalloc_pools() -> {on, arenas, arena_bytes, free_bytes, trims, pools_released,
- * released_bytes} */
-static PyObject *py_pools(PyObject *m, PyObject *unused) {
-  (void)m, (void)unused;
-  uint64_t free_bytes = our_interpreter() ? all_pools(0, ALL) : 0;
+/* _pymalloc_pools(weigh_all=True) -> {on, arenas, arena_bytes, free_bytes, trims,
+ * pools_released, sparse_pools_trimmed, released_bytes} */
+static PyObject *py_pools(PyObject *m, PyObject *args) {
+  (void)m;
+  int weigh_all = 1;
+  if (!PyArg_ParseTuple(args, "|p:_pymalloc_pools", &weigh_all)) return NULL;
+  uint64_t free_bytes = our_interpreter() ? all_pools(0, weigh_all ? ALL : READ_BUDGET) : 0;
   pthread_mutex_lock(&st.mu);
   size_t arenas = 0;
   for (size_t i = 0; i < st.n; i++) arenas += st.arena[i].at != NULL;
@@ -490,10 +492,10 @@ static PyObject *py_pools(PyObject *m, PyObject *unused) {
 }
 
 PyMethodDef ta_py_pools_methods[] = {
-    {"_pymalloc_pools", py_pools, METH_NOARGS,
-     "_pymalloc_pools() -> {on, arenas, arena_bytes, free_bytes, trims, pools_released, "
-     "sparse_pools_trimmed, released_bytes}: "
-     "the arenas trims walk for pymalloc's empty pools"},
+    {"_pymalloc_pools", py_pools, METH_VARARGS,
+     "_pymalloc_pools(weigh_all=True) -> {on, arenas, arena_bytes, free_bytes, trims, pools_released, "
+     "sparse_pools_trimmed, released_bytes}: the arenas trims walk for pymalloc's empty and sparse pools; "
+     "free_bytes weighs every sparse pool that changed, or (weigh_all False) at most 512 of them"},
     {"_pymalloc_pools_off", py_pools_off, METH_NOARGS, "_pymalloc_pools_off(): trims leave pymalloc alone"},
     {NULL, NULL, 0, NULL},
 };

@@ -67,12 +67,14 @@ POOL_METRICS = (
 _COUNTERS = COUNTER_FIELDS | {name for name, is_counter, _doc in POOL_METRICS if is_counter}
 
 
-def _pools_raw() -> Dict[str, Any]:
+def _pools_raw(weigh_all: bool = True) -> Dict[str, Any]:
     """POOL_METRICS' values as counted since the interpreter started, or {}
-    when trims leave pymalloc's pools alone."""
+    when trims leave pymalloc's pools alone. weigh_all False: the free bytes
+    weigh at most 512 sparse pools that changed since they were weighed (the
+    multiprocess metrics, updated after every hook's trim)."""
     if not pymalloc_in_use():
         return {}
-    p = _trimalloc._pymalloc_pools()
+    p = _trimalloc._pymalloc_pools(weigh_all)
     if not p["on"]:
         return {}
     return {"pymalloc_arenas": p["arenas"], "pymalloc_arena_bytes": p["arenas"] * p["arena_bytes"],
@@ -121,7 +123,7 @@ _baseline_lock = threading.Lock()
 
 
 def _take_baseline() -> None:
-    s = dict(_trimalloc.stats(), **_pools_raw())
+    s = dict(_trimalloc.stats(), **_pools_raw(weigh_all=False))
     with _baseline_lock:
         _baseline.clear()
         for name in _COUNTERS:
@@ -225,7 +227,7 @@ class MultiprocessMetrics:
             else:
                 self._gauges[name] = Gauge(metric, doc, registry=registry,
                                            multiprocess_mode=gauge_mode)
-        if _pools_raw():  # trims reach pymalloc's pools in this process (decided at import)
+        if _pools_raw(weigh_all=False):  # trims reach pymalloc's pools in this process (decided at import)
             for name, is_counter, doc in POOL_METRICS:
                 self._scales[name] = 1
                 metric = "%s_%s" % (prefix, name)
@@ -238,7 +240,7 @@ class MultiprocessMetrics:
 
     def update(self) -> None:
         """Write the current stats into the metrics."""
-        s = _since_start(dict(_trimalloc.stats(), **_pools_raw()))
+        s = _since_start(dict(_trimalloc.stats(), **_pools_raw(weigh_all=False)))
         with self._lock:
             if self._pid != os.getpid():  # forked since the last update: start again
                 self._pid = os.getpid()

@@ -20,9 +20,11 @@ runs (trimalloc.gc, trimalloc.celery, the WSGI middleware, gunicorn's
 post_request, trimalloc.trimming); call .update() yourself for more.
 
 While trims reach pymalloc's pools (pymalloc, the default; not under
-PYTHONMALLOC=malloc) the arenas whose pools trims walk (those pymalloc mapped since trimalloc was
-imported) are exported too: trimalloc_pymalloc_arena_bytes and _arenas, _free_bytes (what a trim would
-give back of them now) and the counters _released_bytes, _pools_released and
+PYTHONMALLOC=malloc) the arenas whose pools trims walk (those pymalloc
+mapped since trimalloc was imported) are exported too:
+trimalloc_pymalloc_arena_bytes and _arenas, _free_bytes (what a trim would
+give back of them now; the multiprocess metrics read it weighing at most 512
+changed pools) and the counters _released_bytes, _pools_released and
 _sparse_pools_trimmed.
 
 Counters never go down: a field of the core's list that can lag behind
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -136,9 +138,15 @@ def _since_start(s: Dict[str, Any]) -> Dict[str, Any]:
         return {k: (max(v - _baseline.get(k, 0), 0) if k in _COUNTERS else v) for k, v in s.items()}
 
 
-def _pools() -> Dict[str, Any]:
-    """POOL_METRICS' values now, counters since this process's start."""
-    return _since_start(_pools_raw())
+def _families(prefix: str, pools: bool) -> List[Tuple[str, str, float, bool, str]]:
+    """(key, metric name, scale, is_counter, help) of every field of the
+    core's list and, with `pools`, of POOL_METRICS: what both the collector
+    and the multiprocess metrics export."""
+    names = metric_names(prefix)
+    out = [(name,) + tuple(names[name]) + (doc,) for name, _type, _unit, doc in _trimalloc.FIELDS]
+    if pools:
+        out += [(name, "%s_%s" % (prefix, name), 1, is_counter, doc) for name, is_counter, doc in POOL_METRICS]
+    return out
 
 
 if hasattr(os, "register_at_fork"):
@@ -158,16 +166,14 @@ class TrimallocCollector:
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Any]:
-        s = _since_start(_trimalloc.stats())
+        s = _since_start(dict(_trimalloc.stats(), **_pools_raw()))
         info = GaugeMetricFamily(self.prefix + "_info", "trimalloc backend and version",
                                  labels=["backend", "version"])
         info.add_metric([str(s["backend"]), _trimalloc.VERSION], 1)
         yield info
-        names = metric_names(self.prefix)
-        for name, _type, _unit, doc in _trimalloc.FIELDS:
+        for name, metric, scale, is_counter, doc in _families(self.prefix, pools=True):
             if name not in s:
                 continue
-            metric, scale, is_counter = names[name]
             value = s[name] * scale
             if is_counter:
                 with self._lock:  # never lower than what a scrape already saw
@@ -175,17 +181,6 @@ class TrimallocCollector:
                 yield CounterMetricFamily(metric, doc, value=value)
             else:
                 yield GaugeMetricFamily(metric, doc, value=value)
-        pools = _pools()
-        for name, is_counter, doc in POOL_METRICS:
-            if name not in pools:
-                continue
-            metric = "%s_%s" % (self.prefix, name)
-            if is_counter:
-                with self._lock:
-                    value = self._high[name] = max(pools[name], self._high.get(name, 0))
-                yield CounterMetricFamily(metric, doc, value=value)
-            else:
-                yield GaugeMetricFamily(metric, doc, value=pools[name])
         yield GaugeMetricFamily(self.prefix + "_rss_bytes", "resident set size of the process",
                                 value=_trimalloc.rss())
 
@@ -218,23 +213,13 @@ class MultiprocessMetrics:
         self._scales: Dict[str, float] = {}
         self._last: Dict[str, float] = {}
         self._pid = os.getpid()
-        names = metric_names(prefix)
-        for name, _type, _unit, doc in _trimalloc.FIELDS:
-            metric, scale, is_counter = names[name]
+        # pymalloc's: when trims reach its pools in this process (decided at import)
+        for name, metric, scale, is_counter, doc in _families(prefix, pools=bool(_pools_raw(weigh_all=False))):
             self._scales[name] = scale
             if is_counter:
                 self._counters[name] = Counter(metric, doc, registry=registry)
             else:
-                self._gauges[name] = Gauge(metric, doc, registry=registry,
-                                           multiprocess_mode=gauge_mode)
-        if _pools_raw(weigh_all=False):  # trims reach pymalloc's pools in this process (decided at import)
-            for name, is_counter, doc in POOL_METRICS:
-                self._scales[name] = 1
-                metric = "%s_%s" % (prefix, name)
-                if is_counter:
-                    self._counters[name] = Counter(metric, doc, registry=registry)
-                else:
-                    self._gauges[name] = Gauge(metric, doc, registry=registry, multiprocess_mode=gauge_mode)
+                self._gauges[name] = Gauge(metric, doc, registry=registry, multiprocess_mode=gauge_mode)
         self._rss = Gauge(prefix + "_rss_bytes", "resident set size of the process",
                           registry=registry, multiprocess_mode=gauge_mode)
 

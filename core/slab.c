@@ -230,7 +230,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   size_t carve = sp->reserved - sp->carved;
   if (carve > want - taken) carve = want - taken;
   if (carve) {
-    size_t so = (size_t)(sp->start - (uint8_t *)s) + (size_t)sp->carved * bsize;
+    size_t so = so0 + (size_t)sp->carved * bsize;
     populate(sp, s, (size_t)sp->carved * bsize, (size_t)(sp->carved + carve) * bsize, d);
     for (size_t i = 0; i < carve; i++, so += bsize) {
       ta_block_t *b = (ta_block_t *)((uint8_t *)s + so);

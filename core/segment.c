@@ -433,15 +433,16 @@ bool ta_segment_is_valid(ta_segment_t *s) {
  * all have live == 0: there, resident means dirty). */
 size_t ta_pages_unpurged(ta_segment_t *s, size_t first, size_t n) {
   ta_segbits_t *bits = ta_segbits(s);
-  size_t count = 0;
-  for (size_t i = first; i < first + n;) {
-    if (i % 64 == 0 && i + 64 <= first + n) {
-      count += 64 - (size_t)__builtin_popcountll(ta_relaxed_load(&bits->purged[i / 64]));
-      i += 64;
-    } else {
-      count += !bit_get(bits->purged, i);
-      i++;
-    }
+  size_t count = 0, end = first + n;
+  /* a word at a time, the range's ends masked: a slab carved from the head
+   * of a free span counts the tail's pages here (slices start every 16
+   * pages, so the tail rarely starts on a word; bit by bit, this was 2.5% of
+   * the allocator's instructions in bench/py_tasks.py) */
+  for (size_t w = first / 64; w * 64 < end; w++) {
+    uint64_t m = ~ta_relaxed_load(&bits->purged[w]);
+    if (w == first / 64) m &= ~(uint64_t)0 << (first % 64);
+    if ((w + 1) * 64 > end) m &= ~(uint64_t)0 >> (64 - end % 64); /* end % 64 != 0 here */
+    count += (size_t)__builtin_popcountll(m);
   }
   return count;
 }

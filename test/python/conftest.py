@@ -178,6 +178,21 @@ def spawn_server(cmd: List[str], env: Dict[str, str], log: Path, **kw) -> subpro
                                 stderr=subprocess.STDOUT, start_new_session=True, **kw)
 
 
+def wait_listening(what: str, pid: int, port: int, log: Callable[[], str]) -> None:
+    """Waits (up to 120 s) until something listens on 127.0.0.1:port; fails
+    at once, with log(), when the process pid (what: "gunicorn", ...) exits
+    first."""
+    def listening():
+        assert not zombie_or_gone(pid), "%s exited:\n%s" % (what, log())
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for("%s to listen on port %d" % (what, port), listening, timeout=120)
+
+
 def stop_group(p: subprocess.Popen, grace: float = 20) -> None:
     """Stops a process group started by spawn_server, by its id, as systemd's
     KillMode=mixed does: SIGTERM to the leader (a master stops its own
@@ -317,16 +332,7 @@ def server_cmd(tmp_path):
         log = tmp_path / ("server%d.log" % len(started))
         s = Started(spawn_server(cmd, e, log, cwd=str(FIXTURES)), port, log)
         started.append(s)
-
-        def listening():
-            assert not zombie_or_gone(s.pid), "the server exited:\n" + s.log()
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for("the server to listen on port %d" % port, listening, timeout=120)
+        wait_listening("the server", s.pid, port, s.log)
         return s
 
     yield start

@@ -7,14 +7,13 @@ answers /info, through the probe app's barrier), that the hook fires in every
 worker, and that every worker's RSS falls well below its peak after a burst
 of 100 MiB. The same behaviour names as test/ruby/puma_cluster_test.rb."""
 import re
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import (MiB, child_env, children_of, free_port, maps_trimalloc, on_each_worker,
-                      proc_status, spawn_server, stop_group, wait_for, zombie_or_gone)
+                      proc_status, spawn_server, stop_group, wait_for, wait_listening)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CONF = FIXTURES / "gunicorn.conf.py"
@@ -59,16 +58,7 @@ def server(tmp_path):
         log = tmp_path / "gunicorn.log"
         s = Server(spawn_server(cmd, env, log), port, log)
         started.append(s)
-
-        def listening():
-            assert not zombie_or_gone(s.pid), "gunicorn exited:\n" + s.log()
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for("gunicorn to listen", listening, timeout=120)
+        wait_listening("gunicorn", s.pid, port, s.log)
         wait_for("%d workers booted:\n%s" % (WORKERS, s.log()), lambda: len(s.workers()) >= WORKERS,
                  timeout=120)
         return s

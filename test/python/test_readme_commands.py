@@ -14,7 +14,6 @@ checked to run on trimalloc, and stopped."""
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 import trimalloc
 from conftest import (ROOT, child_env, children_of, free_port, maps_trimalloc, spawn_server,
-                      stop_group, wait_for, zombie_or_gone)
+                      stop_group, wait_for, wait_listening, zombie_or_gone)
 from test_celery import redis_url  # noqa: F401 (the fixture: a redis-server of the test's own)
 
 README = (ROOT / "README.md").read_text()
@@ -156,15 +155,7 @@ def test_readme_gunicorn_line_serves_on_trimalloc(mode, tmp_path):
     log = tmp_path / "gunicorn.log"
     s = spawn_server(argv, env, log, cwd=str(tmp_path))
     try:
-        def listening():
-            assert not zombie_or_gone(s.pid), "gunicorn exited:\n" + log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for("gunicorn to listen", listening, timeout=120)
+        wait_listening("gunicorn", s.pid, port, log.read_text)
         booted = lambda: re.findall(r"trimalloc: worker (\d+) runs on (\w+)", log.read_text())
         workers = wait_for("2 workers' post_worker_init lines", lambda: len(booted()) >= 2 and booted())
         assert sorted(w[1] for w in workers) == ["trimalloc", "trimalloc"], log.read_text()

@@ -16,10 +16,14 @@ static PyObject *prof_error(int e, const char *err) {
   } else if (ta_bind_error_kind(e) == TA_ERR_MEMORY) {
     PyErr_NoMemory();
   } else {
-    PyObject *args = Py_BuildValue("(is)", e, err);
-    if (args) {
-      PyErr_SetObject(PyExc_OSError, args);
-      Py_DECREF(args);
+    /* the instance, as PyErr_SetFromErrno makes it: OSError(errno, ...) is
+     * a FileNotFoundError for ENOENT, but an error set as (OSError, args)
+     * stays an OSError for `except FileNotFoundError` until it is
+     * normalized (Python 3.8-3.10: the handler missed it) */
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", e, err);
+    if (exc) {
+      PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+      Py_DECREF(exc);
     }
   }
   return NULL;

@@ -366,8 +366,8 @@ static int decode_sample(dec_t *d, span_t m, uint64_t **ids, size_t *cap_ids, ui
   size_t nids = 0, nvals = 0;
   int64_t tag = -1;
   unsigned f, wt;
-  uint64_t v;
-  span_t b;
+  uint64_t v = 0; /* next_field sets the one its wire type has (gcc -O3 cannot tell) */
+  span_t b = {0};
   int r;
   while ((r = next_field(&m, &f, &wt, &v, &b)) > 0) {
     if (f == 1 && each_int(p, wt, v, b, ids, &nids, cap_ids)) return -1;

@@ -136,6 +136,8 @@ class Report(dict):  # type: ignore[type-arg]
             if py.get("pools_free_bytes") is not None:  # one line a level: the pools on python's
                 lines[-1] += "; a trim gives back %s of its pools now (%s so far)" % (
                     _mib(py["pools_free_bytes"]), _mib(py["pools_released_bytes"]))
+            else:  # 3.8 and 3.9: pools of one OS page (trimalloc info says the same)
+                lines[-1] += "; trims leave its pools alone on this Python"
         else:
             lines.append(
                 "  python     no pymalloc (PYTHONMALLOC=malloc?): objects are counted by the"

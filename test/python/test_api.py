@@ -131,8 +131,9 @@ first = trimalloc.trim()
 after = _trimalloc.rss()
 second = trimalloc.trim()
 s = trimalloc.stats()
+pools = _trimalloc._pymalloc_pools()["released_bytes"]
 print(json.dumps(dict(base=base, peak=peak, before=before, after=after, first=first,
-                      second=second, trims=s["trims"], trimmed=s["trimmed_bytes"])))
+                      second=second, trims=s["trims"], trimmed=s["trimmed_bytes"], pools=pools)))
 '''
 
 
@@ -144,7 +145,10 @@ def test_trim_returns_bytes(preload):
     assert r["first"] > 64 * MiB, r  # the trim released the burst ...
     assert r["before"] - r["after"] > 64 * MiB, r  # ... and the kernel saw it
     assert r["second"] < r["first"] // 8, r  # nothing much left the second time
-    assert r["trims"] >= 2 and r["trimmed"] >= r["first"], r
+    # the allocator's counter has what it gave back; a trim's result adds
+    # pymalloc's pages (a few dozen KiB of the interpreter's start-up garbage
+    # on 3.12 and 3.13; on 3.11 it happened to pass without them)
+    assert r["trims"] >= 2 and r["trimmed"] + r["pools"] >= r["first"], r
 
 
 DEFERRED = r'''
@@ -253,7 +257,10 @@ def test_report_shows_three_levels(preload):
     assert [line.split()[0] for line in text[1:]] == ["python", "allocator", "kernel"]
     assert "arenas" in text[1] and "rss" in text[3]
     # every trim gives back pymalloc's free pools: the report says how much it would now
-    assert "of its pools now" in text[1] and py["pools_free_bytes"] >= 0 and py["pools_released"] >= 0
+    if sys.version_info >= (3, 10):
+        assert "of its pools now" in text[1] and py["pools_free_bytes"] >= 0 and py["pools_released"] >= 0
+    else:  # pools of one OS page: nothing to give back, and the line says so
+        assert "trims leave its pools alone" in text[1] and "pools_free_bytes" not in py
 
 
 def test_report_without_pymalloc_says_so():

@@ -213,19 +213,67 @@ void ta_segment_unlink(ta_arena_t *a, ta_segment_t *s) {
   ta_relaxed_sub(&segments_live, 1);
 }
 
+/* Whether any bit of [first, first + n) is set, a word at a time. */
+static bool bits_any(_Atomic uint64_t *w, size_t first, size_t n) {
+  size_t end = first + n;
+  for (size_t i = first / 64; i * 64 < end; i++) {
+    uint64_t m = ta_relaxed_load(&w[i]);
+    if (i == first / 64) m &= ~(uint64_t)0 << (first % 64);
+    if ((i + 1) * 64 > end) m &= ~(uint64_t)0 >> (64 - end % 64); /* end % 64 != 0 here */
+    if (m) return true;
+  }
+  return false;
+}
+
+/* Pages' live counts four at a time, as the uint16_t lanes of a word (a
+ * block of 1-256 KiB spans up to 64 pages: one at a time, the counts were
+ * 20% of bench/large_mix.c's instructions). A lane is 0 iff bit 15 of
+ * ~(((x & 0x7fff...) + 0x7fff...) | x | 0x7fff...) is set (no carry leaves
+ * a lane); the multiply sums the four flags into the top lane. Counts stay
+ * far below 0xffff (blocks a page holds), so adding or taking 1 in every
+ * lane never carries or borrows across lanes. */
+#define LANES_ONE 0x0001000100010001ull
+#define LANES_LOW 0x7fff7fff7fff7fffull
+static inline unsigned lanes_zero(uint64_t x) {
+  uint64_t z = ~(((x & LANES_LOW) + LANES_LOW) | x | LANES_LOW);
+  return (unsigned)(((z >> 15) * LANES_ONE) >> 48);
+}
+
+/* Adds delta (+1 or -1) to live[first .. first + n) and returns how many
+ * counts were 0 before (+1) or are 0 after (-1). */
+static inline size_t live_add(uint16_t *live, size_t first, size_t n, int delta) {
+  size_t i = first, end = first + n, zero = 0;
+  for (; i + 4 <= end; i += 4) {
+    uint64_t x;
+    memcpy(&x, live + i, sizeof x);
+    if (delta > 0) zero += lanes_zero(x), x += LANES_ONE;
+    else x -= LANES_ONE, zero += lanes_zero(x);
+    memcpy(live + i, &x, sizeof x);
+  }
+  for (; i < end; i++) {
+    if (delta > 0) zero += live[i]++ == 0;
+    else zero += --live[i] == 0;
+  }
+  return zero;
+}
+
 void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d) {
   ta_segbits_t *bits = ta_segbits(s);
   int64_t undirty = 0;
-  for (size_t i = first; i < first + n; i++) {
-    if (bits->live[i]++ != 0) continue;
-    if (bit_get(bits->purged, i)) {
-      bit_clear(bits->purged, i);
-      if (s->thp) thp_unpurge(s, i);
-      d->resident++;
-      if (bit_get(bits->touched, i)) d->refault += (size_t)1 << ta_ospage_shift;
-      else bit_set(bits->touched, i);
-    } else {
-      undirty++;
+  if (!bits_any(bits->purged, first, n)) { /* all resident: the counts alone */
+    undirty = (int64_t)live_add(bits->live, first, n, 1);
+  } else {
+    for (size_t i = first; i < first + n; i++) {
+      if (bits->live[i]++ != 0) continue;
+      if (bit_get(bits->purged, i)) {
+        bit_clear(bits->purged, i);
+        if (s->thp) thp_unpurge(s, i);
+        d->resident++;
+        if (bit_get(bits->touched, i)) d->refault += (size_t)1 << ta_ospage_shift;
+        else bit_set(bits->touched, i);
+      } else {
+        undirty++;
+      }
     }
   }
   *dirty = (uint16_t)(*dirty - undirty);
@@ -234,11 +282,10 @@ void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_
 
 void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d) {
   ta_segbits_t *bits = ta_segbits(s);
-  int64_t k = 0;
-  for (size_t i = first; i < first + n; i++) {
-    ta_assert(bits->live[i] > 0);
-    if (--bits->live[i] == 0) k++;
-  }
+#ifdef TA_DEBUG
+  for (size_t i = first; i < first + n; i++) ta_assert(bits->live[i] > 0);
+#endif
+  int64_t k = (int64_t)live_add(bits->live, first, n, -1);
   *dirty = (uint16_t)(*dirty + k);
   d->dirty += k;
 }

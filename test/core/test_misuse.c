@@ -102,6 +102,27 @@ static void double_free_after_purge_of(size_t n) {
   trimalloc_free(p);
   carry_on(n);
 }
+/* realloc of an interior pointer into a live block of a keyless slab (a
+ * purged page holds a free block's start: the fast bound is shut, and
+ * realloc's slow path sizes the slab's blocks itself): still reported. */
+static void case_realloc_interior_keyless(void) {
+  enum { COUNT = 2048 };
+  static uint8_t *b[COUNT];
+  const size_t n = 64, ps = page_size();
+  for (int i = 0; i < COUNT; i++) b[i] = trimalloc_malloc(n);
+  uint8_t *p = b[COUNT / 2], *q = NULL;
+  uintptr_t page = (uintptr_t)p & ~(uintptr_t)(ps - 1), slab = (uintptr_t)p & ~(uintptr_t)0xffff;
+  for (int i = 0; i < COUNT; i++) {
+    uintptr_t a = (uintptr_t)b[i];
+    if (a + n > page && a < page + ps) trimalloc_free(b[i]); /* p's page: purged by the trim */
+    else if (!q && (a & ~(uintptr_t)0xffff) == slab) q = b[i]; /* a live block of the same slab */
+  }
+  trimalloc_trim();
+  if (!q) q = b[0]; /* (a slab of one page: no keyless slab to test; the case still must report) */
+  announce(q + 16);
+  q = trimalloc_realloc(q + 16, 32);
+  carry_on(n);
+}
 static void case_double_free_after_purge(void) {
   double_free_after_purge_of(64);
 }
@@ -468,6 +489,7 @@ static const misuse_t cases[] = {
     {"write past the usable size (hardened build)", "free", case_overflow_past_usable, 0},
 #endif
     {"realloc of a never-carved block", "realloc", case_realloc_never_carved, 0},
+    {"realloc of an interior pointer into a keyless slab", "realloc", case_realloc_interior_keyless, 0},
     {"pointer into a segment header", "free", case_metadata_pointer, 0},
     {"stack pointer", "free", case_stack_pointer, 0},
     {"pointer to a global", "free", case_global_pointer, 0},

@@ -346,6 +346,21 @@ static void test_keyless_slab_frees_are_cached(void) {
         "%zu frees into a keyless slab: thread caches %llu -> %llu bytes (want them cached)", k, U(s0.tcache_bytes),
         U(s1.tcache_bytes));
   CHECK(trimalloc_check(), "the heap is not sound");
+  /* realloc sizes a keyless slab's blocks without ta_usable_size: in place
+   * within the class, moved beyond it, the bytes kept either way */
+  for (int i = 0; i < N; i++)
+    if (b[i] && slab_of(b[i]) == slab) {
+      memset(b[i], 0x5a, n);
+      uint8_t *r = trimalloc_realloc(b[i], n - 8);
+      CHECK(r == b[i], "realloc within the class moved a keyless slab's block: %p -> %p", (void *)b[i], (void *)r);
+      r = trimalloc_realloc(r, 4 * n);
+      if (!CHECK(r != NULL)) break;
+      size_t same = 0;
+      while (same < n - 8 && r[same] == 0x5a) same++;
+      CHECK(same == n - 8, "realloc out of a keyless slab kept %zu of %zu bytes", same, n - 8);
+      b[i] = r;
+      break;
+    }
   for (int i = 0; i < N; i++) trimalloc_free(b[i]);
 }
 

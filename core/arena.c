@@ -37,9 +37,9 @@ static ta_arena_t *arena_ready(size_t i) {
   if (ta_likely(atomic_load_explicit(&a->ready, memory_order_acquire))) return a;
   ta_lock(&arenas_lock);
   if (!atomic_load_explicit(&a->ready, memory_order_relaxed)) {
-    ta_lock_init(&a->lock);
+    ta_binlock_init(&a->lock);
     for (size_t c = 0; c < TA_CLASSES; c++) {
-      ta_lock_init(&a->bins[c].lock);
+      ta_binlock_init(&a->bins[c].lock);
       a->bins[c].xfer = a->bins[c].xfer_inline;
       a->bins[c].xcap = TA_XFER_INLINE;
     }
@@ -152,7 +152,7 @@ static inline void dirty_moved(ta_bin_t *bin, uint16_t before, uint16_t after) {
 
 static size_t xfer_take(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_block_t **first, size_t want, uint64_t now);
 
-__thread ta_lock_t *ta_bin_lock_held __attribute__((tls_model("initial-exec")));
+__thread ta_binlock_t *ta_bin_lock_held __attribute__((tls_model("initial-exec")));
 
 static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_pagedelta_t *d) {
   ta_bin_lock_held = &bin->lock;

@@ -4,6 +4,7 @@
 #ifndef TA_PRIM_H
 #define TA_PRIM_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <pthread.h>
@@ -76,6 +77,10 @@ unsigned ta_prim_ncpus(void);
  * counts as single-threaded again, e.g. for unshare(CLONE_NEWUSER)). */
 int ta_prim_tid(void);
 int ta_prim_thread_gone(int tid);
+/* Sleeps while *word == expected (or until woken; spurious returns allowed);
+ * wakes one sleeper on word. Process-private. */
+void ta_prim_futex_wait(_Atomic uint32_t *word, uint32_t expected);
+void ta_prim_futex_wake(_Atomic uint32_t *word);
 
 /* Starts fn(arg) on a new thread with every signal blocked (a process's
  * signals must never land on the allocator's thread), named `name`. fn

@@ -67,7 +67,7 @@ static void mark_check(ta_arena_t *a, ta_span_t *sp, const char *what) {
   const uint64_t *w = (const uint64_t *)p;
   if (ta_likely(w[0] == mark_of(p) && w[1] == ~mark_of(p))) return;
   ta_unlock(&a->lock);
-  ta_lock_t *bin = ta_bin_lock_held;
+  ta_binlock_t *bin = ta_bin_lock_held;
   ta_bin_lock_held = NULL;
   if (bin) ta_unlock(bin);
   ta_error(what, p);

@@ -55,6 +55,14 @@
 
 typedef struct ta_arena_s ta_arena_t;
 typedef pthread_mutex_t ta_lock_t;
+/* The arenas' and bins' locks (internal.h, ta_lock): a word, taken with one
+ * compare-and-swap and released with one exchange inline; a waiter spins a
+ * moment, then sleeps on a futex (0 free, 1 held, 2 held and maybe waited
+ * for). The other locks, rarer, some with condition variables, are
+ * pthread's. */
+typedef struct {
+  _Atomic uint32_t state;
+} ta_binlock_t;
 
 /* Purge hysteresis (purge.c): memory that stays idle `delay_ms` is returned;
  * taking returned memory back soon after doubles the delay (an arena's up to
@@ -241,7 +249,7 @@ typedef struct ta_xfer_s {
    realloc growth, bench/realloc_grow.c) */
 
 typedef struct __attribute__((aligned(64))) ta_bin_s {
-  ta_lock_t lock;
+  ta_binlock_t lock;
   ta_span_t *buckets[TA_FULLNESS];
   uint32_t bucket_mask;
   /* Transfer cache (as TCMalloc's): whole batches flushed by one thread cache
@@ -268,7 +276,7 @@ typedef struct __attribute__((aligned(64))) ta_bin_s {
  *   dirty_pages = dirty OS pages of its slabs and free spans
  *   resident_pages = OS pages of its segments not purged (headers included) */
 struct ta_arena_s {
-  ta_lock_t lock;
+  ta_binlock_t lock;
   ta_span_t *spans[TA_SLICES];
   uint64_t span_mask;
   ta_segment_t *segments;

@@ -251,6 +251,23 @@ int ta_prim_thread_gone(int tid) {
   return gone;
 }
 
+/* FUTEX_WAIT_PRIVATE and FUTEX_WAKE_PRIVATE by value: musl's headers do not
+ * bring linux/futex.h */
+#define TA_FUTEX_WAIT_PRIVATE 128
+#define TA_FUTEX_WAKE_PRIVATE 129
+
+void ta_prim_futex_wait(_Atomic uint32_t *word, uint32_t expected) {
+  int saved = errno;
+  syscall(SYS_futex, (uint32_t *)word, TA_FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+  errno = saved;
+}
+
+void ta_prim_futex_wake(_Atomic uint32_t *word) {
+  int saved = errno;
+  syscall(SYS_futex, (uint32_t *)word, TA_FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  errno = saved;
+}
+
 int ta_prim_thread_start(void *(*fn)(void *), void *arg, const char *name, pthread_t *out) {
   int saved = errno;
   sigset_t all, old;

@@ -301,6 +301,19 @@ static inline ta_span_t *ta_span_of(ta_segment_t *s, const void *p) {
 static inline ta_segbits_t *ta_segbits(ta_segment_t *s) {
   return (ta_segbits_t *)((uint8_t *)s + TA_SEGBITS_OFFSET);
 }
+/* The bits of word w of a page bitmap that fall in pages [first, last]. */
+static inline uint64_t ta_pages_mask(size_t w, size_t first, size_t last) {
+  uint64_t m = ~(uint64_t)0;
+  if (w == first / 64) m &= ~(uint64_t)0 << (first % 64);
+  if (w == last / 64) m &= ~(uint64_t)0 >> (63 - last % 64);
+  return m;
+}
+/* Is any of the segment's OS pages [first, last] purged? A word at a time. */
+static inline bool ta_pages_any_purged(ta_segbits_t *bits, size_t first, size_t last) {
+  for (size_t w = first / 64; w <= last / 64; w++)
+    if (ta_relaxed_load(&bits->purged[w]) & ta_pages_mask(w, first, last)) return true;
+  return false;
+}
 static inline size_t ta_span_index(const ta_span_t *sp) {
   return (size_t)(sp - ta_segment_of(sp)->spans);
 }

@@ -213,18 +213,6 @@ void ta_segment_unlink(ta_arena_t *a, ta_segment_t *s) {
   ta_relaxed_sub(&segments_live, 1);
 }
 
-/* Whether any bit of [first, first + n) is set, a word at a time. */
-static bool bits_any(_Atomic uint64_t *w, size_t first, size_t n) {
-  size_t end = first + n;
-  for (size_t i = first / 64; i * 64 < end; i++) {
-    uint64_t m = ta_relaxed_load(&w[i]);
-    if (i == first / 64) m &= ~(uint64_t)0 << (first % 64);
-    if ((i + 1) * 64 > end) m &= ~(uint64_t)0 >> (64 - end % 64); /* end % 64 != 0 here */
-    if (m) return true;
-  }
-  return false;
-}
-
 /* Pages' live counts four at a time, as the uint16_t lanes of a word (a
  * block of 1-256 KiB spans up to 64 pages: one at a time, the counts were
  * 20% of bench/large_mix.c's instructions). A lane is 0 iff bit 15 of
@@ -260,7 +248,8 @@ static inline size_t live_add(uint16_t *live, size_t first, size_t n, int delta)
 void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d) {
   ta_segbits_t *bits = ta_segbits(s);
   int64_t undirty = 0;
-  if (!bits_any(bits->purged, first, n)) { /* all resident: the counts alone */
+  if (!n) return;
+  if (!ta_pages_any_purged(bits, first, first + n - 1)) { /* all resident: the counts alone */
     undirty = (int64_t)live_add(bits->live, first, n, 1);
   } else {
     for (size_t i = first; i < first + n; i++) {
@@ -480,16 +469,13 @@ bool ta_segment_is_valid(ta_segment_t *s) {
  * all have live == 0: there, resident means dirty). */
 size_t ta_pages_unpurged(ta_segment_t *s, size_t first, size_t n) {
   ta_segbits_t *bits = ta_segbits(s);
-  size_t count = 0, end = first + n;
+  size_t count = 0, last = first + n - 1;
   /* a word at a time, the range's ends masked: a slab carved from the head
    * of a free span counts the tail's pages here (slices start every 16
    * pages, so the tail rarely starts on a word; bit by bit, this was 2.5% of
    * the allocator's instructions in bench/py_tasks.py) */
-  for (size_t w = first / 64; w * 64 < end; w++) {
-    uint64_t m = ~ta_relaxed_load(&bits->purged[w]);
-    if (w == first / 64) m &= ~(uint64_t)0 << (first % 64);
-    if ((w + 1) * 64 > end) m &= ~(uint64_t)0 >> (64 - end % 64); /* end % 64 != 0 here */
-    count += (size_t)__builtin_popcountll(m);
-  }
+  if (!n) return 0;
+  for (size_t w = first / 64; w <= last / 64; w++)
+    count += (size_t)__builtin_popcountll(~ta_relaxed_load(&bits->purged[w]) & ta_pages_mask(w, first, last));
   return count;
 }

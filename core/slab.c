@@ -60,17 +60,6 @@ static inline bool page_purged(ta_segbits_t *bits, size_t p) {
   return (ta_relaxed_load(&bits->purged[p / 64]) >> (p % 64)) & 1;
 }
 
-/* Is any of the segment's OS pages [first, last] purged? */
-static inline bool any_purged(ta_segbits_t *bits, size_t first, size_t last) {
-  for (size_t w = first / 64; w <= last / 64; w++) {
-    uint64_t m = ta_relaxed_load(&bits->purged[w]);
-    if (w == first / 64) m &= ~(uint64_t)0 << (first % 64);
-    if (w == last / 64) m &= ~(uint64_t)0 >> (63 - last % 64);
-    if (m) return true;
-  }
-  return false;
-}
-
 /* The carved blocks that start on OS page p of the segment: [*k0, k1). */
 static void page_blocks(const ta_span_t *sp, size_t p, size_t *k0, size_t *k1) {
   size_t so = (size_t)(sp->start - (uint8_t *)ta_segment_of(sp));
@@ -164,7 +153,7 @@ static void populate(ta_span_t *sp, ta_segment_t *s, size_t lo, size_t hi, ta_pa
   size_t so = (size_t)(sp->start - (uint8_t *)s);
   size_t first = (so + lo) >> ta_ospage_shift, last = (so + hi - 1) >> ta_ospage_shift;
   ta_segbits_t *bits = ta_segbits(s);
-  if (!any_purged(bits, first, last)) return; /* the common case: a word or two of the bitmap */
+  if (!ta_pages_any_purged(bits, first, last)) return; /* the common case: a word or two of the bitmap */
   if (!sp->keyless) {
     ta_pages_populate(s, first, last - first + 1, &sp->dirty, d);
     return;

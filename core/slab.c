@@ -191,9 +191,11 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
    * call populates their pages (a page whose blocks were all free may have
    * been purged), then each goes into use (budget about 15 instructions a
    * block: its page's live count, its link and cookie). */
-  while (w < nw && taken < want) {
+  size_t avail = sp->carved - sp->used; /* free bits in the bitmap: the scan stops at the last one */
+  while (avail && taken < want) {
     uint32_t got[TAKE_CHUNK]; /* segment offsets */
     size_t k = 0, lim = want - taken < TAKE_CHUNK ? want - taken : TAKE_CHUNK;
+    if (lim > avail) lim = avail;
     for (; w < nw && k < lim; w++) {
       uint64_t x = words[w];
       while (x && k < lim) {
@@ -203,7 +205,8 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
       words[w] = x;
       if (x) break; /* w keeps free bits */
     }
-    if (!k) break;
+    if (ta_unlikely(!k)) break; /* not reached: the bitmap holds avail bits at or above scan */
+    avail -= k;
     populate(sp, s, got[0] - so0, got[k - 1] + bsize - so0, d);
     for (size_t i = 0; i < k; i++) {
       ta_block_t *b = (ta_block_t *)((uint8_t *)s + got[i]);

@@ -113,13 +113,22 @@ static void rekey_page(ta_span_t *sp, ta_segment_t *s, size_t p) {
   }
 }
 
+/* The free blocks of a keyless slab's purged pages among [first, last] get
+ * the cookie back (block_live, before the pages go into use). */
+static __attribute__((noinline)) void rekey_range(ta_span_t *sp, ta_segment_t *s, size_t first, size_t last) {
+  for (size_t i = first; i <= last; i++)
+    if (page_purged(ta_segbits(s), i)) rekey_page(sp, s, i);
+}
+
 /* The block at segment offset so, bsize bytes, goes into use: its OS pages'
  * live counts. Inline when the block sits on one page already in use (the
  * common case for small blocks); the transitions are counted in segment.c.
  * The slab's fields come in registers (the stores into the blocks and the
- * counts could alias them). put_run does the reverse. */
-static inline __attribute__((always_inline)) void block_live(ta_span_t *sp, ta_segment_t *s, uint16_t *live, unsigned shift,
+ * counts could alias them; the counts are addressed from s, which leaves
+ * the take loops one more register). put_run does the reverse. */
+static inline __attribute__((always_inline)) void block_live(ta_span_t *sp, ta_segment_t *s, unsigned shift,
                                                              size_t bsize, size_t so, ta_pagedelta_t *d) {
+  uint16_t *live = ta_segbits(s)->live; /* a constant offset from s: no register of its own */
   size_t first = so >> shift, last = (so + bsize - 1) >> shift;
   if (first == last) {
     if (live[first]) {
@@ -131,9 +140,7 @@ static inline __attribute__((always_inline)) void block_live(ta_span_t *sp, ta_s
     live[last]++;
     return;
   }
-  if (sp->keyless)
-    for (size_t i = first; i <= last; i++)
-      if (page_purged(ta_segbits(s), i)) rekey_page(sp, s, i);
+  if (ta_unlikely(sp->keyless)) rekey_range(sp, s, first, last);
   ta_pages_live(s, first, last - first + 1, &sp->dirty, d);
 }
 
@@ -183,7 +190,6 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   size_t nw = word_count(sp), taken = 0, w = sp->scan;
   uintptr_t cookie = ta_cookie, mask = (uintptr_t)TA_LINK_MASK; /* in registers: the stores below could alias them */
   ta_block_t *head = *out;
-  uint16_t *live = ta_segbits(s)->live;
   unsigned shift = (unsigned)ta_ospage_shift;
   size_t bsize = sp->bsize, wb = word_base(sp), so0 = (size_t)(sp->start - (uint8_t *)s);
   /* 1. free blocks, lowest address first, up to TAKE_CHUNK at a time: one
@@ -210,7 +216,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
     populate(sp, s, got[0] - so0, got[k - 1] + bsize - so0, d);
     for (size_t i = 0; i < k; i++) {
       ta_block_t *b = (ta_block_t *)((uint8_t *)s + got[i]);
-      block_live(sp, s, live, shift, bsize, got[i], d);
+      block_live(sp, s, shift, bsize, got[i], d);
       ta_link_set_m(b, head, mask);
       b->key = cookie;
       head = b;
@@ -222,11 +228,11 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   size_t carve = sp->reserved - sp->carved;
   if (carve > want - taken) carve = want - taken;
   if (carve) {
-    size_t so = so0 + (size_t)sp->carved * bsize;
+    size_t so = so0 + (size_t)sp->carved * bsize, end = so + carve * bsize;
     populate(sp, s, (size_t)sp->carved * bsize, (size_t)(sp->carved + carve) * bsize, d);
-    for (size_t i = 0; i < carve; i++, so += bsize) {
+    for (; so < end; so += bsize) {
       ta_block_t *b = (ta_block_t *)((uint8_t *)s + so);
-      block_live(sp, s, live, shift, bsize, so, d);
+      block_live(sp, s, shift, bsize, so, d);
       ta_link_set_m(b, head, mask);
       b->key = cookie;
       head = b;
@@ -247,7 +253,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
  * one slab: 21 blocks on average in a Python run). Per block, with the
  * slab's fields held in registers (about 50 instructions in all under
  * callgrind, 94 before): the carved and block-start tests, its bit (a set
- * bit is a double free), its page's live count, the next link. Returns TA_PUT_OK with *bp the first block not put
+ * bit is a double free), its pages' live counts, the next link. Returns TA_PUT_OK with *bp the first block not put
  * (one of another slab, or NULL: at the list's end, or after the one block
  * of `one`, whose link is not read), or the failure with *bp the
  * offending block; *n grows by the blocks put either way. */
@@ -258,10 +264,8 @@ static inline __attribute__((always_inline)) ta_put_t put_run(ta_span_t *sp, ta_
   uint64_t magic = sp->div_magic;
   uintptr_t mask = (uintptr_t)TA_LINK_MASK; /* in a register: the stores below could alias it */
   unsigned shift = ta_ospage_shift;
-  ta_segbits_t *bits = ta_segbits(s);
-  uint64_t *free = bits->free;
-  uint16_t *live = bits->live;
-  size_t lowest = SIZE_MAX, k = 0;
+  ta_segbits_t *bits = ta_segbits(s); /* a constant offset from s: no register of its own */
+  size_t lowest = SIZE_MAX, k = 0, freed = 0;
   ta_put_t put = TA_PUT_OK;
   ta_block_t *b = *bp;
   while (b) {
@@ -273,20 +277,23 @@ static inline __attribute__((always_inline)) ta_put_t put_run(ta_span_t *sp, ta_
     }
     size_t so = (size_t)((uint8_t *)b - (uint8_t *)s), g = so >> TA_GRANULE_SHIFT;
     uint64_t bit = (uint64_t)1 << (g % 64);
-    if (ta_unlikely(free[g / 64] & bit)) { /* already free */
+    if (ta_unlikely(bits->free[g / 64] & bit)) { /* already free */
       put = TA_PUT_FREE;
       break;
     }
     ta_block_t *next = one ? NULL : ta_link_get_m(b, mask);
-    free[g / 64] |= bit;
+    bits->free[g / 64] |= bit;
     if (g / 64 < lowest) lowest = g / 64;
-    size_t first = so >> shift, last = (so + bsize - 1) >> shift; /* block_dead, with the fields at hand */
-    if (first == last && live[first] > 1) live[first]--;
-    else if (last == first + 1 && live[first] > 1 && live[last] > 1) live[first]--, live[last]--;
-    else ta_pages_dead(s, first, last - first + 1, &sp->dirty, d);
+    /* its pages' live counts: those that reach 0 are free (dirty) pages.
+     * Inline, with no call in the loop, so the loop keeps its values in
+     * registers (with ta_pages_dead called here, seven were reloaded from
+     * the stack each block). */
+    for (size_t p = so >> shift, last = (so + bsize - 1) >> shift; p <= last; p++) freed += --bits->live[p] == 0;
     k++;
     b = next;
   }
+  sp->dirty = (uint16_t)(sp->dirty + freed);
+  d->dirty += (int64_t)freed;
   if (k) {
     size_t rel = lowest - word_base(sp);
     if (rel < sp->scan) sp->scan = (uint16_t)rel;

@@ -1429,9 +1429,9 @@ static bool do_trim(fz_t *z, int kind, size_t pad) {
      * (seed 95397232, trim); each replay passed, and leaving the threads'
      * stacks out of the count did not stop it. The cause is not found (a
      * stack page, or a header page a trim writes again, are candidates).
-     * One cause found since (session 28, seed 785384626: 36 KiB): a flush
-     * wrote the free bitmap's page of blocks only carved until then; the
-     * bitmap is now written as blocks are carved (slab.c, touch_bitmap). */
+     * (Not the free bitmap: session 28's bounded refill scan let a flush
+     * write a bitmap page first, 36 KiB in seed 785384626, and the bitmap
+     * is now written as blocks are carved, as the old scan did: touch_bitmap.) */
     EXPECT(after <= before + 32 * KiB, K_TRIM_RSS,
            "%s raised the resident anonymous memory from %zu to %zu KiB", what, before / KiB, after / KiB);
   }

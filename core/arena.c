@@ -168,6 +168,14 @@ static ta_span_t *slab_new(ta_arena_t *a, ta_bin_t *bin, size_t cls, ta_pagedelt
   return sp;
 }
 
+/* A slab on the bin's lists (used < reserved, so it has a free block) gave
+ * none: its free bitmap or counts were overwritten. One line, where the
+ * refill would otherwise take from it for ever with the bin lock held. */
+static __attribute__((noreturn, cold, noinline)) void refill_corrupt(ta_bin_t *bin, ta_span_t *sp) {
+  ta_unlock(&bin->lock);
+  ta_error("malloc: heap corruption (a slab's free bitmap lost its free blocks) in the slab at", sp->start);
+}
+
 size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t want) {
   ta_bin_t *bin = &a->bins[cls];
   size_t got = 0;
@@ -187,7 +195,9 @@ size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t wan
                                      : slab_new(a, bin, cls, &d);
     if (!sp) break;
     uint16_t d0 = sp->dirty;
-    got += ta_slab_take(sp, first, want - got, &d);
+    size_t took = ta_slab_take(sp, first, want - got, &d);
+    if (ta_unlikely(!took)) refill_corrupt(bin, sp);
+    got += took;
     sp->freed_ms = now; /* in use: its free pages are what the next refill takes */
     dirty_moved(bin, d0, sp->dirty);
     rebucket(bin, sp);

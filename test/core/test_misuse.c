@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 
 #include "check.h"
+#include "../../core/internal.h"
 
 static int global_var[16];
 
@@ -79,6 +80,26 @@ static __attribute__((unused)) void case_double_free_wiped_cookie(void) {
   trimalloc_free(p);
   trimalloc_trim();
   carry_on(80);
+}
+
+/* A wild write over a slab's free bitmap (the segment header): the slab,
+ * fully carved and left on its bin's lists with one live block, seems to
+ * have free blocks and gives none. Reported at the next refill from it; it
+ * used to spin there for ever with the bin lock held. */
+static void case_bitmap_wiped(void) {
+  enum { N = 400, SIZE = 3000 };
+  static void *b[N];
+  for (int i = 0; i < N; i++) b[i] = trimalloc_malloc(SIZE);
+  ta_segment_t *s = ta_segment_of(b[0]);
+  ta_span_t *sp = ta_span_of(s, b[0]);
+  uint8_t *lo = sp->start, *hi = sp->start + (size_t)sp->reserved * sp->bsize;
+  for (int i = 1; i < N; i++) /* all but b[0] of its slab, which is fully carved */
+    if ((uint8_t *)b[i] >= lo && (uint8_t *)b[i] < hi) trimalloc_free(b[i]);
+  trimalloc_trim(); /* the caches' blocks back in the slab's bitmap */
+  announce(sp->start);
+  size_t from = (size_t)(lo - (uint8_t *)s) >> TA_GRANULE_SHIFT >> 6, to = (size_t)(hi - 1 - (uint8_t *)s) >> TA_GRANULE_SHIFT >> 6;
+  memset(&ta_segbits(s)->free[from], 0, (to + 1 - from) * sizeof(uint64_t));
+  carry_on(SIZE);
 }
 
 /* A double free of a block whose OS page was purged in between: the purge
@@ -484,6 +505,7 @@ static const misuse_t cases[] = {
     {"write after free over a cached link", "malloc", case_write_after_free_link, 0},
     {"write after free over a cached cookie", "malloc", case_write_after_free_cookie, 0},
     {"never-carved block in a slab", "free", case_never_carved, 0},
+    {"a slab's free bitmap wiped", "malloc", case_bitmap_wiped, 0},
     {"never-carved block in a slab of 8 KiB blocks", "free", case_never_carved_pow2, 0},
 #ifdef TEST_HARDENED
     {"write past the usable size (hardened build)", "free", case_overflow_past_usable, 0},

@@ -272,11 +272,11 @@ static __attribute__((noinline)) void pages_live_range(ta_segment_t *s, size_t f
 }
 
 /* Most calls are for one to four resident pages: a slab page's first block
- * going live (a refill) or its last going (a flush), or a block across pages
- * (17k and 16k calls in 4 Python tasks, three in four of them for 2-3
- * pages). That case is a leaf of a few instructions, without the range
- * functions' register saves and word loops (82 and 32 instructions a call
- * before, under callgrind). */
+ * going live (a refill), or a block across pages (17k calls in 4 Python
+ * tasks, three in four of them for 2-3 pages). That case is a leaf of a few
+ * instructions, without the range function's register saves and word loop
+ * (82 instructions a call before, under callgrind). put_run counts the
+ * pages of the blocks it puts back itself, inline. */
 static inline bool few_purged(ta_segbits_t *bits, size_t first, size_t n) { /* 1 <= n <= 4 */
   size_t w = first / 64, o = first % 64;
   uint64_t x = ta_relaxed_load(&bits->purged[w]) >> o;
@@ -287,10 +287,9 @@ static inline bool few_purged(ta_segbits_t *bits, size_t first, size_t n) { /* 1
 void ta_pages_live(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_pagedelta_t *d) {
   ta_segbits_t *bits = ta_segbits(s);
   if (ta_likely(n - 1 < 4 && !few_purged(bits, first, n))) {
-    unsigned undirty = 0;
-    for (size_t i = first; i < first + n; i++) undirty += bits->live[i]++ == 0;
+    size_t undirty = live_add(bits->live, first, n, 1);
     *dirty = (uint16_t)(*dirty - undirty);
-    d->dirty -= undirty;
+    d->dirty -= (int64_t)undirty;
     return;
   }
   pages_live_range(s, first, n, dirty, d);
@@ -301,13 +300,6 @@ void ta_pages_dead(ta_segment_t *s, size_t first, size_t n, uint16_t *dirty, ta_
 #ifdef TA_DEBUG
   for (size_t i = first; i < first + n; i++) ta_assert(bits->live[i] > 0);
 #endif
-  if (ta_likely(n - 1 < 4)) {
-    unsigned freed = 0;
-    for (size_t i = first; i < first + n; i++) freed += --bits->live[i] == 0;
-    *dirty = (uint16_t)(*dirty + freed);
-    d->dirty += freed;
-    return;
-  }
   int64_t k = (int64_t)live_add(bits->live, first, n, -1);
   *dirty = (uint16_t)(*dirty + k);
   d->dirty += k;

@@ -412,6 +412,23 @@ static inline size_t cached_usable(const ta_span_t *sp, const void *p) {
   return off * sp->div_magic < ta_relaxed_load(&sp->fast_free_below) ? (size_t)sp->bsize - TA_CANARY : 0;
 }
 
+/* The size a block that grows past its class moves to. A caller that asks
+ * for less than a thirty-second more than the block holds (an exact-size
+ * appender: CPython's `str +=`, a naive string builder) gets an eighth more,
+ * so that with classes an eighth apart every other class boundary it passes
+ * keeps it in place: half the moves and half the bytes copied
+ * (bench/realloc_grow.c). A caller that over-allocates itself gets what it
+ * asked for: Ruby's strings and arrays (by half or double), and Python's
+ * lists and bytearrays (by an eighth of their last request) unless their
+ * block had more than 3/32 of that request to spare, about one move in four.
+ * So does a large block (past the classes, grown in place into free
+ * slices); the headroom stops at the largest class. */
+static inline size_t grow_size(size_t n, size_t have) {
+  const size_t top = TA_MEDIUM_MAX - TA_CANARY; /* the largest class's usable size */
+  if (n - have >= have / 32 || n > top) return n;
+  return n + n / 8 < top ? n + n / 8 : top;
+}
+
 /* Everything realloc does but keep a cached slab block in place: NULL,
  * 0, huge (mremap), large (grown into free slices), a move, and every block
  * while the profiler has something to say about it. Called as realloc's
@@ -446,7 +463,7 @@ TA_PROF_PATH static void *realloc_slow(void *p, size_t n) {
     ta_span_t *sp = ta_span_of(s, p);                               /* the free slices after it */
     if (sp->kind == TA_SPAN_LARGE && ta_large_grow(sp, n)) return REALLOC_PROF(p, p, 0);
   }
-  void *q = trimalloc_malloc(n);
+  void *q = trimalloc_malloc(n > have ? grow_size(n, have) : n);
   if (!q) return NULL; /* p stays valid */
   memcpy(q, p, n < have ? n : have);
   trimalloc_free(p);

@@ -198,6 +198,46 @@ static void test_realloc_large_grows_in_place(void) {
         in_place, steps);
 }
 
+/* A block grown by a few bytes at a time to its exact length (CPython's
+ * `str +=`, a naive string builder) moves with headroom: from 1 KiB to
+ * 64 KiB, 16 bytes an append, it moves at most 5 times a doubling (8 classes
+ * a doubling: 8 without the headroom), its bytes kept. A block grown by an
+ * eighth past what it holds (a caller that over-allocates itself) gets the
+ * class of what it asked for, as malloc would give it: no headroom on top. */
+static void test_realloc_headroom_only_for_small_steps(void) {
+  size_t n = 1024, moves = 0, bad = 0;
+  uint8_t *p = trimalloc_malloc(n);
+  uint8_t seed = pattern_seed(p, n);
+  pattern_fill(p, n, seed);
+  while (n < 64 * KiB) {
+    uint8_t *q = trimalloc_realloc(p, n + 16);
+    if (!CHECK(q != NULL)) return;
+    moves += q != p;
+    if (!pattern_ok(q, n, seed)) bad++;
+    n += 16;
+    pattern_fill(q, n, seed);
+    p = q;
+  }
+  trimalloc_free(p);
+  CHECK(bad == 0, "%zu appends lost the block's bytes", bad);
+  CHECK(moves <= 6 * 5, "%zu moves growing 1 KiB -> 64 KiB by 16 bytes (6 doublings)", moves);
+  CHECK(moves >= 6 * 2, "only %zu moves growing 1 KiB -> 64 KiB: is the block grown at all?", moves);
+
+  size_t slack = 0, slack_at = 0;
+  p = trimalloc_malloc(200);
+  for (size_t have = trimalloc_malloc_usable_size(p), next; (next = have + have / 8) < 100 * KiB; have = trimalloc_malloc_usable_size(p)) {
+    uint8_t *q = trimalloc_realloc(p, next);
+    if (!CHECK(q != NULL)) return;
+    void *probe = trimalloc_malloc(next);
+    size_t want = trimalloc_malloc_usable_size(probe);
+    trimalloc_free(probe);
+    if (trimalloc_malloc_usable_size(q) != want && !slack++) slack_at = next;
+    p = q;
+  }
+  trimalloc_free(p);
+  CHECK(slack == 0, "%zu blocks grown by an eighth got more than malloc's class, first at %zu", slack, slack_at);
+}
+
 static void test_realloc_shrink(void) {
   static const size_t sizes[] = {64, 4096, 100 * KiB, 3 * MiB};
   for (size_t i = 0; i < 4; i++) {
@@ -221,6 +261,7 @@ int main(void) {
   RUN(test_realloc_into_huge_and_back);
   RUN(test_realloc_huge_growth_loop);
   RUN(test_realloc_shrink);
+  RUN(test_realloc_headroom_only_for_small_steps);
   RUN(test_realloc_large_grows_in_place);
   return check_summary();
 }

@@ -460,6 +460,10 @@ static inline void ta_link_set(ta_block_t *b, const ta_block_t *n) {
 }
 TA_HIDDEN void ta_slab_init(ta_span_t *sp, size_t cls, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t *d); /* bin lock */
+/* Writes a word of the free bitmap on each OS page that holds the bits of
+ * the blocks starting at segment offsets [lo, hi] (as ta_slab_take carves
+ * them; test_pages). */
+TA_HIDDEN void ta_slab_touch_bitmap(ta_segment_t *s, size_t lo, size_t hi);
 typedef enum { TA_PUT_OK, TA_PUT_NOT_BLOCK, TA_PUT_NEVER, TA_PUT_FREE } ta_put_t;
 TA_HIDDEN ta_put_t ta_slab_put(ta_span_t *sp, void *p, ta_pagedelta_t *d); /* bin lock */
 TA_HIDDEN ta_put_t ta_slab_put_run(ta_span_t *sp, ta_block_t **bp, size_t *n, ta_pagedelta_t *d); /* bin lock */

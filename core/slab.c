@@ -187,14 +187,21 @@ static void populate(ta_span_t *sp, ta_segment_t *s, size_t lo, size_t hi, ta_pa
  * a block's bit is first set when it comes back, and a page of the bitmap
  * that no block had come back to would be faulted in then, under the bin
  * lock, by a flush (a trim's included: test_fuzz saw a trim raise RSS by 36
- * KiB, nine such pages). The words are this slab's: its bin lock guards
+ * KiB, nine such pages, and by 4 KiB while the step below missed pages).
+ * The words are this slab's: its bin lock guards
  * them. The rest of the bitmap stays untouched, as a fresh segment's is. */
-static void touch_bitmap(ta_segment_t *s, size_t lo, size_t hi) {
-  volatile uint64_t *free = ta_segbits(s)->free;
-  size_t per_page = ((size_t)1 << ta_ospage_shift) / sizeof(uint64_t);
-  for (size_t w = lo >> TA_GRANULE_SHIFT >> 6, last = hi >> TA_GRANULE_SHIFT >> 6; w <= last;
-       w = (w | (per_page - 1)) + 1)
-    free[w] = free[w];
+void ta_slab_touch_bitmap(ta_segment_t *s, size_t lo, size_t hi) {
+  /* by address, a word on each page: the bitmap starts 64 bytes into a page
+   * (TA_SEGBITS_OFFSET), so every 512th word is not a page's first and a
+   * step by words left the last page of a range unwritten (read, it was the
+   * zero page; test_pages) */
+  uint64_t *free = ta_segbits(s)->free;
+  uintptr_t page = (uintptr_t)1 << ta_ospage_shift;
+  uintptr_t a = (uintptr_t)&free[lo >> TA_GRANULE_SHIFT >> 6], end = (uintptr_t)&free[hi >> TA_GRANULE_SHIFT >> 6];
+  for (; a <= end; a = (a | (page - 1)) + 1) {
+    volatile uint64_t *w = (volatile uint64_t *)a;
+    *w = *w;
+  }
 }
 
 #define TAKE_CHUNK 64
@@ -245,7 +252,7 @@ size_t ta_slab_take(ta_span_t *sp, ta_block_t **out, size_t want, ta_pagedelta_t
   if (carve) {
     size_t so = so0 + (size_t)sp->carved * bsize, end = so + carve * bsize;
     populate(sp, s, (size_t)sp->carved * bsize, (size_t)(sp->carved + carve) * bsize, d);
-    touch_bitmap(s, so, end - bsize);
+    ta_slab_touch_bitmap(s, so, end - bsize);
     for (; so < end; so += bsize) {
       ta_block_t *b = (ta_block_t *)((uint8_t *)s + so);
       block_live(sp, s, shift, bsize, so, d);

@@ -420,7 +420,7 @@ static inline size_t cached_usable(const ta_span_t *sp, const void *p) {
  * (bench/realloc_grow.c). A caller that over-allocates itself gets what it
  * asked for: Ruby's strings and arrays (by half or double), and Python's
  * lists and bytearrays (by an eighth of their last request) unless their
- * block had more than 3/32 of that request to spare, about one move in four.
+ * block was already more than about 9% bigger than that request.
  * So does a large block (past the classes, grown in place into free
  * slices); the headroom stops at the largest class. */
 static inline size_t grow_size(size_t n, size_t have) {

@@ -1431,7 +1431,13 @@ static bool do_trim(fz_t *z, int kind, size_t pad) {
      * stack page, or a header page a trim writes again, are candidates).
      * (Not the free bitmap: session 28's bounded refill scan let a flush
      * write a bitmap page first, 36 KiB in seed 785384626, and the bitmap
-     * is now written as blocks are carved, as the old scan did: touch_bitmap.) */
+     * is now written as blocks are carved, as the old scan did: touch_bitmap.
+     * Session 29 found one cause with no slack: touch_bitmap stepped by
+     * words and left a range's last bitmap page as the zero page, which a
+     * trim's flush then wrote (4 KiB, deterministic; fixed, test_pages).
+     * After the fix, a sweep of 100 seeds at 4000 steps still saw one trim
+     * add 8 KiB once, not again on replay: a timing-dependent cause
+     * remains.) */
     EXPECT(after <= before + 32 * KiB, K_TRIM_RSS,
            "%s raised the resident anonymous memory from %zu to %zu KiB", what, before / KiB, after / KiB);
   }

@@ -211,7 +211,10 @@ static void test_realloc_headroom_only_for_small_steps(void) {
   pattern_fill(p, n, seed);
   while (n < 64 * KiB) {
     uint8_t *q = trimalloc_realloc(p, n + 16);
-    if (!CHECK(q != NULL)) return;
+    if (!q) {
+      CHECK(q != NULL, "realloc to %zu bytes failed", n + 16);
+      return;
+    }
     moves += q != p;
     if (!pattern_ok(q, n, seed)) bad++;
     n += 16;
@@ -227,7 +230,10 @@ static void test_realloc_headroom_only_for_small_steps(void) {
   p = trimalloc_malloc(200);
   for (size_t have = trimalloc_malloc_usable_size(p), next; (next = have + have / 8) < 100 * KiB; have = trimalloc_malloc_usable_size(p)) {
     uint8_t *q = trimalloc_realloc(p, next);
-    if (!CHECK(q != NULL)) return;
+    if (!q) {
+      CHECK(q != NULL, "realloc to %zu bytes failed", next);
+      return;
+    }
     void *probe = trimalloc_malloc(next);
     size_t want = trimalloc_malloc_usable_size(probe);
     trimalloc_free(probe);

@@ -188,8 +188,8 @@ static void populate(ta_span_t *sp, ta_segment_t *s, size_t lo, size_t hi, ta_pa
  * that no block had come back to would be faulted in then, under the bin
  * lock, by a flush (a trim's included: test_fuzz saw a trim raise RSS by 36
  * KiB, nine such pages, and by 4 KiB while the step below missed pages).
- * The words are this slab's: its bin lock guards
- * them. The rest of the bitmap stays untouched, as a fresh segment's is. */
+ * The words are this slab's: its bin lock guards them. The rest of the
+ * bitmap stays untouched, as a fresh segment's is. */
 void ta_slab_touch_bitmap(ta_segment_t *s, size_t lo, size_t hi) {
   /* by address, a word on each page: the bitmap starts 64 bytes into a page
    * (TA_SEGBITS_OFFSET), so every 512th word is not a page's first and a
@@ -197,7 +197,8 @@ void ta_slab_touch_bitmap(ta_segment_t *s, size_t lo, size_t hi) {
    * zero page; test_pages) */
   uint64_t *free = ta_segbits(s)->free;
   uintptr_t page = (uintptr_t)1 << ta_ospage_shift;
-  uintptr_t a = (uintptr_t)&free[lo >> TA_GRANULE_SHIFT >> 6], end = (uintptr_t)&free[hi >> TA_GRANULE_SHIFT >> 6];
+  uintptr_t a = (uintptr_t)&free[lo >> TA_GRANULE_SHIFT >> 6],
+            end = (uintptr_t)&free[hi >> TA_GRANULE_SHIFT >> 6];
   for (; a <= end; a = (a | (page - 1)) + 1) {
     volatile uint64_t *w = (volatile uint64_t *)a;
     *w = *w;

@@ -228,7 +228,8 @@ static void test_realloc_headroom_only_for_small_steps(void) {
 
   size_t slack = 0, slack_at = 0;
   p = trimalloc_malloc(200);
-  for (size_t have = trimalloc_malloc_usable_size(p), next; (next = have + have / 8) < 100 * KiB; have = trimalloc_malloc_usable_size(p)) {
+  for (size_t have = trimalloc_malloc_usable_size(p), next; (next = have + have / 8) < 100 * KiB;
+       have = trimalloc_malloc_usable_size(p)) {
     uint8_t *q = trimalloc_realloc(p, next);
     if (!q) {
       CHECK(q != NULL, "realloc to %zu bytes failed", next);
@@ -241,7 +242,8 @@ static void test_realloc_headroom_only_for_small_steps(void) {
     p = q;
   }
   trimalloc_free(p);
-  CHECK(slack == 0, "%zu blocks grown by an eighth got more than malloc's class, first at %zu", slack, slack_at);
+  CHECK(slack == 0, "%zu blocks grown by an eighth got more than malloc's class, first at %zu", slack,
+        slack_at);
 }
 
 static void test_realloc_shrink(void) {

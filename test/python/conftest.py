@@ -67,8 +67,10 @@ def run_py(code: str, preload: bool = False, env: Optional[Dict[str, str]] = Non
 def fresh_rate_limit() -> None:
     """The last trim an hour ago, in this process: the rate limit lets the next
     trim run (and an hour of CPU time ago: so does a refault budget). A
-    deferred trim this wakes up is waited for (then the clock is moved past it
-    too), so that it cannot land in the middle of a test."""
+    deferred trim this wakes up is waited for (then the clock and the CPU time
+    are moved past it too: a deferred trim that ran in the wait left its own
+    CPU time as the last trim's, and a refault budget then held the test's
+    first trim back), so that it cannot land in the middle of a test."""
     from trimalloc import _trimalloc
     _trimalloc._advance_cpu(3600)
     _trimalloc._advance_clock(3600)
@@ -77,6 +79,7 @@ def fresh_rate_limit() -> None:
         p = _trimalloc.policy_stats()
         if not p["pending"] and not p["busy"]:
             _trimalloc._advance_clock(3600)
+            _trimalloc._advance_cpu(3600)
             return
         time.sleep(0.005)
     raise AssertionError("a deferred trim did not finish")

@@ -61,8 +61,10 @@ module TrimallocTest
 
   # The last trim an hour ago, in this process: the rate limit lets the next
   # trim run (and an hour of CPU time ago: so does a refault budget). A
-  # deferred trim this wakes up is waited for (then the clock is moved past it
-  # too), so that it cannot land in the middle of a test.
+  # deferred trim this wakes up is waited for (then the clock and the CPU time
+  # are moved past it too: a deferred trim that ran in the wait left its own
+  # CPU time as the last trim's, and a refault budget then held the test's
+  # first trim back), so that it cannot land in the middle of a test.
   def fresh_rate_limit
     Trimalloc.send(:advance_cpu, 3600)
     Trimalloc.send(:advance_clock, 3600)
@@ -74,6 +76,7 @@ module TrimallocTest
       sleep 0.005
     end
     Trimalloc.send(:advance_clock, 3600)
+    Trimalloc.send(:advance_cpu, 3600)
   end
 
   def free_port

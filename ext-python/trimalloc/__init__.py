@@ -17,7 +17,15 @@ from __future__ import annotations
 import atexit
 import errno
 import os
-from typing import Dict, Union
+
+# typing is for the annotations only (strings, never evaluated: `from __future__
+# import annotations`), so it is imported for type checkers alone, which take
+# any TYPE_CHECKING as true: `import trimalloc` imports no module that the
+# hooks do not use (it is imported at the start of every process that
+# `trimalloc run --profile` starts, and by the CLI; test_extension checks).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Union
 
 from . import _trimalloc
 from ._report import Report, report

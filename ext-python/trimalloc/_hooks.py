@@ -13,15 +13,20 @@ import math
 import sys
 import threading
 from types import CoroutineType, GeneratorType
-from typing import Any, Callable, Generator, List, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Generator, List, Optional
+
+    Listener = Callable[[str, Optional[int]], None]
 
 from . import _trimalloc
 
 # Called as listener(source, released) after a hook ran: source names the hook
 # ("gc", "celery", "wsgi", "gunicorn", "aiohttp", "asgi", "trimming"), released
 # is the bytes a trim released, or None when the trim was skipped (not due).
-# The async hooks call it from the executor thread that trimmed.
-Listener = Callable[[str, Optional[int]], None]
+# The async hooks call it from the executor thread that trimmed. (Listener,
+# Callable[[str, Optional[int]], None], is defined for type checkers above.)
 _listeners: List[Listener] = []
 _lock = threading.Lock()
 

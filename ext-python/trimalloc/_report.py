@@ -13,11 +13,12 @@ the objects are counted by the allocator section instead.
 from __future__ import annotations
 
 import os
-import re
 import sys
-import tempfile
 import threading
-from typing import Any, Dict, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
 
 from . import _trimalloc
 
@@ -50,6 +51,8 @@ def _debugmallocstats_text() -> str:
             fd = os.memfd_create("trimalloc-report", getattr(os, "MFD_CLOEXEC", 1))
             f = os.fdopen(fd, "w+b")
         else:  # pragma: no cover (Python built without memfd_create)
+            import tempfile
+
             f = tempfile.TemporaryFile()
         with f:
             saved = os.dup(2)
@@ -69,6 +72,8 @@ def _int(s: str) -> int:
 
 def parse_debugmallocstats(text: str) -> Dict[str, Any]:
     """The pymalloc numbers from sys._debugmallocstats() output (see module doc)."""
+    import re  # here, not at import: only report() parses
+
     out: Dict[str, Any] = {"pymalloc": False}
     m = re.search(_ARENA_LINE, text, re.M)
     if not m:

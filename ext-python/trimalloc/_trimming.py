@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Optional, TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 from . import _hooks, _trimalloc
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # core/bind's defaults for a trimmer (core/bind/bind_facts.c)
 _MIN_INTERVAL: float = _trimalloc.DEFAULTS["trimmer"]["min_interval"]

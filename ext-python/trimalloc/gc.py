@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import gc as _gc
 import threading
-from typing import Any, Dict, Iterable, Optional, Tuple
+from collections.abc import Iterable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Tuple
 
 from . import _hooks, _trimalloc
 

@@ -84,3 +84,22 @@ def test_stats_trim_do_not_leak(preload):
     # One leaked dict per stats() call would be 10000 blocks and ~10 MB.
     assert r["blocks"] < 200, r
     assert r["rss"] < 2 * MiB, r
+
+
+IMPORTS = r'''
+import json, sys
+before = set(sys.modules)
+import trimalloc
+trimalloc.trim(); trimalloc.stats(); trimalloc.gc.enable()
+print(json.dumps(sorted(set(sys.modules) - before)))
+'''
+
+
+def test_import_pulls_in_no_heavy_module():
+    # `import trimalloc` runs at the start of every process that `trimalloc run
+    # --profile` starts and in every CLI call: typing, tempfile (shutil, random,
+    # bz2, lzma) and re cost 15 ms and 1.7 MiB there, for annotations and for
+    # report() alone, so they are imported by type checkers and by report() only.
+    new = json.loads(run_py(IMPORTS, preload=True).stdout.splitlines()[-1])
+    heavy = {"typing", "tempfile", "re", "shutil", "random", "bz2", "lzma", "enum"}
+    assert "trimalloc._trimalloc" in new and not heavy & set(new), new

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Tuple
 
 from . import DEFAULT_PYTHONMALLOC, __version__, _trimalloc, library_path
 from ._report import pymalloc_in_use
@@ -303,6 +305,8 @@ def _warn_other_python(cmd: List[str], found: str, first: Optional[str], path: s
 
 
 def _info() -> int:
+    import platform  # here: 8 ms at import, for `trimalloc info` alone
+
     try:
         lib, missing = library_path(), ""
     except FileNotFoundError as e:

@@ -93,13 +93,22 @@ import trimalloc
 trimalloc.trim(); trimalloc.stats(); trimalloc.gc.enable()
 print(json.dumps(sorted(set(sys.modules) - before)))
 '''
+CLI_IMPORTS = r'''
+import json, sys
+before = set(sys.modules)
+import trimalloc.cli
+print(json.dumps(sorted(set(sys.modules) - before)))
+'''
+HEAVY = {"typing", "tempfile", "re", "shutil", "random", "bz2", "lzma", "enum", "platform"}
 
 
 def test_import_pulls_in_no_heavy_module():
     # `import trimalloc` runs at the start of every process that `trimalloc run
     # --profile` starts and in every CLI call: typing, tempfile (shutil, random,
-    # bz2, lzma) and re cost 15 ms and 1.7 MiB there, for annotations and for
-    # report() alone, so they are imported by type checkers and by report() only.
+    # bz2, lzma), re and platform cost 15-20 ms and 1.7 MiB there, for
+    # annotations, report() and `trimalloc info` alone, which import them.
     new = json.loads(run_py(IMPORTS, preload=True).stdout.splitlines()[-1])
-    heavy = {"typing", "tempfile", "re", "shutil", "random", "bz2", "lzma", "enum"}
-    assert "trimalloc._trimalloc" in new and not heavy & set(new), new
+    assert "trimalloc._trimalloc" in new and not HEAVY & set(new), new
+    # and the CLI (`trimalloc run` starts Python, imports it, then execs)
+    new = json.loads(run_py(CLI_IMPORTS).stdout.splitlines()[-1])
+    assert "trimalloc.cli" in new and not HEAVY & set(new), new

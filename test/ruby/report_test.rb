@@ -63,4 +63,22 @@ class ReportTest < Minitest::Test
     assert_equal "512 B", Trimalloc::Report.bytes(512)
     assert_equal "n/a", Trimalloc::Report.bytes(nil)
   end
+
+  # `require "trimalloc"` goes first in config/puma.rb, Sidekiq's initializer and
+  # `trimalloc run`'s children: it loads no library that only report (objspace)
+  # and Profile.top (tmpdir, which loads fileutils and etc) use, 600 KiB of
+  # RSS in each process; those two load what they use, and still work.
+  def test_require_loads_only_what_every_process_needs
+    out, err, st = run_ruby(<<~RUBY)
+      before = $LOADED_FEATURES.dup
+      require "trimalloc"
+      puts ($LOADED_FEATURES - before).map { |f| File.basename(f, ".*") }.join(" ")
+      puts Trimalloc.report.to_s.lines.size
+    RUBY
+    assert st.success?, err
+    loaded, lines = out.lines
+    assert_includes loaded.split, "trimalloc_ext"
+    assert_empty loaded.split & %w[objspace tmpdir fileutils etc], loaded
+    assert_equal "4", lines.chomp
+  end
 end

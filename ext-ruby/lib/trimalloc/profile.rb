@@ -1,7 +1,5 @@
 # frozen_string_literal: true
 
-require "tmpdir"
-
 module Trimalloc
   # The heap profiler: which Ruby code holds the memory (README, "Which code
   # holds the memory?"). Sampling is per byte (a mean interval of R bytes, a
@@ -67,6 +65,7 @@ module Trimalloc
           raise ArgumentError, "by must be one of #{ORDERS.map(&:inspect).join(', ')} (given #{by.inspect})"
         end
 
+        require "tmpdir" # here, not at `require "trimalloc"`: top alone uses it
         Dir.mktmpdir("trimalloc-top") do |dir|
           path = dump(File.join(dir, "top.pb.gz"), kind: kind)
           Native.prof_top(path, order.to_s, n) # core/bind's reader (prof_read.c)

@@ -1,7 +1,5 @@
 # frozen_string_literal: true
 
-require "objspace"
-
 module Trimalloc
   # Trimalloc.report: where this process's memory is, at three levels side by
   # side. A Hash (nil where the backend cannot measure a value) whose to_s is
@@ -43,6 +41,8 @@ module Trimalloc
 
   class << self
     def report
+      require "objspace" # here, not at `require "trimalloc"`: report alone uses it
+
       gc = ::GC.stat
       consts = ::GC::INTERNAL_CONSTANTS
       slot = consts[:RVALUE_SIZE] || consts[:BASE_SLOT_SIZE]

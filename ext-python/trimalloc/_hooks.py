@@ -16,7 +16,7 @@ from types import CoroutineType, GeneratorType
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
 if TYPE_CHECKING:
-    from typing import Any, Callable, Generator, List, Optional
+    from typing import Any, Callable, Generator, List, Literal, Optional, overload
 
     Listener = Callable[[str, Optional[int]], None]
 
@@ -60,6 +60,13 @@ def check_share(value: object, name: str = "refault_share") -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError("%s must be finite and >= 0, not %r" % (name, value))
     return float(value)
+
+
+if TYPE_CHECKING:  # with none=False (the default), an int, never None
+    @overload
+    def check_bytes(value: object, name: str, none: Literal[False] = ...) -> int: ...
+    @overload
+    def check_bytes(value: object, name: str, none: bool) -> Optional[int]: ...
 
 
 def check_bytes(value: object, name: str, none: bool = False) -> Optional[int]:

@@ -178,7 +178,8 @@ def _cell() -> List[Optional[str]]:
     try:
         return _tag.cell
     except AttributeError:
-        _tag.cell = cell = [None]
+        cell: List[Optional[str]] = [None]
+        _tag.cell = cell
         return cell
 
 
@@ -219,7 +220,16 @@ def clear_tag() -> None:
         cell[0] = None
 
 
-class Tagged:
+# To type checkers Tagged is a Generator, which an __await__ must return: it
+# has a generator's methods (__next__, send, throw, close, __iter__), so
+# collections.abc.Generator counts it as one at run time too.
+if TYPE_CHECKING:
+    _GeneratorBase = Generator[Any, Any, Any]
+else:
+    _GeneratorBase = object
+
+
+class Tagged(_GeneratorBase):
     """await Tagged(awaitable, tag): awaits `awaitable` with the thread's tag
     set to `tag` during each of its steps (its start and every resumption),
     and the tag it found put back whenever it suspends or ends.

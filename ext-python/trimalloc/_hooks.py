@@ -16,7 +16,7 @@ from types import CoroutineType, GeneratorType
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
 if TYPE_CHECKING:
-    from typing import Any, Callable, Generator, List, Optional
+    from typing import Any, Callable, Generator, List, Literal, Optional, overload
 
     Listener = Callable[[str, Optional[int]], None]
 
@@ -60,6 +60,13 @@ def check_share(value: object, name: str = "refault_share") -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError("%s must be finite and >= 0, not %r" % (name, value))
     return float(value)
+
+
+if TYPE_CHECKING:  # with none=False (the default), an int, never None
+    @overload
+    def check_bytes(value: object, name: str, none: Literal[False] = ...) -> int: ...
+    @overload
+    def check_bytes(value: object, name: str, none: bool) -> Optional[int]: ...
 
 
 def check_bytes(value: object, name: str, none: bool = False) -> Optional[int]:
@@ -171,7 +178,8 @@ def _cell() -> List[Optional[str]]:
     try:
         return _tag.cell
     except AttributeError:
-        _tag.cell = cell = [None]
+        cell: List[Optional[str]] = [None]
+        _tag.cell = cell
         return cell
 
 
@@ -212,7 +220,16 @@ def clear_tag() -> None:
         cell[0] = None
 
 
-class Tagged:
+# To type checkers Tagged is a Generator, which an __await__ must return: it
+# has a generator's methods (__next__, send, throw, close, __iter__), so
+# collections.abc.Generator counts it as one at run time too.
+if TYPE_CHECKING:
+    _GeneratorBase = Generator[Any, Any, Any]
+else:
+    _GeneratorBase = object
+
+
+class Tagged(_GeneratorBase):
     """await Tagged(awaitable, tag): awaits `awaitable` with the thread's tag
     set to `tag` during each of its steps (its start and every resumption),
     and the tag it found put back whenever it suspends or ends.

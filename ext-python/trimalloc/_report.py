@@ -18,7 +18,7 @@ import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
 if TYPE_CHECKING:
-    from typing import Any, Dict, Optional
+    from typing import IO, Any, Dict, Optional
 
 from . import _trimalloc
 
@@ -47,6 +47,7 @@ def _debugmallocstats_text() -> str:
             sys.stderr.flush()
         except Exception:  # stderr may be closed or replaced: capture anyway
             pass
+        f: IO[bytes]
         if hasattr(os, "memfd_create"):
             fd = os.memfd_create("trimalloc-report", getattr(os, "MFD_CLOEXEC", 1))
             f = os.fdopen(fd, "w+b")

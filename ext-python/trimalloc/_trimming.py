@@ -6,7 +6,7 @@ import functools
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see __init__.py)
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any, Literal, Optional
 
 from . import _hooks, _trimalloc
 
@@ -26,7 +26,7 @@ class _Trimming(contextlib.ContextDecorator):
     def __enter__(self) -> _Trimming:
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> Literal[False]:
         self.released = _hooks.trim_if_due("trimming", self.min_interval, self.min_free)
         return False
 

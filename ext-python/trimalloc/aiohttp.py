@@ -35,7 +35,7 @@ switched on runs untagged to its end.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, List, Optional
 
 from aiohttp import web
 
@@ -99,7 +99,7 @@ def _after_send(resp: Any, done: Callable[[], None]) -> bool:
     if not isinstance(resp, web.StreamResponse) or getattr(resp, "_eof_sent", False):
         return False  # no response (aiohttp answers 500), or one the handler finished itself
     own_prepare, own_eof = resp.prepare, resp.write_eof
-    fired = []
+    fired: List[bool] = []
 
     def fire() -> None:
         if not fired:
@@ -121,9 +121,11 @@ def _after_send(resp: Any, done: Callable[[], None]) -> bool:
         finally:
             fire()
 
+    # Instance attributes shadowing the methods, on this response only (fire()
+    # removes them): deliberate, hence the ignores.
     try:
-        resp.prepare = prepare
-        resp.write_eof = write_eof
+        resp.prepare = prepare  # type: ignore[assignment]
+        resp.write_eof = write_eof  # type: ignore[assignment]
     except (AttributeError, TypeError):  # a response type with __slots__
         for name in ("prepare", "write_eof"):
             getattr(resp, "__dict__", {}).pop(name, None)

@@ -33,7 +33,7 @@ outside any request).
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from . import _hooks
 from .wsgi import _UNSET, DEFAULT_EVERY, DEFAULT_MIN_INTERVAL, RequestTrimmer
@@ -72,7 +72,7 @@ class TrimMiddleware(RequestTrimmer):
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        counted = []
+        counted: List[bool] = []
 
         def done() -> None:
             if not counted:

@@ -128,7 +128,7 @@ SAMPLE_TYPES: Tuple[str, ...] = _trimalloc.SAMPLE_TYPES  # core/bind's
 
 
 def _options(cmd: str, args: List[str], takes_value: Dict[str, str],
-             flags: Dict[str, str]) -> Tuple[Optional[str], Dict[str, Any]]:
+             flags: Dict[str, str]) -> Tuple[str, Dict[str, Any]]:
     """FILE and the options of `top`/`flame` (--opt VALUE, --opt=VALUE, -nVALUE).
     Raises ValueError with the message for a usage error (exit status 2)."""
     path: Optional[str] = None

@@ -121,19 +121,20 @@ def reach_app(worker: Any) -> Optional[Tuple[str, str]]:
         return None
     head = "trimalloc: worker %s: %s never calls post_request; " % (
         getattr(worker, "pid", "?"), _class_name(worker))
-    app = getattr(worker, "wsgi", None)
+    app: Any = getattr(worker, "wsgi", None)  # whatever the worker class loaded (or None)
     try:
         if _aiohttp_app(app) is not None:
             return "info", head + _into_aiohttp(_aiohttp_app(app), requests)
         if _is(worker, {_AIOHTTP_WORKER}) and sys.modules["asyncio"].iscoroutinefunction(app):
             factory = app
+            policy: RequestTrimmer = requests  # as checked above: a closure does not see the narrowing
 
             async def app_with_trim() -> Any:
                 made = await factory()
                 level, line = "warning", head + _INSTEAD
                 try:
                     if _aiohttp_app(made) is not None:
-                        level, line = "info", head + _into_aiohttp(_aiohttp_app(made), requests)
+                        level, line = "info", head + _into_aiohttp(_aiohttp_app(made), policy)
                 except ValueError as e:  # a frozen application
                     line = head + "%s; %s" % (e, _INSTEAD)
                 getattr(getattr(worker, "log", None) or logging.getLogger("gunicorn.error"), level)(line)

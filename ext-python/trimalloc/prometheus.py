@@ -85,7 +85,7 @@ def _pools_raw(weigh_all: bool = True) -> Dict[str, Any]:
             "pymalloc_sparse_pools_trimmed": p["sparse_pools_trimmed"]}
 
 
-def _base_name(prefix: str, name: str, unit: str) -> Any:
+def _base_name(prefix: str, name: str, unit: str) -> Tuple[str, float]:
     """(metric name, scale) in Prometheus' base units: bytes, seconds, ratio."""
     if unit == "ns":
         base = name[:-3] if name.endswith("_ns") else name
@@ -97,13 +97,13 @@ def _base_name(prefix: str, name: str, unit: str) -> Any:
     return "%s_%s" % (prefix, name), 1
 
 
-def metric_names(prefix: str = "trimalloc") -> Dict[str, Any]:
+def metric_names(prefix: str = "trimalloc") -> Dict[str, Tuple[str, float, bool]]:
     """field -> (metric name, scale, is_counter) for every field of the core's list.
 
     A gauge whose name would clash with a counter's (the gauge "purged", in
     bytes, and the counter "purged_bytes") gets "_now" before its unit:
     trimalloc_purged_now_bytes next to trimalloc_purged_bytes_total."""
-    out: Dict[str, Any] = {}
+    out: Dict[str, Tuple[str, float, bool]] = {}
     counters = set()
     for name, _type, unit, _doc in _trimalloc.FIELDS:
         if name in COUNTER_FIELDS:
@@ -143,7 +143,7 @@ def _families(prefix: str, pools: bool) -> List[Tuple[str, str, float, bool, str
     core's list and, with `pools`, of POOL_METRICS: what both the collector
     and the multiprocess metrics export."""
     names = metric_names(prefix)
-    out = [(name,) + tuple(names[name]) + (doc,) for name, _type, _unit, doc in _trimalloc.FIELDS]
+    out = [(name,) + names[name] + (doc,) for name, _type, _unit, doc in _trimalloc.FIELDS]
     if pools:
         out += [(name, "%s_%s" % (prefix, name), 1, is_counter, doc) for name, is_counter, doc in POOL_METRICS]
     return out

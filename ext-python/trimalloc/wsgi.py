@@ -125,7 +125,7 @@ class TrimMiddleware(RequestTrimmer):
         if _hooks.profiling():
             path = environ.get("PATH_INFO") if isinstance(environ, dict) else None
             _hooks.set_tag(path if isinstance(path, str) and path else None)
-            ended = self._ended
+            ended: Callable[[], Any] = self._ended
         else:
             ended = self.request_done
         try:

@@ -4,7 +4,7 @@
 TRIMALLOC_APT_PACKAGES=(
   gcc make git time
   ruby ruby-dev rake rake-compiler ruby-minitest
-  python3 python3-dev python3-setuptools python3-pytest python3-venv python3-pip
+  python3 python3-dev python3-setuptools python3-pytest python3-venv python3-pip mypy
   python3-celery python3-redis redis-server python3-prometheus-client
   ruby-sidekiq ruby-redis puma gunicorn ruby-bundler python3-aiohttp python3-uvicorn python3-starlette
   ruby-rails ruby-sqlite3 bundler

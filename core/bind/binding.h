@@ -24,7 +24,9 @@
  * (dlsym(RTLD_DEFAULT)), never dlopens it, and falls back to glibc when the core
  * is not the process allocator. The bindings only convert types and map errors.
  *
- * Nothing here takes the GVL or the GIL, or calls back into an interpreter:
+ * Nothing here takes the GVL or the GIL, or calls back into an interpreter,
+ * but through the functions a binding hands over (ta_bind_set_host's, and
+ * bind_pymalloc.c's host, whose lock takes the GIL on the policy's thread):
  * the bindings call the trimming functions with it released. */
 #ifndef TRIMALLOC_BINDING_H
 #define TRIMALLOC_BINDING_H

@@ -40,7 +40,8 @@
  * The interpreter's side comes from the binding (ta_bind_pymalloc_host_t,
  * filled by ext-python/trimalloc/_pools.c): the version string, the arena
  * allocator's get and set, the thread state and its interpreter, and the
- * GIL for the policy's thread. */
+ * GIL for the policy's thread. test/core/test_bind_pymalloc.c drives the
+ * walk with a host of its own, on arenas with headers it writes. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* mincore, MADV_DONTNEED, MAP_ANONYMOUS under -std=c11 */
 #endif

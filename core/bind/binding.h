@@ -18,11 +18,15 @@
  *                   hook's registration, the table of keys, its counters, its cost
  *   bind_jobs.c     the work the bindings run without their interpreter lock
  *   bind_gc_hook.c  a GC hook's policy and counters (Ruby's Trimalloc::GC)
+ *   bind_pymalloc.c pymalloc's empty and sparse pools, given back by every
+ *                   trim (Python's)
  * It finds the trimalloc core among the objects already loaded
  * (dlsym(RTLD_DEFAULT)), never dlopens it, and falls back to glibc when the core
  * is not the process allocator. The bindings only convert types and map errors.
  *
- * Nothing here takes the GVL or the GIL, or calls back into an interpreter:
+ * Nothing here takes the GVL or the GIL, or calls back into an interpreter,
+ * but through the functions a binding hands over (ta_bind_set_host's, and
+ * bind_pymalloc.c's host, whose lock takes the GIL on the policy's thread):
  * the bindings call the trimming functions with it released. */
 #ifndef TRIMALLOC_BINDING_H
 #define TRIMALLOC_BINDING_H
@@ -81,7 +85,7 @@ const char *ta_bind_purger_state(void);
 uint64_t ta_bind_trim(void);
 
 /* The host language's own free memory, given back by every trim: the Python
- * binding registers pymalloc's empty pools (ext-python/trimalloc/_pools.c).
+ * binding registers pymalloc's empty pools (bind_pymalloc.c).
  * `trim` runs first in every ta_bind_trim (each hook's trim, the policy
  * thread's deferred and idle trims, an explicit trim()) and returns the bytes
  * it released, added to the allocator's; `free_bytes` (what it could release
@@ -477,6 +481,68 @@ void ta_bind_gc_hook_job(ta_bind_gc_hook_t *h, void (*unlocked)(ta_bind_job_t *j
  * trimmed_bytes ('u'). Returns the count. */
 #define TA_BIND_GC_HOOK_NFIELDS 13
 size_t ta_bind_gc_hook_fields(const ta_bind_gc_hook_t *h, ta_bind_field_t *out);
+
+/* ---- bind_pymalloc.c: pymalloc's empty and sparse pools (Python's) ----
+ * An arena allocator that remembers pymalloc's arenas, and a walk of their
+ * pools on every trim (ta_bind_set_host) that gives back the pages of empty
+ * pools and the free pages of sparse ones; the comment at the top of
+ * bind_pymalloc.c says how. The interpreter's side comes from the binding
+ * (ext-python/trimalloc/_pools.c): its version, its arena allocator's
+ * functions and its thread state's (found at run time, outside the limited
+ * API), and the GIL, taken on the policy's thread. The calls below are made
+ * with the GIL held. */
+
+/* Include/cpython/objimpl.h's PyObjectArenaAllocator. */
+typedef struct {
+  void *ctx;
+  void *(*alloc)(void *ctx, size_t size);
+  void (*free)(void *ctx, void *ptr, size_t size);
+} ta_bind_arena_allocator_t;
+
+typedef struct {
+  const char *version; /* Py_GetVersion(): the walk runs on 3.8 to 3.13 with the GIL only */
+  void (*get_allocator)(ta_bind_arena_allocator_t *a); /* PyObject_GetArenaAllocator */
+  void (*set_allocator)(ta_bind_arena_allocator_t *a); /* PyObject_SetArenaAllocator */
+  void *(*tstate)(void);            /* this thread's thread state, NULL when none (no fatal error) */
+  void *(*tstate_interp)(void *ts); /* a thread state's interpreter; NULL: unknown (3.8) */
+  /* On the policy's thread, which holds no GIL: takes it (PyGILState_Ensure)
+   * and returns what unlock needs, or -1 when the interpreter is not
+   * initialized (nothing taken: the walk is skipped). */
+  int (*lock)(void);
+  void (*unlock)(int state);
+} ta_bind_pymalloc_host_t;
+
+/* Installs the arena allocator and registers the walk as the host's trim
+ * (ta_bind_set_host), once per process: 1 when installed (later calls:
+ * whether it still is), 0 on a version it does not know, with pools of one
+ * OS page (nothing to give back), or when a function is missing. Trims walk
+ * the arenas of the calling thread's interpreter only. */
+int ta_bind_pymalloc_install(const ta_bind_pymalloc_host_t *host);
+
+/* At exit (the installing interpreter's; another's is ignored): trims leave
+ * pymalloc alone from now on, and never take the GIL of a finalizing
+ * interpreter. */
+void ta_bind_pymalloc_off(void);
+
+/* For a binding's call that trims without the GIL (ta_py_job): begin (1)
+ * before it lets go of the GIL, walking the pools then when the job trims
+ * (trims 2: every sparse pool weighed, trimalloc.trim(); 1: at most
+ * TA_BIND_PYMALLOC_TRIM_BUDGET, a hook's), for the trim to count what they
+ * gave; end (0) after it has the GIL back. */
+void ta_bind_pymalloc_job(int begin, int trims);
+
+/* The sparse pools a walk weighs at most (one unchanged since it was
+ * weighed is not weighed again): for the policy's free-bytes figure, and
+ * for a hook's or the policy thread's trim. */
+#define TA_BIND_PYMALLOC_READ_BUDGET 512
+#define TA_BIND_PYMALLOC_TRIM_BUDGET 2048
+
+/* on ('b'), arenas, arena_bytes, free_bytes (what a trim would give back
+ * now: every changed sparse pool weighed, or with weigh_all 0 at most
+ * TA_BIND_PYMALLOC_READ_BUDGET of them), trims, pools_released,
+ * sparse_pools_trimmed, released_bytes ('u'). Returns the count. */
+#define TA_BIND_PYMALLOC_NFIELDS 8
+size_t ta_bind_pymalloc_fields(int weigh_all, ta_bind_field_t *out);
 
 /* ---- the calls without arguments both bindings expose as they are ----
  * X(name, kind, expression, where, doc), expanded by each binding into its

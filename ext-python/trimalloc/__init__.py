@@ -49,15 +49,15 @@ __version__ = _trimalloc.VERSION  # TRIMALLOC_VERSION, compiled in from core/tri
 
 Error = _trimalloc.Error
 
-# Trims give back pymalloc's empty pools (_pools.c) with the GIL, from any
-# thread; at exit they stop first, so that none asks a finalizing interpreter
-# for it.
+# Trims give back pymalloc's empty pools (_pools.c, bind_pymalloc.c) with the
+# GIL, from any thread; at exit they stop first, so that none asks a
+# finalizing interpreter for it.
 atexit.register(_trimalloc._pymalloc_pools_off)
 
 # Whether `trimalloc run` (and `import trimalloc.preload`) also set
 # PYTHONMALLOC=malloc, so that small objects live in trimalloc's pages instead
 # of pymalloc's arenas. Off: pymalloc stays, and every trim gives back its
-# empty pools and the pages of its sparse ones (_pools.c), which was what the
+# empty pools and the pages of its sparse ones (bind_pymalloc.c), which was what the
 # arenas had kept. A Celery worker (bench/, 300 tasks; README, "Why pymalloc by
 # default") spends 0.84x the CPU it spends with PYTHONMALLOC=malloc (1.12x
 # glibc's against 1.34x) for the same mean RSS, and idles 15 MiB higher (0.63x

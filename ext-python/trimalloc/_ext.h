@@ -45,17 +45,11 @@ extern PyMethodDef ta_py_backend_methods[];   /* _backend.c: trims, stats, the p
 extern PyMethodDef ta_py_launch_methods[];    /* _launch.c: exec, preload, search path */
 extern PyMethodDef ta_py_sampler_methods[];   /* _sampler.c: the heap profiler */
 extern PyMethodDef ta_py_prof_read_methods[]; /* _prof_read.c: top, flame */
-extern PyMethodDef ta_py_pools_methods[];     /* _pools.c: pymalloc's empty pools */
+extern PyMethodDef ta_py_pools_methods[];     /* _pools.c: pymalloc's empty pools (bind_pymalloc.c) */
 extern PyType_Spec ta_py_trimmer_spec;        /* _trimmer.c: Trimmer */
 
 /* _pools.c: every trim gives back pymalloc's empty and sparse pools
- * (ta_bind_set_host) from now on; 1 when installed (a CPython it knows), else 0. With the GIL, once. */
+ * (ta_bind_pymalloc_install) from now on; 1 when installed (a CPython it knows), else 0. With the GIL. */
 int ta_py_pools_install(void);
-
-/* _pools.c, for ta_py_job: begin (1) before it lets go of the GIL, the
- * pools released then when the job trims (trims 2: every sparse pool
- * weighed, trimalloc.trim(); 1: a bounded walk, a hook's); end (0) after it
- * has the GIL back. */
-void ta_py_pools_job(int begin, int trims);
 
 #endif

@@ -12,7 +12,8 @@
  *   _sampler.c   the heap profiler (start, stop, dump, tags)
  *   _prof_read.c the profile readers (top, flame)
  *   _prof.c      the Python frames of the profiler's samples
- *   _pools.c     pymalloc's empty pools, given back by every trim
+ *   _pools.c     pymalloc's empty pools, given back by every trim (the walk:
+ *                core/bind/bind_pymalloc.c)
  *
  * Multi-phase init (PEP 489); the exception type lives in the module state, so
  * re-imports and subinterpreters each get their own. Written against the
@@ -52,12 +53,12 @@ PyObject *ta_py_fields_dict(const ta_bind_field_t *f, size_t n) {
 
 void ta_py_job(ta_bind_job_t *j) {
   /* pymalloc's pools first, with the GIL: all of them for trimalloc.trim(),
-   * a bounded walk for a hook's trim (_pools.c) */
-  ta_py_pools_job(1, j->kind == TA_JOB_TRIM ? 2 : j->kind == TA_JOB_RUN || j->kind == TA_JOB_RUN_AFTER);
+   * a bounded walk for a hook's trim (bind_pymalloc.c) */
+  ta_bind_pymalloc_job(1, j->kind == TA_JOB_TRIM ? 2 : j->kind == TA_JOB_RUN || j->kind == TA_JOB_RUN_AFTER);
   Py_BEGIN_ALLOW_THREADS
   ta_bind_job_run(j);
   Py_END_ALLOW_THREADS
-  ta_py_pools_job(0, 0);
+  ta_bind_pymalloc_job(0, 0);
 }
 
 PyObject *ta_py_run_trim(ta_bind_trimmer_t *t) {

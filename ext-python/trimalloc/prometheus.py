@@ -56,7 +56,7 @@ COUNTER_FIELDS = frozenset(
 
 
 # pymalloc's arenas, exported while trims reach its pools (the package's
-# arena allocator, _pools.c; not under PYTHONMALLOC=malloc, where every
+# arena allocator, _pools.c and bind_pymalloc.c; not under PYTHONMALLOC=malloc, where every
 # object is in the fields above): name, is_counter, help.
 POOL_METRICS = (
     ("pymalloc_arenas", False, "pymalloc arenas that trims walk (those mapped since trimalloc was imported)"),

@@ -1,6 +1,7 @@
-"""pymalloc's empty pools given back by trims (_pools.c): what they release,
-that pymalloc's objects stay intact through it, and that the policy's own
-thread (the idle trim) releases them too, taking the GIL."""
+"""pymalloc's empty pools given back by trims (core/bind/bind_pymalloc.c,
+wired in by _pools.c): what they release, that pymalloc's objects stay intact
+through it, and that the policy's own thread (the idle trim) releases them
+too, taking the GIL."""
 import json
 import sys
 
@@ -28,7 +29,7 @@ def check():
         assert o["s"] == "v%d-%d" % (o["t"][1], o["k"]) and o["t"][0] == o["k"], o
 '''
 
-# What _pools.c walks: the pool header it knows (3.8-3.13), in pools of more
+# What bind_pymalloc.c walks: the pool header it knows (3.8-3.13), in pools of more
 # than one OS page (16 KiB pools: 3.10+ on 64 bits; 3.8 and 3.9 have pools of
 # one page, and trims leave them alone: test_api's report test says so).
 KNOWN = pytest.mark.skipif(

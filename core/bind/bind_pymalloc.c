@@ -265,8 +265,8 @@ static uint64_t weigh_pool(pool_header_t *h, size_t ps, const unsigned char *vec
 }
 
 static int memo_same(const pool_memo_t *m, const pool_header_t *h) {
-  return m->valid && m->freeblock == h->freeblock && m->count == h->ref.count && m->nextoffset == h->nextoffset &&
-         m->szidx == h->szidx;
+  return m->valid && m->freeblock == h->freeblock && m->count == h->ref.count &&
+         m->nextoffset == h->nextoffset && m->szidx == h->szidx;
 }
 
 /* A used pool with few live blocks (at most half its bytes): weigh_pool's

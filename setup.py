@@ -72,7 +72,7 @@ setup(
         Extension(
             "trimalloc._trimalloc",
             # every C file of the package, and the glue shared with the Ruby gem
-            # (the gem's extconf.rb takes core/bind/bind_*.c the same way)
+            # (the gem's extconf.rb takes core/bind/bind_*.c the same way, less bind_pymalloc.c)
             sources=sources("ext-python/trimalloc/_*.c") + sources("core/bind/bind_*.c"),
             include_dirs=["core", "core/bind", "ext-python/trimalloc"],
             define_macros=[("Py_LIMITED_API", "0x03080000")],

@@ -94,7 +94,9 @@ class RailsTest < Minitest::Test
     assert_equal workers, gcs.map { |r| r[:pid] }.uniq.sort
     workers.each do |w|
       grew = peaks[w] - before[w]
-      assert_operator grew, :>=, 40 * MiB, "worker #{w} took the burst"
+      # A 50-round export is ~40 MB (38 MiB); the peak grows by less when the
+      # burst reuses pages the worker had free before it (39.6 MiB seen once).
+      assert_operator grew, :>=, 32 * MiB, "worker #{w} took the burst"
       # back to within a third of the burst over its RSS before it
       wait_until("worker #{w}'s RSS to fall after the burst (#{proc_status(w)}; before #{before[w]})") do
         proc_status(w)[:rss] - before[w] <= grew / 3

@@ -17,9 +17,10 @@ $INCFLAGS << " -I#{bind_dir} -I#{core_dir}"
 $CFLAGS << " -std=gnu11 -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter"
 $VPATH << bind_dir
 # The shared glue is core/bind/bind_*.c (distinct names: no clash with the
-# files of this directory in the VPATH build).
+# files of this directory in the VPATH build), less bind_pymalloc.c: pymalloc's
+# pool walker is CPython's alone, and nothing here calls it.
 $srcs = Dir.glob(File.join($srcdir || __dir__, "*.c")).map { |f| File.basename(f) }.sort +
-        Dir.glob(File.join(bind_dir, "bind_*.c")).map { |f| File.basename(f) }.sort
+        (Dir.glob(File.join(bind_dir, "bind_*.c")).map { |f| File.basename(f) } - ["bind_pymalloc.c"]).sort
 
 create_makefile("trimalloc/trimalloc_ext")
 

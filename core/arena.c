@@ -54,6 +54,7 @@ static ta_arena_t *arena_ready(size_t i) {
 /* The calling thread's arena under the default (option arenas 0), and its
  * count of refills and of those that found another thread's there before. */
 static __thread uint8_t tls_arena __attribute__((tls_model("initial-exec")));
+__thread uint8_t ta_tls_arena_moved __attribute__((tls_model("initial-exec")));
 static __thread uint8_t tls_refills __attribute__((tls_model("initial-exec")));
 static __thread uint8_t tls_shared __attribute__((tls_model("initial-exec")));
 /* The clocks at its last refill that followed another thread's */
@@ -111,8 +112,10 @@ static void refill_lock(ta_arena_t *a, ta_bin_t *bin) {
   ta_lock(&bin->lock);
   if (ta_likely(++tls_refills < TA_MOVE_WINDOW)) return;
   unsigned n = cpu_arenas();
-  if (tls_shared >= TA_MOVE_SHARED && n > 1 && a->index == tls_arena && ta_opt(TA_OPT_ARENAS) <= 0)
+  if (tls_shared >= TA_MOVE_SHARED && n > 1 && a->index == tls_arena && ta_opt(TA_OPT_ARENAS) <= 0) {
     tls_arena = (uint8_t)(atomic_fetch_add(&arena_turn, 1) % n);
+    ta_tls_arena_moved = 1; /* the cache goes back at the next slow path (not here: a bin lock is held) */
+  }
   tls_refills = tls_shared = 0;
 }
 

@@ -492,6 +492,10 @@ static inline bool ta_slab_prof_maybe(ta_span_t *sp, const void *p) {
 TA_HIDDEN extern ta_arena_t ta_arenas[TA_ARENAS_MAX];
 TA_HIDDEN extern _Atomic uint32_t ta_arenas_used; /* arenas made ready */
 TA_HIDDEN ta_arena_t *ta_arena_pick(void);        /* the arena of the calling CPU */
+/* Set when the calling thread has just moved to another arena (arena.c,
+ * refill_lock); its cache's next slow path flushes the cache and clears it
+ * (tcache.c, maintain). */
+TA_HIDDEN extern __thread uint8_t ta_tls_arena_moved __attribute__((tls_model("initial-exec")));
 /* Fills `out` with up to `want` blocks of class cls, linked through next,
  * cookies set; returns how many (0: out of memory). */
 TA_HIDDEN size_t ta_arena_refill(ta_arena_t *a, size_t cls, ta_block_t **first, size_t want);

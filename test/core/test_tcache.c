@@ -24,6 +24,9 @@
  *    (v2 looked every 64th): a thread holding blocks of 64 bytes makes
  *    one refill of another class after the trim and holds nothing after
  *    it, three times in a row.
+ *  - A thread that moves to another arena flushes its cache at its next
+ *    slow path (the move's flag set as arena.c sets it): its blocks came
+ *    from slabs it shared with another thread, interleaved with that one's.
  *  - A thread whose first malloc comes in the last round of TLS destructors
  *    (its cache registered after the round that would flush it) leaves no
  *    cache behind: within 3 s of trims after its join, heaps, tcache_bytes
@@ -528,6 +531,64 @@ static void test_flush_request_next_slow_path(void) {
   CHECK(missed == 0, "%d of 3 slow paths after a trim did not flush", missed);
 }
 
+/* ---- a thread that moves to another arena flushes its cache ---- */
+/* Set by arena.c when the thread moves (refill_lock); the cache's next slow
+ * path flushes (tcache.c, maintain). A real move needs two threads refilling
+ * at the same moment (test_threads' test_arena_moves): here the flag is set
+ * as the move sets it. */
+extern __thread uint8_t ta_tls_arena_moved;
+static atomic_int mv_step;
+
+static void mv_wait(int step) {
+  while (atomic_load(&mv_step) != step) usleep(200);
+}
+
+static void *move_thread(void *arg) {
+  (void)arg;
+  void *p[32];
+  for (int k = 0; k < 8; k++) { /* the 64-byte bin grows and holds blocks */
+    for (int i = 0; i < 32; i++) p[i] = trimalloc_malloc(64);
+    for (int i = 0; i < 32; i++) trimalloc_free(p[i]);
+  }
+  atomic_store(&mv_step, 1); /* main: measure */
+  mv_wait(2);
+  ta_tls_arena_moved = 1;
+  void *q = trimalloc_malloc(64); /* the fast path: no flush yet */
+  atomic_store(&mv_step, 3);      /* main: measure */
+  mv_wait(4);
+  void *r = trimalloc_malloc(3000); /* a class whose bin is empty: one slow path */
+  atomic_store(&mv_step, 5);        /* main: measure */
+  mv_wait(6);
+  trimalloc_free(q);
+  trimalloc_free(r);
+  return NULL;
+}
+
+/* Run while the main thread holds nothing the thread's counts would hide. */
+static void test_arena_move_flushes_cache(void) {
+  trimalloc_trim();
+  atomic_store(&mv_step, 0);
+  pthread_t t;
+  pthread_create(&t, NULL, move_thread, NULL);
+  mv_wait(1);
+  uint64_t held = stats_now().tcache_bytes;
+  CHECK(held >= 4 * 64, "the thread holds %llu bytes of 64-byte blocks", U(held));
+  atomic_store(&mv_step, 2);
+  mv_wait(3);
+  uint64_t fast = stats_now().tcache_bytes;
+  CHECK(fast + 64 >= held && fast > 0, "a fast-path malloc after the move kept the cache: %llu -> %llu bytes", U(held),
+        U(fast));
+  atomic_store(&mv_step, 4);
+  mv_wait(5);
+  uint64_t after = stats_now().tcache_bytes;
+  CHECK(after == 0, "%llu bytes still cached after the moved thread's next slow path (%llu before)", U(after),
+        U(fast));
+  CHECK(ta_tls_arena_moved == 0, "the main thread's flag is its own");
+  atomic_store(&mv_step, 6);
+  pthread_join(t, NULL);
+  CHECK(trimalloc_check(), "heap invariants after the flush");
+}
+
 /* ---- a cache made in the last round of TLS destructors ---- */
 static pthread_key_t late_key;
 static atomic_int late_rounds;
@@ -581,6 +642,7 @@ int main(void) {
   RUN(test_tcache_zero);
   RUN(test_thread_exit_flushes);
   RUN(test_flush_request_next_slow_path);
+  RUN(test_arena_move_flushes_cache);
   if (TEST_TSAN) /* TSan finishes a thread in its own last-round destructor: a lock after it crashes TSan */
     SKIP(test_cache_made_in_last_destructor_round, "TSan cannot run code in the last round of TLS destructors");
   else

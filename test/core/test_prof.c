@@ -132,9 +132,9 @@ static void test_accuracy(void) {
     CHECK(pr.ntypes == 4 && pr.period == R, "period %llu", (unsigned long long)pr.period);
     double total = 0;
     for (size_t i = 0; i < ns; i++) {
-      /* 4 sd: CI runs this check ~24 times (4 sampled sites, 6 builds);
-       * at 3 sd one run in 15 failed by chance (CI on 65cb533: +3.5 sd of
-       * the old, approximate sd). Weights 13% too big fail (checked). */
+      /* 4 sd: CI runs this check 18 times (3 sampled sites, 6 builds);
+       * at 3 sd of the old, approximate sd about one CI run in 35 failed by
+       * chance (65cb533's: +3.5). Weights 13% too big fail (checked). */
       double est = (double)sum_leaf(sites[i].name, 3), sd = sqrt(sites[i].var);
       printf("   %-13s truth %9.0f estimate %9.0f (%+.2f sd)\n", sites[i].name, sites[i].truth, est,
              sd > 0 ? (est - sites[i].truth) / sd : 0);

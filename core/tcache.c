@@ -56,6 +56,22 @@ static uint64_t thread_limit(void) {
   return share > least ? share : least;
 }
 
+/* The process id a new cache records (for the reap), read once and again
+ * in a fork child (ta_tcaches_fork_child): a getpid per new thread cost
+ * programs that make many short threads a system call each (mleak). A child
+ * made without the fork handlers keeps the parent's: its caches are then
+ * never reaped, as the reap leaves another process's alone. */
+static _Atomic int self_pid;
+
+static int pid_of_process(void) {
+  int pid = ta_relaxed_load(&self_pid);
+  if (ta_unlikely(!pid)) {
+    pid = ta_prim_pid();
+    ta_relaxed_store(&self_pid, pid);
+  }
+  return pid;
+}
+
 static ta_tcache_t *tcache_new(void) {
   ta_lock(&tcaches_lock);
   ta_tcache_t *tc = spare;
@@ -83,7 +99,7 @@ static ta_tcache_t *tcache_new(void) {
   tc->epoch = ta_relaxed_load(&ta_flush_epoch);
   tc->state = TA_TC_LIVE;
   tc->tid = ta_prim_tid();
-  tc->pid = ta_prim_pid();
+  tc->pid = pid_of_process();
   tc->next = tcaches;
   if (tcaches) tcaches->prev = tc;
   tcaches = tc;
@@ -350,9 +366,10 @@ void ta_tcaches_fork_parent(void) {
  * memory stays in the shared arenas. */
 void ta_tcaches_fork_child(void) {
   ta_tcache_t *me = ta_tls_tcache;
+  ta_relaxed_store(&self_pid, ta_prim_pid());
   if (me->state == TA_TC_LIVE) { /* this thread's ids in the child (never reaped as gone) */
     me->tid = ta_prim_tid();
-    me->pid = ta_prim_pid();
+    me->pid = ta_relaxed_load(&self_pid);
   }
   for (ta_tcache_t *tc = tcaches, *next; tc; tc = next) {
     next = tc->next;

@@ -207,23 +207,21 @@ static ta_tcache_t *tcache_get(void) {
   return tc;
 }
 
-/* A thread that moves to another arena (arena.c) flushes its cache: the
- * blocks in it came from the slabs it shared with the thread it moves away
- * from, interleaved with that thread's, and a bin reuses its last-freed block
- * first, so without the flush they would stay in circulation, both threads
- * writing to the same cache lines. glibc's bench-malloc-thread, two threads
- * (mimalloc-bench's glibc-thread): 63-72 M iterations in its 2 s without,
- * 95-106 M with it (glibc 88-97 M). */
-
 /* Every slow path: a flush request (one relaxed load and a compare; a trim
  * promises the other threads flush at their next slow path, and v2 looked
- * only every 64th). Every 64th: a changed bound (an option, or the number of
+ * only every 64th), and a move to another arena (arena.c): the blocks in the
+ * cache came from the slabs the thread shared with the one it moves away
+ * from, interleaved with that thread's, and a bin reuses its last-freed block
+ * first, so without a flush they would stay in circulation, both threads
+ * writing to the same cache lines (glibc's bench-malloc-thread, two threads:
+ * 63-72 M iterations in its 2 s without, 95-106 M with it; glibc 88-97 M).
+ * Every 64th: a changed bound (an option, or the number of
  * threads sharing tcache_total), the purge. A smaller bound halves the bins
  * in turn until the budget fits (the ones the thread uses grow back as it
  * uses them); one pass not enough, or caching off, empties them all. */
 static void maintain(ta_tcache_t *tc) {
   if (ta_unlikely(tc->epoch != ta_relaxed_load(&ta_flush_epoch))) ta_tcache_flush_all(tc);
-  if (ta_unlikely(ta_tls_arena_moved)) { /* see "A thread that moves" above */
+  if (ta_unlikely(ta_tls_arena_moved)) {
     ta_tls_arena_moved = 0;
     ta_tcache_flush_all(tc);
   }

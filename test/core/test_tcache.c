@@ -482,7 +482,9 @@ static void test_cache_serves_working_set(void) {
 }
 
 /* ---- a flush request at the next slow path ---- */
-static atomic_int fr_step; /* main: odd -> the thread acts; thread: even -> done */
+/* The two flush tests' steps (one at a time): main sets one, the thread
+ * waits for it, acts, sets the next. */
+static atomic_int fr_step;
 
 static void fr_wait(int step) {
   while (atomic_load(&fr_step) != step) usleep(200);
@@ -537,11 +539,6 @@ static void test_flush_request_next_slow_path(void) {
  * at the same moment (test_threads' test_arena_moves): here the flag is set
  * as the move sets it. */
 extern __thread uint8_t ta_tls_arena_moved;
-static atomic_int mv_step;
-
-static void mv_wait(int step) {
-  while (atomic_load(&mv_step) != step) usleep(200);
-}
 
 static void *move_thread(void *arg) {
   (void)arg;
@@ -550,15 +547,15 @@ static void *move_thread(void *arg) {
     for (int i = 0; i < 32; i++) p[i] = trimalloc_malloc(64);
     for (int i = 0; i < 32; i++) trimalloc_free(p[i]);
   }
-  atomic_store(&mv_step, 1); /* main: measure */
-  mv_wait(2);
+  atomic_store(&fr_step, 1); /* main: measure */
+  fr_wait(2);
   ta_tls_arena_moved = 1;
   void *q = trimalloc_malloc(64); /* the fast path: no flush yet */
-  atomic_store(&mv_step, 3);      /* main: measure */
-  mv_wait(4);
+  atomic_store(&fr_step, 3);      /* main: measure */
+  fr_wait(4);
   void *r = trimalloc_malloc(3000); /* a class whose bin is empty: one slow path */
-  atomic_store(&mv_step, 5);        /* main: measure */
-  mv_wait(6);
+  atomic_store(&fr_step, 5);        /* main: measure */
+  fr_wait(6);
   trimalloc_free(q);
   trimalloc_free(r);
   return NULL;
@@ -567,24 +564,24 @@ static void *move_thread(void *arg) {
 /* Run while the main thread holds nothing the thread's counts would hide. */
 static void test_arena_move_flushes_cache(void) {
   trimalloc_trim();
-  atomic_store(&mv_step, 0);
+  atomic_store(&fr_step, 0);
   pthread_t t;
   pthread_create(&t, NULL, move_thread, NULL);
-  mv_wait(1);
+  fr_wait(1);
   uint64_t held = stats_now().tcache_bytes;
   CHECK(held >= 4 * 64, "the thread holds %llu bytes of 64-byte blocks", U(held));
-  atomic_store(&mv_step, 2);
-  mv_wait(3);
+  atomic_store(&fr_step, 2);
+  fr_wait(3);
   uint64_t fast = stats_now().tcache_bytes;
   CHECK(fast + 64 >= held && fast > 0, "a fast-path malloc after the move kept the cache: %llu -> %llu bytes", U(held),
         U(fast));
-  atomic_store(&mv_step, 4);
-  mv_wait(5);
+  atomic_store(&fr_step, 4);
+  fr_wait(5);
   uint64_t after = stats_now().tcache_bytes;
   CHECK(after == 0, "%llu bytes still cached after the moved thread's next slow path (%llu before)", U(after),
         U(fast));
   CHECK(ta_tls_arena_moved == 0, "the main thread's flag is its own");
-  atomic_store(&mv_step, 6);
+  atomic_store(&fr_step, 6);
   pthread_join(t, NULL);
   CHECK(trimalloc_check(), "heap invariants after the flush");
 }

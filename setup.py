@@ -36,6 +36,13 @@ class CoreLibrary(Extension):
 
 
 class BuildExt(build_ext):
+    def finalize_options(self):
+        # The two targets build side by side (the core's make runs its own
+        # jobs below): `pip install` takes about half the time on 2 CPUs.
+        if self.parallel is None:
+            self.parallel = 2
+        super().finalize_options()
+
     def get_ext_filename(self, fullname):
         # distutils passes the full name here, or only its last part
         if fullname == "trimalloc.libtrimalloc":
@@ -49,7 +56,7 @@ class BuildExt(build_ext):
             return super().build_extension(ext)
         out = os.path.abspath(os.path.join(self.build_temp, "core"))
         os.makedirs(out, exist_ok=True)
-        cmd = [os.environ.get("MAKE", "make"), "-C", CORE, "BUILD=" + out]
+        cmd = [os.environ.get("MAKE", "make"), "-j%d" % (os.cpu_count() or 1), "-C", CORE, "BUILD=" + out]
         print(" ".join(cmd))
         try:
             subprocess.check_call(cmd)

@@ -3,6 +3,7 @@
 # Makefile (the one place that knows its flags). `make install` puts both next
 # to each other, in the gem's lib/trimalloc/, where Trimalloc.library_path
 # looks.
+require "etc"
 require "mkmf"
 
 core_dir = File.expand_path("../../../core", __dir__)
@@ -39,9 +40,10 @@ File.open("Makefile", "a") do |mk|
     # The core's make decides what is out of date. MAKEFLAGS is cleared so
     # variables given to this make (target_prefix, sitearchdir, ...) do not
     # leak into the core's build; WERROR= keeps a newer compiler's new warnings
-    # from failing `gem install`.
+    # from failing `gem install`. Its files compile on every CPU (-j): RubyGems
+    # runs this make without -j.
     libtrimalloc.so: trimalloc-core-force
-    \tMAKEFLAGS= $(MAKE) -C "$(TRIMALLOC_CORE)" BUILD="$(TRIMALLOC_CORE_BUILD)" WERROR=
+    \tMAKEFLAGS= $(MAKE) -j#{Etc.nprocessors} -C "$(TRIMALLOC_CORE)" BUILD="$(TRIMALLOC_CORE_BUILD)" WERROR=
     \t$(Q) cmp -s "$(TRIMALLOC_CORE_BUILD)/libtrimalloc.so" $@ || cp "$(TRIMALLOC_CORE_BUILD)/libtrimalloc.so" $@
 
     # Every object is rebuilt when a header it reads changes (the core's

@@ -152,6 +152,14 @@ static inline const char *test_runner(void) {
   return r && *r ? r : NULL;
 }
 
+/* Under a sanitizer or an emulator every step costs 5-50x the plain
+ * build's: the heaviest workloads are smaller there, with the same checks
+ * (qemu-user ran test_thread_churn's 5000 threads in 12-13 s, the plain build
+ * in 1 s). */
+static inline bool test_slow(void) {
+  return TEST_SANITIZED || test_runner();
+}
+
 /* What the memory tests measure. Under ThreadSanitizer RSS also holds the
  * shadow of every byte ever touched, which madvise(MADV_DONTNEED) on the
  * application's pages does not release; under an emulator it holds the

@@ -347,7 +347,7 @@ static void test_trim_with_two_arenas_leaves_nothing(void) {
 }
 
 /* ---- the delayed purge with allocation activity (v1's test, kept) ---- */
-static const size_t BURST = TEST_SANITIZED ? 160 * MiB : 320 * MiB;
+#define BURST (test_slow() ? 160 * MiB : 320 * MiB)
 
 static void test_delayed_purge_without_trim(void) {
   size_t cap = BURST / 16;
@@ -465,7 +465,7 @@ static void *racer(void *arg) {
 static void test_trim_races_alloc_free(void) {
   pthread_t t[RACERS];
   for (long i = 0; i < RACERS; i++) pthread_create(&t[i], NULL, racer, (void *)i);
-  int trims = TEST_SANITIZED ? 150 : 500;
+  int trims = test_slow() ? 150 : 500;
   for (int i = 0; i < trims; i++) {
     trimalloc_trim();
     if (i % 10 == 0) (void)stats_now();

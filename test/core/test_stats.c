@@ -432,7 +432,7 @@ static void test_stats_from_another_thread(void) {
   for (long i = 0; i < 3; i++) pthread_create(&t[i], NULL, busy, (void *)i);
   pthread_create(&t[3], NULL, comings_and_goings, NULL);
   long bad = 0, bad_json = 0;
-  int reads = TEST_SANITIZED ? 2000 : 20000;
+  int reads = test_slow() ? 2000 : 20000;
   static char buf[8192];
   for (int i = 0; i < reads; i++) {
     trimalloc_stats_t s;

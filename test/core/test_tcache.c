@@ -306,7 +306,7 @@ static void test_thread_exit_flushes(void) {
 
 /* ---- eight producers, eight consumers, one queue ---- */
 enum { PRODUCERS = 8, CONSUMERS = 8, QCAP = 2048, DEFER = 32 };
-static const long ITEMS = TEST_SANITIZED ? 8000 : 60000; /* per producer */
+#define ITEMS (test_slow() ? 8000L : 60000L) /* per producer */
 
 static queue_t q = QUEUE_INIT(QCAP);
 

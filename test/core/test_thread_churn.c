@@ -6,7 +6,7 @@
 
 #include "check.h"
 
-static const int THREADS = TEST_SANITIZED ? 1000 : 5000;
+#define THREADS (test_slow() ? 1000 : 5000)
 enum { BATCH = 4, PER_THREAD = 40, HANDED = 10 };
 
 typedef struct {

@@ -11,7 +11,7 @@
 #include "check.h"
 
 enum { PRODUCERS = 3, CONSUMERS = 3, QCAP = 1024 };
-static const long ITEMS = TEST_SANITIZED ? 25000 : 150000; /* per producer */
+#define ITEMS (test_slow() ? 25000L : 150000L) /* per producer */
 
 static queue_t q = QUEUE_INIT(QCAP);
 
@@ -211,7 +211,7 @@ static _Atomic(uint8_t *) ring[RING_SLOTS];
 
 static void *ring_worker(void *arg) {
   uint64_t rng = (uintptr_t)arg * 31 + 5;
-  long rounds = TEST_SANITIZED ? 30000 : 300000;
+  long rounds = test_slow() ? 30000 : 300000;
   for (long i = 0; i < rounds; i++) {
     size_t n = 16 + (rng_next(&rng) % 4) * 16; /* 16..64: a few hot classes */
     uint8_t *p = trimalloc_malloc(n);

@@ -10,7 +10,7 @@
 
 #include "check.h"
 
-static const size_t BURST = TEST_SANITIZED ? 160 * MiB : 320 * MiB;
+#define BURST (test_slow() ? 160 * MiB : 320 * MiB)
 
 /* The pointer table lives outside the allocator and is touched before the
  * baseline, so it counts the same in every RSS reading. */
@@ -500,7 +500,7 @@ static void test_trim_while_threads_work(void) {
   pthread_t t[4];
   for (long i = 0; i < 3; i++) pthread_create(&t[i], NULL, churner, (void *)i);
   pthread_create(&t[3], NULL, spawner, NULL);
-  int trims = TEST_SANITIZED ? 100 : 400;
+  int trims = test_slow() ? 100 : 400;
   for (int i = 0; i < trims; i++) {
     trimalloc_trim();
     if (i % 8 == 0) trimalloc_malloc_trim(0);

@@ -80,7 +80,7 @@ static size_t size_of(int i) {
   return 16 + (size_t)(i % 8) * 48; /* 16-352 B: several classes */
 }
 
-enum { ROUNDS = TEST_SANITIZED ? 6 : 20 };
+#define ROUNDS (test_slow() ? 6 : 20)
 
 static void *allocator_main(void *arg) {
   relay_t *r = arg;
